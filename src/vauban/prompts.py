@@ -1,0 +1,142 @@
+"""Prompt sets: the bundled ones, user lists and files, and chat formatting in one function.
+
+Wherever vauban takes prompts it accepts a list of strings, the name of a bundled set, or a path
+to a ``.txt`` (one prompt per line), ``.jsonl`` / ``.json`` or ``.csv`` file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import VaubanError
+
+BUNDLED = ("harmful", "harmless", "eval_harmful", "reference", "borderline")
+_TEXT_KEYS = ("prompt", "goal", "instruction", "question", "text", "behavior")
+
+Prompts = str | os.PathLike[str] | Sequence[str]
+
+
+def bundled_records(name: str) -> list[dict[str, Any]]:
+    """The records of a bundled set (``harmful``, ``harmless``, ``eval_harmful``, ...)."""
+    if name not in BUNDLED:
+        raise VaubanError(f"no bundled prompt set {name!r}; choose one of {', '.join(BUNDLED)}")
+    text = resources.files("vauban").joinpath("data", f"{name}.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _text_of(record: Any, where: str) -> str:
+    if isinstance(record, str):
+        return record
+    if isinstance(record, dict):
+        for key in _TEXT_KEYS:
+            if isinstance(record.get(key), str):
+                return record[key]
+    raise VaubanError(f"{where}: no prompt text (expected a string or a {_TEXT_KEYS[0]!r} field)")
+
+
+def _read_file(path: Path) -> list[str]:
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8")
+    if suffix == ".txt":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    if suffix == ".jsonl":
+        return [
+            _text_of(json.loads(line), f"{path}:{n}")
+            for n, line in enumerate(text.splitlines(), start=1)
+            if line.strip()
+        ]
+    if suffix == ".json":
+        data = json.loads(text)
+        if not isinstance(data, list):
+            raise VaubanError(f"{path}: expected a JSON list of prompts")
+        return [_text_of(item, f"{path}[{i}]") for i, item in enumerate(data)]
+    if suffix == ".csv":
+        rows = list(csv.reader(text.splitlines()))
+        if not rows:
+            return []
+        header = [h.strip().lower() for h in rows[0]]
+        column = next((header.index(k) for k in _TEXT_KEYS if k in header), None)
+        body = rows[1:] if column is not None else rows
+        return [row[column or 0].strip() for row in body if row and row[column or 0].strip()]
+    raise VaubanError(f"{path}: unsupported prompt file type {suffix!r}; use .txt, .jsonl, .json or .csv")
+
+
+def load_prompts(source: Prompts, *, what: str = "prompts") -> list[str]:
+    """Resolve ``source`` to a validated, non-empty list of prompt strings."""
+    if isinstance(source, str) and source in BUNDLED:
+        prompts = [_text_of(r, source) for r in bundled_records(source)]
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise VaubanError(
+                f"{what}: {str(source)!r} is neither a bundled set ({', '.join(BUNDLED)}) nor a "
+                "file; pass a list of strings, a set name, or a .txt/.jsonl/.csv path"
+            )
+        prompts = _read_file(path)
+    elif isinstance(source, Sequence):
+        prompts = list(source)
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise VaubanError(f"{what}[{i}] is a {type(p).__name__}, not a string")
+            if not p.strip():
+                raise VaubanError(f"{what}[{i}] is an empty string; remove it")
+    else:
+        raise VaubanError(f"{what}: expected a list of strings or a path, got {type(source).__name__}")
+    if not prompts:
+        raise VaubanError(f"{what}: the prompt list is empty; pass at least one prompt")
+    return prompts
+
+
+def load_pairs(source: str | os.PathLike[str] | Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(prompt, response) pairs for perplexity/KL: a bundled set name, a .jsonl path, or a list."""
+    if isinstance(source, (str, os.PathLike)):
+        if str(source) in BUNDLED:
+            records = bundled_records(str(source))
+        else:
+            path = Path(source).expanduser()
+            if not path.is_file():
+                raise VaubanError(f"reference set {str(source)!r} is not a bundled set nor a file")
+            records = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        pairs = [(r.get("prompt"), r.get("response")) for r in records]
+    else:
+        pairs = [tuple(p) for p in source]  # type: ignore[misc]
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2 or not all(isinstance(x, str) and x.strip() for x in pair):
+            raise VaubanError(f"reference pair {i} must be two non-empty strings (prompt, response)")
+    if not pairs:
+        raise VaubanError("the reference set is empty; pass at least one (prompt, response) pair")
+    return pairs  # type: ignore[return-value]
+
+
+def chat_text(tokenizer: Any, prompt: str) -> str:
+    """The prompt as the model sees it in a chat: user turn plus the generation prompt.
+
+    Models without a chat template (base models) get the raw prompt, which is what they were
+    trained to continue.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+    return prompt
+
+
+def encode_chat(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each chat-formatted prompt (the template already holds any BOS token)."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    texts = [chat_text(tokenizer, p) for p in prompts]
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=not has_template)["input_ids"]]
+
+
+def pad_id(tokenizer: Any) -> int:
+    """Any valid id works for padding (it is masked); prefer the tokenizer's own."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0

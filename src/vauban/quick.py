@@ -1,0 +1,107 @@
+"""The tutorial's one-liners, each a thin layer over the low-level modules.
+
+Every function takes a transformers model or a model returned by ``mlx_lm.load`` (converted
+once to PyTorch, where vauban computes), a tokenizer, and prompts as lists, bundled set names or
+files. ``None`` for a prompt set means vauban's bundled set.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from .cut import cut
+from .errors import VaubanError
+from .export import check_output_dir, export
+from .load import default_device, load_model, model_label, resolve_dtype
+from .measure import measure
+from .mlx_format import is_mlx_model, mlx_model_to_torch
+from .probe import probe
+from .prompts import Prompts
+from .results import DirectionResult, ProbeResult
+
+__all__ = ["abliterate", "load", "measure_direction", "probe_prompt"]
+
+
+def load(model_path: str | os.PathLike[str] | None = None, **kwargs: Any) -> tuple[nn.Module, Any]:
+    """Load ``(model, tokenizer)`` as float weights; no argument loads the embedded demo model.
+
+    See :func:`vauban.load.load` for ``device``, ``dtype``, ``revision``, ``trust_remote_code``.
+    """
+    return load_model(model_path, **kwargs)
+
+
+def as_torch(model: Any) -> nn.Module:
+    """``model`` itself, or for an ``mlx_lm`` model its PyTorch twin (converted once, cached)."""
+    if isinstance(model, nn.Module):
+        return model
+    if is_mlx_model(model):
+        cached = getattr(model, "_vauban_torch", None)
+        if cached is None:
+            device = default_device()
+            cached = mlx_model_to_torch(model, resolve_dtype(None, device), device)
+            object.__setattr__(model, "_vauban_torch", cached)
+        return cached
+    raise VaubanError(f"expected a transformers or mlx_lm model, got {type(model).__name__}")
+
+
+def measure_direction(
+    model: Any,
+    tokenizer: Any,
+    harmful: Prompts | None = None,
+    harmless: Prompts | None = None,
+    **kwargs: Any,
+) -> DirectionResult:
+    """Measure the refusal direction (bundled 128 + 128 prompts unless given)."""
+    return measure(
+        as_torch(model), tokenizer, harmful or "harmful", harmless or "harmless", **kwargs
+    )
+
+
+def probe_prompt(
+    model: Any, tokenizer: Any, prompt: str, direction: DirectionResult | torch.Tensor
+) -> ProbeResult:
+    """Per-layer projection of ``prompt``'s last-token activation onto ``direction``."""
+    return probe(as_torch(model), tokenizer, prompt, direction)
+
+
+def abliterate(
+    model: Any,
+    tokenizer: Any,
+    model_path: str | os.PathLike[str] | None = None,
+    output_dir: str | os.PathLike[str] = "abliterated",
+    alpha: float = 1.0,
+    harmful: Prompts | None = None,
+    harmless: Prompts | None = None,
+    *,
+    direction: DirectionResult | None = None,
+    layers: list[int] | None = None,
+    embeddings: bool = False,
+    overwrite: bool = False,
+) -> DirectionResult:
+    """Measure the direction (unless given), cut it from every layer, export to ``output_dir``.
+
+    The in-memory ``model`` is left exactly as it was: the cut is applied for the export and
+    then undone bit for bit, so ``model`` stays the original for evaluation and steering.
+    ``model_path`` only labels the export (the model remembers where it was loaded from).
+    """
+    torch_model = as_torch(model)
+    out = check_output_dir(output_dir, overwrite)
+    if direction is None:
+        direction = measure_direction(torch_model, tokenizer, harmful, harmless)
+    source = str(model_path) if model_path is not None else model_label(torch_model)
+    with cut(torch_model, direction, alpha=alpha, layers=layers, embeddings=embeddings) as applied:
+        record = {
+            "source": source,
+            "method": "directional ablation (weight orthogonalization)",
+            "alpha": applied.alpha,
+            "layers": applied.layers,
+            "embeddings": embeddings,
+            "edited_tensors": len(applied.edited),
+            "direction": direction.record(),
+        }
+        export(torch_model, tokenizer, out, direction=direction, record=record, overwrite=overwrite)
+    return direction

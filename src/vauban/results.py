@@ -1,0 +1,178 @@
+"""Results as plain, frozen data with one-line ``summary()`` strings.
+
+The CLI, plots, tests and the export record all read these same objects. Tensors are float32
+on the CPU so a result never pins accelerator memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import VaubanError
+
+
+def unit_vector(direction: DirectionResult | torch.Tensor, d_model: int) -> torch.Tensor:
+    """The direction as a float32 unit vector of size ``d_model``, or a clear error."""
+    vec = direction.direction if isinstance(direction, DirectionResult) else direction
+    if not isinstance(vec, torch.Tensor):
+        raise VaubanError(f"direction must be a DirectionResult or a tensor, got {type(vec).__name__}")
+    vec = vec.detach().float().cpu().reshape(-1)
+    if vec.numel() != d_model:
+        raise VaubanError(
+            f"direction has size {vec.numel()} but the model's hidden size is {d_model}; "
+            "it was measured on a different model: measure it on this one"
+        )
+    if not torch.isfinite(vec).all():
+        raise VaubanError("direction contains NaN or infinite values; measure it again")
+    norm = vec.norm()
+    if norm < 1e-12:
+        raise VaubanError("direction is the zero vector; measure it again")
+    return vec / norm
+
+
+def check_alpha(alpha: float) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise VaubanError(f"alpha must be a finite number, got {alpha!r}")
+    return float(alpha)
+
+
+@dataclass(frozen=True, eq=False)
+class DirectionResult:
+    """A measured refusal direction.
+
+    ``direction`` is the unit difference-in-means at ``layer_index``; ``cosine_scores`` holds
+    each layer's cosine separation (see :mod:`vauban.measure`). The per-layer means of both
+    prompt sets are kept so any layer's direction, and the harmful/harmless projection pattern
+    of any prompt, can be derived later without running the model again.
+    """
+
+    direction: torch.Tensor
+    layer_index: int
+    cosine_scores: tuple[float, ...]
+    d_model: int
+    model_path: str
+    harmful_means: torch.Tensor | None = field(default=None, repr=False)
+    harmless_means: torch.Tensor | None = field(default=None, repr=False)
+    n_harmful: int = 0
+    n_harmless: int = 0
+
+    @property
+    def max_cosine(self) -> float:
+        return self.cosine_scores[self.layer_index]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.cosine_scores)
+
+    def summary(self) -> str:
+        return (
+            f"DirectionResult: layer={self.layer_index}, d_model={self.d_model}, "
+            f"shape={tuple(self.direction.shape)}, max_cosine={self.max_cosine:.4f}, "
+            f"model={self.model_path}"
+        )
+
+    def layer_directions(self) -> torch.Tensor:
+        """Unit difference-in-means direction of every layer, ``(num_layers, d_model)``."""
+        if self.harmful_means is None or self.harmless_means is None:
+            raise VaubanError("this DirectionResult has no per-layer means; measure it again")
+        diff = self.harmful_means - self.harmless_means
+        return diff / diff.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    def at_layer(self, layer: int) -> DirectionResult:
+        """The same measurement with the direction taken from another layer."""
+        if not 0 <= layer < self.num_layers:
+            raise VaubanError(f"layer {layer} out of range: the model has {self.num_layers} layers")
+        return DirectionResult(
+            direction=self.layer_directions()[layer].clone(),
+            layer_index=layer,
+            cosine_scores=self.cosine_scores,
+            d_model=self.d_model,
+            model_path=self.model_path,
+            harmful_means=self.harmful_means,
+            harmless_means=self.harmless_means,
+            n_harmful=self.n_harmful,
+            n_harmless=self.n_harmless,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """JSON-serializable description (everything but the tensors)."""
+        return {
+            "layer_index": self.layer_index,
+            "d_model": self.d_model,
+            "model_path": self.model_path,
+            "max_cosine": self.max_cosine,
+            "cosine_scores": list(self.cosine_scores),
+            "n_harmful": self.n_harmful,
+            "n_harmless": self.n_harmless,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``path`` (safetensors, metadata inside) and a readable ``.json`` beside it."""
+        out = Path(path)
+        if out.suffix != ".safetensors":
+            out = out.with_suffix(".safetensors")
+        tensors = {"direction": self.direction.contiguous()}
+        if self.harmful_means is not None and self.harmless_means is not None:
+            tensors["harmful_means"] = self.harmful_means.contiguous()
+            tensors["harmless_means"] = self.harmless_means.contiguous()
+        record = json.dumps(self.record())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        save_file(tensors, str(tmp), metadata={"vauban": record})
+        tmp.replace(out)
+        out.with_suffix(".json").write_text(json.dumps(self.record(), indent=2) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> DirectionResult:
+        """Read a direction written by :meth:`save`."""
+        file = Path(path)
+        if file.suffix != ".safetensors":
+            file = file.with_suffix(".safetensors")
+        if not file.is_file():
+            raise VaubanError(f"no direction file at {file}")
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                meta = json.loads((handle.metadata() or {})["vauban"])
+            tensors = load_file(str(file))
+        except (KeyError, ValueError, OSError) as err:
+            raise VaubanError(f"{file} is not a vauban direction file ({err})") from None
+        return cls(
+            direction=tensors["direction"],
+            layer_index=int(meta["layer_index"]),
+            cosine_scores=tuple(float(x) for x in meta["cosine_scores"]),
+            d_model=int(meta["d_model"]),
+            model_path=str(meta["model_path"]),
+            harmful_means=tensors.get("harmful_means"),
+            harmless_means=tensors.get("harmless_means"),
+            n_harmful=int(meta.get("n_harmful", 0)),
+            n_harmless=int(meta.get("n_harmless", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Projection of one prompt's last-token residual onto the direction, after every layer."""
+
+    prompt: str
+    projections: tuple[float, ...]
+    layer_index: int
+    model_path: str
+
+    def summary(self) -> str:
+        peak = max(range(len(self.projections)), key=lambda i: self.projections[i])
+        return (
+            f"ProbeResult: layers={len(self.projections)}, "
+            f"at_layer_{self.layer_index}={self.projections[self.layer_index]:+.4f}, "
+            f"peak={self.projections[peak]:+.4f}@{peak}, prompt={self.prompt!r}"
+        )
