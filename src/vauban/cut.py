@@ -44,10 +44,23 @@ class _Edit:
     removed: torch.Tensor  # r = vᵀW (compute dtype)
     patch_index: torch.Tensor  # flat indices where the replayed undo misses the original bits
     patch_values: torch.Tensor  # the original values there
+    fingerprint: float = 0.0  # of the original weights, checked when re-applying a cached edit
 
 
-def _compute_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+def _compute_dtype(param: torch.Tensor) -> torch.dtype:
+    """float32 for 16-bit weights; float64 for float32 weights (float32 on MPS, which lacks it).
+
+    Any precision gives an exact undo (the fix-ups cover every miss); a wider one keeps the
+    fix-ups few.
+    """
+    if param.dtype in (torch.float16, torch.bfloat16) or param.device.type == "mps":
+        return torch.float32
+    return torch.float64
+
+
+def _fingerprint(param: torch.Tensor) -> float:
+    """A cheap checksum of a strided sample, to notice weights changed behind a cut's back."""
+    return float(param.detach().reshape(-1)[::4099].double().sum())
 
 
 def _shifted(w: torch.Tensor, vec: torch.Tensor, removed: torch.Tensor, scale: float) -> torch.Tensor:
@@ -55,24 +68,36 @@ def _shifted(w: torch.Tensor, vec: torch.Tensor, removed: torch.Tensor, scale: f
     return (w.to(vec.dtype) + scale * removed.unsqueeze(-1) * vec).to(w.dtype)
 
 
-def _apply_edit(name: str, param: nn.Parameter, axis: int, vec: torch.Tensor, alpha: float) -> _Edit:
+def _apply_edit(
+    name: str, param: nn.Parameter, axis: int, vec: torch.Tensor, alpha: float
+) -> _Edit:
     if param.dtype not in _FLOAT_DTYPES:
         raise VaubanError(
             f"{name} has {param.dtype} weights: a cut needs float weights; load the model with "
             "vauban.load (it dequantizes) instead of cutting quantized modules"
         )
     with torch.no_grad():
+        fingerprint = _fingerprint(param)
         view = param.data.movedim(axis, -1)
-        cd = _compute_dtype(param.device)
+        cd = _compute_dtype(param)
         v = vec.to(device=param.device, dtype=cd)
         removed = view.to(cd) @ v
         new = _shifted(view, v, removed, -alpha)
         replay = _shifted(new, v, removed, alpha)
         ints = _INT_VIEW[param.dtype]
-        miss = (replay.view(ints) != view.view(ints)).movedim(-1, axis).reshape(-1).nonzero().squeeze(-1)
+        miss = (replay.view(ints) != view.view(ints)).movedim(-1, axis).reshape(-1)
+        miss = miss.nonzero().squeeze(-1)
         values = param.data.reshape(-1)[miss].clone()
         param.data.copy_(new.movedim(-1, axis))
-    return _Edit(name, param, axis, v, removed, miss, values)
+    return _Edit(name, param, axis, v, removed, miss, values, fingerprint)
+
+
+def _reapply_edit(edit: _Edit, alpha: float) -> None:
+    """Apply a cached edit again to the weights it was computed from (one pass, no replay)."""
+    with torch.no_grad():
+        view = edit.param.data.movedim(edit.axis, -1)
+        new = _shifted(view, edit.vec, edit.removed, -alpha)
+        edit.param.data.copy_(new.movedim(-1, edit.axis))
 
 
 def _undo_edit(edit: _Edit, alpha: float) -> None:
@@ -92,7 +117,12 @@ class Cut:
     """
 
     def __init__(
-        self, model: nn.Module, direction: torch.Tensor, alpha: float, layers: list[int], embeddings: bool
+        self,
+        model: nn.Module,
+        direction: torch.Tensor,
+        alpha: float,
+        layers: list[int],
+        embeddings: bool,
     ) -> None:
         self._model = weakref.ref(model)
         self.direction = direction
@@ -135,14 +165,18 @@ class Cut:
         """Apply (or re-apply after :meth:`undo`) the edit."""
         if self.applied:
             raise VaubanError("this cut is already applied")
-        seen: set[int] = set()
-        edits = []
-        for name, param, axis, vec in self._targets():
-            if id(param) in seen:  # a parameter shared by two paths is edited once
-                continue
-            seen.add(id(param))
-            edits.append(_apply_edit(name, param, axis, vec, self.alpha))
-        self._edits = edits
+        if self._edits and all(_fingerprint(e.param) == e.fingerprint for e in self._edits):
+            for edit in self._edits:  # re-applying after undo: the weights are the originals
+                _reapply_edit(edit, self.alpha)
+        else:
+            seen: set[int] = set()
+            edits = []
+            for name, param, axis, vec in self._targets():
+                if id(param) in seen:  # a parameter shared by two paths is edited once
+                    continue
+                seen.add(id(param))
+                edits.append(_apply_edit(name, param, axis, vec, self.alpha))
+            self._edits = edits
         self.applied = True
         _ACTIVE.setdefault(self.model, []).append(self)
         return self
@@ -156,7 +190,6 @@ class Cut:
             raise VaubanError("a later cut on this model is still applied; undo that one first")
         for edit in reversed(self._edits):
             _undo_edit(edit, self.alpha)
-        self._edits = []
         self.applied = False
         stack.pop()
 
@@ -169,7 +202,8 @@ class Cut:
 
     def __repr__(self) -> str:
         state = "applied" if self.applied else "undone"
-        return f"Cut(alpha={self.alpha}, layers={len(self.layers)}, tensors={len(self._edits)}, {state})"
+        tensors = len(self._edits)
+        return f"Cut(alpha={self.alpha}, layers={len(self.layers)}, tensors={tensors}, {state})"
 
 
 def cut(

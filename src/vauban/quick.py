@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .cut import cut
+from .evaluate import evaluate as _evaluate
 from .errors import VaubanError
 from .export import check_output_dir, export
 from .load import default_device, load_model, model_label, resolve_dtype
@@ -21,9 +22,10 @@ from .measure import measure
 from .mlx_format import is_mlx_model, mlx_model_to_torch
 from .probe import probe
 from .prompts import Prompts
-from .results import DirectionResult, ProbeResult
+from .results import DirectionResult, EvalResult, ProbeResult, SteerResult
+from .steer import steer
 
-__all__ = ["abliterate", "load", "measure_direction", "probe_prompt"]
+__all__ = ["abliterate", "evaluate", "load", "measure_direction", "probe_prompt", "steer_prompt"]
 
 
 def load(model_path: str | os.PathLike[str] | None = None, **kwargs: Any) -> tuple[nn.Module, Any]:
@@ -105,3 +107,26 @@ def abliterate(
         }
         export(torch_model, tokenizer, out, direction=direction, record=record, overwrite=overwrite)
     return direction
+
+
+def evaluate(
+    original: Any, modified: Any, tokenizer: Any, prompts: Prompts | None = None, **kwargs: Any
+) -> EvalResult:
+    """Refusal rate, perplexity and KL of ``original`` vs ``modified`` (20 bundled prompts).
+
+    ``original`` and ``modified`` may be the same model object with a reversible cut applied;
+    see :func:`vauban.evaluate.evaluate` for ``reference``, ``max_tokens``, ``batch_size``.
+    """
+    return _evaluate(as_torch(original), as_torch(modified), tokenizer, prompts, **kwargs)
+
+
+def steer_prompt(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    direction: DirectionResult | torch.Tensor,
+    alpha: float = 1.0,
+    max_tokens: int = 100,
+) -> SteerResult:
+    """Generate an answer to ``prompt`` while removing ``alpha`` × the direction at every layer."""
+    return steer(as_torch(model), tokenizer, prompt, direction, alpha, max_tokens=max_tokens)

@@ -176,3 +176,84 @@ class ProbeResult:
             f"at_layer_{self.layer_index}={self.projections[self.layer_index]:+.4f}, "
             f"peak={self.projections[peak]:+.4f}@{peak}, prompt={self.prompt!r}"
         )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One greedy answer and whether it reads as a refusal."""
+
+    prompt: str
+    text: str
+    refused: bool
+
+
+def _percent(rate: float) -> str:
+    return f"{rate * 100:.0f}%"
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Original vs modified: refusal on harmful prompts, perplexity and KL on harmless answers.
+
+    ``kl`` is KL(original ‖ modified) averaged over every answer position of the harmless
+    reference set; ``first_token_kl`` only at the first answer position (what other tools
+    publish). Per-prompt answers and verdicts are in ``before`` and ``after``.
+    """
+
+    refusal_before: float
+    refusal_after: float
+    perplexity_before: float
+    perplexity_after: float
+    kl: float
+    first_token_kl: float
+    n_prompts: int
+    n_reference: int
+    before: tuple[Completion, ...] = field(repr=False)
+    after: tuple[Completion, ...] = field(repr=False)
+
+    def summary(self) -> str:
+        return (
+            f"EvalResult: refusal={_percent(self.refusal_before)} → {_percent(self.refusal_after)}, "
+            f"perplexity={self.perplexity_before:.2f} → {self.perplexity_after:.2f}, "
+            f"kl={self.kl:.4f}, prompts={self.n_prompts}"
+        )
+
+    def record(self) -> dict[str, Any]:
+        """JSON-serializable form, answers included."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SteerResult:
+    """A steered greedy generation.
+
+    ``projections_before[t][l]`` is the projection of the residual after layer ``l`` onto the
+    direction at the position that produced token ``t``, before the steering hook removed
+    ``alpha`` × it; ``projections_after`` is the same after removal.
+    """
+
+    prompt: str
+    text: str
+    alpha: float
+    layer_index: int
+    projections_before: tuple[tuple[float, ...], ...] = field(repr=False)
+    projections_after: tuple[tuple[float, ...], ...] = field(repr=False)
+    refused: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return len(self.projections_before)
+
+    def mean_projection(self, after: bool = False) -> float:
+        """Mean projection over generated tokens at ``layer_index``."""
+        rows = self.projections_after if after else self.projections_before
+        return sum(r[self.layer_index] for r in rows) / max(1, len(rows))
+
+    def summary(self) -> str:
+        return (
+            f"SteerResult: alpha={self.alpha:.2f}, tokens={self.tokens}, refused={self.refused}, "
+            f"projection@{self.layer_index}={self.mean_projection():+.4f} → "
+            f"{self.mean_projection(after=True):+.4f}"
+        )

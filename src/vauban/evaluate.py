@@ -1,0 +1,201 @@
+"""Measure what a cut changed: refusals on harmful prompts, capability on harmless answers.
+
+- Refusal rate: greedy answers to the harmful evaluation prompts (disjoint from the measurement
+  sets), judged by :mod:`vauban.refusal`.
+- Perplexity: of the harmless reference answers, teacher-forced after the chat-formatted
+  prompt, scored on the answer tokens only.
+- KL(original ‖ modified): between next-token distributions at every answer position of the
+  reference set (and, separately, at the first answer position only).
+
+When ``original`` and ``modified`` are the same model object with a reversible cut applied, the
+original side is obtained by undoing the cut (bit-exact) and re-applying it, batch by batch, so
+one copy of the model is enough.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .activations import model_device
+from .batching import left_pad, progress, sorted_batches
+from .cut import active_cuts, original_weights
+from .errors import VaubanError
+from .generate import check_max_tokens, generate
+from .prompts import Prompts, bundled_records, chat_text, load_pairs, load_prompts, pad_id
+from .refusal import is_refusal
+from .results import Completion, EvalResult
+
+DEFAULT_EVAL_PROMPTS = 20
+
+
+def default_eval_prompts(n: int = DEFAULT_EVAL_PROMPTS) -> list[str]:
+    """The first ``n`` bundled evaluation prompts (ordered so any prefix spans all categories)."""
+    return [r["prompt"] for r in bundled_records("eval_harmful")[:n]]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """The two sides of a comparison; one model object with active cuts serves as both."""
+
+    original: nn.Module
+    modified: nn.Module
+
+    def __post_init__(self) -> None:
+        if self.same and not active_cuts(self.original):
+            raise VaubanError(
+                "original and modified are the same model with no cut applied; apply a cut "
+                "(vauban.cut) or pass two different models"
+            )
+
+    @property
+    def same(self) -> bool:
+        return self.original is self.modified
+
+    @contextlib.contextmanager
+    def side(self, original: bool) -> Iterator[nn.Module]:
+        if original and self.same:
+            with original_weights(self.original) as model:
+                yield model
+        else:
+            yield self.original if original else self.modified
+
+
+def completions(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None
+) -> tuple[Completion, ...]:
+    answers = generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size)
+    return tuple(Completion(p, a, is_refusal(a)) for p, a in zip(prompts, answers, strict=True))
+
+
+def _encode_pairs(
+    tokenizer: Any, pairs: Sequence[tuple[str, str]], answer_tokens: int
+) -> list[tuple[list[int], int]]:
+    """Token ids of prompt + the answer's first ``answer_tokens`` tokens, and that length."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    out = []
+    for prompt, answer in pairs:
+        head = tokenizer(chat_text(tokenizer, prompt), add_special_tokens=not has_template)["input_ids"]
+        tail = tokenizer(answer, add_special_tokens=False)["input_ids"][:answer_tokens]
+        out.append((list(head) + list(tail), len(tail)))
+    return out
+
+
+def _answer_logprobs(
+    model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: int
+) -> torch.Tensor:
+    """Log-probabilities (float32) of the distributions predicting the last ``keep`` tokens."""
+    logits = model(
+        input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep + 1,
+        use_cache=False,
+    ).logits
+    return torch.log_softmax(logits[:, -(keep + 1) : -1].float(), dim=-1)
+
+
+@dataclass(frozen=True)
+class AnswerScores:
+    perplexity_before: float
+    perplexity_after: float
+    kl: float
+    first_token_kl: float
+
+
+@torch.inference_mode()
+def answer_scores(
+    pair: Pair,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 16,
+    answer_tokens: int = 64,
+    show_progress: bool | None = None,
+) -> AnswerScores:
+    """Perplexities of both sides and KL(original ‖ modified) on the reference answers.
+
+    Each batch holds two vocabulary-sized log-probability tensors (one per side), so the batch
+    is capped lower than for generation; with one model and a cut, each batch costs an undo and
+    a re-apply of the cut. Only the first ``answer_tokens`` tokens of each answer are scored:
+    the cost is a full forward pass per side, and the opening of an answer carries most of the
+    signal (and all of the first-token KL).
+    """
+    encoded = _encode_pairs(tokenizer, pairs, answer_tokens)
+    device = model_device(pair.modified)
+    nll = {True: 0.0, False: 0.0}
+    kl_sum = first_sum = 0.0
+    n_tokens = 0
+    for batch in progress(sorted_batches([len(x) for x, _ in encoded], batch_size), "kl", show_progress):
+        seqs = [encoded[i][0] for i in batch]
+        lengths = torch.tensor([encoded[i][1] for i in batch], device=device)
+        keep = int(lengths.max())
+        ids, mask, positions = left_pad(seqs, pad_id(tokenizer), device)
+        targets = ids[:, -keep:]
+        valid = torch.arange(keep, device=device).unsqueeze(0) >= (keep - lengths).unsqueeze(1)
+        logp = {}
+        for original in (True, False):
+            with pair.side(original) as model:
+                logp[original] = _answer_logprobs(model, ids, mask, positions, keep)
+            token_lp = logp[original].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            nll[original] -= float(token_lp[valid].sum())
+        p_orig = logp[True].exp()
+        kl = (p_orig * (logp[True] - logp[False])).sum(-1)  # (batch, keep)
+        kl_sum += float(kl[valid].sum())
+        first = keep - lengths  # index of each row's first answer position
+        first_sum += float(kl.gather(1, first.unsqueeze(1)).sum())
+        n_tokens += int(valid.sum())
+    return AnswerScores(
+        perplexity_before=math.exp(nll[True] / n_tokens),
+        perplexity_after=math.exp(nll[False] / n_tokens),
+        kl=kl_sum / n_tokens,
+        first_token_kl=first_sum / len(encoded),
+    )
+
+
+def evaluate(
+    original: nn.Module,
+    modified: nn.Module,
+    tokenizer: Any,
+    prompts: Prompts | None = None,
+    *,
+    reference: str | Sequence[tuple[str, str]] = "reference",
+    max_tokens: int = 64,
+    batch_size: int | None = None,
+    show_progress: bool | None = None,
+) -> EvalResult:
+    """Compare ``original`` and ``modified`` (see the module docstring).
+
+    ``prompts=None`` uses the first 20 bundled evaluation prompts; ``reference`` is the set of
+    harmless (prompt, answer) pairs for perplexity and KL.
+    """
+    check_max_tokens(max_tokens)
+    pair = Pair(original, modified)
+    harmful = default_eval_prompts() if prompts is None else load_prompts(prompts, what="eval prompts")
+    sides = {}
+    for is_original in (True, False):
+        with pair.side(is_original) as model:
+            sides[is_original] = completions(
+                model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size
+            )
+    ref_pairs = load_pairs(reference)
+    scores = answer_scores(pair, tokenizer, ref_pairs, show_progress=show_progress)
+
+    def rate(items: tuple[Completion, ...]) -> float:
+        return sum(c.refused for c in items) / len(items)
+
+    return EvalResult(
+        refusal_before=rate(sides[True]),
+        refusal_after=rate(sides[False]),
+        perplexity_before=scores.perplexity_before,
+        perplexity_after=scores.perplexity_after,
+        kl=scores.kl,
+        first_token_kl=scores.first_token_kl,
+        n_prompts=len(harmful),
+        n_reference=len(ref_pairs),
+        before=sides[True],
+        after=sides[False],
+    )

@@ -1,0 +1,130 @@
+"""Steer at run time: remove the direction from the residual stream during the forward pass.
+
+:class:`Steering` is a context manager that hooks every decoder layer and replaces its output
+``h`` by ``h - α (h·d) d`` at every position, during prefill and every decode step (the KV
+cache then holds steered keys and values, as it would for a cut model). The hooks are removed
+on exit, even on error, so it also wraps a user's own ``model.generate`` calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import arch
+from .generate import check_max_tokens, generate
+from .prompts import load_prompts
+from .refusal import is_refusal
+from .results import DirectionResult, SteerResult, check_alpha, unit_vector
+
+
+class Steering:
+    """Hooks that ablate ``alpha`` × the direction after each of ``layers`` (default: all).
+
+    With ``record=True`` every forward call appends, for the last position of the first row,
+    the projection after each layer before and after removal (``before`` / ``after``: lists of
+    per-layer lists): one entry per generated token (the stop token included) when generating
+    one prompt, since each token comes from one forward call.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        direction: DirectionResult | torch.Tensor,
+        alpha: float = 1.0,
+        *,
+        layers: Sequence[int] | None = None,
+        record: bool = False,
+    ) -> None:
+        self.model = model
+        self.alpha = check_alpha(alpha)
+        self.blocks = arch.decoder_layers(model)
+        self.layers = list(range(len(self.blocks))) if layers is None else list(layers)
+        device = next(model.parameters()).device
+        self.vector = unit_vector(direction, arch.d_model(model)).to(device)
+        self.record = record
+        self.before: list[list[float]] = []
+        self.after: list[list[float]] = []
+        self._handles: list[Any] = []
+        self._step_before: dict[int, float] = {}
+        self._step_after: dict[int, float] = {}
+
+    def _hook(self, layer: int) -> Any:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+            hidden = arch.layer_hidden(output)
+            proj = hidden.float() @ self.vector  # (batch, seq)
+            steered = None
+            if self.alpha != 0.0:
+                delta = (self.alpha * proj).unsqueeze(-1) * self.vector
+                steered = (hidden.float() - delta).to(hidden.dtype)
+            if self.record:
+                self._step_before[layer] = float(proj[0, -1])
+                after = steered[0, -1].float() @ self.vector if steered is not None else proj[0, -1]
+                self._step_after[layer] = float(after)
+                if layer == max(self.layers):
+                    self._flush()
+            return None if steered is None else arch.with_hidden(output, steered)
+
+        return hook
+
+    def _flush(self) -> None:
+        n = len(self.blocks)
+        self.before.append([self._step_before.get(i, float("nan")) for i in range(n)])
+        self.after.append([self._step_after.get(i, float("nan")) for i in range(n)])
+        self._step_before.clear()
+        self._step_after.clear()
+
+    def __enter__(self) -> Steering:
+        self._handles = [self.blocks[i].register_forward_hook(self._hook(i)) for i in self.layers]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def steer_generate(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    direction: DirectionResult | torch.Tensor,
+    alpha: float = 1.0,
+    *,
+    max_tokens: int = 100,
+    layers: Sequence[int] | None = None,
+    batch_size: int | None = None,
+) -> list[str]:
+    """Greedy answers to many prompts under steering."""
+    with Steering(model, direction, alpha, layers=layers):
+        return generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size)
+
+
+def steer(
+    model: nn.Module,
+    tokenizer: Any,
+    prompt: str,
+    direction: DirectionResult | torch.Tensor,
+    alpha: float = 1.0,
+    *,
+    max_tokens: int = 100,
+    layers: Sequence[int] | None = None,
+) -> SteerResult:
+    """Generate one answer under steering, recording per-token projections."""
+    (text,) = load_prompts([prompt], what="prompt")
+    check_max_tokens(max_tokens)
+    with Steering(model, direction, alpha, layers=layers, record=True) as hooks:
+        (answer,) = generate(model, tokenizer, [text], max_tokens=max_tokens)
+    layer = direction.layer_index if isinstance(direction, DirectionResult) else len(hooks.blocks) - 1
+    return SteerResult(
+        prompt=text,
+        text=answer,
+        alpha=hooks.alpha,
+        layer_index=layer,
+        projections_before=tuple(tuple(r) for r in hooks.before),
+        projections_after=tuple(tuple(r) for r in hooks.after),
+        refused=is_refusal(answer),
+    )
