@@ -35,7 +35,7 @@ from .activations import last_token_residuals
 from .errors import VaubanError
 from .load import model_label
 from .prompts import Prompts, load_prompts
-from .results import DirectionResult
+from .results import DirectionResult, unit_rows
 
 
 def cosine_separation(
@@ -43,13 +43,13 @@ def cosine_separation(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-layer scores from ``(n, layers, d)`` activations (see the module docstring).
 
-    Returns ``(scores, directions, harmful_means, harmless_means)``. Means accumulate in float64
-    so that large residual norms (hundreds, in some models) lose nothing.
+    Returns ``(scores, directions, harmful_means, harmless_means)``. Means accumulate and are
+    kept in float64: residual norms reach hundreds in some models, and the direction is the
+    difference of two such means.
     """
     h_mean = harmful.double().mean(0)
     b_mean = harmless.double().mean(0)
-    diff = h_mean - b_mean
-    directions = (diff / diff.norm(dim=-1, keepdim=True).clamp_min(1e-12)).float()
+    directions = unit_rows(h_mean - b_mean)
     centre = ((h_mean + b_mean) / 2).float()
 
     def mean_cosines(x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,7 @@ def cosine_separation(
         return torch.einsum("nkd,ld->lk", centred, directions) / x.shape[0]
 
     scores = (mean_cosines(harmful) - mean_cosines(harmless)).mean(dim=1)
-    return scores, directions, h_mean.float(), b_mean.float()
+    return scores, directions, h_mean, b_mean
 
 
 def measure(

@@ -38,6 +38,12 @@ def unit_vector(direction: DirectionResult | torch.Tensor, d_model: int) -> torc
     return vec / norm
 
 
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit norm (computed in float64, returned as float32)."""
+    x = x.double()
+    return (x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)).float()
+
+
 def check_alpha(alpha: float) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise VaubanError(f"alpha must be a finite number, got {alpha!r}")
@@ -59,7 +65,7 @@ class DirectionResult:
     cosine_scores: tuple[float, ...]
     d_model: int
     model_path: str
-    harmful_means: torch.Tensor | None = field(default=None, repr=False)
+    harmful_means: torch.Tensor | None = field(default=None, repr=False)  # float64 (layers, d)
     harmless_means: torch.Tensor | None = field(default=None, repr=False)
     n_harmful: int = 0
     n_harmless: int = 0
@@ -83,8 +89,7 @@ class DirectionResult:
         """Unit difference-in-means direction of every layer, ``(num_layers, d_model)``."""
         if self.harmful_means is None or self.harmless_means is None:
             raise VaubanError("this DirectionResult has no per-layer means; measure it again")
-        diff = self.harmful_means - self.harmless_means
-        return diff / diff.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return unit_rows(self.harmful_means - self.harmless_means)
 
     def at_layer(self, layer: int) -> DirectionResult:
         """The same measurement with the direction taken from another layer."""

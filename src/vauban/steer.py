@@ -2,8 +2,10 @@
 
 :class:`Steering` is a context manager that hooks every decoder layer and replaces its output
 ``h`` by ``h - α (h·d) d`` at every position, during prefill and every decode step (the KV
-cache then holds steered keys and values, as it would for a cut model). The hooks are removed
-on exit, even on error, so it also wraps a user's own ``model.generate`` calls.
+cache then holds steered keys and values, as it would for a cut model). The embeddings entering
+the first layer are steered too, so with ``α = 1`` on every layer the residual stream is exactly
+that of a model cut with ``embeddings=True``. The hooks are removed on exit, even on error, so
+it also wraps a user's own ``model.generate`` calls.
 """
 
 from __future__ import annotations
@@ -56,10 +58,7 @@ class Steering:
         def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
             hidden = arch.layer_hidden(output)
             proj = hidden.float() @ self.vector  # (batch, seq)
-            steered = None
-            if self.alpha != 0.0:
-                delta = (self.alpha * proj).unsqueeze(-1) * self.vector
-                steered = (hidden.float() - delta).to(hidden.dtype)
+            steered = self._remove(hidden) if self.alpha != 0.0 else None
             if self.record:
                 self._step_before[layer] = float(proj[0, -1])
                 after = steered[0, -1].float() @ self.vector if steered is not None else proj[0, -1]
@@ -70,6 +69,20 @@ class Steering:
 
         return hook
 
+    def _steer_input(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Pre-hook on the first steered layer when it is layer 0: steer the embeddings."""
+        if self.alpha == 0.0:
+            return None
+        if args:
+            hidden = args[0]
+            return (self._remove(hidden), *args[1:]), kwargs
+        kwargs = dict(kwargs, hidden_states=self._remove(kwargs["hidden_states"]))
+        return args, kwargs
+
+    def _remove(self, hidden: torch.Tensor) -> torch.Tensor:
+        proj = hidden.float() @ self.vector
+        return (hidden.float() - (self.alpha * proj).unsqueeze(-1) * self.vector).to(hidden.dtype)
+
     def _flush(self) -> None:
         n = len(self.blocks)
         self.before.append([self._step_before.get(i, float("nan")) for i in range(n)])
@@ -78,7 +91,17 @@ class Steering:
         self._step_after.clear()
 
     def __enter__(self) -> Steering:
-        self._handles = [self.blocks[i].register_forward_hook(self._hook(i)) for i in self.layers]
+        # prepend: hooks installed earlier (transformers' own output recorders, a user's probes)
+        # must see the steered stream, whatever order they were registered in
+        self._handles = [
+            self.blocks[i].register_forward_hook(self._hook(i), prepend=True) for i in self.layers
+        ]
+        if 0 in self.layers:
+            self._handles.append(
+                self.blocks[0].register_forward_pre_hook(
+                    self._steer_input, with_kwargs=True, prepend=True
+                )
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
