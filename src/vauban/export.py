@@ -40,12 +40,15 @@ def check_output_dir(output_dir: str | os.PathLike[str], overwrite: bool = False
         raise VaubanError(
             f"output directory {out} is not empty; choose another path or pass overwrite=True"
         )
-    parent = out.absolute().parent
-    probe = parent
+    probe = out.absolute().parent
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise VaubanError(f"cannot write to {probe} (permission denied); choose another output_dir")
+    try:  # really try: access() says yes to root even on read-only file systems
+        tempfile.TemporaryDirectory(dir=probe, prefix=".vauban-write-test-").cleanup()
+    except OSError as err:
+        raise VaubanError(
+            f"cannot write to {probe} ({err.strerror or err}); choose another output_dir"
+        ) from None
     return out
 
 
@@ -86,9 +89,10 @@ def export(
 ) -> Path:
     """Write ``model`` (as it is in memory, in its current dtype) to ``output_dir``."""
     out = check_output_dir(output_dir, overwrite)
-    out.absolute().parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
+    tmp = None
     try:
+        out.absolute().parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
         clear_quantizer(model)
         model.config.architectures = [type(model).__name__]
         model.save_pretrained(tmp)
@@ -110,7 +114,8 @@ def export(
     except OSError as err:
         raise VaubanError(f"could not write {out}: {err.strerror or err}") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
