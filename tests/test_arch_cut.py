@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import POST_NORM_TYPES, TINY_CONFIGS, build_model
 
+from conftest import POST_NORM_TYPES, TINY_CONFIGS, build_model
 from vauban import VaubanError, active_cuts, arch, cut, original_weights
 from vauban.activations import last_token_residuals
 
@@ -58,7 +58,7 @@ def test_writers_cover_attention_and_mlp_of_every_layer():
 
 def test_unknown_architecture_is_named():
     class Odd(torch.nn.Module):
-        class config:  # noqa: N801 - mimics a transformers config attribute
+        class config:
             model_type = "my_new_arch"
 
     with pytest.raises(VaubanError, match="my_new_arch"):

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import build_model
 from transformers import AutoModelForCausalLM
 
+from conftest import build_model
 from vauban import VaubanError, cut, export, load, quick, source_of
 from vauban.export import DIRECTION_FILE, RECORD_FILE, mlx_compatible_config
 
@@ -61,7 +61,7 @@ def test_load_missing_path_is_one_clear_error(path, message):
 def test_load_rejects_bad_files(tmp_path):
     not_gguf = tmp_path / "model.bin"
     not_gguf.write_bytes(b"abc")
-    with pytest.raises(VaubanError, match="not a .gguf"):
+    with pytest.raises(VaubanError, match=r"not a \.gguf"):
         load(not_gguf)
     corrupt = tmp_path / "broken.gguf"
     corrupt.write_bytes(b"\x00\x01junk")

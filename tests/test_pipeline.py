@@ -6,13 +6,13 @@ import re
 
 import pytest
 import torch
-from conftest import build_model
 
+from conftest import build_model
 from vauban import DirectionResult, VaubanError, arch, cut, measure, probe
 from vauban.activations import last_token_residuals
 from vauban.evaluate import evaluate
 from vauban.generate import generate
-from vauban.steer import Steering, steer, steer_generate
+from vauban.steer import Steering, steer
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma3_text"])

@@ -1,24 +1,52 @@
-"""vauban: find, probe, cut, export, evaluate and steer the refusal direction of chat models."""
+"""vauban: find, probe, cut, export, evaluate and steer the refusal direction of chat models.
+
+``vauban.quick`` holds the tutorial's one-liners; the names below are the low-level API they
+are built from (module names follow the pipeline: load, measure, probe, cut, export, evaluate,
+steer, sweep).
+"""
 
 from .cut import Cut, active_cuts, cut, original_weights
 from .errors import VaubanError
+from .evaluate import evaluate
 from .export import export
 from .load import load_model, source_of
+from .measure import measure
+from .probe import borderline, probe, projections
+from .results import (
+    AlphaSweep,
+    BorderlineResult,
+    Completion,
+    DirectionResult,
+    EvalResult,
+    ProbeResult,
+    SteerResult,
+    SteerSweep,
+)
+from .steer import Steering, steer, steer_generate
+from .sweep import alpha_sweep, direction_similarity, steer_sweep
 
 load = load_model
-from .measure import measure
-from .probe import probe, projections
-from .results import DirectionResult, ProbeResult
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlphaSweep",
+    "BorderlineResult",
+    "Completion",
     "Cut",
     "DirectionResult",
+    "EvalResult",
     "ProbeResult",
+    "SteerResult",
+    "SteerSweep",
+    "Steering",
     "VaubanError",
     "active_cuts",
+    "alpha_sweep",
+    "borderline",
     "cut",
+    "direction_similarity",
+    "evaluate",
     "export",
     "load",
     "measure",
@@ -26,4 +54,7 @@ __all__ = [
     "probe",
     "projections",
     "source_of",
+    "steer",
+    "steer_generate",
+    "steer_sweep",
 ]

@@ -7,6 +7,7 @@ stopping as soon as the deepest requested layer has run.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,12 +64,10 @@ def last_token_residuals(
         batches = sorted_batches([len(x) for x in ids], batch_size or default_batch_size(device))
         for batch in progress(batches, desc, show_progress):
             input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
-            try:
+            with contextlib.suppress(_Enough):
                 arch.decoder(model)(
                     input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False
                 )
-            except _Enough:
-                pass
             out[batch] = torch.stack([captured[layer] for layer in wanted], dim=1).cpu()
             captured.clear()
     finally:

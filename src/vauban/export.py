@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,13 @@ def export(
     direction: DirectionResult | None = None,
     record: dict[str, Any] | None = None,
     overwrite: bool = False,
+    extras: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``model`` (as it is in memory, in its current dtype) to ``output_dir``."""
+    """Write ``model`` (as it is in memory, in its current dtype) to ``output_dir``.
+
+    ``extras`` may write more files (reports, plots) into the directory before it is renamed
+    into place, so they appear atomically with the weights.
+    """
     out = check_output_dir(output_dir, overwrite)
     tmp = None
     try:
@@ -103,11 +109,13 @@ def export(
         if direction is not None:
             direction.save(tmp / DIRECTION_FILE)
         full_record = {
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "versions": versions(),
             **(record or {}),
         }
         (tmp / RECORD_FILE).write_text(json.dumps(full_record, indent=2) + "\n")
+        if extras is not None:
+            extras(tmp)
         if not list(tmp.glob("*.safetensors")):
             raise VaubanError(f"export to {out} produced no weight files")
         _move_into_place(tmp, out)

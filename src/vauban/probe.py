@@ -15,9 +15,10 @@ from torch import nn
 
 from . import arch
 from .activations import last_token_residuals
+from .errors import VaubanError
 from .load import model_label
 from .prompts import load_prompts
-from .results import DirectionResult, ProbeResult, unit_vector
+from .results import BorderlineResult, DirectionResult, ProbeResult, unit_vector
 
 
 def projections(
@@ -50,3 +51,21 @@ def probe(
         layer_index=layer,
         model_path=model_label(model),
     )
+
+
+def borderline(
+    model: nn.Module, tokenizer: Any, prompt: str, direction: DirectionResult
+) -> BorderlineResult:
+    """Place a prompt between the harmful and harmless patterns measured with ``direction``.
+
+    The harmful and harmless curves are the per-layer mean projections of the measurement sets
+    (kept in the DirectionResult); ``position`` at the direction's layer is 0 on the harmless
+    mean and 1 on the harmful mean.
+    """
+    result = probe(model, tokenizer, prompt, direction)
+    if direction.harmful_means is None or direction.harmless_means is None:
+        raise VaubanError("this DirectionResult has no per-layer means; measure it again")
+    d = direction.direction.double()
+    harmful = tuple(float(x) for x in direction.harmful_means @ d)
+    harmless = tuple(float(x) for x in direction.harmless_means @ d)
+    return BorderlineResult(result, harmful, harmless)

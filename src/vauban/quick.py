@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from .cut import cut
-from .evaluate import evaluate as _evaluate
 from .errors import VaubanError
+from .evaluate import evaluate as _evaluate
 from .export import check_output_dir, export
 from .load import default_device, load_model, model_label, resolve_dtype
 from .measure import measure

@@ -262,3 +262,84 @@ class SteerResult:
             f"projection@{self.layer_index}={self.mean_projection():+.4f} → "
             f"{self.mean_projection(after=True):+.4f}"
         )
+
+
+@dataclass(frozen=True)
+class BorderlineResult:
+    """A probe set against the measured harmful and harmless patterns (per-layer means)."""
+
+    probe: ProbeResult
+    harmful: tuple[float, ...]
+    harmless: tuple[float, ...]
+
+    @property
+    def position(self) -> float:
+        """At the direction's layer: 0 = the harmless mean, 1 = the harmful mean."""
+        layer = self.probe.layer_index
+        span = self.harmful[layer] - self.harmless[layer]
+        return (self.probe.projections[layer] - self.harmless[layer]) / span if span else 0.0
+
+    @property
+    def closer_to(self) -> str:
+        return "harmful" if self.position > 0.5 else "harmless"
+
+    def summary(self) -> str:
+        layer = self.probe.layer_index
+        return (
+            f"BorderlineResult: layer={layer}, projection={self.probe.projections[layer]:+.4f}, "
+            f"harmless_mean={self.harmless[layer]:+.4f}, harmful_mean={self.harmful[layer]:+.4f}, "
+            f"position={self.position:.2f}, closer_to={self.closer_to}, prompt={self.probe.prompt!r}"
+        )
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One alpha of an alpha sweep (the modified side; the original is in the sweep)."""
+
+    alpha: float
+    refusal: float
+    perplexity: float
+    kl: float
+    first_token_kl: float
+
+
+@dataclass(frozen=True)
+class AlphaSweep:
+    """Cut at several alphas, evaluated against the same original."""
+
+    refusal_before: float
+    perplexity_before: float
+    rows: tuple[SweepRow, ...]
+    n_prompts: int
+
+    def table(self) -> str:
+        lines = ["alpha  refusal  perplexity  kl      first_token_kl",
+                 f"  0    {_percent(self.refusal_before):>7}  {self.perplexity_before:10.2f}  "
+                 f"{0.0:.4f}  {0.0:.4f}"]
+        lines += [
+            f"{r.alpha:5.2f}  {_percent(r.refusal):>7}  {r.perplexity:10.2f}  {r.kl:.4f}  "
+            f"{r.first_token_kl:.4f}"
+            for r in self.rows
+        ]
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        cells = ", ".join(f"α={r.alpha:g}: {_percent(r.refusal)}/{r.perplexity:.2f}" for r in self.rows)
+        return (f"AlphaSweep: refusal/perplexity before {_percent(self.refusal_before)}/"
+                f"{self.perplexity_before:.2f}; {cells}; prompts={self.n_prompts}")
+
+
+@dataclass(frozen=True)
+class SteerSweep:
+    """One prompt steered at several alphas."""
+
+    results: tuple[SteerResult, ...]
+
+    @property
+    def first_compliant_alpha(self) -> float | None:
+        """The smallest alpha whose answer is not a refusal (None if all refuse)."""
+        return next((r.alpha for r in sorted(self.results, key=lambda r: r.alpha) if not r.refused), None)
+
+    def summary(self) -> str:
+        cells = ", ".join(f"α={r.alpha:g}: {'refused' if r.refused else 'answered'}" for r in self.results)
+        return f"SteerSweep: {cells}; first compliant alpha={self.first_compliant_alpha}"

@@ -1,0 +1,105 @@
+"""One settings object for the CLI: command line > environment (``VAUBAN_*``) > TOML file > defaults.
+
+The file is ``vauban.toml`` in the working directory (or ``--config PATH``), with the settings
+at top level or under a ``[vauban]`` table, named as the fields below::
+
+    model = "Qwen/Qwen2.5-1.5B-Instruct"
+    alpha = 1.2
+    max_tokens = 96
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import VaubanError
+
+DEFAULT_FILE = "vauban.toml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a CLI run can be told; ``None`` means "vauban's default" for that step."""
+
+    model: str | None = None
+    output_dir: str = "abliterated"
+    alpha: float = 1.0
+    layer: int | None = None
+    embeddings: bool = False
+    harmful: str = "harmful"
+    harmless: str = "harmless"
+    eval_prompts: str | None = None
+    max_tokens: int = 64
+    batch_size: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    overwrite: bool = False
+
+
+def _field_type(name: str) -> type:
+    hint = typing.get_type_hints(Settings)[name]
+    if isinstance(hint, types.UnionType):  # "X | None"
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    kind = _field_type(name)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if kind is bool and text.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return text.lower() in ("1", "true", "yes", "on")
+        try:
+            if kind in (int, float):
+                return kind(text)
+        except ValueError:
+            pass
+        if kind is str:
+            return text
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    raise VaubanError(f"{where}: {name} must be {kind.__name__}, got {value!r}")
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise VaubanError(f"cannot read config file {path}: {err}") from None
+    return data.get("vauban", data)
+
+
+def resolve(
+    cli: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Merge the layers; unknown keys in the file are an error (typos should not pass silently)."""
+    env = os.environ if env is None else env
+    names = [f.name for f in dataclasses.fields(Settings)]
+    values: dict[str, Any] = {}
+    path = Path(config_file) if config_file else Path(DEFAULT_FILE)
+    if config_file or path.is_file():
+        file_values = read_file(path)
+        unknown = sorted(set(file_values) - set(names))
+        if unknown:
+            raise VaubanError(f"{path}: unknown settings {unknown}; known: {names}")
+        values.update({k: _coerce(k, v, str(path)) for k, v in file_values.items()})
+    for name in names:
+        key = f"VAUBAN_{name.upper()}"
+        if env.get(key):
+            values[name] = _coerce(name, env[key], key)
+    for name, value in cli.items():
+        if name in names and value is not None:
+            values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+    return Settings(**values)
