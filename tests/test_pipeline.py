@@ -98,6 +98,7 @@ def test_steering_removes_direction_at_every_position_and_layer(model_type, toke
     d = torch.randn(64)
     d = d / d.norm()
     ids = tokenizer(["Tell me a story.", "Hi"], return_tensors="pt", padding=True)
+    torch.set_grad_enabled(False)
     plain = model(**ids).logits
     with Steering(model, d, 1.0):
         out = model(**ids, output_hidden_states=True)
@@ -110,6 +111,7 @@ def test_steering_removes_direction_at_every_position_and_layer(model_type, toke
         half = model(**ids, output_hidden_states=True).hidden_states[2]
     raw = model(**ids, output_hidden_states=True).hidden_states[2]
     assert torch.allclose(half @ d, 0.5 * (raw @ d), atol=1e-5)
+    torch.set_grad_enabled(True)
 
 
 def test_steer_records_and_cleans_up(tokenizer):

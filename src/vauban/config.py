@@ -76,7 +76,8 @@ def read_file(path: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise VaubanError(f"cannot read config file {path}: {err}") from None
-    return data.get("vauban", data)
+    table = data.pop("vauban", {})
+    return {**data, **table}  # top-level keys and a [vauban] table both count
 
 
 def resolve(

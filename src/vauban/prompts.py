@@ -31,28 +31,48 @@ def bundled_records(name: str) -> list[dict[str, Any]]:
 
 
 def _text_of(record: Any, where: str) -> str:
-    if isinstance(record, str):
-        return record
+    text = record if isinstance(record, str) else None
     if isinstance(record, dict):
-        for key in _TEXT_KEYS:
-            if isinstance(record.get(key), str):
-                return record[key]
-    raise VaubanError(f"{where}: no prompt text (expected a string or a {_TEXT_KEYS[0]!r} field)")
+        text = next((record[k] for k in _TEXT_KEYS if isinstance(record.get(k), str)), None)
+    if text is None:
+        raise VaubanError(f"{where}: no prompt text (expected a string or a {_TEXT_KEYS[0]!r} field)")
+    if not text.strip():
+        raise VaubanError(f"{where}: the prompt is empty; remove it")
+    return text
+
+
+def _json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise VaubanError(f"{where}: invalid JSON ({err.msg}, column {err.colno})") from None
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """The records of a JSON Lines file, with file:line in any error."""
+    return [
+        _json(line, f"{path}:{n}")
+        for n, line in enumerate(_read_text(path).splitlines(), start=1)
+        if line.strip()
+    ]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise VaubanError(f"{path} is not UTF-8 text; save it as UTF-8") from None
 
 
 def _read_file(path: Path) -> list[str]:
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     if suffix == ".txt":
         return [line.strip() for line in text.splitlines() if line.strip()]
     if suffix == ".jsonl":
-        return [
-            _text_of(json.loads(line), f"{path}:{n}")
-            for n, line in enumerate(text.splitlines(), start=1)
-            if line.strip()
-        ]
+        return [_text_of(r, f"{path}:{n}") for n, r in enumerate(read_jsonl(path), start=1)]
     if suffix == ".json":
-        data = json.loads(text)
+        data = _json(text, str(path))
         if not isinstance(data, list):
             raise VaubanError(f"{path}: expected a JSON list of prompts")
         return [_text_of(item, f"{path}[{i}]") for i, item in enumerate(data)]
@@ -102,8 +122,8 @@ def load_pairs(source: str | os.PathLike[str] | Sequence[tuple[str, str]]) -> li
             path = Path(source).expanduser()
             if not path.is_file():
                 raise VaubanError(f"reference set {str(source)!r} is not a bundled set nor a file")
-            records = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-        pairs = [(r.get("prompt"), r.get("response")) for r in records]
+            records = read_jsonl(path)
+        pairs = [(r.get("prompt"), r.get("response")) if isinstance(r, dict) else (r,) for r in records]
     else:
         pairs = [tuple(p) for p in source]  # type: ignore[misc]
     for i, pair in enumerate(pairs):

@@ -45,8 +45,11 @@ class Steering:
         self.alpha = check_alpha(alpha)
         self.blocks = arch.decoder_layers(model)
         self.layers = list(range(len(self.blocks))) if layers is None else list(layers)
-        device = next(model.parameters()).device
-        self.vector = unit_vector(direction, arch.d_model(model)).to(device)
+        weight = next(model.parameters())
+        self.vector = unit_vector(direction, arch.d_model(model)).to(weight.device)
+        # the hook runs on every layer at every decode step: keep it to two kernels in the
+        # model's dtype (matmul accumulates in float32; addcmul computes in float32)
+        self._vector_model = self.vector.to(weight.dtype)
         self.record = record
         self.before: list[list[float]] = []
         self.after: list[list[float]] = []
@@ -57,11 +60,11 @@ class Steering:
     def _hook(self, layer: int) -> Any:
         def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
             hidden = arch.layer_hidden(output)
-            proj = hidden.float() @ self.vector  # (batch, seq)
             steered = self._remove(hidden) if self.alpha != 0.0 else None
             if self.record:
-                self._step_before[layer] = float(proj[0, -1])
-                after = steered[0, -1].float() @ self.vector if steered is not None else proj[0, -1]
+                last = hidden[0, -1].float() @ self.vector
+                self._step_before[layer] = float(last)
+                after = steered[0, -1].float() @ self.vector if steered is not None else last
                 self._step_after[layer] = float(after)
                 if layer == max(self.layers):
                     self._flush()
@@ -80,8 +83,9 @@ class Steering:
         return args, kwargs
 
     def _remove(self, hidden: torch.Tensor) -> torch.Tensor:
-        proj = hidden.float() @ self.vector
-        return (hidden.float() - (self.alpha * proj).unsqueeze(-1) * self.vector).to(hidden.dtype)
+        """``hidden - α (hidden·d) d``."""
+        v = self._vector_model
+        return torch.addcmul(hidden, (hidden @ v).unsqueeze(-1), v, value=-self.alpha)
 
     def _flush(self) -> None:
         n = len(self.blocks)
