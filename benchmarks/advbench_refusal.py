@@ -28,7 +28,10 @@ def refusal_rate(model_path: str | None, goals: list[str], max_tokens: int, batc
         "prompts": len(goals),
         "refusal_rate": sum(refused) / len(goals),
         "seconds": round(time.perf_counter() - start, 1),
-        "examples": [{"prompt": g, "answer": a, "refused": r} for g, a, r in zip(goals, answers, refused)],
+        "examples": [
+            {"prompt": g, "answer": a, "refused": r}
+            for g, a, r in zip(goals, answers, refused, strict=True)
+        ],
     }
 
 

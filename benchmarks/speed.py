@@ -83,7 +83,8 @@ def main() -> None:
     harmless = load_prompts("harmless")[: args.prompts]
     rows: dict[str, Any] = {"shape": shape, "device": str(device), "dtype": str(dtype),
                             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
-    print(f"{shape} {dtype} on {rows['gpu']}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params")
+    params = sum(p.numel() for p in model.parameters()) / 1e9
+    print(f"{shape} {dtype} on {rows['gpu']}: {params:.2f} B params")
 
     # measure: vauban vs naive
     t_ours, direction = timed(lambda: measure(model, tokenizer, harmful, harmless), device)
