@@ -30,8 +30,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import build_tokenizer
 from vauban import cut, measure
+from vauban.batching import left_pad
 from vauban.evaluate import Pair, answer_scores
-from vauban.generate import generate
 from vauban.prompts import encode_chat, load_pairs, load_prompts
 from vauban.steer import Steering
 
@@ -113,15 +113,20 @@ def main() -> None:
     rows["undo_bit_exact"] = all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     del state
 
-    # steering overhead in generation
-    gen_prompts = (harmful * 2)[:32]
-    t_plain, _ = timed(lambda: generate(model, tokenizer, gen_prompts, max_tokens=64), device)
+    # steering overhead in generation: same prompts, exactly 64 new tokens each (no early stop)
+    input_ids, mask, _ = left_pad(encode_chat(tokenizer, (harmful * 2)[:32]), 0, device)
+
+    @torch.inference_mode()
+    def plain() -> None:
+        model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                       max_new_tokens=64, min_new_tokens=64, pad_token_id=0)
 
     def steered() -> None:
         with Steering(model, direction, 1.0):
-            generate(model, tokenizer, gen_prompts, max_tokens=64)
+            plain()
 
-    t_steer, _ = timed(steered, device)
+    t_plain, _ = timed(plain, device, repeat=3)
+    t_steer, _ = timed(steered, device, repeat=3)
     rows["generate_s"] = t_plain
     rows["generate_steered_s"] = t_steer
     rows["steer_overhead"] = t_steer / t_plain

@@ -154,3 +154,16 @@ def test_evaluate_one_model_with_cut_equals_two_models(tokenizer, prompt_sets):
     )
     with pytest.raises(VaubanError, match="no cut applied"):
         evaluate(model, model, tokenizer, prompt_sets[0][:1], reference=reference)
+
+
+def test_mismatched_tokenizer_is_one_clear_error(tokenizer):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    small = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "llama", vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1,
+    ))
+    with pytest.raises(VaubanError, match="belong to different models"):
+        measure(small, tokenizer, ["a"], ["b"])
+    with pytest.raises(VaubanError, match="belong to different models"):
+        generate(small, tokenizer, ["a"])

@@ -16,7 +16,7 @@ from torch import nn
 
 from . import arch
 from .batching import default_batch_size, left_pad, progress, sorted_batches
-from .prompts import encode_chat, pad_id
+from .prompts import check_tokenizer, encode_chat, pad_id
 
 
 class _Enough(Exception):
@@ -43,6 +43,7 @@ def last_token_residuals(
     ``layers`` defaults to every decoder layer; entry ``[i, j]`` is the residual stream after
     layer ``layers[j]`` at the last token of the chat-formatted prompt ``i``.
     """
+    check_tokenizer(model, tokenizer)
     blocks = arch.decoder_layers(model)
     wanted = list(range(len(blocks))) if layers is None else list(layers)
     device = model_device(model)

@@ -28,7 +28,15 @@ from .batching import left_pad, progress, sorted_batches
 from .cut import active_cuts, original_weights
 from .errors import VaubanError
 from .generate import check_max_tokens, generate
-from .prompts import Prompts, bundled_records, chat_text, load_pairs, load_prompts, pad_id
+from .prompts import (
+    Prompts,
+    bundled_records,
+    chat_text,
+    check_tokenizer,
+    load_pairs,
+    load_prompts,
+    pad_id,
+)
 from .refusal import is_refusal
 from .results import Completion, EvalResult
 
@@ -124,6 +132,7 @@ def answer_scores(
     the cost is a full forward pass per side, and the opening of an answer carries most of the
     signal (and all of the first-token KL).
     """
+    check_tokenizer(pair.modified, tokenizer)
     encoded = _encode_pairs(tokenizer, pairs, answer_tokens)
     device = model_device(pair.modified)
     nll = {True: 0.0, False: 0.0}

@@ -18,7 +18,7 @@ from transformers import GenerationConfig
 from .activations import model_device
 from .batching import default_batch_size, left_pad, progress, sorted_batches
 from .errors import VaubanError
-from .prompts import encode_chat, pad_id
+from .prompts import check_tokenizer, encode_chat, pad_id
 
 # End-of-turn markers of common chat templates; whichever exist in a vocabulary also stop.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
@@ -57,6 +57,7 @@ def generate(
 ) -> list[str]:
     """Greedy answers to chat-formatted ``prompts``, in input order."""
     check_max_tokens(max_tokens)
+    check_tokenizer(model, tokenizer)
     device = model_device(model)
     ids = encode_chat(tokenizer, prompts)
     pad = pad_id(tokenizer)

@@ -154,6 +154,17 @@ def encode_chat(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=not has_template)["input_ids"]]
 
 
+def check_tokenizer(model: Any, tokenizer: Any) -> None:
+    """A tokenizer whose ids do not fit the model's embedding table belongs to another model."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    size = len(tokenizer)
+    if size > rows:
+        raise VaubanError(
+            f"the tokenizer has {size} tokens but the model's embedding has {rows} rows: they "
+            "belong to different models; use the tokenizer loaded with this model"
+        )
+
+
 def pad_id(tokenizer: Any) -> int:
     """Any valid id works for padding (it is masked); prefer the tokenizer's own."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
