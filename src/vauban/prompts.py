@@ -7,6 +7,7 @@ to a ``.txt`` (one prompt per line), ``.jsonl`` / ``.json`` or ``.csv`` file.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -77,7 +78,7 @@ def _read_file(path: Path) -> list[str]:
             raise VaubanError(f"{path}: expected a JSON list of prompts")
         return [_text_of(item, f"{path}[{i}]") for i, item in enumerate(data)]
     if suffix == ".csv":
-        rows = list(csv.reader(text.splitlines()))
+        rows = list(csv.reader(io.StringIO(text)))  # quoted fields may hold newlines
         if not rows:
             return []
         header = [h.strip().lower() for h in rows[0]]
