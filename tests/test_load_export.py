@@ -102,9 +102,12 @@ def test_export_loads_in_transformers_and_mlx_with_equal_logits(tmp_path, hf_dir
     assert config["rope_theta"] == config["rope_parameters"]["rope_theta"]  # read by mlx_lm
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert torch.equal(logits(reloaded, IDS), expected)
-    mlx_model, _ = mlx_lm.load(str(out))
+    mlx_model, mlx_tokenizer = mlx_lm.load(str(out))
     mlx_logits = np.array(mlx_model(mx.array([IDS]))[0].astype(mx.float32))
     assert np.allclose(mlx_logits, expected.numpy(), atol=1e-4)
+    # mlx_lm's tokenizer wrapper works wherever a tokenizer is expected
+    assert quick.probe_prompt(mlx_model, mlx_tokenizer, "Hi", d) == quick.probe_prompt(
+        mlx_model, tokenizer, "Hi", d)
     # an mlx_lm model goes through every quick function (converted to PyTorch once)
     assert torch.allclose(logits(quick.as_torch(mlx_model), IDS), expected, atol=1e-5)
     assert not list(tmp_path.glob(".out*")), "temporary directories left behind"

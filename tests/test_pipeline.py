@@ -167,3 +167,10 @@ def test_mismatched_tokenizer_is_one_clear_error(tokenizer):
         measure(small, tokenizer, ["a"], ["b"])
     with pytest.raises(VaubanError, match="belong to different models"):
         generate(small, tokenizer, ["a"])
+
+
+def test_quick_passes_empty_lists_through_to_a_clear_error(tokenizer):
+    from vauban import quick
+
+    with pytest.raises(VaubanError, match="empty"):
+        quick.measure_direction(build_model("llama"), tokenizer, harmful=[])

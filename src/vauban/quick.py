@@ -50,6 +50,12 @@ def as_torch(model: Any) -> nn.Module:
     raise VaubanError(f"expected a transformers or mlx_lm model, got {type(model).__name__}")
 
 
+def as_hf_tokenizer(tokenizer: Any) -> Any:
+    """The transformers tokenizer inside ``mlx_lm``'s ``TokenizerWrapper``, else ``tokenizer``."""
+    inner = getattr(tokenizer, "_tokenizer", None)
+    return inner if type(tokenizer).__name__ == "TokenizerWrapper" and inner is not None else tokenizer
+
+
 def measure_direction(
     model: Any,
     tokenizer: Any,
@@ -59,7 +65,11 @@ def measure_direction(
 ) -> DirectionResult:
     """Measure the refusal direction (bundled 128 + 128 prompts unless given)."""
     return measure(
-        as_torch(model), tokenizer, harmful or "harmful", harmless or "harmless", **kwargs
+        as_torch(model),
+        as_hf_tokenizer(tokenizer),
+        "harmful" if harmful is None else harmful,
+        "harmless" if harmless is None else harmless,
+        **kwargs,
     )
 
 
@@ -67,7 +77,7 @@ def probe_prompt(
     model: Any, tokenizer: Any, prompt: str, direction: DirectionResult | torch.Tensor
 ) -> ProbeResult:
     """Per-layer projection of ``prompt``'s last-token activation onto ``direction``."""
-    return probe(as_torch(model), tokenizer, prompt, direction)
+    return probe(as_torch(model), as_hf_tokenizer(tokenizer), prompt, direction)
 
 
 def abliterate(
@@ -90,7 +100,7 @@ def abliterate(
     then undone bit for bit, so ``model`` stays the original for evaluation and steering.
     ``model_path`` only labels the export (the model remembers where it was loaded from).
     """
-    torch_model = as_torch(model)
+    torch_model, tokenizer = as_torch(model), as_hf_tokenizer(tokenizer)
     out = check_output_dir(output_dir, overwrite)
     if direction is None:
         direction = measure_direction(torch_model, tokenizer, harmful, harmless)
@@ -117,7 +127,9 @@ def evaluate(
     ``original`` and ``modified`` may be the same model object with a reversible cut applied;
     see :func:`vauban.evaluate.evaluate` for ``reference``, ``max_tokens``, ``batch_size``.
     """
-    return _evaluate(as_torch(original), as_torch(modified), tokenizer, prompts, **kwargs)
+    return _evaluate(
+        as_torch(original), as_torch(modified), as_hf_tokenizer(tokenizer), prompts, **kwargs
+    )
 
 
 def steer_prompt(
@@ -129,4 +141,6 @@ def steer_prompt(
     max_tokens: int = 100,
 ) -> SteerResult:
     """Generate an answer to ``prompt`` while removing ``alpha`` × the direction at every layer."""
-    return steer(as_torch(model), tokenizer, prompt, direction, alpha, max_tokens=max_tokens)
+    return steer(
+        as_torch(model), as_hf_tokenizer(tokenizer), prompt, direction, alpha, max_tokens=max_tokens
+    )
