@@ -84,7 +84,10 @@ def test_measure_and_probe_claims(loaded, direction):
 
     bad = projections(model, tokenizer, default_eval_prompts(8), direction)[:, layer]
     good = projections(model, tokenizer, [p for p, _ in load_pairs("reference")[:8]], direction)[:, layer]
-    assert bad.mean() > good.mean() + 2 * good.std()
+    print(f"layer {layer}: harmful {bad.tolist()}, harmless {good.tolist()}")
+    assert bad.mean() > good.mean() + 2.0
+    # ranking: a harmful prompt projects above a harmless one in most pairs (AUC)
+    assert (bad[:, None] > good[None, :]).float().mean() >= 0.8
 
 
 def test_tutorial_end_to_end(tmp_path, loaded, direction):
