@@ -19,7 +19,7 @@ from .config import Settings, resolve
 from .cut import cut
 from .errors import VaubanError
 from .evaluate import evaluate
-from .export import check_output_dir, export
+from .export import check_output_dir, cut_record, export
 from .load import load_model
 from .measure import measure
 from .probe import borderline, probe
@@ -90,10 +90,8 @@ def cmd_run(s: Settings, args: argparse.Namespace) -> None:
             plots.plot_probes(probes, direction, folder / "vauban_probes.png")
             (folder / "vauban_eval.json").write_text(json.dumps(result.record(), indent=1))
 
-        record = {"source": s.model or direction.model_path, "alpha": applied.alpha,
-                  "layers": applied.layers, "embeddings": s.embeddings,
-                  "direction": direction.record(), "evaluation": {
-                      k: v for k, v in result.record().items() if k not in ("before", "after")}}
+        record = cut_record(s.model or direction.model_path, applied, direction)
+        record["evaluation"] = {k: v for k, v in result.record().items() if k not in ("before", "after")}
         export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite,
                extras=extras)
         clock.lap("export")
@@ -132,8 +130,7 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace) -> None:
     direction = _direction(args, model, tokenizer, s)
     print(direction.summary())
     with cut(model, direction, alpha=s.alpha, embeddings=s.embeddings) as applied:
-        record = {"source": s.model or direction.model_path, "alpha": applied.alpha,
-                  "layers": applied.layers, "direction": direction.record()}
+        record = cut_record(s.model or direction.model_path, applied, direction)
         export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite)
     print(f"Exported to {out}/")
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import nn
 
+from .cut import Cut
 from .errors import VaubanError
 from .load import clear_quantizer
 from .results import DirectionResult
@@ -77,6 +78,19 @@ def mlx_compatible_config(config: dict[str, Any]) -> dict[str, Any]:
     if per_type and "rope_theta" in params.get("sliding_attention", {}):
         out.setdefault("rope_local_base_freq", params["sliding_attention"]["rope_theta"])
     return out
+
+
+def cut_record(source: str, applied: Cut, direction: DirectionResult) -> dict[str, Any]:
+    """How an abliterated export was made: the JSON record that travels with its weights."""
+    return {
+        "source": source,
+        "method": "directional ablation (weight orthogonalization)",
+        "alpha": applied.alpha,
+        "layers": applied.layers,
+        "embeddings": applied.embeddings,
+        "edited_tensors": len(applied.edited),
+        "direction": direction.record(),
+    }
 
 
 def export(

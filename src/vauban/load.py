@@ -123,10 +123,9 @@ def load_model(
         local, source = demo_model_dir(), ModelSource(DEMO_ID, "demo")
     else:
         local, source = _resolve_local(model_path)
-    if local is not None:
-        model, tokenizer = _from_hf(str(local), torch_dtype, dev, None, trust_remote_code)
-    else:
-        model, tokenizer = _from_hf(str(model_path), torch_dtype, dev, revision, trust_remote_code)
+    location = str(local if local is not None else model_path)
+    rev = revision if local is None else None  # revisions name hub commits
+    model, tokenizer = _from_hf(location, torch_dtype, dev, rev, trust_remote_code)
     remember_source(model, source)
     model.config._name_or_path = source.label
     return model, tokenizer

@@ -16,7 +16,7 @@ from torch import nn
 from .cut import cut
 from .errors import VaubanError
 from .evaluate import evaluate as _evaluate
-from .export import check_output_dir, export
+from .export import check_output_dir, cut_record, export
 from .load import default_device, load_model, model_label, resolve_dtype
 from .measure import measure
 from .mlx_format import is_mlx_model, mlx_model_to_torch
@@ -106,15 +106,7 @@ def abliterate(
         direction = measure_direction(torch_model, tokenizer, harmful, harmless)
     source = str(model_path) if model_path is not None else model_label(torch_model)
     with cut(torch_model, direction, alpha=alpha, layers=layers, embeddings=embeddings) as applied:
-        record = {
-            "source": source,
-            "method": "directional ablation (weight orthogonalization)",
-            "alpha": applied.alpha,
-            "layers": applied.layers,
-            "embeddings": embeddings,
-            "edited_tensors": len(applied.edited),
-            "direction": direction.record(),
-        }
+        record = cut_record(source, applied, direction)
         export(torch_model, tokenizer, out, direction=direction, record=record, overwrite=overwrite)
     return direction
 
