@@ -169,3 +169,29 @@ def test_load_mlx_quantized_directory(tmp_path, hf_dir, bits):
     assert np.allclose(logits(model, IDS).numpy(), mlx_logits, atol=2e-2)
     again, _ = load(q_dir)  # second load comes from the cache
     assert torch.equal(again.model.layers[1].mlp.down_proj.weight, model.model.layers[1].mlp.down_proj.weight)
+
+
+def test_hub_ids_download_then_load_as_their_local_kind(tmp_path, hf_dir, monkeypatch):
+    """mlx-community repositories (the tutorial's model ids) are MLX quantized snapshots."""
+    import huggingface_hub
+
+    q_dir = tmp_path / "snapshot"
+    mlx_lm.convert(str(hf_dir), mlx_path=str(q_dir), quantize=True, q_group_size=32, q_bits=4)
+    asked = {}
+
+    def fake_download(repo_id, revision=None, allow_patterns=None):
+        asked.update(repo_id=repo_id, revision=revision)
+        return str(q_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    model, _ = load("mlx-community/Tiny-4bit", revision="main")
+    assert asked == {"repo_id": "mlx-community/Tiny-4bit", "revision": "main"}
+    assert source_of(model).label == "mlx-community/Tiny-4bit"
+    assert source_of(model).kind == "hub/mlx"
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(VaubanError, match="could not download 'org/model'"):
+        load("org/model")

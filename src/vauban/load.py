@@ -41,7 +41,7 @@ class ModelSource:
     """Where a loaded model came from, so later steps (export, summaries) need not be told again.
 
     ``label`` is what summaries print (the id or path the user gave, or ``DEMO_ID``); ``kind`` is
-    one of ``demo``, ``hf``, ``hub``, ``gguf``, ``mlx``.
+    one of ``demo``, ``hf``, ``gguf``, ``mlx``, or ``hub/<kind>`` for a downloaded hub id.
     """
 
     label: str
@@ -123,9 +123,10 @@ def load_model(
         local, source = demo_model_dir(), ModelSource(DEMO_ID, "demo")
     else:
         local, source = _resolve_local(model_path)
-    location = str(local if local is not None else model_path)
-    rev = revision if local is None else None  # revisions name hub commits
-    model, tokenizer = _from_hf(location, torch_dtype, dev, rev, trust_remote_code)
+        if local is None:  # a hub id: download, then load it as the local kind it is
+            local, kind = _resolve_local(download(str(model_path), revision))
+            source = ModelSource(source.label, f"hub/{kind.kind}")
+    model, tokenizer = _from_hf(str(local), torch_dtype, dev, trust_remote_code)
     remember_source(model, source)
     model.config._name_or_path = source.label
     return model, tokenizer
@@ -153,18 +154,37 @@ def _resolve_local(model_path: str | os.PathLike[str]) -> tuple[Path | None, Mod
     return None, ModelSource(label, "hub")
 
 
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py"]
+
+
+def download(repo_id: str, revision: str | None) -> Path:
+    """Fetch a hub repository's config, weights and tokenizer files (not GGUF/PyTorch bins).
+
+    Downloading first, then loading the local snapshot, lets hub ids of every local kind work
+    the same way, mlx-community quantized repositories included.
+    """
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_FILES))
+    except Exception as err:  # network, auth, missing repo: huggingface_hub has many types
+        raise VaubanError(
+            f"could not download {repo_id!r} from the Hugging Face Hub: {_first_line(err)} "
+            "(check the id, your network, or `huggingface-cli login` for gated models)"
+        ) from None
+
+
 def _from_hf(
-    location: str, dtype: torch.dtype, device: torch.device, revision: str | None, trust: bool
+    location: str, dtype: torch.dtype, device: torch.device, trust: bool
 ) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    common: dict[str, Any] = {"revision": revision, "trust_remote_code": trust}
+    common: dict[str, Any] = {"trust_remote_code": trust}
     try:
         config = AutoConfig.from_pretrained(location, **common)
     except (OSError, ValueError) as err:
         raise VaubanError(
-            f"could not load a model config from {location!r}: {_first_line(err)} "
-            "(a hub id needs network access to huggingface.co; a local path must exist)"
+            f"could not load a model config from {location!r}: {_first_line(err)}"
         ) from None
     quant = getattr(config, "quantization_config", None)
     kwargs: dict[str, Any] = {"dtype": dtype, **common}
