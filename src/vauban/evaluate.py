@@ -31,8 +31,8 @@ from .generate import check_max_tokens, generate
 from .prompts import (
     Prompts,
     bundled_records,
-    chat_text,
     check_tokenizer,
+    encode_chat,
     load_pairs,
     load_prompts,
     pad_id,
@@ -85,14 +85,11 @@ def completions(
 def _encode_pairs(
     tokenizer: Any, pairs: Sequence[tuple[str, str]], answer_tokens: int
 ) -> list[tuple[list[int], int]]:
-    """Token ids of prompt + the answer's first ``answer_tokens`` tokens, and that length."""
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    out = []
-    for prompt, answer in pairs:
-        head = tokenizer(chat_text(tokenizer, prompt), add_special_tokens=not has_template)["input_ids"]
-        tail = tokenizer(answer, add_special_tokens=False)["input_ids"][:answer_tokens]
-        out.append((list(head) + list(tail), len(tail)))
-    return out
+    """Token ids of the chat-formatted prompt + the answer's first ``answer_tokens`` tokens,
+    and that answer length."""
+    heads = encode_chat(tokenizer, [prompt for prompt, _ in pairs])
+    tails = [tokenizer(a, add_special_tokens=False)["input_ids"][:answer_tokens] for _, a in pairs]
+    return [(head + list(tail), len(tail)) for head, tail in zip(heads, tails, strict=True)]
 
 
 def _answer_logprobs(
