@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -276,6 +277,17 @@ def test_cli_sweep_writes_plot(workspace, saved_direction, tmp_path, capsys):
     assert code == 0
     assert "alpha  refusal" in out
     assert png.is_file() and png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cli_optimize_exports_the_best_cut(workspace, saved_direction, tmp_path, capsys):
+    out_dir = tmp_path / "best"
+    code = main(["optimize", "--model", workspace["model"], "--direction", str(saved_direction),
+                 "--trials", "2", "--export", str(out_dir)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "OptimizeResult: best layer=" in out
+    record = json.loads((out_dir / "vauban.json").read_text())
+    assert len(record["optimization"]["trials"]) == 2
 
 
 def test_cli_bad_alphas_is_an_argparse_error(capsys):

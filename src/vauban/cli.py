@@ -165,6 +165,29 @@ def cmd_sweep(s: Settings, args: argparse.Namespace) -> None:
         print(f"plot saved to {args.plot}")
 
 
+def cmd_optimize(s: Settings, args: argparse.Namespace) -> None:
+    from .optimize import optimize
+
+    if args.export:
+        check_output_dir(args.export, s.overwrite)
+    model, tokenizer = _load(s)
+    direction = _direction(args, model, tokenizer, s)
+    print(direction.summary())
+    result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed,
+                      kl_weight=args.kl_weight, batch_size=s.batch_size, show_progress=True)
+    print(result.table())
+    print(result.summary())
+    if args.export:
+        best = direction.at_layer(result.best.layer)
+        with cut(model, best, alpha=result.best.alpha) as applied:
+            record = cut_record(s.model or direction.model_path, applied, best)
+            record["optimization"] = {"trials": [vars(t) for t in result.trials], "seed": args.seed,
+                                      "kl_weight": args.kl_weight}
+            export(model, tokenizer, args.export, direction=best, record=record,
+                   overwrite=s.overwrite)
+        print(f"Exported the best cut to {args.export}/")
+
+
 def _alphas(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -228,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="save refusal/perplexity vs alpha here (.png)")
     direction_flag(p)
     p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("optimize", parents=[common],
+                       help="search direction layer and alpha for few refusals at low KL")
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kl-weight", type=float, default=1.0, help="score = refusal + w * KL")
+    p.add_argument("--export", help="export the best cut here")
+    p.add_argument("--overwrite", action="store_true", default=None)
+    direction_flag(p)
+    p.set_defaults(func=cmd_optimize)
     return parser
 
 
