@@ -92,18 +92,16 @@ def _apply_edit(
     return _Edit(name, param, axis, v, removed, miss, values, fingerprint)
 
 
-def _reapply_edit(edit: _Edit, alpha: float) -> None:
-    """Apply a cached edit again to the weights it was computed from (one pass, no replay)."""
+def _shift_in_place(edit: _Edit, scale: float) -> None:
+    """``W += scale·v⊗r`` for a cached edit: ``-alpha`` re-applies it, ``+alpha`` undoes it."""
     with torch.no_grad():
         view = edit.param.data.movedim(edit.axis, -1)
-        new = _shifted(view, edit.vec, edit.removed, -alpha)
-        edit.param.data.copy_(new.movedim(-1, edit.axis))
+        edit.param.data.copy_(_shifted(view, edit.vec, edit.removed, scale).movedim(-1, edit.axis))
 
 
 def _undo_edit(edit: _Edit, alpha: float) -> None:
+    _shift_in_place(edit, alpha)
     with torch.no_grad():
-        view = edit.param.data.movedim(edit.axis, -1)
-        edit.param.data.copy_(_shifted(view, edit.vec, edit.removed, alpha).movedim(-1, edit.axis))
         edit.param.data.view(-1)[edit.patch_index] = edit.patch_values
 
 
@@ -167,7 +165,7 @@ class Cut:
             raise VaubanError("this cut is already applied")
         if self._edits and all(_fingerprint(e.param) == e.fingerprint for e in self._edits):
             for edit in self._edits:  # re-applying after undo: the weights are the originals
-                _reapply_edit(edit, self.alpha)
+                _shift_in_place(edit, -self.alpha)
         else:
             seen: set[int] = set()
             edits = []
