@@ -133,6 +133,8 @@ def test_steer_records_and_cleans_up(tokenizer):
         steer(model, tokenizer, "Hello", d, alpha=float("nan"))
     with pytest.raises(VaubanError, match="hidden size"):
         steer(model, tokenizer, "Hello", torch.randn(32))
+    with pytest.raises(VaubanError, match=r"within 0\.\.3"):
+        Steering(model, d, layers=[4])
 
 
 def test_evaluate_one_model_with_cut_equals_two_models(tokenizer, prompt_sets):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import arch
+from .errors import VaubanError
 from .generate import check_max_tokens, generate
 from .prompts import load_prompts
 from .refusal import is_refusal
@@ -44,7 +45,9 @@ class Steering:
         self.model = model
         self.alpha = check_alpha(alpha)
         self.blocks = arch.decoder_layers(model)
-        self.layers = list(range(len(self.blocks))) if layers is None else list(layers)
+        self.layers = list(range(len(self.blocks))) if layers is None else [int(i) for i in layers]
+        if not self.layers or not all(0 <= i < len(self.blocks) for i in self.layers):
+            raise VaubanError(f"layers must be within 0..{len(self.blocks) - 1}, got {layers}")
         weight = next(model.parameters())
         self.vector = unit_vector(direction, arch.d_model(model)).to(weight.device)
         # the hook runs on every layer at every decode step: keep it to two kernels in the
@@ -77,8 +80,7 @@ class Steering:
         if self.alpha == 0.0:
             return None
         if args:
-            hidden = args[0]
-            return (self._remove(hidden), *args[1:]), kwargs
+            return (self._remove(args[0]), *args[1:]), kwargs
         kwargs = dict(kwargs, hidden_states=self._remove(kwargs["hidden_states"]))
         return args, kwargs
 
