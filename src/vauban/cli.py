@@ -219,7 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", default=None,
                        help="replace a non-empty output directory")
 
-    parser = argparse.ArgumentParser(prog="vauban", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="vauban",
+        description="Measure, probe, cut, export, evaluate and steer the refusal direction of a "
+        "chat model. Settings: flags > VAUBAN_* environment > vauban.toml > defaults.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", parents=[common],
                        help="the whole tutorial: measure, probe, cut, evaluate, export, steer")
