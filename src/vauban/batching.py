@@ -43,7 +43,11 @@ def left_pad(
     return ids.to(device), mask.to(device), positions.to(device)
 
 
+QUIET = False  # set by the CLI's --quiet: no progress bars anywhere
+
+
 def progress(batches: list[list[int]], desc: str, show: bool | None) -> Iterator[list[int]]:
     """A progress bar over batches; ``show=None`` shows it only on a terminal and for >1 batch."""
     disable = (None if len(batches) > 1 else True) if show is None else not show
+    disable = True if QUIET else disable
     yield from tqdm(batches, desc=desc, unit="batch", disable=disable, leave=False)
