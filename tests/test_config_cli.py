@@ -191,7 +191,7 @@ def saved_direction(workspace):
         mp.setenv("VAUBAN_CACHE", str(workspace["root"] / "cache"))
         mp.chdir(workspace["root"])
         code = main(["measure", "--model", workspace["model"], "--harmful", workspace["harmful"],
-                     "--harmless", workspace["harmless"], "--save", str(path)])
+                     "--harmless", workspace["harmless"], "-o", str(path)])
     assert code == 0
     return path
 
@@ -199,7 +199,7 @@ def saved_direction(workspace):
 def test_cli_measure(workspace, tmp_path, capsys):
     path = tmp_path / "d.safetensors"
     code = main(["measure", "--model", workspace["model"], "--harmful", workspace["harmful"],
-                 "--harmless", workspace["harmless"], "--save", str(path)])
+                 "--harmless", workspace["harmless"], "-o", str(path)])
     out = capsys.readouterr().out
     assert code == 0
     assert "DirectionResult:" in out
@@ -212,7 +212,7 @@ def test_cli_abliterate_then_refuses_non_empty_dir(workspace, saved_direction, t
     argv = ["abliterate", "--model", workspace["model"], "--direction", str(saved_direction),
             "--output-dir", str(out_dir)]
     assert main(argv) == 0
-    assert "Exported to" in capsys.readouterr().out
+    assert "exported to" in capsys.readouterr().out
     assert (out_dir / "config.json").is_file()
     assert (out_dir / "vauban.json").is_file()
 
@@ -238,7 +238,7 @@ def test_cli_probe(workspace, saved_direction, capsys):
                  "--direction", str(saved_direction)])
     out = capsys.readouterr().out
     assert code == 0
-    assert "BorderlineResult" in out
+    assert "history of lockpicking" in out and "closer to" in out
     assert "layers:" in out
 
 
@@ -260,7 +260,7 @@ def test_cli_evaluate_original_vs_export(workspace, saved_direction, tmp_path, c
     capsys.readouterr()
     report = tmp_path / "eval.json"
     code = main(["evaluate", str(out_dir), "--model", workspace["model"], "--eval-prompts",
-                 workspace["eval"], "--max-tokens", "4", "--json", str(report)])
+                 workspace["eval"], "--max-tokens", "4", "-o", str(report)])
     out = capsys.readouterr().out
     assert code == 0
     assert "EvalResult:" in out
@@ -272,10 +272,12 @@ def test_cli_sweep_writes_plot(workspace, saved_direction, tmp_path, capsys):
     png = tmp_path / "s.png"
     code = main(["sweep", "--model", workspace["model"], "--direction", str(saved_direction),
                  "--alphas", "0.5,1", "--max-tokens", "3", "--eval-prompts", workspace["eval"],
-                 "--plot", str(png)])
+                 "-o", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
-    assert "alpha  refusal" in out
+    assert "refusal" in out and "perplexity" in out
+    png = tmp_path / "sweep.png"
+    assert (tmp_path / "sweep.csv").is_file()
     assert png.is_file() and png.read_bytes()[:8] == PNG_MAGIC
 
 
@@ -423,6 +425,7 @@ def test_every_plot_writes_a_png(llama_and_direction, tokenizer, tmp_path):
         "plot_probes": lambda p: plots.plot_probes(probes, direction, p),
         "plot_borderline": lambda p: plots.plot_borderline(edge, p),
         "plot_sweep": lambda p: plots.plot_sweep(sweep, p),
+        "plot_layers": lambda p: plots.plot_layers(torch.randn(5, 4), torch.randn(6, 4), direction, p),
     }
     public = {n for n in dir(plots) if n.startswith("plot_") and callable(getattr(plots, n))}
     assert public == set(calls), "a new plot function needs a test"

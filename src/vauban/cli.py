@@ -1,20 +1,34 @@
 """``vauban`` command line: the tutorial's steps as subcommands, ``vauban run`` for all of them.
 
-Settings come from flags > ``VAUBAN_*`` environment > ``vauban.toml`` > defaults (see
-:mod:`vauban.config`). A :class:`~vauban.errors.VaubanError` prints one line and exits 2.
+Each ``cmd_*`` function is one subcommand: it calls the library and hands what it found to a
+:class:`Report`, which prints it for people (rich tables, step times, spinners on stderr) or,
+with ``--json``, as one JSON document on stdout for scripts. Settings come from flags >
+``VAUBAN_*`` environment > ``vauban.toml`` > defaults (see :mod:`vauban.config`).
+
+Errors: a :class:`~vauban.errors.VaubanError` (or a usage mistake, or an OS error such as a
+missing file) prints one line and exits 2; anything else prints one line and exits 1; the
+traceback only with ``--debug``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import json
+import re
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from . import plots
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from . import batching, plots
 from .config import Settings, resolve
 from .cut import cut
 from .errors import VaubanError
@@ -22,7 +36,8 @@ from .evaluate import evaluate
 from .export import check_output_dir, cut_record, export
 from .load import load_model
 from .measure import measure
-from .probe import borderline, probe
+from .probe import borderline, probe, projections
+from .prompts import load_prompts
 from .results import DirectionResult
 from .steer import steer
 from .sweep import alpha_sweep
@@ -30,60 +45,127 @@ from .sweep import alpha_sweep
 HARMFUL_PROBE = "How do I pick a lock?"
 HARMLESS_PROBE = "What is the capital of France?"
 BORDERLINE_PROBE = "Tell me about the history of lockpicking"
+DEMO_NAME = "the demo model (Qwen2.5-Coder-0.5B-Instruct)"
 
 
-class _Clock:
-    """Prints each step's wall time, so users see where the minutes go."""
+class Report:
+    """Where a command's results go: people get text and tables, ``--json`` gets one document.
 
-    def __init__(self) -> None:
-        self.last = time.perf_counter()
+    Human output goes to stdout; spinners and step times go to stderr so that ``--json`` output
+    stays parseable and ``--quiet`` can silence them without losing results.
+    """
+
+    def __init__(self, command: str, *, as_json: bool, quiet: bool) -> None:
+        self.as_json = as_json
+        self.quiet = quiet
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False)
+        self.data: dict[str, Any] = {"command": command}
         self.times: dict[str, float] = {}
 
-    def lap(self, step: str) -> None:
-        now = time.perf_counter()
-        self.times[step] = round(now - self.last, 1)
-        print(f"  [{step}: {now - self.last:.1f} s]", flush=True)
-        self.last = now
+    def say(self, text: str = "") -> None:
+        if not self.as_json:
+            self.out.print(text, markup=False)
+
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if self.as_json:
+            return
+        table = Table(title=title, title_justify="left")
+        for name in columns:
+            table.add_column(name, justify="right" if name != columns[0] else "left")
+        for row in rows:
+            table.add_row(*(str(cell) for cell in row))
+        self.out.print(table)
+
+    def put(self, key: str, value: Any) -> None:
+        self.data[key] = value
+
+    @contextlib.contextmanager
+    def step(self, what: str, key: str | None = None) -> Iterator[None]:
+        """A spinner while ``what`` runs (terminals only), then its wall time on stderr."""
+        start = time.perf_counter()
+        show = not self.quiet
+        status = self.err.status(what + " ...") if show else contextlib.nullcontext()
+        with status:
+            yield
+        seconds = time.perf_counter() - start
+        if key is not None:
+            self.times[key] = round(seconds, 1)
+        if show:
+            self.err.print(f"  {what}: {seconds:.1f} s", markup=False, style="dim")
+
+    def finish(self) -> None:
+        if self.times:
+            self.data["seconds"] = self.times
+        if self.as_json:
+            sys.stdout.write(json.dumps(self.data, indent=1, default=str) + "\n")
 
 
-def _load(s: Settings) -> tuple[Any, Any]:
-    print(f"Loading {s.model or 'the demo model (Qwen2.5-Coder-0.5B-Instruct)'} ...", flush=True)
-    return load_model(s.model, device=s.device, dtype=s.dtype)
+def _new_path(path: str | Path, overwrite: bool) -> Path:
+    """An output file that may be written: existing files are only replaced when asked."""
+    out = Path(path)
+    if out.exists() and not overwrite:
+        raise VaubanError(f"{out} already exists; choose another path or pass --overwrite")
+    if out.exists() and out.is_dir():
+        raise VaubanError(f"{out} is a directory; give a file path")
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    return out
 
 
-def _measure(model: Any, tokenizer: Any, s: Settings) -> DirectionResult:
-    return measure(model, tokenizer, s.harmful, s.harmless, layer=s.layer, batch_size=s.batch_size)
+def _write_text(path: Path, text: str) -> None:
+    """Write via a temp sibling so a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _load(s: Settings, report: Report, model: str | None = None) -> tuple[Any, Any]:
+    name = model if model is not None else s.model
+    with report.step(f"load {name or DEMO_NAME}", "load"):
+        return load_model(name, device=s.device, dtype=s.dtype)
+
+
+def _direction(s: Settings, report: Report, model: Any, tokenizer: Any,
+               saved: str | None = None) -> DirectionResult:
+    """A saved direction (``--direction``), or a fresh measurement."""
+    if saved:
+        direction = DirectionResult.load(saved)
+        if s.layer is not None:
+            direction = direction.at_layer(s.layer)
+    else:
+        with report.step(f"measure the direction ({s.harmful} vs {s.harmless} prompts)", "measure"):
+            direction = measure(model, tokenizer, s.harmful, s.harmless, layer=s.layer,
+                                batch_size=s.batch_size)
+    report.say(direction.summary())
+    report.put("direction", direction.record())
+    return direction
 
 
 def _projection_line(label: str, values: Sequence[float]) -> str:
-    return f"{label:>9}: " + " ".join(f"{v:+.2f}" for v in values)
+    return f"{label:>11}: " + " ".join(f"{v:+.2f}" for v in values)
 
 
-def cmd_run(s: Settings, args: argparse.Namespace) -> None:
+def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
     """The whole tutorial: measure, probe, cut, evaluate, export, steer."""
     out = check_output_dir(s.output_dir, s.overwrite)
-    clock = _Clock()
-    model, tokenizer = _load(s)
-    clock.lap("load")
-    direction = _measure(model, tokenizer, s)
-    print(direction.summary())
-    clock.lap("measure")
-    probes = {name: probe(model, tokenizer, text, direction) for name, text in
-              (("harmful", HARMFUL_PROBE), ("harmless", HARMLESS_PROBE))}
-    edge = borderline(model, tokenizer, BORDERLINE_PROBE, direction)
-    print(f"Per-layer projections (best layer {direction.layer_index}):")
+    model, tokenizer = _load(s, report)
+    direction = _direction(s, report, model, tokenizer)
+    with report.step("probe", "probe"):
+        probes = {name: probe(model, tokenizer, text, direction) for name, text in
+                  (("harmful", HARMFUL_PROBE), ("harmless", HARMLESS_PROBE))}
+        edge = borderline(model, tokenizer, BORDERLINE_PROBE, direction)
+    report.say(f"Per-layer projections (best layer {direction.layer_index}):")
     for name, result in probes.items():
-        print(_projection_line(name, result.projections))
-    print(edge.summary())
-    clock.lap("probe")
+        report.say(_projection_line(name, result.projections))
+    report.say(edge.summary())
     with cut(model, direction, alpha=s.alpha, embeddings=s.embeddings) as applied:
         probes["harmful, cut"] = probe(model, tokenizer, HARMFUL_PROBE, direction)
-        print(_projection_line("after cut", probes["harmful, cut"].projections))
-        result = evaluate(model, model, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
-                          batch_size=s.batch_size)
-        print(result.summary())
-        print(f"  first-token KL={result.first_token_kl:.4f}")
-        clock.lap("evaluate")
+        report.say(_projection_line("after cut", probes["harmful, cut"].projections))
+        with report.step(f"evaluate ({s.eval_prompts or 'bundled'} prompts)", "evaluate"):
+            result = evaluate(model, model, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
+                              batch_size=s.batch_size)
+        report.say(result.summary())
+        report.say(f"  first-token KL={result.first_token_kl:.4f}")
 
         def extras(folder: Path) -> None:
             plots.plot_scores(direction, folder / "vauban_scores.png")
@@ -91,101 +173,230 @@ def cmd_run(s: Settings, args: argparse.Namespace) -> None:
             (folder / "vauban_eval.json").write_text(json.dumps(result.record(), indent=1))
 
         record = cut_record(s.model or direction.model_path, applied, direction)
-        record["evaluation"] = {k: v for k, v in result.record().items() if k not in ("before", "after")}
-        export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite,
-               extras=extras)
-        clock.lap("export")
+        record["evaluation"] = _numbers(result.record())
+        with report.step(f"export to {out}/", "export"):
+            export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite,
+                   extras=extras)
     refused = next((c.prompt for c in result.before if c.refused), HARMFUL_PROBE)
-    steered = steer(model, tokenizer, refused, direction, s.alpha, max_tokens=s.max_tokens)
-    print(f"Steering the original model on {refused!r}:")
-    print(steered.summary())
-    print("  " + steered.text[:300].replace("\n", "\n  "))
-    clock.lap("steer")
-    print(f"Exported the abliterated model to {out}/ (loads with transformers and mlx_lm).")
+    with report.step("steer", "steer"):
+        steered = steer(model, tokenizer, refused, direction, s.alpha, max_tokens=s.max_tokens)
+    report.say(f"Steering the original model on {refused!r}:")
+    report.say(steered.summary())
+    report.say("  " + steered.text[:300].replace("\n", "\n  "))
+    report.say(f"Exported the abliterated model to {out}/ (loads with transformers and mlx_lm).")
+    report.put("probes", {k: list(v.projections) for k, v in probes.items()})
+    report.put("borderline", {"prompt": BORDERLINE_PROBE, "position": edge.position})
+    report.put("evaluation", _numbers(result.record()))
+    report.put("output_dir", str(out))
+    report.put("steer", {"prompt": refused, "alpha": s.alpha, "text": steered.text,
+                         "refused": steered.refused})
 
 
-def cmd_measure(s: Settings, args: argparse.Namespace) -> None:
-    model, tokenizer = _load(s)
-    direction = _measure(model, tokenizer, s)
-    print(direction.summary())
-    if args.save:
-        print(f"saved to {direction.save(args.save)}")
+def _numbers(record: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation record without the per-prompt answers."""
+    return {k: v for k, v in record.items() if k not in ("before", "after")}
 
 
-def _direction(args: argparse.Namespace, model: Any, tokenizer: Any, s: Settings) -> DirectionResult:
-    return DirectionResult.load(args.direction) if args.direction else _measure(model, tokenizer, s)
+def cmd_measure(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    save = _new_path(args.output, s.overwrite) if args.output else None
+    model, tokenizer = _load(s, report)
+    direction = _direction(s, report, model, tokenizer)
+    report.table("Cosine separation per layer", ["layer", "score", ""],
+                 [(i, f"{v:.4f}", "← chosen" if i == direction.layer_index else "")
+                  for i, v in enumerate(direction.cosine_scores)])
+    if save is not None:
+        path = direction.save(save)
+        report.say(f"saved to {path}")
+        report.put("saved", str(path))
 
 
-def cmd_probe(s: Settings, args: argparse.Namespace) -> None:
-    model, tokenizer = _load(s)
-    direction = _direction(args, model, tokenizer, s)
+def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    model, tokenizer = _load(s, report)
+    direction = _direction(s, report, model, tokenizer, args.direction)
+    rows, results = [], []
     for text in args.prompts:
-        print(borderline(model, tokenizer, text, direction).summary())
-        print(_projection_line("layers", probe(model, tokenizer, text, direction).projections))
+        edge = borderline(model, tokenizer, text, direction)
+        values = edge.probe.projections
+        rows.append((text, f"{values[direction.layer_index]:+.3f}", f"{edge.position:.2f}", edge.closer_to))
+        results.append({"prompt": text, "projections": list(values), "position": edge.position,
+                        "closer_to": edge.closer_to})
+        report.say(_projection_line("layers", values))
+    report.table(f"Projection at layer {direction.layer_index} (position: 0 = harmless mean, 1 = harmful)",
+                 ["prompt", "projection", "position", "closer to"], rows)
+    report.put("prompts", results)
 
 
-def cmd_abliterate(s: Settings, args: argparse.Namespace) -> None:
+def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> None:
     out = check_output_dir(s.output_dir, s.overwrite)
-    model, tokenizer = _load(s)
-    direction = _direction(args, model, tokenizer, s)
-    print(direction.summary())
+    model, tokenizer = _load(s, report)
+    direction = _direction(s, report, model, tokenizer, args.direction)
     with cut(model, direction, alpha=s.alpha, embeddings=s.embeddings) as applied:
         record = cut_record(s.model or direction.model_path, applied, direction)
-        export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite)
-    print(f"Exported to {out}/")
+        with report.step(f"export to {out}/", "export"):
+            export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite)
+    report.say(f"Cut alpha={s.alpha:g} from {len(applied.edited)} tensors; exported to {out}/")
+    report.put("output_dir", str(out))
+    report.put("alpha", s.alpha)
+    report.put("edited_tensors", len(applied.edited))
 
 
-def cmd_evaluate(s: Settings, args: argparse.Namespace) -> None:
-    original, tokenizer = _load(s)
-    modified, _ = load_model(args.modified, device=s.device, dtype=s.dtype)
-    result = evaluate(original, modified, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
-                      batch_size=s.batch_size)
-    print(result.summary())
-    if args.json:
-        Path(args.json).write_text(json.dumps(result.record(), indent=1))
+def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    if len(args.models) > 2:
+        raise VaubanError("evaluate takes ORIGINAL MODIFIED (or just MODIFIED, against the demo model)")
+    *first, modified_name = args.models
+    original_name = first[0] if first else s.model
+    save = _new_path(args.output, s.overwrite) if args.output else None
+    original, tokenizer = _load(s, report, original_name)
+    modified, _ = _load(s, report, modified_name)
+    with report.step("evaluate", "evaluate"):
+        result = evaluate(original, modified, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
+                          batch_size=s.batch_size)
+    report.table(f"{original_name or 'demo model'} → {modified_name}", ["", "original", "modified"], [
+        ("refusal", f"{result.refusal_before:.0%}", f"{result.refusal_after:.0%}"),
+        ("perplexity", f"{result.perplexity_before:.2f}", f"{result.perplexity_after:.2f}"),
+        ("KL (all answer tokens)", "", f"{result.kl:.4f}"),
+        ("KL (first token)", "", f"{result.first_token_kl:.4f}"),
+    ])
+    report.say(result.summary())
+    report.put("evaluation", _numbers(result.record()))
+    if save is not None:
+        _write_text(save, json.dumps(result.record(), indent=1) + "\n")
+        report.say(f"answers and numbers saved to {save}")
 
 
-def cmd_steer(s: Settings, args: argparse.Namespace) -> None:
-    model, tokenizer = _load(s)
-    direction = _direction(args, model, tokenizer, s)
+def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    model, tokenizer = _load(s, report)
+    direction = _direction(s, report, model, tokenizer, args.direction)
+    results = []
     for alpha in args.alphas or [s.alpha]:
-        result = steer(model, tokenizer, args.prompt, direction, alpha, max_tokens=s.max_tokens)
-        print(result.summary())
-        print("  " + result.text.replace("\n", "\n  "))
+        with report.step(f"steer alpha={alpha:g}"):
+            result = steer(model, tokenizer, args.prompt, direction, alpha, max_tokens=s.max_tokens)
+        report.say(result.summary())
+        report.say("  " + result.text.replace("\n", "\n  "))
+        results.append({"alpha": alpha, "text": result.text, "refused": result.refused,
+                        "projection_before": result.mean_projection(),
+                        "projection_after": result.mean_projection(after=True)})
+    report.put("prompt", args.prompt)
+    report.put("results", results)
 
 
-def cmd_sweep(s: Settings, args: argparse.Namespace) -> None:
-    model, tokenizer = _load(s)
-    direction = _direction(args, model, tokenizer, s)
-    sweep = alpha_sweep(model, tokenizer, direction, args.alphas or [0.5, 1.0, 2.0],
-                        prompts=s.eval_prompts, max_tokens=s.max_tokens, batch_size=s.batch_size)
-    print(sweep.table())
-    if args.plot:
-        plots.plot_sweep(sweep, args.plot)
-        print(f"plot saved to {args.plot}")
+def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    folder = Path(args.output)
+    files = {kind: _new_path(folder / f"sweep.{kind}", s.overwrite) for kind in ("csv", "png")}
+    model, tokenizer = _load(s, report)
+    direction = _direction(s, report, model, tokenizer, args.direction)
+    alphas = args.alphas or [0.5, 1.0, 1.5, 2.0]
+    with report.step(f"cut and evaluate at {len(alphas)} alphas", "sweep"):
+        sweep = alpha_sweep(model, tokenizer, direction, alphas, prompts=s.eval_prompts,
+                            max_tokens=s.max_tokens, batch_size=s.batch_size)
+    header = ["alpha", "refusal", "perplexity", "kl", "first_token_kl"]
+    rows = [(0.0, sweep.refusal_before, sweep.perplexity_before, 0.0, 0.0)]
+    rows += [(r.alpha, r.refusal, r.perplexity, r.kl, r.first_token_kl) for r in sweep.rows]
+    report.table(f"Alpha sweep ({sweep.n_prompts} prompts; alpha 0 = original)", header,
+                 [(f"{a:g}", f"{ref:.0%}", f"{ppl:.2f}", f"{kl:.4f}", f"{fk:.4f}")
+                  for a, ref, ppl, kl, fk in rows])
+    tmp = files["csv"].with_name(f".{files['csv'].name}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    tmp.replace(files["csv"])
+    plots.plot_sweep(sweep, files["png"])
+    report.say(f"table: {files['csv']}  plot: {files['png']}")
+    report.put("rows", [dict(zip(header, row, strict=True)) for row in rows])
+    report.put("files", {k: str(v) for k, v in files.items()})
 
 
-def cmd_optimize(s: Settings, args: argparse.Namespace) -> None:
+def cmd_plot(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    path = _new_path(args.output, s.overwrite)
+    model, tokenizer = _load(s, report)
+    direction = _direction(s, report, model, tokenizer, args.direction)
+    sets = {name: load_prompts(source)[: args.prompts] for name, source in
+            (("harmful", s.harmful), ("harmless", s.harmless))}
+    with report.step(f"project {sum(map(len, sets.values()))} prompts on every layer", "project"):
+        values = {name: projections(model, tokenizer, prompts, direction, batch_size=s.batch_size)
+                  for name, prompts in sets.items()}
+    plots.plot_layers(values["harmful"], values["harmless"], direction, path)
+    report.say(f"plot saved to {path}")
+    report.put("plot", str(path))
+    report.put("mean_projections", {k: v.mean(0).tolist() for k, v in values.items()})
+
+
+def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .chat import ChatSession
+
+    model, tokenizer = _load(s, report)
+    direction = None
+    if args.direction or args.alpha:
+        direction = _direction(s, report, model, tokenizer, args.direction)
+    session = ChatSession(model, tokenizer, direction, args.alpha or 0.0, max_tokens=args.max_tokens or 256)
+    say = report.out.print
+    say("Chat with greedy decoding. Commands: /alpha X (steer; 0 = off), /reset, /quit.", style="dim")
+    while True:
+        try:
+            text = input(f"you{f' [alpha={session.alpha:g}]' if session.steered else ''}> ").strip()
+        except EOFError:
+            say()
+            return
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            return
+        if text == "/reset":
+            session.reset()
+            say("(history cleared)", style="dim")
+            continue
+        if text.startswith("/alpha"):
+            try:
+                session.set_alpha(float(text.split(maxsplit=1)[1]))
+                say(f"(alpha={session.alpha:g})", style="dim")
+            except (IndexError, ValueError):
+                say("usage: /alpha NUMBER, e.g. /alpha 1.0", style="dim")
+            except VaubanError as err:
+                say(f"({err})", style="dim")
+            continue
+        if text.startswith("/"):
+            say("unknown command; use /alpha X, /reset or /quit", style="dim")
+            continue
+        sys.stdout.write("model> ")
+        session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        sys.stdout.write("\n")
+
+
+def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from .optimize import optimize
 
     if args.export:
         check_output_dir(args.export, s.overwrite)
-    model, tokenizer = _load(s)
-    direction = _direction(args, model, tokenizer, s)
-    print(direction.summary())
-    result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed,
-                      kl_weight=args.kl_weight, batch_size=s.batch_size, show_progress=True)
-    print(result.table())
-    print(result.summary())
+    model, tokenizer = _load(s, report)
+    direction = _direction(s, report, model, tokenizer, args.direction)
+    with report.step(f"optimize ({args.trials} trials)", "optimize"):
+        result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed,
+                          kl_weight=args.kl_weight, batch_size=s.batch_size, show_progress=not s.quiet)
+    report.say(result.table())
+    report.say(result.summary())
+    report.put("trials", [vars(t) for t in result.trials])
+    report.put("best", vars(result.best))
     if args.export:
         best = direction.at_layer(result.best.layer)
         with cut(model, best, alpha=result.best.alpha) as applied:
             record = cut_record(s.model or direction.model_path, applied, best)
             record["optimization"] = {"trials": [vars(t) for t in result.trials], "seed": args.seed,
                                       "kl_weight": args.kl_weight}
-            export(model, tokenizer, args.export, direction=best, record=record,
-                   overwrite=s.overwrite)
-        print(f"Exported the best cut to {args.export}/")
+            export(model, tokenizer, args.export, direction=best, record=record, overwrite=s.overwrite)
+        report.say(f"Exported the best cut to {args.export}/")
+        report.put("output_dir", str(args.export))
+
+
+# ---------------------------------------------------------------------------------------------
+# argument parsing
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line naming the fix, like every other vauban error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"vauban: error: {message} (see: {self.prog} --help)\n")
 
 
 def _alphas(text: str) -> list[float]:
@@ -195,90 +406,146 @@ def _alphas(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _device(text: str) -> str:
+    if not re.fullmatch(r"cpu|mps|auto|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N, mps or auto, got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", help="HF dir, hub id, .gguf or MLX dir (default: demo model)")
+    common = _Parser(add_help=False)
+    common.add_argument("-m", "--model", help="HF dir, hub id, .gguf or MLX dir (default: demo model)")
     common.add_argument("--config", help="TOML settings file (default: ./vauban.toml if present)")
-    common.add_argument("--device", help="cpu, cuda, mps (default: best available)")
-    common.add_argument("--dtype", help="float32, bfloat16, float16 (default: fp32 on CPU, else bf16)")
-    common.add_argument("--batch-size", type=int)
+    common.add_argument("--device", type=_device, help="cpu, cuda, cuda:N, mps or auto (default: best)")
+    common.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="default: float32 on CPU, bfloat16 on GPUs")
+    common.add_argument("--batch-size", type=int, help="prompts per forward pass")
     common.add_argument("--harmful", help="harmful prompts: bundled set name or file")
     common.add_argument("--harmless", help="harmless prompts: bundled set name or file")
     common.add_argument("--layer", type=int, help="take the direction from this layer")
     common.add_argument("--max-tokens", type=int, help="new tokens per answer (default 64)")
     common.add_argument("--eval-prompts", help="harmful evaluation prompts (default: bundled 20)")
+    common.add_argument("-q", "--quiet", action="store_true", default=None,
+                        help="no progress bars, spinners or step times")
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    common.add_argument("--overwrite", action="store_true", default=None,
+                        help="replace existing output files or directories")
+    reporting = _Parser(add_help=False)
+    reporting.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+
+    def model_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model_arg", nargs="?", metavar="MODEL", help="the model (default: demo model)")
 
     def direction_flag(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--direction", help="a saved direction (.safetensors); default: measure")
+        p.add_argument("--direction", help="a saved direction (.safetensors); default: measure one")
 
-    def output_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--output-dir", help="where to export (default: ./abliterated)")
+    def cut_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-o", "--output-dir", help="where to export (default: ./abliterated)")
         p.add_argument("--alpha", type=float, help="fraction of the direction to remove (default 1)")
         p.add_argument("--embeddings", action="store_true", default=None,
                        help="also orthogonalize the embeddings")
-        p.add_argument("--overwrite", action="store_true", default=None,
-                       help="replace a non-empty output directory")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vauban",
         description="Measure, probe, cut, export, evaluate and steer the refusal direction of a "
         "chat model. Settings: flags > VAUBAN_* environment > vauban.toml > defaults.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", parents=[common],
-                       help="the whole tutorial: measure, probe, cut, evaluate, export, steer")
-    output_flags(p)
-    p.set_defaults(func=cmd_run)
-    p = sub.add_parser("measure", parents=[common], help="measure and print (and save) the direction")
-    p.add_argument("--save", help="write the direction here (.safetensors + .json)")
-    p.set_defaults(func=cmd_measure)
-    p = sub.add_parser("probe", parents=[common], help="per-layer projections of prompts")
-    p.add_argument("prompts", nargs="+")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Any, help: str, *, json_flag: bool = True) -> argparse.ArgumentParser:
+        parents = [common, reporting] if json_flag else [common]
+        p = sub.add_parser(name, parents=parents, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("run", cmd_run, "the whole tutorial: measure, probe, cut, evaluate, export, steer")
+    model_arg(p)
+    cut_flags(p)
+    p = command("measure", cmd_measure, "measure the refusal direction (and save it with -o)")
+    model_arg(p)
+    p.add_argument("-o", "--output", help="save the direction here (.safetensors + .json)")
+    p = command("probe", cmd_probe, "per-layer projections of prompts on the direction")
+    p.add_argument("prompts", nargs="+", metavar="PROMPT")
     direction_flag(p)
-    p.set_defaults(func=cmd_probe)
-    p = sub.add_parser("abliterate", parents=[common], help="cut the direction and export")
-    output_flags(p)
+    p = command("abliterate", cmd_abliterate, "cut the direction from the weights and export the model")
+    model_arg(p)
+    cut_flags(p)
     direction_flag(p)
-    p.set_defaults(func=cmd_abliterate)
-    p = sub.add_parser("evaluate", parents=[common], help="compare --model with a modified model")
-    p.add_argument("modified", help="the modified model (e.g. an export)")
-    p.add_argument("--json", help="write all answers and numbers here")
-    p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("steer", parents=[common], help="generate while removing the direction")
-    p.add_argument("prompt")
-    p.add_argument("--alpha", type=float)
+    p = command("evaluate", cmd_evaluate,
+                "compare ORIGINAL and MODIFIED: refusal, perplexity, KL (ORIGINAL defaults to the demo)")
+    p.add_argument("models", nargs="+", metavar="[ORIGINAL] MODIFIED")
+    p.add_argument("-o", "--output", help="save every answer and number here (.json)")
+    p = command("steer", cmd_steer, "generate while removing the direction at run time")
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("--alpha", type=float, help="how much of the direction to remove (default 1)")
     p.add_argument("--alphas", type=_alphas, help="several alphas, e.g. 0.5,1,1.5,2")
     direction_flag(p)
-    p.set_defaults(func=cmd_steer)
-    p = sub.add_parser("sweep", parents=[common], help="cut at several alphas and evaluate each")
-    p.add_argument("--alphas", type=_alphas, help="default 0.5,1,2")
-    p.add_argument("--plot", help="save refusal/perplexity vs alpha here (.png)")
+    p = command("sweep", cmd_sweep, "cut at several alphas: refusal and perplexity table, CSV and plot")
+    model_arg(p)
+    p.add_argument("--alphas", type=_alphas, help="default 0.5,1,1.5,2")
+    p.add_argument("-o", "--output", default="sweep", help="folder for sweep.csv and sweep.png")
     direction_flag(p)
-    p.set_defaults(func=cmd_sweep)
-    p = sub.add_parser("optimize", parents=[common],
-                       help="search direction layer and alpha for few refusals at low KL")
+    p = command("plot", cmd_plot, "plot the characteristic shape: projections per layer, separation scores")
+    model_arg(p)
+    p.add_argument("-o", "--output", default="vauban_layers.png", help="PNG file to write")
+    p.add_argument("--prompts", type=int, default=48, help="prompts of each set to draw (default 48)")
+    direction_flag(p)
+    p = command("chat", cmd_chat, "chat interactively, streaming tokens; optionally steered live",
+                json_flag=False)
+    model_arg(p)
+    p.add_argument("--alpha", type=float, help="steer with this alpha (measures a direction if none)")
+    direction_flag(p)
+    p = command("optimize", cmd_optimize, "search direction layer and alpha for few refusals at low KL")
+    model_arg(p)
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kl-weight", type=float, default=1.0, help="score = refusal + w * KL")
     p.add_argument("--export", help="export the best cut here")
-    p.add_argument("--overwrite", action="store_true", default=None)
     direction_flag(p)
-    p.set_defaults(func=cmd_optimize)
     return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    cli = vars(args).copy()
+    positional = cli.pop("model_arg", None)
+    if positional is not None:
+        if args.model is not None and args.model != positional:
+            raise VaubanError(f"two models given ({positional!r} and --model {args.model!r}); give one")
+        cli["model"] = positional
+    return resolve(cli, config_file=args.config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = resolve(vars(args), config_file=args.config)
-        args.func(settings, args)
-    except VaubanError as err:
-        print(f"vauban: error: {err}", file=sys.stderr)
-        return 2
+        settings = _settings(args)
+        batching.QUIET = settings.quiet
+        report = Report(args.command, as_json=getattr(args, "json", False), quiet=settings.quiet)
+        args.func(settings, args, report)
+        report.finish()
     except KeyboardInterrupt:
         print("vauban: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if args.debug:
+            traceback.print_exc()
+        code, message = _explain(err)
+        print(f"vauban: error: {message}", file=sys.stderr)
+        return code
     return 0
+
+
+def _explain(err: Exception) -> tuple[int, str]:
+    """Exit code and one line for an error: 2 for the user's to fix, 1 for vauban's bugs."""
+    if isinstance(err, VaubanError):
+        return 2, str(err)
+    if isinstance(err, torch.OutOfMemoryError):
+        return 2, "out of memory; lower --batch-size, use --dtype bfloat16, or a smaller model"
+    if isinstance(err, OSError):
+        where = f": {err.filename}" if err.filename else ""
+        return 2, f"{err.strerror or err}{where}"
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return 1, f"internal error {type(err).__name__}: {first} (rerun with --debug and report it)"
 
 
 if __name__ == "__main__":

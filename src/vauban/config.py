@@ -42,6 +42,7 @@ class Settings:
     device: str | None = None
     dtype: str | None = None
     overwrite: bool = False
+    quiet: bool = False
 
 
 def _field_type(name: str) -> type:

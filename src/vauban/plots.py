@@ -7,20 +7,32 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from .errors import VaubanError
 from .results import AlphaSweep, BorderlineResult, DirectionResult, ProbeResult
 
 
 def _finish(fig: Figure, path: str | os.PathLike[str] | None) -> Figure:
+    """Lay out, save atomically (a temp sibling renamed into place), and release pyplot's hold."""
     fig.tight_layout()
+    plt.close(fig)  # the Figure stays usable; pyplot just stops tracking it (no leak in loops)
     if path is not None:
-        fig.savefig(path, dpi=120)
+        out = Path(path)
+        tmp = out.with_name(f".{out.stem}.tmp{out.suffix or '.png'}")
+        try:
+            fig.savefig(tmp, dpi=120)
+            tmp.replace(out)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise VaubanError(f"could not write the plot {out}: {err.strerror or err}") from None
     return fig
 
 
@@ -31,6 +43,40 @@ def plot_scores(direction: DirectionResult, path: str | os.PathLike[str] | None 
     ax.axvline(direction.layer_index, color="tab:red", linestyle="--", label="chosen layer")
     ax.set(xlabel="layer", ylabel="cosine separation", title=f"Refusal direction: {direction.model_path}")
     ax.legend()
+    return _finish(fig, path)
+
+
+def plot_layers(
+    harmful: torch.Tensor,
+    harmless: torch.Tensor,
+    direction: DirectionResult,
+    path: str | os.PathLike[str] | None = None,
+) -> Figure:
+    """The characteristic shape, from ``(prompts, layers)`` projections of each set.
+
+    Top: every prompt's projection after each layer (thin) and each set's mean (bold), the two
+    families separating in the middle layers. Bottom: each layer's cosine separation, which is
+    how the direction's layer was chosen (marked in both panels).
+    """
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True,
+                                      gridspec_kw={"height_ratios": [2, 1]})
+    layers = range(harmful.shape[1])
+    for values, color, name in ((harmful, "tab:red", "harmful"), (harmless, "tab:blue", "harmless")):
+        for row in values:
+            top.plot(layers, row.tolist(), color=color, alpha=0.12, lw=0.8)
+        top.plot(layers, values.mean(0).tolist(), color=color, lw=2.5,
+                 label=f"{name} prompts (mean of {values.shape[0]})")
+    for ax in (top, bottom):
+        ax.axvline(direction.layer_index, color="black", linestyle="--", lw=1)
+    top.axhline(0, color="grey", lw=0.5)
+    top.set(ylabel="projection on refusal direction",
+            title=f"Refusal direction of {direction.model_path} (layer {direction.layer_index})")
+    top.legend(fontsize="small", loc="upper left")
+    bottom.plot(layers, direction.cosine_scores, marker="o", ms=3, color="tab:purple")
+    bottom.annotate(f"chosen layer {direction.layer_index}",
+                    (direction.layer_index, direction.max_cosine), textcoords="offset points",
+                    xytext=(6, -12), fontsize="small")
+    bottom.set(xlabel="layer", ylabel="cosine separation")
     return _finish(fig, path)
 
 
@@ -75,10 +121,12 @@ def plot_sweep(sweep: AlphaSweep, path: str | os.PathLike[str] | None = None) ->
     alphas = [0.0] + [r.alpha for r in sweep.rows]
     refusal = [sweep.refusal_before * 100] + [r.refusal * 100 for r in sweep.rows]
     perplexity = [sweep.perplexity_before] + [r.perplexity for r in sweep.rows]
-    ax1.plot(alphas, refusal, marker="o", color="tab:red")
-    ax1.set(xlabel="alpha", ylabel="refusal rate (%)")
+    lines = ax1.plot(alphas, refusal, marker="o", color="tab:red", label="refusal rate")
+    ax1.set_xlabel("alpha (0 = original model)")
+    ax1.set_ylabel("refusal rate (%)", color="tab:red")
     ax2 = ax1.twinx()
-    ax2.plot(alphas, perplexity, marker="s", color="tab:blue")
-    ax2.set_ylabel("perplexity", color="tab:blue")
-    ax1.set_title("Refusal and perplexity vs alpha")
+    lines += ax2.plot(alphas, perplexity, marker="s", color="tab:blue", label="perplexity")
+    ax2.set_ylabel("perplexity on harmless answers", color="tab:blue")
+    ax1.legend(lines, [line.get_label() for line in lines], loc="center right")
+    ax1.set_title(f"Refusal and perplexity vs alpha ({sweep.n_prompts} prompts)")
     return _finish(fig, path)

@@ -1,0 +1,102 @@
+"""Talk to a model turn by turn, tokens streamed as they come, optionally steered live.
+
+A :class:`ChatSession` keeps the conversation and formats it with the tokenizer's chat template
+each turn (base models without one get a plain "User:/Assistant:" transcript). Steering is a
+setting of the session, not of the model: each reply enters a :class:`~vauban.steer.Steering`
+context only while it generates, so ``alpha`` can change between turns and the model is never
+left hooked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, TextStreamer
+
+from .activations import model_device
+from .errors import VaubanError
+from .generate import check_max_tokens, decode_answer, stop_token_ids
+from .prompts import check_tokenizer
+from .results import DirectionResult, check_alpha
+from .steer import Steering
+
+
+class _CallbackStreamer(TextStreamer):
+    """transformers' streamer, handing each finished piece of text to a callback."""
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self._on_text = on_text
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self._on_text(text)
+
+
+@dataclass
+class ChatSession:
+    """A conversation with ``model``; ``direction`` + ``alpha`` steer every reply when set."""
+
+    model: nn.Module
+    tokenizer: Any
+    direction: DirectionResult | torch.Tensor | None = None
+    alpha: float = 0.0
+    max_tokens: int = 256
+    history: list[dict[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_tokenizer(self.model, self.tokenizer)
+        check_max_tokens(self.max_tokens)
+        self.set_alpha(self.alpha)
+
+    def set_alpha(self, alpha: float) -> None:
+        """Change the steering strength for the next replies (0 turns steering off)."""
+        alpha = check_alpha(alpha)
+        if alpha != 0.0 and self.direction is None:
+            raise VaubanError("steering needs a direction: pass --direction FILE (or measure one)")
+        self.alpha = alpha
+
+    @property
+    def steered(self) -> bool:
+        return self.direction is not None and self.alpha != 0.0
+
+    def reset(self) -> None:
+        self.history.clear()
+
+    def _prompt_text(self, messages: list[dict[str, str]]) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+        return "\n".join([*turns, "Assistant:"])
+
+    @torch.inference_mode()
+    def reply(self, text: str, on_text: Callable[[str], None] | None = None) -> str:
+        """Answer ``text`` (greedy), streaming pieces to ``on_text``; the turn joins the history."""
+        if not text.strip():
+            raise VaubanError("empty message; type something, or /quit to leave")
+        messages = [*self.history, {"role": "user", "content": text}]
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        encoded = self.tokenizer(self._prompt_text(messages), add_special_tokens=not has_template,
+                                 return_tensors="pt")
+        device = model_device(self.model)
+        stops = stop_token_ids(self.model, self.tokenizer)
+        config = GenerationConfig(do_sample=False, max_new_tokens=self.max_tokens, eos_token_id=stops,
+                                  pad_token_id=stops[0] if stops else 0)
+        streamer = _CallbackStreamer(self.tokenizer, on_text) if on_text is not None else None
+        steering = (Steering(self.model, self.direction, self.alpha) if self.steered  # type: ignore[arg-type]
+                    else contextlib.nullcontext())
+        with steering:
+            out = self.model.generate(
+                input_ids=encoded["input_ids"].to(device),
+                attention_mask=encoded["attention_mask"].to(device),
+                generation_config=config,
+                streamer=streamer,
+            )
+        answer = decode_answer(self.tokenizer, out[0, encoded["input_ids"].shape[1]:].tolist(), stops)
+        self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+        return answer
