@@ -3,9 +3,10 @@
 The directory loads with ``AutoModelForCausalLM.from_pretrained`` and with ``mlx_lm.load``:
 safetensors weights, a config without quantization entries (plus the legacy RoPE keys that
 mlx_lm reads), tokenizer files with the chat template, the generation config, the direction and
-a JSON record of how the model was made. Everything is written into a temporary sibling
-directory that is renamed into place only when complete, so an interrupted export leaves
-nothing half-written and an existing directory is never clobbered unless asked.
+a JSON record of how the model was made, with every file's sha256. Everything is written into a
+temporary sibling directory that is flushed, checked and renamed into place only when complete
+(:mod:`vauban.atomic`), so an interrupted export leaves nothing half-written and an existing
+directory is never clobbered unless asked (and then replaced in one atomic step).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import datetime as dt
 import json
 import os
-import shutil
+import platform
 import tempfile
 from collections.abc import Callable
 from importlib import metadata
@@ -23,12 +24,13 @@ from typing import Any
 
 from torch import nn
 
+from .atomic import building_dir
 from .cut import Cut
 from .errors import VaubanError
 from .load import clear_quantizer
 from .results import DirectionResult
+from .verify import RECORD_FILE, check_weights, file_hashes
 
-RECORD_FILE = "vauban.json"
 DIRECTION_FILE = "vauban_direction.safetensors"
 
 
@@ -55,7 +57,8 @@ def check_output_dir(output_dir: str | os.PathLike[str], overwrite: bool = False
 
 
 def versions() -> dict[str, str]:
-    out = {}
+    """Versions of Python and of the packages that shape the exported bytes, for the record."""
+    out = {"python": platform.python_version()}
     for package in ("vauban", "torch", "transformers", "safetensors"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[package] = metadata.version(package)
@@ -106,13 +109,12 @@ def export(
     """Write ``model`` (as it is in memory, in its current dtype) to ``output_dir``.
 
     ``extras`` may write more files (reports, plots) into the directory before it is renamed
-    into place, so they appear atomically with the weights.
+    into place, so they appear atomically with the weights. The record ``vauban.json`` lists
+    every file's sha256 (:func:`vauban.verify` checks them) and the library versions; the files
+    it lists are byte-identical for the same model, tokenizer and direction.
     """
     out = check_output_dir(output_dir, overwrite)
-    tmp = None
-    try:
-        out.absolute().parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
+    with building_dir(out, overwrite=overwrite) as tmp:
         clear_quantizer(model)
         model.config.architectures = [type(model).__name__]
         model.save_pretrained(tmp)
@@ -122,36 +124,16 @@ def export(
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if direction is not None:
             direction.save(tmp / DIRECTION_FILE)
+        if extras is not None:
+            extras(tmp)
+        if not list(tmp.glob("model*.safetensors")):
+            raise VaubanError(f"export to {out} produced no weight files")
+        check_weights(tmp)
         full_record = {
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "versions": versions(),
             **(record or {}),
+            "files": file_hashes(tmp),
         }
         (tmp / RECORD_FILE).write_text(json.dumps(full_record, indent=2) + "\n")
-        if extras is not None:
-            extras(tmp)
-        if not list(tmp.glob("*.safetensors")):
-            raise VaubanError(f"export to {out} produced no weight files")
-        _move_into_place(tmp, out)
-    except OSError as err:
-        raise VaubanError(f"could not write {out}: {err.strerror or err}") from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is set aside first and removed last."""
-    backup = None
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(backup)
-    try:
-        tmp.rename(out)
-    except OSError:
-        if backup is not None:
-            backup.rename(out)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)

@@ -13,10 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import building_dir, write_file
 from .errors import VaubanError
 from .mlx_format import QUANT_KEYS, is_mlx_quantized_dir, read_quantized_dir
 
@@ -174,20 +172,27 @@ def download(repo_id: str, revision: str | None) -> Path:
         ) from None
 
 
+# Every load reads a local directory (hub ids are downloaded first), so transformers is told never
+# to reach the network, and never to run code shipped with a checkpoint unless the user said so.
+_LOCAL_SAFE = {"local_files_only": True}
+
+
 def _from_hf(
     location: str, dtype: torch.dtype, device: torch.device, trust: bool
 ) -> tuple[nn.Module, Any]:
+    """Load a local HF directory: safetensors first, pickled ``.bin`` only with
+    ``weights_only=True`` (tensors, no code), custom modelling code only if ``trust``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    common: dict[str, Any] = {"trust_remote_code": trust}
+    common: dict[str, Any] = {"trust_remote_code": trust, **_LOCAL_SAFE}
     try:
         config = AutoConfig.from_pretrained(location, **common)
     except (OSError, ValueError) as err:
         raise VaubanError(
-            f"could not load a model config from {location!r}: {_first_line(err)}"
+            f"could not load a model config from {location!r}: {_remote_code_hint(err)}"
         ) from None
     quant = getattr(config, "quantization_config", None)
-    kwargs: dict[str, Any] = {"dtype": dtype, **common}
+    kwargs: dict[str, Any] = {"dtype": dtype, "weights_only": True, **common}
     if device.type != "cpu":
         kwargs["device_map"] = {"": str(device)}
     try:
@@ -197,7 +202,7 @@ def _from_hf(
         method = _quant_method(quant)
         hint = f" (it is quantized with {method!r}; install that method's package, or use an " \
             "unquantized checkpoint)" if method else ""
-        raise VaubanError(f"could not load {location!r}: {_first_line(err)}{hint}") from None
+        raise VaubanError(f"could not load {location!r}: {_remote_code_hint(err)}{hint}") from None
     if quant is not None:
         _dequantize_in_place(model, _quant_method(quant) or "unknown")
     return model.eval(), tokenizer
@@ -242,6 +247,14 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+def _remote_code_hint(err: BaseException) -> str:
+    """transformers' refusal to run a checkpoint's own code, as vauban's option to allow it."""
+    if "trust_remote_code" in str(err):
+        return ("the checkpoint ships its own Python code, which vauban does not run by default; "
+                "pass trust_remote_code=True (CLI: --trust-remote-code) only if you trust its author")
+    return _first_line(err)
+
+
 # --- conversions cached as float safetensors -------------------------------------------------
 
 
@@ -249,22 +262,6 @@ def _cache_key(path: Path) -> str:
     stat = path.stat()
     raw = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{_CACHE_FORMAT}"
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
-
-
-@contextlib.contextmanager
-def _building(target: Path) -> Iterator[Path]:
-    """A temporary sibling directory renamed to ``target`` only if the body succeeds."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():  # another process finished first: keep theirs
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _save_float_dir(model: nn.Module, tokenizer: Any, out: Path, note: dict[str, Any]) -> None:
@@ -292,9 +289,9 @@ def convert_gguf(path: Path, *, label: str | None = None) -> Path:
     if (target / "vauban_cache.json").is_file():
         return target
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, **_LOCAL_SAFE)
         model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32
+            str(path.parent), gguf_file=path.name, dtype=torch.float32, **_LOCAL_SAFE
         )
     except Exception as err:  # gguf/transformers raise anything from KeyError to struct.error
         raise VaubanError(
@@ -302,7 +299,7 @@ def convert_gguf(path: Path, *, label: str | None = None) -> Path:
             "re-download it, or check that transformers supports its architecture)"
         ) from None
     model.config._name_or_path = label or str(path)
-    with _building(target) as tmp:
+    with building_dir(target, overwrite=True) as tmp:  # a racing twin wrote the same
         _save_float_dir(model, tokenizer, tmp, {"source": str(path), "kind": "gguf"})
     return target
 
@@ -329,8 +326,8 @@ def convert_mlx(path: Path) -> Path:
         raise VaubanError(f"{path}: weights missing for {missing[:3]}; is the checkpoint complete?")
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     model.tie_weights()
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    with _building(target) as tmp:
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, **_LOCAL_SAFE)
+    with building_dir(target, overwrite=True) as tmp:  # a racing twin wrote the same
         _save_float_dir(model, tokenizer, tmp, {"source": str(path), "kind": "mlx"})
     return target
 
@@ -359,27 +356,23 @@ def demo_gguf_parts() -> list[Path]:
 def assemble_demo_gguf(target: Path) -> None:
     """Concatenate the chunks into ``target``, verifying size and sha256 before it appears."""
     parts = demo_gguf_parts()
-    digest = hashlib.sha256()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as out:
-        try:
+
+    def concatenate(tmp: Path) -> None:
+        digest = hashlib.sha256()
+        with tmp.open("wb") as out:
             for part in parts:
                 with part.open("rb") as f:
                     while chunk := f.read(1 << 24):
                         digest.update(chunk)
                         out.write(chunk)
-            out.flush()
             size = out.tell()
-        except BaseException:
-            Path(out.name).unlink(missing_ok=True)
-            raise
-    if size != DEMO_SIZE or digest.hexdigest() != DEMO_SHA256:
-        Path(out.name).unlink(missing_ok=True)
-        raise VaubanError(
-            f"the demo chunks assemble to {size} bytes with sha256 {digest.hexdigest()[:12]}…, "
-            f"not the expected model; reinstall them: {DEMO_INSTALL}"
-        )
-    Path(out.name).replace(target)
+        if size != DEMO_SIZE or digest.hexdigest() != DEMO_SHA256:
+            raise VaubanError(
+                f"the demo chunks assemble to {size} bytes with sha256 {digest.hexdigest()[:12]}…, "
+                f"not the expected model; reinstall them: {DEMO_INSTALL}"
+            )
+
+    write_file(target, concatenate)
 
 
 def demo_model_dir() -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import write_file
 from .errors import VaubanError
 
 
@@ -70,6 +71,38 @@ class DirectionResult:
     n_harmful: int = 0
     n_harmless: int = 0
 
+    def __post_init__(self) -> None:
+        """Reject a malformed direction when it is made, not deep inside a cut or a hook."""
+        if isinstance(self.d_model, bool) or not isinstance(self.d_model, int) or self.d_model < 1:
+            raise VaubanError(f"d_model must be a positive integer, got {self.d_model!r}")
+        if not isinstance(self.direction, torch.Tensor) or not self.direction.dtype.is_floating_point:
+            kind = self.direction.dtype if isinstance(self.direction, torch.Tensor) else type(self.direction)
+            raise VaubanError(f"the direction must be a floating-point tensor, got {kind}; measure it again")
+        if tuple(self.direction.shape) != (self.d_model,):
+            raise VaubanError(
+                f"the direction has shape {tuple(self.direction.shape)} but d_model is {self.d_model}; "
+                "measure it again"
+            )
+        unit_vector(self.direction, self.d_model)  # finite and non-zero
+        scores = self.cosine_scores
+        if not isinstance(scores, tuple) or not scores or not all(
+            isinstance(x, float) and math.isfinite(x) for x in scores
+        ):
+            raise VaubanError("cosine_scores must be a non-empty tuple of finite floats; measure it again")
+        layer = self.layer_index
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(scores):
+            raise VaubanError(f"layer_index {layer!r} out of range: the direction has {len(scores)} layers")
+        means = (self.harmful_means, self.harmless_means)
+        if any(m is not None for m in means) and not all(
+            isinstance(m, torch.Tensor) and m.dtype.is_floating_point
+            and tuple(m.shape) == (len(scores), self.d_model) and bool(torch.isfinite(m).all())
+            for m in means
+        ):
+            raise VaubanError(
+                f"harmful_means/harmless_means must both be finite ({len(scores)}, {self.d_model}) "
+                "tensors (or both None); measure it again"
+            )
+
     @property
     def max_cosine(self) -> float:
         return self.cosine_scores[self.layer_index]
@@ -120,49 +153,99 @@ class DirectionResult:
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``path`` (safetensors, metadata inside) and a readable ``.json`` beside it."""
-        out = Path(path)
+        """Write ``path`` (safetensors, metadata inside) and a readable ``.json`` beside it.
+
+        Each file is written to a temporary sibling and renamed into place, so a crash leaves
+        the previous file (or none), never a truncated one.
+        """
+        out = Path(path).expanduser()
         if out.suffix != ".safetensors":
             out = out.with_suffix(".safetensors")
+        if out.is_dir():
+            raise VaubanError(f"{out} is a directory; pass a file path for the direction")
         tensors = {"direction": self.direction.contiguous()}
         if self.harmful_means is not None and self.harmless_means is not None:
             tensors["harmful_means"] = self.harmful_means.contiguous()
             tensors["harmless_means"] = self.harmless_means.contiguous()
-        record = json.dumps(self.record())
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        save_file(tensors, str(tmp), metadata={"vauban": record})
-        tmp.replace(out)
-        out.with_suffix(".json").write_text(json.dumps(self.record(), indent=2) + "\n")
+        metadata = {"vauban": json.dumps(self.record())}
+        text = json.dumps(self.record(), indent=2) + "\n"
+        write_file(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        write_file(out.with_suffix(".json"), lambda tmp: tmp.write_text(text, encoding="utf-8"))
         return out
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DirectionResult:
-        """Read a direction written by :meth:`save`."""
-        file = Path(path)
+        """Read a direction written by :meth:`save`, checking every field (see ``__post_init__``)."""
+        file = Path(path).expanduser()
         if file.suffix != ".safetensors":
             file = file.with_suffix(".safetensors")
         if not file.is_file():
-            raise VaubanError(f"no direction file at {file}")
+            raise VaubanError(f"no direction file at {file}; pass the .safetensors path written by save()")
         from safetensors import safe_open
 
         try:
             with safe_open(str(file), framework="pt") as handle:
                 meta = json.loads((handle.metadata() or {})["vauban"])
             tensors = load_file(str(file))
-        except (KeyError, ValueError, OSError) as err:
-            raise VaubanError(f"{file} is not a vauban direction file ({err})") from None
-        return cls(
-            direction=tensors["direction"],
-            layer_index=int(meta["layer_index"]),
-            cosine_scores=tuple(float(x) for x in meta["cosine_scores"]),
-            d_model=int(meta["d_model"]),
-            model_path=str(meta["model_path"]),
-            harmful_means=tensors.get("harmful_means"),
-            harmless_means=tensors.get("harmless_means"),
-            n_harmful=int(meta.get("n_harmful", 0)),
-            n_harmless=int(meta.get("n_harmless", 0)),
-        )
+            return cls(
+                direction=tensors["direction"],
+                layer_index=int(meta["layer_index"]),
+                cosine_scores=tuple(float(x) for x in meta["cosine_scores"]),
+                d_model=int(meta["d_model"]),
+                model_path=str(meta["model_path"]),
+                harmful_means=tensors.get("harmful_means"),
+                harmless_means=tensors.get("harmless_means"),
+                n_harmful=int(meta.get("n_harmful", 0)),
+                n_harmless=int(meta.get("n_harmless", 0)),
+            )
+        except VaubanError as err:
+            raise VaubanError(f"{file}: {err}") from None
+        except Exception as err:  # safetensors' own error type, bad JSON, missing or mistyped keys
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise VaubanError(
+                f"{file} is not a valid vauban direction file ({type(err).__name__}: {reason}); "
+                "save it again with DirectionResult.save"
+            ) from None
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """An export that matched its record: every listed file present with its sha256."""
+
+    directory: str
+    files: int
+    bytes: int
+    tensors: int
+
+    def summary(self) -> str:
+        return (f"VerifyResult: ok, files={self.files}, bytes={self.bytes}, tensors={self.tensors}, "
+                f"directory={self.directory}")
+
+
+@dataclass(frozen=True, eq=False)
+class SubspaceResult:
+    """A k-dimensional refusal subspace measured at one layer (see
+    :func:`vauban.measure.measure_subspace`).
+
+    ``basis`` holds ``k`` orthonormal rows; row 0 is the difference-in-means direction, the
+    others the strongest directions of the per-prompt differences orthogonal to it, in order.
+    ``singular_values`` says how much of those differences each row carries.
+    """
+
+    basis: torch.Tensor  # float32 (k, d_model)
+    layer_index: int
+    singular_values: tuple[float, ...]
+    d_model: int
+    model_path: str
+
+    @property
+    def k(self) -> int:
+        return int(self.basis.shape[0])
+
+    def summary(self) -> str:
+        values = ", ".join(f"{v:.2f}" for v in self.singular_values)
+        return (f"SubspaceResult: k={self.k}, layer={self.layer_index}, d_model={self.d_model}, "
+                f"singular_values=({values}), model={self.model_path}")
 
 
 @dataclass(frozen=True)
