@@ -21,9 +21,11 @@ from .results import (
     ProbeResult,
     SteerResult,
     SteerSweep,
+    VerifyResult,
 )
 from .steer import Steering, steer, steer_generate
 from .sweep import alpha_sweep, direction_similarity, steer_sweep
+from .verify import verify
 
 load = load_model
 
@@ -41,6 +43,7 @@ __all__ = [
     "SteerSweep",
     "Steering",
     "VaubanError",
+    "VerifyResult",
     "active_cuts",
     "alpha_sweep",
     "borderline",
@@ -57,4 +60,5 @@ __all__ = [
     "steer",
     "steer_generate",
     "steer_sweep",
+    "verify",
 ]
