@@ -139,6 +139,7 @@ class ResidualWriter:
     bias: nn.Parameter | None
     axis: int
     post_norm: nn.Module | None
+    kind: str = "attention"  # or "mlp": which part of the block writes it
 
 
 def model_type(model: nn.Module) -> str:
@@ -205,7 +206,9 @@ def lm_head_is_tied(model: nn.Module) -> bool:
     return head.weight.data_ptr() == embeddings(model)[0].weight.data_ptr()
 
 
-def _resolve(layer: nn.Module, writer: Writer, index: int, prefix: str) -> ResidualWriter | None:
+def _resolve(
+    layer: nn.Module, writer: Writer, index: int, prefix: str, kind: str
+) -> ResidualWriter | None:
     target = _get(layer, writer.path)
     if target is None:
         return None
@@ -223,6 +226,7 @@ def _resolve(layer: nn.Module, writer: Writer, index: int, prefix: str) -> Resid
         bias=bias if isinstance(bias, nn.Parameter) else None,
         axis=writer.axis,
         post_norm=norm if isinstance(norm, nn.Module) else None,
+        kind=kind,
     )
 
 
@@ -236,11 +240,11 @@ def residual_writers(model: nn.Module, layers: list[int] | None = None) -> list[
     for i in chosen:
         if not 0 <= i < len(all_layers):
             raise VaubanError(f"layer {i} out of range: the model has {len(all_layers)} layers")
-        for group_name, group in (("attention", fam.attn_out), ("MLP", fam.mlp_out)):
-            found = [w for w in (_resolve(all_layers[i], g, i, prefix) for g in group) if w]
+        for kind, group in (("attention", fam.attn_out), ("mlp", fam.mlp_out)):
+            found = [w for w in (_resolve(all_layers[i], g, i, prefix, kind) for g in group) if w]
             if not found:
                 raise VaubanError(
-                    f"layer {i} of {model_type(model)!r}: no {group_name} output projection at "
+                    f"layer {i} of {model_type(model)!r}: no {kind} output projection at "
                     f"{[g.path for g in group]}; the arch.py entry does not match this model"
                 )
             out.extend(found)

@@ -1,22 +1,52 @@
 """Cut the direction out of the weights, reversibly and bit-exactly.
 
-Every matrix ``W`` that writes into the residual stream becomes ``W - α·v·(vᵀW)``: its outputs
-lose ``α`` times their component along the unit vector ``v``. Usually ``v`` is the direction
-``d`` itself; when a norm with per-channel gain ``g`` sits between the writer and the residual
-add (Gemma 2/3, OLMo 2 post-norms), ``v = normalize(g ⊙ d)``, because ``dᵀ(g ⊙ y) = (g ⊙ d)ᵀy``:
-making ``y`` orthogonal to ``g ⊙ d`` makes the *normalized* output orthogonal to ``d`` (exactly
-for ``α = 1``; for other ``α`` the normalization's rescaling makes the removal approximate).
+Every matrix ``W`` that writes into the residual stream becomes ``W - a·Q Qᵀ W``, where the
+rows of ``Q`` (``k × d``) are an orthonormal basis of what is removed: one unit vector ``v`` for
+the usual refusal direction (``W - a·v(vᵀW)``), ``k`` vectors for a refusal subspace
+(:func:`vauban.measure.measure_subspace`). Its outputs lose ``a`` times their component in that
+subspace. Usually ``Q`` is the direction itself; when a norm with per-channel gain ``g`` sits
+between the writer and the residual add (Gemma 2/3, OLMo 2 post-norms), ``Q`` spans
+``g ⊙ q`` for each basis vector ``q``, because ``qᵀ(g ⊙ y) = (g ⊙ q)ᵀy``: making ``y``
+orthogonal to ``g ⊙ q`` makes the *normalized* output orthogonal to ``q`` (exactly for
+``a = 1``; for other ``a`` the normalization's rescaling makes the removal approximate).
 
-A :class:`Cut` keeps what it removed (``r = vᵀW``, one vector per matrix) so it can be undone.
-Float rounding makes ``(W - x) + x`` differ from ``W`` in the last bit for a few elements, so
-the cut also keeps those few original values (found by replaying the undo at apply time):
-undo restores the original bits exactly while storing far less than a copy of the weights.
-Evaluation and optimization therefore need one model in memory.
+Variants, all composable and all undone bit-exactly:
+
+- **Strength per writer.** ``a = alpha × w_kind(l)`` for a writer of kind ``attention`` or
+  ``mlp`` in layer ``l``. ``w_kind`` is a list of per-layer weights or a :class:`LayerKernel`
+  (peak position ``p``, peak weight ``w_max``, minimum weight ``w_min``, width ``s``)::
+
+      w(l) = w_max + (|l - p| / s)·(w_min - w_max)   if |l - p| <= s,   else 0
+
+  (heretic's ablation-weight kernel). Writers whose ``a`` is 0 are left untouched.
+- **Which direction.** One vector for every layer, one per layer (a ``(layers, k, d)`` tensor:
+  layer ``l``'s writers remove row ``l``), or one taken at a fractional layer index or with the
+  harmless mean projected out (see :mod:`vauban.measure`: ``direction_at``,
+  ``directions_per_layer``).
+- **Norm-preserving** (``norm_preserving=True``). Each vector a matrix writes into the residual
+  stream (a column ``x`` of an ``nn.Linear`` weight, a row of GPT-2's ``Conv1D``, a token's
+  embedding, a bias) is rescaled after the edit to its original norm::
+
+      x' = (x - a·Q Qᵀx) · ‖x‖ / ‖x - a·Q Qᵀx‖,   ‖x - a·Q Qᵀx‖² = ‖x‖² + (a² - 2a)‖Qᵀx‖²
+
+  Rescaling a vector keeps it orthogonal to ``Q``, so the direction is removed as fully as
+  without it, while the magnitudes that later norms and nonlinearities see are kept.
+- **Embeddings** (``embeddings=True``): the token (and position) embeddings are edited with
+  layer 0's basis and the plain ``alpha``.
+
+A :class:`Cut` keeps what it removed (``R = Qᵀ W``, ``k`` vectors per matrix, and the rescale
+factors) so it can be undone. Float rounding makes ``(W - x) + x`` differ from ``W`` in the last
+bit for a few elements, so the cut also keeps those few original values (found by replaying
+the undo at apply time): undo restores the original bits exactly while storing far less than a
+copy of the weights. Evaluation and optimization therefore need one model in memory. The rank-k
+arithmetic lives in :func:`_shifted` and the rescale in :func:`_rescaled`, so either can be
+swapped for a fused kernel without touching the bookkeeping.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,27 +54,67 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import arch
+from . import arch, kernels
 from .errors import VaubanError
-from .results import DirectionResult, check_alpha, unit_vector
+from .results import DirectionResult, SubspaceResult, check_alpha, unit_vector
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16,
              torch.float32: torch.int32, torch.float64: torch.int64}
 
+Direction = DirectionResult | SubspaceResult | torch.Tensor
+
+
+@dataclass(frozen=True)
+class LayerKernel:
+    """Per-layer cut weights shaped as a tent (see the module docstring for the formula).
+
+    ``peak`` and ``width`` are in layers and may be fractional; ``width=math.inf`` gives
+    ``max_weight`` everywhere.
+    """
+
+    peak: float
+    max_weight: float = 1.0
+    min_weight: float = 0.0
+    width: float = math.inf
+
+    def __post_init__(self) -> None:
+        for name in ("peak", "max_weight", "min_weight"):
+            check_alpha(getattr(self, name))
+        if not self.width > 0:
+            raise VaubanError(f"LayerKernel width must be positive, got {self.width}")
+
+    def weights(self, num_layers: int) -> tuple[float, ...]:
+        """``w(l)`` for ``l = 0 .. num_layers - 1``."""
+        out = []
+        for layer in range(num_layers):
+            distance = abs(layer - self.peak)
+            if distance > self.width:
+                out.append(0.0)
+            else:
+                ratio = 0.0 if math.isinf(self.width) else distance / self.width
+                out.append(self.max_weight + ratio * (self.min_weight - self.max_weight))
+        return tuple(out)
+
+
+LayerWeights = LayerKernel | Sequence[float]
+
 
 @dataclass
 class _Edit:
-    """One edited tensor: its residual axis, the vector removed along it, and the fix-ups."""
+    """One edited tensor: its residual axis, what was removed along it, and the fix-ups."""
 
     name: str
     param: nn.Parameter
     axis: int
-    vec: torch.Tensor  # unit vector v in residual space (compute dtype, param device)
-    removed: torch.Tensor  # r = vᵀW (compute dtype)
+    alpha: float
+    basis: torch.Tensor  # Q, (k, d) orthonormal rows in residual space (compute dtype, param device)
+    removed: torch.Tensor  # R = W Qᵀ with the residual axis last, (..., k) (compute dtype)
+    factors: torch.Tensor | None  # norm-preserving rescale per written vector, (..., 1), or None
     patch_index: torch.Tensor  # flat indices where the replayed undo misses the original bits
     patch_values: torch.Tensor  # the original values there
     fingerprint: float = 0.0  # of the original weights, checked when re-applying a cached edit
+    fused: bool = False  # applied by vauban.kernels (rank 1, CUDA, 16-bit), so re-applied and undone by it
 
 
 def _compute_dtype(param: torch.Tensor) -> torch.dtype:
@@ -63,13 +133,40 @@ def _fingerprint(param: torch.Tensor) -> float:
     return float(param.detach().reshape(-1)[::4099].double().sum())
 
 
-def _shifted(w: torch.Tensor, vec: torch.Tensor, removed: torch.Tensor, scale: float) -> torch.Tensor:
-    """``w + scale·v⊗r`` with the residual axis last, rounded back to ``w``'s dtype."""
-    return (w.to(vec.dtype) + scale * removed.unsqueeze(-1) * vec).to(w.dtype)
+def _shifted(w: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor, scale: float) -> torch.Tensor:
+    """``w + scale·R Q`` with the residual axis last, rounded back to ``w``'s dtype.
+
+    For ``k = 1`` the matmul is one product per element, the same as an outer product.
+    """
+    return (w.to(basis.dtype) + scale * (removed @ basis)).to(w.dtype)
+
+
+def _rescaled(w: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """``w`` with each written vector (residual axis last) times its factor, rounded back."""
+    return (w.to(factors.dtype) * factors).to(w.dtype)
+
+
+def _norm_factors(view: torch.Tensor, removed: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``‖x‖ / ‖x - a·Q Qᵀx‖`` per written vector, from ``‖x‖²`` and ``‖Qᵀx‖²`` alone."""
+    before = view.to(removed.dtype).square().sum(-1, keepdim=True)
+    after = before + (alpha * alpha - 2 * alpha) * removed.square().sum(-1, keepdim=True)
+    ratio = before / after.clamp_min(torch.finfo(removed.dtype).tiny)
+    return torch.where(before > 0, ratio.sqrt(), torch.ones_like(ratio))
+
+
+def _forward(view: torch.Tensor, edit: _Edit) -> torch.Tensor:
+    new = _shifted(view, edit.basis, edit.removed, -edit.alpha)
+    return new if edit.factors is None else _rescaled(new, edit.factors)
+
+
+def _inverse(view: torch.Tensor, edit: _Edit) -> torch.Tensor:
+    if edit.factors is not None:
+        view = _rescaled(view, 1 / edit.factors)
+    return _shifted(view, edit.basis, edit.removed, edit.alpha)
 
 
 def _apply_edit(
-    name: str, param: nn.Parameter, axis: int, vec: torch.Tensor, alpha: float
+    name: str, param: nn.Parameter, axis: int, basis: torch.Tensor, alpha: float, norm_preserving: bool
 ) -> _Edit:
     if param.dtype not in _FLOAT_DTYPES:
         raise VaubanError(
@@ -80,29 +177,101 @@ def _apply_edit(
         fingerprint = _fingerprint(param)
         view = param.data.movedim(axis, -1)
         cd = _compute_dtype(param)
-        v = vec.to(device=param.device, dtype=cd)
-        removed = view.to(cd) @ v
-        new = _shifted(view, v, removed, -alpha)
-        replay = _shifted(new, v, removed, alpha)
+        q = basis.to(device=param.device, dtype=cd)
+        if not norm_preserving and q.shape[0] == 1 and kernels.supported(param.data):
+            removed, index, values = kernels.apply_(view, q[0], alpha)  # one fused pass
+            return _Edit(name, param, axis, alpha, q, removed[:, None], None, index, values,
+                         fingerprint, fused=True)
+        removed = view.to(cd) @ q.T
+        factors = _norm_factors(view, removed, alpha) if norm_preserving else None
+        edit = _Edit(name, param, axis, alpha, q, removed, factors, torch.empty(0), torch.empty(0),
+                     fingerprint)
+        new = _forward(view, edit)
+        replay = _inverse(new, edit)
         ints = _INT_VIEW[param.dtype]
         miss = (replay.view(ints) != view.view(ints)).movedim(-1, axis).reshape(-1)
-        miss = miss.nonzero().squeeze(-1)
-        values = param.data.reshape(-1)[miss].clone()
+        edit.patch_index = miss.nonzero().squeeze(-1)
+        edit.patch_values = param.data.reshape(-1)[edit.patch_index].clone()
         param.data.copy_(new.movedim(-1, axis))
-    return _Edit(name, param, axis, v, removed, miss, values, fingerprint)
+    return edit
 
 
-def _shift_in_place(edit: _Edit, scale: float) -> None:
-    """``W += scale·v⊗r`` for a cached edit: ``-alpha`` re-applies it, ``+alpha`` undoes it."""
+def _reapply_edit(edit: _Edit) -> None:
+    """Re-apply a cached edit to the original weights (same bits as the first application)."""
     with torch.no_grad():
         view = edit.param.data.movedim(edit.axis, -1)
-        edit.param.data.copy_(_shifted(view, edit.vec, edit.removed, scale).movedim(-1, edit.axis))
+        if edit.fused:
+            kernels.shift_(view, edit.basis[0], edit.removed[:, 0], -edit.alpha)
+            return
+        edit.param.data.copy_(_forward(view, edit).movedim(-1, edit.axis))
 
 
-def _undo_edit(edit: _Edit, alpha: float) -> None:
-    _shift_in_place(edit, alpha)
+def _undo_edit(edit: _Edit) -> None:
     with torch.no_grad():
+        view = edit.param.data.movedim(edit.axis, -1)
+        if edit.fused:
+            kernels.shift_(view, edit.basis[0], edit.removed[:, 0], edit.alpha)
+        else:
+            edit.param.data.copy_(_inverse(view, edit).movedim(-1, edit.axis))
         edit.param.data.view(-1)[edit.patch_index] = edit.patch_values
+
+
+def _orthonormal(rows: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis (rows) of the span of ``rows`` (``k × d``), computed in float64."""
+    rows = rows.double()
+    if rows.shape[0] == 1:
+        return (rows / rows.norm()).float()
+    q, r = torch.linalg.qr(rows.T)
+    if (r.diagonal().abs() < 1e-9 * r.diagonal().abs().max()).any():
+        raise VaubanError("the subspace's vectors are linearly dependent; use fewer of them")
+    return q.T.contiguous().float()
+
+
+def layer_bases(direction: Direction, d_model: int, num_layers: int) -> torch.Tensor:
+    """The direction as ``(num_layers, k, d_model)`` float32 orthonormal bases, one per layer.
+
+    Accepts a :class:`DirectionResult` or a ``(d,)`` tensor (one direction everywhere), a
+    :class:`SubspaceResult` or a ``(k, d)`` tensor (one subspace everywhere), or a
+    ``(num_layers, k, d)`` tensor (layer ``l`` uses row ``l``; ``k = 1`` for per-layer
+    directions).
+    """
+    if isinstance(direction, DirectionResult):
+        direction = direction.direction
+    elif isinstance(direction, SubspaceResult):
+        direction = direction.basis
+    if not isinstance(direction, torch.Tensor):
+        raise VaubanError(
+            f"direction must be a DirectionResult, SubspaceResult or tensor, got {type(direction).__name__}"
+        )
+    x = direction.detach().float().cpu()
+    if x.dim() == 1:
+        return unit_vector(x, d_model).reshape(1, 1, -1).expand(num_layers, 1, d_model).clone()
+    if x.dim() == 3 and x.shape[0] != num_layers:
+        raise VaubanError(
+            f"per-layer directions have {x.shape[0]} layers but the model has {num_layers}; "
+            "measure them on this model"
+        )
+    if x.dim() not in (2, 3) or x.shape[-1] != d_model:
+        raise VaubanError(
+            f"direction has shape {tuple(x.shape)}; expected ({d_model},), (k, {d_model}) or "
+            f"({num_layers}, k, {d_model}) for this model"
+        )
+    if not torch.isfinite(x).all():
+        raise VaubanError("direction contains NaN or infinite values; measure it again")
+    if (x.norm(dim=-1) < 1e-12).any():
+        raise VaubanError("direction contains a zero vector; measure it again")
+    if x.dim() == 2:
+        return _orthonormal(x).unsqueeze(0).expand(num_layers, -1, -1).clone()
+    return torch.stack([_orthonormal(rows) for rows in x])
+
+
+def _weights(spec: LayerWeights | None, num_layers: int, what: str) -> tuple[float, ...]:
+    if spec is None:
+        return (1.0,) * num_layers
+    weights = spec.weights(num_layers) if isinstance(spec, LayerKernel) else tuple(spec)
+    if len(weights) != num_layers:
+        raise VaubanError(f"{what} weights: expected {num_layers} (one per layer), got {len(weights)}")
+    return tuple(check_alpha(w) for w in weights)
 
 
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[Cut]] = weakref.WeakKeyDictionary()
@@ -112,6 +281,8 @@ class Cut:
     """A reversible edit of one model's weights; also a context manager that undoes on exit.
 
     Cuts on one model stack: undo them in reverse order (``with`` blocks do this naturally).
+    ``direction`` holds the per-layer bases ``(num_layers, k, d)``; ``attention_weights`` and
+    ``mlp_weights`` the per-layer multipliers of ``alpha``.
     """
 
     def __init__(
@@ -121,12 +292,20 @@ class Cut:
         alpha: float,
         layers: list[int],
         embeddings: bool,
+        *,
+        attention_weights: tuple[float, ...] | None = None,
+        mlp_weights: tuple[float, ...] | None = None,
+        norm_preserving: bool = False,
     ) -> None:
         self._model = weakref.ref(model)
-        self.direction = direction
+        n = arch.num_layers(model)
+        self.direction = layer_bases(direction, arch.d_model(model), n)
         self.alpha = alpha
         self.layers = layers
         self.embeddings = embeddings
+        self.attention_weights = attention_weights or (1.0,) * n
+        self.mlp_weights = mlp_weights or (1.0,) * n
+        self.norm_preserving = norm_preserving
         self._edits: list[_Edit] = []
         self.applied = False
 
@@ -142,22 +321,37 @@ class Cut:
         """Names of the edited tensors."""
         return [e.name for e in self._edits]
 
-    def _targets(self) -> Iterator[tuple[str, nn.Parameter, int, torch.Tensor]]:
+    def record(self) -> dict[str, object]:
+        """JSON-serializable description of the cut's settings."""
+        return {
+            "alpha": self.alpha,
+            "layers": self.layers,
+            "embeddings": self.embeddings,
+            "subspace_rank": int(self.direction.shape[1]),
+            "attention_weights": list(self.attention_weights),
+            "mlp_weights": list(self.mlp_weights),
+            "norm_preserving": self.norm_preserving,
+            "edited_tensors": len(self._edits),
+        }
+
+    def _targets(self) -> Iterator[tuple[str, nn.Parameter, int, torch.Tensor, float]]:
         model = self.model
-        d = self.direction
         device = next(model.parameters()).device
         for w in arch.residual_writers(model, self.layers):
-            vec = d
+            weights = self.attention_weights if w.kind == "attention" else self.mlp_weights
+            alpha = self.alpha * weights[w.layer]
+            if alpha == 0.0:
+                continue
+            basis = self.direction[w.layer]
             if w.post_norm is not None:
-                gain = arch.norm_gain(w.post_norm, d.numel(), device).cpu()
-                vec = gain * d
-                vec = vec / vec.norm()
-            yield f"{w.name}.weight", w.weight, w.axis, vec
+                gain = arch.norm_gain(w.post_norm, basis.shape[-1], device).cpu()
+                basis = _orthonormal(gain * basis)
+            yield f"{w.name}.weight", w.weight, w.axis, basis, alpha
             if w.bias is not None:
-                yield f"{w.name}.bias", w.bias, -1, vec
-        if self.embeddings:
+                yield f"{w.name}.bias", w.bias, -1, basis, alpha
+        if self.embeddings and self.alpha != 0.0:
             for i, emb in enumerate(arch.embeddings(model)):
-                yield f"embeddings.{i}", emb.weight, -1, d
+                yield f"embeddings.{i}", emb.weight, -1, self.direction[0], self.alpha
 
     def apply(self) -> Cut:
         """Apply (or re-apply after :meth:`undo`) the edit."""
@@ -165,15 +359,15 @@ class Cut:
             raise VaubanError("this cut is already applied")
         if self._edits and all(_fingerprint(e.param) == e.fingerprint for e in self._edits):
             for edit in self._edits:  # re-applying after undo: the weights are the originals
-                _shift_in_place(edit, -self.alpha)
+                _reapply_edit(edit)
         else:
             seen: set[int] = set()
             edits = []
-            for name, param, axis, vec in self._targets():
+            for name, param, axis, basis, alpha in self._targets():
                 if id(param) in seen:  # a parameter shared by two paths is edited once
                     continue
                 seen.add(id(param))
-                edits.append(_apply_edit(name, param, axis, vec, self.alpha))
+                edits.append(_apply_edit(name, param, axis, basis, alpha, self.norm_preserving))
             self._edits = edits
         self.applied = True
         _ACTIVE.setdefault(self.model, []).append(self)
@@ -187,7 +381,7 @@ class Cut:
         if stack and stack[-1] is not self:
             raise VaubanError("a later cut on this model is still applied; undo that one first")
         for edit in reversed(self._edits):
-            _undo_edit(edit, self.alpha)
+            _undo_edit(edit)
         self.applied = False
         stack.pop()
 
@@ -206,21 +400,32 @@ class Cut:
 
 def cut(
     model: nn.Module,
-    direction: DirectionResult | torch.Tensor,
+    direction: Direction,
     *,
     alpha: float = 1.0,
     layers: Sequence[int] | None = None,
     embeddings: bool = False,
+    attention: LayerWeights | None = None,
+    mlp: LayerWeights | None = None,
+    norm_preserving: bool = False,
 ) -> Cut:
     """Remove ``alpha`` × the direction from every residual writer of ``layers`` (default: all).
 
-    ``embeddings=True`` also orthogonalizes the token (and position) embeddings; with tied
-    embeddings that edits the LM head too. The edit happens in place and is returned as an
-    applied :class:`Cut`; call ``.undo()`` or use it as a context manager to restore.
+    ``direction``: see :func:`layer_bases`. ``attention`` / ``mlp``: per-layer weights
+    multiplying ``alpha`` for the attention and MLP writers (a :class:`LayerKernel` or one
+    number per layer; default 1). ``norm_preserving=True`` restores the norm of every written
+    vector after the edit. ``embeddings=True`` also orthogonalizes the token (and position)
+    embeddings; with tied embeddings that edits the LM head too. The edit happens in place and
+    is returned as an applied :class:`Cut`; call ``.undo()`` or use it as a context manager to
+    restore. See the module docstring for the formulas.
     """
-    vec = unit_vector(direction, arch.d_model(model))
-    chosen = list(range(arch.num_layers(model))) if layers is None else [int(i) for i in layers]
-    return Cut(model, vec, check_alpha(alpha), chosen, embeddings).apply()
+    n = arch.num_layers(model)
+    chosen = list(range(n)) if layers is None else [int(i) for i in layers]
+    return Cut(
+        model, layer_bases(direction, arch.d_model(model), n), check_alpha(alpha), chosen, embeddings,
+        attention_weights=_weights(attention, n, "attention"), mlp_weights=_weights(mlp, n, "MLP"),
+        norm_preserving=bool(norm_preserving),
+    ).apply()
 
 
 def active_cuts(model: nn.Module) -> list[Cut]:

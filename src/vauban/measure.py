@@ -21,6 +21,17 @@ with harmful activations ``h_ik`` and harmless ``b_jk`` at layer ``k``, centred 
   layer's direction, 3 % with this criterion's choice).
 
 The best layer is ``argmax s_l``.
+
+Variants for the cut (:mod:`vauban.cut`), derived from the stored per-layer means without
+running the model again:
+
+- :func:`direction_at` takes the direction at a *fractional* layer index ``x = i + t``:
+  ``normalize((1 - t)·u_i + t·u_{i+1})``, so a search can move smoothly between layers;
+- ``projected=True`` removes the component along the harmless mean ``m̂`` (unit) of that layer:
+  ``u' = normalize(u - (u·m̂)·m̂)``, so the cut leaves alone what every harmless prompt also
+  carries along the direction;
+- :func:`directions_per_layer` gives every layer its own direction;
+- :func:`measure_subspace` measures a k-dimensional refusal subspace at one layer.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from .activations import last_token_residuals
 from .errors import VaubanError
 from .load import model_label
 from .prompts import Prompts, load_prompts
-from .results import DirectionResult, unit_rows
+from .results import DirectionResult, SubspaceResult, unit_rows
 
 
 def cosine_separation(
@@ -99,4 +110,78 @@ def measure(
         harmless_means=b_mean,
         n_harmful=len(harmful_prompts),
         n_harmless=len(harmless_prompts),
+    )
+
+
+def _projected(directions: torch.Tensor, harmless_means: torch.Tensor) -> torch.Tensor:
+    """Rows of ``directions`` with their component along the matching harmless mean removed."""
+    m = unit_rows(harmless_means).double()
+    u = directions.double()
+    return unit_rows(u - (u * m).sum(-1, keepdim=True) * m)
+
+
+def directions_per_layer(result: DirectionResult, *, projected: bool = False) -> torch.Tensor:
+    """Every layer's own direction as ``(num_layers, 1, d)``, the shape a cut reads per layer."""
+    directions = result.layer_directions()
+    if projected:
+        directions = _projected(directions, result.harmless_means)  # type: ignore[arg-type]
+    return directions.unsqueeze(1)
+
+
+def direction_at(result: DirectionResult, index: float, *, projected: bool = False) -> torch.Tensor:
+    """The unit direction at fractional layer ``index`` (see the module docstring)."""
+    last = result.num_layers - 1
+    if not 0 <= index <= last:
+        raise VaubanError(f"direction index {index} out of range 0..{last}")
+    low = min(int(index), last - 1) if last > 0 else 0
+    t = index - low
+    directions = directions_per_layer(result, projected=projected)[:, 0].double()
+    if t == 0 or last == 0:
+        return directions[low].float()
+    return unit_rows((1 - t) * directions[low] + t * directions[low + 1]).reshape(-1)
+
+
+def measure_subspace(
+    model: nn.Module,
+    tokenizer: Any,
+    harmful: Prompts = "harmful",
+    harmless: Prompts = "harmless",
+    *,
+    k: int = 3,
+    layer: int | None = None,
+    batch_size: int | None = None,
+    show_progress: bool | None = None,
+) -> SubspaceResult:
+    """A ``k``-dimensional refusal subspace at ``layer`` (default: the best-scoring layer).
+
+    Row 0 is the difference-in-means direction ``u``, so ``k = 1`` is the usual cut. The other
+    rows are the top ``k - 1`` right singular vectors of the per-prompt differences
+    ``h_i - mean(harmless)`` after removing their component along ``u``: the directions along
+    which harmful prompts depart from the harmless mean most, beyond ``u``.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise VaubanError(f"k must be a positive integer, got {k!r}")
+    harmful_prompts = load_prompts(harmful, what="harmful prompts")
+    harmless_prompts = load_prompts(harmless, what="harmless prompts")
+    if k > len(harmful_prompts):
+        raise VaubanError(f"k={k} needs at least {k} harmful prompts, got {len(harmful_prompts)}")
+    h = last_token_residuals(model, tokenizer, harmful_prompts, batch_size=batch_size,
+                             show_progress=show_progress, desc="harmful")
+    b = last_token_residuals(model, tokenizer, harmless_prompts, batch_size=batch_size,
+                             show_progress=show_progress, desc="harmless")
+    scores, directions, _, b_mean = cosine_separation(h, b)
+    best = int(scores.argmax()) if layer is None else layer
+    if not 0 <= best < len(scores):
+        raise VaubanError(f"layer {best} out of range: the model has {len(scores)} layers")
+    u = directions[best].double()
+    diffs = h[:, best].double() - b_mean[best]
+    along = diffs @ u
+    _, values, vh = torch.linalg.svd(diffs - torch.outer(along, u), full_matrices=False)
+    basis = torch.cat([u.unsqueeze(0), vh[: k - 1]]).float()
+    return SubspaceResult(
+        basis=basis,
+        layer_index=best,
+        singular_values=(float(along.norm()), *(float(v) for v in values[: k - 1])),
+        d_model=arch.d_model(model),
+        model_path=model_label(model),
     )

@@ -6,6 +6,10 @@ cache then holds steered keys and values, as it would for a cut model). The embe
 the first layer are steered too, so with ``α = 1`` on every layer the residual stream is exactly
 that of a model cut with ``embeddings=True``. The hooks are removed on exit, even on error, so
 it also wraps a user's own ``model.generate`` calls.
+
+The direction may also be a k-dimensional subspace with orthonormal basis ``Q`` (a
+:class:`~vauban.results.SubspaceResult` or a ``(k, d)`` tensor): ``h - α Q Qᵀ h``; or one
+direction (or subspace) per layer, a ``(layers, k, d)`` tensor, as :func:`vauban.cut.cut` takes.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import torch
 from torch import nn
 
 from . import arch
+from .cut import Direction, layer_bases
 from .errors import VaubanError
 from .generate import check_max_tokens, generate
 from .prompts import load_prompts
 from .refusal import is_refusal
-from .results import DirectionResult, SteerResult, check_alpha, unit_vector
+from .results import DirectionResult, SteerResult, SubspaceResult, check_alpha
 
 
 class Steering:
@@ -36,7 +41,7 @@ class Steering:
     def __init__(
         self,
         model: nn.Module,
-        direction: DirectionResult | torch.Tensor,
+        direction: Direction,
         alpha: float = 1.0,
         *,
         layers: Sequence[int] | None = None,
@@ -49,10 +54,12 @@ class Steering:
         if not self.layers or not all(0 <= i < len(self.blocks) for i in self.layers):
             raise VaubanError(f"layers must be within 0..{len(self.blocks) - 1}, got {layers}")
         weight = next(model.parameters())
-        self.vector = unit_vector(direction, arch.d_model(model)).to(weight.device)
+        bases = layer_bases(direction, arch.d_model(model), len(self.blocks)).to(weight.device)
+        self.vectors = bases[:, 0]  # what ``record`` projects on, per layer
         # the hook runs on every layer at every decode step: keep it to two kernels in the
-        # model's dtype (matmul accumulates in float32; addcmul computes in float32)
-        self._vector_model = self.vector.to(weight.dtype)
+        # model's dtype for one direction (matmul accumulates in float32; addcmul computes in
+        # float32), three for a subspace
+        self._bases_model = bases.to(weight.dtype)
         self.record = record
         self.before: list[list[float]] = []
         self.after: list[list[float]] = []
@@ -63,11 +70,11 @@ class Steering:
     def _hook(self, layer: int) -> Any:
         def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
             hidden = arch.layer_hidden(output)
-            steered = self._remove(hidden) if self.alpha != 0.0 else None
+            steered = self._remove(hidden, layer) if self.alpha != 0.0 else None
             if self.record:
-                last = hidden[0, -1].float() @ self.vector
+                last = hidden[0, -1].float() @ self.vectors[layer]
                 self._step_before[layer] = float(last)
-                after = steered[0, -1].float() @ self.vector if steered is not None else last
+                after = steered[0, -1].float() @ self.vectors[layer] if steered is not None else last
                 self._step_after[layer] = float(after)
                 if layer == max(self.layers):
                     self._flush()
@@ -80,14 +87,16 @@ class Steering:
         if self.alpha == 0.0:
             return None
         if args:
-            return (self._remove(args[0]), *args[1:]), kwargs
-        kwargs = dict(kwargs, hidden_states=self._remove(kwargs["hidden_states"]))
+            return (self._remove(args[0], 0), *args[1:]), kwargs
+        kwargs = dict(kwargs, hidden_states=self._remove(kwargs["hidden_states"], 0))
         return args, kwargs
 
-    def _remove(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``hidden - α (hidden·d) d``."""
-        v = self._vector_model
-        return torch.addcmul(hidden, (hidden @ v).unsqueeze(-1), v, value=-self.alpha)
+    def _remove(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """``hidden - α Q Qᵀ hidden`` (``hidden - α (hidden·d) d`` for one direction)."""
+        q = self._bases_model[layer]
+        if q.shape[0] == 1:
+            return torch.addcmul(hidden, hidden @ q.T, q[0], value=-self.alpha)
+        return torch.add(hidden, (hidden @ q.T) @ q, alpha=-self.alpha)
 
     def _flush(self) -> None:
         n = len(self.blocks)
@@ -120,7 +129,7 @@ def steer_generate(
     model: nn.Module,
     tokenizer: Any,
     prompts: Sequence[str],
-    direction: DirectionResult | torch.Tensor,
+    direction: Direction,
     alpha: float = 1.0,
     *,
     max_tokens: int = 100,
@@ -136,7 +145,7 @@ def steer(
     model: nn.Module,
     tokenizer: Any,
     prompt: str,
-    direction: DirectionResult | torch.Tensor,
+    direction: Direction,
     alpha: float = 1.0,
     *,
     max_tokens: int = 100,
@@ -147,7 +156,8 @@ def steer(
     check_max_tokens(max_tokens)
     with Steering(model, direction, alpha, layers=layers, record=True) as hooks:
         (answer,) = generate(model, tokenizer, [text], max_tokens=max_tokens)
-    layer = direction.layer_index if isinstance(direction, DirectionResult) else len(hooks.blocks) - 1
+    measured = isinstance(direction, (DirectionResult, SubspaceResult))
+    layer = direction.layer_index if measured else len(hooks.blocks) - 1
     return SteerResult(
         prompt=text,
         text=answer,
