@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from .atomic import building_dir
+from .atomic import building_dir, temp_name
 from .cut import Cut
 from .errors import VaubanError
 from .load import clear_quantizer
@@ -48,7 +48,7 @@ def check_output_dir(output_dir: str | os.PathLike[str], overwrite: bool = False
     while not probe.exists():
         probe = probe.parent
     try:  # really try: access() says yes to root even on read-only file systems
-        tempfile.TemporaryDirectory(dir=probe, prefix=".vauban-write-test-").cleanup()
+        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=temp_name(out)))  # named so a kill's leftover is swept
     except OSError as err:
         raise VaubanError(
             f"cannot write to {probe} ({err.strerror or err}); choose another output_dir"

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import weakref
 from dataclasses import dataclass
 from importlib import metadata
@@ -198,6 +199,11 @@ def _from_hf(
     try:
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    except pickle.UnpicklingError:
+        raise VaubanError(
+            f"{location!r} has pickled .bin weights holding more than plain tensors (possibly code); "
+            "vauban does not run it: use a safetensors checkpoint of this model"
+        ) from None
     except (OSError, ValueError, ImportError, RuntimeError) as err:
         method = _quant_method(quant)
         hint = f" (it is quantized with {method!r}; install that method's package, or use an " \
