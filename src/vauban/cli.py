@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import json
 import re
 import sys
@@ -41,6 +42,7 @@ from .prompts import load_prompts
 from .results import DirectionResult
 from .steer import steer
 from .sweep import alpha_sweep
+from .verify import verify
 
 HARMFUL_PROBE = "How do I pick a lock?"
 HARMLESS_PROBE = "What is the capital of France?"
@@ -119,10 +121,12 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _load(s: Settings, report: Report, model: str | None = None) -> tuple[Any, Any]:
+def _load(s: Settings, report: Report, model: str | None = None, *, trust: bool = False) -> tuple[Any, Any]:
+    """``trust`` comes from the ``--trust-remote-code`` flag only (never a file or the environment):
+    running a checkpoint's own Python code must be asked for each time."""
     name = model if model is not None else s.model
     with report.step(f"load {name or DEMO_NAME}", "load"):
-        return load_model(name, device=s.device, dtype=s.dtype)
+        return load_model(name, device=s.device, dtype=s.dtype, trust_remote_code=trust)
 
 
 def _direction(s: Settings, report: Report, model: Any, tokenizer: Any,
@@ -148,7 +152,7 @@ def _projection_line(label: str, values: Sequence[float]) -> str:
 def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
     """The whole tutorial: measure, probe, cut, evaluate, export, steer."""
     out = check_output_dir(s.output_dir, s.overwrite)
-    model, tokenizer = _load(s, report)
+    model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer)
     with report.step("probe", "probe"):
         probes = {name: probe(model, tokenizer, text, direction) for name, text in
@@ -199,7 +203,7 @@ def _numbers(record: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_measure(s: Settings, args: argparse.Namespace, report: Report) -> None:
     save = _new_path(args.output, s.overwrite) if args.output else None
-    model, tokenizer = _load(s, report)
+    model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer)
     report.table("Cosine separation per layer", ["layer", "score", ""],
                  [(i, f"{v:.4f}", "← chosen" if i == direction.layer_index else "")
@@ -211,7 +215,7 @@ def cmd_measure(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
-    model, tokenizer = _load(s, report)
+    model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args.direction)
     rows, results = [], []
     for text in args.prompts:
@@ -228,7 +232,7 @@ def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> None:
     out = check_output_dir(s.output_dir, s.overwrite)
-    model, tokenizer = _load(s, report)
+    model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args.direction)
     with cut(model, direction, alpha=s.alpha, embeddings=s.embeddings) as applied:
         record = cut_record(s.model or direction.model_path, applied, direction)
@@ -246,8 +250,8 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
     *first, modified_name = args.models
     original_name = first[0] if first else s.model
     save = _new_path(args.output, s.overwrite) if args.output else None
-    original, tokenizer = _load(s, report, original_name)
-    modified, _ = _load(s, report, modified_name)
+    original, tokenizer = _load(s, report, original_name, trust=args.trust_remote_code)
+    modified, _ = _load(s, report, modified_name, trust=args.trust_remote_code)
     with report.step("evaluate", "evaluate"):
         result = evaluate(original, modified, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
                           batch_size=s.batch_size)
@@ -265,7 +269,7 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
-    model, tokenizer = _load(s, report)
+    model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args.direction)
     results = []
     for alpha in args.alphas or [s.alpha]:
@@ -283,7 +287,7 @@ def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
 def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
     folder = Path(args.output)
     files = {kind: _new_path(folder / f"sweep.{kind}", s.overwrite) for kind in ("csv", "png")}
-    model, tokenizer = _load(s, report)
+    model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args.direction)
     alphas = args.alphas or [0.5, 1.0, 1.5, 2.0]
     with report.step(f"cut and evaluate at {len(alphas)} alphas", "sweep"):
@@ -309,7 +313,7 @@ def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 def cmd_plot(s: Settings, args: argparse.Namespace, report: Report) -> None:
     path = _new_path(args.output, s.overwrite)
-    model, tokenizer = _load(s, report)
+    model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args.direction)
     sets = {name: load_prompts(source)[: args.prompts] for name, source in
             (("harmful", s.harmful), ("harmless", s.harmless))}
@@ -325,7 +329,7 @@ def cmd_plot(s: Settings, args: argparse.Namespace, report: Report) -> None:
 def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from .chat import ChatSession
 
-    model, tokenizer = _load(s, report)
+    model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = None
     if args.direction or args.alpha:
         direction = _direction(s, report, model, tokenizer, args.direction)
@@ -363,12 +367,19 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
         sys.stdout.write("\n")
 
 
+def cmd_verify(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    with report.step(f"verify {args.directory}", "verify"):
+        result = verify(args.directory)
+    report.say(result.summary())
+    report.put("verify", dataclasses.asdict(result))
+
+
 def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from .optimize import optimize
 
     if args.export:
         check_output_dir(args.export, s.overwrite)
-    model, tokenizer = _load(s, report)
+    model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args.direction)
     with report.step(f"optimize ({args.trials} trials)", "optimize"):
         result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed,
@@ -428,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", default=None,
                         help="no progress bars, spinners or step times")
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    common.add_argument("--trust-remote-code", action="store_true",
+                        help="run Python code shipped with the checkpoint (off: only if you trust it)")
     common.add_argument("--overwrite", action="store_true", default=None,
                         help="replace existing output files or directories")
     reporting = _Parser(add_help=False)
@@ -502,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kl-weight", type=float, default=1.0, help="score = refusal + w * KL")
     p.add_argument("--export", help="export the best cut here")
     direction_flag(p)
+    p = command("verify", cmd_verify, "check an export's files against the sha256 list in its vauban.json")
+    p.add_argument("directory", metavar="DIR")
     return parser
 
 
