@@ -54,7 +54,8 @@ def last_token_residuals(
 
     def hook_for(layer: int) -> Any:
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-            captured[layer] = arch.layer_hidden(output)[:, -1, :].float()
+            # layers of a model split over devices (device_map) answer on their own device
+            captured[layer] = arch.layer_hidden(output)[:, -1, :].float().to(device)
             if layer == last:
                 raise _Enough
 

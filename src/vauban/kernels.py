@@ -19,6 +19,7 @@ that will run later. Works on CUDA tensors (and on CPU under ``TRITON_INTERPRET=
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -99,11 +100,23 @@ def _kernels() -> Any:
     return removed_kernel, shift_kernel
 
 
+def _on_view_device(fn: Any) -> Any:
+    """Triton launches on the current CUDA device: make it the view's (models split over GPUs)."""
+
+    @functools.wraps(fn)
+    def wrapper(view: torch.Tensor, *args: Any) -> Any:
+        with torch.cuda.device(view.device) if view.is_cuda else contextlib.nullcontext():
+            return fn(view, *args)
+
+    return wrapper
+
+
 def _blocks(view: torch.Tensor) -> tuple[int, int]:
     """Wide tiles along whichever axis is contiguous, so loads are coalesced."""
     return (256, 16) if view.stride(0) == 1 else (16, 256)
 
 
+@_on_view_device
 def removed(view: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
     """``r = view @ vec`` (float32) for a 16-bit ``(n, d)`` view, ``d`` the residual axis."""
     removed_kernel, _ = _kernels()
@@ -121,6 +134,7 @@ def removed(view: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
     return parts.sum(0)
 
 
+@_on_view_device
 def shift_(view: torch.Tensor, vec: torch.Tensor, r: torch.Tensor, scale: float) -> None:
     """``view += scale·r⊗vec`` in place (float32 math, rounded once)."""
     _, shift_kernel = _kernels()
@@ -135,6 +149,7 @@ def shift_(view: torch.Tensor, vec: torch.Tensor, r: torch.Tensor, scale: float)
     )
 
 
+@_on_view_device
 def apply_(
     view: torch.Tensor, vec: torch.Tensor, alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

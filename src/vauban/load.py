@@ -115,8 +115,11 @@ def load_model(
 
     ``model_path`` may be ``None`` (the embedded demo model), a local Hugging Face directory, a
     ``.gguf`` file, an MLX quantized directory, or a hub id. Quantized weights are dequantized.
+    ``device="auto"`` spreads the layers over every GPU through accelerate's ``device_map``
+    (what does not fit stays in CPU memory), for models larger than one device.
     """
-    dev = torch.device(device) if device is not None else default_device()
+    auto = isinstance(device, str) and device == "auto"  # accelerate's device_map: GPUs, then CPU
+    dev = default_device() if device is None or auto else torch.device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     if model_path is None or str(model_path) == DEMO_ID:
         local, source = demo_model_dir(), ModelSource(DEMO_ID, "demo")
@@ -125,7 +128,7 @@ def load_model(
         if local is None:  # a hub id: download, then load it as the local kind it is
             local, kind = _resolve_local(download(str(model_path), revision))
             source = ModelSource(source.label, f"hub/{kind.kind}")
-    model, tokenizer = _from_hf(str(local), torch_dtype, dev, trust_remote_code)
+    model, tokenizer = _from_hf(str(local), torch_dtype, "auto" if auto else dev, trust_remote_code)
     remember_source(model, source)
     model.config._name_or_path = source.label
     return model, tokenizer
@@ -179,7 +182,7 @@ _LOCAL_SAFE = {"local_files_only": True}
 
 
 def _from_hf(
-    location: str, dtype: torch.dtype, device: torch.device, trust: bool
+    location: str, dtype: torch.dtype, device: torch.device | str, trust: bool
 ) -> tuple[nn.Module, Any]:
     """Load a local HF directory: safetensors first, pickled ``.bin`` only with
     ``weights_only=True`` (tensors, no code), custom modelling code only if ``trust``."""
@@ -194,7 +197,9 @@ def _from_hf(
         ) from None
     quant = getattr(config, "quantization_config", None)
     kwargs: dict[str, Any] = {"dtype": dtype, "weights_only": True, **common}
-    if device.type != "cpu":
+    if device == "auto":  # split over the GPUs (balanced), the rest offloaded to CPU memory
+        kwargs["device_map"] = "auto"
+    elif device.type != "cpu":
         kwargs["device_map"] = {"": str(device)}
     try:
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
