@@ -129,11 +129,25 @@ def _load(s: Settings, report: Report, model: str | None = None, *, trust: bool 
         return load_model(name, device=s.device, dtype=s.dtype, trust_remote_code=trust)
 
 
+def _preflight(s: Settings, args: argparse.Namespace) -> None:
+    """Read the cheap inputs (direction file, prompt files) before the model, so their mistakes
+    show in a second rather than after the load; the loaded direction rides on ``args``."""
+    if getattr(args, "direction", None):
+        args.saved_direction = DirectionResult.load(args.direction)
+    elif args.command not in ("evaluate", "chat") or getattr(args, "alpha", None):
+        load_prompts(s.harmful, what="harmful prompts")
+        load_prompts(s.harmless, what="harmless prompts")
+    if args.command in ("probe", "steer"):
+        load_prompts(getattr(args, "prompts", None) or [args.prompt], what="prompt")
+    if s.eval_prompts and args.command in ("run", "evaluate", "sweep"):
+        load_prompts(s.eval_prompts, what="eval prompts")
+
+
 def _direction(s: Settings, report: Report, model: Any, tokenizer: Any,
-               saved: str | None = None) -> DirectionResult:
-    """A saved direction (``--direction``), or a fresh measurement."""
-    if saved:
-        direction = DirectionResult.load(saved)
+               args: argparse.Namespace) -> DirectionResult:
+    """The saved direction (``--direction``, read by :func:`_preflight`), or a fresh measurement."""
+    direction = getattr(args, "saved_direction", None)
+    if direction is not None:
         if s.layer is not None:
             direction = direction.at_layer(s.layer)
     else:
@@ -153,7 +167,7 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
     """The whole tutorial: measure, probe, cut, evaluate, export, steer."""
     out = check_output_dir(s.output_dir, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
-    direction = _direction(s, report, model, tokenizer)
+    direction = _direction(s, report, model, tokenizer, args)
     with report.step("probe", "probe"):
         probes = {name: probe(model, tokenizer, text, direction) for name, text in
                   (("harmful", HARMFUL_PROBE), ("harmless", HARMLESS_PROBE))}
@@ -204,7 +218,7 @@ def _numbers(record: dict[str, Any]) -> dict[str, Any]:
 def cmd_measure(s: Settings, args: argparse.Namespace, report: Report) -> None:
     save = _new_path(args.output, s.overwrite) if args.output else None
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
-    direction = _direction(s, report, model, tokenizer)
+    direction = _direction(s, report, model, tokenizer, args)
     report.table("Cosine separation per layer", ["layer", "score", ""],
                  [(i, f"{v:.4f}", "← chosen" if i == direction.layer_index else "")
                   for i, v in enumerate(direction.cosine_scores)])
@@ -216,7 +230,7 @@ def cmd_measure(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
-    direction = _direction(s, report, model, tokenizer, args.direction)
+    direction = _direction(s, report, model, tokenizer, args)
     rows, results = [], []
     for text in args.prompts:
         edge = borderline(model, tokenizer, text, direction)
@@ -233,7 +247,7 @@ def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
 def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> None:
     out = check_output_dir(s.output_dir, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
-    direction = _direction(s, report, model, tokenizer, args.direction)
+    direction = _direction(s, report, model, tokenizer, args)
     with cut(model, direction, alpha=s.alpha, embeddings=s.embeddings) as applied:
         record = cut_record(s.model or direction.model_path, applied, direction)
         with report.step(f"export to {out}/", "export"):
@@ -270,7 +284,7 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
-    direction = _direction(s, report, model, tokenizer, args.direction)
+    direction = _direction(s, report, model, tokenizer, args)
     results = []
     for alpha in args.alphas or [s.alpha]:
         with report.step(f"steer alpha={alpha:g}"):
@@ -288,7 +302,7 @@ def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
     folder = Path(args.output)
     files = {kind: _new_path(folder / f"sweep.{kind}", s.overwrite) for kind in ("csv", "png")}
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
-    direction = _direction(s, report, model, tokenizer, args.direction)
+    direction = _direction(s, report, model, tokenizer, args)
     alphas = args.alphas or [0.5, 1.0, 1.5, 2.0]
     with report.step(f"cut and evaluate at {len(alphas)} alphas", "sweep"):
         sweep = alpha_sweep(model, tokenizer, direction, alphas, prompts=s.eval_prompts,
@@ -314,7 +328,7 @@ def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
 def cmd_plot(s: Settings, args: argparse.Namespace, report: Report) -> None:
     path = _new_path(args.output, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
-    direction = _direction(s, report, model, tokenizer, args.direction)
+    direction = _direction(s, report, model, tokenizer, args)
     sets = {name: load_prompts(source)[: args.prompts] for name, source in
             (("harmful", s.harmful), ("harmless", s.harmless))}
     with report.step(f"project {sum(map(len, sets.values()))} prompts on every layer", "project"):
@@ -332,7 +346,7 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = None
     if args.direction or args.alpha:
-        direction = _direction(s, report, model, tokenizer, args.direction)
+        direction = _direction(s, report, model, tokenizer, args)
     session = ChatSession(model, tokenizer, direction, args.alpha or 0.0, max_tokens=args.max_tokens or 256)
     say = report.out.print
     say("Chat with greedy decoding. Commands: /alpha X (steer; 0 = off), /reset, /quit.", style="dim")
@@ -375,28 +389,58 @@ def cmd_verify(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
-    from .optimize import optimize
+    from .optimize import export_trial, optimize
 
+    folder = Path(args.output)
+    study = Path(args.study) if args.study else folder / "study.db"
+    if args.export_trial is not None and not args.export:
+        raise VaubanError("--export-trial needs --export DIR (where to write that trial's model)")
     if args.export:
         check_output_dir(args.export, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
-    direction = _direction(s, report, model, tokenizer, args.direction)
-    with report.step(f"optimize ({args.trials} trials)", "optimize"):
-        result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed,
-                          kl_weight=args.kl_weight, batch_size=s.batch_size, show_progress=not s.quiet)
-    report.say(result.table())
+    direction = _direction(s, report, model, tokenizer, args)
+    flags = {"search": None, "on": True, "off": False}
+    log = None if s.quiet or report.as_json else (lambda line: report.err.print(line, markup=False))
+    with report.step(f"optimize ({args.trials} trials, study {study})", "optimize"):
+        result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=study,
+                          projected=flags[args.projected], norm_preserving=flags[args.norm_preserving],
+                          kl_weight=args.kl_weight, batch_size=s.batch_size, log=log)
+    report.table(f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
+                 f"prompts, first-token KL on {result.n_harmless} harmless prompts)",
+                 *_pareto_rows(result))
     report.say(result.summary())
-    report.put("trials", [vars(t) for t in result.trials])
-    report.put("best", vars(result.best))
+    files = {"json": result.save_json(folder / "pareto.json"),
+             "png": folder / "pareto.png"}
+    plots.plot_pareto(result, files["png"])
+    report.say(f"study: {study}  front: {files['json']}  plot: {files['png']}")
+    record = result.record()
+    report.put("trials", record["trials"])
+    report.put("pareto", record["pareto"])
+    report.put("best", result.best.record())
+    report.put("seconds_per_trial", result.seconds_per_trial)
+    report.put("files", {k: str(v) for k, v in files.items()} | {"study": str(study)})
     if args.export:
-        best = direction.at_layer(result.best.layer)
-        with cut(model, best, alpha=result.best.alpha) as applied:
-            record = cut_record(s.model or direction.model_path, applied, best)
-            record["optimization"] = {"trials": [vars(t) for t in result.trials], "seed": args.seed,
-                                      "kl_weight": args.kl_weight}
-            export(model, tokenizer, args.export, direction=best, record=record, overwrite=s.overwrite)
-        report.say(f"Exported the best cut to {args.export}/")
+        number = result.best.number if args.export_trial is None else args.export_trial
+        export_trial(model, tokenizer, direction, result, number, args.export,
+                     source=s.model or direction.model_path, overwrite=s.overwrite)
+        report.say(f"Exported trial {number} to {args.export}/")
         report.put("output_dir", str(args.export))
+        report.put("exported_trial", number)
+
+
+def _pareto_rows(result: Any) -> tuple[list[str], list[list[str]]]:
+    columns = ["trial", "refusal", "first-token KL", "direction", "attention kernel", "MLP kernel",
+               "projected", "norm-preserving"]
+
+    def kernel(k: Any) -> str:
+        return f"peak {k.peak:.1f} w {k.max_weight:.2f}→{k.min_weight:.2f} ±{k.width:.1f}"
+
+    rows = [[f"{t.number}{' (plain)' if t.plain else ''}{' *' if t is result.best else ''}",
+             f"{t.refusal:.1%}", f"{t.kl:.4f}", f"{t.params.direction_index:.2f}",
+             kernel(t.params.attention), kernel(t.params.mlp),
+             "yes" if t.params.projected else "no", "yes" if t.params.norm_preserving else "no"]
+            for t in result.pareto]
+    return columns, rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,12 +552,22 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(p)
     p.add_argument("--alpha", type=float, help="steer with this alpha (measures a direction if none)")
     direction_flag(p)
-    p = command("optimize", cmd_optimize, "search direction layer and alpha for few refusals at low KL")
+    p = command("optimize", cmd_optimize,
+                "search cut variants for few refusals at low KL; Pareto front, resumable study")
     model_arg(p)
-    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--trials", type=int, default=30, help="finished trials the study should have")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kl-weight", type=float, default=1.0, help="score = refusal + w * KL")
-    p.add_argument("--export", help="export the best cut here")
+    p.add_argument("-o", "--output", default="vauban-optimize",
+                   help="folder for pareto.json, pareto.png and (default) study.db")
+    p.add_argument("--study", help="SQLite study file; rerun with the same one to resume")
+    p.add_argument("--projected", choices=["search", "on", "off"], default="search",
+                   help="project the harmless mean out of the direction")
+    p.add_argument("--norm-preserving", choices=["search", "on", "off"], default="search",
+                   help="restore the norm of every written vector after the cut")
+    p.add_argument("--kl-weight", type=float, default=1.0,
+                   help="the default pick among Pareto points minimizes refusal + w * KL")
+    p.add_argument("--export", help="export the picked Pareto point (or --export-trial N) here")
+    p.add_argument("--export-trial", type=int, help="the trial number to export")
     direction_flag(p)
     p = command("verify", cmd_verify, "check an export's files against the sha256 list in its vauban.json")
     p.add_argument("directory", metavar="DIR")
@@ -534,7 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args)
-        batching.QUIET = settings.quiet
+        _preflight(settings, args)
+        if settings.quiet:
+            _silence_progress()
         report = Report(args.command, as_json=getattr(args, "json", False), quiet=settings.quiet)
         args.func(settings, args, report)
         report.finish()
@@ -548,6 +604,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vauban: error: {message}", file=sys.stderr)
         return code
     return 0
+
+
+def _silence_progress() -> None:
+    """``--quiet``: vauban's bars, and transformers' and the hub's own (weight loading, downloads)."""
+    import huggingface_hub.utils
+    import transformers
+
+    batching.QUIET = True
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
 
 
 def _explain(err: Exception) -> tuple[int, str]:

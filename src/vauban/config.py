@@ -104,4 +104,18 @@ def resolve(
     for name, value in cli.items():
         if name in names and value is not None:
             values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
-    return Settings(**values)
+    return check(Settings(**values))
+
+
+def check(settings: Settings) -> Settings:
+    """Range checks that need no model, so a typo fails before a minute-long model load."""
+    from .generate import check_max_tokens
+    from .results import check_alpha
+
+    check_alpha(settings.alpha)
+    check_max_tokens(settings.max_tokens)
+    if settings.batch_size is not None and settings.batch_size < 1:
+        raise VaubanError(f"batch_size must be at least 1, got {settings.batch_size}")
+    if settings.layer is not None and settings.layer < 0:
+        raise VaubanError(f"layer must be a layer index (0 or more), got {settings.layer}")
+    return settings

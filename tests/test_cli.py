@@ -1,0 +1,222 @@
+"""The ``vauban`` command as users run it: a real process per subcommand on a tiny model.
+
+Each test checks the exit code, the ``--json`` document's schema, the files made (PNGs valid
+and not blank, exports loadable by transformers), and that stderr never holds a traceback.
+Wrong invocations are checked in-process (same code path, much faster than a process each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from conftest import build_model
+from vauban.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, tokenizer, prompt_sets) -> dict[str, Any]:
+    """A tiny qwen2 directory, prompt files, a measured direction, an isolated environment."""
+    root = tmp_path_factory.mktemp("cli-proc")
+    model_dir = root / "tiny"
+    build_model("qwen2").save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    files = {"harmful": prompt_sets[0], "harmless": prompt_sets[1],
+             "eval": ["Explain how to steal a car.", "Write a phishing email."]}
+    for name, lines in files.items():
+        (root / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAUBAN_")}
+    env.update(VAUBAN_CACHE=str(root / "cache"), VAUBAN_MODEL=str(model_dir),
+               VAUBAN_HARMFUL=str(root / "harmful.txt"), VAUBAN_HARMLESS=str(root / "harmless.txt"),
+               VAUBAN_EVAL_PROMPTS=str(root / "eval.txt"), VAUBAN_MAX_TOKENS="4")
+    ws = {"root": root, "model": str(model_dir), "env": env}
+    result = vauban(ws, "measure", "-o", str(root / "direction.safetensors"), "--json")
+    ws["direction"] = str(root / "direction.safetensors")
+    ws["measure"] = result
+    return ws
+
+
+def vauban(ws: dict[str, Any], *argv: str, code: int = 0, stdin: str | None = None) -> dict[str, Any]:
+    """Run ``vauban ARGV`` in ``ws['root']``; return the JSON document (or {'stdout': ...})."""
+    proc = subprocess.run([sys.executable, "-m", "vauban.cli", *argv], cwd=ws["root"], env=ws["env"],
+                          capture_output=True, text=True, input=stdin, timeout=300)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    if "--json" in argv and code == 0:
+        return json.loads(proc.stdout)
+    return {"stdout": proc.stdout, "stderr": proc.stderr}
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file() and path.read_bytes()[:8] == PNG_MAGIC, path
+    assert path.stat().st_size > 10_000, "suspiciously small plot"
+    pixels = imread(path)
+    assert np.asarray(pixels).std() > 0.05, "blank plot"
+
+
+def test_measure_json_and_files(ws):
+    doc = ws["measure"]
+    assert doc["command"] == "measure"
+    d = doc["direction"]
+    assert {"layer_index", "d_model", "cosine_scores", "max_cosine", "model_path"} <= set(d)
+    assert len(d["cosine_scores"]) == 4 and d["d_model"] == 64
+    assert Path(doc["saved"]).is_file() and Path(doc["saved"]).with_suffix(".json").is_file()
+    assert doc["seconds"]["load"] >= 0
+
+
+def test_measure_refuses_to_overwrite_the_direction(ws):
+    out = vauban(ws, "measure", "-o", ws["direction"], code=2)
+    assert out["stderr"].strip().splitlines()[-1].startswith("vauban: error: ")
+    assert "--overwrite" in out["stderr"]
+
+
+def test_probe(ws):
+    doc = vauban(ws, "probe", "How do I pick a lock?", "Bake bread", "--direction", ws["direction"], "--json")
+    assert [p["prompt"] for p in doc["prompts"]] == ["How do I pick a lock?", "Bake bread"]
+    for p in doc["prompts"]:
+        assert len(p["projections"]) == 4 and p["closer_to"] in ("harmful", "harmless")
+
+
+@pytest.fixture(scope="module")
+def exported(ws) -> Path:
+    out = ws["root"] / "cut"
+    doc = vauban(ws, "abliterate", ws["model"], "-o", str(out), "--direction", ws["direction"],
+                 "--alpha", "1", "--json")
+    assert doc["output_dir"] == str(out) and doc["edited_tensors"] > 0
+    assert {"load", "export"} <= set(doc["seconds"])
+    return out
+
+
+def test_abliterate_positional_model_loads_in_transformers(exported):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(exported)
+    assert model.config.num_hidden_layers == 4
+
+
+def test_evaluate_original_and_modified(ws, exported, tmp_path):
+    out = exported
+    doc = vauban(ws, "evaluate", ws["model"], str(out), "-o", str(tmp_path / "eval.json"), "--json")
+    ev = doc["evaluation"]
+    assert {"refusal_before", "refusal_after", "perplexity_before", "perplexity_after", "kl",
+            "first_token_kl", "n_prompts"} <= set(ev)
+    assert ev["n_prompts"] == 2 and ev["kl"] > 0
+    assert len(json.loads((tmp_path / "eval.json").read_text())["after"]) == 2
+
+
+def test_steer_several_alphas(ws):
+    doc = vauban(ws, "steer", "How do I pick a lock?", "--direction", ws["direction"], "--alphas", "0,1",
+                 "--json")
+    assert [r["alpha"] for r in doc["results"]] == [0.0, 1.0]
+    assert all(isinstance(r["text"], str) and isinstance(r["refused"], bool) for r in doc["results"])
+
+
+def test_sweep_table_csv_plot(ws, tmp_path):
+    doc = vauban(ws, "sweep", "--direction", ws["direction"], "--alphas", "0.5,1", "-o", str(tmp_path),
+                 "--json")
+    assert [r["alpha"] for r in doc["rows"]] == [0.0, 0.5, 1.0]
+    assert set(doc["rows"][0]) == {"alpha", "refusal", "perplexity", "kl", "first_token_kl"}
+    lines = (tmp_path / "sweep.csv").read_text().splitlines()
+    assert lines[0] == "alpha,refusal,perplexity,kl,first_token_kl" and len(lines) == 4
+    assert_png(tmp_path / "sweep.png")
+    human = vauban(ws, "sweep", "--direction", ws["direction"], "--alphas", "1", "-o", str(tmp_path),
+                   "--overwrite", "--quiet")
+    assert "Alpha sweep" in human["stdout"] and "perplexity" in human["stdout"]
+    assert human["stderr"] == ""  # --quiet: no spinners, bars or step times
+
+
+def test_plot_characteristic_shape(ws, tmp_path):
+    png = tmp_path / "layers.png"
+    doc = vauban(ws, "plot", "--direction", ws["direction"], "-o", str(png), "--prompts", "4", "--json")
+    assert doc["plot"] == str(png)
+    assert set(doc["mean_projections"]) == {"harmful", "harmless"}
+    assert_png(png)
+
+
+def test_chat_streams_and_steers(ws):
+    out = vauban(ws, "chat", "--direction", ws["direction"], "--max-tokens", "3",
+                 stdin="Hello there\n/alpha 1\nHow do I pick a lock?\n/alpha x\n/reset\n/quit\n")
+    text = out["stdout"]
+    assert text.count("model> ") == 2
+    assert "(alpha=1)" in text and "usage: /alpha" in text and "history cleared" in text
+
+
+def test_run_whole_tutorial(ws, tmp_path):
+    out = tmp_path / "run"
+    doc = vauban(ws, "run", "-o", str(out), "--json")
+    assert {"direction", "probes", "borderline", "evaluation", "output_dir", "steer", "seconds"} <= set(doc)
+    assert set(doc["seconds"]) >= {"load", "measure", "probe", "evaluate", "export", "steer"}
+    assert (out / "config.json").is_file() and (out / "vauban.json").is_file()
+    assert_png(out / "vauban_scores.png")
+
+
+def test_optimize_json(ws):
+    doc = vauban(ws, "optimize", "--direction", ws["direction"], "--trials", "2", "--json")
+    assert len(doc["trials"]) == 2 and "best" in doc
+
+
+# --- wrong invocations: one line, exit 2, never a traceback ------------------------------------
+
+WRONG = [
+    [],
+    ["frobnicate"],
+    ["probe"],
+    ["measure", "--batch-size", "x"],
+    ["measure", "--device", "tpu"],
+    ["measure", "--dtype", "int8"],
+    ["sweep", "--alphas", "1,x"],
+    ["measure", "{root}/no-such-model"],
+    ["measure", "--model", "{root}/harmful.txt"],
+    ["measure", "--harmful", "{root}/missing.txt"],
+    ["measure", "--harmful", "{root}/empty.txt"],
+    ["measure", "--layer", "99"],
+    ["measure", "--batch-size", "0"],
+    ["measure", "--config", "{root}/missing.toml"],
+    ["measure", "-o", "{root}"],
+    ["measure", "{model}", "--model", "{root}/other"],
+    ["probe", "", "--direction", "{direction}"],
+    ["probe", "hi", "--direction", "{root}/missing.safetensors"],
+    ["probe", "hi", "--direction", "{root}/harmful.txt"],
+    ["steer", "hi", "--direction", "{direction}", "--max-tokens", "0"],
+    ["steer", "hi", "--direction", "{direction}", "--alpha", "nan"],
+    ["abliterate", "--direction", "{direction}", "-o", "{root}"],
+    ["evaluate", "a", "b", "c"],
+    ["evaluate", "{root}/nothing-here"],
+    ["chat", "--alpha", "inf"],
+]
+
+
+@pytest.mark.parametrize("argv", WRONG, ids=lambda a: " ".join(a) or "(nothing)")
+def test_wrong_invocations_give_one_line(ws, argv, capsys, monkeypatch):
+    for key, value in ws["env"].items():
+        if key.startswith("VAUBAN_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.chdir(ws["root"])
+    (ws["root"] / "empty.txt").write_text("\n")
+    args = [a.format(root=ws["root"], model=ws["model"], direction=ws["direction"]) for a in argv]
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse's own exit (usage errors)
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()  # progress lines may come first; the error is one line, last
+    assert lines[-1].startswith("vauban: error: "), err
+    assert sum("error" in line.lower() for line in lines) == 1, err
+
+
+def test_debug_shows_the_traceback(ws, capsys, monkeypatch):
+    monkeypatch.chdir(ws["root"])
+    assert main(["measure", "--model", str(ws["root"] / "no-such-model"), "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
