@@ -284,12 +284,21 @@ def test_cli_sweep_writes_plot(workspace, saved_direction, tmp_path, capsys):
 def test_cli_optimize_exports_the_best_cut(workspace, saved_direction, tmp_path, capsys):
     out_dir = tmp_path / "best"
     code = main(["optimize", "--model", workspace["model"], "--direction", str(saved_direction),
-                 "--trials", "2", "--export", str(out_dir)])
+                 "--trials", "2", "--export", str(out_dir), "-o", str(tmp_path / "opt"),
+                 "--validation", workspace["eval"], "--harmless", workspace["harmless"]])
     out = capsys.readouterr().out
     assert code == 0
-    assert "OptimizeResult: best layer=" in out
+    assert "OptimizeResult: trials=2" in out and "Pareto front" in out
     record = json.loads((out_dir / "vauban.json").read_text())
-    assert len(record["optimization"]["trials"]) == 2
+    assert record["optimization"]["trial"]["pareto"]
+    assert (tmp_path / "opt" / "pareto.png").is_file() and (tmp_path / "opt" / "study.db").is_file()
+    code = main(["optimize", "--model", workspace["model"], "--direction", str(saved_direction),
+                 "--trials", "2", "--export", str(tmp_path / "t0"), "--export-trial", "0",
+                 "-o", str(tmp_path / "opt"), "--validation", workspace["eval"],
+                 "--harmless", workspace["harmless"]])  # resumes the finished study: no new trial
+    assert code == 0
+    record = json.loads((tmp_path / "t0" / "vauban.json").read_text())
+    assert record["optimization"]["trial"]["plain"] is True
 
 
 def test_cli_bad_alphas_is_an_argparse_error(capsys):

@@ -5,12 +5,12 @@ are built from (module names follow the pipeline: load, measure, probe, cut, exp
 steer, sweep).
 """
 
-from .cut import Cut, active_cuts, cut, original_weights
+from .cut import Cut, LayerKernel, active_cuts, cut, original_weights
 from .errors import VaubanError
 from .evaluate import evaluate
 from .export import export
 from .load import load_model, source_of
-from .measure import measure
+from .measure import direction_at, directions_per_layer, measure, measure_subspace
 from .probe import borderline, probe, projections
 from .results import (
     AlphaSweep,
@@ -21,6 +21,7 @@ from .results import (
     ProbeResult,
     SteerResult,
     SteerSweep,
+    SubspaceResult,
     VerifyResult,
 )
 from .steer import Steering, steer, steer_generate
@@ -38,21 +39,26 @@ __all__ = [
     "Cut",
     "DirectionResult",
     "EvalResult",
+    "LayerKernel",
     "ProbeResult",
     "SteerResult",
     "SteerSweep",
     "Steering",
+    "SubspaceResult",
     "VaubanError",
     "VerifyResult",
     "active_cuts",
     "alpha_sweep",
     "borderline",
     "cut",
+    "direction_at",
     "direction_similarity",
+    "directions_per_layer",
     "evaluate",
     "export",
     "load",
     "measure",
+    "measure_subspace",
     "original_weights",
     "probe",
     "projections",

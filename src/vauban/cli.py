@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 
 import torch
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import batching, plots
@@ -87,8 +88,12 @@ class Report:
         """A spinner while ``what`` runs (terminals only), then its wall time on stderr."""
         start = time.perf_counter()
         show = not self.quiet
-        status = self.err.status(what + " ...") if show else contextlib.nullcontext()
-        with status:
+        spinner: Any = contextlib.nullcontext()
+        if show and self.err.is_terminal:
+            spinner = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                               console=self.err, transient=True)
+            spinner.add_task(what)
+        with spinner:
             yield
         seconds = time.perf_counter() - start
         if key is not None:
@@ -404,7 +409,8 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
     with report.step(f"optimize ({args.trials} trials, study {study})", "optimize"):
         result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=study,
                           projected=flags[args.projected], norm_preserving=flags[args.norm_preserving],
-                          kl_weight=args.kl_weight, batch_size=s.batch_size, log=log)
+                          prompts=args.validation, harmless=s.harmless, kl_weight=args.kl_weight,
+                          batch_size=s.batch_size, log=log)
     report.table(f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
                  f"prompts, first-token KL on {result.n_harmless} harmless prompts)",
                  *_pareto_rows(result))
@@ -560,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="vauban-optimize",
                    help="folder for pareto.json, pareto.png and (default) study.db")
     p.add_argument("--study", help="SQLite study file; rerun with the same one to resume")
+    p.add_argument("--validation", help="harmful prompts to search on (default: bundled eval prompts "
+                                        "20-59, disjoint from what evaluate reports)")
     p.add_argument("--projected", choices=["search", "on", "off"], default="search",
                    help="project the harmless mean out of the direction")
     p.add_argument("--norm-preserving", choices=["search", "on", "off"], default="search",

@@ -1,72 +1,204 @@
-"""Search the cut's parameters for the best refusal / damage trade-off, reproducibly.
+"""Search the cut's parameters for the fewest refusals at the least damage, reproducibly.
 
-Each trial picks the layer whose direction is cut and the cut's alpha, applies the reversible
-cut to the one model in memory, measures
+Two objectives, both minimized, measured on prompts held apart from what ``evaluate`` reports:
 
-- refusal: the share of *validation* harmful prompts still refused (bundled eval prompts 20-59 by
-  default, so the first 20, which ``evaluate`` uses, stay held out), with short greedy answers;
+- refusal: the share of *validation* harmful prompts still refused (bundled eval prompts 20-59
+  by default; ``evaluate`` uses the first 20), judged on short greedy answers (24 tokens: a
+  refusal shows in its opening words);
 - damage: the first-token KL(original ‖ cut) on harmless prompts (the bundled harmless set by
-  default, so the reference set ``evaluate`` scores stays held out; a prefill each),
+  default, so the reference set ``evaluate`` scores stays held out; one prefill each; the
+  original's distributions are computed once).
 
-scores ``refusal + kl_weight × KL``, and undoes the cut. Optuna's TPE sampler with a fixed seed
-makes the search reproducible (the approach of heretic); the original's first-token
-distributions are computed once.
+Each trial draws a cut (:class:`CutParams`, see :mod:`vauban.cut` for the formulas):
+
+- ``direction_index``: a fractional layer whose (interpolated) direction is cut, within
+  ``0.4..0.9`` of the depth (heretic's range) widened to include the measured layer;
+- for attention and MLP writers separately, a :class:`~vauban.cut.LayerKernel`:
+  ``max_weight`` in ``0.8..1.5``, ``peak`` in ``0.6..1`` of the depth, ``min_weight`` as a
+  fraction ``0..1`` of ``max_weight``, ``width`` in ``1..layers-1``;
+- optionally (``projected`` / ``norm_preserving`` = ``None``: searched) the projected
+  direction and the norm-preserving edit.
+
+The first trial is the plain cut (the measured direction, weight 1 on every writer), so the
+front always contains it or a point that dominates it on the search prompts. Trials run with
+Optuna's multi-objective TPE sampler, seeded: the same inputs give the same trials. Each trial
+edits the one model in memory and undoes the edit bit-exactly.
+
+With ``study=PATH`` the study lives in an SQLite file: an interrupted run, started again with
+the same arguments, keeps the finished trials and runs only the missing ones. The resumed
+sampler is seeded with ``seed + finished trials``, so it continues rather than replays the
+first draws (a resumed run is reproducible, though not identical to an uninterrupted one).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from .activations import model_device
+from .atomic import write_file
 from .batching import default_batch_size, left_pad, sorted_batches
-from .cut import cut
+from .cut import Cut, LayerKernel, cut
 from .errors import VaubanError
 from .evaluate import completions
+from .measure import direction_at
 from .prompts import Prompts, bundled_records, encode_chat, load_prompts, pad_id
-from .results import DirectionResult, check_alpha
+from .results import DirectionResult
+
+STUDY_NAME = "vauban"
+
+
+@dataclass(frozen=True)
+class CutParams:
+    """One point of the search space: everything needed to redo the cut."""
+
+    direction_index: float
+    attention: LayerKernel
+    mlp: LayerKernel
+    projected: bool = False
+    norm_preserving: bool = False
+
+    @classmethod
+    def from_trial(cls, params: dict[str, Any], fixed: dict[str, bool]) -> CutParams:
+        """From an Optuna trial's parameters (kernel minimum stored as a fraction of the peak)."""
+
+        def kernel(kind: str) -> LayerKernel:
+            top = float(params[f"{kind}_max_weight"])
+            return LayerKernel(peak=float(params[f"{kind}_peak"]), max_weight=top,
+                               min_weight=top * float(params[f"{kind}_min_fraction"]),
+                               width=float(params[f"{kind}_width"]))
+
+        flags = {k: bool(params.get(k, fixed.get(k, False))) for k in ("projected", "norm_preserving")}
+        return cls(float(params["direction_index"]), kernel("attention"), kernel("mlp"), **flags)
+
+    def apply(self, model: nn.Module, direction: DirectionResult) -> Cut:
+        """Apply this cut to ``model`` (an applied :class:`~vauban.cut.Cut`)."""
+        vec = direction_at(direction, self.direction_index, projected=self.projected)
+        return cut(model, vec, attention=self.attention, mlp=self.mlp,
+                   norm_preserving=self.norm_preserving)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "direction_index": self.direction_index,
+            "attention": vars(self.attention),
+            "mlp": vars(self.mlp),
+            "projected": self.projected,
+            "norm_preserving": self.norm_preserving,
+        }
+
+
+def plain_trial_params(direction: DirectionResult, fixed: dict[str, bool]) -> dict[str, Any]:
+    """The Optuna parameters of the plain cut: the measured layer, weight 1 on every writer."""
+    span = direction.num_layers - 1
+    params: dict[str, Any] = {"direction_index": float(direction.layer_index)}
+    for kind in ("attention", "mlp"):
+        params |= {f"{kind}_max_weight": 1.0, f"{kind}_peak": float(span),
+                   f"{kind}_min_fraction": 1.0, f"{kind}_width": float(max(span, 1))}
+    return params | {k: False for k in ("projected", "norm_preserving") if k not in fixed}
 
 
 @dataclass(frozen=True)
 class Trial:
-    layer: int
-    alpha: float
+    """One finished trial: its number in the study, both objectives, and its cut."""
+
+    number: int
     refusal: float
     kl: float
-    score: float
+    seconds: float
+    params: CutParams
+    pareto: bool = False
+    plain: bool = False  # the plain cut every study starts with
+
+    def record(self) -> dict[str, Any]:
+        return {"number": self.number, "refusal": self.refusal, "kl": self.kl, "seconds": self.seconds,
+                "pareto": self.pareto, "plain": self.plain, "cut": self.params.record()}
 
 
 @dataclass(frozen=True)
 class OptimizeResult:
-    """All trials in order, and the best one (lowest score)."""
+    """Every finished trial in order, the Pareto front among them, and how they were made."""
 
     trials: tuple[Trial, ...]
     n_prompts: int
     n_harmless: int
-    kl_weight: float
+    seed: int
+    kl_weight: float = 1.0
+    study: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pareto(self) -> tuple[Trial, ...]:
+        """Non-dominated trials, fewest refusals first."""
+        return tuple(sorted((t for t in self.trials if t.pareto), key=lambda t: (t.refusal, t.kl)))
 
     @property
     def best(self) -> Trial:
-        return min(self.trials, key=lambda t: t.score)
+        """The Pareto point with the lowest ``refusal + kl_weight × KL`` (a default choice;
+        any point of :attr:`pareto` can be exported)."""
+        return min(self.pareto, key=lambda t: (t.refusal + self.kl_weight * t.kl, t.number))
+
+    @property
+    def plain(self) -> Trial | None:
+        """The plain-cut trial, when the study has finished it."""
+        return next((t for t in self.trials if t.plain), None)
+
+    @property
+    def seconds_per_trial(self) -> float:
+        return sum(t.seconds for t in self.trials) / max(len(self.trials), 1)
+
+    def trial(self, number: int) -> Trial:
+        for t in self.trials:
+            if t.number == number:
+                return t
+        raise VaubanError(f"no finished trial {number} in this study; trials: "
+                          f"{[t.number for t in self.trials]}")
 
     def table(self) -> str:
-        lines = ["trial  layer  alpha  refusal  first_token_kl  score"]
-        lines += [
-            f"{i:5d}  {t.layer:5d}  {t.alpha:5.2f}  {t.refusal * 100:6.0f}%  {t.kl:14.4f}  {t.score:.4f}"
-            for i, t in enumerate(self.trials)
-        ]
+        """The Pareto front, one row per point."""
+        lines = ["trial  refusal  first_token_kl  direction  attn(peak,max,min,width)  "
+                 "mlp(peak,max,min,width)  proj  normp"]
+        for t in self.pareto:
+            p = t.params
+            lines.append(
+                f"{t.number:5d}  {t.refusal * 100:6.1f}%  {t.kl:14.4f}  {p.direction_index:9.2f}  "
+                f"{_kernel_text(p.attention):>24}  {_kernel_text(p.mlp):>23}  "
+                f"{'yes' if p.projected else 'no':>4}  {'yes' if p.norm_preserving else 'no':>5}"
+            )
         return "\n".join(lines)
 
     def summary(self) -> str:
         b = self.best
         return (
-            f"OptimizeResult: best layer={b.layer}, alpha={b.alpha:.2f}, refusal={b.refusal * 100:.0f}%, "
-            f"kl={b.kl:.4f}, trials={len(self.trials)}, prompts={self.n_prompts}"
+            f"OptimizeResult: trials={len(self.trials)}, pareto={len(self.pareto)}, best trial={b.number} "
+            f"(refusal={b.refusal * 100:.1f}%, kl={b.kl:.4f}), {self.seconds_per_trial:.1f} s/trial, "
+            f"prompts={self.n_prompts}"
         )
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed, "study": self.study, "n_prompts": self.n_prompts,
+            "n_harmless": self.n_harmless, "kl_weight": self.kl_weight, "settings": self.settings,
+            "seconds_per_trial": self.seconds_per_trial, "best": self.best.number,
+            "pareto": [t.number for t in self.pareto], "trials": [t.record() for t in self.trials],
+        }
+
+    def save_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`record` as JSON, atomically."""
+        text = json.dumps(self.record(), indent=2) + "\n"
+        return write_file(path, lambda tmp: tmp.write_text(text))
+
+
+def _kernel_text(k: LayerKernel) -> str:
+    return f"{k.peak:.1f},{k.max_weight:.2f},{k.min_weight:.2f},{k.width:.1f}"
 
 
 @torch.inference_mode()
@@ -98,53 +230,173 @@ def default_validation_prompts() -> list[str]:
     return [r["prompt"] for r in bundled_records("eval_harmful")[20:60]]
 
 
+def _suggest(trial: Any, num_layers: int, measured: int, fixed: dict[str, bool]) -> CutParams:
+    span = max(num_layers - 1, 1)
+    low, high = min(0.4 * span, measured), max(0.9 * span, measured)
+    params: dict[str, Any] = {"direction_index": trial.suggest_float("direction_index", low, high)}
+    for kind in ("attention", "mlp"):
+        params[f"{kind}_max_weight"] = trial.suggest_float(f"{kind}_max_weight", 0.8, 1.5)
+        params[f"{kind}_peak"] = trial.suggest_float(f"{kind}_peak", 0.6 * span, float(span))
+        params[f"{kind}_min_fraction"] = trial.suggest_float(f"{kind}_min_fraction", 0.0, 1.0)
+        params[f"{kind}_width"] = trial.suggest_float(f"{kind}_width", 1.0, float(span))
+    for flag in ("projected", "norm_preserving"):
+        if flag not in fixed:
+            params[flag] = trial.suggest_categorical(flag, [False, True])
+    return CutParams.from_trial(params, fixed)
+
+
+def _storage(study: str | os.PathLike[str] | None) -> str | None:
+    if study is None:
+        return None
+    path = Path(study).expanduser().absolute()
+    if path.is_dir():
+        raise VaubanError(f"study path {path} is a directory; give a file such as study.db")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _load_study(optuna: Any, storage: str | None, seed: int, settings: dict[str, Any]) -> Any:
+    """Create or resume the study; a resumed one must have been made with the same settings."""
+    def sampler(offset: int) -> Any:
+        return optuna.samplers.TPESampler(seed=seed + offset, multivariate=True, n_startup_trials=10)
+
+    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True,
+                                directions=["minimize", "minimize"], sampler=sampler(0))
+    stored = study.user_attrs.get("settings")
+    if stored is None:
+        study.set_user_attr("settings", settings)
+    elif stored != json.loads(json.dumps(settings)):
+        changed = sorted(k for k in settings if stored.get(k) != json.loads(json.dumps(settings[k])))
+        raise VaubanError(
+            f"the study in {storage} was made with different settings ({', '.join(changed)}); "
+            "use the same arguments to resume it, or a new --study path"
+        )
+    study.sampler = sampler(len(_finished(optuna, study)))
+    return study
+
+
+def _finished(optuna: Any, study: Any) -> list[Any]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def _result(optuna: Any, the_study: Any, fixed: dict[str, bool], **info: Any) -> OptimizeResult:
+    front = {t.number for t in the_study.best_trials}
+    trials = tuple(
+        Trial(t.number, t.values[0], t.values[1], float(t.user_attrs.get("seconds", 0.0)),
+              CutParams.from_trial(t.params, fixed), t.number in front, bool(t.user_attrs.get("plain")))
+        for t in _finished(optuna, the_study)
+    )
+    return OptimizeResult(trials, **info)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
 def optimize(
     model: nn.Module,
     tokenizer: Any,
     direction: DirectionResult,
     *,
-    n_trials: int = 20,
-    layers: Sequence[int] | None = None,
-    alpha_range: tuple[float, float] = (0.5, 1.5),
+    n_trials: int = 30,
     prompts: Prompts | None = None,
     harmless: Prompts | None = None,
+    study: str | os.PathLike[str] | None = None,
+    projected: bool | None = None,
+    norm_preserving: bool | None = None,
     kl_weight: float = 1.0,
     max_tokens: int = 24,
     batch_size: int | None = None,
     seed: int = 0,
     show_progress: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> OptimizeResult:
-    """Search (direction layer, alpha) with a seeded TPE sampler; the model ends unchanged."""
+    """Run the search until the study has ``n_trials`` finished trials; the model ends unchanged.
+
+    ``projected`` / ``norm_preserving``: fix that cut variant on or off, or ``None`` to search
+    it. ``kl_weight`` only picks :attr:`OptimizeResult.best` among the Pareto points. Each
+    trial prints one line (both objectives, the best so far, the time left) with
+    ``show_progress`` or through ``log``.
+    """
     try:
         import optuna
     except ImportError:
         raise VaubanError('optimize needs optuna: pip install "vauban[optimize]"') from None
-    if n_trials < 1:
-        raise VaubanError(f"n_trials must be at least 1, got {n_trials}")
-    low, high = (check_alpha(a) for a in alpha_range)
-    if not 0 < low <= high:
-        raise VaubanError(f"alpha_range must be (low, high) with 0 < low <= high, got {alpha_range}")
-    candidates = list(range(direction.num_layers)) if layers is None else [int(i) for i in layers]
-    if not candidates or not all(0 <= i < direction.num_layers for i in candidates):
-        raise VaubanError(f"layers must be within 0..{direction.num_layers - 1}, got {layers}")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise VaubanError(f"n_trials must be a positive integer, got {n_trials!r}")
+    if not math.isfinite(kl_weight) or kl_weight < 0:
+        raise VaubanError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}")
+    if direction.harmful_means is None:
+        raise VaubanError("optimize needs a DirectionResult with per-layer means; measure it again")
     harmful = default_validation_prompts() if prompts is None else load_prompts(prompts)
     neutral = load_prompts("harmless" if harmless is None else harmless, what="harmless prompts")
-    base = first_token_logprobs(model, tokenizer, neutral, batch_size)
-    trials: list[Trial] = []
+    fixed = {k: bool(v) for k, v in (("projected", projected), ("norm_preserving", norm_preserving))
+             if v is not None}
+    settings = {"direction_layer": direction.layer_index, "num_layers": direction.num_layers,
+                "model": direction.model_path, "fixed": fixed, "prompts": len(harmful),
+                "harmless": len(neutral), "max_tokens": max_tokens}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _storage(study)
+    the_study = _load_study(optuna, storage, seed, settings)
+    plain = plain_trial_params(direction, fixed)
+    pending = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)
+    if not the_study.get_trials(deepcopy=False, states=pending):
+        the_study.enqueue_trial(plain)
+    todo = n_trials - len(_finished(optuna, the_study))
+    say = log if log is not None else (lambda line: print(line, flush=True)) if show_progress else None
+    base = first_token_logprobs(model, tokenizer, neutral, batch_size) if todo > 0 else None
+    started = time.perf_counter()
+    done = 0
 
-    def objective(trial: Any) -> float:
-        layer = trial.suggest_categorical("layer", candidates)
-        alpha = trial.suggest_float("alpha", low, high)
-        with cut(model, direction.at_layer(layer), alpha=alpha):
-            answers = completions(model, tokenizer, harmful, max_tokens=max_tokens,
-                                  batch_size=batch_size)
+    def objective(trial: Any) -> tuple[float, float]:
+        nonlocal done
+        t0 = time.perf_counter()
+        params = _suggest(trial, direction.num_layers, direction.layer_index, fixed)
+        with params.apply(model, direction):
+            answers = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size)
             kl = kl_divergence(base, first_token_logprobs(model, tokenizer, neutral, batch_size))
         refusal = sum(c.refused for c in answers) / len(answers)
-        score = refusal + kl_weight * kl
-        trials.append(Trial(layer, alpha, refusal, kl, score))
-        return score
+        trial.set_user_attr("seconds", time.perf_counter() - t0)
+        trial.set_user_attr("plain", trial.params == plain)
+        done += 1
+        return refusal, kl
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
-    study.optimize(objective, n_trials=n_trials, show_progress_bar=show_progress)
-    return OptimizeResult(tuple(trials), len(harmful), len(neutral), kl_weight)
+    def report(study_: Any, trial: Any) -> None:
+        if say is None or trial.values is None:
+            return
+        finished = _finished(optuna, study_)
+        best = min(finished, key=lambda t: (t.values[0] + kl_weight * t.values[1]))
+        eta = (time.perf_counter() - started) / done * (todo - done)
+        say(f"trial {len(finished)}/{n_trials} (#{trial.number}): refusal {trial.values[0] * 100:5.1f}%  "
+            f"kl {trial.values[1]:.4f}  ({trial.user_attrs['seconds']:.1f} s) | best: trial "
+            f"{best.number} refusal {best.values[0] * 100:.1f}% kl {best.values[1]:.4f} | "
+            f"ETA {_duration(eta)}")
+
+    if todo > 0:
+        the_study.optimize(objective, n_trials=todo, callbacks=[report])
+    return _result(optuna, the_study, fixed, n_prompts=len(harmful), n_harmless=len(neutral), seed=seed,
+                   kl_weight=kl_weight, study=storage, settings=settings)
+
+
+def export_trial(
+    model: nn.Module,
+    tokenizer: Any,
+    direction: DirectionResult,
+    result: OptimizeResult,
+    number: int,
+    output_dir: str | os.PathLike[str],
+    *,
+    source: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export trial ``number``'s cut like ``abliterate`` does; the model ends unchanged."""
+    from .export import cut_record, export
+
+    chosen = result.trial(number)
+    with chosen.params.apply(model, direction) as applied:
+        record = cut_record(source or direction.model_path, applied, direction)
+        record["cut"] = applied.record()
+        record["optimization"] = {"trial": chosen.record(), "seed": result.seed, "study": result.study,
+                                  "pareto": [t.record() for t in result.pareto]}
+        return export(model, tokenizer, output_dir, direction=direction, record=record, overwrite=overwrite)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import torch
@@ -18,6 +19,9 @@ from matplotlib.figure import Figure
 
 from .errors import VaubanError
 from .results import AlphaSweep, BorderlineResult, DirectionResult, ProbeResult
+
+if TYPE_CHECKING:
+    from .optimize import OptimizeResult
 
 
 def _finish(fig: Figure, path: str | os.PathLike[str] | None) -> Figure:
@@ -129,4 +133,24 @@ def plot_sweep(sweep: AlphaSweep, path: str | os.PathLike[str] | None = None) ->
     ax2.set_ylabel("perplexity on harmless answers", color="tab:blue")
     ax1.legend(lines, [line.get_label() for line in lines], loc="center right")
     ax1.set_title(f"Refusal and perplexity vs alpha ({sweep.n_prompts} prompts)")
+    return _finish(fig, path)
+
+
+def plot_pareto(result: OptimizeResult, path: str | os.PathLike[str] | None = None) -> Figure:
+    """Every trial's refusal rate vs first-token KL; the Pareto front joined, the plain cut marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([t.kl for t in result.trials], [t.refusal * 100 for t in result.trials],
+               color="lightgrey", label="trial")
+    front = result.pareto
+    ax.plot([t.kl for t in front], [t.refusal * 100 for t in front], marker="o", color="tab:red",
+            label="Pareto front")
+    for t in front:
+        ax.annotate(str(t.number), (t.kl, t.refusal * 100), fontsize="small",
+                    textcoords="offset points", xytext=(4, 4))
+    if result.plain is not None:
+        ax.scatter([result.plain.kl], [result.plain.refusal * 100], marker="x", s=80, color="black",
+                   label="plain cut (alpha = 1)", zorder=3)
+    ax.set(xlabel="first-token KL on harmless prompts", ylabel="refusal rate on validation prompts (%)",
+           title=f"Optimization: {len(result.trials)} trials")
+    ax.legend(fontsize="small")
     return _finish(fig, path)

@@ -20,12 +20,14 @@ from .export import check_output_dir, cut_record, export
 from .load import default_device, load_model, model_label, resolve_dtype
 from .measure import measure
 from .mlx_format import is_mlx_model, mlx_model_to_torch
+from .optimize import OptimizeResult
+from .optimize import optimize as _optimize
 from .probe import probe
 from .prompts import Prompts
 from .results import DirectionResult, EvalResult, ProbeResult, SteerResult
 from .steer import steer
 
-__all__ = ["abliterate", "evaluate", "load", "measure_direction", "probe_prompt", "steer_prompt"]
+__all__ = ["abliterate", "evaluate", "load", "measure_direction", "optimize", "probe_prompt", "steer_prompt"]
 
 
 def load(model_path: str | os.PathLike[str] | None = None, **kwargs: Any) -> tuple[nn.Module, Any]:
@@ -136,3 +138,21 @@ def steer_prompt(
     return steer(
         as_torch(model), as_hf_tokenizer(tokenizer), prompt, direction, alpha, max_tokens=max_tokens
     )
+
+
+def optimize(
+    model: Any,
+    tokenizer: Any,
+    direction: DirectionResult | None = None,
+    n_trials: int = 30,
+    study: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
+) -> OptimizeResult:
+    """Search cut variants for the fewest refusals at the lowest KL (measures the direction
+    unless given); the model ends unchanged. ``study=PATH`` keeps the study on disk so a rerun
+    resumes it. Export a Pareto point with :func:`vauban.optimize.export_trial`; see
+    :func:`vauban.optimize.optimize` for the other options."""
+    torch_model, tokenizer = as_torch(model), as_hf_tokenizer(tokenizer)
+    if direction is None:
+        direction = measure_direction(torch_model, tokenizer)
+    return _optimize(torch_model, tokenizer, direction, n_trials=n_trials, study=study, **kwargs)
