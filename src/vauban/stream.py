@@ -1,0 +1,213 @@
+"""Cut a safetensors checkpoint on disk, one tensor at a time, for models bigger than memory.
+
+The in-memory cut (:mod:`vauban.cut`) needs the whole model loaded. Here the checkpoint stays
+on disk: every shard is copied byte for byte (the kernel's file copy, no tensor in memory),
+then each residual-writing tensor is read alone, edited with the same arithmetic as
+:func:`vauban.cut` and written back over its own bytes. The header, names, dtypes and shapes do
+not change, so the copy stays a valid shard and the index stays right; peak memory is a few
+times the largest *edited* tensor (its float64/float32 working copies), never the model.
+
+Which tensors to edit comes from :func:`vauban.arch.checkpoint_writers`, the name-pattern view
+of the same family table the in-memory cut uses. Post-norm gains (Gemma 2/3, OLMo 2) are read
+from the checkpoint and passed through the family's own norm module, built alone from the
+config on the meta device, exactly as :func:`vauban.arch.norm_gain` does on a loaded model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from . import arch
+from .atomic import building_dir
+from .cut import (
+    Direction,
+    LayerWeights,
+    _compute_dtype,
+    _norm_factors,
+    _orthonormal,
+    _rescaled,
+    _shifted,
+    _weights,
+    layer_bases,
+)
+from .errors import VaubanError
+from .export import DIRECTION_FILE, check_output_dir, versions
+from .results import DirectionResult, check_alpha
+from .verify import RECORD_FILE, check_weights, file_hashes
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+_FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+
+
+def weight_files(src: Path) -> list[Path]:
+    """The safetensors shards of a model directory (from its index, or the single file)."""
+    index = src / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        shards = sorted({src / name for name in weight_map.values()})
+        missing = [s.name for s in shards if not s.is_file()]
+        if missing:
+            raise VaubanError(f"{index} names missing shards {missing}; download the whole checkpoint")
+        return shards
+    if (src / SINGLE_FILE).is_file():
+        return [src / SINGLE_FILE]
+    raise VaubanError(
+        f"{src} has no {SINGLE_FILE} or {INDEX_FILE}; a streamed cut needs safetensors weights "
+        "(load and export the model with vauban first)"
+    )
+
+
+def tensor_table(path: Path) -> tuple[int, dict[str, dict[str, Any]]]:
+    """``(data start, {name: {"dtype", "shape", "data_offsets"}})`` from a safetensors header
+    (8-byte little-endian length, then JSON; offsets are relative to the data start)."""
+    with path.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    return 8 + length, header
+
+
+def _meta_model(src: Path) -> nn.Module:
+    """The architecture without weights, for its family, shape and norm modules."""
+    config = AutoConfig.from_pretrained(src, local_files_only=True)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _post_norm_gain(
+    skeleton: nn.Module, tensor: arch.WriterTensor, weight: torch.Tensor, d: int
+) -> torch.Tensor:
+    """The gain of ``tensor``'s post-norm, with that layer's norm module built alone on the CPU."""
+    norm = arch.decoder_layers(skeleton)[tensor.layer].get_submodule(str(tensor.post_norm))
+    norm = norm.to_empty(device="cpu")
+    norm.load_state_dict({"weight": weight}, assign=True)
+    return arch.norm_gain(norm, d, torch.device("cpu")).cpu()
+
+
+def edited(
+    w: torch.Tensor, axis: int, basis: torch.Tensor, alpha: float, norm_preserving: bool
+) -> torch.Tensor:
+    """``w`` with ``alpha`` × the span of ``basis`` removed along ``axis``: the same arithmetic
+    (compute dtype, rounding) as :func:`vauban.cut`, without the bookkeeping for undo."""
+    if w.dtype not in _FLOAT_DTYPES:
+        raise VaubanError(
+            f"a {w.dtype} residual writer cannot be cut; dequantize the checkpoint first "
+            "(vauban load + export writes float weights)"
+        )
+    view = w.movedim(axis, -1)
+    q = basis.to(_compute_dtype(w))
+    removed = view.to(q.dtype) @ q.T
+    new = _shifted(view, q, removed, -alpha)
+    if norm_preserving:
+        new = _rescaled(new, _norm_factors(view, removed, alpha))
+    return new.movedim(-1, axis).contiguous()
+
+
+def _overwrite(dst: Path, start: int, info: dict[str, Any], tensor: torch.Tensor) -> None:
+    begin, end = info["data_offsets"]
+    data = tensor.view(torch.uint8).reshape(-1).numpy()
+    if data.nbytes != end - begin:
+        raise VaubanError(f"{dst.name}: edited tensor has {data.nbytes} bytes, header says {end - begin}")
+    with dst.open("r+b") as f:
+        f.seek(start + begin)
+        f.write(memoryview(data))
+
+
+def _read(path: Path, name: str) -> torch.Tensor:
+    """One tensor, with its file mapped only while it is read."""
+    with safe_open(path, framework="pt") as f:
+        return f.get_tensor(name)
+
+
+def cut_checkpoint(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    direction: Direction | str | os.PathLike[str],
+    *,
+    alpha: float = 1.0,
+    layers: Sequence[int] | None = None,
+    attention: LayerWeights | None = None,
+    mlp: LayerWeights | None = None,
+    norm_preserving: bool = False,
+    embeddings: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``dst``: the safetensors model directory ``src`` with the direction cut out.
+
+    Same result as loading ``src``, :func:`vauban.cut` with the same arguments, and exporting,
+    tensor for tensor, in the checkpoint's own dtype; but only one tensor is in memory at a time.
+    ``direction`` is anything :func:`vauban.cut` takes, or the path of a saved direction. Every
+    other file of ``src`` (config, tokenizer, generation config, index) is copied; ``dst`` gets
+    a ``vauban.json`` record with every file's sha256, and appears atomically when complete.
+    """
+    source = Path(src).expanduser()
+    if not source.is_dir():
+        raise VaubanError(f"{source} is not a model directory; give a local safetensors checkpoint")
+    out = check_output_dir(dst, overwrite)
+    if out.absolute() == source.absolute():
+        raise VaubanError("the cut must go to a new directory; choose a DST other than SRC")
+    if isinstance(direction, (str, os.PathLike)):
+        direction = DirectionResult.load(direction)
+    shards = weight_files(source)
+    skeleton = _meta_model(source)
+    n, d = arch.num_layers(skeleton), arch.d_model(skeleton)
+    bases = layer_bases(direction, d, n)
+    alpha = check_alpha(alpha)
+    strength = {"attention": _weights(attention, n, "attention"), "mlp": _weights(mlp, n, "MLP")}
+    tables = {shard: tensor_table(shard) for shard in shards}
+    where = {name: shard for shard, (_, table) in tables.items() for name in table}
+    targets = arch.checkpoint_writers(
+        arch.model_type(skeleton), where, n, layers, embeddings=embeddings and alpha != 0.0
+    )
+    with building_dir(out, overwrite=overwrite) as tmp:
+        for item in sorted(source.iterdir()):
+            if item.is_file() and item.name not in (RECORD_FILE, DIRECTION_FILE):
+                shutil.copyfile(item, tmp / item.name)  # shards too: edited in place below
+        count = 0
+        for target in targets:
+            a = alpha if target.kind == "embedding" else alpha * strength[target.kind][target.layer]
+            if a == 0.0:
+                continue
+            basis = bases[target.layer]
+            if target.post_norm_weight is not None:
+                gain_weight = _read(where[target.post_norm_weight], target.post_norm_weight)
+                basis = _orthonormal(_post_norm_gain(skeleton, target, gain_weight, d) * basis)
+            shard = where[target.name]
+            start, table = tables[shard]
+            new = edited(_read(shard, target.name), target.axis, basis, a, norm_preserving)
+            _overwrite(tmp / shard.name, start, table[target.name], new)
+            count += 1
+        check_weights(tmp)
+        if isinstance(direction, DirectionResult):
+            direction.save(tmp / DIRECTION_FILE)
+        record = {
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "versions": versions(),
+            "source": str(source),
+            "method": "directional ablation (weight orthogonalization), streamed from disk",
+            "alpha": alpha,
+            "layers": list(range(n)) if layers is None else [int(i) for i in layers],
+            "embeddings": embeddings,
+            "subspace_rank": int(bases.shape[1]),
+            "attention_weights": list(strength["attention"]),
+            "mlp_weights": list(strength["mlp"]),
+            "norm_preserving": norm_preserving,
+            "edited_tensors": count,
+            "direction": direction.record() if isinstance(direction, DirectionResult) else None,
+            "files": file_hashes(tmp),
+        }
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return out

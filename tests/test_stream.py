@@ -1,0 +1,198 @@
+"""Streamed cut of safetensors checkpoints: same tensors as the in-memory cut, bounded memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoConfig
+
+import vauban
+from conftest import build_model
+from vauban import arch
+from vauban.errors import VaubanError
+from vauban.stream import cut_checkpoint, tensor_table, weight_files
+from vauban.verify import verify
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for shard in weight_files(folder):
+        with safe_open(shard, framework="pt") as f:
+            out.update({name: f.get_tensor(name) for name in f.keys()})  # noqa: SIM118
+    return out
+
+
+def _direction(model: torch.nn.Module, seed: int = 1) -> torch.Tensor:
+    return torch.randn(arch.d_model(model), generator=torch.Generator().manual_seed(seed))
+
+
+def _compare(streamed: Path, in_memory: Path) -> int:
+    """Assert the two checkpoints hold bit-identical tensors; return how many differ from ``src``."""
+    a, b = _tensors(streamed), _tensors(in_memory)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+    return len(a)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "kwargs"),
+    [
+        ("llama", {}),
+        ("gemma2", {}),  # post-norms: gain read from the checkpoint
+        ("olmo2", {"layers": [1, 2], "alpha": 0.7}),
+        ("qwen3_moe", {}),  # experts stored one tensor per expert on disk
+        ("gpt_oss", {"norm_preserving": True}),  # fused experts (axis -1) with a bias tensor
+        ("gpt2", {"embeddings": True}),  # Conv1D (axis -1), biases, two embedding tables
+        ("phi3", {"attention": [1.0, 0.5, 0.0, 1.0]}),
+    ],
+)
+def test_streamed_cut_equals_in_memory_cut(tmp_path, tokenizer, model_type, kwargs):
+    model = build_model(model_type)
+    src, ref = tmp_path / "src", tmp_path / "ref"
+    model.save_pretrained(src, max_shard_size="40KB")
+    tokenizer.save_pretrained(src)
+    assert len(weight_files(src)) > 3
+    direction = _direction(model)
+    out = cut_checkpoint(src, tmp_path / "out", direction, **kwargs)
+    vauban.cut(model, direction, **kwargs)
+    model.save_pretrained(ref, max_shard_size="40KB")
+    _compare(out, ref)
+    changed = [n for n, t in _tensors(out).items() if not torch.equal(t, _tensors(src)[n])]
+    assert changed, "nothing was edited"
+    record = json.loads((out / "vauban.json").read_text())
+    assert record["edited_tensors"] >= len(changed)
+    assert (out / "tokenizer_config.json").is_file() and (out / "model.safetensors.index.json").is_file()
+    assert verify(out).files == len(record["files"])
+
+
+def test_bfloat16_single_file_and_saved_direction(tmp_path, tokenizer):
+    model = build_model("qwen2", dtype=torch.bfloat16)
+    src, ref = tmp_path / "src", tmp_path / "ref"
+    model.save_pretrained(src)
+    assert weight_files(src) == [src / "model.safetensors"]
+    result = vauban.measure(model, tokenizer, ["How do I pick a lock?"] * 2, ["Bake bread."] * 2)
+    saved = result.save(tmp_path / "direction.safetensors")
+    out = cut_checkpoint(src, tmp_path / "out", saved, alpha=1.5)
+    vauban.cut(model, result, alpha=1.5)
+    model.save_pretrained(ref)
+    _compare(out, ref)
+    assert (out / "vauban_direction.safetensors").is_file()
+
+
+def test_header_and_untouched_bytes_are_kept(tmp_path):
+    model = build_model("llama")
+    src = tmp_path / "src"
+    model.save_pretrained(src, max_shard_size="40KB")
+    out = cut_checkpoint(src, tmp_path / "out", _direction(model), layers=[0])
+    for shard in weight_files(src):
+        start, table = tensor_table(shard)
+        old, new = shard.read_bytes(), (out / shard.name).read_bytes()
+        assert old[:start] == new[:start] and len(old) == len(new)
+        for name, info in table.items():
+            begin, end = (start + o for o in info["data_offsets"])
+            writer = name.endswith(("o_proj.weight", "down_proj.weight"))
+            edited = name.startswith("model.layers.0.") and writer
+            assert (old[begin:end] != new[begin:end]) == edited, name
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    model = build_model("llama")
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    with pytest.raises(VaubanError, match="not a model directory"):
+        cut_checkpoint(tmp_path / "nowhere", tmp_path / "out", _direction(model))
+    with pytest.raises(VaubanError, match="hidden size"):
+        cut_checkpoint(src, tmp_path / "out", torch.ones(7))
+    with pytest.raises(VaubanError, match="out of range"):
+        cut_checkpoint(src, tmp_path / "out", _direction(model), layers=[9])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(VaubanError, match="not empty"):
+        cut_checkpoint(src, tmp_path / "full", _direction(model))
+    (src / "model.safetensors").unlink()
+    with pytest.raises(VaubanError, match=r"no model\.safetensors"):
+        cut_checkpoint(src, tmp_path / "out", _direction(model))
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_writers_by_name():
+    names = ["h.0.attn.c_proj.weight", "h.0.attn.c_proj.bias", "h.0.mlp.c_proj.weight", "h.0.mlp.c_fc.weight",
+             "wte.weight", "wpe.weight"]
+    found = arch.checkpoint_writers("gpt2", names, 1, embeddings=True)  # hub GPT-2: no prefix
+    assert [(w.name, w.axis, w.kind) for w in found] == [
+        ("h.0.attn.c_proj.weight", -1, "attention"), ("h.0.attn.c_proj.bias", -1, "attention"),
+        ("h.0.mlp.c_proj.weight", -1, "mlp"),
+        ("wte.weight", -1, "embedding"), ("wpe.weight", -1, "embedding"),
+    ]
+    vision = ["model.vision.layers.0.self_attn.o_proj.weight", "model.vision.layers.0.mlp.down_proj.weight"]
+    text = ["model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.down_proj.weight"]
+    assert [w.name for w in arch.checkpoint_writers("llama", vision + text, 1)] == text
+    with pytest.raises(VaubanError, match="several prefixes"):
+        arch.checkpoint_writers("llama", vision + [n.replace("model.", "lm.") for n in text], 1)
+    with pytest.raises(VaubanError, match="no mlp output projection"):
+        arch.checkpoint_writers("llama", text[:1], 1)
+    with pytest.raises(VaubanError, match="unsupported architecture 'bert'"):
+        arch.checkpoint_writers("bert", text, 1)
+
+
+_RSS_SCRIPT = """
+import resource, sys, torch
+from vauban.stream import cut_checkpoint
+torch.ones(1) @ torch.ones(1)  # warm up the math libraries before the baseline
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cut_checkpoint(sys.argv[1], sys.argv[2], torch.ones(int(sys.argv[3])))
+print(before * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def test_peak_memory_stays_far_below_the_model_size(tmp_path):
+    """A ~400 MB checkpoint in five shards is cut with a peak RSS increase under 1/4 of it."""
+    hidden, inter, layers, vocab = 1024, 4096, 4, 16384
+    config = AutoConfig.for_model("llama", hidden_size=hidden, intermediate_size=inter,
+                                  num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=8,
+                                  vocab_size=vocab)
+    src = tmp_path / "src"
+    src.mkdir()
+    config.save_pretrained(src)
+    weight_map, total = {}, 0
+    shards = [["model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"]]
+    shards += [[f"model.layers.{i}.{p}.weight" for p in
+                ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm",
+                 "post_attention_layernorm")]
+               for i in range(layers)]
+    shapes = {"embed_tokens": (vocab, hidden), "lm_head": (vocab, hidden), "gate_proj": (inter, hidden),
+              "up_proj": (inter, hidden), "down_proj": (hidden, inter)}
+    for n, names in enumerate(shards):
+        file = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {}
+        for name in names:
+            key = next((k for k in shapes if k in name), None)
+            shape = shapes[key] if key else (hidden,) if "norm" in name else (hidden, hidden)
+            tensors[name] = torch.full(shape, 0.01)
+            weight_map[name] = file
+            total += tensors[name].numel() * 4
+        save_file(tensors, src / file, metadata={"format": "pt"})
+        del tensors
+    (src / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
+    assert total > 400e6
+    result = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(src), str(tmp_path / "out"), str(hidden)],
+        capture_output=True, text=True, check=True,
+    )
+    before, peak = map(int, result.stdout.split()[-2:])
+    print(f"peak RSS increase {(peak - before) / 1e6:.0f} MB for a {total / 1e6:.0f} MB checkpoint")
+    assert peak - before < total / 4, (peak - before, total)
+    assert (tmp_path / "out" / "model-00004-of-00005.safetensors").stat().st_size == (
+        (src / "model-00004-of-00005.safetensors").stat().st_size
+    )
