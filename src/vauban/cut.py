@@ -56,7 +56,7 @@ from torch import nn
 
 from . import arch, kernels
 from .errors import VaubanError
-from .results import DirectionResult, SubspaceResult, check_alpha, unit_vector
+from .results import DirectionResult, SubspaceResult, check_alpha, check_layer, unit_vector
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16,
@@ -420,7 +420,7 @@ def cut(
     restore. See the module docstring for the formulas.
     """
     n = arch.num_layers(model)
-    chosen = list(range(n)) if layers is None else [int(i) for i in layers]
+    chosen = list(range(n)) if layers is None else [check_layer(i, n) for i in layers]
     return Cut(
         model, layer_bases(direction, arch.d_model(model), n), check_alpha(alpha), chosen, embeddings,
         attention_weights=_weights(attention, n, "attention"), mlp_weights=_weights(mlp, n, "MLP"),

@@ -143,7 +143,11 @@ def _resolve_local(model_path: str | os.PathLike[str]) -> tuple[Path | None, Mod
             raise VaubanError(f"{path} is a file but not a .gguf; pass a model directory or a .gguf")
         return convert_gguf(path), ModelSource(label, "gguf")
     if path.is_dir():
-        if is_mlx_quantized_dir(path):
+        try:
+            mlx = is_mlx_quantized_dir(path)
+        except (ValueError, AttributeError):  # not JSON, or not a JSON object
+            raise VaubanError(f"{path / 'config.json'} is not valid JSON; fix or re-download it") from None
+        if mlx:
             return convert_mlx(path), ModelSource(label, "mlx")
         if not (path / "config.json").is_file():
             ggufs = sorted(path.glob("*.gguf"))
@@ -216,6 +220,9 @@ def _from_hf(
         raise VaubanError(f"could not load {location!r}: {_remote_code_hint(err)}{hint}") from None
     if quant is not None:
         _dequantize_in_place(model, _quant_method(quant) or "unknown")
+    context = getattr(config, "max_position_embeddings", None)
+    if isinstance(context, int) and context > 0:  # so too-long prompts are a clear error (prompts.py)
+        tokenizer.model_max_length = min(tokenizer.model_max_length, context)
     return model.eval(), tokenizer
 
 

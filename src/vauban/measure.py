@@ -46,7 +46,7 @@ from .activations import last_token_residuals
 from .errors import VaubanError
 from .load import model_label
 from .prompts import Prompts, load_prompts
-from .results import DirectionResult, SubspaceResult, unit_rows
+from .results import DirectionResult, SubspaceResult, check_layer, unit_rows
 
 
 def cosine_separation(
@@ -84,6 +84,8 @@ def measure(
     show_progress: bool | None = None,
 ) -> DirectionResult:
     """Measure the refusal direction; ``layer`` forces a layer instead of the best-scoring one."""
+    if layer is not None:  # before the forward passes, not after them
+        check_layer(layer, arch.num_layers(model))
     harmful_prompts = load_prompts(harmful, what="harmful prompts")
     harmless_prompts = load_prompts(harmless, what="harmless prompts")
     h = last_token_residuals(
@@ -97,9 +99,7 @@ def measure(
     scores, directions, h_mean, b_mean = cosine_separation(h, b)
     if not torch.isfinite(scores).all():
         raise VaubanError("activations contain NaN/inf; the model may be broken in this dtype")
-    best = int(scores.argmax()) if layer is None else layer
-    if not 0 <= best < len(scores):
-        raise VaubanError(f"layer {best} out of range: the model has {len(scores)} layers")
+    best = int(scores.argmax()) if layer is None else check_layer(layer, len(scores))
     return DirectionResult(
         direction=directions[best].clone(),
         layer_index=best,
@@ -170,9 +170,7 @@ def measure_subspace(
     b = last_token_residuals(model, tokenizer, harmless_prompts, batch_size=batch_size,
                              show_progress=show_progress, desc="harmless")
     scores, directions, _, b_mean = cosine_separation(h, b)
-    best = int(scores.argmax()) if layer is None else layer
-    if not 0 <= best < len(scores):
-        raise VaubanError(f"layer {best} out of range: the model has {len(scores)} layers")
+    best = int(scores.argmax()) if layer is None else check_layer(layer, len(scores))
     u = directions[best].double()
     diffs = h[:, best].double() - b_mean[best]
     along = diffs @ u

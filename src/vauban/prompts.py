@@ -60,9 +60,14 @@ def read_jsonl(path: Path) -> list[Any]:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise VaubanError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+    except OSError as err:
+        raise VaubanError(f"cannot read {path}: {err.strerror or err}") from None
+    if "\x00" in text:
+        raise VaubanError(f"{path} holds NUL bytes, so it is binary, not a prompt file; pass a text file")
+    return text
 
 
 def _read_file(path: Path) -> list[str]:
@@ -84,6 +89,10 @@ def _read_file(path: Path) -> list[str]:
         header = [h.strip().lower() for h in rows[0]]
         column = next((header.index(k) for k in _TEXT_KEYS if k in header), None)
         body = rows[1:] if column is not None else rows
+        short = next((n for n, row in enumerate(body, start=2 if column is not None else 1)
+                      if row and len(row) <= (column or 0)), None)
+        if short is not None:
+            raise VaubanError(f"{path}: row {short} has no column {header[column or 0]!r}; fix that row")
         return [row[column or 0].strip() for row in body if row and row[column or 0].strip()]
     raise VaubanError(f"{path}: unsupported prompt file type {suffix!r}; use .txt, .jsonl, .json or .csv")
 
@@ -149,10 +158,23 @@ def chat_text(tokenizer: Any, prompt: str) -> str:
 
 
 def encode_chat(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each chat-formatted prompt (the template already holds any BOS token)."""
+    """Token ids of each chat-formatted prompt (the template already holds any BOS token).
+
+    A prompt longer than the tokenizer's ``model_max_length`` (which :func:`vauban.load` sets to
+    the model's context) is an error here rather than an index error deep in the model.
+    """
     has_template = bool(getattr(tokenizer, "chat_template", None))
     texts = [chat_text(tokenizer, p) for p in prompts]
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=not has_template)["input_ids"]]
+    ids = [list(x) for x in tokenizer(texts, add_special_tokens=not has_template)["input_ids"]]
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and limit < 10**8:  # transformers' "no limit" is a huge sentinel
+        longest = max(range(len(ids)), key=lambda i: len(ids[i]), default=None)
+        if longest is not None and len(ids[longest]) > limit:
+            raise VaubanError(
+                f"prompt {longest} ({prompts[longest][:40]!r}...) is {len(ids[longest])} tokens, longer "
+                f"than the model's context of {limit}; shorten it"
+            )
+    return ids
 
 
 def check_tokenizer(model: Any, tokenizer: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ def unit_vector(direction: DirectionResult | torch.Tensor, d_model: int) -> torc
     vec = direction.direction if isinstance(direction, DirectionResult) else direction
     if not isinstance(vec, torch.Tensor):
         raise VaubanError(f"direction must be a DirectionResult or a tensor, got {type(vec).__name__}")
+    if not vec.dtype.is_floating_point:
+        raise VaubanError(f"direction must be a floating-point tensor, got {vec.dtype}; measure it again")
     vec = vec.detach().float().cpu().reshape(-1)
     if vec.numel() != d_model:
         raise VaubanError(
@@ -45,9 +48,24 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     return (x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)).float()
 
 
+def check_layer(layer: Any, num_layers: int) -> int:
+    """``layer`` as an int in ``0..num_layers-1``, or a clear error (floats and strings included)."""
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= layer < num_layers:
+        raise VaubanError(
+            f"layer {layer!r} out of range: the model has {num_layers} layers; use 0..{num_layers - 1}"
+        )
+    return int(layer)
+
+
+MAX_ALPHA = 1000.0  # far past any useful strength; beyond it float weights overflow to inf
+
+
 def check_alpha(alpha: float) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise VaubanError(f"alpha must be a finite number, got {alpha!r}")
+    if abs(alpha) > MAX_ALPHA:
+        raise VaubanError(f"alpha {alpha:g} is out of range -{MAX_ALPHA:g}..{MAX_ALPHA:g} (1 removes the "
+                          "direction once); pick a smaller value")
     return float(alpha)
 
 
@@ -75,23 +93,18 @@ class DirectionResult:
         """Reject a malformed direction when it is made, not deep inside a cut or a hook."""
         if isinstance(self.d_model, bool) or not isinstance(self.d_model, int) or self.d_model < 1:
             raise VaubanError(f"d_model must be a positive integer, got {self.d_model!r}")
-        if not isinstance(self.direction, torch.Tensor) or not self.direction.dtype.is_floating_point:
-            kind = self.direction.dtype if isinstance(self.direction, torch.Tensor) else type(self.direction)
-            raise VaubanError(f"the direction must be a floating-point tensor, got {kind}; measure it again")
+        unit_vector(self.direction, self.d_model)  # a finite, non-zero float tensor of d_model values
         if tuple(self.direction.shape) != (self.d_model,):
             raise VaubanError(
                 f"the direction has shape {tuple(self.direction.shape)} but d_model is {self.d_model}; "
                 "measure it again"
             )
-        unit_vector(self.direction, self.d_model)  # finite and non-zero
         scores = self.cosine_scores
         if not isinstance(scores, tuple) or not scores or not all(
             isinstance(x, float) and math.isfinite(x) for x in scores
         ):
             raise VaubanError("cosine_scores must be a non-empty tuple of finite floats; measure it again")
-        layer = self.layer_index
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(scores):
-            raise VaubanError(f"layer_index {layer!r} out of range: the direction has {len(scores)} layers")
+        check_layer(self.layer_index, len(scores))
         means = (self.harmful_means, self.harmless_means)
         if any(m is not None for m in means) and not all(
             isinstance(m, torch.Tensor) and m.dtype.is_floating_point
@@ -126,8 +139,7 @@ class DirectionResult:
 
     def at_layer(self, layer: int) -> DirectionResult:
         """The same measurement with the direction taken from another layer."""
-        if not 0 <= layer < self.num_layers:
-            raise VaubanError(f"layer {layer} out of range: the model has {self.num_layers} layers")
+        layer = check_layer(layer, self.num_layers)
         return DirectionResult(
             direction=self.layer_directions()[layer].clone(),
             layer_index=layer,

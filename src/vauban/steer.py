@@ -26,7 +26,7 @@ from .errors import VaubanError
 from .generate import check_max_tokens, generate
 from .prompts import load_prompts
 from .refusal import is_refusal
-from .results import DirectionResult, SteerResult, SubspaceResult, check_alpha
+from .results import DirectionResult, SteerResult, SubspaceResult, check_alpha, check_layer
 
 
 class Steering:
@@ -50,7 +50,8 @@ class Steering:
         self.model = model
         self.alpha = check_alpha(alpha)
         self.blocks = arch.decoder_layers(model)
-        self.layers = list(range(len(self.blocks))) if layers is None else [int(i) for i in layers]
+        n = len(self.blocks)
+        self.layers = list(range(n)) if layers is None else [check_layer(i, n) for i in layers]
         if not self.layers or not all(0 <= i < len(self.blocks) for i in self.layers):
             raise VaubanError(f"layers must be within 0..{len(self.blocks) - 1}, got {layers}")
         weight = next(model.parameters())
