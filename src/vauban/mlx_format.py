@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
+from tqdm.auto import tqdm
 
+from . import batching
 from .errors import VaubanError
 
 QUANT_KEYS = ("quantization", "quantization_config")
@@ -94,7 +96,8 @@ def read_quantized_dir(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
             for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 raw[key] = handle.get_tensor(key)
     state: dict[str, torch.Tensor] = {}
-    for key, tensor in raw.items():
+    disable = True if batching.QUIET else None  # None: a bar on terminals only
+    for key, tensor in tqdm(raw.items(), desc="dequantize", unit="tensor", leave=False, disable=disable):
         if key.endswith((".scales", ".biases")):
             continue
         module = key.rsplit(".", 1)[0]

@@ -131,7 +131,7 @@ def plot_sweep(sweep: AlphaSweep, path: str | os.PathLike[str] | None = None) ->
     ax2 = ax1.twinx()
     lines += ax2.plot(alphas, perplexity, marker="s", color="tab:blue", label="perplexity")
     ax2.set_ylabel("perplexity on harmless answers", color="tab:blue")
-    ax1.legend(lines, [line.get_label() for line in lines], loc="center right")
+    ax1.legend(lines, [line.get_label() for line in lines], loc="upper center")
     ax1.set_title(f"Refusal and perplexity vs alpha ({sweep.n_prompts} prompts)")
     return _finish(fig, path)
 
