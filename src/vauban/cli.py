@@ -615,12 +615,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _silence_progress() -> None:
-    """``--quiet``: vauban's bars, and transformers' and the hub's own (weight loading, downloads)."""
+    """``--quiet``: vauban's bars, transformers' and the hub's own (weight loading, downloads),
+    and transformers' warnings (errors still show)."""
     import huggingface_hub.utils
     import transformers
 
     batching.QUIET = True
     transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     huggingface_hub.utils.disable_progress_bars()
 
 
