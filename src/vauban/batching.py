@@ -4,13 +4,22 @@ Sorting by length keeps padding (wasted compute) small; left padding puts every 
 token at position -1, which is where activations are read and where generation continues;
 position ids follow the attention mask so absolute-position models (GPT-2) see the same
 positions as they would unpadded.
+
+Batch sizes come from arithmetic, not from trying and catching out-of-memory errors: what one
+sequence adds to a forward pass (one layer's activations, attention scores, KV cache, vocabulary
+logits) from the model's config, against the memory free on its device right now; and no more
+tokens per batch than the device needs to keep its matrix units busy, since every extra row of
+a length-sorted batch adds padding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
+import psutil
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 
@@ -19,6 +28,111 @@ def default_batch_size(device: torch.device) -> int:
     so larger batches amortize that read (on the demo model, 2 CPU cores: 20 prompts x 64
     tokens take 80 s in batches of 8, 32 s in one batch)."""
     return 32 if device.type == "cpu" else 64
+
+
+# Tokens per forward pass that keep a device's matrix units busy: past this, a bigger batch is
+# no faster per token, only more padded. Demo model on 2 shared CPU cores, 64 prompts of ~45
+# tokens: batches of 8 took 160 s, of 32 (1,440 tokens) 115 s, of 64 (2,900 tokens) 140 s. A
+# GPU needs tens of thousands of tokens.
+SATURATING_TOKENS = {"cpu": 2048, "mps": 8192}
+GPU_SATURATING_TOKENS = 65536
+MEMORY_SHARE = 0.5  # of the free memory a batch may plan to use (allocator slack, other tensors)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes that new tensors on ``device`` can take now: the CUDA driver's free memory, Apple's
+    recommended working set minus what MPS holds, or the system's available RAM on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "mps":
+        return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    return int(psutil.virtual_memory().available)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes a batch's memory depends on, read once from a model's (text) config."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    itemsize: int
+
+    @classmethod
+    def of(cls, model: nn.Module) -> Shape:
+        config = model.config.get_text_config(decoder=True)
+
+        def first(*names: str, default: int = 0) -> int:
+            return next((int(v) for n in names if (v := getattr(config, n, None))), default)
+
+        hidden = first("hidden_size", "n_embd", "d_model")
+        heads = first("num_attention_heads", "n_head", default=1)
+        # MoE: each token runs through its top-k experts' MLPs (plus a shared one, if any)
+        experts = first("num_experts_per_tok", "moe_topk", default=1)
+        moe = first("moe_intermediate_size") * experts + first("shared_expert_intermediate_size")
+        return cls(
+            layers=first("num_hidden_layers", "n_layer", default=1),
+            hidden=hidden,
+            intermediate=moe or first("intermediate_size", "n_inner", default=4 * hidden),
+            heads=heads,
+            kv_heads=first("num_key_value_heads", default=heads),
+            head_dim=first("head_dim", default=hidden // heads),
+            vocab=first("vocab_size"),
+            itemsize=next(model.parameters()).element_size(),
+        )
+
+    def sequence_bytes(
+        self, tokens: int, *, cache: bool = False, logit_positions: int = 0, logit_copies: int = 1
+    ) -> int:
+        """Peak bytes one sequence of ``tokens`` adds to a forward pass.
+
+        Layers run one after another, so activations are one layer's working set (the residual
+        stream and norm/attention outputs, ~6 × hidden, and the MLP's gate, up and product,
+        3 × intermediate, per token) plus the attention probabilities where a kernel
+        materializes them (heads × tokens², float32). A KV cache (generation) keeps every
+        layer's keys and values; logits are float32 vocabulary rows, ``logit_copies`` of them
+        alive at once (log-softmax, the two sides of a KL, ...).
+        """
+        activations = tokens * (6 * self.hidden + 3 * self.intermediate) * self.itemsize
+        scores = self.heads * tokens * tokens * 4
+        kv = tokens * 2 * self.layers * self.kv_heads * self.head_dim * self.itemsize if cache else 0
+        logits = logit_positions * self.vocab * 4 * logit_copies
+        return activations + scores + kv + logits
+
+
+def batch_size_for(
+    model: nn.Module,
+    tokens: int,
+    sequences: int,
+    *,
+    cache: bool = False,
+    logit_positions: int = 0,
+    logit_copies: int = 1,
+    free: int | None = None,
+    saturate: bool = True,
+) -> int:
+    """Sequences of up to ``tokens`` tokens per forward pass: as many as fit in half the free
+    memory (``free`` overrides the measurement), at least 1 and at most ``sequences``.
+
+    With ``saturate``, also no more than the device needs to be busy (:data:`SATURATING_TOKENS`;
+    a decoding step with a ``cache`` feeds one token per sequence). Pass ``saturate=False``
+    where every batch carries a fixed cost of its own, such as undoing and re-applying a cut.
+    See :meth:`Shape.sequence_bytes` for the other arguments.
+    """
+    device = next(model.parameters()).device
+    per_sequence = Shape.of(model).sequence_bytes(
+        tokens, cache=cache, logit_positions=logit_positions, logit_copies=logit_copies
+    )
+    budget = (free_memory(device) if free is None else free) * MEMORY_SHARE
+    fits = int(budget // max(per_sequence, 1))
+    if saturate:
+        busy_tokens = SATURATING_TOKENS.get(device.type, GPU_SATURATING_TOKENS)
+        fits = min(fits, busy_tokens // (1 if cache else max(tokens, 1)))
+    return max(1, min(sequences, fits))
 
 
 def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .activations import model_device
-from .batching import left_pad, progress, sorted_batches
+from .batching import batch_size_for, left_pad, progress, sorted_batches
 from .cut import active_cuts, original_weights
 from .errors import VaubanError
 from .generate import check_max_tokens, generate
@@ -117,15 +117,17 @@ def answer_scores(
     tokenizer: Any,
     pairs: Sequence[tuple[str, str]],
     *,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     answer_tokens: int = 64,
     show_progress: bool | None = None,
 ) -> AnswerScores:
     """Perplexities of both sides and KL(original ‖ modified) on the reference answers.
 
-    Each batch holds two vocabulary-sized log-probability tensors (one per side), so the batch
-    is capped lower than for generation; with one model and a cut, each batch costs an undo and
-    a re-apply of the cut. Only the first ``answer_tokens`` tokens of each answer are scored:
+    Each batch holds vocabulary-sized log-probabilities at every answer position (three copies
+    at the peak: one side's, the other's logits and their log-softmax), which sets the batch
+    size against free memory (:func:`vauban.batching.batch_size_for`); with one model and a
+    cut, each batch also costs an undo and a re-apply of the cut, so the batches are as large
+    as memory allows. Only the first ``answer_tokens`` tokens of each answer are scored:
     the cost is a full forward pass per side, and the opening of an answer carries most of the
     signal (and all of the first-token KL).
     """
@@ -135,6 +137,11 @@ def answer_scores(
     nll = {True: 0.0, False: 0.0}
     kl_sum = first_sum = 0.0
     n_tokens = 0
+    if batch_size is None:
+        longest = max(len(x) for x, _ in encoded)
+        keep = max(n for _, n in encoded)
+        batch_size = batch_size_for(pair.modified, longest, len(encoded), logit_positions=keep + 1,
+                                    logit_copies=3, saturate=not pair.same)
     for batch in progress(sorted_batches([len(x) for x, _ in encoded], batch_size), "kl", show_progress):
         seqs = [encoded[i][0] for i in batch]
         lengths = torch.tensor([encoded[i][1] for i in batch], device=device)
@@ -148,8 +155,10 @@ def answer_scores(
                 logp[original] = _answer_logprobs(model, ids, mask, positions, keep)
             token_lp = logp[original].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
             nll[original] -= float(token_lp[valid].sum())
-        p_orig = logp[True].exp()
-        kl = (p_orig * (logp[True] - logp[False])).sum(-1)  # (batch, keep)
+        # p·(log p - log q) in place (the same bits as out of place): two vocabulary-sized
+        # tensors alive instead of five
+        diff = logp.pop(False).neg_().add_(logp[True])
+        kl = diff.mul_(logp.pop(True).exp_()).sum(-1)  # (batch, keep)
         kl_sum += float(kl[valid].sum())
         first = keep - lengths  # index of each row's first answer position
         first_sum += float(kl.gather(1, first.unsqueeze(1)).sum())
