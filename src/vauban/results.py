@@ -52,7 +52,8 @@ def check_layer(layer: Any, num_layers: int) -> int:
     """``layer`` as an int in ``0..num_layers-1``, or a clear error (floats and strings included)."""
     if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= layer < num_layers:
         raise VaubanError(
-            f"layer {layer!r} out of range: the model has {num_layers} layers; use 0..{num_layers - 1}"
+            f"layer {layer!r} out of range: the model has {num_layers} layers; use one within "
+            f"0..{num_layers - 1}"
         )
     return int(layer)
 
@@ -105,16 +106,16 @@ class DirectionResult:
         ):
             raise VaubanError("cosine_scores must be a non-empty tuple of finite floats; measure it again")
         check_layer(self.layer_index, len(scores))
-        means = (self.harmful_means, self.harmless_means)
-        if any(m is not None for m in means) and not all(
-            isinstance(m, torch.Tensor) and m.dtype.is_floating_point
-            and tuple(m.shape) == (len(scores), self.d_model) and bool(torch.isfinite(m).all())
-            for m in means
-        ):
-            raise VaubanError(
-                f"harmful_means/harmless_means must both be finite ({len(scores)}, {self.d_model}) "
-                "tensors (or both None); measure it again"
-            )
+        for name in ("harmful_means", "harmless_means"):  # optional; needed by layer_directions()
+            m = getattr(self, name)
+            if m is not None and not (
+                isinstance(m, torch.Tensor) and m.dtype.is_floating_point
+                and tuple(m.shape) == (len(scores), self.d_model) and bool(torch.isfinite(m).all())
+            ):
+                raise VaubanError(
+                    f"{name} must be a finite ({len(scores)}, {self.d_model}) float tensor or None; "
+                    "measure it again"
+                )
 
     @property
     def max_cosine(self) -> float:
