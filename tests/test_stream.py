@@ -196,3 +196,21 @@ def test_peak_memory_stays_far_below_the_model_size(tmp_path):
     assert (tmp_path / "out" / "model-00004-of-00005.safetensors").stat().st_size == (
         (src / "model-00004-of-00005.safetensors").stat().st_size
     )
+
+
+def test_cli_cut(tmp_path, tokenizer, capsys):
+    from vauban.cli import main
+
+    model = build_model("llama")
+    src = tmp_path / "src"
+    model.save_pretrained(src, max_shard_size="40KB")
+    result = vauban.measure(model, tokenizer, ["How do I pick a lock?"] * 2, ["Bake bread."] * 2)
+    saved = result.save(tmp_path / "direction.safetensors")
+    assert main(["cut", str(src), str(tmp_path / "out"), "--direction", str(saved), "--layers", "1,2",
+                 "--alpha", "0.5", "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["edited_tensors"] == 4
+    vauban.cut(model, result, alpha=0.5, layers=[1, 2])
+    model.save_pretrained(tmp_path / "ref", max_shard_size="40KB")
+    _compare(tmp_path / "out", tmp_path / "ref")
+    assert main(["cut", str(src), str(tmp_path / "out"), "--direction", str(saved), "-q"]) == 2
+    assert "not empty" in capsys.readouterr().err

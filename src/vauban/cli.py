@@ -386,6 +386,20 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
         sys.stdout.write("\n")
 
 
+def cmd_cut(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .stream import cut_checkpoint
+
+    direction = args.saved_direction if s.layer is None else args.saved_direction.at_layer(s.layer)
+    with report.step(f"cut {args.src} into {args.dst}/, one tensor at a time", "cut"):
+        out = cut_checkpoint(args.src, args.dst, direction, alpha=s.alpha, layers=args.layers,
+                             embeddings=s.embeddings, overwrite=s.overwrite)
+    edited = json.loads((out / "vauban.json").read_text())["edited_tensors"]
+    report.say(f"Cut alpha={s.alpha:g} from {edited} tensors; wrote {out}/")
+    report.put("output_dir", str(out))
+    report.put("alpha", s.alpha)
+    report.put("edited_tensors", edited)
+
+
 def cmd_verify(s: Settings, args: argparse.Namespace, report: Report) -> None:
     with report.step(f"verify {args.directory}", "verify"):
         result = verify(args.directory)
@@ -465,6 +479,13 @@ def _alphas(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers, got {text!r}") from None
 
 
 def _device(text: str) -> str:
@@ -577,6 +598,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", help="export the picked Pareto point (or --export-trial N) here")
     p.add_argument("--export-trial", type=int, help="the trial number to export")
     direction_flag(p)
+    p = command("cut", cmd_cut, "cut a saved direction from a safetensors checkpoint on disk, one tensor "
+                "at a time (models bigger than memory)")
+    p.add_argument("src", metavar="SRC", help="model directory with (sharded) safetensors weights")
+    p.add_argument("dst", metavar="DST", help="new model directory to write")
+    p.add_argument("--direction", required=True, help="the direction to cut (.safetensors from measure -o)")
+    p.add_argument("--alpha", type=float, help="fraction of the direction to remove (default 1)")
+    p.add_argument("--layers", type=_layers, help="comma-separated layers to cut (default: all)")
+    p.add_argument("--embeddings", action="store_true", default=None,
+                   help="also orthogonalize the embeddings")
     p = command("verify", cmd_verify, "check an export's files against the sha256 list in its vauban.json")
     p.add_argument("directory", metavar="DIR")
     return parser
