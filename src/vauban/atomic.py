@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import glob
 import os
 import re
 import shutil
@@ -64,7 +65,7 @@ def remove_stale(target: Path) -> list[Path]:
     parent = target.absolute().parent
     if not parent.is_dir():
         return removed
-    for leftover in parent.glob(f".{glob_escape(target.name)}{TEMP_TAG}*"):
+    for leftover in parent.glob(f".{glob.escape(target.name)}{TEMP_TAG}*"):
         pid = _pid_of(leftover.name)
         if pid is None or pid == os.getpid() or _alive(pid):
             continue
@@ -75,9 +76,6 @@ def remove_stale(target: Path) -> list[Path]:
         removed.append(leftover)
     return removed
 
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def fsync_path(path: Path) -> None:
