@@ -118,14 +118,16 @@ class _Edit:
 
 
 def _compute_dtype(param: torch.Tensor) -> torch.dtype:
-    """float32 for 16-bit weights; float64 for float32 weights (float32 on MPS, which lacks it).
+    """float32, or float64 for float64 weights (float32 on MPS, which lacks float64).
 
-    Any precision gives an exact undo (the fix-ups cover every miss); a wider one keeps the
-    fix-ups few.
+    Any precision gives an exact undo (the fix-ups cover every miss). For float32 weights,
+    float64 arithmetic would keep the fix-ups fewer (about 2.6 % of the elements instead of
+    4.5 % for a 896 × 4864 matrix) but costs 2.6× the time on a CPU, where an optimization
+    applies and undoes hundreds of cuts.
     """
-    if param.dtype in (torch.float16, torch.bfloat16) or param.device.type == "mps":
-        return torch.float32
-    return torch.float64
+    if param.dtype == torch.float64 and param.device.type != "mps":
+        return torch.float64
+    return torch.float32
 
 
 def _fingerprint(param: torch.Tensor) -> float:
