@@ -13,6 +13,7 @@ import importlib
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import time
@@ -357,7 +358,8 @@ def test_pickled_bin_loads_tensors_only_and_never_runs_code(tmp_path, tokenizer)
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
 
 
-def test_remote_code_is_not_run_without_the_flag(tmp_path, tokenizer):
+def _custom_code_checkpoint(tmp_path: Path, tokenizer) -> tuple[Path, Path]:
+    """A checkpoint whose config asks for its own Python code, which touches a marker file."""
     marker = tmp_path / "PWNED"
     path = tmp_path / "custom"
     build_model("llama").save_pretrained(path)
@@ -367,9 +369,29 @@ def test_remote_code_is_not_run_without_the_flag(tmp_path, tokenizer):
                                                       "AutoModelForCausalLM": "evil.EvilModel"})
     (path / "config.json").write_text(json.dumps(config))
     (path / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    return path, marker
+
+
+def test_remote_code_is_not_run_without_the_flag(tmp_path, tokenizer):
+    path, marker = _custom_code_checkpoint(tmp_path, tokenizer)
     with pytest.raises(VaubanError, match=r"trust_remote_code=True \(CLI: --trust-remote-code") as info:
         load(path, device="cpu")
     assert "\n" not in str(info.value) and not marker.exists()
+
+
+def test_cli_runs_remote_code_only_with_trust_remote_code(tmp_path, tokenizer, capsys):
+    from transformers.dynamic_module_utils import HF_MODULES_CACHE
+
+    from vauban.cli import main
+
+    path, marker = _custom_code_checkpoint(tmp_path, tokenizer)
+    assert main(["measure", "-q", "--model", str(path)]) == 2
+    assert "--trust-remote-code" in capsys.readouterr().err and not marker.exists()
+    try:
+        main(["measure", "-q", "--model", str(path), "--trust-remote-code"])  # fails later: no EvilConfig
+        assert marker.exists()  # the user asked for it, so the checkpoint's code did run
+    finally:  # transformers copied the code into its modules cache
+        shutil.rmtree(Path(HF_MODULES_CACHE) / "transformers_modules" / path.name, ignore_errors=True)
 
 
 def test_a_local_path_never_touches_the_network(tmp_path, tokenizer, monkeypatch):
