@@ -412,7 +412,8 @@ def test_borderline_needs_means(tokenizer, prompt_sets):
     import dataclasses
 
     model = build_model("qwen2")
-    direction = dataclasses.replace(measure(model, tokenizer, *prompt_sets), harmful_means=None)
+    direction = dataclasses.replace(measure(model, tokenizer, *prompt_sets), harmful_means=None,
+                                    harmless_means=None)
     with pytest.raises(VaubanError, match="no per-layer means"):
         borderline(model, tokenizer, "Hello", direction)
 
@@ -437,7 +438,8 @@ def test_every_plot_writes_a_png(llama_and_direction, tokenizer, tmp_path):
         "plot_layers": lambda p: plots.plot_layers(torch.randn(5, 4), torch.randn(6, 4), direction, p),
     }
     public = {n for n in dir(plots) if n.startswith("plot_") and callable(getattr(plots, n))}
-    assert public == set(calls), "a new plot function needs a test"
+    tested_elsewhere = {"plot_pareto"}  # tests/test_optimize.py, with a real study
+    assert public - tested_elsewhere == set(calls), "a new plot function needs a test"
     for name, call in calls.items():
         path = tmp_path / f"{name}.png"
         fig = call(path)
