@@ -133,7 +133,7 @@ def test_steer_records_and_cleans_up(tokenizer):
         steer(model, tokenizer, "Hello", d, alpha=float("nan"))
     with pytest.raises(VaubanError, match="hidden size"):
         steer(model, tokenizer, "Hello", torch.randn(32))
-    with pytest.raises(VaubanError, match=r"use 0\.\.3"):
+    with pytest.raises(VaubanError, match=r"0\.\.3"):
         Steering(model, d, layers=[4])
 
 
