@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ import torch
 
 import vauban
 from vauban.activations import last_token_residuals
+from vauban.cut import _compute_dtype
 from vauban.evaluate import Pair, answer_scores, default_eval_prompts
 from vauban.export import export
 from vauban.generate import generate
@@ -42,9 +44,16 @@ from vauban.prompts import encode_chat, load_pairs, load_prompts
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_demo.json"
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
+CPU_SECONDS: dict[str, float] = {}  # process CPU time of the last timed call, by label
+
+
+def timed(fn: Callable[[], Any], label: str = "") -> tuple[float, Any]:
+    """Wall time of ``fn()``; its process CPU time goes to :data:`CPU_SECONDS` [label]. On a
+    shared machine the CPU time (divided by the threads) is the steadier figure: it does not
+    count the time other processes held the cores."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
+    CPU_SECONDS[label] = time.process_time() - cpu
     return time.perf_counter() - start, out
 
 
@@ -62,19 +71,24 @@ def cpu_name() -> str:
 def pipeline(model: Any, tokenizer: Any, load_s: float) -> dict[str, Any]:
     """Each stage of the quick pipeline, as `vauban run` does it (probing and steering aside)."""
     times: dict[str, float] = {"load": load_s}
-    times["measure"], direction = timed(lambda: vauban.measure(model, tokenizer))
-    times["cut"], applied = timed(lambda: vauban.cut(model, direction))
+    times["measure"], direction = timed(lambda: vauban.measure(model, tokenizer), "measure")
+    times["cut"], applied = timed(lambda: vauban.cut(model, direction), "cut")
     with tempfile.TemporaryDirectory() as folder:
         target = Path(folder) / "out"
-        times["export"], _ = timed(lambda: export(model, tokenizer, target, direction=direction))
-    times["evaluate"], result = timed(lambda: vauban.evaluate(model, model, tokenizer))
+        times["export"], _ = timed(lambda: export(model, tokenizer, target, direction=direction), "export")
+    times["evaluate"], result = timed(lambda: vauban.evaluate(model, model, tokenizer), "evaluate")
     applied.undo()
     total = sum(times.values())
-    print(f"pipeline: {total:.0f} s in all (target <= 180 s)")
+    threads = torch.get_num_threads()
+    cpu = {stage: CPU_SECONDS.get(stage, 0.0) / threads for stage in times}
+    print(f"pipeline: {total:.0f} s in all (target <= 180 s); CPU time / {threads} threads: "
+          f"{sum(cpu.values()):.0f} s")
     for stage, seconds in times.items():
-        print(f"  {stage:9s} {seconds:7.1f} s  {100 * seconds / total:4.0f} %")
+        share = 100 * seconds / total
+        print(f"  {stage:9s} {seconds:7.1f} s  {share:4.0f} %   CPU/threads {cpu[stage]:6.1f} s")
     print(f"  {result.summary()}")
     return {"seconds": {k: round(v, 2) for k, v in times.items()}, "total_s": round(total, 1),
+            "cpu_seconds_per_thread": {k: round(v, 2) for k, v in cpu.items()},
             "layer": direction.layer_index, "evaluation": {k: v for k, v in result.record().items()
                                                           if k not in ("before", "after")}}
 
@@ -150,8 +164,11 @@ def main() -> None:
     }
     print(f"{rows['cpu']}, {rows['cores']} cores, {rows['torch_threads']} torch threads, "
           f"load {rows['load_average_before']}")
-    load_s, (model, tokenizer) = timed(vauban.load_model)
+    load_s, (model, tokenizer) = timed(vauban.load_model, "load")
     rows["attention"] = model.config._attn_implementation
+    rows["cut_compute_dtype"] = str(_compute_dtype(next(model.parameters())))  # the cut's arithmetic
+    rows["git"] = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
+                                 capture_output=True, text=True).stdout.strip()
     sections = {
         "pipeline": lambda: pipeline(model, tokenizer, load_s),
         "measure": lambda: measure_section(model, tokenizer, args.loop_prompts),
