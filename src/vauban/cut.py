@@ -290,7 +290,7 @@ class Cut:
     def __init__(
         self,
         model: nn.Module,
-        direction: torch.Tensor,
+        direction: Direction,
         alpha: float,
         layers: list[int],
         embeddings: bool,
@@ -424,7 +424,7 @@ def cut(
     n = arch.num_layers(model)
     chosen = list(range(n)) if layers is None else [check_layer(i, n) for i in layers]
     return Cut(
-        model, layer_bases(direction, arch.d_model(model), n), check_alpha(alpha), chosen, embeddings,
+        model, direction, check_alpha(alpha), chosen, embeddings,
         attention_weights=_weights(attention, n, "attention"), mlp_weights=_weights(mlp, n, "MLP"),
         norm_preserving=bool(norm_preserving),
     ).apply()
