@@ -11,7 +11,7 @@ from transformers import GenerationConfig
 
 from conftest import HARMFUL, HARMLESS
 from vauban.batching import left_pad
-from vauban.generate import fast_loop_ok, kv_bytes_per_token, static_greedy, stop_token_ids
+from vauban.generate import _has_hooks, fast_loop_ok, kv_bytes_per_token, static_greedy, stop_token_ids
 from vauban.prompts import encode_chat, pad_id
 from vauban.steer import Steering
 
@@ -65,3 +65,11 @@ def test_fast_loop_scope(tiny):
     llama = tiny("llama")
     # 4 layers x (keys + values) x 2 kv heads x head_dim 16 x 4 bytes
     assert kv_bytes_per_token(llama) == 4 * 2 * 2 * 16 * 4
+
+
+def test_only_foreign_hooks_turn_the_graph_off(tiny):
+    model = tiny("llama")
+    model(torch.tensor([[1, 2, 3]]), output_hidden_states=True)  # transformers installs its recorders
+    assert not _has_hooks(model)
+    with Steering(model, torch.randn(64), 1.0):
+        assert _has_hooks(model)

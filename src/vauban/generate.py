@@ -16,6 +16,7 @@ tokens. Two loops produce the same tokens:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,7 +127,10 @@ def cuda_batch_size(model: nn.Module, length: int, n_prompts: int) -> int:
 
 
 def _has_hooks(model: nn.Module) -> bool:
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    """Forward hooks other than transformers' own output recorders (installed for good on the
+    first ``output_hidden_states=True`` call, inert unless a call asks for outputs)."""
+    hooks = (h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()))
+    return any(not getattr(h, "__module__", "").startswith("transformers.") for h in hooks)
 
 
 @torch.inference_mode()
@@ -222,15 +226,23 @@ class _DecodeState:
 
 
 def _step_then_capture(step: Any) -> Any:
-    """Run ``step`` for real on a side stream (the warm-up CUDA graphs need), then capture it."""
+    """Run ``step`` for real on a side stream (the warm-up CUDA graphs need), then capture it.
+
+    Capture only records, so a model whose forward cannot be captured (a host sync somewhere)
+    loses nothing but speed: the loop goes on with the eager step.
+    """
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         step()
     torch.cuda.current_stream().wait_stream(stream)
     cuda_graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(cuda_graph):
-        step()
+    try:
+        with torch.cuda.graph(cuda_graph):
+            step()
+    except RuntimeError as err:
+        warnings.warn(f"decode step not capturable as a CUDA graph, running it eagerly: {err}", stacklevel=3)
+        return step
     return cuda_graph.replay
 
 

@@ -186,4 +186,6 @@ def apply_(
         indices.append(index[kept])
         values.append(value[kept])
         capacity = asked  # an upper bound on what the remaining tiles need
+    if len(indices) == 1:
+        return r, indices[0], values[0]
     return r, torch.cat(indices), torch.cat(values)
