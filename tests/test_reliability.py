@@ -239,6 +239,7 @@ def test_direction_save_is_atomic(source, tmp_path, monkeypatch):
     with pytest.raises(VaubanError, match="no space left"):
         direction.save(path)
     assert path.read_bytes() == before and leftovers(tmp_path) == []
+    assert path.stat().st_mode & 0o777 == path.with_suffix(".json").stat().st_mode & 0o777
     assert torch.equal(DirectionResult.load(path).direction, direction.direction)
 
 
@@ -267,6 +268,10 @@ def test_record_lists_every_file_and_verify_names_the_bad_one(source, tmp_path):
     assert {"torch", "transformers", "vauban", "safetensors", "python"} <= set(record["versions"])
     result = verify(out)
     assert result.files == len(files) and result.tensors > 0
+    mask = os.umask(0)
+    os.umask(mask)  # modes as a plain write makes them (not mkdtemp's / safetensors' private 0o700/0o600)
+    assert {(p.stat().st_mode & 0o777) for p in out.iterdir()} == {0o666 & ~mask}
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask
 
     weights = out / "model.safetensors"
     data = bytearray(weights.read_bytes())

@@ -90,6 +90,24 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_modes(root: Path) -> None:
+    """Give files and folders the modes a plain write would (mkdtemp/mkstemp and safetensors
+    make them private to the owner), so an export can be shared like any other directory."""
+    mask = _umask()
+    os.chmod(root, 0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(Path(folder) / name, 0o777 & ~mask)
+        for name in files:
+            os.chmod(Path(folder) / name, 0o666 & ~mask)
+
+
 def fsync_tree(root: Path) -> None:
     for folder, _dirs, files in os.walk(root):
         for name in files:
@@ -122,6 +140,7 @@ def _exchange(a: Path, b: Path) -> bool:
 def publish_dir(tmp: Path, target: Path, overwrite: bool = False) -> None:
     """Move the finished ``tmp`` to ``target``; an existing ``target`` is replaced as a whole
     if it is empty or ``overwrite`` is set (checked again here: it may have appeared since)."""
+    ordinary_modes(tmp)
     fsync_tree(tmp)
     if not overwrite and target.is_dir() and any(target.iterdir()):
         raise VaubanError(f"{target} appeared while writing it; choose another path or overwrite")
@@ -198,6 +217,7 @@ def write_file(target: str | os.PathLike[str], write: Callable[[Path], None]) ->
         os.close(fd)
         tmp = Path(name)
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         fsync_path(tmp)
         os.replace(tmp, out)
         tmp = None
