@@ -347,6 +347,7 @@ def test_cli_bad_options_exit_2_with_one_line(tiny, cli_files, monkeypatch, comm
 
 def check_cli(argv: list[str]) -> None:
     COUNTS["cases"] += 1
+    COUNTS["cli"] += 1
     code, err = run_cli(argv)
     lines = [line for line in err.splitlines() if line.strip()]
     if "Traceback" in err or code not in (0, 2):
@@ -374,6 +375,7 @@ def test_zz_report_counts():
     """The figures for the issue: every bad input tried above, and how many gave a traceback."""
     if COUNTS["cases"] < 300:
         pytest.skip("run the whole module to get the figures")
-    print(f"\nbad-input cases tried: {COUNTS['cases']} (one-line errors {COUNTS['errors']}, valid inputs "
-          f"accepted {COUNTS['accepted']}), tracebacks: {COUNTS['tracebacks']}")
+    print(f"\nbad-input cases tried: {COUNTS['cases']} ({COUNTS['cli']} on the command line; one-line "
+          f"errors {COUNTS['errors']}, valid inputs accepted {COUNTS['accepted']}), "
+          f"tracebacks: {COUNTS['tracebacks']}")
     assert COUNTS["tracebacks"] == 0, "\n".join(TRACEBACKS)
