@@ -341,6 +341,65 @@ def cut_bench(b: Bench, model: Any, direction: torch.Tensor) -> dict[str, Any]:
     return r
 
 
+def kernel_sweep(b: Bench, model: Any, direction: torch.Tensor) -> dict[str, Any]:
+    """Tile shapes of the fused cut's kernels, timed over all 64 matrices; the best are kept."""
+    mats = writers(model)
+    nbytes = sum(w.numel() * w.element_size() for _, w, _ in mats)
+    v = direction.to(b.device, torch.float32)
+    views = [w.data.movedim(axis, -1) for _, w, axis in mats]
+    saved = [w.detach().clone() for _, w, _ in mats]
+    r: dict[str, Any] = {}
+    tiles = [(256, 16, 4), (256, 32, 4), (256, 64, 8), (128, 32, 4), (512, 16, 8), (128, 64, 8), (64, 64, 4)]
+    best = {}
+    for name in ("REMOVED_TILE", "TRACK_TILE"):
+        times = {}
+        for tile in tiles:
+            setattr(kernels, name, tile)
+            if name == "REMOVED_TILE":
+                t, _ = b.time(lambda: [kernels.removed(view, v) for view in views], repeat=3)
+            else:
+                def apply_undo() -> None:
+                    edits = [kernels.apply_(view, v, 1.0) for view in views]
+                    for view, (rr, index, values), (_, w, _) in zip(views, edits, mats, strict=True):
+                        kernels.shift_(view, v, rr, 1.0)
+                        w.data.view(-1)[index] = values
+
+                times_apply = []
+                apply_undo()
+                for _ in range(3):
+                    b.sync()
+                    t0 = time.perf_counter()
+                    edits = [kernels.apply_(view, v, 1.0) for view in views]
+                    b.sync()
+                    times_apply.append(time.perf_counter() - t0)
+                    for view, (rr, index, values), (_, w, _) in zip(views, edits, mats, strict=True):
+                        kernels.shift_(view, v, rr, 1.0)
+                        w.data.view(-1)[index] = values
+                t = sorted(times_apply)[1]
+                assert all(torch.equal(w, s) for (_, w, _), s in zip(mats, saved, strict=True))
+            times[tile] = t
+            r[f"{name}_{'x'.join(map(str, tile))}_ms"] = t * 1e3
+        best[name] = min(times, key=times.__getitem__)
+        setattr(kernels, name, best[name])
+    r.update({f"best_{k}": v for k, v in best.items()})
+    bound = 2 * nbytes / (b.rows["ceilings"]["copy_GBps"] * 1e9)
+    r["best_r_x_read_bound"] = min(v for k, v in r.items() if k.startswith("REMOVED")) / 1e3 / (bound / 2)
+    r["best_apply_x_bound"] = min(v for k, v in r.items() if k.startswith("TRACK")) / 1e3 / bound
+    c = cut(model, direction)
+    c.undo()
+    ta = []
+    for _ in range(3):
+        b.sync()
+        t0 = time.perf_counter()
+        c = cut(model, direction)
+        b.sync()
+        ta.append(time.perf_counter() - t0)
+        c.undo()
+    r["api_fused_apply_ms"] = sorted(ta)[1] * 1e3
+    r["undo_bit_exact"] = all(torch.equal(w, s) for (_, w, _), s in zip(mats, saved, strict=True))
+    return r
+
+
 def generation(b: Bench, model: Any, tokenizer: Any, prompts: list[str]) -> dict[str, Any]:
     r: dict[str, Any] = {}
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -495,6 +554,7 @@ def main() -> None:
     sections: dict[str, Callable[[], dict[str, Any]]] = {
         "capture": lambda: capture(b, model, tokenizer, harmful + harmless),
         "cut": lambda: cut_bench(b, model, direction),
+        "kernel_sweep": lambda: kernel_sweep(b, model, direction),
         "generation": lambda: generation(b, model, tokenizer, harmful),
         "trial": lambda: trial(b, model, tokenizer, harmful[:100], harmless[:100], direction),
     }

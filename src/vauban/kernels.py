@@ -27,6 +27,12 @@ import torch
 
 _HALF = (torch.bfloat16, torch.float16)
 
+# (elements along the contiguous axis, along the other, warps per program) of each kernel's tile:
+# the fastest of benchmarks/gpu.py's kernel sweep on an H100 (benchmarks/results/gpu_NOTES.md)
+REMOVED_TILE = (64, 64, 4)
+SHIFT_TILE = (256, 16, 4)
+TRACK_TILE = (128, 32, 4)
+
 
 def available() -> bool:
     try:
@@ -111,9 +117,10 @@ def _on_view_device(fn: Any) -> Any:
     return wrapper
 
 
-def _blocks(view: torch.Tensor) -> tuple[int, int]:
+def _blocks(view: torch.Tensor, tile: tuple[int, int, int]) -> tuple[int, int]:
     """Wide tiles along whichever axis is contiguous, so loads are coalesced."""
-    return (256, 16) if view.stride(0) == 1 else (16, 256)
+    wide, narrow, _ = tile
+    return (wide, narrow) if view.stride(0) == 1 else (narrow, wide)
 
 
 @_on_view_device
@@ -121,7 +128,7 @@ def removed(view: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
     """``r = view @ vec`` (float32) for a 16-bit ``(n, d)`` view, ``d`` the residual axis."""
     removed_kernel, _ = _kernels()
     n, d = view.shape
-    block_n, block_d = _blocks(view)
+    block_n, block_d = _blocks(view, REMOVED_TILE)
     row_blocks = -(-n // block_n)
     splits = max(1, min(-(-d // block_d), -(-512 // row_blocks)))  # enough programs for the chip
     per_split = -(-d // (splits * block_d)) * block_d
@@ -129,7 +136,7 @@ def removed(view: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
     parts = torch.empty(splits, n, dtype=torch.float32, device=view.device)
     removed_kernel[(row_blocks, splits)](
         view, vec.float().contiguous(), parts, n, d, view.stride(0), view.stride(1), PER_SPLIT=per_split,
-        BLOCK_N=block_n, BLOCK_D=block_d,
+        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=REMOVED_TILE[2],
     )
     return parts.sum(0)
 
@@ -139,13 +146,13 @@ def shift_(view: torch.Tensor, vec: torch.Tensor, r: torch.Tensor, scale: float)
     """``view += scale·r⊗vec`` in place (float32 math, rounded once)."""
     _, shift_kernel = _kernels()
     n, d = view.shape
-    block_n, block_d = _blocks(view)
+    block_n, block_d = _blocks(view, SHIFT_TILE)
     grid = (-(-n // block_n), -(-d // block_d))
     dummy = torch.empty(1, dtype=torch.int64, device=view.device)
     shift_kernel[grid](
         view, r.contiguous(), vec.float().contiguous(), n, d, view.stride(0), view.stride(1),
         float(scale), 0.0, dummy, dummy, dummy, dummy, 0,
-        TRACK=False, BLOCK_N=block_n, BLOCK_D=block_d,
+        TRACK=False, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=SHIFT_TILE[2],
     )
 
 
@@ -163,7 +170,7 @@ def apply_(
     r = removed(view, vec)
     vec32 = vec.float().contiguous()
     n, d = view.shape
-    block_n, block_d = _blocks(view)
+    block_n, block_d = _blocks(view, TRACK_TILE)
     grid = (-(-n // block_n), -(-d // block_d))
     done = torch.zeros(grid[0] * grid[1], dtype=torch.int8, device=view.device)
     capacity = max(4096, n * d // 16)
@@ -175,7 +182,7 @@ def apply_(
         shift_kernel[grid](
             view, r, vec32, n, d, view.stride(0), view.stride(1), -float(alpha), float(alpha),
             index, value, count, done, capacity,
-            TRACK=True, BLOCK_N=block_n, BLOCK_D=block_d,
+            TRACK=True, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=TRACK_TILE[2],
         )
         asked = int(count)
         if asked <= capacity:  # every tile fitted: entries [0, asked) are exactly the misses
