@@ -178,11 +178,10 @@ def main() -> None:
     for name in args.only:
         rows[name] = sections[name]()
         rows[f"load_average_after_{name}"] = load_average()
-    print(f"load average after: {load_average()}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=1, default=str) + "\n")
-        print(f"raw numbers: {args.json}")
+        if args.json:  # after every section, so a long run interrupted keeps what it measured
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(rows, indent=1, default=str) + "\n")
+    print(f"load average after: {load_average()}; raw numbers: {args.json}")
 
 
 if __name__ == "__main__":
