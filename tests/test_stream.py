@@ -33,13 +33,16 @@ def _direction(model: torch.nn.Module, seed: int = 1) -> torch.Tensor:
     return torch.randn(arch.d_model(model), generator=torch.Generator().manual_seed(seed))
 
 
-def _compare(streamed: Path, in_memory: Path) -> int:
-    """Assert the two checkpoints hold bit-identical tensors; return how many differ from ``src``."""
+def _compare(streamed: Path, in_memory: Path) -> None:
+    """Assert the two checkpoints hold the same tensors: same dtypes and shapes, values equal up
+    to float32 rounding (the edit's arithmetic is shared, but a float32 matmul may sum in another
+    order for another memory layout: one ulp on a few elements of GPT-2's Conv1D and gpt-oss's
+    expert biases); untouched tensors are compared byte for byte in another test."""
     a, b = _tensors(streamed), _tensors(in_memory)
     assert a.keys() == b.keys()
     for name in a:
-        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
-    return len(a)
+        assert a[name].dtype == b[name].dtype, name
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
 @pytest.mark.parametrize(

@@ -148,7 +148,9 @@ def cut_checkpoint(
     """Write ``dst``: the safetensors model directory ``src`` with the direction cut out.
 
     Same result as loading ``src``, :func:`vauban.cut` with the same arguments, and exporting,
-    tensor for tensor, in the checkpoint's own dtype; but only one tensor is in memory at a time.
+    tensor for tensor, in the checkpoint's own dtype (the same arithmetic; a float32 matmul may
+    round one element in the last bit differently where its summation order follows another
+    memory layout); but only one tensor is in memory at a time.
     ``direction`` is anything :func:`vauban.cut` takes, or the path of a saved direction. Every
     other file of ``src`` (config, tokenizer, generation config, index) is copied; ``dst`` gets
     a ``vauban.json`` record with every file's sha256, and appears atomically when complete.
