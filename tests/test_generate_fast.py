@@ -10,8 +10,8 @@ import torch
 from transformers import GenerationConfig
 
 from conftest import HARMFUL, HARMLESS
-from vauban.batching import left_pad
-from vauban.generate import _has_hooks, fast_loop_ok, kv_bytes_per_token, static_greedy, stop_token_ids
+from vauban.batching import Shape, left_pad
+from vauban.generate import _has_hooks, fast_loop_ok, static_greedy, stop_token_ids
 from vauban.prompts import encode_chat, pad_id
 from vauban.steer import Steering
 
@@ -64,7 +64,8 @@ def test_fast_loop_scope(tiny):
     assert not fast_loop_ok(tiny("gemma2"))  # sliding-window caches: generate's path
     llama = tiny("llama")
     # 4 layers x (keys + values) x 2 kv heads x head_dim 16 x 4 bytes
-    assert kv_bytes_per_token(llama) == 4 * 2 * 2 * 16 * 4
+    shape = Shape.of(llama)
+    assert shape.sequence_bytes(1, cache=True) - shape.sequence_bytes(1) == 4 * 2 * 2 * 16 * 4
 
 
 def test_only_foreign_hooks_turn_the_graph_off(tiny):

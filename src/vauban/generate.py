@@ -26,7 +26,7 @@ from transformers import GenerationConfig, StaticCache
 from transformers.cache_utils import StaticLayer
 
 from .activations import model_device
-from .batching import default_batch_size, left_pad, progress, sorted_batches
+from .batching import batch_size_for, default_batch_size, left_pad, progress, sorted_batches
 from .errors import VaubanError
 from .prompts import check_tokenizer, encode_chat, pad_id
 
@@ -82,7 +82,9 @@ def generate(
     fast = device.type == "cuda" and fast_loop_ok(model)
     if batch_size is None:
         longest = max((len(x) for x in ids), default=0) + max_tokens
-        batch_size = cuda_batch_size(model, longest, len(ids)) if fast else default_batch_size(device)
+        # the static cache is allocated once for the whole batch: size it from free memory
+        batch_size = (batch_size_for(model, longest, len(ids), cache=True, saturate=False) if fast
+                      else default_batch_size(device))
     batches = sorted_batches([len(x) for x in ids], batch_size)
     for batch in progress(batches, desc, show_progress):
         input_ids, mask, _ = left_pad([ids[i] for i in batch], pad, device)
@@ -107,23 +109,6 @@ def fast_loop_ok(model: nn.Module) -> bool:
     except (ValueError, TypeError, KeyError, AttributeError):
         return False
     return all(type(layer) is StaticLayer for layer in cache.layers)
-
-
-def kv_bytes_per_token(model: nn.Module) -> int:
-    """Bytes of key and value cache one token takes across all layers."""
-    config = model.config.get_text_config(decoder=True)
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    itemsize = next(model.parameters()).element_size()
-    return 2 * config.num_hidden_layers * heads * head_dim * itemsize
-
-
-def cuda_batch_size(model: nn.Module, length: int, n_prompts: int) -> int:
-    """All prompts at once when their static cache (and a margin for activations) fits in half
-    of the free device memory; otherwise as many as fit."""
-    free, _ = torch.cuda.mem_get_info(model_device(model))
-    per_row = length * (kv_bytes_per_token(model) + 8 * model.config.get_text_config().hidden_size)
-    return max(1, min(n_prompts, int(free // 2 // max(per_row, 1))))
 
 
 def _has_hooks(model: nn.Module) -> bool:
