@@ -245,6 +245,8 @@ def layer_bases(direction: Direction, d_model: int, num_layers: int) -> torch.Te
         raise VaubanError(
             f"direction must be a DirectionResult, SubspaceResult or tensor, got {type(direction).__name__}"
         )
+    if not direction.is_floating_point():  # complex would silently lose its imaginary part
+        raise VaubanError(f"direction must be a floating-point tensor, got {direction.dtype}")
     x = direction.detach().float().cpu()
     if x.dim() == 1:
         return unit_vector(x, d_model).reshape(1, 1, -1).expand(num_layers, 1, d_model).clone()
