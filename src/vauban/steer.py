@@ -2,10 +2,12 @@
 
 :class:`Steering` is a context manager that hooks every decoder layer and replaces its output
 ``h`` by ``h - α (h·d) d`` at every position, during prefill and every decode step (the KV
-cache then holds steered keys and values, as it would for a cut model). The embeddings entering
-the first layer are steered too, so with ``α = 1`` on every layer the residual stream is exactly
-that of a model cut with ``embeddings=True``. The hooks are removed on exit, even on error, so
-it also wraps a user's own ``model.generate`` calls.
+cache then holds steered keys and values). The embeddings entering the first layer are steered
+too, so with ``α = 1`` on every layer the stream *between* layers has no component along ``d``,
+as in a model cut with ``embeddings=True``. The two are close but not identical: inside a block
+the MLP still reads what attention wrote along ``d`` (a cut removes it at the write), and the
+hook only clears it at the block's output. The hooks are removed on exit, even on error, so it
+also wraps a user's own ``model.generate`` calls.
 
 The direction may also be a k-dimensional subspace with orthonormal basis ``Q`` (a
 :class:`~vauban.results.SubspaceResult` or a ``(k, d)`` tensor): ``h - α Q Qᵀ h``; or one
