@@ -31,6 +31,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import batching, plots
+from .atomic import write_file
 from .config import Settings, resolve
 from .cut import cut
 from .errors import VaubanError
@@ -117,13 +118,6 @@ def _new_path(path: str | Path, overwrite: bool) -> Path:
         raise VaubanError(f"{out} is a directory; give a file path")
     out.absolute().parent.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temp sibling so a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _load(s: Settings, report: Report, model: str | None = None, *, trust: bool = False) -> tuple[Any, Any]:
@@ -283,7 +277,8 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
     report.say(result.summary())
     report.put("evaluation", _numbers(result.record()))
     if save is not None:
-        _write_text(save, json.dumps(result.record(), indent=1) + "\n")
+        text = json.dumps(result.record(), indent=1) + "\n"
+        write_file(save, lambda tmp: tmp.write_text(text))
         report.say(f"answers and numbers saved to {save}")
 
 
@@ -318,12 +313,11 @@ def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
     report.table(f"Alpha sweep ({sweep.n_prompts} prompts; alpha 0 = original)", header,
                  [(f"{a:g}", f"{ref:.0%}", f"{ppl:.2f}", f"{kl:.4f}", f"{fk:.4f}")
                   for a, ref, ppl, kl, fk in rows])
-    tmp = files["csv"].with_name(f".{files['csv'].name}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    tmp.replace(files["csv"])
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="") as handle:
+            csv.writer(handle).writerows([header, *rows])
+
+    write_file(files["csv"], write_csv)
     plots.plot_sweep(sweep, files["png"])
     report.say(f"table: {files['csv']}  plot: {files['png']}")
     report.put("rows", [dict(zip(header, row, strict=True)) for row in rows])

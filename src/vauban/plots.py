@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from .errors import VaubanError
+from .atomic import write_file
 from .results import AlphaSweep, BorderlineResult, DirectionResult, ProbeResult
 
 if TYPE_CHECKING:
@@ -29,14 +29,8 @@ def _finish(fig: Figure, path: str | os.PathLike[str] | None) -> Figure:
     fig.tight_layout()
     plt.close(fig)  # the Figure stays usable; pyplot just stops tracking it (no leak in loops)
     if path is not None:
-        out = Path(path)
-        tmp = out.with_name(f".{out.stem}.tmp{out.suffix or '.png'}")
-        try:
-            fig.savefig(tmp, dpi=120)
-            tmp.replace(out)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise VaubanError(f"could not write the plot {out}: {err.strerror or err}") from None
+        kind = Path(path).suffix.lstrip(".") or "png"  # the temp name has no suffix to infer it from
+        write_file(path, lambda tmp: fig.savefig(tmp, dpi=120, format=kind))
     return fig
 
 
