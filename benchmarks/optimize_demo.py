@@ -1,19 +1,18 @@
-"""Does a short optimization beat the plain alpha = 1 cut on prompts it never saw? (issue 5)
+"""Does the optimizer's pick beat the plain alpha = 1 cut on prompts it never saw? (issue 5)
 
-Runs ``vauban.optimize`` (seeded multi-objective TPE; refusal on the first ``--validation-n``
-bundled eval prompts from 20 on, first-token KL on the first ``--harmless-n`` bundled harmless
-prompts), then evaluates side by side, on held-out prompts:
+Runs ``vauban.optimize`` with its defaults (seeded multi-objective TPE; search refusal on bundled
+eval prompts 20-59, first-token KL on the bundled harmless prompts; the pick checked on eval
+prompts 60-99), then evaluates side by side on held-out prompts no part of vauban has seen:
 
-- the plain cut (the first trial of every study: the measured direction, weight 1 everywhere);
-- the Pareto points that dominate it on the search prompts (at most ``--candidates``, lowest
-  search KL first), or, when none does, the Pareto points with no more search refusals.
+- the original model, the plain cut (trial 0 of every study) and the pick (``result.best``);
+- the search's own pick without the check (the lowest-KL trial refusing no more than the plain
+  cut on the search prompts), when it differs, to show what the check is worth.
 
-Held out: refusal on bundled eval prompts 60-99 (``--max-tokens`` greedy tokens, judged as
-``evaluate`` judges), and the first-token KL(original ‖ cut) on the 48 bundled reference prompts
-(the quantity ``evaluate`` reports as first-token KL); ``--full`` adds perplexity and the KL at
-every position of the reference answers. Prints a table and writes
-``benchmarks/results/optimize_demo.json``. The study is an SQLite file: rerun to resume it, or
-with ``--trials`` at most the finished count to evaluate without searching further::
+Held out: refusal on a seeded sample of AdvBench (``--heldout-n`` prompts, ``--max-tokens``
+greedy tokens, judged as ``evaluate`` judges) and the first-token KL(original ‖ cut) on the 48
+bundled reference prompts; ``--full`` adds perplexity and the KL at every position of the
+reference answers. Prints a table and writes ``benchmarks/results/optimize_demo.json``. The
+study is an SQLite file: rerun to resume it::
 
     nice -n 5 python benchmarks/optimize_demo.py --trials 30
 """
@@ -22,23 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 
 from vauban import DirectionResult, load, measure
 from vauban.evaluate import Pair, answer_scores, completions
-from vauban.optimize import Trial, first_token_logprobs, kl_divergence, optimize
-from vauban.prompts import bundled_records, load_pairs, load_prompts
+from vauban.optimize import Trial, candidates, first_token_logprobs, kl_divergence, optimize
+from vauban.prompts import load_pairs, load_prompts
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def candidates(result, limit: int) -> list[Trial]:
-    plain = result.plain
-    front = [t for t in result.pareto if not t.plain]
-    better = [t for t in front if t.refusal <= plain.refusal and t.kl < plain.kl]
-    pool = better or [t for t in front if t.refusal <= plain.refusal]
-    return sorted(pool, key=lambda t: t.kl)[:limit]
+ADVBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "advbench_harmful_behaviors.csv"
 
 
 def held_out(model, tokenizer, prompts, pairs, base, max_tokens: int, full: bool) -> dict:
@@ -47,6 +40,7 @@ def held_out(model, tokenizer, prompts, pairs, base, max_tokens: int, full: bool
         "refused": sum(a.refused for a in answers),
         "refusal": sum(a.refused for a in answers) / len(answers),
         "first_token_kl": kl_divergence(base, first_token_logprobs(model, tokenizer, [p for p, _ in pairs])),
+        "refused_prompts": [a.prompt for a in answers if a.refused],
     }
     if full:
         scores = answer_scores(Pair(model, model), tokenizer, pairs)
@@ -60,16 +54,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--study", default="/tmp/vauban_optimize_demo.db", help="SQLite study (resumes)")
     parser.add_argument("--direction", help="a saved direction (default: measure it, ~1 min)")
-    parser.add_argument("--validation-n", type=int, default=40, help="search prompts: eval 20..20+N-1")
-    parser.add_argument("--harmless-n", type=int, default=48, help="search KL: first N harmless prompts")
-    parser.add_argument("--search-tokens", type=int, default=16, help="answer tokens judged per prompt")
-    parser.add_argument("--candidates", type=int, default=2)
+    parser.add_argument("--advbench", default=str(ADVBENCH), help="AdvBench harmful_behaviors.csv")
+    parser.add_argument("--heldout-n", type=int, default=100, help="AdvBench prompts (seeded sample)")
     parser.add_argument("--max-tokens", type=int, default=64, help="answer tokens judged when held out")
     parser.add_argument("--full", action="store_true", help="also perplexity and all-position KL")
     parser.add_argument("--json", default=str(RESULTS / "optimize_demo.json"))
     args = parser.parse_args()
-    if not 1 <= args.validation_n <= 40:
-        parser.error("--validation-n must be within 1..40 (eval prompts 20-59; 60-99 are held out)")
+    if not Path(args.advbench).is_file():
+        parser.error(f"no AdvBench CSV at {args.advbench}; pass --advbench PATH")
 
     t0 = time.perf_counter()
     model, tokenizer = load()
@@ -79,43 +71,47 @@ def main() -> None:
         direction = measure(model, tokenizer)
         direction.save("/tmp/vauban_demo_direction.safetensors")
     print(direction.summary(), flush=True)
-    records = bundled_records("eval_harmful")
-    validation = [r["prompt"] for r in records[20 : 20 + args.validation_n]]
-    harmless = load_prompts("harmless")[: args.harmless_n]
     result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=args.study,
-                      prompts=validation, harmless=harmless, max_tokens=args.search_tokens,
                       show_progress=True)
     print(result.table())
     print(result.summary(), flush=True)
     t_search = time.perf_counter() - t0
 
-    prompts, pairs = [r["prompt"] for r in records[60:100]], load_pairs("reference")
+    goals = load_prompts(args.advbench)
+    prompts = random.Random(args.seed).sample(goals, min(args.heldout_n, len(goals)))
+    pairs = load_pairs("reference")
     base = first_token_logprobs(model, tokenizer, [p for p, _ in pairs])
     original = completions(model, tokenizer, prompts, max_tokens=args.max_tokens, batch_size=None)
+    unchecked = next(iter(candidates(result)), result.plain)
+    points: list[tuple[str, Trial]] = [("plain", result.plain), ("pick", result.best)]
+    if unchecked.number not in (result.plain.number, result.best.number):
+        points.append(("unchecked", unchecked))
     rows = []
-    for trial in [result.plain, *candidates(result, args.candidates)]:
+    for role, trial in points:
         start = time.perf_counter()
         with trial.params.apply(model, direction):
             scores = held_out(model, tokenizer, prompts, pairs, base, args.max_tokens, args.full)
-        rows.append({"trial": trial.number, "plain": trial.plain,
-                     "search": {"refusal": trial.refusal, "first_token_kl": trial.kl},
+        rows.append({"role": role, "trial": trial.number, "search": {"refusal": trial.refusal,
+                     "first_token_kl": trial.kl, "selection_refusal": trial.selection_refusal},
                      "held_out": scores, "cut": trial.params.record(),
                      "seconds": round(time.perf_counter() - start, 1)})
-        print(f"held out, trial {trial.number}: {scores}", flush=True)
+        print(f"held out, {role} (trial {trial.number}): refused {scores['refused']}/{len(prompts)}, "
+              f"first-token KL {scores['first_token_kl']:.4f}", flush=True)
     plain = rows[0]["held_out"]
     for row in rows[1:]:
         h = row["held_out"]
-        row["dominates_plain_held_out"] = (h["refusal"] <= plain["refusal"]
+        row["dominates_plain_held_out"] = (h["refused"] <= plain["refused"]
                                            and h["first_token_kl"] < plain["first_token_kl"])
 
     n_orig = sum(a.refused for a in original)
-    print(f"\nheld out: {len(prompts)} harmful prompts (eval 60-99, {args.max_tokens} tokens), "
-          f"first-token KL on {len(pairs)} reference prompts; the original refuses {n_orig}/{len(prompts)}")
-    print("      trial   search refusal / ft-KL   held-out refusal   ft-KL   dominates plain")
+    print(f"\nheld out: {len(prompts)} AdvBench prompts ({args.max_tokens} tokens), first-token KL on "
+          f"{len(pairs)} reference prompts; the original refuses {n_orig}/{len(prompts)}")
+    print("        point   search refusal / ft-KL / selection   held-out refused   ft-KL   dominates plain")
     for row in rows:
         s, h = row["search"], row["held_out"]
-        label = f"{row['trial']}{' (plain)' if row['plain'] else ''}"
-        print(f"{label:>11}   {s['refusal']:6.1%} / {s['first_token_kl']:.4f}      "
+        sel = "-" if s["selection_refusal"] is None else f"{s['selection_refusal']:.1%}"
+        label = f"{row['role']} #{row['trial']}"
+        print(f"{label:>13}   {s['refusal']:6.1%} / {s['first_token_kl']:.4f} / {sel:>6}          "
               f"{h['refused']:3d} ({h['refusal']:5.1%})   {h['first_token_kl']:.4f}   "
               f"{row.get('dominates_plain_held_out', '-')}")
     print(f"{result.seconds_per_trial:.1f} s per trial over {len(result.trials)} trials")
@@ -126,11 +122,13 @@ def main() -> None:
         "seed": args.seed,
         "seconds_per_trial": round(result.seconds_per_trial, 1),
         "search": {"validation_prompts": result.n_prompts, "harmless_prompts": result.n_harmless,
-                   "answer_tokens": args.search_tokens, "seconds": round(t_search, 1)},
-        "held_out": {"harmful_prompts": len(prompts), "reference_prompts": len(pairs),
-                     "max_tokens": args.max_tokens, "original_refusal": n_orig / len(prompts)},
+                   "selection_prompts": result.n_selection, "settings": result.settings,
+                   "seconds": round(t_search, 1)},
+        "held_out": {"benchmark": "AdvBench (seeded sample)", "harmful_prompts": len(prompts),
+                     "reference_prompts": len(pairs), "max_tokens": args.max_tokens,
+                     "original_refused": n_orig},
         "points": rows,
-        "pareto": [t.record() for t in result.pareto],
+        "optimize": result.record(),
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
     out = Path(args.json)

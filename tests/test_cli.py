@@ -161,8 +161,10 @@ def test_run_whole_tutorial(ws, tmp_path):
 
 
 def test_optimize_json(ws):
-    doc = vauban(ws, "optimize", "--direction", ws["direction"], "--trials", "2", "--json")
+    doc = vauban(ws, "optimize", "--direction", ws["direction"], "--trials", "2", "--json",
+                 "--validation", "eval.txt", "--selection", "harmful.txt")
     assert len(doc["trials"]) == 2 and "best" in doc
+    assert doc["trials"][0]["plain"] and doc["trials"][0]["selection_refusal"] is not None
 
 
 # --- wrong invocations: one line, exit 2, never a traceback ------------------------------------
@@ -180,6 +182,7 @@ WRONG = [
     ["measure", "--harmful", "{root}/missing.txt"],
     ["measure", "--harmful", "{root}/empty.txt"],
     ["measure", "--layer", "99"],
+    ["optimize", "--selection", "{root}/missing.txt"],
     ["measure", "--batch-size", "0"],
     ["measure", "--config", "{root}/missing.toml"],
     ["measure", "-o", "{root}"],

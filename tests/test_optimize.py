@@ -9,7 +9,8 @@ import torch
 
 from conftest import build_model
 from vauban import VaubanError, measure
-from vauban.optimize import export_trial, optimize
+from vauban.cut import LayerKernel
+from vauban.optimize import CutParams, OptimizeResult, Trial, candidates, export_trial, optimize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -22,7 +23,8 @@ class Interrupt(Exception):
 def setup(tokenizer, prompt_sets):
     model = build_model("llama")
     direction = measure(model, tokenizer, *prompt_sets)
-    kwargs = dict(prompts=prompt_sets[0][:2], harmless=prompt_sets[1][:3], max_tokens=2)
+    kwargs = dict(prompts=prompt_sets[0][:2], harmless=prompt_sets[1][:3], selection=prompt_sets[0][2:4],
+                  max_tokens=2, selection_tokens=3)
     return model, direction, kwargs
 
 
@@ -36,20 +38,27 @@ def test_optimize_is_reproducible_starts_with_the_plain_cut_and_leaves_the_model
     second = optimize(model, tokenizer, direction, n_trials=3, **kwargs)
     assert [(t.params, t.refusal, t.kl) for t in first.trials] == [
         (t.params, t.refusal, t.kl) for t in second.trials]
-    assert len(first.trials) == 3 and len(lines) == 3
-    assert "refusal" in lines[-1] and "best: trial" in lines[-1] and "ETA" in lines[-1]
+    trial_lines = [line for line in lines if line.startswith("trial ")]
+    assert len(first.trials) == 3 and len(trial_lines) == 3
+    assert "refusal" in trial_lines[-1] and "best: trial" in trial_lines[-1] and "ETA" in trial_lines[-1]
+    assert lines[-1].startswith(f"pick: trial {first.best.number}")
     plain = first.trials[0]
     assert plain.plain and first.plain is plain
     assert plain.params.direction_index == direction.layer_index
     assert plain.params.attention.weights(direction.num_layers) == (1.0,) * direction.num_layers
     assert all(t.kl >= 0 and 0 <= t.refusal <= 1 for t in first.trials)
     assert first.pareto and all(t.pareto for t in first.pareto)
-    assert first.best in first.pareto
+    assert first.plain.selection_refusal is not None  # the plain cut is always checked
+    assert first.best.selection_refusal is not None
+    assert first.best.selection_refusal <= first.plain.selection_refusal
+    assert first.best.refusal <= first.plain.refusal and first.best.kl <= first.plain.kl
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    assert first.table().splitlines()[0].startswith("trial  refusal")
+    assert first.table().splitlines()[0].split()[:3] == ["trial", "refusal", "first-token"]
+    assert "*" in first.table()  # the pick is starred
     assert first.summary().startswith("OptimizeResult: trials=3")
     saved = json.loads(first.save_json(tmp_path / "pareto.json").read_text())
-    assert len(saved["trials"]) == 3 and saved["pareto"]
+    assert len(saved["trials"]) == 3 and saved["pareto"] and saved["best"] == first.best.number
+    assert saved["trials"][0]["selection_refusal"] == first.plain.selection_refusal
 
     from vauban.plots import plot_pareto
 
@@ -101,3 +110,46 @@ def test_bad_arguments_are_clear_errors(setup, tokenizer, tmp_path):
         optimize(model, tokenizer, direction, n_trials=0, **kwargs)
     with pytest.raises(VaubanError, match="directory"):
         optimize(model, tokenizer, direction, n_trials=1, study=tmp_path, **kwargs)
+    with pytest.raises(VaubanError, match="check must be an integer >= 0"):
+        optimize(model, tokenizer, direction, n_trials=1, **kwargs | {"check": -1})
+
+
+def _trial(number: int, refusal: float, kl: float, selection: float | None, plain: bool = False) -> Trial:
+    flat = LayerKernel(peak=3.0, max_weight=1.0, min_weight=1.0, width=3.0)
+    return Trial(number, refusal, kl, 1.0, CutParams(2.0, flat, flat), plain=plain,
+                 selection_refusal=selection)
+
+
+def test_the_pick_is_the_lightest_cut_that_refuses_no_more_than_the_plain_cut_on_both_splits():
+    plain = _trial(0, 0.0, 0.10, 0.025, plain=True)
+    edge = _trial(1, 0.0, 0.02, 0.05)  # lightest on the search prompts, refuses more when checked
+    safe = _trial(2, 0.0, 0.05, 0.0)
+    unchecked = _trial(3, 0.0, 0.06, None)
+    leaky = _trial(4, 0.1, 0.01, None)  # more search refusals than the plain cut
+    result = OptimizeResult((plain, edge, safe, unchecked, leaky), n_prompts=40, n_harmless=24, seed=0)
+    assert result.best is safe
+    assert candidates(result) == [edge, safe, unchecked]  # checked in this order
+    no_check = OptimizeResult(tuple(_trial(t.number, t.refusal, t.kl, None, t.plain)
+                                    for t in result.trials), n_prompts=40, n_harmless=24, seed=0)
+    assert no_check.best.number == edge.number  # without the check, the search's own pick
+    none_pass = OptimizeResult((plain, edge), n_prompts=40, n_harmless=24, seed=0)
+    assert none_pass.best is plain
+
+
+def test_checks_stop_at_the_first_passing_candidate_and_are_kept_in_the_study(setup, tokenizer, tmp_path):
+    model, direction, kwargs = setup
+    db = tmp_path / "study.db"
+    lines: list[str] = []
+    first = optimize(model, tokenizer, direction, n_trials=4, study=db, log=lines.append, **kwargs)
+    checks = [line for line in lines if line.startswith("check trial")]
+    order = [first.plain, *candidates(first)]
+    passed = [t for t in order[1:] if t.selection_refusal is not None
+              and t.selection_refusal <= first.plain.selection_refusal]
+    assert len(checks) == 1 + len([t for t in order[1:] if t.selection_refusal is not None])
+    assert len(passed) <= 1 and (not passed or passed[0] is first.best)
+    again: list[str] = []
+    second = optimize(model, tokenizer, direction, n_trials=4, study=db, log=again.append, **kwargs)
+    assert not [line for line in again if line.startswith("check trial")]  # read from the study
+    assert second.best.number == first.best.number
+    skipped = optimize(model, tokenizer, direction, n_trials=4, study=db, check=0, **kwargs)
+    assert skipped.n_selection == 0 and all(t.selection_refusal is None for t in skipped.trials)

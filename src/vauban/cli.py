@@ -140,6 +140,9 @@ def _preflight(s: Settings, args: argparse.Namespace) -> None:
         load_prompts(getattr(args, "prompts", None) or [args.prompt], what="prompt")
     if s.eval_prompts and args.command in ("run", "evaluate", "sweep"):
         load_prompts(s.eval_prompts, what="eval prompts")
+    for what in ("validation", "selection"):
+        if getattr(args, what, None):
+            load_prompts(getattr(args, what), what=f"{what} prompts")
 
 
 def _direction(s: Settings, report: Report, model: Any, tokenizer: Any,
@@ -417,11 +420,11 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
     with report.step(f"optimize ({args.trials} trials, study {study})", "optimize"):
         result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=study,
                           projected=flags[args.projected], norm_preserving=flags[args.norm_preserving],
-                          prompts=args.validation, harmless=s.harmless, kl_weight=args.kl_weight,
-                          batch_size=s.batch_size, log=log)
+                          prompts=args.validation, harmless=s.harmless, selection=args.selection,
+                          check=args.check, batch_size=s.batch_size, log=log)
     report.table(f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
-                 f"prompts, first-token KL on {result.n_harmless} harmless prompts)",
-                 *_pareto_rows(result))
+                 f"prompts, first-token KL on {result.n_harmless} harmless prompts; * = the pick, "
+                 f"checked on {result.n_selection} selection prompts)", *result.rows())
     report.say(result.summary())
     files = {"json": result.save_json(folder / "pareto.json"),
              "png": folder / "pareto.png"}
@@ -440,21 +443,6 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
         report.say(f"Exported trial {number} to {args.export}/")
         report.put("output_dir", str(args.export))
         report.put("exported_trial", number)
-
-
-def _pareto_rows(result: Any) -> tuple[list[str], list[list[str]]]:
-    columns = ["trial", "refusal", "first-token KL", "direction", "attention kernel", "MLP kernel",
-               "projected", "norm-preserving"]
-
-    def kernel(k: Any) -> str:
-        return f"peak {k.peak:.1f} w {k.max_weight:.2f}→{k.min_weight:.2f} ±{k.width:.1f}"
-
-    rows = [[f"{t.number}{' (plain)' if t.plain else ''}{' *' if t is result.best else ''}",
-             f"{t.refusal:.1%}", f"{t.kl:.4f}", f"{t.params.direction_index:.2f}",
-             kernel(t.params.attention), kernel(t.params.mlp),
-             "yes" if t.params.projected else "no", "yes" if t.params.norm_preserving else "no"]
-            for t in result.pareto]
-    return columns, rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,9 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="project the harmless mean out of the direction")
     p.add_argument("--norm-preserving", choices=["search", "on", "off"], default="search",
                    help="restore the norm of every written vector after the cut")
-    p.add_argument("--kl-weight", type=float, default=1.0,
-                   help="the default pick among Pareto points minimizes refusal + w * KL")
-    p.add_argument("--export", help="export the picked Pareto point (or --export-trial N) here")
+    p.add_argument("--selection", help="harmful prompts the pick is checked on (default: bundled eval "
+                                       "prompts 60-99)")
+    p.add_argument("--check", type=int, default=4,
+                   help="check at most this many candidates on the selection prompts (0: no check)")
+    p.add_argument("--export", help="export the pick (or --export-trial N) here")
     p.add_argument("--export-trial", type=int, help="the trial number to export")
     direction_flag(p)
     p = command("cut", cmd_cut, "cut a saved direction from a safetensors checkpoint on disk, one tensor "

@@ -24,6 +24,16 @@ front always contains it or a point that dominates it on the search prompts. Tri
 Optuna's multi-objective TPE sampler, seeded: the same inputs give the same trials. Each trial
 edits the one model in memory and undoes the edit bit-exactly.
 
+Why a third prompt set: the search pushes the cut as light as it can go while the refusal count
+on its prompts stays at its minimum, so the lowest-KL point sits right on the edge where the
+next, unseen prompt is refused again (on the demo model the front's 0-refusal point refused 1 of
+40 fresh prompts that the plain cut answered). So the pick is checked, like a validation split:
+the plain cut and then the candidates that refuse no more than it on the search prompts at a
+lower KL, lowest KL first, answer *selection* prompts (bundled eval prompts 60-99 by default,
+with longer answers); :attr:`OptimizeResult.best` is the first candidate that refuses no more
+than the plain cut there too, and the plain cut itself when none does. Only refusal is checked:
+the first-token KL ranks cuts alike on other harmless prompts.
+
 With ``study=PATH`` the study lives in an SQLite file: an interrupted run, started again with
 the same arguments, keeps the finished trials and runs only the missing ones. The resumed
 sampler is seeded with ``seed + finished trials``, so it continues rather than replays the
@@ -32,8 +42,8 @@ first draws (a resumed run is reproducible, though not identical to an uninterru
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -117,10 +127,12 @@ class Trial:
     params: CutParams
     pareto: bool = False
     plain: bool = False  # the plain cut every study starts with
+    selection_refusal: float | None = None  # refusal on the selection prompts, when checked
 
     def record(self) -> dict[str, Any]:
         return {"number": self.number, "refusal": self.refusal, "kl": self.kl, "seconds": self.seconds,
-                "pareto": self.pareto, "plain": self.plain, "cut": self.params.record()}
+                "pareto": self.pareto, "plain": self.plain, "selection_refusal": self.selection_refusal,
+                "cut": self.params.record()}
 
 
 @dataclass(frozen=True)
@@ -131,7 +143,7 @@ class OptimizeResult:
     n_prompts: int
     n_harmless: int
     seed: int
-    kl_weight: float = 1.0
+    n_selection: int = 0
     study: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -142,9 +154,22 @@ class OptimizeResult:
 
     @property
     def best(self) -> Trial:
-        """The Pareto point with the lowest ``refusal + kl_weight × KL`` (a default choice;
-        any point of :attr:`pareto` can be exported)."""
-        return min(self.pareto, key=lambda t: (t.refusal + self.kl_weight * t.kl, t.number))
+        """The recommended cut: the lowest-KL trial that refuses no more than the plain cut on the
+        search prompts and, where checked, on the selection prompts; the plain cut when none
+        does (any trial can still be exported)."""
+        plain = self.plain
+        if plain is None:  # a study started elsewhere: fewest refusals, then least damage
+            return min(self.trials, key=lambda t: (t.refusal, t.kl, t.number))
+        checked = plain.selection_refusal is not None
+
+        def admissible(t: Trial) -> bool:
+            if t.refusal > plain.refusal:
+                return False
+            if not checked:
+                return True
+            return t.selection_refusal is not None and t.selection_refusal <= plain.selection_refusal
+
+        return min(filter(admissible, self.trials), key=lambda t: (t.kl, t.number))
 
     @property
     def plain(self) -> Trial | None:
@@ -162,31 +187,41 @@ class OptimizeResult:
         raise VaubanError(f"no finished trial {number} in this study; trials: "
                           f"{[t.number for t in self.trials]}")
 
+    def rows(self) -> tuple[list[str], list[list[str]]]:
+        """Column names and one row of text per Pareto point, plus the plain cut and the pick
+        when they are not on the front (the pick is starred)."""
+        best = self.best
+        shown = dict.fromkeys([*self.pareto, *(t for t in (self.plain, best) if t is not None)])
+        columns = ["trial", "refusal", "first-token KL", "selection refusal", "direction",
+                   "attention kernel", "MLP kernel", "projected", "norm-preserving"]
+        rows = [[f"{t.number}{' (plain)' if t.plain else ''}{' *' if t is best else ''}",
+                 f"{t.refusal:.1%}", f"{t.kl:.4f}",
+                 "-" if t.selection_refusal is None else f"{t.selection_refusal:.1%}",
+                 f"{t.params.direction_index:.2f}", _kernel_text(t.params.attention),
+                 _kernel_text(t.params.mlp), "yes" if t.params.projected else "no",
+                 "yes" if t.params.norm_preserving else "no"] for t in shown]
+        return columns, rows
+
     def table(self) -> str:
-        """The Pareto front, one row per point."""
-        lines = ["trial  refusal  first_token_kl  direction  attn(peak,max,min,width)  "
-                 "mlp(peak,max,min,width)  proj  normp"]
-        for t in self.pareto:
-            p = t.params
-            lines.append(
-                f"{t.number:5d}  {t.refusal * 100:6.1f}%  {t.kl:14.4f}  {p.direction_index:9.2f}  "
-                f"{_kernel_text(p.attention):>24}  {_kernel_text(p.mlp):>23}  "
-                f"{'yes' if p.projected else 'no':>4}  {'yes' if p.norm_preserving else 'no':>5}"
-            )
-        return "\n".join(lines)
+        """:meth:`rows` as aligned plain text."""
+        columns, rows = self.rows()
+        widths = [max(len(r[i]) for r in [columns, *rows]) for i in range(len(columns))]
+        return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                         for r in [columns, *rows])
 
     def summary(self) -> str:
         b = self.best
+        checked = "" if b.selection_refusal is None else f", selection refusal={b.selection_refusal:.1%}"
         return (
             f"OptimizeResult: trials={len(self.trials)}, pareto={len(self.pareto)}, best trial={b.number} "
-            f"(refusal={b.refusal * 100:.1f}%, kl={b.kl:.4f}), {self.seconds_per_trial:.1f} s/trial, "
-            f"prompts={self.n_prompts}"
+            f"(refusal={b.refusal * 100:.1f}%, kl={b.kl:.4f}{checked}), "
+            f"{self.seconds_per_trial:.1f} s/trial, prompts={self.n_prompts}"
         )
 
     def record(self) -> dict[str, Any]:
         return {
             "seed": self.seed, "study": self.study, "n_prompts": self.n_prompts,
-            "n_harmless": self.n_harmless, "kl_weight": self.kl_weight, "settings": self.settings,
+            "n_harmless": self.n_harmless, "n_selection": self.n_selection, "settings": self.settings,
             "seconds_per_trial": self.seconds_per_trial, "best": self.best.number,
             "pareto": [t.number for t in self.pareto], "trials": [t.record() for t in self.trials],
         }
@@ -198,7 +233,7 @@ class OptimizeResult:
 
 
 def _kernel_text(k: LayerKernel) -> str:
-    return f"{k.peak:.1f},{k.max_weight:.2f},{k.min_weight:.2f},{k.width:.1f}"
+    return f"peak {k.peak:.1f} w {k.max_weight:.2f}→{k.min_weight:.2f} ±{k.width:.1f}"
 
 
 @torch.inference_mode()
@@ -228,6 +263,22 @@ def default_validation_prompts() -> list[str]:
     """Bundled eval prompts 20-59: disjoint from both the measurement sets and the 20 that
     :func:`vauban.evaluate.evaluate` reports on."""
     return [r["prompt"] for r in bundled_records("eval_harmful")[20:60]]
+
+
+def default_selection_prompts() -> list[str]:
+    """Bundled eval prompts 60-99: disjoint from the search prompts and from what
+    :func:`vauban.evaluate.evaluate` reports on."""
+    return [r["prompt"] for r in bundled_records("eval_harmful")[60:100]]
+
+
+def candidates(result: OptimizeResult) -> list[Trial]:
+    """Trials that beat the plain cut on the search prompts (no more refusals, lower KL),
+    lowest KL first: the order in which the pick is checked on the selection prompts."""
+    plain = result.plain
+    if plain is None:
+        return []
+    better = (t for t in result.trials if not t.plain and t.refusal <= plain.refusal and t.kl < plain.kl)
+    return sorted(better, key=lambda t: (t.kl, t.number))
 
 
 def _suggest(trial: Any, num_layers: int, measured: int, fixed: dict[str, bool]) -> CutParams:
@@ -279,14 +330,23 @@ def _finished(optuna: Any, study: Any) -> list[Any]:
     return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
 
 
-def _result(optuna: Any, the_study: Any, fixed: dict[str, bool], **info: Any) -> OptimizeResult:
+def _result(optuna: Any, the_study: Any, fixed: dict[str, bool], selection: dict[str, float],
+            **info: Any) -> OptimizeResult:
     front = {t.number for t in the_study.best_trials}
     trials = tuple(
         Trial(t.number, t.values[0], t.values[1], float(t.user_attrs.get("seconds", 0.0)),
-              CutParams.from_trial(t.params, fixed), t.number in front, bool(t.user_attrs.get("plain")))
+              CutParams.from_trial(t.params, fixed), t.number in front, bool(t.user_attrs.get("plain")),
+              selection.get(str(t.number)))
         for t in _finished(optuna, the_study)
     )
     return OptimizeResult(trials, **info)
+
+
+def _best_so_far(finished: Sequence[Any]) -> Any:
+    """The search's current pick: lowest KL among trials refusing no more than the plain cut."""
+    plain = next((t for t in finished if t.user_attrs.get("plain")), None)
+    limit = plain.values[0] if plain is not None else min(t.values[0] for t in finished)
+    return min((t for t in finished if t.values[0] <= limit), key=lambda t: (t.values[1], t.number))
 
 
 def _duration(seconds: float) -> str:
@@ -302,35 +362,41 @@ def optimize(
     n_trials: int = 30,
     prompts: Prompts | None = None,
     harmless: Prompts | None = None,
+    selection: Prompts | None = None,
+    check: int = 4,
     study: str | os.PathLike[str] | None = None,
     projected: bool | None = None,
     norm_preserving: bool | None = None,
-    kl_weight: float = 1.0,
     max_tokens: int = 24,
+    selection_tokens: int = 48,
     batch_size: int | None = None,
     seed: int = 0,
     show_progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> OptimizeResult:
-    """Run the search until the study has ``n_trials`` finished trials; the model ends unchanged.
+    """Run the search until the study has ``n_trials`` finished trials, then check the pick on
+    the selection prompts; the model ends unchanged.
 
-    ``projected`` / ``norm_preserving``: fix that cut variant on or off, or ``None`` to search
-    it. ``kl_weight`` only picks :attr:`OptimizeResult.best` among the Pareto points. Each
-    trial prints one line (both objectives, the best so far, the time left) with
-    ``show_progress`` or through ``log``.
+    ``prompts`` (search refusal), ``harmless`` (search KL) and ``selection`` (the check) default
+    to disjoint bundled sets. ``check``: at most this many candidates answer the selection
+    prompts (``selection_tokens`` tokens each), lowest search KL first, stopping at the first
+    that refuses no more than the plain cut; ``0`` skips the check. ``projected`` /
+    ``norm_preserving``: fix that cut variant on or off, or ``None`` to search it. Each trial and
+    each check prints one line with ``show_progress`` or through ``log``.
     """
     try:
         import optuna
     except ImportError:
         raise VaubanError('optimize needs optuna: pip install "vauban[optimize]"') from None
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise VaubanError(f"n_trials must be a positive integer, got {n_trials!r}")
-    if not math.isfinite(kl_weight) or kl_weight < 0:
-        raise VaubanError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}")
+    for name, value, low in (("n_trials", n_trials, 1), ("check", check, 0), ("max_tokens", max_tokens, 1),
+                             ("selection_tokens", selection_tokens, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise VaubanError(f"{name} must be an integer >= {low}, got {value!r}")
     if direction.harmful_means is None:
         raise VaubanError("optimize needs a DirectionResult with per-layer means; measure it again")
     harmful = default_validation_prompts() if prompts is None else load_prompts(prompts)
     neutral = load_prompts("harmless" if harmless is None else harmless, what="harmless prompts")
+    checking = default_selection_prompts() if selection is None else load_prompts(selection)
     fixed = {k: bool(v) for k, v in (("projected", projected), ("norm_preserving", norm_preserving))
              if v is not None}
     settings = {"direction_layer": direction.layer_index, "num_layers": direction.num_layers,
@@ -366,7 +432,7 @@ def optimize(
         if say is None or trial.values is None:
             return
         finished = _finished(optuna, study_)
-        best = min(finished, key=lambda t: (t.values[0] + kl_weight * t.values[1]))
+        best = _best_so_far(finished)
         eta = (time.perf_counter() - started) / done * (todo - done)
         say(f"trial {len(finished)}/{n_trials} (#{trial.number}): refusal {trial.values[0] * 100:5.1f}%  "
             f"kl {trial.values[1]:.4f}  ({trial.user_attrs['seconds']:.1f} s) | best: trial "
@@ -375,8 +441,50 @@ def optimize(
 
     if todo > 0:
         the_study.optimize(objective, n_trials=todo, callbacks=[report])
-    return _result(optuna, the_study, fixed, n_prompts=len(harmful), n_harmless=len(neutral), seed=seed,
-                   kl_weight=kl_weight, study=storage, settings=settings)
+    info = {"n_prompts": len(harmful), "n_harmless": len(neutral), "seed": seed, "study": storage,
+            "settings": settings, "n_selection": len(checking) if check else 0}
+    checked = _stored_checks(the_study, checking, selection_tokens) if check else {}
+    result = _result(optuna, the_study, fixed, checked, **info)
+    if not check or result.plain is None:
+        return result
+
+    def selection_refusal(t: Trial) -> float:
+        key = str(t.number)
+        if key not in checked:
+            t0 = time.perf_counter()
+            with t.params.apply(model, direction):
+                answers = completions(model, tokenizer, checking, max_tokens=selection_tokens,
+                                      batch_size=batch_size)
+            checked[key] = sum(c.refused for c in answers) / len(answers)
+            _store_checks(the_study, checking, selection_tokens, checked)
+            if say is not None:
+                say(f"check trial {t.number} on {len(checking)} selection prompts: refusal "
+                    f"{checked[key]:.1%} ({time.perf_counter() - t0:.1f} s)")
+        return checked[key]
+
+    limit = selection_refusal(result.plain)
+    for t in candidates(result)[:check]:
+        if selection_refusal(t) <= limit:
+            break
+    result = _result(optuna, the_study, fixed, checked, **info)
+    if say is not None:
+        say(f"pick: trial {result.best.number} (selection refusal {result.best.selection_refusal:.1%}, "
+            f"plain cut {limit:.1%})")
+    return result
+
+
+def _checks_key(prompts: Sequence[str], max_tokens: int) -> str:
+    return hashlib.sha256(json.dumps([list(prompts), max_tokens]).encode()).hexdigest()[:16]
+
+
+def _stored_checks(the_study: Any, prompts: Sequence[str], max_tokens: int) -> dict[str, float]:
+    """Selection refusals already measured in this study with these prompts and answer length."""
+    stored = the_study.user_attrs.get("selection") or {}
+    return dict(stored.get("refusal", {})) if stored.get("key") == _checks_key(prompts, max_tokens) else {}
+
+
+def _store_checks(the_study: Any, prompts: Sequence[str], max_tokens: int, checked: dict[str, float]) -> None:
+    the_study.set_user_attr("selection", {"key": _checks_key(prompts, max_tokens), "refusal": checked})
 
 
 def export_trial(

@@ -131,7 +131,8 @@ def plot_sweep(sweep: AlphaSweep, path: str | os.PathLike[str] | None = None) ->
 
 
 def plot_pareto(result: OptimizeResult, path: str | os.PathLike[str] | None = None) -> Figure:
-    """Every trial's refusal rate vs first-token KL; the Pareto front joined, the plain cut marked."""
+    """Every trial's refusal rate vs first-token KL; the Pareto front joined, the plain cut and
+    the pick marked."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter([t.kl for t in result.trials], [t.refusal * 100 for t in result.trials],
                color="lightgrey", label="trial")
@@ -144,6 +145,9 @@ def plot_pareto(result: OptimizeResult, path: str | os.PathLike[str] | None = No
     if result.plain is not None:
         ax.scatter([result.plain.kl], [result.plain.refusal * 100], marker="x", s=80, color="black",
                    label="plain cut (alpha = 1)", zorder=3)
+    best = result.best
+    ax.scatter([best.kl], [best.refusal * 100], marker="*", s=160, color="tab:green", zorder=4,
+               label=f"pick (trial {best.number})")
     ax.set(xlabel="first-token KL on harmless prompts", ylabel="refusal rate on validation prompts (%)",
            title=f"Optimization: {len(result.trials)} trials")
     ax.legend(fontsize="small")
