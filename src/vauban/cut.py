@@ -156,6 +156,21 @@ def _norm_factors(view: torch.Tensor, removed: torch.Tensor, alpha: float) -> to
     return torch.where(before > 0, ratio.sqrt(), torch.ones_like(ratio))
 
 
+def edited(
+    w: torch.Tensor, axis: int, basis: torch.Tensor, alpha: float, norm_preserving: bool = False
+) -> torch.Tensor:
+    """``w`` with ``alpha`` × the span of ``basis`` (orthonormal rows) removed along ``axis``:
+    the arithmetic of :func:`cut` (compute dtype, rounding) without the bookkeeping for undo,
+    for edits that need no undo, such as :func:`vauban.stream.cut_checkpoint`'s."""
+    view = w.movedim(axis, -1)
+    q = basis.to(device=w.device, dtype=_compute_dtype(w))
+    removed = view.to(q.dtype) @ q.T
+    new = _shifted(view, q, removed, -alpha)
+    if norm_preserving:
+        new = _rescaled(new, _norm_factors(view, removed, alpha))
+    return new.movedim(-1, axis).contiguous()
+
+
 def _forward(view: torch.Tensor, edit: _Edit) -> torch.Tensor:
     new = _shifted(view, edit.basis, edit.removed, -edit.alpha)
     return new if edit.factors is None else _rescaled(new, edit.factors)
@@ -218,7 +233,7 @@ def _undo_edit(edit: _Edit) -> None:
         edit.param.data.view(-1)[edit.patch_index] = edit.patch_values
 
 
-def _orthonormal(rows: torch.Tensor) -> torch.Tensor:
+def orthonormal(rows: torch.Tensor) -> torch.Tensor:
     """An orthonormal basis (rows) of the span of ``rows`` (``k × d``), computed in float64."""
     rows = rows.double()
     if rows.shape[0] == 1:
@@ -265,11 +280,11 @@ def layer_bases(direction: Direction, d_model: int, num_layers: int) -> torch.Te
     if (x.norm(dim=-1) < 1e-12).any():
         raise VaubanError("direction contains a zero vector; measure it again")
     if x.dim() == 2:
-        return _orthonormal(x).unsqueeze(0).expand(num_layers, -1, -1).clone()
-    return torch.stack([_orthonormal(rows) for rows in x])
+        return orthonormal(x).unsqueeze(0).expand(num_layers, -1, -1).clone()
+    return torch.stack([orthonormal(rows) for rows in x])
 
 
-def _weights(spec: LayerWeights | None, num_layers: int, what: str) -> tuple[float, ...]:
+def layer_weights(spec: LayerWeights | None, num_layers: int, what: str) -> tuple[float, ...]:
     if spec is None:
         return (1.0,) * num_layers
     weights = spec.weights(num_layers) if isinstance(spec, LayerKernel) else tuple(spec)
@@ -349,7 +364,7 @@ class Cut:
             basis = self.direction[w.layer]
             if w.post_norm is not None:
                 gain = arch.norm_gain(w.post_norm, basis.shape[-1], device).cpu()
-                basis = _orthonormal(gain * basis)
+                basis = orthonormal(gain * basis)
             yield f"{w.name}.weight", w.weight, w.axis, basis, alpha
             if w.bias is not None:
                 yield f"{w.name}.bias", w.bias, -1, basis, alpha
@@ -427,7 +442,7 @@ def cut(
     chosen = list(range(n)) if layers is None else [check_layer(i, n) for i in layers]
     return Cut(
         model, direction, check_alpha(alpha), chosen, embeddings,
-        attention_weights=_weights(attention, n, "attention"), mlp_weights=_weights(mlp, n, "MLP"),
+        attention_weights=layer_weights(attention, n, "attention"), mlp_weights=layer_weights(mlp, n, "MLP"),
         norm_preserving=bool(norm_preserving),
     ).apply()
 

@@ -31,17 +31,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from . import arch
 from .atomic import building_dir
-from .cut import (
-    Direction,
-    LayerWeights,
-    _compute_dtype,
-    _norm_factors,
-    _orthonormal,
-    _rescaled,
-    _shifted,
-    _weights,
-    layer_bases,
-)
+from .cut import Direction, LayerWeights, edited, layer_bases, layer_weights, orthonormal
 from .errors import VaubanError
 from .export import DIRECTION_FILE, check_output_dir, versions
 from .results import DirectionResult, check_alpha
@@ -97,25 +87,6 @@ def _post_norm_gain(
     return arch.norm_gain(norm, d, torch.device("cpu")).cpu()
 
 
-def edited(
-    w: torch.Tensor, axis: int, basis: torch.Tensor, alpha: float, norm_preserving: bool
-) -> torch.Tensor:
-    """``w`` with ``alpha`` × the span of ``basis`` removed along ``axis``: the same arithmetic
-    (compute dtype, rounding) as :func:`vauban.cut`, without the bookkeeping for undo."""
-    if w.dtype not in _FLOAT_DTYPES:
-        raise VaubanError(
-            f"a {w.dtype} residual writer cannot be cut; dequantize the checkpoint first "
-            "(vauban load + export writes float weights)"
-        )
-    view = w.movedim(axis, -1)
-    q = basis.to(_compute_dtype(w))
-    removed = view.to(q.dtype) @ q.T
-    new = _shifted(view, q, removed, -alpha)
-    if norm_preserving:
-        new = _rescaled(new, _norm_factors(view, removed, alpha))
-    return new.movedim(-1, axis).contiguous()
-
-
 def _overwrite(dst: Path, start: int, info: dict[str, Any], tensor: torch.Tensor) -> None:
     begin, end = info["data_offsets"]
     data = tensor.view(torch.uint8).reshape(-1).numpy()
@@ -130,6 +101,17 @@ def _read(path: Path, name: str) -> torch.Tensor:
     """One tensor, with its file mapped only while it is read."""
     with safe_open(path, framework="pt") as f:
         return f.get_tensor(name)
+
+
+def _read_writer(path: Path, name: str) -> torch.Tensor:
+    """A residual writer to edit: float weights only (a quantized one needs dequantizing first)."""
+    w = _read(path, name)
+    if w.dtype not in _FLOAT_DTYPES:
+        raise VaubanError(
+            f"{name} has {w.dtype} weights and cannot be cut; dequantize the checkpoint first "
+            "(vauban load + export writes float weights)"
+        )
+    return w
 
 
 def cut_checkpoint(
@@ -168,7 +150,8 @@ def cut_checkpoint(
     n, d = arch.num_layers(skeleton), arch.d_model(skeleton)
     bases = layer_bases(direction, d, n)
     alpha = check_alpha(alpha)
-    strength = {"attention": _weights(attention, n, "attention"), "mlp": _weights(mlp, n, "MLP")}
+    strength = {"attention": layer_weights(attention, n, "attention"),
+                "mlp": layer_weights(mlp, n, "MLP")}
     tables = {shard: tensor_table(shard) for shard in shards}
     where = {name: shard for shard, (_, table) in tables.items() for name in table}
     targets = arch.checkpoint_writers(
@@ -186,10 +169,10 @@ def cut_checkpoint(
             basis = bases[target.layer]
             if target.post_norm_weight is not None:
                 gain_weight = _read(where[target.post_norm_weight], target.post_norm_weight)
-                basis = _orthonormal(_post_norm_gain(skeleton, target, gain_weight, d) * basis)
+                basis = orthonormal(_post_norm_gain(skeleton, target, gain_weight, d) * basis)
             shard = where[target.name]
             start, table = tables[shard]
-            new = edited(_read(shard, target.name), target.axis, basis, a, norm_preserving)
+            new = edited(_read_writer(shard, target.name), target.axis, basis, a, norm_preserving)
             _overwrite(tmp / shard.name, start, table[target.name], new)
             count += 1
         check_weights(tmp)
