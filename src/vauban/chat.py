@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, TextStreamer
+from transformers import TextStreamer
 
 from .activations import model_device
 from .errors import VaubanError
-from .generate import check_max_tokens, decode_answer, stop_token_ids
+from .generate import check_max_tokens, decode_answer, greedy_config, stop_token_ids
 from .prompts import check_tokenizer
 from .results import DirectionResult, check_alpha
 from .steer import Steering
@@ -85,8 +85,7 @@ class ChatSession:
                                  return_tensors="pt")
         device = model_device(self.model)
         stops = stop_token_ids(self.model, self.tokenizer)
-        config = GenerationConfig(do_sample=False, max_new_tokens=self.max_tokens, eos_token_id=stops,
-                                  pad_token_id=stops[0] if stops else 0)
+        config = greedy_config(self.model, self.tokenizer, self.max_tokens)
         streamer = _CallbackStreamer(self.tokenizer, on_text) if on_text is not None else None
         steering = (Steering(self.model, self.direction, self.alpha) if self.steered  # type: ignore[arg-type]
                     else contextlib.nullcontext())

@@ -55,6 +55,12 @@ def check_max_tokens(max_tokens: int) -> int:
 
 
 @torch.inference_mode()
+def greedy_config(model: nn.Module, tokenizer: Any, max_tokens: int) -> GenerationConfig:
+    """Greedy decoding that stops at any end-of-turn token (for ``model.generate``)."""
+    return GenerationConfig(do_sample=False, max_new_tokens=max_tokens,
+                            eos_token_id=stop_token_ids(model, tokenizer), pad_token_id=pad_id(tokenizer))
+
+
 def generate(
     model: nn.Module,
     tokenizer: Any,
@@ -72,12 +78,7 @@ def generate(
     ids = encode_chat(tokenizer, prompts)
     pad = pad_id(tokenizer)
     stops = stop_token_ids(model, tokenizer)
-    config = GenerationConfig(
-        do_sample=False,
-        max_new_tokens=max_tokens,
-        eos_token_id=stops,
-        pad_token_id=pad,
-    )
+    config = greedy_config(model, tokenizer, max_tokens)
     answers: list[str] = [""] * len(ids)
     fast = device.type == "cuda" and fast_loop_ok(model)
     if batch_size is None:
