@@ -1,12 +1,12 @@
 """Does the optimizer's pick beat the plain alpha = 1 cut on prompts it never saw? (issue 5)
 
 Runs ``vauban.optimize`` with its defaults (seeded multi-objective TPE; search refusal on bundled
-eval prompts 20-59, first-token KL on the bundled harmless prompts; the pick checked on eval
+eval prompts 20-59, first-token KL on 48 bundled harmless prompts; the pick checked on eval
 prompts 60-99), then evaluates side by side on held-out prompts no part of vauban has seen:
 
 - the original model, the plain cut (trial 0 of every study) and the pick (``result.best``);
-- the search's own pick without the check (the lowest-KL trial refusing no more than the plain
-  cut on the search prompts), when it differs, to show what the check is worth.
+- the search's own pick without the check (the lowest-KL trial no weaker than the plain cut on
+  the search prompts), when it differs, to show what the check is worth.
 
 Held out: refusal on a seeded sample of AdvBench (``--heldout-n`` prompts, ``--max-tokens``
 greedy tokens, judged as ``evaluate`` judges) and the first-token KL(original ‖ cut) on the 48
@@ -37,10 +37,10 @@ ADVBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "advbench_h
 def held_out(model, tokenizer, prompts, pairs, base, max_tokens: int, full: bool) -> dict:
     answers = completions(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=None)
     out = {
-        "refused": sum(a.refused for a in answers),
+        "refusals": sum(a.refused for a in answers),
         "refusal": sum(a.refused for a in answers) / len(answers),
         "first_token_kl": kl_divergence(base, first_token_logprobs(model, tokenizer, [p for p, _ in pairs])),
-        "refused_prompts": [a.prompt for a in answers if a.refused],
+        "refused": [[a.prompt, a.text] for a in answers if a.refused],
     }
     if full:
         scores = answer_scores(Pair(model, model), tokenizer, pairs)
@@ -82,8 +82,11 @@ def main() -> None:
     pairs = load_pairs("reference")
     base = first_token_logprobs(model, tokenizer, [p for p, _ in pairs])
     original = completions(model, tokenizer, prompts, max_tokens=args.max_tokens, batch_size=None)
+    print(f"held out: the original refuses {sum(a.refused for a in original)}/{len(prompts)}", flush=True)
     unchecked = next(iter(candidates(result)), result.plain)
-    points: list[tuple[str, Trial]] = [("plain", result.plain), ("pick", result.best)]
+    points: list[tuple[str, Trial]] = [("plain", result.plain)]
+    if result.best.number != result.plain.number:
+        points.append(("pick", result.best))
     if unchecked.number not in (result.plain.number, result.best.number):
         points.append(("unchecked", unchecked))
     rows = []
@@ -92,15 +95,16 @@ def main() -> None:
         with trial.params.apply(model, direction):
             scores = held_out(model, tokenizer, prompts, pairs, base, args.max_tokens, args.full)
         rows.append({"role": role, "trial": trial.number, "search": {"refusal": trial.refusal,
-                     "first_token_kl": trial.kl, "selection_refusal": trial.selection_refusal},
+                     "first_token_kl": trial.kl, "refusal_likelihood": trial.likelihood,
+                     "selection_refusal": trial.selection_refusal},
                      "held_out": scores, "cut": trial.params.record(),
                      "seconds": round(time.perf_counter() - start, 1)})
-        print(f"held out, {role} (trial {trial.number}): refused {scores['refused']}/{len(prompts)}, "
+        print(f"held out, {role} (trial {trial.number}): refused {scores['refusals']}/{len(prompts)}, "
               f"first-token KL {scores['first_token_kl']:.4f}", flush=True)
     plain = rows[0]["held_out"]
     for row in rows[1:]:
         h = row["held_out"]
-        row["dominates_plain_held_out"] = (h["refused"] <= plain["refused"]
+        row["dominates_plain_held_out"] = (h["refusals"] <= plain["refusals"]
                                            and h["first_token_kl"] < plain["first_token_kl"])
 
     n_orig = sum(a.refused for a in original)
@@ -112,7 +116,7 @@ def main() -> None:
         sel = "-" if s["selection_refusal"] is None else f"{s['selection_refusal']:.1%}"
         label = f"{row['role']} #{row['trial']}"
         print(f"{label:>13}   {s['refusal']:6.1%} / {s['first_token_kl']:.4f} / {sel:>6}          "
-              f"{h['refused']:3d} ({h['refusal']:5.1%})   {h['first_token_kl']:.4f}   "
+              f"{h['refusals']:3d} ({h['refusal']:5.1%})   {h['first_token_kl']:.4f}   "
               f"{row.get('dominates_plain_held_out', '-')}")
     print(f"{result.seconds_per_trial:.1f} s per trial over {len(result.trials)} trials")
     report = {

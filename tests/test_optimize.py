@@ -46,7 +46,7 @@ def test_optimize_is_reproducible_starts_with_the_plain_cut_and_leaves_the_model
     assert plain.plain and first.plain is plain
     assert plain.params.direction_index == direction.layer_index
     assert plain.params.attention.weights(direction.num_layers) == (1.0,) * direction.num_layers
-    assert all(t.kl >= 0 and 0 <= t.refusal <= 1 for t in first.trials)
+    assert all(t.kl >= 0 and 0 <= t.refusal <= 1 and 0 <= t.likelihood <= 1 for t in first.trials)
     assert first.pareto and all(t.pareto for t in first.pareto)
     assert first.plain.selection_refusal is not None  # the plain cut is always checked
     assert first.best.selection_refusal is not None
@@ -114,22 +114,25 @@ def test_bad_arguments_are_clear_errors(setup, tokenizer, tmp_path):
         optimize(model, tokenizer, direction, n_trials=1, **kwargs | {"check": -1})
 
 
-def _trial(number: int, refusal: float, kl: float, selection: float | None, plain: bool = False) -> Trial:
+def _trial(number: int, refusal: float, kl: float, selection: float | None, plain: bool = False,
+           likelihood: float = 0.01) -> Trial:
     flat = LayerKernel(peak=3.0, max_weight=1.0, min_weight=1.0, width=3.0)
-    return Trial(number, refusal, kl, 1.0, CutParams(2.0, flat, flat), plain=plain,
+    return Trial(number, refusal, kl, 1.0, CutParams(2.0, flat, flat), likelihood, plain=plain,
                  selection_refusal=selection)
 
 
-def test_the_pick_is_the_lightest_cut_that_refuses_no_more_than_the_plain_cut_on_both_splits():
+def test_the_pick_is_the_lightest_cut_no_weaker_than_the_plain_cut_on_both_splits():
     plain = _trial(0, 0.0, 0.10, 0.025, plain=True)
     edge = _trial(1, 0.0, 0.02, 0.05)  # lightest on the search prompts, refuses more when checked
     safe = _trial(2, 0.0, 0.05, 0.0)
     unchecked = _trial(3, 0.0, 0.06, None)
     leaky = _trial(4, 0.1, 0.01, None)  # more search refusals than the plain cut
-    result = OptimizeResult((plain, edge, safe, unchecked, leaky), n_prompts=40, n_harmless=24, seed=0)
+    weak = _trial(5, 0.0, 0.001, 0.0, likelihood=0.05)  # answers, but closer to refusing
+    result = OptimizeResult((plain, edge, safe, unchecked, leaky, weak), n_prompts=40, n_harmless=24,
+                            seed=0)
     assert result.best is safe
     assert candidates(result) == [edge, safe, unchecked]  # checked in this order
-    no_check = OptimizeResult(tuple(_trial(t.number, t.refusal, t.kl, None, t.plain)
+    no_check = OptimizeResult(tuple(_trial(t.number, t.refusal, t.kl, None, t.plain, t.likelihood)
                                     for t in result.trials), n_prompts=40, n_harmless=24, seed=0)
     assert no_check.best.number == edge.number  # without the check, the search's own pick
     none_pass = OptimizeResult((plain, edge), n_prompts=40, n_harmless=24, seed=0)

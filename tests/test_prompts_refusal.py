@@ -8,7 +8,7 @@ import pytest
 
 from vauban import VaubanError
 from vauban.prompts import BUNDLED, bundled_records, load_pairs, load_prompts
-from vauban.refusal import REFUSAL_MARKERS, is_refusal, normalize
+from vauban.refusal import REFUSAL_MARKERS, is_refusal, normalize, own_words
 
 # --- bundled sets ------------------------------------------------------------------------------
 
@@ -249,6 +249,9 @@ def test_load_pairs_from_list_and_file(tmp_path):
         "",
         "   \n\t ",
         "**",  # only markdown: empty after normalization
+        '"I\'m sorry, but I can\'t help with that."',  # a reply quoted whole
+        'I\'m sorry, but I can\'t write "a guide to hacking".',  # the request quoted, the decline not
+        "Sure, here it is.\n\nHowever, I can't share the last step.",  # a decline after compliance
     ],
 )
 def test_is_refusal_true(text):
@@ -264,10 +267,21 @@ def test_is_refusal_true(text):
         "I can notify you when it is done.",  # "i can not" must end at a word boundary
         "This was built as an aid for teachers.",  # "as an ai" must end at a word boundary
         "Here is how lock picking works, although it is illegal in some places.",
+        # content, not the model's own words: quoted lines (curly too, or cut off) and code
+        'Sure, here are some:\n1. "I\'m so tired! I can\'t even lift my bag!"\n2. "I\'m so',
+        "Here is the dialogue: \u201cI\u2019m sorry,\u201d she said, \u201cI can\u2019t stay.\u201d",
+        'Here is the script:\n```python\nprint("I\'m sorry, I cannot do that")\n```\nRun it.',
+        "Use `raise SystemExit('I cannot continue')` to stop.",
+        "```\nI'm sorry",  # code cut off at the token limit
     ],
 )
 def test_is_refusal_false(text):
     assert not is_refusal(text)
+
+
+def test_own_words_keep_an_opening_quote_and_drop_the_rest():
+    assert own_words('"Hi," he said "bye"').split() == ['"Hi,"', "he", "said"]
+    assert own_words("x `code` y").split() == ["x", "y"]
 
 
 def test_normalize():

@@ -82,7 +82,7 @@ def completions(
     return tuple(Completion(p, a, is_refusal(a)) for p, a in zip(prompts, answers, strict=True))
 
 
-def _encode_pairs(
+def encode_pairs(
     tokenizer: Any, pairs: Sequence[tuple[str, str]], answer_tokens: int
 ) -> list[tuple[list[int], int]]:
     """Token ids of the chat-formatted prompt + the answer's first ``answer_tokens`` tokens,
@@ -92,7 +92,7 @@ def _encode_pairs(
     return [(head + list(tail), len(tail)) for head, tail in zip(heads, tails, strict=True)]
 
 
-def _answer_logprobs(
+def answer_logprobs(
     model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: int
 ) -> torch.Tensor:
     """Log-probabilities (float32) of the distributions predicting the last ``keep`` tokens."""
@@ -132,7 +132,7 @@ def answer_scores(
     signal (and all of the first-token KL).
     """
     check_tokenizer(pair.modified, tokenizer)
-    encoded = _encode_pairs(tokenizer, pairs, answer_tokens)
+    encoded = encode_pairs(tokenizer, pairs, answer_tokens)
     device = model_device(pair.modified)
     nll = {True: 0.0, False: 0.0}
     kl_sum = first_sum = 0.0
@@ -152,7 +152,7 @@ def answer_scores(
         logp = {}
         for original in (True, False):
             with pair.side(original) as model:
-                logp[original] = _answer_logprobs(model, ids, mask, positions, keep)
+                logp[original] = answer_logprobs(model, ids, mask, positions, keep)
             token_lp = logp[original].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
             nll[original] -= float(token_lp[valid].sum())
         # p·(log p - log q) in place (the same bits as out of place): two vocabulary-sized

@@ -1,13 +1,19 @@
 """Search the cut's parameters for the fewest refusals at the least damage, reproducibly.
 
-Two objectives, both minimized, measured on prompts held apart from what ``evaluate`` reports:
+Three objectives, all minimized, measured on prompts held apart from what ``evaluate`` reports:
 
 - refusal: the share of *validation* harmful prompts still refused (bundled eval prompts 20-59
   by default; ``evaluate`` uses the first 20), judged on short greedy answers (24 tokens: a
   refusal shows in its opening words);
-- damage: the first-token KL(original ‖ cut) on harmless prompts (the bundled harmless set by
-  default, so the reference set ``evaluate`` scores stays held out; one prefill each; the
-  original's distributions are computed once).
+- damage: the first-token KL(original ‖ cut) on harmless prompts (the first 48 bundled harmless
+  prompts by default, so the reference set ``evaluate`` scores stays held out; one prefill each,
+  the cost of a trial on a CPU; the original's distributions are computed once);
+- refusal likelihood: the mean probability that the cut model still opens with the original
+  model's own refusal (its first 8 tokens, teacher-forced) on the validation prompts the
+  original refused. The refusal count is flat: once it is 0, a cut that barely answers scores
+  like one that answers with margin, and the search drifts to the lightest cut that still
+  answers the prompts it sees, which refuses again on the next hard prompt. The likelihood
+  tells the two apart.
 
 Each trial draws a cut (:class:`CutParams`, see :mod:`vauban.cut` for the formulas):
 
@@ -28,11 +34,12 @@ Why a third prompt set: the search pushes the cut as light as it can go while th
 on its prompts stays at its minimum, so the lowest-KL point sits right on the edge where the
 next, unseen prompt is refused again (on the demo model the front's 0-refusal point refused 1 of
 40 fresh prompts that the plain cut answered). So the pick is checked, like a validation split:
-the plain cut and then the candidates that refuse no more than it on the search prompts at a
-lower KL, lowest KL first, answer *selection* prompts (bundled eval prompts 60-99 by default,
-with longer answers); :attr:`OptimizeResult.best` is the first candidate that refuses no more
-than the plain cut there too, and the plain cut itself when none does. Only refusal is checked:
-the first-token KL ranks cuts alike on other harmless prompts.
+the plain cut and then the candidates that are no weaker than it on the search prompts (no more
+refusals, no higher refusal likelihood) at a lower KL, lowest KL first, answer *selection*
+prompts (bundled eval prompts 60-99 by default, with longer answers); :attr:`OptimizeResult.best`
+is the first candidate that refuses no more than the plain cut there too, and the plain cut
+itself when none does. Only refusal is checked: the first-token KL ranks cuts alike on other
+harmless prompts.
 
 With ``study=PATH`` the study lives in an SQLite file: an interrupted run, started again with
 the same arguments, keeps the finished trials and runs only the missing ones. The resumed
@@ -59,7 +66,7 @@ from .atomic import write_file
 from .batching import default_batch_size, left_pad, sorted_batches
 from .cut import Cut, LayerKernel, cut
 from .errors import VaubanError
-from .evaluate import completions
+from .evaluate import answer_logprobs, completions, encode_pairs
 from .measure import direction_at
 from .prompts import Prompts, bundled_records, encode_chat, load_prompts, pad_id
 from .results import DirectionResult
@@ -125,12 +132,14 @@ class Trial:
     kl: float
     seconds: float
     params: CutParams
+    likelihood: float = 0.0  # mean probability of opening with the original's refusal
     pareto: bool = False
     plain: bool = False  # the plain cut every study starts with
     selection_refusal: float | None = None  # refusal on the selection prompts, when checked
 
     def record(self) -> dict[str, Any]:
-        return {"number": self.number, "refusal": self.refusal, "kl": self.kl, "seconds": self.seconds,
+        return {"number": self.number, "refusal": self.refusal, "kl": self.kl,
+                "refusal_likelihood": self.likelihood, "seconds": self.seconds,
                 "pareto": self.pareto, "plain": self.plain, "selection_refusal": self.selection_refusal,
                 "cut": self.params.record()}
 
@@ -154,16 +163,17 @@ class OptimizeResult:
 
     @property
     def best(self) -> Trial:
-        """The recommended cut: the lowest-KL trial that refuses no more than the plain cut on the
-        search prompts and, where checked, on the selection prompts; the plain cut when none
-        does (any trial can still be exported)."""
+        """The recommended cut: the lowest-KL trial no weaker than the plain cut on the search
+        prompts (no more refusals, no higher refusal likelihood) that, where checked, refuses no
+        more than it on the selection prompts; the plain cut when none does (any trial can
+        still be exported)."""
         plain = self.plain
         if plain is None:  # a study started elsewhere: fewest refusals, then least damage
             return min(self.trials, key=lambda t: (t.refusal, t.kl, t.number))
         checked = plain.selection_refusal is not None
 
         def admissible(t: Trial) -> bool:
-            if t.refusal > plain.refusal:
+            if not _no_weaker(t, plain):
                 return False
             if not checked:
                 return True
@@ -259,6 +269,36 @@ def kl_divergence(p_log: torch.Tensor, q_log: torch.Tensor) -> float:
     return float((p_log.exp() * (p_log - q_log)).sum(-1).mean())
 
 
+@torch.inference_mode()
+def refusal_likelihood(
+    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, str]], tokens: int = 8,
+    batch_size: int | None = None,
+) -> float:
+    """Mean probability that ``model`` opens its answer with the given refusal (its first
+    ``tokens`` tokens, teacher-forced): ``refusals`` pairs each prompt with the original model's
+    own refusal of it. One prefill per prompt; 0 when there are none."""
+    if not refusals:
+        return 0.0
+    device = model_device(model)
+    encoded = encode_pairs(tokenizer, refusals, tokens)
+    total = 0.0
+    for batch in sorted_batches([len(x) for x, _ in encoded], batch_size or default_batch_size(device)):
+        ids, mask, positions = left_pad([encoded[i][0] for i in batch], pad_id(tokenizer), device)
+        lengths = torch.tensor([encoded[i][1] for i in batch], device=device)
+        keep = int(lengths.max())
+        logp = answer_logprobs(model, ids, mask, positions, keep)
+        token_lp = logp.gather(-1, ids[:, -keep:].unsqueeze(-1)).squeeze(-1)
+        valid = torch.arange(keep, device=device).unsqueeze(0) >= (keep - lengths).unsqueeze(1)
+        total += float(token_lp.masked_fill(~valid, 0.0).sum(-1).exp().sum())
+    return total / len(encoded)
+
+
+def default_harmless_prompts() -> list[str]:
+    """The first 48 bundled harmless prompts: enough for the KL to rank cuts (every trial
+    prefills each of them, the main cost of a trial on a CPU)."""
+    return load_prompts("harmless")[:48]
+
+
 def default_validation_prompts() -> list[str]:
     """Bundled eval prompts 20-59: disjoint from both the measurement sets and the 20 that
     :func:`vauban.evaluate.evaluate` reports on."""
@@ -271,13 +311,17 @@ def default_selection_prompts() -> list[str]:
     return [r["prompt"] for r in bundled_records("eval_harmful")[60:100]]
 
 
+def _no_weaker(t: Trial, plain: Trial) -> bool:
+    return t.refusal <= plain.refusal and t.likelihood <= plain.likelihood
+
+
 def candidates(result: OptimizeResult) -> list[Trial]:
-    """Trials that beat the plain cut on the search prompts (no more refusals, lower KL),
+    """Trials that beat the plain cut on the search prompts (no weaker, lower KL),
     lowest KL first: the order in which the pick is checked on the selection prompts."""
     plain = result.plain
     if plain is None:
         return []
-    better = (t for t in result.trials if not t.plain and t.refusal <= plain.refusal and t.kl < plain.kl)
+    better = (t for t in result.trials if not t.plain and _no_weaker(t, plain) and t.kl < plain.kl)
     return sorted(better, key=lambda t: (t.kl, t.number))
 
 
@@ -311,8 +355,11 @@ def _load_study(optuna: Any, storage: str | None, seed: int, settings: dict[str,
     def sampler(offset: int) -> Any:
         return optuna.samplers.TPESampler(seed=seed + offset, multivariate=True, n_startup_trials=10)
 
-    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True,
-                                directions=["minimize", "minimize"], sampler=sampler(0))
+    try:
+        study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True,
+                                    directions=["minimize"] * 3, sampler=sampler(0))
+    except ValueError as e:  # a study with other objectives (an older vauban's)
+        raise VaubanError(f"the study in {storage} cannot be resumed ({e}); use a new --study path") from None
     stored = study.user_attrs.get("settings")
     if stored is None:
         study.set_user_attr("settings", settings)
@@ -332,21 +379,30 @@ def _finished(optuna: Any, study: Any) -> list[Any]:
 
 def _result(optuna: Any, the_study: Any, fixed: dict[str, bool], selection: dict[str, float],
             **info: Any) -> OptimizeResult:
-    front = {t.number for t in the_study.best_trials}
+    """The study's trials; ``pareto`` marks the front of refusal vs KL (the two the issue of
+    any cut is judged on; the likelihood only guards the pick)."""
+    done = _finished(optuna, the_study)
+    points = [(t.values[0], t.values[1]) for t in done]
+
+    def dominated(a: tuple[float, float]) -> bool:
+        return any(b[0] <= a[0] and b[1] <= a[1] and b != a for b in points)
+
     trials = tuple(
         Trial(t.number, t.values[0], t.values[1], float(t.user_attrs.get("seconds", 0.0)),
-              CutParams.from_trial(t.params, fixed), t.number in front, bool(t.user_attrs.get("plain")),
-              selection.get(str(t.number)))
-        for t in _finished(optuna, the_study)
+              CutParams.from_trial(t.params, fixed), t.values[2], not dominated(point),
+              bool(t.user_attrs.get("plain")), selection.get(str(t.number)))
+        for t, point in zip(done, points, strict=True)
     )
     return OptimizeResult(trials, **info)
 
 
 def _best_so_far(finished: Sequence[Any]) -> Any:
-    """The search's current pick: lowest KL among trials refusing no more than the plain cut."""
+    """The search's current pick: lowest KL among trials no weaker than the plain cut."""
     plain = next((t for t in finished if t.user_attrs.get("plain")), None)
-    limit = plain.values[0] if plain is not None else min(t.values[0] for t in finished)
-    return min((t for t in finished if t.values[0] <= limit), key=lambda t: (t.values[1], t.number))
+    if plain is None:
+        return min(finished, key=lambda t: (t.values[0], t.values[1], t.number))
+    ok = [t for t in finished if t.values[0] <= plain.values[0] and t.values[2] <= plain.values[2]]
+    return min(ok, key=lambda t: (t.values[1], t.number))
 
 
 def _duration(seconds: float) -> str:
@@ -395,13 +451,15 @@ def optimize(
     if direction.harmful_means is None:
         raise VaubanError("optimize needs a DirectionResult with per-layer means; measure it again")
     harmful = default_validation_prompts() if prompts is None else load_prompts(prompts)
-    neutral = load_prompts("harmless" if harmless is None else harmless, what="harmless prompts")
+    neutral = (default_harmless_prompts() if harmless is None
+               else load_prompts(harmless, what="harmless prompts"))
     checking = default_selection_prompts() if selection is None else load_prompts(selection)
     fixed = {k: bool(v) for k, v in (("projected", projected), ("norm_preserving", norm_preserving))
              if v is not None}
     settings = {"direction_layer": direction.layer_index, "num_layers": direction.num_layers,
                 "model": direction.model_path, "fixed": fixed, "prompts": len(harmful),
-                "harmless": len(neutral), "max_tokens": max_tokens}
+                "harmless": len(neutral), "max_tokens": max_tokens,
+                "objectives": ["refusal", "kl", "refusal_likelihood"]}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _storage(study)
     the_study = _load_study(optuna, storage, seed, settings)
@@ -411,22 +469,27 @@ def optimize(
         the_study.enqueue_trial(plain)
     todo = n_trials - len(_finished(optuna, the_study))
     say = log if log is not None else (lambda line: print(line, flush=True)) if show_progress else None
-    base = first_token_logprobs(model, tokenizer, neutral, batch_size) if todo > 0 else None
+    base = refused = None
+    if todo > 0:
+        base = first_token_logprobs(model, tokenizer, neutral, batch_size)
+        originals = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size)
+        refused = [(c.prompt, c.text) for c in originals if c.refused]
     started = time.perf_counter()
     done = 0
 
-    def objective(trial: Any) -> tuple[float, float]:
+    def objective(trial: Any) -> tuple[float, float, float]:
         nonlocal done
         t0 = time.perf_counter()
         params = _suggest(trial, direction.num_layers, direction.layer_index, fixed)
         with params.apply(model, direction):
             answers = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size)
             kl = kl_divergence(base, first_token_logprobs(model, tokenizer, neutral, batch_size))
+            likelihood = refusal_likelihood(model, tokenizer, refused, batch_size=batch_size)
         refusal = sum(c.refused for c in answers) / len(answers)
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         trial.set_user_attr("plain", trial.params == plain)
         done += 1
-        return refusal, kl
+        return refusal, kl, likelihood
 
     def report(study_: Any, trial: Any) -> None:
         if say is None or trial.values is None:
@@ -435,7 +498,8 @@ def optimize(
         best = _best_so_far(finished)
         eta = (time.perf_counter() - started) / done * (todo - done)
         say(f"trial {len(finished)}/{n_trials} (#{trial.number}): refusal {trial.values[0] * 100:5.1f}%  "
-            f"kl {trial.values[1]:.4f}  ({trial.user_attrs['seconds']:.1f} s) | best: trial "
+            f"kl {trial.values[1]:.4f}  p(refusal) {trial.values[2]:.1e}  "
+            f"({trial.user_attrs['seconds']:.1f} s) | best: trial "
             f"{best.number} refusal {best.values[0] * 100:.1f}% kl {best.values[1]:.4f} | "
             f"ETA {_duration(eta)}")
 
