@@ -125,7 +125,7 @@ def plain_trial_params(direction: DirectionResult, fixed: dict[str, bool]) -> di
 
 @dataclass(frozen=True)
 class Trial:
-    """One finished trial: its number in the study, both objectives, and its cut."""
+    """One finished trial: its number in the study, its objectives, and its cut."""
 
     number: int
     refusal: float
@@ -202,10 +202,10 @@ class OptimizeResult:
         when they are not on the front (the pick is starred)."""
         best = self.best
         shown = dict.fromkeys([*self.pareto, *(t for t in (self.plain, best) if t is not None)])
-        columns = ["trial", "refusal", "first-token KL", "selection refusal", "direction",
+        columns = ["trial", "refusal", "first-token KL", "p(refusal)", "selection refusal", "direction",
                    "attention kernel", "MLP kernel", "projected", "norm-preserving"]
         rows = [[f"{t.number}{' (plain)' if t.plain else ''}{' *' if t is best else ''}",
-                 f"{t.refusal:.1%}", f"{t.kl:.4f}",
+                 f"{t.refusal:.1%}", f"{t.kl:.4f}", f"{t.likelihood:.1e}",
                  "-" if t.selection_refusal is None else f"{t.selection_refusal:.1%}",
                  f"{t.params.direction_index:.2f}", _kernel_text(t.params.attention),
                  _kernel_text(t.params.mlp), "yes" if t.params.projected else "no",
