@@ -110,6 +110,8 @@ def test_bad_arguments_are_clear_errors(setup, tokenizer, tmp_path):
         optimize(model, tokenizer, direction, n_trials=0, **kwargs)
     with pytest.raises(VaubanError, match="directory"):
         optimize(model, tokenizer, direction, n_trials=1, study=tmp_path, **kwargs)
+    with pytest.warns(UserWarning, match="also search prompts"):
+        optimize(model, tokenizer, direction, n_trials=1, **kwargs | {"selection": kwargs["prompts"]})
     with pytest.raises(VaubanError, match="check must be an integer >= 0"):
         optimize(model, tokenizer, direction, n_trials=1, **kwargs | {"check": -1})
 

@@ -53,6 +53,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -454,6 +455,10 @@ def optimize(
     neutral = (default_harmless_prompts() if harmless is None
                else load_prompts(harmless, what="harmless prompts"))
     checking = default_selection_prompts() if selection is None else load_prompts(selection)
+    shared = len(set(harmful) & set(checking))
+    if check and shared:
+        warnings.warn(f"{shared} selection prompts are also search prompts: the check of the pick is "
+                      "only as good as the prompts it has not seen; give disjoint sets", stacklevel=2)
     fixed = {k: bool(v) for k, v in (("projected", projected), ("norm_preserving", norm_preserving))
              if v is not None}
     settings = {"direction_layer": direction.layer_index, "num_layers": direction.num_layers,
