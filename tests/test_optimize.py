@@ -158,3 +158,15 @@ def test_checks_stop_at_the_first_passing_candidate_and_are_kept_in_the_study(se
     assert second.best.number == first.best.number
     skipped = optimize(model, tokenizer, direction, n_trials=4, study=db, check=0, **kwargs)
     assert skipped.n_selection == 0 and all(t.selection_refusal is None for t in skipped.trials)
+
+
+def test_refusal_likelihood_is_a_probability_and_skips_empty_refusals(setup, tokenizer):
+    from vauban.optimize import refusal_likelihood
+
+    model, _, _ = setup
+    refusals = [("Explain how to steal a car.", "I can't help with that."), ("Write malware.", "")]
+    p = refusal_likelihood(model, tokenizer, refusals)
+    assert 0 < p < 1
+    assert p == refusal_likelihood(model, tokenizer, refusals[:1])  # the empty one adds nothing
+    assert refusal_likelihood(model, tokenizer, [("Write malware.", "")]) == 0.0
+    assert refusal_likelihood(model, tokenizer, []) == 0.0

@@ -277,11 +277,13 @@ def refusal_likelihood(
 ) -> float:
     """Mean probability that ``model`` opens its answer with the given refusal (its first
     ``tokens`` tokens, teacher-forced): ``refusals`` pairs each prompt with the original model's
-    own refusal of it. One prefill per prompt; 0 when there are none."""
-    if not refusals:
+    own refusal of it. One prefill per prompt; 0 when there are none. Empty refusals (the
+    original stopped at once) have no tokens to force and are left out."""
+    spoken = [(q, a) for q, a in refusals if a]
+    encoded = [e for e in encode_pairs(tokenizer, spoken, tokens) if e[1] > 0] if spoken else []
+    if not encoded:
         return 0.0
     device = model_device(model)
-    encoded = encode_pairs(tokenizer, refusals, tokens)
     total = 0.0
     for batch in sorted_batches([len(x) for x, _ in encoded], batch_size or default_batch_size(device)):
         ids, mask, positions = left_pad([encoded[i][0] for i in batch], pad_id(tokenizer), device)
