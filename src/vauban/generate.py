@@ -54,13 +54,13 @@ def check_max_tokens(max_tokens: int) -> int:
     return max_tokens
 
 
-@torch.inference_mode()
 def greedy_config(model: nn.Module, tokenizer: Any, max_tokens: int) -> GenerationConfig:
     """Greedy decoding that stops at any end-of-turn token (for ``model.generate``)."""
     return GenerationConfig(do_sample=False, max_new_tokens=max_tokens,
                             eos_token_id=stop_token_ids(model, tokenizer), pad_token_id=pad_id(tokenizer))
 
 
+@torch.inference_mode()
 def generate(
     model: nn.Module,
     tokenizer: Any,

@@ -399,15 +399,6 @@ def _result(optuna: Any, the_study: Any, fixed: dict[str, bool], selection: dict
     return OptimizeResult(trials, **info)
 
 
-def _best_so_far(finished: Sequence[Any]) -> Any:
-    """The search's current pick: lowest KL among trials no weaker than the plain cut."""
-    plain = next((t for t in finished if t.user_attrs.get("plain")), None)
-    if plain is None:
-        return min(finished, key=lambda t: (t.values[0], t.values[1], t.number))
-    ok = [t for t in finished if t.values[0] <= plain.values[0] and t.values[2] <= plain.values[2]]
-    return min(ok, key=lambda t: (t.values[1], t.number))
-
-
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}m{secs:02d}s"
@@ -481,6 +472,8 @@ def optimize(
         base = first_token_logprobs(model, tokenizer, neutral, batch_size)
         originals = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size)
         refused = [(c.prompt, c.text) for c in originals if c.refused]
+    info = {"n_prompts": len(harmful), "n_harmless": len(neutral), "seed": seed, "study": storage,
+            "settings": settings, "n_selection": len(checking) if check else 0}
     started = time.perf_counter()
     done = 0
 
@@ -502,18 +495,16 @@ def optimize(
         if say is None or trial.values is None:
             return
         finished = _finished(optuna, study_)
-        best = _best_so_far(finished)
+        best = _result(optuna, study_, fixed, {}, **info).best  # the pick, before any check
         eta = (time.perf_counter() - started) / done * (todo - done)
         say(f"trial {len(finished)}/{n_trials} (#{trial.number}): refusal {trial.values[0] * 100:5.1f}%  "
             f"kl {trial.values[1]:.4f}  p(refusal) {trial.values[2]:.1e}  "
             f"({trial.user_attrs['seconds']:.1f} s) | best: trial "
-            f"{best.number} refusal {best.values[0] * 100:.1f}% kl {best.values[1]:.4f} | "
+            f"{best.number} refusal {best.refusal * 100:.1f}% kl {best.kl:.4f} | "
             f"ETA {_duration(eta)}")
 
     if todo > 0:
         the_study.optimize(objective, n_trials=todo, callbacks=[report])
-    info = {"n_prompts": len(harmful), "n_harmless": len(neutral), "seed": seed, "study": storage,
-            "settings": settings, "n_selection": len(checking) if check else 0}
     checked = _stored_checks(the_study, checking, selection_tokens) if check else {}
     result = _result(optuna, the_study, fixed, checked, **info)
     if not check or result.plain is None:
