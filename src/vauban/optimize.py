@@ -382,8 +382,8 @@ def _finished(optuna: Any, study: Any) -> list[Any]:
 
 def _result(optuna: Any, the_study: Any, fixed: dict[str, bool], selection: dict[str, float],
             **info: Any) -> OptimizeResult:
-    """The study's trials; ``pareto`` marks the front of refusal vs KL (the two the issue of
-    any cut is judged on; the likelihood only guards the pick)."""
+    """The study's trials; ``pareto`` marks the front of refusal vs KL (what a cut is judged
+    on; the likelihood only guards the pick)."""
     done = _finished(optuna, the_study)
     points = [(t.values[0], t.values[1]) for t in done]
 
