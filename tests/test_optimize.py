@@ -24,7 +24,7 @@ def setup(tokenizer, prompt_sets):
     model = build_model("llama")
     direction = measure(model, tokenizer, *prompt_sets)
     kwargs = dict(prompts=prompt_sets[0][:2], harmless=prompt_sets[1][:3], selection=prompt_sets[0][2:4],
-                  max_tokens=2, selection_tokens=3)
+                  max_tokens=2, selection_tokens=3, refine_steps=0)
     return model, direction, kwargs
 
 
@@ -170,3 +170,76 @@ def test_refusal_likelihood_is_a_probability_and_skips_empty_refusals(setup, tok
     assert p == refusal_likelihood(model, tokenizer, refusals[:1])  # the empty one adds nothing
     assert refusal_likelihood(model, tokenizer, [("Write malware.", "")]) == 0.0
     assert refusal_likelihood(model, tokenizer, []) == 0.0
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text", "gpt2", "qwen3_moe", "gpt_oss"])
+def test_refine_hooks_compute_the_weight_edit(model_type, tokenizer):
+    """The hooks refine differentiates through are the per-layer weight edit itself, post-norms,
+    Conv1D and fused experts included."""
+    from vauban.arch import num_layers
+    from vauban.cut import cut
+    from vauban.refine import gated
+
+    model = build_model(model_type)
+    n = num_layers(model)
+    torch.manual_seed(1)
+    weights = torch.rand(2, n) * 1.5
+    vec = torch.randn(64)
+    ids = torch.tensor([[5, 9, 17, 33, 40, 2]])
+    with torch.no_grad(), gated(model, vec, weights):
+        hooked = model(input_ids=ids).logits
+    with torch.no_grad(), cut(model, vec, attention=weights[0].tolist(), mlp=weights[1].tolist()):
+        edited = model(input_ids=ids).logits
+    assert torch.allclose(hooked, edited, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).logits, edited, atol=1e-4)  # hooks removed
+
+
+def test_refined_trial_is_scored_stored_once_and_exportable(setup, tokenizer, tmp_path):
+    model, direction, kwargs = setup
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    db = tmp_path / "study.db"
+    lines: list[str] = []
+    result = optimize(model, tokenizer, direction, n_trials=2, study=db, log=lines.append,
+                      **kwargs | {"refine_steps": 3})
+    steps = [line for line in lines if line.startswith("refine step")]
+    assert len(steps) == 4 and any(line.startswith("refined trial") for line in lines)
+    assert len(result.trials) == 3
+    refined = next(t for t in result.trials if t.params.refined)
+    plain = result.plain
+    assert refined.params.direction_index == plain.params.direction_index
+    assert len(refined.params.attention) == len(refined.params.mlp) == direction.num_layers
+    assert all(0 <= w <= 1.5 for w in (*refined.params.attention, *refined.params.mlp))
+    assert "per layer" in result.table() or not refined.pareto
+    again: list[str] = []
+    rerun = optimize(model, tokenizer, direction, n_trials=2, study=db, log=again.append,
+                     **kwargs | {"refine_steps": 3})
+    assert not [line for line in again if line.startswith("refine")]  # refined once per study
+    assert rerun.trial(refined.number).params == refined.params
+    out = export_trial(model, tokenizer, direction, rerun, refined.number, tmp_path / "refined")
+    record = json.loads((out / "vauban.json").read_text())
+    assert record["cut"]["attention_weights"] == pytest.approx(list(refined.params.attention))
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_refine_starts_at_the_plain_cut_and_never_ends_worse(setup, tokenizer):
+    from vauban.cut import cut
+    from vauban.optimize import first_token_logprobs, kl_divergence, refusal_likelihood
+    from vauban.refine import loss, refine
+
+    model, direction, kwargs = setup
+    harmless = kwargs["harmless"]
+    refusals = [(p, "I can't help with that.") for p in kwargs["prompts"]]
+    base = first_token_logprobs(model, tokenizer, harmless)
+    refined = refine(model, tokenizer, direction.direction, harmless, base, refusals, steps=4, lr=0.1)
+    with cut(model, direction.direction):
+        kl = kl_divergence(base, first_token_logprobs(model, tokenizer, harmless))
+        lik = refusal_likelihood(model, tokenizer, refusals)
+    assert refined.history[0] == pytest.approx((kl, lik), rel=1e-3)  # step 0 is the plain cut
+    start = refined.history[0]
+    assert loss((refined.kl, refined.likelihood), start) <= loss(start, start)
+    assert len(refined.history) == 5
+    with cut(model, direction.direction, attention=refined.attention, mlp=refined.mlp):
+        assert kl_divergence(base, first_token_logprobs(model, tokenizer, harmless)) == pytest.approx(
+            refined.kl, rel=1e-3)

@@ -62,14 +62,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .activations import model_device
 from .atomic import write_file
-from .batching import default_batch_size, left_pad, sorted_batches
-from .cut import Cut, LayerKernel, cut
+from .cut import Cut, LayerKernel, LayerWeights, cut
 from .errors import VaubanError
-from .evaluate import answer_logprobs, completions, encode_pairs
+from .evaluate import completions
 from .measure import direction_at
-from .prompts import Prompts, bundled_records, encode_chat, load_prompts, pad_id
+from .prompts import Prompts, bundled_records, load_prompts
+from .refine import first_token_batches, likelihood_batches, refine
 from .results import DirectionResult
 
 STUDY_NAME = "vauban"
@@ -77,17 +76,21 @@ STUDY_NAME = "vauban"
 
 @dataclass(frozen=True)
 class CutParams:
-    """One point of the search space: everything needed to redo the cut."""
+    """One point of the search space: everything needed to redo the cut. ``attention`` and
+    ``mlp`` are kernels, or one weight per layer for a refined trial (:mod:`vauban.refine`)."""
 
     direction_index: float
-    attention: LayerKernel
-    mlp: LayerKernel
+    attention: LayerWeights
+    mlp: LayerWeights
     projected: bool = False
     norm_preserving: bool = False
 
     @classmethod
-    def from_trial(cls, params: dict[str, Any], fixed: dict[str, bool]) -> CutParams:
-        """From an Optuna trial's parameters (kernel minimum stored as a fraction of the peak)."""
+    def from_trial(cls, params: dict[str, Any], fixed: dict[str, bool],
+                   weights: dict[str, list[float]] | None = None) -> CutParams:
+        """From an Optuna trial's parameters (kernel minimum stored as a fraction of the peak);
+        ``weights`` (a refined trial's per-layer weights, kept in its user attributes) replace
+        the kernels."""
 
         def kernel(kind: str) -> LayerKernel:
             top = float(params[f"{kind}_max_weight"])
@@ -96,22 +99,36 @@ class CutParams:
                                width=float(params[f"{kind}_width"]))
 
         flags = {k: bool(params.get(k, fixed.get(k, False))) for k in ("projected", "norm_preserving")}
+        if weights:
+            return cls(float(params["direction_index"]), tuple(weights["attention"]), tuple(weights["mlp"]),
+                       **flags)
         return cls(float(params["direction_index"]), kernel("attention"), kernel("mlp"), **flags)
+
+    @property
+    def refined(self) -> bool:
+        return not isinstance(self.attention, LayerKernel)
+
+    def vector(self, direction: DirectionResult) -> torch.Tensor:
+        """The unit direction this cut removes."""
+        return direction_at(direction, self.direction_index, projected=self.projected)
 
     def apply(self, model: nn.Module, direction: DirectionResult) -> Cut:
         """Apply this cut to ``model`` (an applied :class:`~vauban.cut.Cut`)."""
-        vec = direction_at(direction, self.direction_index, projected=self.projected)
-        return cut(model, vec, attention=self.attention, mlp=self.mlp,
+        return cut(model, self.vector(direction), attention=self.attention, mlp=self.mlp,
                    norm_preserving=self.norm_preserving)
 
     def record(self) -> dict[str, Any]:
         return {
             "direction_index": self.direction_index,
-            "attention": vars(self.attention),
-            "mlp": vars(self.mlp),
+            "attention": _weights_record(self.attention),
+            "mlp": _weights_record(self.mlp),
             "projected": self.projected,
             "norm_preserving": self.norm_preserving,
         }
+
+
+def _weights_record(spec: LayerWeights) -> dict[str, float] | list[float]:
+    return vars(spec) if isinstance(spec, LayerKernel) else [round(float(w), 6) for w in spec]
 
 
 def plain_trial_params(direction: DirectionResult, fixed: dict[str, bool]) -> dict[str, Any]:
@@ -243,7 +260,9 @@ class OptimizeResult:
         return write_file(path, lambda tmp: tmp.write_text(text))
 
 
-def _kernel_text(k: LayerKernel) -> str:
+def _kernel_text(k: LayerWeights) -> str:
+    if not isinstance(k, LayerKernel):
+        return f"per layer {min(k):.2f}..{max(k):.2f}"
     return f"peak {k.peak:.1f} w {k.max_weight:.2f}→{k.min_weight:.2f} ±{k.width:.1f}"
 
 
@@ -252,16 +271,10 @@ def first_token_logprobs(
     model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None
 ) -> torch.Tensor:
     """``(len(prompts), vocab)`` float32 log-probabilities of each answer's first token."""
-    device = model_device(model)
-    ids = encode_chat(tokenizer, prompts)
-    out: list[torch.Tensor | None] = [None] * len(ids)
-    for batch in sorted_batches([len(x) for x in ids], batch_size or default_batch_size(device)):
-        input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                       logits_to_keep=1, use_cache=False).logits[:, -1]
-        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+    out: list[torch.Tensor | None] = [None] * len(prompts)
+    for batch, logp in first_token_batches(model, tokenizer, prompts, batch_size):
         for row, index in enumerate(batch):
-            out[index] = logp[row]
+            out[index] = logp[row].cpu()
     return torch.stack(out)  # type: ignore[arg-type]
 
 
@@ -277,23 +290,12 @@ def refusal_likelihood(
 ) -> float:
     """Mean probability that ``model`` opens its answer with the given refusal (its first
     ``tokens`` tokens, teacher-forced): ``refusals`` pairs each prompt with the original model's
-    own refusal of it. One prefill per prompt; 0 when there are none. Empty refusals (the
-    original stopped at once) have no tokens to force and are left out."""
-    spoken = [(q, a) for q, a in refusals if a]
-    encoded = [e for e in encode_pairs(tokenizer, spoken, tokens) if e[1] > 0] if spoken else []
-    if not encoded:
-        return 0.0
-    device = model_device(model)
-    total = 0.0
-    for batch in sorted_batches([len(x) for x, _ in encoded], batch_size or default_batch_size(device)):
-        ids, mask, positions = left_pad([encoded[i][0] for i in batch], pad_id(tokenizer), device)
-        lengths = torch.tensor([encoded[i][1] for i in batch], device=device)
-        keep = int(lengths.max())
-        logp = answer_logprobs(model, ids, mask, positions, keep)
-        token_lp = logp.gather(-1, ids[:, -keep:].unsqueeze(-1)).squeeze(-1)
-        valid = torch.arange(keep, device=device).unsqueeze(0) >= (keep - lengths).unsqueeze(1)
-        total += float(token_lp.masked_fill(~valid, 0.0).sum(-1).exp().sum())
-    return total / len(encoded)
+    own refusal of it. One prefill per prompt; 0 when there are none (see
+    :func:`vauban.refine.likelihood_batches`)."""
+    total, count = 0.0, 0
+    for rows, part in likelihood_batches(model, tokenizer, refusals, tokens, batch_size):
+        total, count = total + float(part), count + rows
+    return total / count if count else 0.0
 
 
 def default_harmless_prompts() -> list[str]:
@@ -392,7 +394,8 @@ def _result(optuna: Any, the_study: Any, fixed: dict[str, bool], selection: dict
 
     trials = tuple(
         Trial(t.number, t.values[0], t.values[1], float(t.user_attrs.get("seconds", 0.0)),
-              CutParams.from_trial(t.params, fixed), t.values[2], not dominated(point),
+              CutParams.from_trial(t.params, fixed, t.user_attrs.get("weights")), t.values[2],
+              not dominated(point),
               bool(t.user_attrs.get("plain")), selection.get(str(t.number)))
         for t, point in zip(done, points, strict=True)
     )
@@ -419,6 +422,7 @@ def optimize(
     norm_preserving: bool | None = None,
     max_tokens: int = 24,
     selection_tokens: int = 48,
+    refine_steps: int = 16,
     batch_size: int | None = None,
     seed: int = 0,
     show_progress: bool = False,
@@ -430,7 +434,9 @@ def optimize(
     ``prompts`` (search refusal), ``harmless`` (search KL) and ``selection`` (the check) default
     to disjoint bundled sets. ``check``: at most this many candidates answer the selection
     prompts (``selection_tokens`` tokens each), lowest search KL first, stopping at the first
-    that refuses no more than the plain cut; ``0`` skips the check. ``projected`` /
+    that refuses no more than the plain cut; ``0`` skips the check. ``refine_steps``: after the
+    search, refine the plain cut's per-layer weights by this many gradient steps
+    (:mod:`vauban.refine`) and score the result as one more trial; ``0`` skips it. ``projected`` /
     ``norm_preserving``: fix that cut variant on or off, or ``None`` to search it. Each trial and
     each check prints one line with ``show_progress`` or through ``log``.
     """
@@ -439,7 +445,7 @@ def optimize(
     except ImportError:
         raise VaubanError('optimize needs optuna: pip install "vauban[optimize]"') from None
     for name, value, low in (("n_trials", n_trials, 1), ("check", check, 0), ("max_tokens", max_tokens, 1),
-                             ("selection_tokens", selection_tokens, 1)):
+                             ("selection_tokens", selection_tokens, 1), ("refine_steps", refine_steps, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise VaubanError(f"{name} must be an integer >= {low}, got {value!r}")
     if direction.harmful_means is None:
@@ -467,8 +473,11 @@ def optimize(
         the_study.enqueue_trial(plain)
     todo = n_trials - len(_finished(optuna, the_study))
     say = log if log is not None else (lambda line: print(line, flush=True)) if show_progress else None
+    # the plain cut is refined once per study; a norm-preserving one cannot be (see vauban.refine)
+    refining = (refine_steps > 0 and not fixed.get("norm_preserving")
+                and not any(t.user_attrs.get("weights") for t in _finished(optuna, the_study)))
     base = refused = None
-    if todo > 0:
+    if todo > 0 or refining:
         base = first_token_logprobs(model, tokenizer, neutral, batch_size)
         originals = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size)
         refused = [(c.prompt, c.text) for c in originals if c.refused]
@@ -477,19 +486,22 @@ def optimize(
     started = time.perf_counter()
     done = 0
 
-    def objective(trial: Any) -> tuple[float, float, float]:
-        nonlocal done
-        t0 = time.perf_counter()
-        params = _suggest(trial, direction.num_layers, direction.layer_index, fixed)
+    def scores(params: CutParams) -> tuple[float, float, float]:
+        """The three objectives of one cut: refusal, KL, refusal likelihood."""
         with params.apply(model, direction):
             answers = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size)
             kl = kl_divergence(base, first_token_logprobs(model, tokenizer, neutral, batch_size))
             likelihood = refusal_likelihood(model, tokenizer, refused, batch_size=batch_size)
-        refusal = sum(c.refused for c in answers) / len(answers)
+        return sum(c.refused for c in answers) / len(answers), kl, likelihood
+
+    def objective(trial: Any) -> tuple[float, float, float]:
+        nonlocal done
+        t0 = time.perf_counter()
+        values = scores(_suggest(trial, direction.num_layers, direction.layer_index, fixed))
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         trial.set_user_attr("plain", trial.params == plain)
         done += 1
-        return refusal, kl, likelihood
+        return values
 
     def report(study_: Any, trial: Any) -> None:
         if say is None or trial.values is None:
@@ -505,6 +517,10 @@ def optimize(
 
     if todo > 0:
         the_study.optimize(objective, n_trials=todo, callbacks=[report])
+    if refining:
+        _add_refined(optuna, the_study, plain, lambda: refine(
+            model, tokenizer, CutParams.from_trial(plain, fixed).vector(direction), neutral, base, refused,
+            steps=refine_steps, batch_size=batch_size, log=say), scores, fixed, say)
     checked = _stored_checks(the_study, checking, selection_tokens) if check else {}
     result = _result(optuna, the_study, fixed, checked, **info)
     if not check or result.plain is None:
@@ -533,6 +549,26 @@ def optimize(
         say(f"pick: trial {result.best.number} (selection refusal {result.best.selection_refusal:.1%}, "
             f"plain cut {limit:.1%})")
     return result
+
+
+def _add_refined(optuna: Any, the_study: Any, plain: dict[str, Any], run: Callable[[], Any],
+                 scores: Callable[[CutParams], tuple[float, float, float]], fixed: dict[str, bool],
+                 say: Callable[[str], None] | None) -> None:
+    """Refine the plain cut's per-layer weights, score them as a weight edit, and store the
+    result as one more trial: the plain cut's parameters plus the weights in its user attributes
+    (so a resumed study does not refine again)."""
+    t0 = time.perf_counter()
+    refined = run()
+    weights = {"attention": list(refined.attention), "mlp": list(refined.mlp)}
+    values = scores(CutParams.from_trial(plain, fixed, weights))
+    seconds = time.perf_counter() - t0
+    template = next(t for t in _finished(optuna, the_study) if t.user_attrs.get("plain"))
+    the_study.add_trial(optuna.trial.create_trial(
+        params=template.params, distributions=template.distributions, values=list(values),
+        user_attrs={"seconds": seconds, "plain": False, "weights": weights}))
+    if say is not None:
+        say(f"refined trial: refusal {values[0] * 100:5.1f}%  kl {values[1]:.4f}  "
+            f"p(refusal) {values[2]:.1e}  ({seconds:.1f} s)")
 
 
 def _checks_key(prompts: Sequence[str], max_tokens: int) -> str:

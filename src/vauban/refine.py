@@ -1,0 +1,214 @@
+"""Refine a cut's per-writer weights by gradient descent until it beats the plain cut on both counts.
+
+Why: the kernel search of :mod:`vauban.optimize` moves the cut along one trade-off curve. On the
+demo model every trial without refusals lies on a single curve of first-token KL against refusal
+likelihood, with the plain cut on it: a lighter kernel lowers the KL exactly as much as it
+raises the refusal likelihood. What gets off that curve is a weight per writer, because writers
+differ: cutting some layers' MLPs costs KL for little refusal removed, cutting some layers'
+attention removes refusal at almost no KL. ``2 × layers`` weights are too many for a 30-trial
+Bayesian search, but cheap for a gradient, because the cut is differentiable in them: the weight
+edit ``W - a·Q Qᵀ W`` turns a writer's output ``y = Wx + b`` into ``y - a·Q Qᵀ y`` exactly, so
+forward hooks doing that with ``a`` a tensor give the cut model as a smooth function of the
+weights, with no copy of any weight.
+
+The loss is the smooth maximum of both objectives as ratios to the plain cut's values,
+``logsumexp(τ·[KL/KL₀, p/p₀]) / τ``: it falls only when the larger ratio falls, so the weights
+move below the plain cut on both rather than trading one for the other. Adam steps, weights kept
+in ``[0, 1.5]``; the step with the lowest loss wins. The values are measured through the hooks;
+:func:`vauban.optimize.optimize` then scores the result as a real weight edit like any trial.
+Norm-preserving cuts rescale each written vector, which no output hook can express: refine plain
+cuts only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import arch
+from .activations import model_device
+from .batching import default_batch_size, left_pad, sorted_batches
+from .cut import orthonormal
+from .evaluate import answer_logprobs, encode_pairs
+from .prompts import encode_chat, pad_id
+
+MAX_WEIGHT = 1.5
+SHARPNESS = 20.0  # τ of the smooth maximum: at 20 it is within 3.5 % of the larger ratio
+FLOOR = 1e-12  # objectives at or below this count as 0 (a likelihood of 1e-20 is no refusal)
+
+
+def ratios(point: tuple[float, float], reference: tuple[float, float]) -> torch.Tensor:
+    """``(KL, likelihood)`` as ratios to the reference point's (floored) values."""
+    return torch.tensor([max(v, FLOOR) / max(r, FLOOR) for v, r in zip(point, reference, strict=True)])
+
+
+def loss(point: tuple[float, float], reference: tuple[float, float]) -> float:
+    """The smooth maximum of :func:`ratios` that refinement minimizes."""
+    return float(torch.logsumexp(SHARPNESS * ratios(point, reference), 0)) / SHARPNESS
+
+
+def first_token_batches(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """``(indices, log-probabilities of the answer's first token)`` per batch of ``prompts``;
+    differentiable unless run under ``torch.inference_mode``."""
+    device = model_device(model)
+    ids = encode_chat(tokenizer, prompts)
+    for batch in sorted_batches([len(x) for x in ids], batch_size or default_batch_size(device)):
+        input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                       logits_to_keep=1, use_cache=False).logits[:, -1]
+        yield batch, torch.log_softmax(logits.float(), dim=-1)
+
+
+def likelihood_batches(
+    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, str]], tokens: int = 8,
+    batch_size: int | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(rows, summed probability of opening with the given refusal)`` per batch: each prompt's
+    answer is teacher-forced with the first ``tokens`` tokens of its refusal. Empty refusals (the
+    original stopped at once) have nothing to force and are left out."""
+    spoken = [(q, a) for q, a in refusals if a]
+    encoded = [e for e in encode_pairs(tokenizer, spoken, tokens) if e[1] > 0] if spoken else []
+    device = model_device(model)
+    for batch in sorted_batches([len(x) for x, _ in encoded], batch_size or default_batch_size(device)):
+        ids, mask, positions = left_pad([encoded[i][0] for i in batch], pad_id(tokenizer), device)
+        lengths = torch.tensor([encoded[i][1] for i in batch], device=device)
+        keep = int(lengths.max())
+        logp = answer_logprobs(model, ids, mask, positions, keep)
+        token_lp = logp.gather(-1, ids[:, -keep:].unsqueeze(-1)).squeeze(-1)
+        valid = torch.arange(keep, device=device).unsqueeze(0) >= (keep - lengths).unsqueeze(1)
+        yield len(batch), token_lp.masked_fill(~valid, 0.0).sum(-1).exp().sum()
+
+
+def _writer_module(model: nn.Module, writer: arch.ResidualWriter) -> nn.Module:
+    """The module whose output is what ``writer`` adds: the writer itself (a linear layer), or
+    for a bare parameter (fused MoE experts) its owner, whose output is linear in it."""
+    try:
+        return model.get_submodule(writer.name)
+    except AttributeError:
+        return model.get_submodule(writer.name.rsplit(".", 1)[0])
+
+
+@contextlib.contextmanager
+def gated(model: nn.Module, direction: torch.Tensor, weights: torch.Tensor) -> Iterator[None]:
+    """While open, every writer's output loses ``weights[kind, layer]`` × its component along
+    the unit ``direction`` (through a post-norm's gain where there is one, as :mod:`vauban.cut`
+    does): the plain weight edit with per-writer weights, as hooks (``kind`` 0 attention, 1 MLP)."""
+    device = model_device(model)
+    unit = (direction.float() / direction.float().norm()).to(device)
+    handles = []
+    seen: set[int] = set()
+    try:
+        for w in arch.residual_writers(model):
+            module = _writer_module(model, w)
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            basis = unit
+            if w.post_norm is not None:
+                gain = arch.norm_gain(w.post_norm, unit.shape[0], device)
+                basis = orthonormal((gain * unit).cpu()[None])[0]
+            at = (0 if w.kind == "attention" else 1, w.layer)
+
+            def hook(_module: nn.Module, _args: Any, y: torch.Tensor, q: torch.Tensor = basis,
+                     at: tuple[int, int] = at) -> torch.Tensor:
+                q = q.to(y.device, y.dtype)
+                return y - weights[at].to(y.device, y.dtype) * (y @ q).unsqueeze(-1) * q
+
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass(frozen=True)
+class Refined:
+    """Per-layer weights for the attention and MLP writers, and how the steps went."""
+
+    attention: tuple[float, ...]
+    mlp: tuple[float, ...]
+    kl: float  # first-token KL of the chosen weights (through the hooks)
+    likelihood: float  # refusal likelihood of the chosen weights
+    history: tuple[tuple[float, float], ...]  # (KL, likelihood) at each step's start
+
+
+def _mean_and_grad(
+    weights: torch.Tensor, parts: Iterator[tuple[int, torch.Tensor]]
+) -> tuple[float, torch.Tensor]:
+    """Mean of per-batch sums and its gradient in ``weights``, one backward pass per batch so
+    no more than one batch's activations are kept."""
+    weights.grad = None
+    total, count = 0.0, 0
+    for rows, part in parts:
+        part.backward()
+        total, count = total + float(part.detach()), count + rows
+    grad = weights.grad if weights.grad is not None else torch.zeros_like(weights)
+    return total / max(count, 1), grad / max(count, 1)
+
+
+def refine(
+    model: nn.Module,
+    tokenizer: Any,
+    direction: torch.Tensor,
+    harmless: Sequence[str],
+    base: torch.Tensor,
+    refusals: Sequence[tuple[str, str]],
+    *,
+    steps: int = 16,
+    lr: float = 0.03,
+    batch_size: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Refined:
+    """Per-writer weights for cutting ``direction`` that lower both the first-token KL against
+    ``base`` (the original's log-probabilities on ``harmless``) and the likelihood of the
+    original's ``refusals``, starting from the plain cut (weight 1 everywhere); see the module
+    docstring. The model's weights are never touched."""
+    n = arch.num_layers(model)
+    weights = torch.ones(2, n, requires_grad=True)
+    optimizer = torch.optim.Adam([weights], lr=lr)
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    history: list[tuple[float, float]] = []
+    best: tuple[float, torch.Tensor, float, float] | None = None
+    reference: tuple[float, float] | None = None
+    try:
+        with gated(model, direction, weights):
+            for step in range(steps + 1):
+                def kl_parts() -> Iterator[tuple[int, torch.Tensor]]:
+                    for rows, logp in first_token_batches(model, tokenizer, harmless, batch_size):
+                        p = base[rows].to(logp.device)
+                        yield len(rows), (p.exp() * (p - logp)).sum()
+
+                kl, kl_grad = _mean_and_grad(weights, kl_parts())
+                lik, lik_grad = _mean_and_grad(
+                    weights, likelihood_batches(model, tokenizer, refusals, batch_size=batch_size))
+                reference = reference or (kl, lik)
+                value = loss((kl, lik), reference)
+                history.append((kl, lik))
+                if best is None or value < best[0]:
+                    best = (value, weights.detach().clone(), kl, lik)
+                if log is not None:
+                    log(f"refine step {step}/{steps}: kl {kl:.4f}  p(refusal) {lik:.1e}")
+                if step == steps:
+                    break
+                share = torch.softmax(SHARPNESS * ratios((kl, lik), reference), 0)  # d loss / d ratio
+                weights.grad = (share[0] / max(reference[0], FLOOR) * kl_grad
+                                + share[1] / max(reference[1], FLOOR) * lik_grad)
+                optimizer.step()
+                with torch.no_grad():
+                    weights.clamp_(0.0, MAX_WEIGHT)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    assert best is not None
+    chosen = best[1]
+    return Refined(tuple(float(x) for x in chosen[0]), tuple(float(x) for x in chosen[1]), best[2], best[3],
+                   tuple(history))
