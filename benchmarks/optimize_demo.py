@@ -6,7 +6,9 @@ prompts 60-99), then evaluates side by side on held-out prompts no part of vauba
 
 - the original model, the plain cut (trial 0 of every study) and the pick (``result.best``);
 - the search's own pick without the check (the lowest-KL trial no weaker than the plain cut on
-  the search prompts), when it differs, to show what the check is worth.
+  the search prompts), when it differs, to show what the check is worth;
+- the refined trial (the plain cut with per-layer weights from ``vauban.refine``), when it is
+  none of the above.
 
 Held out: refusal on a seeded sample of AdvBench (``--heldout-n`` prompts, ``--max-tokens``
 greedy tokens, judged as ``evaluate`` judges) and the first-token KL(original ‖ cut) on the 48
@@ -89,6 +91,9 @@ def main() -> None:
         points.append(("pick", result.best))
     if unchecked.number not in (result.plain.number, result.best.number):
         points.append(("unchecked", unchecked))
+    refined = next((t for t in result.trials if t.params.refined), None)
+    if refined is not None and refined.number not in [t.number for _, t in points]:
+        points.append(("refined", refined))
     rows = []
     for role, trial in points:
         start = time.perf_counter()

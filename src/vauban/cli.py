@@ -421,7 +421,7 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
         result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=study,
                           projected=flags[args.projected], norm_preserving=flags[args.norm_preserving],
                           prompts=args.validation, harmless=s.harmless, selection=args.selection,
-                          check=args.check, batch_size=s.batch_size, log=log)
+                          check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log)
     report.table(f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
                  f"prompts, first-token KL on {result.n_harmless} harmless prompts; * = the pick, "
                  f"checked on {result.n_selection} selection prompts)", *result.rows())
@@ -579,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "prompts 60-99)")
     p.add_argument("--check", type=int, default=4,
                    help="check at most this many candidates on the selection prompts (0: no check)")
+    p.add_argument("--refine-steps", type=int, default=16,
+                   help="gradient steps refining the plain cut's per-layer weights after the search "
+                        "(0: skip)")
     p.add_argument("--export", help="export the pick (or --export-trial N) here")
     p.add_argument("--export-trial", type=int, help="the trial number to export")
     direction_flag(p)
