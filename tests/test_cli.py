@@ -162,8 +162,9 @@ def test_run_whole_tutorial(ws, tmp_path):
 
 def test_optimize_json(ws):
     doc = vauban(ws, "optimize", "--direction", ws["direction"], "--trials", "2", "--json",
-                 "--validation", "eval.txt", "--selection", "harmful.txt")
-    assert len(doc["trials"]) == 2 and "best" in doc
+                 "--validation", "eval.txt", "--selection", "harmful.txt", "--refine-steps", "2")
+    assert len(doc["trials"]) == 3 and "best" in doc  # 2 searched + the refined plain cut
+    assert isinstance(doc["trials"][2]["cut"]["attention"], list)  # per-layer weights
     assert doc["trials"][0]["plain"] and doc["trials"][0]["selection_refusal"] is not None
 
 

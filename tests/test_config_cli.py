@@ -288,9 +288,9 @@ def test_cli_optimize_exports_the_best_cut(workspace, saved_direction, tmp_path,
                  "--validation", workspace["eval"], "--harmless", workspace["harmless"]])
     out = capsys.readouterr().out
     assert code == 0
-    assert "OptimizeResult: trials=2" in out and "Pareto front" in out
+    assert "OptimizeResult: trials=3" in out and "Pareto front" in out  # + the refined plain cut
     record = json.loads((out_dir / "vauban.json").read_text())
-    assert record["optimization"]["trial"]["pareto"]
+    assert f"best trial={record['optimization']['trial']['number']} " in out  # the pick was exported
     assert (tmp_path / "opt" / "pareto.png").is_file() and (tmp_path / "opt" / "study.db").is_file()
     code = main(["optimize", "--model", workspace["model"], "--direction", str(saved_direction),
                  "--trials", "2", "--export", str(tmp_path / "t0"), "--export-trial", "0",

@@ -38,6 +38,7 @@ from .evaluate import answer_logprobs, encode_pairs
 from .prompts import encode_chat, pad_id
 
 MAX_WEIGHT = 1.5
+MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch: smaller than inference
 SHARPNESS = 20.0  # τ of the smooth maximum: at 20 it is within 3.5 % of the larger ratio
 FLOOR = 1e-12  # objectives at or below this count as 0 (a likelihood of 1e-20 is no refusal)
 
@@ -171,6 +172,7 @@ def refine(
     original's ``refusals``, starting from the plain cut (weight 1 everywhere); see the module
     docstring. The model's weights are never touched."""
     n = arch.num_layers(model)
+    batch_size = batch_size or min(default_batch_size(model_device(model)), MAX_BATCH)
     weights = torch.ones(2, n, requires_grad=True)
     optimizer = torch.optim.Adam([weights], lr=lr)
     frozen = [p for p in model.parameters() if p.requires_grad]
