@@ -165,3 +165,9 @@ def progress(batches: list[list[int]], desc: str, show: bool | None) -> Iterator
     disable = (None if len(batches) > 1 else True) if show is None else not show
     disable = True if QUIET else disable
     yield from tqdm(batches, desc=desc, unit="batch", disable=disable, leave=False)
+
+
+def duration(seconds: float) -> str:
+    """``12m05s``: how long a long run (optimization, refinement) still takes."""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s"

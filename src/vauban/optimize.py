@@ -70,6 +70,7 @@ import torch
 from torch import nn
 
 from .atomic import write_file
+from .batching import duration
 from .cut import Cut, LayerKernel, LayerWeights, cut
 from .errors import VaubanError
 from .evaluate import completions
@@ -409,11 +410,6 @@ def _result(optuna: Any, the_study: Any, fixed: dict[str, bool], selection: dict
     return OptimizeResult(trials, **info)
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes}m{secs:02d}s"
-
-
 def optimize(
     model: nn.Module,
     tokenizer: Any,
@@ -520,7 +516,7 @@ def optimize(
             f"kl {trial.values[1]:.4f}  p(refusal) {trial.values[2]:.1e}  "
             f"({trial.user_attrs['seconds']:.1f} s) | best: trial "
             f"{best.number} refusal {best.refusal * 100:.1f}% kl {best.kl:.4f} | "
-            f"ETA {_duration(eta)}")
+            f"ETA {duration(eta)}")
 
     if todo > 0:
         the_study.optimize(objective, n_trials=todo, callbacks=[report])

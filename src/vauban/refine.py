@@ -23,6 +23,7 @@ cuts only.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,7 @@ from torch import nn
 
 from . import arch
 from .activations import model_device
-from .batching import default_batch_size, left_pad, sorted_batches
+from .batching import default_batch_size, duration, left_pad, sorted_batches
 from .cut import orthonormal
 from .evaluate import answer_logprobs, encode_pairs
 from .prompts import encode_chat, pad_id
@@ -179,6 +180,7 @@ def refine(
     for p in frozen:
         p.requires_grad_(False)
     history: list[tuple[float, float]] = []
+    started = time.perf_counter()
     best: tuple[float, torch.Tensor, float, float] | None = None
     reference: tuple[float, float] | None = None
     try:
@@ -198,7 +200,9 @@ def refine(
                 if best is None or value < best[0]:
                     best = (value, weights.detach().clone(), kl, lik)
                 if log is not None:
-                    log(f"refine step {step}/{steps}: kl {kl:.4f}  p(refusal) {lik:.1e}")
+                    elapsed = time.perf_counter() - started
+                    log(f"refine step {step}/{steps}: kl {kl:.4f}  p(refusal) {lik:.1e} | "
+                        f"ETA {duration(elapsed / (step + 1) * (steps - step))}")
                 if step == steps:
                     break
                 share = torch.softmax(SHARPNESS * ratios((kl, lik), reference), 0)  # d loss / d ratio
