@@ -520,6 +520,8 @@ def optimize(
 
     if todo > 0:
         the_study.optimize(objective, n_trials=todo, callbacks=[report])
+    if refine_steps and fixed.get("norm_preserving") and say is not None:
+        say("no refinement: a norm-preserving cut rescales each written vector, which refine cannot express")
     if refining:
         _add_refined(optuna, the_study, plain, lambda: refine(
             model, tokenizer, CutParams.from_trial(plain, fixed).vector(direction), neutral, base, refused,

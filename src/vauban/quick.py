@@ -149,9 +149,10 @@ def optimize(
     **kwargs: Any,
 ) -> OptimizeResult:
     """Search cut variants for the fewest refusals at the lowest KL (measures the direction
-    unless given); the model ends unchanged. ``study=PATH`` keeps the study on disk so a rerun
-    resumes it. Export a Pareto point with :func:`vauban.optimize.export_trial`; see
-    :func:`vauban.optimize.optimize` for the other options."""
+    unless given), then refine the plain cut's per-writer weights; the model ends unchanged.
+    ``study=PATH`` keeps the study on disk so a rerun resumes it. Export a Pareto point with
+    :func:`vauban.optimize.export_trial`; see :func:`vauban.optimize.optimize` for the other
+    options."""
     torch_model, tokenizer = as_torch(model), as_hf_tokenizer(tokenizer)
     if direction is None:
         direction = measure_direction(torch_model, tokenizer)
