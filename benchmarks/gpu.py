@@ -13,6 +13,8 @@ process, on one device:
   sequential, vs the bound of reading the weights once per step;
 - one optimization trial: refusals on 100 prompts x 64 tokens + first-token KL on 100 harmless
   prompts, with the cut applied and undone;
+- refinement (``vauban.refine``): one gradient step of the per-writer weights on 48 harmless
+  prompts + 24 teacher-forced refusals (forward + backward), and its peak memory;
 - export: GB/s of ``vauban.export`` (hashes and checks included) and of ``save_pretrained``;
 - with two GPUs: the exported model loaded with ``device="auto"`` (split over both) is measured,
   generated from, cut and evaluated, and compared with the single-GPU model.
@@ -483,6 +485,25 @@ def trial(b: Bench, model: Any, tokenizer: Any, harmful: list[str], harmless: li
     return r
 
 
+def refine_bench(b: Bench, model: Any, tokenizer: Any, harmful: list[str], harmless: list[str],
+                 direction: torch.Tensor) -> dict[str, Any]:
+    from vauban.refine import refine
+
+    neutral = harmless[:48]
+    refusals = [(p, "I'm sorry, but I can't help with that request.") for p in harmful[:24]]
+    base = first_token_logprobs(model, tokenizer, neutral)
+    steps = 3
+    if b.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds, _ = b.time(lambda: refine(model, tokenizer, direction, neutral, base, refusals, steps=steps),
+                        repeat=1, warmup=0)
+    r: dict[str, Any] = {"harmless": len(neutral), "refusals": len(refusals), "steps": steps,
+                         "seconds": seconds, "seconds_per_step": seconds / (steps + 1)}
+    if b.device.type == "cuda":
+        r["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return r
+
+
 def export_bench(b: Bench, model: Any, tokenizer: Any, root: Path) -> dict[str, Any]:
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     t_vauban, _ = b.time(lambda: export(model, tokenizer, root / "vauban", overwrite=True), repeat=1,
@@ -557,6 +578,7 @@ def main() -> None:
         "kernel_sweep": lambda: kernel_sweep(b, model, direction),
         "generation": lambda: generation(b, model, tokenizer, harmful),
         "trial": lambda: trial(b, model, tokenizer, harmful[:100], harmless[:100], direction),
+        "refine": lambda: refine_bench(b, model, tokenizer, harmful, harmless, direction),
     }
     for name, fn in sections.items():
         if name not in skip:
