@@ -243,3 +243,12 @@ def test_refine_starts_at_the_plain_cut_and_never_ends_worse(setup, tokenizer):
     with cut(model, direction.direction, attention=refined.attention, mlp=refined.mlp):
         assert kl_divergence(base, first_token_logprobs(model, tokenizer, harmless)) == pytest.approx(
             refined.kl, rel=1e-3)
+
+
+def test_the_front_is_over_all_three_objectives():
+    from vauban.optimize import pareto_mask
+
+    plain, refined, light = (0, .05, .005), (0, .04, .004), (0, .03, .02)
+    worse, twin = (.1, .05, .005), (0, .04, .004)
+    assert pareto_mask([plain, refined, light, worse]) == [False, True, True, False]
+    assert pareto_mask([refined, twin]) == [True, True]  # equal points do not dominate each other

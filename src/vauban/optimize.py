@@ -184,7 +184,8 @@ class OptimizeResult:
 
     @property
     def pareto(self) -> tuple[Trial, ...]:
-        """Non-dominated trials, fewest refusals first."""
+        """Trials no other trial beats on refusal, KL and refusal likelihood at once, fewest
+        refusals first, then lowest KL."""
         return tuple(sorted((t for t in self.trials if t.pareto), key=lambda t: (t.refusal, t.kl)))
 
     @property
@@ -390,22 +391,26 @@ def _finished(optuna: Any, study: Any) -> list[Any]:
     return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
 
 
+def pareto_mask(points: Sequence[Sequence[float]]) -> list[bool]:
+    """Which points no other point dominates (no worse on every objective, better on one; all
+    minimized). Equal points do not dominate each other."""
+    def dominates(b: Sequence[float], a: Sequence[float]) -> bool:
+        return all(x <= y for x, y in zip(b, a, strict=True)) and tuple(b) != tuple(a)
+
+    return [not any(dominates(b, a) for b in points) for a in points]
+
+
 def _result(optuna: Any, the_study: Any, fixed: dict[str, bool], selection: dict[str, float],
             **info: Any) -> OptimizeResult:
-    """The study's trials; ``pareto`` marks the front of refusal vs KL (what a cut is judged
-    on; the likelihood only guards the pick)."""
+    """The study's trials; ``pareto`` marks the front over all three objectives (a cut that
+    answers with more margin at the same KL is a better cut, not an equal one)."""
     done = _finished(optuna, the_study)
-    points = [(t.values[0], t.values[1]) for t in done]
-
-    def dominated(a: tuple[float, float]) -> bool:
-        return any(b[0] <= a[0] and b[1] <= a[1] and b != a for b in points)
-
+    front = pareto_mask([t.values for t in done])
     trials = tuple(
         Trial(t.number, t.values[0], t.values[1], float(t.user_attrs.get("seconds", 0.0)),
               CutParams.from_trial(t.params, fixed, t.user_attrs.get("weights")), t.values[2],
-              not dominated(point),
-              bool(t.user_attrs.get("plain")), selection.get(str(t.number)))
-        for t, point in zip(done, points, strict=True)
+              on_front, bool(t.user_attrs.get("plain")), selection.get(str(t.number)))
+        for t, on_front in zip(done, front, strict=True)
     )
     return OptimizeResult(trials, **info)
 

@@ -131,24 +131,28 @@ def plot_sweep(sweep: AlphaSweep, path: str | os.PathLike[str] | None = None) ->
 
 
 def plot_pareto(result: OptimizeResult, path: str | os.PathLike[str] | None = None) -> Figure:
-    """Every trial's refusal rate vs first-token KL; the Pareto front joined, the plain cut and
-    the pick marked."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter([t.kl for t in result.trials], [t.refusal * 100 for t in result.trials],
-               color="lightgrey", label="trial")
-    front = result.pareto
-    ax.plot([t.kl for t in front], [t.refusal * 100 for t in front], marker="o", color="tab:red",
-            label="Pareto front")
-    for t in front:
-        ax.annotate(str(t.number), (t.kl, t.refusal * 100), fontsize="small",
-                    textcoords="offset points", xytext=(4, 4))
-    if result.plain is not None:
-        ax.scatter([result.plain.kl], [result.plain.refusal * 100], marker="x", s=80, color="black",
-                   label="plain cut (alpha = 1)", zorder=3)
-    best = result.best
-    ax.scatter([best.kl], [best.refusal * 100], marker="*", s=160, color="tab:green", zorder=4,
-               label=f"pick (trial {best.number})")
-    ax.set(xlabel="first-token KL on harmless prompts", ylabel="refusal rate on validation prompts (%)",
-           title=f"Optimization: {len(result.trials)} trials")
-    ax.legend(fontsize="small")
+    """Every trial's first-token KL against its refusal rate (left) and refusal likelihood
+    (right, log scale); the Pareto front (over all three) in red, the plain cut and the pick
+    marked. The right panel shows what the left cannot: among cuts with no refusals, which
+    answer with more margin."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    front, best, plain = result.pareto, result.best, result.plain
+    panels = ((axes[0], lambda t: t.refusal * 100, "refusal rate on validation prompts (%)"),
+              (axes[1], lambda t: max(t.likelihood, 1e-12), "refusal likelihood (log)"))
+    for ax, value, label in panels:
+        ax.scatter([t.kl for t in result.trials], [value(t) for t in result.trials], color="lightgrey",
+                   label="trial")
+        ax.scatter([t.kl for t in front], [value(t) for t in front], color="tab:red", label="Pareto front")
+        for t in front:
+            ax.annotate(str(t.number), (t.kl, value(t)), fontsize="small", textcoords="offset points",
+                        xytext=(4, 4))
+        if plain is not None:
+            ax.scatter([plain.kl], [value(plain)], marker="x", s=80, color="black",
+                       label="plain cut (alpha = 1)", zorder=3)
+        ax.scatter([best.kl], [value(best)], marker="*", s=160, color="tab:green", zorder=4,
+                   label=f"pick (trial {best.number})")
+        ax.set(xlabel="first-token KL on harmless prompts", ylabel=label)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize="small")
+    fig.suptitle(f"Optimization: {len(result.trials)} trials")
     return _finish(fig, path)
