@@ -240,6 +240,8 @@ def test_refine_starts_at_the_plain_cut_and_never_ends_worse(setup, tokenizer):
     start = refined.history[0]
     assert loss((refined.kl, refined.likelihood), start) <= loss(start, start)
     assert len(refined.history) == 5
+    with pytest.raises(VaubanError, match="steps must be an integer"):
+        refine(model, tokenizer, direction.direction, harmless, base, refusals, steps=-1)
     with cut(model, direction.direction, attention=refined.attention, mlp=refined.mlp):
         assert kl_divergence(base, first_token_logprobs(model, tokenizer, harmless)) == pytest.approx(
             refined.kl, rel=1e-3)

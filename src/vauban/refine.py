@@ -35,6 +35,7 @@ from . import arch
 from .activations import model_device
 from .batching import default_batch_size, duration, left_pad, sorted_batches
 from .cut import orthonormal
+from .errors import VaubanError
 from .evaluate import answer_logprobs, encode_pairs
 from .prompts import encode_chat, pad_id
 
@@ -172,6 +173,10 @@ def refine(
     ``base`` (the original's log-probabilities on ``harmless``) and the likelihood of the
     original's ``refusals``, starting from the plain cut (weight 1 everywhere); see the module
     docstring. The model's weights are never touched."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise VaubanError(f"steps must be an integer >= 0, got {steps!r}")
+    if not lr > 0:
+        raise VaubanError(f"lr must be positive, got {lr!r}")
     n = arch.num_layers(model)
     batch_size = batch_size or min(default_batch_size(model_device(model)), MAX_BATCH)
     weights = torch.ones(2, n, requires_grad=True)
@@ -183,14 +188,15 @@ def refine(
     started = time.perf_counter()
     best: tuple[float, torch.Tensor, float, float] | None = None
     reference: tuple[float, float] | None = None
+
+    def kl_parts() -> Iterator[tuple[int, torch.Tensor]]:
+        for rows, logp in first_token_batches(model, tokenizer, harmless, batch_size):
+            p = base[rows].to(logp.device)
+            yield len(rows), (p.exp() * (p - logp)).sum()
+
     try:
         with gated(model, direction, weights):
             for step in range(steps + 1):
-                def kl_parts() -> Iterator[tuple[int, torch.Tensor]]:
-                    for rows, logp in first_token_batches(model, tokenizer, harmless, batch_size):
-                        p = base[rows].to(logp.device)
-                        yield len(rows), (p.exp() * (p - logp)).sum()
-
                 kl, kl_grad = _mean_and_grad(weights, kl_parts())
                 lik, lik_grad = _mean_and_grad(
                     weights, likelihood_batches(model, tokenizer, refusals, batch_size=batch_size))
