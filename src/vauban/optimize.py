@@ -26,16 +26,16 @@ Each trial draws a cut (:class:`CutParams`, see :mod:`vauban.cut` for the formul
   direction and the norm-preserving edit.
 
 The first trial is the plain cut (the measured direction, weight 1 on every writer), so the
-front always contains it or a point that dominates it on the search prompts.
+front always contains it or a point that dominates it on the search prompts. Trials run with
+Optuna's multi-objective TPE sampler, seeded: the same inputs give the same trials. Each trial
+edits the one model in memory and undoes the edit bit-exactly.
 
 After the search, the plain cut is *refined* (``refine_steps``, :mod:`vauban.refine`): gradient
 steps give every writer its own weight, lowering the KL and the refusal likelihood together,
 and the result is scored like any trial and stored as one more (its per-layer weights in the
 trial's user attributes). Why both: the kernels move a cut along the trade-off curve (on the
 demo model every 0-refusal trial lies on one KL-vs-likelihood curve through the plain cut);
-per-writer weights move it below the curve, but 48 of them are beyond a 30-trial TPE search. Trials run with
-Optuna's multi-objective TPE sampler, seeded: the same inputs give the same trials. Each trial
-edits the one model in memory and undoes the edit bit-exactly.
+per-writer weights move it below the curve, but 48 of them are beyond a 30-trial TPE search.
 
 Why a third prompt set: the search pushes the cut as light as it can go while the refusal count
 on its prompts stays at its minimum, so the lowest-KL point sits right on the edge where the
