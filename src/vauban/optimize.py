@@ -282,8 +282,9 @@ def first_token_logprobs(
     """``(len(prompts), vocab)`` float32 log-probabilities of each answer's first token."""
     out: list[torch.Tensor | None] = [None] * len(prompts)
     for batch, logp in first_token_batches(model, tokenizer, prompts, batch_size):
+        logp = logp.cpu()  # one device-to-host copy per batch, not per row
         for row, index in enumerate(batch):
-            out[index] = logp[row].cpu()
+            out[index] = logp[row]
     return torch.stack(out)  # type: ignore[arg-type]
 
 
