@@ -38,9 +38,10 @@ ADVBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "advbench_h
 
 def held_out(model, tokenizer, prompts, pairs, base, max_tokens: int, full: bool) -> dict:
     answers = completions(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=None)
+    refusals = sum(a.refused for a in answers)
     out = {
-        "refusals": sum(a.refused for a in answers),
-        "refusal": sum(a.refused for a in answers) / len(answers),
+        "refusals": refusals,
+        "refusal": refusals / len(answers),
         "first_token_kl": kl_divergence(base, first_token_logprobs(model, tokenizer, [p for p, _ in pairs])),
         "refused": [[a.prompt, a.text] for a in answers if a.refused],
     }
@@ -84,7 +85,8 @@ def main() -> None:
     pairs = load_pairs("reference")
     base = first_token_logprobs(model, tokenizer, [p for p, _ in pairs])
     original = completions(model, tokenizer, prompts, max_tokens=args.max_tokens, batch_size=None)
-    print(f"held out: the original refuses {sum(a.refused for a in original)}/{len(prompts)}", flush=True)
+    n_orig = sum(a.refused for a in original)
+    print(f"held out: the original refuses {n_orig}/{len(prompts)}", flush=True)
     unchecked = next(iter(candidates(result)), result.plain)
     points: list[tuple[str, Trial]] = [("plain", result.plain)]
     if result.best.number != result.plain.number:
@@ -112,7 +114,6 @@ def main() -> None:
         row["dominates_plain_held_out"] = (h["refusals"] <= plain["refusals"]
                                            and h["first_token_kl"] < plain["first_token_kl"])
 
-    n_orig = sum(a.refused for a in original)
     print(f"\nheld out: {len(prompts)} AdvBench prompts ({args.max_tokens} tokens), first-token KL on "
           f"{len(pairs)} reference prompts; the original refuses {n_orig}/{len(prompts)}")
     print("        point   search refusal / ft-KL / selection   held-out refused   ft-KL   dominates plain")
