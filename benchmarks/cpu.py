@@ -35,9 +35,9 @@ import torch
 
 import vauban
 from vauban.activations import last_token_residuals
-from vauban.cut import _compute_dtype
-from vauban.evaluate import Pair, answer_scores, default_eval_prompts
-from vauban.export import export
+from vauban.cutting import _compute_dtype
+from vauban.evaluating import Pair, answer_scores, default_eval_prompts
+from vauban.exporting import export
 from vauban.generate import generate
 from vauban.prompts import encode_chat, load_pairs, load_prompts
 

@@ -46,7 +46,7 @@ from conftest import build_tokenizer
 from vauban import arch, cut, export, kernels, load_model, measure
 from vauban.activations import last_token_residuals
 from vauban.batching import left_pad
-from vauban.evaluate import completions, evaluate
+from vauban.evaluating import completions, evaluate
 from vauban.prompts import encode_chat, load_prompts, pad_id
 
 PEAK_BF16 = 790e12  # FLOP/s, the reference (8192³ bf16 matmul on an H100 here)
@@ -444,7 +444,7 @@ def generation(b: Bench, model: Any, tokenizer: Any, prompts: list[str]) -> dict
     t_lib, _ = b.time(lambda: vgen.generate(model, tokenizer, prompts[:100], max_tokens=64,
                                             show_progress=False), repeat=2)
     r["generate_api_100x64_s"] = t_lib
-    from vauban.steer import Steering
+    from vauban.steering import Steering
 
     with Steering(model, torch.randn(arch.d_model(model)), 1.0):  # hooks: the eager static loop
         t_steer, _ = b.time(lambda: vgen.generate(model, tokenizer, prompts[:20], max_tokens=32,

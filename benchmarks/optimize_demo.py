@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from vauban import DirectionResult, load, measure
-from vauban.evaluate import Pair, answer_scores, completions
+from vauban.evaluating import Pair, answer_scores, completions
 from vauban.optimize import Trial, candidates, first_token_logprobs, kl_divergence, optimize
 from vauban.prompts import load_pairs, load_prompts
 

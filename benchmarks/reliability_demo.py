@@ -28,7 +28,7 @@ import torch
 
 from vauban import VaubanError, cut, export, load, measure, verify
 from vauban.atomic import TEMP_TAG
-from vauban.export import RECORD_FILE, cut_record, versions
+from vauban.exporting import RECORD_FILE, cut_record, versions
 
 
 def _export(model, tokenizer, direction, out: Path, overwrite: bool = False, started=None) -> float:

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import build_tokenizer
 from vauban import cut, measure
 from vauban.batching import left_pad
-from vauban.evaluate import Pair, answer_scores
+from vauban.evaluating import Pair, answer_scores
 from vauban.prompts import encode_chat, load_pairs, load_prompts
-from vauban.steer import Steering
+from vauban.steering import Steering
 
 SHAPES = {
     # Llama-3.1-8B: the shape most abliteration users run

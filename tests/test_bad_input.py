@@ -28,7 +28,7 @@ from conftest import HARMFUL, HARMLESS, build_model
 from vauban import DirectionResult, VaubanError, cut, export, load, measure, probe, quick, steer, verify
 from vauban.cli import main
 from vauban.prompts import load_prompts
-from vauban.steer import Steering
+from vauban.steering import Steering
 
 COUNTS: Counter[str] = Counter()
 TRACEBACKS: list[str] = []

@@ -9,7 +9,7 @@ import torch
 import vauban
 from conftest import build_model
 from vauban.batching import MEMORY_SHARE, SATURATING_TOKENS, Shape, batch_size_for, free_memory
-from vauban.evaluate import Pair, answer_scores
+from vauban.evaluating import Pair, answer_scores
 
 
 def test_shape_reads_the_config():

@@ -13,7 +13,7 @@ from conftest import build_model
 from vauban import VaubanError, measure, plots
 from vauban.cli import main
 from vauban.config import Settings, resolve
-from vauban.probe import borderline, probe
+from vauban.probing import borderline, probe
 from vauban.results import AlphaSweep, SteerResult, SteerSweep, SweepRow
 from vauban.sweep import alpha_sweep, direction_similarity, steer_sweep
 

@@ -9,9 +9,9 @@ import torch
 from conftest import build_model
 from vauban import VaubanError, arch, cut, measure
 from vauban.activations import last_token_residuals
-from vauban.cut import LayerKernel, layer_bases
-from vauban.measure import direction_at, directions_per_layer, measure_subspace
-from vauban.steer import Steering
+from vauban.cutting import LayerKernel, layer_bases
+from vauban.measuring import direction_at, directions_per_layer, measure_subspace
+from vauban.steering import Steering
 
 PROMPTS = ["Hello there, how are you?", "Tell me a story.", "x"]
 TYPES = ["llama", "gemma2", "gpt2", "qwen3_moe", "gpt_oss"]

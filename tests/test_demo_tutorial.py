@@ -16,7 +16,7 @@ import torch
 
 from vauban import arch, cut, quick
 from vauban.generate import generate
-from vauban.load import DEMO_ID, DEMO_PACKAGES
+from vauban.loading import DEMO_ID, DEMO_PACKAGES
 
 try:
     for _package in DEMO_PACKAGES:
@@ -78,8 +78,8 @@ def test_measure_and_probe_claims(loaded, direction):
     layer = direction.layer_index
     assert harmful.projections[layer] > harmless.projections[layer] + 0.5
     # the sets, not just one pair: held-out harmful prompts sit clearly above harmless ones
-    from vauban.evaluate import default_eval_prompts
-    from vauban.probe import projections
+    from vauban.evaluating import default_eval_prompts
+    from vauban.probing import projections
     from vauban.prompts import load_pairs
 
     bad = projections(model, tokenizer, default_eval_prompts(8), direction)[:, layer]

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from conftest import HARMFUL, build_model
 from vauban import load_model
 from vauban.activations import last_token_residuals
-from vauban.evaluate import Pair, answer_scores
+from vauban.evaluating import Pair, answer_scores
 from vauban.generate import generate
 
 

@@ -13,7 +13,7 @@ from conftest import HARMFUL, HARMLESS
 from vauban.batching import Shape, left_pad
 from vauban.generate import _has_hooks, fast_loop_ok, static_greedy, stop_token_ids
 from vauban.prompts import encode_chat, pad_id
-from vauban.steer import Steering
+from vauban.steering import Steering
 
 TOKENS = 10
 

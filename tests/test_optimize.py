@@ -9,7 +9,7 @@ import torch
 
 from conftest import build_model
 from vauban import VaubanError, measure
-from vauban.cut import LayerKernel
+from vauban.cutting import LayerKernel
 from vauban.optimize import CutParams, OptimizeResult, Trial, candidates, export_trial, optimize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -177,7 +177,7 @@ def test_refine_hooks_compute_the_weight_edit(model_type, tokenizer):
     """The hooks refine differentiates through are the per-layer weight edit itself, post-norms,
     Conv1D and fused experts included."""
     from vauban.arch import num_layers
-    from vauban.cut import cut
+    from vauban.cutting import cut
     from vauban.refine import gated
 
     model = build_model(model_type)
@@ -224,7 +224,7 @@ def test_refined_trial_is_scored_stored_once_and_exportable(setup, tokenizer, tm
 
 
 def test_refine_starts_at_the_plain_cut_and_never_ends_worse(setup, tokenizer):
-    from vauban.cut import cut
+    from vauban.cutting import cut
     from vauban.optimize import first_token_logprobs, kl_divergence, refusal_likelihood
     from vauban.refine import loss, refine
 

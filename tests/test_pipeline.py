@@ -10,9 +10,9 @@ import torch
 from conftest import build_model
 from vauban import DirectionResult, VaubanError, arch, cut, measure, probe
 from vauban.activations import last_token_residuals
-from vauban.evaluate import evaluate
+from vauban.evaluating import evaluate
 from vauban.generate import generate
-from vauban.steer import Steering, steer
+from vauban.steering import Steering, steer
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma3_text"])

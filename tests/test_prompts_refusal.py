@@ -48,7 +48,7 @@ def test_first_twenty_eval_prompts_cover_every_category():
 
 
 def test_default_eval_prompts_are_the_first_twenty():
-    from vauban.evaluate import default_eval_prompts
+    from vauban.evaluating import default_eval_prompts
 
     assert default_eval_prompts() == load_prompts("eval_harmful")[:20]
 

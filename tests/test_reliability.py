@@ -26,10 +26,10 @@ import vauban.atomic as atomic
 from conftest import HARMFUL, HARMLESS, build_model
 from vauban import VaubanError, cut, export, load, measure, verify
 from vauban.atomic import TEMP_TAG
-from vauban.export import DIRECTION_FILE, RECORD_FILE
+from vauban.exporting import DIRECTION_FILE, RECORD_FILE
 from vauban.results import DirectionResult
 
-load_module = importlib.import_module("vauban.load")  # the module, not vauban.load()
+load_module = importlib.import_module("vauban.loading")  # the module, not vauban.load()
 
 
 @pytest.fixture(autouse=True)

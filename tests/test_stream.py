@@ -18,7 +18,7 @@ from conftest import build_model
 from vauban import arch
 from vauban.errors import VaubanError
 from vauban.stream import cut_checkpoint, tensor_table, weight_files
-from vauban.verify import verify
+from vauban.verifying import verify
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:

@@ -1,17 +1,19 @@
 """vauban: find, probe, cut, export, evaluate and steer the refusal direction of chat models.
 
 ``vauban.quick`` holds the tutorial's one-liners; the names below are the low-level API they
-are built from (module names follow the pipeline: load, measure, probe, cut, export, evaluate,
-steer, sweep).
+are built from. Modules are named for the pipeline's steps (``loading``, ``measuring``,
+``probing``, ``cutting``, ``exporting``, ``evaluating``, ``steering``, ``verifying``), so that no
+function exported here shadows a module: ``vauban.cut`` is the function, ``vauban.cutting`` its
+module.
 """
 
-from .cut import Cut, LayerKernel, active_cuts, cut, original_weights
+from .cutting import Cut, LayerKernel, active_cuts, cut, original_weights
 from .errors import VaubanError
-from .evaluate import evaluate
-from .export import export
-from .load import load_model, source_of
-from .measure import direction_at, directions_per_layer, measure, measure_subspace
-from .probe import borderline, probe, projections
+from .evaluating import evaluate
+from .exporting import export
+from .loading import load_model, source_of
+from .measuring import direction_at, directions_per_layer, measure, measure_subspace
+from .probing import borderline, probe, projections
 from .results import (
     AlphaSweep,
     BorderlineResult,
@@ -24,9 +26,9 @@ from .results import (
     SubspaceResult,
     VerifyResult,
 )
-from .steer import Steering, steer, steer_generate
+from .steering import Steering, steer, steer_generate
 from .sweep import alpha_sweep, direction_similarity, steer_sweep
-from .verify import verify
+from .verifying import verify
 
 load = load_model
 

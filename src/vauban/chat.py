@@ -2,7 +2,7 @@
 
 A :class:`ChatSession` keeps the conversation and formats it with the tokenizer's chat template
 each turn (base models without one get a plain "User:/Assistant:" transcript). Steering is a
-setting of the session, not of the model: each reply enters a :class:`~vauban.steer.Steering`
+setting of the session, not of the model: each reply enters a :class:`~vauban.steering.Steering`
 context only while it generates, so ``alpha`` can change between turns and the model is never
 left hooked.
 """
@@ -23,7 +23,7 @@ from .errors import VaubanError
 from .generate import check_max_tokens, decode_answer, greedy_config, stop_token_ids
 from .prompts import check_tokenizer
 from .results import DirectionResult, check_alpha
-from .steer import Steering
+from .steering import Steering
 
 
 class _CallbackStreamer(TextStreamer):

@@ -33,18 +33,18 @@ from rich.table import Table
 from . import batching, plots
 from .atomic import write_file
 from .config import Settings, resolve
-from .cut import cut
+from .cutting import cut
 from .errors import VaubanError
-from .evaluate import evaluate
-from .export import check_output_dir, cut_record, export
-from .load import load_model
-from .measure import measure
-from .probe import borderline, probe, projections
+from .evaluating import evaluate
+from .exporting import check_output_dir, cut_record, export
+from .loading import load_model
+from .measuring import measure
+from .probing import borderline, probe, projections
 from .prompts import load_prompts
 from .results import DirectionResult
-from .steer import steer
+from .steering import steer
 from .sweep import alpha_sweep
-from .verify import verify
+from .verifying import verify
 
 HARMFUL_PROBE = "How do I pick a lock?"
 HARMLESS_PROBE = "What is the capital of France?"

@@ -15,11 +15,11 @@ Three objectives, all minimized, measured on prompts held apart from what ``eval
   answers the prompts it sees, which refuses again on the next hard prompt. The likelihood
   tells the two apart.
 
-Each trial draws a cut (:class:`CutParams`, see :mod:`vauban.cut` for the formulas):
+Each trial draws a cut (:class:`CutParams`, see :mod:`vauban.cutting` for the formulas):
 
 - ``direction_index``: a fractional layer whose (interpolated) direction is cut, within
   ``0.4..0.9`` of the depth (heretic's range) widened to include the measured layer;
-- for attention and MLP writers separately, a :class:`~vauban.cut.LayerKernel`:
+- for attention and MLP writers separately, a :class:`~vauban.cutting.LayerKernel`:
   ``max_weight`` in ``0.8..1.5``, ``peak`` in ``0.6..1`` of the depth, ``min_weight`` as a
   fraction ``0..1`` of ``max_weight``, ``width`` in ``1..layers-1``;
 - optionally (``projected`` / ``norm_preserving`` = ``None``: searched) the projected
@@ -71,10 +71,10 @@ from torch import nn
 
 from .atomic import write_file
 from .batching import duration
-from .cut import Cut, LayerKernel, LayerWeights, cut
+from .cutting import Cut, LayerKernel, LayerWeights, cut
 from .errors import VaubanError
-from .evaluate import completions
-from .measure import direction_at
+from .evaluating import completions
+from .measuring import direction_at
 from .prompts import Prompts, bundled_records, load_prompts
 from .refine import first_token_batches, likelihood_batches, refine
 from .results import DirectionResult
@@ -121,7 +121,7 @@ class CutParams:
         return direction_at(direction, self.direction_index, projected=self.projected)
 
     def apply(self, model: nn.Module, direction: DirectionResult) -> Cut:
-        """Apply this cut to ``model`` (an applied :class:`~vauban.cut.Cut`)."""
+        """Apply this cut to ``model`` (an applied :class:`~vauban.cutting.Cut`)."""
         return cut(model, self.vector(direction), attention=self.attention, mlp=self.mlp,
                    norm_preserving=self.norm_preserving)
 
@@ -316,13 +316,13 @@ def default_harmless_prompts() -> list[str]:
 
 def default_validation_prompts() -> list[str]:
     """Bundled eval prompts 20-59: disjoint from both the measurement sets and the 20 that
-    :func:`vauban.evaluate.evaluate` reports on."""
+    :func:`vauban.evaluating.evaluate` reports on."""
     return [r["prompt"] for r in bundled_records("eval_harmful")[20:60]]
 
 
 def default_selection_prompts() -> list[str]:
     """Bundled eval prompts 60-99: disjoint from the search prompts and from what
-    :func:`vauban.evaluate.evaluate` reports on."""
+    :func:`vauban.evaluating.evaluate` reports on."""
     return [r["prompt"] for r in bundled_records("eval_harmful")[60:100]]
 
 
@@ -610,7 +610,7 @@ def export_trial(
     overwrite: bool = False,
 ) -> Path:
     """Export trial ``number``'s cut like ``abliterate`` does; the model ends unchanged."""
-    from .export import cut_record, export
+    from .exporting import cut_record, export
 
     chosen = result.trial(number)
     with chosen.params.apply(model, direction) as applied:

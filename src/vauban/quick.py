@@ -13,19 +13,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cut import cut
+from .cutting import cut
 from .errors import VaubanError
-from .evaluate import evaluate as _evaluate
-from .export import check_output_dir, cut_record, export
-from .load import default_device, load_model, model_label, resolve_dtype
-from .measure import measure
+from .evaluating import evaluate as _evaluate
+from .exporting import check_output_dir, cut_record, export
+from .loading import default_device, load_model, model_label, resolve_dtype
+from .measuring import measure
 from .mlx_format import is_mlx_model, mlx_model_to_torch
 from .optimize import OptimizeResult
 from .optimize import optimize as _optimize
-from .probe import probe
+from .probing import probe
 from .prompts import Prompts
 from .results import DirectionResult, EvalResult, ProbeResult, SteerResult
-from .steer import steer
+from .steering import steer
 
 __all__ = ["abliterate", "evaluate", "load", "measure_direction", "optimize", "probe_prompt", "steer_prompt"]
 
@@ -33,7 +33,7 @@ __all__ = ["abliterate", "evaluate", "load", "measure_direction", "optimize", "p
 def load(model_path: str | os.PathLike[str] | None = None, **kwargs: Any) -> tuple[nn.Module, Any]:
     """Load ``(model, tokenizer)`` as float weights; no argument loads the embedded demo model.
 
-    See :func:`vauban.load.load` for ``device``, ``dtype``, ``revision``, ``trust_remote_code``.
+    See :func:`vauban.loading.load` for ``device``, ``dtype``, ``revision``, ``trust_remote_code``.
     """
     return load_model(model_path, **kwargs)
 
@@ -119,7 +119,7 @@ def evaluate(
     """Refusal rate, perplexity and KL of ``original`` vs ``modified`` (20 bundled prompts).
 
     ``original`` and ``modified`` may be the same model object with a reversible cut applied;
-    see :func:`vauban.evaluate.evaluate` for ``reference``, ``max_tokens``, ``batch_size``.
+    see :func:`vauban.evaluating.evaluate` for ``reference``, ``max_tokens``, ``batch_size``.
     """
     return _evaluate(
         as_torch(original), as_torch(modified), as_hf_tokenizer(tokenizer), prompts, **kwargs

@@ -34,9 +34,9 @@ from torch import nn
 from . import arch
 from .activations import model_device
 from .batching import default_batch_size, duration, left_pad, sorted_batches
-from .cut import orthonormal
+from .cutting import orthonormal
 from .errors import VaubanError
-from .evaluate import answer_logprobs, encode_pairs
+from .evaluating import answer_logprobs, encode_pairs
 from .prompts import encode_chat, pad_id
 
 MAX_WEIGHT = 1.5
@@ -101,7 +101,7 @@ def _writer_module(model: nn.Module, writer: arch.ResidualWriter) -> nn.Module:
 @contextlib.contextmanager
 def gated(model: nn.Module, direction: torch.Tensor, weights: torch.Tensor) -> Iterator[None]:
     """While open, every writer's output loses ``weights[kind, layer]`` × its component along
-    the unit ``direction`` (through a post-norm's gain where there is one, as :mod:`vauban.cut`
+    the unit ``direction`` (through a post-norm's gain where there is one, as :mod:`vauban.cutting`
     does): the plain weight edit with per-writer weights, as hooks (``kind`` 0 attention, 1 MLP)."""
     device = model_device(model)
     unit = (direction.float() / direction.float().norm()).to(device)

@@ -75,7 +75,7 @@ class DirectionResult:
     """A measured refusal direction.
 
     ``direction`` is the unit difference-in-means at ``layer_index``; ``cosine_scores`` holds
-    each layer's cosine separation (see :mod:`vauban.measure`). The per-layer means of both
+    each layer's cosine separation (see :mod:`vauban.measuring`). The per-layer means of both
     prompt sets are kept so any layer's direction, and the harmful/harmless projection pattern
     of any prompt, can be derived later without running the model again.
     """
@@ -238,7 +238,7 @@ class VerifyResult:
 @dataclass(frozen=True, eq=False)
 class SubspaceResult:
     """A k-dimensional refusal subspace measured at one layer (see
-    :func:`vauban.measure.measure_subspace`).
+    :func:`vauban.measuring.measure_subspace`).
 
     ``basis`` holds ``k`` orthonormal rows; row 0 is the difference-in-means direction, the
     others the strongest directions of the per-prompt differences orthogonal to it, in order.

@@ -1,6 +1,6 @@
 """Cut a safetensors checkpoint on disk, one tensor at a time, for models bigger than memory.
 
-The in-memory cut (:mod:`vauban.cut`) needs the whole model loaded. Here the checkpoint stays
+The in-memory cut (:mod:`vauban.cutting`) needs the whole model loaded. Here the checkpoint stays
 on disk: every shard is copied byte for byte (the kernel's file copy, no tensor in memory),
 then each residual-writing tensor is read alone, edited with the same arithmetic as
 :func:`vauban.cut` and written back over its own bytes. The header, names, dtypes and shapes do
@@ -31,11 +31,11 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from . import arch
 from .atomic import building_dir
-from .cut import Direction, LayerWeights, edited, layer_bases, layer_weights, orthonormal
+from .cutting import Direction, LayerWeights, edited, layer_bases, layer_weights, orthonormal
 from .errors import VaubanError
-from .export import DIRECTION_FILE, check_output_dir, versions
+from .exporting import DIRECTION_FILE, check_output_dir, versions
 from .results import DirectionResult, check_alpha
-from .verify import RECORD_FILE, check_weights, file_hashes
+from .verifying import RECORD_FILE, check_weights, file_hashes
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"

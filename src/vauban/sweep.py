@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cut import cut
-from .evaluate import Pair, answer_scores, completions, default_eval_prompts
+from .cutting import cut
+from .evaluating import Pair, answer_scores, completions, default_eval_prompts
 from .generate import check_max_tokens
 from .prompts import Prompts, load_pairs, load_prompts
 from .results import AlphaSweep, DirectionResult, SteerSweep, SweepRow, check_alpha, unit_vector
-from .steer import steer
+from .steering import steer
 
 
 def alpha_sweep(

@@ -25,7 +25,7 @@ from torch import nn
 
 from .activations import model_device
 from .batching import batch_size_for, left_pad, progress, sorted_batches
-from .cut import active_cuts, original_weights
+from .cutting import active_cuts, original_weights
 from .errors import VaubanError
 from .generate import check_max_tokens, generate
 from .prompts import (

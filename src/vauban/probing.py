@@ -16,7 +16,7 @@ from torch import nn
 from . import arch
 from .activations import last_token_residuals
 from .errors import VaubanError
-from .load import model_label
+from .loading import model_label
 from .prompts import load_prompts
 from .results import BorderlineResult, DirectionResult, ProbeResult, unit_vector
 

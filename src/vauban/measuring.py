@@ -22,7 +22,7 @@ with harmful activations ``h_ik`` and harmless ``b_jk`` at layer ``k``, centred 
 
 The best layer is ``argmax s_l``.
 
-Variants for the cut (:mod:`vauban.cut`), derived from the stored per-layer means without
+Variants for the cut (:mod:`vauban.cutting`), derived from the stored per-layer means without
 running the model again:
 
 - :func:`direction_at` takes the direction at a *fractional* layer index ``x = i + t``:
@@ -44,7 +44,7 @@ from torch import nn
 from . import arch
 from .activations import last_token_residuals
 from .errors import VaubanError
-from .load import model_label
+from .loading import model_label
 from .prompts import Prompts, load_prompts
 from .results import DirectionResult, SubspaceResult, check_layer, unit_rows
 

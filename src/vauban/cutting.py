@@ -3,7 +3,7 @@
 Every matrix ``W`` that writes into the residual stream becomes ``W - a·Q Qᵀ W``, where the
 rows of ``Q`` (``k × d``) are an orthonormal basis of what is removed: one unit vector ``v`` for
 the usual refusal direction (``W - a·v(vᵀW)``), ``k`` vectors for a refusal subspace
-(:func:`vauban.measure.measure_subspace`). Its outputs lose ``a`` times their component in that
+(:func:`vauban.measuring.measure_subspace`). Its outputs lose ``a`` times their component in that
 subspace. Usually ``Q`` is the direction itself; when a norm with per-channel gain ``g`` sits
 between the writer and the residual add (Gemma 2/3, OLMo 2 post-norms), ``Q`` spans
 ``g ⊙ q`` for each basis vector ``q``, because ``qᵀ(g ⊙ y) = (g ⊙ q)ᵀy``: making ``y``
@@ -21,7 +21,7 @@ Variants, all composable and all undone bit-exactly:
   (heretic's ablation-weight kernel). Writers whose ``a`` is 0 are left untouched.
 - **Which direction.** One vector for every layer, one per layer (a ``(layers, k, d)`` tensor:
   layer ``l``'s writers remove row ``l``), or one taken at a fractional layer index or with the
-  harmless mean projected out (see :mod:`vauban.measure`: ``direction_at``,
+  harmless mean projected out (see :mod:`vauban.measuring`: ``direction_at``,
   ``directions_per_layer``).
 - **Norm-preserving** (``norm_preserving=True``). Each vector a matrix writes into the residual
   stream (a column ``x`` of an ``nn.Linear`` weight, a row of GPT-2's ``Conv1D``, a token's

@@ -25,11 +25,11 @@ from typing import Any
 from torch import nn
 
 from .atomic import building_dir, temp_name
-from .cut import Cut
+from .cutting import Cut
 from .errors import VaubanError
-from .load import clear_quantizer
+from .loading import clear_quantizer
 from .results import DirectionResult
-from .verify import RECORD_FILE, check_weights, file_hashes
+from .verifying import RECORD_FILE, check_weights, file_hashes
 
 DIRECTION_FILE = "vauban_direction.safetensors"
 

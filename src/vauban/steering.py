@@ -11,7 +11,7 @@ also wraps a user's own ``model.generate`` calls.
 
 The direction may also be a k-dimensional subspace with orthonormal basis ``Q`` (a
 :class:`~vauban.results.SubspaceResult` or a ``(k, d)`` tensor): ``h - α Q Qᵀ h``; or one
-direction (or subspace) per layer, a ``(layers, k, d)`` tensor, as :func:`vauban.cut.cut` takes.
+direction (or subspace) per layer, a ``(layers, k, d)`` tensor, as :func:`vauban.cutting.cut` takes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import arch
-from .cut import Direction, layer_bases
+from .cutting import Direction, layer_bases
 from .errors import VaubanError
 from .generate import check_max_tokens, generate
 from .prompts import load_prompts
