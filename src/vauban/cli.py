@@ -421,7 +421,8 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
         result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=study,
                           projected=flags[args.projected], norm_preserving=flags[args.norm_preserving],
                           prompts=args.validation, harmless=s.harmless, selection=args.selection,
-                          check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log)
+                          check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log,
+                          damage=args.damage.replace("-", "_"), kl_tokens=args.kl_tokens)
     report.table(f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
                  f"prompts, first-token KL on {result.n_harmless} harmless prompts; * = the pick, "
                  f"checked on {result.n_selection} selection prompts)", *result.rows())
@@ -582,6 +583,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-steps", type=int, default=16,
                    help="gradient steps refining the plain cut's per-layer weights after the search "
                         "(0: skip)")
+    p.add_argument("--damage", choices=["first-token", "k-tokens"], default="first-token",
+                   help="damage objective: KL at the first answer token, or over the first --kl-tokens "
+                        "tokens of the original's own answers (teacher-forced)")
+    p.add_argument("--kl-tokens", type=int, default=16, help="k of the k-token KL (default 16)")
     p.add_argument("--export", help="export the pick (or --export-trial N) here")
     p.add_argument("--export-trial", type=int, help="the trial number to export")
     direction_flag(p)

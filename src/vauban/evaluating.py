@@ -24,15 +24,25 @@ import torch
 from torch import nn
 
 from .activations import model_device
-from .batching import batch_size_for, left_pad, progress, sorted_batches
+from .batching import batch_size_for, progress
 from .cutting import active_cuts, original_weights
+from .divergence import (
+    Divergence,
+    Forced,
+    batches,
+    forced,
+    forced_text,
+    greedy_answers,
+    kl_rows_,
+    logprobs,
+    token_logprobs,
+)
 from .errors import VaubanError
 from .generate import check_max_tokens, generate
 from .prompts import (
     Prompts,
     bundled_records,
     check_tokenizer,
-    encode_chat,
     load_pairs,
     load_prompts,
     pad_id,
@@ -82,27 +92,6 @@ def completions(
     return tuple(Completion(p, a, is_refusal(a)) for p, a in zip(prompts, answers, strict=True))
 
 
-def encode_pairs(
-    tokenizer: Any, pairs: Sequence[tuple[str, str]], answer_tokens: int
-) -> list[tuple[list[int], int]]:
-    """Token ids of the chat-formatted prompt + the answer's first ``answer_tokens`` tokens,
-    and that answer length."""
-    heads = encode_chat(tokenizer, [prompt for prompt, _ in pairs])
-    tails = [tokenizer(a, add_special_tokens=False)["input_ids"][:answer_tokens] for _, a in pairs]
-    return [(head + list(tail), len(tail)) for head, tail in zip(heads, tails, strict=True)]
-
-
-def answer_logprobs(
-    model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: int
-) -> torch.Tensor:
-    """Log-probabilities (float32) of the distributions predicting the last ``keep`` tokens."""
-    logits = model(
-        input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep + 1,
-        use_cache=False,
-    ).logits
-    return torch.log_softmax(logits[:, -(keep + 1) : -1].float(), dim=-1)
-
-
 @dataclass(frozen=True)
 class AnswerScores:
     perplexity_before: float
@@ -112,6 +101,44 @@ class AnswerScores:
 
 
 @torch.inference_mode()
+def pair_divergence(
+    pair: Pair, tokenizer: Any, rows: Forced, *, batch_size: int | None = None,
+    show_progress: bool | None = None, desc: str = "kl",
+) -> Divergence:
+    """KL(original ‖ modified) and both sides' answer log-likelihoods on teacher-forced ``rows``
+    (see :mod:`vauban.divergence`), one batch of both sides at a time.
+
+    Each batch holds vocabulary-sized log-probabilities at every scored position (three copies
+    at the peak: one side's, the other's logits and their log-softmax), which sets the batch
+    size against free memory (:func:`vauban.batching.batch_size_for`); with one model and a
+    cut, each batch also costs an undo and a re-apply of the cut, so the batches are as large
+    as memory allows.
+    """
+    check_tokenizer(pair.modified, tokenizer)
+    device = model_device(pair.modified)
+    if batch_size is None:
+        longest = max(len(x) for x in rows.inputs)
+        batch_size = batch_size_for(pair.modified, longest, len(rows), logit_positions=max(rows.lengths),
+                                    logit_copies=3, saturate=not pair.same)
+    nll = {True: 0.0, False: 0.0}
+    kl_sum = first_sum = 0.0
+    n_positions = 0
+    parts = list(batches(rows, batch_size, pad_id(tokenizer), device))
+    for batch in progress(parts, desc, show_progress):  # type: ignore[arg-type]
+        valid = batch.valid
+        logp = {}
+        for original in (True, False):
+            with pair.side(original) as model:
+                logp[original] = logprobs(model, batch)
+            nll[original] -= float(token_logprobs(logp[original], batch).sum())
+        kl = kl_rows_(logp.pop(True), logp.pop(False))  # (rows, keep)
+        kl_sum += float(kl[valid].sum())
+        first = batch.keep - batch.lengths  # index of each row's first scored position
+        first_sum += float(kl.gather(1, first.unsqueeze(1)).sum())
+        n_positions += int(valid.sum())
+    return Divergence(kl_sum, first_sum, nll[True], nll[False], n_positions, len(rows))
+
+
 def answer_scores(
     pair: Pair,
     tokenizer: Any,
@@ -123,52 +150,31 @@ def answer_scores(
 ) -> AnswerScores:
     """Perplexities of both sides and KL(original ‖ modified) on the reference answers.
 
-    Each batch holds vocabulary-sized log-probabilities at every answer position (three copies
-    at the peak: one side's, the other's logits and their log-softmax), which sets the batch
-    size against free memory (:func:`vauban.batching.batch_size_for`); with one model and a
-    cut, each batch also costs an undo and a re-apply of the cut, so the batches are as large
-    as memory allows. Only the first ``answer_tokens`` tokens of each answer are scored:
-    the cost is a full forward pass per side, and the opening of an answer carries most of the
-    signal (and all of the first-token KL).
+    Only the first ``answer_tokens`` tokens of each answer are scored: the cost is a full
+    forward pass per side, and the opening of an answer carries most of the signal (and all of
+    the first-token KL).
     """
-    check_tokenizer(pair.modified, tokenizer)
-    encoded = encode_pairs(tokenizer, pairs, answer_tokens)
-    device = model_device(pair.modified)
-    nll = {True: 0.0, False: 0.0}
-    kl_sum = first_sum = 0.0
-    n_tokens = 0
-    if batch_size is None:
-        longest = max(len(x) for x, _ in encoded)
-        keep = max(n for _, n in encoded)
-        batch_size = batch_size_for(pair.modified, longest, len(encoded), logit_positions=keep + 1,
-                                    logit_copies=3, saturate=not pair.same)
-    for batch in progress(sorted_batches([len(x) for x, _ in encoded], batch_size), "kl", show_progress):
-        seqs = [encoded[i][0] for i in batch]
-        lengths = torch.tensor([encoded[i][1] for i in batch], device=device)
-        keep = int(lengths.max())
-        ids, mask, positions = left_pad(seqs, pad_id(tokenizer), device)
-        targets = ids[:, -keep:]
-        valid = torch.arange(keep, device=device).unsqueeze(0) >= (keep - lengths).unsqueeze(1)
-        logp = {}
-        for original in (True, False):
-            with pair.side(original) as model:
-                logp[original] = answer_logprobs(model, ids, mask, positions, keep)
-            token_lp = logp[original].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            nll[original] -= float(token_lp[valid].sum())
-        # p·(log p - log q) in place (the same bits as out of place): two vocabulary-sized
-        # tensors alive instead of five
-        diff = logp.pop(False).neg_().add_(logp[True])
-        kl = diff.mul_(logp.pop(True).exp_()).sum(-1)  # (batch, keep)
-        kl_sum += float(kl[valid].sum())
-        first = keep - lengths  # index of each row's first answer position
-        first_sum += float(kl.gather(1, first.unsqueeze(1)).sum())
-        n_tokens += int(valid.sum())
+    d = pair_divergence(pair, tokenizer, forced_text(tokenizer, pairs, answer_tokens), batch_size=batch_size,
+                        show_progress=show_progress)
     return AnswerScores(
-        perplexity_before=math.exp(nll[True] / n_tokens),
-        perplexity_after=math.exp(nll[False] / n_tokens),
-        kl=kl_sum / n_tokens,
-        first_token_kl=first_sum / len(encoded),
+        perplexity_before=math.exp(d.nll_original / d.positions),
+        perplexity_after=math.exp(d.nll_modified / d.positions),
+        kl=d.mean_kl,
+        first_token_kl=d.first_token_kl,
     )
+
+
+def k_token_kl(
+    pair: Pair, tokenizer: Any, prompts: Sequence[str], tokens: int, *, batch_size: int | None = None,
+    show_progress: bool | None = None,
+) -> float:
+    """KL(original ‖ modified) over the first ``tokens`` tokens of the original's own greedy
+    answers to ``prompts`` (see :mod:`vauban.divergence`)."""
+    with pair.side(True) as model:
+        answers = greedy_answers(model, tokenizer, prompts, tokens, batch_size)
+    rows = forced(tokenizer, prompts, answers)
+    return pair_divergence(pair, tokenizer, rows, batch_size=batch_size, show_progress=show_progress,
+                           desc="k-token kl").mean_kl
 
 
 def evaluate(
@@ -197,7 +203,7 @@ def evaluate(
                 model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size
             )
     ref_pairs = load_pairs(reference)
-    scores = answer_scores(pair, tokenizer, ref_pairs, show_progress=show_progress)
+    scores = answer_scores(pair, tokenizer, ref_pairs, batch_size=batch_size, show_progress=show_progress)
 
     def rate(items: tuple[Completion, ...]) -> float:
         return sum(c.refused for c in items) / len(items)

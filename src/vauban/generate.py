@@ -72,6 +72,27 @@ def generate(
     desc: str = "generate",
 ) -> list[str]:
     """Greedy answers to chat-formatted ``prompts``, in input order."""
+    stops = stop_token_ids(model, tokenizer)
+    tokens = generate_tokens(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size,
+                             show_progress=show_progress, desc=desc)
+    return [decode_answer(tokenizer, t, stops) for t in tokens]
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_tokens: int = 64,
+    batch_size: int | None = None,
+    show_progress: bool | None = None,
+    desc: str = "generate",
+) -> list[list[int]]:
+    """The new token ids of each greedy answer, in input order: ``max_tokens`` per answer, the
+    first stop token included and padding after it. Greedy decoding makes a prefix of these the
+    answer a shorter ``max_tokens`` would have given, so one pass serves every answer length
+    (:func:`decode_answer` of ``tokens[:n]``)."""
     check_max_tokens(max_tokens)
     check_tokenizer(model, tokenizer)
     device = model_device(model)
@@ -79,7 +100,7 @@ def generate(
     pad = pad_id(tokenizer)
     stops = stop_token_ids(model, tokenizer)
     config = greedy_config(model, tokenizer, max_tokens)
-    answers: list[str] = [""] * len(ids)
+    answers: list[list[int]] = [[] for _ in ids]
     fast = device.type == "cuda" and fast_loop_ok(model)
     if batch_size is None:
         longest = max((len(x) for x in ids), default=0) + max_tokens
@@ -95,7 +116,7 @@ def generate(
             out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
             new = out[:, input_ids.shape[1] :].tolist()
         for row, index in enumerate(batch):
-            answers[index] = decode_answer(tokenizer, new[row], stops)
+            answers[index] = new[row]
     return answers
 
 

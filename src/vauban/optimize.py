@@ -72,11 +72,12 @@ from torch import nn
 from .atomic import write_file
 from .batching import duration
 from .cutting import Cut, LayerKernel, LayerWeights, cut
+from .divergence import Forced, forced, greedy_answers, mean_kl, reference_logprobs
 from .errors import VaubanError
 from .evaluating import completions
 from .measuring import direction_at
 from .prompts import Prompts, bundled_records, load_prompts
-from .refine import first_token_batches, likelihood_batches, refine
+from .refine import likelihood_batches, refine
 from .results import DirectionResult
 
 STUDY_NAME = "vauban"
@@ -229,7 +230,9 @@ class OptimizeResult:
         when they are not on the front (the pick is starred)."""
         best = self.best
         shown = dict.fromkeys([*self.pareto, *(t for t in (self.plain, best) if t is not None)])
-        columns = ["trial", "refusal", "first-token KL", "p(refusal)", "selection refusal", "direction",
+        damage = self.settings.get("damage")
+        kl_name = f"{damage['kl_tokens']}-token KL" if damage else "first-token KL"
+        columns = ["trial", "refusal", kl_name, "p(refusal)", "selection refusal", "direction",
                    "attention kernel", "MLP kernel", "projected", "norm-preserving"]
         rows = [[f"{t.number}{' (plain)' if t.plain else ''}{' *' if t is best else ''}",
                  f"{t.refusal:.1%}", f"{t.kl:.4f}", f"{t.likelihood:.1e}",
@@ -280,17 +283,23 @@ def first_token_logprobs(
     model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None
 ) -> torch.Tensor:
     """``(len(prompts), vocab)`` float32 log-probabilities of each answer's first token."""
-    out: list[torch.Tensor | None] = [None] * len(prompts)
-    for batch, logp in first_token_batches(model, tokenizer, prompts, batch_size):
-        logp = logp.cpu()  # one device-to-host copy per batch, not per row
-        for row, index in enumerate(batch):
-            out[index] = logp[row]
-    return torch.stack(out)  # type: ignore[arg-type]
+    rows = forced(tokenizer, prompts)
+    return torch.stack(reference_logprobs(model, tokenizer, rows, batch_size)).squeeze(1)
 
 
-def kl_divergence(p_log: torch.Tensor, q_log: torch.Tensor) -> float:
-    """Mean KL(p ‖ q) over rows of log-probabilities."""
-    return float((p_log.exp() * (p_log - q_log)).sum(-1).mean())
+DAMAGES = ("first_token", "k_tokens")
+
+
+def damage_rows(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], damage: str, kl_tokens: int,
+    batch_size: int | None = None,
+) -> Forced:
+    """The teacher-forced rows the damage objective scores (see :mod:`vauban.divergence`):
+    ``first_token`` one prefill per prompt; ``k_tokens`` the first ``kl_tokens`` tokens of the
+    original model's own greedy answers (generated once, here, so ``model`` must be uncut)."""
+    if damage == "first_token":
+        return forced(tokenizer, prompts)
+    return forced(tokenizer, prompts, greedy_answers(model, tokenizer, prompts, kl_tokens, batch_size))
 
 
 @torch.inference_mode()
@@ -431,6 +440,8 @@ def optimize(
     norm_preserving: bool | None = None,
     max_tokens: int = 24,
     selection_tokens: int = 48,
+    damage: str = "first_token",
+    kl_tokens: int = 16,
     refine_steps: int = 16,
     batch_size: int | None = None,
     seed: int = 0,
@@ -454,9 +465,12 @@ def optimize(
     except ImportError:
         raise VaubanError('optimize needs optuna: pip install "vauban[optimize]"') from None
     for name, value, low in (("n_trials", n_trials, 1), ("check", check, 0), ("max_tokens", max_tokens, 1),
-                             ("selection_tokens", selection_tokens, 1), ("refine_steps", refine_steps, 0)):
+                             ("selection_tokens", selection_tokens, 1), ("refine_steps", refine_steps, 0),
+                             ("kl_tokens", kl_tokens, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise VaubanError(f"{name} must be an integer >= {low}, got {value!r}")
+    if damage not in DAMAGES:
+        raise VaubanError(f"damage must be one of {', '.join(DAMAGES)}, got {damage!r}")
     if direction.harmful_means is None:
         raise VaubanError("optimize needs a DirectionResult with per-layer means; measure it again")
     harmful = default_validation_prompts() if prompts is None else load_prompts(prompts)
@@ -473,6 +487,8 @@ def optimize(
                 "model": direction.model_path, "fixed": fixed, "prompts": len(harmful),
                 "harmless": len(neutral), "max_tokens": max_tokens,
                 "objectives": ["refusal", "kl", "refusal_likelihood"]}
+    if damage != "first_token":  # absent for first-token KL, so studies made before this option resume
+        settings["damage"] = {"kind": damage, "kl_tokens": kl_tokens}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _storage(study)
     the_study = _load_study(optuna, storage, seed, settings)
@@ -485,9 +501,10 @@ def optimize(
     # the plain cut is refined once per study; a norm-preserving one cannot be (see vauban.refine)
     refining = (refine_steps > 0 and not fixed.get("norm_preserving")
                 and not any(t.user_attrs.get("weights") for t in _finished(optuna, the_study)))
-    base = refused = None
+    base = refused = rows = None
     if todo > 0 or refining:
-        base = first_token_logprobs(model, tokenizer, neutral, batch_size)
+        rows = damage_rows(model, tokenizer, neutral, damage, kl_tokens, batch_size)
+        base = reference_logprobs(model, tokenizer, rows, batch_size)
         originals = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size)
         refused = [(c.prompt, c.text) for c in originals if c.refused]
     info = {"n_prompts": len(harmful), "n_harmless": len(neutral), "seed": seed, "study": storage,
@@ -499,7 +516,7 @@ def optimize(
         """The three objectives of one cut: refusal, KL, refusal likelihood."""
         with params.apply(model, direction):
             answers = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size)
-            kl = kl_divergence(base, first_token_logprobs(model, tokenizer, neutral, batch_size))
+            kl = mean_kl(model, tokenizer, rows, base, batch_size)
             likelihood = refusal_likelihood(model, tokenizer, refused, batch_size=batch_size)
         return sum(c.refused for c in answers) / len(answers), kl, likelihood
 
@@ -530,7 +547,7 @@ def optimize(
         say("no refinement: a norm-preserving cut rescales each written vector, which refine cannot express")
     if refining:
         _add_refined(optuna, the_study, plain, lambda: refine(
-            model, tokenizer, CutParams.from_trial(plain, fixed).vector(direction), neutral, base, refused,
+            model, tokenizer, CutParams.from_trial(plain, fixed).vector(direction), rows, base, refused,
             steps=refine_steps, batch_size=batch_size, log=say), scores, fixed, say)
     checked = _stored_checks(the_study, checking, selection_tokens) if check else {}
     result = _result(optuna, the_study, fixed, checked, **info)

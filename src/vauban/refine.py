@@ -33,11 +33,10 @@ from torch import nn
 
 from . import arch
 from .activations import model_device
-from .batching import default_batch_size, duration, left_pad, sorted_batches
+from .batching import default_batch_size, duration
 from .cutting import orthonormal
+from .divergence import Forced, forced, forced_text, kl_batches, logprob_batches, token_logprobs
 from .errors import VaubanError
-from .evaluating import answer_logprobs, encode_pairs
-from .prompts import encode_chat, pad_id
 
 MAX_WEIGHT = 1.5
 MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch: smaller than inference
@@ -55,20 +54,6 @@ def loss(point: tuple[float, float], reference: tuple[float, float]) -> float:
     return float(torch.logsumexp(SHARPNESS * ratios(point, reference), 0)) / SHARPNESS
 
 
-def first_token_batches(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None
-) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """``(indices, log-probabilities of the answer's first token)`` per batch of ``prompts``;
-    differentiable unless run under ``torch.inference_mode``."""
-    device = model_device(model)
-    ids = encode_chat(tokenizer, prompts)
-    for batch in sorted_batches([len(x) for x in ids], batch_size or default_batch_size(device)):
-        input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                       logits_to_keep=1, use_cache=False).logits[:, -1]
-        yield batch, torch.log_softmax(logits.float(), dim=-1)
-
-
 def likelihood_batches(
     model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, str]], tokens: int = 8,
     batch_size: int | None = None,
@@ -77,16 +62,14 @@ def likelihood_batches(
     answer is teacher-forced with the first ``tokens`` tokens of its refusal. Empty refusals (the
     original stopped at once) have nothing to force and are left out."""
     spoken = [(q, a) for q, a in refusals if a]
-    encoded = [e for e in encode_pairs(tokenizer, spoken, tokens) if e[1] > 0] if spoken else []
-    device = model_device(model)
-    for batch in sorted_batches([len(x) for x, _ in encoded], batch_size or default_batch_size(device)):
-        ids, mask, positions = left_pad([encoded[i][0] for i in batch], pad_id(tokenizer), device)
-        lengths = torch.tensor([encoded[i][1] for i in batch], device=device)
-        keep = int(lengths.max())
-        logp = answer_logprobs(model, ids, mask, positions, keep)
-        token_lp = logp.gather(-1, ids[:, -keep:].unsqueeze(-1)).squeeze(-1)
-        valid = torch.arange(keep, device=device).unsqueeze(0) >= (keep - lengths).unsqueeze(1)
-        yield len(batch), token_lp.masked_fill(~valid, 0.0).sum(-1).exp().sum()
+    rows = forced_text(tokenizer, spoken, tokens) if spoken else None
+    if rows is None:
+        return
+    kept = [i for i, a in enumerate(rows.answers) if a]
+    rows = Forced(tuple(rows.prompts[i] for i in kept), tuple(rows.answers[i] for i in kept))
+    size = batch_size or default_batch_size(model_device(model))
+    for batch, logp in logprob_batches(model, tokenizer, rows, size):
+        yield len(batch.rows), token_logprobs(logp, batch).sum(-1).exp().sum()
 
 
 def _writer_module(model: nn.Module, writer: arch.ResidualWriter) -> nn.Module:
@@ -137,7 +120,7 @@ class Refined:
 
     attention: tuple[float, ...]
     mlp: tuple[float, ...]
-    kl: float  # first-token KL of the chosen weights (through the hooks)
+    kl: float  # KL of the chosen weights (through the hooks)
     likelihood: float  # refusal likelihood of the chosen weights
     history: tuple[tuple[float, float], ...]  # (KL, likelihood) at each step's start
 
@@ -160,8 +143,8 @@ def refine(
     model: nn.Module,
     tokenizer: Any,
     direction: torch.Tensor,
-    harmless: Sequence[str],
-    base: torch.Tensor,
+    harmless: Sequence[str] | Forced,
+    base: Sequence[torch.Tensor],
     refusals: Sequence[tuple[str, str]],
     *,
     steps: int = 16,
@@ -169,10 +152,11 @@ def refine(
     batch_size: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Refined:
-    """Per-writer weights for cutting ``direction`` that lower both the first-token KL against
-    ``base`` (the original's log-probabilities on ``harmless``) and the likelihood of the
-    original's ``refusals``, starting from the plain cut (weight 1 everywhere); see the module
-    docstring. The model's weights are never touched."""
+    """Per-writer weights for cutting ``direction`` that lower both the KL against ``base`` (the
+    original's log-probabilities on ``harmless``: prompts for the first-token KL, or teacher-forced
+    rows for a k-token KL, see :mod:`vauban.divergence`) and the likelihood of the original's
+    ``refusals``, starting from the plain cut (weight 1 everywhere); see the module docstring.
+    The model's weights are never touched."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise VaubanError(f"steps must be an integer >= 0, got {steps!r}")
     if not lr > 0:
@@ -189,10 +173,10 @@ def refine(
     best: tuple[float, torch.Tensor, float, float] | None = None
     reference: tuple[float, float] | None = None
 
+    rows = harmless if isinstance(harmless, Forced) else forced(tokenizer, harmless)
+
     def kl_parts() -> Iterator[tuple[int, torch.Tensor]]:
-        for rows, logp in first_token_batches(model, tokenizer, harmless, batch_size):
-            p = base[rows].to(logp.device)
-            yield len(rows), (p.exp() * (p - logp)).sum()
+        return kl_batches(model, tokenizer, rows, base, batch_size)
 
     try:
         with gated(model, direction, weights):
