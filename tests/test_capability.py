@@ -6,8 +6,8 @@ import gzip
 import json
 
 import pytest
-from conftest import build_model
 
+from conftest import build_model
 from vauban.capability.gsm8k import GSM8K, final_number, gold_number
 from vauban.capability.humaneval import HumanEval, extract_code, program
 from vauban.capability.sandbox import run_untrusted
@@ -46,7 +46,8 @@ def test_humaneval_programs_pass_and_fail_in_the_sandbox():
     assert extract_code(full).strip() == "def add(a, b):\n    return a + b"
     assert run_untrusted(program(PROBLEM, full)).passed
     assert run_untrusted(program(PROBLEM, "    return a + b")).passed  # a bare body completes the stub
-    assert run_untrusted(program(PROBLEM, "```python\ndef add(a, b):\n    return a - b\n```")).status == "failed"
+    wrong = "```python\ndef add(a, b):\n    return a - b\n```"
+    assert run_untrusted(program(PROBLEM, wrong)).status == "failed"
 
 
 def test_the_sandbox_has_no_network_limits_time_and_memory_and_stubs_dangerous_calls():

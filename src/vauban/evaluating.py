@@ -15,9 +15,13 @@ one copy of the model is enough.
 from __future__ import annotations
 
 import contextlib
+import csv
 import math
+import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +29,7 @@ from torch import nn
 
 from .activations import model_device
 from .batching import batch_size_for, progress
+from .capability import Capability, CapabilityScore
 from .cutting import active_cuts, original_weights
 from .divergence import (
     Divergence,
@@ -39,6 +44,7 @@ from .divergence import (
 )
 from .errors import VaubanError
 from .generate import check_max_tokens, generate
+from .judging import judge_answers, judge_name
 from .prompts import (
     Prompts,
     bundled_records,
@@ -47,10 +53,14 @@ from .prompts import (
     load_prompts,
     pad_id,
 )
-from .refusal import is_refusal
 from .results import Completion, EvalResult
 
 DEFAULT_EVAL_PROMPTS = 20
+DEFAULT_SAFE_PROMPTS = 16
+# Answer tokens judged by default, and k of the k-token KL: chosen from the demo model's length
+# study (benchmarks/length_study.py, benchmarks/results/length_study.json).
+DEFAULT_MAX_TOKENS = 128
+DEFAULT_KL_TOKENS = 16
 
 
 def default_eval_prompts(n: int = DEFAULT_EVAL_PROMPTS) -> list[str]:
@@ -86,10 +96,59 @@ class Pair:
 
 
 def completions(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None,
+    judge: Any = None,
 ) -> tuple[Completion, ...]:
+    """Greedy answers to ``prompts``, generated once and judged once (:mod:`vauban.judging`):
+    every metric that reads answers (refusal, late refusal, over-refusal) reads these."""
     answers = generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size)
-    return tuple(Completion(p, a, is_refusal(a)) for p, a in zip(prompts, answers, strict=True))
+    verdicts = judge_answers(prompts, answers, judge)
+    return tuple(Completion(p, a, bool(v.refusal), bool(getattr(v, "late", False)))
+                 for p, a, v in zip(prompts, answers, verdicts, strict=True))
+
+
+def default_safe_prompts(n: int = DEFAULT_SAFE_PROMPTS) -> list[str]:
+    """The first ``n`` bundled safe-but-scary prompts (``over_refusal``: 8 categories, interleaved,
+    so any prefix of a multiple of 8 spans them all)."""
+    return [r["prompt"] for r in bundled_records("over_refusal")[:n]]
+
+
+def load_safe_prompts(source: Prompts) -> list[str]:
+    """Safe prompts from a list, a bundled set name or a file; a ``.csv`` with a ``label`` column
+    (XSTest's ``xstest_prompts.csv``) keeps only its rows labelled ``safe``."""
+    path = Path(str(source)).expanduser() if isinstance(source, (str, os.PathLike)) else None
+    if path is not None and path.suffix.lower() == ".csv" and path.is_file():
+        with path.open(encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows and "label" in rows[0] and "prompt" in rows[0]:
+            return load_prompts([r["prompt"] for r in rows if r["label"].strip() == "safe"],
+                                what=f"safe prompts of {path}")
+    return load_prompts(source, what="safe prompts")
+
+
+def both_sides(
+    pair: Pair, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None,
+    judge: Any,
+) -> dict[bool, tuple[Completion, ...]]:
+    """Judged answers of the original (``True``) and the modified model (``False``)."""
+    out = {}
+    for is_original in (True, False):
+        with pair.side(is_original) as model:
+            out[is_original] = completions(model, tokenizer, prompts, max_tokens=max_tokens,
+                                           batch_size=batch_size, judge=judge)
+    return out
+
+
+def capability_scores(
+    pair: Pair, tokenizer: Any, checks: Sequence[Capability], batch_size: int | None,
+) -> dict[bool, tuple[CapabilityScore, ...]]:
+    """Every capability check on both sides (see :mod:`vauban.capability`)."""
+    out: dict[bool, list[CapabilityScore]] = {True: [], False: []}
+    for check in checks:
+        for is_original in (True, False):
+            with pair.side(is_original) as model:
+                out[is_original].extend(check.run(model, tokenizer, batch_size=batch_size))
+    return {k: tuple(v) for k, v in out.items()}
 
 
 @dataclass(frozen=True)
@@ -184,39 +243,68 @@ def evaluate(
     prompts: Prompts | None = None,
     *,
     reference: str | Sequence[tuple[str, str]] = "reference",
-    max_tokens: int = 64,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     batch_size: int | None = None,
     show_progress: bool | None = None,
+    judge: Any = None,
+    safe: Prompts | bool | None = None,
+    kl_tokens: int = DEFAULT_KL_TOKENS,
+    capability: Sequence[Capability] = (),
 ) -> EvalResult:
     """Compare ``original`` and ``modified`` (see the module docstring).
 
     ``prompts=None`` uses the first 20 bundled evaluation prompts; ``reference`` is the set of
-    harmless (prompt, answer) pairs for perplexity and KL.
+    harmless (prompt, answer) pairs for perplexity and KL. ``judge``: a judge spec or object
+    (default: vauban's default judge). ``safe``: safe-but-scary prompts for the over-refusal
+    rate (``None``: the first 16 bundled ``over_refusal`` prompts; ``False``: skip; XSTest's
+    ``xstest_prompts.csv`` keeps its 250 safe rows). ``kl_tokens``: k of the k-token KL on the
+    reference prompts (0: skip). ``capability``: checks from :mod:`vauban.capability` run on
+    both sides. ``seconds`` in the result says what each part cost.
     """
     check_max_tokens(max_tokens)
+    if isinstance(kl_tokens, bool) or not isinstance(kl_tokens, int) or kl_tokens < 0:
+        raise VaubanError(f"kl_tokens must be an integer >= 0, got {kl_tokens!r}")
     pair = Pair(original, modified)
     harmful = default_eval_prompts() if prompts is None else load_prompts(prompts, what="eval prompts")
-    sides = {}
-    for is_original in (True, False):
-        with pair.side(is_original) as model:
-            sides[is_original] = completions(
-                model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size
-            )
+    safe_prompts = [] if safe is False else default_safe_prompts() if safe in (None, True) else (
+        load_safe_prompts(safe))  # type: ignore[arg-type]
     ref_pairs = load_pairs(reference)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        seconds[name] = round(time.perf_counter() - clock, 1)
+        clock = time.perf_counter()
+
+    sides = both_sides(pair, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size, judge=judge)
+    lap("refusal")
+    safe_sides = (both_sides(pair, tokenizer, safe_prompts, max_tokens=max_tokens, batch_size=batch_size,
+                             judge=judge) if safe_prompts else {True: (), False: ()})
+    lap("over_refusal")
     scores = answer_scores(pair, tokenizer, ref_pairs, batch_size=batch_size, show_progress=show_progress)
-
-    def rate(items: tuple[Completion, ...]) -> float:
-        return sum(c.refused for c in items) / len(items)
-
+    lap("kl_perplexity")
+    k_kl = (k_token_kl(pair, tokenizer, [p for p, _ in ref_pairs], kl_tokens, batch_size=batch_size,
+                       show_progress=show_progress) if kl_tokens else None)
+    lap("k_token_kl")
+    checks = capability_scores(pair, tokenizer, capability, batch_size)
+    for score in (*checks[True], *checks[False]):
+        seconds[f"capability/{score.name}"] = seconds.get(f"capability/{score.name}", 0.0) + score.seconds
     return EvalResult(
-        refusal_before=rate(sides[True]),
-        refusal_after=rate(sides[False]),
-        perplexity_before=scores.perplexity_before,
-        perplexity_after=scores.perplexity_after,
-        kl=scores.kl,
-        first_token_kl=scores.first_token_kl,
-        n_prompts=len(harmful),
-        n_reference=len(ref_pairs),
-        before=sides[True],
-        after=sides[False],
+        refusal_before=rate(sides[True]), refusal_after=rate(sides[False]),
+        perplexity_before=scores.perplexity_before, perplexity_after=scores.perplexity_after,
+        kl=scores.kl, first_token_kl=scores.first_token_kl,
+        n_prompts=len(harmful), n_reference=len(ref_pairs), before=sides[True], after=sides[False],
+        max_tokens=max_tokens, judge=judge_name(judge),
+        late_before=rate(sides[True], late=True), late_after=rate(sides[False], late=True),
+        over_refusal_before=rate(safe_sides[True]) if safe_prompts else None,
+        over_refusal_after=rate(safe_sides[False]) if safe_prompts else None,
+        n_safe=len(safe_prompts), safe_before=safe_sides[True], safe_after=safe_sides[False],
+        k_token_kl=k_kl, kl_tokens=kl_tokens, capability_before=checks[True], capability_after=checks[False],
+        seconds=seconds,
     )
+
+
+def rate(items: Sequence[Completion], *, late: bool = False) -> float:
+    """Share of ``items`` refused (``late``: refused late)."""
+    return sum(c.late if late else c.refused for c in items) / max(len(items), 1)

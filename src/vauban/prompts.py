@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import VaubanError
 
-BUNDLED = ("harmful", "harmless", "eval_harmful", "reference", "borderline")
+BUNDLED = ("harmful", "harmless", "eval_harmful", "reference", "borderline", "over_refusal")
 _TEXT_KEYS = ("prompt", "goal", "instruction", "question", "text", "behavior")
 
 Prompts = str | os.PathLike[str] | Sequence[str]
