@@ -91,7 +91,7 @@ def report(result: dict, judge: str | None) -> dict:
         for n, row in rows.items():
             print(f"{name:>8} {n:>4} tokens: refusals {row['refusals']:3d}/{len(prompts)}  late "
                   f"{row['late_refusals']:2d}  (judge's own late flag: {row['judge_late']})  decode steps "
-                  f"{steps[n]}")
+                  f"{steps[str(n)]}")
     return result
 
 
