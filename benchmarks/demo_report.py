@@ -31,7 +31,7 @@ from vauban.atomic import write_file
 from vauban.capability.gsm8k import GSM8K
 from vauban.capability.humaneval import HumanEval
 from vauban.evaluating import Pair, both_sides, load_safe_prompts, rate
-from vauban.judging import judge_answers, judge_name
+from vauban.judge import get_judge, run_judge
 from vauban.prompts import load_pairs, load_prompts
 
 RESULTS = Path(__file__).parent / "results"
@@ -46,12 +46,12 @@ def cpu_seconds() -> float:
 
 def rejudge(record: dict, judge: str | None) -> dict:
     """Refusal, late refusal and over-refusal of the stored answers, judged again."""
-    out = {"judge": judge_name(judge)}
+    out = {"judge": get_judge(judge).spec}
     for key in ("before", "after", "safe_before", "safe_after"):
         items = record[key]
         if not items:
             continue
-        verdicts = judge_answers([c["prompt"] for c in items], [c["text"] for c in items], judge)
+        verdicts = run_judge(get_judge(judge), [c["prompt"] for c in items], [c["text"] for c in items])
         out[key] = {"refusal": sum(v.refusal for v in verdicts) / len(items),
                     "late": sum(bool(getattr(v, "late", False)) for v in verdicts) / len(items),
                     "n": len(items)}

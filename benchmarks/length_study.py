@@ -29,7 +29,7 @@ from vauban import DirectionResult, cut, load, measure
 from vauban.atomic import write_file
 from vauban.batching import default_batch_size, sorted_batches
 from vauban.generate import decode_answer, generate_tokens, stop_token_ids
-from vauban.judging import judge_answers, judge_name
+from vauban.judge import get_judge, run_judge
 from vauban.prompts import encode_chat, load_prompts
 
 RESULTS = Path(__file__).parent / "results"
@@ -69,7 +69,7 @@ def side(model, tokenizer, prompts: list[str], lengths: tuple[int, ...]) -> dict
 def judge_side(data: dict, prompts: list[str], judge: str | None) -> dict:
     """Refusals and late refusals at each length (see the module docstring)."""
     lengths = sorted(int(n) for n in data["answers"])
-    verdicts = {n: judge_answers(prompts, data["answers"][str(n)], judge) for n in lengths}
+    verdicts = {n: run_judge(get_judge(judge), prompts, data["answers"][str(n)]) for n in lengths}
     shortest = lengths[0]
     rows = {}
     for n in lengths:
@@ -84,7 +84,7 @@ def judge_side(data: dict, prompts: list[str], judge: str | None) -> dict:
 
 def report(result: dict, judge: str | None) -> dict:
     prompts = result["prompts"]
-    result["judge"] = judge_name(judge)
+    result["judge"] = get_judge(judge).spec
     result["counts"] = {name: judge_side(result["sides"][name], prompts, judge) for name in result["sides"]}
     for name, rows in result["counts"].items():
         steps = result["sides"][name]["decode_steps"]

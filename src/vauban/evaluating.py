@@ -1,7 +1,7 @@
 """Measure what a cut changed: refusals on harmful prompts, capability on harmless answers.
 
 - Refusal rate: greedy answers to the harmful evaluation prompts (disjoint from the measurement
-  sets), judged by :mod:`vauban.refusal`.
+  sets), judged by a refusal judge (:mod:`vauban.judge`; ``judge=``, default ``markers``).
 - Perplexity: of the harmless reference answers, teacher-forced after the chat-formatted
   prompt, scored on the answer tokens only.
 - KL(original ‖ modified): between next-token distributions at every answer position of the
@@ -44,7 +44,7 @@ from .divergence import (
 )
 from .errors import VaubanError
 from .generate import check_max_tokens, generate
-from .judging import judge_answers, judge_name
+from .judge import Judge, get_judge, run_judge
 from .prompts import (
     Prompts,
     bundled_records,
@@ -97,13 +97,12 @@ class Pair:
 
 def completions(
     model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None,
-    judge: Any = None,
+    judge: str | Judge | None = None,
 ) -> tuple[Completion, ...]:
-    """Greedy answers to ``prompts``, generated once and judged once (:mod:`vauban.judging`):
-    every metric that reads answers (refusal, late refusal, over-refusal) reads these."""
+    """Greedy answers to ``prompts``, each with ``judge``'s verdict (default: markers)."""
     answers = generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size)
-    verdicts = judge_answers(prompts, answers, judge)
-    return tuple(Completion(p, a, bool(v.refusal), bool(getattr(v, "late", False)))
+    verdicts = run_judge(get_judge(judge), prompts, answers)
+    return tuple(Completion(p, a, v.refusal, v.score, v.reason, v.late)
                  for p, a, v in zip(prompts, answers, verdicts, strict=True))
 
 
@@ -246,7 +245,7 @@ def evaluate(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     batch_size: int | None = None,
     show_progress: bool | None = None,
-    judge: Any = None,
+    judge: str | Judge | None = None,
     safe: Prompts | bool | None = None,
     kl_tokens: int = DEFAULT_KL_TOKENS,
     capability: Sequence[Capability] = (),
@@ -255,13 +254,15 @@ def evaluate(
 
     ``prompts=None`` uses the first 20 bundled evaluation prompts; ``reference`` is the set of
     harmless (prompt, answer) pairs for perplexity and KL. ``judge``: a judge spec or object
-    (default: vauban's default judge). ``safe``: safe-but-scary prompts for the over-refusal
+    (a spec such as ``"chat:demo"``, a :class:`vauban.judge.Judge`, or ``None`` for
+    the default). ``safe``: safe-but-scary prompts for the over-refusal
     rate (``None``: the first 16 bundled ``over_refusal`` prompts; ``False``: skip; XSTest's
     ``xstest_prompts.csv`` keeps its 250 safe rows). ``kl_tokens``: k of the k-token KL on the
     reference prompts (0: skip). ``capability``: checks from :mod:`vauban.capability` run on
     both sides. ``seconds`` in the result says what each part cost.
     """
     check_max_tokens(max_tokens)
+    judge = get_judge(judge)
     if isinstance(kl_tokens, bool) or not isinstance(kl_tokens, int) or kl_tokens < 0:
         raise VaubanError(f"kl_tokens must be an integer >= 0, got {kl_tokens!r}")
     pair = Pair(original, modified)
@@ -295,7 +296,7 @@ def evaluate(
         perplexity_before=scores.perplexity_before, perplexity_after=scores.perplexity_after,
         kl=scores.kl, first_token_kl=scores.first_token_kl,
         n_prompts=len(harmful), n_reference=len(ref_pairs), before=sides[True], after=sides[False],
-        max_tokens=max_tokens, judge=judge_name(judge),
+        max_tokens=max_tokens, judge=judge.spec,
         late_before=rate(sides[True], late=True), late_after=rate(sides[False], late=True),
         over_refusal_before=rate(safe_sides[True]) if safe_prompts else None,
         over_refusal_after=rate(safe_sides[False]) if safe_prompts else None,

@@ -282,12 +282,15 @@ class ProbeResult:
 
 @dataclass(frozen=True)
 class Completion:
-    """One greedy answer, whether the judge reads it as a refusal, and whether that refusal came
-    late (the answer starts to comply, then declines)."""
+    """One greedy answer and its judge's verdict (see :class:`vauban.judge.Verdict`): refused or
+    not, the judge's score in [0, 1], its reason, and whether the refusal came late (after a
+    compliant opening)."""
 
     prompt: str
     text: str
     refused: bool
+    score: float
+    reason: str
     late: bool = False
 
 
@@ -301,7 +304,8 @@ class EvalResult:
 
     ``kl`` is KL(original ‖ modified) averaged over every answer position of the harmless
     reference set; ``first_token_kl`` only at the first answer position (what other tools
-    publish). Per-prompt answers and verdicts are in ``before`` and ``after``.
+    publish). Per-prompt answers and verdicts are in ``before`` and ``after``; ``judge`` is the
+    spec of the judge that counted the refusals.
     """
 
     refusal_before: float
@@ -315,7 +319,7 @@ class EvalResult:
     before: tuple[Completion, ...] = field(repr=False)
     after: tuple[Completion, ...] = field(repr=False)
     max_tokens: int = 0  # answer tokens the refusals were judged on
-    judge: str = ""
+    judge: str = "markers"
     late_before: float = 0.0  # share of harmful prompts refused late (a part of refusal_*)
     late_after: float = 0.0
     over_refusal_before: float | None = None  # refusal rate on safe prompts that sound unsafe
@@ -450,12 +454,13 @@ class SweepRow:
 
 @dataclass(frozen=True)
 class AlphaSweep:
-    """Cut at several alphas, evaluated against the same original."""
+    """Cut at several alphas, evaluated against the same original; ``judge`` counted the refusals."""
 
     refusal_before: float
     perplexity_before: float
     rows: tuple[SweepRow, ...]
     n_prompts: int
+    judge: str = "markers"
 
     def table(self) -> str:
         lines = ["alpha  refusal  perplexity  kl      first_token_kl",
