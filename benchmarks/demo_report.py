@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--xstest", action="store_true", help="over-refusal on XSTest's 250 safe prompts too")
     parser.add_argument("--judge", default=None, help="judge spec (default: vauban's default judge)")
     parser.add_argument("--rejudge", help="judge the answers stored in this results file again")
-    parser.add_argument("--smoke", action="store_true", help="2 prompts of each kind, 8 tokens: a quick check")
+    parser.add_argument("--smoke", action="store_true", help="2 prompts of each kind, 8 tokens: a check")
     parser.add_argument("--json", default=str(RESULTS / "demo_report.json"))
     parser.add_argument("--plot", default=str(RESULTS / "demo_report.png"))
     args = parser.parse_args()
@@ -83,11 +83,12 @@ def main() -> None:
     setup = {"wall": round(time.perf_counter() - t0, 1), "cpu": round(cpu_seconds() - c0, 1)}
     tokens = {"max_tokens": 8} if args.smoke else {}
     checks = [GSM8K(SHARED / "gsm8k" / "test.jsonl", limit=args.limit, **tokens),
-              HumanEval(SHARED / "humaneval" / "HumanEval.jsonl.gz", limit=args.limit, allow_code_execution=True,
-                        **tokens)]
+              HumanEval(SHARED / "humaneval" / "HumanEval.jsonl.gz", limit=args.limit,
+                        allow_code_execution=True, **tokens)]
     t1, c1 = time.perf_counter(), cpu_seconds()
     smoke = {"prompts": load_prompts("eval_harmful")[:2], "safe": load_prompts("over_refusal")[:2],
-             "max_tokens": 8, "kl_tokens": 2, "reference": load_pairs("reference")[:4]} if args.smoke else {"safe": load_prompts("over_refusal")}
+             "max_tokens": 8, "kl_tokens": 2, "reference": load_pairs("reference")[:4]} if args.smoke else {
+                 "safe": load_prompts("over_refusal")}
     with cut(model, direction):
         result = evaluate(model, model, tokenizer, capability=checks, judge=args.judge, **smoke)
         evaluate_time = {"wall": round(time.perf_counter() - t1, 1), "cpu": round(cpu_seconds() - c1, 1)}
@@ -95,11 +96,12 @@ def main() -> None:
         if args.xstest:
             t2 = time.perf_counter()
             safe = load_safe_prompts(SHARED / "xstest" / "xstest_prompts.csv")[: 2 if args.smoke else None]
-            sides = both_sides(Pair(model, model), tokenizer, safe, max_tokens=result.max_tokens, batch_size=None,
-                               judge=args.judge)
+            sides = both_sides(Pair(model, model), tokenizer, safe, max_tokens=result.max_tokens,
+                               batch_size=None, judge=get_judge(args.judge))
             xstest = {"n": len(safe), "over_refusal_before": rate(sides[True]),
                       "over_refusal_after": rate(sides[False]), "seconds": round(time.perf_counter() - t2, 1),
-                      "safe_before": [vars(c) for c in sides[True]], "safe_after": [vars(c) for c in sides[False]]}
+                      "safe_before": [vars(c) for c in sides[True]],
+                      "safe_after": [vars(c) for c in sides[False]]}
     print(result.table())
     print(result.summary())
     if xstest:
@@ -109,7 +111,8 @@ def main() -> None:
     from vauban.plots import plot_eval
 
     plot_eval(result, args.plot)
-    record = {"model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32)", "machine": "2-core CPU, shared (heavy-job lock)",
+    record = {"model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32)",
+              "machine": "2-core CPU, shared (heavy-job lock)",
               "cut": f"vauban.cut(model, direction), alpha 1, direction layer {direction.layer_index}",
               "date": time.strftime("%Y-%m-%d"), "table": result.rows(), "summary": result.summary(),
               "seconds": {"load_and_measure": setup, "evaluate": evaluate_time, "parts_wall": result.seconds},
