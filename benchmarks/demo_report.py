@@ -4,8 +4,8 @@
 judged by the default judge; perplexity and KL on the 48 reference answers; k-token KL on the
 original's own answers to the reference prompts) plus every check it can run here:
 
-- over-refusal on all 112 bundled ``over_refusal`` prompts (``--xstest`` adds XSTest's 250 safe
-  prompts, ~30 more minutes on the 2-core CPU);
+- over-refusal on the first ``--safe`` bundled ``over_refusal`` prompts (48 of 112 by default, 6
+  of each category; ``--xstest`` adds XSTest's 250 safe prompts, ~30 more minutes here);
 - GSM8K accuracy and HumanEval pass@1 on the first ``--limit`` problems of
   ``../shared/data`` (HumanEval's tests run in vauban's sandbox).
 
@@ -62,6 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--direction", help="a saved direction (default: measure it, ~1 min)")
     parser.add_argument("--limit", type=int, default=20, help="GSM8K and HumanEval problems")
+    parser.add_argument("--safe", type=int, default=48, help="bundled over_refusal prompts (of 112; 6 per "
+                                                              "category at 48)")
     parser.add_argument("--xstest", action="store_true", help="over-refusal on XSTest's 250 safe prompts too")
     parser.add_argument("--judge", default=None, help="judge spec (default: vauban's default judge)")
     parser.add_argument("--rejudge", help="judge the answers stored in this results file again")
@@ -88,7 +90,7 @@ def main() -> None:
     t1, c1 = time.perf_counter(), cpu_seconds()
     smoke = {"prompts": load_prompts("eval_harmful")[:2], "safe": load_prompts("over_refusal")[:2],
              "max_tokens": 8, "kl_tokens": 2, "reference": load_pairs("reference")[:4]} if args.smoke else {
-                 "safe": load_prompts("over_refusal")}
+                 "safe": load_prompts("over_refusal")[: args.safe]}
     with cut(model, direction):
         result = evaluate(model, model, tokenizer, capability=checks, judge=args.judge, **smoke)
         evaluate_time = {"wall": round(time.perf_counter() - t1, 1), "cpu": round(cpu_seconds() - c1, 1)}

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .cutting import cut
-from .evaluating import Pair, answer_scores, completions, default_eval_prompts
+from .evaluating import DEFAULT_MAX_TOKENS, Pair, answer_scores, completions, default_eval_prompts
 from .generate import check_max_tokens
 from .judge import Judge, get_judge
 from .prompts import Prompts, load_pairs, load_prompts
@@ -30,7 +30,7 @@ def alpha_sweep(
     *,
     prompts: Prompts | None = None,
     reference: str | Sequence[tuple[str, str]] = "reference",
-    max_tokens: int = 64,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     batch_size: int | None = None,
     judge: str | Judge | None = None,
 ) -> AlphaSweep:
@@ -48,7 +48,7 @@ def alpha_sweep(
         with cut(model, direction, alpha=alpha):
             after = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
                                 judge=judge)
-            scores = answer_scores(Pair(model, model), tokenizer, pairs)
+            scores = answer_scores(Pair(model, model), tokenizer, pairs, batch_size=batch_size)
         perplexity_before = scores.perplexity_before
         rows.append(SweepRow(alpha, sum(c.refused for c in after) / len(after),
                              scores.perplexity_after, scores.kl, scores.first_token_kl))
