@@ -266,6 +266,26 @@ def test_cli_evaluate_original_vs_export(workspace, saved_direction, tmp_path, c
     assert "EvalResult:" in out
     assert "prompts=2" in out
     assert report.is_file()
+    gsm8k = tmp_path / "gsm8k.jsonl"
+    gsm8k.write_text('{"question": "What is 2 + 2?", "answer": "#### 4"}\n')
+    code = main(["evaluate", str(out_dir), "--model", workspace["model"], "--eval-prompts", workspace["eval"],
+                 "--max-tokens", "3", "--safe-prompts", workspace["eval"], "--kl-tokens", "2", "--gsm8k",
+                 str(gsm8k), "--limit", "1", "--plot", str(tmp_path / "eval.png")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for line in ("over-refusal on safe prompts (2 prompts)", "first 2 tokens", "gsm8k accuracy (n=1)",
+                 "of which late"):
+        assert line in out
+    assert (tmp_path / "eval.png").read_bytes()[:8] == PNG_MAGIC
+    assert main(["evaluate", str(out_dir), "--model", workspace["model"], "--humaneval", str(gsm8k)]) == 2
+    assert "--allow-code-execution" in capsys.readouterr().err
+
+
+def test_the_cli_answer_length_is_evaluates_default():
+    from vauban.config import Settings
+    from vauban.evaluating import DEFAULT_MAX_TOKENS
+
+    assert Settings().max_tokens == DEFAULT_MAX_TOKENS
 
 
 def test_cli_sweep_writes_plot(workspace, saved_direction, tmp_path, capsys):
