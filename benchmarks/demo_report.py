@@ -26,13 +26,8 @@ import resource
 import time
 from pathlib import Path
 
-from vauban import DirectionResult, cut, evaluate, load, measure
 from vauban.atomic import write_file
-from vauban.capability.gsm8k import GSM8K
-from vauban.capability.humaneval import HumanEval
-from vauban.evaluating import Pair, both_sides, load_safe_prompts, rate
 from vauban.judge import get_judge, run_judge
-from vauban.prompts import load_pairs, load_prompts
 
 RESULTS = Path(__file__).parent / "results"
 SHARED = next((p / "shared" / "data" for p in Path(__file__).resolve().parents
@@ -78,6 +73,12 @@ def main() -> None:
         text = json.dumps(record, indent=1) + "\n"
         write_file(args.json, lambda tmp: tmp.write_text(text))
         return
+
+    from vauban import DirectionResult, cut, evaluate, load, measure
+    from vauban.capability.gsm8k import GSM8K
+    from vauban.capability.humaneval import HumanEval
+    from vauban.evaluating import Pair, both_sides, load_safe_prompts, rate
+    from vauban.prompts import load_pairs, load_prompts
 
     t0, c0 = time.perf_counter(), cpu_seconds()
     model, tokenizer = load()

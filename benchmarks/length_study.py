@@ -25,12 +25,8 @@ import random
 import time
 from pathlib import Path
 
-from vauban import DirectionResult, cut, load, measure
 from vauban.atomic import write_file
-from vauban.batching import default_batch_size, sorted_batches
-from vauban.generate import decode_answer, generate_tokens, stop_token_ids
 from vauban.judge import get_judge, run_judge
-from vauban.prompts import encode_chat, load_prompts
 
 RESULTS = Path(__file__).parent / "results"
 SHARED = next((p / "shared" / "data" for p in Path(__file__).resolve().parents
@@ -46,11 +42,17 @@ def answer_lengths(tokens: list[list[int]], stops: list[int]) -> list[int]:
 
 def decode_steps(prompt_ids: list[list[int]], used: list[int], batch_size: int, length: int) -> int:
     """Decode steps generation at ``length`` tokens needs: per batch, until its longest answer stops."""
+    from vauban.batching import sorted_batches
+
     batches = sorted_batches([len(x) for x in prompt_ids], batch_size)
     return sum(max(min(used[i], length) for i in batch) for batch in batches)
 
 
 def side(model, tokenizer, prompts: list[str], lengths: tuple[int, ...]) -> dict:
+    from vauban.batching import default_batch_size
+    from vauban.generate import decode_answer, generate_tokens, stop_token_ids
+    from vauban.prompts import encode_chat
+
     t0 = time.perf_counter()
     tokens = generate_tokens(model, tokenizer, prompts, max_tokens=max(lengths))
     seconds = time.perf_counter() - t0
@@ -108,6 +110,9 @@ def main() -> None:
     if args.rejudge:
         result = json.loads(Path(args.rejudge).read_text())
     else:
+        from vauban import DirectionResult, cut, load, measure
+        from vauban.prompts import load_prompts
+
         goals = load_prompts(args.advbench)
         prompts = random.Random(args.seed).sample(goals, min(args.n, len(goals)))
         t0 = time.perf_counter()
