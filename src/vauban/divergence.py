@@ -240,3 +240,26 @@ class Divergence:
     @property
     def first_token_kl(self) -> float:
         return self.first / max(self.rows, 1)
+
+
+@torch.inference_mode()
+def first_token_logprobs(
+    model: nn.Module, tokenizer: object, prompts: Sequence[str], batch_size: int | None = None
+) -> torch.Tensor:
+    """``(len(prompts), vocab)`` float32 log-probabilities of each answer's first token."""
+    rows = forced(tokenizer, prompts)
+    return torch.stack(reference_logprobs(model, tokenizer, rows, batch_size)).squeeze(1)
+
+
+DAMAGES = ("first_token", "k_tokens")
+
+
+def damage_rows(
+    model: nn.Module, tokenizer: object, prompts: Sequence[str], damage: str, kl_tokens: int,
+    batch_size: int | None = None,
+) -> Forced:
+    """The teacher-forced rows ``optimize``'s damage objective scores: ``first_token`` one prefill per prompt; ``k_tokens`` the first ``kl_tokens`` tokens of the
+    original model's own greedy answers (generated once, here, so ``model`` must be uncut)."""
+    if damage == "first_token":
+        return forced(tokenizer, prompts)
+    return forced(tokenizer, prompts, greedy_answers(model, tokenizer, prompts, kl_tokens, batch_size))

@@ -72,7 +72,8 @@ from torch import nn
 from .atomic import write_file
 from .batching import duration
 from .cutting import Cut, LayerKernel, LayerWeights, cut
-from .divergence import Forced, forced, greedy_answers, mean_kl, reference_logprobs
+from .divergence import DAMAGES, damage_rows, mean_kl, reference_logprobs
+from .divergence import first_token_logprobs as first_token_logprobs  # re-exported (benchmarks, tests)
 from .errors import VaubanError
 from .evaluating import completions
 from .judge import Judge, get_judge
@@ -277,30 +278,6 @@ def _kernel_text(k: LayerWeights) -> str:
     if not isinstance(k, LayerKernel):
         return f"per layer {min(k):.2f}..{max(k):.2f}"
     return f"peak {k.peak:.1f} w {k.max_weight:.2f}→{k.min_weight:.2f} ±{k.width:.1f}"
-
-
-@torch.inference_mode()
-def first_token_logprobs(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None
-) -> torch.Tensor:
-    """``(len(prompts), vocab)`` float32 log-probabilities of each answer's first token."""
-    rows = forced(tokenizer, prompts)
-    return torch.stack(reference_logprobs(model, tokenizer, rows, batch_size)).squeeze(1)
-
-
-DAMAGES = ("first_token", "k_tokens")
-
-
-def damage_rows(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], damage: str, kl_tokens: int,
-    batch_size: int | None = None,
-) -> Forced:
-    """The teacher-forced rows the damage objective scores (see :mod:`vauban.divergence`):
-    ``first_token`` one prefill per prompt; ``k_tokens`` the first ``kl_tokens`` tokens of the
-    original model's own greedy answers (generated once, here, so ``model`` must be uncut)."""
-    if damage == "first_token":
-        return forced(tokenizer, prompts)
-    return forced(tokenizer, prompts, greedy_answers(model, tokenizer, prompts, kl_tokens, batch_size))
 
 
 @torch.inference_mode()
