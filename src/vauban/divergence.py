@@ -258,8 +258,9 @@ def damage_rows(
     model: nn.Module, tokenizer: object, prompts: Sequence[str], damage: str, kl_tokens: int,
     batch_size: int | None = None,
 ) -> Forced:
-    """The teacher-forced rows ``optimize``'s damage objective scores: ``first_token`` one prefill per prompt; ``k_tokens`` the first ``kl_tokens`` tokens of the
-    original model's own greedy answers (generated once, here, so ``model`` must be uncut)."""
+    """The teacher-forced rows ``optimize``'s damage objective scores: ``first_token`` one prefill
+    per prompt; ``k_tokens`` the first ``kl_tokens`` tokens of the original model's own greedy
+    answers (generated once, here, so ``model`` must be uncut)."""
     if damage == "first_token":
         return forced(tokenizer, prompts)
     return forced(tokenizer, prompts, greedy_answers(model, tokenizer, prompts, kl_tokens, batch_size))

@@ -3,11 +3,15 @@
 Three objectives, all minimized, measured on prompts held apart from what ``evaluate`` reports:
 
 - refusal: the share of *validation* harmful prompts still refused (bundled eval prompts 20-59
-  by default; ``evaluate`` uses the first 20), judged on short greedy answers (24 tokens: a
-  refusal shows in its opening words);
-- damage: the first-token KL(original ‖ cut) on harmless prompts (the first 48 bundled harmless
-  prompts by default, so the reference set ``evaluate`` scores stays held out; one prefill each,
-  the cost of a trial on a CPU; the original's distributions are computed once);
+  by default; ``evaluate`` uses the first 20), judged on short greedy answers (32 tokens: on the
+  demo model every refusal of 100 AdvBench prompts, original or cut, shows in its first 32
+  tokens, and the counts at 32, 64, 128 and 256 tokens are equal; ``benchmarks/length_study.py``);
+- damage (``damage``): the first-token KL(original ‖ cut) on harmless prompts (the first 48
+  bundled harmless prompts by default, so the reference set ``evaluate`` scores stays held out;
+  one prefill each, the cost of a trial on a CPU; the original's distributions are computed
+  once), or ``damage="k_tokens"``: the KL over the first ``kl_tokens`` tokens of the original's
+  own greedy answers to them, teacher-forced (:mod:`vauban.divergence`; sees a cut that keeps
+  the opening word and derails the sentence after it, at ~1.3× the prefill);
 - refusal likelihood: the mean probability that the cut model still opens with the original
   model's own refusal (its first 8 tokens, teacher-forced) on the validation prompts the
   original refused. The refusal count is flat: once it is 0, a cut that barely answers scores
@@ -43,7 +47,8 @@ next, unseen prompt is refused again (on the demo model the front's 0-refusal po
 40 fresh prompts that the plain cut answered). So the pick is checked, like a validation split:
 the plain cut and then the candidates that are no weaker than it on the search prompts (no more
 refusals, no higher refusal likelihood) at a lower KL, lowest KL first, answer *selection*
-prompts (bundled eval prompts 60-99 by default, with longer answers); :attr:`OptimizeResult.best`
+prompts (bundled eval prompts 60-99 by default, judged at ``evaluate``'s answer length, 128
+tokens, where late declines of other models show); :attr:`OptimizeResult.best`
 is the first candidate that refuses no more than the plain cut there too, and the plain cut
 itself when none does. Only refusal is checked: the first-token KL ranks cuts alike on other
 harmless prompts.
@@ -75,7 +80,7 @@ from .cutting import Cut, LayerKernel, LayerWeights, cut
 from .divergence import DAMAGES, damage_rows, mean_kl, reference_logprobs
 from .divergence import first_token_logprobs as first_token_logprobs  # re-exported (benchmarks, tests)
 from .errors import VaubanError
-from .evaluating import completions
+from .evaluating import DEFAULT_MAX_TOKENS, completions
 from .judge import Judge, get_judge
 from .measuring import direction_at
 from .prompts import Prompts, bundled_records, load_prompts
@@ -416,8 +421,8 @@ def optimize(
     study: str | os.PathLike[str] | None = None,
     projected: bool | None = None,
     norm_preserving: bool | None = None,
-    max_tokens: int = 24,
-    selection_tokens: int = 48,
+    max_tokens: int = 32,
+    selection_tokens: int = DEFAULT_MAX_TOKENS,
     damage: str = "first_token",
     kl_tokens: int = 16,
     refine_steps: int = 16,
