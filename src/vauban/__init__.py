@@ -11,9 +11,11 @@ from .cutting import Cut, LayerKernel, active_cuts, cut, original_weights
 from .errors import VaubanError
 from .evaluating import evaluate
 from .exporting import export
+from .formatting import Formatting
 from .loading import load_model, source_of
 from .measuring import direction_at, directions_per_layer, measure, measure_subspace
 from .probing import borderline, probe, projections
+from .reasoning import split_reasoning
 from .results import (
     AlphaSweep,
     BorderlineResult,
@@ -41,6 +43,7 @@ __all__ = [
     "Cut",
     "DirectionResult",
     "EvalResult",
+    "Formatting",
     "LayerKernel",
     "ProbeResult",
     "SteerResult",
@@ -65,6 +68,7 @@ __all__ = [
     "probe",
     "projections",
     "source_of",
+    "split_reasoning",
     "steer",
     "steer_generate",
     "steer_sweep",

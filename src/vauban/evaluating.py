@@ -27,6 +27,7 @@ from .activations import model_device
 from .batching import batch_size_for, left_pad, progress, sorted_batches
 from .cutting import active_cuts, original_weights
 from .errors import VaubanError
+from .formatting import Formatting
 from .generate import check_max_tokens, generate
 from .prompts import (
     Prompts,
@@ -37,6 +38,7 @@ from .prompts import (
     load_prompts,
     pad_id,
 )
+from .reasoning import THINK_OPEN, split_reasoning
 from .refusal import is_refusal
 from .results import Completion, EvalResult
 
@@ -76,19 +78,37 @@ class Pair:
 
 
 def completions(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None,
+    formatting: Formatting | None = None, prompt_set: str | None = "eval",
 ) -> tuple[Completion, ...]:
-    answers = generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size)
-    return tuple(Completion(p, a, is_refusal(a)) for p, a in zip(prompts, answers, strict=True))
+    """Greedy answers judged on their reply; a thinking model's thoughts are kept and judged
+    apart (:mod:`vauban.reasoning`)."""
+    answers = generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size,
+                       formatting=formatting, prompt_set=prompt_set)
+    return tuple(completion(p, a) for p, a in zip(prompts, answers, strict=True))
+
+
+def completion(prompt: str, answer: str) -> Completion:
+    """One answer as a :class:`Completion`: the reply judged, the thoughts (if any) judged apart.
+    An answer cut off while thinking has an empty reply, which counts as a refusal: give the
+    model a larger ``thinking_tokens`` budget."""
+    thoughts, reply = split_reasoning(answer)
+    if not answer.lstrip().startswith(THINK_OPEN):
+        return Completion(prompt, reply, is_refusal(reply))
+    return Completion(prompt, reply, is_refusal(reply), thoughts, bool(thoughts) and is_refusal(thoughts))
 
 
 def encode_pairs(
-    tokenizer: Any, pairs: Sequence[tuple[str, str]], answer_tokens: int
+    tokenizer: Any, pairs: Sequence[tuple[str, str] | tuple[str, str, str]], answer_tokens: int,
+    formatting: Formatting | None = None, prompt_set: str | None = "reference",
 ) -> list[tuple[list[int], int]]:
     """Token ids of the chat-formatted prompt + the answer's first ``answer_tokens`` tokens,
-    and that answer length."""
-    heads = encode_chat(tokenizer, [prompt for prompt, _ in pairs])
-    tails = [tokenizer(a, add_special_tokens=False)["input_ids"][:answer_tokens] for _, a in pairs]
+    and that answer length. A third item in a pair is text the model wrote before the answer
+    (a thinking model's thoughts, :func:`vauban.reasoning.thinking_prefix`), forced but not scored."""
+    heads = encode_chat(tokenizer, [pair[0] for pair in pairs], formatting, prompt_set)
+    heads = [head + (tokenizer(pair[2], add_special_tokens=False)["input_ids"] if len(pair) > 2 else [])
+             for head, pair in zip(heads, pairs, strict=True)]
+    tails = [tokenizer(pair[1], add_special_tokens=False)["input_ids"][:answer_tokens] for pair in pairs]
     return [(head + list(tail), len(tail)) for head, tail in zip(heads, tails, strict=True)]
 
 
@@ -120,6 +140,7 @@ def answer_scores(
     batch_size: int | None = None,
     answer_tokens: int = 64,
     show_progress: bool | None = None,
+    formatting: Formatting | None = None,
 ) -> AnswerScores:
     """Perplexities of both sides and KL(original ‖ modified) on the reference answers.
 
@@ -132,7 +153,7 @@ def answer_scores(
     signal (and all of the first-token KL).
     """
     check_tokenizer(pair.modified, tokenizer)
-    encoded = encode_pairs(tokenizer, pairs, answer_tokens)
+    encoded = encode_pairs(tokenizer, pairs, answer_tokens, formatting)
     device = model_device(pair.modified)
     nll = {True: 0.0, False: 0.0}
     kl_sum = first_sum = 0.0
@@ -181,11 +202,15 @@ def evaluate(
     max_tokens: int = 64,
     batch_size: int | None = None,
     show_progress: bool | None = None,
+    formatting: Formatting | None = None,
 ) -> EvalResult:
     """Compare ``original`` and ``modified`` (see the module docstring).
 
     ``prompts=None`` uses the first 20 bundled evaluation prompts; ``reference`` is the set of
-    harmless (prompt, answer) pairs for perplexity and KL.
+    harmless (prompt, answer) pairs for perplexity and KL. ``formatting``: how prompts are
+    formatted (:mod:`vauban.formatting`); use the formatting the direction was measured with.
+    Thinking models are judged on their replies, with ``max_tokens`` reply tokens after their
+    thoughts; the thoughts' own refusals are reported apart (``thinking_refusal_before/after``).
     """
     check_max_tokens(max_tokens)
     pair = Pair(original, modified)
@@ -194,10 +219,11 @@ def evaluate(
     for is_original in (True, False):
         with pair.side(is_original) as model:
             sides[is_original] = completions(
-                model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size
+                model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
+                formatting=formatting,
             )
     ref_pairs = load_pairs(reference)
-    scores = answer_scores(pair, tokenizer, ref_pairs, show_progress=show_progress)
+    scores = answer_scores(pair, tokenizer, ref_pairs, show_progress=show_progress, formatting=formatting)
 
     def rate(items: tuple[Completion, ...]) -> float:
         return sum(c.refused for c in items) / len(items)

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import VaubanError
+from .formatting import Formatting, chat_template, chat_texts
+from .formatting import chat_text as chat_text  # re-exported: prompts formats prompts
+from .reasoning import split_reasoning as split_reasoning  # re-exported for judges
 
 BUNDLED = ("harmful", "harmless", "eval_harmful", "reference", "borderline")
 _TEXT_KEYS = ("prompt", "goal", "instruction", "question", "text", "behavior")
@@ -144,27 +147,18 @@ def load_pairs(source: str | os.PathLike[str] | Sequence[tuple[str, str]]) -> li
     return pairs  # type: ignore[return-value]
 
 
-def chat_text(tokenizer: Any, prompt: str) -> str:
-    """The prompt as the model sees it in a chat: user turn plus the generation prompt.
-
-    Models without a chat template (base models) get the raw prompt, which is what they were
-    trained to continue.
-    """
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-    return prompt
-
-
-def encode_chat(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each chat-formatted prompt (the template already holds any BOS token).
+def encode_chat(
+    tokenizer: Any, prompts: Sequence[str], formatting: Formatting | None = None,
+    prompt_set: str | None = None,
+) -> list[list[int]]:
+    """Token ids of each chat-formatted prompt (the template already holds any BOS token); see
+    :mod:`vauban.formatting` for ``formatting`` and ``prompt_set`` (whose system prompt applies).
 
     A prompt longer than the tokenizer's ``model_max_length`` (which :func:`vauban.load` sets to
     the model's context) is an error here rather than an index error deep in the model.
     """
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    texts = [chat_text(tokenizer, p) for p in prompts]
+    has_template = bool(chat_template(tokenizer))
+    texts = chat_texts(tokenizer, prompts, formatting, prompt_set)
     ids = [list(x) for x in tokenizer(texts, add_special_tokens=not has_template)["input_ids"]]
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and limit < 10**8:  # transformers' "no limit" is a huge sentinel
