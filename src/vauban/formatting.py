@@ -129,9 +129,10 @@ DEFAULT = Formatting()
 
 
 def formatting_for(direction: Any, formatting: Formatting | None) -> Formatting | None:
-    """``formatting`` over the one ``direction`` was measured with (either may be missing): a
-    direction's formatting is reused unless overridden, key by key."""
-    saved = getattr(direction, "formatting", None)
+    """``formatting`` over the one ``direction`` was measured with (either may be missing;
+    ``direction`` may also be a saved :class:`Formatting`): a direction's formatting is reused
+    unless overridden, key by key."""
+    saved = direction if isinstance(direction, Formatting) else getattr(direction, "formatting", None)
     return saved if formatting is None else formatting.over(saved)
 
 
