@@ -115,7 +115,8 @@ def test_thinking_on_and_off(family: Family) -> None:
         if family.thinking == "toggle":  # the block is closed in the prompt: the model replies at once
             assert chat_text(tokenizer, "x", off).rstrip().endswith("</think>")
         else:  # Granite asks for <think> in its system prompt
-            assert "<think>" in chat_text(tokenizer, "x", on) and "<think>" not in chat_text(tokenizer, "x", off)
+            assert "<think>" in chat_text(tokenizer, "x", on) and "<think>" not in chat_text(tokenizer, "x",
+                off)
     elif family.thinking == "opened":  # always thinks: the prompt opens the block
         assert chat_text(tokenizer, "x").endswith("<think>") and reasoning(tokenizer, off).opened
     else:  # harmony: always reasons; the effort is a template option

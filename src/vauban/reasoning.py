@@ -39,6 +39,7 @@ from .formatting import DEFAULT, THINKING_TOKENS, Formatting, chat_template, cha
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 HARMONY_FINAL = "<|channel|>final<|message|>"
 _HARMONY_MARK = "<|channel|>"
+_RESPONSE = re.compile(r"^\s*<response>|</response>\s*$")
 _HARMONY_MESSAGE = re.compile(
     r"<\|channel\|>(?P<channel>[^<\s]*)[^<]*(?:<\|constrain\|>[^<]*)?<\|message\|>"
     r"(?P<body>.*?)(?=<\|end\|>|<\|return\|>|<\|call\|>|<\|start\|>|<\|channel\|>|$)",
@@ -105,7 +106,8 @@ def split_reasoning(text: str, tokenizer: Any = None) -> tuple[str, str]:
         thoughts = text[:close]
         start = thoughts.find(THINK_OPEN)
         thoughts = thoughts[start + len(THINK_OPEN):] if start >= 0 else thoughts
-        return thoughts.strip(), text[close + len(THINK_CLOSE):].strip()
+        reply = _RESPONSE.sub("", text[close + len(THINK_CLOSE):])  # Granite wraps its reply
+        return thoughts.strip(), reply.strip()
     stripped = text.lstrip()
     if stripped.startswith(THINK_OPEN):
         return stripped[len(THINK_OPEN):].strip(), ""
@@ -188,6 +190,8 @@ class Decoder:
                 return self._text(tokens[: self.reply_tokens]).strip()  # it answered without thinking
         if cut < 0:
             return joined(thoughts, "", finished=False)
+        while cut < len(tokens) and not self._text(tokens[cut:cut + 1]).strip():
+            cut += 1  # the blank line after </think> is not part of the reply's budget
         reply = self._text(tokens[cut: cut + self.reply_tokens]).strip()
         return joined(thoughts, reply)
 
@@ -198,7 +202,10 @@ class Decoder:
 
 class ReplyBudget(StoppingCriteria):
     """``model.generate`` criterion: a row is done when ``reply_tokens`` tokens followed the end
-    of its thoughts (``marker``). Rows that never end their thoughts run to the full budget."""
+    of its thoughts (``marker``), plus :data:`SLACK` for the blank line a model writes first
+    (which :class:`Decoder` skips). Rows that never end their thoughts run to the full budget."""
+
+    SLACK = 2
 
     def __init__(self, marker: Sequence[int], prompt_width: int, reply_tokens: int) -> None:
         self.marker = list(marker)
@@ -217,7 +224,7 @@ class ReplyBudget(StoppingCriteria):
                 if found < 0:
                     continue
                 end = self._ends[row] = found
-            done[row] = len(tokens) - end >= self.reply_tokens
+            done[row] = len(tokens) - end >= self.reply_tokens + self.SLACK
         return done  # type: ignore[return-value]
 
 
