@@ -56,6 +56,7 @@ def _datasets() -> Any:
         import datasets
     except ImportError:
         raise VaubanError(f"Hub and local datasets need the datasets package: {_EXTRA}") from None
+    datasets.disable_progress_bars()  # stderr is for vauban's own progress and one-line errors
     return datasets
 
 
@@ -107,8 +108,12 @@ def hub_prompts(spec: str) -> list[str]:
 def directory_prompts(path: Path, split: str | None, column: str | None) -> list[str]:
     """A local dataset: ``save_to_disk`` output (``dataset_info.json`` / ``dataset_dict.json``),
     or a folder of parquet/jsonl/csv data files (as a Hub dataset repository holds them)."""
-    datasets = _datasets()
     saved = any((path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json", "state.json"))
+    data_files = [p for p in path.rglob("*") if p.suffix in (".parquet", ".jsonl", ".csv", ".arrow")]
+    if not saved and not data_files:
+        raise VaubanError(f"{path} is a directory without a dataset (no save_to_disk files, no .parquet/"
+                          ".jsonl/.csv data); pass a dataset directory or a prompt file")
+    datasets = _datasets()
     try:
         data = datasets.load_from_disk(str(path)) if saved else datasets.load_dataset(str(path))
     except Exception as err:
