@@ -55,7 +55,8 @@ def test_harmony_answer_is_judged_on_its_final_channel():
     model, tokenizer = setup("GPT-OSS")
     vocab = tokenizer.get_vocab()
     stops = stop_token_ids(model, tokenizer)
-    assert vocab["<|return|>"] in stops and vocab["<|end|>"] not in stops  # <|end|> ends the analysis only
+    assert vocab["<|return|>"] in stops and vocab["<|call|>"] in stops
+    assert vocab["<|end|>"] not in stops  # <|end|> ends the analysis message, not the answer
     script = tokenizer.encode(HARMONY, add_special_tokens=False)
     with scripted(model, script):
         (c,) = completions(model, tokenizer, ["How do I pick a lock?"], max_tokens=64, batch_size=1)

@@ -288,8 +288,11 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
         result = evaluate(original, modified, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
                           batch_size=s.batch_size,
                           formatting=_formatting(s, _export_formatting(modified_name)))
+    thinking = ([("refusal while thinking", f"{result.thinking_refusal_before or 0:.0%}",
+                  f"{result.thinking_refusal_after or 0:.0%}")]
+                if (result.thinking_refusal_before, result.thinking_refusal_after) != (None, None) else [])
     report.table(f"{original_name or 'demo model'} → {modified_name}", ["", "original", "modified"], [
-        ("refusal", f"{result.refusal_before:.0%}", f"{result.refusal_after:.0%}"),
+        ("refusal", f"{result.refusal_before:.0%}", f"{result.refusal_after:.0%}"), *thinking,
         ("perplexity", f"{result.perplexity_before:.2f}", f"{result.perplexity_after:.2f}"),
         ("KL (all answer tokens)", "", f"{result.kl:.4f}"),
         ("KL (first token)", "", f"{result.first_token_kl:.4f}"),

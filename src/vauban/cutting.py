@@ -39,8 +39,11 @@ factors) so it can be undone. Float rounding makes ``(W - x) + x`` differ from `
 bit for a few elements, so the cut also keeps those few original values (found by replaying
 the undo at apply time): undo restores the original bits exactly while storing far less than a
 copy of the weights. Evaluation and optimization therefore need one model in memory. The rank-k
-arithmetic lives in :func:`_shifted` and the rescale in :func:`_rescaled`, so either can be
-swapped for a fused kernel without touching the bookkeeping.
+arithmetic lives in :meth:`_Work.shifted` and the rescale in :meth:`_Work.rescaled`, so either
+can be swapped for a fused kernel without touching the bookkeeping. Fused MoE expert tensors
+``(experts, ·, ·)`` are edited, undone and re-applied expert by expert (:func:`pieces`), so the
+float32 working copies are one expert's size, not the layer's (``benchmarks/moe_memory.py``);
+routers are not edited (see :mod:`vauban.arch`).
 """
 
 from __future__ import annotations
@@ -135,25 +138,72 @@ def _fingerprint(param: torch.Tensor) -> float:
     return float(param.detach().reshape(-1)[::4099].double().sum())
 
 
-def _shifted(w: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor, scale: float) -> torch.Tensor:
-    """``w + scale·R Q`` with the residual axis last, rounded back to ``w``'s dtype.
+class _Work:
+    """The cut's arithmetic on one piece at a time (:func:`pieces`), in buffers allocated once.
 
-    For ``k = 1`` the matmul is one product per element, the same as an outer product.
+    ``a`` and ``c`` are compute-dtype buffers the size of a piece, ``new`` and ``out`` buffers in
+    the weights' dtype. Reusing them keeps the memory of an edit at a few pieces' size: a fresh
+    allocation per expert would leave the process holding freed blocks split by the small
+    records each expert keeps (on a 128-expert Qwen3-30B-A3B layer, ~3× the tensor's size).
+    The operations are those of the plain expressions, in the same order, so the bits are too:
+    ``shifted`` is ``(w.float() + scale·(R @ Q)).to(dtype)`` and ``rescaled`` is
+    ``(w.float() * factors).to(dtype)``.
     """
-    return (w.to(basis.dtype) + scale * (removed @ basis)).to(w.dtype)
 
+    def __init__(self, piece: torch.Tensor, compute: torch.dtype) -> None:
+        self.a = torch.empty(piece.shape, dtype=compute, device=piece.device)
+        self.c = torch.empty_like(self.a)
+        self.new = torch.empty(piece.shape, dtype=piece.dtype, device=piece.device)
+        self.out = torch.empty_like(self.new)
+        self._miss: torch.Tensor | None = None
 
-def _rescaled(w: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """``w`` with each written vector (residual axis last) times its factor, rounded back."""
-    return (w.to(factors.dtype) * factors).to(w.dtype)
+    def misses(self, replay: torch.Tensor, view: torch.Tensor, axis: int) -> torch.Tensor:
+        """Flat indices (in the piece's own layout, ``axis`` its residual axis) where ``replay``
+        differs from ``view`` in any bit."""
+        ints = _INT_VIEW[view.dtype]
+        if self._miss is None:  # a mask laid out like the piece, so its flat index is the weight's
+            self._miss = torch.empty(view.movedim(-1, axis).shape, dtype=torch.bool, device=view.device)
+        torch.ne(replay.view(ints), view.view(ints), out=self._miss.movedim(axis, -1))
+        return self._miss.reshape(-1).nonzero().squeeze(-1)
 
+    def removed(self, view: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+        """``R = W Qᵀ`` (residual axis last), ``(..., k)``."""
+        self.a.copy_(view)
+        return self.a @ basis.T
 
-def _norm_factors(view: torch.Tensor, removed: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``‖x‖ / ‖x - a·Q Qᵀx‖`` per written vector, from ``‖x‖²`` and ``‖Qᵀx‖²`` alone."""
-    before = view.to(removed.dtype).square().sum(-1, keepdim=True)
-    after = before + (alpha * alpha - 2 * alpha) * removed.square().sum(-1, keepdim=True)
-    ratio = before / after.clamp_min(torch.finfo(removed.dtype).tiny)
-    return torch.where(before > 0, ratio.sqrt(), torch.ones_like(ratio))
+    def shifted(self, w: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor, scale: float,
+                dst: torch.Tensor) -> torch.Tensor:
+        """``w + scale·R Q`` rounded into ``dst`` (for ``k = 1``, one product per element)."""
+        self.a.copy_(w)
+        torch.matmul(removed, basis, out=self.c)
+        self.a.add_(self.c.mul_(scale))
+        return dst.copy_(self.a)
+
+    def rescaled(self, w: torch.Tensor, factors: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        """``w`` with each written vector times its factor, rounded into ``dst``."""
+        self.a.copy_(w)
+        return dst.copy_(self.a.mul_(factors))
+
+    def forward(self, view: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor,
+                factors: torch.Tensor | None, alpha: float) -> torch.Tensor:
+        """The cut of one piece, in ``new``."""
+        new = self.shifted(view, basis, removed, -alpha, self.new)
+        return new if factors is None else self.rescaled(new, factors, self.new)
+
+    def inverse(self, view: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor,
+                factors: torch.Tensor | None, alpha: float) -> torch.Tensor:
+        """Its undo, in ``out`` (before the fix-ups of the few elements rounding misses)."""
+        if factors is not None:
+            view = self.rescaled(view, 1 / factors, self.out)
+        return self.shifted(view, basis, removed, alpha, self.out)
+
+    def norm_factors(self, view: torch.Tensor, removed: torch.Tensor, alpha: float) -> torch.Tensor:
+        """``‖x‖ / ‖x - a·Q Qᵀx‖`` per written vector, from ``‖x‖²`` and ``‖Qᵀx‖²`` alone."""
+        self.a.copy_(view)
+        before = self.a.square_().sum(-1, keepdim=True)
+        after = before + (alpha * alpha - 2 * alpha) * removed.square().sum(-1, keepdim=True)
+        ratio = before / after.clamp_min(torch.finfo(removed.dtype).tiny)
+        return torch.where(before > 0, ratio.sqrt(), torch.ones_like(ratio))
 
 
 def pieces(w: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
@@ -162,10 +212,11 @@ def pieces(w: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
 
     The arithmetic works on float32 copies (the tensor, the update, the rounded result, the
     replayed undo and its comparison: several times the tensor's size). Done on a fused expert
-    tensor at once, that is several float32 copies of every expert of the layer (2.4 GB of
-    temporaries for one Qwen3-30B-A3B ``down_proj``); expert by expert, the extra memory is a
-    few times *one* expert's weight. Every expert is edited with the same formula, so the
-    result is the same bits either way.
+    tensor at once, that is several float32 copies of every expert of the layer (2.8 GB more
+    memory for one Qwen3-30B-A3B ``down_proj`` of 0.4 GB); expert by expert, in buffers reused
+    from one expert to the next (:class:`_Work`), the extra memory is a few times *one*
+    expert's weight. Every expert is edited with the same formula, so the result is the same
+    bits either way.
     """
     if w.dim() < 3:
         return [(0, w)]
@@ -184,27 +235,14 @@ def edited(
     tensors go expert by expert (:func:`pieces`); ``inplace=True`` writes into ``w`` itself."""
     out = w if inplace else w.clone(memory_format=torch.contiguous_format)
     q = basis.to(device=w.device, dtype=_compute_dtype(w))
+    work = None
     for _, piece in pieces(out):
         view = piece.movedim(axis, -1)
-        removed = view.to(q.dtype) @ q.T
-        new = _shifted(view, q, removed, -alpha)
-        if norm_preserving:
-            new = _rescaled(new, _norm_factors(view, removed, alpha))
-        view.copy_(new)
+        work = work or _Work(view, q.dtype)
+        removed = work.removed(view, q)
+        factors = work.norm_factors(view, removed, alpha) if norm_preserving else None
+        view.copy_(work.forward(view, q, removed, factors, alpha))
     return out
-
-
-def _forward(view: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor, factors: torch.Tensor | None,
-             alpha: float) -> torch.Tensor:
-    new = _shifted(view, basis, removed, -alpha)
-    return new if factors is None else _rescaled(new, factors)
-
-
-def _inverse(view: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor, factors: torch.Tensor | None,
-             alpha: float) -> torch.Tensor:
-    if factors is not None:
-        view = _rescaled(view, 1 / factors)
-    return _shifted(view, basis, removed, alpha)
 
 
 def _parts(edit: _Edit) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
@@ -235,19 +273,17 @@ def _apply_edit(
             removed, index, values = kernels.apply_(view, q[0], alpha)  # one fused pass
             return _Edit(name, param, axis, alpha, q, removed[:, None], None, index, values,
                          fingerprint, fused=True)
-        ints = _INT_VIEW[param.dtype]
         removed_parts, factor_parts, index_parts, value_parts = [], [], [], []
+        work = None
         for offset, piece in pieces(param.data):  # expert by expert for fused MoE tensors
             view = piece.movedim(axis, -1)
-            removed = view.to(cd) @ q.T
-            factors = _norm_factors(view, removed, alpha) if norm_preserving else None
-            new = _forward(view, q, removed, factors, alpha)
-            replay = _inverse(new, q, removed, factors, alpha)
-            miss = (replay.view(ints) != view.view(ints)).movedim(-1, axis).reshape(-1)
-            del replay
-            index = miss.nonzero().squeeze(-1)
-            value_parts.append(piece.reshape(-1)[index].clone())
-            index_parts.append(index + offset)
+            work = work or _Work(view, cd)
+            removed = work.removed(view, q)
+            factors = work.norm_factors(view, removed, alpha) if norm_preserving else None
+            new = work.forward(view, q, removed, factors, alpha)
+            index = work.misses(work.inverse(new, q, removed, factors, alpha), view, axis)
+            value_parts.append(piece.reshape(-1)[index])
+            index_parts.append(index.add_(offset))
             view.copy_(new)
             removed_parts.append(removed)
             factor_parts.append(factors)
@@ -266,8 +302,10 @@ def _reapply_edit(edit: _Edit) -> None:
             view = edit.param.data.movedim(edit.axis, -1)
             kernels.shift_(view, edit.basis[0], edit.removed[:, 0], -edit.alpha)
             return
+        work = None
         for view, removed, factors in _parts(edit):
-            view.copy_(_forward(view, edit.basis, removed, factors, edit.alpha))
+            work = work or _Work(view, edit.basis.dtype)
+            view.copy_(work.forward(view, edit.basis, removed, factors, edit.alpha))
 
 
 def _undo_edit(edit: _Edit) -> None:
@@ -276,8 +314,10 @@ def _undo_edit(edit: _Edit) -> None:
             view = edit.param.data.movedim(edit.axis, -1)
             kernels.shift_(view, edit.basis[0], edit.removed[:, 0], edit.alpha)
         else:
+            work = None
             for view, removed, factors in _parts(edit):
-                view.copy_(_inverse(view, edit.basis, removed, factors, edit.alpha))
+                work = work or _Work(view, edit.basis.dtype)
+                view.copy_(work.inverse(view, edit.basis, removed, factors, edit.alpha))
         edit.param.data.view(-1)[edit.patch_index] = edit.patch_values
 
 

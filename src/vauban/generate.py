@@ -30,7 +30,7 @@ from .batching import batch_size_for, default_batch_size, left_pad, progress, so
 from .errors import VaubanError
 from .formatting import Formatting
 from .prompts import check_tokenizer, encode_chat, pad_id
-from .reasoning import Decoder, budget, stop_exceptions
+from .reasoning import Decoder, budget, stop_markers
 
 # End-of-turn markers of common chat templates; whichever exist in a vocabulary also stop.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
@@ -46,9 +46,9 @@ def stop_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
         elif isinstance(value, (list, tuple)):
             ids.update(int(v) for v in value)
     vocab = tokenizer.get_vocab()
-    skip = stop_exceptions(tokenizer)  # <|end|> ends GPT-OSS's analysis, not its answer
-    ids.update(vocab[t] for t in _END_OF_TURN if t in vocab and t not in skip)
-    ids.difference_update(vocab[t] for t in skip if t in vocab)
+    stop, never = stop_markers(tokenizer)  # <|end|> ends GPT-OSS's analysis, not its answer
+    ids.update(vocab[t] for t in (*_END_OF_TURN, *stop) if t in vocab and t not in never)
+    ids.difference_update(vocab[t] for t in never if t in vocab)
     return sorted(ids)
 
 

@@ -21,7 +21,7 @@ thinking on or off.
 
 Stop tokens: GPT-OSS ends every harmony message with ``<|end|>``, the analysis included, and the
 whole answer with ``<|return|>`` (or ``<|call|>``): ``<|end|>`` (Phi-3's end of turn) must not
-stop it (:func:`stop_exceptions`).
+stop it (:func:`stop_markers`).
 """
 
 from __future__ import annotations
@@ -133,9 +133,14 @@ def thinking_prefix(tokenizer: Any, thoughts: str, formatting: Formatting | None
     return ""
 
 
-def stop_exceptions(tokenizer: Any) -> set[str]:
-    """End-of-turn markers that must not stop this tokenizer's model: ``<|end|>`` for harmony."""
-    return {"<|end|>"} if _HARMONY_MARK in chat_template(tokenizer) else set()
+def stop_markers(tokenizer: Any) -> tuple[set[str], set[str]]:
+    """``(stop, never)``: end-of-answer markers of this tokenizer's format that must stop
+    generation, and end-of-turn markers that must not. Harmony (GPT-OSS) ends an answer with
+    ``<|return|>`` (or ``<|call|>`` for a tool call) and every message, the analysis included,
+    with ``<|end|>``."""
+    if _HARMONY_MARK in chat_template(tokenizer):
+        return {"<|return|>", "<|call|>"}, {"<|end|>"}
+    return set(), set()
 
 
 def _find(tokens: Sequence[int], marker: Sequence[int], start: int = 0) -> int:
