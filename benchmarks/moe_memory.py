@@ -4,7 +4,8 @@ One decoder layer of Qwen3-30B-A3B's shape (hidden 2048, 128 experts of 768, so 
 ``down_proj`` of 128 × 2048 × 768), random bf16 weights, a small vocabulary: the peak of a cut is
 set by its largest tensor, not by the number of layers. The script builds the model, resets the
 process's peak resident memory (``/proc/self/clear_refs``), then measures the peak above the
-model's own memory while ``vauban.cut`` applies the cut, and again while it undoes it.
+model's own memory while ``vauban.cut`` applies the cut (this includes what the cut keeps to undo
+itself, ``undo_record_mb``), and again while it undoes it.
 
 Run it once with the code under test and once with an older checkout to compare, e.g.::
 
@@ -65,6 +66,7 @@ def main() -> None:
     applied = vauban.cut(model, d)
     apply_s = time.perf_counter() - t0
     apply_peak = _status("VmHWM") - base
+    kept = getattr(applied, "undo_bytes", None)  # what the cut keeps to undo itself (newer vauban)
     base_undo = _reset_peak()
     t0 = time.perf_counter()
     applied.undo()
@@ -79,6 +81,7 @@ def main() -> None:
         "fused_down_proj_mb": round(expert.numel() * expert.element_size() / 1e6, 1),
         "one_expert_mb": round(expert[0].numel() * expert.element_size() / 1e6, 2),
         "apply_peak_extra_mb": round(apply_peak / 1e6, 1),
+        "undo_record_mb": None if kept is None else round(kept / 1e6, 1),
         "undo_peak_extra_mb": round(undo_peak / 1e6, 1),
         "apply_s": round(apply_s, 2),
         "undo_s": round(undo_s, 2),

@@ -175,7 +175,7 @@ class _Work:
                 dst: torch.Tensor) -> torch.Tensor:
         """``w + scale·R Q`` rounded into ``dst`` (for ``k = 1``, one product per element)."""
         self.a.copy_(w)
-        torch.matmul(removed, basis, out=self.c)
+        torch.mm(removed.reshape(-1, basis.shape[0]), basis, out=self.c.view(-1, basis.shape[1]))
         self.a.add_(self.c.mul_(scale))
         return dst.copy_(self.a)
 
@@ -427,6 +427,14 @@ class Cut:
     def edited(self) -> list[str]:
         """Names of the edited tensors."""
         return [e.name for e in self._edits]
+
+    @property
+    def undo_bytes(self) -> int:
+        """Memory the cut keeps to undo itself bit for bit: removed vectors, rescale factors and
+        the original values of the few elements rounding would not restore."""
+        tensors = [t for e in self._edits for t in (e.removed, e.factors, e.patch_index, e.patch_values)
+                   if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def record(self) -> dict[str, object]:
         """JSON-serializable description of the cut's settings."""
