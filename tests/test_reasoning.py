@@ -126,10 +126,12 @@ def test_split_reasoning(text, expected):
 
 
 def test_eval_result_reports_refusals_while_thinking_apart():
-    from vauban.evaluating import completion
+    from vauban.evaluating import judged
+    from vauban.judge import get_judge
 
-    before = (completion("p", "<think>I can't do this.</think>I cannot help."), completion("q", "Sure."))
-    after = (completion("p", "<think>I can't do this.</think>Sure, here."), completion("q", "Sure."))
+    markers = get_judge(None)
+    before = judged(markers, ["p", "q"], ["<think>I can't do this.</think>I cannot help.", "Sure."])
+    after = judged(markers, ["p", "q"], ["<think>I can't do this.</think>Sure, here.", "Sure."])
     result = EvalResult(0.5, 0.0, 1.0, 1.0, 0.0, 0.0, 2, 1, before, after)
     assert result.thinking_refusal_before == 0.5 == result.thinking_refusal_after
     assert "refusal while thinking=50% → 50%" in result.summary()

@@ -22,6 +22,7 @@ from .activations import model_device
 from .errors import VaubanError
 from .formatting import Formatting, chat_messages, chat_template
 from .generate import check_max_tokens, greedy_config, stop_token_ids
+from .judge import Judge, Verdict, get_judge, run_judge
 from .prompts import check_tokenizer
 from .reasoning import Decoder, budget, split_reasoning
 from .results import DirectionResult, check_alpha
@@ -42,7 +43,9 @@ class _CallbackStreamer(TextStreamer):
 
 @dataclass
 class ChatSession:
-    """A conversation with ``model``; ``direction`` + ``alpha`` steer every reply when set."""
+    """A conversation with ``model``; ``direction`` + ``alpha`` steer every reply when set.
+    With a ``judge`` (spec or :class:`vauban.judge.Judge`), each reply is judged and its verdict
+    kept in ``last_verdict``."""
 
     model: nn.Module
     tokenizer: Any
@@ -50,12 +53,16 @@ class ChatSession:
     alpha: float = 0.0
     max_tokens: int = 256
     history: list[dict[str, str]] = field(default_factory=list)
+    judge: str | Judge | None = None
+    last_verdict: Verdict | None = field(default=None, init=False)
     formatting: Formatting | None = None  # system prompt (global or the "chat" set's), template options
 
     def __post_init__(self) -> None:
         check_tokenizer(self.model, self.tokenizer)
         check_max_tokens(self.max_tokens)
         self.set_alpha(self.alpha)
+        if self.judge is not None:
+            self.judge = get_judge(self.judge)
 
     def set_alpha(self, alpha: float) -> None:
         """Change the steering strength for the next replies (0 turns steering off)."""
@@ -110,4 +117,6 @@ class ChatSession:
         answer = decoder(out[0, encoded["input_ids"].shape[1]:].tolist())
         reply = split_reasoning(answer)[1]  # templates keep replies, not thoughts, in the history
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+        if isinstance(self.judge, Judge):  # judges see the reply
+            (self.last_verdict,) = run_judge(self.judge, [text], [reply])
         return answer

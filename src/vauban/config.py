@@ -54,6 +54,7 @@ class Settings:
     dtype: str | None = None
     overwrite: bool = False
     quiet: bool = False
+    judge: str | None = None  # refusal judge spec (vauban.judge); None: the markers
     system_prompt: str | None = None
     system_prompts: dict[str, str] | None = None
     template_options: dict[str, Any] | None = None
@@ -170,5 +171,9 @@ def check(settings: Settings) -> Settings:
         raise VaubanError(f"batch_size must be at least 1, got {settings.batch_size}")
     if settings.layer is not None and settings.layer < 0:
         raise VaubanError(f"layer must be a layer index (0 or more), got {settings.layer}")
+    if settings.judge is not None:
+        from .judge import check_spec
+
+        check_spec(settings.judge)
     settings.formatting()  # the formatting's own checks (thinking_tokens >= 0...)
     return settings

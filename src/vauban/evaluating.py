@@ -1,7 +1,7 @@
 """Measure what a cut changed: refusals on harmful prompts, capability on harmless answers.
 
 - Refusal rate: greedy answers to the harmful evaluation prompts (disjoint from the measurement
-  sets), judged by :mod:`vauban.refusal`.
+  sets), judged by a refusal judge (:mod:`vauban.judge`; ``judge=``, default ``markers``).
 - Perplexity: of the harmless reference answers, teacher-forced after the chat-formatted
   prompt, scored on the answer tokens only.
 - KL(original ‖ modified): between next-token distributions at every answer position of the
@@ -29,6 +29,7 @@ from .cutting import active_cuts, original_weights
 from .errors import VaubanError
 from .formatting import Formatting
 from .generate import check_max_tokens, generate
+from .judge import Judge, get_judge, run_judge
 from .prompts import (
     Prompts,
     bundled_records,
@@ -39,7 +40,6 @@ from .prompts import (
     pad_id,
 )
 from .reasoning import THINK_OPEN, split_reasoning
-from .refusal import is_refusal
 from .results import Completion, EvalResult
 
 DEFAULT_EVAL_PROMPTS = 20
@@ -79,23 +79,36 @@ class Pair:
 
 def completions(
     model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None,
+    judge: str | Judge | None = None,
     formatting: Formatting | None = None, prompt_set: str | None = "eval",
 ) -> tuple[Completion, ...]:
-    """Greedy answers judged on their reply; a thinking model's thoughts are kept and judged
-    apart (:mod:`vauban.reasoning`)."""
+    """Greedy answers to ``prompts``, each with ``judge``'s verdict (default: markers) on its
+    reply; a thinking model's thoughts are kept and judged apart (:func:`judged`)."""
     answers = generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size,
                        formatting=formatting, prompt_set=prompt_set)
-    return tuple(completion(p, a) for p, a in zip(prompts, answers, strict=True))
+    return judged(get_judge(judge), prompts, answers)
 
 
-def completion(prompt: str, answer: str) -> Completion:
-    """One answer as a :class:`Completion`: the reply judged, the thoughts (if any) judged apart.
-    An answer cut off while thinking has an empty reply, which counts as a refusal: give the
-    model a larger ``thinking_tokens`` budget."""
-    thoughts, reply = split_reasoning(answer)
-    if not answer.lstrip().startswith(THINK_OPEN):
-        return Completion(prompt, reply, is_refusal(reply))
-    return Completion(prompt, reply, is_refusal(reply), thoughts, bool(thoughts) and is_refusal(thoughts))
+def judged(judge: Judge, prompts: Sequence[str], answers: Sequence[str]) -> tuple[Completion, ...]:
+    """Completions of ``answers`` (in :mod:`vauban.reasoning`'s form): the judge sees each reply;
+    the thoughts of a thinking model are kept and judged apart, in one more batch. An answer cut
+    off while thinking has an empty reply, which the judge decides on like any other (the
+    markers call it a refusal): give the model a larger ``thinking_tokens`` budget."""
+    parts = [split_reasoning(a) for a in answers]
+    verdicts = run_judge(judge, prompts, [reply for _, reply in parts])
+    thought = [a.lstrip().startswith(THINK_OPEN) for a in answers]
+    rows = [i for i, (thoughts, _) in enumerate(parts) if thought[i] and thoughts]
+    on_thoughts = dict(zip(rows, run_judge(judge, [prompts[i] for i in rows], [parts[i][0] for i in rows]),
+                           strict=True)) if rows else {}
+
+    def on_thought(i: int) -> bool | None:
+        return on_thoughts[i].refusal if i in on_thoughts else False if thought[i] else None
+
+    return tuple(
+        Completion(p, reply, v.refusal, v.score, v.reason, v.late,
+                   thinking=thoughts if thought[i] else None, thinking_refused=on_thought(i))
+        for i, (p, (thoughts, reply), v) in enumerate(zip(prompts, parts, verdicts, strict=True))
+    )
 
 
 def encode_pairs(
@@ -202,24 +215,28 @@ def evaluate(
     max_tokens: int = 64,
     batch_size: int | None = None,
     show_progress: bool | None = None,
+    judge: str | Judge | None = None,
     formatting: Formatting | None = None,
 ) -> EvalResult:
     """Compare ``original`` and ``modified`` (see the module docstring).
 
     ``prompts=None`` uses the first 20 bundled evaluation prompts; ``reference`` is the set of
-    harmless (prompt, answer) pairs for perplexity and KL. ``formatting``: how prompts are
-    formatted (:mod:`vauban.formatting`); use the formatting the direction was measured with.
-    Thinking models are judged on their replies, with ``max_tokens`` reply tokens after their
-    thoughts; the thoughts' own refusals are reported apart (``thinking_refusal_before/after``).
+    harmless (prompt, answer) pairs for perplexity and KL; ``judge`` counts the refusals (a spec
+    such as ``"chat:demo"``, a :class:`vauban.judge.Judge`, or ``None`` for the markers).
+    ``formatting``: how prompts are formatted (:mod:`vauban.formatting`); use the formatting
+    the direction was measured with. Thinking models are judged on their replies, with
+    ``max_tokens`` reply tokens after their thoughts; the thoughts' own refusals are reported
+    apart (``thinking_refusal_before/after``).
     """
     check_max_tokens(max_tokens)
+    judge = get_judge(judge)
     pair = Pair(original, modified)
     harmful = default_eval_prompts() if prompts is None else load_prompts(prompts, what="eval prompts")
     sides = {}
     for is_original in (True, False):
         with pair.side(is_original) as model:
             sides[is_original] = completions(
-                model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
+                model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size, judge=judge,
                 formatting=formatting,
             )
     ref_pairs = load_pairs(reference)
@@ -239,4 +256,5 @@ def evaluate(
         n_reference=len(ref_pairs),
         before=sides[True],
         after=sides[False],
+        judge=judge.spec,
     )

@@ -75,6 +75,7 @@ from .cutting import Cut, LayerKernel, LayerWeights, cut
 from .errors import VaubanError
 from .evaluating import completions
 from .formatting import Formatting, formatting_for
+from .judge import Judge, get_judge
 from .measuring import direction_at
 from .prompts import Prompts, bundled_records, load_prompts
 from .reasoning import thinking_prefix
@@ -439,6 +440,7 @@ def optimize(
     seed: int = 0,
     show_progress: bool = False,
     log: Callable[[str], None] | None = None,
+    judge: str | Judge | None = None,
     formatting: Formatting | None = None,
 ) -> OptimizeResult:
     """Run the search until the study has ``n_trials`` finished trials, then check the pick on
@@ -450,10 +452,12 @@ def optimize(
     that refuses no more than the plain cut; ``0`` skips the check. ``refine_steps``: after the
     search, refine the plain cut's per-layer weights by this many gradient steps
     (:mod:`vauban.refine`) and score the result as one more trial; ``0`` skips it. ``projected`` /
-    ``norm_preserving``: fix that cut variant on or off, or ``None`` to search it. Each trial and
-    each check prints one line with ``show_progress`` or through ``log``. ``formatting``: how
-    prompts are formatted, over the direction's own (:mod:`vauban.formatting`); thinking models
-    are judged on their replies, and their refusals are teacher-forced after their thoughts.
+    ``norm_preserving``: fix that cut variant on or off, or ``None`` to search it. ``judge`` counts
+    the refusals of the search and of the check (a spec, a :class:`vauban.judge.Judge`, or
+    ``None`` for the markers; recorded in the study's settings). Each trial and each check prints
+    one line with ``show_progress`` or through ``log``. ``formatting``: how prompts are
+    formatted, over the direction's own (:mod:`vauban.formatting`); thinking models are judged on
+    their replies, and their refusals are teacher-forced after their thoughts.
     """
     try:
         import optuna
@@ -465,6 +469,7 @@ def optimize(
             raise VaubanError(f"{name} must be an integer >= {low}, got {value!r}")
     if direction.harmful_means is None:
         raise VaubanError("optimize needs a DirectionResult with per-layer means; measure it again")
+    judge = get_judge(judge)
     harmful = default_validation_prompts() if prompts is None else load_prompts(prompts)
     neutral = (default_harmless_prompts() if harmless is None
                else load_prompts(harmless, what="harmless prompts"))
@@ -477,7 +482,7 @@ def optimize(
              if v is not None}
     settings = {"direction_layer": direction.layer_index, "num_layers": direction.num_layers,
                 "model": direction.model_path, "fixed": fixed, "prompts": len(harmful),
-                "harmless": len(neutral), "max_tokens": max_tokens,
+                "harmless": len(neutral), "max_tokens": max_tokens, "judge": judge.spec,
                 "objectives": ["refusal", "kl", "refusal_likelihood"]}
     fmt = formatting_for(direction, formatting)
     if fmt is not None and fmt != Formatting(thinking_tokens=fmt.thinking_tokens):
@@ -498,7 +503,7 @@ def optimize(
     if todo > 0 or refining:
         base = first_token_logprobs(model, tokenizer, neutral, batch_size, fmt)
         originals = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
-                                formatting=fmt, prompt_set="validation")
+                                judge=judge, formatting=fmt, prompt_set="validation")
         refused = [(c.prompt, c.text, thinking_prefix(tokenizer, c.thinking or "", fmt))
                    for c in originals if c.refused]
     info = {"n_prompts": len(harmful), "n_harmless": len(neutral), "seed": seed, "study": storage,
@@ -510,7 +515,7 @@ def optimize(
         """The three objectives of one cut: refusal, KL, refusal likelihood."""
         with params.apply(model, direction):
             answers = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
-                                  formatting=fmt, prompt_set="validation")
+                                  judge=judge, formatting=fmt, prompt_set="validation")
             kl = kl_divergence(base, first_token_logprobs(model, tokenizer, neutral, batch_size, fmt))
             likelihood = refusal_likelihood(model, tokenizer, refused, batch_size=batch_size, formatting=fmt)
         return sum(c.refused for c in answers) / len(answers), kl, likelihood
@@ -555,7 +560,8 @@ def optimize(
             t0 = time.perf_counter()
             with t.params.apply(model, direction):
                 answers = completions(model, tokenizer, checking, max_tokens=selection_tokens,
-                                      batch_size=batch_size, formatting=fmt, prompt_set="selection")
+                                      batch_size=batch_size, judge=judge, formatting=fmt,
+                                      prompt_set="selection")
             checked[key] = sum(c.refused for c in answers) / len(answers)
             _store_checks(the_study, checking, selection_tokens, checked)
             if say is not None:

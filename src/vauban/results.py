@@ -289,16 +289,21 @@ class ProbeResult:
 
 @dataclass(frozen=True)
 class Completion:
-    """One greedy answer and whether it reads as a refusal.
+    """One greedy answer and its judge's verdict (see :class:`vauban.judge.Verdict`): refused or
+    not, the judge's score in [0, 1], its reason, and whether the refusal came late (after a
+    compliant opening).
 
-    For a thinking model ``text`` is the reply and ``refused`` its verdict; ``thinking`` holds
-    the thoughts before it (``None``: the model did not think) and ``thinking_refused`` whether
-    the thoughts alone read as a refusal (see :mod:`vauban.reasoning`).
+    For a thinking model ``text`` is the reply, which the judge saw; ``thinking`` holds the
+    thoughts before it (``None``: the model did not think) and ``thinking_refused`` whether the
+    thoughts alone read as a refusal to the same judge (see :mod:`vauban.reasoning`).
     """
 
     prompt: str
     text: str
     refused: bool
+    score: float
+    reason: str
+    late: bool = False
     thinking: str | None = None
     thinking_refused: bool | None = None
 
@@ -321,7 +326,8 @@ class EvalResult:
 
     ``kl`` is KL(original ‖ modified) averaged over every answer position of the harmless
     reference set; ``first_token_kl`` only at the first answer position (what other tools
-    publish). Per-prompt answers and verdicts are in ``before`` and ``after``.
+    publish). Per-prompt answers and verdicts are in ``before`` and ``after``; ``judge`` is the
+    spec of the judge that counted the refusals.
     """
 
     refusal_before: float
@@ -334,6 +340,7 @@ class EvalResult:
     n_reference: int
     before: tuple[Completion, ...] = field(repr=False)
     after: tuple[Completion, ...] = field(repr=False)
+    judge: str = "markers"
 
     @property
     def thinking_refusal_before(self) -> float | None:
@@ -438,12 +445,13 @@ class SweepRow:
 
 @dataclass(frozen=True)
 class AlphaSweep:
-    """Cut at several alphas, evaluated against the same original."""
+    """Cut at several alphas, evaluated against the same original; ``judge`` counted the refusals."""
 
     refusal_before: float
     perplexity_before: float
     rows: tuple[SweepRow, ...]
     n_prompts: int
+    judge: str = "markers"
 
     def table(self) -> str:
         lines = ["alpha  refusal  perplexity  kl      first_token_kl",

@@ -27,9 +27,9 @@ from .cutting import Direction, layer_bases
 from .errors import VaubanError
 from .formatting import Formatting, formatting_for
 from .generate import check_max_tokens, generate
+from .judge import Judge, get_judge, run_judge
 from .prompts import load_prompts
 from .reasoning import split_reasoning
-from .refusal import is_refusal
 from .results import DirectionResult, SteerResult, SubspaceResult, check_alpha, check_layer
 
 
@@ -158,10 +158,12 @@ def steer(
     *,
     max_tokens: int = 100,
     layers: Sequence[int] | None = None,
+    judge: str | Judge | None = None,
     formatting: Formatting | None = None,
 ) -> SteerResult:
-    """Generate one answer under steering, recording per-token projections. ``refused`` judges
-    the reply (a thinking model's thoughts stay in ``text``)."""
+    """Generate one answer under steering, recording per-token projections; ``judge`` decides
+    whether its reply is a refusal (default: markers; a thinking model's thoughts stay in
+    ``text``)."""
     (text,) = load_prompts([prompt], what="prompt")
     check_max_tokens(max_tokens)
     with Steering(model, direction, alpha, layers=layers, record=True) as hooks:
@@ -176,5 +178,5 @@ def steer(
         layer_index=layer,
         projections_before=tuple(tuple(r) for r in hooks.before),
         projections_after=tuple(tuple(r) for r in hooks.after),
-        refused=is_refusal(split_reasoning(answer)[1]),
+        refused=run_judge(get_judge(judge), [text], [split_reasoning(answer)[1]])[0].refusal,
     )
