@@ -108,6 +108,10 @@ FAMILIES: tuple[Family, ...] = (
            "sliding_window": 64}, "gpt_oss", ("<|endoftext|>", "<|start|>", "<|message|>", "<|channel|>",
            "<|constrain|>", "<|end|>", "<|return|>", "<|call|>"), "<|return|>", thinking="harmony",
            released="gpt-oss-20b"),
+    # known to arch.py, not in README's list yet
+    Family("Ministral", "ministral", {**_BASE, "head_dim": 16}, "mistral",
+           ("<s>", "</s>", "[INST]", "[/INST]"), "</s>", "<s>", system="own",
+           released="Ministral-8B-Instruct-2410"),
     Family("GPT-2", "gpt2", {"vocab_size": VOCAB, "n_embd": 64, "n_layer": 2, "n_head": 4,
            "n_positions": 512},
            None, ("<|endoftext|>",), "<|endoftext|>", "<|endoftext|>", system="none", released="gpt2"),

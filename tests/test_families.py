@@ -123,3 +123,12 @@ def test_thinking_on_and_off(family: Family) -> None:
         assert "Reasoning: medium" in chat_text(tokenizer, "x")
         low = Formatting(template_options={"reasoning_effort": "low"})
         assert "Reasoning: low" in chat_text(tokenizer, "x", low) and reasoning(tokenizer, low).thinks
+
+
+def test_minimax_is_refused_with_a_clear_error():
+    """MiniMax normalizes the residual stream itself (its layers add to norm(x), not x), which a
+    weight edit of the writers cannot make free of the direction: it is not offered."""
+    from vauban import VaubanError
+
+    with pytest.raises(VaubanError, match="unsupported architecture 'minimax'"):
+        arch.family_of("minimax")
