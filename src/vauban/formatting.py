@@ -43,7 +43,6 @@ PROMPT_SETS = ("harmful", "harmless", "eval", "reference", "validation", "select
 """Names of the prompt sets a per-set system prompt can target."""
 
 
-
 @dataclass(frozen=True)
 class Formatting:
     """What vauban adds around a prompt; ``None`` / empty means the family default (module
@@ -180,9 +179,13 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], options: Mapping[str
 def chat_messages(tokenizer: Any, prompt: str, system: str | None) -> list[dict[str, str]]:
     """The conversation for one prompt; a system prompt the template cannot take is folded
     into the user turn (see the module docstring)."""
+    return _messages(prompt, system, system is not None and rejects_system(tokenizer))
+
+
+def _messages(prompt: str, system: str | None, fold: bool) -> list[dict[str, str]]:
     if system is None:
         return [{"role": "user", "content": prompt}]
-    if rejects_system(tokenizer):
+    if fold:
         return [{"role": "user", "content": f"{system}\n\n{prompt}"}]
     return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
 
@@ -225,9 +228,7 @@ def chat_texts(tokenizer: Any, prompts: Sequence[str], formatting: Formatting | 
     if system is None or not chat_template(tokenizer):
         return [chat_text(tokenizer, p, fmt, prompt_set) for p in prompts]
     fold = rejects_system(tokenizer)
-    out = []
-    for p in prompts:
-        messages = ([{"role": "user", "content": f"{system}\n\n{p}"}] if fold else
-                    [{"role": "system", "content": system}, {"role": "user", "content": p}])
-        out.append(_render(tokenizer, messages, fmt.template_options))
-    return out
+    try:
+        return [_render(tokenizer, _messages(p, system, fold), fmt.template_options) for p in prompts]
+    except TypeError as err:
+        raise VaubanError(f"the chat template rejected the template options: {err}") from None
