@@ -151,8 +151,10 @@ class _Work:
     """
 
     def __init__(self, piece: torch.Tensor, compute: torch.dtype) -> None:
-        self.a = torch.empty(piece.shape, dtype=compute, device=piece.device)
-        self.c = torch.empty_like(self.a)
+        # ``a`` keeps the piece's memory layout, as ``piece.to(compute)`` would: the matmuls
+        # then sum in the order they always did
+        self.a = torch.empty_like(piece, dtype=compute)
+        self.c = torch.empty(piece.shape, dtype=compute, device=piece.device)
         self.new = torch.empty(piece.shape, dtype=piece.dtype, device=piece.device)
         self.out = torch.empty_like(self.new)
         self._miss: torch.Tensor | None = None
@@ -215,8 +217,9 @@ def pieces(w: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
     tensor at once, that is several float32 copies of every expert of the layer (2.8 GB more
     memory for one Qwen3-30B-A3B ``down_proj`` of 0.4 GB); expert by expert, in buffers reused
     from one expert to the next (:class:`_Work`), the extra memory is a few times *one*
-    expert's weight. Every expert is edited with the same formula, so the result is the same
-    bits either way.
+    expert's weight. Every expert is edited with the same formula; against the whole-tensor
+    computation the results agree to float rounding (a batched matmul may sum ``R = W Qᵀ`` in
+    another order), and the in-memory and streamed cuts (:func:`edited`) share this loop.
     """
     if w.dim() < 3:
         return [(0, w)]
