@@ -39,7 +39,7 @@ from .prompts import (
     load_prompts,
     pad_id,
 )
-from .reasoning import THINK_OPEN, split_reasoning
+from .reasoning import THINK_OPEN, split_reasoning, thinking_prefix
 from .results import Completion, EvalResult
 
 DEFAULT_EVAL_PROMPTS = 20
@@ -117,10 +117,16 @@ def encode_pairs(
 ) -> list[tuple[list[int], int]]:
     """Token ids of the chat-formatted prompt + the answer's first ``answer_tokens`` tokens,
     and that answer length. A third item in a pair is text the model wrote before the answer
-    (a thinking model's thoughts, :func:`vauban.reasoning.thinking_prefix`), forced but not scored."""
+    (a thinking model's thoughts, :func:`vauban.reasoning.thinking_prefix`), forced but not
+    scored; without one, a thinking model's answer follows an empty think block."""
     heads = encode_chat(tokenizer, [pair[0] for pair in pairs], formatting, prompt_set)
-    heads = [head + (tokenizer(pair[2], add_special_tokens=False)["input_ids"] if len(pair) > 2 else [])
-             for head, pair in zip(heads, pairs, strict=True)]
+    empty = thinking_prefix(tokenizer, "", formatting)
+
+    def forced(pair: tuple[str, ...]) -> list[int]:
+        text = pair[2] if len(pair) > 2 else empty
+        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    heads = [head + forced(pair) for head, pair in zip(heads, pairs, strict=True)]
     tails = [tokenizer(pair[1], add_special_tokens=False)["input_ids"][:answer_tokens] for pair in pairs]
     return [(head + list(tail), len(tail)) for head, tail in zip(heads, tails, strict=True)]
 

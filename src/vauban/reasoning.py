@@ -123,13 +123,15 @@ def joined(thoughts: str, reply: str, finished: bool = True) -> str:
 
 def thinking_prefix(tokenizer: Any, thoughts: str, formatting: Formatting | None = None) -> str:
     """What the model writes before its reply, given its thoughts, in its own format: the text a
-    teacher-forced reply follows (``""`` for a model that does not think)."""
+    teacher-forced reply follows (``""`` for a model that does not think). No thoughts gives the
+    empty think block (harmony: the final channel's header), so a reference answer is scored
+    where a thinking model's reply starts, not where it would open ``<think>``."""
     kind = reasoning(tokenizer, formatting)
     if kind.kind == "harmony":
         head = f"<|channel|>analysis<|message|>{thoughts}<|end|><|start|>assistant" if thoughts else ""
         return f"{head}{HARMONY_FINAL}"
-    if kind.kind == "think" and kind.thinks and thoughts:
-        return f"{'' if kind.opened else THINK_OPEN}{thoughts}{THINK_CLOSE}\n\n"
+    if kind.kind == "think" and kind.thinks:
+        return f"{'' if kind.opened else THINK_OPEN}{thoughts or chr(10) * 2}{THINK_CLOSE}\n\n"
     return ""
 
 

@@ -39,6 +39,7 @@ from .errors import VaubanError
 from .evaluating import answer_logprobs, encode_pairs
 from .formatting import Formatting
 from .prompts import encode_chat, pad_id
+from .reasoning import thinking_prefix
 
 MAX_WEIGHT = 1.5
 MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch: smaller than inference
@@ -61,9 +62,12 @@ def first_token_batches(
     formatting: Formatting | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """``(indices, log-probabilities of the answer's first token)`` per batch of ``prompts``
-    (the ``harmless`` set's formatting); differentiable unless run under ``torch.inference_mode``."""
+    (the ``harmless`` set's formatting; a thinking model's first *reply* token, after an empty
+    think block); differentiable unless run under ``torch.inference_mode``."""
     device = model_device(model)
-    ids = encode_chat(tokenizer, prompts, formatting, "harmless")
+    empty = thinking_prefix(tokenizer, "", formatting)
+    forced = tokenizer(empty, add_special_tokens=False)["input_ids"] if empty else []
+    ids = [x + forced for x in encode_chat(tokenizer, prompts, formatting, "harmless")]
     for batch in sorted_batches([len(x) for x in ids], batch_size or default_batch_size(device)):
         input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
         logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
