@@ -49,14 +49,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     import vauban
     from vauban import arch
 
     torch.manual_seed(0)
     config = AutoConfig.for_model("qwen3_moe", **QWEN3_30B_A3B)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    with torch.device("meta"):  # no initialization pass: random values are filled in once below
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, 0.02)
     writers = arch.residual_writers(model)
     expert = next(w.weight for w in writers if w.weight.dim() == 3)
     d = torch.randn(config.hidden_size)

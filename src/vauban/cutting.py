@@ -151,12 +151,13 @@ class _Work:
     """
 
     def __init__(self, piece: torch.Tensor, compute: torch.dtype) -> None:
-        # ``a`` keeps the piece's memory layout, as ``piece.to(compute)`` would: the matmuls
-        # then sum in the order they always did
+        # every buffer keeps the weight's own memory layout (``piece`` is a view with the residual
+        # axis moved last): element-wise passes run over contiguous memory, and ``R = W Qᵀ`` reads
+        # the layout ``piece.to(compute)`` always had, so it sums in the same order
         self.a = torch.empty_like(piece, dtype=compute)
-        self.c = torch.empty(piece.shape, dtype=compute, device=piece.device)
-        self.new = torch.empty(piece.shape, dtype=piece.dtype, device=piece.device)
-        self.out = torch.empty_like(self.new)
+        self.c = torch.empty_like(self.a)
+        self.new = torch.empty_like(piece)
+        self.out = torch.empty_like(piece)
         self._miss: torch.Tensor | None = None
 
     def misses(self, replay: torch.Tensor, view: torch.Tensor, axis: int) -> torch.Tensor:
@@ -168,23 +169,34 @@ class _Work:
         torch.ne(replay.view(ints), view.view(ints), out=self._miss.movedim(axis, -1))
         return self._miss.reshape(-1).nonzero().squeeze(-1)
 
+    def _wide(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` in the compute dtype: itself when it already is (float32 weights), else ``a``."""
+        return w if w.dtype == self.a.dtype else self.a.copy_(w)
+
     def removed(self, view: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
         """``R = W Qᵀ`` (residual axis last), ``(..., k)``."""
-        self.a.copy_(view)
-        return self.a @ basis.T
+        return self._wide(view) @ basis.T
 
     def shifted(self, w: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor, scale: float,
                 dst: torch.Tensor) -> torch.Tensor:
         """``w + scale·R Q`` rounded into ``dst`` (for ``k = 1``, one product per element)."""
-        self.a.copy_(w)
-        torch.mm(removed.reshape(-1, basis.shape[0]), basis, out=self.c.view(-1, basis.shape[1]))
-        self.a.add_(self.c.mul_(scale))
-        return dst.copy_(self.a)
+        wide = self._wide(w)
+        k, d = basis.shape
+        if self.c.dim() == 2 and not self.c.is_contiguous():  # an nn.Linear weight: (in, out) seen
+            torch.mm(basis.T, removed.T, out=self.c.T)     # through its (out, in) memory
+        else:
+            torch.mm(removed.reshape(-1, k), basis, out=self.c.view(-1, d))
+        self.c.mul_(scale)
+        if dst.dtype == wide.dtype:
+            return torch.add(wide, self.c, out=dst)
+        return dst.copy_(wide.add_(self.c))
 
     def rescaled(self, w: torch.Tensor, factors: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
         """``w`` with each written vector times its factor, rounded into ``dst``."""
-        self.a.copy_(w)
-        return dst.copy_(self.a.mul_(factors))
+        wide = self._wide(w)
+        if dst.dtype == wide.dtype:
+            return torch.mul(wide, factors, out=dst)
+        return dst.copy_(wide.mul_(factors))
 
     def forward(self, view: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor,
                 factors: torch.Tensor | None, alpha: float) -> torch.Tensor:
@@ -201,8 +213,8 @@ class _Work:
 
     def norm_factors(self, view: torch.Tensor, removed: torch.Tensor, alpha: float) -> torch.Tensor:
         """``‖x‖ / ‖x - a·Q Qᵀx‖`` per written vector, from ``‖x‖²`` and ``‖Qᵀx‖²`` alone."""
-        self.a.copy_(view)
-        before = self.a.square_().sum(-1, keepdim=True)
+        wide = self._wide(view)
+        before = (wide.square() if wide is view else wide.square_()).sum(-1, keepdim=True)
         after = before + (alpha * alpha - 2 * alpha) * removed.square().sum(-1, keepdim=True)
         ratio = before / after.clamp_min(torch.finfo(removed.dtype).tiny)
         return torch.where(before > 0, ratio.sqrt(), torch.ones_like(ratio))
@@ -294,8 +306,10 @@ def _apply_edit(
         removed = torch.stack(removed_parts) if stacked else removed_parts[0]
         factors = (None if not norm_preserving else torch.stack(factor_parts) if stacked  # type: ignore[arg-type]
                    else factor_parts[0])
-        return _Edit(name, param, axis, alpha, q, removed, factors, torch.cat(index_parts),
-                     torch.cat(value_parts), fingerprint)
+        one = len(index_parts) == 1  # a matrix: no copy through cat
+        return _Edit(name, param, axis, alpha, q, removed, factors,
+                     index_parts[0] if one else torch.cat(index_parts),
+                     value_parts[0] if one else torch.cat(value_parts), fingerprint)
 
 
 def _reapply_edit(edit: _Edit) -> None:
