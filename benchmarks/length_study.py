@@ -5,7 +5,7 @@ alpha 1), answers a seeded sample of AdvBench (``--n`` prompts, the same sample 
 ``benchmarks/optimize_demo.py``) once, greedily, with up to the longest length; every row stops
 at its end-of-turn token. Greedy decoding makes the first ``n`` tokens of that answer the answer
 ``max_tokens=n`` would have given, so each length is judged on a prefix of one generation
-(:func:`vauban.generate.generate_tokens`). For every length it reports refusals and *late*
+(:func:`vauban.generate.generate_tokens`; a model that does not think). For every length it reports refusals and *late*
 refusals: answers judged compliant on their first ``--lengths[0]`` tokens and refusals on the
 longer prefix (the model starts to comply, then declines), plus the decode steps that length
 costs (each batch runs until its longest answer stops or the length is reached).
@@ -50,8 +50,9 @@ def decode_steps(prompt_ids: list[list[int]], used: list[int], batch_size: int, 
 
 def side(model, tokenizer, prompts: list[str], lengths: tuple[int, ...]) -> dict:
     from vauban.batching import default_batch_size
-    from vauban.generate import decode_answer, generate_tokens, stop_token_ids
+    from vauban.generate import generate_tokens, stop_token_ids
     from vauban.prompts import encode_chat
+    from vauban.reasoning import Decoder
 
     t0 = time.perf_counter()
     tokens = generate_tokens(model, tokenizer, prompts, max_tokens=max(lengths))
@@ -64,7 +65,7 @@ def side(model, tokenizer, prompts: list[str], lengths: tuple[int, ...]) -> dict
         "seconds": round(seconds, 1),
         "answer_tokens": used,
         "decode_steps": {n: decode_steps(ids, used, batch, n) for n in lengths},
-        "answers": {n: [decode_answer(tokenizer, row[:n], stops) for row in tokens] for n in lengths},
+        "answers": {n: [Decoder.make(tokenizer, None, stops, n)(row) for row in tokens] for n in lengths},
     }
 
 

@@ -37,13 +37,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from .activations import model_device
 from .batching import default_batch_size, left_pad, sorted_batches
+from .formatting import Formatting
 from .prompts import encode_chat, pad_id
+from .reasoning import thinking_prefix
 
 
 def kl_rows(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -87,20 +90,36 @@ class Forced:
 
 
 def forced(
-    tokenizer: object, prompts: Sequence[str], answers: Sequence[Sequence[int]] | None = None,
-    tokens: int | None = None,
+    tokenizer: Any, prompts: Sequence[str], answers: Sequence[Sequence[int]] | None = None,
+    tokens: int | None = None, *, formatting: Formatting | None = None, prompt_set: str | None = None,
+    prefixes: Sequence[str] | None = None,
 ) -> Forced:
-    """Rows of chat-formatted ``prompts`` with ``answers`` (token ids, the first ``tokens`` of
-    each); no answers: first-token rows."""
-    heads = encode_chat(tokenizer, prompts)
+    """Rows of chat-formatted ``prompts`` (``formatting``, :mod:`vauban.formatting`) with ``answers``
+    (token ids, the first ``tokens`` of each); no answers: first-token rows. Each prompt is
+    followed by its prefix, text the model wrote before the answer and that is forced but not
+    scored: ``prefixes[i]``, or by default an empty think block for a thinking model (where its
+    reply starts, :func:`vauban.reasoning.thinking_prefix`), nothing for others."""
+    heads = encode_chat(tokenizer, prompts, formatting, prompt_set)
+    empty = thinking_prefix(tokenizer, "", formatting)
+    texts = prefixes if prefixes is not None else [empty] * len(heads)
+    heads = [h + (tokenizer(t, add_special_tokens=False)["input_ids"] if t else [])
+             for h, t in zip(heads, texts, strict=True)]
     tails = answers if answers is not None else [()] * len(heads)
     return Forced(tuple(tuple(h) for h in heads), tuple(tuple(a[:tokens]) for a in tails))
 
 
-def forced_text(tokenizer: object, pairs: Sequence[tuple[str, str]], tokens: int) -> Forced:
-    """Rows of (prompt, answer text) pairs, the answers tokenized and cut to ``tokens`` tokens."""
-    answers = [tokenizer(a, add_special_tokens=False)["input_ids"][:tokens] for _, a in pairs]  # type: ignore[operator]
-    return forced(tokenizer, [p for p, _ in pairs], answers)
+def forced_text(
+    tokenizer: Any, pairs: Sequence[tuple[str, ...]], tokens: int, *, formatting: Formatting | None = None,
+    prompt_set: str | None = "reference",
+) -> Forced:
+    """Rows of (prompt, answer text[, prefix]) tuples, the answers tokenized and cut to ``tokens``
+    tokens; a third item is the text the model wrote before the answer (a thinking model's
+    thoughts, :func:`vauban.reasoning.thinking_prefix`), forced but not scored."""
+    answers = [tokenizer(p[1], add_special_tokens=False)["input_ids"][:tokens] for p in pairs]
+    empty = thinking_prefix(tokenizer, "", formatting)
+    prefixes = [p[2] if len(p) > 2 else empty for p in pairs]
+    return forced(tokenizer, [p[0] for p in pairs], answers, formatting=formatting, prompt_set=prompt_set,
+                  prefixes=prefixes)
 
 
 @dataclass(frozen=True)
@@ -156,7 +175,7 @@ def token_logprobs(logp: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 
 def logprob_batches(
-    model: nn.Module, tokenizer: object, rows: Forced, batch_size: int | None = None
+    model: nn.Module, tokenizer: Any, rows: Forced, batch_size: int | None = None
 ) -> Iterator[tuple[Batch, torch.Tensor]]:
     """Each batch of ``rows`` with ``model``'s log-probabilities at its scored positions."""
     device = model_device(model)
@@ -166,7 +185,7 @@ def logprob_batches(
 
 @torch.inference_mode()
 def reference_logprobs(
-    model: nn.Module, tokenizer: object, rows: Forced, batch_size: int | None = None
+    model: nn.Module, tokenizer: Any, rows: Forced, batch_size: int | None = None
 ) -> list[torch.Tensor]:
     """Per row, ``(lengths[i], vocab)`` float32 log-probabilities on the CPU: the original's side
     of a KL computed many times against cut models (one device-to-host copy per batch)."""
@@ -179,7 +198,7 @@ def reference_logprobs(
 
 
 def kl_batches(
-    model: nn.Module, tokenizer: object, rows: Forced, base: Sequence[torch.Tensor],
+    model: nn.Module, tokenizer: Any, rows: Forced, base: Sequence[torch.Tensor],
     batch_size: int | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``(positions, summed KL(base ‖ model))`` per batch, differentiable in ``model`` unless run
@@ -196,7 +215,7 @@ def kl_batches(
 
 @torch.inference_mode()
 def mean_kl(
-    model: nn.Module, tokenizer: object, rows: Forced, base: Sequence[torch.Tensor],
+    model: nn.Module, tokenizer: Any, rows: Forced, base: Sequence[torch.Tensor],
     batch_size: int | None = None,
 ) -> float:
     """KL(base ‖ model) averaged over every scored position of ``rows``."""
@@ -208,15 +227,18 @@ def mean_kl(
 
 @torch.inference_mode()
 def greedy_answers(
-    model: nn.Module, tokenizer: object, prompts: Sequence[str], tokens: int, batch_size: int | None = None,
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], tokens: int, batch_size: int | None = None,
+    *, formatting: Formatting | None = None, prompt_set: str | None = None,
 ) -> list[list[int]]:
     """The first ``tokens`` token ids of ``model``'s greedy answer to each prompt, up to and
-    including its stop token: the answers a k-token KL forces."""
+    including its stop token: the answers a k-token KL forces (a thinking model's are its first
+    ``tokens`` generated tokens, thoughts included: forced with no prefix, see :func:`k_rows`)."""
     from .generate import generate_tokens, stop_token_ids
 
     stops = set(stop_token_ids(model, tokenizer))
     out = []
-    for row in generate_tokens(model, tokenizer, prompts, max_tokens=tokens, batch_size=batch_size):
+    for row in generate_tokens(model, tokenizer, prompts, max_tokens=tokens, batch_size=batch_size,
+                               formatting=formatting, prompt_set=prompt_set):
         end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
         out.append(list(row[:end]))
     return out
@@ -244,23 +266,38 @@ class Divergence:
 
 @torch.inference_mode()
 def first_token_logprobs(
-    model: nn.Module, tokenizer: object, prompts: Sequence[str], batch_size: int | None = None
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None,
+    formatting: Formatting | None = None,
 ) -> torch.Tensor:
-    """``(len(prompts), vocab)`` float32 log-probabilities of each answer's first token."""
-    rows = forced(tokenizer, prompts)
+    """``(len(prompts), vocab)`` float32 log-probabilities of each answer's first token (a
+    thinking model's first reply token, after an empty think block)."""
+    rows = forced(tokenizer, prompts, formatting=formatting, prompt_set="harmless")
     return torch.stack(reference_logprobs(model, tokenizer, rows, batch_size)).squeeze(1)
 
 
 DAMAGES = ("first_token", "k_tokens")
 
 
+def k_rows(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], tokens: int, batch_size: int | None = None,
+    *, formatting: Formatting | None = None, prompt_set: str | None = None,
+) -> Forced:
+    """k-token rows: ``prompts`` with ``model``'s own first ``tokens`` greedy tokens, forced right
+    after the prompt (a thinking model's thoughts are part of what it wrote)."""
+    answers = greedy_answers(model, tokenizer, prompts, tokens, batch_size, formatting=formatting,
+                             prompt_set=prompt_set)
+    return forced(tokenizer, prompts, answers, formatting=formatting, prompt_set=prompt_set,
+                  prefixes=[""] * len(prompts))
+
+
 def damage_rows(
-    model: nn.Module, tokenizer: object, prompts: Sequence[str], damage: str, kl_tokens: int,
-    batch_size: int | None = None,
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], damage: str, kl_tokens: int,
+    batch_size: int | None = None, formatting: Formatting | None = None,
 ) -> Forced:
     """The teacher-forced rows ``optimize``'s damage objective scores: ``first_token`` one prefill
     per prompt; ``k_tokens`` the first ``kl_tokens`` tokens of the original model's own greedy
     answers (generated once, here, so ``model`` must be uncut)."""
     if damage == "first_token":
-        return forced(tokenizer, prompts)
-    return forced(tokenizer, prompts, greedy_answers(model, tokenizer, prompts, kl_tokens, batch_size))
+        return forced(tokenizer, prompts, formatting=formatting, prompt_set="harmless")
+    return k_rows(model, tokenizer, prompts, kl_tokens, batch_size, formatting=formatting,
+                  prompt_set="harmless")

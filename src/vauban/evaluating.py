@@ -35,14 +35,14 @@ from .divergence import (
     Divergence,
     Forced,
     batches,
-    forced,
     forced_text,
-    greedy_answers,
+    k_rows,
     kl_rows_,
     logprobs,
     token_logprobs,
 )
 from .errors import VaubanError
+from .formatting import Formatting
 from .generate import check_max_tokens, generate
 from .judge import Judge, get_judge, run_judge
 from .prompts import (
@@ -53,6 +53,7 @@ from .prompts import (
     load_prompts,
     pad_id,
 )
+from .reasoning import THINK_OPEN, split_reasoning
 from .results import Completion, EvalResult
 
 DEFAULT_EVAL_PROMPTS = 20
@@ -98,12 +99,35 @@ class Pair:
 def completions(
     model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None,
     judge: str | Judge | None = None,
+    formatting: Formatting | None = None, prompt_set: str | None = "eval",
 ) -> tuple[Completion, ...]:
-    """Greedy answers to ``prompts``, each with ``judge``'s verdict (default: markers)."""
-    answers = generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size)
-    verdicts = run_judge(get_judge(judge), prompts, answers)
-    return tuple(Completion(p, a, v.refusal, v.score, v.reason, v.late)
-                 for p, a, v in zip(prompts, answers, verdicts, strict=True))
+    """Greedy answers to ``prompts``, each with ``judge``'s verdict (default: markers) on its
+    reply; a thinking model's thoughts are kept and judged apart (:func:`judged`)."""
+    answers = generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size,
+                       formatting=formatting, prompt_set=prompt_set)
+    return judged(get_judge(judge), prompts, answers)
+
+
+def judged(judge: Judge, prompts: Sequence[str], answers: Sequence[str]) -> tuple[Completion, ...]:
+    """Completions of ``answers`` (in :mod:`vauban.reasoning`'s form): the judge sees each reply;
+    the thoughts of a thinking model are kept and judged apart, in one more batch. An answer cut
+    off while thinking has an empty reply, which the judge decides on like any other (the
+    markers call it a refusal): give the model a larger ``thinking_tokens`` budget."""
+    parts = [split_reasoning(a) for a in answers]
+    verdicts = run_judge(judge, prompts, [reply for _, reply in parts])
+    thought = [a.lstrip().startswith(THINK_OPEN) for a in answers]
+    rows = [i for i, (thoughts, _) in enumerate(parts) if thought[i] and thoughts]
+    on_thoughts = dict(zip(rows, run_judge(judge, [prompts[i] for i in rows], [parts[i][0] for i in rows]),
+                           strict=True)) if rows else {}
+
+    def on_thought(i: int) -> bool | None:
+        return on_thoughts[i].refusal if i in on_thoughts else False if thought[i] else None
+
+    return tuple(
+        Completion(p, reply, v.refusal, v.score, v.reason, v.late,
+                   thinking=thoughts if thought[i] else None, thinking_refused=on_thought(i))
+        for i, (p, (thoughts, reply), v) in enumerate(zip(prompts, parts, verdicts, strict=True))
+    )
 
 
 def default_safe_prompts(n: int = DEFAULT_SAFE_PROMPTS) -> list[str]:
@@ -127,14 +151,16 @@ def load_safe_prompts(source: Prompts) -> list[str]:
 
 def both_sides(
     pair: Pair, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None,
-    judge: Any,
+    judge: Any, formatting: Formatting | None = None,
 ) -> dict[bool, tuple[Completion, ...]]:
-    """Judged answers of the original (``True``) and the modified model (``False``)."""
+    """Judged answers of the original (``True``) and the modified model (``False``), generated
+    once per side: every metric that reads answers (refusal, late refusal, over-refusal) reads
+    these."""
     out = {}
     for is_original in (True, False):
         with pair.side(is_original) as model:
             out[is_original] = completions(model, tokenizer, prompts, max_tokens=max_tokens,
-                                           batch_size=batch_size, judge=judge)
+                                           batch_size=batch_size, judge=judge, formatting=formatting)
     return out
 
 
@@ -205,6 +231,7 @@ def answer_scores(
     batch_size: int | None = None,
     answer_tokens: int = 64,
     show_progress: bool | None = None,
+    formatting: Formatting | None = None,
 ) -> AnswerScores:
     """Perplexities of both sides and KL(original ‖ modified) on the reference answers.
 
@@ -212,8 +239,8 @@ def answer_scores(
     forward pass per side, and the opening of an answer carries most of the signal (and all of
     the first-token KL).
     """
-    d = pair_divergence(pair, tokenizer, forced_text(tokenizer, pairs, answer_tokens), batch_size=batch_size,
-                        show_progress=show_progress)
+    rows = forced_text(tokenizer, pairs, answer_tokens, formatting=formatting)
+    d = pair_divergence(pair, tokenizer, rows, batch_size=batch_size, show_progress=show_progress)
     return AnswerScores(
         perplexity_before=math.exp(d.nll_original / d.positions),
         perplexity_after=math.exp(d.nll_modified / d.positions),
@@ -224,13 +251,13 @@ def answer_scores(
 
 def k_token_kl(
     pair: Pair, tokenizer: Any, prompts: Sequence[str], tokens: int, *, batch_size: int | None = None,
-    show_progress: bool | None = None,
+    show_progress: bool | None = None, formatting: Formatting | None = None,
 ) -> float:
     """KL(original ‖ modified) over the first ``tokens`` tokens of the original's own greedy
     answers to ``prompts`` (see :mod:`vauban.divergence`)."""
     with pair.side(True) as model:
-        answers = greedy_answers(model, tokenizer, prompts, tokens, batch_size)
-    rows = forced(tokenizer, prompts, answers)
+        rows = k_rows(model, tokenizer, prompts, tokens, batch_size, formatting=formatting,
+                      prompt_set="reference")
     return pair_divergence(pair, tokenizer, rows, batch_size=batch_size, show_progress=show_progress,
                            desc="k-token kl").mean_kl
 
@@ -249,17 +276,21 @@ def evaluate(
     safe: Prompts | bool | None = None,
     kl_tokens: int = DEFAULT_KL_TOKENS,
     capability: Sequence[Capability] = (),
+    formatting: Formatting | None = None,
 ) -> EvalResult:
     """Compare ``original`` and ``modified`` (see the module docstring).
 
     ``prompts=None`` uses the first 20 bundled evaluation prompts; ``reference`` is the set of
     harmless (prompt, answer) pairs for perplexity and KL. ``judge``: a judge spec or object
-    (a spec such as ``"chat:demo"``, a :class:`vauban.judge.Judge`, or ``None`` for
-    the default). ``safe``: safe-but-scary prompts for the over-refusal
-    rate (``None``: the first 16 bundled ``over_refusal`` prompts; ``False``: skip; XSTest's
-    ``xstest_prompts.csv`` keeps its 250 safe rows). ``kl_tokens``: k of the k-token KL on the
-    reference prompts (0: skip). ``capability``: checks from :mod:`vauban.capability` run on
-    both sides. ``seconds`` in the result says what each part cost.
+    (a spec such as ``"chat:demo"``, a :class:`vauban.judge.Judge`, or ``None`` for the
+    markers). ``safe``: safe-but-scary prompts for the over-refusal rate (``None``: the first 16
+    bundled ``over_refusal`` prompts; ``False``: skip; XSTest's ``xstest_prompts.csv`` keeps its
+    250 safe rows). ``kl_tokens``: k of the k-token KL on the reference prompts (0: skip).
+    ``capability``: checks from :mod:`vauban.capability` run on both sides. ``seconds`` in the
+    result says what each part cost. ``formatting``: how prompts are formatted
+    (:mod:`vauban.formatting`); use the formatting the direction was measured with. Thinking
+    models are judged on their replies, with ``max_tokens`` reply tokens after their thoughts;
+    the thoughts' own refusals are reported apart (``thinking_refusal_before/after``).
     """
     check_max_tokens(max_tokens)
     judge = get_judge(judge)
@@ -278,15 +309,17 @@ def evaluate(
         seconds[name] = round(time.perf_counter() - clock, 1)
         clock = time.perf_counter()
 
-    sides = both_sides(pair, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size, judge=judge)
+    answers = {"max_tokens": max_tokens, "batch_size": batch_size, "judge": judge, "formatting": formatting}
+    sides = both_sides(pair, tokenizer, harmful, **answers)
     lap("refusal")
-    safe_sides = (both_sides(pair, tokenizer, safe_prompts, max_tokens=max_tokens, batch_size=batch_size,
-                             judge=judge) if safe_prompts else {True: (), False: ()})
+    safe_sides = (both_sides(pair, tokenizer, safe_prompts, **answers) if safe_prompts
+                  else {True: (), False: ()})
     lap("over_refusal")
-    scores = answer_scores(pair, tokenizer, ref_pairs, batch_size=batch_size, show_progress=show_progress)
+    scores = answer_scores(pair, tokenizer, ref_pairs, batch_size=batch_size, show_progress=show_progress,
+                           formatting=formatting)
     lap("kl_perplexity")
-    k_kl = (k_token_kl(pair, tokenizer, [p for p, _ in ref_pairs], kl_tokens, batch_size=batch_size,
-                       show_progress=show_progress) if kl_tokens else None)
+    k_kl = (k_token_kl(pair, tokenizer, [p for p, *_ in ref_pairs], kl_tokens, batch_size=batch_size,
+                       show_progress=show_progress, formatting=formatting) if kl_tokens else None)
     lap("k_token_kl")
     checks = capability_scores(pair, tokenizer, capability, batch_size)
     for score in (*checks[True], *checks[False]):

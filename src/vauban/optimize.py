@@ -81,9 +81,11 @@ from .divergence import DAMAGES, damage_rows, mean_kl, reference_logprobs
 from .divergence import first_token_logprobs as first_token_logprobs  # re-exported (benchmarks, tests)
 from .errors import VaubanError
 from .evaluating import DEFAULT_MAX_TOKENS, completions
+from .formatting import Formatting, formatting_for
 from .judge import Judge, get_judge
 from .measuring import direction_at
 from .prompts import Prompts, bundled_records, load_prompts
+from .reasoning import thinking_prefix
 from .refine import likelihood_batches, refine
 from .results import DirectionResult
 
@@ -287,15 +289,15 @@ def _kernel_text(k: LayerWeights) -> str:
 
 @torch.inference_mode()
 def refusal_likelihood(
-    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, str]], tokens: int = 8,
-    batch_size: int | None = None,
+    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, ...]], tokens: int = 8,
+    batch_size: int | None = None, formatting: Formatting | None = None,
 ) -> float:
     """Mean probability that ``model`` opens its answer with the given refusal (its first
     ``tokens`` tokens, teacher-forced): ``refusals`` pairs each prompt with the original model's
     own refusal of it. One prefill per prompt; 0 when there are none (see
     :func:`vauban.refine.likelihood_batches`)."""
     total, count = 0.0, 0
-    for rows, part in likelihood_batches(model, tokenizer, refusals, tokens, batch_size):
+    for rows, part in likelihood_batches(model, tokenizer, refusals, tokens, batch_size, formatting):
         total, count = total + float(part), count + rows
     return total / count if count else 0.0
 
@@ -431,6 +433,7 @@ def optimize(
     show_progress: bool = False,
     log: Callable[[str], None] | None = None,
     judge: str | Judge | None = None,
+    formatting: Formatting | None = None,
 ) -> OptimizeResult:
     """Run the search until the study has ``n_trials`` finished trials, then check the pick on
     the selection prompts; the model ends unchanged.
@@ -444,7 +447,9 @@ def optimize(
     ``norm_preserving``: fix that cut variant on or off, or ``None`` to search it. ``judge`` counts
     the refusals of the search and of the check (a spec, a :class:`vauban.judge.Judge`, or
     ``None`` for the markers; recorded in the study's settings). Each trial and each check prints
-    one line with ``show_progress`` or through ``log``.
+    one line with ``show_progress`` or through ``log``. ``formatting``: how prompts are
+    formatted, over the direction's own (:mod:`vauban.formatting`); thinking models are judged on
+    their replies, and their refusals are teacher-forced after their thoughts.
     """
     try:
         import optuna
@@ -476,6 +481,9 @@ def optimize(
                 "objectives": ["refusal", "kl", "refusal_likelihood"]}
     if damage != "first_token":  # absent for first-token KL, so studies made before this option resume
         settings["damage"] = {"kind": damage, "kl_tokens": kl_tokens}
+    fmt = formatting_for(direction, formatting)
+    if fmt is not None and fmt != Formatting(thinking_tokens=fmt.thinking_tokens):
+        settings["formatting"] = fmt.record()  # recorded only when it says more than the defaults
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _storage(study)
     the_study = _load_study(optuna, storage, seed, settings)
@@ -490,11 +498,12 @@ def optimize(
                 and not any(t.user_attrs.get("weights") for t in _finished(optuna, the_study)))
     base = refused = rows = None
     if todo > 0 or refining:
-        rows = damage_rows(model, tokenizer, neutral, damage, kl_tokens, batch_size)
+        rows = damage_rows(model, tokenizer, neutral, damage, kl_tokens, batch_size, fmt)
         base = reference_logprobs(model, tokenizer, rows, batch_size)
         originals = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
-                                judge=judge)
-        refused = [(c.prompt, c.text) for c in originals if c.refused]
+                                judge=judge, formatting=fmt, prompt_set="validation")
+        refused = [(c.prompt, c.text, thinking_prefix(tokenizer, c.thinking or "", fmt))
+                   for c in originals if c.refused]
     info = {"n_prompts": len(harmful), "n_harmless": len(neutral), "seed": seed, "study": storage,
             "settings": settings, "n_selection": len(checking) if check else 0}
     started = time.perf_counter()
@@ -504,9 +513,9 @@ def optimize(
         """The three objectives of one cut: refusal, KL, refusal likelihood."""
         with params.apply(model, direction):
             answers = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
-                                  judge=judge)
+                                  judge=judge, formatting=fmt, prompt_set="validation")
             kl = mean_kl(model, tokenizer, rows, base, batch_size)
-            likelihood = refusal_likelihood(model, tokenizer, refused, batch_size=batch_size)
+            likelihood = refusal_likelihood(model, tokenizer, refused, batch_size=batch_size, formatting=fmt)
         return sum(c.refused for c in answers) / len(answers), kl, likelihood
 
     def objective(trial: Any) -> tuple[float, float, float]:
@@ -537,7 +546,7 @@ def optimize(
     if refining:
         _add_refined(optuna, the_study, plain, lambda: refine(
             model, tokenizer, CutParams.from_trial(plain, fixed).vector(direction), rows, base, refused,
-            steps=refine_steps, batch_size=batch_size, log=say), scores, fixed, say)
+            steps=refine_steps, batch_size=batch_size, log=say, formatting=fmt), scores, fixed, say)
     checked = _stored_checks(the_study, checking, selection_tokens) if check else {}
     result = _result(optuna, the_study, fixed, checked, **info)
     if not check or result.plain is None:
@@ -549,7 +558,8 @@ def optimize(
             t0 = time.perf_counter()
             with t.params.apply(model, direction):
                 answers = completions(model, tokenizer, checking, max_tokens=selection_tokens,
-                                      batch_size=batch_size, judge=judge)
+                                      batch_size=batch_size, judge=judge, formatting=fmt,
+                                      prompt_set="selection")
             checked[key] = sum(c.refused for c in answers) / len(answers)
             _store_checks(the_study, checking, selection_tokens, checked)
             if say is not None:

@@ -37,6 +37,7 @@ from .batching import default_batch_size, duration
 from .cutting import orthonormal
 from .divergence import Forced, forced, forced_text, kl_batches, logprob_batches, token_logprobs
 from .errors import VaubanError
+from .formatting import Formatting
 
 MAX_WEIGHT = 1.5
 MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch: smaller than inference
@@ -55,16 +56,17 @@ def loss(point: tuple[float, float], reference: tuple[float, float]) -> float:
 
 
 def likelihood_batches(
-    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, str]], tokens: int = 8,
-    batch_size: int | None = None,
+    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, ...]], tokens: int = 8,
+    batch_size: int | None = None, formatting: Formatting | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``(rows, summed probability of opening with the given refusal)`` per batch: each prompt's
-    answer is teacher-forced with the first ``tokens`` tokens of its refusal. Empty refusals (the
-    original stopped at once) have nothing to force and are left out."""
-    spoken = [(q, a) for q, a in refusals if a]
-    rows = forced_text(tokenizer, spoken, tokens) if spoken else None
-    if rows is None:
+    answer is teacher-forced with the first ``tokens`` tokens of its refusal, after the thoughts
+    the original wrote before it (a third item, see :func:`vauban.divergence.forced_text`), if
+    any. Empty refusals (the original stopped at once) have nothing to force and are left out."""
+    spoken = [r for r in refusals if r[1]]
+    if not spoken:
         return
+    rows = forced_text(tokenizer, spoken, tokens, formatting=formatting, prompt_set="validation")
     kept = [i for i, a in enumerate(rows.answers) if a]
     rows = Forced(tuple(rows.prompts[i] for i in kept), tuple(rows.answers[i] for i in kept))
     size = batch_size or default_batch_size(model_device(model))
@@ -145,12 +147,13 @@ def refine(
     direction: torch.Tensor,
     harmless: Sequence[str] | Forced,
     base: Sequence[torch.Tensor],
-    refusals: Sequence[tuple[str, str]],
+    refusals: Sequence[tuple[str, ...]],
     *,
     steps: int = 16,
     lr: float = 0.03,
     batch_size: int | None = None,
     log: Callable[[str], None] | None = None,
+    formatting: Formatting | None = None,
 ) -> Refined:
     """Per-writer weights for cutting ``direction`` that lower both the KL against ``base`` (the
     original's log-probabilities on ``harmless``: prompts for the first-token KL, or teacher-forced
@@ -173,7 +176,8 @@ def refine(
     best: tuple[float, torch.Tensor, float, float] | None = None
     reference: tuple[float, float] | None = None
 
-    rows = harmless if isinstance(harmless, Forced) else forced(tokenizer, harmless)
+    rows = harmless if isinstance(harmless, Forced) else forced(tokenizer, harmless, formatting=formatting,
+                                                                prompt_set="harmless")
 
     def kl_parts() -> Iterator[tuple[int, torch.Tensor]]:
         return kl_batches(model, tokenizer, rows, base, batch_size)
@@ -183,7 +187,8 @@ def refine(
             for step in range(steps + 1):
                 kl, kl_grad = _mean_and_grad(weights, kl_parts())
                 lik, lik_grad = _mean_and_grad(
-                    weights, likelihood_batches(model, tokenizer, refusals, batch_size=batch_size))
+                    weights, likelihood_batches(model, tokenizer, refusals, batch_size=batch_size,
+                                                formatting=formatting))
                 reference = reference or (kl, lik)
                 value = loss((kl, lik), reference)
                 history.append((kl, lik))
