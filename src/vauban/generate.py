@@ -108,8 +108,8 @@ def generate_tokens(
     """The new token ids of each greedy answer, in input order: ``max_tokens`` per answer (plus a
     thinking model's budget), the first stop token included and padding after it. Greedy
     decoding makes a prefix of these the answer a shorter ``max_tokens`` would have given (for a
-    model that does not think), so one pass serves every answer length (:func:`decode_answer`
-    of ``tokens[:n]``)."""
+    model that does not think), so one pass serves every answer length
+    (``reasoning.Decoder.make(tokenizer, formatting, stops, n)`` reads the first ``n``)."""
     check_max_tokens(max_tokens)
     check_tokenizer(model, tokenizer)
     device = model_device(model)
