@@ -6,7 +6,7 @@ alpha 1), answers a seeded sample of AdvBench (``--n`` prompts, the same sample 
 at its end-of-turn token. Greedy decoding makes the first ``n`` tokens of that answer the answer
 ``max_tokens=n`` would have given, so each length is judged on a prefix of one generation
 (:func:`vauban.generate.generate_tokens`, for models that do not think). For every length it
-reports refusals and *late* refusals: answers judged compliant on their first ``--lengths[0]`` tokens and refusals on the
+reports refusals and *late* refusals: answers judged compliant on their first 32 tokens and refusals on the
 longer prefix (the model starts to comply, then declines), plus the decode steps that length
 costs (each batch runs until its longest answer stops or the length is reached).
 
