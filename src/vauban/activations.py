@@ -8,6 +8,7 @@ stopping as soon as the deepest requested layer has run.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from . import arch
-from .batching import default_batch_size, left_pad, progress, sorted_batches
+from .batching import forward_tokens, free_memory, left_pad, progress, sorted_batches, token_batches
 from .prompts import check_tokenizer, encode_chat, pad_id
 
 
@@ -41,14 +42,19 @@ def last_token_residuals(
     """Float32 tensor ``(len(prompts), len(layers), d_model)`` on the CPU.
 
     ``layers`` defaults to every decoder layer; entry ``[i, j]`` is the residual stream after
-    layer ``layers[j]`` at the last token of the chat-formatted prompt ``i``.
+    layer ``layers[j]`` at the last token of the chat-formatted prompt ``i``. Prompts go in
+    length-sorted batches of about :func:`vauban.batching.forward_tokens` padded tokens, or of
+    ``batch_size`` prompts when given.
     """
     check_tokenizer(model, tokenizer)
     blocks = arch.decoder_layers(model)
     wanted = list(range(len(blocks))) if layers is None else list(layers)
     device = model_device(model)
     ids = encode_chat(tokenizer, prompts)
-    out = torch.empty(len(ids), len(wanted), arch.d_model(model), dtype=torch.float32)
+    shape = (len(ids), len(wanted), arch.d_model(model))
+    # results stay on the device until the end: a copy to the host per batch would wait for that
+    # batch, leaving the GPU idle while the host launches the next one
+    out = torch.empty(shape, dtype=torch.float32, device=device if _fits(shape, device) else "cpu")
     captured: dict[int, torch.Tensor] = {}
     last = max(wanted)
 
@@ -62,17 +68,29 @@ def last_token_residuals(
         return hook
 
     handles = [blocks[i].register_forward_hook(hook_for(i)) for i in set(wanted)]
+    lengths = [len(x) for x in ids]
+    if batch_size is None:
+        batches = token_batches(lengths, forward_tokens(model, max(lengths, default=1), len(ids)))
+    else:
+        batches = sorted_batches(lengths, batch_size)
     try:
-        batches = sorted_batches([len(x) for x in ids], batch_size or default_batch_size(device))
         for batch in progress(batches, desc, show_progress):
             input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
             with contextlib.suppress(_Enough):
                 arch.decoder(model)(
                     input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False
                 )
-            out[batch] = torch.stack([captured[layer] for layer in wanted], dim=1).cpu()
+            rows = torch.stack([captured[layer] for layer in wanted], dim=1).to(out.device)
+            out.index_copy_(0, torch.tensor(batch, device=out.device), rows)
             captured.clear()
     finally:
         for handle in handles:
             handle.remove()
-    return out
+    return out.cpu()
+
+
+def _fits(shape: tuple[int, ...], device: torch.device) -> bool:
+    """Whether the float32 results may wait on an accelerator: at most a tenth of its free memory."""
+    if device.type == "cpu":
+        return True
+    return math.prod(shape) * 4 <= free_memory(device) // 10
