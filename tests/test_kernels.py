@@ -58,7 +58,7 @@ def test_overflowing_miss_buffer_loses_nothing(interpreted, monkeypatch):
     original = w.clone()
     v = torch.randn(512)
     v /= v.norm()
-    monkeypatch.setattr(kernels, "SLOTS", 8)  # tiles overflow their record slots: the compacting kernel
+    monkeypatch.setattr(kernels, "SLOT_SHARE", 512)  # 8 slots a tile overflow: the compacting kernel
     monkeypatch.setattr(kernels, "max", lambda *a: 8, raising=False)  # whose capacity 8 overflows too
     r, index, values = kernels.apply_(w, v, 1.5)
     assert index.numel() > 8

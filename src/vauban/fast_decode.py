@@ -340,7 +340,7 @@ def step_then_capture(step: Any) -> Any:
     torch.cuda.current_stream().wait_stream(stream)
     cuda_graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(cuda_graph):
+        with torch.cuda.graph(cuda_graph, capture_error_mode="thread_local"):
             step()
     except RuntimeError as err:
         warnings.warn(f"decode step not capturable as a CUDA graph, running it eagerly: {err}", stacklevel=3)

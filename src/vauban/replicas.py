@@ -1,0 +1,102 @@
+"""Data parallelism over the GPUs of one host: one copy of the model per GPU, prompts split.
+
+When a model fits on one card, a second card doubles the work done per second only if it holds
+its own copy: layer splitting (``device="auto"``) runs the layers one card after the other, so
+one card always waits. :class:`Replicas` copies the model onto each device (parameters and
+buffers copied straight to the target device, shared tensors stay shared) and splits every call's
+prompts between the copies, dealt out in order of length so that every copy gets a similar mix,
+one thread per copy. Each thread makes its copy's device current, so CUDA graphs and streams are
+made on the right card; graph capture is thread-local, so one copy may capture while another
+runs. Results come back in input order, the same as one model's.
+
+A cut or steering hook applies to the model it is given: cut every copy (``replicas.models``)
+when the copies must all be cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from .activations import last_token_residuals, model_device
+from .errors import VaubanError
+from .generate import generate
+from .prompts import encode_chat
+
+T = TypeVar("T")
+
+
+def replicate(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """A copy of ``model`` on ``device``, made without a second copy on the model's own device."""
+    device = torch.device(device)
+    memo: dict[int, Any] = {}
+    for tensor in (*model.parameters(), *model.buffers()):
+        if id(tensor) not in memo:
+            moved = tensor.detach().to(device, copy=True)
+            memo[id(tensor)] = nn.Parameter(moved, tensor.requires_grad) if isinstance(
+                tensor, nn.Parameter) else moved
+    return copy.deepcopy(model, memo)
+
+
+class Replicas:
+    """Copies of one model on several devices; calls split their prompts between the copies."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        if not models:
+            raise VaubanError("Replicas needs at least one model")
+        self.models = list(models)
+
+    @classmethod
+    def of(cls, model: nn.Module, devices: Sequence[torch.device | str] | None = None) -> Replicas:
+        """``model`` plus a copy on each other device (default: every visible CUDA device)."""
+        home = model_device(model)
+        if devices is None:
+            devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        others = [torch.device(d) for d in devices if torch.device(d) != home]
+        return cls([model, *(replicate(model, d) for d in others)])
+
+    def _split(self, tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+        """Prompt indices per copy, dealt out longest first so each copy gets a similar share."""
+        lengths = [len(x) for x in encode_chat(tokenizer, prompts)]
+        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+        return [order[k :: len(self.models)] for k in range(len(self.models))]
+
+    def _map(self, tokenizer: Any, prompts: Sequence[str],
+             work: Callable[[nn.Module, list[str]], T]) -> list[tuple[list[int], T]]:
+        shares = self._split(tokenizer, prompts)
+
+        def run(k: int) -> T:
+            model = self.models[k]
+            device = model_device(model)
+            with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+                return work(model, [prompts[i] for i in shares[k]])
+
+        busy = [k for k in range(len(self.models)) if shares[k]]
+        with ThreadPoolExecutor(max_workers=len(busy) or 1) as pool:
+            results = list(pool.map(run, busy))
+        return [(shares[k], result) for k, result in zip(busy, results, strict=True)]
+
+    def generate(self, tokenizer: Any, prompts: Sequence[str], **kwargs: Any) -> list[str]:
+        """:func:`vauban.generate.generate` over all copies: greedy answers in input order."""
+        answers = [""] * len(prompts)
+        for indices, part in self._map(tokenizer, prompts, lambda m, p: generate(
+                m, tokenizer, p, show_progress=False, **kwargs)):
+            for i, text in zip(indices, part, strict=True):
+                answers[i] = text
+        return answers
+
+    def last_token_residuals(self, tokenizer: Any, prompts: Sequence[str], **kwargs: Any) -> torch.Tensor:
+        """:func:`vauban.activations.last_token_residuals` over all copies, in input order."""
+        parts = self._map(tokenizer, prompts, lambda m, p: last_token_residuals(
+            m, tokenizer, p, show_progress=False, **kwargs))
+        out = torch.empty((len(prompts), *parts[0][1].shape[1:]), dtype=parts[0][1].dtype)
+        for indices, part in parts:
+            out[indices] = part
+        return out
+
