@@ -29,8 +29,7 @@ def refusal_rate(model_path: str | None, goals: list[str], max_tokens: int, batc
         "refusal_rate": sum(refused) / len(goals),
         "seconds": round(time.perf_counter() - start, 1),
         "examples": [
-            {"prompt": g, "answer": a, "refused": r}
-            for g, a, r in zip(goals, answers, refused, strict=True)
+            {"prompt": g, "answer": a, "refused": r} for g, a, r in zip(goals, answers, refused, strict=True)
         ],
     }
 

@@ -25,6 +25,7 @@ process, on one device, with ablation rows (the previous implementations, kept i
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -47,6 +48,7 @@ from gpu_multi import replicas_bench, split_bench
 from vauban import arch, batching, cut, kernels
 from vauban.activations import last_token_residuals
 from vauban.batching import left_pad
+from vauban import evaluating
 from vauban.evaluating import completions
 from vauban.optimize import first_token_logprobs, kl_divergence
 from vauban.prompts import encode_chat, load_prompts, pad_id
@@ -179,6 +181,9 @@ def capture(b: Bench, model: Any, tokenizer: Any, prompts: list[str]) -> dict[st
             model, tokenizer, prompts, batch_size=64, show_progress=False
         ),
         "default": lambda: last_token_residuals(model, tokenizer, prompts, show_progress=False),
+        "compiled": lambda: last_token_residuals(
+            model, tokenizer, prompts, show_progress=False, compile=True
+        ),
     }
     budgets = (4096, 16384) if b.device.type == "cuda" else ()
     reference = None
@@ -332,9 +337,11 @@ def kernel_level(
 
     designs = {
         "fused": lambda: kernels.apply_many([(view, v, 1.0) for view in views]),
+        "fused_flat_scan": lambda: kernels.apply_many([(view, v, 1.0) for view in views]),
         "two_pass": lambda: [kernels.apply_two_pass(view, v, 1.0) for view in views],
     }
     for name, apply in designs.items():
+        kernels.APPLY_SCAN = "flat" if name == "fused_flat_scan" else "contiguous"
         undo(apply())  # compile
         times_apply, times_undo = [], []
         for _ in range(3):
@@ -431,15 +438,15 @@ def generation(
         return out[:, ids.shape[1] :]
 
     cuda = b.device.type == "cuda"
+    greedy = vgen.static_greedy
     variants: dict[str, Callable[..., torch.Tensor]] = {  # no stops: every row runs n steps
-        "fast": lambda ids, mask, n: vgen.static_greedy(model, ids, mask, n, [], pad),
-        "no_compile": lambda ids, mask, n: vgen.static_greedy(model, ids, mask, n, [], pad, compile=False),
-        "no_chunks": lambda ids, mask, n: vgen.static_greedy(
-            model, ids, mask, n, [], pad, chunk_tokens=10**9
+        "fast": lambda ids, mask, n: greedy(model, ids, mask, n, [], pad),  # the default: exact
+        "compiled": lambda ids, mask, n: greedy(model, ids, mask, n, [], pad, compile=True),
+        "compiled_no_chunks": lambda ids, mask, n: greedy(
+            model, ids, mask, n, [], pad, compile=True, chunk_tokens=10**9
         ),
-        "no_graph_no_compile": lambda ids, mask, n: vgen.static_greedy(
-            model, ids, mask, n, [], pad, graph=False, compile=False
-        ),
+        "chunks_only": lambda ids, mask, n: greedy(model, ids, mask, n, [], pad, chunk_tokens=4096),
+        "no_graph": lambda ids, mask, n: greedy(model, ids, mask, n, [], pad, graph=False),
         "old_static": lambda ids, mask, n: old_static_greedy(model, ids, mask, n, [], pad, graph=cuda),
     }
     for rows, n in sizes:
@@ -448,36 +455,43 @@ def generation(
         if "compile_first_call_s" not in r:  # the first compiled call pays for the compilation
             b.sync()
             t0 = time.perf_counter()
-            variants["fast"](ids, mask, n)
+            variants["compiled"](ids, mask, n)
             b.sync()
             r["compile_first_call_s"] = time.perf_counter() - t0
         t_plain, out_plain = b.time(lambda ids=ids, mask=mask, n=n: plain(ids, mask, n), repeat=2)
         r[f"{key}_plain_tok_s"] = rows * n / t_plain
         r[f"{key}_bound_tok_s"] = rows * bw / weights  # the bound: all weights once per step
         for name, fn in variants.items():
-            repeat = 1 if name == "no_graph_no_compile" else 3
+            repeat = 1 if name == "no_graph" else 3
             t, out = b.time(lambda fn=fn, ids=ids, mask=mask, n=n: fn(ids, mask, n), repeat=repeat)
             r[f"{key}_{name}_tok_s"] = rows * n / t
             r[f"{key}_{name}_bound_frac"] = rows * n / t / r[f"{key}_bound_tok_s"]
             same = (out_plain == out).all(-1)
             r[f"{key}_{name}_rows_identical_frac"] = float(same.float().mean())
+            first = (out_plain != out).float().argmax(-1)
+            r[f"{key}_{name}_first_divergence_mean_step"] = float(torch.where(same, n, first).float().mean())
         r[f"{key}_fast_vs_plain"] = r[f"{key}_fast_tok_s"] / r[f"{key}_plain_tok_s"]
         # where the time goes: the prefill alone (one token), then the decode steps
-        t_prefill, _ = b.time(
-            lambda ids=ids, mask=mask: vgen.static_greedy(model, ids, mask, 1, [], pad), repeat=3
-        )
-        t_fast = rows * n / r[f"{key}_fast_tok_s"]
-        step = (t_fast - t_prefill) / (n - 1)
+        for name in ("fast", "compiled"):
+            t_prefill, _ = b.time(
+                lambda ids=ids, mask=mask, name=name: variants[name](ids, mask, 1), repeat=3
+            )
+            step = (rows * n / r[f"{key}_{name}_tok_s"] - t_prefill) / (n - 1)
+            r[f"{key}_{name}_prefill_s"] = t_prefill
+            r[f"{key}_{name}_step_ms"] = step * 1e3
         context = ids.shape[1] + n
-        r[f"{key}_prefill_s"] = t_prefill
-        r[f"{key}_step_ms"] = step * 1e3
         r[f"{key}_step_bound_ms"] = (read + rows * context * kv_per_token) / bw * 1e3
-        r[f"{key}_step_bw_frac"] = r[f"{key}_step_bound_ms"] / (step * 1e3)
+        for name in ("fast", "compiled"):
+            r[f"{key}_{name}_step_bw_frac"] = r[f"{key}_step_bound_ms"] / r[f"{key}_{name}_step_ms"]
     # the library entry point (tokenize, batch from free memory, decode), 100 prompts x 64 tokens
-    t_lib, _ = b.time(
-        lambda: vgen.generate(model, tokenizer, prompts[:100], max_tokens=64, show_progress=False), repeat=2
-    )
-    r["generate_api_100x64_s"] = t_lib
+    for name, compiled in (("", False), ("_compiled", True)):
+        t_lib, _ = b.time(
+            lambda compiled=compiled: vgen.generate(
+                model, tokenizer, prompts[:100], max_tokens=64, show_progress=False, compile=compiled
+            ),
+            repeat=2,
+        )
+        r[f"generate_api_100x64{name}_s"] = t_lib
     from vauban.steering import Steering
 
     ids, mask = batch(prompts[:20])
@@ -529,6 +543,13 @@ def trial(
     finally:
         vgen.fast_loop_ok, kernels.supported = original_ok, original_supported
     r["speedup"] = r["plain_s"] / r["fast_s"]
+    # ablation: the same trial with the compiled, chunked loop (not bit-identical to generate's)
+    original = evaluating.generate
+    evaluating.generate = functools.partial(original, compile=True)
+    try:
+        r["compiled_s"], _ = b.time(one, repeat=2)
+    finally:
+        evaluating.generate = original
     return r
 
 
@@ -558,6 +579,7 @@ def main() -> None:
         "triton": __import__("triton").__version__ if kernels.available() else None,
         "date": time.strftime("%Y-%m-%d"),
         "apply_tile": kernels.APPLY_TILE,
+        "apply_scan": kernels.APPLY_SCAN,
         "forward_tokens": dict(batching.FORWARD_TOKENS),
     }
     print(b.rows["env"], flush=True)

@@ -74,8 +74,15 @@ def main() -> None:
         direction = measure(model, tokenizer)
         direction.save("/tmp/vauban_demo_direction.safetensors")
     print(direction.summary(), flush=True)
-    result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=args.study,
-                      show_progress=True)
+    result = optimize(
+        model,
+        tokenizer,
+        direction,
+        n_trials=args.trials,
+        seed=args.seed,
+        study=args.study,
+        show_progress=True,
+    )
     print(result.table())
     print(result.summary(), flush=True)
     t_search = time.perf_counter() - t0
@@ -101,29 +108,47 @@ def main() -> None:
         start = time.perf_counter()
         with trial.params.apply(model, direction):
             scores = held_out(model, tokenizer, prompts, pairs, base, args.max_tokens, args.full)
-        rows.append({"role": role, "trial": trial.number, "search": {"refusal": trial.refusal,
-                     "first_token_kl": trial.kl, "refusal_likelihood": trial.likelihood,
-                     "selection_refusal": trial.selection_refusal},
-                     "held_out": scores, "cut": trial.params.record(),
-                     "seconds": round(time.perf_counter() - start, 1)})
-        print(f"held out, {role} (trial {trial.number}): refused {scores['refusals']}/{len(prompts)}, "
-              f"first-token KL {scores['first_token_kl']:.4f}", flush=True)
+        rows.append(
+            {
+                "role": role,
+                "trial": trial.number,
+                "search": {
+                    "refusal": trial.refusal,
+                    "first_token_kl": trial.kl,
+                    "refusal_likelihood": trial.likelihood,
+                    "selection_refusal": trial.selection_refusal,
+                },
+                "held_out": scores,
+                "cut": trial.params.record(),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+        print(
+            f"held out, {role} (trial {trial.number}): refused {scores['refusals']}/{len(prompts)}, "
+            f"first-token KL {scores['first_token_kl']:.4f}",
+            flush=True,
+        )
     plain = rows[0]["held_out"]
     for row in rows[1:]:
         h = row["held_out"]
-        row["dominates_plain_held_out"] = (h["refusals"] <= plain["refusals"]
-                                           and h["first_token_kl"] < plain["first_token_kl"])
+        row["dominates_plain_held_out"] = (
+            h["refusals"] <= plain["refusals"] and h["first_token_kl"] < plain["first_token_kl"]
+        )
 
-    print(f"\nheld out: {len(prompts)} AdvBench prompts ({args.max_tokens} tokens), first-token KL on "
-          f"{len(pairs)} reference prompts; the original refuses {n_orig}/{len(prompts)}")
+    print(
+        f"\nheld out: {len(prompts)} AdvBench prompts ({args.max_tokens} tokens), first-token KL on "
+        f"{len(pairs)} reference prompts; the original refuses {n_orig}/{len(prompts)}"
+    )
     print("        point   search refusal / ft-KL / selection   held-out refused   ft-KL   dominates plain")
     for row in rows:
         s, h = row["search"], row["held_out"]
         sel = "-" if s["selection_refusal"] is None else f"{s['selection_refusal']:.1%}"
         label = f"{row['role']} #{row['trial']}"
-        print(f"{label:>13}   {s['refusal']:6.1%} / {s['first_token_kl']:.4f} / {sel:>6}          "
-              f"{h['refusals']:3d} ({h['refusal']:5.1%})   {h['first_token_kl']:.4f}   "
-              f"{row.get('dominates_plain_held_out', '-')}")
+        print(
+            f"{label:>13}   {s['refusal']:6.1%} / {s['first_token_kl']:.4f} / {sel:>6}          "
+            f"{h['refusals']:3d} ({h['refusal']:5.1%})   {h['first_token_kl']:.4f}   "
+            f"{row.get('dominates_plain_held_out', '-')}"
+        )
     print(f"{result.seconds_per_trial:.1f} s per trial over {len(result.trials)} trials")
     report = {
         "model": direction.model_path,
@@ -131,12 +156,20 @@ def main() -> None:
         "trials": len(result.trials),
         "seed": args.seed,
         "seconds_per_trial": round(result.seconds_per_trial, 1),
-        "search": {"validation_prompts": result.n_prompts, "harmless_prompts": result.n_harmless,
-                   "selection_prompts": result.n_selection, "settings": result.settings,
-                   "seconds": round(t_search, 1)},
-        "held_out": {"benchmark": "AdvBench (seeded sample)", "harmful_prompts": len(prompts),
-                     "reference_prompts": len(pairs), "max_tokens": args.max_tokens,
-                     "original_refused": n_orig},
+        "search": {
+            "validation_prompts": result.n_prompts,
+            "harmless_prompts": result.n_harmless,
+            "selection_prompts": result.n_selection,
+            "settings": result.settings,
+            "seconds": round(t_search, 1),
+        },
+        "held_out": {
+            "benchmark": "AdvBench (seeded sample)",
+            "harmful_prompts": len(prompts),
+            "reference_prompts": len(pairs),
+            "max_tokens": args.max_tokens,
+            "original_refused": n_orig,
+        },
         "points": rows,
         "optimize": result.record(),
         "total_seconds": round(time.perf_counter() - t0, 1),

@@ -17,6 +17,7 @@ from torch import nn
 
 from . import arch
 from .batching import forward_tokens, free_memory, left_pad, progress, sorted_batches, token_batches
+from .fast_decode import can_compile, compiled_layers
 from .prompts import check_tokenizer, encode_chat, pad_id
 
 
@@ -38,30 +39,29 @@ def last_token_residuals(
     batch_size: int | None = None,
     show_progress: bool | None = None,
     desc: str = "activations",
+    compile: bool = False,
 ) -> torch.Tensor:
     """Float32 tensor ``(len(prompts), len(layers), d_model)`` on the CPU.
 
     ``layers`` defaults to every decoder layer; entry ``[i, j]`` is the residual stream after
     layer ``layers[j]`` at the last token of the chat-formatted prompt ``i``. Prompts go in
     length-sorted batches of about :func:`vauban.batching.forward_tokens` padded tokens, or of
-    ``batch_size`` prompts when given.
+    ``batch_size`` prompts when given. ``compile=True`` runs the decoder layers through
+    ``torch.compile`` (CUDA with Triton; fused elementwise work, last-bit differences in the
+    residuals; worth its compilation only for thousands of prompts).
     """
     check_tokenizer(model, tokenizer)
     blocks = arch.decoder_layers(model)
     wanted = list(range(len(blocks))) if layers is None else list(layers)
     device = model_device(model)
     ids = encode_chat(tokenizer, prompts)
-    shape = (len(ids), len(wanted), arch.d_model(model))
-    # results stay on the device until the end: a copy to the host per batch would wait for that
-    # batch, leaving the GPU idle while the host launches the next one
-    out = torch.empty(shape, dtype=torch.float32, device=device if _fits(shape, device) else "cpu")
     captured: dict[int, torch.Tensor] = {}
     last = max(wanted)
 
     def hook_for(layer: int) -> Any:
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
             # layers of a model split over devices (device_map) answer on their own device
-            captured[layer] = arch.layer_hidden(output)[:, -1, :].float().to(device)
+            captured[layer] = arch.layer_hidden(output)[:, -1, :].to(device)
             if layer == last:
                 raise _Enough
 
@@ -73,24 +73,43 @@ def last_token_residuals(
         batches = token_batches(lengths, forward_tokens(model, max(lengths, default=1), len(ids)))
     else:
         batches = sorted_batches(lengths, batch_size)
+    if compile:
+        compile = can_compile(device)
+    if not ids:
+        return torch.empty(0, len(wanted), arch.d_model(model))
     try:
-        for batch in progress(batches, desc, show_progress):
-            input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
-            with contextlib.suppress(_Enough):
-                arch.decoder(model)(
-                    input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False
-                )
-            rows = torch.stack([captured[layer] for layer in wanted], dim=1).to(out.device)
-            out.index_copy_(0, torch.tensor(batch, device=out.device), rows)
-            captured.clear()
+        with compiled_layers(model, compile):
+            out = _capture(model, tokenizer, ids, batches, captured, wanted, desc, show_progress)
     finally:
         for handle in handles:
             handle.remove()
-    return out.cpu()
+    return out.cpu().float()
+
+
+def _capture(model: nn.Module, tokenizer: Any, ids: list[list[int]], batches: list[list[int]],
+             captured: dict[int, torch.Tensor], wanted: list[int], desc: str,
+             show_progress: bool | None) -> torch.Tensor:
+    """The residuals, kept on the device until the end in the residual stream's own dtype (nothing
+    is rounded; a 16-bit model's are half the bytes to copy): a copy to the host per batch would
+    wait for that batch, leaving the GPU idle while the host launches the next one."""
+    device = model_device(model)
+    out = torch.empty(0)
+    for batch in progress(batches, desc, show_progress):
+        input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
+        with contextlib.suppress(_Enough):
+            arch.decoder(model)(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                use_cache=False)
+        rows = torch.stack([captured[layer] for layer in wanted], dim=1)
+        if out.numel() == 0:
+            shape = (len(ids), *rows.shape[1:])
+            out = torch.empty(shape, dtype=rows.dtype, device=device if _fits(shape, device) else "cpu")
+        out.index_copy_(0, torch.tensor(batch, device=out.device), rows.to(out.device))
+        captured.clear()
+    return out
 
 
 def _fits(shape: tuple[int, ...], device: torch.device) -> bool:
-    """Whether the float32 results may wait on an accelerator: at most a tenth of its free memory."""
+    """Whether the results may wait on an accelerator: at most a tenth of its free memory."""
     if device.type == "cpu":
         return True
     return math.prod(shape) * 4 <= free_memory(device) // 10

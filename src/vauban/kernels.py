@@ -52,6 +52,10 @@ TRACK_TILE = (128, 32, 4)
 # 1.5 %, so a tile overflows its slots about never)
 APPLY_TILE = (16, 256, 4)
 SLOT_SHARE = 32
+# how a tile ranks its misses: "flat" (a prefix sum over the flattened tile), or "contiguous" (a
+# prefix sum along the tile's contiguous axis, within each thread's registers, then over the
+# totals of the other axis: no reshape of the tile)
+APPLY_SCAN = "contiguous"
 
 
 def available() -> bool:
@@ -131,7 +135,7 @@ def _kernels() -> Any:
     @triton.jit
     def apply_kernel(w_ptr, v_ptr, r_ptr, n, s_n, s_d, scale, back, idx_ptr, bits_ptr, done_ptr,
                      overflow_ptr, d: tl.constexpr, SLOTS: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_D: tl.constexpr):
+                     BLOCK_D: tl.constexpr, SCAN: tl.constexpr):
         pid = tl.program_id(0)
         rows = (pid * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
         acc = tl.zeros((BLOCK_N,), tl.float32)
@@ -157,8 +161,16 @@ def _kernels() -> Any:
                             new.to(tl.float32)).to(w.dtype)
             bits = w.to(tl.int16, bitcast=True)
             miss = (replay.to(tl.int16, bitcast=True) != bits) & inside
-            flat = tl.reshape(miss, (BLOCK_N * BLOCK_D,)).to(tl.int32)
-            count = tl.sum(flat, axis=0)
+            ones = miss.to(tl.int32)
+            if SCAN == 0:  # ranks over the flattened tile
+                flat = tl.reshape(ones, (BLOCK_N * BLOCK_D,))
+                count = tl.sum(flat, axis=0)
+            elif SCAN == 1:  # ranks down each column, after the columns before it
+                per_col = tl.sum(ones, axis=0)
+                count = tl.sum(per_col, axis=0)
+            else:  # ranks along each row, after the rows before it
+                per_row = tl.sum(ones, axis=1)
+                count = tl.sum(per_row, axis=0)
             corner = (rows[:, None] == pid * BLOCK_N) & (cols[None, :] == t * BLOCK_D)
             first = tl.sum(tl.where(corner, offs, 0)).to(tl.int32)
             first_bits = tl.sum(tl.where(corner, bits.to(tl.int32), 0)).to(tl.int16)
@@ -168,10 +180,19 @@ def _kernels() -> Any:
             tl.store(idx_ptr + base + slot, tl.zeros((SLOTS,), tl.int32) + first, mask=unused)
             tl.store(bits_ptr + base + slot, tl.zeros((SLOTS,), tl.int16) + first_bits, mask=unused)
             if fits:
-                pos = tl.cumsum(flat, axis=0) - 1
-                hit = flat != 0
-                tl.store(idx_ptr + base + pos, tl.reshape(offs, (BLOCK_N * BLOCK_D,)).to(tl.int32), mask=hit)
-                tl.store(bits_ptr + base + pos, tl.reshape(bits, (BLOCK_N * BLOCK_D,)), mask=hit)
+                if SCAN == 0:
+                    pos = tl.cumsum(flat, axis=0) - 1
+                    hit = flat != 0
+                    flat_offs = tl.reshape(offs, (BLOCK_N * BLOCK_D,)).to(tl.int32)
+                    tl.store(idx_ptr + base + pos, flat_offs, mask=hit)
+                    tl.store(bits_ptr + base + pos, tl.reshape(bits, (BLOCK_N * BLOCK_D,)), mask=hit)
+                else:
+                    if SCAN == 1:
+                        rank = (tl.cumsum(per_col, axis=0) - per_col)[None, :] + tl.cumsum(ones, axis=0) - 1
+                    else:
+                        rank = (tl.cumsum(per_row, axis=0) - per_row)[:, None] + tl.cumsum(ones, axis=1) - 1
+                    tl.store(idx_ptr + base + rank, offs.to(tl.int32), mask=miss)
+                    tl.store(bits_ptr + base + rank, bits, mask=miss)
                 tl.store(w_ptr + offs, new, mask=inside)
                 tl.store(done_ptr + tile, 1)
             else:
@@ -284,7 +305,8 @@ def _launch_apply(view: torch.Tensor, vec: torch.Tensor, alpha: float) -> tuple[
     count = torch.zeros(1, dtype=torch.int32, device=view.device)
     apply_kernel[(programs,)](
         view, vec.float().contiguous(), r, n, view.stride(0), view.stride(1), -float(alpha), float(alpha),
-        index, bits, done, count, d=d, SLOTS=slots, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps,
+        index, bits, done, count, d=d, SLOTS=slots, BLOCK_N=block_n, BLOCK_D=block_d,
+        SCAN=0 if APPLY_SCAN == "flat" else 1 if view.stride(0) == 1 else 2, num_warps=warps,
     )
     return r, index, bits, done, count
 
