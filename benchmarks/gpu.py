@@ -45,10 +45,9 @@ import vauban.generate as vgen
 from conftest import build_tokenizer
 from gpu_baselines import old_last_token_residuals, old_static_greedy
 from gpu_multi import replicas_bench, split_bench
-from vauban import arch, batching, cut, kernels
+from vauban import arch, batching, cut, evaluating, kernels
 from vauban.activations import last_token_residuals
 from vauban.batching import left_pad
-from vauban import evaluating
 from vauban.evaluating import completions
 from vauban.optimize import first_token_logprobs, kl_divergence
 from vauban.prompts import encode_chat, load_prompts, pad_id
