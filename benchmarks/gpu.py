@@ -482,6 +482,10 @@ def generation(
         r[f"{key}_step_bound_ms"] = (read + rows * context * kv_per_token) / bw * 1e3
         for name in ("fast", "compiled"):
             r[f"{key}_{name}_step_bw_frac"] = r[f"{key}_step_bound_ms"] / r[f"{key}_{name}_step_ms"]
+    try:  # a profile that fails is a row, not a lost section
+        r.update(profile_step(b, model, prompts[:20], batch, pad))
+    except Exception as err:
+        r["step_profile_error"] = f"{type(err).__name__}: {err}"[:300]
     # the library entry point (tokenize, batch from free memory, decode), 100 prompts x 64 tokens
     for name, compiled in (("", False), ("_compiled", True)):
         t_lib, _ = b.time(
@@ -504,6 +508,29 @@ def generation(
             )
             r[f"steered_20x32_{name}_tok_s"] = 20 * 32 / t
     return r
+
+
+def profile_step(b: Bench, model: Any, prompts: list[str], batch: Any, pad: int) -> dict[str, Any]:
+    """Where a compiled decode step's GPU time goes (20 rows; prefill + 32 steps, no graph, so the
+    profiler sees each kernel): matrix products vs the rest."""
+    if b.device.type != "cuda":
+        return {}
+    from torch.profiler import ProfilerActivity, profile
+
+    ids, mask = batch(prompts)
+    vgen.static_greedy(model, ids, mask, 33, [], pad, graph=False, compile=True)  # warm
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        vgen.static_greedy(model, ids, mask, 33, [], pad, graph=False, compile=True)
+        torch.cuda.synchronize()
+    events = [(e.key, e.device_time_total, e.count) for e in prof.key_averages()]
+    total = sum(t for _, t, _ in events) or 1.0
+    gemm = sum(t for k, t, _ in events if "gemm" in k.lower() or "nvjet" in k.lower() or "gemv" in k.lower())
+    top = sorted(events, key=lambda e: -e[1])[:10]
+    return {
+        "step_profile_gemm_frac": gemm / total,
+        "step_profile_kernels": sum(c for _, _, c in events),
+        "step_profile_top": [f"{100 * t / total:.0f}% x{c} {k[:60]}" for k, t, c in top],
+    }
 
 
 def trial(
