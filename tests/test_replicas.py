@@ -34,3 +34,42 @@ def test_replicas_give_the_single_models_results_in_input_order(tiny, tokenizer)
     alone = last_token_residuals(model, tokenizer, prompts, show_progress=False)
     assert together.shape == alone.shape
     assert torch.allclose(together, alone, atol=1e-5, rtol=1e-5)  # other batch shapes: rounding only
+
+
+def test_a_capture_waits_for_other_threads_and_holds_them_off():
+    """The capture gate: a capture starts once no other thread is inside ``working()``, and
+    ``working()`` waits while a capture runs (CUDA captures fail when other threads call CUDA)."""
+    import threading
+    import time
+
+    from vauban.fast_decode import _CaptureGate
+
+    gate, events = _CaptureGate(), []
+    inside, release, started = threading.Event(), threading.Event(), threading.Event()
+
+    def worker() -> None:
+        with gate.working():
+            inside.set()
+            release.wait()
+            events.append("work done")
+        started.wait(5)
+        with gate.working():  # the capture started meanwhile: this waits for its end
+            events.append("work again")
+
+    def capturer() -> None:
+        inside.wait()
+        with gate.capturing():
+            events.append("capture")
+            started.set()
+            time.sleep(0.2)
+            events.append("capture done")
+
+    threads = [threading.Thread(target=worker), threading.Thread(target=capturer)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    assert events == []  # the capture waits for the worker's first block
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert events == ["work done", "capture", "capture done", "work again"]

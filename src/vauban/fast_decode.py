@@ -295,7 +295,8 @@ def greedy(
     length = -(-(width + max_tokens) // 16) * 16  # aligned rows of keys for the attention kernels
     column = torch.tensor([width], device=device)
     with static_attention(model, rows, length, column) as loop:
-        logits = prefill(model, loop, input_ids, mask, chunk_tokens)
+        with GATE.working():
+            logits = prefill(model, loop, input_ids, mask, chunk_tokens)
         keys = torch.zeros(rows, length, dtype=torch.bool, device=device)
         keys[:, :width] = mask.bool()
         state = _State(
@@ -325,14 +326,15 @@ def greedy(
         with compiled_layers(model, compile):
             replay = None
             for _ in range(1, max_tokens):
-                if bool(state.done.all()):
-                    break
-                if replay is not None:
-                    replay()
-                elif graph:
+                with GATE.working():
+                    if bool(state.done.all()):
+                        break
+                    if replay is not None:
+                        replay()
+                    elif not graph:
+                        step()
+                if replay is None and graph:  # outside working(): the capture waits for the others
                     replay = step_then_capture(step)
-                else:
-                    step()
         return state.out
 
 
@@ -342,7 +344,7 @@ def step_then_capture(step: Any) -> Any:
     Capture only records, so a step that cannot be captured (a host sync somewhere) loses
     nothing but speed: the loop goes on with the eager step.
     """
-    with _CAPTURING:  # threads driving other GPUs (vauban.replicas) capture one at a time
+    with GATE.capturing():  # threads driving other GPUs (vauban.replicas) stand still meanwhile
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -359,6 +361,51 @@ def step_then_capture(step: Any) -> Any:
     return cuda_graph.replay
 
 
-# Two captures at once, on two GPUs from two threads, fail inside PyTorch (the CUDA generators'
-# graph registration is not thread-safe: seen on 2 x H200, torch 2.11); a capture takes ~10 ms.
-_CAPTURING = threading.Lock()
+class _CaptureGate:
+    """Threads driving other GPUs (:mod:`vauban.replicas`) stand still while one captures.
+
+    A capture is invalidated by CUDA calls another thread makes meanwhile (seen on 2 x H200,
+    torch 2.11: two concurrent captures abort the process; a capture beside another thread's
+    prefill or steps fails with ``cudaErrorStreamCaptureInvalidated``). Each loop therefore wraps
+    its host-side GPU work (a prefill, a step or a replay) in :meth:`working`, and a capture in
+    :meth:`capturing` waits until no other thread is inside :meth:`working` and keeps new ones
+    out until it is done (~10 ms). Work already queued on the devices runs on meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._capturing = False
+        self._busy: dict[int, int] = {}  # thread id -> depth inside working()
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            while self._capturing and not self._busy.get(me):
+                self._cond.wait()
+            self._busy[me] = self._busy.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy[me] -= 1
+                if not self._busy[me]:
+                    del self._busy[me]
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            while self._capturing or any(t != me for t in self._busy):
+                self._cond.wait()
+            self._capturing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._capturing = False
+                self._cond.notify_all()
+
+
+GATE = _CaptureGate()

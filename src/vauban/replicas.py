@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from . import arch
 from .activations import last_token_residuals, model_device
 from .errors import VaubanError
 from .generate import generate
@@ -68,14 +69,15 @@ class Replicas:
         return [order[k :: len(self.models)] for k in range(len(self.models))]
 
     def _map(self, tokenizer: Any, prompts: Sequence[str],
-             work: Callable[[nn.Module, list[str]], T]) -> list[tuple[list[int], T]]:
+             work: Callable[[nn.Module, list[int]], T]) -> list[tuple[list[int], T]]:
+        """``work(copy, indices)`` for each copy's share of ``prompts``, one thread per copy."""
         shares = self._split(tokenizer, prompts)
 
         def run(k: int) -> T:
             model = self.models[k]
             device = model_device(model)
             with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-                return work(model, [prompts[i] for i in shares[k]])
+                return work(model, shares[k])
 
         busy = [k for k in range(len(self.models)) if shares[k]]
         with ThreadPoolExecutor(max_workers=len(busy) or 1) as pool:
@@ -85,18 +87,23 @@ class Replicas:
     def generate(self, tokenizer: Any, prompts: Sequence[str], **kwargs: Any) -> list[str]:
         """:func:`vauban.generate.generate` over all copies: greedy answers in input order."""
         answers = [""] * len(prompts)
-        for indices, part in self._map(tokenizer, prompts, lambda m, p: generate(
-                m, tokenizer, p, show_progress=False, **kwargs)):
+        for indices, part in self._map(tokenizer, prompts, lambda m, idx: generate(
+                m, tokenizer, [prompts[i] for i in idx], show_progress=False, **kwargs)):
             for i, text in zip(indices, part, strict=True):
                 answers[i] = text
         return answers
 
     def last_token_residuals(self, tokenizer: Any, prompts: Sequence[str], **kwargs: Any) -> torch.Tensor:
-        """:func:`vauban.activations.last_token_residuals` over all copies, in input order."""
-        parts = self._map(tokenizer, prompts, lambda m, p: last_token_residuals(
-            m, tokenizer, p, show_progress=False, **kwargs))
-        out = torch.empty((len(prompts), *parts[0][1].shape[1:]), dtype=parts[0][1].dtype)
-        for indices, part in parts:
-            out[indices] = part
-        return out
+        """:func:`vauban.activations.last_token_residuals` over all copies, in input order (each
+        thread writes its rows into the result itself, so the host copies run in parallel too)."""
+        model = self.models[0]
+        layers = kwargs.get("layers")
+        width = arch.num_layers(model) if layers is None else len(layers)
+        out = torch.empty(len(prompts), width, arch.d_model(model))
 
+        def work(m: nn.Module, idx: list[int]) -> None:
+            share = [prompts[i] for i in idx]
+            out[idx] = last_token_residuals(m, tokenizer, share, show_progress=False, **kwargs)
+
+        self._map(tokenizer, prompts, work)
+        return out
