@@ -352,7 +352,10 @@ def step_then_capture(step: Any) -> Any:
         torch.cuda.current_stream().wait_stream(stream)
         cuda_graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(cuda_graph, capture_error_mode="thread_local"):
+            # on our stream, of this thread's device: torch.cuda.graph's default capture stream is
+            # made once per process, on whichever device was current then (a replica on another
+            # GPU would capture its kernels into that device's stream, and fail)
+            with torch.cuda.graph(cuda_graph, stream=stream, capture_error_mode="thread_local"):
                 step()
         except RuntimeError as err:
             warnings.warn(f"decode step not capturable as a CUDA graph, running it eagerly: {err}",

@@ -28,7 +28,6 @@ from . import arch
 from .activations import last_token_residuals, model_device
 from .errors import VaubanError
 from .generate import generate
-from .prompts import encode_chat
 
 T = TypeVar("T")
 
@@ -62,16 +61,16 @@ class Replicas:
         others = [torch.device(d) for d in devices if torch.device(d) != home]
         return cls([model, *(replicate(model, d) for d in others)])
 
-    def _split(self, tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-        """Prompt indices per copy, dealt out longest first so each copy gets a similar share."""
-        lengths = [len(x) for x in encode_chat(tokenizer, prompts)]
-        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    def _split(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Prompt indices per copy, dealt out longest first (by characters: tokenizing twice
+        would cost more than the balance gains) so each copy gets a similar share."""
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         return [order[k :: len(self.models)] for k in range(len(self.models))]
 
-    def _map(self, tokenizer: Any, prompts: Sequence[str],
+    def _map(self, prompts: Sequence[str],
              work: Callable[[nn.Module, list[int]], T]) -> list[tuple[list[int], T]]:
         """``work(copy, indices)`` for each copy's share of ``prompts``, one thread per copy."""
-        shares = self._split(tokenizer, prompts)
+        shares = self._split(prompts)
 
         def run(k: int) -> T:
             model = self.models[k]
@@ -87,7 +86,7 @@ class Replicas:
     def generate(self, tokenizer: Any, prompts: Sequence[str], **kwargs: Any) -> list[str]:
         """:func:`vauban.generate.generate` over all copies: greedy answers in input order."""
         answers = [""] * len(prompts)
-        for indices, part in self._map(tokenizer, prompts, lambda m, idx: generate(
+        for indices, part in self._map(prompts, lambda m, idx: generate(
                 m, tokenizer, [prompts[i] for i in idx], show_progress=False, **kwargs)):
             for i, text in zip(indices, part, strict=True):
                 answers[i] = text
@@ -105,5 +104,5 @@ class Replicas:
             share = [prompts[i] for i in idx]
             out[idx] = last_token_residuals(m, tokenizer, share, show_progress=False, **kwargs)
 
-        self._map(tokenizer, prompts, work)
+        self._map(prompts, work)
         return out
