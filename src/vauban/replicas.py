@@ -6,8 +6,10 @@ one card always waits. :class:`Replicas` copies the model onto each device (para
 buffers copied straight to the target device, shared tensors stay shared) and splits every call's
 prompts between the copies, dealt out in order of length so that every copy gets a similar mix,
 one thread per copy. Each thread makes its copy's device current, so CUDA graphs and streams are
-made on the right card; graph capture is thread-local, so one copy may capture while another
-runs. Results come back in input order, the same as one model's.
+made on the right card; the threads live as long as the replicas, so the CUDA libraries'
+per-thread state (cuBLAS workspaces, cuDNN attention plans) is built once. Results come back in
+input order; answers can differ from one model's where the split changes a batch's padding
+(other matrix shapes round differently in bf16), as they can between any two batchings.
 
 A cut or steering hook applies to the model it is given: cut every copy (``replicas.models``)
 when the copies must all be cut.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -51,6 +54,10 @@ class Replicas:
         if not models:
             raise VaubanError("Replicas needs at least one model")
         self.models = list(models)
+        # one long-lived thread per copy: CUDA libraries keep per-thread state (cuBLAS
+        # workspaces, cuDNN attention plans), which fresh threads on every call would rebuild
+        self._threads = [ThreadPoolExecutor(max_workers=1) for _ in self.models]
+        weakref.finalize(self, _shutdown, self._threads)
 
     @classmethod
     def of(cls, model: nn.Module, devices: Sequence[torch.device | str] | None = None) -> Replicas:
@@ -79,9 +86,8 @@ class Replicas:
                 return work(model, shares[k])
 
         busy = [k for k in range(len(self.models)) if shares[k]]
-        with ThreadPoolExecutor(max_workers=len(busy) or 1) as pool:
-            results = list(pool.map(run, busy))
-        return [(shares[k], result) for k, result in zip(busy, results, strict=True)]
+        futures = [self._threads[k].submit(run, k) for k in busy]
+        return [(shares[k], future.result()) for k, future in zip(busy, futures, strict=True)]
 
     def generate(self, tokenizer: Any, prompts: Sequence[str], **kwargs: Any) -> list[str]:
         """:func:`vauban.generate.generate` over all copies: greedy answers in input order."""
@@ -106,3 +112,8 @@ class Replicas:
 
         self._map(prompts, work)
         return out
+
+
+def _shutdown(threads: list[ThreadPoolExecutor]) -> None:
+    for pool in threads:
+        pool.shutdown(wait=False)
