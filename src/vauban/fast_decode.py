@@ -69,6 +69,7 @@ from .batching import token_batches
 
 ATTENTION = "vauban_static"
 PREFILL_TOKENS = 4096  # tokens per prefill chunk: enough rows for the matrix units, little padding
+CHECK_EVERY = 8  # decode steps between two host reads of "has every row stopped?"
 
 
 class Unsupported(Exception):
@@ -295,8 +296,7 @@ def greedy(
     length = -(-(width + max_tokens) // 16) * 16  # aligned rows of keys for the attention kernels
     column = torch.tensor([width], device=device)
     with static_attention(model, rows, length, column) as loop:
-        with GATE.working():
-            logits = prefill(model, loop, input_ids, mask, chunk_tokens)
+        logits = prefill(model, loop, input_ids, mask, chunk_tokens)
         keys = torch.zeros(rows, length, dtype=torch.bool, device=device)
         keys[:, :width] = mask.bool()
         state = _State(
@@ -325,16 +325,17 @@ def greedy(
         # prefill runs once per chunk at changing shapes (each a compilation of its own)
         with compiled_layers(model, compile):
             replay = None
-            for _ in range(1, max_tokens):
-                with GATE.working():
-                    if bool(state.done.all()):
-                        break
-                    if replay is not None:
-                        replay()
-                    elif not graph:
-                        step()
-                if replay is None and graph:  # outside working(): the capture waits for the others
+            for index in range(1, max_tokens):
+                # a host read every few steps, not every step: steps after every row stopped only
+                # write pad tokens (another thread's host work waits less on this one, too)
+                if index % CHECK_EVERY == 1 and bool(state.done.all()):
+                    break
+                if replay is not None:
+                    replay()
+                elif graph:
                     replay = step_then_capture(step)
+                else:
+                    step()
         return state.out
 
 
@@ -344,7 +345,7 @@ def step_then_capture(step: Any) -> Any:
     Capture only records, so a step that cannot be captured (a host sync somewhere) loses
     nothing but speed: the loop goes on with the eager step.
     """
-    with GATE.capturing():  # threads driving other GPUs (vauban.replicas) stand still meanwhile
+    with _CAPTURING:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -364,51 +365,7 @@ def step_then_capture(step: Any) -> Any:
     return cuda_graph.replay
 
 
-class _CaptureGate:
-    """Threads driving other GPUs (:mod:`vauban.replicas`) stand still while one captures.
-
-    A capture is invalidated by CUDA calls another thread makes meanwhile (seen on 2 x H200,
-    torch 2.11: two concurrent captures abort the process; a capture beside another thread's
-    prefill or steps fails with ``cudaErrorStreamCaptureInvalidated``). Each loop therefore wraps
-    its host-side GPU work (a prefill, a step or a replay) in :meth:`working`, and a capture in
-    :meth:`capturing` waits until no other thread is inside :meth:`working` and keeps new ones
-    out until it is done (~10 ms). Work already queued on the devices runs on meanwhile.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._capturing = False
-        self._busy: dict[int, int] = {}  # thread id -> depth inside working()
-
-    @contextlib.contextmanager
-    def working(self) -> Iterator[None]:
-        me = threading.get_ident()
-        with self._cond:
-            while self._capturing and not self._busy.get(me):
-                self._cond.wait()
-            self._busy[me] = self._busy.get(me, 0) + 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._busy[me] -= 1
-                if not self._busy[me]:
-                    del self._busy[me]
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def capturing(self) -> Iterator[None]:
-        me = threading.get_ident()
-        with self._cond:
-            while self._capturing or any(t != me for t in self._busy):
-                self._cond.wait()
-            self._capturing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._capturing = False
-                self._cond.notify_all()
-
-
-GATE = _CaptureGate()
+# One capture at a time across threads (vauban.replicas drives one GPU per thread): two
+# concurrent captures aborted the process inside PyTorch on 2 x H200 (torch 2.11). A capture
+# takes ~10 ms; other threads' work goes on meanwhile (thread-local capture mode).
+_CAPTURING = threading.Lock()
