@@ -1,9 +1,10 @@
 """The README's GPU table, regenerated from a ``benchmarks/gpu.py`` results file.
 
-    python benchmarks/gpu_table.py benchmarks/results/gpu_2xh200_llama-3.1-8b.json
+    python benchmarks/gpu_table.py benchmarks/results/gpu_h200_llama-3.1-8b.json \
+        benchmarks/results/gpu_2xh200_replicas.json benchmarks/results/gpu_2xh200_llama-3.1-8b.json
 
-Every figure of the table comes from that file; the issue-18 numbers it is compared with (the
-previous run, same script) are the ``before`` column.
+Every figure comes from those files (a section is taken from the first file that has it); the
+``before`` column is issue 18's table (the same script on the previous code).
 """
 
 from __future__ import annotations
@@ -60,10 +61,12 @@ def table(rows: dict[str, Any]) -> str:
         f"| residual capture, 256 prompts | {BEFORE['capture']} | {_n(c.get('default_tok_s'))} tok/s | "
         f"{ablation} | {_pct(c.get('default_peak_frac'))} of bf16 peak (790 TFLOP/s) |"
     )
-    now = f"{_n(k.get('api_fused_apply_ms'), 1)} ms (`vauban.cut`), kernels alone {_n(k.get('fused_apply_ms'), 1)} ms"
+    api, alone = _n(k.get("api_fused_apply_ms"), 1), _n(k.get("fused_apply_ms"), 1)
+    now = f"{api} ms (`vauban.cut`), kernels alone {alone} ms"
     ablation = (
-        f"previous kernels {_n(k.get('two_pass_apply_ms'), 1)} ms; `W -= outer` bf16 {_n(k.get('torch_bf16_ms'), 1)}"
-        f" ms, float32 {_n(k.get('torch_fp32_ms'), 1)} ms; PyTorch path {_n(k.get('api_torch_apply_ms'), 1)} ms"
+        f"previous kernels {_n(k.get('two_pass_apply_ms'), 1)} ms; `W -= outer` bf16 "
+        f"{_n(k.get('torch_bf16_ms'), 1)} ms, float32 {_n(k.get('torch_fp32_ms'), 1)} ms; "
+        f"PyTorch path {_n(k.get('api_torch_apply_ms'), 1)} ms"
     )
     bound = (
         f"{_n(k.get('api_fused_apply_x_bound'), 1)}× read + write once (undo "
@@ -76,8 +79,8 @@ def table(rows: dict[str, Any]) -> str:
         f"compiled loop {_n(t.get('compiled_s'), 2)} s; `generate` + PyTorch cut {_n(t.get('plain_s'), 2)} s"
     )
     lines.append(
-        f"| one optimize trial (100 × 64 refusals + 100 KL) | {BEFORE['trial']} | {_n(t.get('fast_s'), 2)} s | "
-        f"{ablation} | |"
+        f"| one optimize trial (100 × 64 refusals + 100 KL) | {BEFORE['trial']} | "
+        f"{_n(t.get('fast_s'), 2)} s | {ablation} | |"
     )
     if rep:
         now = (
@@ -89,7 +92,8 @@ def table(rows: dict[str, Any]) -> str:
             f"{_n(rep.get('generate_100x64_speedup'), 2)}× | |"
         )
     if split:
-        now = f"capture {_n(split.get('capture_split_tok_s'))} tok/s (one card {_n(split.get('capture_one_tok_s'))})"
+        one = _n(split.get("capture_one_tok_s"))
+        now = f"capture {_n(split.get('capture_split_tok_s'))} tok/s (one card {one})"
         ablation = (
             f"generation 20 × 32: {_n(split.get('generate_20x32_split_tok_s'))} tok/s (one card "
             f"{_n(split.get('generate_20x32_one_tok_s'))})"
@@ -100,8 +104,13 @@ def table(rows: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path)
-    print(table(json.loads(parser.parse_args().results.read_text())))
+    parser.add_argument("results", type=Path, nargs="+")
+    rows: dict[str, Any] = {}
+    for path in parser.parse_args().results:
+        for section, values in json.loads(path.read_text()).items():
+            if "error" not in values and "skipped" not in values:
+                rows.setdefault(section, values)
+    print(table(rows))
 
 
 if __name__ == "__main__":
