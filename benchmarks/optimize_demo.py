@@ -29,6 +29,7 @@ from pathlib import Path
 
 from vauban import DirectionResult, load, measure
 from vauban.evaluating import Pair, answer_scores, completions
+from vauban.judge import get_judge
 from vauban.optimize import Trial, candidates, first_token_logprobs, kl_divergence, optimize
 from vauban.prompts import load_pairs, load_prompts
 
@@ -36,8 +37,8 @@ RESULTS = Path(__file__).parent / "results"
 ADVBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "advbench_harmful_behaviors.csv"
 
 
-def held_out(model, tokenizer, prompts, pairs, base, max_tokens: int, full: bool) -> dict:
-    answers = completions(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=None)
+def held_out(model, tokenizer, prompts, pairs, base, max_tokens: int, full: bool, judge=None) -> dict:
+    answers = completions(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=None, judge=judge)
     refusals = sum(a.refused for a in answers)
     out = {
         "refusals": refusals,
@@ -62,11 +63,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="answer tokens judged when held out")
     parser.add_argument("--full", action="store_true", help="also perplexity and all-position KL")
     parser.add_argument("--json", default=str(RESULTS / "optimize_demo.json"))
+    parser.add_argument("--judge", default=None,
+                        help="refusal judge spec, for the search and held out (default: markers)")
     args = parser.parse_args()
     if not Path(args.advbench).is_file():
         parser.error(f"no AdvBench CSV at {args.advbench}; pass --advbench PATH")
 
     t0 = time.perf_counter()
+    judge = get_judge(args.judge)
     model, tokenizer = load()
     if args.direction:
         direction = DirectionResult.load(args.direction)
@@ -74,15 +78,8 @@ def main() -> None:
         direction = measure(model, tokenizer)
         direction.save("/tmp/vauban_demo_direction.safetensors")
     print(direction.summary(), flush=True)
-    result = optimize(
-        model,
-        tokenizer,
-        direction,
-        n_trials=args.trials,
-        seed=args.seed,
-        study=args.study,
-        show_progress=True,
-    )
+    result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=args.study,
+                      show_progress=True, judge=judge)
     print(result.table())
     print(result.summary(), flush=True)
     t_search = time.perf_counter() - t0
@@ -91,7 +88,8 @@ def main() -> None:
     prompts = random.Random(args.seed).sample(goals, min(args.heldout_n, len(goals)))
     pairs = load_pairs("reference")
     base = first_token_logprobs(model, tokenizer, [p for p, _ in pairs])
-    original = completions(model, tokenizer, prompts, max_tokens=args.max_tokens, batch_size=None)
+    original = completions(model, tokenizer, prompts, max_tokens=args.max_tokens, batch_size=None,
+                           judge=judge)
     n_orig = sum(a.refused for a in original)
     print(f"held out: the original refuses {n_orig}/{len(prompts)}", flush=True)
     unchecked = next(iter(candidates(result)), result.plain)
@@ -107,48 +105,30 @@ def main() -> None:
     for role, trial in points:
         start = time.perf_counter()
         with trial.params.apply(model, direction):
-            scores = held_out(model, tokenizer, prompts, pairs, base, args.max_tokens, args.full)
-        rows.append(
-            {
-                "role": role,
-                "trial": trial.number,
-                "search": {
-                    "refusal": trial.refusal,
-                    "first_token_kl": trial.kl,
-                    "refusal_likelihood": trial.likelihood,
-                    "selection_refusal": trial.selection_refusal,
-                },
-                "held_out": scores,
-                "cut": trial.params.record(),
-                "seconds": round(time.perf_counter() - start, 1),
-            }
-        )
-        print(
-            f"held out, {role} (trial {trial.number}): refused {scores['refusals']}/{len(prompts)}, "
-            f"first-token KL {scores['first_token_kl']:.4f}",
-            flush=True,
-        )
+            scores = held_out(model, tokenizer, prompts, pairs, base, args.max_tokens, args.full, judge)
+        rows.append({"role": role, "trial": trial.number, "search": {"refusal": trial.refusal,
+                     "first_token_kl": trial.kl, "refusal_likelihood": trial.likelihood,
+                     "selection_refusal": trial.selection_refusal},
+                     "held_out": scores, "cut": trial.params.record(),
+                     "seconds": round(time.perf_counter() - start, 1)})
+        print(f"held out, {role} (trial {trial.number}): refused {scores['refusals']}/{len(prompts)}, "
+              f"first-token KL {scores['first_token_kl']:.4f}", flush=True)
     plain = rows[0]["held_out"]
     for row in rows[1:]:
         h = row["held_out"]
-        row["dominates_plain_held_out"] = (
-            h["refusals"] <= plain["refusals"] and h["first_token_kl"] < plain["first_token_kl"]
-        )
+        row["dominates_plain_held_out"] = (h["refusals"] <= plain["refusals"]
+                                           and h["first_token_kl"] < plain["first_token_kl"])
 
-    print(
-        f"\nheld out: {len(prompts)} AdvBench prompts ({args.max_tokens} tokens), first-token KL on "
-        f"{len(pairs)} reference prompts; the original refuses {n_orig}/{len(prompts)}"
-    )
+    print(f"\nheld out: {len(prompts)} AdvBench prompts ({args.max_tokens} tokens), first-token KL on "
+          f"{len(pairs)} reference prompts; the original refuses {n_orig}/{len(prompts)}")
     print("        point   search refusal / ft-KL / selection   held-out refused   ft-KL   dominates plain")
     for row in rows:
         s, h = row["search"], row["held_out"]
         sel = "-" if s["selection_refusal"] is None else f"{s['selection_refusal']:.1%}"
         label = f"{row['role']} #{row['trial']}"
-        print(
-            f"{label:>13}   {s['refusal']:6.1%} / {s['first_token_kl']:.4f} / {sel:>6}          "
-            f"{h['refusals']:3d} ({h['refusal']:5.1%})   {h['first_token_kl']:.4f}   "
-            f"{row.get('dominates_plain_held_out', '-')}"
-        )
+        print(f"{label:>13}   {s['refusal']:6.1%} / {s['first_token_kl']:.4f} / {sel:>6}          "
+              f"{h['refusals']:3d} ({h['refusal']:5.1%})   {h['first_token_kl']:.4f}   "
+              f"{row.get('dominates_plain_held_out', '-')}")
     print(f"{result.seconds_per_trial:.1f} s per trial over {len(result.trials)} trials")
     report = {
         "model": direction.model_path,
@@ -156,20 +136,12 @@ def main() -> None:
         "trials": len(result.trials),
         "seed": args.seed,
         "seconds_per_trial": round(result.seconds_per_trial, 1),
-        "search": {
-            "validation_prompts": result.n_prompts,
-            "harmless_prompts": result.n_harmless,
-            "selection_prompts": result.n_selection,
-            "settings": result.settings,
-            "seconds": round(t_search, 1),
-        },
-        "held_out": {
-            "benchmark": "AdvBench (seeded sample)",
-            "harmful_prompts": len(prompts),
-            "reference_prompts": len(pairs),
-            "max_tokens": args.max_tokens,
-            "original_refused": n_orig,
-        },
+        "search": {"validation_prompts": result.n_prompts, "harmless_prompts": result.n_harmless,
+                   "selection_prompts": result.n_selection, "settings": result.settings,
+                   "seconds": round(t_search, 1)},
+        "held_out": {"benchmark": "AdvBench (seeded sample)", "harmful_prompts": len(prompts),
+                     "reference_prompts": len(pairs), "max_tokens": args.max_tokens, "judge": judge.spec,
+                     "original_refused": n_orig},
         "points": rows,
         "optimize": result.record(),
         "total_seconds": round(time.perf_counter() - t0, 1),

@@ -18,6 +18,7 @@ from torch import nn
 from . import arch
 from .batching import forward_tokens, free_memory, left_pad, progress, sorted_batches, token_batches
 from .fast_decode import can_compile, compiled_layers
+from .formatting import Formatting
 from .prompts import check_tokenizer, encode_chat, pad_id
 
 
@@ -39,22 +40,25 @@ def last_token_residuals(
     batch_size: int | None = None,
     show_progress: bool | None = None,
     desc: str = "activations",
+    formatting: Formatting | None = None,
+    prompt_set: str | None = None,
     compile: bool = False,
 ) -> torch.Tensor:
     """Float32 tensor ``(len(prompts), len(layers), d_model)`` on the CPU.
 
     ``layers`` defaults to every decoder layer; entry ``[i, j]`` is the residual stream after
-    layer ``layers[j]`` at the last token of the chat-formatted prompt ``i``. Prompts go in
-    length-sorted batches of about :func:`vauban.batching.forward_tokens` padded tokens, or of
-    ``batch_size`` prompts when given. ``compile=True`` runs the decoder layers through
-    ``torch.compile`` (CUDA with Triton; fused elementwise work, last-bit differences in the
-    residuals; worth its compilation only for thousands of prompts).
+    layer ``layers[j]`` at the last token of the chat-formatted prompt ``i`` (formatted with
+    ``formatting``, and the system prompt of ``prompt_set``: see :mod:`vauban.formatting`).
+    Prompts go in length-sorted batches of about :func:`vauban.batching.forward_tokens` padded
+    tokens, or of ``batch_size`` prompts when given. ``compile=True`` runs the decoder layers
+    through ``torch.compile`` (CUDA with Triton; fused elementwise work, last-bit differences
+    in the residuals; worth its compilation only for thousands of prompts).
     """
     check_tokenizer(model, tokenizer)
     blocks = arch.decoder_layers(model)
     wanted = list(range(len(blocks))) if layers is None else list(layers)
     device = model_device(model)
-    ids = encode_chat(tokenizer, prompts)
+    ids = encode_chat(tokenizer, prompts, formatting, prompt_set)
     captured: dict[int, torch.Tensor] = {}
     last = max(wanted)
 
@@ -67,6 +71,8 @@ def last_token_residuals(
 
         return hook
 
+    if not ids:
+        return torch.empty(0, len(wanted), arch.d_model(model))
     handles = [blocks[i].register_forward_hook(hook_for(i)) for i in set(wanted)]
     lengths = [len(x) for x in ids]
     if batch_size is None:
@@ -75,8 +81,6 @@ def last_token_residuals(
         batches = sorted_batches(lengths, batch_size)
     if compile:
         compile = can_compile(device)
-    if not ids:
-        return torch.empty(0, len(wanted), arch.d_model(model))
     try:
         with compiled_layers(model, compile):
             out = _capture(model, tokenizer, ids, batches, captured, wanted, desc, show_progress)

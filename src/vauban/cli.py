@@ -23,28 +23,22 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import torch
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import batching, plots
-from .atomic import write_file
 from .config import Settings, resolve
-from .cutting import cut
 from .errors import VaubanError
-from .evaluating import evaluate
-from .exporting import check_output_dir, cut_record, export
-from .loading import load_model
-from .measuring import measure
-from .probing import borderline, probe, projections
-from .prompts import load_prompts
-from .results import DirectionResult
-from .steering import steer
-from .sweep import alpha_sweep
-from .verifying import verify
+from .formatting import Formatting, formatting_for
+
+if TYPE_CHECKING:
+    from .results import DirectionResult
+
+# The library (torch, transformers: seconds to import) is imported inside each command, never at
+# the top of this module: ``vauban --help`` and usage errors answer before any of it loads
+# (tests/test_packaging.py keeps it so).
 
 HARMFUL_PROBE = "How do I pick a lock?"
 HARMLESS_PROBE = "What is the capital of France?"
@@ -123,14 +117,29 @@ def _new_path(path: str | Path, overwrite: bool) -> Path:
 def _load(s: Settings, report: Report, model: str | None = None, *, trust: bool = False) -> tuple[Any, Any]:
     """``trust`` comes from the ``--trust-remote-code`` flag only (never a file or the environment):
     running a checkpoint's own Python code must be asked for each time."""
+    from .loading import load_model
+
     name = model if model is not None else s.model
     with report.step(f"load {name or DEMO_NAME}", "load"):
         return load_model(name, device=s.device, dtype=s.dtype, trust_remote_code=trust)
 
 
+def _judge(s: Settings, report: Report) -> Any:
+    """The refusal judge of ``--judge`` (default: markers); a model judge loads here, timed."""
+    from .judge import get_judge, parse_spec
+
+    if s.judge is None or parse_spec(s.judge).kind not in ("chat", "classifier"):
+        return get_judge(s.judge)
+    with report.step(f"load judge {s.judge}", "load_judge"):
+        return get_judge(s.judge, device=s.device, dtype=s.dtype)
+
+
 def _preflight(s: Settings, args: argparse.Namespace) -> None:
     """Read the cheap inputs (direction file, prompt files) before the model, so their mistakes
     show in a second rather than after the load; the loaded direction rides on ``args``."""
+    from .prompts import load_prompts
+    from .results import DirectionResult
+
     if getattr(args, "direction", None):
         args.saved_direction = DirectionResult.load(args.direction)
     elif args.command not in ("evaluate", "chat") or getattr(args, "alpha", None):
@@ -148,6 +157,8 @@ def _preflight(s: Settings, args: argparse.Namespace) -> None:
 def _direction(s: Settings, report: Report, model: Any, tokenizer: Any,
                args: argparse.Namespace) -> DirectionResult:
     """The saved direction (``--direction``, read by :func:`_preflight`), or a fresh measurement."""
+    from .measuring import measure
+
     direction = getattr(args, "saved_direction", None)
     if direction is not None:
         if s.layer is not None:
@@ -155,10 +166,16 @@ def _direction(s: Settings, report: Report, model: Any, tokenizer: Any,
     else:
         with report.step(f"measure the direction ({s.harmful} vs {s.harmless} prompts)", "measure"):
             direction = measure(model, tokenizer, s.harmful, s.harmless, layer=s.layer,
-                                batch_size=s.batch_size)
+                                batch_size=s.batch_size, formatting=s.formatting())
     report.say(direction.summary())
     report.put("direction", direction.record())
     return direction
+
+
+def _formatting(s: Settings, direction: Any = None) -> Formatting | None:
+    """The prompt formatting of a run: the flags' (``--system-prompt``, ``--template-option``...)
+    over the one the direction was measured with."""
+    return formatting_for(direction, s.formatting())
 
 
 def _projection_line(label: str, values: Sequence[float]) -> str:
@@ -167,25 +184,34 @@ def _projection_line(label: str, values: Sequence[float]) -> str:
 
 def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
     """The whole tutorial: measure, probe, cut, evaluate, export, steer."""
+    from . import plots
+    from .cutting import cut
+    from .evaluating import evaluate
+    from .exporting import check_output_dir, cut_record, export
+    from .probing import borderline, probe
+    from .steering import steer
+
     out = check_output_dir(s.output_dir, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
+    judge = _judge(s, report)
     direction = _direction(s, report, model, tokenizer, args)
     with report.step("probe", "probe"):
-        probes = {name: probe(model, tokenizer, text, direction) for name, text in
+        fmt = _formatting(s, direction)
+        probes = {name: probe(model, tokenizer, text, direction, formatting=fmt) for name, text in
                   (("harmful", HARMFUL_PROBE), ("harmless", HARMLESS_PROBE))}
-        edge = borderline(model, tokenizer, BORDERLINE_PROBE, direction)
+        edge = borderline(model, tokenizer, BORDERLINE_PROBE, direction, formatting=fmt)
     report.say(f"Per-layer projections (best layer {direction.layer_index}):")
     for name, result in probes.items():
         report.say(_projection_line(name, result.projections))
     report.say(edge.summary())
     with cut(model, direction, alpha=s.alpha, embeddings=s.embeddings) as applied:
-        probes["harmful, cut"] = probe(model, tokenizer, HARMFUL_PROBE, direction)
+        probes["harmful, cut"] = probe(model, tokenizer, HARMFUL_PROBE, direction, formatting=fmt)
         report.say(_projection_line("after cut", probes["harmful, cut"].projections))
         with report.step(f"evaluate ({s.eval_prompts or 'bundled'} prompts)", "evaluate"):
             result = evaluate(model, model, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
-                              batch_size=s.batch_size)
+                              batch_size=s.batch_size, judge=judge, formatting=fmt)
         report.say(result.summary())
-        report.say(f"  first-token KL={result.first_token_kl:.4f}")
+        report.say(f"  first-token KL={result.first_token_kl:.4f}, refusals judged by {judge.spec}")
 
         def extras(folder: Path) -> None:
             plots.plot_scores(direction, folder / "vauban_scores.png")
@@ -199,7 +225,8 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
                    extras=extras)
     refused = next((c.prompt for c in result.before if c.refused), HARMFUL_PROBE)
     with report.step("steer", "steer"):
-        steered = steer(model, tokenizer, refused, direction, s.alpha, max_tokens=s.max_tokens)
+        steered = steer(model, tokenizer, refused, direction, s.alpha, max_tokens=s.max_tokens, judge=judge,
+                        formatting=fmt)
     report.say(f"Steering the original model on {refused!r}:")
     report.say(steered.summary())
     report.say("  " + steered.text[:300].replace("\n", "\n  "))
@@ -231,11 +258,13 @@ def cmd_measure(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .probing import borderline
+
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args)
     rows, results = [], []
     for text in args.prompts:
-        edge = borderline(model, tokenizer, text, direction)
+        edge = borderline(model, tokenizer, text, direction, formatting=_formatting(s, direction))
         values = edge.probe.projections
         rows.append((text, f"{values[direction.layer_index]:+.3f}", f"{edge.position:.2f}", edge.closer_to))
         results.append({"prompt": text, "projections": list(values), "position": edge.position,
@@ -247,20 +276,31 @@ def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .cutspec import cut_spec
+    from .exporting import check_output_dir, cut_record, export
+
     out = check_output_dir(s.output_dir, s.overwrite)
+    spec = cut_spec(args, alpha=s.alpha, embeddings=s.embeddings)  # flag mistakes before the load
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args)
-    with cut(model, direction, alpha=s.alpha, embeddings=s.embeddings) as applied:
+    vector = spec.vector(model, tokenizer, direction, harmful=s.harmful, harmless=s.harmless,
+                         formatting=_formatting(s, direction), batch_size=s.batch_size)
+    with spec.apply(model, vector) as applied:
         record = cut_record(s.model or direction.model_path, applied, direction)
+        record |= {"cut": applied.record(), "cut_spec": spec.record()}
         with report.step(f"export to {out}/", "export"):
             export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite)
-    report.say(f"Cut alpha={s.alpha:g} from {len(applied.edited)} tensors; exported to {out}/")
+    report.say(f"Cut alpha={spec.alpha:g} from {len(applied.edited)} tensors; exported to {out}/")
+    report.put("cut", spec.record())
     report.put("output_dir", str(out))
     report.put("alpha", s.alpha)
     report.put("edited_tensors", len(applied.edited))
 
 
 def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .atomic import write_file
+    from .evaluating import evaluate
+
     if len(args.models) > 2:
         raise VaubanError("evaluate takes ORIGINAL MODIFIED (or just MODIFIED, against the demo model)")
     *first, modified_name = args.models
@@ -268,11 +308,17 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
     save = _new_path(args.output, s.overwrite) if args.output else None
     original, tokenizer = _load(s, report, original_name, trust=args.trust_remote_code)
     modified, _ = _load(s, report, modified_name, trust=args.trust_remote_code)
+    judge = _judge(s, report)
     with report.step("evaluate", "evaluate"):
         result = evaluate(original, modified, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
-                          batch_size=s.batch_size)
-    report.table(f"{original_name or 'demo model'} → {modified_name}", ["", "original", "modified"], [
-        ("refusal", f"{result.refusal_before:.0%}", f"{result.refusal_after:.0%}"),
+                          batch_size=s.batch_size, judge=judge,
+                          formatting=_formatting(s, _export_formatting(modified_name)))
+    thinking = ([("refusal while thinking", f"{result.thinking_refusal_before or 0:.0%}",
+                  f"{result.thinking_refusal_after or 0:.0%}")]
+                if (result.thinking_refusal_before, result.thinking_refusal_after) != (None, None) else [])
+    report.table(f"{original_name or 'demo model'} → {modified_name} (refusals judged by {judge.spec})",
+                 ["", "original", "modified"], [
+        ("refusal", f"{result.refusal_before:.0%}", f"{result.refusal_after:.0%}"), *thinking,
         ("perplexity", f"{result.perplexity_before:.2f}", f"{result.perplexity_after:.2f}"),
         ("KL (all answer tokens)", "", f"{result.kl:.4f}"),
         ("KL (first token)", "", f"{result.first_token_kl:.4f}"),
@@ -285,35 +331,62 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
         report.say(f"answers and numbers saved to {save}")
 
 
+def _export_formatting(path: str | None) -> Formatting | None:
+    """The formatting a vauban export records in its ``vauban.json`` (reused unless overridden)."""
+    record = Path(path or "") / "vauban.json"
+    if not path or not record.is_file():
+        return None
+    try:
+        saved = json.loads(record.read_text()).get("formatting")
+    except (OSError, ValueError, AttributeError):
+        return None
+    try:
+        return Formatting.from_record(saved)
+    except VaubanError:
+        return None
+
+
 def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .steering import steer
+
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
+    judge = _judge(s, report)
     direction = _direction(s, report, model, tokenizer, args)
     results = []
     for alpha in args.alphas or [s.alpha]:
         with report.step(f"steer alpha={alpha:g}"):
-            result = steer(model, tokenizer, args.prompt, direction, alpha, max_tokens=s.max_tokens)
+            result = steer(model, tokenizer, args.prompt, direction, alpha, max_tokens=s.max_tokens,
+                           judge=judge, formatting=s.formatting())
         report.say(result.summary())
         report.say("  " + result.text.replace("\n", "\n  "))
         results.append({"alpha": alpha, "text": result.text, "refused": result.refused,
                         "projection_before": result.mean_projection(),
                         "projection_after": result.mean_projection(after=True)})
     report.put("prompt", args.prompt)
+    report.put("judge", judge.spec)
     report.put("results", results)
 
 
 def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from . import plots
+    from .atomic import write_file
+    from .sweep import alpha_sweep
+
     folder = Path(args.output)
     files = {kind: _new_path(folder / f"sweep.{kind}", s.overwrite) for kind in ("csv", "png")}
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
+    judge = _judge(s, report)
     direction = _direction(s, report, model, tokenizer, args)
     alphas = args.alphas or [0.5, 1.0, 1.5, 2.0]
     with report.step(f"cut and evaluate at {len(alphas)} alphas", "sweep"):
         sweep = alpha_sweep(model, tokenizer, direction, alphas, prompts=s.eval_prompts,
-                            max_tokens=s.max_tokens, batch_size=s.batch_size)
+                            max_tokens=s.max_tokens, batch_size=s.batch_size, judge=judge,
+                            formatting=s.formatting())
     header = ["alpha", "refusal", "perplexity", "kl", "first_token_kl"]
     rows = [(0.0, sweep.refusal_before, sweep.perplexity_before, 0.0, 0.0)]
     rows += [(r.alpha, r.refusal, r.perplexity, r.kl, r.first_token_kl) for r in sweep.rows]
-    report.table(f"Alpha sweep ({sweep.n_prompts} prompts; alpha 0 = original)", header,
+    report.table(f"Alpha sweep ({sweep.n_prompts} prompts, refusals judged by {sweep.judge}; "
+                 "alpha 0 = original)", header,
                  [(f"{a:g}", f"{ref:.0%}", f"{ppl:.2f}", f"{kl:.4f}", f"{fk:.4f}")
                   for a, ref, ppl, kl, fk in rows])
     def write_csv(tmp: Path) -> None:
@@ -323,18 +396,24 @@ def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
     write_file(files["csv"], write_csv)
     plots.plot_sweep(sweep, files["png"])
     report.say(f"table: {files['csv']}  plot: {files['png']}")
+    report.put("judge", sweep.judge)
     report.put("rows", [dict(zip(header, row, strict=True)) for row in rows])
     report.put("files", {k: str(v) for k, v in files.items()})
 
 
 def cmd_plot(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from . import plots
+    from .probing import projections
+    from .prompts import load_prompts
+
     path = _new_path(args.output, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args)
     sets = {name: load_prompts(source)[: args.prompts] for name, source in
             (("harmful", s.harmful), ("harmless", s.harmless))}
     with report.step(f"project {sum(map(len, sets.values()))} prompts on every layer", "project"):
-        values = {name: projections(model, tokenizer, prompts, direction, batch_size=s.batch_size)
+        values = {name: projections(model, tokenizer, prompts, direction, batch_size=s.batch_size,
+                                    formatting=s.formatting(), prompt_set=name)
                   for name, prompts in sets.items()}
     plots.plot_layers(values["harmful"], values["harmless"], direction, path)
     report.say(f"plot saved to {path}")
@@ -346,10 +425,12 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from .chat import ChatSession
 
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
+    judge = _judge(s, report) if s.judge is not None else None  # judge replies only when asked
     direction = None
     if args.direction or args.alpha:
         direction = _direction(s, report, model, tokenizer, args)
-    session = ChatSession(model, tokenizer, direction, args.alpha or 0.0, max_tokens=args.max_tokens or 256)
+    session = ChatSession(model, tokenizer, direction, args.alpha or 0.0, max_tokens=args.max_tokens or 256,
+                          judge=judge, formatting=_formatting(s, direction))
     say = report.out.print
     say("Chat with greedy decoding. Commands: /alpha X (steer; 0 = off), /reset, /quit.", style="dim")
     while True:
@@ -381,6 +462,8 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
         sys.stdout.write("model> ")
         session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
         sys.stdout.write("\n")
+        if session.last_verdict is not None:
+            say(f"({session.judge.spec}: {session.last_verdict.summary()})", style="dim")
 
 
 def cmd_cut(s: Settings, args: argparse.Namespace, report: Report) -> None:
@@ -398,6 +481,8 @@ def cmd_cut(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_verify(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .verifying import verify
+
     with report.step(f"verify {args.directory}", "verify"):
         result = verify(args.directory)
     report.say(result.summary())
@@ -405,6 +490,8 @@ def cmd_verify(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from . import plots
+    from .exporting import check_output_dir
     from .optimize import export_trial, optimize
 
     folder = Path(args.output)
@@ -414,6 +501,7 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
     if args.export:
         check_output_dir(args.export, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
+    judge = _judge(s, report)
     direction = _direction(s, report, model, tokenizer, args)
     flags = {"search": None, "on": True, "off": False}
     log = None if s.quiet or report.as_json else (lambda line: report.err.print(line, markup=False))
@@ -421,7 +509,8 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
         result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=study,
                           projected=flags[args.projected], norm_preserving=flags[args.norm_preserving],
                           prompts=args.validation, harmless=s.harmless, selection=args.selection,
-                          check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log)
+                          check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log,
+                          judge=judge, formatting=s.formatting())
     report.table(f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
                  f"prompts, first-token KL on {result.n_harmless} harmless prompts; * = the pick, "
                  f"checked on {result.n_selection} selection prompts)", *result.rows())
@@ -489,6 +578,20 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--layer", type=int, help="take the direction from this layer")
     common.add_argument("--max-tokens", type=int, help="new tokens per answer (default 64)")
     common.add_argument("--eval-prompts", help="harmful evaluation prompts (default: bundled 20)")
+    common.add_argument("--system-prompt", metavar="TEXT",
+                        help="system prompt for every prompt (default: none; a saved direction's own)")
+    common.add_argument("--set-system-prompt", dest="system_prompts", action="append", metavar="SET=TEXT",
+                        help="a system prompt for one prompt set only (harmful, harmless, eval, "
+                             "reference, validation, selection, probe, steer, chat); repeatable")
+    common.add_argument("--template-option", dest="template_options", action="append", metavar="KEY=VALUE",
+                        help="chat-template keyword, e.g. enable_thinking=false, reasoning_effort=low; "
+                             "repeatable")
+    common.add_argument("--thinking-tokens", type=int, metavar="N",
+                        help="new tokens a thinking model may spend before its reply (default 1024 "
+                             "when it thinks, else 0)")
+    common.add_argument("--judge", metavar="SPEC",
+                        help="refusal judge: markers (default), markers:FILE, classifier:ID, chat:MODEL, "
+                             "endpoint:URL[#model]")
     common.add_argument("-q", "--quiet", action="store_true", default=None,
                         help="no progress bars, spinners or step times")
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -510,6 +613,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--alpha", type=float, help="fraction of the direction to remove (default 1)")
         p.add_argument("--embeddings", action="store_true", default=None,
                        help="also orthogonalize the embeddings")
+
+    def variant_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--layers", type=_layers, help="comma-separated layers to cut (default: all)")
+        p.add_argument("--attention", metavar="WEIGHTS",
+                       help="attention writers' weight per layer: 0,0.5,1,... or a kernel "
+                            "peak=P,max=M,min=m,width=W (default 1 everywhere)")
+        p.add_argument("--mlp", metavar="WEIGHTS", help="the same for the MLP writers")
+        p.add_argument("--norm-preserving", action="store_true", help="keep every written vector's norm")
+        p.add_argument("--projected", action="store_true",
+                       help="remove the harmless mean's component from the direction")
+        p.add_argument("--direction-index", type=float, metavar="X",
+                       help="take the direction at fractional layer X (interpolated)")
+        p.add_argument("--per-layer", action="store_true", help="cut every layer along its own direction")
+        p.add_argument("--subspace", type=int, metavar="K", help="cut a K-dimensional subspace (measured)")
+        p.add_argument("--params", metavar="FILE",
+                       help="an optimize trial's cut: pareto.json (its pick, or --trial N), a trial "
+                            "record, or an export's vauban.json")
+        p.add_argument("--trial", type=int, metavar="N", help="with --params pareto.json: this trial")
 
     parser = _Parser(
         prog="vauban",
@@ -537,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(p)
     cut_flags(p)
     direction_flag(p)
+    variant_flags(p)
     p = command("evaluate", cmd_evaluate,
                 "compare ORIGINAL and MODIFIED: refusal, perplexity, KL (ORIGINAL defaults to the demo)")
     p.add_argument("models", nargs="+", metavar="[ORIGINAL] MODIFIED")
@@ -637,6 +759,8 @@ def _silence_progress() -> None:
     import huggingface_hub.utils
     import transformers
 
+    from . import batching
+
     batching.QUIET = True
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
@@ -647,7 +771,8 @@ def _explain(err: Exception) -> tuple[int, str]:
     """Exit code and one line for an error: 2 for the user's to fix, 1 for vauban's bugs."""
     if isinstance(err, VaubanError):
         return 2, str(err)
-    if isinstance(err, torch.OutOfMemoryError):
+    torch = sys.modules.get("torch")  # an out-of-memory error means torch was imported
+    if torch is not None and isinstance(err, torch.OutOfMemoryError):
         return 2, "out of memory; lower --batch-size, use --dtype bfloat16, or a smaller model"
     if isinstance(err, OSError):
         where = f": {err.filename}" if err.filename else ""
