@@ -33,7 +33,7 @@ from torch import nn
 
 from . import arch
 from .activations import model_device
-from .batching import default_batch_size, duration, left_pad, sorted_batches
+from .batching import default_batch_size, duration, forward_tokens, left_pad, sorted_batches, token_batches
 from .cutting import orthonormal
 from .errors import VaubanError
 from .evaluating import answer_logprobs, encode_pairs
@@ -68,7 +68,12 @@ def first_token_batches(
     empty = thinking_prefix(tokenizer, "", formatting)
     forced = tokenizer(empty, add_special_tokens=False)["input_ids"] if empty else []
     ids = [x + forced for x in encode_chat(tokenizer, prompts, formatting, "harmless")]
-    for batch in sorted_batches([len(x) for x in ids], batch_size or default_batch_size(device)):
+    lengths = [len(x) for x in ids]
+    if batch_size is None:  # length-sorted batches of as many tokens as keep the device busy
+        batches = token_batches(lengths, forward_tokens(model, max(lengths, default=1), len(ids)))
+    else:
+        batches = sorted_batches(lengths, batch_size)
+    for batch in batches:
         input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
         logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                        logits_to_keep=1, use_cache=False).logits[:, -1]
