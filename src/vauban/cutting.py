@@ -116,7 +116,7 @@ class _Edit:
     factors: torch.Tensor | None  # norm-preserving rescale per written vector, (..., 1), or None
     patch_index: torch.Tensor  # flat indices where the replayed undo misses the original bits
     patch_values: torch.Tensor  # the original values there
-    fingerprint: float = 0.0  # of the original weights, checked when re-applying a cached edit
+    fingerprint: torch.Tensor | None = None  # of the original weights, checked when re-applying
     fused: bool = False  # applied by vauban.kernels (rank 1, CUDA, 16-bit), so re-applied and undone by it
 
 
@@ -133,9 +133,23 @@ def _compute_dtype(param: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
-def _fingerprint(param: torch.Tensor) -> float:
-    """A cheap checksum of a strided sample, to notice weights changed behind a cut's back."""
-    return float(param.detach().reshape(-1)[::4099].double().sum())
+def _fingerprint(param: torch.Tensor) -> torch.Tensor:
+    """A cheap checksum of a strided sample, to notice weights changed behind a cut's back (a
+    0-d tensor on the weights' device: computing it waits for nothing)."""
+    return param.detach().reshape(-1)[::4099].double().sum()
+
+
+def _unchanged(edits: Sequence[_Edit]) -> bool:
+    """Whether every edited tensor still holds the weights its edit was made from (one host
+    read per device)."""
+    devices: dict[torch.device, list[_Edit]] = {}
+    for edit in edits:
+        devices.setdefault(edit.param.device, []).append(edit)
+    return all(
+        torch.equal(torch.stack([_fingerprint(e.param) for e in group]),
+                    torch.stack([e.fingerprint for e in group]))  # type: ignore[misc]
+        for group in devices.values()
+    )
 
 
 class _Work:
@@ -271,23 +285,42 @@ def _parts(edit: _Edit) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor |
     return out
 
 
-def _apply_edit(
-    name: str, param: nn.Parameter, axis: int, basis: torch.Tensor, alpha: float, norm_preserving: bool
-) -> _Edit:
+def _fusable(param: nn.Parameter, basis: torch.Tensor, norm_preserving: bool) -> bool:
+    """Whether :mod:`vauban.kernels` applies this edit (one direction, 16-bit CUDA weights)."""
+    return not norm_preserving and basis.shape[0] == 1 and kernels.supported(param.data)
+
+
+def _check_float(name: str, param: nn.Parameter) -> None:
     if param.dtype not in _FLOAT_DTYPES:
         raise VaubanError(
             f"{name} has {param.dtype} weights: a cut needs float weights; load the model with "
             "vauban.load (it dequantizes) instead of cutting quantized modules"
         )
+
+
+def _apply_fused(targets: Sequence[tuple[str, nn.Parameter, int, torch.Tensor, float]]) -> list[_Edit]:
+    """Apply rank-1 edits through the fused kernels: every matrix launched, then one host read
+    (:func:`vauban.kernels.apply_many`)."""
+    with torch.no_grad():
+        fingerprints = [_fingerprint(param) for _, param, _, _, _ in targets]
+        done = kernels.apply_many([(param.data.movedim(axis, -1), q[0], alpha)
+                                   for _, param, axis, q, alpha in targets])
+    return [
+        _Edit(name, param, axis, alpha, q, removed[:, None], None, index, values, fingerprint, fused=True)
+        for (name, param, axis, q, alpha), (removed, index, values), fingerprint
+        in zip(targets, done, fingerprints, strict=True)
+    ]
+
+
+def _apply_edit(
+    name: str, param: nn.Parameter, axis: int, basis: torch.Tensor, alpha: float, norm_preserving: bool
+) -> _Edit:
+    _check_float(name, param)
     with torch.no_grad():
         fingerprint = _fingerprint(param)
         view = param.data.movedim(axis, -1)
         cd = _compute_dtype(param)
         q = basis.to(device=param.device, dtype=cd)
-        if not norm_preserving and q.shape[0] == 1 and kernels.supported(param.data):
-            removed, index, values = kernels.apply_(view, q[0], alpha)  # one fused pass
-            return _Edit(name, param, axis, alpha, q, removed[:, None], None, index, values,
-                         fingerprint, fused=True)
         removed_parts, factor_parts, index_parts, value_parts = [], [], [], []
         work = None
         for offset, piece in pieces(param.data):  # expert by expert for fused MoE tensors
@@ -489,18 +522,28 @@ class Cut:
         """Apply (or re-apply after :meth:`undo`) the edit."""
         if self.applied:
             raise VaubanError("this cut is already applied")
-        if self._edits and all(_fingerprint(e.param) == e.fingerprint for e in self._edits):
+        if self._edits and _unchanged(self._edits):
             for edit in self._edits:  # re-applying after undo: the weights are the originals
                 _reapply_edit(edit)
         else:
             seen: set[int] = set()
-            edits = []
+            edits: list[_Edit] = []
+            fused = []
+            # one copy per basis and device (keyed by address; the CPU tensor is kept alive with
+            # its copy, so no other basis can take its address during the loop)
+            on_device: dict[tuple[int, tuple[int, ...], torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
             for name, param, axis, basis, alpha in self._targets():
                 if id(param) in seen:  # a parameter shared by two paths is edited once
                     continue
                 seen.add(id(param))
-                edits.append(_apply_edit(name, param, axis, basis, alpha, self.norm_preserving))
-            self._edits = edits
+                if _fusable(param, basis, self.norm_preserving):
+                    key = (basis.data_ptr(), tuple(basis.shape), param.device)
+                    if key not in on_device:
+                        on_device[key] = (basis, basis.to(device=param.device, dtype=torch.float32))
+                    fused.append((name, param, axis, on_device[key][1], alpha))
+                else:
+                    edits.append(_apply_edit(name, param, axis, basis, alpha, self.norm_preserving))
+            self._edits = edits + (_apply_fused(fused) if fused else [])
         self.applied = True
         _ACTIVE.setdefault(self.model, []).append(self)
         return self

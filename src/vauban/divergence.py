@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from .activations import model_device
-from .batching import default_batch_size, left_pad, sorted_batches
+from .batching import batch_size_for, forward_tokens, left_pad, sorted_batches, token_batches
 from .formatting import Formatting
 from .prompts import encode_chat, pad_id
 from .reasoning import thinking_prefix
@@ -144,10 +144,23 @@ class Batch:
         return torch.arange(keep, device=self.ids.device).unsqueeze(0) >= (keep - self.lengths).unsqueeze(1)
 
 
-def batches(rows: Forced, batch_size: int, pad: int, device: torch.device) -> Iterator[Batch]:
-    """Length-sorted batches of ``rows`` (see :mod:`vauban.batching`)."""
+def plan(model: nn.Module, rows: Forced, batch_size: int | None = None) -> list[list[int]]:
+    """Length-sorted batches of ``rows``: ``batch_size`` rows each, or by default as many padded
+    tokens as keep the device busy (:func:`vauban.batching.forward_tokens`) and as fit in memory
+    with their vocabulary-sized log-probabilities (two copies alive)."""
+    widths = [len(x) for x in rows.inputs]
+    if batch_size is not None:
+        return sorted_batches(widths, batch_size)
+    longest = max(widths, default=1)
+    fits = batch_size_for(model, longest, len(rows), logit_positions=max(rows.lengths, default=1),
+                          logit_copies=2, saturate=False)
+    return token_batches(widths, min(forward_tokens(model, longest, len(rows)), fits * max(longest, 1)))
+
+
+def batches(rows: Forced, plan: list[list[int]], pad: int, device: torch.device) -> Iterator[Batch]:
+    """The batches of ``plan`` (lists of row indices), left-padded (see :mod:`vauban.batching`)."""
     inputs, lengths = rows.inputs, rows.lengths
-    for batch in sorted_batches([len(x) for x in inputs], batch_size):
+    for batch in plan:
         ids, mask, positions = left_pad([inputs[i] for i in batch], pad, device)
         n = torch.tensor([lengths[i] for i in batch], device=device)
         keep = int(n.max())
@@ -179,7 +192,7 @@ def logprob_batches(
 ) -> Iterator[tuple[Batch, torch.Tensor]]:
     """Each batch of ``rows`` with ``model``'s log-probabilities at its scored positions."""
     device = model_device(model)
-    for batch in batches(rows, batch_size or default_batch_size(device), pad_id(tokenizer), device):
+    for batch in batches(rows, plan(model, rows, batch_size), pad_id(tokenizer), device):
         yield batch, logprobs(model, batch)
 
 

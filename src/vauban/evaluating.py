@@ -39,6 +39,7 @@ from .divergence import (
     k_rows,
     kl_rows_,
     logprobs,
+    plan,
     token_logprobs,
 )
 from .errors import VaubanError
@@ -207,7 +208,7 @@ def pair_divergence(
     nll = {True: 0.0, False: 0.0}
     kl_sum = first_sum = 0.0
     n_positions = 0
-    parts = list(batches(rows, batch_size, pad_id(tokenizer), device))
+    parts = list(batches(rows, plan(pair.modified, rows, batch_size), pad_id(tokenizer), device))
     for batch in progress(parts, desc, show_progress):  # type: ignore[arg-type]
         valid = batch.valid
         logp = {}
