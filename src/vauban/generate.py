@@ -16,6 +16,7 @@ tokens. Two loops produce the same tokens:
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -143,7 +144,7 @@ def static_greedy(
     if graph is None:
         graph = device.type == "cuda" and not _has_hooks(model)
     length = width + max_tokens
-    cache = StaticCache(config=model.config, max_cache_len=length)
+    cache = {cache_keyword(model): StaticCache(config=model.config, max_cache_len=length)}
     keys = torch.zeros(rows, length, dtype=torch.bool, device=device)
     keys[:, :width] = mask.bool()
     # prefill: causal over the prompt, pads excluded; a pad row attends to itself so it stays
@@ -155,7 +156,7 @@ def static_greedy(
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(
         input_ids=input_ids, attention_mask=_additive(allowed[:, None], lowest, dtype),
-        position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1,
+        position_ids=positions, **cache, use_cache=True, logits_to_keep=1,
     ).logits
     stop_ids = torch.tensor(sorted(set(stops)) or [-1], device=device)
     state = _DecodeState(
@@ -172,7 +173,7 @@ def static_greedy(
         state.keys.index_fill_(1, state.column, True)
         logits = model(
             input_ids=state.token, attention_mask=_additive(state.keys[:, None, None, :], lowest, dtype),
-            position_ids=state.position, cache=cache, use_cache=True, logits_to_keep=1,
+            position_ids=state.position, **cache, use_cache=True, logits_to_keep=1,
         ).logits
         state.token.copy_(logits[:, -1].argmax(-1, keepdim=True))
         state.position.add_(1)
@@ -190,6 +191,15 @@ def static_greedy(
         else:
             step()
     return state.out
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The name under which ``model.forward`` takes its KV cache: ``cache`` from transformers 5.24
+    on, ``past_key_values`` before (5.24 still accepts the old name with a warning). An unknown
+    keyword would be swallowed by ``**kwargs``: the model would run without the cache and the
+    decode step's 4-D mask (one column per cached token) would not match the keys."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _additive(allowed: torch.Tensor, lowest: float, dtype: torch.dtype) -> torch.Tensor:
