@@ -58,7 +58,7 @@ from . import arch, kernels
 from .errors import VaubanError
 from .results import DirectionResult, SubspaceResult, check_alpha, check_layer, unit_vector
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # the dtypes a cut edits
 _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16,
              torch.float32: torch.int32, torch.float64: torch.int64}
 
@@ -185,7 +185,7 @@ def _inverse(view: torch.Tensor, edit: _Edit) -> torch.Tensor:
 def _apply_edit(
     name: str, param: nn.Parameter, axis: int, basis: torch.Tensor, alpha: float, norm_preserving: bool
 ) -> _Edit:
-    if param.dtype not in _FLOAT_DTYPES:
+    if param.dtype not in FLOAT_DTYPES:
         raise VaubanError(
             f"{name} has {param.dtype} weights: a cut needs float weights; load the model with "
             "vauban.load (it dequantizes) instead of cutting quantized modules"

@@ -28,8 +28,8 @@ from transformers.cache_utils import StaticLayer
 
 from .activations import model_device
 from .batching import batch_size_for, default_batch_size, left_pad, progress, sorted_batches
-from .errors import VaubanError
 from .prompts import check_tokenizer, encode_chat, pad_id
+from .results import check_int
 
 # End-of-turn markers of common chat templates; whichever exist in a vocabulary also stop.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
@@ -50,9 +50,7 @@ def stop_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
 
 
 def check_max_tokens(max_tokens: int) -> int:
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
-        raise VaubanError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-    return max_tokens
+    return check_int("max_tokens", max_tokens, 1)
 
 
 def greedy_config(model: nn.Module, tokenizer: Any, max_tokens: int) -> GenerationConfig:

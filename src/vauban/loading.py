@@ -25,6 +25,7 @@ from torch import nn
 
 from .atomic import building_dir, write_file
 from .errors import VaubanError
+from .extras import require
 from .mlx_format import QUANT_KEYS, is_mlx_quantized_dir, read_quantized_dir
 
 DEMO_ID = "demo:qwen2.5-coder-0.5b-instruct"
@@ -303,6 +304,7 @@ def convert_gguf(path: Path, *, label: str | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_gguf(path)
+    require("gguf", "gguf", f"reading {path.name}")  # transformers' GGUF loader imports it
     target = cache_dir() / "converted" / f"{path.stem}-{_cache_key(path)}"
     if (target / "vauban_cache.json").is_file():
         return target

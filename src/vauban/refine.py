@@ -38,6 +38,7 @@ from .cutting import orthonormal
 from .errors import VaubanError
 from .evaluating import answer_logprobs, encode_pairs
 from .prompts import encode_chat, pad_id
+from .results import check_int
 
 MAX_WEIGHT = 1.5
 MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch: smaller than inference
@@ -173,8 +174,7 @@ def refine(
     ``base`` (the original's log-probabilities on ``harmless``) and the likelihood of the
     original's ``refusals``, starting from the plain cut (weight 1 everywhere); see the module
     docstring. The model's weights are never touched."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise VaubanError(f"steps must be an integer >= 0, got {steps!r}")
+    check_int("steps", steps, 0)
     if not lr > 0:
         raise VaubanError(f"lr must be positive, got {lr!r}")
     n = arch.num_layers(model)
