@@ -50,7 +50,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vauban-fresh-") as tmp:
         clone, cache = Path(tmp) / "clone", Path(tmp) / "cache"
         subprocess.run(["git", "clone", "-q", args.repo, str(clone)], check=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VAUBAN_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VAUBAN_") and k != "PYTHONPATH"}
         env["VAUBAN_CACHE"] = str(cache)
         load_before = os.getloadavg()
         install_s, _ = run('python3 -m venv .venv && .venv/bin/pip install -q -e ".[demo]"', clone, env)
