@@ -113,7 +113,7 @@ class _Edit:
     factors: torch.Tensor | None  # norm-preserving rescale per written vector, (..., 1), or None
     patch_index: torch.Tensor  # flat indices where the replayed undo misses the original bits
     patch_values: torch.Tensor  # the original values there
-    fingerprint: float = 0.0  # of the original weights, checked when re-applying a cached edit
+    fingerprint: tuple[object, ...] = ()  # _checksum of the original weights, checked on re-apply
     fused: bool = False  # applied by vauban.kernels (rank 1, CUDA, 16-bit), so re-applied and undone by it
 
 
@@ -130,9 +130,18 @@ def _compute_dtype(param: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
-def _fingerprint(param: torch.Tensor) -> float:
-    """A cheap checksum of a strided sample, to notice weights changed behind a cut's back."""
-    return float(param.detach().reshape(-1)[::4099].double().sum())
+def _checksum(param: torch.Tensor) -> tuple[object, ...]:
+    """Every bit of ``param`` summed as integers (int64, wrapping), with its dtype and shape.
+
+    A cut re-applied after :meth:`Cut.undo` reuses its cached edit only when the weights are
+    still the ones it was computed from; this notices weights changed behind its back (an
+    optimizer step, a ``load_state_dict``, another library's edit): any change to one element
+    changes the sum, exactly, on every device. Reading the tensor once costs less than the
+    re-application it guards (one read and one write). Only changes crafted to cancel out (two
+    elements moved by opposite bit deltas) would pass unnoticed.
+    """
+    bits = param.detach().reshape(-1).view(_INT_VIEW[param.dtype])
+    return (param.dtype, tuple(param.shape), int(bits.sum(dtype=torch.int64)))
 
 
 def _shifted(w: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor, scale: float) -> torch.Tensor:
@@ -191,7 +200,7 @@ def _apply_edit(
             "vauban.load (it dequantizes) instead of cutting quantized modules"
         )
     with torch.no_grad():
-        fingerprint = _fingerprint(param)
+        fingerprint = _checksum(param)
         view = param.data.movedim(axis, -1)
         cd = _compute_dtype(param)
         q = basis.to(device=param.device, dtype=cd)
@@ -376,7 +385,7 @@ class Cut:
         """Apply (or re-apply after :meth:`undo`) the edit."""
         if self.applied:
             raise VaubanError("this cut is already applied")
-        if self._edits and all(_fingerprint(e.param) == e.fingerprint for e in self._edits):
+        if self._edits and all(_checksum(e.param) == e.fingerprint for e in self._edits):
             for edit in self._edits:  # re-applying after undo: the weights are the originals
                 _reapply_edit(edit)
         else:
