@@ -27,3 +27,16 @@ def test_tables_to_a_pipe_keep_every_value_whole():
         assert value in out, value
     widths = {len(line) for line in out.splitlines() if line.startswith(("┃", "│"))}
     assert len(widths) == 1 and widths.pop() > 80  # one aligned table, wider than a terminal
+
+
+def test_no_progress_silences_bars_for_the_block_only(capsys):
+    from vauban.batching import no_progress, progress, progress_off
+
+    batches = [[0], [1], [2]]
+    with no_progress():
+        assert progress_off()
+        assert list(progress(batches, "quiet", True)) == batches
+    assert capsys.readouterr().err == ""
+    assert not progress_off()
+    assert list(progress(batches, "loud", True)) == batches
+    assert "loud" in capsys.readouterr().err

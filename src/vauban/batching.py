@@ -14,6 +14,8 @@ a length-sorted batch adds padding.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -157,13 +159,31 @@ def left_pad(
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-QUIET = False  # set by the CLI's --quiet: no progress bars anywhere
+# Inside ``no_progress()`` no vauban progress bar shows, whatever a call asks for: the CLI's
+# --quiet runs its command inside it. A context variable, not a module flag: it ends with the
+# block and stays within the thread or task that entered it.
+_PROGRESS_OFF: contextvars.ContextVar[bool] = contextvars.ContextVar("vauban_progress_off", default=False)
+
+
+@contextlib.contextmanager
+def no_progress() -> Iterator[None]:
+    """No progress bars from vauban while the block runs."""
+    token = _PROGRESS_OFF.set(True)
+    try:
+        yield
+    finally:
+        _PROGRESS_OFF.reset(token)
+
+
+def progress_off() -> bool:
+    """Whether the caller runs inside :func:`no_progress`."""
+    return _PROGRESS_OFF.get()
 
 
 def progress(batches: list[list[int]], desc: str, show: bool | None) -> Iterator[list[int]]:
     """A progress bar over batches; ``show=None`` shows it only on a terminal and for >1 batch."""
     disable = (None if len(batches) > 1 else True) if show is None else not show
-    disable = True if QUIET else disable
+    disable = True if progress_off() else disable
     yield from tqdm(batches, desc=desc, unit="batch", disable=disable, leave=False)
 
 

@@ -648,10 +648,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         _preflight(settings, args)
-        if settings.quiet:
-            _silence_progress()
         report = Report(args.command, as_json=getattr(args, "json", False), quiet=settings.quiet)
-        args.func(settings, args, report)
+        with _quiet() if settings.quiet else contextlib.nullcontext():
+            args.func(settings, args, report)
         report.finish()
     except KeyboardInterrupt:
         print("vauban: interrupted", file=sys.stderr)
@@ -665,18 +664,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _silence_progress() -> None:
-    """``--quiet``: vauban's bars, transformers' and the hub's own (weight loading, downloads),
-    and transformers' warnings (errors still show)."""
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """``--quiet``: vauban's bars (:func:`vauban.batching.no_progress`, for the command only);
+    transformers' and the hub's own bars (weight loading, downloads) and transformers' warnings
+    (errors still show) through their process-wide switches, the only ones they offer; the
+    process ends with the command."""
     import huggingface_hub.utils
     import transformers
 
-    from . import batching
+    from .batching import no_progress
 
-    batching.QUIET = True
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     huggingface_hub.utils.disable_progress_bars()
+    with no_progress():
+        yield
 
 
 def _explain(err: Exception) -> tuple[int, str]:
