@@ -302,6 +302,11 @@ def layer_weights(spec: LayerWeights | None, num_layers: int, what: str) -> tupl
     return tuple(check_alpha(w) for w in weights)
 
 
+# The cuts applied to each model, oldest first: the one piece of module-level state the cut keeps,
+# and on purpose. ``evaluate(model, model)``, ``original_weights`` and ``optimize`` must find the
+# cuts a caller applied elsewhere (a ``with cut(...)`` block holds the Cut, not they), and undo
+# must refuse to run out of order; an argument would not reach them. Weak keys: a model that is
+# garbage-collected takes its entry along, and vauban sets no attribute on the user's model.
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[Cut]] = weakref.WeakKeyDictionary()
 
 

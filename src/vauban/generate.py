@@ -113,7 +113,11 @@ def fast_loop_ok(model: nn.Module) -> bool:
 
 def _has_hooks(model: nn.Module) -> bool:
     """Forward hooks other than transformers' own output recorders (installed for good on the
-    first ``output_hidden_states=True`` call, inert unless a call asks for outputs)."""
+    first ``output_hidden_states=True`` call, inert unless a call asks for outputs).
+
+    Reads torch's private ``_forward_hooks`` / ``_forward_pre_hooks`` dictionaries (read-only):
+    torch has no public way to list a module's hooks, and a user's hook must not be skipped by
+    a replayed CUDA graph. The only private torch attribute vauban's code reads."""
     hooks = (h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()))
     return any(not getattr(h, "__module__", "").startswith("transformers.") for h in hooks)
 

@@ -131,7 +131,7 @@ def load_model(
             source = ModelSource(source.label, f"hub/{kind.kind}")
     model, tokenizer = _from_hf(str(local), torch_dtype, "auto" if auto else dev, trust_remote_code)
     remember_source(model, source)
-    model.config._name_or_path = source.label
+    model.config.name_or_path = source.label
     return model, tokenizer
 
 
@@ -318,7 +318,7 @@ def convert_gguf(path: Path, *, label: str | None = None) -> Path:
             f"could not read GGUF {path}: {_first_line(err)} (corrupted or unsupported file; "
             "re-download it, or check that transformers supports its architecture)"
         ) from None
-    model.config._name_or_path = label or str(path)
+    model.config.name_or_path = label or str(path)
     with building_dir(target, overwrite=True) as tmp:  # a racing twin wrote the same
         _save_float_dir(model, tokenizer, tmp, {"source": str(path), "kind": "gguf"})
     return target
