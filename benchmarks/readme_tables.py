@@ -186,6 +186,13 @@ def cpu() -> list[str]:
          "(float32, one file)",
          f"peak memory +{stream['peak_increase_bytes'] / 1e6:.0f} MB, {stream['seconds']:.0f} s"],
     ]
+    startup = load("cli_startup.json")
+    eager, lazy = startup["trees"][0], startup["trees"][-1]
+    rows.append([f"`vauban --help` in a fresh process (best of {lazy['runs']}, load average "
+                 f"{startup['load_average_before'][0]:.0f})",
+                 f"{lazy['best_s']:.2f} s, {lazy['peak_rss_bytes'] / 1e6:.0f} MB, no torch imported; "
+                 f"{eager['best_s']:.1f} s and {eager['peak_rss_bytes'] / 1e6:.0f} MB at {eager['git']}, "
+                 "before imports were lazy"])
     return markdown(["what", "result"], rows)
 
 
