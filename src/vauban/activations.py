@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import arch
-from .batching import default_batch_size, left_pad, progress, sorted_batches
+from .batching import batch_size_for, left_pad, progress, sorted_batches
 from .prompts import check_tokenizer, encode_chat, pad_id
 
 
@@ -63,7 +63,9 @@ def last_token_residuals(
 
     handles = [blocks[i].register_forward_hook(hook_for(i)) for i in set(wanted)]
     try:
-        batches = sorted_batches([len(x) for x in ids], batch_size or default_batch_size(device))
+        lengths = [len(x) for x in ids]
+        size = batch_size or batch_size_for(model, max(lengths, default=1), len(ids))
+        batches = sorted_batches(lengths, size)
         for batch in progress(batches, desc, show_progress):
             input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
             with contextlib.suppress(_Enough):

@@ -24,14 +24,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-
-def default_batch_size(device: torch.device) -> int:
-    """Prompts per forward pass. Greedy decoding is bound by reading the weights once per step,
-    so larger batches amortize that read (on the demo model, 2 CPU cores: 20 prompts x 64
-    tokens take 80 s in batches of 8, 32 s in one batch)."""
-    return 32 if device.type == "cpu" else 64
-
-
 # Tokens per forward pass that keep a device's matrix units busy: past this, a bigger batch is
 # no faster per token, only more padded. Demo model on 2 shared CPU cores, 64 prompts of ~45
 # tokens: batches of 8 took 160 s, of 32 (1,440 tokens) 115 s, of 64 (2,900 tokens) 140 s. A
@@ -121,9 +113,13 @@ def batch_size_for(
     memory (``free`` overrides the measurement), at least 1 and at most ``sequences``.
 
     With ``saturate``, also no more than the device needs to be busy (:data:`SATURATING_TOKENS`;
-    a decoding step with a ``cache`` feeds one token per sequence). Pass ``saturate=False``
-    where every batch carries a fixed cost of its own, such as undoing and re-applying a cut.
-    See :meth:`Shape.sequence_bytes` for the other arguments.
+    a decoding step with a ``cache`` feeds one token per sequence, so generation batches are
+    bounded by memory alone: greedy decoding reads the weights once per step whatever the batch,
+    and on the demo model, 2 CPU cores, 20 prompts x 64 tokens take 80 s in batches of 8, 32 s
+    in one). Pass ``saturate=False`` where every batch carries a fixed cost of its own, such as
+    undoing and re-applying a cut. See :meth:`Shape.sequence_bytes` for the other arguments.
+    The one batch-size policy: every forward pass of vauban that is not given a batch size asks
+    this function.
     """
     device = next(model.parameters()).device
     per_sequence = Shape.of(model).sequence_bytes(

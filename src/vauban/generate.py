@@ -27,7 +27,7 @@ from transformers import GenerationConfig, StaticCache
 from transformers.cache_utils import StaticLayer
 
 from .activations import model_device
-from .batching import batch_size_for, default_batch_size, left_pad, progress, sorted_batches
+from .batching import batch_size_for, left_pad, progress, sorted_batches
 from .prompts import check_tokenizer, encode_chat, pad_id
 from .results import check_int
 
@@ -82,9 +82,9 @@ def generate(
     fast = device.type == "cuda" and fast_loop_ok(model)
     if batch_size is None:
         longest = max((len(x) for x in ids), default=0) + max_tokens
-        # the static cache is allocated once for the whole batch: size it from free memory
-        batch_size = (batch_size_for(model, longest, len(ids), cache=True, saturate=False) if fast
-                      else default_batch_size(device))
+        # a decoding step feeds one token per row: batches are bounded by memory (and the static
+        # cache, allocated once for the whole batch, is sized from it too)
+        batch_size = batch_size_for(model, longest, len(ids), cache=True, saturate=not fast)
     batches = sorted_batches([len(x) for x in ids], batch_size)
     for batch in progress(batches, desc, show_progress):
         input_ids, mask, _ = left_pad([ids[i] for i in batch], pad, device)

@@ -33,7 +33,7 @@ from torch import nn
 
 from . import arch
 from .activations import model_device
-from .batching import default_batch_size, duration, left_pad, sorted_batches
+from .batching import batch_size_for, duration, left_pad, sorted_batches
 from .cutting import orthonormal
 from .errors import VaubanError
 from .evaluating import answer_logprobs, encode_pairs
@@ -63,7 +63,10 @@ def first_token_batches(
     differentiable unless run under ``torch.inference_mode``."""
     device = model_device(model)
     ids = encode_chat(tokenizer, prompts)
-    for batch in sorted_batches([len(x) for x in ids], batch_size or default_batch_size(device)):
+    lengths = [len(x) for x in ids]
+    size = batch_size or batch_size_for(model, max(lengths, default=1), len(ids), logit_positions=1,
+                                        logit_copies=2)
+    for batch in sorted_batches(lengths, size):
         input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
         logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                        logits_to_keep=1, use_cache=False).logits[:, -1]
@@ -80,7 +83,10 @@ def likelihood_batches(
     spoken = [(q, a) for q, a in refusals if a]
     encoded = [e for e in encode_pairs(tokenizer, spoken, tokens) if e[1] > 0] if spoken else []
     device = model_device(model)
-    for batch in sorted_batches([len(x) for x, _ in encoded], batch_size or default_batch_size(device)):
+    lengths = [len(x) for x, _ in encoded]
+    size = batch_size or batch_size_for(model, max(lengths, default=1), len(encoded),
+                                        logit_positions=tokens + 1, logit_copies=2)
+    for batch in sorted_batches(lengths, size):
         ids, mask, positions = left_pad([encoded[i][0] for i in batch], pad_id(tokenizer), device)
         lengths = torch.tensor([encoded[i][1] for i in batch], device=device)
         keep = int(lengths.max())
@@ -178,7 +184,7 @@ def refine(
     if not lr > 0:
         raise VaubanError(f"lr must be positive, got {lr!r}")
     n = arch.num_layers(model)
-    batch_size = batch_size or min(default_batch_size(model_device(model)), MAX_BATCH)
+    batch_size = batch_size or MAX_BATCH
     weights = torch.ones(2, n, requires_grad=True)
     optimizer = torch.optim.Adam([weights], lr=lr)
     frozen = [p for p in model.parameters() if p.requires_grad]
