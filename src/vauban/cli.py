@@ -128,6 +128,16 @@ def _load(s: Settings, report: Report, model: str | None = None, *, trust: bool 
         return load_model(name, device=s.device, dtype=s.dtype, trust_remote_code=trust)
 
 
+def _judge(s: Settings, report: Report) -> Any:
+    """The refusal judge of ``--judge`` (default: markers); a model judge loads here, timed."""
+    from .judge import get_judge, parse_spec
+
+    if s.judge is None or parse_spec(s.judge).kind not in ("chat", "classifier"):
+        return get_judge(s.judge)
+    with report.step(f"load judge {s.judge}", "load_judge"):
+        return get_judge(s.judge, device=s.device, dtype=s.dtype)
+
+
 def _preflight(s: Settings, args: argparse.Namespace) -> None:
     """Read the cheap inputs (direction file, prompt files) before the model, so their mistakes
     show in a second rather than after the load; the loaded direction rides on ``args``."""
@@ -181,6 +191,7 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
     out = check_output_dir(s.output_dir, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
+    judge = _judge(s, report)
     direction = _direction(s, report, model, tokenizer, args)
     with report.step("probe", "probe"):
         probes = {name: probe(model, tokenizer, text, direction) for name, text in
@@ -195,9 +206,9 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
         report.say(_projection_line("after cut", probes["harmful, cut"].projections))
         with report.step(f"evaluate ({s.eval_prompts or 'bundled'} prompts)", "evaluate"):
             result = evaluate(model, model, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
-                              batch_size=s.batch_size)
+                              batch_size=s.batch_size, judge=judge)
         report.say(result.summary())
-        report.say(f"  first-token KL={result.first_token_kl:.4f}")
+        report.say(f"  first-token KL={result.first_token_kl:.4f}, refusals judged by {judge.spec}")
 
         def extras(folder: Path) -> None:
             plots.plot_scores(direction, folder / "vauban_scores.png")
@@ -211,7 +222,7 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
                    extras=extras)
     refused = next((c.prompt for c in result.before if c.refused), HARMFUL_PROBE)
     with report.step("steer", "steer"):
-        steered = steer(model, tokenizer, refused, direction, s.alpha, max_tokens=s.max_tokens)
+        steered = steer(model, tokenizer, refused, direction, s.alpha, max_tokens=s.max_tokens, judge=judge)
     report.say(f"Steering the original model on {refused!r}:")
     report.say(steered.summary())
     report.say("  " + steered.text[:300].replace("\n", "\n  "))
@@ -288,10 +299,12 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
     save = _new_path(args.output, s.overwrite) if args.output else None
     original, tokenizer = _load(s, report, original_name, trust=args.trust_remote_code)
     modified, _ = _load(s, report, modified_name, trust=args.trust_remote_code)
+    judge = _judge(s, report)
     with report.step("evaluate", "evaluate"):
         result = evaluate(original, modified, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
-                          batch_size=s.batch_size)
-    report.table(f"{original_name or 'demo model'} → {modified_name}", ["", "original", "modified"], [
+                          batch_size=s.batch_size, judge=judge)
+    report.table(f"{original_name or 'demo model'} → {modified_name} (refusals judged by {judge.spec})",
+                 ["", "original", "modified"], [
         ("refusal", f"{result.refusal_before:.0%}", f"{result.refusal_after:.0%}"),
         ("perplexity", f"{result.perplexity_before:.2f}", f"{result.perplexity_after:.2f}"),
         ("KL (all answer tokens)", "", f"{result.kl:.4f}"),
@@ -309,17 +322,20 @@ def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from .steering import steer
 
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
+    judge = _judge(s, report)
     direction = _direction(s, report, model, tokenizer, args)
     results = []
     for alpha in args.alphas or [s.alpha]:
         with report.step(f"steer alpha={alpha:g}"):
-            result = steer(model, tokenizer, args.prompt, direction, alpha, max_tokens=s.max_tokens)
+            result = steer(model, tokenizer, args.prompt, direction, alpha, max_tokens=s.max_tokens,
+                           judge=judge)
         report.say(result.summary())
         report.say("  " + result.text.replace("\n", "\n  "))
         results.append({"alpha": alpha, "text": result.text, "refused": result.refused,
                         "projection_before": result.mean_projection(),
                         "projection_after": result.mean_projection(after=True)})
     report.put("prompt", args.prompt)
+    report.put("judge", judge.spec)
     report.put("results", results)
 
 
@@ -331,15 +347,17 @@ def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
     folder = Path(args.output)
     files = {kind: _new_path(folder / f"sweep.{kind}", s.overwrite) for kind in ("csv", "png")}
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
+    judge = _judge(s, report)
     direction = _direction(s, report, model, tokenizer, args)
     alphas = args.alphas or [0.5, 1.0, 1.5, 2.0]
     with report.step(f"cut and evaluate at {len(alphas)} alphas", "sweep"):
         sweep = alpha_sweep(model, tokenizer, direction, alphas, prompts=s.eval_prompts,
-                            max_tokens=s.max_tokens, batch_size=s.batch_size)
+                            max_tokens=s.max_tokens, batch_size=s.batch_size, judge=judge)
     header = ["alpha", "refusal", "perplexity", "kl", "first_token_kl"]
     rows = [(0.0, sweep.refusal_before, sweep.perplexity_before, 0.0, 0.0)]
     rows += [(r.alpha, r.refusal, r.perplexity, r.kl, r.first_token_kl) for r in sweep.rows]
-    report.table(f"Alpha sweep ({sweep.n_prompts} prompts; alpha 0 = original)", header,
+    report.table(f"Alpha sweep ({sweep.n_prompts} prompts, refusals judged by {sweep.judge}; "
+                 "alpha 0 = original)", header,
                  [(f"{a:g}", f"{ref:.0%}", f"{ppl:.2f}", f"{kl:.4f}", f"{fk:.4f}")
                   for a, ref, ppl, kl, fk in rows])
     def write_csv(tmp: Path) -> None:
@@ -349,6 +367,7 @@ def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
     write_file(files["csv"], write_csv)
     plots.plot_sweep(sweep, files["png"])
     report.say(f"table: {files['csv']}  plot: {files['png']}")
+    report.put("judge", sweep.judge)
     report.put("rows", [dict(zip(header, row, strict=True)) for row in rows])
     report.put("files", {k: str(v) for k, v in files.items()})
 
@@ -376,10 +395,12 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from .chat import ChatSession
 
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
+    judge = _judge(s, report) if s.judge is not None else None  # judge replies only when asked
     direction = None
     if args.direction or args.alpha:
         direction = _direction(s, report, model, tokenizer, args)
-    session = ChatSession(model, tokenizer, direction, args.alpha or 0.0, max_tokens=args.max_tokens or 256)
+    session = ChatSession(model, tokenizer, direction, args.alpha or 0.0, max_tokens=args.max_tokens or 256,
+                          judge=judge)
     say = report.out.print
     say("Chat with greedy decoding. Commands: /alpha X (steer; 0 = off), /reset, /quit.", style="dim")
     while True:
@@ -411,6 +432,8 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
         sys.stdout.write("model> ")
         session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
         sys.stdout.write("\n")
+        if session.last_verdict is not None:
+            say(f"({session.judge.spec}: {session.last_verdict.summary()})", style="dim")
 
 
 def cmd_cut(s: Settings, args: argparse.Namespace, report: Report) -> None:
@@ -448,6 +471,7 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
     if args.export:
         check_output_dir(args.export, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
+    judge = _judge(s, report)
     direction = _direction(s, report, model, tokenizer, args)
     flags = {"search": None, "on": True, "off": False}
     log = None if s.quiet or report.as_json else (lambda line: report.err.print(line, markup=False))
@@ -455,7 +479,8 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
         result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=study,
                           projected=flags[args.projected], norm_preserving=flags[args.norm_preserving],
                           prompts=args.validation, harmless=s.harmless, selection=args.selection,
-                          check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log)
+                          check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log,
+                          judge=judge)
     report.table(f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
                  f"prompts, first-token KL on {result.n_harmless} harmless prompts; * = the pick, "
                  f"checked on {result.n_selection} selection prompts)", *result.rows())
@@ -523,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--layer", type=int, help="take the direction from this layer")
     common.add_argument("--max-tokens", type=int, help="new tokens per answer (default 64)")
     common.add_argument("--eval-prompts", help="harmful evaluation prompts (default: bundled 20)")
+    common.add_argument("--judge", metavar="SPEC",
+                        help="refusal judge: markers (default), markers:FILE, classifier:ID, chat:MODEL, "
+                             "endpoint:URL[#model]")
     common.add_argument("-q", "--quiet", action="store_true", default=None,
                         help="no progress bars, spinners or step times")
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
