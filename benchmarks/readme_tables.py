@@ -112,7 +112,7 @@ def measured() -> list[str]:
     d, ev = run["direction"], run["evaluation"]
     layer = d["layer_index"]
     before, after = run["probes"]["harmful"][layer], run["probes"]["harmful, cut"][layer]
-    judge = ev.get("judge", "refusal markers")
+    judge = ev.get("judge", "markers")
     held = load("optimize_demo.json")
     plain = next(p for p in held["points"] if p["role"] == "plain")
     h = held["held_out"]
