@@ -70,3 +70,18 @@ def test_shipped_files_include_the_prompt_data():
     data = resources.files("vauban") / "data"
     assert {"harmful.jsonl", "harmless.jsonl", "eval_harmful.jsonl", "reference.jsonl"} <= {
         p.name for p in data.iterdir()}
+
+
+def test_every_runtime_requirement_has_a_tested_lower_bound():
+    """pyproject declares ranges; .ci/oldest.sh installs exactly their lower bounds."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("lower_bounds", root / ".ci" / "lower_bounds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pins = module.lower_bounds(root / "pyproject.toml")
+    names = {pin.split("==")[0] for pin in pins}
+    assert {"torch", "transformers", "accelerate", "safetensors", "gguf", "matplotlib", "optuna"} <= names
+    assert all("==" in pin and ">" not in pin and "<" not in pin.split(";")[0] for pin in pins), pins
