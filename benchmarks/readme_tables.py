@@ -135,7 +135,9 @@ def measured() -> list[str]:
          f"{h['max_tokens']} tokens, judge: refusal markers",
          f"original {h['original_refused']}/{h['harmful_prompts']} refused, plain cut "
          f"{plain['held_out']['refusals']}/{h['harmful_prompts']}"],
-        [f"README set-up command on a fresh clone, empty cache ({fresh['date'][:10]})",
+        [f"README set-up command on a fresh clone, empty cache ({fresh['date'][:10]}; machine shared, "
+         f"load average {fresh['machine']['load_average_before'][0]:.0f} before, "
+         f"{fresh['machine']['load_average_after'][0]:.0f} after)",
          f"{fresh['total_s'] / 60:.0f} min in all: install {fresh['install_s']:.0f} s, then {steps} "
          "(load includes the one-time GGUF dequantization)"],
     ]
