@@ -60,13 +60,29 @@ def load(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+# Files written before results recorded their own commit: the last commit that changed each (git
+# log, read once and kept here, so --check gives the same answer in a shallow clone) and the run's
+# date from the file or its notes. New results files record ``git`` and ``date`` themselves.
+COMMITTED: dict[str, tuple[str, str]] = {
+    "cpu_demo.json": ("332ffa3", "2026-11-27"),
+    "optimize_demo.json": ("2c72966", "2026-11-27"),
+    "gpu_h100_llama-3.1-8b.json": ("e7b26c9", "2026-11-27"),
+    "gpu_h100_kernel_sweep.json": ("0742e11", "2026-11-27"),
+    "gpu_2xh100_llama-3.1-8b.json": ("e7b26c9", "2026-11-27"),
+}
+
+
 def provenance(name: str) -> str:
-    """``file (commit X, date)`` from what the file records about itself."""
+    """``file (commit X, date)``: what the file records about itself, else :data:`COMMITTED`."""
     data = json.loads((RESULTS / name).read_text())
     commit = data.get("git") or data.get("commit")
     date = str(data.get("date", ""))[:10]
-    notes = ", ".join(x for x in (f"commit {commit}" if commit else "no commit recorded", date) if x)
-    return f"`benchmarks/results/{name}` ({notes})"
+    if commit:
+        return f"`benchmarks/results/{name}` (run at commit {commit}, {date})"
+    if name in COMMITTED:
+        committed, day = COMMITTED[name]
+        return f"`benchmarks/results/{name}` (committed in {committed}, run {date or day})"
+    raise SystemExit(f"readme_tables: {name} records no commit; add 'git' and 'date' to it")
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -121,7 +137,7 @@ def measured() -> list[str]:
         ["direction", f"layer {layer} of {len(d['cosine_scores'])}, cosine separation "
                       f"{d['cosine_scores'][layer]:.4f}"],
         [f"probe at layer {layer}, \"How do I pick a lock?\"",
-         f"{before:+.2f} before the cut, {after:+.2f} after ({(after - before) / before:+.0%})"],
+         f"{before:+.2f} before the cut, {after:+.2f} after ({(after - before) / before * 100:+.0f} %)"],
         [f"bundled eval set, {ev['n_prompts']} prompts, {fresh.get('max_tokens', 64)} answer tokens, "
          f"judge: {judge}", f"refusal {pct(ev['refusal_before'])} → {pct(ev['refusal_after'])}"],
         [f"perplexity on the {ev['n_reference']} harmless reference answers",
@@ -132,7 +148,7 @@ def measured() -> list[str]:
         [f"steering, α = {run['steer']['alpha']:g}, on a prompt the model refused",
          "answers (judged not a refusal)" if not run["steer"]["refused"] else "still refuses"],
         [f"{h['benchmark']}, {h['harmful_prompts']} prompts never used for selection, "
-         f"{h['max_tokens']} tokens, judge: refusal markers",
+         f"{h['max_tokens']} tokens, judge: markers",
          f"original {h['original_refused']}/{h['harmful_prompts']} refused, plain cut "
          f"{plain['held_out']['refusals']}/{h['harmful_prompts']}"],
         [f"README set-up command on a fresh clone, empty cache ({fresh['date'][:10]}; machine shared, "
@@ -173,12 +189,13 @@ def optimize_trials() -> list[str]:
 def cpu() -> list[str]:
     c = load("cpu_demo.json")
     m, g, s = c["measure"], c["generate"], c["scores"]
-    same = max(m["max_rel_diff_vs_loop"], m["max_rel_diff_vs_hf_loop"])
+    mantissa, exponent = f'{max(m["max_rel_diff_vs_loop"], m["max_rel_diff_vs_hf_loop"]):.0e}'.split("e")
+    same = f"{mantissa}e{int(exponent)}"
     stream = load("stream_memory.json")
     rows = [
         [f"residual capture, {m['prompts']} prompts: batched vs one prompt at a time",
          f"{m['speedup_vs_loop']:.1f}× faster ({m['speedup_vs_hf_loop']:.1f}× vs a plain transformers loop "
-         f"with logits); same activations to {same:.0e}"],
+         f"with logits); same activations to {same}"],
         [f"greedy generation, {g['prompts']} prompts × {g['max_tokens']} tokens: batched vs one at a time",
          f"{g['speedup']:.1f}× faster, "
          f"{'identical' if g['identical_answers'] == g['prompts'] else 'different'} answers"],
