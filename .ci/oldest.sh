@@ -2,7 +2,7 @@
 # The suite on the OLDEST versions vauban claims: every runtime requirement pinned to the lower
 # bound pyproject.toml declares (.ci/lower_bounds.py), in a fresh venv (.venv-oldest).
 # Run by hand (not in CI: torch's oldest supported release is a CUDA build of ~3 GB on PyPI);
-# after changing a lower bound, run it and commit the log it prints.
+# after changing a lower bound, run it and record the outcome in benchmarks/results/oldest_suite.txt.
 #   bash .ci/oldest.sh                 # -m "not demo" (the tiny-model suite)
 #   bash .ci/oldest.sh -m demo -x      # any pytest arguments instead
 set -euo pipefail
