@@ -1,9 +1,9 @@
 """Print pip constraints that pin every runtime requirement of vauban to its lower bound.
 
 Reads ``pyproject.toml``: the core dependencies and the feature extras (``gguf``, ``plots``,
-``mlx``, ``optimize``; not ``dev``, whose test tools are not what vauban runs with, nor ``demo``'s
-data packages, pinned already). ``name>=X`` becomes ``name==X``; markers are kept. Used by
-``.ci/oldest.sh``.
+``mlx``, ``optimize``, ``datasets``; not ``dev``, whose test tools are not what vauban runs
+with, nor ``demo``'s data packages, pinned already). ``name>=X`` becomes ``name==X``; markers
+are kept. Used by ``.ci/oldest.sh``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-FEATURE_EXTRAS = ("gguf", "plots", "mlx", "optimize")
+FEATURE_EXTRAS = ("gguf", "plots", "mlx", "optimize", "datasets")
 
 
 def lower_bounds(pyproject: Path) -> list[str]:
