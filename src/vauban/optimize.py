@@ -81,13 +81,14 @@ from .divergence import DAMAGES, damage_rows, mean_kl, reference_logprobs
 from .divergence import first_token_logprobs as first_token_logprobs  # re-exported (benchmarks, tests)
 from .errors import VaubanError
 from .evaluating import DEFAULT_MAX_TOKENS, completions
+from .extras import require
 from .formatting import Formatting, formatting_for
 from .judge import Judge, get_judge
 from .measuring import direction_at
 from .prompts import Prompts, bundled_records, load_prompts
 from .reasoning import thinking_prefix
 from .refine import likelihood_batches, refine
-from .results import DirectionResult
+from .results import DirectionResult, check_int
 
 STUDY_NAME = "vauban"
 
@@ -451,15 +452,11 @@ def optimize(
     formatted, over the direction's own (:mod:`vauban.formatting`); thinking models are judged on
     their replies, and their refusals are teacher-forced after their thoughts.
     """
-    try:
-        import optuna
-    except ImportError:
-        raise VaubanError('optimize needs optuna: pip install "vauban[optimize]"') from None
+    optuna = require("optuna", "optimize", "optimize")
     for name, value, low in (("n_trials", n_trials, 1), ("check", check, 0), ("max_tokens", max_tokens, 1),
                              ("selection_tokens", selection_tokens, 1), ("refine_steps", refine_steps, 0),
                              ("kl_tokens", kl_tokens, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise VaubanError(f"{name} must be an integer >= {low}, got {value!r}")
+        check_int(name, value, low)
     if damage not in DAMAGES:
         raise VaubanError(f"damage must be one of {', '.join(DAMAGES)}, got {damage!r}")
     if direction.harmful_means is None:

@@ -33,11 +33,12 @@ from torch import nn
 
 from . import arch
 from .activations import model_device
-from .batching import default_batch_size, duration
+from .batching import batch_size_for, duration
 from .cutting import orthonormal
 from .divergence import Forced, forced, forced_text, kl_batches, logprob_batches, token_logprobs
 from .errors import VaubanError
 from .formatting import Formatting
+from .results import check_int
 
 MAX_WEIGHT = 1.5
 MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch: smaller than inference
@@ -69,7 +70,8 @@ def likelihood_batches(
     rows = forced_text(tokenizer, spoken, tokens, formatting=formatting, prompt_set="validation")
     kept = [i for i, a in enumerate(rows.answers) if a]
     rows = Forced(tuple(rows.prompts[i] for i in kept), tuple(rows.answers[i] for i in kept))
-    size = batch_size or default_batch_size(model_device(model))
+    size = batch_size or batch_size_for(model, max((len(x) for x in rows.inputs), default=1), len(rows),
+                                        logit_positions=tokens + 1, logit_copies=2)
     for batch, logp in logprob_batches(model, tokenizer, rows, size):
         yield len(batch.rows), token_logprobs(logp, batch).sum(-1).exp().sum()
 
@@ -160,12 +162,11 @@ def refine(
     rows for a k-token KL, see :mod:`vauban.divergence`) and the likelihood of the original's
     ``refusals``, starting from the plain cut (weight 1 everywhere); see the module docstring.
     The model's weights are never touched."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise VaubanError(f"steps must be an integer >= 0, got {steps!r}")
+    check_int("steps", steps, 0)
     if not lr > 0:
         raise VaubanError(f"lr must be positive, got {lr!r}")
     n = arch.num_layers(model)
-    batch_size = batch_size or min(default_batch_size(model_device(model)), MAX_BATCH)
+    batch_size = batch_size or MAX_BATCH
     weights = torch.ones(2, n, requires_grad=True)
     optimizer = torch.optim.Adam([weights], lr=lr)
     frozen = [p for p in model.parameters() if p.requires_grad]
