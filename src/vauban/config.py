@@ -43,6 +43,8 @@ class Settings:
     dtype: str | None = None
     overwrite: bool = False
     quiet: bool = False
+    format: str = "safetensors"  # export format (vauban.formats)
+    quant: str | None = None  # export quantization (gguf: q8_0, q4_k_m, ...; mlx: bits)
 
 
 def _field_type(name: str) -> type:
