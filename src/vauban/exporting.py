@@ -129,6 +129,7 @@ def export(
             "versions": versions(writer.NAME),
             "source": model_label(model),
             **({"cut": cuts[-1].record()} if cuts else {}),
+            **({"direction": direction.record()} if direction is not None else {}),
             **(record or {}),
             "format": writer.NAME,
             **written,

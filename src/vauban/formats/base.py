@@ -119,15 +119,11 @@ def save_transformers(model: nn.Module, tokenizer: Any, folder: Path, dtype: tor
     state = None
     if any(p.dtype != dtype and p.is_floating_point() for p in model.parameters()):
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    old = getattr(model.config, "dtype", None)
-    model.config.dtype = dtype
-    try:
-        model.save_pretrained(folder, state_dict=state)
-    finally:
-        model.config.dtype = old
+    model.save_pretrained(folder, state_dict=state)
     tokenizer.save_pretrained(folder)
     config_file = folder / "config.json"
     config = mlx_compatible_config(json.loads(config_file.read_text()))
+    config["dtype"] = DTYPE_NAMES.get(dtype, config.get("dtype"))  # save_pretrained names the model's
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
