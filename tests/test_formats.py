@@ -42,7 +42,8 @@ def _ids(tokenizer):
 
 LORA_CASES = {
     "llama plain": ("llama", {}),
-    "qwen2 per-layer weights": ("qwen2", {"attention": [1.0, 0.5, 0.0, 2.0], "mlp": LayerKernel(peak=2, width=2)}),
+    "qwen2 per-layer weights": ("qwen2", {"attention": [1.0, 0.5, 0.0, 2.0],
+                                          "mlp": LayerKernel(peak=2, width=2)}),
     "gemma2 post-norm, tied embeddings": ("gemma2", {"embeddings": True}),
     "olmo2 post-norm": ("olmo2", {"alpha": 1.5}),
     "gpt2 Conv1D with biases": ("gpt2", {}),
@@ -236,7 +237,8 @@ def test_gguf_source_is_patched_byte_for_byte(tokenizer, tmp_path, quant):
         hf = next(k for k in merged if names.get_name(k, (".weight", ".bias")) == before.name)
         if hf not in edits:  # untouched: same type, same bytes
             assert before.tensor_type == after.tensor_type
-            assert np.array_equal(np.asarray(before.data).view(np.uint8), np.asarray(after.data).view(np.uint8))
+            assert np.array_equal(np.asarray(before.data).view(np.uint8),
+                                  np.asarray(after.data).view(np.uint8))
             continue
         changed += 1
         expected_type = before.tensor_type if quant is None else gguf.GGMLQuantizationType.Q8_0
@@ -245,7 +247,8 @@ def test_gguf_source_is_patched_byte_for_byte(tokenizer, tmp_path, quant):
         e = edits[hf]
         redone = edited(torch.from_numpy(gguf.quants.dequantize(before.data, before.tensor_type).copy()),
                         e.axis, e.basis, e.alpha)
-        step = (redone.abs().max() / (7 if after.tensor_type == gguf.GGMLQuantizationType.Q4_0 else 127)).item()
+        levels = 7 if after.tensor_type == gguf.GGMLQuantizationType.Q4_0 else 127
+        step = (redone.abs().max() / levels).item()
         assert (got - redone).abs().max() <= step  # one quantization step of the redone cut
         assert (redone - merged[hf]).abs().max() < 1e-5  # the same cut as the in-memory model's
     assert changed == len(edits) == 7  # 4 attention outputs + 3 MLP downs (layer 3's weight is 0)
@@ -265,5 +268,5 @@ def test_gguf_check_finds_a_truncated_file(tmp_path):
     _tiny_gguf(model, tmp_path / "m.gguf", {})
     data = (tmp_path / "m.gguf").read_bytes()
     (tmp_path / "m.gguf").write_bytes(data[: len(data) - 1000])
-    with pytest.raises(VaubanError, match="truncated|not a complete GGUF"):
+    with pytest.raises(VaubanError, match=r"truncated|not a complete GGUF"):
         gguf_format.check(tmp_path)
