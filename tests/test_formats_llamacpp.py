@@ -59,6 +59,7 @@ def test_demo_gguf_patched_answers_like_the_float_model(demo, tmp_path):
     assert verify(out).tensors == 291
     llm = llamacpp.load(out / record["gguf_file"], n_ctx=512)
     answers = [decode_answer(tokenizer, llamacpp.greedy(llm, seq, stops, MAX_TOKENS), stops) for seq in ids]
+    llm.close()
     refused_gguf = sum(is_refusal(a) for a in answers)
     refused_float = sum(c.refused for c in floats)
     assert abs(refused_gguf - refused_float) <= 1  # of 40 prompts; 100 prompts: results file
@@ -77,6 +78,7 @@ def test_converter_gguf_logits_agree_with_transformers(demo, tmp_path, quant, to
         info = gguf_format.convert(ExportJob(model, tokenizer, None, quant, None, "demo"), tmp_path)
     llm = llamacpp.load(tmp_path / info["gguf_file"], n_ctx=512)
     got = np.stack([llamacpp.first_token_logits(llm, seq) for seq in ids])
+    llm.close()
     scale = np.abs(reference).max()
     assert np.abs(got - reference).max() < tolerance * scale
     assert (got.argmax(-1) == reference.argmax(-1)).all()

@@ -134,7 +134,7 @@ def export(
             "format": writer.NAME,
             **written,
         }
-        write_card(tmp, {**full_record, "name": out.name}, job.source)
+        write_card(tmp, full_record, job.source)
         writer.check(tmp)
         full_record["files"] = file_hashes(tmp)
         (tmp / RECORD_FILE).write_text(json.dumps(full_record, indent=2) + "\n")

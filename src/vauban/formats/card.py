@@ -94,8 +94,8 @@ def write_card(folder: Path, record: dict[str, Any], source: ModelSource | None)
     header += ["tags:", "- abliterated", "- vauban", f"- {fmt}",
                f"library_name: {_LIBRARY.get(fmt, 'transformers')}", "pipeline_tag: text-generation",
                "---", ""]
-    name = folder.name if not folder.name.startswith(".") else "abliterated model"
-    body = [f"# {record.get('name', name)}", "",
+    title = facts.get("base_model", "").rsplit("/", 1)[-1] or "Model"
+    body = [f"# {title}, abliterated", "",
             f"An abliterated version of {facts.get('base_model', record.get('source', 'the source model'))}: "
             "[vauban](https://pypi.org/project/vauban/) measured the direction along which the model "
             "represents refusal and removed it from the weights that write into the residual stream "

@@ -249,7 +249,8 @@ def convert(job: ExportJob, folder: Path) -> dict[str, Any]:
             converted.unlink()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"dtype": DTYPE_NAMES[dtype] if quant in (None, "f32", "f16", "bf16") else None,
+    floats = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", None: DTYPE_NAMES[dtype]}
+    return {"dtype": floats.get(quant),
             "quantization": label, "gguf_file": out.name, "bytes": out.stat().st_size}
 
 

@@ -166,9 +166,11 @@ def load(path: str | os.PathLike[str], *, n_ctx: int = 1024, threads: int | None
 
 def first_token_logits(llm: Any, ids: Sequence[int]) -> np.ndarray:
     """llama.cpp's logits for the token after ``ids`` (a fresh context)."""
+    llama_cpp = need("llama_cpp", "gguf")
     llm.reset()
     llm.eval(list(ids))
-    return np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+    row = llama_cpp.llama_get_logits_ith(llm.ctx, -1)  # the last position's (logits_all=False)
+    return np.ctypeslib.as_array(row, shape=(llm.n_vocab(),)).astype(np.float32)
 
 
 def greedy(llm: Any, ids: Sequence[int], stops: Sequence[int], max_tokens: int) -> list[int]:
