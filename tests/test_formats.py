@@ -270,3 +270,114 @@ def test_gguf_check_finds_a_truncated_file(tmp_path):
     (tmp_path / "m.gguf").write_bytes(data[: len(data) - 1000])
     with pytest.raises(VaubanError, match=r"truncated|not a complete GGUF"):
         gguf_format.check(tmp_path)
+
+
+# --- CLI, atomicity, never overwriting ---------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_dir(tmp_path, tokenizer):
+    path = tmp_path / "tiny"
+    build_model("qwen2", dtype=torch.bfloat16).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    model, tok = load(path, device="cpu")
+    direction = _direction(model, tok)
+    direction.save(tmp_path / "d.safetensors")
+    return path
+
+
+@pytest.mark.parametrize(("fmt", "extra", "expect"), [
+    ("lora", [], "adapter_model.safetensors"),
+    ("mlx", ["--quant", "4"], "model.safetensors"),
+    ("safetensors", ["--dtype", "float32"], "model.safetensors"),
+])
+def test_cli_abliterate_format_flags(tiny_dir, tmp_path, capsys, fmt, extra, expect):
+    from vauban.cli import main
+
+    if fmt == "mlx":
+        pytest.importorskip("mlx_lm")
+    out = tmp_path / f"out-{fmt}"
+    code = main(["abliterate", str(tiny_dir), "-o", str(out), "--direction", str(tmp_path / "d.safetensors"),
+                 "--format", fmt, *extra, "--json", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((out / "vauban.json").read_text())
+    assert record["format"] == fmt and (out / expect).is_file() and (out / "README.md").is_file()
+    if fmt == "safetensors":
+        assert record["dtype"] == "float32"  # --dtype overrides the source's bfloat16
+    verify(out)
+
+
+def test_cli_rejects_a_bad_quant_before_loading(tiny_dir, tmp_path, capsys):
+    from vauban.cli import main
+
+    code = main(["abliterate", str(tiny_dir), "-o", str(tmp_path / "o"), "--format", "gguf",
+                 "--quant", "q9_z"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not a GGUF type" in err[0]
+
+
+def _export_child(fmt, gguf_source, direction_file, out, ready):
+    """A fresh (spawned) process exporting the tiny llama in ``fmt``, pausing once the weights
+    are written (the model card is next) so the parent can SIGKILL it there."""
+    import time
+
+    import vauban.exporting as exporting
+    from vauban import DirectionResult
+    from vauban.loading import remember_source
+
+    model, tokenizer = build_model("llama"), build_tokenizer()
+    if gguf_source:
+        remember_source(model, ModelSource(gguf_source, "gguf", gguf_source))
+    original = exporting.write_card
+
+    def pause(*args, **kwargs):
+        original(*args, **kwargs)
+        ready.set()
+        time.sleep(120)
+
+    exporting.write_card = pause
+    with cut(model, DirectionResult.load(direction_file)):
+        export(model, tokenizer, out, format=fmt, overwrite=True)
+
+
+@pytest.mark.parametrize("fmt", ["lora", "mlx", "gguf"])
+def test_every_format_is_atomic_and_never_overwrites(fmt, tokenizer, tmp_path):
+    """Never overwrite without asking; a SIGKILL mid-export leaves the old export complete."""
+    import multiprocessing
+    import os
+    import signal
+
+    from vauban.atomic import TEMP_TAG
+    from vauban.loading import remember_source
+
+    if fmt == "mlx":
+        pytest.importorskip("mlx_lm")
+    model = build_model("llama")
+    source = None
+    if fmt == "gguf":  # a GGUF source, so the export patches it with gguf-py or llama.cpp alone
+        source = str(tmp_path / "src.gguf")
+        _tiny_gguf(model, Path(source), {"o_proj": "Q8_0", "down_proj": "Q8_0"})
+        remember_source(model, ModelSource(source, "gguf", source))
+    direction = _direction(model, tokenizer)
+    direction.save(tmp_path / "d.safetensors")
+    out = tmp_path / "out"
+    with cut(model, direction):
+        export(model, tokenizer, out, format=fmt)
+        before = json.loads((out / "vauban.json").read_text())["files"]
+        with pytest.raises(VaubanError, match="not empty"):
+            export(model, tokenizer, out, format=fmt)
+    ctx = multiprocessing.get_context("spawn")  # MLX and llama.cpp threads do not survive a fork
+    ready = ctx.Event()
+    args = (fmt, source, str(tmp_path / "d.safetensors"), str(out), ready)
+    child = ctx.Process(target=_export_child, args=args)
+    child.start()
+    assert ready.wait(240), "the export never reached its model card"
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert [p for p in tmp_path.iterdir() if TEMP_TAG in p.name]  # the killed writer's leftover
+    verify(out)  # the old export, complete and unchanged
+    assert json.loads((out / "vauban.json").read_text())["files"] == before
+    with cut(model, direction):
+        export(model, tokenizer, out, format=fmt, overwrite=True)  # sweeps the leftover
+    assert not [p for p in tmp_path.iterdir() if TEMP_TAG in p.name]
+    assert verify(out).files == len(before)
