@@ -65,6 +65,7 @@ def llama_answers(path: Path, ids: list[list[int]], stops: list[int], tokenizer:
     texts = [decode_answer(tokenizer, llamacpp.greedy(llm, seq, stops, max_tokens), stops) for seq in ids]
     seconds = time.perf_counter() - start
     logits = np.stack([llamacpp.first_token_logits(llm, seq) for seq in ids[:logit_prompts]])
+    llm.close()
     return texts, logits, seconds
 
 
@@ -72,6 +73,7 @@ def mlx_answers(folder: Path, ids: list[list[int]], stops: list[int], tokenizer:
                 logit_prompts: int) -> tuple[list[str], np.ndarray, float]:
     import mlx.core as mx
     import mlx_lm
+    from mlx_lm.generate import generate_step
     from mlx_lm.sample_utils import make_sampler
 
     model, _ = mlx_lm.load(str(folder))
@@ -80,14 +82,25 @@ def mlx_answers(folder: Path, ids: list[list[int]], stops: list[int], tokenizer:
     texts = []
     for seq in ids:
         new = []
-        for token, _ in mlx_lm.generate_step(mx.array(seq), model, max_tokens=max_tokens, sampler=greedy):
+        for token, _ in generate_step(mx.array(seq), model, max_tokens=max_tokens, sampler=greedy):
             if int(token) in stops:
                 break
             new.append(int(token))
         texts.append(decode_answer(tokenizer, new, stops))
     seconds = time.perf_counter() - start
-    logits = np.stack([np.array(model(mx.array([seq]))[0, -1].astype(mx.float32)) for seq in ids[:logit_prompts]])
+    logits = np.stack([np.array(model(mx.array([seq]))[0, -1].astype(mx.float32))
+                       for seq in ids[:logit_prompts]])
     return texts, logits, seconds
+
+
+def save(results: dict[str, Any], path: str) -> None:
+    """Write what is measured so far (a long run that dies keeps its numbers)."""
+    Path(path).write_text(json.dumps(results, indent=1) + "\n")
+
+
+def same(texts: list[str], completions_: Any) -> int:
+    """How many answers are word for word the float32 model's."""
+    return sum(a == c.text for a, c in zip(texts, completions_, strict=True))
 
 
 def rate(texts: list[str]) -> float:
@@ -103,7 +116,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     results: dict[str, Any] = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-                               "judge": "vauban.refusal.is_refusal (markers)", "max_tokens": args.max_tokens,
+                               "judge": "vauban.refusal.is_refusal (markers)",
+                               "max_tokens": args.max_tokens,
                                "prompts": f"bundled eval_harmful[:{args.prompts}]", "formats": {}}
     model, tokenizer = quick.load()
     direction = measure(model, tokenizer, "harmful", "harmless")
@@ -126,9 +140,10 @@ def main() -> None:
             folder = export(model, tokenizer, root / name, direction=direction, **options)
             record = json.loads((folder / "vauban.json").read_text())
             formats[name] = {"options": options, "seconds": round(time.perf_counter() - start, 1),
-                             "weights_bytes": weights_bytes(folder), "quantization": record.get("quantization"),
-                             "dtype": record.get("dtype")}
+                             "weights_bytes": weights_bytes(folder),
+                             "quantization": record.get("quantization"), "dtype": record.get("dtype")}
             print(name, formats[name], flush=True)
+            save(results, args.out)
             return folder
 
         # safetensors in the source's dtype (float16 for a GGUF source), and float32 for scale
@@ -146,10 +161,12 @@ def main() -> None:
         gguf_file = folder / json.loads((folder / "vauban.json").read_text())["gguf_file"]
         texts, logits, seconds = llama_answers(gguf_file, ids, stops, tokenizer, args.max_tokens,
                                                args.logit_prompts)
-        formats["gguf"].update(source_bytes=json.loads((folder / "vauban.json").read_text())["source_bytes"],
-                               refusal=rate(texts), llama_cpp_answer_seconds=round(seconds, 1),
+        source_bytes = json.loads((folder / "vauban.json").read_text())["source_bytes"]
+        formats["gguf"].update(source_bytes=source_bytes, refusal=rate(texts),
+                               llama_cpp_answer_seconds=round(seconds, 1),
                                first_token=logit_stats(reference, logits),
-                               same_answer_as_float32=sum(a == c.text for a, c in zip(texts, floats, strict=True)))
+                               same_answer_as_float32=same(texts, floats))
+        save(results, args.out)
 
         # GGUF through llama.cpp's converter (what a Hugging Face source gets), f16 and q8_0
         for quant in ("f16", "q8_0"):
@@ -158,14 +175,15 @@ def main() -> None:
             out.mkdir()
             start = time.perf_counter()
             info = gguf_format.convert(ExportJob(model, tokenizer, None, quant, None, "demo"), out)
-            formats[name] = {"options": {"format": "gguf", "quant": quant, "source": "transformers directory"},
+            options = {"format": "gguf", "quant": quant, "source": "transformers directory"}
+            formats[name] = {"options": options,
                              "seconds": round(time.perf_counter() - start, 1), "weights_bytes": info["bytes"]}
-            texts, logits, seconds = llama_answers(out / info["gguf_file"], ids, stops, tokenizer,
-                                                   args.max_tokens, args.logit_prompts)
-            formats[name].update(refusal=rate(texts), first_token=logit_stats(reference, logits),
-                                 same_answer_as_float32=sum(a == c.text for a, c in zip(texts, floats,
-                                                                                       strict=True)))
+            llm = llamacpp.load(out / info["gguf_file"], n_ctx=512)
+            logits = np.stack([llamacpp.first_token_logits(llm, seq) for seq in ids[: args.logit_prompts]])
+            llm.close()
+            formats[name]["first_token"] = logit_stats(reference, logits)
             print(name, formats[name], flush=True)
+            save(results, args.out)
 
         # LoRA adapter on the original float32 model (a second copy, uncut)
         adapter = timed("lora", format="lora")
@@ -182,13 +200,13 @@ def main() -> None:
 
         # MLX 4-bit through mlx_lm's conversion, answered by mlx_lm
         folder = timed("mlx-4bit", format="mlx", quant="4")
-        texts, logits, seconds = mlx_answers(folder, ids, stops, tokenizer, args.max_tokens, args.logit_prompts)
+        texts, logits, seconds = mlx_answers(folder, ids, stops, tokenizer, args.max_tokens,
+                                             args.logit_prompts)
         formats["mlx-4bit"].update(refusal=rate(texts), mlx_answer_seconds=round(seconds, 1),
                                    first_token=logit_stats(reference, logits),
-                                   same_answer_as_float32=sum(a == c.text for a, c in zip(texts, floats,
-                                                                                         strict=True)))
+                                   same_answer_as_float32=same(texts, floats))
     results["edited_tensors"] = len(applied.edited)
-    Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    save(results, args.out)
     print(json.dumps(results, indent=1))
 
 

@@ -225,6 +225,18 @@ def _format_options(s: Settings) -> dict[str, Any]:
     return {"format": s.format, "quant": s.quant, "dtype": s.dtype}
 
 
+def _export_summary(report: Report, out: Path) -> None:
+    """The export's format, quantization and size (against the source's, for a patched GGUF)."""
+    record = json.loads((out / "vauban.json").read_text())
+    size = sum(f["bytes"] for f in record["files"].values())
+    line = f"  {record['format']}, {record.get('quantization') or record.get('dtype')}: {size / 1e6:.0f} MB"
+    if record.get("source_bytes"):
+        line += f" (source {record['source_bytes'] / 1e6:.0f} MB)"
+    report.say(line)
+    report.put("export", {k: record.get(k) for k in ("format", "quantization", "dtype", "source_bytes")}
+               | {"bytes": size})
+
+
 def _numbers(record: dict[str, Any]) -> dict[str, Any]:
     """An evaluation record without the per-prompt answers."""
     return {k: v for k, v in record.items() if k not in ("before", "after")}
@@ -269,6 +281,7 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
             export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite,
                    **_format_options(s))
     report.say(f"Cut alpha={s.alpha:g} from {len(applied.edited)} tensors; exported to {out}/ ({s.format})")
+    _export_summary(report, out)
     report.put("output_dir", str(out))
     report.put("alpha", s.alpha)
     report.put("edited_tensors", len(applied.edited))
