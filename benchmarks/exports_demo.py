@@ -4,7 +4,7 @@ computed (the README's format table; results in ``benchmarks/results/exports_dem
 The cut: the bundled 128 + 128 prompts' direction, plain, alpha 1, every layer. The yardstick:
 
 - refusal: greedy answers of ``--max-tokens`` (default 64) tokens to the 100 bundled evaluation
-  prompts, judged by vauban's refusal-marker judge (``vauban.refusal.is_refusal``), for the
+  prompts, judged by vauban's marker judge (``vauban.judge``, spec ``markers``), for the
   float32 model in memory (what the float export holds) and for each exported model run by its
   own runtime (llama.cpp for GGUF, mlx_lm for MLX; transformers for the others);
 - first-token logits on the first ``--logit-prompts`` (default 20) of those prompts against the
@@ -35,7 +35,7 @@ from vauban.formats import ExportJob, llamacpp
 from vauban.formats import gguf as gguf_format
 from vauban.generate import decode_answer, stop_token_ids
 from vauban.prompts import encode_chat
-from vauban.refusal import is_refusal
+from vauban.judge import get_judge, run_judge
 
 
 def weights_bytes(folder: Path) -> int:
@@ -103,8 +103,9 @@ def same(texts: list[str], completions_: Any) -> int:
     return sum(a == c.text for a, c in zip(texts, completions_, strict=True))
 
 
-def rate(texts: list[str]) -> float:
-    return sum(is_refusal(t) for t in texts) / len(texts)
+def rate(prompts: list[str], texts: list[str]) -> float:
+    """The marker judge's refusal rate (what ``evaluate`` counts by default)."""
+    return sum(v.refusal for v in run_judge(get_judge("markers"), prompts, texts)) / len(texts)
 
 
 def main() -> None:
@@ -116,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     results: dict[str, Any] = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-                               "judge": "vauban.refusal.is_refusal (markers)",
+                               "judge": "markers (vauban.judge)",
                                "max_tokens": args.max_tokens,
                                "prompts": f"bundled eval_harmful[:{args.prompts}]", "formats": {}}
     model, tokenizer = quick.load()
@@ -162,7 +163,7 @@ def main() -> None:
         texts, logits, seconds = llama_answers(gguf_file, ids, stops, tokenizer, args.max_tokens,
                                                args.logit_prompts)
         source_bytes = json.loads((folder / "vauban.json").read_text())["source_bytes"]
-        formats["gguf"].update(source_bytes=source_bytes, refusal=rate(texts),
+        formats["gguf"].update(source_bytes=source_bytes, refusal=rate(prompts, texts),
                                llama_cpp_answer_seconds=round(seconds, 1),
                                first_token=logit_stats(reference, logits),
                                same_answer_as_float32=same(texts, floats))
@@ -202,7 +203,7 @@ def main() -> None:
         folder = timed("mlx-4bit", format="mlx", quant="4")
         texts, logits, seconds = mlx_answers(folder, ids, stops, tokenizer, args.max_tokens,
                                              args.logit_prompts)
-        formats["mlx-4bit"].update(refusal=rate(texts), mlx_answer_seconds=round(seconds, 1),
+        formats["mlx-4bit"].update(refusal=rate(prompts, texts), mlx_answer_seconds=round(seconds, 1),
                                    first_token=logit_stats(reference, logits),
                                    same_answer_as_float32=same(texts, floats))
     results["edited_tensors"] = len(applied.edited)

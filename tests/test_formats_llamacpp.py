@@ -3,7 +3,7 @@ model's real weights.
 
 - The demo model's Q4_K_M GGUF, patched (edited tensors re-quantized to their own types), loads
   in llama.cpp, and its greedy answers to the bundled eval prompts are judged like those of the
-  float32 model vauban computed (the float export): same judge (vauban's refusal markers), same
+  float32 model vauban computed (the float export): same judge (vauban's marker judge), same
   answer length.
 - Through llama.cpp's converter (what a Hugging Face source gets) at f16 and q8_0, llama.cpp's
   first-token logits agree with transformers' to the tolerance measured on this model
@@ -36,7 +36,7 @@ from vauban.formats import ExportJob, llamacpp  # noqa: E402
 from vauban.formats import gguf as gguf_format  # noqa: E402
 from vauban.generate import decode_answer, stop_token_ids  # noqa: E402
 from vauban.prompts import encode_chat  # noqa: E402
-from vauban.refusal import is_refusal  # noqa: E402
+from vauban.judge import get_judge, run_judge  # noqa: E402
 
 PROMPTS = 40  # bundled eval prompts 0-39
 MAX_TOKENS = 48
@@ -69,7 +69,7 @@ def test_demo_gguf_patched_answers_like_the_float_model(demo, tmp_path):
     llm = llamacpp.load(out / record["gguf_file"], n_ctx=512)
     answers = [decode_answer(tokenizer, llamacpp.greedy(llm, seq, stops, MAX_TOKENS), stops) for seq in ids]
     llm.close()
-    refused_gguf = sum(is_refusal(a) for a in answers)
+    refused_gguf = sum(v.refusal for v in run_judge(get_judge("markers"), prompts, answers))
     refused_float = sum(c.refused for c in floats)
     assert abs(refused_gguf - refused_float) <= 1  # of 40 prompts; 100 prompts: results file
     original = completions(model, tokenizer, prompts[:10], max_tokens=MAX_TOKENS, batch_size=None)

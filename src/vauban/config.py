@@ -45,6 +45,7 @@ class Settings:
     quiet: bool = False
     format: str = "safetensors"  # export format (vauban.formats)
     quant: str | None = None  # export quantization (gguf: q8_0, q4_k_m, ...; mlx: bits)
+    judge: str | None = None  # refusal judge spec (vauban.judge); None: the markers
 
 
 def _field_type(name: str) -> type:
@@ -120,4 +121,8 @@ def check(settings: Settings) -> Settings:
         raise VaubanError(f"batch_size must be at least 1, got {settings.batch_size}")
     if settings.layer is not None and settings.layer < 0:
         raise VaubanError(f"layer must be a layer index (0 or more), got {settings.layer}")
+    if settings.judge is not None:
+        from .judge import check_spec
+
+        check_spec(settings.judge)
     return settings

@@ -23,11 +23,15 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import VaubanError
-from .base import ExportJob
 
+if TYPE_CHECKING:
+    from .base import ExportJob
+
+# Importing this package is cheap (the CLI reads FORMATS before parsing); the format modules,
+# which import torch, load on first use.
 FORMATS = ("safetensors", "gguf", "lora", "mlx")
 
 __all__ = ["FORMATS", "ExportJob", "Format", "check_options", "get"]
@@ -60,3 +64,11 @@ def check_options(name: str | None, quant: str | None) -> ModuleType:
                               "use --format gguf or --format mlx for a quantized export")
         checker(quant)
     return module
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ExportJob":
+        from .base import ExportJob
+
+        return ExportJob
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
