@@ -34,8 +34,8 @@ from vauban.evaluating import completions, default_eval_prompts
 from vauban.formats import ExportJob, llamacpp
 from vauban.formats import gguf as gguf_format
 from vauban.generate import decode_answer, stop_token_ids
-from vauban.prompts import encode_chat
 from vauban.judge import get_judge, run_judge
+from vauban.prompts import encode_chat
 
 
 def weights_bytes(folder: Path) -> int:

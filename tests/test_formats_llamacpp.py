@@ -13,12 +13,11 @@ model's real weights.
 from __future__ import annotations
 
 import json
+from importlib import metadata
 
 import numpy as np
 import pytest
 import torch
-
-from importlib import metadata
 
 pytest.importorskip("llama_cpp")  # the [gguf] extra, which [dev] includes
 pytestmark = pytest.mark.demo
@@ -35,8 +34,8 @@ from vauban.evaluating import completions, default_eval_prompts  # noqa: E402
 from vauban.formats import ExportJob, llamacpp  # noqa: E402
 from vauban.formats import gguf as gguf_format  # noqa: E402
 from vauban.generate import decode_answer, stop_token_ids  # noqa: E402
-from vauban.prompts import encode_chat  # noqa: E402
 from vauban.judge import get_judge, run_judge  # noqa: E402
+from vauban.prompts import encode_chat  # noqa: E402
 
 PROMPTS = 40  # bundled eval prompts 0-39
 MAX_TOKENS = 48
