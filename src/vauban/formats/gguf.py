@@ -85,7 +85,7 @@ def patch(job: ExportJob, source: Path, folder: Path) -> dict[str, Any]:
     replaced: dict[str, tuple[int, bytes]] = {}
     types: Counter[str] = Counter()
     params = dict(job.model.named_parameters())
-    for edit, tensor in zip(edits, _gguf_tensors(reader, edits), strict=True):
+    for edit, tensor in _gguf_tensors(reader, edits, tied=_tied_head(job.model)):
         values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         original = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
         if tuple(original.shape) != tuple(params[edit.name].shape):
@@ -108,8 +108,19 @@ def patch(job: ExportJob, source: Path, folder: Path) -> dict[str, Any]:
             "edited_tensor_types": dict(types)}
 
 
-def _gguf_tensors(reader: Any, edits: list[TensorEdit]) -> list[Any]:
-    """The GGUF tensor behind each edited parameter, found through gguf-py's name map."""
+def _tied_head(model: Any) -> str | None:
+    """The input embedding's parameter name when the output head shares it."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if head is None or emb is None or head.weight is not emb.weight:
+        return None
+    return next((n for n, p in model.named_parameters() if p is emb.weight), None)
+
+
+def _gguf_tensors(reader: Any, edits: list[TensorEdit], tied: str | None) -> list[tuple[TensorEdit, Any]]:
+    """The GGUF tensor behind each edited parameter, found through gguf-py's name map. A model
+    whose head shares the embedding (edited by ``embeddings=True``) may still ship a separate
+    ``output.weight`` in its GGUF, which llama.cpp uses: it gets the embedding's edit too."""
     import gguf
 
     arch_name = reader.fields["general.architecture"].contents()
@@ -126,7 +137,9 @@ def _gguf_tensors(reader: Any, edits: list[TensorEdit]) -> list[Any]:
         if name is None or name not in by_name:
             raise VaubanError(f"no GGUF tensor for {edit.name} ({name or 'no mapping'}); "
                               "export --format safetensors")
-        out.append(by_name[name])
+        out.append((edit, by_name[name]))
+        if edit.name == tied and "output.weight" in by_name:
+            out.append((edit, by_name["output.weight"]))
     return out
 
 
