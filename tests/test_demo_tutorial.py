@@ -122,7 +122,9 @@ def test_tutorial_end_to_end(tmp_path, loaded, direction):
     assert json.loads((out / "vauban.json").read_text())["dtype"] == "float16"
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     assert torch.equal(reloaded.state_dict()[writer_name].half(), cut_writer)
-    assert torch.allclose(first_logits(reloaded, tokenizer), expected, atol=HALF_ATOL, rtol=0)
+    half_diff = (first_logits(reloaded, tokenizer) - expected).abs().max().item()
+    print(f"float16 export vs float32 cut model: max |Δ logit| {half_diff:.4f}")
+    assert half_diff < HALF_ATOL
     del reloaded
 
     import mlx_lm
@@ -130,7 +132,9 @@ def test_tutorial_end_to_end(tmp_path, loaded, direction):
     modified_model, _ = mlx_lm.load(str(out))
     timer.lap("mlx_lm.load")
     converted = quick.as_torch(modified_model)
-    assert torch.allclose(first_logits(converted, tokenizer), expected, atol=HALF_ATOL, rtol=0)
+    mlx_diff = (first_logits(converted, tokenizer) - expected).abs().max().item()
+    print(f"float16 export through mlx_lm vs float32 cut model: max |Δ logit| {mlx_diff:.4f}")
+    assert mlx_diff < HALF_ATOL
 
     before = quick.probe_prompt(model, tokenizer, HARMFUL_PROBE, abliterated)
     after = quick.probe_prompt(modified_model, tokenizer, HARMFUL_PROBE, abliterated)
