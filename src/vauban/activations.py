@@ -16,6 +16,7 @@ from torch import nn
 
 from . import arch
 from .batching import default_batch_size, left_pad, progress, sorted_batches
+from .formatting import Formatting
 from .prompts import check_tokenizer, encode_chat, pad_id
 
 
@@ -37,17 +38,20 @@ def last_token_residuals(
     batch_size: int | None = None,
     show_progress: bool | None = None,
     desc: str = "activations",
+    formatting: Formatting | None = None,
+    prompt_set: str | None = None,
 ) -> torch.Tensor:
     """Float32 tensor ``(len(prompts), len(layers), d_model)`` on the CPU.
 
     ``layers`` defaults to every decoder layer; entry ``[i, j]`` is the residual stream after
-    layer ``layers[j]`` at the last token of the chat-formatted prompt ``i``.
+    layer ``layers[j]`` at the last token of the chat-formatted prompt ``i`` (formatted with
+    ``formatting``, and the system prompt of ``prompt_set``: see :mod:`vauban.formatting`).
     """
     check_tokenizer(model, tokenizer)
     blocks = arch.decoder_layers(model)
     wanted = list(range(len(blocks))) if layers is None else list(layers)
     device = model_device(model)
-    ids = encode_chat(tokenizer, prompts)
+    ids = encode_chat(tokenizer, prompts, formatting, prompt_set)
     out = torch.empty(len(ids), len(wanted), arch.d_model(model), dtype=torch.float32)
     captured: dict[int, torch.Tensor] = {}
     last = max(wanted)

@@ -84,6 +84,7 @@ def cut_record(source: str, applied: Cut, direction: DirectionResult) -> dict[st
         "embeddings": applied.embeddings,
         "edited_tensors": len(applied.edited),
         "cut": applied.record(),
+        "formatting": None if direction.formatting is None else direction.formatting.record(),
         "direction": direction.record(),
     }
 

@@ -22,13 +22,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, StaticCache
+from transformers import GenerationConfig, StaticCache, StoppingCriteriaList
 from transformers.cache_utils import StaticLayer
 
 from .activations import model_device
 from .batching import batch_size_for, default_batch_size, left_pad, progress, sorted_batches
 from .errors import VaubanError
+from .formatting import Formatting
 from .prompts import check_tokenizer, encode_chat, pad_id
+from .reasoning import Decoder, budget, stop_markers
 
 # End-of-turn markers of common chat templates; whichever exist in a vocabulary also stop.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
@@ -44,7 +46,9 @@ def stop_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
         elif isinstance(value, (list, tuple)):
             ids.update(int(v) for v in value)
     vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in _END_OF_TURN if t in vocab)
+    stop, never = stop_markers(tokenizer)  # <|end|> ends GPT-OSS's analysis, not its answer
+    ids.update(vocab[t] for t in (*_END_OF_TURN, *stop) if t in vocab and t not in never)
+    ids.difference_update(vocab[t] for t in never if t in vocab)
     return sorted(ids)
 
 
@@ -70,19 +74,28 @@ def generate(
     batch_size: int | None = None,
     show_progress: bool | None = None,
     desc: str = "generate",
+    formatting: Formatting | None = None,
+    prompt_set: str | None = None,
 ) -> list[str]:
-    """Greedy answers to chat-formatted ``prompts``, in input order."""
+    """Greedy answers to chat-formatted ``prompts``, in input order.
+
+    ``formatting`` / ``prompt_set``: how prompts are formatted (:mod:`vauban.formatting`). A
+    thinking model gets its thinking budget on top of ``max_tokens``, which counts the reply's
+    tokens; answers come in :mod:`vauban.reasoning`'s form (``<think>…</think>reply``).
+    """
     check_max_tokens(max_tokens)
     check_tokenizer(model, tokenizer)
     device = model_device(model)
-    ids = encode_chat(tokenizer, prompts)
+    ids = encode_chat(tokenizer, prompts, formatting, prompt_set)
     pad = pad_id(tokenizer)
     stops = stop_token_ids(model, tokenizer)
-    config = greedy_config(model, tokenizer, max_tokens)
+    decoder = Decoder.make(tokenizer, formatting, stops, max_tokens)
+    new_tokens = max_tokens + budget(tokenizer, formatting)
+    config = greedy_config(model, tokenizer, new_tokens)
     answers: list[str] = [""] * len(ids)
     fast = device.type == "cuda" and fast_loop_ok(model)
     if batch_size is None:
-        longest = max((len(x) for x in ids), default=0) + max_tokens
+        longest = max((len(x) for x in ids), default=0) + new_tokens
         # the static cache is allocated once for the whole batch: size it from free memory
         batch_size = (batch_size_for(model, longest, len(ids), cache=True, saturate=False) if fast
                       else default_batch_size(device))
@@ -90,12 +103,14 @@ def generate(
     for batch in progress(batches, desc, show_progress):
         input_ids, mask, _ = left_pad([ids[i] for i in batch], pad, device)
         if fast:
-            new = static_greedy(model, input_ids, mask, max_tokens, stops, pad).tolist()
+            new = static_greedy(model, input_ids, mask, new_tokens, stops, pad).tolist()
         else:
-            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+            budget_ = decoder.stopping(input_ids.shape[1]) if new_tokens > max_tokens else None
+            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
+                                 stopping_criteria=StoppingCriteriaList([budget_] if budget_ else []))
             new = out[:, input_ids.shape[1] :].tolist()
         for row, index in enumerate(batch):
-            answers[index] = decode_answer(tokenizer, new[row], stops)
+            answers[index] = decoder(new[row])
     return answers
 
 
@@ -230,9 +245,3 @@ def _step_then_capture(step: Any) -> Any:
         warnings.warn(f"decode step not capturable as a CUDA graph, running it eagerly: {err}", stacklevel=3)
         return step
     return cuda_graph.replay
-
-
-def decode_answer(tokenizer: Any, new_tokens: list[int], stops: Sequence[int]) -> str:
-    """Text of the generated tokens up to the first stop token."""
-    end = next((i for i, t in enumerate(new_tokens) if t in stops), len(new_tokens))
-    return tokenizer.decode(new_tokens[:end], skip_special_tokens=True).strip()

@@ -44,6 +44,7 @@ from torch import nn
 from . import arch
 from .activations import last_token_residuals
 from .errors import VaubanError
+from .formatting import Formatting
 from .loading import model_label
 from .prompts import Prompts, load_prompts
 from .results import DirectionResult, SubspaceResult, check_layer, unit_rows
@@ -82,19 +83,25 @@ def measure(
     layer: int | None = None,
     batch_size: int | None = None,
     show_progress: bool | None = None,
+    formatting: Formatting | None = None,
 ) -> DirectionResult:
-    """Measure the refusal direction; ``layer`` forces a layer instead of the best-scoring one."""
+    """Measure the refusal direction; ``layer`` forces a layer instead of the best-scoring one.
+
+    ``formatting`` (:mod:`vauban.formatting`): how the prompts are formatted, which should be how
+    the model will be used; it is recorded in the result with its defaults written out.
+    """
     if layer is not None:  # before the forward passes, not after them
         check_layer(layer, arch.num_layers(model))
     harmful_prompts = load_prompts(harmful, what="harmful prompts")
     harmless_prompts = load_prompts(harmless, what="harmless prompts")
+    fmt = (formatting or Formatting()).resolved(tokenizer)
     h = last_token_residuals(
         model, tokenizer, harmful_prompts, batch_size=batch_size, show_progress=show_progress,
-        desc="harmful",
+        desc="harmful", formatting=fmt, prompt_set="harmful",
     )
     b = last_token_residuals(
         model, tokenizer, harmless_prompts, batch_size=batch_size, show_progress=show_progress,
-        desc="harmless",
+        desc="harmless", formatting=fmt, prompt_set="harmless",
     )
     scores, directions, h_mean, b_mean = cosine_separation(h, b)
     if not torch.isfinite(scores).all():
@@ -110,6 +117,7 @@ def measure(
         harmless_means=b_mean,
         n_harmful=len(harmful_prompts),
         n_harmless=len(harmless_prompts),
+        formatting=fmt,
     )
 
 
@@ -151,6 +159,7 @@ def measure_subspace(
     layer: int | None = None,
     batch_size: int | None = None,
     show_progress: bool | None = None,
+    formatting: Formatting | None = None,
 ) -> SubspaceResult:
     """A ``k``-dimensional refusal subspace at ``layer`` (default: the best-scoring layer).
 
@@ -165,10 +174,13 @@ def measure_subspace(
     harmless_prompts = load_prompts(harmless, what="harmless prompts")
     if k > len(harmful_prompts):
         raise VaubanError(f"k={k} needs at least {k} harmful prompts, got {len(harmful_prompts)}")
+    fmt = (formatting or Formatting()).resolved(tokenizer)
     h = last_token_residuals(model, tokenizer, harmful_prompts, batch_size=batch_size,
-                             show_progress=show_progress, desc="harmful")
+                             show_progress=show_progress, desc="harmful", formatting=fmt,
+                             prompt_set="harmful")
     b = last_token_residuals(model, tokenizer, harmless_prompts, batch_size=batch_size,
-                             show_progress=show_progress, desc="harmless")
+                             show_progress=show_progress, desc="harmless", formatting=fmt,
+                             prompt_set="harmless")
     scores, directions, _, b_mean = cosine_separation(h, b)
     best = int(scores.argmax()) if layer is None else check_layer(layer, len(scores))
     u = directions[best].double()
@@ -182,4 +194,5 @@ def measure_subspace(
         singular_values=(float(along.norm()), *(float(v) for v in values[: k - 1])),
         d_model=arch.d_model(model),
         model_path=model_label(model),
+        formatting=fmt,
     )

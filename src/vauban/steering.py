@@ -25,9 +25,11 @@ from torch import nn
 from . import arch
 from .cutting import Direction, layer_bases
 from .errors import VaubanError
+from .formatting import Formatting, formatting_for
 from .generate import check_max_tokens, generate
 from .judge import Judge, get_judge, run_judge
 from .prompts import load_prompts
+from .reasoning import split_reasoning
 from .results import DirectionResult, SteerResult, SubspaceResult, check_alpha, check_layer
 
 
@@ -138,10 +140,13 @@ def steer_generate(
     max_tokens: int = 100,
     layers: Sequence[int] | None = None,
     batch_size: int | None = None,
+    formatting: Formatting | None = None,
 ) -> list[str]:
-    """Greedy answers to many prompts under steering."""
+    """Greedy answers to many prompts under steering (formatted with ``formatting`` over the
+    direction's own)."""
     with Steering(model, direction, alpha, layers=layers):
-        return generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size)
+        return generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size,
+                        formatting=formatting_for(direction, formatting), prompt_set="steer")
 
 
 def steer(
@@ -154,13 +159,16 @@ def steer(
     max_tokens: int = 100,
     layers: Sequence[int] | None = None,
     judge: str | Judge | None = None,
+    formatting: Formatting | None = None,
 ) -> SteerResult:
     """Generate one answer under steering, recording per-token projections; ``judge`` decides
-    whether it is a refusal (default: markers)."""
+    whether its reply is a refusal (default: markers; a thinking model's thoughts stay in
+    ``text``)."""
     (text,) = load_prompts([prompt], what="prompt")
     check_max_tokens(max_tokens)
     with Steering(model, direction, alpha, layers=layers, record=True) as hooks:
-        (answer,) = generate(model, tokenizer, [text], max_tokens=max_tokens)
+        (answer,) = generate(model, tokenizer, [text], max_tokens=max_tokens,
+                             formatting=formatting_for(direction, formatting), prompt_set="steer")
     measured = isinstance(direction, (DirectionResult, SubspaceResult))
     layer = direction.layer_index if measured else len(hooks.blocks) - 1
     return SteerResult(
@@ -170,5 +178,5 @@ def steer(
         layer_index=layer,
         projections_before=tuple(tuple(r) for r in hooks.before),
         projections_after=tuple(tuple(r) for r in hooks.after),
-        refused=run_judge(get_judge(judge), [text], [answer])[0].refusal,
+        refused=run_judge(get_judge(judge), [text], [split_reasoning(answer)[1]])[0].refusal,
     )
