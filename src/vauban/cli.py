@@ -317,7 +317,8 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
         with report.step(f"export to {out}/", "export"):
             export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite,
                    **_format_options(s))
-    report.say(f"Cut alpha={spec.alpha:g} from {len(applied.edited)} tensors; exported to {out}/ ({s.format})")
+    report.say(f"Cut alpha={spec.alpha:g} from {len(applied.edited)} tensors; "
+               f"exported to {out}/ ({s.format})")
     _export_summary(report, out)
     report.put("cut", spec.record())
     report.put("output_dir", str(out))
