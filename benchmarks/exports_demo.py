@@ -6,11 +6,12 @@ The cut: the bundled 128 + 128 prompts' direction, plain, alpha 1, every layer. 
 - refusal: greedy answers of ``--max-tokens`` (default 64) tokens to the 100 bundled evaluation
   prompts, judged by vauban's marker judge (``vauban.judge``, spec ``markers``), for the
   float32 model in memory (what the float export holds) and for each exported model run by its
-  own runtime (llama.cpp for GGUF, mlx_lm for MLX; transformers for the others);
+  own runtime (llama.cpp for GGUF, mlx_lm for MLX, on its first ``--mlx-prompts``; transformers
+  for the others); the uncut model's rate on the first ``--original-prompts``, for context;
 - first-token logits on the first ``--logit-prompts`` (default 20) of those prompts against the
   float32 model in memory: max |Δ|, mean |Δ|, and top-1 agreement.
 
-Run (about 20 minutes on 2 CPU cores)::
+Run (about 15 minutes on 2 CPU cores)::
 
     python benchmarks/exports_demo.py --out benchmarks/results/exports_demo.json
 """
@@ -114,6 +115,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--logit-prompts", type=int, default=20)
+    parser.add_argument("--original-prompts", type=int, default=20, help="the uncut model: context")
+    parser.add_argument("--mlx-prompts", type=int, default=40, help="mlx_lm on a CPU is the slowest")
     args = parser.parse_args()
     torch.manual_seed(0)
     results: dict[str, Any] = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
@@ -125,8 +128,10 @@ def main() -> None:
     prompts = default_eval_prompts(args.prompts)
     ids = encode_chat(tokenizer, prompts)
     stops = stop_token_ids(model, tokenizer)
-    original = completions(model, tokenizer, prompts, max_tokens=args.max_tokens, batch_size=None)
+    original = completions(model, tokenizer, prompts[: args.original_prompts], max_tokens=args.max_tokens,
+                           batch_size=None)
     results["refusal_original"] = sum(c.refused for c in original) / len(original)
+    results["original_prompts"] = len(original)
     formats = results["formats"]
     with tempfile.TemporaryDirectory(dir=".") as tmp, cut(model, direction) as applied:
         root = Path(tmp)
@@ -201,11 +206,14 @@ def main() -> None:
 
         # MLX 4-bit through mlx_lm's conversion, answered by mlx_lm
         folder = timed("mlx-4bit", format="mlx", quant="4")
-        texts, logits, seconds = mlx_answers(folder, ids, stops, tokenizer, args.max_tokens,
+        n = args.mlx_prompts
+        texts, logits, seconds = mlx_answers(folder, ids[:n], stops, tokenizer, args.max_tokens,
                                              args.logit_prompts)
-        formats["mlx-4bit"].update(refusal=rate(prompts, texts), mlx_answer_seconds=round(seconds, 1),
+        formats["mlx-4bit"].update(refusal=rate(prompts[:n], texts), prompts=n,
+                                   refusal_float32_same_prompts=sum(c.refused for c in floats[:n]) / n,
+                                   mlx_answer_seconds=round(seconds, 1),
                                    first_token=logit_stats(reference, logits),
-                                   same_answer_as_float32=same(texts, floats))
+                                   same_answer_as_float32=same(texts, floats[:n]))
     results["edited_tensors"] = len(applied.edited)
     save(results, args.out)
     print(json.dumps(results, indent=1))
