@@ -1,4 +1,4 @@
-"""GGUF exports checked by llama.cpp itself (llama-cpp-python, the ``[gguf]`` extra), on the demo
+"""GGUF exports checked by llama.cpp itself (llama-cpp-python, the ``[llamacpp]`` extra), on the demo
 model's real weights.
 
 - The demo model's Q4_K_M GGUF, patched (edited tensors re-quantized to their own types), loads
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("llama_cpp")  # the [gguf] extra, which [dev] includes
+pytest.importorskip("llama_cpp")  # the [llamacpp] extra, which [dev] includes
 pytestmark = pytest.mark.demo
 try:
     from vauban.loading import DEMO_PACKAGES

@@ -61,7 +61,7 @@ from . import arch, kernels
 from .errors import VaubanError
 from .results import DirectionResult, SubspaceResult, check_alpha, check_layer, unit_vector
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # the dtypes a cut edits
 _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16,
              torch.float32: torch.int32, torch.float64: torch.int64}
 
@@ -131,7 +131,7 @@ class _Edit:
     factors: torch.Tensor | None  # norm-preserving rescale per written vector, (..., 1), or None
     patch_index: torch.Tensor  # flat indices where the replayed undo misses the original bits
     patch_values: torch.Tensor  # the original values there
-    fingerprint: float = 0.0  # of the original weights, checked when re-applying a cached edit
+    fingerprint: torch.Tensor | None = None  # _checksum of the original weights, checked on re-apply
     fused: bool = False  # applied by vauban.kernels (rank 1, CUDA, 16-bit), so re-applied and undone by it
 
 
@@ -148,9 +148,33 @@ def _compute_dtype(param: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
-def _fingerprint(param: torch.Tensor) -> float:
-    """A cheap checksum of a strided sample, to notice weights changed behind a cut's back."""
-    return float(param.detach().reshape(-1)[::4099].double().sum())
+def _checksum(param: torch.Tensor) -> torch.Tensor:
+    """Every bit of ``param`` summed as integers (int64, wrapping): a 0-d tensor on the weights'
+    device, so computing it waits for nothing.
+
+    A cut re-applied after :meth:`Cut.undo` reuses its cached edit only when the weights are
+    still the ones it was computed from; this notices weights changed behind its back (an
+    optimizer step, a ``load_state_dict``, another library's edit): any change to one element
+    changes the sum, exactly, on every device. Reading the tensor once costs less than the
+    re-application it guards (one read and one write). Only changes crafted to cancel out (two
+    elements moved by opposite bit deltas) would pass unnoticed.
+    """
+    return param.detach().reshape(-1).view(_INT_VIEW[param.dtype]).sum(dtype=torch.int64)
+
+
+def _unchanged(edits: Sequence[_Edit]) -> bool:
+    """Whether every edited tensor still holds the weights its edit was made from (the same
+    :func:`_checksum`; one host read per device)."""
+    if any(e.param.dtype not in _INT_VIEW or e.param.dtype != e.patch_values.dtype for e in edits):
+        return False
+    devices: dict[torch.device, list[_Edit]] = {}
+    for edit in edits:
+        devices.setdefault(edit.param.device, []).append(edit)
+    return all(
+        torch.equal(torch.stack([_checksum(e.param) for e in group]),
+                    torch.stack([e.fingerprint for e in group]))  # type: ignore[misc]
+        for group in devices.values()
+    )
 
 
 class _Work:
@@ -286,23 +310,42 @@ def _parts(edit: _Edit) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor |
     return out
 
 
-def _apply_edit(
-    name: str, param: nn.Parameter, axis: int, basis: torch.Tensor, alpha: float, norm_preserving: bool
-) -> _Edit:
-    if param.dtype not in _FLOAT_DTYPES:
+def _fusable(param: nn.Parameter, basis: torch.Tensor, norm_preserving: bool) -> bool:
+    """Whether :mod:`vauban.kernels` applies this edit (one direction, 16-bit CUDA weights)."""
+    return not norm_preserving and basis.shape[0] == 1 and kernels.supported(param.data)
+
+
+def _check_float(name: str, param: nn.Parameter) -> None:
+    if param.dtype not in FLOAT_DTYPES:
         raise VaubanError(
             f"{name} has {param.dtype} weights: a cut needs float weights; load the model with "
             "vauban.load (it dequantizes) instead of cutting quantized modules"
         )
+
+
+def _apply_fused(targets: Sequence[tuple[str, nn.Parameter, int, torch.Tensor, float]]) -> list[_Edit]:
+    """Apply rank-1 edits through the fused kernels: every matrix launched, then one host read
+    (:func:`vauban.kernels.apply_many`)."""
     with torch.no_grad():
-        fingerprint = _fingerprint(param)
+        fingerprints = [_checksum(param) for _, param, _, _, _ in targets]
+        done = kernels.apply_many([(param.data.movedim(axis, -1), q[0], alpha)
+                                   for _, param, axis, q, alpha in targets])
+    return [
+        _Edit(name, param, axis, alpha, q, removed[:, None], None, index, values, fingerprint, fused=True)
+        for (name, param, axis, q, alpha), (removed, index, values), fingerprint
+        in zip(targets, done, fingerprints, strict=True)
+    ]
+
+
+def _apply_edit(
+    name: str, param: nn.Parameter, axis: int, basis: torch.Tensor, alpha: float, norm_preserving: bool
+) -> _Edit:
+    _check_float(name, param)
+    with torch.no_grad():
+        fingerprint = _checksum(param)
         view = param.data.movedim(axis, -1)
         cd = _compute_dtype(param)
         q = basis.to(device=param.device, dtype=cd)
-        if not norm_preserving and q.shape[0] == 1 and kernels.supported(param.data):
-            removed, index, values = kernels.apply_(view, q[0], alpha)  # one fused pass
-            return _Edit(name, param, axis, alpha, q, removed[:, None], None, index, values,
-                         fingerprint, fused=True)
         removed_parts, factor_parts, index_parts, value_parts = [], [], [], []
         work = None
         for offset, piece in pieces(param.data):  # expert by expert for fused MoE tensors
@@ -413,6 +456,11 @@ def layer_weights(spec: LayerWeights | None, num_layers: int, what: str) -> tupl
     return tuple(check_alpha(w) for w in weights)
 
 
+# The cuts applied to each model, oldest first: the one piece of module-level state the cut keeps,
+# and on purpose. ``evaluate(model, model)``, ``original_weights`` and ``optimize`` must find the
+# cuts a caller applied elsewhere (a ``with cut(...)`` block holds the Cut, not they), and undo
+# must refuse to run out of order; an argument would not reach them. Weak keys: a model that is
+# garbage-collected takes its entry along, and vauban sets no attribute on the user's model.
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[Cut]] = weakref.WeakKeyDictionary()
 
 
@@ -516,18 +564,28 @@ class Cut:
         """Apply (or re-apply after :meth:`undo`) the edit."""
         if self.applied:
             raise VaubanError("this cut is already applied")
-        if self._edits and all(_fingerprint(e.param) == e.fingerprint for e in self._edits):
+        if self._edits and _unchanged(self._edits):
             for edit in self._edits:  # re-applying after undo: the weights are the originals
                 _reapply_edit(edit)
         else:
             seen: set[int] = set()
-            edits = []
+            edits: list[_Edit] = []
+            fused = []
+            # one copy per basis and device (keyed by address; the CPU tensor is kept alive with
+            # its copy, so no other basis can take its address during the loop)
+            on_device: dict[tuple[int, tuple[int, ...], torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
             for name, param, axis, basis, alpha in self._targets():
                 if id(param) in seen:  # a parameter shared by two paths is edited once
                     continue
                 seen.add(id(param))
-                edits.append(_apply_edit(name, param, axis, basis, alpha, self.norm_preserving))
-            self._edits = edits
+                if _fusable(param, basis, self.norm_preserving):
+                    key = (basis.data_ptr(), tuple(basis.shape), param.device)
+                    if key not in on_device:
+                        on_device[key] = (basis, basis.to(device=param.device, dtype=torch.float32))
+                    fused.append((name, param, axis, on_device[key][1], alpha))
+                else:
+                    edits.append(_apply_edit(name, param, axis, basis, alpha, self.norm_preserving))
+            self._edits = edits + (_apply_fused(fused) if fused else [])
         self.applied = True
         _ACTIVE.setdefault(self.model, []).append(self)
         return self

@@ -16,6 +16,7 @@ direction (or subspace) per layer, a ``(layers, k, d)`` tensor, as :func:`vauban
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from . import arch
 from .cutting import Direction, layer_bases
 from .errors import VaubanError
 from .formatting import Formatting, formatting_for
-from .generate import check_max_tokens, generate
+from .generate import check_max_tokens, generate, mark_graph_safe
 from .judge import Judge, get_judge, run_judge
 from .prompts import load_prompts
 from .reasoning import split_reasoning
@@ -113,14 +114,16 @@ class Steering:
     def __enter__(self) -> Steering:
         # prepend: hooks installed earlier (transformers' own output recorders, a user's probes)
         # must see the steered stream, whatever order they were registered in
+        # without ``record`` the hooks are pure tensor work: a replayed CUDA graph stands in for
+        # them, so steered generation keeps the fast loop's graph
+        mark = (lambda h: h) if self.record else mark_graph_safe
         self._handles = [
-            self.blocks[i].register_forward_hook(self._hook(i), prepend=True) for i in self.layers
+            self.blocks[i].register_forward_hook(mark(self._hook(i)), prepend=True) for i in self.layers
         ]
         if 0 in self.layers:
+            steer_input = functools.partial(Steering._steer_input, self)
             self._handles.append(
-                self.blocks[0].register_forward_pre_hook(
-                    self._steer_input, with_kwargs=True, prepend=True
-                )
+                self.blocks[0].register_forward_pre_hook(mark(steer_input), with_kwargs=True, prepend=True)
             )
         return self
 

@@ -196,7 +196,7 @@ def quantize(values: np.ndarray, qtype: Any, name: str) -> bytes:
         return gguf.quants.quantize(values, qtype).tobytes()
     except NotImplementedError:
         raise VaubanError(f"{name} is {qtype.name}, which only llama.cpp's quantizer writes: install it "
-                          "with pip install 'vauban[gguf]', or pass --quant q8_0") from None
+                          "with pip install 'vauban[llamacpp]', or pass --quant q8_0") from None
 
 
 def write_patched(reader: Any, source: Path, replaced: dict[str, tuple[int, bytes]], out: Path) -> None:
@@ -242,7 +242,7 @@ def convert(job: ExportJob, folder: Path) -> dict[str, Any]:
     """The cut model as a transformers directory, then llama.cpp's converter and quantizer."""
     from . import llamacpp
 
-    need("llama_cpp", "gguf")
+    need("llama_cpp", "llamacpp")
     quant = job.quant.lower() if job.quant else None
     dtype = job.float_dtype()
     first = quant if quant in CONVERTER_TYPES else _FLOAT_OUT[dtype]

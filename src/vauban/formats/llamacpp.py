@@ -1,4 +1,4 @@
-"""llama.cpp, reached through ``llama-cpp-python`` (the ``[gguf]`` extra): its quantizer, its
+"""llama.cpp, reached through ``llama-cpp-python`` (the ``[llamacpp]`` extra): its quantizer, its
 converter, and running a GGUF to check an export.
 
 - **Quantizer.** ``llama-cpp-python`` ships llama.cpp's ggml library; ``ggml_quantize_chunk``
@@ -37,7 +37,7 @@ from ..errors import VaubanError
 from ..loading import cache_dir
 from .base import need
 
-EXTRA = "pip install 'vauban[gguf]'"
+EXTRA = "pip install 'vauban[llamacpp]'"
 _CONVERTER = "convert_hf_to_gguf.py"
 _KEEP = (_CONVERTER, "conversion/", "gguf-py/", "LICENSE")
 
@@ -49,7 +49,7 @@ def available() -> bool:
 @functools.cache
 def _ggml() -> Any:
     """llama-cpp-python's ggml library, with the quantization entry points typed."""
-    llama_cpp = need("llama_cpp", "gguf")
+    llama_cpp = need("llama_cpp", "llamacpp")
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
     candidates = [p for stem in ("ggml-base", "ggml") for p in sorted(lib_dir.glob(f"*{stem}.*"))
                   if p.suffix in (".so", ".dylib", ".dll")]
@@ -84,7 +84,7 @@ def quantize_rows(values: np.ndarray, qtype: int) -> bytes:
 
 def file_type(quant: str) -> int:
     """llama.cpp's ``LLAMA_FTYPE_*`` for ``q4_k_m`` and the like."""
-    llama_cpp = need("llama_cpp", "gguf")
+    llama_cpp = need("llama_cpp", "llamacpp")
     key = quant.upper()
     for prefix in ("LLAMA_FTYPE_MOSTLY_", "LLAMA_FTYPE_ALL_"):
         if hasattr(llama_cpp, prefix + key):
@@ -96,7 +96,7 @@ def file_type(quant: str) -> int:
 
 def quantize_file(source: Path, out: Path, quant: str) -> None:
     """Re-quantize a whole GGUF with llama.cpp's ``llama_model_quantize`` (the llama-quantize tool)."""
-    llama_cpp = need("llama_cpp", "gguf")
+    llama_cpp = need("llama_cpp", "llamacpp")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = file_type(quant)
     params.nthread = os.cpu_count() or 1
@@ -114,7 +114,7 @@ def converter_dir() -> Path:
             raise VaubanError(f"VAUBAN_LLAMA_CPP={env} holds no {_CONVERTER}; "
                               "point it at a llama.cpp checkout")
         return folder
-    need("llama_cpp", "gguf")
+    need("llama_cpp", "llamacpp")
     version = metadata.version("llama_cpp_python")
     target = cache_dir() / "llama.cpp" / version
     if not (target / _CONVERTER).is_file():
@@ -159,14 +159,14 @@ def convert_hf(hf_dir: Path, out: Path, outtype: str) -> None:
 
 def load(path: str | os.PathLike[str], *, n_ctx: int = 1024, threads: int | None = None) -> Any:
     """A ``llama_cpp.Llama`` on the CPU, quiet."""
-    llama_cpp = need("llama_cpp", "gguf")
+    llama_cpp = need("llama_cpp", "llamacpp")
     return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(), n_gpu_layers=0,
                            verbose=False)
 
 
 def first_token_logits(llm: Any, ids: Sequence[int]) -> np.ndarray:
     """llama.cpp's logits for the token after ``ids`` (a fresh context)."""
-    llama_cpp = need("llama_cpp", "gguf")
+    llama_cpp = need("llama_cpp", "llamacpp")
     llm.reset()
     llm.eval(list(ids))
     row = llama_cpp.llama_get_logits_ith(llm.ctx, -1)  # the last position's (logits_all=False)
