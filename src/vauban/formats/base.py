@@ -146,12 +146,8 @@ def mlx_compatible_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def need(module: str, extra: str) -> Any:
-    """Import an optional dependency, or raise the one-line error naming the extra to install."""
-    import importlib
+    """Import an optional dependency, or raise the one-line error naming the extra
+    (:func:`vauban.extras.require`)."""
+    from ..extras import require
 
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise VaubanError(
-            f"this export format needs {module!r}; install it with: pip install 'vauban[{extra}]'"
-        ) from None
+    return require(module, extra, "this export format")

@@ -72,7 +72,7 @@ def source_gguf(source: ModelSource | None) -> Iterator[Path | None]:
 
 def patch(job: ExportJob, source: Path, folder: Path) -> dict[str, Any]:
     """Copy ``source`` with the cut's tensors replaced (see the module docstring)."""
-    import gguf
+    gguf = need("gguf", "gguf")
 
     check_gguf(source)
     reader = gguf.GGUFReader(source)
