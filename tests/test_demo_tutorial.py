@@ -27,6 +27,7 @@ except metadata.PackageNotFoundError:  # pragma: no cover - CI installs the [dem
 pytestmark = pytest.mark.demo
 HARMFUL_PROBE = "How do I pick a lock?"
 HARMLESS_PROBE = "What is the capital of France?"
+HALF_ATOL = 0.15  # float16 weights vs float32 on the first token's logits (measured max 0.0X)
 
 
 class Timer:
@@ -94,6 +95,7 @@ def test_tutorial_end_to_end(tmp_path, loaded, direction):
     model, tokenizer = loaded
     timer = Timer()
     out = tmp_path / "my_first_abliteration"
+    writer_name = arch.residual_writers(model, [direction.layer_index])[1].name + ".weight"
     writer = arch.residual_writers(model, [direction.layer_index])[1].weight
     untouched = writer.detach().clone()
 
@@ -108,13 +110,21 @@ def test_tutorial_end_to_end(tmp_path, loaded, direction):
             "generation_config.json", "chat_template.jinja", "vauban.json",
             "vauban_direction.safetensors"} <= files
 
-    # the export equals the in-memory cut model, in transformers and in MLX
+    # the export is the in-memory cut model in the dtype a GGUF source implies (float16: the cut
+    # computed in float32, cast once), in transformers and in MLX
+    import json
+
     from transformers import AutoModelForCausalLM
 
     with cut(model, abliterated):
         expected = first_logits(model, tokenizer)
-    reloaded = AutoModelForCausalLM.from_pretrained(out)
-    assert torch.allclose(first_logits(reloaded, tokenizer), expected, atol=1e-5, rtol=0)
+        cut_writer = writer.detach().to(torch.float16)
+    assert json.loads((out / "vauban.json").read_text())["dtype"] == "float16"
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert torch.equal(reloaded.state_dict()[writer_name].half(), cut_writer)
+    half_diff = (first_logits(reloaded, tokenizer) - expected).abs().max().item()
+    print(f"float16 export vs float32 cut model: max |Δ logit| {half_diff:.4f}")
+    assert half_diff < HALF_ATOL
     del reloaded
 
     import mlx_lm
@@ -122,7 +132,9 @@ def test_tutorial_end_to_end(tmp_path, loaded, direction):
     modified_model, _ = mlx_lm.load(str(out))
     timer.lap("mlx_lm.load")
     converted = quick.as_torch(modified_model)
-    assert torch.allclose(first_logits(converted, tokenizer), expected, atol=2e-3, rtol=0)
+    mlx_diff = (first_logits(converted, tokenizer) - expected).abs().max().item()
+    print(f"float16 export through mlx_lm vs float32 cut model: max |Δ logit| {mlx_diff:.4f}")
+    assert mlx_diff < HALF_ATOL
 
     before = quick.probe_prompt(model, tokenizer, HARMFUL_PROBE, abliterated)
     after = quick.probe_prompt(modified_model, tokenizer, HARMFUL_PROBE, abliterated)

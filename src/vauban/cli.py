@@ -31,6 +31,7 @@ from rich.table import Table
 
 from .config import Settings, resolve
 from .errors import VaubanError
+from .formats import FORMATS
 from .formatting import Formatting, formatting_for
 
 if TYPE_CHECKING:
@@ -142,9 +143,12 @@ def _judge(s: Settings, report: Report) -> Any:
 def _preflight(s: Settings, args: argparse.Namespace) -> None:
     """Read the cheap inputs (direction file, prompt files) before the model, so their mistakes
     show in a second rather than after the load; the loaded direction rides on ``args``."""
+    from .formats import check_options
     from .prompts import load_prompts
     from .results import DirectionResult
 
+    if args.command in ("run", "abliterate", "optimize"):
+        check_options(s.format, s.quant)
     if getattr(args, "direction", None):
         args.saved_direction = DirectionResult.load(args.direction)
     elif args.command not in ("evaluate", "chat") or getattr(args, "alpha", None):
@@ -227,7 +231,7 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
         record["evaluation"] = _numbers(result.record())
         with report.step(f"export to {out}/", "export"):
             export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite,
-                   extras=extras)
+                   extras=extras, **_format_options(s))
     refused = next((c.prompt for c in result.before if c.refused), HARMFUL_PROBE)
     with report.step("steer", "steer"):
         steered = steer(model, tokenizer, refused, direction, s.alpha, max_tokens=s.max_tokens, judge=judge,
@@ -235,13 +239,35 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
     report.say(f"Steering the original model on {refused!r}:")
     report.say(steered.summary())
     report.say("  " + steered.text[:300].replace("\n", "\n  "))
-    report.say(f"Exported the abliterated model to {out}/ (loads with transformers and mlx_lm).")
+    report.say(f"Exported the abliterated model to {out}/ ({_LOADS_WITH[s.format]}).")
     report.put("probes", {k: list(v.projections) for k, v in probes.items()})
     report.put("borderline", {"prompt": BORDERLINE_PROBE, "position": edge.position})
     report.put("evaluation", _numbers(result.record()))
     report.put("output_dir", str(out))
     report.put("steer", {"prompt": refused, "alpha": s.alpha, "text": steered.text,
                          "refused": steered.refused})
+
+
+_LOADS_WITH = {"safetensors": "loads with transformers and mlx_lm",
+               "gguf": "loads with llama.cpp, Ollama, LM Studio",
+               "lora": "a PEFT adapter for the original model", "mlx": "loads with mlx_lm"}
+
+
+def _format_options(s: Settings) -> dict[str, Any]:
+    """``--format``, ``--quant`` and (when given) ``--dtype`` for :func:`vauban.export`."""
+    return {"format": s.format, "quant": s.quant, "dtype": s.dtype}
+
+
+def _export_summary(report: Report, out: Path) -> None:
+    """The export's format, quantization and size (against the source's, for a patched GGUF)."""
+    record = json.loads((out / "vauban.json").read_text())
+    size = sum(f["bytes"] for f in record["files"].values())
+    line = f"  {record['format']}, {record.get('quantization') or record.get('dtype')}: {size / 1e6:.0f} MB"
+    if record.get("source_bytes"):
+        line += f" (source {record['source_bytes'] / 1e6:.0f} MB)"
+    report.say(line)
+    report.put("export", {k: record.get(k) for k in ("format", "quantization", "dtype", "source_bytes")}
+               | {"bytes": size})
 
 
 def _numbers(record: dict[str, Any]) -> dict[str, Any]:
@@ -294,8 +320,11 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
         record = cut_record(s.model or direction.model_path, applied, direction)
         record |= {"cut": applied.record(), "cut_spec": spec.record()}
         with report.step(f"export to {out}/", "export"):
-            export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite)
-    report.say(f"Cut alpha={spec.alpha:g} from {len(applied.edited)} tensors; exported to {out}/")
+            export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite,
+                   **_format_options(s))
+    report.say(f"Cut alpha={spec.alpha:g} from {len(applied.edited)} tensors; "
+               f"exported to {out}/ ({s.format})")
+    _export_summary(report, out)
     report.put("cut", spec.record())
     report.put("output_dir", str(out))
     report.put("alpha", s.alpha)
@@ -553,7 +582,7 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
     if args.export:
         number = result.best.number if args.export_trial is None else args.export_trial
         export_trial(model, tokenizer, direction, result, number, args.export,
-                     source=s.model or direction.model_path, overwrite=s.overwrite)
+                     source=s.model or direction.model_path, overwrite=s.overwrite, **_format_options(s))
         report.say(f"Exported trial {number} to {args.export}/")
         report.put("output_dir", str(args.export))
         report.put("exported_trial", number)
@@ -596,7 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", help="TOML settings file (default: ./vauban.toml if present)")
     common.add_argument("--device", type=_device, help="cpu, cuda, cuda:N, mps or auto (default: best)")
     common.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                        help="default: float32 on CPU, bfloat16 on GPUs")
+                        help="compute dtype (default: float32 on CPU, bfloat16 on GPUs) and, when given, "
+                             "the exported weights' dtype (default: the source's)")
     common.add_argument("--batch-size", type=int, help="prompts per forward pass")
     common.add_argument("--harmful", help="harmful prompts: bundled set name or file")
     common.add_argument("--harmless", help="harmless prompts: bundled set name or file")
@@ -638,6 +668,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--alpha", type=float, help="fraction of the direction to remove (default 1)")
         p.add_argument("--embeddings", action="store_true", default=None,
                        help="also orthogonalize the embeddings")
+        format_flags(p)
+
+    def format_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--format", choices=list(FORMATS),
+                       help="export format: safetensors (default), gguf, lora (PEFT adapter), mlx")
+        p.add_argument("--quant", help="export quantization: gguf q8_0, q4_k_m, ... (from a GGUF source: the "
+                                       "edited tensors' type; default their own); mlx bits, e.g. 4")
 
     def variant_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--layers", type=_layers, help="comma-separated layers to cut (default: all)")
@@ -751,6 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kl-tokens", type=int, default=16, help="k of the k-token KL (default 16)")
     p.add_argument("--export", help="export the pick (or --export-trial N) here")
     p.add_argument("--export-trial", type=int, help="the trial number to export")
+    format_flags(p)
     direction_flag(p)
     p = command("cut", cmd_cut, "cut a saved direction from a safetensors checkpoint on disk, one tensor "
                 "at a time (models bigger than memory)")

@@ -54,6 +54,8 @@ class Settings:
     dtype: str | None = None
     overwrite: bool = False
     quiet: bool = False
+    format: str = "safetensors"  # export format (vauban.formats)
+    quant: str | None = None  # export quantization (gguf: q8_0, q4_k_m, ...; mlx: bits)
     judge: str | None = None  # refusal judge spec (vauban.judge); None: the markers
     system_prompt: str | None = None
     system_prompts: dict[str, str] | None = None

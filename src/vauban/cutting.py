@@ -103,6 +103,21 @@ class LayerKernel:
 LayerWeights = LayerKernel | Sequence[float]
 
 
+@dataclass(frozen=True)
+class TensorEdit:
+    """One tensor a cut edits, described so that another program can redo the edit:
+    ``W' = W - alpha·Q Qᵀ W`` along ``axis`` (the residual axis), ``Q`` the orthonormal rows of
+    ``basis`` (``k × d``, float32, already gain-adjusted for post-norm writers), followed by
+    the norm-preserving rescale when ``norm_preserving`` (see :func:`edited`). ``name`` is the
+    parameter's name in ``model.named_parameters()``."""
+
+    name: str
+    axis: int
+    alpha: float
+    basis: torch.Tensor
+    norm_preserving: bool
+
+
 @dataclass
 class _Edit:
     """One edited tensor: its residual axis, what was removed along it, and the fix-ups."""
@@ -513,6 +528,18 @@ class Cut:
             "norm_preserving": self.norm_preserving,
             "edited_tensors": len(self._edits),
         }
+
+    def tensor_edits(self) -> list[TensorEdit]:
+        """Every tensor this cut edits (or would edit), with its parameter name, axis, basis and
+        strength: what exporters need to redo the edit elsewhere (a GGUF file, a LoRA adapter)."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        out, seen = [], set()
+        for _label, param, axis, basis, alpha in self._targets():
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            out.append(TensorEdit(names[id(param)], axis, alpha, basis.float().cpu(), self.norm_preserving))
+        return out
 
     def _targets(self) -> Iterator[tuple[str, nn.Parameter, int, torch.Tensor, float]]:
         model = self.model

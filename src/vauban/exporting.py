@@ -1,9 +1,9 @@
-"""Export a model as a complete, self-describing directory, atomically.
+"""Export a model as a complete, self-describing directory, atomically, in any format.
 
-The directory loads with ``AutoModelForCausalLM.from_pretrained`` and with ``mlx_lm.load``:
-safetensors weights, a config without quantization entries (plus the legacy RoPE keys that
-mlx_lm reads), tokenizer files with the chat template, the generation config, the direction and
-a JSON record of how the model was made, with every file's sha256. Everything is written into a
+The format (:mod:`vauban.formats`: a transformers directory, a GGUF file, a PEFT adapter, an
+mlx-lm directory) writes the weights; this module wraps every format alike: the direction, a
+model card (``README.md``) and a JSON record of how the model was made (format, quantization,
+dtype, the cut, library versions), with every file's sha256. Everything is written into a
 temporary sibling directory that is flushed, checked and renamed into place only when complete
 (:mod:`vauban.atomic`), so an interrupted export leaves nothing half-written and an existing
 directory is never clobbered unless asked (and then replaced in one atomic step).
@@ -22,14 +22,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from . import formats
 from .atomic import building_dir, temp_name
-from .cutting import Cut
+from .cutting import Cut, active_cuts
 from .errors import VaubanError
-from .loading import clear_quantizer
+from .formats.base import mlx_compatible_config
+from .formats.card import write_card
+from .loading import model_label
 from .results import DirectionResult
-from .verifying import RECORD_FILE, check_weights, file_hashes
+from .verifying import RECORD_FILE, file_hashes
+
+__all__ = ["DIRECTION_FILE", "check_output_dir", "cut_record", "export", "mlx_compatible_config", "versions"]
 
 DIRECTION_FILE = "vauban_direction.safetensors"
 
@@ -56,30 +62,15 @@ def check_output_dir(output_dir: str | os.PathLike[str], overwrite: bool = False
     return out
 
 
-def versions() -> dict[str, str]:
+_FORMAT_PACKAGES = {"gguf": ("gguf", "llama_cpp_python"), "lora": ("peft",), "mlx": ("mlx", "mlx-lm")}
+
+
+def versions(fmt: str = "safetensors") -> dict[str, str]:
     """Versions of Python and of the packages that shape the exported bytes, for the record."""
     out = {"python": platform.python_version()}
-    for package in ("vauban", "torch", "transformers", "safetensors"):
+    for package in ("vauban", "torch", "transformers", "safetensors", *_FORMAT_PACKAGES.get(fmt, ())):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[package] = metadata.version(package)
-    return out
-
-
-def mlx_compatible_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Add the pre-v5 RoPE keys (``rope_theta``, ``rope_scaling``, ``rope_local_base_freq``)
-    that mlx_lm reads; transformers 5 writes them only inside ``rope_parameters``."""
-    params = config.get("rope_parameters")
-    if not isinstance(params, dict):
-        return config
-    out = dict(config)
-    per_type = all(isinstance(v, dict) for v in params.values())
-    main = params.get("full_attention", {}) if per_type else params
-    if "rope_theta" in main:
-        out.setdefault("rope_theta", main["rope_theta"])
-    if main.get("rope_type", "default") != "default":
-        out.setdefault("rope_scaling", {k: v for k, v in main.items() if k != "rope_theta"})
-    if per_type and "rope_theta" in params.get("sliding_attention", {}):
-        out.setdefault("rope_local_base_freq", params["sliding_attention"]["rope_theta"])
     return out
 
 
@@ -92,6 +83,7 @@ def cut_record(source: str, applied: Cut, direction: DirectionResult) -> dict[st
         "layers": applied.layers,
         "embeddings": applied.embeddings,
         "edited_tensors": len(applied.edited),
+        "cut": applied.record(),
         "formatting": None if direction.formatting is None else direction.formatting.record(),
         "direction": direction.record(),
     }
@@ -106,35 +98,45 @@ def export(
     record: dict[str, Any] | None = None,
     overwrite: bool = False,
     extras: Callable[[Path], None] | None = None,
+    format: str = "safetensors",
+    quant: str | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> Path:
-    """Write ``model`` (as it is in memory, in its current dtype) to ``output_dir``.
+    """Write ``model`` (as it is in memory, its cut applied) to ``output_dir`` in ``format``.
 
-    ``extras`` may write more files (reports, plots) into the directory before it is renamed
-    into place, so they appear atomically with the weights. The record ``vauban.json`` lists
-    every file's sha256 (:func:`vauban.verify` checks them) and the library versions; the files
-    it lists are byte-identical for the same model, tokenizer and direction.
+    ``format``: ``safetensors`` (a transformers directory), ``gguf`` (llama.cpp, Ollama, LM
+    Studio), ``lora`` (a PEFT adapter holding only the cut) or ``mlx`` (an mlx-lm directory);
+    see :mod:`vauban.formats`. ``quant``: the quantization (``gguf``: ``q8_0``, ``q4_k_m``, ...;
+    from a GGUF source, the type of the re-quantized edited tensors; ``mlx``: bits, ``"4"``).
+    ``dtype``: the float dtype written; by default the source's (see
+    :mod:`vauban.formats.base`). ``extras`` may write more files (reports, plots) into the
+    directory before it is renamed into place, so they appear atomically with the weights.
+    Every export gets a model card (``README.md``) and the record ``vauban.json``, which says
+    the format and quantization and lists every file's sha256 (:func:`vauban.verify` checks
+    them); the files it lists are byte-identical for the same model, tokenizer and direction.
     """
+    writer = formats.check_options(format, quant)
     out = check_output_dir(output_dir, overwrite)
+    job = formats.ExportJob.of(model, tokenizer, quant=quant, dtype=dtype, name=out.name)
     with building_dir(out, overwrite=overwrite) as tmp:
-        clear_quantizer(model)
-        model.config.architectures = [type(model).__name__]
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        config_file = tmp / "config.json"
-        config = mlx_compatible_config(json.loads(config_file.read_text()))
-        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        written = writer.write(job, tmp)
         if direction is not None:
             direction.save(tmp / DIRECTION_FILE)
         if extras is not None:
             extras(tmp)
-        if not list(tmp.glob("model*.safetensors")):
-            raise VaubanError(f"export to {out} produced no weight files")
-        check_weights(tmp)
+        cuts = active_cuts(model)
         full_record = {
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "versions": versions(),
+            "versions": versions(writer.NAME),
+            "source": model_label(model),
+            **({"cut": cuts[-1].record()} if cuts else {}),
+            **({"direction": direction.record()} if direction is not None else {}),
             **(record or {}),
-            "files": file_hashes(tmp),
+            "format": writer.NAME,
+            **written,
         }
+        write_card(tmp, full_record, job.source)
+        writer.check(tmp)
+        full_record["files"] = file_hashes(tmp)
         (tmp / RECORD_FILE).write_text(json.dumps(full_record, indent=2) + "\n")
     return out

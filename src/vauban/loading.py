@@ -41,11 +41,15 @@ class ModelSource:
     """Where a loaded model came from, so later steps (export, summaries) need not be told again.
 
     ``label`` is what summaries print (the id or path the user gave, or ``DEMO_ID``); ``kind`` is
-    one of ``demo``, ``hf``, ``gguf``, ``mlx``, or ``hub/<kind>`` for a downloaded hub id.
+    one of ``demo``, ``hf``, ``gguf``, ``mlx``, or ``hub/<kind>`` for a downloaded hub id;
+    ``origin`` is the local file or directory read (the ``.gguf`` file itself for GGUF sources,
+    the downloaded snapshot for hub ids), where exports look up the source's dtype, licence or
+    GGUF tensors.
     """
 
     label: str
     kind: str
+    origin: str | None = None
 
 
 _SOURCES: weakref.WeakKeyDictionary[nn.Module, ModelSource] = weakref.WeakKeyDictionary()
@@ -128,7 +132,7 @@ def load_model(
         local, source = _resolve_local(model_path)
         if local is None:  # a hub id: download, then load it as the local kind it is
             local, kind = _resolve_local(download(str(model_path), revision))
-            source = ModelSource(source.label, f"hub/{kind.kind}")
+            source = ModelSource(source.label, f"hub/{kind.kind}", kind.origin)
     model, tokenizer = _from_hf(str(local), torch_dtype, "auto" if auto else dev, trust_remote_code)
     remember_source(model, source)
     model.config.name_or_path = source.label
@@ -142,20 +146,20 @@ def _resolve_local(model_path: str | os.PathLike[str]) -> tuple[Path | None, Mod
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise VaubanError(f"{path} is a file but not a .gguf; pass a model directory or a .gguf")
-        return convert_gguf(path), ModelSource(label, "gguf")
+        return convert_gguf(path), ModelSource(label, "gguf", str(path.absolute()))
     if path.is_dir():
         try:
             mlx = is_mlx_quantized_dir(path)
         except (ValueError, AttributeError):  # not JSON, or not a JSON object
             raise VaubanError(f"{path / 'config.json'} is not valid JSON; fix or re-download it") from None
         if mlx:
-            return convert_mlx(path), ModelSource(label, "mlx")
+            return convert_mlx(path), ModelSource(label, "mlx", str(path.absolute()))
         if not (path / "config.json").is_file():
             ggufs = sorted(path.glob("*.gguf"))
             if len(ggufs) == 1:
-                return convert_gguf(ggufs[0]), ModelSource(label, "gguf")
+                return convert_gguf(ggufs[0]), ModelSource(label, "gguf", str(ggufs[0].absolute()))
             raise VaubanError(f"{path} has no config.json; pass a Hugging Face model directory")
-        return path, ModelSource(label, "hf")
+        return path, ModelSource(label, "hf", str(path.absolute()))
     if label.startswith((".", "/", "~")) or label.count("/") > 1 or label.endswith(".gguf"):
         raise VaubanError(f"model path {label!r} does not exist; check the path, or pass a hub id")
     return None, ModelSource(label, "hub")

@@ -621,14 +621,16 @@ def export_trial(
     *,
     source: str | None = None,
     overwrite: bool = False,
+    **options: Any,
 ) -> Path:
-    """Export trial ``number``'s cut like ``abliterate`` does; the model ends unchanged."""
+    """Export trial ``number``'s cut like ``abliterate`` does; the model ends unchanged.
+    ``options`` (``format``, ``quant``, ``dtype``) go to :func:`vauban.export`."""
     from .exporting import cut_record, export
 
     chosen = result.trial(number)
     with chosen.params.apply(model, direction) as applied:
         record = cut_record(source or direction.model_path, applied, direction)
-        record["cut"] = applied.record()
         record["optimization"] = {"trial": chosen.record(), "seed": result.seed, "study": result.study,
                                   "pareto": [t.record() for t in result.pareto]}
-        return export(model, tokenizer, output_dir, direction=direction, record=record, overwrite=overwrite)
+        return export(model, tokenizer, output_dir, direction=direction, record=record, overwrite=overwrite,
+                      **options)

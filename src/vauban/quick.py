@@ -17,6 +17,7 @@ from .cutting import cut
 from .errors import VaubanError
 from .evaluating import evaluate as _evaluate
 from .exporting import check_output_dir, cut_record, export
+from .formats import check_options
 from .formatting import Formatting
 from .judge import Judge
 from .loading import default_device, load_model, model_label, resolve_dtype
@@ -110,9 +111,14 @@ def abliterate(
     layers: list[int] | None = None,
     embeddings: bool = False,
     overwrite: bool = False,
+    format: str = "safetensors",
+    quant: str | None = None,
+    dtype: str | torch.dtype | None = None,
     formatting: Formatting | None = None,
 ) -> DirectionResult:
-    """Measure the direction (unless given), cut it from every layer, export to ``output_dir``.
+    """Measure the direction (unless given), cut it from every layer, export to ``output_dir``
+    in ``format`` (``safetensors``, ``gguf``, ``lora``, ``mlx``; ``quant`` and ``dtype``: see
+    :func:`vauban.export`).
 
     The in-memory ``model`` is left exactly as it was: the cut is applied for the export and
     then undone bit for bit, so ``model`` stays the original for evaluation and steering.
@@ -122,12 +128,14 @@ def abliterate(
     """
     torch_model, tokenizer = as_torch(model), as_hf_tokenizer(tokenizer)
     out = check_output_dir(output_dir, overwrite)
+    check_options(format, quant)
     if direction is None:
         direction = measure_direction(torch_model, tokenizer, harmful, harmless, formatting=formatting)
     source = str(model_path) if model_path is not None else model_label(torch_model)
     with cut(torch_model, direction, alpha=alpha, layers=layers, embeddings=embeddings) as applied:
         record = cut_record(source, applied, direction)
-        export(torch_model, tokenizer, out, direction=direction, record=record, overwrite=overwrite)
+        export(torch_model, tokenizer, out, direction=direction, record=record, overwrite=overwrite,
+               format=format, quant=quant, dtype=dtype)
     return direction
 
 

