@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 
 from vauban import DirectionResult, load, measure
+from vauban.divergence import kl_divergence
 from vauban.evaluating import Pair, answer_scores, completions
 from vauban.judge import get_judge
-from vauban.optimize import Trial, candidates, first_token_logprobs, kl_divergence, optimize
+from vauban.optimize import Trial, candidates, first_token_logprobs, optimize
 from vauban.prompts import load_pairs, load_prompts
 
 RESULTS = Path(__file__).parent / "results"

@@ -266,6 +266,26 @@ def test_cli_evaluate_original_vs_export(workspace, saved_direction, tmp_path, c
     assert "EvalResult:" in out
     assert "prompts=2" in out
     assert report.is_file()
+    gsm8k = tmp_path / "gsm8k.jsonl"
+    gsm8k.write_text('{"question": "What is 2 + 2?", "answer": "#### 4"}\n')
+    code = main(["evaluate", str(out_dir), "--model", workspace["model"], "--eval-prompts", workspace["eval"],
+                 "--max-tokens", "3", "--safe-prompts", workspace["eval"], "--kl-tokens", "2", "--gsm8k",
+                 str(gsm8k), "--limit", "1", "--plot", str(tmp_path / "eval.png")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for line in ("over-refusal on safe prompts (2 prompts)", "first 2 tokens", "gsm8k accuracy (n=1)",
+                 "of which late"):
+        assert line in out
+    assert (tmp_path / "eval.png").read_bytes()[:8] == PNG_MAGIC
+    assert main(["evaluate", str(out_dir), "--model", workspace["model"], "--humaneval", str(gsm8k)]) == 2
+    assert "--allow-code-execution" in capsys.readouterr().err
+
+
+def test_the_cli_answer_length_is_evaluates_default():
+    from vauban.config import Settings
+    from vauban.evaluating import DEFAULT_MAX_TOKENS
+
+    assert Settings().max_tokens == DEFAULT_MAX_TOKENS
 
 
 def test_cli_sweep_writes_plot(workspace, saved_direction, tmp_path, capsys):
@@ -438,7 +458,7 @@ def test_every_plot_writes_a_png(llama_and_direction, tokenizer, tmp_path):
         "plot_layers": lambda p: plots.plot_layers(torch.randn(5, 4), torch.randn(6, 4), direction, p),
     }
     public = {n for n in dir(plots) if n.startswith("plot_") and callable(getattr(plots, n))}
-    tested_elsewhere = {"plot_pareto"}  # tests/test_optimize.py, with a real study
+    tested_elsewhere = {"plot_pareto", "plot_eval"}  # test_optimize.py, test_divergence.py: real results
     assert public - tested_elsewhere == set(calls), "a new plot function needs a test"
     for name, call in calls.items():
         path = tmp_path / f"{name}.png"

@@ -225,7 +225,8 @@ def test_refined_trial_is_scored_stored_once_and_exportable(setup, tokenizer, tm
 
 def test_refine_starts_at_the_plain_cut_and_never_ends_worse(setup, tokenizer):
     from vauban.cutting import cut
-    from vauban.optimize import first_token_logprobs, kl_divergence, refusal_likelihood
+    from vauban.divergence import kl_divergence
+    from vauban.optimize import first_token_logprobs, refusal_likelihood
     from vauban.refine import loss, refine
 
     model, direction, kwargs = setup
@@ -254,3 +255,17 @@ def test_the_front_is_over_all_three_objectives():
     worse, twin = (.1, .05, .005), (0, .04, .004)
     assert pareto_mask([plain, refined, light, worse]) == [False, True, True, False]
     assert pareto_mask([refined, twin]) == [True, True]  # equal points do not dominate each other
+
+
+def test_k_token_damage_scores_trials_and_refines_on_the_originals_answers(setup, tokenizer):
+    model, direction, kwargs = setup
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    first = optimize(model, tokenizer, direction, n_trials=2, **kwargs)
+    k = optimize(model, tokenizer, direction, n_trials=2, damage="k_tokens", kl_tokens=4,
+                 **(kwargs | {"refine_steps": 1}))
+    assert k.settings["damage"] == {"kind": "k_tokens", "kl_tokens": 4}
+    assert "damage" not in first.settings  # first-token studies keep their old settings
+    assert k.trials[0].plain and k.trials[0].kl > 0 and k.trials[0].kl != first.trials[0].kl
+    assert any(t.params.refined for t in k.trials)
+    assert k.table().splitlines()[0].split()[:3] == ["trial", "refusal", "4-token"]
+    assert all(torch.equal(v, state[k_]) for k_, v in model.state_dict().items())

@@ -152,14 +152,16 @@ def test_chat_keeps_the_reply_in_the_history():
 def test_reference_answers_are_scored_where_the_reply_starts():
     """KL, perplexity and the first-token KL of a thinking model are read after an empty think
     block (or harmony's final header), not where the model would open <think>."""
-    from vauban.evaluating import encode_pairs
+    from vauban.divergence import forced_text
     from vauban.reasoning import thinking_prefix, with_thinking
 
     for name, expected in (("Qwen 3", "<think>\n\n</think>\n\n"), ("OLMo 3", "\n\n</think>\n\n"),
                            ("GPT-OSS", "<|channel|>final<|message|>"), ("Llama", "")):
         _, tokenizer = setup(name)
         assert thinking_prefix(tokenizer, "") == expected
-        (ids, n), = encode_pairs(tokenizer, [("Q?", "Answer.")], 64)
-        assert tokenizer.decode(ids).endswith(expected + "Answer.") and n == len("Answer.")
+        rows = forced_text(tokenizer, [("Q?", "Answer.")], 64)
+        ids = [*rows.prompts[0], *rows.answers[0]]
+        assert tokenizer.decode(ids).endswith(expected + "Answer.") and rows.lengths == [len(rows.answers[0])]
+        assert tokenizer.decode(list(rows.answers[0])) == "Answer."
     _, tokenizer = setup("Qwen 3")
     assert thinking_prefix(tokenizer, "", with_thinking(None, False)) == ""  # the template closed it

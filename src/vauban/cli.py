@@ -332,6 +332,7 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
 
 
 def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from . import plots
     from .atomic import write_file
     from .evaluating import evaluate
 
@@ -340,29 +341,47 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
     *first, modified_name = args.models
     original_name = first[0] if first else s.model
     save = _new_path(args.output, s.overwrite) if args.output else None
+    plot = _new_path(args.plot, s.overwrite) if args.plot else None
+    checks = capability_checks(args)
     original, tokenizer = _load(s, report, original_name, trust=args.trust_remote_code)
     modified, _ = _load(s, report, modified_name, trust=args.trust_remote_code)
+    safe = False if args.safe_prompts == "none" else args.safe_prompts
     judge = _judge(s, report)
     with report.step("evaluate", "evaluate"):
         result = evaluate(original, modified, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
-                          batch_size=s.batch_size, judge=judge,
-                          formatting=_formatting(s, _export_formatting(modified_name)))
-    thinking = ([("refusal while thinking", f"{result.thinking_refusal_before or 0:.0%}",
-                  f"{result.thinking_refusal_after or 0:.0%}")]
-                if (result.thinking_refusal_before, result.thinking_refusal_after) != (None, None) else [])
+                          batch_size=s.batch_size, safe=safe, kl_tokens=args.kl_tokens, capability=checks,
+                          judge=judge, formatting=_formatting(s, _export_formatting(modified_name)))
     report.table(f"{original_name or 'demo model'} → {modified_name} (refusals judged by {judge.spec})",
-                 ["", "original", "modified"], [
-        ("refusal", f"{result.refusal_before:.0%}", f"{result.refusal_after:.0%}"), *thinking,
-        ("perplexity", f"{result.perplexity_before:.2f}", f"{result.perplexity_after:.2f}"),
-        ("KL (all answer tokens)", "", f"{result.kl:.4f}"),
-        ("KL (first token)", "", f"{result.first_token_kl:.4f}"),
-    ])
+                 ["", "original", "modified"], result.rows())
     report.say(result.summary())
     report.put("evaluation", _numbers(result.record()))
     if save is not None:
         text = json.dumps(result.record(), indent=1) + "\n"
         write_file(save, lambda tmp: tmp.write_text(text))
         report.say(f"answers and numbers saved to {save}")
+    if plot is not None:
+        plots.plot_eval(result, plot)
+        report.say(f"plot saved to {plot}")
+
+
+def capability_checks(args: argparse.Namespace) -> list[Any]:
+    """The capability checks the evaluate flags ask for (see :mod:`vauban.capability`)."""
+    checks: list[Any] = []
+    if args.gsm8k:
+        from .capability.gsm8k import GSM8K
+
+        checks.append(GSM8K(args.gsm8k, limit=args.limit))
+    if args.humaneval:
+        from .capability.humaneval import HumanEval
+
+        checks.append(HumanEval(args.humaneval, limit=args.limit,
+                                allow_code_execution=args.allow_code_execution))
+    if args.tasks:
+        from .capability.harness import Harness
+
+        checks.append(Harness(tuple(t.strip() for t in args.tasks.split(",") if t.strip()), limit=args.limit,
+                              include_path=args.task_path))
+    return checks
 
 
 def _export_formatting(path: str | None) -> Formatting | None:
@@ -544,6 +563,7 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
                           projected=flags[args.projected], norm_preserving=flags[args.norm_preserving],
                           prompts=args.validation, harmless=s.harmless, selection=args.selection,
                           check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log,
+                          damage=args.damage.replace("-", "_"), kl_tokens=args.kl_tokens,
                           judge=judge, formatting=s.formatting())
     report.table(f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
                  f"prompts, first-token KL on {result.n_harmless} harmless prompts; * = the pick, "
@@ -611,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--harmful", help="harmful prompts: bundled set name or file")
     common.add_argument("--harmless", help="harmless prompts: bundled set name or file")
     common.add_argument("--layer", type=int, help="take the direction from this layer")
-    common.add_argument("--max-tokens", type=int, help="new tokens per answer (default 64)")
+    common.add_argument("--max-tokens", type=int, help="new tokens per answer (default 128)")
     common.add_argument("--eval-prompts", help="harmful evaluation prompts (default: bundled 20)")
     common.add_argument("--system-prompt", metavar="TEXT",
                         help="system prompt for every prompt (default: none; a saved direction's own)")
@@ -705,6 +725,22 @@ def build_parser() -> argparse.ArgumentParser:
                 "compare ORIGINAL and MODIFIED: refusal, perplexity, KL (ORIGINAL defaults to the demo)")
     p.add_argument("models", nargs="+", metavar="[ORIGINAL] MODIFIED")
     p.add_argument("-o", "--output", help="save every answer and number here (.json)")
+    p.add_argument("--plot", help="draw the report, original and modified side by side (.png)")
+    p.add_argument("--safe-prompts",
+                   help="safe prompts that sound unsafe, for the over-refusal rate (default: 16 bundled; "
+                        "XSTest's xstest_prompts.csv keeps its safe rows; none: skip)")
+    p.add_argument("--kl-tokens", type=int, default=16,
+                   help="KL over the first K tokens of the original's own answers (default 16; 0: skip)")
+    p.add_argument("--gsm8k", metavar="FILE", help="GSM8K accuracy on this test.jsonl")
+    p.add_argument("--humaneval", metavar="FILE",
+                   help="HumanEval pass@1 on this HumanEval.jsonl.gz (runs model-written code: needs "
+                        "--allow-code-execution)")
+    p.add_argument("--allow-code-execution", action="store_true",
+                   help="accept running model-written code in vauban's sandbox (vauban.capability.sandbox)")
+    p.add_argument("--tasks",
+                   help="lm-evaluation-harness tasks, e.g. mmlu,gsm8k (pip install 'vauban[lm-eval]')")
+    p.add_argument("--task-path", help="folder of your own lm-eval task YAML files")
+    p.add_argument("--limit", type=int, help="first N items of each capability check (CPU runs: 20 or so)")
     p = command("steer", cmd_steer, "generate while removing the direction at run time")
     p.add_argument("prompt", metavar="PROMPT")
     p.add_argument("--alpha", type=float, help="how much of the direction to remove (default 1)")
@@ -746,6 +782,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-steps", type=int, default=16,
                    help="gradient steps refining the plain cut's per-layer weights after the search "
                         "(0: skip)")
+    p.add_argument("--damage", choices=["first-token", "k-tokens"], default="first-token",
+                   help="damage objective: KL at the first answer token, or over the first --kl-tokens "
+                        "tokens of the original's own answers (teacher-forced)")
+    p.add_argument("--kl-tokens", type=int, default=16, help="k of the k-token KL (default 16)")
     p.add_argument("--export", help="export the pick (or --export-trial N) here")
     p.add_argument("--export-trial", type=int, help="the trial number to export")
     format_flags(p)

@@ -48,7 +48,7 @@ class Settings:
     harmful: str = "harmful"
     harmless: str = "harmless"
     eval_prompts: str | None = None
-    max_tokens: int = 64
+    max_tokens: int = 128  # = vauban.evaluating.DEFAULT_MAX_TOKENS (the length study's choice)
     batch_size: int | None = None
     device: str | None = None
     dtype: str | None = None

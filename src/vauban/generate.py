@@ -88,15 +88,43 @@ def generate(
     ``compile=True``: the faster, not bit-identical CUDA loop (see :func:`static_greedy`).
     """
     check_max_tokens(max_tokens)
+    decoder = Decoder.make(tokenizer, formatting, stop_token_ids(model, tokenizer), max_tokens)
+    tokens = generate_tokens(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size,
+                             show_progress=show_progress, desc=desc, formatting=formatting,
+                             prompt_set=prompt_set, decoder=decoder, compile=compile)
+    return [decoder(t) for t in tokens]
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_tokens: int = 64,
+    batch_size: int | None = None,
+    show_progress: bool | None = None,
+    desc: str = "generate",
+    formatting: Formatting | None = None,
+    prompt_set: str | None = None,
+    decoder: Decoder | None = None,
+    compile: bool = False,
+) -> list[list[int]]:
+    """The new token ids of each greedy answer, in input order: ``max_tokens`` per answer (plus a
+    thinking model's budget), the first stop token included and padding after it. Greedy
+    decoding makes a prefix of these the answer a shorter ``max_tokens`` would have given (for a
+    model that does not think), so one pass serves every answer length
+    (``reasoning.Decoder.make(tokenizer, formatting, stops, n)`` reads the first ``n``)."""
+    check_max_tokens(max_tokens)
     check_tokenizer(model, tokenizer)
     device = model_device(model)
     ids = encode_chat(tokenizer, prompts, formatting, prompt_set)
     pad = pad_id(tokenizer)
     stops = stop_token_ids(model, tokenizer)
-    decoder = Decoder.make(tokenizer, formatting, stops, max_tokens)
+    decoder = decoder or Decoder.make(tokenizer, formatting, stops, max_tokens)
     new_tokens = max_tokens + budget(tokenizer, formatting)
     config = greedy_config(model, tokenizer, new_tokens)
-    answers: list[str] = [""] * len(ids)
+    answers: list[list[int]] = [[] for _ in ids]
     fast = device.type == "cuda" and fast_loop_ok(model)
     if batch_size is None:
         longest = max((len(x) for x in ids), default=0) + new_tokens
@@ -114,7 +142,7 @@ def generate(
                                  stopping_criteria=StoppingCriteriaList([budget_] if budget_ else []))
             new = out[:, input_ids.shape[1] :].tolist()
         for row, index in enumerate(batch):
-            answers[index] = decoder(new[row])
+            answers[index] = new[row]
     return answers
 
 

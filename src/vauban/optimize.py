@@ -3,11 +3,15 @@
 Three objectives, all minimized, measured on prompts held apart from what ``evaluate`` reports:
 
 - refusal: the share of *validation* harmful prompts still refused (bundled eval prompts 20-59
-  by default; ``evaluate`` uses the first 20), judged on short greedy answers (24 tokens: a
-  refusal shows in its opening words);
-- damage: the first-token KL(original ‖ cut) on harmless prompts (the first 48 bundled harmless
-  prompts by default, so the reference set ``evaluate`` scores stays held out; one prefill each,
-  the cost of a trial on a CPU; the original's distributions are computed once);
+  by default; ``evaluate`` uses the first 20), judged on short greedy answers (32 tokens: on the
+  demo model every refusal of 100 AdvBench prompts, original or cut, shows in its first 32
+  tokens, and the counts at 32, 64, 128 and 256 tokens are equal; ``benchmarks/length_study.py``);
+- damage (``damage``): the first-token KL(original ‖ cut) on harmless prompts (the first 48
+  bundled harmless prompts by default, so the reference set ``evaluate`` scores stays held out;
+  one prefill each, the cost of a trial on a CPU; the original's distributions are computed
+  once), or ``damage="k_tokens"``: the KL over the first ``kl_tokens`` tokens of the original's
+  own greedy answers to them, teacher-forced (:mod:`vauban.divergence`; sees a cut that keeps
+  the opening word and derails the sentence after it, at ~1.3× the prefill);
 - refusal likelihood: the mean probability that the cut model still opens with the original
   model's own refusal (its first 8 tokens, teacher-forced) on the validation prompts the
   original refused. The refusal count is flat: once it is 0, a cut that barely answers scores
@@ -43,7 +47,8 @@ next, unseen prompt is refused again (on the demo model the front's 0-refusal po
 40 fresh prompts that the plain cut answered). So the pick is checked, like a validation split:
 the plain cut and then the candidates that are no weaker than it on the search prompts (no more
 refusals, no higher refusal likelihood) at a lower KL, lowest KL first, answer *selection*
-prompts (bundled eval prompts 60-99 by default, with longer answers); :attr:`OptimizeResult.best`
+prompts (bundled eval prompts 60-99 by default, judged at ``evaluate``'s answer length, 128
+tokens, where late declines of other models show); :attr:`OptimizeResult.best`
 is the first candidate that refuses no more than the plain cut there too, and the plain cut
 itself when none does. Only refusal is checked: the first-token KL ranks cuts alike on other
 harmless prompts.
@@ -72,15 +77,17 @@ from torch import nn
 from .atomic import write_file
 from .batching import duration
 from .cutting import Cut, LayerKernel, LayerWeights, cut
+from .divergence import DAMAGES, damage_rows, mean_kl, reference_logprobs
+from .divergence import first_token_logprobs as first_token_logprobs  # re-exported (benchmarks, tests)
 from .errors import VaubanError
-from .evaluating import completions
+from .evaluating import DEFAULT_MAX_TOKENS, completions
 from .extras import require
 from .formatting import Formatting, formatting_for
 from .judge import Judge, get_judge
 from .measuring import direction_at
 from .prompts import Prompts, bundled_records, load_prompts
 from .reasoning import thinking_prefix
-from .refine import first_token_batches, likelihood_batches, refine
+from .refine import likelihood_batches, refine
 from .results import DirectionResult, check_int
 
 STUDY_NAME = "vauban"
@@ -233,7 +240,9 @@ class OptimizeResult:
         when they are not on the front (the pick is starred)."""
         best = self.best
         shown = dict.fromkeys([*self.pareto, *(t for t in (self.plain, best) if t is not None)])
-        columns = ["trial", "refusal", "first-token KL", "p(refusal)", "selection refusal", "direction",
+        damage = self.settings.get("damage")
+        kl_name = f"{damage['kl_tokens']}-token KL" if damage else "first-token KL"
+        columns = ["trial", "refusal", kl_name, "p(refusal)", "selection refusal", "direction",
                    "attention kernel", "MLP kernel", "projected", "norm-preserving"]
         rows = [[f"{t.number}{' (plain)' if t.plain else ''}{' *' if t is best else ''}",
                  f"{t.refusal:.1%}", f"{t.kl:.4f}", f"{t.likelihood:.1e}",
@@ -277,25 +286,6 @@ def _kernel_text(k: LayerWeights) -> str:
     if not isinstance(k, LayerKernel):
         return f"per layer {min(k):.2f}..{max(k):.2f}"
     return f"peak {k.peak:.1f} w {k.max_weight:.2f}→{k.min_weight:.2f} ±{k.width:.1f}"
-
-
-@torch.inference_mode()
-def first_token_logprobs(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None,
-    formatting: Formatting | None = None,
-) -> torch.Tensor:
-    """``(len(prompts), vocab)`` float32 log-probabilities of each answer's first token."""
-    out: list[torch.Tensor | None] = [None] * len(prompts)
-    for batch, logp in first_token_batches(model, tokenizer, prompts, batch_size, formatting):
-        logp = logp.cpu()  # one device-to-host copy per batch, not per row
-        for row, index in enumerate(batch):
-            out[index] = logp[row]
-    return torch.stack(out)  # type: ignore[arg-type]
-
-
-def kl_divergence(p_log: torch.Tensor, q_log: torch.Tensor) -> float:
-    """Mean KL(p ‖ q) over rows of log-probabilities."""
-    return float((p_log.exp() * (p_log - q_log)).sum(-1).mean())
 
 
 @torch.inference_mode()
@@ -434,8 +424,10 @@ def optimize(
     study: str | os.PathLike[str] | None = None,
     projected: bool | None = None,
     norm_preserving: bool | None = None,
-    max_tokens: int = 24,
-    selection_tokens: int = 48,
+    max_tokens: int = 32,
+    selection_tokens: int = DEFAULT_MAX_TOKENS,
+    damage: str = "first_token",
+    kl_tokens: int = 16,
     refine_steps: int = 16,
     batch_size: int | None = None,
     seed: int = 0,
@@ -462,8 +454,11 @@ def optimize(
     """
     optuna = require("optuna", "optimize", "optimize")
     for name, value, low in (("n_trials", n_trials, 1), ("check", check, 0), ("max_tokens", max_tokens, 1),
-                             ("selection_tokens", selection_tokens, 1), ("refine_steps", refine_steps, 0)):
+                             ("selection_tokens", selection_tokens, 1), ("refine_steps", refine_steps, 0),
+                             ("kl_tokens", kl_tokens, 1)):
         check_int(name, value, low)
+    if damage not in DAMAGES:
+        raise VaubanError(f"damage must be one of {', '.join(DAMAGES)}, got {damage!r}")
     if direction.harmful_means is None:
         raise VaubanError("optimize needs a DirectionResult with per-layer means; measure it again")
     judge = get_judge(judge)
@@ -481,6 +476,8 @@ def optimize(
                 "model": direction.model_path, "fixed": fixed, "prompts": len(harmful),
                 "harmless": len(neutral), "max_tokens": max_tokens, "judge": judge.spec,
                 "objectives": ["refusal", "kl", "refusal_likelihood"]}
+    if damage != "first_token":  # absent for first-token KL, so studies made before this option resume
+        settings["damage"] = {"kind": damage, "kl_tokens": kl_tokens}
     fmt = formatting_for(direction, formatting)
     if fmt is not None and fmt != Formatting(thinking_tokens=fmt.thinking_tokens):
         settings["formatting"] = fmt.record()  # recorded only when it says more than the defaults
@@ -496,9 +493,10 @@ def optimize(
     # the plain cut is refined once per study; a norm-preserving one cannot be (see vauban.refine)
     refining = (refine_steps > 0 and not fixed.get("norm_preserving")
                 and not any(t.user_attrs.get("weights") for t in _finished(optuna, the_study)))
-    base = refused = None
+    base = refused = rows = None
     if todo > 0 or refining:
-        base = first_token_logprobs(model, tokenizer, neutral, batch_size, fmt)
+        rows = damage_rows(model, tokenizer, neutral, damage, kl_tokens, batch_size, fmt)
+        base = reference_logprobs(model, tokenizer, rows, batch_size)
         originals = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
                                 judge=judge, formatting=fmt, prompt_set="validation")
         refused = [(c.prompt, c.text, thinking_prefix(tokenizer, c.thinking or "", fmt))
@@ -513,7 +511,7 @@ def optimize(
         with params.apply(model, direction):
             answers = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
                                   judge=judge, formatting=fmt, prompt_set="validation")
-            kl = kl_divergence(base, first_token_logprobs(model, tokenizer, neutral, batch_size, fmt))
+            kl = mean_kl(model, tokenizer, rows, base, batch_size)
             likelihood = refusal_likelihood(model, tokenizer, refused, batch_size=batch_size, formatting=fmt)
         return sum(c.refused for c in answers) / len(answers), kl, likelihood
 
@@ -544,7 +542,7 @@ def optimize(
         say("no refinement: a norm-preserving cut rescales each written vector, which refine cannot express")
     if refining:
         _add_refined(optuna, the_study, plain, lambda: refine(
-            model, tokenizer, CutParams.from_trial(plain, fixed).vector(direction), neutral, base, refused,
+            model, tokenizer, CutParams.from_trial(plain, fixed).vector(direction), rows, base, refused,
             steps=refine_steps, batch_size=batch_size, log=say, formatting=fmt), scores, fixed, say)
     checked = _stored_checks(the_study, checking, selection_tokens) if check else {}
     result = _result(optuna, the_study, fixed, checked, **info)

@@ -14,7 +14,7 @@ import torch
 
 from .atomic import write_file
 from .extras import require
-from .results import AlphaSweep, BorderlineResult, DirectionResult, ProbeResult
+from .results import AlphaSweep, BorderlineResult, DirectionResult, EvalResult, ProbeResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -164,4 +164,39 @@ def plot_pareto(result: OptimizeResult, path: str | os.PathLike[str] | None = No
     axes[1].set_yscale("log")
     axes[0].legend(fontsize="small")
     fig.suptitle(f"Optimization: {len(result.trials)} trials")
+    return _finish(fig, path)
+
+
+def plot_eval(result: EvalResult, path: str | os.PathLike[str] | None = None) -> Figure:
+    """``evaluate``'s report, original and cut side by side: rates (refusal, late refusal,
+    over-refusal, capability scores) as paired bars on the left; perplexity and the KLs (which
+    compare the two, so the original's is 0) on the right."""
+    rows = [("refusal\n(harmful)", result.refusal_before, result.refusal_after),
+            ("late\nrefusal", result.late_before, result.late_after)]
+    if result.over_refusal_before is not None:
+        rows.append(("over-refusal\n(safe)", result.over_refusal_before, result.over_refusal_after))
+    rows += [(f"{b.name}\n{b.metric}", b.value, a.value)
+             for b, a in zip(result.capability_before, result.capability_after, strict=True)]
+    fig, (left, right) = _pyplot().subplots(1, 2, figsize=(11, 4.5),
+                                      gridspec_kw={"width_ratios": [max(len(rows), 2), 2]})
+    xs = range(len(rows))
+    for offset, index, color, label in ((-0.2, 1, "tab:grey", "original"), (0.2, 2, "tab:red", "cut")):
+        bars = left.bar([x + offset for x in xs], [r[index] * 100 for r in rows], width=0.4, color=color,
+                        label=label)
+        left.bar_label(bars, fmt="%.0f", fontsize="small")
+    left.set_xticks(list(xs), [r[0] for r in rows], fontsize="small")
+    left.set(ylabel="% of prompts / score", ylim=(0, 110),
+             title=f"{result.n_prompts} harmful prompts, {result.max_tokens} answer tokens")
+    left.legend(fontsize="small")
+    bars = right.bar([-0.2, 0.2], [result.perplexity_before, result.perplexity_after], width=0.4,
+                     color=["tab:grey", "tab:red"])
+    right.bar_label(bars, fmt="%.2f", fontsize="small")
+    kls = [f"first token {result.first_token_kl:.4f}"]
+    if result.k_token_kl is not None:
+        kls.append(f"{result.kl_tokens} tokens {result.k_token_kl:.4f}")
+    kls.append(f"reference answers {result.kl:.4f}")
+    right.set_xticks([-0.2, 0.2], ["original", "cut"])
+    right.set(ylabel="perplexity (reference answers)", title="KL(original ‖ cut):\n" + "\n".join(kls))
+    right.title.set_fontsize("small")
+    fig.tight_layout()
     return _finish(fig, path)

@@ -31,7 +31,7 @@ from .reasoning import split_reasoning as split_reasoning  # re-exported for jud
 from .sources import TEXT_KEYS as _TEXT_KEYS
 from .sources import directory_prompts, hub_prompts, parquet_prompts, pick_column
 
-BUNDLED = ("harmful", "harmless", "eval_harmful", "reference", "borderline")
+BUNDLED = ("harmful", "harmless", "eval_harmful", "reference", "borderline", "over_refusal")
 
 Prompts = str | os.PathLike[str] | Sequence[str]
 

@@ -33,13 +33,11 @@ from torch import nn
 
 from . import arch
 from .activations import model_device
-from .batching import batch_size_for, duration, forward_tokens, left_pad, sorted_batches, token_batches
+from .batching import batch_size_for, duration
 from .cutting import orthonormal
+from .divergence import Forced, forced, forced_text, kl_batches, logprob_batches, token_logprobs
 from .errors import VaubanError
-from .evaluating import answer_logprobs, encode_pairs
 from .formatting import Formatting
-from .prompts import encode_chat, pad_id
-from .reasoning import thinking_prefix
 from .results import check_int
 
 MAX_WEIGHT = 1.5
@@ -58,52 +56,24 @@ def loss(point: tuple[float, float], reference: tuple[float, float]) -> float:
     return float(torch.logsumexp(SHARPNESS * ratios(point, reference), 0)) / SHARPNESS
 
 
-def first_token_batches(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None,
-    formatting: Formatting | None = None,
-) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """``(indices, log-probabilities of the answer's first token)`` per batch of ``prompts``
-    (the ``harmless`` set's formatting; a thinking model's first *reply* token, after an empty
-    think block); differentiable unless run under ``torch.inference_mode``."""
-    device = model_device(model)
-    empty = thinking_prefix(tokenizer, "", formatting)
-    forced = tokenizer(empty, add_special_tokens=False)["input_ids"] if empty else []
-    ids = [x + forced for x in encode_chat(tokenizer, prompts, formatting, "harmless")]
-    lengths = [len(x) for x in ids]
-    if batch_size is None:  # length-sorted batches of as many tokens as keep the device busy
-        batches = token_batches(lengths, forward_tokens(model, max(lengths, default=1), len(ids)))
-    else:
-        batches = sorted_batches(lengths, batch_size)
-    for batch in batches:
-        input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                       logits_to_keep=1, use_cache=False).logits[:, -1]
-        yield batch, torch.log_softmax(logits.float(), dim=-1)
-
-
 def likelihood_batches(
     model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, ...]], tokens: int = 8,
     batch_size: int | None = None, formatting: Formatting | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``(rows, summed probability of opening with the given refusal)`` per batch: each prompt's
     answer is teacher-forced with the first ``tokens`` tokens of its refusal, after the thoughts
-    the original wrote before it (a third item, see :func:`vauban.evaluating.encode_pairs`), if
+    the original wrote before it (a third item, see :func:`vauban.divergence.forced_text`), if
     any. Empty refusals (the original stopped at once) have nothing to force and are left out."""
     spoken = [r for r in refusals if r[1]]
-    encoded = ([e for e in encode_pairs(tokenizer, spoken, tokens, formatting, "validation") if e[1] > 0]
-               if spoken else [])
-    device = model_device(model)
-    sizes = [len(x) for x, _ in encoded]
-    size = batch_size or batch_size_for(model, max(sizes, default=1), len(encoded),
+    if not spoken:
+        return
+    rows = forced_text(tokenizer, spoken, tokens, formatting=formatting, prompt_set="validation")
+    kept = [i for i, a in enumerate(rows.answers) if a]
+    rows = Forced(tuple(rows.prompts[i] for i in kept), tuple(rows.answers[i] for i in kept))
+    size = batch_size or batch_size_for(model, max((len(x) for x in rows.inputs), default=1), len(rows),
                                         logit_positions=tokens + 1, logit_copies=2)
-    for batch in sorted_batches(sizes, size):
-        ids, mask, positions = left_pad([encoded[i][0] for i in batch], pad_id(tokenizer), device)
-        lengths = torch.tensor([encoded[i][1] for i in batch], device=device)
-        keep = int(lengths.max())
-        logp = answer_logprobs(model, ids, mask, positions, keep)
-        token_lp = logp.gather(-1, ids[:, -keep:].unsqueeze(-1)).squeeze(-1)
-        valid = torch.arange(keep, device=device).unsqueeze(0) >= (keep - lengths).unsqueeze(1)
-        yield len(batch), token_lp.masked_fill(~valid, 0.0).sum(-1).exp().sum()
+    for batch, logp in logprob_batches(model, tokenizer, rows, size):
+        yield len(batch.rows), token_logprobs(logp, batch).sum(-1).exp().sum()
 
 
 def _writer_module(model: nn.Module, writer: arch.ResidualWriter) -> nn.Module:
@@ -154,7 +124,7 @@ class Refined:
 
     attention: tuple[float, ...]
     mlp: tuple[float, ...]
-    kl: float  # first-token KL of the chosen weights (through the hooks)
+    kl: float  # KL of the chosen weights (through the hooks)
     likelihood: float  # refusal likelihood of the chosen weights
     history: tuple[tuple[float, float], ...]  # (KL, likelihood) at each step's start
 
@@ -177,8 +147,8 @@ def refine(
     model: nn.Module,
     tokenizer: Any,
     direction: torch.Tensor,
-    harmless: Sequence[str],
-    base: torch.Tensor,
+    harmless: Sequence[str] | Forced,
+    base: Sequence[torch.Tensor],
     refusals: Sequence[tuple[str, ...]],
     *,
     steps: int = 16,
@@ -187,10 +157,11 @@ def refine(
     log: Callable[[str], None] | None = None,
     formatting: Formatting | None = None,
 ) -> Refined:
-    """Per-writer weights for cutting ``direction`` that lower both the first-token KL against
-    ``base`` (the original's log-probabilities on ``harmless``) and the likelihood of the
-    original's ``refusals``, starting from the plain cut (weight 1 everywhere); see the module
-    docstring. The model's weights are never touched."""
+    """Per-writer weights for cutting ``direction`` that lower both the KL against ``base`` (the
+    original's log-probabilities on ``harmless``: prompts for the first-token KL, or teacher-forced
+    rows for a k-token KL, see :mod:`vauban.divergence`) and the likelihood of the original's
+    ``refusals``, starting from the plain cut (weight 1 everywhere); see the module docstring.
+    The model's weights are never touched."""
     check_int("steps", steps, 0)
     if not lr > 0:
         raise VaubanError(f"lr must be positive, got {lr!r}")
@@ -206,10 +177,11 @@ def refine(
     best: tuple[float, torch.Tensor, float, float] | None = None
     reference: tuple[float, float] | None = None
 
+    rows = harmless if isinstance(harmless, Forced) else forced(tokenizer, harmless, formatting=formatting,
+                                                                prompt_set="harmless")
+
     def kl_parts() -> Iterator[tuple[int, torch.Tensor]]:
-        for rows, logp in first_token_batches(model, tokenizer, harmless, batch_size, formatting):
-            p = base[rows].to(logp.device)
-            yield len(rows), (p.exp() * (p - logp)).sum()
+        return kl_batches(model, tokenizer, rows, base, batch_size)
 
     try:
         with gated(model, direction, weights):

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .atomic import write_file
+from .capability import CapabilityScore
 from .errors import VaubanError
 from .formatting import Formatting
 
@@ -346,7 +347,20 @@ class EvalResult:
     n_reference: int
     before: tuple[Completion, ...] = field(repr=False)
     after: tuple[Completion, ...] = field(repr=False)
+    max_tokens: int = 0  # answer tokens the refusals were judged on
     judge: str = "markers"
+    late_before: float = 0.0  # share of harmful prompts refused late (a part of refusal_*)
+    late_after: float = 0.0
+    over_refusal_before: float | None = None  # refusal rate on safe prompts that sound unsafe
+    over_refusal_after: float | None = None
+    n_safe: int = 0
+    safe_before: tuple[Completion, ...] = field(default=(), repr=False)
+    safe_after: tuple[Completion, ...] = field(default=(), repr=False)
+    k_token_kl: float | None = None  # KL over the first kl_tokens tokens of the original's answers
+    kl_tokens: int = 0
+    capability_before: tuple[CapabilityScore, ...] = field(default=(), repr=False)
+    capability_after: tuple[CapabilityScore, ...] = field(default=(), repr=False)
+    seconds: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def thinking_refusal_before(self) -> float | None:
@@ -367,6 +381,41 @@ class EvalResult:
             f"perplexity={self.perplexity_before:.2f} → {self.perplexity_after:.2f}, "
             f"kl={self.kl:.4f}, prompts={self.n_prompts}{thinking}"
         )
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """The report: ``(measure, original, cut)`` per line; each label says on what it was measured."""
+        def pct(x: float | None) -> str:
+            return "" if x is None else f"{x * 100:.1f}%"
+
+        judged = f"{self.n_prompts} prompts, {self.max_tokens} tokens"
+        judged += f", judge {self.judge}" if self.judge else ""
+        rows = [(f"refusal on harmful prompts ({judged})", pct(self.refusal_before), pct(self.refusal_after)),
+                ("  of which late (complies, then declines)", pct(self.late_before), pct(self.late_after))]
+        if (self.thinking_refusal_before, self.thinking_refusal_after) != (None, None):
+            rows.append(("refusal while thinking", pct(self.thinking_refusal_before or 0.0),
+                         pct(self.thinking_refusal_after or 0.0)))
+        if self.over_refusal_before is not None:
+            rows.append((f"over-refusal on safe prompts ({self.n_safe} prompts)",
+                         pct(self.over_refusal_before), pct(self.over_refusal_after)))
+        rows.append((f"KL(original ‖ cut), first token ({self.n_reference} reference prompts)", "",
+                     f"{self.first_token_kl:.4f}"))
+        if self.k_token_kl is not None:
+            rows.append((f"KL(original ‖ cut), first {self.kl_tokens} tokens of the original's answers", "",
+                         f"{self.k_token_kl:.4f}"))
+        rows.append(("KL(original ‖ cut), reference answers (every position)", "", f"{self.kl:.4f}"))
+        rows.append(("perplexity of the reference answers", f"{self.perplexity_before:.2f}",
+                     f"{self.perplexity_after:.2f}"))
+        for before, after in zip(self.capability_before, self.capability_after, strict=True):
+            rows.append((f"{before.name} {before.metric} (n={before.n})", pct(before.value),
+                         pct(after.value)))
+        return rows
+
+    def table(self) -> str:
+        """:meth:`rows` as aligned plain text."""
+        lines = [("", "original", "cut"), *self.rows()]
+        widths = [max(len(r[i]) for r in lines) for i in range(3)]
+        return "\n".join(f"{a.ljust(widths[0])}  {b.rjust(widths[1])}  {c.rjust(widths[2])}".rstrip()
+                         for a, b, c in lines)
 
     def record(self) -> dict[str, Any]:
         """JSON-serializable form, answers included."""

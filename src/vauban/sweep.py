@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .cutting import cut
-from .evaluating import Pair, answer_scores, completions, default_eval_prompts
+from .evaluating import DEFAULT_MAX_TOKENS, Pair, answer_scores, completions, default_eval_prompts
 from .formatting import Formatting, formatting_for
 from .generate import check_max_tokens
 from .judge import Judge, get_judge
@@ -31,7 +31,7 @@ def alpha_sweep(
     *,
     prompts: Prompts | None = None,
     reference: str | Sequence[tuple[str, str]] = "reference",
-    max_tokens: int = 64,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     batch_size: int | None = None,
     judge: str | Judge | None = None,
     formatting: Formatting | None = None,
@@ -53,7 +53,8 @@ def alpha_sweep(
         with cut(model, direction, alpha=alpha):
             after = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
                                 judge=judge, formatting=formatting)
-            scores = answer_scores(Pair(model, model), tokenizer, pairs, formatting=formatting)
+            scores = answer_scores(Pair(model, model), tokenizer, pairs, batch_size=batch_size,
+                                   formatting=formatting)
         perplexity_before = scores.perplexity_before
         rows.append(SweepRow(alpha, sum(c.refused for c in after) / len(after),
                              scores.perplexity_after, scores.kl, scores.first_token_kl))
