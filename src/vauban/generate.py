@@ -56,6 +56,14 @@ def stop_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
+def decode_answer(tokenizer: Any, tokens: Sequence[int], stops: Sequence[int],
+                  formatting: Formatting | None = None) -> str:
+    """The answer text of one row of new token ids from any runtime (transformers, llama.cpp,
+    mlx_lm): up to the first stop token, in :mod:`vauban.reasoning`'s form, as :func:`generate`
+    gives it."""
+    return Decoder.make(tokenizer, formatting, stops, max(len(tokens), 1))(tokens)
+
+
 def check_max_tokens(max_tokens: int) -> int:
     return check_int("max_tokens", max_tokens, 1)
 
