@@ -93,6 +93,8 @@ def check_spec(spec: str) -> Spec:
     for key in ("threshold", "answer_tokens"):
         if key in parsed.options:
             number_option(parsed, key, float if key == "threshold" else int)
+    if parsed.options.get("input", "answer") not in ("answer", "pair", "chat"):
+        raise VaubanError(f"judge {spec!r}: input must be answer, pair or chat")
     return parsed
 
 
@@ -128,4 +130,8 @@ def get_judge(spec: str | Judge | None = None, **load_options: Any) -> Judge:
         from .markers import DEFAULT, MarkerJudge
 
         return MarkerJudge.from_file(Path(parsed.target)) if parsed.target else DEFAULT
+    if parsed.kind == "classifier":
+        from .classifier import ClassifierJudge
+
+        return ClassifierJudge.load(parsed.target, parsed.options, spec.strip(), **load_options)
     raise VaubanError(f"judge kind {parsed.kind!r} is not available in this version; use markers")
