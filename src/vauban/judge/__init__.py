@@ -134,4 +134,10 @@ def get_judge(spec: str | Judge | None = None, **load_options: Any) -> Judge:
         from .classifier import ClassifierJudge
 
         return ClassifierJudge.load(parsed.target, parsed.options, spec.strip(), **load_options)
-    raise VaubanError(f"judge kind {parsed.kind!r} is not available in this version; use markers")
+    if parsed.kind == "chat":
+        from .chat import ChatJudge
+
+        return ChatJudge.load(parsed.target, spec.strip(), **load_options)
+    from .endpoint import EndpointJudge
+
+    return EndpointJudge(parsed.target, parsed.model, spec=spec.strip())
