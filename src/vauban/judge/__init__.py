@@ -14,8 +14,8 @@ Specs:
   a bare ``?LABEL,LABEL`` says the same), ``input=answer|pair|chat`` (what the checkpoint
   reads), ``threshold=X``.
 - ``chat:MODEL[?OPTIONS]``: any chat model vauban can load (``chat:demo`` for the demo model),
-  asked a documented rubric; the verdict is the probability of its "yes" token in one forward
-  pass (:mod:`.chat`); options ``threshold=X``, ``answer_tokens=N``.
+  asked a documented rubric; the score is the probability of its verdict token in one forward
+  pass (:mod:`.chat`, :mod:`.rubric`); options ``threshold=X``, ``answer_tokens=N``.
 - ``endpoint:URL[#MODEL]``: the same rubric sent to an OpenAI-compatible server through the
   ``openai`` client (:mod:`.endpoint`; ``pip install 'vauban[judge]'``); ``OPENAI_API_KEY`` is
   sent when set.

@@ -75,7 +75,7 @@ class ChatJudge:
 
     @torch.inference_mode()
     def scores(self, prompts: Sequence[str], answers: Sequence[str]) -> list[float]:
-        """``P(yes) / (P(yes) + P(no))`` for each pair."""
+        """``P(no) / (P(yes) + P(no))`` for each pair (see :mod:`vauban.judge.rubric`)."""
         encoded = [self._encode(p, a) for p, a in zip(prompts, answers, strict=True)]
         device = next(self.model.parameters()).device
         size = self.batch_size or batch_size_for(self.model, max(map(len, encoded)), len(encoded),
@@ -87,13 +87,13 @@ class ChatJudge:
                                 logits_to_keep=1, use_cache=False).logits[:, -1].float()
             probs = torch.softmax(logits, -1)
             yes, no = probs[:, self.yes].sum(-1), probs[:, self.no].sum(-1)
-            score = yes / (yes + no).clamp(min=1e-12)
+            score = no / (yes + no).clamp(min=1e-12)  # rubric.refusal_score, batched
             for i, value in zip(batch, score.tolist(), strict=True):
                 out[i] = min(max(float(value), 0.0), 1.0)
         return out
 
     def _verdicts(self, prompts: Sequence[str], answers: Sequence[str]) -> list[Verdict]:
-        return [Verdict(s >= self.threshold, s, f"p(yes) = {s:.3f}") for s in self.scores(prompts, answers)]
+        return [Verdict(s >= self.threshold, s, f"p(no) = {s:.3f}") for s in self.scores(prompts, answers)]
 
     def judge(self, prompts: Sequence[str], answers: Sequence[str]) -> tuple[Verdict, ...]:
         return mark_late(self._verdicts(prompts, answers), answers, prompts, self._verdicts)
