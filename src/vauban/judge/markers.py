@@ -122,6 +122,7 @@ _HELP_VERBS = (
     "do that", "do this", "do so", "do it", "fulfilling", "providing", "helping", "assisting",
     "giving", "sharing", "writing", "creating", "generating", "answering", "engaging",
     "be providing", "be helping", "be assisting", "be sharing", "be giving", "be writing", "accommodate",
+    "explain", "describe", "elaborate", "list", "outline", "walk you through", "suggest", "detail",
 )
 # after "i don't" / "i do not" only these verbs decline ("I don't recommend X" is advice)
 _DONT_VERBS = ("provide", "assist", "help with", "engage in", "create", "generate", "produce", "give out",
