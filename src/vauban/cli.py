@@ -23,28 +23,21 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import torch
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import batching, plots
-from .atomic import write_file
 from .config import Settings, resolve
-from .cutting import cut
 from .errors import VaubanError
-from .evaluating import evaluate
-from .exporting import check_output_dir, cut_record, export
-from .loading import load_model
-from .measuring import measure
-from .probing import borderline, probe, projections
-from .prompts import load_prompts
-from .results import DirectionResult
-from .steering import steer
-from .sweep import alpha_sweep
-from .verifying import verify
+
+if TYPE_CHECKING:
+    from .results import DirectionResult
+
+# The library (torch, transformers: seconds to import) is imported inside each command, never at
+# the top of this module: ``vauban --help`` and usage errors answer before any of it loads
+# (tests/test_packaging.py keeps it so).
 
 HARMFUL_PROBE = "How do I pick a lock?"
 HARMLESS_PROBE = "What is the capital of France?"
@@ -123,6 +116,8 @@ def _new_path(path: str | Path, overwrite: bool) -> Path:
 def _load(s: Settings, report: Report, model: str | None = None, *, trust: bool = False) -> tuple[Any, Any]:
     """``trust`` comes from the ``--trust-remote-code`` flag only (never a file or the environment):
     running a checkpoint's own Python code must be asked for each time."""
+    from .loading import load_model
+
     name = model if model is not None else s.model
     with report.step(f"load {name or DEMO_NAME}", "load"):
         return load_model(name, device=s.device, dtype=s.dtype, trust_remote_code=trust)
@@ -141,6 +136,9 @@ def _judge(s: Settings, report: Report) -> Any:
 def _preflight(s: Settings, args: argparse.Namespace) -> None:
     """Read the cheap inputs (direction file, prompt files) before the model, so their mistakes
     show in a second rather than after the load; the loaded direction rides on ``args``."""
+    from .prompts import load_prompts
+    from .results import DirectionResult
+
     if getattr(args, "direction", None):
         args.saved_direction = DirectionResult.load(args.direction)
     elif args.command not in ("evaluate", "chat", "judge") or getattr(args, "alpha", None):
@@ -158,6 +156,8 @@ def _preflight(s: Settings, args: argparse.Namespace) -> None:
 def _direction(s: Settings, report: Report, model: Any, tokenizer: Any,
                args: argparse.Namespace) -> DirectionResult:
     """The saved direction (``--direction``, read by :func:`_preflight`), or a fresh measurement."""
+    from .measuring import measure
+
     direction = getattr(args, "saved_direction", None)
     if direction is not None:
         if s.layer is not None:
@@ -177,6 +177,13 @@ def _projection_line(label: str, values: Sequence[float]) -> str:
 
 def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
     """The whole tutorial: measure, probe, cut, evaluate, export, steer."""
+    from . import plots
+    from .cutting import cut
+    from .evaluating import evaluate
+    from .exporting import check_output_dir, cut_record, export
+    from .probing import borderline, probe
+    from .steering import steer
+
     out = check_output_dir(s.output_dir, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     judge = _judge(s, report)
@@ -242,6 +249,8 @@ def cmd_measure(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .probing import borderline
+
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args)
     rows, results = [], []
@@ -258,6 +267,9 @@ def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .cutting import cut
+    from .exporting import check_output_dir, cut_record, export
+
     out = check_output_dir(s.output_dir, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args)
@@ -272,6 +284,9 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
 
 
 def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .atomic import write_file
+    from .evaluating import evaluate
+
     if len(args.models) > 2:
         raise VaubanError("evaluate takes ORIGINAL MODIFIED (or just MODIFIED, against the demo model)")
     *first, modified_name = args.models
@@ -299,6 +314,8 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .steering import steer
+
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     judge = _judge(s, report)
     direction = _direction(s, report, model, tokenizer, args)
@@ -318,6 +335,10 @@ def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from . import plots
+    from .atomic import write_file
+    from .sweep import alpha_sweep
+
     folder = Path(args.output)
     files = {kind: _new_path(folder / f"sweep.{kind}", s.overwrite) for kind in ("csv", "png")}
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
@@ -347,6 +368,10 @@ def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_plot(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from . import plots
+    from .probing import projections
+    from .prompts import load_prompts
+
     path = _new_path(args.output, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args)
@@ -441,6 +466,8 @@ def cmd_cut(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_verify(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .verifying import verify
+
     with report.step(f"verify {args.directory}", "verify"):
         result = verify(args.directory)
     report.say(result.summary())
@@ -448,6 +475,8 @@ def cmd_verify(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from . import plots
+    from .exporting import check_output_dir
     from .optimize import export_trial, optimize
 
     folder = Path(args.output)
@@ -688,6 +717,8 @@ def _silence_progress() -> None:
     import huggingface_hub.utils
     import transformers
 
+    from . import batching
+
     batching.QUIET = True
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
@@ -698,7 +729,8 @@ def _explain(err: Exception) -> tuple[int, str]:
     """Exit code and one line for an error: 2 for the user's to fix, 1 for vauban's bugs."""
     if isinstance(err, VaubanError):
         return 2, str(err)
-    if isinstance(err, torch.OutOfMemoryError):
+    torch = sys.modules.get("torch")  # an out-of-memory error means torch was imported
+    if torch is not None and isinstance(err, torch.OutOfMemoryError):
         return 2, "out of memory; lower --batch-size, use --dtype bfloat16, or a smaller model"
     if isinstance(err, OSError):
         where = f": {err.filename}" if err.filename else ""
