@@ -136,6 +136,8 @@ def _judge(s: Settings, report: Report) -> Any:
 def _preflight(s: Settings, args: argparse.Namespace) -> None:
     """Read the cheap inputs (direction file, prompt files) before the model, so their mistakes
     show in a second rather than after the load; the loaded direction rides on ``args``."""
+    if args.command == "judge":  # reads its own file, no prompt sets or direction
+        return
     from .prompts import load_prompts
     from .results import DirectionResult
 
