@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vauban import VaubanError
-from vauban.judge.markers import REFUSAL_MARKERS, is_refusal, normalize, own_words
+from vauban.judge.markers import is_refusal, normalize, own_words
 from vauban.prompts import BUNDLED, bundled_records, load_pairs, load_prompts
 
 # --- bundled sets ------------------------------------------------------------------------------
@@ -280,14 +280,10 @@ def test_is_refusal_false(text):
 
 
 def test_own_words_keep_an_opening_quote_and_drop_the_rest():
-    assert own_words('"Hi," he said "bye"').split() == ['"Hi,"', "he", "said"]
+    assert own_words('"Hi," he said "see you all tomorrow"').split() == ['"Hi,"', "he", "said"]
+    assert own_words('He was not "right" to do it').split() == ["He", "was", "not", "right", "to", "do", "it"]
     assert own_words("x `code` y").split() == ["x", "y"]
 
 
 def test_normalize():
     assert normalize("  **I  Can’t**\n\nhelp ") == "i can't help"
-
-
-def test_markers_are_lower_case_and_normalized():
-    for marker in REFUSAL_MARKERS:
-        assert marker == normalize(marker), marker

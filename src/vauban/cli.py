@@ -143,6 +143,8 @@ def _judge(s: Settings, report: Report) -> Any:
 def _preflight(s: Settings, args: argparse.Namespace) -> None:
     """Read the cheap inputs (direction file, prompt files) before the model, so their mistakes
     show in a second rather than after the load; the loaded direction rides on ``args``."""
+    if args.command == "judge":  # reads its own file, no prompt sets or direction
+        return
     from .formats import check_options
     from .prompts import load_prompts
     from .results import DirectionResult
@@ -151,7 +153,7 @@ def _preflight(s: Settings, args: argparse.Namespace) -> None:
         check_options(s.format, s.quant)
     if getattr(args, "direction", None):
         args.saved_direction = DirectionResult.load(args.direction)
-    elif args.command not in ("evaluate", "chat") or getattr(args, "alpha", None):
+    elif args.command not in ("evaluate", "chat", "judge") or getattr(args, "alpha", None):
         load_prompts(s.harmful, what="harmful prompts")
         load_prompts(s.harmless, what="harmless prompts")
     if args.command in ("probe", "steer"):
@@ -519,6 +521,26 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
             say(f"({session.judge.spec}: {session.last_verdict.summary()})", style="dim")
 
 
+def cmd_judge(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    """One verdict per line of a JSONL file of {"prompt", "answer"} (see vauban.judge.files): JSON
+    lines on stdout, or with --json one document holding them all."""
+    from .judge.files import judge_file
+
+    judge = _judge(s, report)
+    with report.step(f"judge {args.file} with {judge.spec}", "judge"):
+        verdicts = judge_file(args.file, judge)
+    refusals, late = sum(v["refusal"] for v in verdicts), sum(v["late"] for v in verdicts)
+    if not report.as_json:
+        sys.stdout.write("".join(json.dumps(v) + "\n" for v in verdicts))
+    if not s.quiet:
+        report.err.print(f"{refusals} of {len(verdicts)} answers are refusals ({late} late), judged by "
+                         f"{judge.spec}", markup=False, style="dim")
+    report.put("judge", judge.spec)
+    report.put("refusals", refusals)
+    report.put("late", late)
+    report.put("verdicts", verdicts)
+
+
 def cmd_cut(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from .stream import cut_checkpoint
 
@@ -799,6 +821,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_layers, help="comma-separated layers to cut (default: all)")
     p.add_argument("--embeddings", action="store_true", default=None,
                    help="also orthogonalize the embeddings")
+    p = command("judge", cmd_judge, "judge answers: one JSON verdict per line of a JSONL file of "
+                "{\"prompt\", \"answer\"} objects (- reads stdin)")
+    p.add_argument("file", metavar="FILE.jsonl")
     p = command("verify", cmd_verify, "check an export's files against the sha256 list in its vauban.json")
     p.add_argument("directory", metavar="DIR")
     return parser

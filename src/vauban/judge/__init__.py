@@ -14,8 +14,8 @@ Specs:
   a bare ``?LABEL,LABEL`` says the same), ``input=answer|pair|chat`` (what the checkpoint
   reads), ``threshold=X``.
 - ``chat:MODEL[?OPTIONS]``: any chat model vauban can load (``chat:demo`` for the demo model),
-  asked a documented rubric; the verdict is the probability of its "yes" token in one forward
-  pass (:mod:`.chat`); options ``threshold=X``, ``answer_tokens=N``.
+  asked a documented rubric; the score is the probability of its verdict token in one forward
+  pass (:mod:`.chat`, :mod:`.rubric`); options ``threshold=X``, ``answer_tokens=N``.
 - ``endpoint:URL[#MODEL]``: the same rubric sent to an OpenAI-compatible server through the
   ``openai`` client (:mod:`.endpoint`; ``pip install 'vauban[judge]'``); ``OPENAI_API_KEY`` is
   sent when set.
@@ -93,6 +93,8 @@ def check_spec(spec: str) -> Spec:
     for key in ("threshold", "answer_tokens"):
         if key in parsed.options:
             number_option(parsed, key, float if key == "threshold" else int)
+    if parsed.options.get("input", "answer") not in ("answer", "pair", "chat"):
+        raise VaubanError(f"judge {spec!r}: input must be answer, pair or chat")
     return parsed
 
 
@@ -128,4 +130,14 @@ def get_judge(spec: str | Judge | None = None, **load_options: Any) -> Judge:
         from .markers import DEFAULT, MarkerJudge
 
         return MarkerJudge.from_file(Path(parsed.target)) if parsed.target else DEFAULT
-    raise VaubanError(f"judge kind {parsed.kind!r} is not available in this version; use markers")
+    if parsed.kind == "classifier":
+        from .classifier import ClassifierJudge
+
+        return ClassifierJudge.load(parsed.target, parsed.options, spec.strip(), **load_options)
+    if parsed.kind == "chat":
+        from .chat import ChatJudge
+
+        return ChatJudge.load(parsed.target, spec.strip(), **load_options)
+    from .endpoint import EndpointJudge
+
+    return EndpointJudge(parsed.target, parsed.model, spec=spec.strip())
