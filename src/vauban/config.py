@@ -33,6 +33,7 @@ class Settings:
     output_dir: str = "abliterated"
     alpha: float = 1.0
     layer: int | None = None
+    select: str = "effect"
     embeddings: bool = False
     harmful: str = "harmful"
     harmless: str = "harmless"
@@ -116,6 +117,9 @@ def check(settings: Settings) -> Settings:
     check_max_tokens(settings.max_tokens)
     if settings.batch_size is not None and settings.batch_size < 1:
         raise VaubanError(f"batch_size must be at least 1, got {settings.batch_size}")
+    from .selecting import check_select
+
+    check_select(settings.select)
     if settings.layer is not None and settings.layer < 0:
         raise VaubanError(f"layer must be a layer index (0 or more), got {settings.layer}")
     return settings
