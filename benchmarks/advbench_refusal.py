@@ -1,10 +1,11 @@
 """Refusal rate on AdvBench before and after abliteration (development evaluation).
 
 AdvBench (Zou et al., 2023; MIT) is not shipped with vauban; pass the CSV path. Greedy answers,
-``--max-tokens`` new tokens, judged by vauban's refusal markers. Example:
+``--max-tokens`` new tokens, judged by ``--judge`` (default: vauban's refusal markers; see
+``vauban.judge``). Example:
 
     python benchmarks/advbench_refusal.py ../shared/data/advbench_harmful_behaviors.csv \\
-        --export abliterated-demo
+        --export abliterated-demo --judge markers
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ import time
 
 from vauban import load, prompts
 from vauban.generate import generate
-from vauban.refusal import is_refusal
+from vauban.judge import Judge, get_judge, run_judge
 
 
-def refusal_rate(model_path: str | None, goals: list[str], max_tokens: int, batch_size: int) -> dict:
+def refusal_rate(model_path: str | None, goals: list[str], max_tokens: int, batch_size: int,
+                 judge: Judge) -> dict:
     model, tokenizer = load(model_path)
     start = time.perf_counter()
     answers = generate(model, tokenizer, goals, max_tokens=max_tokens, batch_size=batch_size)
-    refused = [is_refusal(a) for a in answers]
+    refused = [v.refusal for v in run_judge(judge, goals, answers)]
     return {
         "model": model_path or "demo",
+        "judge": judge.spec,
+        "max_tokens": max_tokens,
         "prompts": len(goals),
         "refusal_rate": sum(refused) / len(goals),
         "seconds": round(time.perf_counter() - start, 1),
@@ -44,13 +48,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--json", default=None, help="write full results here")
+    parser.add_argument("--judge", default=None, help="refusal judge spec (default: markers)")
     args = parser.parse_args()
     goals = prompts.load_prompts(args.csv)[: args.limit]
-    results = [
-        refusal_rate(path, goals, args.max_tokens, args.batch_size) for path in (args.base, args.export)
-    ]
+    judge = get_judge(args.judge)
+    results = [refusal_rate(path, goals, args.max_tokens, args.batch_size, judge)
+               for path in (args.base, args.export)]
     for r in results:
-        print(f"{r['model']}: refusal {r['refusal_rate']:.1%} of {r['prompts']} ({r['seconds']} s)")
+        print(f"{r['model']}: refusal {r['refusal_rate']:.1%} of {r['prompts']} "
+              f"(judge {r['judge']}, {r['max_tokens']} tokens, {r['seconds']} s)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

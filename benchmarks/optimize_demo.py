@@ -29,6 +29,7 @@ from pathlib import Path
 
 from vauban import DirectionResult, load, measure
 from vauban.evaluating import Pair, answer_scores, completions
+from vauban.judge import get_judge
 from vauban.optimize import Trial, candidates, first_token_logprobs, kl_divergence, optimize
 from vauban.prompts import load_pairs, load_prompts
 
@@ -36,8 +37,8 @@ RESULTS = Path(__file__).parent / "results"
 ADVBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "advbench_harmful_behaviors.csv"
 
 
-def held_out(model, tokenizer, prompts, pairs, base, max_tokens: int, full: bool) -> dict:
-    answers = completions(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=None)
+def held_out(model, tokenizer, prompts, pairs, base, max_tokens: int, full: bool, judge=None) -> dict:
+    answers = completions(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=None, judge=judge)
     refusals = sum(a.refused for a in answers)
     out = {
         "refusals": refusals,
@@ -62,11 +63,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="answer tokens judged when held out")
     parser.add_argument("--full", action="store_true", help="also perplexity and all-position KL")
     parser.add_argument("--json", default=str(RESULTS / "optimize_demo.json"))
+    parser.add_argument("--judge", default=None,
+                        help="refusal judge spec, for the search and held out (default: markers)")
     args = parser.parse_args()
     if not Path(args.advbench).is_file():
         parser.error(f"no AdvBench CSV at {args.advbench}; pass --advbench PATH")
 
     t0 = time.perf_counter()
+    judge = get_judge(args.judge)
     model, tokenizer = load()
     if args.direction:
         direction = DirectionResult.load(args.direction)
@@ -75,7 +79,7 @@ def main() -> None:
         direction.save("/tmp/vauban_demo_direction.safetensors")
     print(direction.summary(), flush=True)
     result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=args.study,
-                      show_progress=True)
+                      show_progress=True, judge=judge)
     print(result.table())
     print(result.summary(), flush=True)
     t_search = time.perf_counter() - t0
@@ -84,7 +88,8 @@ def main() -> None:
     prompts = random.Random(args.seed).sample(goals, min(args.heldout_n, len(goals)))
     pairs = load_pairs("reference")
     base = first_token_logprobs(model, tokenizer, [p for p, _ in pairs])
-    original = completions(model, tokenizer, prompts, max_tokens=args.max_tokens, batch_size=None)
+    original = completions(model, tokenizer, prompts, max_tokens=args.max_tokens, batch_size=None,
+                           judge=judge)
     n_orig = sum(a.refused for a in original)
     print(f"held out: the original refuses {n_orig}/{len(prompts)}", flush=True)
     unchecked = next(iter(candidates(result)), result.plain)
@@ -100,7 +105,7 @@ def main() -> None:
     for role, trial in points:
         start = time.perf_counter()
         with trial.params.apply(model, direction):
-            scores = held_out(model, tokenizer, prompts, pairs, base, args.max_tokens, args.full)
+            scores = held_out(model, tokenizer, prompts, pairs, base, args.max_tokens, args.full, judge)
         rows.append({"role": role, "trial": trial.number, "search": {"refusal": trial.refusal,
                      "first_token_kl": trial.kl, "refusal_likelihood": trial.likelihood,
                      "selection_refusal": trial.selection_refusal},
@@ -135,7 +140,7 @@ def main() -> None:
                    "selection_prompts": result.n_selection, "settings": result.settings,
                    "seconds": round(t_search, 1)},
         "held_out": {"benchmark": "AdvBench (seeded sample)", "harmful_prompts": len(prompts),
-                     "reference_prompts": len(pairs), "max_tokens": args.max_tokens,
+                     "reference_prompts": len(pairs), "max_tokens": args.max_tokens, "judge": judge.spec,
                      "original_refused": n_orig},
         "points": rows,
         "optimize": result.record(),

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from vauban import VaubanError
+from vauban.judge.markers import REFUSAL_MARKERS, is_refusal, normalize, own_words
 from vauban.prompts import BUNDLED, bundled_records, load_pairs, load_prompts
-from vauban.refusal import REFUSAL_MARKERS, is_refusal, normalize, own_words
 
 # --- bundled sets ------------------------------------------------------------------------------
 

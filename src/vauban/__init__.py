@@ -5,34 +5,39 @@ are built from. Modules are named for the pipeline's steps (``loading``, ``measu
 ``probing``, ``cutting``, ``exporting``, ``evaluating``, ``steering``, ``verifying``), so that no
 function exported here shadows a module: ``vauban.cut`` is the function, ``vauban.cutting`` its
 module.
+
+The names are imported on first use (PEP 562 ``__getattr__``): ``import vauban`` costs no torch
+or transformers import, so ``vauban --help`` and usage errors answer at once. Each name below
+says which module defines it; ``from vauban import cut`` and ``vauban.cut`` work as before.
 """
 
-from .cutting import Cut, LayerKernel, active_cuts, cut, original_weights
-from .errors import VaubanError
-from .evaluating import evaluate
-from .exporting import export
-from .loading import load_model, source_of
-from .measuring import direction_at, directions_per_layer, measure, measure_subspace
-from .probing import borderline, probe, projections
-from .results import (
-    AlphaSweep,
-    BorderlineResult,
-    Completion,
-    DirectionResult,
-    EvalResult,
-    ProbeResult,
-    SteerResult,
-    SteerSweep,
-    SubspaceResult,
-    VerifyResult,
-)
-from .steering import Steering, steer, steer_generate
-from .sweep import alpha_sweep, direction_similarity, steer_sweep
-from .verifying import verify
+from __future__ import annotations
 
-load = load_model
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# name -> (module, attribute in it)
+_EXPORTS: dict[str, tuple[str, str]] = {
+    **{name: ("cutting", name) for name in ("Cut", "LayerKernel", "active_cuts", "cut", "original_weights")},
+    "VaubanError": ("errors", "VaubanError"),
+    "evaluate": ("evaluating", "evaluate"),
+    "export": ("exporting", "export"),
+    "load": ("loading", "load_model"),
+    "load_model": ("loading", "load_model"),
+    "source_of": ("loading", "source_of"),
+    **{name: ("measuring", name) for name in ("direction_at", "directions_per_layer", "measure",
+                                               "measure_subspace")},
+    **{name: ("probing", name) for name in ("borderline", "probe", "projections")},
+    **{name: ("results", name) for name in ("AlphaSweep", "BorderlineResult", "Completion",
+                                             "DirectionResult", "EvalResult", "ProbeResult",
+                                             "SteerResult", "SteerSweep", "SubspaceResult",
+                                             "VerifyResult")},
+    **{name: ("steering", name) for name in ("Steering", "steer", "steer_generate")},
+    **{name: ("sweep", name) for name in ("alpha_sweep", "direction_similarity", "steer_sweep")},
+    "verify": ("verifying", "verify"),
+}
 
 __all__ = [
     "AlphaSweep",
@@ -70,3 +75,43 @@ __all__ = [
     "steer_sweep",
     "verify",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exported name's module the first time the name is asked for."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'vauban' has no attribute {name!r}")
+    module, attribute = _EXPORTS[name]
+    value = getattr(importlib.import_module(f".{module}", __name__), attribute)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
+    from .cutting import Cut, LayerKernel, active_cuts, cut, original_weights
+    from .errors import VaubanError
+    from .evaluating import evaluate
+    from .exporting import export
+    from .loading import load_model, source_of  # noqa: F401  (load_model: the name before load)
+    from .loading import load_model as load
+    from .measuring import direction_at, directions_per_layer, measure, measure_subspace
+    from .probing import borderline, probe, projections
+    from .results import (
+        AlphaSweep,
+        BorderlineResult,
+        Completion,
+        DirectionResult,
+        EvalResult,
+        ProbeResult,
+        SteerResult,
+        SteerSweep,
+        SubspaceResult,
+        VerifyResult,
+    )
+    from .steering import Steering, steer, steer_generate
+    from .sweep import alpha_sweep, direction_similarity, steer_sweep
+    from .verifying import verify

@@ -21,6 +21,7 @@ from transformers import TextStreamer
 from .activations import model_device
 from .errors import VaubanError
 from .generate import check_max_tokens, decode_answer, greedy_config, stop_token_ids
+from .judge import Judge, Verdict, get_judge, run_judge
 from .prompts import check_tokenizer
 from .results import DirectionResult, check_alpha
 from .steering import Steering
@@ -40,7 +41,9 @@ class _CallbackStreamer(TextStreamer):
 
 @dataclass
 class ChatSession:
-    """A conversation with ``model``; ``direction`` + ``alpha`` steer every reply when set."""
+    """A conversation with ``model``; ``direction`` + ``alpha`` steer every reply when set.
+    With a ``judge`` (spec or :class:`vauban.judge.Judge`), each reply is judged and its verdict
+    kept in ``last_verdict``."""
 
     model: nn.Module
     tokenizer: Any
@@ -48,11 +51,15 @@ class ChatSession:
     alpha: float = 0.0
     max_tokens: int = 256
     history: list[dict[str, str]] = field(default_factory=list)
+    judge: str | Judge | None = None
+    last_verdict: Verdict | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         check_tokenizer(self.model, self.tokenizer)
         check_max_tokens(self.max_tokens)
         self.set_alpha(self.alpha)
+        if self.judge is not None:
+            self.judge = get_judge(self.judge)
 
     def set_alpha(self, alpha: float) -> None:
         """Change the steering strength for the next replies (0 turns steering off)."""
@@ -98,4 +105,6 @@ class ChatSession:
             )
         answer = decode_answer(self.tokenizer, out[0, encoded["input_ids"].shape[1]:].tolist(), stops)
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+        if isinstance(self.judge, Judge):
+            (self.last_verdict,) = run_judge(self.judge, [text], [answer])
         return answer

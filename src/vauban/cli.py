@@ -23,28 +23,21 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import torch
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import batching, plots
-from .atomic import write_file
 from .config import Settings, resolve
-from .cutting import cut
 from .errors import VaubanError
-from .evaluating import evaluate
-from .exporting import check_output_dir, cut_record, export
-from .loading import load_model
-from .measuring import measure
-from .probing import borderline, probe, projections
-from .prompts import load_prompts
-from .results import DirectionResult
-from .steering import steer
-from .sweep import alpha_sweep
-from .verifying import verify
+
+if TYPE_CHECKING:
+    from .results import DirectionResult
+
+# The library (torch, transformers: seconds to import) is imported inside each command, never at
+# the top of this module: ``vauban --help`` and usage errors answer before any of it loads
+# (tests/test_packaging.py keeps it so).
 
 HARMFUL_PROBE = "How do I pick a lock?"
 HARMLESS_PROBE = "What is the capital of France?"
@@ -123,14 +116,29 @@ def _new_path(path: str | Path, overwrite: bool) -> Path:
 def _load(s: Settings, report: Report, model: str | None = None, *, trust: bool = False) -> tuple[Any, Any]:
     """``trust`` comes from the ``--trust-remote-code`` flag only (never a file or the environment):
     running a checkpoint's own Python code must be asked for each time."""
+    from .loading import load_model
+
     name = model if model is not None else s.model
     with report.step(f"load {name or DEMO_NAME}", "load"):
         return load_model(name, device=s.device, dtype=s.dtype, trust_remote_code=trust)
 
 
+def _judge(s: Settings, report: Report) -> Any:
+    """The refusal judge of ``--judge`` (default: markers); a model judge loads here, timed."""
+    from .judge import get_judge, parse_spec
+
+    if s.judge is None or parse_spec(s.judge).kind not in ("chat", "classifier"):
+        return get_judge(s.judge)
+    with report.step(f"load judge {s.judge}", "load_judge"):
+        return get_judge(s.judge, device=s.device, dtype=s.dtype)
+
+
 def _preflight(s: Settings, args: argparse.Namespace) -> None:
     """Read the cheap inputs (direction file, prompt files) before the model, so their mistakes
     show in a second rather than after the load; the loaded direction rides on ``args``."""
+    from .prompts import load_prompts
+    from .results import DirectionResult
+
     if getattr(args, "direction", None):
         args.saved_direction = DirectionResult.load(args.direction)
     elif args.command not in ("evaluate", "chat") or getattr(args, "alpha", None):
@@ -148,6 +156,8 @@ def _preflight(s: Settings, args: argparse.Namespace) -> None:
 def _direction(s: Settings, report: Report, model: Any, tokenizer: Any,
                args: argparse.Namespace) -> DirectionResult:
     """The saved direction (``--direction``, read by :func:`_preflight`), or a fresh measurement."""
+    from .measuring import measure
+
     direction = getattr(args, "saved_direction", None)
     if direction is not None:
         if s.layer is not None:
@@ -167,8 +177,16 @@ def _projection_line(label: str, values: Sequence[float]) -> str:
 
 def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
     """The whole tutorial: measure, probe, cut, evaluate, export, steer."""
+    from . import plots
+    from .cutting import cut
+    from .evaluating import evaluate
+    from .exporting import check_output_dir, cut_record, export
+    from .probing import borderline, probe
+    from .steering import steer
+
     out = check_output_dir(s.output_dir, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
+    judge = _judge(s, report)
     direction = _direction(s, report, model, tokenizer, args)
     with report.step("probe", "probe"):
         probes = {name: probe(model, tokenizer, text, direction) for name, text in
@@ -183,9 +201,9 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
         report.say(_projection_line("after cut", probes["harmful, cut"].projections))
         with report.step(f"evaluate ({s.eval_prompts or 'bundled'} prompts)", "evaluate"):
             result = evaluate(model, model, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
-                              batch_size=s.batch_size)
+                              batch_size=s.batch_size, judge=judge)
         report.say(result.summary())
-        report.say(f"  first-token KL={result.first_token_kl:.4f}")
+        report.say(f"  first-token KL={result.first_token_kl:.4f}, refusals judged by {judge.spec}")
 
         def extras(folder: Path) -> None:
             plots.plot_scores(direction, folder / "vauban_scores.png")
@@ -199,7 +217,7 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
                    extras=extras)
     refused = next((c.prompt for c in result.before if c.refused), HARMFUL_PROBE)
     with report.step("steer", "steer"):
-        steered = steer(model, tokenizer, refused, direction, s.alpha, max_tokens=s.max_tokens)
+        steered = steer(model, tokenizer, refused, direction, s.alpha, max_tokens=s.max_tokens, judge=judge)
     report.say(f"Steering the original model on {refused!r}:")
     report.say(steered.summary())
     report.say("  " + steered.text[:300].replace("\n", "\n  "))
@@ -235,6 +253,8 @@ def cmd_measure(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .probing import borderline
+
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args)
     rows, results = [], []
@@ -251,6 +271,9 @@ def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .cutting import cut
+    from .exporting import check_output_dir, cut_record, export
+
     out = check_output_dir(s.output_dir, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args)
@@ -265,6 +288,9 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
 
 
 def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .atomic import write_file
+    from .evaluating import evaluate
+
     if len(args.models) > 2:
         raise VaubanError("evaluate takes ORIGINAL MODIFIED (or just MODIFIED, against the demo model)")
     *first, modified_name = args.models
@@ -272,10 +298,12 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
     save = _new_path(args.output, s.overwrite) if args.output else None
     original, tokenizer = _load(s, report, original_name, trust=args.trust_remote_code)
     modified, _ = _load(s, report, modified_name, trust=args.trust_remote_code)
+    judge = _judge(s, report)
     with report.step("evaluate", "evaluate"):
         result = evaluate(original, modified, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
-                          batch_size=s.batch_size)
-    report.table(f"{original_name or 'demo model'} → {modified_name}", ["", "original", "modified"], [
+                          batch_size=s.batch_size, judge=judge)
+    report.table(f"{original_name or 'demo model'} → {modified_name} (refusals judged by {judge.spec})",
+                 ["", "original", "modified"], [
         ("refusal", f"{result.refusal_before:.0%}", f"{result.refusal_after:.0%}"),
         ("perplexity", f"{result.perplexity_before:.2f}", f"{result.perplexity_after:.2f}"),
         ("KL (all answer tokens)", "", f"{result.kl:.4f}"),
@@ -290,34 +318,45 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .steering import steer
+
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
+    judge = _judge(s, report)
     direction = _direction(s, report, model, tokenizer, args)
     results = []
     for alpha in args.alphas or [s.alpha]:
         with report.step(f"steer alpha={alpha:g}"):
-            result = steer(model, tokenizer, args.prompt, direction, alpha, max_tokens=s.max_tokens)
+            result = steer(model, tokenizer, args.prompt, direction, alpha, max_tokens=s.max_tokens,
+                           judge=judge)
         report.say(result.summary())
         report.say("  " + result.text.replace("\n", "\n  "))
         results.append({"alpha": alpha, "text": result.text, "refused": result.refused,
                         "projection_before": result.mean_projection(),
                         "projection_after": result.mean_projection(after=True)})
     report.put("prompt", args.prompt)
+    report.put("judge", judge.spec)
     report.put("results", results)
 
 
 def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from . import plots
+    from .atomic import write_file
+    from .sweep import alpha_sweep
+
     folder = Path(args.output)
     files = {kind: _new_path(folder / f"sweep.{kind}", s.overwrite) for kind in ("csv", "png")}
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
+    judge = _judge(s, report)
     direction = _direction(s, report, model, tokenizer, args)
     alphas = args.alphas or [0.5, 1.0, 1.5, 2.0]
     with report.step(f"cut and evaluate at {len(alphas)} alphas", "sweep"):
         sweep = alpha_sweep(model, tokenizer, direction, alphas, prompts=s.eval_prompts,
-                            max_tokens=s.max_tokens, batch_size=s.batch_size)
+                            max_tokens=s.max_tokens, batch_size=s.batch_size, judge=judge)
     header = ["alpha", "refusal", "perplexity", "kl", "first_token_kl"]
     rows = [(0.0, sweep.refusal_before, sweep.perplexity_before, 0.0, 0.0)]
     rows += [(r.alpha, r.refusal, r.perplexity, r.kl, r.first_token_kl) for r in sweep.rows]
-    report.table(f"Alpha sweep ({sweep.n_prompts} prompts; alpha 0 = original)", header,
+    report.table(f"Alpha sweep ({sweep.n_prompts} prompts, refusals judged by {sweep.judge}; "
+                 "alpha 0 = original)", header,
                  [(f"{a:g}", f"{ref:.0%}", f"{ppl:.2f}", f"{kl:.4f}", f"{fk:.4f}")
                   for a, ref, ppl, kl, fk in rows])
     def write_csv(tmp: Path) -> None:
@@ -327,11 +366,16 @@ def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
     write_file(files["csv"], write_csv)
     plots.plot_sweep(sweep, files["png"])
     report.say(f"table: {files['csv']}  plot: {files['png']}")
+    report.put("judge", sweep.judge)
     report.put("rows", [dict(zip(header, row, strict=True)) for row in rows])
     report.put("files", {k: str(v) for k, v in files.items()})
 
 
 def cmd_plot(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from . import plots
+    from .probing import projections
+    from .prompts import load_prompts
+
     path = _new_path(args.output, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args)
@@ -350,10 +394,12 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from .chat import ChatSession
 
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
+    judge = _judge(s, report) if s.judge is not None else None  # judge replies only when asked
     direction = None
     if args.direction or args.alpha:
         direction = _direction(s, report, model, tokenizer, args)
-    session = ChatSession(model, tokenizer, direction, args.alpha or 0.0, max_tokens=args.max_tokens or 256)
+    session = ChatSession(model, tokenizer, direction, args.alpha or 0.0, max_tokens=args.max_tokens or 256,
+                          judge=judge)
     say = report.out.print
     say("Chat with greedy decoding. Commands: /alpha X (steer; 0 = off), /reset, /quit.", style="dim")
     while True:
@@ -385,6 +431,8 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
         sys.stdout.write("model> ")
         session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
         sys.stdout.write("\n")
+        if session.last_verdict is not None:
+            say(f"({session.judge.spec}: {session.last_verdict.summary()})", style="dim")
 
 
 def cmd_cut(s: Settings, args: argparse.Namespace, report: Report) -> None:
@@ -402,6 +450,8 @@ def cmd_cut(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_verify(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .verifying import verify
+
     with report.step(f"verify {args.directory}", "verify"):
         result = verify(args.directory)
     report.say(result.summary())
@@ -409,6 +459,8 @@ def cmd_verify(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from . import plots
+    from .exporting import check_output_dir
     from .optimize import export_trial, optimize
 
     folder = Path(args.output)
@@ -418,6 +470,7 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
     if args.export:
         check_output_dir(args.export, s.overwrite)
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
+    judge = _judge(s, report)
     direction = _direction(s, report, model, tokenizer, args)
     flags = {"search": None, "on": True, "off": False}
     log = None if s.quiet or report.as_json else (lambda line: report.err.print(line, markup=False))
@@ -425,7 +478,8 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
         result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=study,
                           projected=flags[args.projected], norm_preserving=flags[args.norm_preserving],
                           prompts=args.validation, harmless=s.harmless, selection=args.selection,
-                          check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log)
+                          check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log,
+                          judge=judge)
     report.table(f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
                  f"prompts, first-token KL on {result.n_harmless} harmless prompts; * = the pick, "
                  f"checked on {result.n_selection} selection prompts)", *result.rows())
@@ -496,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default) or by cosine separation alone (fast)")
     common.add_argument("--max-tokens", type=int, help="new tokens per answer (default 64)")
     common.add_argument("--eval-prompts", help="harmful evaluation prompts (default: bundled 20)")
+    common.add_argument("--judge", metavar="SPEC",
+                        help="refusal judge: markers (default), markers:FILE, classifier:ID, chat:MODEL, "
+                             "endpoint:URL[#model]")
     common.add_argument("-q", "--quiet", action="store_true", default=None,
                         help="no progress bars, spinners or step times")
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -644,6 +701,8 @@ def _silence_progress() -> None:
     import huggingface_hub.utils
     import transformers
 
+    from . import batching
+
     batching.QUIET = True
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
@@ -654,7 +713,8 @@ def _explain(err: Exception) -> tuple[int, str]:
     """Exit code and one line for an error: 2 for the user's to fix, 1 for vauban's bugs."""
     if isinstance(err, VaubanError):
         return 2, str(err)
-    if isinstance(err, torch.OutOfMemoryError):
+    torch = sys.modules.get("torch")  # an out-of-memory error means torch was imported
+    if torch is not None and isinstance(err, torch.OutOfMemoryError):
         return 2, "out of memory; lower --batch-size, use --dtype bfloat16, or a smaller model"
     if isinstance(err, OSError):
         where = f": {err.filename}" if err.filename else ""

@@ -44,6 +44,7 @@ class Settings:
     dtype: str | None = None
     overwrite: bool = False
     quiet: bool = False
+    judge: str | None = None  # refusal judge spec (vauban.judge); None: the markers
 
 
 def _field_type(name: str) -> type:
@@ -122,4 +123,8 @@ def check(settings: Settings) -> Settings:
     check_select(settings.select)
     if settings.layer is not None and settings.layer < 0:
         raise VaubanError(f"layer must be a layer index (0 or more), got {settings.layer}")
+    if settings.judge is not None:
+        from .judge import check_spec
+
+        check_spec(settings.judge)
     return settings

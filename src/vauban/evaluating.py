@@ -1,7 +1,7 @@
 """Measure what a cut changed: refusals on harmful prompts, capability on harmless answers.
 
 - Refusal rate: greedy answers to the harmful evaluation prompts (disjoint from the measurement
-  sets), judged by :mod:`vauban.refusal`.
+  sets), judged by a refusal judge (:mod:`vauban.judge`; ``judge=``, default ``markers``).
 - Perplexity: of the harmless reference answers, teacher-forced after the chat-formatted
   prompt, scored on the answer tokens only.
 - KL(original ‖ modified): between next-token distributions at every answer position of the
@@ -28,6 +28,7 @@ from .batching import batch_size_for, left_pad, progress, sorted_batches
 from .cutting import active_cuts, original_weights
 from .errors import VaubanError
 from .generate import check_max_tokens, generate
+from .judge import Judge, get_judge, run_judge
 from .prompts import (
     Prompts,
     bundled_records,
@@ -37,7 +38,6 @@ from .prompts import (
     load_prompts,
     pad_id,
 )
-from .refusal import is_refusal
 from .results import Completion, EvalResult
 
 DEFAULT_EVAL_PROMPTS = 20
@@ -76,10 +76,14 @@ class Pair:
 
 
 def completions(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None,
+    judge: str | Judge | None = None,
 ) -> tuple[Completion, ...]:
+    """Greedy answers to ``prompts``, each with ``judge``'s verdict (default: markers)."""
     answers = generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size)
-    return tuple(Completion(p, a, is_refusal(a)) for p, a in zip(prompts, answers, strict=True))
+    verdicts = run_judge(get_judge(judge), prompts, answers)
+    return tuple(Completion(p, a, v.refusal, v.score, v.reason, v.late)
+                 for p, a, v in zip(prompts, answers, verdicts, strict=True))
 
 
 def encode_pairs(
@@ -181,20 +185,23 @@ def evaluate(
     max_tokens: int = 64,
     batch_size: int | None = None,
     show_progress: bool | None = None,
+    judge: str | Judge | None = None,
 ) -> EvalResult:
     """Compare ``original`` and ``modified`` (see the module docstring).
 
     ``prompts=None`` uses the first 20 bundled evaluation prompts; ``reference`` is the set of
-    harmless (prompt, answer) pairs for perplexity and KL.
+    harmless (prompt, answer) pairs for perplexity and KL; ``judge`` counts the refusals (a spec
+    such as ``"chat:demo"``, a :class:`vauban.judge.Judge`, or ``None`` for the markers).
     """
     check_max_tokens(max_tokens)
+    judge = get_judge(judge)
     pair = Pair(original, modified)
     harmful = default_eval_prompts() if prompts is None else load_prompts(prompts, what="eval prompts")
     sides = {}
     for is_original in (True, False):
         with pair.side(is_original) as model:
             sides[is_original] = completions(
-                model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size
+                model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size, judge=judge
             )
     ref_pairs = load_pairs(reference)
     scores = answer_scores(pair, tokenizer, ref_pairs, show_progress=show_progress)
@@ -213,4 +220,5 @@ def evaluate(
         n_reference=len(ref_pairs),
         before=sides[True],
         after=sides[False],
+        judge=judge.spec,
     )

@@ -74,6 +74,7 @@ from .batching import duration
 from .cutting import Cut, LayerKernel, LayerWeights, cut
 from .errors import VaubanError
 from .evaluating import completions
+from .judge import Judge, get_judge
 from .measuring import direction_at
 from .prompts import Prompts, bundled_records, load_prompts
 from .refine import first_token_batches, likelihood_batches, refine
@@ -436,6 +437,7 @@ def optimize(
     seed: int = 0,
     show_progress: bool = False,
     log: Callable[[str], None] | None = None,
+    judge: str | Judge | None = None,
 ) -> OptimizeResult:
     """Run the search until the study has ``n_trials`` finished trials, then check the pick on
     the selection prompts; the model ends unchanged.
@@ -446,8 +448,10 @@ def optimize(
     that refuses no more than the plain cut; ``0`` skips the check. ``refine_steps``: after the
     search, refine the plain cut's per-layer weights by this many gradient steps
     (:mod:`vauban.refine`) and score the result as one more trial; ``0`` skips it. ``projected`` /
-    ``norm_preserving``: fix that cut variant on or off, or ``None`` to search it. Each trial and
-    each check prints one line with ``show_progress`` or through ``log``.
+    ``norm_preserving``: fix that cut variant on or off, or ``None`` to search it. ``judge`` counts
+    the refusals of the search and of the check (a spec, a :class:`vauban.judge.Judge`, or
+    ``None`` for the markers; recorded in the study's settings). Each trial and each check prints
+    one line with ``show_progress`` or through ``log``.
     """
     try:
         import optuna
@@ -459,6 +463,7 @@ def optimize(
             raise VaubanError(f"{name} must be an integer >= {low}, got {value!r}")
     if direction.harmful_means is None:
         raise VaubanError("optimize needs a DirectionResult with per-layer means; measure it again")
+    judge = get_judge(judge)
     harmful = default_validation_prompts() if prompts is None else load_prompts(prompts)
     neutral = (default_harmless_prompts() if harmless is None
                else load_prompts(harmless, what="harmless prompts"))
@@ -471,7 +476,7 @@ def optimize(
              if v is not None}
     settings = {"direction_layer": direction.layer_index, "num_layers": direction.num_layers,
                 "model": direction.model_path, "fixed": fixed, "prompts": len(harmful),
-                "harmless": len(neutral), "max_tokens": max_tokens,
+                "harmless": len(neutral), "max_tokens": max_tokens, "judge": judge.spec,
                 "objectives": ["refusal", "kl", "refusal_likelihood"]}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _storage(study)
@@ -488,7 +493,8 @@ def optimize(
     base = refused = None
     if todo > 0 or refining:
         base = first_token_logprobs(model, tokenizer, neutral, batch_size)
-        originals = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size)
+        originals = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
+                                judge=judge)
         refused = [(c.prompt, c.text) for c in originals if c.refused]
     info = {"n_prompts": len(harmful), "n_harmless": len(neutral), "seed": seed, "study": storage,
             "settings": settings, "n_selection": len(checking) if check else 0}
@@ -498,7 +504,8 @@ def optimize(
     def scores(params: CutParams) -> tuple[float, float, float]:
         """The three objectives of one cut: refusal, KL, refusal likelihood."""
         with params.apply(model, direction):
-            answers = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size)
+            answers = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
+                                  judge=judge)
             kl = kl_divergence(base, first_token_logprobs(model, tokenizer, neutral, batch_size))
             likelihood = refusal_likelihood(model, tokenizer, refused, batch_size=batch_size)
         return sum(c.refused for c in answers) / len(answers), kl, likelihood
@@ -543,7 +550,7 @@ def optimize(
             t0 = time.perf_counter()
             with t.params.apply(model, direction):
                 answers = completions(model, tokenizer, checking, max_tokens=selection_tokens,
-                                      batch_size=batch_size)
+                                      batch_size=batch_size, judge=judge)
             checked[key] = sum(c.refused for c in answers) / len(answers)
             _store_checks(the_study, checking, selection_tokens, checked)
             if say is not None:

@@ -17,6 +17,7 @@ from .cutting import cut
 from .errors import VaubanError
 from .evaluating import evaluate as _evaluate
 from .exporting import check_output_dir, cut_record, export
+from .judge import Judge
 from .loading import default_device, load_model, model_label, resolve_dtype
 from .measuring import measure
 from .mlx_format import is_mlx_model, mlx_model_to_torch
@@ -119,7 +120,8 @@ def evaluate(
     """Refusal rate, perplexity and KL of ``original`` vs ``modified`` (20 bundled prompts).
 
     ``original`` and ``modified`` may be the same model object with a reversible cut applied;
-    see :func:`vauban.evaluating.evaluate` for ``reference``, ``max_tokens``, ``batch_size``.
+    see :func:`vauban.evaluating.evaluate` for ``reference``, ``max_tokens``, ``batch_size`` and
+    ``judge`` (which judge counts the refusals: ``"markers"``, ``"chat:demo"``, ...).
     """
     return _evaluate(
         as_torch(original), as_torch(modified), as_hf_tokenizer(tokenizer), prompts, **kwargs
@@ -133,10 +135,13 @@ def steer_prompt(
     direction: DirectionResult | torch.Tensor,
     alpha: float = 1.0,
     max_tokens: int = 100,
+    judge: str | Judge | None = None,
 ) -> SteerResult:
-    """Generate an answer to ``prompt`` while removing ``alpha`` × the direction at every layer."""
+    """Generate an answer to ``prompt`` while removing ``alpha`` × the direction at every layer;
+    ``judge`` decides ``refused`` (default: markers, see :mod:`vauban.judge`)."""
     return steer(
-        as_torch(model), as_hf_tokenizer(tokenizer), prompt, direction, alpha, max_tokens=max_tokens
+        as_torch(model), as_hf_tokenizer(tokenizer), prompt, direction, alpha, max_tokens=max_tokens,
+        judge=judge,
     )
 
 
@@ -152,7 +157,7 @@ def optimize(
     unless given), then refine the plain cut's per-writer weights; the model ends unchanged.
     ``study=PATH`` keeps the study on disk so a rerun resumes it. Export a Pareto point with
     :func:`vauban.optimize.export_trial`; see :func:`vauban.optimize.optimize` for the other
-    options."""
+    options (``judge=`` among them)."""
     torch_model, tokenizer = as_torch(model), as_hf_tokenizer(tokenizer)
     if direction is None:
         direction = measure_direction(torch_model, tokenizer)

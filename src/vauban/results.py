@@ -304,11 +304,16 @@ class ProbeResult:
 
 @dataclass(frozen=True)
 class Completion:
-    """One greedy answer and whether it reads as a refusal."""
+    """One greedy answer and its judge's verdict (see :class:`vauban.judge.Verdict`): refused or
+    not, the judge's score in [0, 1], its reason, and whether the refusal came late (after a
+    compliant opening)."""
 
     prompt: str
     text: str
     refused: bool
+    score: float
+    reason: str
+    late: bool = False
 
 
 def _percent(rate: float) -> str:
@@ -321,7 +326,8 @@ class EvalResult:
 
     ``kl`` is KL(original ‖ modified) averaged over every answer position of the harmless
     reference set; ``first_token_kl`` only at the first answer position (what other tools
-    publish). Per-prompt answers and verdicts are in ``before`` and ``after``.
+    publish). Per-prompt answers and verdicts are in ``before`` and ``after``; ``judge`` is the
+    spec of the judge that counted the refusals.
     """
 
     refusal_before: float
@@ -334,6 +340,7 @@ class EvalResult:
     n_reference: int
     before: tuple[Completion, ...] = field(repr=False)
     after: tuple[Completion, ...] = field(repr=False)
+    judge: str = "markers"
 
     def summary(self) -> str:
         return (
@@ -424,12 +431,13 @@ class SweepRow:
 
 @dataclass(frozen=True)
 class AlphaSweep:
-    """Cut at several alphas, evaluated against the same original."""
+    """Cut at several alphas, evaluated against the same original; ``judge`` counted the refusals."""
 
     refusal_before: float
     perplexity_before: float
     rows: tuple[SweepRow, ...]
     n_prompts: int
+    judge: str = "markers"
 
     def table(self) -> str:
         lines = ["alpha  refusal  perplexity  kl      first_token_kl",

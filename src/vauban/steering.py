@@ -26,8 +26,8 @@ from . import arch
 from .cutting import Direction, layer_bases
 from .errors import VaubanError
 from .generate import check_max_tokens, generate
+from .judge import Judge, get_judge, run_judge
 from .prompts import load_prompts
-from .refusal import is_refusal
 from .results import DirectionResult, SteerResult, SubspaceResult, check_alpha, check_layer
 
 
@@ -153,8 +153,10 @@ def steer(
     *,
     max_tokens: int = 100,
     layers: Sequence[int] | None = None,
+    judge: str | Judge | None = None,
 ) -> SteerResult:
-    """Generate one answer under steering, recording per-token projections."""
+    """Generate one answer under steering, recording per-token projections; ``judge`` decides
+    whether it is a refusal (default: markers)."""
     (text,) = load_prompts([prompt], what="prompt")
     check_max_tokens(max_tokens)
     with Steering(model, direction, alpha, layers=layers, record=True) as hooks:
@@ -168,5 +170,5 @@ def steer(
         layer_index=layer,
         projections_before=tuple(tuple(r) for r in hooks.before),
         projections_after=tuple(tuple(r) for r in hooks.after),
-        refused=is_refusal(answer),
+        refused=run_judge(get_judge(judge), [text], [answer])[0].refusal,
     )

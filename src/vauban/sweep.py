@@ -16,6 +16,7 @@ from torch import nn
 from .cutting import cut
 from .evaluating import Pair, answer_scores, completions, default_eval_prompts
 from .generate import check_max_tokens
+from .judge import Judge, get_judge
 from .prompts import Prompts, load_pairs, load_prompts
 from .results import AlphaSweep, DirectionResult, SteerSweep, SweepRow, check_alpha, unit_vector
 from .steering import steer
@@ -31,18 +32,22 @@ def alpha_sweep(
     reference: str | Sequence[tuple[str, str]] = "reference",
     max_tokens: int = 64,
     batch_size: int | None = None,
+    judge: str | Judge | None = None,
 ) -> AlphaSweep:
-    """Cut at each alpha, evaluate refusal/perplexity/KL against the uncut model, undo."""
+    """Cut at each alpha, evaluate refusal/perplexity/KL against the uncut model, undo;
+    ``judge`` counts the refusals (default: markers)."""
     alphas = [check_alpha(a) for a in alphas]
     check_max_tokens(max_tokens)
+    judge = get_judge(judge)
     harmful = default_eval_prompts() if prompts is None else load_prompts(prompts, what="eval prompts")
     pairs = load_pairs(reference)
-    before = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size)
+    before = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size, judge=judge)
     rows = []
     perplexity_before = float("nan")
     for alpha in alphas:
         with cut(model, direction, alpha=alpha):
-            after = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size)
+            after = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
+                                judge=judge)
             scores = answer_scores(Pair(model, model), tokenizer, pairs)
         perplexity_before = scores.perplexity_before
         rows.append(SweepRow(alpha, sum(c.refused for c in after) / len(after),
@@ -52,6 +57,7 @@ def alpha_sweep(
         perplexity_before=perplexity_before,
         rows=tuple(rows),
         n_prompts=len(harmful),
+        judge=judge.spec,
     )
 
 
@@ -63,10 +69,12 @@ def steer_sweep(
     alphas: Sequence[float] = (0.5, 1.0, 1.5, 2.0),
     *,
     max_tokens: int = 100,
+    judge: str | Judge | None = None,
 ) -> SteerSweep:
     """Steer one prompt at each alpha: where does the model first comply, where does it break?"""
+    judge = get_judge(judge)
     return SteerSweep(tuple(
-        steer(model, tokenizer, prompt, direction, a, max_tokens=max_tokens) for a in alphas
+        steer(model, tokenizer, prompt, direction, a, max_tokens=max_tokens, judge=judge) for a in alphas
     ))
 
 
