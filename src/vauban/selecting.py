@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from .cutting import cut
 from .errors import VaubanError
-from .results import DirectionResult, LayerEffect
+
+if TYPE_CHECKING:  # torch is imported on first use, so settings can be checked without it
+    from torch import nn
+
+    from .results import DirectionResult, LayerEffect
 
 SELECT_MODES = ("effect", "geometry")
 HOLD_BACK = 0.25  # share of each prompt set kept for the selection
@@ -89,7 +90,9 @@ def layer_effects(
     """Refusal score and first-token KL of cutting each of ``layers``' directions (see the
     module docstring); ``refusals`` pairs held-back harmful prompts with the original's own
     refusals of them. The model ends unchanged."""
+    from .cutting import cut
     from .optimize import first_token_logprobs, kl_divergence, refusal_likelihood
+    from .results import LayerEffect
 
     directions = direction.layer_directions()
     base = first_token_logprobs(model, tokenizer, harmless, batch_size)
