@@ -42,8 +42,10 @@ resumable on its own (``--stage NAME``; ``all`` runs them in order and skips fin
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -66,12 +68,9 @@ def say(text: str) -> None:
 
 def demo_dir() -> Path:
     """The cached float32 directory of the demo model (``vauban.quick.load()`` writes it)."""
-    from vauban.loading import load_model, source_of
+    from vauban.loading import demo_model_dir
 
-    model, _ = load_model()
-    path = Path(source_of(model))
-    del model
-    return path
+    return demo_model_dir()
 
 
 # ---------------------------------------------------------------- install
@@ -128,14 +127,14 @@ def heretic_common(files: dict[str, Path], evaluation: str) -> list[str]:
     return args
 
 
-def run_logged(cmd: list[str], log: Path, *, timeout: float | None = None,
-               stdin: str = "") -> tuple[int, float]:
+def run_logged(cmd: list[str], log: Path, *, timeout: float | None = None, stdin: str = "",
+               env: dict[str, str] | None = None) -> tuple[int, float]:
     """Run ``cmd`` with its output in ``log``; stop it (SIGINT, then SIGKILL) after ``timeout`` s."""
     say(f"run: {' '.join(cmd)} > {log}")
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "dumb"})
+                                env={**(env or os.environ), "PYTHONUNBUFFERED": "1", "TERM": "dumb"})
         try:
             proc.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -148,19 +147,67 @@ def run_logged(cmd: list[str], log: Path, *, timeout: float | None = None,
     return proc.returncode, time.perf_counter() - start
 
 
+# ---------------------------------------------------------------- vauban
+def vauban_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vauban.cli", *args]
+
+
+def child_env() -> dict[str, str]:
+    """This checkout's vauban first on the path of every child process."""
+    src = str(HERE.parent / "src")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+
+
+def run_vauban(work: Path) -> dict:
+    """``vauban abliterate`` and ``vauban optimize`` (pick exported), both with their defaults, timed."""
+    exports = work / "exports"
+    times_file = work / "vauban_times.json"
+    times = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    commands = {
+        "vauban_default": ["abliterate", "-o", str(exports / "vauban_default"), "--overwrite"],
+        "vauban_optimize": ["optimize", "-o", str(work / "optimize"), "--export",
+                            str(exports / "vauban_optimize"), "--overwrite"],
+    }
+    for name, args in commands.items():
+        if name in times and (exports / name / "vauban.json").is_file():
+            continue
+        if name == "vauban_optimize" and (work / "optimize").exists():
+            shutil.rmtree(work / "optimize")  # a fresh study, so the wall time is the whole search
+        rc, seconds = run_logged(vauban_cli(*args), work / f"{name}.log", env=child_env())
+        if rc != 0:
+            raise SystemExit(f"vauban {args[0]} failed (rc {rc}); see {work / f'{name}.log'}")
+        times[name] = {"command": "vauban " + " ".join(args), "seconds": round(seconds, 1)}
+        times_file.write_text(json.dumps(times, indent=2) + "\n")
+        say(f"{name}: {seconds:.0f} s")
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=str(HERE / ".peers"), help="work folder (venv, data, exports)")
     parser.add_argument("--stage", default="all",
-                        choices=["all", "install", "data", "heretic", "vauban", "evaluate"])
-    parser.add_argument("--budget", type=float, default=900.0, help="heretic's wall-time budget, s")
+                        choices=["all", "install", "data", "heretic", "heretic-export", "vauban", "evaluate"])
+    parser.add_argument("--budget", type=float, help="heretic's wall-time budget, s (default: the "
+                        "wall time of vauban optimize, from the vauban stage)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     heretic = install(work)
     files = write_data(work)
+    if args.stage in ("all", "vauban"):
+        run_vauban(work)
     if args.stage in ("all", "heretic"):
-        run_search(heretic, files, work, args.budget)
+        budget = args.budget
+        if budget is None:
+            times = json.loads((work / "vauban_times.json").read_text())
+            budget = times["vauban_optimize"]["seconds"]
+        run_search(heretic, files, work, budget)
+    if args.stage in ("all", "heretic-export"):
+        export_heretic(heretic, files, work)
+    if args.stage in ("all", "evaluate"):
+        from peers_evaluate import evaluate_all
+
+        evaluate_all(heretic, files, work)
 
 
 def run_search(heretic: Path, files: dict[str, Path], work: Path, budget: float) -> None:
@@ -169,6 +216,20 @@ def run_search(heretic: Path, files: dict[str, Path], work: Path, budget: float)
            "--study-checkpoint-dir", str(work / "checkpoints"), "--n-trials", "200"]
     rc, seconds = run_logged(cmd, work / "heretic_search.log", timeout=budget)
     say(f"heretic search stopped: rc={rc}, {seconds:.0f} s")
+    (work / "heretic_search.json").write_text(json.dumps(
+        {"command": cmd, "budget_seconds": budget, "seconds": round(seconds, 1), "rc": rc}, indent=2) + "\n")
+
+
+def export_heretic(heretic: Path, files: dict[str, Path], work: Path) -> None:
+    """heretic again on the checkpointed study, in this terminal: it offers the finished trials
+    (Pareto front) and the export; the trial to pick is the one with the fewest refusals on its
+    search prompts (ties: lowest KL), merged into ``WORK/exports/heretic``. heretic asks through
+    interactive menus, so this stage needs a terminal (run it in tmux to script the keys)."""
+    cmd = [str(heretic), "--model", str(demo_dir()), *heretic_common(files, "search"),
+           "--study-checkpoint-dir", str(work / "checkpoints"), "--n-trials", "200",
+           "--export-strategy", "MERGE"]
+    say(f"run: {' '.join(cmd)}")
+    subprocess.run(cmd, check=False)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,134 @@
+"""The evaluation stage of ``benchmarks/peers.py``: every model on the same report prompts, by
+vauban's evaluation and by heretic's own yardstick (heretic run as a separate program).
+
+Each (model, yardstick) result is kept in ``WORK/eval/`` as soon as it is measured, so an
+interrupted stage resumes where it stopped; ``benchmarks/results/peers_demo.json`` gathers them
+with the settings and the wall times of the searches.
+
+vauban's yardstick: refusals on the 100 report AdvBench goals (greedy answers of
+``--max-tokens`` tokens, judged by vauban's default judge), first-token KL(original ‖ model) on
+the 100 report harmless prompts, and KL at every position of the first 64 tokens of the 48
+bundled reference answers, with both perplexities. heretic's: ``heretic --model BASE
+--evaluate-model EXPORT`` with the report files as its evaluation prompts (its system prompt,
+its markers, its answer length, its KL).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from peers import RESULTS, demo_dir, heretic_common, run_logged, say
+
+MODELS = ("original", "vauban_default", "vauban_optimize", "heretic")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def lines(path: Path) -> list[str]:
+    return [x for x in path.read_text().splitlines() if x.strip()]
+
+
+def model_dirs(work: Path) -> dict[str, Path]:
+    """The models that exist so far: the original and each export."""
+    found = {"original": demo_dir()}
+    for name in MODELS[1:]:
+        folder = work / "exports" / name
+        if (folder / "config.json").is_file():
+            found[name] = folder
+    return found
+
+
+def vauban_yardstick(files: dict[str, Path], folders: dict[str, Path], todo: list[str], max_tokens: int,
+                     store: Path) -> None:
+    """vauban's numbers for each model in ``todo``, one export loaded beside the original."""
+    from vauban import load
+    from vauban.evaluating import Pair, answer_scores, completions
+    from vauban.optimize import first_token_logprobs, kl_divergence
+    from vauban.prompts import load_pairs
+
+    base, tokenizer = load(str(folders["original"]))
+    harmful, harmless = lines(files["harmful_report"]), lines(files["harmless_report"])
+    pairs = load_pairs("reference")
+    base_logp = first_token_logprobs(base, tokenizer, harmless)
+    for name in todo:
+        start = time.perf_counter()
+        model = base if name == "original" else load(str(folders[name]))[0]
+        answers = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=None)
+        row = {"refusals": sum(a.refused for a in answers), "prompts": len(answers),
+               "max_tokens": max_tokens, "judge": "vauban default (markers)",
+               "first_token_kl": kl_divergence(base_logp, first_token_logprobs(model, tokenizer, harmless))}
+        if name != "original":
+            scores = answer_scores(Pair(base, model), tokenizer, pairs)
+            row |= {"reference_kl": scores.kl, "reference_first_token_kl": scores.first_token_kl,
+                    "perplexity": scores.perplexity_after, "perplexity_original": scores.perplexity_before}
+        row["refused"] = [[a.prompt, a.text] for a in answers if a.refused]
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        (store / f"vauban_{name}.json").write_text(json.dumps(row, indent=1) + "\n")
+        say(f"vauban yardstick, {name}: refused {row['refusals']}/{row['prompts']}, "
+            f"first-token KL {row['first_token_kl']:.4f}")
+        del model
+
+
+def parse_heretic(text: str) -> dict:
+    """Refusals and KL divergence from the output of ``heretic --evaluate-model``."""
+    text = ANSI.sub("", text)
+    out: dict = {}
+    refusals = re.findall(r"[Rr]efusals?[^0-9\n]*(\d+)\s*/\s*(\d+)", text)
+    if refusals:
+        out["refusals"], out["prompts"] = int(refusals[-1][0]), int(refusals[-1][1])
+    kl = re.findall(r"KL divergence[^0-9\n]*([0-9]+\.[0-9]+(?:e-?[0-9]+)?)", text)
+    if kl:
+        out["kl"] = float(kl[-1])
+    return out
+
+
+def heretic_yardstick(heretic: Path, files: dict[str, Path], folders: dict[str, Path], name: str,
+                      work: Path, store: Path) -> None:
+    cmd = [str(heretic), "--model", str(folders["original"]), "--evaluate-model", str(folders[name]),
+           *heretic_common(files, "report")]
+    log = work / f"heretic_eval_{name}.log"
+    rc, seconds = run_logged(cmd, log)
+    text = log.read_text(errors="replace")
+    row = {"rc": rc, "seconds": round(seconds, 1), **parse_heretic(text), "command": cmd,
+           "output_tail": ANSI.sub("", text)[-1500:]}
+    (store / f"heretic_{name}.json").write_text(json.dumps(row, indent=1) + "\n")
+    say(f"heretic yardstick, {name}: {row.get('refusals')}/{row.get('prompts')} refusals, "
+        f"KL {row.get('kl')} ({seconds:.0f} s)")
+
+
+def evaluate_all(heretic: Path, files: dict[str, Path], work: Path, *, max_tokens: int = 64,
+                 heretic_models: tuple[str, ...] = MODELS) -> dict:
+    store = work / "eval"
+    store.mkdir(exist_ok=True)
+    folders = model_dirs(work)
+    todo = [n for n in folders if not (store / f"vauban_{n}.json").is_file()]
+    if todo:
+        vauban_yardstick(files, folders, todo, max_tokens, store)
+    for name in folders:
+        if name in heretic_models and not (store / f"heretic_{name}.json").is_file():
+            heretic_yardstick(heretic, files, folders, name, work, store)
+    return gather(work, store, folders)
+
+
+def gather(work: Path, store: Path, folders: dict[str, Path]) -> dict:
+    def read(path: Path) -> dict | None:
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    report = {
+        "model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32, CPU)",
+        "prompts": {"harmful_report": "100 AdvBench goals, random.Random(0).sample (searched on by no tool)",
+                    "harmless_report": "100 instructions from benchmarks/peers_harmless.py (written for "
+                                       "vauban), disjoint from those heretic measured and searched on",
+                    "reference": "the 48 bundled reference pairs (vauban's KL at every answer position)"},
+        "searches": {"vauban": read(work / "vauban_times.json"),
+                     "heretic": read(work / "heretic_search.json")},
+        "models": {name: {"path": str(folders[name]), "vauban": read(store / f"vauban_{name}.json"),
+                          "heretic": read(store / f"heretic_{name}.json")} for name in folders},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "peers_demo.json"
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    say(f"wrote {out}")
+    return report
