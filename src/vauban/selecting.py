@@ -19,9 +19,9 @@ and among all candidates the lowest-KL one when none passes. Candidates are the 
 ``[first, last)`` of the depth (defaults ``0.2`` and ``0.8``): the last fifth is excluded, as
 Arditi et al. do, because a direction read off just before the unembedding encodes the next
 token more than the decision to refuse, and cutting it there scores well on refusal by
-wrecking the output; the first fifth is excluded because those directions are still about the
-prompts' words (on the demo model their cuts refuse as much as no cut at all) and skipping
-them saves a fifth of the cost.
+wrecking the output; the first fifth is excluded because directions that early still encode
+the prompts' surface (their words, not yet the request) and skipping them saves a fifth of the
+cost.
 
 Which prompts: the last quarter of each prompt set given to ``measure`` is held back for this
 (the direction is the mean difference over the other three quarters), so the choice is made
