@@ -24,7 +24,7 @@ The geometric choice is ``argmax s_l`` (``select="geometry"``, the fast option).
 (``select="effect"``) each candidate direction is instead *cut* and its effect measured on
 held-back prompts: the layer whose cut lowers the refusal score most, among those within a
 first-token KL limit, wins (see :mod:`vauban.selecting`, which also says which prompts are
-held back and why the last fifth of the layers is excluded). On the demo model ...
+held back and why the last fifth of the layers is excluded).
 
 Variants for the cut (:mod:`vauban.cutting`), derived from the stored per-layer means without
 running the model again:
