@@ -177,6 +177,9 @@ def run_vauban(work: Path) -> dict:
         if rc != 0:
             raise SystemExit(f"vauban {args[0]} failed (rc {rc}); see {work / f'{name}.log'}")
         times[name] = {"command": "vauban " + " ".join(args), "seconds": round(seconds, 1)}
+        if name == "vauban_optimize":
+            trials = json.loads((work / "optimize" / "pareto.json").read_text())["trials"]
+            times[name]["trials"] = len(trials)  # the search's trials and the refined one
         times_file.write_text(json.dumps(times, indent=2) + "\n")
         say(f"{name}: {seconds:.0f} s")
     return times

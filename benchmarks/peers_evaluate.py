@@ -127,8 +127,35 @@ def gather(work: Path, store: Path, folders: dict[str, Path]) -> dict:
         "models": {name: {"path": str(folders[name]), "vauban": read(store / f"vauban_{name}.json"),
                           "heretic": read(store / f"heretic_{name}.json")} for name in folders},
     }
+    report["table"] = table(report)
+    print(report["table"])
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "peers_demo.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     say(f"wrote {out}")
     return report
+
+
+def table(report: dict) -> str:
+    """The README table: both yardsticks, the searches' wall times and trial counts."""
+    searches = report["searches"]
+    vauban = searches.get("vauban") or {}
+    heretic = searches.get("heretic") or {}
+    cost = {"original": "", "vauban_default": vauban.get("vauban_default", {}).get("seconds"),
+            "vauban_optimize": vauban.get("vauban_optimize", {}).get("seconds"),
+            "heretic": heretic.get("seconds")}
+    trials = {"vauban_optimize": vauban.get("vauban_optimize", {}).get("trials"),
+              "heretic": heretic.get("trials")}
+    rows = ["| model | vauban: refused /100 | vauban: first-token KL | vauban: reference KL | "
+            "heretic: refused /100 | heretic: KL | wall time (s) | trials |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, entry in report["models"].items():
+        v, h = entry.get("vauban") or {}, entry.get("heretic") or {}
+
+        def num(d: dict, key: str, fmt: str = "{:.4f}") -> str:
+            return "–" if d.get(key) is None else fmt.format(d[key])
+
+        rows.append(f"| {name} | {num(v, 'refusals', '{}')} | {num(v, 'first_token_kl')} | "
+                    f"{num(v, 'reference_kl')} | {num(h, 'refusals', '{}')} | {num(h, 'kl')} | "
+                    f"{cost.get(name) or '–'} | {trials.get(name) or '–'} |")
+    return "\n".join(rows)
