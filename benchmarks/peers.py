@@ -158,7 +158,7 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
 
 
-def run_vauban(work: Path) -> dict:
+def run_vauban(work: Path, runs: tuple[str, ...] = ("vauban_default", "vauban_optimize")) -> dict:
     """``vauban abliterate`` and ``vauban optimize`` (pick exported), both with their defaults, timed."""
     exports = work / "exports"
     times_file = work / "vauban_times.json"
@@ -169,7 +169,7 @@ def run_vauban(work: Path) -> dict:
                             str(exports / "vauban_optimize"), "--overwrite"],
     }
     for name, args in commands.items():
-        if name in times and (exports / name / "vauban.json").is_file():
+        if name not in runs or (name in times and (exports / name / "vauban.json").is_file()):
             continue
         if name == "vauban_optimize" and (work / "optimize").exists():
             shutil.rmtree(work / "optimize")  # a fresh study, so the wall time is the whole search
@@ -192,13 +192,15 @@ def main() -> None:
                         choices=["all", "install", "data", "heretic", "heretic-export", "vauban", "evaluate"])
     parser.add_argument("--budget", type=float, help="heretic's wall-time budget, s (default: the "
                         "wall time of vauban optimize, from the vauban stage)")
+    parser.add_argument("--vauban-runs", default="vauban_default,vauban_optimize",
+                        help="which vauban runs the vauban stage makes (comma-separated)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     heretic = install(work)
     files = write_data(work)
     if args.stage in ("all", "vauban"):
-        run_vauban(work)
+        run_vauban(work, tuple(args.vauban_runs.split(",")))
     if args.stage in ("all", "heretic"):
         budget = args.budget
         if budget is None:
