@@ -106,8 +106,8 @@ def evaluate_all(heretic: Path, files: dict[str, Path], work: Path, *, max_token
     todo = [n for n in folders if not (store / f"vauban_{n}.json").is_file()]
     if todo:
         vauban_yardstick(files, folders, todo, max_tokens, store)
-    for name in folders:
-        if name in heretic_models and not (store / f"heretic_{name}.json").is_file():
+    for name in ("heretic", "vauban_default", "vauban_optimize", "original"):  # most wanted first
+        if name in folders and name in heretic_models and not (store / f"heretic_{name}.json").is_file():
             heretic_yardstick(heretic, files, folders, name, work, store)
     return gather(work, store, folders)
 
