@@ -189,7 +189,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=str(HERE / ".peers"), help="work folder (venv, data, exports)")
     parser.add_argument("--stage", default="all",
-                        choices=["all", "install", "data", "heretic", "heretic-export", "vauban", "evaluate"])
+                        choices=["all", "install", "data", "heretic", "heretic-export", "vauban", "evaluate",
+                                 "report"])
     parser.add_argument("--budget", type=float, help="heretic's wall-time budget, s (default: the "
                         "wall time of vauban optimize, from the vauban stage)")
     parser.add_argument("--vauban-runs", default="vauban_default,vauban_optimize",
@@ -213,6 +214,10 @@ def main() -> None:
         from peers_evaluate import evaluate_all
 
         evaluate_all(heretic, files, work)
+    if args.stage == "report":  # gather what has been measured so far, measure nothing
+        from peers_evaluate import gather, model_dirs
+
+        gather(work, work / "eval", model_dirs(work))
 
 
 def run_search(heretic: Path, files: dict[str, Path], work: Path, budget: float) -> None:
