@@ -63,6 +63,10 @@ def main() -> None:
         report["excluded_layers"] = [e.record() for e in extra]
         report["candidates"] = candidate_layers(effect.num_layers)
 
+    if effect.layer_index == geometry.layer_index:  # the same cut: nothing to compare held out
+        report["held_out"] = {"same_layer": True, "note": "both choices give the same cut"}
+        write(report, args.json)
+        return
     goals = load_prompts(str(SHARED / "advbench_harmful_behaviors.csv"))
     prompts = random.Random(0).sample(goals, 100)
     pairs = load_pairs("reference")
@@ -71,9 +75,6 @@ def main() -> None:
     original = completions(model, tokenizer, prompts, max_tokens=args.max_tokens, batch_size=None)
     rows["original"] = {"refusals": sum(a.refused for a in original), "first_token_kl": 0.0}
     for name, direction in (("geometry", geometry), ("effect", effect)):
-        if name == "effect" and effect.layer_index == geometry.layer_index:
-            rows[name] = dict(rows["geometry"], same_layer_as_geometry=True)
-            continue
         with vauban_cut(model, direction):
             answers = completions(model, tokenizer, prompts, max_tokens=args.max_tokens, batch_size=None)
             kl = kl_divergence(base, first_token_logprobs(model, tokenizer, [p for p, _ in pairs]))
@@ -85,7 +86,11 @@ def main() -> None:
     report["held_out"] = {"prompts": "AdvBench, random.Random(0).sample(goals, 100)",
                           "max_tokens": args.max_tokens, "judge": "vauban markers (vauban.refusal)",
                           "kl": "first-token KL on the 48 bundled reference prompts", "rows": rows}
-    out = Path(args.json)
+    write(report, args.json)
+
+
+def write(report: dict, path: str) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
