@@ -63,8 +63,9 @@ def main() -> None:
         report["excluded_layers"] = [e.record() for e in extra]
         report["candidates"] = candidate_layers(effect.num_layers)
 
-    if effect.layer_index == geometry.layer_index:  # the same cut: nothing to compare held out
-        report["held_out"] = {"same_layer": True, "note": "both choices give the same cut"}
+    if effect.layer_index == geometry.layer_index:  # the same layer: nearly the same cut
+        report["held_out"] = {"same_layer": True, "note": "both choices take the same layer (the effect "
+                              "choice's direction comes from the first three quarters of the prompts)"}
         write(report, args.json)
         return
     goals = load_prompts(str(SHARED / "advbench_harmful_behaviors.csv"))
