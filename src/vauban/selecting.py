@@ -31,7 +31,14 @@ bundled sets: directions from harmful/harmless prompts 0-95, selection on 96-127
 
 Cost: one short greedy answer of the original per held-back harmful prompt (to learn its
 refusals), then per candidate one weight edit (undone bit-exactly) and one prefill of each
-held-back prompt. See ``benchmarks/results/selection_demo.json`` for the demo model's numbers.
+held-back prompt. On the demo model (``benchmarks/results/selection_demo.json``) the 14
+candidates (layers 5-18) take layer 16, the geometric choice too: refusal score 4.5e-3 at KL
+0.080; layer 13 removes more (1.3e-4) at KL 0.30, over the limit, and layers 5-9 leave 4-8e-2.
+Measured 1020 s against 165 s for the geometric choice, on 2 cores shared with two other model
+jobs; about 50 s per candidate there. For an 8B model on one H100
+(``benchmarks/results/gpu_h100_llama-3.1-8b.json``: 25,550 tokens/s prefill, 0.06 s per fused
+cut and undo) 18 candidates of ~64 held-back prompts of ~100 tokens are ~6,400 tokens each:
+about 0.3 s per candidate, well under 10 s in all.
 """
 
 from __future__ import annotations
