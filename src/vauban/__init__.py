@@ -24,6 +24,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "VaubanError": ("errors", "VaubanError"),
     "evaluate": ("evaluating", "evaluate"),
     "export": ("exporting", "export"),
+    "Formatting": ("formatting", "Formatting"),
     "load": ("loading", "load_model"),
     "load_model": ("loading", "load_model"),
     "source_of": ("loading", "source_of"),
@@ -37,6 +38,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     **{name: ("steering", name) for name in ("Steering", "steer", "steer_generate")},
     **{name: ("sweep", name) for name in ("alpha_sweep", "direction_similarity", "steer_sweep")},
     "verify": ("verifying", "verify"),
+    "split_reasoning": ("reasoning", "split_reasoning"),
 }
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "Cut",
     "DirectionResult",
     "EvalResult",
+    "Formatting",
     "LayerKernel",
     "ProbeResult",
     "SteerResult",
@@ -70,6 +73,7 @@ __all__ = [
     "probe",
     "projections",
     "source_of",
+    "split_reasoning",
     "steer",
     "steer_generate",
     "steer_sweep",
@@ -96,10 +100,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .errors import VaubanError
     from .evaluating import evaluate
     from .exporting import export
+    from .formatting import Formatting
     from .loading import load_model, source_of  # noqa: F401  (load_model: the name before load)
     from .loading import load_model as load
     from .measuring import direction_at, directions_per_layer, measure, measure_subspace
     from .probing import borderline, probe, projections
+    from .reasoning import split_reasoning
     from .results import (
         AlphaSweep,
         BorderlineResult,

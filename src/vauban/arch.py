@@ -55,6 +55,12 @@ _LINEAR_ATTN = (Writer("self_attn.o_proj"),)
 _LINEAR_MLP = (Writer("mlp.down_proj"),)
 # A MoE layer may hold routed experts, a shared expert, or (in dense layers of a sparse model) a
 # plain MLP: every path that exists in a layer is edited, at least one per group must exist.
+# Fused expert tensors (experts, out, in) are cut expert by expert (vauban.cutting.pieces).
+# Routers (``mlp.gate``, Qwen2-MoE's ``shared_expert_gate``) are left untouched, like every
+# other matrix that *reads* the residual stream (q/k/v, up/gate projections): the cut removes
+# the direction where it is written, so what a router reads no longer carries it, and editing
+# the router as well would only change how it weighs the component that the cut already took
+# out (none, with ``embeddings=True``). Routing still changes, since the stream it reads changed.
 _MOE_MLP = (
     Writer("mlp.down_proj"),
     Writer("mlp.experts.down_proj"),
@@ -93,10 +99,14 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "moe",
-        ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe", "minimax"),
+        ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe"),
         _LINEAR_ATTN,
         _MOE_MLP,
     ),
+    # MiniMax ("minimax") is not here: its layers take the residual *after* the input norm
+    # (h = norm(x)·α + attn(norm(x))·β), so the norm's gain writes the direction back into the
+    # stream at every layer and no edit of the writers removes it (tried: 10 % of the residual
+    # left along the direction after a full cut).
     Family(
         "gpt_oss",
         ("gpt_oss",),

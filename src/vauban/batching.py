@@ -135,6 +135,35 @@ def batch_size_for(
     return max(1, min(sequences, fits))
 
 
+def token_batches(lengths: Sequence[int], tokens: int) -> list[list[int]]:
+    """Indices grouped longest first into batches of at most ``tokens`` padded tokens (at least
+    one sequence each): every batch is as large as the budget allows and, since its rows are
+    neighbours in length, padded little (256 prompts of 72 to 140 tokens in batches of 4,096
+    tokens: 5 % padding; in batches of 64 prompts: 11 %)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * max(lengths[batches[-1][0]], 1) <= tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def forward_tokens(model: nn.Module, longest: int, sequences: int) -> int:
+    """Padded tokens per forward pass without a KV cache or logits (residual capture): enough
+    to keep the device's matrix units busy (:data:`FORWARD_TOKENS`), no more than fit in memory."""
+    device = next(model.parameters()).device
+    busy = FORWARD_TOKENS.get(device.type, SATURATING_TOKENS.get(device.type, GPU_SATURATING_TOKENS))
+    fits = batch_size_for(model, longest, sequences, saturate=False) * max(longest, 1)
+    return max(1, min(busy, fits))
+
+
+# Tokens per capture batch: on a GPU, matrix products of 8,192 rows run near the bf16 peak while
+# the length-sorted batches stay short of padding (benchmarks/results/gpu_NOTES.md).
+FORWARD_TOKENS = {"cuda": 8192}
+
+
 def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first, so memory peaks early)."""
     if batch_size < 1:

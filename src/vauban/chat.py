@@ -20,9 +20,11 @@ from transformers import TextStreamer
 
 from .activations import model_device
 from .errors import VaubanError
-from .generate import check_max_tokens, decode_answer, greedy_config, stop_token_ids
+from .formatting import Formatting, chat_messages, chat_template
+from .generate import check_max_tokens, greedy_config, stop_token_ids
 from .judge import Judge, Verdict, get_judge, run_judge
 from .prompts import check_tokenizer
+from .reasoning import Decoder, budget, split_reasoning
 from .results import DirectionResult, check_alpha
 from .steering import Steering
 
@@ -53,6 +55,7 @@ class ChatSession:
     history: list[dict[str, str]] = field(default_factory=list)
     judge: str | Judge | None = None
     last_verdict: Verdict | None = field(default=None, init=False)
+    formatting: Formatting | None = None  # system prompt (global or the "chat" set's), template options
 
     def __post_init__(self) -> None:
         check_tokenizer(self.model, self.tokenizer)
@@ -76,10 +79,16 @@ class ChatSession:
         self.history.clear()
 
     def _prompt_text(self, messages: list[dict[str, str]]) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        fmt = self.formatting or Formatting()
+        system = fmt.system_for("chat")
+        if chat_template(self.tokenizer):
+            if system is not None:  # the first user turn carries it where the template has no system role
+                first = chat_messages(self.tokenizer, messages[0]["content"], system)
+                messages = [*first, *messages[1:]]
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                      **fmt.template_options)
         turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-        return "\n".join([*turns, "Assistant:"])
+        return "\n".join([*([system] if system else []), *turns, "Assistant:"])
 
     @torch.inference_mode()
     def reply(self, text: str, on_text: Callable[[str], None] | None = None) -> str:
@@ -92,7 +101,9 @@ class ChatSession:
                                  return_tensors="pt")
         device = model_device(self.model)
         stops = stop_token_ids(self.model, self.tokenizer)
-        config = greedy_config(self.model, self.tokenizer, self.max_tokens)
+        decoder = Decoder.make(self.tokenizer, self.formatting, stops, self.max_tokens)
+        config = greedy_config(self.model, self.tokenizer,
+                               self.max_tokens + budget(self.tokenizer, self.formatting))
         streamer = _CallbackStreamer(self.tokenizer, on_text) if on_text is not None else None
         steering = (Steering(self.model, self.direction, self.alpha) if self.steered  # type: ignore[arg-type]
                     else contextlib.nullcontext())
@@ -103,8 +114,9 @@ class ChatSession:
                 generation_config=config,
                 streamer=streamer,
             )
-        answer = decode_answer(self.tokenizer, out[0, encoded["input_ids"].shape[1]:].tolist(), stops)
-        self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
-        if isinstance(self.judge, Judge):
-            (self.last_verdict,) = run_judge(self.judge, [text], [answer])
+        answer = decoder(out[0, encoded["input_ids"].shape[1]:].tolist())
+        reply = split_reasoning(answer)[1]  # templates keep replies, not thoughts, in the history
+        self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+        if isinstance(self.judge, Judge):  # judges see the reply
+            (self.last_verdict,) = run_judge(self.judge, [text], [reply])
         return answer

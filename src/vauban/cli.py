@@ -31,6 +31,7 @@ from rich.table import Table
 
 from .config import Settings, resolve
 from .errors import VaubanError
+from .formatting import Formatting, formatting_for
 
 if TYPE_CHECKING:
     from .results import DirectionResult
@@ -165,10 +166,16 @@ def _direction(s: Settings, report: Report, model: Any, tokenizer: Any,
     else:
         with report.step(f"measure the direction ({s.harmful} vs {s.harmless} prompts)", "measure"):
             direction = measure(model, tokenizer, s.harmful, s.harmless, layer=s.layer,
-                                select=s.select, batch_size=s.batch_size)
+                                select=s.select, batch_size=s.batch_size, formatting=s.formatting())
     report.say(direction.summary())
     report.put("direction", direction.record())
     return direction
+
+
+def _formatting(s: Settings, direction: Any = None) -> Formatting | None:
+    """The prompt formatting of a run: the flags' (``--system-prompt``, ``--template-option``...)
+    over the one the direction was measured with."""
+    return formatting_for(direction, s.formatting())
 
 
 def _projection_line(label: str, values: Sequence[float]) -> str:
@@ -189,19 +196,20 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
     judge = _judge(s, report)
     direction = _direction(s, report, model, tokenizer, args)
     with report.step("probe", "probe"):
-        probes = {name: probe(model, tokenizer, text, direction) for name, text in
+        fmt = _formatting(s, direction)
+        probes = {name: probe(model, tokenizer, text, direction, formatting=fmt) for name, text in
                   (("harmful", HARMFUL_PROBE), ("harmless", HARMLESS_PROBE))}
-        edge = borderline(model, tokenizer, BORDERLINE_PROBE, direction)
+        edge = borderline(model, tokenizer, BORDERLINE_PROBE, direction, formatting=fmt)
     report.say(f"Per-layer projections (best layer {direction.layer_index}):")
     for name, result in probes.items():
         report.say(_projection_line(name, result.projections))
     report.say(edge.summary())
     with cut(model, direction, alpha=s.alpha, embeddings=s.embeddings) as applied:
-        probes["harmful, cut"] = probe(model, tokenizer, HARMFUL_PROBE, direction)
+        probes["harmful, cut"] = probe(model, tokenizer, HARMFUL_PROBE, direction, formatting=fmt)
         report.say(_projection_line("after cut", probes["harmful, cut"].projections))
         with report.step(f"evaluate ({s.eval_prompts or 'bundled'} prompts)", "evaluate"):
             result = evaluate(model, model, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
-                              batch_size=s.batch_size, judge=judge)
+                              batch_size=s.batch_size, judge=judge, formatting=fmt)
         report.say(result.summary())
         report.say(f"  first-token KL={result.first_token_kl:.4f}, refusals judged by {judge.spec}")
 
@@ -217,7 +225,8 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
                    extras=extras)
     refused = next((c.prompt for c in result.before if c.refused), HARMFUL_PROBE)
     with report.step("steer", "steer"):
-        steered = steer(model, tokenizer, refused, direction, s.alpha, max_tokens=s.max_tokens, judge=judge)
+        steered = steer(model, tokenizer, refused, direction, s.alpha, max_tokens=s.max_tokens, judge=judge,
+                        formatting=fmt)
     report.say(f"Steering the original model on {refused!r}:")
     report.say(steered.summary())
     report.say("  " + steered.text[:300].replace("\n", "\n  "))
@@ -259,7 +268,7 @@ def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
     direction = _direction(s, report, model, tokenizer, args)
     rows, results = [], []
     for text in args.prompts:
-        edge = borderline(model, tokenizer, text, direction)
+        edge = borderline(model, tokenizer, text, direction, formatting=_formatting(s, direction))
         values = edge.probe.projections
         rows.append((text, f"{values[direction.layer_index]:+.3f}", f"{edge.position:.2f}", edge.closer_to))
         results.append({"prompt": text, "projections": list(values), "position": edge.position,
@@ -271,17 +280,22 @@ def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> None:
-    from .cutting import cut
+    from .cutspec import cut_spec
     from .exporting import check_output_dir, cut_record, export
 
     out = check_output_dir(s.output_dir, s.overwrite)
+    spec = cut_spec(args, alpha=s.alpha, embeddings=s.embeddings)  # flag mistakes before the load
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args)
-    with cut(model, direction, alpha=s.alpha, embeddings=s.embeddings) as applied:
+    vector = spec.vector(model, tokenizer, direction, harmful=s.harmful, harmless=s.harmless,
+                         formatting=_formatting(s, direction), batch_size=s.batch_size)
+    with spec.apply(model, vector) as applied:
         record = cut_record(s.model or direction.model_path, applied, direction)
+        record |= {"cut": applied.record(), "cut_spec": spec.record()}
         with report.step(f"export to {out}/", "export"):
             export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite)
-    report.say(f"Cut alpha={s.alpha:g} from {len(applied.edited)} tensors; exported to {out}/")
+    report.say(f"Cut alpha={spec.alpha:g} from {len(applied.edited)} tensors; exported to {out}/")
+    report.put("cut", spec.record())
     report.put("output_dir", str(out))
     report.put("alpha", s.alpha)
     report.put("edited_tensors", len(applied.edited))
@@ -301,10 +315,14 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
     judge = _judge(s, report)
     with report.step("evaluate", "evaluate"):
         result = evaluate(original, modified, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
-                          batch_size=s.batch_size, judge=judge)
+                          batch_size=s.batch_size, judge=judge,
+                          formatting=_formatting(s, _export_formatting(modified_name)))
+    thinking = ([("refusal while thinking", f"{result.thinking_refusal_before or 0:.0%}",
+                  f"{result.thinking_refusal_after or 0:.0%}")]
+                if (result.thinking_refusal_before, result.thinking_refusal_after) != (None, None) else [])
     report.table(f"{original_name or 'demo model'} → {modified_name} (refusals judged by {judge.spec})",
                  ["", "original", "modified"], [
-        ("refusal", f"{result.refusal_before:.0%}", f"{result.refusal_after:.0%}"),
+        ("refusal", f"{result.refusal_before:.0%}", f"{result.refusal_after:.0%}"), *thinking,
         ("perplexity", f"{result.perplexity_before:.2f}", f"{result.perplexity_after:.2f}"),
         ("KL (all answer tokens)", "", f"{result.kl:.4f}"),
         ("KL (first token)", "", f"{result.first_token_kl:.4f}"),
@@ -317,6 +335,21 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
         report.say(f"answers and numbers saved to {save}")
 
 
+def _export_formatting(path: str | None) -> Formatting | None:
+    """The formatting a vauban export records in its ``vauban.json`` (reused unless overridden)."""
+    record = Path(path or "") / "vauban.json"
+    if not path or not record.is_file():
+        return None
+    try:
+        saved = json.loads(record.read_text()).get("formatting")
+    except (OSError, ValueError, AttributeError):
+        return None
+    try:
+        return Formatting.from_record(saved)
+    except VaubanError:
+        return None
+
+
 def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from .steering import steer
 
@@ -327,7 +360,7 @@ def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
     for alpha in args.alphas or [s.alpha]:
         with report.step(f"steer alpha={alpha:g}"):
             result = steer(model, tokenizer, args.prompt, direction, alpha, max_tokens=s.max_tokens,
-                           judge=judge)
+                           judge=judge, formatting=s.formatting())
         report.say(result.summary())
         report.say("  " + result.text.replace("\n", "\n  "))
         results.append({"alpha": alpha, "text": result.text, "refused": result.refused,
@@ -351,7 +384,8 @@ def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
     alphas = args.alphas or [0.5, 1.0, 1.5, 2.0]
     with report.step(f"cut and evaluate at {len(alphas)} alphas", "sweep"):
         sweep = alpha_sweep(model, tokenizer, direction, alphas, prompts=s.eval_prompts,
-                            max_tokens=s.max_tokens, batch_size=s.batch_size, judge=judge)
+                            max_tokens=s.max_tokens, batch_size=s.batch_size, judge=judge,
+                            formatting=s.formatting())
     header = ["alpha", "refusal", "perplexity", "kl", "first_token_kl"]
     rows = [(0.0, sweep.refusal_before, sweep.perplexity_before, 0.0, 0.0)]
     rows += [(r.alpha, r.refusal, r.perplexity, r.kl, r.first_token_kl) for r in sweep.rows]
@@ -382,7 +416,8 @@ def cmd_plot(s: Settings, args: argparse.Namespace, report: Report) -> None:
     sets = {name: load_prompts(source)[: args.prompts] for name, source in
             (("harmful", s.harmful), ("harmless", s.harmless))}
     with report.step(f"project {sum(map(len, sets.values()))} prompts on every layer", "project"):
-        values = {name: projections(model, tokenizer, prompts, direction, batch_size=s.batch_size)
+        values = {name: projections(model, tokenizer, prompts, direction, batch_size=s.batch_size,
+                                    formatting=s.formatting(), prompt_set=name)
                   for name, prompts in sets.items()}
     plots.plot_layers(values["harmful"], values["harmless"], direction, path)
     report.say(f"plot saved to {path}")
@@ -399,7 +434,7 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
     if args.direction or args.alpha:
         direction = _direction(s, report, model, tokenizer, args)
     session = ChatSession(model, tokenizer, direction, args.alpha or 0.0, max_tokens=args.max_tokens or 256,
-                          judge=judge)
+                          judge=judge, formatting=_formatting(s, direction))
     say = report.out.print
     say("Chat with greedy decoding. Commands: /alpha X (steer; 0 = off), /reset, /quit.", style="dim")
     while True:
@@ -479,7 +514,7 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
                           projected=flags[args.projected], norm_preserving=flags[args.norm_preserving],
                           prompts=args.validation, harmless=s.harmless, selection=args.selection,
                           check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log,
-                          judge=judge)
+                          judge=judge, formatting=s.formatting())
     report.table(f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
                  f"prompts, first-token KL on {result.n_harmless} harmless prompts; * = the pick, "
                  f"checked on {result.n_selection} selection prompts)", *result.rows())
@@ -550,6 +585,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default) or by cosine separation alone (fast)")
     common.add_argument("--max-tokens", type=int, help="new tokens per answer (default 64)")
     common.add_argument("--eval-prompts", help="harmful evaluation prompts (default: bundled 20)")
+    common.add_argument("--system-prompt", metavar="TEXT",
+                        help="system prompt for every prompt (default: none; a saved direction's own)")
+    common.add_argument("--set-system-prompt", dest="system_prompts", action="append", metavar="SET=TEXT",
+                        help="a system prompt for one prompt set only (harmful, harmless, eval, "
+                             "reference, validation, selection, probe, steer, chat); repeatable")
+    common.add_argument("--template-option", dest="template_options", action="append", metavar="KEY=VALUE",
+                        help="chat-template keyword, e.g. enable_thinking=false, reasoning_effort=low; "
+                             "repeatable")
+    common.add_argument("--thinking-tokens", type=int, metavar="N",
+                        help="new tokens a thinking model may spend before its reply (default 1024 "
+                             "when it thinks, else 0)")
     common.add_argument("--judge", metavar="SPEC",
                         help="refusal judge: markers (default), markers:FILE, classifier:ID, chat:MODEL, "
                              "endpoint:URL[#model]")
@@ -574,6 +620,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--alpha", type=float, help="fraction of the direction to remove (default 1)")
         p.add_argument("--embeddings", action="store_true", default=None,
                        help="also orthogonalize the embeddings")
+
+    def variant_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--layers", type=_layers, help="comma-separated layers to cut (default: all)")
+        p.add_argument("--attention", metavar="WEIGHTS",
+                       help="attention writers' weight per layer: 0,0.5,1,... or a kernel "
+                            "peak=P,max=M,min=m,width=W (default 1 everywhere)")
+        p.add_argument("--mlp", metavar="WEIGHTS", help="the same for the MLP writers")
+        p.add_argument("--norm-preserving", action="store_true", help="keep every written vector's norm")
+        p.add_argument("--projected", action="store_true",
+                       help="remove the harmless mean's component from the direction")
+        p.add_argument("--direction-index", type=float, metavar="X",
+                       help="take the direction at fractional layer X (interpolated)")
+        p.add_argument("--per-layer", action="store_true", help="cut every layer along its own direction")
+        p.add_argument("--subspace", type=int, metavar="K", help="cut a K-dimensional subspace (measured)")
+        p.add_argument("--params", metavar="FILE",
+                       help="an optimize trial's cut: pareto.json (its pick, or --trial N), a trial "
+                            "record, or an export's vauban.json")
+        p.add_argument("--trial", type=int, metavar="N", help="with --params pareto.json: this trial")
 
     parser = _Parser(
         prog="vauban",
@@ -601,6 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(p)
     cut_flags(p)
     direction_flag(p)
+    variant_flags(p)
     p = command("evaluate", cmd_evaluate,
                 "compare ORIGINAL and MODIFIED: refusal, perplexity, KL (ORIGINAL defaults to the demo)")
     p.add_argument("models", nargs="+", metavar="[ORIGINAL] MODIFIED")

@@ -6,6 +6,16 @@ at top level or under a ``[vauban]`` table, named as the fields below::
     model = "Qwen/Qwen2.5-1.5B-Instruct"
     alpha = 1.2
     max_tokens = 96
+    system_prompt = "You are a helpful assistant."
+
+    [template_options]          # keyword arguments of the chat template
+    enable_thinking = false
+
+    [system_prompts]            # a prompt set's own system prompt (harmful, harmless, eval...)
+    eval = "Answer briefly."
+
+In the environment, ``VAUBAN_TEMPLATE_OPTIONS`` and ``VAUBAN_SYSTEM_PROMPTS`` take a JSON object
+or ``KEY=VALUE,KEY=VALUE``.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import VaubanError
+from .formatting import Formatting, parse_option, parse_set_prompt
 
 DEFAULT_FILE = "vauban.toml"
 
@@ -45,6 +56,19 @@ class Settings:
     overwrite: bool = False
     quiet: bool = False
     judge: str | None = None  # refusal judge spec (vauban.judge); None: the markers
+    system_prompt: str | None = None
+    system_prompts: dict[str, str] | None = None
+    template_options: dict[str, Any] | None = None
+    thinking_tokens: int | None = None
+
+    def formatting(self) -> Formatting | None:
+        """The prompt formatting these settings ask for (None: nothing asked, family defaults)."""
+        fields = (self.system_prompt, self.system_prompts, self.template_options, self.thinking_tokens)
+        if all(f is None for f in fields):
+            return None
+        return Formatting(system_prompt=self.system_prompt, system_prompts=self.system_prompts or {},
+                          template_options=self.template_options or {},
+                          thinking_tokens=self.thinking_tokens)
 
 
 def _field_type(name: str) -> type:
@@ -54,7 +78,35 @@ def _field_type(name: str) -> type:
     return hint
 
 
+def _mapping(name: str, value: Any, where: str) -> dict[str, Any]:
+    """A table setting from TOML (a table), the environment (a JSON object or ``K=V,K=V``) or
+    the command line (repeated ``K=V`` flags)."""
+    parse = parse_set_prompt if name == "system_prompts" else parse_option
+    if isinstance(value, Mapping):
+        items = dict(value)
+    elif isinstance(value, str) and value.strip().startswith("{"):
+        import json
+
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise VaubanError(f"{where}: {name} is not a JSON object ({err.msg})") from None
+    elif isinstance(value, str):
+        items = dict(parse(part) for part in value.split(",") if part.strip())
+    elif isinstance(value, (list, tuple)):
+        items = dict(parse(part) for part in value)
+    else:
+        raise VaubanError(f"{where}: {name} must be a table of KEY=VALUE, got {value!r}")
+    try:
+        Formatting(**{name: items})  # checks names and values
+    except VaubanError as err:
+        raise VaubanError(f"{where}: {err}") from None
+    return items
+
+
 def _coerce(name: str, value: Any, where: str) -> Any:
+    if name in ("system_prompts", "template_options"):
+        return _mapping(name, value, where)
     kind = _field_type(name)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
@@ -126,4 +178,5 @@ def check(settings: Settings) -> Settings:
         from .judge import check_spec
 
         check_spec(settings.judge)
+    settings.formatting()  # the formatting's own checks (thinking_tokens >= 0...)
     return settings

@@ -39,8 +39,11 @@ factors) so it can be undone. Float rounding makes ``(W - x) + x`` differ from `
 bit for a few elements, so the cut also keeps those few original values (found by replaying
 the undo at apply time): undo restores the original bits exactly while storing far less than a
 copy of the weights. Evaluation and optimization therefore need one model in memory. The rank-k
-arithmetic lives in :func:`_shifted` and the rescale in :func:`_rescaled`, so either can be
-swapped for a fused kernel without touching the bookkeeping.
+arithmetic lives in :meth:`_Work.shifted` and the rescale in :meth:`_Work.rescaled`, so either
+can be swapped for a fused kernel without touching the bookkeeping. Fused MoE expert tensors
+``(experts, ·, ·)`` are edited, undone and re-applied expert by expert (:func:`pieces`), so the
+float32 working copies are one expert's size, not the layer's (``benchmarks/moe_memory.py``);
+routers are not edited (see :mod:`vauban.arch`).
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ class _Edit:
     factors: torch.Tensor | None  # norm-preserving rescale per written vector, (..., 1), or None
     patch_index: torch.Tensor  # flat indices where the replayed undo misses the original bits
     patch_values: torch.Tensor  # the original values there
-    fingerprint: float = 0.0  # of the original weights, checked when re-applying a cached edit
+    fingerprint: torch.Tensor | None = None  # of the original weights, checked when re-applying
     fused: bool = False  # applied by vauban.kernels (rank 1, CUDA, 16-bit), so re-applied and undone by it
 
 
@@ -130,106 +133,241 @@ def _compute_dtype(param: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
-def _fingerprint(param: torch.Tensor) -> float:
-    """A cheap checksum of a strided sample, to notice weights changed behind a cut's back."""
-    return float(param.detach().reshape(-1)[::4099].double().sum())
+def _fingerprint(param: torch.Tensor) -> torch.Tensor:
+    """A cheap checksum of a strided sample, to notice weights changed behind a cut's back (a
+    0-d tensor on the weights' device: computing it waits for nothing)."""
+    return param.detach().reshape(-1)[::4099].double().sum()
 
 
-def _shifted(w: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor, scale: float) -> torch.Tensor:
-    """``w + scale·R Q`` with the residual axis last, rounded back to ``w``'s dtype.
+def _unchanged(edits: Sequence[_Edit]) -> bool:
+    """Whether every edited tensor still holds the weights its edit was made from (one host
+    read per device)."""
+    devices: dict[torch.device, list[_Edit]] = {}
+    for edit in edits:
+        devices.setdefault(edit.param.device, []).append(edit)
+    return all(
+        torch.equal(torch.stack([_fingerprint(e.param) for e in group]),
+                    torch.stack([e.fingerprint for e in group]))  # type: ignore[misc]
+        for group in devices.values()
+    )
 
-    For ``k = 1`` the matmul is one product per element, the same as an outer product.
+
+class _Work:
+    """The cut's arithmetic on one piece at a time (:func:`pieces`), in buffers allocated once.
+
+    ``a`` and ``c`` are compute-dtype buffers the size of a piece, ``new`` and ``out`` buffers in
+    the weights' dtype. Reusing them keeps the memory of an edit at a few pieces' size: a fresh
+    allocation per expert would leave the process holding freed blocks split by the small
+    records each expert keeps (on a 128-expert Qwen3-30B-A3B layer, ~3× the tensor's size).
+    The operations are those of the plain expressions, in the same order, so the bits are too:
+    ``shifted`` is ``(w.float() + scale·(R @ Q)).to(dtype)`` and ``rescaled`` is
+    ``(w.float() * factors).to(dtype)``.
     """
-    return (w.to(basis.dtype) + scale * (removed @ basis)).to(w.dtype)
+
+    def __init__(self, piece: torch.Tensor, compute: torch.dtype) -> None:
+        # every buffer keeps the weight's own memory layout (``piece`` is a view with the residual
+        # axis moved last): element-wise passes run over contiguous memory, and ``R = W Qᵀ`` reads
+        # the layout ``piece.to(compute)`` always had, so it sums in the same order
+        self.a = torch.empty_like(piece, dtype=compute)
+        self.c = torch.empty_like(self.a)
+        self.new = torch.empty_like(piece)
+        self.out = torch.empty_like(piece)
+        self._miss: torch.Tensor | None = None
+
+    def misses(self, replay: torch.Tensor, view: torch.Tensor, axis: int) -> torch.Tensor:
+        """Flat indices (in the piece's own layout, ``axis`` its residual axis) where ``replay``
+        differs from ``view`` in any bit."""
+        ints = _INT_VIEW[view.dtype]
+        if self._miss is None:  # a mask laid out like the piece, so its flat index is the weight's
+            self._miss = torch.empty(view.movedim(-1, axis).shape, dtype=torch.bool, device=view.device)
+        torch.ne(replay.view(ints), view.view(ints), out=self._miss.movedim(axis, -1))
+        return self._miss.reshape(-1).nonzero().squeeze(-1)
+
+    def _wide(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` in the compute dtype: itself when it already is (float32 weights), else ``a``."""
+        return w if w.dtype == self.a.dtype else self.a.copy_(w)
+
+    def removed(self, view: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+        """``R = W Qᵀ`` (residual axis last), ``(..., k)``."""
+        return self._wide(view) @ basis.T
+
+    def shifted(self, w: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor, scale: float,
+                dst: torch.Tensor) -> torch.Tensor:
+        """``w + scale·R Q`` rounded into ``dst`` (for ``k = 1``, one product per element)."""
+        wide = self._wide(w)
+        k, d = basis.shape
+        if self.c.dim() == 2 and not self.c.is_contiguous():  # an nn.Linear weight: (in, out) seen
+            torch.mm(basis.T, removed.T, out=self.c.T)     # through its (out, in) memory
+        else:
+            torch.mm(removed.reshape(-1, k), basis, out=self.c.view(-1, d))
+        self.c.mul_(scale)
+        if dst.dtype == wide.dtype:
+            return torch.add(wide, self.c, out=dst)
+        return dst.copy_(wide.add_(self.c))
+
+    def rescaled(self, w: torch.Tensor, factors: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        """``w`` with each written vector times its factor, rounded into ``dst``."""
+        wide = self._wide(w)
+        if dst.dtype == wide.dtype:
+            return torch.mul(wide, factors, out=dst)
+        return dst.copy_(wide.mul_(factors))
+
+    def forward(self, view: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor,
+                factors: torch.Tensor | None, alpha: float) -> torch.Tensor:
+        """The cut of one piece, in ``new``."""
+        new = self.shifted(view, basis, removed, -alpha, self.new)
+        return new if factors is None else self.rescaled(new, factors, self.new)
+
+    def inverse(self, view: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor,
+                factors: torch.Tensor | None, alpha: float) -> torch.Tensor:
+        """Its undo, in ``out`` (before the fix-ups of the few elements rounding misses)."""
+        if factors is not None:
+            view = self.rescaled(view, 1 / factors, self.out)
+        return self.shifted(view, basis, removed, alpha, self.out)
+
+    def norm_factors(self, view: torch.Tensor, removed: torch.Tensor, alpha: float) -> torch.Tensor:
+        """``‖x‖ / ‖x - a·Q Qᵀx‖`` per written vector, from ``‖x‖²`` and ``‖Qᵀx‖²`` alone."""
+        wide = self._wide(view)
+        before = (wide.square() if wide is view else wide.square_()).sum(-1, keepdim=True)
+        after = before + (alpha * alpha - 2 * alpha) * removed.square().sum(-1, keepdim=True)
+        ratio = before / after.clamp_min(torch.finfo(removed.dtype).tiny)
+        return torch.where(before > 0, ratio.sqrt(), torch.ones_like(ratio))
 
 
-def _rescaled(w: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """``w`` with each written vector (residual axis last) times its factor, rounded back."""
-    return (w.to(factors.dtype) * factors).to(w.dtype)
+def pieces(w: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """``(flat offset, view)`` of the parts an edit goes through one at a time: each expert of a
+    fused ``(experts, ·, ·)`` tensor (MoE layers), else the whole matrix.
 
-
-def _norm_factors(view: torch.Tensor, removed: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``‖x‖ / ‖x - a·Q Qᵀx‖`` per written vector, from ``‖x‖²`` and ``‖Qᵀx‖²`` alone."""
-    before = view.to(removed.dtype).square().sum(-1, keepdim=True)
-    after = before + (alpha * alpha - 2 * alpha) * removed.square().sum(-1, keepdim=True)
-    ratio = before / after.clamp_min(torch.finfo(removed.dtype).tiny)
-    return torch.where(before > 0, ratio.sqrt(), torch.ones_like(ratio))
+    The arithmetic works on float32 copies (the tensor, the update, the rounded result, the
+    replayed undo and its comparison: several times the tensor's size). Done on a fused expert
+    tensor at once, that is several float32 copies of every expert of the layer (2.8 GB more
+    memory for one Qwen3-30B-A3B ``down_proj`` of 0.4 GB); expert by expert, in buffers reused
+    from one expert to the next (:class:`_Work`), the extra memory is a few times *one*
+    expert's weight. Every expert is edited with the same formula; against the whole-tensor
+    computation the results agree to float rounding (a batched matmul may sum ``R = W Qᵀ`` in
+    another order), and the in-memory and streamed cuts (:func:`edited`) share this loop.
+    """
+    if w.dim() < 3:
+        return [(0, w)]
+    flat = w.reshape(-1, *w.shape[-2:])  # a view for the contiguous tensors vauban edits
+    size = flat[0].numel()
+    return [(i * size, flat[i]) for i in range(flat.shape[0])]
 
 
 def edited(
-    w: torch.Tensor, axis: int, basis: torch.Tensor, alpha: float, norm_preserving: bool = False
+    w: torch.Tensor, axis: int, basis: torch.Tensor, alpha: float, norm_preserving: bool = False,
+    *, inplace: bool = False,
 ) -> torch.Tensor:
     """``w`` with ``alpha`` × the span of ``basis`` (orthonormal rows) removed along ``axis``:
     the arithmetic of :func:`cut` (compute dtype, rounding) without the bookkeeping for undo,
-    for edits that need no undo, such as :func:`vauban.stream.cut_checkpoint`'s."""
-    view = w.movedim(axis, -1)
+    for edits that need no undo, such as :func:`vauban.stream.cut_checkpoint`'s. Fused expert
+    tensors go expert by expert (:func:`pieces`); ``inplace=True`` writes into ``w`` itself."""
+    out = w if inplace else w.clone(memory_format=torch.contiguous_format)
     q = basis.to(device=w.device, dtype=_compute_dtype(w))
-    removed = view.to(q.dtype) @ q.T
-    new = _shifted(view, q, removed, -alpha)
-    if norm_preserving:
-        new = _rescaled(new, _norm_factors(view, removed, alpha))
-    return new.movedim(-1, axis).contiguous()
+    work = None
+    for _, piece in pieces(out):
+        view = piece.movedim(axis, -1)
+        work = work or _Work(view, q.dtype)
+        removed = work.removed(view, q)
+        factors = work.norm_factors(view, removed, alpha) if norm_preserving else None
+        view.copy_(work.forward(view, q, removed, factors, alpha))
+    return out
 
 
-def _forward(view: torch.Tensor, edit: _Edit) -> torch.Tensor:
-    new = _shifted(view, edit.basis, edit.removed, -edit.alpha)
-    return new if edit.factors is None else _rescaled(new, edit.factors)
+def _parts(edit: _Edit) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Each piece of the edited tensor (residual axis last) with its removed vectors and factors."""
+    out = []
+    for i, (_, piece) in enumerate(pieces(edit.param.data)):
+        stacked = edit.param.dim() >= 3
+        removed = edit.removed[i] if stacked else edit.removed
+        factors = None if edit.factors is None else edit.factors[i] if stacked else edit.factors
+        out.append((piece.movedim(edit.axis, -1), removed, factors))
+    return out
 
 
-def _inverse(view: torch.Tensor, edit: _Edit) -> torch.Tensor:
-    if edit.factors is not None:
-        view = _rescaled(view, 1 / edit.factors)
-    return _shifted(view, edit.basis, edit.removed, edit.alpha)
+def _fusable(param: nn.Parameter, basis: torch.Tensor, norm_preserving: bool) -> bool:
+    """Whether :mod:`vauban.kernels` applies this edit (one direction, 16-bit CUDA weights)."""
+    return not norm_preserving and basis.shape[0] == 1 and kernels.supported(param.data)
 
 
-def _apply_edit(
-    name: str, param: nn.Parameter, axis: int, basis: torch.Tensor, alpha: float, norm_preserving: bool
-) -> _Edit:
+def _check_float(name: str, param: nn.Parameter) -> None:
     if param.dtype not in _FLOAT_DTYPES:
         raise VaubanError(
             f"{name} has {param.dtype} weights: a cut needs float weights; load the model with "
             "vauban.load (it dequantizes) instead of cutting quantized modules"
         )
+
+
+def _apply_fused(targets: Sequence[tuple[str, nn.Parameter, int, torch.Tensor, float]]) -> list[_Edit]:
+    """Apply rank-1 edits through the fused kernels: every matrix launched, then one host read
+    (:func:`vauban.kernels.apply_many`)."""
+    with torch.no_grad():
+        fingerprints = [_fingerprint(param) for _, param, _, _, _ in targets]
+        done = kernels.apply_many([(param.data.movedim(axis, -1), q[0], alpha)
+                                   for _, param, axis, q, alpha in targets])
+    return [
+        _Edit(name, param, axis, alpha, q, removed[:, None], None, index, values, fingerprint, fused=True)
+        for (name, param, axis, q, alpha), (removed, index, values), fingerprint
+        in zip(targets, done, fingerprints, strict=True)
+    ]
+
+
+def _apply_edit(
+    name: str, param: nn.Parameter, axis: int, basis: torch.Tensor, alpha: float, norm_preserving: bool
+) -> _Edit:
+    _check_float(name, param)
     with torch.no_grad():
         fingerprint = _fingerprint(param)
         view = param.data.movedim(axis, -1)
         cd = _compute_dtype(param)
         q = basis.to(device=param.device, dtype=cd)
-        if not norm_preserving and q.shape[0] == 1 and kernels.supported(param.data):
-            removed, index, values = kernels.apply_(view, q[0], alpha)  # one fused pass
-            return _Edit(name, param, axis, alpha, q, removed[:, None], None, index, values,
-                         fingerprint, fused=True)
-        removed = view.to(cd) @ q.T
-        factors = _norm_factors(view, removed, alpha) if norm_preserving else None
-        edit = _Edit(name, param, axis, alpha, q, removed, factors, torch.empty(0), torch.empty(0),
-                     fingerprint)
-        new = _forward(view, edit)
-        replay = _inverse(new, edit)
-        ints = _INT_VIEW[param.dtype]
-        miss = (replay.view(ints) != view.view(ints)).movedim(-1, axis).reshape(-1)
-        edit.patch_index = miss.nonzero().squeeze(-1)
-        edit.patch_values = param.data.reshape(-1)[edit.patch_index].clone()
-        param.data.copy_(new.movedim(-1, axis))
-    return edit
+        removed_parts, factor_parts, index_parts, value_parts = [], [], [], []
+        work = None
+        for offset, piece in pieces(param.data):  # expert by expert for fused MoE tensors
+            view = piece.movedim(axis, -1)
+            work = work or _Work(view, cd)
+            removed = work.removed(view, q)
+            factors = work.norm_factors(view, removed, alpha) if norm_preserving else None
+            new = work.forward(view, q, removed, factors, alpha)
+            index = work.misses(work.inverse(new, q, removed, factors, alpha), view, axis)
+            value_parts.append(piece.reshape(-1)[index])
+            index_parts.append(index.add_(offset))
+            view.copy_(new)
+            removed_parts.append(removed)
+            factor_parts.append(factors)
+        stacked = param.dim() >= 3
+        removed = torch.stack(removed_parts) if stacked else removed_parts[0]
+        factors = (None if not norm_preserving else torch.stack(factor_parts) if stacked  # type: ignore[arg-type]
+                   else factor_parts[0])
+        one = len(index_parts) == 1  # a matrix: no copy through cat
+        return _Edit(name, param, axis, alpha, q, removed, factors,
+                     index_parts[0] if one else torch.cat(index_parts),
+                     value_parts[0] if one else torch.cat(value_parts), fingerprint)
 
 
 def _reapply_edit(edit: _Edit) -> None:
     """Re-apply a cached edit to the original weights (same bits as the first application)."""
     with torch.no_grad():
-        view = edit.param.data.movedim(edit.axis, -1)
         if edit.fused:
+            view = edit.param.data.movedim(edit.axis, -1)
             kernels.shift_(view, edit.basis[0], edit.removed[:, 0], -edit.alpha)
             return
-        edit.param.data.copy_(_forward(view, edit).movedim(-1, edit.axis))
+        work = None
+        for view, removed, factors in _parts(edit):
+            work = work or _Work(view, edit.basis.dtype)
+            view.copy_(work.forward(view, edit.basis, removed, factors, edit.alpha))
 
 
 def _undo_edit(edit: _Edit) -> None:
     with torch.no_grad():
-        view = edit.param.data.movedim(edit.axis, -1)
         if edit.fused:
+            view = edit.param.data.movedim(edit.axis, -1)
             kernels.shift_(view, edit.basis[0], edit.removed[:, 0], edit.alpha)
         else:
-            edit.param.data.copy_(_inverse(view, edit).movedim(-1, edit.axis))
+            work = None
+            for view, removed, factors in _parts(edit):
+                work = work or _Work(view, edit.basis.dtype)
+                view.copy_(work.inverse(view, edit.basis, removed, factors, edit.alpha))
         edit.param.data.view(-1)[edit.patch_index] = edit.patch_values
 
 
@@ -340,6 +478,14 @@ class Cut:
         """Names of the edited tensors."""
         return [e.name for e in self._edits]
 
+    @property
+    def undo_bytes(self) -> int:
+        """Memory the cut keeps to undo itself bit for bit: removed vectors, rescale factors and
+        the original values of the few elements rounding would not restore."""
+        tensors = [t for e in self._edits for t in (e.removed, e.factors, e.patch_index, e.patch_values)
+                   if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def record(self) -> dict[str, object]:
         """JSON-serializable description of the cut's settings."""
         return {
@@ -376,18 +522,28 @@ class Cut:
         """Apply (or re-apply after :meth:`undo`) the edit."""
         if self.applied:
             raise VaubanError("this cut is already applied")
-        if self._edits and all(_fingerprint(e.param) == e.fingerprint for e in self._edits):
+        if self._edits and _unchanged(self._edits):
             for edit in self._edits:  # re-applying after undo: the weights are the originals
                 _reapply_edit(edit)
         else:
             seen: set[int] = set()
-            edits = []
+            edits: list[_Edit] = []
+            fused = []
+            # one copy per basis and device (keyed by address; the CPU tensor is kept alive with
+            # its copy, so no other basis can take its address during the loop)
+            on_device: dict[tuple[int, tuple[int, ...], torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
             for name, param, axis, basis, alpha in self._targets():
                 if id(param) in seen:  # a parameter shared by two paths is edited once
                     continue
                 seen.add(id(param))
-                edits.append(_apply_edit(name, param, axis, basis, alpha, self.norm_preserving))
-            self._edits = edits
+                if _fusable(param, basis, self.norm_preserving):
+                    key = (basis.data_ptr(), tuple(basis.shape), param.device)
+                    if key not in on_device:
+                        on_device[key] = (basis, basis.to(device=param.device, dtype=torch.float32))
+                    fused.append((name, param, axis, on_device[key][1], alpha))
+                else:
+                    edits.append(_apply_edit(name, param, axis, basis, alpha, self.norm_preserving))
+            self._edits = edits + (_apply_fused(fused) if fused else [])
         self.applied = True
         _ACTIVE.setdefault(self.model, []).append(self)
         return self

@@ -27,6 +27,7 @@ from .activations import model_device
 from .batching import batch_size_for, left_pad, progress, sorted_batches
 from .cutting import active_cuts, original_weights
 from .errors import VaubanError
+from .formatting import Formatting
 from .generate import check_max_tokens, generate
 from .judge import Judge, get_judge, run_judge
 from .prompts import (
@@ -38,6 +39,7 @@ from .prompts import (
     load_prompts,
     pad_id,
 )
+from .reasoning import THINK_OPEN, split_reasoning, thinking_prefix
 from .results import Completion, EvalResult
 
 DEFAULT_EVAL_PROMPTS = 20
@@ -78,21 +80,54 @@ class Pair:
 def completions(
     model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None,
     judge: str | Judge | None = None,
+    formatting: Formatting | None = None, prompt_set: str | None = "eval",
 ) -> tuple[Completion, ...]:
-    """Greedy answers to ``prompts``, each with ``judge``'s verdict (default: markers)."""
-    answers = generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size)
-    verdicts = run_judge(get_judge(judge), prompts, answers)
-    return tuple(Completion(p, a, v.refusal, v.score, v.reason, v.late)
-                 for p, a, v in zip(prompts, answers, verdicts, strict=True))
+    """Greedy answers to ``prompts``, each with ``judge``'s verdict (default: markers) on its
+    reply; a thinking model's thoughts are kept and judged apart (:func:`judged`)."""
+    answers = generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size,
+                       formatting=formatting, prompt_set=prompt_set)
+    return judged(get_judge(judge), prompts, answers)
+
+
+def judged(judge: Judge, prompts: Sequence[str], answers: Sequence[str]) -> tuple[Completion, ...]:
+    """Completions of ``answers`` (in :mod:`vauban.reasoning`'s form): the judge sees each reply;
+    the thoughts of a thinking model are kept and judged apart, in one more batch. An answer cut
+    off while thinking has an empty reply, which the judge decides on like any other (the
+    markers call it a refusal): give the model a larger ``thinking_tokens`` budget."""
+    parts = [split_reasoning(a) for a in answers]
+    verdicts = run_judge(judge, prompts, [reply for _, reply in parts])
+    thought = [a.lstrip().startswith(THINK_OPEN) for a in answers]
+    rows = [i for i, (thoughts, _) in enumerate(parts) if thought[i] and thoughts]
+    on_thoughts = dict(zip(rows, run_judge(judge, [prompts[i] for i in rows], [parts[i][0] for i in rows]),
+                           strict=True)) if rows else {}
+
+    def on_thought(i: int) -> bool | None:
+        return on_thoughts[i].refusal if i in on_thoughts else False if thought[i] else None
+
+    return tuple(
+        Completion(p, reply, v.refusal, v.score, v.reason, v.late,
+                   thinking=thoughts if thought[i] else None, thinking_refused=on_thought(i))
+        for i, (p, (thoughts, reply), v) in enumerate(zip(prompts, parts, verdicts, strict=True))
+    )
 
 
 def encode_pairs(
-    tokenizer: Any, pairs: Sequence[tuple[str, str]], answer_tokens: int
+    tokenizer: Any, pairs: Sequence[tuple[str, str] | tuple[str, str, str]], answer_tokens: int,
+    formatting: Formatting | None = None, prompt_set: str | None = "reference",
 ) -> list[tuple[list[int], int]]:
     """Token ids of the chat-formatted prompt + the answer's first ``answer_tokens`` tokens,
-    and that answer length."""
-    heads = encode_chat(tokenizer, [prompt for prompt, _ in pairs])
-    tails = [tokenizer(a, add_special_tokens=False)["input_ids"][:answer_tokens] for _, a in pairs]
+    and that answer length. A third item in a pair is text the model wrote before the answer
+    (a thinking model's thoughts, :func:`vauban.reasoning.thinking_prefix`), forced but not
+    scored; without one, a thinking model's answer follows an empty think block."""
+    heads = encode_chat(tokenizer, [pair[0] for pair in pairs], formatting, prompt_set)
+    empty = thinking_prefix(tokenizer, "", formatting)
+
+    def forced(pair: tuple[str, ...]) -> list[int]:
+        text = pair[2] if len(pair) > 2 else empty
+        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    heads = [head + forced(pair) for head, pair in zip(heads, pairs, strict=True)]
+    tails = [tokenizer(pair[1], add_special_tokens=False)["input_ids"][:answer_tokens] for pair in pairs]
     return [(head + list(tail), len(tail)) for head, tail in zip(heads, tails, strict=True)]
 
 
@@ -124,6 +159,7 @@ def answer_scores(
     batch_size: int | None = None,
     answer_tokens: int = 64,
     show_progress: bool | None = None,
+    formatting: Formatting | None = None,
 ) -> AnswerScores:
     """Perplexities of both sides and KL(original ‖ modified) on the reference answers.
 
@@ -136,7 +172,7 @@ def answer_scores(
     signal (and all of the first-token KL).
     """
     check_tokenizer(pair.modified, tokenizer)
-    encoded = encode_pairs(tokenizer, pairs, answer_tokens)
+    encoded = encode_pairs(tokenizer, pairs, answer_tokens, formatting)
     device = model_device(pair.modified)
     nll = {True: 0.0, False: 0.0}
     kl_sum = first_sum = 0.0
@@ -186,12 +222,17 @@ def evaluate(
     batch_size: int | None = None,
     show_progress: bool | None = None,
     judge: str | Judge | None = None,
+    formatting: Formatting | None = None,
 ) -> EvalResult:
     """Compare ``original`` and ``modified`` (see the module docstring).
 
     ``prompts=None`` uses the first 20 bundled evaluation prompts; ``reference`` is the set of
     harmless (prompt, answer) pairs for perplexity and KL; ``judge`` counts the refusals (a spec
     such as ``"chat:demo"``, a :class:`vauban.judge.Judge`, or ``None`` for the markers).
+    ``formatting``: how prompts are formatted (:mod:`vauban.formatting`); use the formatting
+    the direction was measured with. Thinking models are judged on their replies, with
+    ``max_tokens`` reply tokens after their thoughts; the thoughts' own refusals are reported
+    apart (``thinking_refusal_before/after``).
     """
     check_max_tokens(max_tokens)
     judge = get_judge(judge)
@@ -201,10 +242,11 @@ def evaluate(
     for is_original in (True, False):
         with pair.side(is_original) as model:
             sides[is_original] = completions(
-                model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size, judge=judge
+                model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size, judge=judge,
+                formatting=formatting,
             )
     ref_pairs = load_pairs(reference)
-    scores = answer_scores(pair, tokenizer, ref_pairs, show_progress=show_progress)
+    scores = answer_scores(pair, tokenizer, ref_pairs, show_progress=show_progress, formatting=formatting)
 
     def rate(items: tuple[Completion, ...]) -> float:
         return sum(c.refused for c in items) / len(items)

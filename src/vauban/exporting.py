@@ -92,6 +92,7 @@ def cut_record(source: str, applied: Cut, direction: DirectionResult) -> dict[st
         "layers": applied.layers,
         "embeddings": applied.embeddings,
         "edited_tensors": len(applied.edited),
+        "formatting": None if direction.formatting is None else direction.formatting.record(),
         "direction": direction.record(),
     }
 

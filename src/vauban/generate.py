@@ -5,30 +5,35 @@ Batches are length-sorted and left-padded, and each row stops at any of the mode
 tokens. Two loops produce the same tokens:
 
 - on CPU/MPS, and for models the fast loop does not cover, transformers' ``generate``;
-- on one CUDA device, :func:`static_greedy`: a static KV cache and a fixed-shape decode step
-  (one token per row, an explicit 4-D mask over the cache columns), replayed as one CUDA graph.
-  ``generate`` spends most of each decode step in Python and kernel launches (an 8B model on an
-  H100 needs ~5 ms to read its weights, ``generate`` takes ~30 ms a step); a replayed graph
-  costs one launch. All prompts go in one batch when their cache fits in free memory, since a
-  step costs about the same for 1 or 100 rows. With forward hooks installed (steering, a user's
-  probes) the same loop runs without the graph, so hooks see every step as usual.
+- on one CUDA device, :func:`static_greedy` (:mod:`vauban.fast_decode`): static KV buffers, a
+  fixed-shape decode step (one token per row, an explicit 4-D mask over the cache columns)
+  through compiled decoder layers, replayed as one CUDA graph. ``generate`` spends most of each
+  decode step in Python and kernel launches (an 8B model on an H200 needs ~3.6 ms to read its
+  weights, ``generate`` takes ~25 ms a step); a replayed graph costs one launch. All prompts go
+  in one batch when their cache fits in free memory, since a step costs about the same for 1 or
+  100 rows. Forward hooks that need to see every step on the host (a user's probes, recording
+  steering) turn the graph off; steering's own hooks are pure tensor work and stay in it.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, StaticCache
+from transformers import GenerationConfig, StaticCache, StoppingCriteriaList
 from transformers.cache_utils import StaticLayer
 
+from . import fast_decode
 from .activations import model_device
 from .batching import batch_size_for, default_batch_size, left_pad, progress, sorted_batches
 from .errors import VaubanError
+from .formatting import Formatting
 from .prompts import check_tokenizer, encode_chat, pad_id
+from .reasoning import Decoder, budget, stop_markers
 
 # End-of-turn markers of common chat templates; whichever exist in a vocabulary also stop.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
@@ -44,7 +49,9 @@ def stop_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
         elif isinstance(value, (list, tuple)):
             ids.update(int(v) for v in value)
     vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in _END_OF_TURN if t in vocab)
+    stop, never = stop_markers(tokenizer)  # <|end|> ends GPT-OSS's analysis, not its answer
+    ids.update(vocab[t] for t in (*_END_OF_TURN, *stop) if t in vocab and t not in never)
+    ids.difference_update(vocab[t] for t in never if t in vocab)
     return sorted(ids)
 
 
@@ -70,19 +77,30 @@ def generate(
     batch_size: int | None = None,
     show_progress: bool | None = None,
     desc: str = "generate",
+    formatting: Formatting | None = None,
+    prompt_set: str | None = None,
+    compile: bool = False,
 ) -> list[str]:
-    """Greedy answers to chat-formatted ``prompts``, in input order."""
+    """Greedy answers to chat-formatted ``prompts``, in input order.
+
+    ``formatting`` / ``prompt_set``: how prompts are formatted (:mod:`vauban.formatting`). A
+    thinking model gets its thinking budget on top of ``max_tokens``, which counts the reply's
+    tokens; answers come in :mod:`vauban.reasoning`'s form (``<think>…</think>reply``).
+    ``compile=True``: the faster, not bit-identical CUDA loop (see :func:`static_greedy`).
+    """
     check_max_tokens(max_tokens)
     check_tokenizer(model, tokenizer)
     device = model_device(model)
-    ids = encode_chat(tokenizer, prompts)
+    ids = encode_chat(tokenizer, prompts, formatting, prompt_set)
     pad = pad_id(tokenizer)
     stops = stop_token_ids(model, tokenizer)
-    config = greedy_config(model, tokenizer, max_tokens)
+    decoder = Decoder.make(tokenizer, formatting, stops, max_tokens)
+    new_tokens = max_tokens + budget(tokenizer, formatting)
+    config = greedy_config(model, tokenizer, new_tokens)
     answers: list[str] = [""] * len(ids)
     fast = device.type == "cuda" and fast_loop_ok(model)
     if batch_size is None:
-        longest = max((len(x) for x in ids), default=0) + max_tokens
+        longest = max((len(x) for x in ids), default=0) + new_tokens
         # the static cache is allocated once for the whole batch: size it from free memory
         batch_size = (batch_size_for(model, longest, len(ids), cache=True, saturate=False) if fast
                       else default_batch_size(device))
@@ -90,12 +108,14 @@ def generate(
     for batch in progress(batches, desc, show_progress):
         input_ids, mask, _ = left_pad([ids[i] for i in batch], pad, device)
         if fast:
-            new = static_greedy(model, input_ids, mask, max_tokens, stops, pad).tolist()
+            new = static_greedy(model, input_ids, mask, new_tokens, stops, pad, compile=compile).tolist()
         else:
-            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+            budget_ = decoder.stopping(input_ids.shape[1]) if new_tokens > max_tokens else None
+            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
+                                 stopping_criteria=StoppingCriteriaList([budget_] if budget_ else []))
             new = out[:, input_ids.shape[1] :].tolist()
         for row, index in enumerate(batch):
-            answers[index] = decode_answer(tokenizer, new[row], stops)
+            answers[index] = decoder(new[row])
     return answers
 
 
@@ -116,7 +136,23 @@ def _has_hooks(model: nn.Module) -> bool:
     """Forward hooks other than transformers' own output recorders (installed for good on the
     first ``output_hidden_states=True`` call, inert unless a call asks for outputs)."""
     hooks = (h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()))
-    return any(not getattr(h, "__module__", "").startswith("transformers.") for h in hooks)
+    return any(not (getattr(h, "__module__", "").startswith("transformers.") or graph_safe(h)) for h in hooks)
+
+
+def graph_safe(hook: Any) -> bool:
+    """Whether a hook is pure tensor work that a replayed CUDA graph may stand in for (marked by
+    :func:`mark_graph_safe`): such hooks do not turn the graph off."""
+    return bool(getattr(hook, GRAPH_SAFE, False))
+
+
+GRAPH_SAFE = "_vauban_graph_safe"
+
+
+def mark_graph_safe(hook: Any) -> Any:
+    """Declare that ``hook`` only does tensor work on the device (no host reads, no Python-side
+    records), so replaying its kernels from a CUDA graph is the same as calling it."""
+    setattr(hook, GRAPH_SAFE, True)
+    return hook
 
 
 @torch.inference_mode()
@@ -129,110 +165,46 @@ def static_greedy(
     pad: int,
     *,
     graph: bool | None = None,
+    compile: fast_decode.Compile = False,
+    chunk_tokens: int | None = None,
 ) -> torch.Tensor:
     """``(batch, max_tokens)`` greedy continuations of left-padded ``input_ids``.
 
-    Cache column ``j`` holds the token fed at step ``j``; a row attends to the columns where it
-    had real tokens, so left padding never leaks in. Rows that stopped get ``pad`` afterwards,
-    as in ``generate``. ``graph`` (default: on CUDA without forward hooks) replays the decode
-    step as a CUDA graph; the tokens are the same either way.
+    Rows that stopped get ``pad`` afterwards, as in ``generate``. ``graph`` (default: on CUDA
+    unless a forward hook needs to see every step) replays the decode step as a CUDA graph; the
+    tokens are the same either way. :mod:`vauban.fast_decode` explains the loop.
+
+    ``compile=True`` (CUDA with Triton) runs the decoder layers through ``torch.compile`` and
+    prefills in length-sorted chunks of :data:`vauban.fast_decode.PREFILL_TOKENS` tokens
+    (``chunk_tokens`` sets another size, also without compiling): faster, but fused kernels and
+    other matrix shapes round differently, so in bfloat16 a near-tie between two tokens can go
+    the other way and an answer part from ``generate``'s (see benchmarks/results/gpu_NOTES.md).
+    ``compile`` may also name another ``torch.compile`` backend. A model the loop cannot run
+    (attention outside transformers' interface) is generated by ``model.generate``; a model the
+    compiler cannot compile runs uncompiled, with a warning.
     """
-    rows, width = input_ids.shape
     device = input_ids.device
-    dtype = next(model.parameters()).dtype
     if graph is None:
         graph = device.type == "cuda" and not _has_hooks(model)
-    length = width + max_tokens
-    cache = StaticCache(config=model.config, max_cache_len=length)
-    keys = torch.zeros(rows, length, dtype=torch.bool, device=device)
-    keys[:, :width] = mask.bool()
-    # prefill: causal over the prompt, pads excluded; a pad row attends to itself so it stays
-    # finite (its values are never attended to by real rows)
-    column = torch.arange(length, device=device)
-    allowed = (column[None, :] <= torch.arange(width, device=device)[:, None]) & keys[:, None, :]
-    allowed |= column[None, None, :] == torch.arange(width, device=device)[None, :, None]
-    lowest = torch.finfo(dtype).min
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(
-        input_ids=input_ids, attention_mask=_additive(allowed[:, None], lowest, dtype),
-        position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1,
-    ).logits
-    stop_ids = torch.tensor(sorted(set(stops)) or [-1], device=device)
-    state = _DecodeState(
-        token=logits[:, -1].argmax(-1, keepdim=True),
-        position=positions[:, -1:] + 1,
-        keys=keys,
-        column=torch.tensor([width], device=device),
-        out=torch.full((rows, max_tokens), pad, dtype=torch.long, device=device),
-        done=torch.zeros(rows, dtype=torch.bool, device=device),
-    )
-    state.record(0, stop_ids, pad)
-
-    def step() -> None:
-        state.keys.index_fill_(1, state.column, True)
-        logits = model(
-            input_ids=state.token, attention_mask=_additive(state.keys[:, None, None, :], lowest, dtype),
-            position_ids=state.position, cache=cache, use_cache=True, logits_to_keep=1,
-        ).logits
-        state.token.copy_(logits[:, -1].argmax(-1, keepdim=True))
-        state.position.add_(1)
-        state.column.add_(1)
-        state.record(state.column - width, stop_ids, pad)
-
-    replay = None
-    for _ in range(1, max_tokens):
-        if bool(state.done.all()):
-            break
-        if replay is not None:
-            replay()
-        elif graph:
-            replay = _step_then_capture(step)
-        else:
-            step()
-    return state.out
-
-
-def _additive(allowed: torch.Tensor, lowest: float, dtype: torch.dtype) -> torch.Tensor:
-    """A boolean mask as the additive float mask that both eager and SDPA attention accept."""
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, lowest)
-
-
-class _DecodeState:
-    """The tensors a decode step reads and writes in place (fixed addresses for graph replay)."""
-
-    def __init__(self, **tensors: torch.Tensor) -> None:
-        self.__dict__.update(tensors)
-
-    def record(self, index: torch.Tensor | int, stop_ids: torch.Tensor, pad: int) -> None:
-        """Store this step's tokens (``pad`` for rows already stopped) and mark new stops."""
-        token = self.token.squeeze(-1).masked_fill(self.done, pad)
-        at = torch.as_tensor(index, device=token.device).reshape(1)
-        self.out.index_copy_(1, at, token[:, None])
-        self.done |= (token[:, None] == stop_ids).any(-1)
-
-
-def _step_then_capture(step: Any) -> Any:
-    """Run ``step`` for real on a side stream (the warm-up CUDA graphs need), then capture it.
-
-    Capture only records, so a model whose forward cannot be captured (a host sync somewhere)
-    loses nothing but speed: the loop goes on with the eager step.
-    """
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()
-    torch.cuda.current_stream().wait_stream(stream)
-    cuda_graph = torch.cuda.CUDAGraph()
+    if compile and not isinstance(compile, str) and not callable(compile):
+        compile = fast_decode.can_compile(device)
+    if chunk_tokens is None:
+        chunk_tokens = fast_decode.PREFILL_TOKENS if compile else 2**62  # one chunk: generate's shapes
+    run = functools.partial(fast_decode.greedy, model, input_ids, mask, max_tokens, stops, pad, graph=graph,
+                            chunk_tokens=chunk_tokens)
     try:
-        with torch.cuda.graph(cuda_graph):
-            step()
-    except RuntimeError as err:
-        warnings.warn(f"decode step not capturable as a CUDA graph, running it eagerly: {err}", stacklevel=3)
-        return step
-    return cuda_graph.replay
-
-
-def decode_answer(tokenizer: Any, new_tokens: list[int], stops: Sequence[int]) -> str:
-    """Text of the generated tokens up to the first stop token."""
-    end = next((i for i, t in enumerate(new_tokens) if t in stops), len(new_tokens))
-    return tokenizer.decode(new_tokens[:end], skip_special_tokens=True).strip()
+        try:
+            return run(compile=compile)
+        except (fast_decode.Unsupported, VaubanError, torch.OutOfMemoryError):
+            raise
+        except Exception as err:
+            if not compile:
+                raise
+            warnings.warn(f"torch.compile failed on this model, generating uncompiled: {err}", stacklevel=3)
+            return run(compile=False)
+    except fast_decode.Unsupported:
+        config = GenerationConfig(do_sample=False, max_new_tokens=max_tokens,
+                                  eos_token_id=list(stops) or None, pad_token_id=pad)
+        out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+        new = out[:, input_ids.shape[1] :]
+        return torch.nn.functional.pad(new, (0, max_tokens - new.shape[1]), value=pad)

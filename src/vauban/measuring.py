@@ -48,6 +48,7 @@ from torch import nn
 from . import arch
 from .activations import last_token_residuals
 from .errors import VaubanError
+from .formatting import Formatting
 from .loading import model_label
 from .prompts import Prompts, load_prompts
 from .results import DirectionResult, SubspaceResult, check_layer, unit_rows
@@ -88,6 +89,7 @@ def measure(
     max_kl: float | None = None,
     batch_size: int | None = None,
     show_progress: bool | None = None,
+    formatting: Formatting | None = None,
 ) -> DirectionResult:
     """Measure the refusal direction; ``layer`` forces a layer instead of choosing one.
 
@@ -97,6 +99,10 @@ def measure(
     most ``max_kl`` (default :data:`vauban.selecting.MAX_KL`); ``select="geometry"`` takes the
     best cosine separation over all prompts, with no cut (see :mod:`vauban.selecting`). With
     fewer than 8 harmful prompts nothing is held back and the choice is geometric.
+
+    ``formatting`` (:mod:`vauban.formatting`): how the prompts are formatted, which should be how
+    the model will be used; it is recorded in the result with its defaults written out, and the
+    selection formats its held-back prompts the same way.
     """
     from . import selecting
 
@@ -109,13 +115,14 @@ def measure(
     if by_effect:
         harmful_prompts, held_harmful = selecting.split(harmful_prompts)
         harmless_prompts, held_harmless = selecting.split(harmless_prompts)
+    fmt = (formatting or Formatting()).resolved(tokenizer)
     h = last_token_residuals(
         model, tokenizer, harmful_prompts, batch_size=batch_size, show_progress=show_progress,
-        desc="harmful",
+        desc="harmful", formatting=fmt, prompt_set="harmful",
     )
     b = last_token_residuals(
         model, tokenizer, harmless_prompts, batch_size=batch_size, show_progress=show_progress,
-        desc="harmless",
+        desc="harmless", formatting=fmt, prompt_set="harmless",
     )
     scores, directions, h_mean, b_mean = cosine_separation(h, b)
     if not torch.isfinite(scores).all():
@@ -131,12 +138,13 @@ def measure(
         harmless_means=b_mean,
         n_harmful=len(harmful_prompts),
         n_harmless=len(harmless_prompts),
+        formatting=fmt,
         selection="geometry" if layer is None else "forced",
     )
     if not by_effect:
         return result
     log = (lambda line: print(line, flush=True)) if show_progress else None
-    refusals = selecting.original_refusals(model, tokenizer, held_harmful, batch_size)
+    refusals = selecting.original_refusals(model, tokenizer, held_harmful, batch_size, fmt)
     return selecting.select_by_effect(
         model, tokenizer, result, refusals, held_harmless,
         max_kl=selecting.MAX_KL if max_kl is None else max_kl, batch_size=batch_size, log=log,
@@ -181,6 +189,7 @@ def measure_subspace(
     layer: int | None = None,
     batch_size: int | None = None,
     show_progress: bool | None = None,
+    formatting: Formatting | None = None,
 ) -> SubspaceResult:
     """A ``k``-dimensional refusal subspace at ``layer`` (default: the best-scoring layer).
 
@@ -195,10 +204,13 @@ def measure_subspace(
     harmless_prompts = load_prompts(harmless, what="harmless prompts")
     if k > len(harmful_prompts):
         raise VaubanError(f"k={k} needs at least {k} harmful prompts, got {len(harmful_prompts)}")
+    fmt = (formatting or Formatting()).resolved(tokenizer)
     h = last_token_residuals(model, tokenizer, harmful_prompts, batch_size=batch_size,
-                             show_progress=show_progress, desc="harmful")
+                             show_progress=show_progress, desc="harmful", formatting=fmt,
+                             prompt_set="harmful")
     b = last_token_residuals(model, tokenizer, harmless_prompts, batch_size=batch_size,
-                             show_progress=show_progress, desc="harmless")
+                             show_progress=show_progress, desc="harmless", formatting=fmt,
+                             prompt_set="harmless")
     scores, directions, _, b_mean = cosine_separation(h, b)
     best = int(scores.argmax()) if layer is None else check_layer(layer, len(scores))
     u = directions[best].double()
@@ -212,4 +224,5 @@ def measure_subspace(
         singular_values=(float(along.norm()), *(float(v) for v in values[: k - 1])),
         d_model=arch.d_model(model),
         model_path=model_label(model),
+        formatting=fmt,
     )

@@ -74,9 +74,11 @@ from .batching import duration
 from .cutting import Cut, LayerKernel, LayerWeights, cut
 from .errors import VaubanError
 from .evaluating import completions
+from .formatting import Formatting, formatting_for
 from .judge import Judge, get_judge
 from .measuring import direction_at
 from .prompts import Prompts, bundled_records, load_prompts
+from .reasoning import thinking_prefix
 from .refine import first_token_batches, likelihood_batches, refine
 from .results import DirectionResult
 
@@ -278,11 +280,12 @@ def _kernel_text(k: LayerWeights) -> str:
 
 @torch.inference_mode()
 def first_token_logprobs(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None,
+    formatting: Formatting | None = None,
 ) -> torch.Tensor:
     """``(len(prompts), vocab)`` float32 log-probabilities of each answer's first token."""
     out: list[torch.Tensor | None] = [None] * len(prompts)
-    for batch, logp in first_token_batches(model, tokenizer, prompts, batch_size):
+    for batch, logp in first_token_batches(model, tokenizer, prompts, batch_size, formatting):
         logp = logp.cpu()  # one device-to-host copy per batch, not per row
         for row, index in enumerate(batch):
             out[index] = logp[row]
@@ -296,15 +299,15 @@ def kl_divergence(p_log: torch.Tensor, q_log: torch.Tensor) -> float:
 
 @torch.inference_mode()
 def refusal_likelihood(
-    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, str]], tokens: int = 8,
-    batch_size: int | None = None,
+    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, ...]], tokens: int = 8,
+    batch_size: int | None = None, formatting: Formatting | None = None,
 ) -> float:
     """Mean probability that ``model`` opens its answer with the given refusal (its first
     ``tokens`` tokens, teacher-forced): ``refusals`` pairs each prompt with the original model's
     own refusal of it. One prefill per prompt; 0 when there are none (see
     :func:`vauban.refine.likelihood_batches`)."""
     total, count = 0.0, 0
-    for rows, part in likelihood_batches(model, tokenizer, refusals, tokens, batch_size):
+    for rows, part in likelihood_batches(model, tokenizer, refusals, tokens, batch_size, formatting):
         total, count = total + float(part), count + rows
     return total / count if count else 0.0
 
@@ -438,6 +441,7 @@ def optimize(
     show_progress: bool = False,
     log: Callable[[str], None] | None = None,
     judge: str | Judge | None = None,
+    formatting: Formatting | None = None,
 ) -> OptimizeResult:
     """Run the search until the study has ``n_trials`` finished trials, then check the pick on
     the selection prompts; the model ends unchanged.
@@ -451,7 +455,9 @@ def optimize(
     ``norm_preserving``: fix that cut variant on or off, or ``None`` to search it. ``judge`` counts
     the refusals of the search and of the check (a spec, a :class:`vauban.judge.Judge`, or
     ``None`` for the markers; recorded in the study's settings). Each trial and each check prints
-    one line with ``show_progress`` or through ``log``.
+    one line with ``show_progress`` or through ``log``. ``formatting``: how prompts are
+    formatted, over the direction's own (:mod:`vauban.formatting`); thinking models are judged on
+    their replies, and their refusals are teacher-forced after their thoughts.
     """
     try:
         import optuna
@@ -478,6 +484,9 @@ def optimize(
                 "model": direction.model_path, "fixed": fixed, "prompts": len(harmful),
                 "harmless": len(neutral), "max_tokens": max_tokens, "judge": judge.spec,
                 "objectives": ["refusal", "kl", "refusal_likelihood"]}
+    fmt = formatting_for(direction, formatting)
+    if fmt is not None and fmt != Formatting(thinking_tokens=fmt.thinking_tokens):
+        settings["formatting"] = fmt.record()  # recorded only when it says more than the defaults
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _storage(study)
     the_study = _load_study(optuna, storage, seed, settings)
@@ -492,10 +501,11 @@ def optimize(
                 and not any(t.user_attrs.get("weights") for t in _finished(optuna, the_study)))
     base = refused = None
     if todo > 0 or refining:
-        base = first_token_logprobs(model, tokenizer, neutral, batch_size)
+        base = first_token_logprobs(model, tokenizer, neutral, batch_size, fmt)
         originals = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
-                                judge=judge)
-        refused = [(c.prompt, c.text) for c in originals if c.refused]
+                                judge=judge, formatting=fmt, prompt_set="validation")
+        refused = [(c.prompt, c.text, thinking_prefix(tokenizer, c.thinking or "", fmt))
+                   for c in originals if c.refused]
     info = {"n_prompts": len(harmful), "n_harmless": len(neutral), "seed": seed, "study": storage,
             "settings": settings, "n_selection": len(checking) if check else 0}
     started = time.perf_counter()
@@ -505,9 +515,9 @@ def optimize(
         """The three objectives of one cut: refusal, KL, refusal likelihood."""
         with params.apply(model, direction):
             answers = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
-                                  judge=judge)
-            kl = kl_divergence(base, first_token_logprobs(model, tokenizer, neutral, batch_size))
-            likelihood = refusal_likelihood(model, tokenizer, refused, batch_size=batch_size)
+                                  judge=judge, formatting=fmt, prompt_set="validation")
+            kl = kl_divergence(base, first_token_logprobs(model, tokenizer, neutral, batch_size, fmt))
+            likelihood = refusal_likelihood(model, tokenizer, refused, batch_size=batch_size, formatting=fmt)
         return sum(c.refused for c in answers) / len(answers), kl, likelihood
 
     def objective(trial: Any) -> tuple[float, float, float]:
@@ -538,7 +548,7 @@ def optimize(
     if refining:
         _add_refined(optuna, the_study, plain, lambda: refine(
             model, tokenizer, CutParams.from_trial(plain, fixed).vector(direction), neutral, base, refused,
-            steps=refine_steps, batch_size=batch_size, log=say), scores, fixed, say)
+            steps=refine_steps, batch_size=batch_size, log=say, formatting=fmt), scores, fixed, say)
     checked = _stored_checks(the_study, checking, selection_tokens) if check else {}
     result = _result(optuna, the_study, fixed, checked, **info)
     if not check or result.plain is None:
@@ -550,7 +560,8 @@ def optimize(
             t0 = time.perf_counter()
             with t.params.apply(model, direction):
                 answers = completions(model, tokenizer, checking, max_tokens=selection_tokens,
-                                      batch_size=batch_size, judge=judge)
+                                      batch_size=batch_size, judge=judge, formatting=fmt,
+                                      prompt_set="selection")
             checked[key] = sum(c.refused for c in answers) / len(answers)
             _store_checks(the_study, checking, selection_tokens, checked)
             if say is not None:

@@ -16,6 +16,7 @@ from torch import nn
 from . import arch
 from .activations import last_token_residuals
 from .errors import VaubanError
+from .formatting import Formatting, formatting_for
 from .loading import model_label
 from .prompts import load_prompts
 from .results import BorderlineResult, DirectionResult, ProbeResult, unit_vector
@@ -29,21 +30,29 @@ def projections(
     *,
     batch_size: int | None = None,
     show_progress: bool | None = None,
+    formatting: Formatting | None = None,
+    prompt_set: str | None = "probe",
 ) -> torch.Tensor:
-    """``(len(prompts), num_layers)`` projections of each prompt's residuals onto ``direction``."""
+    """``(len(prompts), num_layers)`` projections of each prompt's residuals onto ``direction``.
+
+    Prompts are formatted with ``formatting``, else with the direction's own (the formatting it
+    was measured with), else with the family defaults (:mod:`vauban.formatting`).
+    """
     vec = unit_vector(direction, arch.d_model(model))
     residuals = last_token_residuals(
-        model, tokenizer, prompts, batch_size=batch_size, show_progress=show_progress, desc="probe"
+        model, tokenizer, prompts, batch_size=batch_size, show_progress=show_progress, desc="probe",
+        formatting=formatting_for(direction, formatting), prompt_set=prompt_set,
     )
     return residuals @ vec
 
 
 def probe(
-    model: nn.Module, tokenizer: Any, prompt: str, direction: DirectionResult | torch.Tensor
+    model: nn.Module, tokenizer: Any, prompt: str, direction: DirectionResult | torch.Tensor,
+    *, formatting: Formatting | None = None,
 ) -> ProbeResult:
-    """Per-layer projection of one prompt onto the direction."""
+    """Per-layer projection of one prompt onto the direction (formatted as :func:`projections` says)."""
     (text,) = load_prompts([prompt], what="prompt")
-    values = projections(model, tokenizer, [text], direction)[0]
+    values = projections(model, tokenizer, [text], direction, formatting=formatting)[0]
     layer = direction.layer_index if isinstance(direction, DirectionResult) else int(values.argmax())
     return ProbeResult(
         prompt=text,
@@ -54,7 +63,8 @@ def probe(
 
 
 def borderline(
-    model: nn.Module, tokenizer: Any, prompt: str, direction: DirectionResult
+    model: nn.Module, tokenizer: Any, prompt: str, direction: DirectionResult,
+    *, formatting: Formatting | None = None,
 ) -> BorderlineResult:
     """Place a prompt between the harmful and harmless patterns measured with ``direction``.
 
@@ -62,7 +72,7 @@ def borderline(
     (kept in the DirectionResult); ``position`` at the direction's layer is 0 on the harmless
     mean and 1 on the harmful mean.
     """
-    result = probe(model, tokenizer, prompt, direction)
+    result = probe(model, tokenizer, prompt, direction, formatting=formatting)
     if direction.harmful_means is None or direction.harmless_means is None:
         raise VaubanError("this DirectionResult has no per-layer means; measure it again")
     d = direction.direction.double()

@@ -1,7 +1,16 @@
-"""Prompt sets: the bundled ones, user lists and files, and chat formatting in one function.
+"""Prompt sets: the bundled ones, user lists, files and datasets; chat formatting's entry point.
 
-Wherever vauban takes prompts it accepts a list of strings, the name of a bundled set, or a path
-to a ``.txt`` (one prompt per line), ``.jsonl`` / ``.json`` or ``.csv`` file.
+Wherever vauban takes prompts it accepts a list of strings, the name of a bundled set, or a
+source written as one string:
+
+- ``FILE.txt`` (one prompt per line);
+- ``FILE.jsonl`` / ``FILE.json`` / ``FILE.csv`` / ``FILE.parquet``, optionally ``:FIELD`` to
+  choose the field or column (default: the first of ``prompt``, ``goal``, ``instruction``,
+  ``question``, ``text``, ``behavior``; AdvBench's CSV works as it is);
+- ``DIR[:SPLIT[:COLUMN]]``: a local dataset (``save_to_disk`` output or a folder of data files);
+- ``hf:ID[@CONFIG][:SPLIT[:COLUMN]]``: a Hugging Face Hub dataset (:mod:`vauban.sources`).
+
+How prompts are formatted for the model is :mod:`vauban.formatting`.
 """
 
 from __future__ import annotations
@@ -16,9 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import VaubanError
+from .formatting import Formatting, chat_template, chat_texts
+from .formatting import chat_text as chat_text  # re-exported: prompts formats prompts
+from .reasoning import split_reasoning as split_reasoning  # re-exported for judges
+from .sources import TEXT_KEYS as _TEXT_KEYS
+from .sources import directory_prompts, hub_prompts, parquet_prompts, pick_column
 
 BUNDLED = ("harmful", "harmless", "eval_harmful", "reference", "borderline")
-_TEXT_KEYS = ("prompt", "goal", "instruction", "question", "text", "behavior")
 
 Prompts = str | os.PathLike[str] | Sequence[str]
 
@@ -31,12 +44,14 @@ def bundled_records(name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _text_of(record: Any, where: str) -> str:
-    text = record if isinstance(record, str) else None
+def _text_of(record: Any, where: str, field: str | None = None) -> str:
+    text = record if isinstance(record, str) and field is None else None
     if isinstance(record, dict):
-        text = next((record[k] for k in _TEXT_KEYS if isinstance(record.get(k), str)), None)
+        keys = (field,) if field is not None else _TEXT_KEYS
+        text = next((record[k] for k in keys if isinstance(record.get(k), str)), None)
     if text is None:
-        raise VaubanError(f"{where}: no prompt text (expected a string or a {_TEXT_KEYS[0]!r} field)")
+        wanted = repr(field) if field is not None else f"a {_TEXT_KEYS[0]!r}"
+        raise VaubanError(f"{where}: no prompt text (expected a string or {wanted} field)")
     if not text.strip():
         raise VaubanError(f"{where}: the prompt is empty; remove it")
     return text
@@ -70,45 +85,80 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def _read_file(path: Path) -> list[str]:
+def _read_file(path: Path, field: str | None = None) -> list[str]:
     suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return parquet_prompts(path, field)
     text = _read_text(path)
     if suffix == ".txt":
+        if field is not None:
+            raise VaubanError(f"{path}: a .txt file has one prompt per line, no fields; drop :{field}")
         return [line.strip() for line in text.splitlines() if line.strip()]
     if suffix == ".jsonl":
-        return [_text_of(r, f"{path}:{n}") for n, r in enumerate(read_jsonl(path), start=1)]
+        return [_text_of(r, f"{path}:{n}", field) for n, r in enumerate(read_jsonl(path), start=1)]
     if suffix == ".json":
         data = _json(text, str(path))
         if not isinstance(data, list):
             raise VaubanError(f"{path}: expected a JSON list of prompts")
-        return [_text_of(item, f"{path}[{i}]") for i, item in enumerate(data)]
+        return [_text_of(item, f"{path}[{i}]", field) for i, item in enumerate(data)]
     if suffix == ".csv":
         rows = list(csv.reader(io.StringIO(text)))  # quoted fields may hold newlines
         if not rows:
             return []
         header = [h.strip().lower() for h in rows[0]]
-        column = next((header.index(k) for k in _TEXT_KEYS if k in header), None)
+        column = (header.index(pick_column(header, field.lower(), str(path))) if field is not None
+                  else next((header.index(k) for k in _TEXT_KEYS if k in header), None))
         body = rows[1:] if column is not None else rows
         short = next((n for n, row in enumerate(body, start=2 if column is not None else 1)
                       if row and len(row) <= (column or 0)), None)
         if short is not None:
             raise VaubanError(f"{path}: row {short} has no column {header[column or 0]!r}; fix that row")
         return [row[column or 0].strip() for row in body if row and row[column or 0].strip()]
-    raise VaubanError(f"{path}: unsupported prompt file type {suffix!r}; use .txt, .jsonl, .json or .csv")
+    raise VaubanError(
+        f"{path}: unsupported prompt file type {suffix!r}; use .txt, .jsonl, .json, .csv or .parquet"
+    )
+
+
+def _located(source: str) -> tuple[Path, list[str]] | None:
+    """The longest ``:``-separated prefix of ``source`` that exists, and the selectors after it
+    (``data.parquet:goal`` → ``data.parquet``, ``["goal"]``); None when nothing exists."""
+    parts = source.split(":")
+    for cut in range(len(parts), 0, -1):
+        path = Path(":".join(parts[:cut])).expanduser()
+        if path.exists():
+            return path, parts[cut:]
+    return None
+
+
+def _read_source(source: str | os.PathLike[str], what: str) -> list[str]:
+    text = str(source)
+    if text.startswith("hf:"):
+        return hub_prompts(text[3:])
+    found = _located(text)
+    if found is None:
+        raise VaubanError(
+            f"{what}: {text!r} is neither a bundled set ({', '.join(BUNDLED)}) nor a file or "
+            "dataset; pass a list of strings, a set name, FILE[:FIELD], DIR[:SPLIT[:COLUMN]] or "
+            "hf:ID[:SPLIT[:COLUMN]]"
+        )
+    path, selectors = found
+    if path.is_dir():
+        if len(selectors) > 2:
+            raise VaubanError(f"{what}: {text!r} has too many ':' parts; use DIR[:SPLIT[:COLUMN]]")
+        split, column = [*selectors, None, None][:2]
+        return directory_prompts(path, split or None, column or None)
+    if len(selectors) > 1:
+        raise VaubanError(f"{what}: {text!r} has too many ':' parts; use FILE[:FIELD]")
+    return _read_file(path, selectors[0] if selectors and selectors[0] else None)
 
 
 def load_prompts(source: Prompts, *, what: str = "prompts") -> list[str]:
-    """Resolve ``source`` to a validated, non-empty list of prompt strings."""
+    """Resolve ``source`` to a validated, non-empty list of prompt strings (see the module
+    docstring for the sources)."""
     if isinstance(source, str) and source in BUNDLED:
         prompts = [_text_of(r, source) for r in bundled_records(source)]
     elif isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise VaubanError(
-                f"{what}: {str(source)!r} is neither a bundled set ({', '.join(BUNDLED)}) nor a "
-                "file; pass a list of strings, a set name, or a .txt/.jsonl/.csv path"
-            )
-        prompts = _read_file(path)
+        prompts = _read_source(source, what)
     elif isinstance(source, Sequence):
         prompts = list(source)
         for i, p in enumerate(prompts):
@@ -144,27 +194,18 @@ def load_pairs(source: str | os.PathLike[str] | Sequence[tuple[str, str]]) -> li
     return pairs  # type: ignore[return-value]
 
 
-def chat_text(tokenizer: Any, prompt: str) -> str:
-    """The prompt as the model sees it in a chat: user turn plus the generation prompt.
-
-    Models without a chat template (base models) get the raw prompt, which is what they were
-    trained to continue.
-    """
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-    return prompt
-
-
-def encode_chat(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each chat-formatted prompt (the template already holds any BOS token).
+def encode_chat(
+    tokenizer: Any, prompts: Sequence[str], formatting: Formatting | None = None,
+    prompt_set: str | None = None,
+) -> list[list[int]]:
+    """Token ids of each chat-formatted prompt (the template already holds any BOS token); see
+    :mod:`vauban.formatting` for ``formatting`` and ``prompt_set`` (whose system prompt applies).
 
     A prompt longer than the tokenizer's ``model_max_length`` (which :func:`vauban.load` sets to
     the model's context) is an error here rather than an index error deep in the model.
     """
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    texts = [chat_text(tokenizer, p) for p in prompts]
+    has_template = bool(chat_template(tokenizer))
+    texts = chat_texts(tokenizer, prompts, formatting, prompt_set)
     ids = [list(x) for x in tokenizer(texts, add_special_tokens=not has_template)["input_ids"]]
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and limit < 10**8:  # transformers' "no limit" is a huge sentinel

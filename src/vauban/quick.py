@@ -17,6 +17,7 @@ from .cutting import cut
 from .errors import VaubanError
 from .evaluating import evaluate as _evaluate
 from .exporting import check_output_dir, cut_record, export
+from .formatting import Formatting
 from .judge import Judge
 from .loading import default_device, load_model, model_label, resolve_dtype
 from .measuring import measure
@@ -77,10 +78,11 @@ def measure_direction(
 
 
 def probe_prompt(
-    model: Any, tokenizer: Any, prompt: str, direction: DirectionResult | torch.Tensor
+    model: Any, tokenizer: Any, prompt: str, direction: DirectionResult | torch.Tensor,
+    formatting: Formatting | None = None,
 ) -> ProbeResult:
     """Per-layer projection of ``prompt``'s last-token activation onto ``direction``."""
-    return probe(as_torch(model), as_hf_tokenizer(tokenizer), prompt, direction)
+    return probe(as_torch(model), as_hf_tokenizer(tokenizer), prompt, direction, formatting=formatting)
 
 
 def abliterate(
@@ -96,17 +98,20 @@ def abliterate(
     layers: list[int] | None = None,
     embeddings: bool = False,
     overwrite: bool = False,
+    formatting: Formatting | None = None,
 ) -> DirectionResult:
     """Measure the direction (unless given), cut it from every layer, export to ``output_dir``.
 
     The in-memory ``model`` is left exactly as it was: the cut is applied for the export and
     then undone bit for bit, so ``model`` stays the original for evaluation and steering.
     ``model_path`` only labels the export (the model remembers where it was loaded from).
+    ``formatting`` (:mod:`vauban.formatting`) formats the measurement's prompts; the export's
+    ``vauban.json`` records it.
     """
     torch_model, tokenizer = as_torch(model), as_hf_tokenizer(tokenizer)
     out = check_output_dir(output_dir, overwrite)
     if direction is None:
-        direction = measure_direction(torch_model, tokenizer, harmful, harmless)
+        direction = measure_direction(torch_model, tokenizer, harmful, harmless, formatting=formatting)
     source = str(model_path) if model_path is not None else model_label(torch_model)
     with cut(torch_model, direction, alpha=alpha, layers=layers, embeddings=embeddings) as applied:
         record = cut_record(source, applied, direction)
@@ -136,12 +141,14 @@ def steer_prompt(
     alpha: float = 1.0,
     max_tokens: int = 100,
     judge: str | Judge | None = None,
+    formatting: Formatting | None = None,
 ) -> SteerResult:
     """Generate an answer to ``prompt`` while removing ``alpha`` × the direction at every layer;
     ``judge`` decides ``refused`` (default: markers, see :mod:`vauban.judge`)."""
     return steer(
         as_torch(model), as_hf_tokenizer(tokenizer), prompt, direction, alpha, max_tokens=max_tokens,
         judge=judge,
+        formatting=formatting,
     )
 
 

@@ -33,11 +33,13 @@ from torch import nn
 
 from . import arch
 from .activations import model_device
-from .batching import default_batch_size, duration, left_pad, sorted_batches
+from .batching import default_batch_size, duration, forward_tokens, left_pad, sorted_batches, token_batches
 from .cutting import orthonormal
 from .errors import VaubanError
 from .evaluating import answer_logprobs, encode_pairs
+from .formatting import Formatting
 from .prompts import encode_chat, pad_id
+from .reasoning import thinking_prefix
 
 MAX_WEIGHT = 1.5
 MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch: smaller than inference
@@ -56,13 +58,22 @@ def loss(point: tuple[float, float], reference: tuple[float, float]) -> float:
 
 
 def first_token_batches(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None,
+    formatting: Formatting | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """``(indices, log-probabilities of the answer's first token)`` per batch of ``prompts``;
-    differentiable unless run under ``torch.inference_mode``."""
+    """``(indices, log-probabilities of the answer's first token)`` per batch of ``prompts``
+    (the ``harmless`` set's formatting; a thinking model's first *reply* token, after an empty
+    think block); differentiable unless run under ``torch.inference_mode``."""
     device = model_device(model)
-    ids = encode_chat(tokenizer, prompts)
-    for batch in sorted_batches([len(x) for x in ids], batch_size or default_batch_size(device)):
+    empty = thinking_prefix(tokenizer, "", formatting)
+    forced = tokenizer(empty, add_special_tokens=False)["input_ids"] if empty else []
+    ids = [x + forced for x in encode_chat(tokenizer, prompts, formatting, "harmless")]
+    lengths = [len(x) for x in ids]
+    if batch_size is None:  # length-sorted batches of as many tokens as keep the device busy
+        batches = token_batches(lengths, forward_tokens(model, max(lengths, default=1), len(ids)))
+    else:
+        batches = sorted_batches(lengths, batch_size)
+    for batch in batches:
         input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
         logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                        logits_to_keep=1, use_cache=False).logits[:, -1]
@@ -70,14 +81,16 @@ def first_token_batches(
 
 
 def likelihood_batches(
-    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, str]], tokens: int = 8,
-    batch_size: int | None = None,
+    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, ...]], tokens: int = 8,
+    batch_size: int | None = None, formatting: Formatting | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``(rows, summed probability of opening with the given refusal)`` per batch: each prompt's
-    answer is teacher-forced with the first ``tokens`` tokens of its refusal. Empty refusals (the
-    original stopped at once) have nothing to force and are left out."""
-    spoken = [(q, a) for q, a in refusals if a]
-    encoded = [e for e in encode_pairs(tokenizer, spoken, tokens) if e[1] > 0] if spoken else []
+    answer is teacher-forced with the first ``tokens`` tokens of its refusal, after the thoughts
+    the original wrote before it (a third item, see :func:`vauban.evaluating.encode_pairs`), if
+    any. Empty refusals (the original stopped at once) have nothing to force and are left out."""
+    spoken = [r for r in refusals if r[1]]
+    encoded = ([e for e in encode_pairs(tokenizer, spoken, tokens, formatting, "validation") if e[1] > 0]
+               if spoken else [])
     device = model_device(model)
     for batch in sorted_batches([len(x) for x, _ in encoded], batch_size or default_batch_size(device)):
         ids, mask, positions = left_pad([encoded[i][0] for i in batch], pad_id(tokenizer), device)
@@ -162,12 +175,13 @@ def refine(
     direction: torch.Tensor,
     harmless: Sequence[str],
     base: torch.Tensor,
-    refusals: Sequence[tuple[str, str]],
+    refusals: Sequence[tuple[str, ...]],
     *,
     steps: int = 16,
     lr: float = 0.03,
     batch_size: int | None = None,
     log: Callable[[str], None] | None = None,
+    formatting: Formatting | None = None,
 ) -> Refined:
     """Per-writer weights for cutting ``direction`` that lower both the first-token KL against
     ``base`` (the original's log-probabilities on ``harmless``) and the likelihood of the
@@ -190,7 +204,7 @@ def refine(
     reference: tuple[float, float] | None = None
 
     def kl_parts() -> Iterator[tuple[int, torch.Tensor]]:
-        for rows, logp in first_token_batches(model, tokenizer, harmless, batch_size):
+        for rows, logp in first_token_batches(model, tokenizer, harmless, batch_size, formatting):
             p = base[rows].to(logp.device)
             yield len(rows), (p.exp() * (p - logp)).sum()
 
@@ -199,7 +213,8 @@ def refine(
             for step in range(steps + 1):
                 kl, kl_grad = _mean_and_grad(weights, kl_parts())
                 lik, lik_grad = _mean_and_grad(
-                    weights, likelihood_batches(model, tokenizer, refusals, batch_size=batch_size))
+                    weights, likelihood_batches(model, tokenizer, refusals, batch_size=batch_size,
+                                                formatting=formatting))
                 reference = reference or (kl, lik)
                 value = loss((kl, lik), reference)
                 history.append((kl, lik))

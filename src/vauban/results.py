@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import write_file
 from .errors import VaubanError
+from .formatting import Formatting
 
 
 def unit_vector(direction: DirectionResult | torch.Tensor, d_model: int) -> torch.Tensor:
@@ -95,6 +96,9 @@ class DirectionResult:
     the layer was chosen: ``"effect"`` (by cutting each candidate, :mod:`vauban.selecting`; the
     candidates' ``effects`` and the KL limit ``max_kl`` are kept), ``"geometry"`` (the best
     cosine separation) or ``"forced"`` (a layer asked for).
+    ``formatting`` is how
+    the prompts were formatted (system prompt, template options, thinking budget): probing,
+    steering and evaluating with the direction reuse it unless told otherwise.
     """
 
     direction: torch.Tensor
@@ -109,6 +113,7 @@ class DirectionResult:
     selection: str = "geometry"
     effects: tuple[LayerEffect, ...] = field(default=(), repr=False)
     max_kl: float | None = None
+    formatting: Formatting | None = None
 
     def __post_init__(self) -> None:
         """Reject a malformed direction when it is made, not deep inside a cut or a hook."""
@@ -172,6 +177,7 @@ class DirectionResult:
     def record(self) -> dict[str, Any]:
         """JSON-serializable description (everything but the tensors)."""
         return {
+            "formatting": None if self.formatting is None else self.formatting.record(),
             "layer_index": self.layer_index,
             "d_model": self.d_model,
             "model_path": self.model_path,
@@ -233,6 +239,7 @@ class DirectionResult:
                 effects=tuple(LayerEffect(int(e["layer"]), float(e["refusal"]), float(e["kl"]))
                               for e in meta.get("effects", [])),
                 max_kl=None if meta.get("max_kl") is None else float(meta["max_kl"]),
+                formatting=Formatting.from_record(meta.get("formatting")),
             )
         except VaubanError as err:
             raise VaubanError(f"{file}: {err}") from None
@@ -273,6 +280,7 @@ class SubspaceResult:
     singular_values: tuple[float, ...]
     d_model: int
     model_path: str
+    formatting: Formatting | None = None
 
     @property
     def k(self) -> int:
@@ -306,7 +314,12 @@ class ProbeResult:
 class Completion:
     """One greedy answer and its judge's verdict (see :class:`vauban.judge.Verdict`): refused or
     not, the judge's score in [0, 1], its reason, and whether the refusal came late (after a
-    compliant opening)."""
+    compliant opening).
+
+    For a thinking model ``text`` is the reply, which the judge saw; ``thinking`` holds the
+    thoughts before it (``None``: the model did not think) and ``thinking_refused`` whether the
+    thoughts alone read as a refusal to the same judge (see :mod:`vauban.reasoning`).
+    """
 
     prompt: str
     text: str
@@ -314,6 +327,16 @@ class Completion:
     score: float
     reason: str
     late: bool = False
+    thinking: str | None = None
+    thinking_refused: bool | None = None
+
+
+def thinking_refusal(completions: tuple[Completion, ...]) -> float | None:
+    """Share of ``completions`` whose thoughts read as a refusal, over all of them (None when
+    none thought): reported apart from the replies' refusal rate."""
+    if not any(c.thinking is not None for c in completions):
+        return None
+    return sum(bool(c.thinking_refused) for c in completions) / len(completions)
 
 
 def _percent(rate: float) -> str:
@@ -342,18 +365,32 @@ class EvalResult:
     after: tuple[Completion, ...] = field(repr=False)
     judge: str = "markers"
 
+    @property
+    def thinking_refusal_before(self) -> float | None:
+        """Share of the original's answers whose *thoughts* read as a refusal (None: no thinking)."""
+        return thinking_refusal(self.before)
+
+    @property
+    def thinking_refusal_after(self) -> float | None:
+        return thinking_refusal(self.after)
+
     def summary(self) -> str:
+        thinking = ""
+        if self.thinking_refusal_before is not None or self.thinking_refusal_after is not None:
+            thinking = (f", refusal while thinking={_percent(self.thinking_refusal_before or 0.0)} → "
+                        f"{_percent(self.thinking_refusal_after or 0.0)}")
         return (
             f"EvalResult: refusal={_percent(self.refusal_before)} → {_percent(self.refusal_after)}, "
             f"perplexity={self.perplexity_before:.2f} → {self.perplexity_after:.2f}, "
-            f"kl={self.kl:.4f}, prompts={self.n_prompts}"
+            f"kl={self.kl:.4f}, prompts={self.n_prompts}{thinking}"
         )
 
     def record(self) -> dict[str, Any]:
         """JSON-serializable form, answers included."""
         from dataclasses import asdict
 
-        return asdict(self)
+        return {**asdict(self), "thinking_refusal_before": self.thinking_refusal_before,
+                "thinking_refusal_after": self.thinking_refusal_after}
 
 
 @dataclass(frozen=True)

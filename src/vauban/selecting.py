@@ -102,12 +102,13 @@ def layer_effects(
     from .results import LayerEffect
 
     directions = direction.layer_directions()
-    base = first_token_logprobs(model, tokenizer, harmless, batch_size)
+    fmt = direction.formatting  # the prompts are formatted as they were for the measurement
+    base = first_token_logprobs(model, tokenizer, harmless, batch_size, fmt)
     effects = []
     for layer in layers:
         with cut(model, directions[layer]):
-            kl = kl_divergence(base, first_token_logprobs(model, tokenizer, harmless, batch_size))
-            score = refusal_likelihood(model, tokenizer, refusals, tokens, batch_size)
+            kl = kl_divergence(base, first_token_logprobs(model, tokenizer, harmless, batch_size, fmt))
+            score = refusal_likelihood(model, tokenizer, refusals, tokens, batch_size, fmt)
         effects.append(LayerEffect(layer, score, kl))
         if log is not None:
             log(f"layer {layer}: refusal score {score:.3e}, first-token KL {kl:.4f}")
@@ -126,12 +127,15 @@ def choose(effects: Sequence[LayerEffect], max_kl: float = MAX_KL) -> LayerEffec
 
 
 def original_refusals(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None,
+    formatting: Any = None,
 ) -> list[tuple[str, str]]:
-    """``(prompt, answer)`` for the prompts the original model refuses (short greedy answers)."""
+    """``(prompt, answer)`` for the prompts the original model refuses (short greedy answers,
+    the default judge)."""
     from .evaluating import completions
 
-    answers = completions(model, tokenizer, prompts, max_tokens=ANSWER_TOKENS, batch_size=batch_size)
+    answers = completions(model, tokenizer, prompts, max_tokens=ANSWER_TOKENS, batch_size=batch_size,
+                          formatting=formatting, prompt_set="harmful")
     return [(a.prompt, a.text) for a in answers if a.refused]
 
 

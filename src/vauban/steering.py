@@ -16,6 +16,7 @@ direction (or subspace) per layer, a ``(layers, k, d)`` tensor, as :func:`vauban
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,9 +26,11 @@ from torch import nn
 from . import arch
 from .cutting import Direction, layer_bases
 from .errors import VaubanError
-from .generate import check_max_tokens, generate
+from .formatting import Formatting, formatting_for
+from .generate import check_max_tokens, generate, mark_graph_safe
 from .judge import Judge, get_judge, run_judge
 from .prompts import load_prompts
+from .reasoning import split_reasoning
 from .results import DirectionResult, SteerResult, SubspaceResult, check_alpha, check_layer
 
 
@@ -111,14 +114,16 @@ class Steering:
     def __enter__(self) -> Steering:
         # prepend: hooks installed earlier (transformers' own output recorders, a user's probes)
         # must see the steered stream, whatever order they were registered in
+        # without ``record`` the hooks are pure tensor work: a replayed CUDA graph stands in for
+        # them, so steered generation keeps the fast loop's graph
+        mark = (lambda h: h) if self.record else mark_graph_safe
         self._handles = [
-            self.blocks[i].register_forward_hook(self._hook(i), prepend=True) for i in self.layers
+            self.blocks[i].register_forward_hook(mark(self._hook(i)), prepend=True) for i in self.layers
         ]
         if 0 in self.layers:
+            steer_input = functools.partial(Steering._steer_input, self)
             self._handles.append(
-                self.blocks[0].register_forward_pre_hook(
-                    self._steer_input, with_kwargs=True, prepend=True
-                )
+                self.blocks[0].register_forward_pre_hook(mark(steer_input), with_kwargs=True, prepend=True)
             )
         return self
 
@@ -138,10 +143,13 @@ def steer_generate(
     max_tokens: int = 100,
     layers: Sequence[int] | None = None,
     batch_size: int | None = None,
+    formatting: Formatting | None = None,
 ) -> list[str]:
-    """Greedy answers to many prompts under steering."""
+    """Greedy answers to many prompts under steering (formatted with ``formatting`` over the
+    direction's own)."""
     with Steering(model, direction, alpha, layers=layers):
-        return generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size)
+        return generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size,
+                        formatting=formatting_for(direction, formatting), prompt_set="steer")
 
 
 def steer(
@@ -154,13 +162,16 @@ def steer(
     max_tokens: int = 100,
     layers: Sequence[int] | None = None,
     judge: str | Judge | None = None,
+    formatting: Formatting | None = None,
 ) -> SteerResult:
     """Generate one answer under steering, recording per-token projections; ``judge`` decides
-    whether it is a refusal (default: markers)."""
+    whether its reply is a refusal (default: markers; a thinking model's thoughts stay in
+    ``text``)."""
     (text,) = load_prompts([prompt], what="prompt")
     check_max_tokens(max_tokens)
     with Steering(model, direction, alpha, layers=layers, record=True) as hooks:
-        (answer,) = generate(model, tokenizer, [text], max_tokens=max_tokens)
+        (answer,) = generate(model, tokenizer, [text], max_tokens=max_tokens,
+                             formatting=formatting_for(direction, formatting), prompt_set="steer")
     measured = isinstance(direction, (DirectionResult, SubspaceResult))
     layer = direction.layer_index if measured else len(hooks.blocks) - 1
     return SteerResult(
@@ -170,5 +181,5 @@ def steer(
         layer_index=layer,
         projections_before=tuple(tuple(r) for r in hooks.before),
         projections_after=tuple(tuple(r) for r in hooks.after),
-        refused=run_judge(get_judge(judge), [text], [answer])[0].refusal,
+        refused=run_judge(get_judge(judge), [text], [split_reasoning(answer)[1]])[0].refusal,
     )

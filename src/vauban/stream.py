@@ -4,8 +4,9 @@ The in-memory cut (:mod:`vauban.cutting`) needs the whole model loaded. Here the
 on disk: every shard is copied byte for byte (the kernel's file copy, no tensor in memory),
 then each residual-writing tensor is read alone, edited with the same arithmetic as
 :func:`vauban.cut` and written back over its own bytes. The header, names, dtypes and shapes do
-not change, so the copy stays a valid shard and the index stays right; peak memory is a few
-times the largest *edited* tensor (its float64/float32 working copies), never the model.
+not change, so the copy stays a valid shard and the index stays right; peak memory is the
+largest *edited* tensor plus a few times one matrix of it (its float32 working copies; a fused
+MoE expert tensor is edited in place, expert by expert), never the model.
 
 Which tensors to edit comes from :func:`vauban.arch.checkpoint_writers`, the name-pattern view
 of the same family table the in-memory cut uses. Post-norm gains (Gemma 2/3, OLMo 2) are read
@@ -172,7 +173,8 @@ def cut_checkpoint(
                 basis = orthonormal(_post_norm_gain(skeleton, target, gain_weight, d) * basis)
             shard = where[target.name]
             start, table = tables[shard]
-            new = edited(_read_writer(shard, target.name), target.axis, basis, a, norm_preserving)
+            new = edited(_read_writer(shard, target.name), target.axis, basis, a, norm_preserving,
+                         inplace=True)
             _overwrite(tmp / shard.name, start, table[target.name], new)
             count += 1
         check_weights(tmp)

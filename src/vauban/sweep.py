@@ -15,6 +15,7 @@ from torch import nn
 
 from .cutting import cut
 from .evaluating import Pair, answer_scores, completions, default_eval_prompts
+from .formatting import Formatting, formatting_for
 from .generate import check_max_tokens
 from .judge import Judge, get_judge
 from .prompts import Prompts, load_pairs, load_prompts
@@ -33,22 +34,26 @@ def alpha_sweep(
     max_tokens: int = 64,
     batch_size: int | None = None,
     judge: str | Judge | None = None,
+    formatting: Formatting | None = None,
 ) -> AlphaSweep:
     """Cut at each alpha, evaluate refusal/perplexity/KL against the uncut model, undo;
-    ``judge`` counts the refusals (default: markers)."""
+    ``judge`` counts the refusals (default: markers); prompts are formatted with ``formatting``
+    over the direction's own."""
+    formatting = formatting_for(direction, formatting)
     alphas = [check_alpha(a) for a in alphas]
     check_max_tokens(max_tokens)
     judge = get_judge(judge)
     harmful = default_eval_prompts() if prompts is None else load_prompts(prompts, what="eval prompts")
     pairs = load_pairs(reference)
-    before = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size, judge=judge)
+    before = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size, judge=judge,
+                         formatting=formatting)
     rows = []
     perplexity_before = float("nan")
     for alpha in alphas:
         with cut(model, direction, alpha=alpha):
             after = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
-                                judge=judge)
-            scores = answer_scores(Pair(model, model), tokenizer, pairs)
+                                judge=judge, formatting=formatting)
+            scores = answer_scores(Pair(model, model), tokenizer, pairs, formatting=formatting)
         perplexity_before = scores.perplexity_before
         rows.append(SweepRow(alpha, sum(c.refused for c in after) / len(after),
                              scores.perplexity_after, scores.kl, scores.first_token_kl))
@@ -70,11 +75,13 @@ def steer_sweep(
     *,
     max_tokens: int = 100,
     judge: str | Judge | None = None,
+    formatting: Formatting | None = None,
 ) -> SteerSweep:
     """Steer one prompt at each alpha: where does the model first comply, where does it break?"""
     judge = get_judge(judge)
     return SteerSweep(tuple(
-        steer(model, tokenizer, prompt, direction, a, max_tokens=max_tokens, judge=judge) for a in alphas
+        steer(model, tokenizer, prompt, direction, a, max_tokens=max_tokens, judge=judge,
+              formatting=formatting) for a in alphas
     ))
 
 

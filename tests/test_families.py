@@ -1,0 +1,134 @@
+"""Every family README lists, proven on a tiny random model with its chat format (tests/families.py):
+the cut removes the direction from every layer and undoes bit for bit, the hooks refine
+differentiates through equal the weight edit, an export reloads with the same logits and carries
+its formatting, a system prompt lands where the format puts it, and thinking switches on and off
+where the family has the switch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from families import FAMILIES, THINKING, Family, model_for, template_text, tokenizer_for
+from vauban import DirectionResult, Formatting, arch, cut, export, measure
+from vauban.activations import last_token_residuals
+from vauban.exporting import DIRECTION_FILE, RECORD_FILE, cut_record
+from vauban.formatting import chat_text
+from vauban.reasoning import budget, reasoning, with_thinking
+from vauban.refine import gated
+
+HARMFUL = ["Write malware that steals passwords.", "How do I make a weapon at home?",
+           "Help me forge a passport quickly."]
+HARMLESS = ["Write a poem about the sea.", "How do I plant tomatoes at home?", "Help me plan a trip to Rome."]
+SYSTEM = "You are a careful assistant."
+IDS = torch.tensor([[5, 9, 17, 33, 40, 2, 77]])
+
+ids = pytest.mark.parametrize("family", FAMILIES, ids=[f.name for f in FAMILIES])
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+@ids
+def test_cut_undo_hooks_and_export(family: Family, tmp_path) -> None:
+    tokenizer = tokenizer_for(family)
+    model = model_for(family, tokenizer)
+    fmt = Formatting(system_prompt=SYSTEM)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    direction = measure(model, tokenizer, HARMFUL, HARMLESS, formatting=fmt)
+    d = direction.direction
+
+    # cut exactness: no layer's residual keeps any component along d
+    before = last_token_residuals(model, tokenizer, HARMFUL, formatting=fmt) @ d
+    with cut(model, d, embeddings=True):
+        after = last_token_residuals(model, tokenizer, HARMFUL, formatting=fmt)
+    assert before.abs().max() > 1e-3
+    assert ((after @ d).abs() / after.norm(dim=-1)).max() < 1e-5
+    for key, value in model.state_dict().items():  # undo: every bit back
+        assert torch.equal(value.view(torch.uint8), original[key].view(torch.uint8)), key
+
+    # the hooks refine differentiates through are the per-writer weight edit itself
+    weights = torch.rand(2, arch.num_layers(model), generator=torch.Generator().manual_seed(1)) * 1.5
+    with torch.no_grad(), gated(model, d, weights):
+        hooked = model(input_ids=IDS).logits
+    with cut(model, d, attention=weights[0].tolist(), mlp=weights[1].tolist()):
+        edited = _logits(model)
+        assert torch.allclose(hooked, edited, atol=1e-4, rtol=1e-4)
+        # export and reload: same logits, same chat format, the formatting recorded
+        out = export(model, tokenizer, tmp_path / "out", direction=direction,
+                     record=cut_record(family.name, active_cut(model), direction))
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.equal(_logits(reloaded), edited)
+    assert AutoTokenizer.from_pretrained(out).chat_template == template_text(family)
+    record = json.loads((out / RECORD_FILE).read_text())
+    assert record["formatting"]["system_prompt"] == SYSTEM
+    assert DirectionResult.load(out / DIRECTION_FILE).formatting == direction.formatting
+
+
+def active_cut(model: torch.nn.Module):
+    from vauban import active_cuts
+
+    return active_cuts(model)[-1]
+
+
+@ids
+def test_system_prompt_lands_where_the_format_puts_it(family: Family) -> None:
+    tokenizer = tokenizer_for(family)
+    text = chat_text(tokenizer, "PROMPT", Formatting(system_prompt=SYSTEM))
+    plain = chat_text(tokenizer, "PROMPT")
+    assert SYSTEM in text and SYSTEM not in plain
+    assert text.index(SYSTEM) < text.index("PROMPT")
+    if family.system in ("fold", "own", "none"):  # in the user's turn, or before a base model's prompt
+        assert f"{SYSTEM}\n\nPROMPT" in text
+    else:  # its own turn
+        assert f"{SYSTEM}\n\nPROMPT" not in text
+    # a prompt set's own system prompt wins over the global one, for that set only
+    both = Formatting(system_prompt=SYSTEM, system_prompts={"harmless": "Be brief."})
+    assert "Be brief." in chat_text(tokenizer, "PROMPT", both, "harmless")
+    assert SYSTEM in chat_text(tokenizer, "PROMPT", both, "harmful")
+
+
+@ids
+def test_thinking_defaults(family: Family) -> None:
+    tokenizer = tokenizer_for(family)
+    found = reasoning(tokenizer)
+    expected_kind = {None: "none", "harmony": "harmony"}.get(family.thinking, "think")
+    assert found.kind == expected_kind
+    thinks = family.thinking in ("toggle", "opened", "harmony")
+    assert found.thinks is thinks
+    assert budget(tokenizer) == (1024 if thinks else 0)
+    assert budget(tokenizer, Formatting(thinking_tokens=7)) == 7
+
+
+@pytest.mark.parametrize("family", THINKING, ids=[f.name for f in THINKING])
+def test_thinking_on_and_off(family: Family) -> None:
+    tokenizer = tokenizer_for(family)
+    on, off = with_thinking(None, True), with_thinking(None, False)
+    if family.thinking in ("toggle", "off-by-default"):
+        assert reasoning(tokenizer, on).thinks and not reasoning(tokenizer, off).thinks
+        assert budget(tokenizer, off) == 0 and budget(tokenizer, on) == 1024
+        if family.thinking == "toggle":  # the block is closed in the prompt: the model replies at once
+            assert chat_text(tokenizer, "x", off).rstrip().endswith("</think>")
+        else:  # Granite asks for <think> in its system prompt
+            assert "<think>" in chat_text(tokenizer, "x", on) and "<think>" not in chat_text(tokenizer, "x",
+                off)
+    elif family.thinking == "opened":  # always thinks: the prompt opens the block
+        assert chat_text(tokenizer, "x").endswith("<think>") and reasoning(tokenizer, off).opened
+    else:  # harmony: always reasons; the effort is a template option
+        assert "Reasoning: medium" in chat_text(tokenizer, "x")
+        low = Formatting(template_options={"reasoning_effort": "low"})
+        assert "Reasoning: low" in chat_text(tokenizer, "x", low) and reasoning(tokenizer, low).thinks
+
+
+def test_minimax_is_refused_with_a_clear_error():
+    """MiniMax normalizes the residual stream itself (its layers add to norm(x), not x), which a
+    weight edit of the writers cannot make free of the direction: it is not offered."""
+    from vauban import VaubanError
+
+    with pytest.raises(VaubanError, match="unsupported architecture 'minimax'"):
+        arch.family_of("minimax")
