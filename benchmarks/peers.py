@@ -225,9 +225,32 @@ def run_search(heretic: Path, files: dict[str, Path], work: Path, budget: float)
     cmd = [str(heretic), "--model", str(model), *heretic_common(files, "search"),
            "--study-checkpoint-dir", str(work / "checkpoints"), "--n-trials", "200"]
     rc, seconds = run_logged(cmd, work / "heretic_search.log", timeout=budget)
-    say(f"heretic search stopped: rc={rc}, {seconds:.0f} s")
+    trials = finished_trials(heretic, work / "checkpoints")
+    say(f"heretic search stopped: rc={rc}, {seconds:.0f} s, {trials} finished trials")
     (work / "heretic_search.json").write_text(json.dumps(
-        {"command": cmd, "budget_seconds": budget, "seconds": round(seconds, 1), "rc": rc}, indent=2) + "\n")
+        {"command": cmd, "budget_seconds": budget, "seconds": round(seconds, 1), "rc": rc,
+         "trials": trials}, indent=2) + "\n")
+
+
+def finished_trials(heretic: Path, checkpoints: Path) -> int:
+    """Completed trials in heretic's checkpointed Optuna journal(s), read with the Optuna of
+    heretic's venv (Optuna's own API; nothing of heretic is used)."""
+    code = ("import sys, optuna\n"
+            "from optuna.storages import JournalStorage\n"
+            "from optuna.storages.journal import JournalFileBackend\n"
+            "n = 0\n"
+            "for path in sys.argv[1:]:\n"
+            "    storage = JournalStorage(JournalFileBackend(path))\n"
+            "    for summary in optuna.get_all_study_summaries(storage):\n"
+            "        study = optuna.load_study(study_name=summary.study_name, storage=storage)\n"
+            "        n += sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)\n"
+            "print(n)\n")
+    journals = [str(p) for p in checkpoints.glob("*.jsonl") if p.stat().st_size > 0]
+    if not journals:
+        return 0
+    out = subprocess.run([str(heretic.parent / "python"), "-c", code, *journals], capture_output=True,
+                         text=True, check=False)
+    return int(out.stdout.strip() or 0)
 
 
 def export_heretic(heretic: Path, files: dict[str, Path], work: Path) -> None:
