@@ -23,8 +23,11 @@ def saved(tmp_path_factory, tokenizer):
 
 
 def test_auto_device_loads_through_device_map(saved, tokenizer):
-    model, _ = load_model(saved, device="auto")  # no GPU here: accelerate keeps it all in CPU memory
-    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    model, _ = load_model(saved, device="auto")
+    # accelerate fills the GPUs first and offloads what does not fit; the tiny model fits on any
+    # GPU (spread over several where there are), and stays in CPU memory where there is none
+    expected = {"cuda"} if torch.cuda.is_available() else {"cpu"}
+    assert {p.device.type for p in model.parameters()} == expected
     assert last_token_residuals(model, tokenizer, HARMFUL[:2]).shape == (2, 4, 64)
 
 

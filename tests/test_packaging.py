@@ -45,3 +45,43 @@ def test_exported_names_resolve_lazily():
     assert vauban.load is vauban.load_model
     with pytest.raises(AttributeError):
         vauban.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize(("module", "extra", "call"), [
+    ("matplotlib", "plots", lambda: __import__("vauban.plots").plots.plot_sweep(None, None)),
+    ("optuna", "optimize", lambda: __import__("vauban.optimize").optimize.optimize(None, None, None)),
+    ("gguf", "gguf", lambda: __import__("vauban.extras").extras.require("gguf", "gguf", "reading x.gguf")),
+])
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch, module, extra, call):
+    from vauban.errors import VaubanError
+
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError, as if not installed
+    with pytest.raises(VaubanError) as err:
+        call()
+    message = str(err.value)
+    assert "\n" not in message and f"pip install 'vauban[{extra}]'" in message, message
+
+
+def test_shipped_files_include_the_prompt_data():
+    from importlib import resources
+
+    data = resources.files("vauban") / "data"
+    assert {"harmful.jsonl", "harmless.jsonl", "eval_harmful.jsonl", "reference.jsonl"} <= {
+        p.name for p in data.iterdir()}
+
+
+def test_every_runtime_requirement_has_a_tested_lower_bound():
+    """pyproject declares ranges; .ci/oldest.sh installs exactly their lower bounds."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("lower_bounds", root / ".ci" / "lower_bounds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pins = module.lower_bounds(root / "pyproject.toml")
+    names = {pin.split("==")[0] for pin in pins}
+    assert {"torch", "transformers", "accelerate", "safetensors", "gguf", "matplotlib", "optuna"} <= names
+    assert all("==" in pin and ">" not in pin and "<" not in pin.split(";")[0] for pin in pins), pins

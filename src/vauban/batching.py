@@ -14,6 +14,8 @@ a length-sorted batch adds padding.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -21,14 +23,6 @@ import psutil
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-
-
-def default_batch_size(device: torch.device) -> int:
-    """Prompts per forward pass. Greedy decoding is bound by reading the weights once per step,
-    so larger batches amortize that read (on the demo model, 2 CPU cores: 20 prompts x 64
-    tokens take 80 s in batches of 8, 32 s in one batch)."""
-    return 32 if device.type == "cpu" else 64
-
 
 # Tokens per forward pass that keep a device's matrix units busy: past this, a bigger batch is
 # no faster per token, only more padded. Demo model on 2 shared CPU cores, 64 prompts of ~45
@@ -119,9 +113,13 @@ def batch_size_for(
     memory (``free`` overrides the measurement), at least 1 and at most ``sequences``.
 
     With ``saturate``, also no more than the device needs to be busy (:data:`SATURATING_TOKENS`;
-    a decoding step with a ``cache`` feeds one token per sequence). Pass ``saturate=False``
-    where every batch carries a fixed cost of its own, such as undoing and re-applying a cut.
-    See :meth:`Shape.sequence_bytes` for the other arguments.
+    a decoding step with a ``cache`` feeds one token per sequence, so generation batches are
+    bounded by memory alone: greedy decoding reads the weights once per step whatever the batch,
+    and on the demo model, 2 CPU cores, 20 prompts x 64 tokens take 80 s in batches of 8, 32 s
+    in one). Pass ``saturate=False`` where every batch carries a fixed cost of its own, such as
+    undoing and re-applying a cut. See :meth:`Shape.sequence_bytes` for the other arguments.
+    The one batch-size policy: every forward pass of vauban that is not given a batch size asks
+    this function.
     """
     device = next(model.parameters()).device
     per_sequence = Shape.of(model).sequence_bytes(
@@ -186,13 +184,31 @@ def left_pad(
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-QUIET = False  # set by the CLI's --quiet: no progress bars anywhere
+# Inside ``no_progress()`` no vauban progress bar shows, whatever a call asks for: the CLI's
+# --quiet runs its command inside it. A context variable, not a module flag: it ends with the
+# block and stays within the thread or task that entered it.
+_PROGRESS_OFF: contextvars.ContextVar[bool] = contextvars.ContextVar("vauban_progress_off", default=False)
+
+
+@contextlib.contextmanager
+def no_progress() -> Iterator[None]:
+    """No progress bars from vauban while the block runs."""
+    token = _PROGRESS_OFF.set(True)
+    try:
+        yield
+    finally:
+        _PROGRESS_OFF.reset(token)
+
+
+def progress_off() -> bool:
+    """Whether the caller runs inside :func:`no_progress`."""
+    return _PROGRESS_OFF.get()
 
 
 def progress(batches: list[list[int]], desc: str, show: bool | None) -> Iterator[list[int]]:
     """A progress bar over batches; ``show=None`` shows it only on a terminal and for >1 batch."""
     disable = (None if len(batches) > 1 else True) if show is None else not show
-    disable = True if QUIET else disable
+    disable = True if progress_off() else disable
     yield from tqdm(batches, desc=desc, unit="batch", disable=disable, leave=False)
 
 

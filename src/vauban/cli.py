@@ -44,6 +44,9 @@ HARMFUL_PROBE = "How do I pick a lock?"
 HARMLESS_PROBE = "What is the capital of France?"
 BORDERLINE_PROBE = "Tell me about the history of lockpicking"
 DEMO_NAME = "the demo model (Qwen2.5-Coder-0.5B-Instruct)"
+# Width of tables printed where there is no terminal to fit: wide enough that rich never cuts a
+# value with "…" (it would squeeze every column into 80 characters otherwise).
+NON_TERMINAL_WIDTH = 10_000
 
 
 class Report:
@@ -57,7 +60,9 @@ class Report:
         self.as_json = as_json
         self.quiet = quiet
         self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False)
+        if not self.out.is_terminal:  # a log file, CI, a pipe: never squeeze tables to 80 columns
+            self.out = Console(highlight=False, soft_wrap=True, width=NON_TERMINAL_WIDTH)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)  # long lines: never re-wrapped
         self.data: dict[str, Any] = {"command": command}
         self.times: dict[str, float] = {}
 
@@ -743,10 +748,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         _preflight(settings, args)
-        if settings.quiet:
-            _silence_progress()
         report = Report(args.command, as_json=getattr(args, "json", False), quiet=settings.quiet)
-        args.func(settings, args, report)
+        with _quiet() if settings.quiet else contextlib.nullcontext():
+            args.func(settings, args, report)
         report.finish()
     except KeyboardInterrupt:
         print("vauban: interrupted", file=sys.stderr)
@@ -760,18 +764,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _silence_progress() -> None:
-    """``--quiet``: vauban's bars, transformers' and the hub's own (weight loading, downloads),
-    and transformers' warnings (errors still show)."""
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """``--quiet``: vauban's bars (:func:`vauban.batching.no_progress`, for the command only);
+    transformers' and the hub's own bars (weight loading, downloads) and transformers' warnings
+    (errors still show) through their process-wide switches, the only ones they offer; the
+    process ends with the command."""
     import huggingface_hub.utils
     import transformers
 
-    from . import batching
+    from .batching import no_progress
 
-    batching.QUIET = True
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     huggingface_hub.utils.disable_progress_bars()
+    with no_progress():
+        yield
 
 
 def _explain(err: Exception) -> tuple[int, str]:

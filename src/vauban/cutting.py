@@ -61,7 +61,7 @@ from . import arch, kernels
 from .errors import VaubanError
 from .results import DirectionResult, SubspaceResult, check_alpha, check_layer, unit_vector
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # the dtypes a cut edits
 _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16,
              torch.float32: torch.int32, torch.float64: torch.int64}
 
@@ -116,7 +116,7 @@ class _Edit:
     factors: torch.Tensor | None  # norm-preserving rescale per written vector, (..., 1), or None
     patch_index: torch.Tensor  # flat indices where the replayed undo misses the original bits
     patch_values: torch.Tensor  # the original values there
-    fingerprint: torch.Tensor | None = None  # of the original weights, checked when re-applying
+    fingerprint: torch.Tensor | None = None  # _checksum of the original weights, checked on re-apply
     fused: bool = False  # applied by vauban.kernels (rank 1, CUDA, 16-bit), so re-applied and undone by it
 
 
@@ -133,20 +133,30 @@ def _compute_dtype(param: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
-def _fingerprint(param: torch.Tensor) -> torch.Tensor:
-    """A cheap checksum of a strided sample, to notice weights changed behind a cut's back (a
-    0-d tensor on the weights' device: computing it waits for nothing)."""
-    return param.detach().reshape(-1)[::4099].double().sum()
+def _checksum(param: torch.Tensor) -> torch.Tensor:
+    """Every bit of ``param`` summed as integers (int64, wrapping): a 0-d tensor on the weights'
+    device, so computing it waits for nothing.
+
+    A cut re-applied after :meth:`Cut.undo` reuses its cached edit only when the weights are
+    still the ones it was computed from; this notices weights changed behind its back (an
+    optimizer step, a ``load_state_dict``, another library's edit): any change to one element
+    changes the sum, exactly, on every device. Reading the tensor once costs less than the
+    re-application it guards (one read and one write). Only changes crafted to cancel out (two
+    elements moved by opposite bit deltas) would pass unnoticed.
+    """
+    return param.detach().reshape(-1).view(_INT_VIEW[param.dtype]).sum(dtype=torch.int64)
 
 
 def _unchanged(edits: Sequence[_Edit]) -> bool:
-    """Whether every edited tensor still holds the weights its edit was made from (one host
-    read per device)."""
+    """Whether every edited tensor still holds the weights its edit was made from (the same
+    :func:`_checksum`; one host read per device)."""
+    if any(e.param.dtype not in _INT_VIEW or e.param.dtype != e.patch_values.dtype for e in edits):
+        return False
     devices: dict[torch.device, list[_Edit]] = {}
     for edit in edits:
         devices.setdefault(edit.param.device, []).append(edit)
     return all(
-        torch.equal(torch.stack([_fingerprint(e.param) for e in group]),
+        torch.equal(torch.stack([_checksum(e.param) for e in group]),
                     torch.stack([e.fingerprint for e in group]))  # type: ignore[misc]
         for group in devices.values()
     )
@@ -291,7 +301,7 @@ def _fusable(param: nn.Parameter, basis: torch.Tensor, norm_preserving: bool) ->
 
 
 def _check_float(name: str, param: nn.Parameter) -> None:
-    if param.dtype not in _FLOAT_DTYPES:
+    if param.dtype not in FLOAT_DTYPES:
         raise VaubanError(
             f"{name} has {param.dtype} weights: a cut needs float weights; load the model with "
             "vauban.load (it dequantizes) instead of cutting quantized modules"
@@ -302,7 +312,7 @@ def _apply_fused(targets: Sequence[tuple[str, nn.Parameter, int, torch.Tensor, f
     """Apply rank-1 edits through the fused kernels: every matrix launched, then one host read
     (:func:`vauban.kernels.apply_many`)."""
     with torch.no_grad():
-        fingerprints = [_fingerprint(param) for _, param, _, _, _ in targets]
+        fingerprints = [_checksum(param) for _, param, _, _, _ in targets]
         done = kernels.apply_many([(param.data.movedim(axis, -1), q[0], alpha)
                                    for _, param, axis, q, alpha in targets])
     return [
@@ -317,7 +327,7 @@ def _apply_edit(
 ) -> _Edit:
     _check_float(name, param)
     with torch.no_grad():
-        fingerprint = _fingerprint(param)
+        fingerprint = _checksum(param)
         view = param.data.movedim(axis, -1)
         cd = _compute_dtype(param)
         q = basis.to(device=param.device, dtype=cd)
@@ -431,6 +441,11 @@ def layer_weights(spec: LayerWeights | None, num_layers: int, what: str) -> tupl
     return tuple(check_alpha(w) for w in weights)
 
 
+# The cuts applied to each model, oldest first: the one piece of module-level state the cut keeps,
+# and on purpose. ``evaluate(model, model)``, ``original_weights`` and ``optimize`` must find the
+# cuts a caller applied elsewhere (a ``with cut(...)`` block holds the Cut, not they), and undo
+# must refuse to run out of order; an argument would not reach them. Weak keys: a model that is
+# garbage-collected takes its entry along, and vauban sets no attribute on the user's model.
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[Cut]] = weakref.WeakKeyDictionary()
 
 

@@ -29,11 +29,12 @@ from transformers.cache_utils import StaticLayer
 
 from . import fast_decode
 from .activations import model_device
-from .batching import batch_size_for, default_batch_size, left_pad, progress, sorted_batches
+from .batching import batch_size_for, left_pad, progress, sorted_batches
 from .errors import VaubanError
 from .formatting import Formatting
 from .prompts import check_tokenizer, encode_chat, pad_id
 from .reasoning import Decoder, budget, stop_markers
+from .results import check_int
 
 # End-of-turn markers of common chat templates; whichever exist in a vocabulary also stop.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
@@ -56,9 +57,7 @@ def stop_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
 
 
 def check_max_tokens(max_tokens: int) -> int:
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
-        raise VaubanError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-    return max_tokens
+    return check_int("max_tokens", max_tokens, 1)
 
 
 def greedy_config(model: nn.Module, tokenizer: Any, max_tokens: int) -> GenerationConfig:
@@ -101,9 +100,9 @@ def generate(
     fast = device.type == "cuda" and fast_loop_ok(model)
     if batch_size is None:
         longest = max((len(x) for x in ids), default=0) + new_tokens
-        # the static cache is allocated once for the whole batch: size it from free memory
-        batch_size = (batch_size_for(model, longest, len(ids), cache=True, saturate=False) if fast
-                      else default_batch_size(device))
+        # a decoding step feeds one token per row: batches are bounded by memory (and the static
+        # cache, allocated once for the whole batch, is sized from it too)
+        batch_size = batch_size_for(model, longest, len(ids), cache=True, saturate=not fast)
     batches = sorted_batches([len(x) for x in ids], batch_size)
     for batch in progress(batches, desc, show_progress):
         input_ids, mask, _ = left_pad([ids[i] for i in batch], pad, device)
@@ -134,7 +133,11 @@ def fast_loop_ok(model: nn.Module) -> bool:
 
 def _has_hooks(model: nn.Module) -> bool:
     """Forward hooks other than transformers' own output recorders (installed for good on the
-    first ``output_hidden_states=True`` call, inert unless a call asks for outputs)."""
+    first ``output_hidden_states=True`` call, inert unless a call asks for outputs).
+
+    Reads torch's private ``_forward_hooks`` / ``_forward_pre_hooks`` dictionaries (read-only):
+    torch has no public way to list a module's hooks, and a user's hook must not be skipped by
+    a replayed CUDA graph. The only private torch attribute vauban's code reads."""
     hooks = (h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()))
     return any(not (getattr(h, "__module__", "").startswith("transformers.") or graph_safe(h)) for h in hooks)
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from .atomic import building_dir, write_file
 from .errors import VaubanError
+from .extras import require
 from .mlx_format import QUANT_KEYS, is_mlx_quantized_dir, read_quantized_dir
 
 DEMO_ID = "demo:qwen2.5-coder-0.5b-instruct"
@@ -130,7 +131,7 @@ def load_model(
             source = ModelSource(source.label, f"hub/{kind.kind}")
     model, tokenizer = _from_hf(str(local), torch_dtype, "auto" if auto else dev, trust_remote_code)
     remember_source(model, source)
-    model.config._name_or_path = source.label
+    model.config.name_or_path = source.label
     return model, tokenizer
 
 
@@ -303,6 +304,7 @@ def convert_gguf(path: Path, *, label: str | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_gguf(path)
+    require("gguf", "gguf", f"reading {path.name}")  # transformers' GGUF loader imports it
     target = cache_dir() / "converted" / f"{path.stem}-{_cache_key(path)}"
     if (target / "vauban_cache.json").is_file():
         return target
@@ -316,7 +318,7 @@ def convert_gguf(path: Path, *, label: str | None = None) -> Path:
             f"could not read GGUF {path}: {_first_line(err)} (corrupted or unsupported file; "
             "re-download it, or check that transformers supports its architecture)"
         ) from None
-    model.config._name_or_path = label or str(path)
+    model.config.name_or_path = label or str(path)
     with building_dir(target, overwrite=True) as tmp:  # a racing twin wrote the same
         _save_float_dir(model, tokenizer, tmp, {"source": str(path), "kind": "gguf"})
     return target

@@ -51,7 +51,7 @@ from .errors import VaubanError
 from .formatting import Formatting
 from .loading import model_label
 from .prompts import Prompts, load_prompts
-from .results import DirectionResult, SubspaceResult, check_layer, unit_rows
+from .results import DirectionResult, SubspaceResult, check_int, check_layer, unit_rows
 
 
 def cosine_separation(
@@ -198,8 +198,7 @@ def measure_subspace(
     ``h_i - mean(harmless)`` after removing their component along ``u``: the directions along
     which harmful prompts depart from the harmless mean most, beyond ``u``.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise VaubanError(f"k must be a positive integer, got {k!r}")
+    check_int("k", k, 1)
     harmful_prompts = load_prompts(harmful, what="harmful prompts")
     harmless_prompts = load_prompts(harmless, what="harmless prompts")
     if k > len(harmful_prompts):

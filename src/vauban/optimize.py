@@ -74,13 +74,14 @@ from .batching import duration
 from .cutting import Cut, LayerKernel, LayerWeights, cut
 from .errors import VaubanError
 from .evaluating import completions
+from .extras import require
 from .formatting import Formatting, formatting_for
 from .judge import Judge, get_judge
 from .measuring import direction_at
 from .prompts import Prompts, bundled_records, load_prompts
 from .reasoning import thinking_prefix
 from .refine import first_token_batches, likelihood_batches, refine
-from .results import DirectionResult
+from .results import DirectionResult, check_int
 
 STUDY_NAME = "vauban"
 
@@ -459,14 +460,10 @@ def optimize(
     formatted, over the direction's own (:mod:`vauban.formatting`); thinking models are judged on
     their replies, and their refusals are teacher-forced after their thoughts.
     """
-    try:
-        import optuna
-    except ImportError:
-        raise VaubanError('optimize needs optuna: pip install "vauban[optimize]"') from None
+    optuna = require("optuna", "optimize", "optimize")
     for name, value, low in (("n_trials", n_trials, 1), ("check", check, 0), ("max_tokens", max_tokens, 1),
                              ("selection_tokens", selection_tokens, 1), ("refine_steps", refine_steps, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise VaubanError(f"{name} must be an integer >= {low}, got {value!r}")
+        check_int(name, value, low)
     if direction.harmful_means is None:
         raise VaubanError("optimize needs a DirectionResult with per-layer means; measure it again")
     judge = get_judge(judge)

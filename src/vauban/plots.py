@@ -8,26 +8,35 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
 import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-from matplotlib.figure import Figure
-
 from .atomic import write_file
+from .extras import require
 from .results import AlphaSweep, BorderlineResult, DirectionResult, ProbeResult
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from .optimize import OptimizeResult
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the headless Agg backend, imported on the first figure."""
+    require("matplotlib", "plots", "drawing figures")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _finish(fig: Figure, path: str | os.PathLike[str] | None) -> Figure:
     """Lay out, save atomically (a temp sibling renamed into place), and release pyplot's hold."""
     fig.tight_layout()
-    plt.close(fig)  # the Figure stays usable; pyplot just stops tracking it (no leak in loops)
+    _pyplot().close(fig)  # the Figure stays usable; pyplot just stops tracking it (no leak in loops)
     if path is not None:
         kind = Path(path).suffix.lstrip(".") or "png"  # the temp name has no suffix to infer it from
         write_file(path, lambda tmp: fig.savefig(tmp, dpi=120, format=kind))
@@ -36,7 +45,7 @@ def _finish(fig: Figure, path: str | os.PathLike[str] | None) -> Figure:
 
 def plot_scores(direction: DirectionResult, path: str | os.PathLike[str] | None = None) -> Figure:
     """Cosine separation per layer, best layer marked."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = _pyplot().subplots(figsize=(7, 3.5))
     ax.plot(direction.cosine_scores, marker="o")
     ax.axvline(direction.layer_index, color="tab:red", linestyle="--", label="chosen layer")
     ax.set(xlabel="layer", ylabel="cosine separation", title=f"Refusal direction: {direction.model_path}")
@@ -56,7 +65,7 @@ def plot_layers(
     families separating in the middle layers. Bottom: each layer's cosine separation, which is
     how the direction's layer was chosen (marked in both panels).
     """
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True,
+    fig, (top, bottom) = _pyplot().subplots(2, 1, figsize=(8, 6.5), sharex=True,
                                       gridspec_kw={"height_ratios": [2, 1]})
     layers = range(harmful.shape[1])
     for values, color, name in ((harmful, "tab:red", "harmful"), (harmless, "tab:blue", "harmless")):
@@ -85,7 +94,7 @@ def plot_probes(
 ) -> Figure:
     """The characteristic shape: per-layer projections of several prompts, with the harmful and
     harmless means of the measurement sets when ``direction`` carries them."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(8, 4.5))
     if direction is not None and direction.harmful_means is not None:
         d = direction.direction.double()
         ax.plot((direction.harmful_means @ d).tolist(), color="tab:red", lw=3, alpha=0.4,
@@ -103,7 +112,7 @@ def plot_probes(
 
 def plot_borderline(result: BorderlineResult, path: str | os.PathLike[str] | None = None) -> Figure:
     """A borderline prompt's projections between the harmful and harmless means."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(8, 4.5))
     ax.plot(result.harmful, color="tab:red", label="harmful mean")
     ax.plot(result.harmless, color="tab:blue", label="harmless mean")
     ax.plot(result.probe.projections, color="black", marker=".", label=repr(result.probe.prompt))
@@ -115,7 +124,7 @@ def plot_borderline(result: BorderlineResult, path: str | os.PathLike[str] | Non
 
 def plot_sweep(sweep: AlphaSweep, path: str | os.PathLike[str] | None = None) -> Figure:
     """Refusal rate vs perplexity as alpha grows (the tutorial's exercise 2)."""
-    fig, ax1 = plt.subplots(figsize=(7, 4))
+    fig, ax1 = _pyplot().subplots(figsize=(7, 4))
     alphas = [0.0] + [r.alpha for r in sweep.rows]
     refusal = [sweep.refusal_before * 100] + [r.refusal * 100 for r in sweep.rows]
     perplexity = [sweep.perplexity_before] + [r.perplexity for r in sweep.rows]
@@ -135,7 +144,7 @@ def plot_pareto(result: OptimizeResult, path: str | os.PathLike[str] | None = No
     (right, log scale); the Pareto front (over all three) in red, the plain cut and the pick
     marked. The right panel shows what the left cannot: among cuts with no refusals, which
     answer with more margin."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = _pyplot().subplots(1, 2, figsize=(11, 4.5))
     front, best, plain = result.pareto, result.best, result.plain
     panels = ((axes[0], lambda t: t.refusal * 100, "refusal rate on validation prompts (%)"),
               (axes[1], lambda t: max(t.likelihood, 1e-12), "refusal likelihood (log)"))

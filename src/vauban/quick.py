@@ -55,9 +55,21 @@ def as_torch(model: Any) -> nn.Module:
 
 
 def as_hf_tokenizer(tokenizer: Any) -> Any:
-    """The transformers tokenizer inside ``mlx_lm``'s ``TokenizerWrapper``, else ``tokenizer``."""
+    """The transformers tokenizer inside ``mlx_lm``'s ``TokenizerWrapper``, else ``tokenizer``.
+
+    The wrapper forwards attributes but not calls, and replaces ``apply_chat_template``; it has
+    no public accessor for what it wraps, so its private ``_tokenizer`` is read (the one private
+    mlx-lm name vauban uses, read-only). Should a release drop it, the same tokenizer is loaded
+    again from the directory the wrapper came from (its ``name_or_path``).
+    """
+    if type(tokenizer).__name__ != "TokenizerWrapper":
+        return tokenizer
     inner = getattr(tokenizer, "_tokenizer", None)
-    return inner if type(tokenizer).__name__ == "TokenizerWrapper" and inner is not None else tokenizer
+    if inner is not None:
+        return inner
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer.name_or_path)
 
 
 def measure_direction(

@@ -33,13 +33,14 @@ from torch import nn
 
 from . import arch
 from .activations import model_device
-from .batching import default_batch_size, duration, forward_tokens, left_pad, sorted_batches, token_batches
+from .batching import batch_size_for, duration, forward_tokens, left_pad, sorted_batches, token_batches
 from .cutting import orthonormal
 from .errors import VaubanError
 from .evaluating import answer_logprobs, encode_pairs
 from .formatting import Formatting
 from .prompts import encode_chat, pad_id
 from .reasoning import thinking_prefix
+from .results import check_int
 
 MAX_WEIGHT = 1.5
 MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch: smaller than inference
@@ -92,7 +93,10 @@ def likelihood_batches(
     encoded = ([e for e in encode_pairs(tokenizer, spoken, tokens, formatting, "validation") if e[1] > 0]
                if spoken else [])
     device = model_device(model)
-    for batch in sorted_batches([len(x) for x, _ in encoded], batch_size or default_batch_size(device)):
+    sizes = [len(x) for x, _ in encoded]
+    size = batch_size or batch_size_for(model, max(sizes, default=1), len(encoded),
+                                        logit_positions=tokens + 1, logit_copies=2)
+    for batch in sorted_batches(sizes, size):
         ids, mask, positions = left_pad([encoded[i][0] for i in batch], pad_id(tokenizer), device)
         lengths = torch.tensor([encoded[i][1] for i in batch], device=device)
         keep = int(lengths.max())
@@ -187,12 +191,11 @@ def refine(
     ``base`` (the original's log-probabilities on ``harmless``) and the likelihood of the
     original's ``refusals``, starting from the plain cut (weight 1 everywhere); see the module
     docstring. The model's weights are never touched."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise VaubanError(f"steps must be an integer >= 0, got {steps!r}")
+    check_int("steps", steps, 0)
     if not lr > 0:
         raise VaubanError(f"lr must be positive, got {lr!r}")
     n = arch.num_layers(model)
-    batch_size = batch_size or min(default_batch_size(model_device(model)), MAX_BATCH)
+    batch_size = batch_size or MAX_BATCH
     weights = torch.ones(2, n, requires_grad=True)
     optimizer = torch.optim.Adam([weights], lr=lr)
     frozen = [p for p in model.parameters() if p.requires_grad]

@@ -59,6 +59,13 @@ def check_layer(layer: Any, num_layers: int) -> int:
     return int(layer)
 
 
+def check_int(name: str, value: Any, low: int) -> int:
+    """``value`` as an int ``>= low``, or a one-line error (bools, floats and strings refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise VaubanError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
 MAX_ALPHA = 1000.0  # far past any useful strength; beyond it float weights overflow to inf
 
 
@@ -117,8 +124,7 @@ class DirectionResult:
 
     def __post_init__(self) -> None:
         """Reject a malformed direction when it is made, not deep inside a cut or a hook."""
-        if isinstance(self.d_model, bool) or not isinstance(self.d_model, int) or self.d_model < 1:
-            raise VaubanError(f"d_model must be a positive integer, got {self.d_model!r}")
+        check_int("d_model", self.d_model, 1)
         unit_vector(self.direction, self.d_model)  # a finite, non-zero float tensor of d_model values
         if tuple(self.direction.shape) != (self.d_model,):
             raise VaubanError(

@@ -32,7 +32,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from . import arch
 from .atomic import building_dir
-from .cutting import Direction, LayerWeights, edited, layer_bases, layer_weights, orthonormal
+from .cutting import FLOAT_DTYPES, Direction, LayerWeights, edited, layer_bases, layer_weights, orthonormal
 from .errors import VaubanError
 from .exporting import DIRECTION_FILE, check_output_dir, versions
 from .results import DirectionResult, check_alpha
@@ -40,7 +40,6 @@ from .verifying import RECORD_FILE, check_weights, file_hashes
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-_FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
 
 
 def weight_files(src: Path) -> list[Path]:
@@ -107,7 +106,7 @@ def _read(path: Path, name: str) -> torch.Tensor:
 def _read_writer(path: Path, name: str) -> torch.Tensor:
     """A residual writer to edit: float weights only (a quantized one needs dequantizing first)."""
     w = _read(path, name)
-    if w.dtype not in _FLOAT_DTYPES:
+    if w.dtype not in FLOAT_DTYPES:
         raise VaubanError(
             f"{name} has {w.dtype} weights and cannot be cut; dequantize the checkpoint first "
             "(vauban load + export writes float weights)"

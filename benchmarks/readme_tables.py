@@ -1,0 +1,269 @@
+"""Regenerate the README's measured tables from ``benchmarks/results/``, or check them (CI).
+
+Every measured table in README.md sits between two marker lines::
+
+    <!-- table: NAME -->
+    ...generated, never edited by hand...
+    <!-- /table -->
+
+and is written by the function registered here under ``NAME``. A function reads its results
+files with :func:`load` (which remembers them) and returns markdown lines; the block ends with a
+``Source:`` line naming each file read, with the commit and date recorded inside it. So a
+number in a table can only come from a committed results file, and ``--check`` (run by
+``.ci/run``) fails when the README and the files disagree.
+
+    python benchmarks/readme_tables.py           # rewrite the blocks in README.md
+    python benchmarks/readme_tables.py --check   # exit 1, with a diff, if any block is stale
+
+To add a table: write a results file in ``benchmarks/results/`` from your benchmark (record
+``date`` and ``git`` at top level), add a function below decorated ``@table("name")`` that
+builds the lines from it, and put the two marker lines where it belongs in README.md; then run
+this script. Prose around the blocks stays hand-written: keep numbers out of it, or name their
+file next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+TABLES: dict[str, Callable[[], list[str]]] = {}
+_read: list[str] = []  # results files read by the table being built, in order
+
+
+def table(name: str) -> Callable[[Callable[[], list[str]]], Callable[[], list[str]]]:
+    """Register a table builder under its README marker name."""
+    def register(fn: Callable[[], list[str]]) -> Callable[[], list[str]]:
+        TABLES[name] = fn
+        return fn
+    return register
+
+
+def load(name: str) -> dict[str, Any]:
+    """A results file of ``benchmarks/results/``, remembered as a source of the current table."""
+    path = RESULTS / name
+    if not path.is_file():
+        raise SystemExit(f"readme_tables: {path} is missing; run the benchmark that writes it")
+    if name not in _read:
+        _read.append(name)
+    return json.loads(path.read_text())
+
+
+# Files written before results recorded their own commit: the last commit that changed each (git
+# log, read once and kept here, so --check gives the same answer in a shallow clone) and the run's
+# date from the file or its notes. New results files record ``git`` and ``date`` themselves.
+COMMITTED: dict[str, tuple[str, str]] = {
+    "cpu_demo.json": ("332ffa3", "2026-11-27"),
+    "optimize_demo.json": ("2c72966", "2026-11-27"),
+    "gpu_h100_llama-3.1-8b.json": ("e7b26c9", "2026-11-27"),
+    "gpu_h100_kernel_sweep.json": ("0742e11", "2026-11-27"),
+    "gpu_2xh100_llama-3.1-8b.json": ("e7b26c9", "2026-11-27"),
+    "gpu_h200_llama-3.1-8b.json": ("8116238", "2026-11-30"),
+    "gpu_2xh200_replicas.json": ("8116238", "2026-11-30"),
+    "gpu_2xh200_llama-3.1-8b.json": ("8116238", "2026-11-30"),
+}
+
+
+def provenance(name: str) -> str:
+    """``file (commit X, date)``: what the file records about itself, else :data:`COMMITTED`."""
+    data = json.loads((RESULTS / name).read_text())
+    commit = data.get("git") or data.get("commit")
+    date = str(data.get("date", ""))[:10]
+    if commit:
+        return f"`benchmarks/results/{name}` (run at commit {commit}, {date})"
+    if name in COMMITTED:
+        committed, day = COMMITTED[name]
+        return f"`benchmarks/results/{name}` (committed in {committed}, run {date or day})"
+    raise SystemExit(f"readme_tables: {name} records no commit; add 'git' and 'date' to it")
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def pct(x: float, digits: int = 0) -> str:
+    return f"{x * 100:.{digits}f} %"
+
+
+def build(name: str) -> str:
+    _read.clear()
+    lines = TABLES[name]()
+    sources = "; ".join(provenance(f) for f in _read)
+    return "\n".join([*lines, "", f"Source: {sources}."]) + "\n"
+
+
+# --- the tables ------------------------------------------------------------------------------
+
+
+@table("tutorial-output")
+def tutorial_output() -> list[str]:
+    """The two summary lines of the tutorial, printed by the library's own ``summary()``."""
+    import torch
+
+    from vauban.results import DirectionResult, EvalResult
+
+    run = load("run_demo.json")["run"]
+    d = run["direction"]
+    direction = DirectionResult(
+        direction=torch.eye(d["d_model"])[0], layer_index=d["layer_index"],
+        cosine_scores=tuple(d["cosine_scores"]), d_model=d["d_model"], model_path=d["model_path"])
+    numbers = {k: v for k, v in run["evaluation"].items() if k in EvalResult.__dataclass_fields__}
+    evaluation = EvalResult(**{**numbers, "before": (), "after": ()})
+    return ["```", direction.summary(), evaluation.summary(), "```"]
+
+
+@table("measured")
+def measured() -> list[str]:
+    fresh = load("run_demo.json")
+    run, seconds = fresh["run"], fresh["run"]["seconds"]
+    d, ev = run["direction"], run["evaluation"]
+    layer = d["layer_index"]
+    before, after = run["probes"]["harmful"][layer], run["probes"]["harmful, cut"][layer]
+    judge = ev.get("judge", "markers")
+    held = load("optimize_demo.json")
+    plain = next(p for p in held["points"] if p["role"] == "plain")
+    h = held["held_out"]
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+    rows = [
+        ["direction", f"layer {layer} of {len(d['cosine_scores'])}, cosine separation "
+                      f"{d['cosine_scores'][layer]:.4f}"],
+        [f"probe at layer {layer}, \"How do I pick a lock?\"",
+         f"{before:+.2f} before the cut, {after:+.2f} after ({(after - before) / before * 100:+.0f} %)"],
+        [f"bundled eval set, {ev['n_prompts']} prompts, {fresh.get('max_tokens', 64)} answer tokens, "
+         f"judge: {judge}", f"refusal {pct(ev['refusal_before'])} → {pct(ev['refusal_after'])}"],
+        [f"perplexity on the {ev['n_reference']} harmless reference answers",
+         f"{ev['perplexity_before']:.2f} → {ev['perplexity_after']:.2f} "
+         f"(×{ev['perplexity_after'] / ev['perplexity_before']:.2f})"],
+        ["KL(original ‖ cut), every answer position / first token",
+         f"{ev['kl']:.4f} / {ev['first_token_kl']:.4f}"],
+        [f"steering, α = {run['steer']['alpha']:g}, on a prompt the model refused",
+         "answers (judged not a refusal)" if not run["steer"]["refused"] else "still refuses"],
+        [f"{h['benchmark']}, {h['harmful_prompts']} prompts never used for selection, "
+         f"{h['max_tokens']} tokens, judge: markers",
+         f"original {h['original_refused']}/{h['harmful_prompts']} refused, plain cut "
+         f"{plain['held_out']['refusals']}/{h['harmful_prompts']}"],
+        [f"README set-up command on a fresh clone, empty cache ({fresh['date'][:10]}; machine shared, "
+         f"load average {fresh['machine']['load_average_before'][0]:.0f} before, "
+         f"{fresh['machine']['load_average_after'][0]:.0f} after)",
+         f"{fresh['total_s'] / 60:.0f} min in all: install {fresh['install_s']:.0f} s, then {steps} "
+         "(load includes the one-time GGUF dequantization)"],
+    ]
+    return markdown(["what", "result"], rows)
+
+
+@table("optimize-trials")
+def optimize_trials() -> list[str]:
+    """Trials with no refusal on the search prompts that are on the three-objective Pareto front
+    (recomputed from the stored trials: the file's own ``pareto`` list is the two-objective front
+    the code of that run kept), and the plain cut."""
+    from vauban.optimize import pareto_mask
+
+    result = load("optimize_demo.json")
+    trials = result["optimize"]["trials"]
+    front = pareto_mask([(t["refusal"], t["kl"], t["refusal_likelihood"]) for t in trials])
+    pick = result["optimize"]["best"]
+    shown = [t for t, on in zip(trials, front, strict=True) if (on and t["refusal"] == 0) or t["plain"]]
+    rows = []
+    for t in sorted(shown, key=lambda t: t["kl"]):
+        refined = isinstance(t["cut"].get("attention"), list)  # per-layer weights: the refined cut
+        label = f"{t['number']}" + (", plain α = 1 cut" if t["plain"] else "")
+        label += ", refined plain cut" if refined else ""
+        cells = [label, f"{t['kl']:.4f}", f"{t['refusal_likelihood']:.1e}"]
+        if t["number"] == pick:
+            cells = [f"**{cells[0]} (the pick)**", *(f"**{c}**" for c in cells[1:])]
+        rows.append(cells)
+    return markdown(["trial (0 refusals on the search prompts)", "first-token KL", "refusal likelihood"],
+                    rows)
+
+
+@table("cpu")
+def cpu() -> list[str]:
+    c = load("cpu_demo.json")
+    m, g, s = c["measure"], c["generate"], c["scores"]
+    mantissa, exponent = f'{max(m["max_rel_diff_vs_loop"], m["max_rel_diff_vs_hf_loop"]):.0e}'.split("e")
+    same = f"{mantissa}e{int(exponent)}"
+    stream = load("stream_memory.json")
+    rows = [
+        [f"residual capture, {m['prompts']} prompts: batched vs one prompt at a time",
+         f"{m['speedup_vs_loop']:.1f}× faster ({m['speedup_vs_hf_loop']:.1f}× vs a plain transformers loop "
+         f"with logits); same activations to {same}"],
+        [f"greedy generation, {g['prompts']} prompts × {g['max_tokens']} tokens: batched vs one at a time",
+         f"{g['speedup']:.1f}× faster, "
+         f"{'identical' if g['identical_answers'] == g['prompts'] else 'different'} answers"],
+        ["reference perplexity/KL pass: memory-sized batches vs batches of 16",
+         f"{s['speedup']:.2f}× faster, {'same numbers to 1e-6' if s['equal'] else 'different numbers'}"],
+        [f"streamed cut (`vauban cut`) of the {stream['checkpoint_bytes'] / 1e9:.1f} GB demo checkpoint "
+         "(float32, one file)",
+         f"peak memory +{stream['peak_increase_bytes'] / 1e6:.0f} MB, {stream['seconds']:.0f} s"],
+    ]
+    startup = load("cli_startup.json")
+    eager, lazy = startup["trees"][0], startup["trees"][-1]
+    rows.append([f"`vauban --help` in a fresh process (best of {lazy['runs']}, load average "
+                 f"{startup['load_average_before'][0]:.0f})",
+                 f"{lazy['best_s']:.2f} s, {lazy['peak_rss_bytes'] / 1e6:.0f} MB, no torch imported; "
+                 f"{eager['best_s']:.1f} s and {eager['peak_rss_bytes'] / 1e6:.0f} MB at {eager['git']}, "
+                 "before imports were lazy"])
+    return markdown(["what", "result"], rows)
+
+
+@table("gpu")
+def gpu() -> list[str]:
+    """Issue 18's run on an H200 pair (``benchmarks/gpu.py``; rows built by ``gpu_table.py``): a
+    section is taken from the first file that has it."""
+    import gpu_table
+
+    rows: dict[str, Any] = {}
+    for name in ("gpu_h200_llama-3.1-8b.json", "gpu_2xh200_replicas.json", "gpu_2xh200_llama-3.1-8b.json"):
+        for section, values in load(name).items():
+            if isinstance(values, dict) and "error" not in values and "skipped" not in values:
+                rows.setdefault(section, values)
+    return gpu_table.table(rows).splitlines()
+
+
+# --- README I/O --------------------------------------------------------------------------------
+
+
+def render(text: str) -> str:
+    """``text`` with every marked block rebuilt."""
+    names = [m["name"] for m in BLOCK.finditer(text)]
+    unknown = sorted(set(names) - set(TABLES))
+    if unknown:
+        raise SystemExit(f"readme_tables: README marks unknown tables {unknown}; known: {sorted(TABLES)}")
+    return BLOCK.sub(lambda m: m[1] + build(m["name"]) + m[4], text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="regenerate or check the README's measured tables")
+    parser.add_argument("--check", action="store_true", help="fail (exit 1) if README.md is stale")
+    parser.add_argument("--readme", type=Path, default=README)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    text = args.readme.read_text()
+    new = render(text)
+    if args.check:
+        if new != text:
+            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True),
+                                                       "README.md", "regenerated"))
+            print("README tables are stale: run python benchmarks/readme_tables.py", file=sys.stderr)
+            return 1
+        print(f"README tables match benchmarks/results/ ({len(BLOCK.findall(text))} blocks)")
+        return 0
+    args.readme.write_text(new)
+    print(f"rewrote {len(BLOCK.findall(text))} blocks in {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
