@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from conftest import HARMFUL, HARMLESS, TINY_CONFIGS
 from vauban import DirectionResult, VaubanError, measure
-from vauban.selecting import candidate_layers, choose, layer_effects, select_by_effect, split
+from vauban.selecting import candidate_layers, choose, layer_effects, layer_range, select_by_effect, split
 
 
 def designed(tokenizer) -> tuple[torch.nn.Module, DirectionResult]:
@@ -92,14 +92,32 @@ def test_choose_falls_back_to_the_lowest_kl_and_rejects_nothing():
 
 
 def test_candidates_skip_the_first_and_last_fifth():
-    assert candidate_layers(24) == list(range(5, 19))
-    assert candidate_layers(4) == [1, 2]
-    assert candidate_layers(1) == [0]
+    assert layer_range(24) == list(range(5, 19))
+    assert layer_range(4) == [1, 2]
+    assert layer_range(1) == [0]
 
 
-def test_split_holds_back_the_last_quarter():
+def test_candidates_are_the_geometric_best_and_their_neighbours():
+    scores = [0.0] * 24
+    scores[16], scores[17], scores[10], scores[22], scores[23] = 0.9, 0.8, 0.7, 1.0, 1.0  # 22, 23: excluded
+    assert candidate_layers(scores) == [9, 10, 11, 15, 16, 17, 18]
+    assert candidate_layers(scores, top=1) == [15, 16, 17]
+    assert candidate_layers([0.4, 0.3, 0.2, 0.1]) == [1, 2]
+
+
+def test_by_default_the_candidates_come_from_the_geometry(setup, tokenizer):
+    """The designed model's geometric order (layer 0 first, then 1) is not the effect's: with
+    the default candidates (layers 1 and 2 of 4) the effect choice is layer 2."""
+    model, direction, refusals, _ = setup
+    chosen = select_by_effect(model, tokenizer, direction, refusals, HARMLESS, max_kl=0.4)
+    assert [e.layer for e in chosen.effects] == [1, 2] and chosen.layer_index == 2
+
+
+def test_split_holds_back_a_quarter_at_most_24():
     assert split(list("abcdefgh")) == (list("abcdef"), list("gh"))
     assert split(["a", "b"]) == (["a"], ["b"])
+    measured, held = split([str(i) for i in range(128)])
+    assert (len(measured), held[0], len(held)) == (104, "104", 24)
 
 
 def test_measure_holds_back_prompts_and_falls_back_without_refusals(tokenizer):

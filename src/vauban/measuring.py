@@ -21,10 +21,11 @@ with harmful activations ``h_ik`` and harmless ``b_jk`` at layer ``k``, centred 
   layer's direction, 3 % with this criterion's choice).
 
 The geometric choice is ``argmax s_l`` (``select="geometry"``, the fast option). By default
-(``select="effect"``) each candidate direction is instead *cut* and its effect measured on
-held-back prompts: the layer whose cut lowers the refusal score most, among those within a
-first-token KL limit, wins (see :mod:`vauban.selecting`, which also says which prompts are
-held back and why the last fifth of the layers is excluded).
+(``select="effect"``) the candidate directions (the geometric best three and their
+neighbours) are instead *cut* and their effect measured on held-back prompts: the layer whose
+cut lowers the refusal score most, among those within a first-token KL limit, wins (see
+:mod:`vauban.selecting`, which also says which prompts are held back and why the last fifth
+of the layers is excluded).
 
 Variants for the cut (:mod:`vauban.cutting`), derived from the stored per-layer means without
 running the model again:
@@ -93,12 +94,13 @@ def measure(
 ) -> DirectionResult:
     """Measure the refusal direction; ``layer`` forces a layer instead of choosing one.
 
-    ``select="effect"`` (default) chooses the layer by cutting each candidate direction and
-    measuring the refusal score on held-back prompts (the last quarter of each set, so the
-    direction comes from the first three quarters), among candidates whose first-token KL is at
-    most ``max_kl`` (default :data:`vauban.selecting.MAX_KL`); ``select="geometry"`` takes the
-    best cosine separation over all prompts, with no cut (see :mod:`vauban.selecting`). With
-    fewer than 8 harmful prompts nothing is held back and the choice is geometric.
+    ``select="effect"`` (default) chooses the layer by cutting candidate directions (the three
+    best by cosine separation and their neighbours) and measuring the refusal score on
+    held-back prompts (the last quarter of each set, at most 24, so the direction comes from
+    the rest), among candidates whose first-token KL is at most ``max_kl`` (default
+    :data:`vauban.selecting.MAX_KL`); ``select="geometry"`` takes the best cosine separation
+    over all prompts, with no cut (see :mod:`vauban.selecting`). With fewer than 8 harmful
+    prompts nothing is held back and the choice is geometric.
 
     ``formatting`` (:mod:`vauban.formatting`): how the prompts are formatted, which should be how
     the model will be used; it is recorded in the result with its defaults written out, and the

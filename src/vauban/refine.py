@@ -33,10 +33,18 @@ from torch import nn
 
 from . import arch
 from .activations import model_device
-from .batching import batch_size_for, duration, forward_tokens, left_pad, sorted_batches, token_batches
+from .batching import (
+    batch_size_for,
+    common_prefix,
+    duration,
+    forward_tokens,
+    last_logits,
+    sorted_batches,
+    token_batches,
+)
 from .cutting import orthonormal
 from .errors import VaubanError
-from .evaluating import answer_logprobs, encode_pairs
+from .evaluating import encode_pairs
 from .formatting import Formatting
 from .prompts import encode_chat, pad_id
 from .reasoning import thinking_prefix
@@ -65,19 +73,17 @@ def first_token_batches(
     """``(indices, log-probabilities of the answer's first token)`` per batch of ``prompts``
     (the ``harmless`` set's formatting; a thinking model's first *reply* token, after an empty
     think block); differentiable unless run under ``torch.inference_mode``."""
-    device = model_device(model)
     empty = thinking_prefix(tokenizer, "", formatting)
     forced = tokenizer(empty, add_special_tokens=False)["input_ids"] if empty else []
     ids = [x + forced for x in encode_chat(tokenizer, prompts, formatting, "harmless")]
-    lengths = [len(x) for x in ids]
+    shared = common_prefix(ids) if ids else 0  # run once per batch (batching.last_logits)
+    lengths = [len(x) - shared for x in ids]
     if batch_size is None:  # length-sorted batches of as many tokens as keep the device busy
         batches = token_batches(lengths, forward_tokens(model, max(lengths, default=1), len(ids)))
     else:
         batches = sorted_batches(lengths, batch_size)
     for batch in batches:
-        input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                       logits_to_keep=1, use_cache=False).logits[:, -1]
+        logits = last_logits(model, [ids[i] for i in batch], 1, pad_id(tokenizer))[:, -1]
         yield batch, torch.log_softmax(logits.float(), dim=-1)
 
 
@@ -93,15 +99,18 @@ def likelihood_batches(
     encoded = ([e for e in encode_pairs(tokenizer, spoken, tokens, formatting, "validation") if e[1] > 0]
                if spoken else [])
     device = model_device(model)
-    sizes = [len(x) for x, _ in encoded]
+    shared = common_prefix([x for x, _ in encoded]) if encoded else 0  # run once per batch
+    sizes = [len(x) - shared for x, _ in encoded]
     size = batch_size or batch_size_for(model, max(sizes, default=1), len(encoded),
                                         logit_positions=tokens + 1, logit_copies=2)
     for batch in sorted_batches(sizes, size):
-        ids, mask, positions = left_pad([encoded[i][0] for i in batch], pad_id(tokenizer), device)
+        seqs = [encoded[i][0] for i in batch]
         lengths = torch.tensor([encoded[i][1] for i in batch], device=device)
         keep = int(lengths.max())
-        logp = answer_logprobs(model, ids, mask, positions, keep)
-        token_lp = logp.gather(-1, ids[:, -keep:].unsqueeze(-1)).squeeze(-1)
+        logits = last_logits(model, seqs, keep + 1, pad_id(tokenizer))[:, :-1]
+        logp = torch.log_softmax(logits.float(), dim=-1)  # the distributions predicting each forced token
+        forced = torch.tensor([s[len(s) - keep:] for s in seqs], device=device)
+        token_lp = logp.gather(-1, forced.unsqueeze(-1)).squeeze(-1)
         valid = torch.arange(keep, device=device).unsqueeze(0) >= (keep - lengths).unsqueeze(1)
         yield len(batch), token_lp.masked_fill(~valid, 0.0).sum(-1).exp().sum()
 

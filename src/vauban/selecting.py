@@ -3,7 +3,7 @@
 :func:`vauban.measuring.measure` gives one candidate direction per layer ``l`` (the
 difference in means ``u_l``). Which one to cut? Its geometric score (cosine separation) is a
 proxy; the quantity that matters is the effect of the cut. So, as Arditi et al. (2024, §2.3 and
-appendix C) do, each candidate is *ablated* and measured, with forward passes only:
+appendix C) do, candidates are *ablated* and measured, with forward passes only:
 
 - **refusal score** ``r_l``: the mean probability that the model, cut along ``u_l`` (the same
   weight edit an export gets: every attention and MLP writer orthogonalized), still opens its
@@ -15,30 +15,32 @@ appendix C) do, each candidate is *ablated* and measured, with forward passes on
 - **damage** ``k_l``: the first-token KL(original ‖ cut) on held-back harmless prompts.
 
 The chosen layer is ``argmin r_l`` over candidates with ``k_l ≤ max_kl`` (ties: lower KL),
-and among all candidates the lowest-KL one when none passes. Candidates are the layers in
-``[first, last)`` of the depth (defaults ``0.2`` and ``0.8``): the last fifth is excluded, as
-Arditi et al. do, because a direction read off just before the unembedding encodes the next
-token more than the decision to refuse, and cutting it there scores well on refusal by
-wrecking the output; the first fifth is excluded because directions that early still encode
-the prompts' surface (their words, not yet the request) and skipping them saves a fifth of the
-cost.
+and among all candidates the lowest-KL one when none passes.
 
-Which prompts: the last quarter of each prompt set given to ``measure`` is held back for this
-(the direction is the mean difference over the other three quarters), so the choice is made
-on prompts the direction was not measured on, and on none that ``evaluate`` reports on (the
-bundled eval prompts) or that ``optimize`` searches and checks on (eval prompts 20-99). With the
-bundled sets: directions from harmful/harmless prompts 0-95, selection on 96-127.
+Which candidates: layers in ``[first, last)`` of the depth (defaults ``0.2`` and ``0.8``) —
+the last fifth is excluded, as Arditi et al. do, because a direction read off just before the
+unembedding encodes the next token more than the decision to refuse, and cutting it there
+scores well on refusal by wrecking the output; the first fifth because directions that early
+still encode the prompts' surface (their words, not yet the request). Of those, only the
+``top`` (3) with the best geometric score *and their neighbours* are cut: the geometry is a
+good proxy for *where* the direction lives (on the demo model the effect of cutting layers
+5-12 is 3-20 times weaker than of 14-18, which also score best geometrically), but not for
+*which* of the nearby layers cuts best (the issue that motivated this: on a second model of
+the demo's family, the layer after the geometric choice cut better), and the neighbours
+cover that. A full scan is ``layers=layer_range(L)``.
+
+Which prompts: a quarter of each prompt set given to ``measure``, at most :data:`MAX_HELD`,
+is held back for this (the direction is the mean difference over the rest), so the choice is
+made on prompts the direction was not measured on, and on none that ``evaluate`` reports on
+(the bundled eval prompts) or that ``optimize`` searches and checks on (eval prompts 20-99).
+With the bundled sets: directions from harmful/harmless prompts 0-103, selection on 104-127.
 
 Cost: one short greedy answer of the original per held-back harmful prompt (to learn its
 refusals), then per candidate one weight edit (undone bit-exactly) and one prefill of each
-held-back prompt. On the demo model (``benchmarks/results/selection_demo.json``) the 14
-candidates (layers 5-18) take layer 16, the geometric choice too: refusal score 4.5e-3 at KL
-0.080; layer 13 removes more (1.3e-4) at KL 0.30, over the limit, and layers 5-9 leave 4-8e-2.
-Measured 1020 s against 165 s for the geometric choice, on 2 cores shared with two other model
-jobs; about 50 s per candidate there. For an 8B model on one H100
-(``benchmarks/results/gpu_h100_llama-3.1-8b.json``: 25,550 tokens/s prefill, 0.06 s per fused
-cut and undo) 18 candidates of ~64 held-back prompts of ~100 tokens are ~6,400 tokens each:
-about 0.3 s per candidate, well under 10 s in all.
+held-back prompt, whose shared chat-template opening is run once per batch
+(:func:`vauban.batching.last_logits`: on the demo model 24 of ~45 tokens per prompt). The
+measured seconds on the demo model are in ``benchmarks/results/selection_demo.json`` (see
+``benchmarks/selection_demo.py``), with an estimate for an 8B model on one GPU.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ if TYPE_CHECKING:  # torch is imported on first use, so settings can be checked 
 
 SELECT_MODES = ("effect", "geometry")
 HOLD_BACK = 0.25  # share of each prompt set kept for the selection
+MAX_HELD = 24  # held-back prompts per set at most (the cost of each candidate grows with them)
+TOP = 3  # geometric best layers whose neighbourhoods are cut
 MIN_PROMPTS = 8  # below this many harmful prompts nothing is held back: geometric choice
 MAX_KL = 0.2  # first-token KL above which a candidate is not acceptable (see measure docstring)
 FIRST, LAST = 0.2, 0.8  # candidate layers: [FIRST·L, LAST·L)
@@ -69,17 +73,28 @@ def check_select(select: Any) -> str:
     return str(select)
 
 
-def split(prompts: Sequence[str], share: float = HOLD_BACK) -> tuple[list[str], list[str]]:
-    """``(measured, held back)``: the last ``share`` of ``prompts`` (at least one) is held back."""
-    held = max(1, round(len(prompts) * share))
+def split(prompts: Sequence[str], share: float = HOLD_BACK,
+          most: int = MAX_HELD) -> tuple[list[str], list[str]]:
+    """``(measured, held back)``: the last ``share`` of ``prompts`` (at least one, at most
+    ``most``) is held back."""
+    held = min(max(1, round(len(prompts) * share)), most)
     return list(prompts[:-held]), list(prompts[-held:])
 
 
-def candidate_layers(num_layers: int, first: float = FIRST, last: float = LAST) -> list[int]:
+def layer_range(num_layers: int, first: float = FIRST, last: float = LAST) -> list[int]:
     """Layers ``i`` with ``first·L ≤ i < ⌊last·L⌋``; never empty (the middle layer when the
     range is)."""
     layers = [i for i in range(num_layers) if first * num_layers <= i < int(last * num_layers)]
     return layers or [num_layers // 2]
+
+
+def candidate_layers(scores: Sequence[float], top: int = TOP, first: float = FIRST,
+                     last: float = LAST) -> list[int]:
+    """The layers to cut: within :func:`layer_range`, the ``top`` best-scoring ones and their
+    neighbours (see the module docstring), in order."""
+    allowed = layer_range(len(scores), first, last)
+    best = sorted(allowed, key=lambda i: -scores[i])[:top]
+    return sorted({j for i in best for j in (i - 1, i, i + 1)} & set(allowed))
 
 
 def layer_effects(
@@ -161,7 +176,7 @@ def select_by_effect(
         warnings.warn("the model refuses none of the held-back harmful prompts, so no cut can be "
                       "measured by its effect; the direction is chosen by geometry", stacklevel=3)
         return direction
-    candidates = candidate_layers(direction.num_layers) if layers is None else list(layers)
+    candidates = candidate_layers(direction.cosine_scores) if layers is None else list(layers)
     effects = layer_effects(model, tokenizer, direction, refusals, harmless, candidates,
                             batch_size=batch_size, log=log)
     best = choose(effects, max_kl)
