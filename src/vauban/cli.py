@@ -519,7 +519,7 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
                           projected=flags[args.projected], norm_preserving=flags[args.norm_preserving],
                           prompts=args.validation, harmless=s.harmless, selection=args.selection,
                           check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log,
-                          judge=judge, formatting=s.formatting())
+                          judge=judge, formatting=s.formatting(), timeout=args.timeout)
     report.table(f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
                  f"prompts, first-token KL on {result.n_harmless} harmless prompts; * = the pick, "
                  f"checked on {result.n_selection} selection prompts)", *result.rows())
@@ -700,6 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(p)
     p.add_argument("--trials", type=int, default=30, help="finished trials the study should have")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="start no new trial after this many seconds of search (refinement and the check "
+                        "still run)")
     p.add_argument("-o", "--output", default="vauban-optimize",
                    help="folder for pareto.json, pareto.png and (default) study.db")
     p.add_argument("--study", help="SQLite study file; rerun with the same one to resume")
