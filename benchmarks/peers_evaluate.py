@@ -40,34 +40,62 @@ def model_dirs(work: Path) -> dict[str, Path]:
     return found
 
 
-def vauban_yardstick(files: dict[str, Path], folders: dict[str, Path], todo: list[str], max_tokens: int,
-                     store: Path) -> None:
-    """vauban's numbers for each model in ``todo``, one export loaded beside the original."""
-    from vauban import load
+def vauban_metrics(files: dict[str, Path], max_tokens: int) -> dict:
+    """vauban's yardstick, one function per metric: ``fn(base, model, tokenizer, cache) -> row``
+    (``cache`` keeps what the original gives, computed once). Each (model, metric) row is stored
+    on its own, so the stage resumes and a metric added later runs only for itself."""
     from vauban.evaluating import Pair, answer_scores, completions
     from vauban.optimize import first_token_logprobs, kl_divergence
     from vauban.prompts import load_pairs
 
-    base, tokenizer = load(str(folders["original"]))
     harmful, harmless = lines(files["harmful_report"]), lines(files["harmless_report"])
-    pairs = load_pairs("reference")
-    base_logp = first_token_logprobs(base, tokenizer, harmless)
-    for name in todo:
-        start = time.perf_counter()
-        model = base if name == "original" else load(str(folders[name]))[0]
+
+    def refusal(base, model, tokenizer, cache):
         answers = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=None)
-        row = {"refusals": sum(a.refused for a in answers), "prompts": len(answers),
-               "max_tokens": max_tokens, "judge": "vauban default (markers)",
-               "first_token_kl": kl_divergence(base_logp, first_token_logprobs(model, tokenizer, harmless))}
-        if name != "original":
-            scores = answer_scores(Pair(base, model), tokenizer, pairs)
+        return {"refusals": sum(a.refused for a in answers), "prompts": len(answers),
+                "max_tokens": max_tokens,
+                "judge": "vauban default (completions' default judge)",
+                "refused": [[a.prompt, a.text] for a in answers if a.refused]}
+
+    def kl(base, model, tokenizer, cache):
+        if "harmless" not in cache:
+            cache["harmless"] = first_token_logprobs(base, tokenizer, harmless)
+        cut = first_token_logprobs(model, tokenizer, harmless)
+        row = {"first_token_kl": kl_divergence(cache["harmless"], cut),
+               "first_token_kl_prompts": len(harmless)}
+        if model is not base:
+            scores = answer_scores(Pair(base, model), tokenizer, load_pairs("reference"))
             row |= {"reference_kl": scores.kl, "reference_first_token_kl": scores.first_token_kl,
-                    "perplexity": scores.perplexity_after, "perplexity_original": scores.perplexity_before}
-        row["refused"] = [[a.prompt, a.text] for a in answers if a.refused]
-        row["seconds"] = round(time.perf_counter() - start, 1)
-        (store / f"vauban_{name}.json").write_text(json.dumps(row, indent=1) + "\n")
-        say(f"vauban yardstick, {name}: refused {row['refusals']}/{row['prompts']}, "
-            f"first-token KL {row['first_token_kl']:.4f}")
+                    "perplexity": scores.perplexity_after, "perplexity_original": scores.perplexity_before,
+                    "reference": "48 bundled reference answers, KL at each of their first 64 tokens"}
+        return row
+
+    return {"refusal": refusal, "kl": kl}
+
+
+def vauban_yardstick(files: dict[str, Path], folders: dict[str, Path], max_tokens: int, store: Path) -> None:
+    """Every missing (model, metric) row, one export loaded beside the original at a time."""
+    from vauban import load
+
+    metrics = vauban_metrics(files, max_tokens)
+    todo = {name: [m for m in metrics if not (store / f"vauban_{name}_{m}.json").is_file()]
+            for name in folders}
+    if not any(todo.values()):
+        return
+    base, tokenizer = load(str(folders["original"]))
+    cache: dict = {}
+    for name, missing in todo.items():
+        if not missing:
+            continue
+        model = base if name == "original" else load(str(folders[name]))[0]
+        for metric in missing:
+            start = time.perf_counter()
+            row = metrics[metric](base, model, tokenizer, cache)
+            row["seconds"] = round(time.perf_counter() - start, 1)
+            (store / f"vauban_{name}_{metric}.json").write_text(json.dumps(row, indent=1) + "\n")
+            say(f"vauban yardstick, {name}, {metric}: " + ", ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                if isinstance(v, (int, float)) and k != "seconds") + f" ({row['seconds']} s)")
         del model
 
 
@@ -103,9 +131,7 @@ def evaluate_all(heretic: Path, files: dict[str, Path], work: Path, *, max_token
     store = work / "eval"
     store.mkdir(exist_ok=True)
     folders = model_dirs(work)
-    todo = [n for n in folders if not (store / f"vauban_{n}.json").is_file()]
-    if todo:
-        vauban_yardstick(files, folders, todo, max_tokens, store)
+    vauban_yardstick(files, folders, max_tokens, store)
     for name in ("heretic", "vauban_default", "vauban_optimize", "original"):  # most wanted first
         if name in folders and name in heretic_models and not (store / f"heretic_{name}.json").is_file():
             heretic_yardstick(heretic, files, folders, name, work, store)
@@ -124,7 +150,9 @@ def gather(work: Path, store: Path, folders: dict[str, Path]) -> dict:
                     "reference": "the 48 bundled reference pairs (vauban's KL at every answer position)"},
         "searches": {"vauban": read(work / "vauban_times.json"),
                      "heretic": read(work / "heretic_search.json")},
-        "models": {name: {"path": str(folders[name]), "vauban": read(store / f"vauban_{name}.json"),
+        "models": {name: {"path": str(folders[name]),
+                          "vauban": {p.stem.removeprefix(f"vauban_{name}_"): read(p)
+                                     for p in sorted(store.glob(f"vauban_{name}_*.json"))},
                           "heretic": read(store / f"heretic_{name}.json")} for name in folders},
     }
     report["table"] = table(report)
