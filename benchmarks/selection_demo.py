@@ -75,7 +75,8 @@ def main() -> None:
     effect, t_effect = timed(measure, model, tokenizer, show_progress=True)
     say(f"{effect.summary()} ({t_effect} s)")
     report |= {"model": effect.model_path,
-               "seconds": {"geometry": t_geometry, "effect": t_effect, "added": round(t_effect - t_geometry, 1)},
+               "seconds": {"geometry": t_geometry, "effect": t_effect,
+                           "added": round(t_effect - t_geometry, 1)},
                "geometry": geometry.record(), "effect": effect.record()}
     report["full_scan"] = full_scan(model, tokenizer, effect, args.all_layers)
     report["gpu_8b_estimate"] = gpu_estimate(tokenizer, effect)
@@ -106,7 +107,8 @@ def full_scan(model, tokenizer, effect, all_layers: bool) -> dict:
             "range": layer_range(effect.num_layers), "choice_of_full_scan": best.layer,
             "same_as_narrowed": best.layer == effect.layer_index, "held_back_refused": len(refusals),
             "held_back_harmful": len(held_harmful), "held_back_harmless": len(held_harmless),
-            "seconds_for_the_other_layers": seconds, "seconds_per_layer": round(seconds / max(len(rest), 1), 1)}
+            "seconds_for_the_other_layers": seconds,
+            "seconds_per_layer": round(seconds / max(len(rest), 1), 1)}
 
 
 def gpu_estimate(tokenizer, effect) -> dict:
@@ -122,7 +124,8 @@ def gpu_estimate(tokenizer, effect) -> dict:
     tokens = sum(len(x) - shared for x in ids) + 24 * 8  # remainders + teacher-forced refusal tokens
     scale = gpu["capture"]["mean_len"] / (sum(map(len, ids)) / len(ids))
     candidates = len(effect.effects)
-    per_candidate = tokens * scale / gpu["capture"]["default_tok_s"] + gpu["trial"]["cut_s"] + gpu["trial"]["undo_s"]
+    per_candidate = (tokens * scale / gpu["capture"]["default_tok_s"] + gpu["trial"]["cut_s"]
+                     + gpu["trial"]["undo_s"])
     answers = gpu["trial"]["answers_s"] * 24 / gpu["trial"]["prompts"]  # the original's 24 short answers
     return {"source": GPU_FILE.name, "candidates": candidates, "tokens_per_candidate_demo": tokens,
             "length_scale": round(scale, 2), "seconds_per_candidate": round(per_candidate, 3),
@@ -145,12 +148,13 @@ def held_out(model, tokenizer, geometry, effect, max_tokens: int) -> dict:
                 answers = completions(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=None)
                 row[set_name] = {"refused": sum(a.refused for a in answers), "of": len(answers),
                                  "refusals": [[a.prompt, a.text] for a in answers if a.refused]}
-            row["reference_first_token_kl"] = (0.0 if direction is None else
-                                               kl_divergence(base, first_token_logprobs(model, tokenizer, reference)))
+            after = base if direction is None else first_token_logprobs(model, tokenizer, reference)
+            row["reference_first_token_kl"] = kl_divergence(base, after)
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows[name] = row
         say(f"{name}: eval 0-19 refused {row['eval_0_19']['refused']}/20, AdvBench "
-            f"{row['advbench_100']['refused']}/100, reference first-token KL {row['reference_first_token_kl']:.4f}")
+            f"{row['advbench_100']['refused']}/100, reference first-token KL "
+            f"{row['reference_first_token_kl']:.4f}")
     return {"prompts": {"eval_0_19": "bundled eval prompts 0-19", "advbench_100":
                         "AdvBench, random.Random(0).sample(goals, 100)"},
             "max_tokens": max_tokens, "judge": "vauban's default judge (completions' default)",
