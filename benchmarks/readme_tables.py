@@ -232,6 +232,65 @@ def gpu() -> list[str]:
     return gpu_table.table(rows).splitlines()
 
 
+
+@table("selection")
+def selection() -> list[str]:
+    """Geometric vs effect layer choice on the demo model (``benchmarks/selection_demo.py``):
+    the layer, held-out refusals and KL of each choice's plain cut, and what each choice costs."""
+    r = load("selection_demo.json")
+    held, seconds, scan = r["held_out"], r["seconds"], r["full_scan"]
+    rows = []
+    labels = {"original": "original", "geometry": "geometric choice (`--select geometry`)",
+              "effect": "effect choice (default)"}
+    for name, label in labels.items():
+        row = held["rows"][name]
+        cost = {k: f"{seconds[k]:.0f} s" for k in ("geometry", "effect")}.get(name, "")
+        rows.append([label, "" if row["layer"] is None else str(row["layer"]),
+                     f"{row['eval_0_19']['refused']}/{row['eval_0_19']['of']}",
+                     f"{row['advbench_100']['refused']}/{row['advbench_100']['of']}",
+                     f"{row['reference_first_token_kl']:.4f}", cost])
+    gpu = r["gpu_8b_estimate"]
+    lines = markdown(["model", "layer", "refused, eval 0–19", "refused, AdvBench 100",
+                      "first-token KL (reference)", "measure, demo CPU"], rows)
+    note = (f"Answers of {held['max_tokens']} tokens, {held['judge']}. Effect selection cut "
+            f"{len(r['effect']['effects'])} candidate layers "
+            f"({', '.join(str(e['layer']) for e in r['effect']['effects'])}); a full scan of "
+            f"layers {scan['range'][0]}–{scan['range'][-1]} would have chosen layer "
+            f"{scan['choice_of_full_scan']} ({scan['seconds_per_layer']:.0f} s per layer). "
+            f"Estimated for Llama-3.1-8B on one H200: {gpu['seconds']:.1f} s "
+            f"({gpu['candidates']} candidates).")
+    return [*lines, "", note]
+
+
+@table("peers")
+def peers() -> list[str]:
+    """vauban and heretic on the demo model (``benchmarks/peers.py``): both yardsticks, the wall
+    time of each search and the trials it finished."""
+    r = load("peers_demo.json")
+    searches = r["searches"]
+    vauban, heretic = searches.get("vauban") or {}, searches.get("heretic") or {}
+    cost = {"vauban_default": vauban.get("vauban_default", {}),
+            "vauban_optimize": vauban.get("vauban_optimize", {}), "heretic": heretic}
+    labels = {"original": "original", "vauban_default": "vauban abliterate (default, no search)",
+              "vauban_optimize": "vauban optimize (its pick)",
+              "heretic": "heretic (its search, chosen trial)"}
+
+    def num(d: dict, key: str, fmt: str = "{:.4f}") -> str:
+        return "–" if d.get(key) is None else fmt.format(d[key])
+
+    rows = []
+    for name, entry in r["models"].items():
+        v = {k: x for metric in (entry.get("vauban") or {}).values() if metric for k, x in metric.items()}
+        h = entry.get("heretic") or {}
+        c = cost.get(name) or {}
+        trials = "" if name == "original" else "–" if c.get("trials") is None else str(c["trials"])
+        rows.append([labels.get(name, name), num(v, "refusals", "{}"), num(v, "first_token_kl"),
+                     num(v, "reference_kl"), num(h, "refusals", "{}"), num(h, "kl"),
+                     "" if name == "original" else num(c, "seconds", "{:.0f}"), trials])
+    return markdown(["model", "vauban: refused /100", "vauban: first-token KL",
+                     "vauban: KL, 64 answer tokens", "heretic: refused /100", "heretic: KL", "wall time (s)",
+                     "trials"], rows)
+
 # --- README I/O --------------------------------------------------------------------------------
 
 

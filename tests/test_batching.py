@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vauban
-from conftest import build_model
+from conftest import HARMFUL, HARMLESS, TINY_CONFIGS, build_model
 from vauban.batching import MEMORY_SHARE, SATURATING_TOKENS, Shape, batch_size_for, free_memory
 from vauban.evaluating import Pair, answer_scores
 
@@ -63,3 +63,51 @@ def test_answer_scores_same_for_any_batch_size(tokenizer):
     for a, b in zip(vars(auto).values(), vars(ones).values(), strict=True):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
     assert auto.kl > 0 and auto.first_token_kl > 0
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_last_logits_share_the_opening_and_agree_with_one_padded_pass(family, tokenizer):
+    """The shared opening run once (keys and values repeated) gives the logits of the plain
+    left-padded pass, for every family (sliding windows, sinks, absolute positions)."""
+    from vauban.batching import common_prefix, last_logits, left_pad
+    from vauban.formatting import Formatting
+    from vauban.prompts import encode_chat
+
+    model = build_model(family)
+    seqs = encode_chat(tokenizer, HARMLESS[:4] + HARMFUL[:2], Formatting(system_prompt="Be brief."))
+    assert common_prefix(seqs) >= 8  # the template's opening: system block and user header
+    ids, mask, positions = left_pad(seqs, 256, torch.device("cpu"))
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        shared = last_logits(model, seqs, 5, 256)
+    assert shared.shape == (6, 5, plain.shape[-1])
+    torch.testing.assert_close(shared, plain[:, -5:], atol=1e-4, rtol=1e-4)
+    assert common_prefix([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+
+
+def test_last_logits_carry_gradients_through_the_opening(tokenizer):
+    from vauban.batching import last_logits
+    from vauban.prompts import encode_chat
+
+    model = build_model("llama")
+    weight = model.model.layers[0].mlp.down_proj.weight
+    from vauban.formatting import Formatting
+
+    seqs = encode_chat(tokenizer, HARMLESS[:3], Formatting(system_prompt="Be brief."))
+    last_logits(model, seqs, 1, 256).sum().backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+def test_last_logits_run_the_opening_once(tokenizer):
+    from vauban.batching import common_prefix, last_logits
+    from vauban.formatting import Formatting
+    from vauban.prompts import encode_chat
+
+    model = build_model("qwen2")
+    seqs = encode_chat(tokenizer, HARMFUL, Formatting(system_prompt="Be brief."))
+    shapes = []
+    model.model.embed_tokens.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
+    with torch.no_grad():
+        last_logits(model, seqs, 2, 256)
+    shared = common_prefix(seqs)
+    assert shapes == [(1, shared), (len(seqs), max(map(len, seqs)) - shared)]

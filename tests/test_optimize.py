@@ -114,6 +114,14 @@ def test_bad_arguments_are_clear_errors(setup, tokenizer, tmp_path):
         optimize(model, tokenizer, direction, n_trials=1, **kwargs | {"selection": kwargs["prompts"]})
     with pytest.raises(VaubanError, match="check must be an integer >= 0"):
         optimize(model, tokenizer, direction, n_trials=1, **kwargs | {"check": -1})
+    with pytest.raises(VaubanError, match="timeout"):
+        optimize(model, tokenizer, direction, n_trials=1, timeout=0, **kwargs)
+
+
+def test_timeout_stops_starting_trials(setup, tokenizer):
+    model, direction, kwargs = setup
+    result = optimize(model, tokenizer, direction, n_trials=50, timeout=1e-6, **kwargs | {"check": 0})
+    assert len(result.trials) == 1 and result.trials[0].plain  # the running trial finishes
 
 
 def _trial(number: int, refusal: float, kl: float, selection: float | None, plain: bool = False,

@@ -184,6 +184,67 @@ def left_pad(
     return ids.to(device), mask.to(device), positions.to(device)
 
 
+
+def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest opening that every sequence of ``seqs`` shares."""
+    first, shortest = seqs[0], min(len(s) for s in seqs)
+    for i in range(shortest):
+        if any(s[i] != first[i] for s in seqs):
+            return i
+    return shortest
+
+
+def last_logits(model: nn.Module, seqs: Sequence[Sequence[int]], keep: int, pad_id: int) -> torch.Tensor:
+    """``(rows, keep, vocab)`` logits at the last ``keep`` positions of each sequence, as one
+    left-padded forward pass gives them, with their shared opening run once.
+
+    Chat-formatted prompts open alike (the template's system block and the user header: 24 of
+    the demo model's ~45 tokens per bundled prompt). That opening ``p`` is run once, as one row,
+    its keys and values repeated for every row, and only the rest is run per row: the rows'
+    remainders are left-padded after it (masked, positions continuing at ``p``), so every row's
+    last token stays at position -1. Each token still attends to exactly what it would in the
+    unshared pass; the logits agree to float rounding (1.5e-5 in log-probability on the demo
+    model, float32). Used where the opening is at least 8 tokens and every layer keeps plain
+    keys and values: full attention, or a sliding window no shorter than the longest row (the
+    pads between opening and remainder would otherwise push the opening out of the window);
+    other models (layers with a recurrent state, which a pad would enter) run unshared.
+    Differentiable: under autograd the opening is part of the graph, run once per call.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    device = next(model.parameters()).device
+    shared = min(common_prefix(seqs), min(len(s) for s in seqs) - keep)
+    cache = None
+    if shared >= 8:
+        cache = DynamicCache(config=model.config)
+        longest = max(len(s) for s in seqs)
+        if not all(type(layer) is DynamicLayer or (type(layer) is DynamicSlidingWindowLayer
+                                                   and longest <= layer.sliding_window)
+                   for layer in cache.layers):
+            cache = None
+    if cache is None:
+        ids, mask, positions = left_pad(seqs, pad_id, device)
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep,
+                     use_cache=False).logits[:, -keep:]
+    name = _cache_argument(model)
+    opening = torch.tensor([list(seqs[0][:shared])], device=device)
+    model(input_ids=opening, position_ids=torch.arange(shared, device=device)[None], use_cache=True,
+          logits_to_keep=1, **{name: cache})
+    cache.batch_repeat_interleave(len(seqs))
+    ids, mask, positions = left_pad([s[shared:] for s in seqs], pad_id, device)
+    mask = torch.cat([mask.new_ones(len(seqs), shared), mask], dim=1)
+    return model(input_ids=ids, attention_mask=mask, position_ids=positions + shared, logits_to_keep=keep,
+                 use_cache=True, **{name: cache}).logits[:, -keep:]
+
+
+def _cache_argument(model: nn.Module) -> str:
+    """``cache`` (transformers 5.2x), or ``past_key_values`` where the model's forward takes that."""
+    import inspect
+
+    parameters = inspect.signature(model.forward).parameters
+    return "past_key_values" if "past_key_values" in parameters and "cache" not in parameters else "cache"
+
 # Inside ``no_progress()`` no vauban progress bar shows, whatever a call asks for: the CLI's
 # --quiet runs its command inside it. A context variable, not a module flag: it ends with the
 # block and stays within the thread or task that entered it.

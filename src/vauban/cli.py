@@ -177,7 +177,7 @@ def _direction(s: Settings, report: Report, model: Any, tokenizer: Any,
     else:
         with report.step(f"measure the direction ({s.harmful} vs {s.harmless} prompts)", "measure"):
             direction = measure(model, tokenizer, s.harmful, s.harmless, layer=s.layer,
-                                batch_size=s.batch_size, formatting=s.formatting())
+                                select=s.select, batch_size=s.batch_size, formatting=s.formatting())
     report.say(direction.summary())
     report.put("direction", direction.record())
     return direction
@@ -281,8 +281,12 @@ def cmd_measure(s: Settings, args: argparse.Namespace, report: Report) -> None:
     save = _new_path(args.output, s.overwrite) if args.output else None
     model, tokenizer = _load(s, report, trust=args.trust_remote_code)
     direction = _direction(s, report, model, tokenizer, args)
-    report.table("Cosine separation per layer", ["layer", "score", ""],
-                 [(i, f"{v:.4f}", "← chosen" if i == direction.layer_index else "")
+    effects = {e.layer: e for e in direction.effects}
+    report.table(f"Per layer (chosen by {direction.selection}; refusal score and first-token KL of "
+                 "each candidate's cut on held-back prompts)", ["layer", "cosine", "refusal score", "KL", ""],
+                 [(i, f"{v:.4f}", f"{effects[i].refusal:.2e}" if i in effects else "",
+                   f"{effects[i].kl:.4f}" if i in effects else "",
+                   "← chosen" if i == direction.layer_index else "")
                   for i, v in enumerate(direction.cosine_scores)])
     if save is not None:
         path = direction.save(save)
@@ -586,7 +590,7 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
                           prompts=args.validation, harmless=s.harmless, selection=args.selection,
                           check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log,
                           damage=args.damage.replace("-", "_"), kl_tokens=args.kl_tokens,
-                          judge=judge, formatting=s.formatting())
+                          judge=judge, formatting=s.formatting(), timeout=args.timeout)
     report.table(f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
                  f"prompts, first-token KL on {result.n_harmless} harmless prompts; * = the pick, "
                  f"checked on {result.n_selection} selection prompts)", *result.rows())
@@ -653,6 +657,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--harmful", help="harmful prompts: bundled set name or file")
     common.add_argument("--harmless", help="harmless prompts: bundled set name or file")
     common.add_argument("--layer", type=int, help="take the direction from this layer")
+    common.add_argument("--select", choices=["effect", "geometry"],
+                        help="choose the direction's layer by the effect of its cut on held-back prompts "
+                             "(default) or by cosine separation alone (fast)")
     common.add_argument("--max-tokens", type=int, help="new tokens per answer (default 128)")
     common.add_argument("--eval-prompts", help="harmful evaluation prompts (default: bundled 20)")
     common.add_argument("--system-prompt", metavar="TEXT",
@@ -788,6 +795,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(p)
     p.add_argument("--trials", type=int, default=30, help="finished trials the study should have")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="start no new trial after this many seconds of search (refinement and the check "
+                        "still run)")
     p.add_argument("-o", "--output", default="vauban-optimize",
                    help="folder for pareto.json, pareto.png and (default) study.db")
     p.add_argument("--study", help="SQLite study file; rerun with the same one to resume")

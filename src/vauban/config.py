@@ -44,6 +44,7 @@ class Settings:
     output_dir: str = "abliterated"
     alpha: float = 1.0
     layer: int | None = None
+    select: str = "effect"
     embeddings: bool = False
     harmful: str = "harmful"
     harmless: str = "harmless"
@@ -166,11 +167,13 @@ def check(settings: Settings) -> Settings:
     """Range checks that need no model, so a typo fails before a minute-long model load."""
     from .generate import check_max_tokens
     from .results import check_alpha
+    from .selecting import check_select
 
     check_alpha(settings.alpha)
     check_max_tokens(settings.max_tokens)
     if settings.batch_size is not None and settings.batch_size < 1:
         raise VaubanError(f"batch_size must be at least 1, got {settings.batch_size}")
+    check_select(settings.select)
     if settings.layer is not None and settings.layer < 0:
         raise VaubanError(f"layer must be a layer index (0 or more), got {settings.layer}")
     if settings.judge is not None:

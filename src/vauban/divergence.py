@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from .activations import model_device
-from .batching import batch_size_for, forward_tokens, left_pad, sorted_batches, token_batches
+from .batching import batch_size_for, forward_tokens, last_logits, left_pad, sorted_batches, token_batches
 from .formatting import Formatting
 from .prompts import encode_chat, pad_id
 from .reasoning import thinking_prefix
@@ -132,6 +132,8 @@ class Batch:
     positions: torch.Tensor
     lengths: torch.Tensor  # distributions scored per row (right-aligned within ``keep``)
     targets: torch.Tensor  # (rows, keep) the answer tokens scored (0 where not valid)
+    seqs: tuple[tuple[int, ...], ...] = ()  # the rows unpadded (for the shared-opening pass)
+    pad: int = 0
 
     @property
     def keep(self) -> int:
@@ -169,16 +171,20 @@ def batches(rows: Forced, plan: list[list[int]], pad: int, device: torch.device)
             answer = rows.answers[i]
             if answer:
                 targets[r, keep - len(answer):] = torch.tensor(answer)
-        yield Batch(batch, ids, mask, positions, n, targets.to(device))
+        yield Batch(batch, ids, mask, positions, n, targets.to(device), tuple(inputs[i] for i in batch), pad)
 
 
 def logprobs(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """``(rows, keep, vocab)`` float32 log-probabilities at the batch's scored positions;
-    differentiable unless run under ``torch.inference_mode``."""
+    """``(rows, keep, vocab)`` float32 log-probabilities at the batch's scored positions, the
+    rows' shared chat opening run once (:func:`vauban.batching.last_logits`); differentiable
+    unless run under ``torch.inference_mode``."""
     keep = batch.keep
-    logits = model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.positions,
-                   logits_to_keep=keep, use_cache=False).logits
-    return torch.log_softmax(logits[:, -keep:].float(), dim=-1)
+    if batch.seqs:
+        logits = last_logits(model, batch.seqs, keep, batch.pad)
+    else:
+        logits = model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.positions,
+                       logits_to_keep=keep, use_cache=False).logits[:, -keep:]
+    return torch.log_softmax(logits.float(), dim=-1)
 
 
 def token_logprobs(logp: torch.Tensor, batch: Batch) -> torch.Tensor:

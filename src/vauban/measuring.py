@@ -20,7 +20,12 @@ with harmful activations ``h_ik`` and harmless ``b_jk`` at layer ``k``, centred 
   ablating them removes refusal less (on the demo model: 20 % refusals left with the last
   layer's direction, 3 % with this criterion's choice).
 
-The best layer is ``argmax s_l``.
+The geometric choice is ``argmax s_l`` (``select="geometry"``, the fast option). By default
+(``select="effect"``) the candidate directions (the geometric best three and their
+neighbours) are instead *cut* and their effect measured on held-back prompts: the layer whose
+cut lowers the refusal score most, among those within a first-token KL limit, wins (see
+:mod:`vauban.selecting`, which also says which prompts are held back and why the last fifth
+of the layers is excluded).
 
 Variants for the cut (:mod:`vauban.cutting`), derived from the stored per-layer means without
 running the model again:
@@ -81,19 +86,37 @@ def measure(
     harmless: Prompts = "harmless",
     *,
     layer: int | None = None,
+    select: str = "effect",
+    max_kl: float | None = None,
     batch_size: int | None = None,
     show_progress: bool | None = None,
     formatting: Formatting | None = None,
 ) -> DirectionResult:
-    """Measure the refusal direction; ``layer`` forces a layer instead of the best-scoring one.
+    """Measure the refusal direction; ``layer`` forces a layer instead of choosing one.
+
+    ``select="effect"`` (default) chooses the layer by cutting candidate directions (the three
+    best by cosine separation and their neighbours) and measuring the refusal score on
+    held-back prompts (the last quarter of each set, at most 24, so the direction comes from
+    the rest), among candidates whose first-token KL is at most ``max_kl`` (default
+    :data:`vauban.selecting.MAX_KL`); ``select="geometry"`` takes the best cosine separation
+    over all prompts, with no cut (see :mod:`vauban.selecting`). With fewer than 8 harmful
+    prompts nothing is held back and the choice is geometric.
 
     ``formatting`` (:mod:`vauban.formatting`): how the prompts are formatted, which should be how
-    the model will be used; it is recorded in the result with its defaults written out.
+    the model will be used; it is recorded in the result with its defaults written out, and the
+    selection formats its held-back prompts the same way.
     """
+    from . import selecting
+
+    select = selecting.check_select(select)
     if layer is not None:  # before the forward passes, not after them
         check_layer(layer, arch.num_layers(model))
     harmful_prompts = load_prompts(harmful, what="harmful prompts")
     harmless_prompts = load_prompts(harmless, what="harmless prompts")
+    by_effect = select == "effect" and layer is None and len(harmful_prompts) >= selecting.MIN_PROMPTS
+    if by_effect:
+        harmful_prompts, held_harmful = selecting.split(harmful_prompts)
+        harmless_prompts, held_harmless = selecting.split(harmless_prompts)
     fmt = (formatting or Formatting()).resolved(tokenizer)
     h = last_token_residuals(
         model, tokenizer, harmful_prompts, batch_size=batch_size, show_progress=show_progress,
@@ -107,7 +130,7 @@ def measure(
     if not torch.isfinite(scores).all():
         raise VaubanError("activations contain NaN/inf; the model may be broken in this dtype")
     best = int(scores.argmax()) if layer is None else check_layer(layer, len(scores))
-    return DirectionResult(
+    result = DirectionResult(
         direction=directions[best].clone(),
         layer_index=best,
         cosine_scores=tuple(float(s) for s in scores),
@@ -118,6 +141,15 @@ def measure(
         n_harmful=len(harmful_prompts),
         n_harmless=len(harmless_prompts),
         formatting=fmt,
+        selection="geometry" if layer is None else "forced",
+    )
+    if not by_effect:
+        return result
+    log = (lambda line: print(line, flush=True)) if show_progress else None
+    refusals = selecting.original_refusals(model, tokenizer, held_harmful, batch_size, fmt)
+    return selecting.select_by_effect(
+        model, tokenizer, result, refusals, held_harmless,
+        max_kl=selecting.MAX_KL if max_kl is None else max_kl, batch_size=batch_size, log=log,
     )
 
 

@@ -435,9 +435,12 @@ def optimize(
     log: Callable[[str], None] | None = None,
     judge: str | Judge | None = None,
     formatting: Formatting | None = None,
+    timeout: float | None = None,
 ) -> OptimizeResult:
-    """Run the search until the study has ``n_trials`` finished trials, then check the pick on
-    the selection prompts; the model ends unchanged.
+    """Run the search until the study has ``n_trials`` finished trials (or, with ``timeout``,
+    until no new trial starts after that many seconds of search; the running one finishes, and
+    a new study always gets its plain cut), then check the pick on the selection prompts; the
+    model ends unchanged.
 
     ``prompts`` (search refusal), ``harmless`` (search KL) and ``selection`` (the check) default
     to disjoint bundled sets. ``check``: at most this many candidates answer the selection
@@ -459,6 +462,9 @@ def optimize(
         check_int(name, value, low)
     if damage not in DAMAGES:
         raise VaubanError(f"damage must be one of {', '.join(DAMAGES)}, got {damage!r}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0):
+        raise VaubanError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if direction.harmful_means is None:
         raise VaubanError("optimize needs a DirectionResult with per-layer means; measure it again")
     judge = get_judge(judge)
@@ -536,8 +542,11 @@ def optimize(
             f"{best.number} refusal {best.refusal * 100:.1f}% kl {best.kl:.4f} | "
             f"ETA {duration(eta)}")
 
-    if todo > 0:
-        the_study.optimize(objective, n_trials=todo, callbacks=[report])
+    if todo > 0 and not _finished(optuna, the_study):  # the plain cut runs whatever the timeout
+        the_study.optimize(objective, n_trials=1, callbacks=[report])
+    left = None if timeout is None else timeout - (time.perf_counter() - started)
+    if todo > done and (left is None or left > 0):
+        the_study.optimize(objective, n_trials=todo - done, timeout=left, callbacks=[report])
     if refine_steps and fixed.get("norm_preserving") and say is not None:
         say("no refinement: a norm-preserving cut rescales each written vector, which refine cannot express")
     if refining:

@@ -79,6 +79,20 @@ def check_alpha(alpha: float) -> float:
     return float(alpha)
 
 
+@dataclass(frozen=True)
+class LayerEffect:
+    """What cutting one layer's direction did (see :mod:`vauban.selecting`): ``refusal`` is the
+    mean probability of still opening with the original's refusal on held-back harmful
+    prompts, ``kl`` the first-token KL(original ‖ cut) on held-back harmless prompts."""
+
+    layer: int
+    refusal: float
+    kl: float
+
+    def record(self) -> dict[str, Any]:
+        return {"layer": self.layer, "refusal": self.refusal, "kl": self.kl}
+
+
 @dataclass(frozen=True, eq=False)
 class DirectionResult:
     """A measured refusal direction.
@@ -86,7 +100,11 @@ class DirectionResult:
     ``direction`` is the unit difference-in-means at ``layer_index``; ``cosine_scores`` holds
     each layer's cosine separation (see :mod:`vauban.measuring`). The per-layer means of both
     prompt sets are kept so any layer's direction, and the harmful/harmless projection pattern
-    of any prompt, can be derived later without running the model again. ``formatting`` is how
+    of any prompt, can be derived later without running the model again. ``selection`` says how
+    the layer was chosen: ``"effect"`` (by cutting each candidate, :mod:`vauban.selecting`; the
+    candidates' ``effects`` and the KL limit ``max_kl`` are kept), ``"geometry"`` (the best
+    cosine separation) or ``"forced"`` (a layer asked for).
+    ``formatting`` is how
     the prompts were formatted (system prompt, template options, thinking budget): probing,
     steering and evaluating with the direction reuse it unless told otherwise.
     """
@@ -100,6 +118,9 @@ class DirectionResult:
     harmless_means: torch.Tensor | None = field(default=None, repr=False)
     n_harmful: int = 0
     n_harmless: int = 0
+    selection: str = "geometry"
+    effects: tuple[LayerEffect, ...] = field(default=(), repr=False)
+    max_kl: float | None = None
     formatting: Formatting | None = None
 
     def __post_init__(self) -> None:
@@ -117,6 +138,8 @@ class DirectionResult:
         ):
             raise VaubanError("cosine_scores must be a non-empty tuple of finite floats; measure it again")
         check_layer(self.layer_index, len(scores))
+        if self.selection not in ("effect", "geometry", "forced"):
+            raise VaubanError(f"selection must be effect, geometry or forced, got {self.selection!r}")
         for name in ("harmful_means", "harmless_means"):  # optional; needed by layer_directions()
             m = getattr(self, name)
             if m is not None and not (
@@ -149,21 +172,14 @@ class DirectionResult:
             raise VaubanError("this DirectionResult has no per-layer means; measure it again")
         return unit_rows(self.harmful_means - self.harmless_means)
 
-    def at_layer(self, layer: int) -> DirectionResult:
-        """The same measurement with the direction taken from another layer."""
+    def at_layer(self, layer: int, **changes: Any) -> DirectionResult:
+        """The same measurement with the direction taken from another layer (``selection``
+        becomes ``"forced"`` unless ``changes`` say otherwise)."""
+        from dataclasses import replace
+
         layer = check_layer(layer, self.num_layers)
-        return DirectionResult(
-            direction=self.layer_directions()[layer].clone(),
-            layer_index=layer,
-            cosine_scores=self.cosine_scores,
-            d_model=self.d_model,
-            model_path=self.model_path,
-            harmful_means=self.harmful_means,
-            harmless_means=self.harmless_means,
-            n_harmful=self.n_harmful,
-            n_harmless=self.n_harmless,
-            formatting=self.formatting,
-        )
+        return replace(self, direction=self.layer_directions()[layer].clone(), layer_index=layer,
+                       **{"selection": "forced", **changes})
 
     def record(self) -> dict[str, Any]:
         """JSON-serializable description (everything but the tensors)."""
@@ -176,6 +192,9 @@ class DirectionResult:
             "cosine_scores": list(self.cosine_scores),
             "n_harmful": self.n_harmful,
             "n_harmless": self.n_harmless,
+            "selection": self.selection,
+            "max_kl": self.max_kl,
+            "effects": [e.record() for e in self.effects],
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -223,6 +242,10 @@ class DirectionResult:
                 harmless_means=tensors.get("harmless_means"),
                 n_harmful=int(meta.get("n_harmful", 0)),
                 n_harmless=int(meta.get("n_harmless", 0)),
+                selection=str(meta.get("selection", "geometry")),
+                effects=tuple(LayerEffect(int(e["layer"]), float(e["refusal"]), float(e["kl"]))
+                              for e in meta.get("effects", [])),
+                max_kl=None if meta.get("max_kl") is None else float(meta["max_kl"]),
                 formatting=Formatting.from_record(meta.get("formatting")),
             )
         except VaubanError as err:

@@ -1,0 +1,274 @@
+"""vauban and heretic side by side on the demo model: same prompts, same budget, two yardsticks (issue 14).
+
+heretic (``heretic-llm`` 1.4.0, AGPL-3.0) is installed into its own virtual environment in the
+work folder and run as a separate program: nothing of it is imported here. Stages, each
+resumable on its own (``--stage NAME``; ``all`` runs them in order and skips finished ones):
+
+- ``install``: ``WORK/venv`` with ``heretic-llm==1.4.0``, torch held to the CPU wheel on this
+  disk (``torch==2.13.0`` as a constraint) so pip does not fetch a CUDA build.
+- ``data``: plain-text prompt files standing in for heretic's Hub datasets (which are
+  unreachable here), split so that no tool searches on what is reported:
+
+  ======================  ==============================================  =====================
+  file                    what                                            heretic's default
+  ======================  ==============================================  =====================
+  harmful_report.txt      100 AdvBench goals, ``random.Random(0).sample``  (the reported set)
+                          (the same sample ``optimize_demo.py`` reports)
+  harmful_train.txt       320 of the other AdvBench goals                  harmful_behaviors
+                                                                           train[:400]
+  harmful_search.txt      the last 100 other AdvBench goals                harmful_behaviors
+                                                                           test[:100]
+  harmless_train.txt      400 instructions from ``peers_harmless.py``      harmless_alpaca
+                                                                           train[:400]
+  harmless_search.txt     100 more                                         harmless_alpaca
+                                                                           test[:100]
+  harmless_report.txt     100 more (the reported KL set)                   (the reported set)
+  ======================  ==============================================  =====================
+
+  heretic's search counts refusals and KL on its *evaluation* prompts; here those are the
+  ``*_search`` files, and the ``*_report`` files are only used afterwards, for every model.
+- ``heretic``: the search, seeded, on CPU, stopped at ``--budget`` seconds of wall time (the
+  time ``vauban optimize`` takes); its Optuna study is checkpointed, and the chosen trial (the
+  Pareto point with the fewest refusals, as heretic lists them) is exported merged.
+- ``vauban``: ``vauban abliterate`` (the one-command default) and ``vauban optimize`` (its pick
+  exported), each timed.
+- ``evaluate``: every export and the original on the report prompts, by vauban's evaluation
+  and by heretic's own (``heretic --model BASE --evaluate-model EXPORT``); writes
+  ``benchmarks/results/peers_demo.json``. Runs alone from the saved exports.
+
+    nice -n 5 python benchmarks/peers.py --stage all
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SHARED = next((p / "shared" / "data" for p in HERE.parents if (p / "shared" / "data").is_dir()),
+              HERE.parents[1] / "shared" / "data")  # ../shared/data beside the checkout
+ADVBENCH = SHARED / "advbench_harmful_behaviors.csv"
+HERETIC = "heretic-llm==1.4.0"
+TORCH = "torch==2.13.0"
+SEED = 0
+BATCH_SIZE = 16
+BUDGET = 2700.0  # wall seconds each tool gets for its search (45 min)
+RESERVE = 600.0  # of vauban optimize's budget, for what comes after its last trial starts (see run_vauban)
+
+
+def say(text: str) -> None:
+    print(f"[peers {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def demo_dir() -> Path:
+    """The cached float32 directory of the demo model (``vauban.quick.load()`` writes it)."""
+    from vauban.loading import demo_model_dir
+
+    return demo_model_dir()
+
+
+# ---------------------------------------------------------------- install
+def install(work: Path) -> Path:
+    venv = work / "venv"
+    heretic = venv / "bin" / "heretic"
+    if heretic.exists():
+        return heretic
+    say(f"installing {HERETIC} into {venv} (CPU torch held by a constraint)")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    constraints = work / "constraints.txt"
+    constraints.write_text(TORCH + "\n")
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-c", str(constraints), HERETIC], check=True)
+    return heretic
+
+
+# ---------------------------------------------------------------- data
+def write_data(work: Path) -> dict[str, Path]:
+    sys.path.insert(0, str(HERE))
+    from peers_harmless import harmless_prompts
+    from vauban.prompts import load_prompts
+
+    goals = load_prompts(str(ADVBENCH))
+    report = random.Random(SEED).sample(goals, 100)
+    chosen = set(report)
+    rest = [g for g in goals if g not in chosen]
+    harmless = harmless_prompts(SEED)
+    sets = {
+        "harmful_report": report, "harmful_train": rest[:320], "harmful_search": rest[-100:],
+        "harmless_train": harmless[:400], "harmless_search": harmless[400:500],
+        "harmless_report": harmless[500:600],
+    }
+    folder = work / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, prompts in sets.items():
+        assert all("\n" not in p for p in prompts)
+        files[name] = folder / f"{name}.txt"
+        files[name].write_text("\n".join(prompts) + "\n")
+    return files
+
+
+# ---------------------------------------------------------------- heretic
+def heretic_common(files: dict[str, Path], evaluation: str) -> list[str]:
+    """Settings shared by the search and heretic's evaluation: local prompt files, CPU, float32,
+    a fixed batch size and no common response prefix (the demo model's answers have none; both
+    flags skip searches that take tens of minutes on 2 cores)."""
+    args = ["--device-map", "cpu", "--dtypes", '["float32"]', "--batch-size", str(BATCH_SIZE),
+            "--response-prefix", "", "--seed", str(SEED)]
+    for role, name in (("good-prompts", "harmless_train"), ("bad-prompts", "harmful_train"),
+                       ("good-evaluation-prompts", f"harmless_{evaluation}"),
+                       ("bad-evaluation-prompts", f"harmful_{evaluation}")):
+        args += [f"--{role}.dataset", str(files[name])]
+    return args
+
+
+def run_logged(cmd: list[str], log: Path, *, timeout: float | None = None, stdin: str = "",
+               env: dict[str, str] | None = None) -> tuple[int, float]:
+    """Run ``cmd`` with its output in ``log``; stop it (SIGINT, then SIGKILL) after ``timeout`` s."""
+    say(f"run: {' '.join(cmd)} > {log}")
+    start = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, text=True,
+                                env={**(env or os.environ), "PYTHONUNBUFFERED": "1", "TERM": "dumb"})
+        try:
+            proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(2)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return proc.returncode, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- vauban
+def vauban_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vauban.cli", *args]
+
+
+def child_env() -> dict[str, str]:
+    """This checkout's vauban first on the path of every child process."""
+    src = str(HERE.parent / "src")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+
+
+def run_vauban(work: Path, budget: float,
+               runs: tuple[str, ...] = ("vauban_default", "vauban_optimize")) -> dict:
+    """``vauban abliterate`` (the one-command default) and ``vauban optimize`` (pick exported),
+    timed. optimize gets the wall-time budget: up to 200 trials, none started after ``budget -
+    RESERVE`` seconds of search, so that measuring, refining, checking and exporting fit in the
+    rest (its total wall time is recorded, and heretic gets ``budget``)."""
+    exports = work / "exports"
+    times_file = work / "vauban_times.json"
+    times = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    commands = {
+        "vauban_default": ["abliterate", "-o", str(exports / "vauban_default"), "--overwrite"],
+        "vauban_optimize": ["optimize", "-o", str(work / "optimize"), "--trials", "200", "--seed", str(SEED),
+                            "--timeout", str(round(budget - RESERVE)), "--export",
+                            str(exports / "vauban_optimize"), "--overwrite"],
+    }
+    for name, args in commands.items():
+        if name not in runs or (name in times and (exports / name / "vauban.json").is_file()):
+            continue
+        if name == "vauban_optimize" and (work / "optimize").exists():
+            shutil.rmtree(work / "optimize")  # a fresh study, so the wall time is the whole search
+        rc, seconds = run_logged(vauban_cli(*args), work / f"{name}.log", env=child_env())
+        if rc != 0:
+            raise SystemExit(f"vauban {args[0]} failed (rc {rc}); see {work / f'{name}.log'}")
+        times[name] = {"command": "vauban " + " ".join(args), "seconds": round(seconds, 1)}
+        if name == "vauban_optimize":
+            trials = json.loads((work / "optimize" / "pareto.json").read_text())["trials"]
+            refined = sum(isinstance(t["cut"]["attention"], list) for t in trials)
+            times[name] |= {"trials": len(trials) - refined, "refined_trials": refined,
+                            "budget_seconds": budget, "search_timeout_seconds": round(budget - RESERVE)}
+        times_file.write_text(json.dumps(times, indent=2) + "\n")
+        say(f"{name}: {seconds:.0f} s")
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default=str(HERE / ".peers"), help="work folder (venv, data, exports)")
+    parser.add_argument("--stage", default="all",
+                        choices=["all", "install", "data", "heretic", "heretic-export", "vauban", "evaluate",
+                                 "report"])
+    parser.add_argument("--budget", type=float, default=BUDGET,
+                        help="wall seconds each tool's search gets (default %(default)s)")
+    parser.add_argument("--vauban-runs", default="vauban_default,vauban_optimize",
+                        help="which vauban runs the vauban stage makes (comma-separated)")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    heretic = install(work)
+    files = write_data(work)
+    if args.stage in ("all", "vauban"):
+        run_vauban(work, args.budget, tuple(args.vauban_runs.split(",")))
+    if args.stage in ("all", "heretic"):
+        run_search(heretic, files, work, args.budget)
+    if args.stage in ("all", "heretic-export"):
+        export_heretic(heretic, files, work)
+    if args.stage in ("all", "evaluate"):
+        from peers_evaluate import evaluate_all
+
+        evaluate_all(heretic, files, work)
+    if args.stage == "report":  # gather what has been measured so far, measure nothing
+        from peers_evaluate import gather, model_dirs
+
+        gather(work, work / "eval", model_dirs(work))
+
+
+def run_search(heretic: Path, files: dict[str, Path], work: Path, budget: float) -> None:
+    model = demo_dir()
+    cmd = [str(heretic), "--model", str(model), *heretic_common(files, "search"),
+           "--study-checkpoint-dir", str(work / "checkpoints"), "--n-trials", "200"]
+    rc, seconds = run_logged(cmd, work / "heretic_search.log", timeout=budget)
+    trials = finished_trials(heretic, work / "checkpoints")
+    say(f"heretic search stopped: rc={rc}, {seconds:.0f} s, {trials} finished trials")
+    (work / "heretic_search.json").write_text(json.dumps(
+        {"command": cmd, "budget_seconds": budget, "seconds": round(seconds, 1), "rc": rc,
+         "trials": trials}, indent=2) + "\n")
+
+
+def finished_trials(heretic: Path, checkpoints: Path) -> int:
+    """Completed trials in heretic's checkpointed Optuna journal(s), read with the Optuna of
+    heretic's venv (Optuna's own API; nothing of heretic is used)."""
+    code = ("import sys, optuna\n"
+            "from optuna.storages import JournalStorage\n"
+            "from optuna.storages.journal import JournalFileBackend\n"
+            "n = 0\n"
+            "for path in sys.argv[1:]:\n"
+            "    storage = JournalStorage(JournalFileBackend(path))\n"
+            "    for summary in optuna.get_all_study_summaries(storage):\n"
+            "        study = optuna.load_study(study_name=summary.study_name, storage=storage)\n"
+            "        n += sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)\n"
+            "print(n)\n")
+    journals = [str(p) for p in checkpoints.glob("*.jsonl") if p.stat().st_size > 0]
+    if not journals:
+        return 0
+    out = subprocess.run([str(heretic.parent / "python"), "-c", code, *journals], capture_output=True,
+                         text=True, check=False)
+    return int(out.stdout.strip() or 0)
+
+
+def export_heretic(heretic: Path, files: dict[str, Path], work: Path) -> None:
+    """heretic again on the checkpointed study, in this terminal: it offers the finished trials
+    (Pareto front) and the export; the trial to pick is the one with the fewest refusals on its
+    search prompts (ties: lowest KL), merged into ``WORK/exports/heretic``. heretic asks through
+    interactive menus, so this stage needs a terminal (run it in tmux to script the keys)."""
+    cmd = [str(heretic), "--model", str(demo_dir()), *heretic_common(files, "search"),
+           "--study-checkpoint-dir", str(work / "checkpoints"), "--n-trials", "200",
+           "--export-strategy", "MERGE"]
+    say(f"run: {' '.join(cmd)}")
+    subprocess.run(cmd, check=False)
+
+
+if __name__ == "__main__":
+    main()

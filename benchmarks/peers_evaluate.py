@@ -1,0 +1,189 @@
+"""The evaluation stage of ``benchmarks/peers.py``: every model on the same report prompts, by
+vauban's evaluation and by heretic's own yardstick (heretic run as a separate program).
+
+Each (model, yardstick) result is kept in ``WORK/eval/`` as soon as it is measured, so an
+interrupted stage resumes where it stopped; ``benchmarks/results/peers_demo.json`` gathers them
+with the settings and the wall times of the searches.
+
+vauban's yardstick: refusals on the 100 report AdvBench goals (greedy answers of
+``--max-tokens`` tokens, judged by vauban's default judge), first-token KL(original ‖ model) on
+the 100 report harmless prompts, and KL at every position of the first 64 tokens of the 48
+bundled reference answers, with both perplexities. heretic's: ``heretic --model BASE
+--evaluate-model EXPORT`` with the report files as its evaluation prompts (its system prompt,
+its markers, its answer length, its KL).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from peers import RESULTS, demo_dir, heretic_common, run_logged, say
+
+MODELS = ("original", "vauban_default", "vauban_optimize", "heretic")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def lines(path: Path) -> list[str]:
+    return [x for x in path.read_text().splitlines() if x.strip()]
+
+
+def model_dirs(work: Path) -> dict[str, Path]:
+    """The models that exist so far: the original and each export."""
+    found = {"original": demo_dir()}
+    for name in MODELS[1:]:
+        folder = work / "exports" / name
+        if (folder / "config.json").is_file():
+            found[name] = folder
+    return found
+
+
+def vauban_metrics(files: dict[str, Path], max_tokens: int) -> dict:
+    """vauban's yardstick, one function per metric: ``fn(base, model, tokenizer, cache) -> row``
+    (``cache`` keeps what the original gives, computed once). Each (model, metric) row is stored
+    on its own, so the stage resumes and a metric added later runs only for itself."""
+    from vauban.evaluating import Pair, answer_scores, completions
+    from vauban.optimize import first_token_logprobs, kl_divergence
+    from vauban.prompts import load_pairs
+
+    harmful, harmless = lines(files["harmful_report"]), lines(files["harmless_report"])
+
+    def refusal(base, model, tokenizer, cache):
+        answers = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=None)
+        return {"refusals": sum(a.refused for a in answers), "prompts": len(answers),
+                "max_tokens": max_tokens,
+                "judge": "vauban default (completions' default judge)",
+                "refused": [[a.prompt, a.text] for a in answers if a.refused]}
+
+    def kl(base, model, tokenizer, cache):
+        if "harmless" not in cache:
+            cache["harmless"] = first_token_logprobs(base, tokenizer, harmless)
+        cut = first_token_logprobs(model, tokenizer, harmless)
+        row = {"first_token_kl": kl_divergence(cache["harmless"], cut),
+               "first_token_kl_prompts": len(harmless)}
+        if model is not base:
+            scores = answer_scores(Pair(base, model), tokenizer, load_pairs("reference"))
+            row |= {"reference_kl": scores.kl, "reference_first_token_kl": scores.first_token_kl,
+                    "perplexity": scores.perplexity_after, "perplexity_original": scores.perplexity_before,
+                    "reference": "48 bundled reference answers, KL at each of their first 64 tokens"}
+        return row
+
+    return {"refusal": refusal, "kl": kl}
+
+
+def vauban_yardstick(files: dict[str, Path], folders: dict[str, Path], max_tokens: int, store: Path) -> None:
+    """Every missing (model, metric) row, one export loaded beside the original at a time."""
+    from vauban import load
+
+    metrics = vauban_metrics(files, max_tokens)
+    todo = {name: [m for m in metrics if not (store / f"vauban_{name}_{m}.json").is_file()]
+            for name in folders}
+    if not any(todo.values()):
+        return
+    base, tokenizer = load(str(folders["original"]))
+    cache: dict = {}
+    for name, missing in todo.items():
+        if not missing:
+            continue
+        model = base if name == "original" else load(str(folders[name]))[0]
+        for metric in missing:
+            start = time.perf_counter()
+            row = metrics[metric](base, model, tokenizer, cache)
+            row["seconds"] = round(time.perf_counter() - start, 1)
+            (store / f"vauban_{name}_{metric}.json").write_text(json.dumps(row, indent=1) + "\n")
+            say(f"vauban yardstick, {name}, {metric}: " + ", ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                if isinstance(v, (int, float)) and k != "seconds") + f" ({row['seconds']} s)")
+        del model
+
+
+def parse_heretic(text: str) -> dict:
+    """Refusals and KL divergence from the output of ``heretic --evaluate-model``."""
+    text = ANSI.sub("", text)
+    out: dict = {}
+    refusals = re.findall(r"[Rr]efusals?[^0-9\n]*(\d+)\s*/\s*(\d+)", text)
+    if refusals:
+        out["refusals"], out["prompts"] = int(refusals[-1][0]), int(refusals[-1][1])
+    kl = re.findall(r"KL divergence[^0-9\n]*([0-9]+\.[0-9]+(?:e-?[0-9]+)?)", text)
+    if kl:
+        out["kl"] = float(kl[-1])
+    return out
+
+
+def heretic_yardstick(heretic: Path, files: dict[str, Path], folders: dict[str, Path], name: str,
+                      work: Path, store: Path) -> None:
+    cmd = [str(heretic), "--model", str(folders["original"]), "--evaluate-model", str(folders[name]),
+           *heretic_common(files, "report")]
+    log = work / f"heretic_eval_{name}.log"
+    rc, seconds = run_logged(cmd, log)
+    text = log.read_text(errors="replace")
+    row = {"rc": rc, "seconds": round(seconds, 1), **parse_heretic(text), "command": cmd,
+           "output_tail": ANSI.sub("", text)[-1500:]}
+    (store / f"heretic_{name}.json").write_text(json.dumps(row, indent=1) + "\n")
+    say(f"heretic yardstick, {name}: {row.get('refusals')}/{row.get('prompts')} refusals, "
+        f"KL {row.get('kl')} ({seconds:.0f} s)")
+
+
+def evaluate_all(heretic: Path, files: dict[str, Path], work: Path, *, max_tokens: int = 64,
+                 heretic_models: tuple[str, ...] = MODELS) -> dict:
+    store = work / "eval"
+    store.mkdir(exist_ok=True)
+    folders = model_dirs(work)
+    vauban_yardstick(files, folders, max_tokens, store)
+    for name in ("heretic", "vauban_default", "vauban_optimize", "original"):  # most wanted first
+        if name in folders and name in heretic_models and not (store / f"heretic_{name}.json").is_file():
+            heretic_yardstick(heretic, files, folders, name, work, store)
+    return gather(work, store, folders)
+
+
+def gather(work: Path, store: Path, folders: dict[str, Path]) -> dict:
+    def read(path: Path) -> dict | None:
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    report = {
+        "model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32, CPU)",
+        "prompts": {"harmful_report": "100 AdvBench goals, random.Random(0).sample (searched on by no tool)",
+                    "harmless_report": "100 instructions from benchmarks/peers_harmless.py (written for "
+                                       "vauban), disjoint from those heretic measured and searched on",
+                    "reference": "the 48 bundled reference pairs (vauban's KL at every answer position)"},
+        "searches": {"vauban": read(work / "vauban_times.json"),
+                     "heretic": read(work / "heretic_search.json")},
+        "models": {name: {"path": str(folders[name]),
+                          "vauban": {p.stem.removeprefix(f"vauban_{name}_"): read(p)
+                                     for p in sorted(store.glob(f"vauban_{name}_*.json"))},
+                          "heretic": read(store / f"heretic_{name}.json")} for name in folders},
+    }
+    report["table"] = table(report)
+    print(report["table"])
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "peers_demo.json"
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    say(f"wrote {out}")
+    return report
+
+
+def table(report: dict) -> str:
+    """The README table: both yardsticks, the searches' wall times and trial counts."""
+    searches = report["searches"]
+    vauban = searches.get("vauban") or {}
+    heretic = searches.get("heretic") or {}
+    cost = {"original": "", "vauban_default": vauban.get("vauban_default", {}).get("seconds"),
+            "vauban_optimize": vauban.get("vauban_optimize", {}).get("seconds"),
+            "heretic": heretic.get("seconds")}
+    trials = {"vauban_optimize": vauban.get("vauban_optimize", {}).get("trials"),
+              "heretic": heretic.get("trials")}
+    rows = ["| model | vauban: refused /100 | vauban: first-token KL | vauban: reference KL | "
+            "heretic: refused /100 | heretic: KL | wall time (s) | trials |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, entry in report["models"].items():
+        v, h = entry.get("vauban") or {}, entry.get("heretic") or {}
+
+        def num(d: dict, key: str, fmt: str = "{:.4f}") -> str:
+            return "–" if d.get(key) is None else fmt.format(d[key])
+
+        rows.append(f"| {name} | {num(v, 'refusals', '{}')} | {num(v, 'first_token_kl')} | "
+                    f"{num(v, 'reference_kl')} | {num(h, 'refusals', '{}')} | {num(h, 'kl')} | "
+                    f"{cost.get(name) or '–'} | {trials.get(name) or '–'} |")
+    return "\n".join(rows)
