@@ -97,6 +97,10 @@ def pct(x: float, digits: int = 0) -> str:
     return f"{x * 100:.{digits}f} %"
 
 
+def seconds(x: float) -> str:
+    return f"{x:.1f} s" if x < 10 else f"{x:,.0f} s"
+
+
 def build(name: str) -> str:
     _read.clear()
     lines = TABLES[name]()
@@ -175,7 +179,7 @@ def judges() -> list[str]:
                      f"{pct(h['recall'], 1)}", pct(j["splits"]["mistralinstruct"]["accuracy"], 1),
                      pct(j["splits"]["mistralguard"]["accuracy"], 1),
                      f"{e['missed_full_refusals']} / {e['missed_partial_refusals']} / {e['false_alarms']}",
-                     f"{j['seconds']['judge_cpu']:.0f} s"])
+                     seconds(j["seconds"]["judge_cpu"])])
     return markdown(["judge", "all 900: accuracy / precision / recall", "held out (225)",
                      "Mistral-7B-Instruct answers (450)", "… with a guard prompt (450)",
                      "missed full / missed partial / false alarms", "CPU time"], rows)
