@@ -283,29 +283,27 @@ def apply_edit(
                      value_parts[0] if one else torch.cat(value_parts), fingerprint)
 
 
+def _replay(edit: Edit, *, undo: bool) -> None:
+    """Run a recorded edit forward (re-application) or backward (undo, before the fix-ups)."""
+    if edit.fused:
+        view = edit.param.data.movedim(edit.axis, -1)
+        kernels.shift_(view, edit.basis[0], edit.removed[:, 0], edit.alpha if undo else -edit.alpha)
+        return
+    work = None
+    for view, removed, factors in _parts(edit):
+        work = work or Work(view, edit.basis.dtype)
+        step = work.inverse if undo else work.forward
+        view.copy_(step(view, edit.basis, removed, factors, edit.alpha))
+
+
 def reapply_edit(edit: Edit) -> None:
     """Re-apply a cached edit to the original weights (same bits as the first application)."""
     with torch.no_grad():
-        if edit.fused:
-            view = edit.param.data.movedim(edit.axis, -1)
-            kernels.shift_(view, edit.basis[0], edit.removed[:, 0], -edit.alpha)
-            return
-        work = None
-        for view, removed, factors in _parts(edit):
-            work = work or Work(view, edit.basis.dtype)
-            view.copy_(work.forward(view, edit.basis, removed, factors, edit.alpha))
+        _replay(edit, undo=False)
 
 
 def undo_edit(edit: Edit) -> None:
+    """Restore the original weights bit for bit: the edit backward, then the recorded misses."""
     with torch.no_grad():
-        if edit.fused:
-            view = edit.param.data.movedim(edit.axis, -1)
-            kernels.shift_(view, edit.basis[0], edit.removed[:, 0], edit.alpha)
-        else:
-            work = None
-            for view, removed, factors in _parts(edit):
-                work = work or Work(view, edit.basis.dtype)
-                view.copy_(work.inverse(view, edit.basis, removed, factors, edit.alpha))
+        _replay(edit, undo=True)
         edit.param.data.view(-1)[edit.patch_index] = edit.patch_values
-
-
