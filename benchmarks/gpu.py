@@ -49,7 +49,7 @@ from vauban import arch, batching, cut, evaluating, kernels
 from vauban.activations import last_token_residuals
 from vauban.batching import left_pad
 from vauban.evaluating import completions
-from vauban.optimize import first_token_logprobs, kl_divergence
+from vauban.divergence import first_token_logprobs, kl_divergence
 from vauban.prompts import encode_chat, load_prompts, pad_id
 
 PEAK_BF16 = 790e12  # FLOP/s, the reference (8192³ bf16 matmul on an H100 here)

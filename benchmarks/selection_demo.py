@@ -34,15 +34,15 @@ import time
 from pathlib import Path
 
 from vauban import cut, load, measure
-from vauban.evaluating import completions
-from vauban.optimize import first_token_logprobs, kl_divergence
+from vauban.divergence import first_token_logprobs, kl_divergence
+from vauban.evaluating import DEFAULT_MAX_TOKENS, completions
 from vauban.prompts import bundled_records, encode_chat, load_pairs, load_prompts
 from vauban.selecting import layer_effects, layer_range, original_refusals, split
 
 HERE = Path(__file__).resolve().parent
 SHARED = next((p / "shared" / "data" for p in HERE.parents if (p / "shared" / "data").is_dir()),
               HERE.parents[1] / "shared" / "data")
-MAX_TOKENS = 64  # vauban evaluate's default answer length
+MAX_TOKENS = DEFAULT_MAX_TOKENS  # vauban evaluate's default answer length
 GPU_FILE = HERE / "results" / "gpu_h200_llama-3.1-8b.json"
 
 

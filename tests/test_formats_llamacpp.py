@@ -37,7 +37,7 @@ from vauban.generate import decode_answer, stop_token_ids  # noqa: E402
 from vauban.judge import get_judge, run_judge  # noqa: E402
 from vauban.prompts import encode_chat  # noqa: E402
 
-PROMPTS = 40  # bundled eval prompts 0-39
+PROMPTS = 20  # bundled eval prompts 0-19 (100 prompts: benchmarks/exports_demo.py)
 MAX_TOKENS = 48
 
 
@@ -70,9 +70,10 @@ def test_demo_gguf_patched_answers_like_the_float_model(demo, tmp_path):
     llm.close()
     refused_gguf = sum(v.refusal for v in run_judge(get_judge("markers"), prompts, answers))
     refused_float = sum(c.refused for c in floats)
-    assert abs(refused_gguf - refused_float) <= 1  # of 40 prompts; 100 prompts: results file
+    assert abs(refused_gguf - refused_float) <= 1  # of 20 prompts; 100 prompts: results file
     original = completions(model, tokenizer, prompts[:10], max_tokens=MAX_TOKENS, batch_size=None)
-    assert sum(c.refused for c in original) >= 5  # the cut is what changed the answers
+    # the cut is what changed the answers: the original refuses more of the same prompts
+    assert sum(c.refused for c in original) > sum(c.refused for c in floats[:10])
 
 
 @pytest.mark.parametrize(("quant", "tolerance"), [("f16", 0.08), ("q8_0", 0.25)])
