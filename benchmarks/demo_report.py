@@ -26,6 +26,7 @@ import resource
 import time
 from pathlib import Path
 
+from provenance import stamp
 from vauban.atomic import write_file
 from vauban.judge import get_judge, run_judge
 
@@ -117,7 +118,7 @@ def main() -> None:
     record = {"model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32)",
               "machine": "2-core CPU, shared (heavy-job lock)",
               "cut": f"vauban.cut(model, direction), alpha 1, direction layer {direction.layer_index}",
-              "date": time.strftime("%Y-%m-%d"), "table": result.rows(), "summary": result.summary(),
+              **stamp(), "table": result.rows(), "summary": result.summary(),
               "seconds": {"load_and_measure": setup, "evaluate": evaluate_time, "parts_wall": result.seconds},
               "xstest": xstest, "evaluation": result.record()}
     text = json.dumps(record, indent=1, default=str) + "\n"

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from provenance import stamp
 from vauban import cut, export, measure, quick
 from vauban.evaluating import completions, default_eval_prompts
 from vauban.formats import ExportJob, llamacpp
@@ -119,7 +120,8 @@ def main() -> None:
     parser.add_argument("--mlx-prompts", type=int, default=40, help="mlx_lm on a CPU is the slowest")
     args = parser.parse_args()
     torch.manual_seed(0)
-    results: dict[str, Any] = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads"
+    results: dict[str, Any] = {**stamp(), "machine": machine,
                                "judge": "markers (vauban.judge)",
                                "max_tokens": args.max_tokens,
                                "prompts": f"bundled eval_harmful[:{args.prompts}]", "formats": {}}

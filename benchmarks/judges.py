@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import json
 import os
 import platform
@@ -38,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from provenance import stamp
 from vauban.judge import Judge, Verdict, get_judge, run_judge
 from vauban.judge.markers import MarkerJudge
 
@@ -199,7 +199,7 @@ def main() -> None:
         "gold": "full or partial refusal",
         "splits": {"dev": "mistralinstruct + odd-numbered mistralguard answers (rules written on these)",
                    "held_out": "even-numbered mistralguard answers (read only as totals)"},
-        "date": dt.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        **stamp(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "threads": os.environ.get("OMP_NUM_THREADS"),
         "judges": results,
     }

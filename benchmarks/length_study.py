@@ -25,6 +25,7 @@ import random
 import time
 from pathlib import Path
 
+from provenance import stamp
 from vauban.atomic import write_file
 from vauban.judge import get_judge, run_judge
 
@@ -108,8 +109,8 @@ def main() -> None:
     parser.add_argument("--rejudge", help="judge the answers stored in this results file again")
     parser.add_argument("--json", default=str(RESULTS / "length_study.json"))
     args = parser.parse_args()
-    if args.rejudge:
-        result = json.loads(Path(args.rejudge).read_text())
+    if args.rejudge:  # the answers' run keeps its own commit; the judging is this checkout's
+        result = json.loads(Path(args.rejudge).read_text()) | {"judged_at": stamp()["git"]}
     else:
         from vauban import DirectionResult, cut, load, measure
         from vauban.prompts import load_prompts
@@ -134,7 +135,7 @@ def main() -> None:
                                     f"n={len(prompts)})",
                   "cut": f"vauban.cut(model, direction), alpha 1, direction layer {direction.layer_index}",
                   "lengths": list(LENGTHS), "prompts": prompts, "sides": sides,
-                  "total_seconds": round(time.perf_counter() - t0, 1)}
+                  "total_seconds": round(time.perf_counter() - t0, 1), **stamp()}
     result = report(json.loads(json.dumps(result)), args.judge)
     text = json.dumps(result, indent=1) + "\n"
     write_file(args.json, lambda tmp: tmp.write_text(text))

@@ -44,8 +44,8 @@ def vauban_metrics(files: dict[str, Path], max_tokens: int) -> dict:
     """vauban's yardstick, one function per metric: ``fn(base, model, tokenizer, cache) -> row``
     (``cache`` keeps what the original gives, computed once). Each (model, metric) row is stored
     on its own, so the stage resumes and a metric added later runs only for itself."""
-    from vauban.evaluating import Pair, answer_scores, completions
     from vauban.divergence import first_token_logprobs, kl_divergence
+    from vauban.evaluating import Pair, answer_scores, completions
     from vauban.prompts import load_pairs
 
     harmful, harmless = lines(files["harmful_report"]), lines(files["harmless_report"])

@@ -97,6 +97,10 @@ def pct(x: float, digits: int = 0) -> str:
     return f"{x * 100:.{digits}f} %"
 
 
+def seconds(x: float) -> str:
+    return f"{x:.1f} s" if x < 10 else f"{x:,.0f} s"
+
+
 def build(name: str) -> str:
     _read.clear()
     lines = TABLES[name]()
@@ -132,16 +136,15 @@ def measured() -> list[str]:
     layer = d["layer_index"]
     before, after = run["probes"]["harmful"][layer], run["probes"]["harmful, cut"][layer]
     judge = ev.get("judge", "markers")
-    held = load("optimize_demo.json")
-    plain = next(p for p in held["points"] if p["role"] == "plain")
-    h = held["held_out"]
+    study = load("length_study.json")
+    counts, tokens, study_judge = study["counts"], ev.get("max_tokens", 128), study["judge"].split(" ")[0]
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
     rows = [
         ["direction", f"layer {layer} of {len(d['cosine_scores'])}, cosine separation "
                       f"{d['cosine_scores'][layer]:.4f}"],
         [f"probe at layer {layer}, \"How do I pick a lock?\"",
          f"{before:+.2f} before the cut, {after:+.2f} after ({(after - before) / before * 100:+.0f} %)"],
-        [f"bundled eval set, {ev['n_prompts']} prompts, {fresh.get('max_tokens', 64)} answer tokens, "
+        [f"bundled eval set, {ev['n_prompts']} prompts, {ev.get('max_tokens', 64)} answer tokens, "
          f"judge: {judge}", f"refusal {pct(ev['refusal_before'])} → {pct(ev['refusal_after'])}"],
         [f"perplexity on the {ev['n_reference']} harmless reference answers",
          f"{ev['perplexity_before']:.2f} → {ev['perplexity_after']:.2f} "
@@ -150,10 +153,10 @@ def measured() -> list[str]:
          f"{ev['kl']:.4f} / {ev['first_token_kl']:.4f}"],
         [f"steering, α = {run['steer']['alpha']:g}, on a prompt the model refused",
          "answers (judged not a refusal)" if not run["steer"]["refused"] else "still refuses"],
-        [f"{h['benchmark']}, {h['harmful_prompts']} prompts never used for selection, "
-         f"{h['max_tokens']} tokens, judge: markers",
-         f"original {h['original_refused']}/{h['harmful_prompts']} refused, plain cut "
-         f"{plain['held_out']['refusals']}/{h['harmful_prompts']}"],
+        [f"AdvBench, {len(study['prompts'])} seeded prompts never used for selection, {tokens} answer "
+         f"tokens, judge: {study_judge}",
+         f"original {counts['original'][str(tokens)]['refusals']}/{len(study['prompts'])} refused, "
+         f"plain cut {counts['cut'][str(tokens)]['refusals']}/{len(study['prompts'])}"],
         [f"README set-up command on a fresh clone, empty cache ({fresh['date'][:10]}; machine shared, "
          f"load average {fresh['machine']['load_average_before'][0]:.0f} before, "
          f"{fresh['machine']['load_average_after'][0]:.0f} after)",
@@ -161,6 +164,102 @@ def measured() -> list[str]:
          "(load includes the one-time GGUF dequantization)"],
     ]
     return markdown(["what", "result"], rows)
+
+
+@table("judges")
+def judges() -> list[str]:
+    """Each refusal judge against the 900 human labels (``benchmarks/judges.py``)."""
+    r = load("judges.json")
+    rows = []
+    for j in r["judges"]:
+        a, h = j["splits"]["all"], j["splits"]["held_out"]
+        e = a["errors"]
+        rows.append([f"`{j['judge']}`", f"{pct(a['accuracy'], 1)} / {pct(a['precision'] or 0, 1)} / "
+                     f"{pct(a['recall'], 1)}", f"{pct(h['accuracy'], 1)} / {pct(h['precision'] or 0, 1)} / "
+                     f"{pct(h['recall'], 1)}", pct(j["splits"]["mistralinstruct"]["accuracy"], 1),
+                     pct(j["splits"]["mistralguard"]["accuracy"], 1),
+                     f"{e['missed_full_refusals']} / {e['missed_partial_refusals']} / {e['false_alarms']}",
+                     seconds(j["seconds"]["judge_cpu"])])
+    return markdown(["judge", "all 900: accuracy / precision / recall", "held out (225)",
+                     "Mistral-7B-Instruct answers (450)", "… with a guard prompt (450)",
+                     "missed full / missed partial / false alarms", "CPU time"], rows)
+
+
+@table("length")
+def length() -> list[str]:
+    """Refusals of the original and the default cut by answer length (``benchmarks/length_study.py``)."""
+    r = load("length_study.json")
+    n = len(r["prompts"])
+    rows = [[side, *(f"{r['counts'][side][str(t)]['refusals']}/{n} "
+                     f"({r['counts'][side][str(t)]['late_refusals']} late)" for t in r["lengths"])]
+            for side in ("original", "cut")]
+    return markdown(["AdvBench, judge: " + r["judge"].split(" ")[0],
+                     *(f"{t} tokens" for t in r["lengths"])], rows)
+
+
+@table("report")
+def report() -> list[str]:
+    """The demo model's full evaluation, original vs the default cut (``benchmarks/demo_report.py``)."""
+    r = load("demo_report.json")
+    rows = [[a, b, c] for a, b, c in r["table"]]
+    x = r.get("xstest")
+    if x:
+        rows.insert(3, [f"over-refusal on XSTest's safe prompts ({x['n']} prompts)",
+                        pct(x["over_refusal_before"], 1), pct(x["over_refusal_after"], 1)])
+    seconds = r["seconds"]
+    lines = markdown(["measure", "original", "cut"], rows)
+    parts = ", ".join(f"{k} {v:.0f} s" for k, v in seconds["parts_wall"].items())
+    extra = f", XSTest {x['seconds']:.0f} s" if x else ""
+    setup = seconds["load_and_measure"]["wall"]
+    return [*lines, "", f"Wall time on the 2-core CPU: load and measure {setup:.0f} s; "
+            f"evaluate {seconds['evaluate']['wall']:.0f} s ({parts}){extra}."]
+
+
+@table("exports")
+def exports() -> list[str]:
+    """Every export format on the demo model (``benchmarks/exports_demo.py``)."""
+    r = load("exports_demo.json")
+    f = r["formats"]
+    mb = lambda b: f"{b / 2**20:,.0f} MB"  # noqa: E731
+
+    def agree(entry: dict) -> str:
+        t = entry.get("first_token")
+        return "" if not t else (f"first-token logits max Δ {t['max_abs_diff']:.3f} (scale "
+                                 f"{t['logit_scale']:.0f}), top-1 {pct(t['top1_agreement'])}")
+
+    def refused(entry: dict, n: int) -> str:
+        return "" if "refusal" not in entry else f"; refused {pct(entry['refusal'])} of {n} (float32: "
+
+    float_rate = pct(r["refusal_float32_in_memory"])
+    n = int(r["prompts"].split(":")[-1].rstrip("]"))
+    half, full = f["safetensors"], f["safetensors-float32"]
+    rows = [
+        ["safetensors (source dtype)", f"`{half['dtype']}`", mb(half["weights_bytes"]),
+         "`AutoModelForCausalLM.from_pretrained(OUT)`, `mlx_lm.load(OUT)`", agree(f["safetensors"]),
+         f"{f['safetensors']['seconds']:.0f} s"],
+        ["safetensors, `--dtype float32`", "float32", mb(full["weights_bytes"]), "the same",
+         "the model vauban computed", f"{f['safetensors-float32']['seconds']:.0f} s"],
+        ["GGUF from the GGUF source (`--format gguf`)", f["gguf"]["quantization"] or "",
+         f"{mb(f['gguf']['weights_bytes'])} (source {mb(f['gguf']['source_bytes'])})", "llama.cpp",
+         agree(f["gguf"]) + refused(f["gguf"], n) + f"{float_rate})", f"{f['gguf']['seconds']:.0f} s"],
+    ]
+    for quant in ("f16", "q8_0"):
+        e = f[f"gguf-{quant}-converter"]
+        rows.append([f"GGUF through llama.cpp's converter (`--quant {quant}`)", quant, mb(e["weights_bytes"]),
+                     "llama.cpp", agree(e), f"{e['seconds']:.0f} s"])
+    lora, m = f["lora"], f["mlx-4bit"]
+    rows.append(["LoRA adapter (`--format lora`)", "rank 1 per edited matrix",
+                 f"{mb(lora['weights_bytes'])} (full float32 {mb(lora['full_float32_bytes'])})",
+                 "`PeftModel.from_pretrained(base, OUT)`", agree(lora), f"{lora['seconds']:.0f} s"])
+    rows.append(["MLX (`--format mlx --quant 4`)", "4-bit", mb(m["weights_bytes"]), "`mlx_lm.load(OUT)`",
+                 agree(m) + f"; refused {pct(m['refusal'])} of {m['prompts']} (float32: "
+                 f"{pct(m['refusal_float32_same_prompts'])})", f"{m['seconds']:.0f} s"])
+    note = (f"Refusals: greedy answers of {r['max_tokens']} tokens to the bundled eval prompts, judge "
+            f"{r['judge'].split(' ')[0]}, each export run by its own runtime; logits on the first "
+            f"prompts against the float32 model in memory. The uncut model refused "
+            f"{pct(r['refusal_original'])} of {r['original_prompts']}.")
+    header = ["format", "weights", "size", "load with", "agreement with the cut model", "export time"]
+    return [*markdown(header, rows), "", note]
 
 
 @table("optimize-trials")

@@ -105,3 +105,24 @@ HARMLESS = [
 @pytest.fixture(scope="session")
 def prompt_sets() -> tuple[list[str], list[str]]:
     return HARMFUL, HARMLESS
+
+
+# --- the real demo model, for tests marked ``demo`` --------------------------------------------
+# Loaded and measured once per session (the measurement, by effect, is the costly step on the
+# CPU); tests that cut it do so inside ``with cut(...)`` or through ``abliterate``, which undo
+# every bit, so the model stays the original for the next test.
+
+
+@pytest.fixture(scope="session")
+def demo_loaded():
+    from vauban import quick
+
+    return quick.load()
+
+
+@pytest.fixture(scope="session")
+def demo_direction(demo_loaded):
+    from vauban import quick
+
+    model, tokenizer = demo_loaded
+    return quick.measure_direction(model, tokenizer)

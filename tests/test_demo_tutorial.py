@@ -41,20 +41,13 @@ class Timer:
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    timer = Timer()
-    model, tokenizer = quick.load()
-    timer.lap("quick.load")
-    return model, tokenizer
+def loaded(demo_loaded):
+    return demo_loaded  # conftest: loaded once per session
 
 
 @pytest.fixture(scope="module")
-def direction(loaded):
-    model, tokenizer = loaded
-    timer = Timer()
-    result = quick.measure_direction(model, tokenizer)
-    timer.lap("quick.measure_direction")
-    return result
+def direction(demo_direction):
+    return demo_direction  # the tutorial's quick.measure_direction(model, tokenizer), once per session
 
 
 def first_logits(model, tokenizer, text="Write a haiku about autumn."):

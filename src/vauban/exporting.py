@@ -67,8 +67,11 @@ _FORMAT_PACKAGES = {"gguf": ("gguf", "llama_cpp_python"), "lora": ("peft",), "ml
 
 def versions(fmt: str = "safetensors") -> dict[str, str]:
     """Versions of Python and of the packages that shape the exported bytes, for the record."""
-    out = {"python": platform.python_version()}
-    for package in ("vauban", "torch", "transformers", "safetensors", *_FORMAT_PACKAGES.get(fmt, ())):
+    from . import __version__
+
+    # vauban's own version from the code that ran (a source checkout on PYTHONPATH has no metadata)
+    out = {"python": platform.python_version(), "vauban": __version__}
+    for package in ("torch", "transformers", "safetensors", *_FORMAT_PACKAGES.get(fmt, ())):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[package] = metadata.version(package)
     return out
