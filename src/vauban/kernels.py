@@ -196,7 +196,9 @@ def _apply_kernel(triton: Any, tl: Any) -> Any:
             first_bits = tl.sum(tl.where(corner, bits.to(tl.int32), 0)).to(tl.int16)
             base = tile.to(tl.int64) * SLOTS
             fits = count <= SLOTS
-            unused = (slot >= count) | (count > SLOTS)
+            # every slot is unused when the tile overflows (a tensor comparison: Triton 3.9's
+            # interpreter rejects a mask or-ed with a scalar)
+            unused = slot >= tl.where(count > SLOTS, 0, count)
             tl.store(idx_ptr + base + slot, tl.zeros((SLOTS,), tl.int32) + first, mask=unused)
             tl.store(bits_ptr + base + slot, tl.zeros((SLOTS,), tl.int16) + first_bits, mask=unused)
             if fits:
