@@ -16,7 +16,7 @@ wheel, sdist = sys.argv[1:]
 names = zipfile.ZipFile(wheel).namelist()
 data = sorted(n for n in names if n.startswith("vauban/data/"))
 assert data, f"no package data in {wheel}"
-assert "vauban/cli.py" in names and not any(n.startswith(("tests/", "benchmarks/")) for n in names), names
+assert "vauban/cli/__init__.py" in names and not any(n.startswith(("tests/", "benchmarks/")) for n in names), names
 members = tarfile.open(sdist).getnames()
 assert any(m.endswith("/src/vauban/data/harmful.jsonl") for m in members), "sdist lacks the prompt data"
 print(f"wheel: {len(names)} files, data: {', '.join(n.split('/')[-1] for n in data)}; sdist: {len(members)}")

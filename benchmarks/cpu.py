@@ -35,7 +35,7 @@ import torch
 
 import vauban
 from vauban.activations import last_token_residuals
-from vauban.cutting import _compute_dtype
+from vauban.editing import compute_dtype as _compute_dtype
 from vauban.evaluating import Pair, answer_scores, default_eval_prompts
 from vauban.exporting import export
 from vauban.generate import generate

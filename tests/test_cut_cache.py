@@ -46,6 +46,6 @@ def test_reapply_unchanged_uses_the_cached_edit(tiny, monkeypatch):
     c.undo()
     from vauban import cutting
 
-    monkeypatch.setattr(cutting, "_apply_edit", lambda *a, **k: pytest.fail("recomputed an unchanged edit"))
+    monkeypatch.setattr(cutting, "apply_edit", lambda *a, **k: pytest.fail("recomputed an unchanged edit"))
     c.apply()
     assert _same_bits(_state(model), first)

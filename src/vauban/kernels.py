@@ -74,9 +74,15 @@ def supported(param: torch.Tensor) -> bool:
 
 @functools.cache
 def _kernels() -> Any:
-    """Compile-on-first-use, so importing vauban never needs Triton."""
+    """Compile-on-first-use, so importing vauban never needs Triton: ``(removed, shift, apply)``."""
     import triton
     import triton.language as tl
+
+    return _removed_kernel(triton, tl), _shift_kernel(triton, tl), _apply_kernel(triton, tl)
+
+
+def _removed_kernel(triton: Any, tl: Any) -> Any:
+    """``r = vᵀW`` in partial sums along the residual axis (see :func:`removed`)."""
 
     @triton.jit
     def removed_kernel(w_ptr, v_ptr, part_ptr, n, d, s_n, s_d, PER_SPLIT: tl.constexpr,
@@ -93,6 +99,13 @@ def _kernels() -> Any:
             v = tl.load(v_ptr + cols, mask=cols < end, other=0.0)
             acc += tl.sum(w.to(tl.float32) * v[None, :], axis=1)
         tl.store(part_ptr + split * n + rows, acc, mask=rows < n)
+
+    return removed_kernel
+
+
+def _shift_kernel(triton: Any, tl: Any) -> Any:
+    """``W += s·r⊗v`` tile by tile, optionally recording the misses of its replayed undo
+    (see :func:`shift_` and :func:`_track`)."""
 
     @triton.jit
     def shift_kernel(w_ptr, r_ptr, v_ptr, n, d, s_n, s_d, scale, back,
@@ -131,6 +144,13 @@ def _kernels() -> Any:
             new = tl.fma(tl.broadcast_to((r * scale)[:, None], (BLOCK_N, BLOCK_D)), vv,
                          w.to(tl.float32)).to(w.dtype)
             tl.store(w_ptr + offs, new, mask=inside)
+
+    return shift_kernel
+
+
+def _apply_kernel(triton: Any, tl: Any) -> Any:
+    """The first application: ``r`` and the update of one block of rows, its misses in per-tile
+    record slots (see :func:`apply_many`)."""
 
     @triton.jit
     def apply_kernel(w_ptr, v_ptr, r_ptr, n, s_n, s_d, scale, back, idx_ptr, bits_ptr, done_ptr,
@@ -176,7 +196,9 @@ def _kernels() -> Any:
             first_bits = tl.sum(tl.where(corner, bits.to(tl.int32), 0)).to(tl.int16)
             base = tile.to(tl.int64) * SLOTS
             fits = count <= SLOTS
-            unused = (slot >= count) | (count > SLOTS)
+            # every slot is unused when the tile overflows (a tensor comparison: Triton 3.9's
+            # interpreter rejects a mask or-ed with a scalar)
+            unused = slot >= tl.where(count > SLOTS, 0, count)
             tl.store(idx_ptr + base + slot, tl.zeros((SLOTS,), tl.int32) + first, mask=unused)
             tl.store(bits_ptr + base + slot, tl.zeros((SLOTS,), tl.int16) + first_bits, mask=unused)
             if fits:
@@ -198,7 +220,7 @@ def _kernels() -> Any:
             else:
                 tl.atomic_add(overflow_ptr, 1)
 
-    return removed_kernel, shift_kernel, apply_kernel
+    return apply_kernel
 
 
 def _on_view_device(fn: Any) -> Any:

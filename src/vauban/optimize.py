@@ -67,16 +67,13 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .atomic import write_file
 from .batching import duration
-from .cutting import Cut, LayerKernel, LayerWeights, cut
 from .divergence import DAMAGES, damage_rows, mean_kl, reference_logprobs
 from .divergence import first_token_logprobs as first_token_logprobs  # re-exported (benchmarks, tests)
 from .errors import VaubanError
@@ -84,208 +81,18 @@ from .evaluating import DEFAULT_MAX_TOKENS, completions
 from .extras import require
 from .formatting import Formatting, formatting_for
 from .judge import Judge, get_judge
-from .measuring import direction_at
 from .prompts import Prompts, bundled_records, load_prompts
 from .reasoning import thinking_prefix
 from .refine import likelihood_batches, refine
 from .results import DirectionResult, check_int
+from .trials import CutParams as CutParams  # re-exported: the results of a search live in vauban.trials
+from .trials import OptimizeResult as OptimizeResult
+from .trials import Trial as Trial
+from .trials import candidates as candidates
+from .trials import pareto_mask as pareto_mask
+from .trials import plain_trial_params as plain_trial_params
 
 STUDY_NAME = "vauban"
-
-
-@dataclass(frozen=True)
-class CutParams:
-    """One point of the search space: everything needed to redo the cut. ``attention`` and
-    ``mlp`` are kernels, or one weight per layer for a refined trial (:mod:`vauban.refine`)."""
-
-    direction_index: float
-    attention: LayerWeights
-    mlp: LayerWeights
-    projected: bool = False
-    norm_preserving: bool = False
-
-    @classmethod
-    def from_trial(cls, params: dict[str, Any], fixed: dict[str, bool],
-                   weights: dict[str, list[float]] | None = None) -> CutParams:
-        """From an Optuna trial's parameters (kernel minimum stored as a fraction of the peak);
-        ``weights`` (a refined trial's per-layer weights, kept in its user attributes) replace
-        the kernels."""
-
-        def kernel(kind: str) -> LayerKernel:
-            top = float(params[f"{kind}_max_weight"])
-            return LayerKernel(peak=float(params[f"{kind}_peak"]), max_weight=top,
-                               min_weight=top * float(params[f"{kind}_min_fraction"]),
-                               width=float(params[f"{kind}_width"]))
-
-        flags = {k: bool(params.get(k, fixed.get(k, False))) for k in ("projected", "norm_preserving")}
-        if weights:
-            return cls(float(params["direction_index"]), tuple(weights["attention"]), tuple(weights["mlp"]),
-                       **flags)
-        return cls(float(params["direction_index"]), kernel("attention"), kernel("mlp"), **flags)
-
-    @property
-    def refined(self) -> bool:
-        return not isinstance(self.attention, LayerKernel)
-
-    def vector(self, direction: DirectionResult) -> torch.Tensor:
-        """The unit direction this cut removes."""
-        return direction_at(direction, self.direction_index, projected=self.projected)
-
-    def apply(self, model: nn.Module, direction: DirectionResult) -> Cut:
-        """Apply this cut to ``model`` (an applied :class:`~vauban.cutting.Cut`)."""
-        return cut(model, self.vector(direction), attention=self.attention, mlp=self.mlp,
-                   norm_preserving=self.norm_preserving)
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "direction_index": self.direction_index,
-            "attention": _weights_record(self.attention),
-            "mlp": _weights_record(self.mlp),
-            "projected": self.projected,
-            "norm_preserving": self.norm_preserving,
-        }
-
-
-def _weights_record(spec: LayerWeights) -> dict[str, float] | list[float]:
-    return vars(spec) if isinstance(spec, LayerKernel) else [round(float(w), 6) for w in spec]
-
-
-def plain_trial_params(direction: DirectionResult, fixed: dict[str, bool]) -> dict[str, Any]:
-    """The Optuna parameters of the plain cut: the measured layer, weight 1 on every writer."""
-    span = direction.num_layers - 1
-    params: dict[str, Any] = {"direction_index": float(direction.layer_index)}
-    for kind in ("attention", "mlp"):
-        params |= {f"{kind}_max_weight": 1.0, f"{kind}_peak": float(span),
-                   f"{kind}_min_fraction": 1.0, f"{kind}_width": float(max(span, 1))}
-    return params | {k: False for k in ("projected", "norm_preserving") if k not in fixed}
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One finished trial: its number in the study, its objectives, and its cut."""
-
-    number: int
-    refusal: float
-    kl: float
-    seconds: float
-    params: CutParams
-    likelihood: float = 0.0  # mean probability of opening with the original's refusal
-    pareto: bool = False
-    plain: bool = False  # the plain cut every study starts with
-    selection_refusal: float | None = None  # refusal on the selection prompts, when checked
-
-    def record(self) -> dict[str, Any]:
-        return {"number": self.number, "refusal": self.refusal, "kl": self.kl,
-                "refusal_likelihood": self.likelihood, "seconds": self.seconds,
-                "pareto": self.pareto, "plain": self.plain, "selection_refusal": self.selection_refusal,
-                "cut": self.params.record()}
-
-
-@dataclass(frozen=True)
-class OptimizeResult:
-    """Every finished trial in order, the Pareto front among them, and how they were made."""
-
-    trials: tuple[Trial, ...]
-    n_prompts: int
-    n_harmless: int
-    seed: int
-    n_selection: int = 0
-    study: str | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def pareto(self) -> tuple[Trial, ...]:
-        """Trials no other trial beats on refusal, KL and refusal likelihood at once, fewest
-        refusals first, then lowest KL."""
-        return tuple(sorted((t for t in self.trials if t.pareto), key=lambda t: (t.refusal, t.kl)))
-
-    @property
-    def best(self) -> Trial:
-        """The recommended cut: the lowest-KL trial no weaker than the plain cut on the search
-        prompts (no more refusals, no higher refusal likelihood) that, where checked, refuses no
-        more than it on the selection prompts; the plain cut when none does (any trial can
-        still be exported)."""
-        plain = self.plain
-        if plain is None:  # a study started elsewhere: fewest refusals, then least damage
-            return min(self.trials, key=lambda t: (t.refusal, t.kl, t.number))
-        checked = plain.selection_refusal is not None
-
-        def admissible(t: Trial) -> bool:
-            if not _no_weaker(t, plain):
-                return False
-            if not checked:
-                return True
-            return t.selection_refusal is not None and t.selection_refusal <= plain.selection_refusal
-
-        return min(filter(admissible, self.trials), key=lambda t: (t.kl, t.number))
-
-    @property
-    def plain(self) -> Trial | None:
-        """The plain-cut trial, when the study has finished it."""
-        return next((t for t in self.trials if t.plain), None)
-
-    @property
-    def seconds_per_trial(self) -> float:
-        return sum(t.seconds for t in self.trials) / max(len(self.trials), 1)
-
-    def trial(self, number: int) -> Trial:
-        for t in self.trials:
-            if t.number == number:
-                return t
-        raise VaubanError(f"no finished trial {number} in this study; trials: "
-                          f"{[t.number for t in self.trials]}")
-
-    def rows(self) -> tuple[list[str], list[list[str]]]:
-        """Column names and one row of text per Pareto point, plus the plain cut and the pick
-        when they are not on the front (the pick is starred)."""
-        best = self.best
-        shown = dict.fromkeys([*self.pareto, *(t for t in (self.plain, best) if t is not None)])
-        damage = self.settings.get("damage")
-        kl_name = f"{damage['kl_tokens']}-token KL" if damage else "first-token KL"
-        columns = ["trial", "refusal", kl_name, "p(refusal)", "selection refusal", "direction",
-                   "attention kernel", "MLP kernel", "projected", "norm-preserving"]
-        rows = [[f"{t.number}{' (plain)' if t.plain else ''}{' *' if t is best else ''}",
-                 f"{t.refusal:.1%}", f"{t.kl:.4f}", f"{t.likelihood:.1e}",
-                 "-" if t.selection_refusal is None else f"{t.selection_refusal:.1%}",
-                 f"{t.params.direction_index:.2f}", _kernel_text(t.params.attention),
-                 _kernel_text(t.params.mlp), "yes" if t.params.projected else "no",
-                 "yes" if t.params.norm_preserving else "no"] for t in shown]
-        return columns, rows
-
-    def table(self) -> str:
-        """:meth:`rows` as aligned plain text."""
-        columns, rows = self.rows()
-        widths = [max(len(r[i]) for r in [columns, *rows]) for i in range(len(columns))]
-        return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                         for r in [columns, *rows])
-
-    def summary(self) -> str:
-        b = self.best
-        checked = "" if b.selection_refusal is None else f", selection refusal={b.selection_refusal:.1%}"
-        return (
-            f"OptimizeResult: trials={len(self.trials)}, pareto={len(self.pareto)}, best trial={b.number} "
-            f"(refusal={b.refusal * 100:.1f}%, kl={b.kl:.4f}{checked}), "
-            f"{self.seconds_per_trial:.1f} s/trial, prompts={self.n_prompts}"
-        )
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed, "study": self.study, "n_prompts": self.n_prompts,
-            "n_harmless": self.n_harmless, "n_selection": self.n_selection, "settings": self.settings,
-            "seconds_per_trial": self.seconds_per_trial, "best": self.best.number,
-            "pareto": [t.number for t in self.pareto], "trials": [t.record() for t in self.trials],
-        }
-
-    def save_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`record` as JSON, atomically."""
-        text = json.dumps(self.record(), indent=2) + "\n"
-        return write_file(path, lambda tmp: tmp.write_text(text))
-
-
-def _kernel_text(k: LayerWeights) -> str:
-    if not isinstance(k, LayerKernel):
-        return f"per layer {min(k):.2f}..{max(k):.2f}"
-    return f"peak {k.peak:.1f} w {k.max_weight:.2f}→{k.min_weight:.2f} ±{k.width:.1f}"
 
 
 @torch.inference_mode()
@@ -319,20 +126,6 @@ def default_selection_prompts() -> list[str]:
     """Bundled eval prompts 60-99: disjoint from the search prompts and from what
     :func:`vauban.evaluating.evaluate` reports on."""
     return [r["prompt"] for r in bundled_records("eval_harmful")[60:100]]
-
-
-def _no_weaker(t: Trial, plain: Trial) -> bool:
-    return t.refusal <= plain.refusal and t.likelihood <= plain.likelihood
-
-
-def candidates(result: OptimizeResult) -> list[Trial]:
-    """Trials that beat the plain cut on the search prompts (no weaker, lower KL),
-    lowest KL first: the order in which the pick is checked on the selection prompts."""
-    plain = result.plain
-    if plain is None:
-        return []
-    better = (t for t in result.trials if not t.plain and _no_weaker(t, plain) and t.kl < plain.kl)
-    return sorted(better, key=lambda t: (t.kl, t.number))
 
 
 def _suggest(trial: Any, num_layers: int, measured: int, fixed: dict[str, bool]) -> CutParams:
@@ -385,15 +178,6 @@ def _load_study(optuna: Any, storage: str | None, seed: int, settings: dict[str,
 
 def _finished(optuna: Any, study: Any) -> list[Any]:
     return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-
-
-def pareto_mask(points: Sequence[Sequence[float]]) -> list[bool]:
-    """Which points no other point dominates (no worse on every objective, better on one; all
-    minimized). Equal points do not dominate each other."""
-    def dominates(b: Sequence[float], a: Sequence[float]) -> bool:
-        return all(x <= y for x, y in zip(b, a, strict=True)) and tuple(b) != tuple(a)
-
-    return [not any(dominates(b, a) for b in points) for a in points]
 
 
 def _result(optuna: Any, the_study: Any, fixed: dict[str, bool], selection: dict[str, float],
@@ -456,10 +240,45 @@ def optimize(
     their replies, and their refusals are teacher-forced after their thoughts.
     """
     optuna = require("optuna", "optimize", "optimize")
-    for name, value, low in (("n_trials", n_trials, 1), ("check", check, 0), ("max_tokens", max_tokens, 1),
-                             ("selection_tokens", selection_tokens, 1), ("refine_steps", refine_steps, 0),
-                             ("kl_tokens", kl_tokens, 1)):
-        check_int(name, value, low)
+    _check_arguments(direction, damage, timeout, n_trials=n_trials, check=check, max_tokens=max_tokens,
+                     selection_tokens=selection_tokens, refine_steps=refine_steps, kl_tokens=kl_tokens)
+    judge = get_judge(judge)
+    harmful, neutral, checking = _prompt_sets(prompts, harmless, selection, check)
+    fixed = {k: bool(v) for k, v in (("projected", projected), ("norm_preserving", norm_preserving))
+             if v is not None}
+    fmt = formatting_for(direction, formatting)
+    settings = _study_settings(direction, fixed, harmful, neutral, max_tokens, judge, damage, kl_tokens, fmt)
+    plain = plain_trial_params(direction, fixed)
+    storage, the_study = _open_study(optuna, study, seed, settings, plain)
+    todo = n_trials - len(_finished(optuna, the_study))
+    say = log if log is not None else (lambda line: print(line, flush=True)) if show_progress else None
+    refining = _refining(optuna, the_study, refine_steps, fixed)
+    scores = _Scores(model, tokenizer, direction, harmful, judge, fmt, max_tokens, batch_size)
+    if todo > 0 or refining:
+        scores.prepare(neutral, damage, kl_tokens)
+    info = {"n_prompts": len(harmful), "n_harmless": len(neutral), "seed": seed, "study": storage,
+            "settings": settings, "n_selection": len(checking) if check else 0}
+    search = _Search(optuna, scores, fixed, plain, info, say, n_trials, todo)
+    search.run(the_study, timeout)
+    _say_why_no_refinement(refine_steps, fixed, say)
+    if refining:
+        _add_refined(optuna, the_study, plain, lambda: refine(
+            model, tokenizer, CutParams.from_trial(plain, fixed).vector(direction), scores.rows, scores.base,
+            scores.refused, steps=refine_steps, batch_size=batch_size, log=say, formatting=fmt),
+            scores, fixed, say)
+    checked = _stored_checks(the_study, checking, selection_tokens) if check else {}
+    result = _result(optuna, the_study, fixed, checked, **info)
+    if not check or result.plain is None:
+        return result
+    return _check_pick(the_study, result, scores, checking, selection_tokens, check, checked, say,
+                       lambda: _result(optuna, the_study, fixed, checked, **info))
+
+
+def _check_arguments(direction: DirectionResult, damage: str, timeout: float | None, **counts: int) -> None:
+    """:func:`optimize`'s arguments, before any work (``counts``: whole numbers and their least)."""
+    least = {"check": 0, "refine_steps": 0}
+    for name, value in counts.items():
+        check_int(name, value, least.get(name, 1))
     if damage not in DAMAGES:
         raise VaubanError(f"damage must be one of {', '.join(DAMAGES)}, got {damage!r}")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
@@ -467,7 +286,12 @@ def optimize(
         raise VaubanError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if direction.harmful_means is None:
         raise VaubanError("optimize needs a DirectionResult with per-layer means; measure it again")
-    judge = get_judge(judge)
+
+
+def _prompt_sets(prompts: Prompts | None, harmless: Prompts | None, selection: Prompts | None,
+                 check: int) -> tuple[list[str], list[str], list[str]]:
+    """The search's harmful and harmless prompts and the selection prompts (bundled by default);
+    warns when the check would run on prompts the search has seen."""
     harmful = default_validation_prompts() if prompts is None else load_prompts(prompts)
     neutral = (default_harmless_prompts() if harmless is None
                else load_prompts(harmless, what="harmless prompts"))
@@ -475,113 +299,166 @@ def optimize(
     shared = len(set(harmful) & set(checking))
     if check and shared:
         warnings.warn(f"{shared} selection prompts are also search prompts: the check of the pick is "
-                      "only as good as the prompts it has not seen; give disjoint sets", stacklevel=2)
-    fixed = {k: bool(v) for k, v in (("projected", projected), ("norm_preserving", norm_preserving))
-             if v is not None}
+                      "only as good as the prompts it has not seen; give disjoint sets", stacklevel=3)
+    return harmful, neutral, checking
+
+
+def _study_settings(direction: DirectionResult, fixed: dict[str, bool], harmful: Sequence[str],
+                    neutral: Sequence[str], max_tokens: int, judge: Judge, damage: str, kl_tokens: int,
+                    fmt: Formatting | None) -> dict[str, Any]:
+    """What a resumed study must have been made with (stored in the study)."""
     settings = {"direction_layer": direction.layer_index, "num_layers": direction.num_layers,
                 "model": direction.model_path, "fixed": fixed, "prompts": len(harmful),
                 "harmless": len(neutral), "max_tokens": max_tokens, "judge": judge.spec,
                 "objectives": ["refusal", "kl", "refusal_likelihood"]}
     if damage != "first_token":  # absent for first-token KL, so studies made before this option resume
         settings["damage"] = {"kind": damage, "kl_tokens": kl_tokens}
-    fmt = formatting_for(direction, formatting)
     if fmt is not None and fmt != Formatting(thinking_tokens=fmt.thinking_tokens):
         settings["formatting"] = fmt.record()  # recorded only when it says more than the defaults
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = _storage(study)
-    the_study = _load_study(optuna, storage, seed, settings)
-    plain = plain_trial_params(direction, fixed)
-    pending = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)
-    if not the_study.get_trials(deepcopy=False, states=pending):
-        the_study.enqueue_trial(plain)
-    todo = n_trials - len(_finished(optuna, the_study))
-    say = log if log is not None else (lambda line: print(line, flush=True)) if show_progress else None
-    # the plain cut is refined once per study; a norm-preserving one cannot be (see vauban.refine)
-    refining = (refine_steps > 0 and not fixed.get("norm_preserving")
-                and not any(t.user_attrs.get("weights") for t in _finished(optuna, the_study)))
-    base = refused = rows = None
-    if todo > 0 or refining:
-        rows = damage_rows(model, tokenizer, neutral, damage, kl_tokens, batch_size, fmt)
-        base = reference_logprobs(model, tokenizer, rows, batch_size)
-        originals = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
-                                judge=judge, formatting=fmt, prompt_set="validation")
-        refused = [(c.prompt, c.text, thinking_prefix(tokenizer, c.thinking or "", fmt))
-                   for c in originals if c.refused]
-    info = {"n_prompts": len(harmful), "n_harmless": len(neutral), "seed": seed, "study": storage,
-            "settings": settings, "n_selection": len(checking) if check else 0}
-    started = time.perf_counter()
-    done = 0
+    return settings
 
-    def scores(params: CutParams) -> tuple[float, float, float]:
+
+class _Scores:
+    """The three objectives of a cut (refusal, KL, refusal likelihood) on one model, edited and
+    undone; :meth:`prepare` computes the original's references first."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, direction: DirectionResult, harmful: list[str],
+                 judge: Judge, fmt: Formatting | None, max_tokens: int, batch_size: int | None) -> None:
+        self.model, self.tokenizer, self.direction, self.harmful = model, tokenizer, direction, harmful
+        self.judge, self.fmt, self.max_tokens, self.batch_size = judge, fmt, max_tokens, batch_size
+        self.rows: Any = None
+        self.base: Any = None
+        self.refused: Any = None
+
+    def prepare(self, neutral: list[str], damage: str, kl_tokens: int) -> None:
+        """The original's distributions on the harmless rows and its refusals of the search prompts."""
+        model, tokenizer, fmt = self.model, self.tokenizer, self.fmt
+        self.rows = damage_rows(model, tokenizer, neutral, damage, kl_tokens, self.batch_size, fmt)
+        self.base = reference_logprobs(model, tokenizer, self.rows, self.batch_size)
+        originals = completions(model, tokenizer, self.harmful, max_tokens=self.max_tokens,
+                                batch_size=self.batch_size, judge=self.judge, formatting=fmt,
+                                prompt_set="validation")
+        self.refused = [(c.prompt, c.text, thinking_prefix(tokenizer, c.thinking or "", fmt))
+                        for c in originals if c.refused]
+
+    def __call__(self, params: CutParams) -> tuple[float, float, float]:
         """The three objectives of one cut: refusal, KL, refusal likelihood."""
-        with params.apply(model, direction):
-            answers = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
-                                  judge=judge, formatting=fmt, prompt_set="validation")
-            kl = mean_kl(model, tokenizer, rows, base, batch_size)
-            likelihood = refusal_likelihood(model, tokenizer, refused, batch_size=batch_size, formatting=fmt)
+        model, tokenizer, batch_size, fmt = self.model, self.tokenizer, self.batch_size, self.fmt
+        with params.apply(model, self.direction):
+            answers = completions(model, tokenizer, self.harmful, max_tokens=self.max_tokens,
+                                  batch_size=batch_size, judge=self.judge, formatting=fmt,
+                                  prompt_set="validation")
+            kl = mean_kl(model, tokenizer, self.rows, self.base, batch_size)
+            likelihood = refusal_likelihood(model, tokenizer, self.refused, batch_size=batch_size,
+                                            formatting=fmt)
         return sum(c.refused for c in answers) / len(answers), kl, likelihood
 
-    def objective(trial: Any) -> tuple[float, float, float]:
-        nonlocal done
+    def selection_refusal(self, params: CutParams, prompts: list[str], max_tokens: int) -> float:
+        """The cut's refusal rate on the selection prompts, at ``max_tokens`` tokens."""
+        with params.apply(self.model, self.direction):
+            answers = completions(self.model, self.tokenizer, prompts, max_tokens=max_tokens,
+                                  batch_size=self.batch_size, judge=self.judge, formatting=self.fmt,
+                                  prompt_set="selection")
+        return sum(c.refused for c in answers) / len(answers)
+
+
+class _Search:
+    """The trials of one run: the objective Optuna calls, one progress line after each, and the
+    time budget (counted from this object's creation, after the references are computed)."""
+
+    def __init__(self, optuna: Any, scores: _Scores, fixed: dict[str, bool], plain: dict[str, Any],
+                 info: dict[str, Any], say: Callable[[str], None] | None, n_trials: int, todo: int) -> None:
+        self.optuna, self.scores, self.fixed, self.plain, self.info = optuna, scores, fixed, plain, info
+        self.say, self.n_trials, self.todo = say, n_trials, todo
+        self.started = time.perf_counter()
+        self.done = 0
+
+    def objective(self, trial: Any) -> tuple[float, float, float]:
+        direction = self.scores.direction
         t0 = time.perf_counter()
-        values = scores(_suggest(trial, direction.num_layers, direction.layer_index, fixed))
+        values = self.scores(_suggest(trial, direction.num_layers, direction.layer_index, self.fixed))
         trial.set_user_attr("seconds", time.perf_counter() - t0)
-        trial.set_user_attr("plain", trial.params == plain)
-        done += 1
+        trial.set_user_attr("plain", trial.params == self.plain)
+        self.done += 1
         return values
 
-    def report(study_: Any, trial: Any) -> None:
-        if say is None or trial.values is None:
+    def report(self, study_: Any, trial: Any) -> None:
+        if self.say is None or trial.values is None:
             return
-        finished = _finished(optuna, study_)
-        best = _result(optuna, study_, fixed, {}, **info).best  # the pick, before any check
-        eta = (time.perf_counter() - started) / done * (todo - done)
-        say(f"trial {len(finished)}/{n_trials} (#{trial.number}): refusal {trial.values[0] * 100:5.1f}%  "
-            f"kl {trial.values[1]:.4f}  p(refusal) {trial.values[2]:.1e}  "
-            f"({trial.user_attrs['seconds']:.1f} s) | best: trial "
-            f"{best.number} refusal {best.refusal * 100:.1f}% kl {best.kl:.4f} | "
-            f"ETA {duration(eta)}")
+        finished = _finished(self.optuna, study_)
+        best = _result(self.optuna, study_, self.fixed, {}, **self.info).best  # the pick, before any check
+        eta = (time.perf_counter() - self.started) / self.done * (self.todo - self.done)
+        self.say(f"trial {len(finished)}/{self.n_trials} (#{trial.number}): refusal "
+                 f"{trial.values[0] * 100:5.1f}%  kl {trial.values[1]:.4f}  "
+                 f"p(refusal) {trial.values[2]:.1e}  "
+                 f"({trial.user_attrs['seconds']:.1f} s) | best: trial "
+                 f"{best.number} refusal {best.refusal * 100:.1f}% kl {best.kl:.4f} | "
+                 f"ETA {duration(eta)}")
 
-    if todo > 0 and not _finished(optuna, the_study):  # the plain cut runs whatever the timeout
-        the_study.optimize(objective, n_trials=1, callbacks=[report])
-    left = None if timeout is None else timeout - (time.perf_counter() - started)
-    if todo > done and (left is None or left > 0):
-        the_study.optimize(objective, n_trials=todo - done, timeout=left, callbacks=[report])
-    if refine_steps and fixed.get("norm_preserving") and say is not None:
-        say("no refinement: a norm-preserving cut rescales each written vector, which refine cannot express")
-    if refining:
-        _add_refined(optuna, the_study, plain, lambda: refine(
-            model, tokenizer, CutParams.from_trial(plain, fixed).vector(direction), rows, base, refused,
-            steps=refine_steps, batch_size=batch_size, log=say, formatting=fmt), scores, fixed, say)
-    checked = _stored_checks(the_study, checking, selection_tokens) if check else {}
-    result = _result(optuna, the_study, fixed, checked, **info)
-    if not check or result.plain is None:
-        return result
+    def run(self, the_study: Any, timeout: float | None) -> None:
+        """The plain cut first, whatever the timeout; then the rest while time is left."""
+        if self.todo > 0 and not _finished(self.optuna, the_study):
+            the_study.optimize(self.objective, n_trials=1, callbacks=[self.report])
+        left = None if timeout is None else timeout - (time.perf_counter() - self.started)
+        if self.todo > self.done and (left is None or left > 0):
+            the_study.optimize(self.objective, n_trials=self.todo - self.done, timeout=left,
+                               callbacks=[self.report])
+
+
+def _check_pick(the_study: Any, result: OptimizeResult, scores: _Scores, checking: list[str],
+                selection_tokens: int, check: int, checked: dict[str, float],
+                say: Callable[[str], None] | None, rebuild: Callable[[], OptimizeResult]) -> OptimizeResult:
+    """Check the plain cut, then up to ``check`` candidates lowest KL first, on the selection
+    prompts, stopping at the first that refuses no more than the plain cut; ``checked`` gets each
+    refusal rate (by trial number) and is stored in the study, so a resumed run reuses them.
+    Returns the result ``rebuild`` makes with them (its pick the checked one)."""
 
     def selection_refusal(t: Trial) -> float:
         key = str(t.number)
         if key not in checked:
             t0 = time.perf_counter()
-            with t.params.apply(model, direction):
-                answers = completions(model, tokenizer, checking, max_tokens=selection_tokens,
-                                      batch_size=batch_size, judge=judge, formatting=fmt,
-                                      prompt_set="selection")
-            checked[key] = sum(c.refused for c in answers) / len(answers)
+            checked[key] = scores.selection_refusal(t.params, checking, selection_tokens)
             _store_checks(the_study, checking, selection_tokens, checked)
             if say is not None:
                 say(f"check trial {t.number} on {len(checking)} selection prompts: refusal "
                     f"{checked[key]:.1%} ({time.perf_counter() - t0:.1f} s)")
         return checked[key]
 
+    assert result.plain is not None
     limit = selection_refusal(result.plain)
     for t in candidates(result)[:check]:
         if selection_refusal(t) <= limit:
             break
-    result = _result(optuna, the_study, fixed, checked, **info)
+    result = rebuild()
     if say is not None:
         say(f"pick: trial {result.best.number} (selection refusal {result.best.selection_refusal:.1%}, "
             f"plain cut {limit:.1%})")
     return result
+
+
+def _say_why_no_refinement(refine_steps: int, fixed: dict[str, bool],
+                           say: Callable[[str], None] | None) -> None:
+    if refine_steps and fixed.get("norm_preserving") and say is not None:
+        say("no refinement: a norm-preserving cut rescales each written vector, which refine cannot express")
+
+
+def _open_study(optuna: Any, study: str | os.PathLike[str] | None, seed: int, settings: dict[str, Any],
+                plain: dict[str, Any]) -> tuple[str | None, Any]:
+    """The study's storage and the study, created or resumed, its plain cut queued when new."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _storage(study)
+    the_study = _load_study(optuna, storage, seed, settings)
+    pending = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)
+    if not the_study.get_trials(deepcopy=False, states=pending):
+        the_study.enqueue_trial(plain)
+    return storage, the_study
+
+
+def _refining(optuna: Any, the_study: Any, refine_steps: int, fixed: dict[str, bool]) -> bool:
+    """Whether to refine the plain cut: once per study; a norm-preserving one cannot be (see
+    :mod:`vauban.refine`)."""
+    return (refine_steps > 0 and not fixed.get("norm_preserving")
+            and not any(t.user_attrs.get("weights") for t in _finished(optuna, the_study)))
 
 
 def _add_refined(optuna: Any, the_study: Any, plain: dict[str, Any], run: Callable[[], Any],

@@ -114,6 +114,16 @@ def _read_writer(path: Path, name: str) -> torch.Tensor:
     return w
 
 
+def _writer_basis(
+    skeleton: nn.Module, target: arch.WriterTensor, basis: torch.Tensor, where: dict[str, Path], d: int
+) -> torch.Tensor:
+    """The layer's basis as this writer removes it: through its post-norm's gain when it has one."""
+    if target.post_norm_weight is None:
+        return basis
+    gain_weight = _read(where[target.post_norm_weight], target.post_norm_weight)
+    return orthonormal(_post_norm_gain(skeleton, target, gain_weight, d) * basis)
+
+
 def cut_checkpoint(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -166,10 +176,7 @@ def cut_checkpoint(
             a = alpha if target.kind == "embedding" else alpha * strength[target.kind][target.layer]
             if a == 0.0:
                 continue
-            basis = bases[target.layer]
-            if target.post_norm_weight is not None:
-                gain_weight = _read(where[target.post_norm_weight], target.post_norm_weight)
-                basis = orthonormal(_post_norm_gain(skeleton, target, gain_weight, d) * basis)
+            basis = _writer_basis(skeleton, target, bases[target.layer], where, d)
             shard = where[target.name]
             start, table = tables[shard]
             new = edited(_read_writer(shard, target.name), target.axis, basis, a, norm_preserving,
@@ -179,21 +186,24 @@ def cut_checkpoint(
         check_weights(tmp)
         if isinstance(direction, DirectionResult):
             direction.save(tmp / DIRECTION_FILE)
-        record = {
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "versions": versions(),
-            "source": str(source),
-            "method": "directional ablation (weight orthogonalization), streamed from disk",
-            "alpha": alpha,
-            "layers": list(range(n)) if layers is None else [int(i) for i in layers],
-            "embeddings": embeddings,
-            "subspace_rank": int(bases.shape[1]),
-            "attention_weights": list(strength["attention"]),
-            "mlp_weights": list(strength["mlp"]),
-            "norm_preserving": norm_preserving,
-            "edited_tensors": count,
-            "direction": direction.record() if isinstance(direction, DirectionResult) else None,
-            "files": file_hashes(tmp),
-        }
+        record = _record(source, direction, tmp, alpha=alpha,
+                         layers=list(range(n)) if layers is None else [int(i) for i in layers],
+                         embeddings=embeddings, subspace_rank=int(bases.shape[1]),
+                         attention_weights=list(strength["attention"]), mlp_weights=list(strength["mlp"]),
+                         norm_preserving=norm_preserving, edited_tensors=count)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return out
+
+
+def _record(source: Path, direction: Direction, folder: Path, **cut: Any) -> dict[str, Any]:
+    """The ``vauban.json`` of a streamed cut: where it came from, the cut's settings, every file's
+    sha256."""
+    return {
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "source": str(source),
+        "method": "directional ablation (weight orthogonalization), streamed from disk",
+        **cut,
+        "direction": direction.record() if isinstance(direction, DirectionResult) else None,
+        "files": file_hashes(folder),
+    }

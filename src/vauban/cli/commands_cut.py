@@ -1,0 +1,108 @@
+"""Cutting and exporting: ``vauban abliterate`` (in memory), ``vauban cut`` (streamed from disk),
+``vauban optimize`` (search the cut's parameters) and ``vauban verify`` (check an export)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from ..config import Settings
+from ..errors import VaubanError
+from .common import direction_for, export_summary, format_options, judge_for, load, run_formatting
+from .report import Report
+
+
+def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from ..cutspec import cut_spec
+    from ..exporting import check_output_dir, cut_record, export
+
+    out = check_output_dir(s.output_dir, s.overwrite)
+    spec = cut_spec(args, alpha=s.alpha, embeddings=s.embeddings)  # flag mistakes before the load
+    model, tokenizer = load(s, report, trust=args.trust_remote_code)
+    direction = direction_for(s, report, model, tokenizer, args)
+    vector = spec.vector(model, tokenizer, direction, harmful=s.harmful, harmless=s.harmless,
+                         formatting=run_formatting(s, direction), batch_size=s.batch_size)
+    with spec.apply(model, vector) as applied:
+        record = cut_record(s.model or direction.model_path, applied, direction)
+        record |= {"cut": applied.record(), "cut_spec": spec.record()}
+        with report.step(f"export to {out}/", "export"):
+            export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite,
+                   **format_options(s))
+    report.say(f"Cut alpha={spec.alpha:g} from {len(applied.edited)} tensors; "
+               f"exported to {out}/ ({s.format})")
+    export_summary(report, out)
+    report.put("cut", spec.record())
+    report.put("output_dir", str(out))
+    report.put("alpha", s.alpha)
+    report.put("edited_tensors", len(applied.edited))
+
+
+def cmd_cut(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from ..stream import cut_checkpoint
+
+    direction = args.saved_direction if s.layer is None else args.saved_direction.at_layer(s.layer)
+    with report.step(f"cut {args.src} into {args.dst}/, one tensor at a time", "cut"):
+        out = cut_checkpoint(args.src, args.dst, direction, alpha=s.alpha, layers=args.layers,
+                             embeddings=s.embeddings, overwrite=s.overwrite)
+    edited = json.loads((out / "vauban.json").read_text())["edited_tensors"]
+    report.say(f"Cut alpha={s.alpha:g} from {edited} tensors; wrote {out}/")
+    report.put("output_dir", str(out))
+    report.put("alpha", s.alpha)
+    report.put("edited_tensors", edited)
+
+
+def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from .. import plots
+    from ..exporting import check_output_dir
+    from ..optimize import export_trial, optimize
+
+    folder = Path(args.output)
+    study = Path(args.study) if args.study else folder / "study.db"
+    if args.export_trial is not None and not args.export:
+        raise VaubanError("--export-trial needs --export DIR (where to write that trial's model)")
+    if args.export:
+        check_output_dir(args.export, s.overwrite)
+    model, tokenizer = load(s, report, trust=args.trust_remote_code)
+    judge = judge_for(s, report)
+    direction = direction_for(s, report, model, tokenizer, args)
+    flags = {"search": None, "on": True, "off": False}
+    log = None if s.quiet or report.as_json else (lambda line: report.err.print(line, markup=False))
+    with report.step(f"optimize ({args.trials} trials, study {study})", "optimize"):
+        result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=study,
+                          projected=flags[args.projected], norm_preserving=flags[args.norm_preserving],
+                          prompts=args.validation, harmless=s.harmless, selection=args.selection,
+                          check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log,
+                          damage=args.damage.replace("-", "_"), kl_tokens=args.kl_tokens,
+                          judge=judge, formatting=s.formatting(), timeout=args.timeout)
+    report.table(f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
+                 f"prompts, first-token KL on {result.n_harmless} harmless prompts; * = the pick, "
+                 f"checked on {result.n_selection} selection prompts)", *result.rows())
+    report.say(result.summary())
+    files = {"json": result.save_json(folder / "pareto.json"),
+             "png": folder / "pareto.png"}
+    plots.plot_pareto(result, files["png"])
+    report.say(f"study: {study}  front: {files['json']}  plot: {files['png']}")
+    record = result.record()
+    report.put("trials", record["trials"])
+    report.put("pareto", record["pareto"])
+    report.put("best", result.best.record())
+    report.put("seconds_per_trial", result.seconds_per_trial)
+    report.put("files", {k: str(v) for k, v in files.items()} | {"study": str(study)})
+    if args.export:
+        number = result.best.number if args.export_trial is None else args.export_trial
+        export_trial(model, tokenizer, direction, result, number, args.export,
+                     source=s.model or direction.model_path, overwrite=s.overwrite, **format_options(s))
+        report.say(f"Exported trial {number} to {args.export}/")
+        report.put("output_dir", str(args.export))
+        report.put("exported_trial", number)
+
+
+def cmd_verify(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from ..verifying import verify
+
+    with report.step(f"verify {args.directory}", "verify"):
+        result = verify(args.directory)
+    report.say(result.summary())
+    report.put("verify", dataclasses.asdict(result))
