@@ -54,6 +54,24 @@ def rejudge(record: dict, judge: str | None) -> dict:
     return out
 
 
+def retable(table: list[list[str]], judged: dict) -> list[list[str]]:
+    """The report's rows with the refusal, late-refusal and over-refusal rates judged again."""
+    def pct(x: float) -> str:
+        return f"{x * 100:.1f}%"
+
+    rows = []
+    for label, before, after in table:
+        if label.startswith("refusal on harmful prompts") and "before" in judged:
+            label = label.split(", judge ")[0].rstrip(")") + f", judge {judged['judge']})"
+            before, after = pct(judged["before"]["refusal"]), pct(judged["after"]["refusal"])
+        elif label.strip().startswith("of which late") and "before" in judged:
+            before, after = pct(judged["before"]["late"]), pct(judged["after"]["late"])
+        elif label.startswith("over-refusal on safe prompts") and "safe_before" in judged:
+            before, after = pct(judged["safe_before"]["refusal"]), pct(judged["safe_after"]["refusal"])
+        rows.append([label, before, after])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--direction", help="a saved direction (default: measure it, ~1 min)")
@@ -69,7 +87,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.rejudge:
         record = json.loads(Path(args.rejudge).read_text())
-        record["rejudged"] = rejudge(record["evaluation"], args.judge)
+        record["rejudged"] = rejudge(record["evaluation"], args.judge) | {"judged_at": stamp()["git"]}
+        record["table"] = retable(record["table"], record["rejudged"])
         print(json.dumps(record["rejudged"], indent=1))
         text = json.dumps(record, indent=1) + "\n"
         write_file(args.json, lambda tmp: tmp.write_text(text))
