@@ -120,11 +120,15 @@ def test_split_holds_back_a_quarter_at_most_24():
     assert (len(measured), held[0], len(held)) == (104, "104", 24)
 
 
-def test_measure_holds_back_prompts_and_falls_back_without_refusals(tokenizer):
+def test_measure_holds_back_prompts_and_falls_back_without_refusals(tokenizer, monkeypatch):
     from conftest import build_model
+    from vauban import selecting
 
     model = build_model("llama")
     prompts = (HARMFUL * 2, HARMLESS * 2)  # 12 each: 9 measured, 3 held back
+    # a random model's short answers are noise; whether one reads as a refusal depended on the
+    # batch size free memory allowed (the test failed in some orders): no refusals, explicitly
+    monkeypatch.setattr(selecting, "original_refusals", lambda *args, **kwargs: [])
     with pytest.warns(UserWarning, match="refuses none"):
         effect = measure(model, tokenizer, *prompts)
     geometry = measure(model, tokenizer, *prompts, select="geometry")
