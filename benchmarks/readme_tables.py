@@ -211,8 +211,10 @@ def report() -> list[str]:
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in seconds["parts_wall"].items())
     extra = f", XSTest {x['seconds']:.0f} s" if x else ""
     setup = seconds["load_and_measure"]["wall"]
+    judged = r.get("rejudged", {}).get("judged_at")
+    again = f" Answers judged again with the judge at {judged}." if judged else ""
     return [*lines, "", f"Wall time on the 2-core CPU: load and measure {setup:.0f} s; "
-            f"evaluate {seconds['evaluate']['wall']:.0f} s ({parts}){extra}."]
+            f"evaluate {seconds['evaluate']['wall']:.0f} s ({parts}){extra}.{again}"]
 
 
 @table("exports")
