@@ -222,7 +222,8 @@ def exports() -> list[str]:
     """Every export format on the demo model (``benchmarks/exports_demo.py``)."""
     r = load("exports_demo.json")
     f = r["formats"]
-    mb = lambda b: f"{b / 2**20:,.0f} MB"  # noqa: E731
+    def mb(size: int) -> str:
+        return f"{size / 2**10:,.0f} kB" if size < 2**20 else f"{size / 2**20:,.0f} MB"
 
     def agree(entry: dict) -> str:
         t = entry.get("first_token")
@@ -253,13 +254,16 @@ def exports() -> list[str]:
     rows.append(["LoRA adapter (`--format lora`)", "rank 1 per edited matrix",
                  f"{mb(lora['weights_bytes'])} (full float32 {mb(lora['full_float32_bytes'])})",
                  "`PeftModel.from_pretrained(base, OUT)`", agree(lora), f"{lora['seconds']:.0f} s"])
+    answered = "not measured (see below)"
+    if "refusal" in m:
+        answered = (agree(m) + f"; refused {pct(m['refusal'])} of {m['prompts']} (float32: "
+                    f"{pct(m['refusal_float32_same_prompts'])})")
     rows.append(["MLX (`--format mlx --quant 4`)", "4-bit", mb(m["weights_bytes"]), "`mlx_lm.load(OUT)`",
-                 agree(m) + f"; refused {pct(m['refusal'])} of {m['prompts']} (float32: "
-                 f"{pct(m['refusal_float32_same_prompts'])})", f"{m['seconds']:.0f} s"])
+                 answered, f"{m['seconds']:.0f} s"])
     note = (f"Refusals: greedy answers of {r['max_tokens']} tokens to the bundled eval prompts, judge "
             f"{r['judge'].split(' ')[0]}, each export run by its own runtime; logits on the first "
-            f"prompts against the float32 model in memory. The uncut model refused "
-            f"{pct(r['refusal_original'])} of {r['original_prompts']}.")
+            f"{r.get('logit_prompts', 20)} prompts against the float32 model in memory. The uncut model "
+            f"refused {pct(r['refusal_original'])} of {r['original_prompts']}.")
     header = ["format", "weights", "size", "load with", "agreement with the cut model", "export time"]
     return [*markdown(header, rows), "", note]
 
