@@ -60,8 +60,10 @@ def test_answer_scores_same_for_any_batch_size(tokenizer):
     with vauban.cut(model, direction):
         auto = answer_scores(Pair(model, model), tokenizer, pairs)
         ones = answer_scores(Pair(model, model), tokenizer, pairs, batch_size=1)
+    # each batch runs its rows' shared chat opening once (batching.last_logits): another batch
+    # splits the work differently, so float32 rounding differs at the 1e-5 level
     for a, b in zip(vars(auto).values(), vars(ones).values(), strict=True):
-        assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-7)
     assert auto.kl > 0 and auto.first_token_kl > 0
 
 
