@@ -43,8 +43,11 @@ def isolate(ws: dict[str, Any], patch: pytest.MonkeyPatch) -> None:
     for key in [k for k in os.environ if k.startswith("VAUBAN_")]:
         patch.delenv(key)
     patch.chdir(ws["root"])
+    # The CLI cuts on the CPU like expected_weights does: the claim is the same weights from the
+    # same arithmetic, and a GPU's matrix products round differently (seen on an H200).
     for key, value in (("CACHE", ws["root"] / "cache"), ("MODEL", ws["model"]), ("MAX_TOKENS", 4),
-                       ("HARMFUL", ws["root"] / "harmful.txt"), ("HARMLESS", ws["root"] / "harmless.txt")):
+                       ("DEVICE", "cpu"), ("HARMFUL", ws["root"] / "harmful.txt"),
+                       ("HARMLESS", ws["root"] / "harmless.txt")):
         patch.setenv(f"VAUBAN_{key}", str(value))
 
 
