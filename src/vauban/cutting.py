@@ -124,6 +124,17 @@ def orthonormal(rows: torch.Tensor) -> torch.Tensor:
     return q.T.contiguous().float()
 
 
+def writer_basis(basis: torch.Tensor, post_norm: nn.Module | None, device: torch.device) -> torch.Tensor:
+    """The orthonormal basis a writer removes, from its layer's ``basis`` (``k × d``): the basis
+    itself, or for a writer behind a post-norm with gain ``g`` an orthonormal basis of the
+    ``g ⊙ q`` (float32, on the CPU), since ``qᵀ(g ⊙ y) = (g ⊙ q)ᵀy`` (see the module docstring).
+    ``device``: where the norm module runs to give its gain (:func:`vauban.arch.norm_gain`)."""
+    if post_norm is None:
+        return basis
+    gain = arch.norm_gain(post_norm, basis.shape[-1], device).cpu()
+    return orthonormal(gain * basis.cpu())
+
+
 def layer_bases(direction: Direction, d_model: int, num_layers: int) -> torch.Tensor:
     """The direction as ``(num_layers, k, d_model)`` float32 orthonormal bases, one per layer.
 
@@ -266,10 +277,7 @@ class Cut:
             alpha = self.alpha * weights[w.layer]
             if alpha == 0.0:
                 continue
-            basis = self.direction[w.layer]
-            if w.post_norm is not None:
-                gain = arch.norm_gain(w.post_norm, basis.shape[-1], device).cpu()
-                basis = orthonormal(gain * basis)
+            basis = writer_basis(self.direction[w.layer], w.post_norm, device)
             yield f"{w.name}.weight", w.weight, w.axis, basis, alpha
             if w.bias is not None:
                 yield f"{w.name}.bias", w.bias, -1, basis, alpha

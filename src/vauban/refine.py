@@ -34,7 +34,7 @@ from torch import nn
 from . import arch
 from .activations import model_device
 from .batching import batch_size_for, duration
-from .cutting import orthonormal
+from .cutting import writer_basis
 from .divergence import Forced, forced, forced_text, kl_batches, logprob_batches, token_logprobs
 from .errors import VaubanError
 from .formatting import Formatting
@@ -100,10 +100,7 @@ def gated(model: nn.Module, direction: torch.Tensor, weights: torch.Tensor) -> I
             if id(module) in seen:
                 continue
             seen.add(id(module))
-            basis = unit
-            if w.post_norm is not None:
-                gain = arch.norm_gain(w.post_norm, unit.shape[0], device)
-                basis = orthonormal((gain * unit).cpu()[None])[0]
+            basis = writer_basis(unit[None], w.post_norm, device)[0]
             at = (0 if w.kind == "attention" else 1, w.layer)
 
             def hook(_module: nn.Module, _args: Any, y: torch.Tensor, q: torch.Tensor = basis,

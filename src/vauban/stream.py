@@ -32,7 +32,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from . import arch
 from .atomic import building_dir
-from .cutting import FLOAT_DTYPES, Direction, LayerWeights, edited, layer_bases, layer_weights, orthonormal
+from .cutting import FLOAT_DTYPES, Direction, LayerWeights, edited, layer_bases, layer_weights, writer_basis
 from .errors import VaubanError
 from .exporting import DIRECTION_FILE, check_output_dir, versions
 from .results import DirectionResult, check_alpha
@@ -77,14 +77,12 @@ def _meta_model(src: Path) -> nn.Module:
         return AutoModelForCausalLM.from_config(config)
 
 
-def _post_norm_gain(
-    skeleton: nn.Module, tensor: arch.WriterTensor, weight: torch.Tensor, d: int
-) -> torch.Tensor:
-    """The gain of ``tensor``'s post-norm, with that layer's norm module built alone on the CPU."""
+def _post_norm(skeleton: nn.Module, tensor: arch.WriterTensor, weight: torch.Tensor) -> nn.Module:
+    """``tensor``'s post-norm, that layer's norm module built alone on the CPU with ``weight``."""
     norm = arch.decoder_layers(skeleton)[tensor.layer].get_submodule(str(tensor.post_norm))
     norm = norm.to_empty(device="cpu")
     norm.load_state_dict({"weight": weight}, assign=True)
-    return arch.norm_gain(norm, d, torch.device("cpu")).cpu()
+    return norm
 
 
 def _overwrite(dst: Path, start: int, info: dict[str, Any], tensor: torch.Tensor) -> None:
@@ -115,13 +113,14 @@ def _read_writer(path: Path, name: str) -> torch.Tensor:
 
 
 def _writer_basis(
-    skeleton: nn.Module, target: arch.WriterTensor, basis: torch.Tensor, where: dict[str, Path], d: int
+    skeleton: nn.Module, target: arch.WriterTensor, basis: torch.Tensor, where: dict[str, Path]
 ) -> torch.Tensor:
-    """The layer's basis as this writer removes it: through its post-norm's gain when it has one."""
+    """The layer's basis as this writer removes it: through its post-norm's gain when it has one
+    (:func:`vauban.cutting.writer_basis`, the norm's weight read from the checkpoint)."""
     if target.post_norm_weight is None:
         return basis
     gain_weight = _read(where[target.post_norm_weight], target.post_norm_weight)
-    return orthonormal(_post_norm_gain(skeleton, target, gain_weight, d) * basis)
+    return writer_basis(basis, _post_norm(skeleton, target, gain_weight), torch.device("cpu"))
 
 
 def cut_checkpoint(
@@ -176,7 +175,7 @@ def cut_checkpoint(
             a = alpha if target.kind == "embedding" else alpha * strength[target.kind][target.layer]
             if a == 0.0:
                 continue
-            basis = _writer_basis(skeleton, target, bases[target.layer], where, d)
+            basis = _writer_basis(skeleton, target, bases[target.layer], where)
             shard = where[target.name]
             start, table = tables[shard]
             new = edited(_read_writer(shard, target.name), target.axis, basis, a, norm_preserving,
