@@ -26,13 +26,12 @@ import resource
 import time
 from pathlib import Path
 
+from demo_inputs import DIRECTION_HELP, SHARED, load_or_measure
 from provenance import stamp
 from vauban.atomic import write_file
 from vauban.judge import get_judge, run_judge
 
 RESULTS = Path(__file__).parent / "results"
-SHARED = next((p / "shared" / "data" for p in Path(__file__).resolve().parents
-               if (p / "shared" / "data").is_dir()), Path("../shared/data"))
 
 
 def cpu_seconds() -> float:
@@ -74,7 +73,7 @@ def retable(table: list[list[str]], judged: dict) -> list[list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--direction", help="a saved direction (default: measure it, ~1 min)")
+    parser.add_argument("--direction", help=DIRECTION_HELP)
     parser.add_argument("--limit", type=int, default=20, help="GSM8K and HumanEval problems")
     parser.add_argument("--safe", type=int, default=48, help="bundled over_refusal prompts (of 112; 6 per "
                                                               "category at 48)")
@@ -94,7 +93,7 @@ def main() -> None:
         write_file(args.json, lambda tmp: tmp.write_text(text))
         return
 
-    from vauban import DirectionResult, cut, evaluate, load, measure
+    from vauban import cut, evaluate, load
     from vauban.capability.gsm8k import GSM8K
     from vauban.capability.humaneval import HumanEval
     from vauban.evaluating import Pair, both_sides, load_safe_prompts, rate
@@ -102,7 +101,7 @@ def main() -> None:
 
     t0, c0 = time.perf_counter(), cpu_seconds()
     model, tokenizer = load()
-    direction = DirectionResult.load(args.direction) if args.direction else measure(model, tokenizer)
+    direction = load_or_measure(model, tokenizer, args.direction)
     setup = {"wall": round(time.perf_counter() - t0, 1), "cpu": round(cpu_seconds() - c0, 1)}
     tokens = {"max_tokens": 8} if args.smoke else {}
     checks = [GSM8K(SHARED / "gsm8k" / "test.jsonl", limit=args.limit, **tokens),

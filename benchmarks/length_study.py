@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
+from demo_inputs import ADVBENCH, DIRECTION_HELP, advbench_sample, load_or_measure
 from provenance import stamp
 from vauban.atomic import write_file
 from vauban.judge import get_judge, run_judge
 
 RESULTS = Path(__file__).parent / "results"
-SHARED = next((p / "shared" / "data" for p in Path(__file__).resolve().parents
-               if (p / "shared" / "data").is_dir()), Path("../shared/data"))
-ADVBENCH = SHARED / "advbench_harmful_behaviors.csv"
 LENGTHS = (32, 64, 128, 256)
 
 
@@ -104,7 +101,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100, help="AdvBench prompts (seeded sample)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--advbench", default=str(ADVBENCH))
-    parser.add_argument("--direction", help="a saved direction (default: measure it, ~1 min)")
+    parser.add_argument("--direction", help=DIRECTION_HELP)
     parser.add_argument("--judge", default=None, help="judge spec (default: vauban's default judge)")
     parser.add_argument("--rejudge", help="judge the answers stored in this results file again")
     parser.add_argument("--json", default=str(RESULTS / "length_study.json"))
@@ -112,18 +109,12 @@ def main() -> None:
     if args.rejudge:  # the answers' run keeps its own commit; the judging is this checkout's
         result = json.loads(Path(args.rejudge).read_text()) | {"judged_at": stamp()["git"]}
     else:
-        from vauban import DirectionResult, cut, load, measure
-        from vauban.prompts import load_prompts
+        from vauban import cut, load
 
-        goals = load_prompts(args.advbench)
-        prompts = random.Random(args.seed).sample(goals, min(args.n, len(goals)))
+        prompts = advbench_sample(args.n, args.seed, args.advbench)
         t0 = time.perf_counter()
         model, tokenizer = load()
-        if args.direction:
-            direction = DirectionResult.load(args.direction)
-        else:
-            direction = measure(model, tokenizer)
-            direction.save("/tmp/vauban_demo_direction.safetensors")
+        direction = load_or_measure(model, tokenizer, args.direction)
         print(direction.summary(), flush=True)
         sides = {"original": side(model, tokenizer, prompts, LENGTHS)}
         print(f"original: {sides['original']['seconds']} s", flush=True)

@@ -19,15 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from vauban import DirectionResult, cut, load, measure
+from demo_inputs import DIRECTION_HELP, SHARED, load_or_measure
+from vauban import cut, load
 from vauban.atomic import write_file
 from vauban.capability.harness import Harness
 from vauban.cutting import original_weights
 
 RESULTS = Path(__file__).parent / "results"
 TASK = Path(__file__).parent / "lm_eval_tasks" / "gsm8k_local.yaml"
-SHARED = next((p / "shared" / "data" for p in Path(__file__).resolve().parents
-               if (p / "shared" / "data").is_dir()), Path("../shared/data"))
 
 
 def cpu() -> float:
@@ -37,12 +36,12 @@ def cpu() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--direction", help="a saved direction (default: measure it, ~1 min)")
+    parser.add_argument("--direction", help=DIRECTION_HELP)
     parser.add_argument("--limit", type=int, default=10)
     parser.add_argument("--json", default=str(RESULTS / "lm_eval_demo.json"))
     args = parser.parse_args()
     model, tokenizer = load()
-    direction = DirectionResult.load(args.direction) if args.direction else measure(model, tokenizer)
+    direction = load_or_measure(model, tokenizer, args.direction)
     out: dict = {"task": "gsm8k_local (lm-eval's gsm8k v3.0 over the shared test file, 5-shot)",
                  "limit": args.limit, "model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32, 2-core CPU)",
                  "date": time.strftime("%Y-%m-%d")}

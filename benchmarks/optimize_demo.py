@@ -23,19 +23,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
-from vauban import DirectionResult, load, measure
+from demo_inputs import ADVBENCH, DIRECTION_HELP, advbench_sample, load_or_measure
+from vauban import load
 from vauban.divergence import kl_divergence
 from vauban.evaluating import Pair, answer_scores, completions
 from vauban.judge import get_judge
 from vauban.optimize import Trial, candidates, first_token_logprobs, optimize
-from vauban.prompts import load_pairs, load_prompts
+from vauban.prompts import load_pairs
 
 RESULTS = Path(__file__).parent / "results"
-ADVBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "advbench_harmful_behaviors.csv"
 
 
 def held_out(model, tokenizer, prompts, pairs, base, max_tokens: int, full: bool, judge=None) -> dict:
@@ -58,7 +57,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--study", default="/tmp/vauban_optimize_demo.db", help="SQLite study (resumes)")
-    parser.add_argument("--direction", help="a saved direction (default: measure it, ~1 min)")
+    parser.add_argument("--direction", help=DIRECTION_HELP)
     parser.add_argument("--advbench", default=str(ADVBENCH), help="AdvBench harmful_behaviors.csv")
     parser.add_argument("--heldout-n", type=int, default=100, help="AdvBench prompts (seeded sample)")
     parser.add_argument("--max-tokens", type=int, default=64, help="answer tokens judged when held out")
@@ -73,11 +72,7 @@ def main() -> None:
     t0 = time.perf_counter()
     judge = get_judge(args.judge)
     model, tokenizer = load()
-    if args.direction:
-        direction = DirectionResult.load(args.direction)
-    else:
-        direction = measure(model, tokenizer)
-        direction.save("/tmp/vauban_demo_direction.safetensors")
+    direction = load_or_measure(model, tokenizer, args.direction)
     print(direction.summary(), flush=True)
     result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=args.study,
                       show_progress=True, judge=judge)
@@ -85,8 +80,7 @@ def main() -> None:
     print(result.summary(), flush=True)
     t_search = time.perf_counter() - t0
 
-    goals = load_prompts(args.advbench)
-    prompts = random.Random(args.seed).sample(goals, min(args.heldout_n, len(goals)))
+    prompts = advbench_sample(args.heldout_n, args.seed, args.advbench)
     pairs = load_pairs("reference")
     base = first_token_logprobs(model, tokenizer, [p for p, _ in pairs])
     original = completions(model, tokenizer, prompts, max_tokens=args.max_tokens, batch_size=None,

@@ -44,18 +44,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from demo_inputs import ADVBENCH, advbench_sample
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SHARED = next((p / "shared" / "data" for p in HERE.parents if (p / "shared" / "data").is_dir()),
-              HERE.parents[1] / "shared" / "data")  # ../shared/data beside the checkout
-ADVBENCH = SHARED / "advbench_harmful_behaviors.csv"
 HERETIC = "heretic-llm==1.4.0"
 TORCH = "torch==2.13.0"
 SEED = 0
@@ -96,7 +94,7 @@ def write_data(work: Path) -> dict[str, Path]:
     from vauban.prompts import load_prompts
 
     goals = load_prompts(str(ADVBENCH))
-    report = random.Random(SEED).sample(goals, 100)
+    report = advbench_sample(100, SEED)
     chosen = set(report)
     rest = [g for g in goals if g not in chosen]
     harmless = harmless_prompts(SEED)

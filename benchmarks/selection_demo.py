@@ -28,11 +28,11 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import subprocess
 import time
 from pathlib import Path
 
+from demo_inputs import advbench_sample
 from vauban import cut, load, measure
 from vauban.divergence import first_token_logprobs, kl_divergence
 from vauban.evaluating import DEFAULT_MAX_TOKENS, completions
@@ -40,8 +40,6 @@ from vauban.prompts import bundled_records, encode_chat, load_pairs, load_prompt
 from vauban.selecting import layer_effects, layer_range, original_refusals, split
 
 HERE = Path(__file__).resolve().parent
-SHARED = next((p / "shared" / "data" for p in HERE.parents if (p / "shared" / "data").is_dir()),
-              HERE.parents[1] / "shared" / "data")
 MAX_TOKENS = DEFAULT_MAX_TOKENS  # vauban evaluate's default answer length
 GPU_FILE = HERE / "results" / "gpu_h200_llama-3.1-8b.json"
 
@@ -136,7 +134,7 @@ def gpu_estimate(tokenizer, effect) -> dict:
 def held_out(model, tokenizer, geometry, effect, max_tokens: int) -> dict:
     """Both choices cut, answering prompts no selection used (see the module docstring)."""
     eval_prompts = [r["prompt"] for r in bundled_records("eval_harmful")[:20]]
-    advbench = random.Random(0).sample(load_prompts(str(SHARED / "advbench_harmful_behaviors.csv")), 100)
+    advbench = advbench_sample(100, 0)
     reference = [p for p, _ in load_pairs("reference")]
     base = first_token_logprobs(model, tokenizer, reference)
     rows = {}
