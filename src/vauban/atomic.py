@@ -182,6 +182,22 @@ def is_write_error(err: BaseException) -> bool:
 
 
 @contextlib.contextmanager
+def writing(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield ``target`` as an absolute path, its folder made and dead writers' temporary files
+    next to it removed; a write error inside the block (:func:`is_write_error`) becomes a
+    one-line :class:`VaubanError` naming ``target`` (:func:`describe`), other errors pass."""
+    out = Path(target).absolute()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(out)
+        yield out
+    except Exception as err:
+        if is_write_error(err) and not isinstance(err, VaubanError):
+            raise VaubanError(describe(err, out)) from None
+        raise
+
+
+@contextlib.contextmanager
 def building_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temporary sibling of ``target``; on success it becomes ``target``.
 
@@ -189,18 +205,12 @@ def building_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> 
     temporary directory is removed and ``target`` is left as it was; write errors become a
     :class:`VaubanError`.
     """
-    out = Path(target).absolute()
     tmp: Path | None = None
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(out)
-        tmp = Path(tempfile.mkdtemp(prefix=temp_name(out), dir=out.parent))
-        yield tmp
-        publish_dir(tmp, out, overwrite)
-    except Exception as err:
-        if is_write_error(err) and not isinstance(err, VaubanError):
-            raise VaubanError(describe(err, out)) from None
-        raise
+        with writing(target) as out:
+            tmp = Path(tempfile.mkdtemp(prefix=temp_name(out), dir=out.parent))
+            yield tmp
+            publish_dir(tmp, out, overwrite)
     finally:
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -208,24 +218,18 @@ def building_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> 
 
 def write_file(target: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)``, flush it, and rename it to ``target`` (replacing it atomically)."""
-    out = Path(target).absolute()
     tmp: Path | None = None
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(out)
-        fd, name = tempfile.mkstemp(prefix=temp_name(out), dir=out.parent)
-        os.close(fd)
-        tmp = Path(name)
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        fsync_path(tmp)
-        os.replace(tmp, out)
-        tmp = None
-        fsync_path(out.parent)
-    except Exception as err:
-        if is_write_error(err) and not isinstance(err, VaubanError):
-            raise VaubanError(describe(err, out)) from None
-        raise
+        with writing(target) as out:
+            fd, name = tempfile.mkstemp(prefix=temp_name(out), dir=out.parent)
+            os.close(fd)
+            tmp = Path(name)
+            write(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())
+            fsync_path(tmp)
+            os.replace(tmp, out)
+            tmp = None
+            fsync_path(out.parent)
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
