@@ -64,7 +64,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import arch
+from . import arch, kernels
 from .batching import token_batches
 
 ATTENTION = "vauban_static"
@@ -214,13 +214,7 @@ def compiled_layers(model: nn.Module, compile: Compile = True) -> Iterator[bool]
 
 def can_compile(device: torch.device) -> bool:
     """``torch.compile`` generates Triton code on CUDA: compile only there, and only with Triton."""
-    if device.type != "cuda":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return device.type == "cuda" and kernels.available()
 
 
 def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -59,6 +59,7 @@ APPLY_SCAN = "contiguous"
 
 
 def available() -> bool:
+    """Whether Triton can be imported (these kernels and ``torch.compile``'s CUDA code need it)."""
     try:
         import triton  # noqa: F401
     except ImportError:
