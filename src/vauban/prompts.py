@@ -30,6 +30,7 @@ from .formatting import chat_text as chat_text  # re-exported: prompts formats p
 from .reasoning import split_reasoning as split_reasoning  # re-exported for judges
 from .sources import TEXT_KEYS as _TEXT_KEYS
 from .sources import directory_prompts, hub_prompts, parquet_prompts, pick_column
+from .textfiles import json_lines, parse_json, read_text
 
 BUNDLED = ("harmful", "harmless", "eval_harmful", "reference", "borderline", "over_refusal")
 
@@ -57,29 +58,13 @@ def _text_of(record: Any, where: str, field: str | None = None) -> str:
     return text
 
 
-def _json(text: str, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise VaubanError(f"{where}: invalid JSON ({err.msg}, column {err.colno})") from None
-
-
 def read_jsonl(path: Path) -> list[Any]:
     """The records of a JSON Lines file, with file:line in any error."""
-    return [
-        _json(line, f"{path}:{n}")
-        for n, line in enumerate(_read_text(path).splitlines(), start=1)
-        if line.strip()
-    ]
+    return [record for _, record in json_lines(_read_text(path), path)]
 
 
 def _read_text(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise VaubanError(f"{path} is not UTF-8 text; save it as UTF-8") from None
-    except OSError as err:
-        raise VaubanError(f"cannot read {path}: {err.strerror or err}") from None
+    text = read_text(path)
     if "\x00" in text:
         raise VaubanError(f"{path} holds NUL bytes, so it is binary, not a prompt file; pass a text file")
     return text
@@ -97,7 +82,7 @@ def _read_file(path: Path, field: str | None = None) -> list[str]:
     if suffix == ".jsonl":
         return [_text_of(r, f"{path}:{n}", field) for n, r in enumerate(read_jsonl(path), start=1)]
     if suffix == ".json":
-        data = _json(text, str(path))
+        data = parse_json(text, str(path))
         if not isinstance(data, list):
             raise VaubanError(f"{path}: expected a JSON list of prompts")
         return [_text_of(item, f"{path}[{i}]", field) for i, item in enumerate(data)]

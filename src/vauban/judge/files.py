@@ -7,35 +7,20 @@ fields are ignored). A malformed line stops the run with a one-line error naming
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from ..errors import VaubanError
+from ..textfiles import json_lines, read_text
 from .base import Judge, run_judge
 
 
 def read_pairs(path: str) -> list[tuple[int, str, str]]:
     """``(line number, prompt, answer)`` for every non-blank line of a JSONL file."""
-    if path == "-":
-        text, name = sys.stdin.read(), "<stdin>"
-    else:
-        try:
-            text, name = Path(path).read_text(encoding="utf-8"), path
-        except UnicodeDecodeError:
-            raise VaubanError(f"{path} is not UTF-8 text; save it as UTF-8") from None
-        except OSError as err:
-            raise VaubanError(f"cannot read {path}: {err.strerror or err}") from None
+    text, name = (sys.stdin.read(), "<stdin>") if path == "-" else (read_text(path), path)
     pairs = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in json_lines(text, name):
         where = f"{name}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise VaubanError(f"{where}: invalid JSON ({err.msg}, column {err.colno})") from None
         if not isinstance(record, dict):
             raise VaubanError(f"{where}: expected an object with \"prompt\" and \"answer\", "
                               f"got {type(record).__name__}")
