@@ -128,6 +128,9 @@ def test_jsonl_record_without_text_names_file_and_line(tmp_path):
     f.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"foo": "bar"}) + "\n")
     with pytest.raises(VaubanError, match=r"p\.jsonl:2: no prompt text"):
         load_prompts(f)
+    f.write_text(json.dumps({"prompt": "ok"}) + "\n\n" + json.dumps({"foo": "bar"}) + "\n")
+    with pytest.raises(VaubanError, match=r"p\.jsonl:3: no prompt text"):  # blank lines counted
+        load_prompts(f)
 
 
 def test_json_list(tmp_path):

@@ -80,7 +80,7 @@ def _read_file(path: Path, field: str | None = None) -> list[str]:
             raise VaubanError(f"{path}: a .txt file has one prompt per line, no fields; drop :{field}")
         return [line.strip() for line in text.splitlines() if line.strip()]
     if suffix == ".jsonl":
-        return [_text_of(r, f"{path}:{n}", field) for n, r in enumerate(read_jsonl(path), start=1)]
+        return [_text_of(r, f"{path}:{n}", field) for n, r in json_lines(text, path)]
     if suffix == ".json":
         data = parse_json(text, str(path))
         if not isinstance(data, list):
