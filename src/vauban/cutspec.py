@@ -31,7 +31,7 @@ from typing import Any
 from torch import nn
 
 from .cutting import Cut, Direction, LayerKernel, LayerWeights, cut
-from .errors import VaubanError
+from .errors import VaubanError, check_int
 from .formatting import Formatting
 from .measuring import direction_at, directions_per_layer, measure_subspace
 from .prompts import Prompts
@@ -61,8 +61,8 @@ class CutSpec:
         check_alpha(self.alpha)
         if self.per_layer and (self.direction_index is not None or self.subspace):
             raise VaubanError("per-layer directions exclude --direction-index and --subspace; pick one")
-        if self.subspace is not None and (isinstance(self.subspace, bool) or self.subspace < 1):
-            raise VaubanError(f"subspace must be a positive integer, got {self.subspace!r}")
+        if self.subspace is not None:
+            check_int("subspace", self.subspace, 1)
         if self.subspace and (self.direction_index is not None or self.projected):
             raise VaubanError("a subspace is measured at the direction's layer; drop --direction-index "
                               "and --projected")

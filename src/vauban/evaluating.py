@@ -42,7 +42,7 @@ from .divergence import (
     plan,
     token_logprobs,
 )
-from .errors import VaubanError
+from .errors import VaubanError, check_int
 from .formatting import Formatting
 from .generate import check_max_tokens, generate
 from .judge import Judge, get_judge, run_judge
@@ -295,8 +295,7 @@ def evaluate(
     """
     check_max_tokens(max_tokens)
     judge = get_judge(judge)
-    if isinstance(kl_tokens, bool) or not isinstance(kl_tokens, int) or kl_tokens < 0:
-        raise VaubanError(f"kl_tokens must be an integer >= 0, got {kl_tokens!r}")
+    kl_tokens = check_int("kl_tokens", kl_tokens, 0)
     pair = Pair(original, modified)
     harmful = default_eval_prompts() if prompts is None else load_prompts(prompts, what="eval prompts")
     safe_prompts = [] if safe is False else default_safe_prompts() if safe in (None, True) else (

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import VaubanError
+from .errors import VaubanError, check_int
 
 THINKING_TOKENS = 1024
 """New tokens a thinking model may spend before its reply (default; ``thinking_tokens=`` sets it)."""
@@ -71,9 +71,8 @@ class Formatting:
         except TypeError as err:
             raise VaubanError(f"template options must be JSON values (text, numbers, booleans): {err}") \
                 from None
-        tokens = self.thinking_tokens
-        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0):
-            raise VaubanError(f"thinking_tokens must be an integer >= 0, got {tokens!r}")
+        if self.thinking_tokens is not None:
+            check_int("thinking_tokens", self.thinking_tokens, 0)
         object.__setattr__(self, "system_prompts", dict(self.system_prompts))
         object.__setattr__(self, "template_options", dict(self.template_options))
 

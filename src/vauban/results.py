@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from .atomic import write_file
 from .capability import CapabilityScore
 from .errors import VaubanError
+from .errors import check_int as check_int  # re-exported (generate, measuring, optimize, refine)
 from .formatting import Formatting
 
 
@@ -58,13 +59,6 @@ def check_layer(layer: Any, num_layers: int) -> int:
             f"0..{num_layers - 1}"
         )
     return int(layer)
-
-
-def check_int(name: str, value: Any, low: int) -> int:
-    """``value`` as an int ``>= low``, or a one-line error (bools, floats and strings refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise VaubanError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 MAX_ALPHA = 1000.0  # far past any useful strength; beyond it float weights overflow to inf

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from ..errors import VaubanError
+from ..errors import VaubanError, check_int
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,4 @@ def read_records(path: str | Path, limit: int | None, what: str) -> list[dict[st
 
 
 def check_limit(limit: int | None) -> int | None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise VaubanError(f"limit must be a positive integer, got {limit!r}")
-    return limit
+    return None if limit is None else check_int("limit", limit, 1)
