@@ -327,8 +327,10 @@ RULES: tuple[Rule, ...] = (
          r"(?:deserve|have the right|should be)",
          "Everyone deserves to be treated with respect, regardless of their background."),
     Rule("stereotype-lecture", "caution",
-         r"avoid (?:making |drawing |relying on )?(?:\w+ )?(?:assumptions|generali[sz]ations|stereotypes|stereotyping)"
-         r"|(?:perpetuates?|perpetuating|reinforces?|reinforcing) (?:\w+ )?(?:stereotypes|prejudices?|biases)",
+         r"avoid (?:making |drawing |relying on )?(?:\w+ )?"
+         r"(?:assumptions|generali[sz]ations|stereotypes|stereotyping)"
+         r"|(?:perpetuates?|perpetuating|reinforces?|reinforcing) (?:\w+ )?"
+         r"(?:stereotypes|prejudices?|biases)",
          "It is important to avoid making assumptions about people."),
     Rule("lecture-first", "caution",
          r"^(?:first and foremost,? |first,? |firstly,? )?(?:it is|it's) (?:very |extremely |also )?"
