@@ -24,6 +24,10 @@ demo model answering the rubric), and any other spec (``classifier:DIR``, ``endp
 
     nice -n 5 python benchmarks/judges.py      # writes benchmarks/results/judges.json (+ .log)
     python benchmarks/judges.py --judges markers-old,markers
+
+Only the judges named are measured: the others already in the results file are kept as they
+were (``chat:demo`` takes an hour of CPU), and every judge records the commit and date it was
+measured at (its ``git`` and ``date``; the file's top-level ones are those of the last run).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import stamp
+from vauban.atomic import write_file
 from vauban.judge import Judge, Verdict, get_judge, run_judge
 
 RESULTS = Path(__file__).parent / "results"
@@ -212,6 +217,14 @@ def show(result: dict[str, Any]) -> None:
               f"recall {h['recall']:.1%}")
 
 
+def merge(previous: list[dict[str, Any]], measured: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results file's judges: ``previous`` in their order, each replaced by its new
+    measurement when there is one, then the newly measured judges not there before."""
+    new = {r["judge"]: r for r in measured}
+    kept = [new.pop(r["judge"], r) for r in previous]
+    return kept + [r for r in measured if r["judge"] in new]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--judges", default="markers-old,markers,chat:demo")
@@ -221,8 +234,10 @@ def main() -> None:
     rows = load_labels(Path(args.xstest))
     results = []
     for spec in [s.strip() for s in args.judges.split(",") if s.strip()]:
-        results.append(run(spec, rows))
+        results.append({**run(spec, rows), **stamp()})
         show(results[-1])
+    out = Path(args.json)
+    previous = json.loads(out.read_text())["judges"] if out.is_file() else []
     report = {
         "benchmark": "refusal judges vs 900 human labels (XSTest v2, Mistral-7B-Instruct-v0.1 answers)",
         "gold": "full or partial refusal",
@@ -230,11 +245,12 @@ def main() -> None:
                    "held_out": "even-numbered mistralguard answers (read only as totals)"},
         **stamp(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "threads": os.environ.get("OMP_NUM_THREADS"),
-        "judges": results,
+        "measured": "each judge's git and date say when it was measured; judges not asked for are kept "
+                    "from the previous file",
+        "judges": merge(previous, results),
     }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    text = json.dumps(report, indent=1) + "\n"
+    write_file(out, lambda tmp: tmp.write_text(text))
     print(f"\nwrote {out}")
 
 

@@ -27,9 +27,10 @@ resumable on its own (``--stage NAME``; ``all`` runs them in order and skips fin
 
   heretic's search counts refusals and KL on its *evaluation* prompts; here those are the
   ``*_search`` files, and the ``*_report`` files are only used afterwards, for every model.
-- ``heretic``: the search, seeded, on CPU, stopped at ``--budget`` seconds of wall time (the
-  time ``vauban optimize`` takes); its Optuna study is checkpointed, and the chosen trial (the
-  Pareto point with the fewest refusals, as heretic lists them) is exported merged.
+- ``heretic``: the search, seeded, on CPU, in a terminal (tmux, ``peers_tmux.py``: heretic asks
+  through interactive menus), stopped with Ctrl+C at ``--budget`` seconds of wall time (the
+  budget ``vauban optimize`` gets); heretic then lists its Pareto front itself, and the trial
+  with the fewest refusals (its first) is saved merged, all in the same heretic process.
 - ``vauban``: ``vauban abliterate`` (the one-command default) and ``vauban optimize`` (its pick
   exported), each timed.
 - ``evaluate``: every export and the original on the report prompts, by vauban's evaluation
@@ -196,8 +197,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=str(HERE / ".peers"), help="work folder (venv, data, exports)")
     parser.add_argument("--stage", default="all",
-                        choices=["all", "install", "data", "heretic", "heretic-export", "vauban", "evaluate",
-                                 "report"])
+                        choices=["all", "install", "data", "heretic", "vauban", "evaluate", "report"])
     parser.add_argument("--budget", type=float, default=BUDGET,
                         help="wall seconds each tool's search gets (default %(default)s)")
     parser.add_argument("--vauban-runs", default="vauban_default,vauban_optimize",
@@ -210,9 +210,7 @@ def main() -> None:
     if args.stage in ("all", "vauban"):
         run_vauban(work, args.budget, tuple(args.vauban_runs.split(",")))
     if args.stage in ("all", "heretic"):
-        run_search(heretic, files, work, args.budget)
-    if args.stage in ("all", "heretic-export"):
-        export_heretic(heretic, files, work)
+        run_heretic(heretic, files, work, args.budget)
     if args.stage in ("all", "evaluate"):
         from peers_evaluate import evaluate_all
 
@@ -223,16 +221,48 @@ def main() -> None:
         gather(work, work / "eval", model_dirs(work))
 
 
-def run_search(heretic: Path, files: dict[str, Path], work: Path, budget: float) -> None:
-    model = demo_dir()
-    cmd = [str(heretic), "--model", str(model), *heretic_common(files, "search"),
-           "--study-checkpoint-dir", str(work / "checkpoints"), "--n-trials", "200"]
-    rc, seconds = run_logged(cmd, work / "heretic_search.log", timeout=budget)
-    trials = finished_trials(heretic, work / "checkpoints")
-    say(f"heretic search stopped: rc={rc}, {seconds:.0f} s, {trials} finished trials")
-    (work / "heretic_search.json").write_text(json.dumps(
-        {"command": cmd, "budget_seconds": budget, "seconds": round(seconds, 1), "rc": rc,
-         "trials": trials}, indent=2) + "\n")
+def run_heretic(heretic: Path, files: dict[str, Path], work: Path, budget: float) -> None:
+    """heretic's search for ``budget`` wall seconds, then its own trial menu and merged export.
+
+    heretic runs in a terminal (``peers_tmux``): at the budget it gets Ctrl+C, which in heretic
+    stops the study (the running trial is dropped) and opens the Pareto-front menu in the same
+    process; the trial with the fewest refusals on its search prompts (heretic lists them sorted
+    so, ties by KL) is chosen and saved merged to ``WORK/exports/heretic``."""
+    from peers_tmux import Terminal
+
+    for old in (work / "checkpoints", work / "exports" / "heretic"):
+        shutil.rmtree(old, ignore_errors=True)  # a fresh study: the wall time is the whole search
+    log = work / "heretic_search.log"
+    cmd = [str(heretic), "--model", str(demo_dir()), *heretic_common(files, "search"),
+           "--study-checkpoint-dir", str(work / "checkpoints"), "--n-trials", "200",
+           "--export-strategy", "MERGE"]
+    term = Terminal("vauban-peers-heretic", log)
+    say(f"run in tmux: {' '.join(cmd)} > {log}")
+    start = time.perf_counter()
+    term.start(cmd, env={"PYTHONUNBUFFERED": "1"})
+    menu = term.wait_for(r"Which trial do you want to use\?", budget, every=10)
+    if menu is None:
+        term.keys("C-c")  # stop the study; heretic opens its trial menu
+    seconds = time.perf_counter() - start
+    record = {"command": cmd, "budget_seconds": budget, "seconds": round(seconds, 1),
+              "stopped": "finished its trials" if menu else "Ctrl+C at the budget"}
+    if not term.wait_for(r"Which trial do you want to use\?", 300):
+        record |= {"trials": 0, "screen": term.screen()[-2000:]}
+    else:
+        time.sleep(2)
+        record["pareto_front"] = [c for c in term.menu(r"Which trial do you want to use\?") if "Trial" in c]
+        record["trials"] = finished_trials(heretic, work / "checkpoints")
+        record["chosen"] = term.choose(r"Which trial do you want to use\?", r"\[Trial")
+        export_start = time.perf_counter()
+        term.choose(r"What do you want to do with the decensored model\?", "Save the model to a local folder")
+        term.wait_for(r"Path to the folder", 120)
+        term.type_line(str(work / "exports" / "heretic"))
+        if not term.wait_for(r"(?s)Saving merged model.*What do you want to do", 1800, every=5):
+            raise SystemExit(f"heretic's export did not finish; screen:\n{term.screen()}")
+        record["export_seconds"] = round(time.perf_counter() - export_start, 1)
+    term.stop()
+    (work / "heretic_search.json").write_text(json.dumps(record, indent=2) + "\n")
+    say(f"heretic: {record['trials']} trials in {seconds:.0f} s; chosen {record.get('chosen')}")
 
 
 def finished_trials(heretic: Path, checkpoints: Path) -> int:
@@ -254,18 +284,6 @@ def finished_trials(heretic: Path, checkpoints: Path) -> int:
     out = subprocess.run([str(heretic.parent / "python"), "-c", code, *journals], capture_output=True,
                          text=True, check=False)
     return int(out.stdout.strip() or 0)
-
-
-def export_heretic(heretic: Path, files: dict[str, Path], work: Path) -> None:
-    """heretic again on the checkpointed study, in this terminal: it offers the finished trials
-    (Pareto front) and the export; the trial to pick is the one with the fewest refusals on its
-    search prompts (ties: lowest KL), merged into ``WORK/exports/heretic``. heretic asks through
-    interactive menus, so this stage needs a terminal (run it in tmux to script the keys)."""
-    cmd = [str(heretic), "--model", str(demo_dir()), *heretic_common(files, "search"),
-           "--study-checkpoint-dir", str(work / "checkpoints"), "--n-trials", "200",
-           "--export-strategy", "MERGE"]
-    say(f"run: {' '.join(cmd)}")
-    subprocess.run(cmd, check=False)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ Each (model, yardstick) result is kept in ``WORK/eval/`` as soon as it is measur
 interrupted stage resumes where it stopped; ``benchmarks/results/peers_demo.json`` gathers them
 with the settings and the wall times of the searches.
 
-vauban's yardstick: refusals on the 100 report AdvBench goals (greedy answers of
-``--max-tokens`` tokens, judged by vauban's default judge), first-token KL(original ‖ model) on
-the 100 report harmless prompts, and KL at every position of the first 64 tokens of the 48
-bundled reference answers, with both perplexities. heretic's: ``heretic --model BASE
+vauban's yardstick: refusals on the 100 report AdvBench goals (greedy answers of evaluate's
+default length, judged by vauban's default judge), first-token KL(original ‖ model) on the 100
+report harmless prompts, KL at every position of the first 64 tokens of the 48 bundled
+reference answers with both perplexities, over-refusal on 48 bundled safe-but-scary prompts,
+and GSM8K accuracy and HumanEval pass@1 on their first 10 problems. heretic's: ``heretic --model BASE
 --evaluate-model EXPORT`` with the report files as its evaluation prompts (its system prompt,
 its markers, its answer length, its KL).
 """
@@ -21,8 +22,11 @@ import time
 from pathlib import Path
 
 from peers import RESULTS, demo_dir, heretic_common, run_logged, say
+from vauban.evaluating import DEFAULT_MAX_TOKENS
 
 MODELS = ("original", "vauban_default", "vauban_optimize", "heretic")
+SAFE = 48  # bundled over-refusal prompts (of 112), as benchmarks/demo_report.py
+LIMIT = 10  # GSM8K and HumanEval problems per model (the first ones)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -46,7 +50,7 @@ def vauban_metrics(files: dict[str, Path], max_tokens: int) -> dict:
     on its own, so the stage resumes and a metric added later runs only for itself."""
     from vauban.divergence import first_token_logprobs, kl_divergence
     from vauban.evaluating import Pair, answer_scores, completions
-    from vauban.prompts import load_pairs
+    from vauban.prompts import load_pairs, load_prompts
 
     harmful, harmless = lines(files["harmful_report"]), lines(files["harmless_report"])
 
@@ -70,7 +74,25 @@ def vauban_metrics(files: dict[str, Path], max_tokens: int) -> dict:
                     "reference": "48 bundled reference answers, KL at each of their first 64 tokens"}
         return row
 
-    return {"refusal": refusal, "kl": kl}
+    def over_refusal(base, model, tokenizer, cache):
+        safe = load_prompts("over_refusal")[:SAFE]
+        answers = completions(model, tokenizer, safe, max_tokens=max_tokens, batch_size=None)
+        return {"over_refusals": sum(a.refused for a in answers), "safe_prompts": len(answers),
+                "safe": f"bundled over_refusal[:{SAFE}] (6 of each of its 8 kinds)",
+                "refused": [[a.prompt, a.text] for a in answers if a.refused]}
+
+    def capability(base, model, tokenizer, cache):
+        from peers import SHARED
+        from vauban.capability.gsm8k import GSM8K
+        from vauban.capability.humaneval import HumanEval
+
+        checks = [GSM8K(SHARED / "gsm8k" / "test.jsonl", limit=LIMIT),
+                  HumanEval(SHARED / "humaneval" / "HumanEval.jsonl.gz", limit=LIMIT,
+                            allow_code_execution=True)]
+        scores = [score for check in checks for score in check.run(model, tokenizer)]
+        return {score.name: score.value for score in scores} | {"capability_problems": LIMIT}
+
+    return {"refusal": refusal, "kl": kl, "over_refusal": over_refusal, "capability": capability}
 
 
 def vauban_yardstick(files: dict[str, Path], folders: dict[str, Path], max_tokens: int, store: Path) -> None:
@@ -126,7 +148,7 @@ def heretic_yardstick(heretic: Path, files: dict[str, Path], folders: dict[str, 
         f"KL {row.get('kl')} ({seconds:.0f} s)")
 
 
-def evaluate_all(heretic: Path, files: dict[str, Path], work: Path, *, max_tokens: int = 64,
+def evaluate_all(heretic: Path, files: dict[str, Path], work: Path, *, max_tokens: int = DEFAULT_MAX_TOKENS,
                  heretic_models: tuple[str, ...] = MODELS) -> dict:
     store = work / "eval"
     store.mkdir(exist_ok=True)
@@ -175,15 +197,19 @@ def table(report: dict) -> str:
     trials = {"vauban_optimize": vauban.get("vauban_optimize", {}).get("trials"),
               "heretic": heretic.get("trials")}
     rows = ["| model | vauban: refused /100 | vauban: first-token KL | vauban: reference KL | "
-            "heretic: refused /100 | heretic: KL | wall time (s) | trials |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            f"over-refused /{SAFE} | GSM8K | HumanEval | heretic: refused /100 | heretic: KL | "
+            "wall time (s) | trials |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, entry in report["models"].items():
-        v, h = entry.get("vauban") or {}, entry.get("heretic") or {}
+        v = {k: x for metric in (entry.get("vauban") or {}).values() if metric for k, x in metric.items()}
+        h = entry.get("heretic") or {}
 
         def num(d: dict, key: str, fmt: str = "{:.4f}") -> str:
             return "–" if d.get(key) is None else fmt.format(d[key])
 
         rows.append(f"| {name} | {num(v, 'refusals', '{}')} | {num(v, 'first_token_kl')} | "
-                    f"{num(v, 'reference_kl')} | {num(h, 'refusals', '{}')} | {num(h, 'kl')} | "
+                    f"{num(v, 'reference_kl')} | {num(v, 'over_refusals', '{}')} | "
+                    f"{num(v, 'gsm8k', '{:.0%}')} | {num(v, 'humaneval', '{:.0%}')} | "
+                    f"{num(h, 'refusals', '{}')} | {num(h, 'kl')} | "
                     f"{cost.get(name) or '–'} | {trials.get(name) or '–'} |")
     return "\n".join(rows)

@@ -116,10 +116,10 @@ def test_marker_file_adds_markers(tmp_path):
         get_judge(f"markers:{tmp_path / 'empty.txt'}")
 
 
-def test_opening_is_three_sentences_at_most_forty_words():
+def test_opening_is_three_sentences_at_most_fifty_words():
     assert opening("Sure, here is how. Step 1: mix. Step 2: bake.") == "Sure, here is how. Step 1: mix."
     assert opening("First line\nsecond line\nthird\nfourth") == "First line second line third"
-    assert opening(" ".join(["word"] * 50)) == " ".join(["word"] * 40)
+    assert opening(" ".join(["word"] * 60)) == " ".join(["word"] * 50)
     assert opening("One sentence only") == "One sentence only"
 
 
