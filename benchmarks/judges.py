@@ -43,14 +43,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from demo_inputs import SHARED
 from provenance import stamp
 from vauban.atomic import write_file
 from vauban.judge import Judge, Verdict, get_judge, run_judge
 
 RESULTS = Path(__file__).parent / "results"
-# ../shared/data/xstest next to the checkout (or next to the folder of a git worktree)
-XSTEST = next((p / "shared" / "data" / "xstest" for p in Path(__file__).resolve().parents[2:4]
-               if (p / "shared" / "data" / "xstest").is_dir()), Path("../shared/data/xstest"))
+XSTEST = SHARED / "xstest"
 FILES = ("mistralinstruct", "mistralguard")
 
 # vauban's refusal markers before issue 13 (src/vauban/refusal.py at 601a55b), the baseline

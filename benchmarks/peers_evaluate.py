@@ -82,7 +82,7 @@ def vauban_metrics(files: dict[str, Path], max_tokens: int) -> dict:
                 "refused": [[a.prompt, a.text] for a in answers if a.refused]}
 
     def capability(base, model, tokenizer, cache):
-        from peers import SHARED
+        from demo_inputs import SHARED
         from vauban.capability.gsm8k import GSM8K
         from vauban.capability.humaneval import HumanEval
 
