@@ -106,4 +106,6 @@ def run_untrusted(
         raise VaubanError("the sandbox cannot cut the network off: this kernel refuses unprivileged "
                           f"user namespaces ({text.strip()}); enable them (sysctl "
                           "kernel.unprivileged_userns_clone=1) or run the check in a container")
+    if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):  # the CPU-time limit: a timeout too
+        return Outcome("timeout", text)
     return Outcome("passed" if proc.returncode == 0 else "failed", text)
