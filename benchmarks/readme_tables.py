@@ -257,13 +257,18 @@ def exports() -> list[str]:
     answered = "not measured (see below)"
     if "refusal" in m:
         answered = (agree(m) + f"; refused {pct(m['refusal'])} of {m['prompts']} (float32: "
-                    f"{pct(m['refusal_float32_same_prompts'])})")
+                    f"{pct(m['refusal_float32_same_prompts'])}); "
+                    f"{m['same_answer_as_float32']}/{m['prompts']} answers word for word")
+        if m.get("mlx_activations") == "float32":
+            answered += "; run on mlx's CPU backend with float32 activations"
     rows.append(["MLX (`--format mlx --quant 4`)", "4-bit", mb(m["weights_bytes"]), "`mlx_lm.load(OUT)`",
                  answered, f"{m['seconds']:.0f} s"])
     note = (f"Refusals: greedy answers of {r['max_tokens']} tokens to the bundled eval prompts, judge "
             f"{r['judge'].split(' ')[0]}, each export run by its own runtime; logits on the first "
             f"{r.get('logit_prompts', 20)} prompts against the float32 model in memory. The uncut model "
             f"refused {pct(r['refusal_original'])} of {r['original_prompts']}.")
+    if "mlx_run" in r:
+        note += f" The MLX row was measured on its own (`--only mlx`) at {r['mlx_run']['git']}."
     header = ["format", "weights", "size", "load with", "agreement with the cut model", "export time"]
     return [*markdown(header, rows), "", note]
 
