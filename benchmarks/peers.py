@@ -52,6 +52,7 @@ import time
 from pathlib import Path
 
 from demo_inputs import ADVBENCH, advbench_sample
+from provenance import stamp
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -182,7 +183,7 @@ def run_vauban(work: Path, budget: float,
         rc, seconds = run_logged(vauban_cli(*args), work / f"{name}.log", env=child_env())
         if rc != 0:
             raise SystemExit(f"vauban {args[0]} failed (rc {rc}); see {work / f'{name}.log'}")
-        times[name] = {"command": "vauban " + " ".join(args), "seconds": round(seconds, 1)}
+        times[name] = {"command": "vauban " + " ".join(args), "seconds": round(seconds, 1), **stamp()}
         if name == "vauban_optimize":
             trials = json.loads((work / "optimize" / "pareto.json").read_text())["trials"]
             refined = sum(isinstance(t["cut"]["attention"], list) for t in trials)
@@ -191,6 +192,21 @@ def run_vauban(work: Path, budget: float,
         times_file.write_text(json.dumps(times, indent=2) + "\n")
         say(f"{name}: {seconds:.0f} s")
     return times
+
+
+def sample_load(log: Path, every: float = 60.0) -> None:
+    """Append the load average to ``log`` every minute while this process runs (a daemon thread):
+    the searches are timed, so the report says how quiet the machine was."""
+    import threading
+
+    def loop() -> None:
+        while True:
+            load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+            with log.open("a") as out:
+                out.write(f"{time.strftime('%H:%M:%S')} {load}\n")
+            time.sleep(every)
+
+    threading.Thread(target=loop, daemon=True).start()
 
 
 def main() -> None:
@@ -207,6 +223,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     heretic = install(work)
     files = write_data(work)
+    if args.stage in ("all", "vauban", "heretic"):
+        sample_load(work / "loadavg.log")
     if args.stage in ("all", "vauban"):
         run_vauban(work, args.budget, tuple(args.vauban_runs.split(",")))
     if args.stage in ("all", "heretic"):
@@ -244,7 +262,7 @@ def run_heretic(heretic: Path, files: dict[str, Path], work: Path, budget: float
     if menu is None:
         term.keys("C-c")  # stop the study; heretic opens its trial menu
     seconds = time.perf_counter() - start
-    record = {"command": cmd, "budget_seconds": budget, "seconds": round(seconds, 1),
+    record = {"command": cmd, "budget_seconds": budget, "seconds": round(seconds, 1), **stamp(),
               "stopped": "finished its trials" if menu else "Ctrl+C at the budget"}
     if not term.wait_for(r"Which trial do you want to use\?", 300):
         record |= {"trials": 0, "screen": term.screen()[-2000:]}

@@ -172,6 +172,7 @@ def gather(work: Path, store: Path, folders: dict[str, Path]) -> dict:
                     "reference": "the 48 bundled reference pairs (vauban's KL at every answer position)"},
         "searches": {"vauban": read(work / "vauban_times.json"),
                      "heretic": read(work / "heretic_search.json")},
+        "load_average": load_average(work / "loadavg.log"),
         "models": {name: {"path": str(folders[name]),
                           "vauban": {p.stem.removeprefix(f"vauban_{name}_"): read(p)
                                      for p in sorted(store.glob(f"vauban_{name}_*.json"))},
@@ -184,6 +185,16 @@ def gather(work: Path, store: Path, folders: dict[str, Path]) -> dict:
     out.write_text(json.dumps(report, indent=1) + "\n")
     say(f"wrote {out}")
     return report
+
+
+def load_average(log: Path) -> dict | None:
+    """The 1-minute load average sampled during the searches (``HH:MM:SS load1 load5 load15``
+    lines, one a minute, when the run recorded them): how quiet the 2-core machine was."""
+    if not log.is_file():
+        return None
+    rows = [line.split() for line in log.read_text().splitlines() if len(line.split()) == 4]
+    return {"samples": [[r[0], float(r[1])] for r in rows],
+            "note": "1-minute load average each minute (2 cores; about 2 = one job using both)"}
 
 
 def table(report: dict) -> str:
