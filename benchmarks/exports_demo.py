@@ -73,14 +73,16 @@ def llama_answers(path: Path, ids: list[list[int]], stops: list[int], tokenizer:
 
 
 def mlx_answers(folder: Path, ids: list[list[int]], stops: list[int], tokenizer: Any, max_tokens: int,
-                logit_prompts: int) -> tuple[list[str], np.ndarray, float]:
+                logit_prompts: int) -> tuple[list[str], np.ndarray, float, str]:
+    """Greedy answers and first-token logits from mlx_lm; the last item: the activations' dtype."""
     import mlx.core as mx
     import mlx_lm
     from mlx_lm.generate import generate_step
     from mlx_lm.sample_utils import make_sampler
 
     model, _ = mlx_lm.load(str(folder))
-    if mx.default_device() == mx.cpu:
+    activations = "float32" if mx.default_device() == mx.cpu else "float16"
+    if activations == "float32":
         # mlx's CPU quantized matmul with float16 activations runs about 45x slower than with
         # float32 (measured here: 3.8 s vs 0.085 s for a 30x896x4864 product, mlx 0.32.4), so
         # on a CPU the same 4-bit weights run with float32 scales and activations; on a Mac's
@@ -99,7 +101,7 @@ def mlx_answers(folder: Path, ids: list[list[int]], stops: list[int], tokenizer:
     seconds = time.perf_counter() - start
     logits = np.stack([np.array(model(mx.array([seq]))[0, -1].astype(mx.float32))
                        for seq in ids[:logit_prompts]])
-    return texts, logits, seconds
+    return texts, logits, seconds, activations
 
 
 def save(results: dict[str, Any], path: str) -> None:
@@ -133,11 +135,10 @@ def measure_others(formats: dict, timed: Any, save_now: Any, model: Any, tokeniz
 
     # GGUF from the GGUF source: patched, edited tensors re-quantized to their own types
     folder = timed("gguf", format="gguf")
-    gguf_file = folder / json.loads((folder / "vauban.json").read_text())["gguf_file"]
-    texts, logits, seconds = llama_answers(gguf_file, ids, stops, tokenizer, args.max_tokens,
-                                           args.logit_prompts)
-    source_bytes = json.loads((folder / "vauban.json").read_text())["source_bytes"]
-    formats["gguf"].update(source_bytes=source_bytes, refusal=rate(prompts, texts),
+    record = json.loads((folder / "vauban.json").read_text())
+    texts, logits, seconds = llama_answers(folder / record["gguf_file"], ids, stops, tokenizer,
+                                           args.max_tokens, args.logit_prompts)
+    formats["gguf"].update(source_bytes=record["source_bytes"], refusal=rate(prompts, texts),
                            llama_cpp_answer_seconds=round(seconds, 1),
                            first_token=logit_stats(reference, logits),
                            same_answer_as_float32=same(texts, floats))
@@ -174,20 +175,17 @@ def measure_others(formats: dict, timed: Any, save_now: Any, model: Any, tokeniz
     del peft_model, base
 
 
-
 def measure_mlx(formats: dict, timed: Any, ids: list[list[int]], prompts: list[str], stops: list[int],
                 tokenizer: Any, floats: list[Any], reference: np.ndarray, args: argparse.Namespace) -> None:
     """MLX 4-bit through mlx_lm's conversion, answered by mlx_lm (its first ``--mlx-prompts``)."""
     folder = timed("mlx-4bit", format="mlx", quant="4")
     n = args.mlx_prompts
-    texts, logits, seconds = mlx_answers(folder, ids[:n], stops, tokenizer, args.max_tokens,
-                                         args.logit_prompts)
-    import mlx.core as mx
-
+    texts, logits, seconds, activations = mlx_answers(folder, ids[:n], stops, tokenizer, args.max_tokens,
+                                                      args.logit_prompts)
     formats["mlx-4bit"].update(refusal=rate(prompts[:n], texts), prompts=n,
                                refusal_float32_same_prompts=sum(c.refused for c in floats[:n]) / n,
                                mlx_answer_seconds=round(seconds, 1),
-                               mlx_activations="float32" if mx.default_device() == mx.cpu else "float16",
+                               mlx_activations=activations,
                                first_token=logit_stats(reference, logits),
                                same_answer_as_float32=same(texts, floats[:n]))
     formats["mlx-4bit"].pop("note", None)

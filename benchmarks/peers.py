@@ -61,6 +61,7 @@ TORCH = "torch==2.13.0"
 SEED = 0
 BATCH_SIZE = 16
 BUDGET = 2700.0  # wall seconds each tool gets for its search (45 min)
+TRIAL_MENU = r"Which trial do you want to use\?"  # heretic's Pareto-front menu
 RESERVE = 1200.0  # of optimize's budget, after its last trial: refine, check, export (1,057 s here)
 
 
@@ -129,23 +130,13 @@ def heretic_common(files: dict[str, Path], evaluation: str) -> list[str]:
     return args
 
 
-def run_logged(cmd: list[str], log: Path, *, timeout: float | None = None, stdin: str = "",
-               env: dict[str, str] | None = None) -> tuple[int, float]:
-    """Run ``cmd`` with its output in ``log``; stop it (SIGINT, then SIGKILL) after ``timeout`` s."""
+def run_logged(cmd: list[str], log: Path, *, env: dict[str, str] | None = None) -> tuple[int, float]:
+    """Run ``cmd`` to its end with its output in ``log`` and an empty stdin; (exit code, seconds)."""
     say(f"run: {' '.join(cmd)} > {log}")
     start = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, text=True,
-                                env={**(env or os.environ), "PYTHONUNBUFFERED": "1", "TERM": "dumb"})
-        try:
-            proc.communicate(stdin, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(2)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, input="", text=True, check=False,
+                              env={**(env or os.environ), "PYTHONUNBUFFERED": "1", "TERM": "dumb"})
     return proc.returncode, time.perf_counter() - start
 
 
@@ -258,19 +249,19 @@ def run_heretic(heretic: Path, files: dict[str, Path], work: Path, budget: float
     say(f"run in tmux: {' '.join(cmd)} > {log}")
     start = time.perf_counter()
     term.start(cmd, env={"PYTHONUNBUFFERED": "1"})
-    menu = term.wait_for(r"Which trial do you want to use\?", budget, every=10)
+    menu = term.wait_for(TRIAL_MENU, budget, every=10)
     if menu is None:
         term.keys("C-c")  # stop the study; heretic opens its trial menu
     seconds = time.perf_counter() - start
     record = {"command": cmd, "budget_seconds": budget, "seconds": round(seconds, 1), **stamp(),
               "stopped": "finished its trials" if menu else "Ctrl+C at the budget"}
-    if not term.wait_for(r"Which trial do you want to use\?", 300):
+    if not term.wait_for(TRIAL_MENU, 300):
         record |= {"trials": 0, "screen": term.screen()[-2000:]}
     else:
         time.sleep(2)
-        record["pareto_front"] = [c for c in term.menu(r"Which trial do you want to use\?") if "Trial" in c]
+        record["pareto_front"] = [c for c in term.menu(TRIAL_MENU) if "Trial" in c]
         record["trials"] = finished_trials(heretic, work / "checkpoints")
-        record["chosen"] = term.choose(r"Which trial do you want to use\?", r"\[Trial")
+        record["chosen"] = term.choose(TRIAL_MENU, r"\[Trial")
         export_start = time.perf_counter()
         term.choose(r"What do you want to do with the decensored model\?", "Save the model to a local folder")
         term.wait_for(r"Path to the folder", 120)
