@@ -172,6 +172,8 @@ def gather(work: Path, store: Path, folders: dict[str, Path]) -> dict:
                     "reference": "the 48 bundled reference pairs (vauban's KL at every answer position)"},
         "searches": {"vauban": read(work / "vauban_times.json"),
                      "heretic": read(work / "heretic_search.json")},
+        "optimize_pick": optimize_pick(work / "optimize" / "pareto.json"),
+        "heretic_initial_refusals": initial_refusals(work / "heretic_search.log"),
         "load_average": load_average(work / "loadavg.log"),
         "models": {name: {"path": str(folders[name]),
                           "vauban": {p.stem.removeprefix(f"vauban_{name}_"): read(p)
@@ -185,6 +187,30 @@ def gather(work: Path, store: Path, folders: dict[str, Path]) -> dict:
     out.write_text(json.dumps(report, indent=1) + "\n")
     say(f"wrote {out}")
     return report
+
+
+def optimize_pick(path: Path) -> dict | None:
+    """What ``vauban optimize`` exported, by its own numbers (read from its ``pareto.json``): the
+    pick, the prompt counts it judged on, and the mean time of a search trial."""
+    if not path.is_file():
+        return None
+    front = json.loads(path.read_text())
+    pick = next(t for t in front["trials"] if t["number"] == front["best"])
+    searched = [t["seconds"] for t in front["trials"] if not isinstance(t["cut"]["attention"], list)]
+    return {**{k: pick[k] for k in ("number", "refusal", "kl", "refusal_likelihood", "selection_refusal",
+                                    "seconds")},
+            "judge": front["settings"]["judge"], "answer_tokens": front["settings"]["max_tokens"],
+            "search_prompts": front["n_prompts"], "harmless_prompts": front["n_harmless"],
+            "selection_prompts": front["n_selection"],
+            "search_trial_seconds_mean": round(sum(searched) / len(searched), 1)}
+
+
+def initial_refusals(log: Path) -> str | None:
+    """The original model's refusals on heretic's search prompts, as heretic printed them."""
+    if not log.is_file():
+        return None
+    found = re.findall(r"Initial refusals:\s*(\d+\s*/\s*\d+)", ANSI.sub("", log.read_text(errors="replace")))
+    return found[-1] if found else None
 
 
 def load_average(log: Path) -> dict | None:
