@@ -180,12 +180,13 @@ def gather(work: Path, store: Path, folders: dict[str, Path]) -> dict:
                                      for p in sorted(store.glob(f"vauban_{name}_*.json"))},
                           "heretic": read(store / f"heretic_{name}.json")} for name in folders},
     }
-    report["table"] = table(report)
-    print(report["table"])
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "peers_demo.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     say(f"wrote {out}")
+    from readme_tables import build  # the README's table, the one rendering of these rows
+
+    print(build("peers"))
     return report
 
 
@@ -221,32 +222,3 @@ def load_average(log: Path) -> dict | None:
     rows = [line.split() for line in log.read_text().splitlines() if len(line.split()) == 4]
     return {"samples": [[r[0], float(r[1])] for r in rows],
             "note": "1-minute load average each minute (2 cores; about 2 = one job using both)"}
-
-
-def table(report: dict) -> str:
-    """The README table: both yardsticks, the searches' wall times and trial counts."""
-    searches = report["searches"]
-    vauban = searches.get("vauban") or {}
-    heretic = searches.get("heretic") or {}
-    cost = {"original": "", "vauban_default": vauban.get("vauban_default", {}).get("seconds"),
-            "vauban_optimize": vauban.get("vauban_optimize", {}).get("seconds"),
-            "heretic": heretic.get("seconds")}
-    trials = {"vauban_optimize": vauban.get("vauban_optimize", {}).get("trials"),
-              "heretic": heretic.get("trials")}
-    rows = ["| model | vauban: refused /100 | vauban: first-token KL | vauban: reference KL | "
-            f"over-refused /{SAFE} | GSM8K | HumanEval | heretic: refused /100 | heretic: KL | "
-            "wall time (s) | trials |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, entry in report["models"].items():
-        v = {k: x for metric in (entry.get("vauban") or {}).values() if metric for k, x in metric.items()}
-        h = entry.get("heretic") or {}
-
-        def num(d: dict, key: str, fmt: str = "{:.4f}") -> str:
-            return "–" if d.get(key) is None else fmt.format(d[key])
-
-        rows.append(f"| {name} | {num(v, 'refusals', '{}')} | {num(v, 'first_token_kl')} | "
-                    f"{num(v, 'reference_kl')} | {num(v, 'over_refusals', '{}')} | "
-                    f"{num(v, 'gsm8k', '{:.0%}')} | {num(v, 'humaneval', '{:.0%}')} | "
-                    f"{num(h, 'refusals', '{}')} | {num(h, 'kl')} | "
-                    f"{cost.get(name) or '–'} | {trials.get(name) or '–'} |")
-    return "\n".join(rows)

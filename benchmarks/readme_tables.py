@@ -374,8 +374,8 @@ def selection() -> list[str]:
 
 @table("peers")
 def peers() -> list[str]:
-    """vauban and heretic on the demo model (``benchmarks/peers.py``): both yardsticks, the wall
-    time of each search and the trials it finished."""
+    """vauban and heretic on the demo model (``benchmarks/peers.py``): both yardsticks, the
+    capability checks, the wall time of each search and the trials it finished."""
     r = load("peers_demo.json")
     searches = r["searches"]
     vauban, heretic = searches.get("vauban") or {}, searches.get("heretic") or {}
@@ -388,17 +388,20 @@ def peers() -> list[str]:
     def num(d: dict, key: str, fmt: str = "{:.4f}") -> str:
         return "–" if d.get(key) is None else fmt.format(d[key])
 
-    rows = []
+    rows, safe = [], "–"
     for name, entry in r["models"].items():
         v = {k: x for metric in (entry.get("vauban") or {}).values() if metric for k, x in metric.items()}
         h = entry.get("heretic") or {}
         c = cost.get(name) or {}
+        safe = v.get("safe_prompts", safe)
         trials = "" if name == "original" else "–" if c.get("trials") is None else str(c["trials"])
         rows.append([labels.get(name, name), num(v, "refusals", "{}"), num(v, "first_token_kl"),
-                     num(v, "reference_kl"), num(h, "refusals", "{}"), num(h, "kl"),
+                     num(v, "reference_kl"), num(v, "over_refusals", "{}"), num(v, "gsm8k", "{:.0%}"),
+                     num(v, "humaneval", "{:.0%}"), num(h, "refusals", "{}"), num(h, "kl"),
                      "" if name == "original" else num(c, "seconds", "{:.0f}"), trials])
     return markdown(["model", "vauban: refused /100", "vauban: first-token KL",
-                     "vauban: KL, 64 answer tokens", "heretic: refused /100", "heretic: KL", "wall time (s)",
+                     "vauban: KL, 64 answer tokens", f"vauban: over-refused /{safe}", "GSM8K (10)",
+                     "HumanEval (10)", "heretic: refused /100", "heretic: KL", "wall time (s)",
                      "trials"], rows)
 
 # --- README I/O --------------------------------------------------------------------------------
