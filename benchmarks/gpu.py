@@ -3,7 +3,8 @@
 A random-weight model with the exact Llama-3.1-8B config in bfloat16 is built on the GPU (real
 weights cannot travel to the benchmark machine). Everything is measured side by side in one
 process, on one device, with ablation rows (the previous implementations, kept in
-``gpu_baselines.py``, and each optimization switched off in turn):
+``gpu_baselines.py``, and each optimization switched off in turn); the cut section lives in
+``gpu_cut.py``, the two-GPU sections in ``gpu_multi.py``:
 
 - ceilings: device-to-device copy bandwidth (bytes read + written) and a bf16 8192³ matmul;
 - capture: last-token residuals of 256 prompts (all layers) in tokens/s and as a fraction of
@@ -44,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vauban.generate as vgen
 from conftest import build_tokenizer
 from gpu_baselines import old_last_token_residuals, old_static_greedy
+from gpu_cut import cut_bench
 from gpu_multi import replicas_bench, split_bench
 from vauban import arch, batching, cut, evaluating, kernels
 from vauban.activations import last_token_residuals
@@ -53,7 +55,6 @@ from vauban.evaluating import completions
 from vauban.prompts import encode_chat, load_prompts, pad_id
 
 PEAK_BF16 = 790e12  # FLOP/s, the issue's reference (8192³ bf16 matmul on an H100 here)
-NOMINAL_BW = 3.0e12  # B/s, the issue's reference
 
 SHAPES = {
     "llama-3.1-8b": dict(
@@ -238,170 +239,6 @@ def profile_capture(model: Any, tokenizer: Any, prompts: list[str]) -> dict[str,
     }
 
 
-def writers(model: Any) -> list[tuple[str, torch.Tensor, int]]:
-    layers = list(range(arch.num_layers(model)))
-    return [(w.name, w.weight, w.axis) for w in arch.residual_writers(model, layers)]
-
-
-def cut_bench(b: Bench, model: Any, direction: torch.Tensor) -> dict[str, Any]:
-    mats = writers(model)
-    nbytes = sum(w.numel() * w.element_size() for _, w, _ in mats)
-    r: dict[str, Any] = {
-        "matrices": len(mats),
-        "GB": nbytes / 1e9,
-        "bound_ms_3TBps": 2 * nbytes / NOMINAL_BW * 1e3,
-    }
-    copy_bw = b.rows.get("ceilings", {}).get("copy_GBps")
-    if copy_bw and math.isfinite(copy_bw):
-        r["bound_ms_measured_bw"] = 2 * nbytes / (copy_bw * 1e9) * 1e3
-    bound = r.get("bound_ms_measured_bw", r["bound_ms_3TBps"])
-    v = direction.to(b.device, torch.float32)
-    saved = [w.detach().clone() for _, w, _ in mats]
-
-    def restore() -> None:
-        for (_, w, _), s in zip(mats, saved, strict=True):
-            w.data.copy_(s)
-
-    def exact() -> bool:
-        return all(
-            torch.equal(w.view(torch.int16), s.view(torch.int16))
-            for (_, w, _), s in zip(mats, saved, strict=True)
-        )
-
-    def torch_bf16() -> None:  # the issue's baseline: W -= outer(d, d @ W), in the weights' dtype
-        d16 = v.to(mats[0][1].dtype)
-        for _, w, axis in mats:
-            view = w.data.movedim(axis, 0)
-            view -= torch.outer(d16, d16 @ view)
-
-    def torch_fp32() -> None:
-        for _, w, axis in mats:
-            view = w.data.movedim(axis, 0)
-            view.copy_((view.float() - torch.outer(v, v @ view.float())).to(view.dtype))
-
-    with torch.no_grad():
-        for name, fn in (("torch_bf16", torch_bf16), ("torch_fp32", torch_fp32)):
-            t, _ = b.time(fn, repeat=3)
-            r[f"{name}_ms"] = t * 1e3
-            r[f"{name}_x_bound"] = t * 1e3 / bound
-            restore()
-    if b.device.type == "cuda" and kernels.available():
-        r.update(kernel_level(b, mats, v, bound, restore, exact))
-    # API level: vauban.cut (fused) and vauban.cut with the PyTorch path, apply + undo
-    for label, fused in (("api_fused", True), ("api_torch", False)):
-        original = kernels.supported
-        if not fused:
-            kernels.supported = lambda p: False
-        try:
-            ta, tu = [], []
-            for i in range(4):
-                b.sync()
-                t0 = time.perf_counter()
-                c = cut(model, direction)
-                b.sync()
-                t1 = time.perf_counter()
-                c.undo()
-                b.sync()
-                if i:  # the first compiles the kernels
-                    ta.append(t1 - t0)
-                    tu.append(time.perf_counter() - t1)
-            r[f"{label}_apply_ms"] = sorted(ta)[1] * 1e3
-            r[f"{label}_undo_ms"] = sorted(tu)[1] * 1e3
-            r[f"{label}_undo_bit_exact"] = exact()
-            r[f"{label}_apply_x_bound"] = r[f"{label}_apply_ms"] / bound
-            r[f"{label}_undo_x_bound"] = r[f"{label}_undo_ms"] / bound
-        finally:
-            kernels.supported = original
-        restore()
-    return r
-
-
-def kernel_level(
-    b: Bench,
-    mats: list[Any],
-    v: torch.Tensor,
-    bound: float,
-    restore: Callable[[], None],
-    exact: Callable[[], bool],
-) -> dict[str, Any]:
-    """The fused first application vs the previous two kernels, its tile sweep, and accuracy."""
-    r: dict[str, Any] = {}
-    views = [w.data.movedim(axis, -1) for _, w, axis in mats]
-
-    def undo(edits: list[Any]) -> None:
-        for view, (rr, _, _) in zip(views, edits, strict=True):
-            kernels.shift_(view, v, rr, 1.0)
-        for (_, w, _), (_, index, values) in zip(mats, edits, strict=True):
-            w.data.view(-1)[index] = values
-
-    designs = {
-        "fused": lambda: kernels.apply_many([(view, v, 1.0) for view in views]),
-        "fused_flat_scan": lambda: kernels.apply_many([(view, v, 1.0) for view in views]),
-        "two_pass": lambda: [kernels.apply_two_pass(view, v, 1.0) for view in views],
-    }
-    for name, apply in designs.items():
-        kernels.APPLY_SCAN = "flat" if name == "fused_flat_scan" else "contiguous"
-        undo(apply())  # compile
-        times_apply, times_undo = [], []
-        for _ in range(3):
-            b.sync()
-            t0 = time.perf_counter()
-            edits = apply()
-            b.sync()
-            t1 = time.perf_counter()
-            undo(edits)
-            b.sync()
-            times_apply.append(t1 - t0)
-            times_undo.append(time.perf_counter() - t1)
-        r[f"{name}_apply_ms"] = sorted(times_apply)[1] * 1e3
-        r[f"{name}_apply_x_bound"] = r[f"{name}_apply_ms"] / bound
-        r[f"{name}_undo_ms"] = sorted(times_undo)[1] * 1e3
-        r[f"{name}_undo_bit_exact"] = exact()
-        r[f"{name}_record_MB"] = (
-            sum(i.numel() * i.element_size() + x.numel() * x.element_size() for _, i, x in edits) / 1e6
-        )
-        restore()
-    default = kernels.APPLY_TILE
-    for tile in ((16, 256, 4), (16, 256, 8), (32, 128, 4), (32, 256, 8), (8, 512, 4), (64, 64, 4)):
-        kernels.APPLY_TILE = tile
-        try:
-            undo(designs["fused"]())
-            times = []
-            for _ in range(3):
-                b.sync()
-                t0 = time.perf_counter()
-                edits = designs["fused"]()
-                b.sync()
-                times.append(time.perf_counter() - t0)
-                undo(edits)
-            r[f"sweep_{'x'.join(map(str, tile))}_ms"] = sorted(times)[1] * 1e3
-            r[f"sweep_{'x'.join(map(str, tile))}_exact"] = exact()
-        except Exception as err:  # a tile that does not compile is a row, not a failure
-            r[f"sweep_{'x'.join(map(str, tile))}_error"] = f"{type(err).__name__}: {err}"[:200]
-        finally:
-            kernels.APPLY_TILE = default
-            restore()
-    misses = [kernels.apply_two_pass(view, v, 1.0) for view in views]
-    r["misses_per_element"] = sum(i.numel() for _, i, _ in misses) / sum(w.numel() for _, w, _ in mats)
-    restore()
-    t, _ = b.time(
-        lambda: [kernels.shift_(view, v, rr, -1.0) for view, (rr, _, _) in zip(views, misses, strict=True)],
-        repeat=3,
-    )
-    r["shift_only_ms"] = t * 1e3
-    r["shift_only_x_bound"] = t * 1e3 / bound
-    restore()
-    _, w, axis = mats[1]  # accuracy: the fused cut against float32 PyTorch math on one matrix
-    view = w.data.movedim(axis, -1)
-    rr = view.float() @ v
-    ref = (view.float() - rr.unsqueeze(-1) * v).to(w.dtype)
-    got_r, _, _ = kernels.apply_(view, v, 1.0)
-    r["fused_r_rel_err"] = float((got_r - rr).norm() / rr.norm())
-    r["fused_equal_to_fp32_torch_frac"] = float((view == ref).float().mean())
-    restore()
-    return r
-
-
 def weight_bytes(model: Any) -> tuple[int, int]:
     """All parameter bytes (the issue's bound) and those a decode step reads (no embedding table)."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -410,35 +247,36 @@ def weight_bytes(model: Any) -> tuple[int, int]:
     return total, total - (0 if tied else emb)
 
 
-def generation(
-    b: Bench, model: Any, tokenizer: Any, prompts: list[str], sizes: tuple[tuple[int, int], ...]
-) -> dict[str, Any]:
-    r: dict[str, Any] = {}
-    weights, read = weight_bytes(model)
-    bw = b.rows.get("ceilings", {}).get("copy_GBps", float("nan")) * 1e9
-    pad = pad_id(tokenizer)
-    shape = batching.Shape.of(model)
-    kv_per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * shape.itemsize
+def copy_bw(b: Bench) -> float:
+    """The measured device copy bandwidth in B/s (nan where the ceilings did not run)."""
+    return b.rows.get("ceilings", {}).get("copy_GBps", float("nan")) * 1e9
 
-    def batch(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask, _ = left_pad(encode_chat(tokenizer, texts), pad, b.device)
-        return ids, mask
 
-    @torch.inference_mode()
-    def plain(ids: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=False,
-            max_new_tokens=n,
-            min_new_tokens=n,
-            pad_token_id=pad,
-        )
-        return out[:, ids.shape[1] :]
+def encode_batch(
+    tokenizer: Any, pad: int, device: torch.device, texts: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask, _ = left_pad(encode_chat(tokenizer, texts), pad, device)
+    return ids, mask
 
-    cuda = b.device.type == "cuda"
+
+@torch.inference_mode()
+def plain_generate(model: Any, pad: int, ids: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+    """``model.generate``, greedy, exactly ``n`` new tokens."""
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=n,
+        min_new_tokens=n,
+        pad_token_id=pad,
+    )
+    return out[:, ids.shape[1] :]
+
+
+def fast_variants(model: Any, pad: int, cuda: bool) -> dict[str, Callable[..., torch.Tensor]]:
+    """vauban's fast loop and its ablations, as ``fn(ids, mask, n)`` (no stops: every row runs n steps)."""
     greedy = vgen.static_greedy
-    variants: dict[str, Callable[..., torch.Tensor]] = {  # no stops: every row runs n steps
+    return {
         "fast": lambda ids, mask, n: greedy(model, ids, mask, n, [], pad),  # the default: exact
         "compiled": lambda ids, mask, n: greedy(model, ids, mask, n, [], pad, compile=True),
         "compiled_no_chunks": lambda ids, mask, n: greedy(
@@ -448,45 +286,97 @@ def generation(
         "no_graph": lambda ids, mask, n: greedy(model, ids, mask, n, [], pad, graph=False),
         "old_static": lambda ids, mask, n: old_static_greedy(model, ids, mask, n, [], pad, graph=cuda),
     }
+
+
+def generation(
+    b: Bench, model: Any, tokenizer: Any, prompts: list[str], sizes: tuple[tuple[int, int], ...]
+) -> dict[str, Any]:
+    r: dict[str, Any] = {}
+    pad = pad_id(tokenizer)
+    batch = functools.partial(encode_batch, tokenizer, pad, b.device)
+    cuda = b.device.type == "cuda"
+    variants = fast_variants(model, pad, cuda)
     for rows, n in sizes:
         ids, mask = batch(prompts[:rows])
-        key = f"b{rows}x{n}"
         if "compile_first_call_s" not in r:  # the first compiled call pays for the compilation
             b.sync()
             t0 = time.perf_counter()
             variants["compiled"](ids, mask, n)
             b.sync()
             r["compile_first_call_s"] = time.perf_counter() - t0
-        t_plain, out_plain = b.time(lambda ids=ids, mask=mask, n=n: plain(ids, mask, n), repeat=2)
-        r[f"{key}_plain_tok_s"] = rows * n / t_plain
-        r[f"{key}_bound_tok_s"] = rows * bw / weights  # the issue's bound: all weights once per step
-        for name, fn in variants.items():
-            repeat = 1 if name == "no_graph" else 3
-            t, out = b.time(lambda fn=fn, ids=ids, mask=mask, n=n: fn(ids, mask, n), repeat=repeat)
-            r[f"{key}_{name}_tok_s"] = rows * n / t
-            r[f"{key}_{name}_bound_frac"] = rows * n / t / r[f"{key}_bound_tok_s"]
-            same = (out_plain == out).all(-1)
-            r[f"{key}_{name}_rows_identical_frac"] = float(same.float().mean())
-            first = (out_plain != out).float().argmax(-1)
-            r[f"{key}_{name}_first_divergence_mean_step"] = float(torch.where(same, n, first).float().mean())
-        r[f"{key}_fast_vs_plain"] = r[f"{key}_fast_tok_s"] / r[f"{key}_plain_tok_s"]
-        # where the time goes: the prefill alone (one token), then the decode steps
-        for name in ("fast", "compiled"):
-            t_prefill, _ = b.time(
-                lambda ids=ids, mask=mask, name=name: variants[name](ids, mask, 1), repeat=3
-            )
-            step = (rows * n / r[f"{key}_{name}_tok_s"] - t_prefill) / (n - 1)
-            r[f"{key}_{name}_prefill_s"] = t_prefill
-            r[f"{key}_{name}_step_ms"] = step * 1e3
-        context = ids.shape[1] + n
-        r[f"{key}_step_bound_ms"] = (read + rows * context * kv_per_token) / bw * 1e3
-        for name in ("fast", "compiled"):
-            r[f"{key}_{name}_step_bw_frac"] = r[f"{key}_step_bound_ms"] / r[f"{key}_{name}_step_ms"]
+        r.update(size_rows(b, model, pad, variants, ids, mask, rows, n))
     try:  # a profile that fails is a row, not a lost section
         r.update(profile_step(b, model, prompts[:20], batch, pad))
     except Exception as err:
         r["step_profile_error"] = f"{type(err).__name__}: {err}"[:300]
-    # the library entry point (tokenize, batch from free memory, decode), 100 prompts x 64 tokens
+    r.update(api_rows(b, model, tokenizer, prompts))
+    r.update(steered_rows(b, model, *batch(prompts[:20]), pad, cuda))
+    return r
+
+
+def size_rows(
+    b: Bench,
+    model: Any,
+    pad: int,
+    variants: dict[str, Callable[..., torch.Tensor]],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    rows: int,
+    n: int,
+) -> dict[str, Any]:
+    """``rows`` prompts x ``n`` new tokens: plain ``generate``, each variant against it and the
+    bound, and where the time goes."""
+    key = f"b{rows}x{n}"
+    weights, _ = weight_bytes(model)
+    t_plain, out_plain = b.time(lambda: plain_generate(model, pad, ids, mask, n), repeat=2)
+    r: dict[str, Any] = {f"{key}_plain_tok_s": rows * n / t_plain}
+    r[f"{key}_bound_tok_s"] = rows * copy_bw(b) / weights  # the issue's bound: all weights once per step
+    for name, fn in variants.items():
+        repeat = 1 if name == "no_graph" else 3
+        t, out = b.time(lambda fn=fn: fn(ids, mask, n), repeat=repeat)
+        r[f"{key}_{name}_tok_s"] = rows * n / t
+        r[f"{key}_{name}_bound_frac"] = rows * n / t / r[f"{key}_bound_tok_s"]
+        same = (out_plain == out).all(-1)
+        r[f"{key}_{name}_rows_identical_frac"] = float(same.float().mean())
+        first = (out_plain != out).float().argmax(-1)
+        r[f"{key}_{name}_first_divergence_mean_step"] = float(torch.where(same, n, first).float().mean())
+    r[f"{key}_fast_vs_plain"] = r[f"{key}_fast_tok_s"] / r[f"{key}_plain_tok_s"]
+    r.update(step_rows(b, model, variants, ids, mask, key, rows, n, r))
+    return r
+
+
+def step_rows(
+    b: Bench,
+    model: Any,
+    variants: dict[str, Callable[..., torch.Tensor]],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    key: str,
+    rows: int,
+    n: int,
+    r: dict[str, Any],
+) -> dict[str, Any]:
+    """Where the time goes: the prefill alone (one token), then the decode steps, against the
+    bound of reading the weights (no embedding table) and the KV cache once per step."""
+    out: dict[str, Any] = {}
+    for name in ("fast", "compiled"):
+        t_prefill, _ = b.time(lambda name=name: variants[name](ids, mask, 1), repeat=3)
+        step = (rows * n / r[f"{key}_{name}_tok_s"] - t_prefill) / (n - 1)
+        out[f"{key}_{name}_prefill_s"] = t_prefill
+        out[f"{key}_{name}_step_ms"] = step * 1e3
+    _, read = weight_bytes(model)
+    shape = batching.Shape.of(model)
+    kv_per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * shape.itemsize
+    context = ids.shape[1] + n
+    out[f"{key}_step_bound_ms"] = (read + rows * context * kv_per_token) / copy_bw(b) * 1e3
+    for name in ("fast", "compiled"):
+        out[f"{key}_{name}_step_bw_frac"] = out[f"{key}_step_bound_ms"] / out[f"{key}_{name}_step_ms"]
+    return out
+
+
+def api_rows(b: Bench, model: Any, tokenizer: Any, prompts: list[str]) -> dict[str, Any]:
+    """The library entry point (tokenize, batch from free memory, decode), 100 prompts x 64 tokens."""
+    r: dict[str, Any] = {}
     for name, compiled in (("", False), ("_compiled", True)):
         t_lib, _ = b.time(
             lambda compiled=compiled: vgen.generate(
@@ -495,10 +385,17 @@ def generation(
             repeat=2,
         )
         r[f"generate_api_100x64{name}_s"] = t_lib
+    return r
+
+
+def steered_rows(
+    b: Bench, model: Any, ids: torch.Tensor, mask: torch.Tensor, pad: int, cuda: bool
+) -> dict[str, Any]:
+    """The fast loop under steering hooks (graph-safe), 20 rows x 32 tokens, with and without graph."""
     from vauban.steering import Steering
 
-    ids, mask = batch(prompts[:20])
-    with Steering(model, torch.randn(arch.d_model(model)), 1.0):  # graph-safe hooks: the fast loop
+    r: dict[str, Any] = {}
+    with Steering(model, torch.randn(arch.d_model(model)), 1.0):
         for name, graph in (("graph", cuda), ("eager", False)):
             t, _ = b.time(
                 lambda graph=graph: vgen.static_greedy(
