@@ -52,7 +52,7 @@ def held_out(model, tokenizer, prompts, pairs, base, max_tokens: int, full: bool
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
@@ -68,7 +68,60 @@ def main() -> None:
     args = parser.parse_args()
     if not Path(args.advbench).is_file():
         parser.error(f"no AdvBench CSV at {args.advbench}; pass --advbench PATH")
+    return args
 
+
+def points_to_check(result) -> list[tuple[str, Trial]]:
+    """The plain cut, the pick, the search's unchecked pick and the refined trial, each once."""
+    unchecked = next(iter(candidates(result)), result.plain)
+    points: list[tuple[str, Trial]] = [("plain", result.plain)]
+    if result.best.number != result.plain.number:
+        points.append(("pick", result.best))
+    if unchecked.number not in (result.plain.number, result.best.number):
+        points.append(("unchecked", unchecked))
+    refined = next((t for t in result.trials if t.params.refined), None)
+    if refined is not None and refined.number not in [t.number for _, t in points]:
+        points.append(("refined", refined))
+    return points
+
+
+def point_rows(model, tokenizer, direction, points, prompts, pairs, base, args, judge) -> list[dict]:
+    """Each point's cut applied in turn and judged on the held-out prompts, against the plain cut."""
+    rows = []
+    for role, trial in points:
+        start = time.perf_counter()
+        with trial.params.apply(model, direction):
+            scores = held_out(model, tokenizer, prompts, pairs, base, args.max_tokens, args.full, judge)
+        rows.append({"role": role, "trial": trial.number, "search": {"refusal": trial.refusal,
+                     "first_token_kl": trial.kl, "refusal_likelihood": trial.likelihood,
+                     "selection_refusal": trial.selection_refusal},
+                     "held_out": scores, "cut": trial.params.record(),
+                     "seconds": round(time.perf_counter() - start, 1)})
+        print(f"held out, {role} (trial {trial.number}): refused {scores['refusals']}/{len(prompts)}, "
+              f"first-token KL {scores['first_token_kl']:.4f}", flush=True)
+    plain = rows[0]["held_out"]
+    for row in rows[1:]:
+        h = row["held_out"]
+        row["dominates_plain_held_out"] = (h["refusals"] <= plain["refusals"]
+                                           and h["first_token_kl"] < plain["first_token_kl"])
+    return rows
+
+
+def print_table(rows: list[dict], n_prompts: int, n_pairs: int, max_tokens: int, n_orig: int) -> None:
+    print(f"\nheld out: {n_prompts} AdvBench prompts ({max_tokens} tokens), first-token KL on "
+          f"{n_pairs} reference prompts; the original refuses {n_orig}/{n_prompts}")
+    print("        point   search refusal / ft-KL / selection   held-out refused   ft-KL   dominates plain")
+    for row in rows:
+        s, h = row["search"], row["held_out"]
+        sel = "-" if s["selection_refusal"] is None else f"{s['selection_refusal']:.1%}"
+        label = f"{row['role']} #{row['trial']}"
+        print(f"{label:>13}   {s['refusal']:6.1%} / {s['first_token_kl']:.4f} / {sel:>6}          "
+              f"{h['refusals']:3d} ({h['refusal']:5.1%})   {h['first_token_kl']:.4f}   "
+              f"{row.get('dominates_plain_held_out', '-')}")
+
+
+def main() -> None:
+    args = parse_args()
     t0 = time.perf_counter()
     judge = get_judge(args.judge)
     model, tokenizer = load()
@@ -87,43 +140,8 @@ def main() -> None:
                            judge=judge)
     n_orig = sum(a.refused for a in original)
     print(f"held out: the original refuses {n_orig}/{len(prompts)}", flush=True)
-    unchecked = next(iter(candidates(result)), result.plain)
-    points: list[tuple[str, Trial]] = [("plain", result.plain)]
-    if result.best.number != result.plain.number:
-        points.append(("pick", result.best))
-    if unchecked.number not in (result.plain.number, result.best.number):
-        points.append(("unchecked", unchecked))
-    refined = next((t for t in result.trials if t.params.refined), None)
-    if refined is not None and refined.number not in [t.number for _, t in points]:
-        points.append(("refined", refined))
-    rows = []
-    for role, trial in points:
-        start = time.perf_counter()
-        with trial.params.apply(model, direction):
-            scores = held_out(model, tokenizer, prompts, pairs, base, args.max_tokens, args.full, judge)
-        rows.append({"role": role, "trial": trial.number, "search": {"refusal": trial.refusal,
-                     "first_token_kl": trial.kl, "refusal_likelihood": trial.likelihood,
-                     "selection_refusal": trial.selection_refusal},
-                     "held_out": scores, "cut": trial.params.record(),
-                     "seconds": round(time.perf_counter() - start, 1)})
-        print(f"held out, {role} (trial {trial.number}): refused {scores['refusals']}/{len(prompts)}, "
-              f"first-token KL {scores['first_token_kl']:.4f}", flush=True)
-    plain = rows[0]["held_out"]
-    for row in rows[1:]:
-        h = row["held_out"]
-        row["dominates_plain_held_out"] = (h["refusals"] <= plain["refusals"]
-                                           and h["first_token_kl"] < plain["first_token_kl"])
-
-    print(f"\nheld out: {len(prompts)} AdvBench prompts ({args.max_tokens} tokens), first-token KL on "
-          f"{len(pairs)} reference prompts; the original refuses {n_orig}/{len(prompts)}")
-    print("        point   search refusal / ft-KL / selection   held-out refused   ft-KL   dominates plain")
-    for row in rows:
-        s, h = row["search"], row["held_out"]
-        sel = "-" if s["selection_refusal"] is None else f"{s['selection_refusal']:.1%}"
-        label = f"{row['role']} #{row['trial']}"
-        print(f"{label:>13}   {s['refusal']:6.1%} / {s['first_token_kl']:.4f} / {sel:>6}          "
-              f"{h['refusals']:3d} ({h['refusal']:5.1%})   {h['first_token_kl']:.4f}   "
-              f"{row.get('dominates_plain_held_out', '-')}")
+    rows = point_rows(model, tokenizer, direction, points_to_check(result), prompts, pairs, base, args, judge)
+    print_table(rows, len(prompts), len(pairs), args.max_tokens, n_orig)
     print(f"{result.seconds_per_trial:.1f} s per trial over {len(result.trials)} trials")
     report = {
         "model": direction.model_path,

@@ -64,13 +64,98 @@ def timed(fn: Any, device: torch.device, repeat: int = 1) -> tuple[float, Any]:
     return sorted(times)[len(times) // 2], out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="vauban speed benchmarks")
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--prompts", type=int, default=128, help="per set, for measure")
     parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def measure_rows(model: Any, tokenizer: Any, harmful: list[str], harmless: list[str],
+                 device: torch.device) -> tuple[dict[str, Any], Any]:
+    """vauban's capture vs one prompt at a time with all hidden states; and the direction."""
+    t_ours, direction = timed(lambda: measure(model, tokenizer, harmful, harmless), device)
+    ids = encode_chat(tokenizer, harmful + harmless)
+
+    @torch.inference_mode()
+    def naive() -> None:
+        for seq in ids:
+            model(torch.tensor([seq], device=device), output_hidden_states=True)
+
+    t_naive, _ = timed(naive, device)
+    return {"measure_s": t_ours, "measure_naive_s": t_naive, "measure_speedup": t_naive / t_ours}, direction
+
+
+def cut_rows(model: Any, direction: Any, device: torch.device) -> dict[str, Any]:
+    """Apply + undo on every layer, and whether the undo is bit-exact."""
+    state = {k: v.clone() for k, v in model.state_dict().items() if "layers" in k}
+
+    def apply_undo() -> None:
+        c = cut(model, direction)
+        sync(device)
+        c.undo()
+
+    t_cut, _ = timed(apply_undo, device, repeat=3)
+    exact = all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    return {"cut_apply_undo_s": t_cut, "undo_bit_exact": exact}
+
+
+def steer_rows(model: Any, tokenizer: Any, harmful: list[str], direction: Any,
+               device: torch.device) -> dict[str, Any]:
+    """Steering overhead in generation: same prompts, exactly 64 new tokens each (no early stop)."""
+    input_ids, mask, _ = left_pad(encode_chat(tokenizer, (harmful * 2)[:32]), 0, device)
+
+    @torch.inference_mode()
+    def plain() -> None:
+        model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                       max_new_tokens=64, min_new_tokens=64, pad_token_id=0)
+
+    def steered() -> None:
+        with Steering(model, direction, 1.0):
+            plain()
+
+    t_plain, _ = timed(plain, device, repeat=3)
+    t_steer, _ = timed(steered, device, repeat=3)
+    return {"generate_s": t_plain, "generate_steered_s": t_steer, "steer_overhead": t_steer / t_plain}
+
+
+def kl_rows(model: Any, tokenizer: Any, direction: Any, device: torch.device) -> dict[str, Any]:
+    """Scoring the reference answers: one model + reversible cut vs two copies (where two fit)."""
+    pairs = load_pairs("reference")
+    with cut(model, direction):
+        t_one, _ = timed(lambda: answer_scores(Pair(model, model), tokenizer, pairs), device)
+    rows: dict[str, Any] = {"kl_one_model_s": t_one}
+    if device.type == "cpu" or torch.cuda.mem_get_info()[0] > 2.2 * sum(
+        p.numel() * p.element_size() for p in model.parameters()
+    ):
+        import copy
+
+        twin = copy.deepcopy(model)
+        cut(twin, direction)
+        t_two, _ = timed(lambda: answer_scores(Pair(model, twin), tokenizer, pairs), device)
+        rows["kl_two_models_s"] = t_two
+        rows["kl_one_model_cost"] = t_one / t_two
+        del twin
+    return rows
+
+
+def report(rows: dict[str, Any]) -> None:
+    print(f"{'step':28s} {'seconds':>10s}")
+    for key, value in rows.items():
+        if isinstance(value, float):
+            print(f"{key:28s} {value:10.3f}")
+    print(f"measure: {rows['measure_speedup']:.1f}x faster than one-by-one output_hidden_states")
+    print(f"steering overhead: {100 * (rows['steer_overhead'] - 1):+.1f}% generation time")
+    if "kl_one_model_cost" in rows:
+        print(f"one-model KL (undo/redo per batch) costs {rows['kl_one_model_cost']:.2f}x two copies, "
+              "at half the memory")
+    print(f"undo bit-exact: {rows['undo_bit_exact']}")
+
+
+def main() -> None:
+    args = parse_args()
     device = torch.device(args.device)
     shape = args.shape or ("llama-3.1-8b" if device.type == "cuda" else "small")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -85,79 +170,12 @@ def main() -> None:
                             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
     params = sum(p.numel() for p in model.parameters()) / 1e9
     print(f"{shape} {dtype} on {rows['gpu']}: {params:.2f} B params")
-
-    # measure: vauban vs naive
-    t_ours, direction = timed(lambda: measure(model, tokenizer, harmful, harmless), device)
-    ids = encode_chat(tokenizer, harmful + harmless)
-
-    @torch.inference_mode()
-    def naive() -> None:
-        for seq in ids:
-            model(torch.tensor([seq], device=device), output_hidden_states=True)
-
-    t_naive, _ = timed(naive, device)
-    rows["measure_s"] = t_ours
-    rows["measure_naive_s"] = t_naive
-    rows["measure_speedup"] = t_naive / t_ours
-
-    # cut: apply + undo on every layer, bit-exact
-    state = {k: v.clone() for k, v in model.state_dict().items() if "layers" in k}
-
-    def apply_undo() -> None:
-        c = cut(model, direction)
-        sync(device)
-        c.undo()
-
-    t_cut, _ = timed(apply_undo, device, repeat=3)
-    rows["cut_apply_undo_s"] = t_cut
-    rows["undo_bit_exact"] = all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
-    del state
-
-    # steering overhead in generation: same prompts, exactly 64 new tokens each (no early stop)
-    input_ids, mask, _ = left_pad(encode_chat(tokenizer, (harmful * 2)[:32]), 0, device)
-
-    @torch.inference_mode()
-    def plain() -> None:
-        model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
-                       max_new_tokens=64, min_new_tokens=64, pad_token_id=0)
-
-    def steered() -> None:
-        with Steering(model, direction, 1.0):
-            plain()
-
-    t_plain, _ = timed(plain, device, repeat=3)
-    t_steer, _ = timed(steered, device, repeat=3)
-    rows["generate_s"] = t_plain
-    rows["generate_steered_s"] = t_steer
-    rows["steer_overhead"] = t_steer / t_plain
-
-    # KL scoring: one model + reversible cut vs two copies
-    pairs = load_pairs("reference")
-    with cut(model, direction):
-        t_one, _ = timed(lambda: answer_scores(Pair(model, model), tokenizer, pairs), device)
-    rows["kl_one_model_s"] = t_one
-    if device.type == "cpu" or torch.cuda.mem_get_info()[0] > 2.2 * sum(
-        p.numel() * p.element_size() for p in model.parameters()
-    ):
-        import copy
-
-        twin = copy.deepcopy(model)
-        cut(twin, direction)
-        t_two, _ = timed(lambda: answer_scores(Pair(model, twin), tokenizer, pairs), device)
-        rows["kl_two_models_s"] = t_two
-        rows["kl_one_model_cost"] = t_one / t_two
-        del twin
-
-    print(f"{'step':28s} {'seconds':>10s}")
-    for key, value in rows.items():
-        if isinstance(value, float):
-            print(f"{key:28s} {value:10.3f}")
-    print(f"measure: {rows['measure_speedup']:.1f}x faster than one-by-one output_hidden_states")
-    print(f"steering overhead: {100 * (rows['steer_overhead'] - 1):+.1f}% generation time")
-    if "kl_one_model_cost" in rows:
-        print(f"one-model KL (undo/redo per batch) costs {rows['kl_one_model_cost']:.2f}x two copies, "
-              "at half the memory")
-    print(f"undo bit-exact: {rows['undo_bit_exact']}")
+    measured, direction = measure_rows(model, tokenizer, harmful, harmless, device)
+    rows |= measured
+    rows |= cut_rows(model, direction, device)
+    rows |= steer_rows(model, tokenizer, harmful, direction, device)
+    rows |= kl_rows(model, tokenizer, direction, device)
+    report(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
