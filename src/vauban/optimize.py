@@ -83,7 +83,7 @@ from .formatting import Formatting, formatting_for
 from .judge import Judge, get_judge
 from .prompts import Prompts, bundled_records, load_prompts
 from .reasoning import thinking_prefix
-from .refine import likelihood_batches, refine
+from .refine import Refined, budget, likelihood_batches, refine
 from .results import DirectionResult, check_int
 from .trials import CutParams as CutParams  # re-exported: the results of a search live in vauban.trials
 from .trials import OptimizeResult as OptimizeResult
@@ -221,10 +221,16 @@ def optimize(
     formatting: Formatting | None = None,
     timeout: float | None = None,
 ) -> OptimizeResult:
-    """Run the search until the study has ``n_trials`` finished trials (or, with ``timeout``,
-    until no new trial starts after that many seconds of search; the running one finishes, and
-    a new study always gets its plain cut), then check the pick on the selection prompts; the
-    model ends unchanged.
+    """Run the search until the study has ``n_trials`` finished trials, refine the plain cut, then
+    check the pick on the selection prompts; the model ends unchanged.
+
+    ``timeout``: seconds, counted from this call, that the search and the refinement share (see
+    :func:`vauban.refine.budget`): when refining, the search starts no new trial that would end
+    after the first two thirds of them at its mean trial time so far (a new study always gets its
+    plain cut), and refinement stops where another step, or scoring its result (one trial's
+    time), would end past the timeout; without refinement the search has all of it. The check
+    on the selection prompts (at most ``check`` + 1 cuts answering them) follows, outside the
+    timeout, as does an export.
 
     ``prompts`` (search refusal), ``harmless`` (search KL) and ``selection`` (the check) default
     to disjoint bundled sets. ``check``: at most this many candidates answer the selection
@@ -239,6 +245,7 @@ def optimize(
     formatted, over the direction's own (:mod:`vauban.formatting`); thinking models are judged on
     their replies, and their refusals are teacher-forced after their thoughts.
     """
+    started = time.perf_counter()
     optuna = require("optuna", "optimize", "optimize")
     _check_arguments(direction, damage, timeout, n_trials=n_trials, check=check, max_tokens=max_tokens,
                      selection_tokens=selection_tokens, refine_steps=refine_steps, kl_tokens=kl_tokens)
@@ -258,14 +265,14 @@ def optimize(
         scores.prepare(neutral, damage, kl_tokens)
     info = {"n_prompts": len(harmful), "n_harmless": len(neutral), "seed": seed, "study": storage,
             "settings": settings, "n_selection": len(checking) if check else 0}
-    search = _Search(optuna, scores, fixed, plain, info, say, n_trials, todo)
-    search.run(the_study, timeout)
+    search_until, refine_until = budget(started, timeout, refining)
+    _Search(optuna, scores, fixed, plain, info, say, n_trials, todo).run(the_study, search_until)
     _say_why_no_refinement(refine_steps, fixed, say)
     if refining:
-        _add_refined(optuna, the_study, plain, lambda: refine(
+        _add_refined(optuna, the_study, plain, lambda until: refine(
             model, tokenizer, CutParams.from_trial(plain, fixed).vector(direction), scores.rows, scores.base,
-            scores.refused, steps=refine_steps, batch_size=batch_size, log=say, formatting=fmt),
-            scores, fixed, say)
+            scores.refused, steps=refine_steps, batch_size=batch_size, log=say, formatting=fmt,
+            deadline=until), scores, fixed, say, refine_until)
     checked = _stored_checks(the_study, checking, selection_tokens) if check else {}
     result = _result(optuna, the_study, fixed, checked, **info)
     if not check or result.plain is None:
@@ -364,7 +371,7 @@ class _Scores:
 
 class _Search:
     """The trials of one run: the objective Optuna calls, one progress line after each, and the
-    time budget (counted from this object's creation, after the references are computed)."""
+    deadline after which no trial starts (nor one that would end after it at the mean pace)."""
 
     def __init__(self, optuna: Any, scores: _Scores, fixed: dict[str, bool], plain: dict[str, Any],
                  info: dict[str, Any], say: Callable[[str], None] | None, n_trials: int, todo: int) -> None:
@@ -372,14 +379,16 @@ class _Search:
         self.say, self.n_trials, self.todo = say, n_trials, todo
         self.started = time.perf_counter()
         self.done = 0
+        self.spent = 0.0  # seconds of this run's trials
 
     def objective(self, trial: Any) -> tuple[float, float, float]:
         direction = self.scores.direction
         t0 = time.perf_counter()
         values = self.scores(_suggest(trial, direction.num_layers, direction.layer_index, self.fixed))
-        trial.set_user_attr("seconds", time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        trial.set_user_attr("seconds", seconds)
         trial.set_user_attr("plain", trial.params == self.plain)
-        self.done += 1
+        self.done, self.spent = self.done + 1, self.spent + seconds
         return values
 
     def report(self, study_: Any, trial: Any) -> None:
@@ -395,14 +404,24 @@ class _Search:
                  f"{best.number} refusal {best.refusal * 100:.1f}% kl {best.kl:.4f} | "
                  f"ETA {duration(eta)}")
 
-    def run(self, the_study: Any, timeout: float | None) -> None:
-        """The plain cut first, whatever the timeout; then the rest while time is left."""
+    def late(self, deadline: float | None) -> bool:
+        """Whether another trial, at this run's mean trial time, would end past ``deadline``."""
+        if deadline is None:
+            return False
+        return time.perf_counter() + self.spent / max(self.done, 1) > deadline
+
+    def run(self, the_study: Any, deadline: float | None) -> None:
+        """The plain cut first, whatever the deadline (a ``time.perf_counter()`` value); then the
+        rest while another trial still ends before it."""
         if self.todo > 0 and not _finished(self.optuna, the_study):
             the_study.optimize(self.objective, n_trials=1, callbacks=[self.report])
-        left = None if timeout is None else timeout - (time.perf_counter() - self.started)
-        if self.todo > self.done and (left is None or left > 0):
-            the_study.optimize(self.objective, n_trials=self.todo - self.done, timeout=left,
-                               callbacks=[self.report])
+
+        def stop(study_: Any, _trial: Any) -> None:
+            if self.late(deadline):
+                study_.stop()
+
+        if self.todo > self.done and not self.late(deadline):
+            the_study.optimize(self.objective, n_trials=self.todo - self.done, callbacks=[self.report, stop])
 
 
 def _check_pick(the_study: Any, result: OptimizeResult, scores: _Scores, checking: list[str],
@@ -461,20 +480,29 @@ def _refining(optuna: Any, the_study: Any, refine_steps: int, fixed: dict[str, b
             and not any(t.user_attrs.get("weights") for t in _finished(optuna, the_study)))
 
 
-def _add_refined(optuna: Any, the_study: Any, plain: dict[str, Any], run: Callable[[], Any],
+def _add_refined(optuna: Any, the_study: Any, plain: dict[str, Any], run: Callable[[float | None], Refined],
                  scores: Callable[[CutParams], tuple[float, float, float]], fixed: dict[str, bool],
-                 say: Callable[[str], None] | None) -> None:
-    """Refine the plain cut's per-layer weights, score them as a weight edit, and store the
-    result as one more trial: the plain cut's parameters plus the weights in its user attributes
-    (so a resumed study does not refine again). A study continued afterwards (more ``n_trials``)
-    lets TPE read it as a second sample of the plain cut's parameters: a small bias towards the
-    plain cut, which the search starts from anyway."""
+                 say: Callable[[str], None] | None, deadline: float | None) -> None:
+    """Refine the plain cut's per-layer weights (``run(until)``: stopping where scoring the result,
+    one trial's mean time in the study, would end past ``deadline``), score them as a weight
+    edit, and store the result as one more trial: the plain cut's parameters plus the weights in
+    its user attributes (so a resumed study does not refine again). A refinement that took no
+    step is the plain cut, already a trial: nothing is stored, and a resumed study refines. A
+    study continued afterwards (more ``n_trials``) lets TPE read the refined trial as a second
+    sample of the plain cut's parameters: a small bias towards the plain cut, which the search
+    starts from anyway."""
     t0 = time.perf_counter()
-    refined = run()
+    done = _finished(optuna, the_study)
+    trial_seconds = sum(float(t.user_attrs.get("seconds", 0.0)) for t in done) / max(len(done), 1)
+    refined = run(None if deadline is None else deadline - trial_seconds)
+    if say is not None:
+        say(refined.summary())
+    if not refined.steps:
+        return
     weights = {"attention": list(refined.attention), "mlp": list(refined.mlp)}
     values = scores(CutParams.from_trial(plain, fixed, weights))
     seconds = time.perf_counter() - t0
-    template = next(t for t in _finished(optuna, the_study) if t.user_attrs.get("plain"))
+    template = next(t for t in done if t.user_attrs.get("plain"))
     the_study.add_trial(optuna.trial.create_trial(
         params=template.params, distributions=template.distributions, values=list(values),
         user_attrs={"seconds": seconds, "plain": False, "weights": weights}))

@@ -18,6 +18,12 @@ in ``[0, 1.5]``; the step with the lowest loss wins. The values are measured thr
 :func:`vauban.optimize.optimize` then scores the result as a real weight edit like any trial.
 Norm-preserving cuts rescale each written vector, which no output hook can express: refine plain
 cuts only.
+
+With a ``deadline`` refinement stops early: after each scored step it stops when the next step,
+at the mean pace of the steps so far, would end past the deadline (so a deadline already passed
+leaves only step 0, the plain cut, which is always scored). The best step so far is returned
+and :class:`Refined` says how many steps ran and that the deadline stopped them.
+:func:`budget` splits a time budget between the search and the refinement.
 """
 
 from __future__ import annotations
@@ -44,6 +50,28 @@ MAX_WEIGHT = 1.5
 MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch: smaller than inference
 SHARPNESS = 20.0  # τ of the smooth maximum: at 20 it is within 3.5 % of the larger ratio
 FLOOR = 1e-12  # objectives at or below this count as 0 (a likelihood of 1e-20 is no refusal)
+REFINE_SHARE = 1 / 3  # of an optimize timeout, kept for refinement (see budget)
+
+
+def budget(started: float, timeout: float | None, refining: bool) -> tuple[float | None, float | None]:
+    """The deadlines (``time.perf_counter()`` values) of :func:`vauban.optimize.optimize`'s search
+    and of its refinement, for ``timeout`` seconds counted from ``started``: when refining, the
+    search starts no new trial after the first ``1 - REFINE_SHARE`` of the budget and refinement
+    stops at its end; without refinement the search has all of it.
+
+    Why a fixed third: the cost of a refinement step is only known once one has run, and its
+    ratio to a trial's cost depends on the hardware (1.2 trials on the demo model on a 2-core
+    CPU, 49 s against 40 s; 0.3-0.7 on an H100, ``benchmarks/results/gpu_h100_refine.json``). On
+    the CPU, in the side-by-side benchmark (``benchmarks/peers.py``), the default 16 steps took
+    783 s, 27 % of the 2,883 s that search and refinement took together: a third leaves them
+    room and the search trial that overruns its share. When the steps are slower, refinement
+    runs fewer of them (it stops at its deadline, keeping its best step); when the search ends
+    early (all its trials done), refinement gets the time it left.
+    """
+    if timeout is None:
+        return None, None
+    end = started + timeout
+    return (started + (1 - REFINE_SHARE) * timeout if refining else end), end
 
 
 def ratios(point: tuple[float, float], reference: tuple[float, float]) -> torch.Tensor:
@@ -124,6 +152,13 @@ class Refined:
     kl: float  # KL of the chosen weights (through the hooks)
     likelihood: float  # refusal likelihood of the chosen weights
     history: tuple[tuple[float, float], ...]  # (KL, likelihood) at each step's start
+    steps: int  # gradient steps taken and scored (len(history) - 1)
+    planned: int  # the steps asked for
+    stopped: bool  # the deadline stopped it before ``planned`` steps
+
+    def summary(self) -> str:
+        ran = f"{self.steps}/{self.planned}" + (" (stopped at the deadline)" if self.stopped else "")
+        return f"Refined: steps={ran}, kl={self.kl:.4f}, likelihood={self.likelihood:.1e}"
 
 
 def _mean_and_grad(
@@ -153,12 +188,14 @@ def refine(
     batch_size: int | None = None,
     log: Callable[[str], None] | None = None,
     formatting: Formatting | None = None,
+    deadline: float | None = None,
 ) -> Refined:
     """Per-writer weights for cutting ``direction`` that lower both the KL against ``base`` (the
     original's log-probabilities on ``harmless``: prompts for the first-token KL, or teacher-forced
     rows for a k-token KL, see :mod:`vauban.divergence`) and the likelihood of the original's
     ``refusals``, starting from the plain cut (weight 1 everywhere); see the module docstring.
-    The model's weights are never touched."""
+    ``deadline`` (a ``time.perf_counter()`` value): stop after the last step that ends before it
+    at the pace so far (step 0 always runs). The model's weights are never touched."""
     check_int("steps", steps, 0)
     if not lr > 0:
         raise VaubanError(f"lr must be positive, got {lr!r}")
@@ -192,11 +229,10 @@ def refine(
                 history.append((kl, lik))
                 if best is None or value < best[0]:
                     best = (value, weights.detach().clone(), kl, lik)
+                late = _late(started, step, deadline)
                 if log is not None:
-                    elapsed = time.perf_counter() - started
-                    log(f"refine step {step}/{steps}: kl {kl:.4f}  p(refusal) {lik:.1e} | "
-                        f"ETA {duration(elapsed / (step + 1) * (steps - step))}")
-                if step == steps:
+                    log(_step_line(step, steps, kl, lik, started, late))
+                if step == steps or late:
                     break
                 share = torch.softmax(SHARPNESS * ratios((kl, lik), reference), 0)  # d loss / d ratio
                 weights.grad = (share[0] / max(reference[0], FLOOR) * kl_grad
@@ -209,5 +245,24 @@ def refine(
             p.requires_grad_(True)
     assert best is not None
     chosen = best[1]
+    ran = len(history) - 1
     return Refined(tuple(float(x) for x in chosen[0]), tuple(float(x) for x in chosen[1]), best[2], best[3],
-                   tuple(history))
+                   tuple(history), ran, steps, ran < steps)
+
+
+def _late(started: float, step: int, deadline: float | None) -> bool:
+    """Whether one more step, at the mean pace of the ``step + 1`` scored so far since
+    ``started``, would end past ``deadline``."""
+    if deadline is None:
+        return False
+    now = time.perf_counter()
+    return now + (now - started) / (step + 1) > deadline
+
+
+def _step_line(step: int, steps: int, kl: float, lik: float, started: float, late: bool) -> str:
+    """The progress line of a scored step: the time still to go, or that the deadline stops it."""
+    head = f"refine step {step}/{steps}: kl {kl:.4f}  p(refusal) {lik:.1e} | "
+    if late and step < steps:
+        return head + f"stopped at the deadline after {step} of {steps} steps (another would end past it)"
+    elapsed = time.perf_counter() - started
+    return head + f"ETA {duration(elapsed / (step + 1) * (steps - step))}"
