@@ -124,6 +124,64 @@ def test_timeout_stops_starting_trials(setup, tokenizer):
     assert len(result.trials) == 1 and result.trials[0].plain  # the running trial finishes
 
 
+class Clock:
+    """A fake ``time`` for vauban.optimize and vauban.refine: it moves only when work is charged."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def charging(self, seconds: float, fn, ends: list[float] | None = None):
+        """``fn`` costing ``seconds``; ``ends`` gets the time each call ends."""
+        def charged(*args, **kwargs):
+            self.now += seconds
+            if ends is not None:
+                ends.append(self.now)
+            return fn(*args, **kwargs)
+        return charged
+
+
+def test_budget_keeps_a_third_for_refinement():
+    from vauban.refine import budget
+
+    assert budget(10.0, None, True) == (None, None)
+    assert budget(10.0, 90.0, True) == pytest.approx((70.0, 100.0))
+    assert budget(10.0, 90.0, False) == (100.0, 100.0)
+
+
+@pytest.mark.parametrize("refine_steps", [0, 16])
+def test_timeout_bounds_search_and_refinement(setup, tokenizer, monkeypatch, refine_steps):
+    """On a fake clock (a trial costs 10 s, a refinement step 10 s): with refinement the search
+    ends within two thirds of the timeout and refinement, its result scored, within the timeout;
+    without, the search has all of it."""
+    import vauban.optimize
+    import vauban.refine
+
+    model, direction, kwargs = setup
+    clock = Clock()
+    monkeypatch.setattr(vauban.optimize, "time", clock)
+    monkeypatch.setattr(vauban.refine, "time", clock)
+    ends: list[float] = []  # of every scored cut: the search's trials, then the refined one
+    scores = vauban.optimize._Scores
+    monkeypatch.setattr(scores, "__call__", clock.charging(10.0, scores.__call__, ends))
+    monkeypatch.setattr(vauban.refine, "_mean_and_grad", clock.charging(5.0, vauban.refine._mean_and_grad))
+    lines: list[str] = []
+    result = optimize(model, tokenizer, direction, n_trials=50, timeout=100.0, log=lines.append,
+                      **kwargs | {"check": 0, "refine_steps": refine_steps})
+    assert clock.now <= 100.0
+    refined = [t for t in result.trials if t.params.refined]
+    if refine_steps:
+        assert len(ends) == 7 and max(ends[:-1]) <= 100.0 * 2 / 3  # 6 search trials
+        assert len(refined) == 1 and len(result.trials) == 7
+        assert any(line.startswith("Refined: steps=2/16 (stopped at the deadline)") for line in lines)
+        assert any(line.startswith("refine step 2/16") and "stopped at the deadline" in line
+                   for line in lines)
+    else:
+        assert len(ends) == 10 and not refined
+
+
 def _trial(number: int, refusal: float, kl: float, selection: float | None, plain: bool = False,
            likelihood: float = 0.01) -> Trial:
     flat = LayerKernel(peak=3.0, max_weight=1.0, min_weight=1.0, width=3.0)
@@ -254,6 +312,29 @@ def test_refine_starts_at_the_plain_cut_and_never_ends_worse(setup, tokenizer):
     with cut(model, direction.direction, attention=refined.attention, mlp=refined.mlp):
         assert kl_divergence(base, first_token_logprobs(model, tokenizer, harmless)) == pytest.approx(
             refined.kl, rel=1e-3)
+
+
+def test_refine_past_its_deadline_returns_the_plain_cut_and_says_it_stopped(setup, tokenizer):
+    import time
+
+    from vauban.optimize import first_token_logprobs
+    from vauban.refine import refine
+
+    model, direction, kwargs = setup
+    harmless = kwargs["harmless"]
+    refusals = [(p, "I can't help with that.") for p in kwargs["prompts"]]
+    base = first_token_logprobs(model, tokenizer, harmless)
+    lines: list[str] = []
+    refined = refine(model, tokenizer, direction.direction, harmless, base, refusals, steps=4, lr=0.1,
+                     log=lines.append, deadline=time.perf_counter() - 1.0)
+    assert (refined.steps, refined.planned, refined.stopped) == (0, 4, True)
+    assert len(refined.history) == 1 and (refined.kl, refined.likelihood) == refined.history[0]
+    assert set(refined.attention) == set(refined.mlp) == {1.0}  # the plain cut
+    assert len(lines) == 1 and "stopped at the deadline after 0 of 4 steps" in lines[0]
+    assert refined.summary().startswith("Refined: steps=0/4 (stopped at the deadline)")
+    free = refine(model, tokenizer, direction.direction, harmless, base, refusals, steps=1,
+                  deadline=time.perf_counter() + 3600.0)
+    assert (free.steps, free.stopped) == (1, False)
 
 
 def test_the_front_is_over_all_three_objectives():
