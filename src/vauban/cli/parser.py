@@ -244,8 +244,9 @@ def add_optimize(command: Command) -> None:
     p.add_argument("--trials", type=int, default=30, help="finished trials the study should have")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="start no new trial after this many seconds of search (refinement and the check "
-                        "still run)")
+                   help="seconds for the search and refinement together, from the search's start (after "
+                        "loading and measuring): refinement gets the last third and stops at the end; the "
+                        "check of the pick and the export follow")
     p.add_argument("-o", "--output", default="vauban-optimize",
                    help="folder for pareto.json, pareto.png and (default) study.db")
     p.add_argument("--study", help="SQLite study file; rerun with the same one to resume")
