@@ -56,8 +56,9 @@ REFINE_SHARE = 1 / 3  # of an optimize timeout, kept for refinement (see budget)
 def budget(started: float, timeout: float | None, refining: bool) -> tuple[float | None, float | None]:
     """The deadlines (``time.perf_counter()`` values) of :func:`vauban.optimize.optimize`'s search
     and of its refinement, for ``timeout`` seconds counted from ``started``: when refining, the
-    search starts no new trial after the first ``1 - REFINE_SHARE`` of the budget and refinement
-    stops at its end; without refinement the search has all of it.
+    search starts no trial that would end (at its mean trial time) after the first
+    ``1 - REFINE_SHARE`` of the budget, and refinement stops at its end; without refinement the
+    search has all of it.
 
     Why a fixed third: the cost of a refinement step is only known once one has run, and its
     ratio to a trial's cost depends on the hardware (1.2 trials on the demo model on a 2-core
