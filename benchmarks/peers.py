@@ -36,6 +36,8 @@ resumable on its own (``--stage NAME``; ``all`` runs them in order and skips fin
 - ``evaluate``: every export and the original on the report prompts, by vauban's evaluation
   and by heretic's own (``heretic --model BASE --evaluate-model EXPORT``); writes
   ``benchmarks/results/peers_demo.json``. Runs alone from the saved exports.
+- ``frontier``: trials of vauban's search front measured by vauban's yardstick, as the picks
+  are (``peers_frontier.py``): where heretic's pick sits against vauban's trade-off curve.
 
     nice -n 5 python benchmarks/peers.py --stage all
 """
@@ -208,11 +210,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=str(HERE / ".peers"), help="work folder (venv, data, exports)")
     parser.add_argument("--stage", default="all",
-                        choices=["all", "install", "data", "heretic", "vauban", "evaluate", "report"])
+                        choices=["all", "install", "data", "heretic", "vauban", "evaluate", "frontier",
+                                 "report"])
     parser.add_argument("--budget", type=float, default=BUDGET,
                         help="wall seconds each tool's search gets (default %(default)s)")
     parser.add_argument("--vauban-runs", default="vauban_default,vauban_optimize",
                         help="which vauban runs the vauban stage makes (comma-separated)")
+    parser.add_argument("--frontier-trials", type=int, default=6,
+                        help="front trials of vauban's search that the frontier stage measures "
+                             "(default %(default)s)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -228,6 +234,12 @@ def main() -> None:
         from peers_evaluate import evaluate_all
 
         evaluate_all(heretic, files, work)
+    if args.stage in ("all", "frontier"):
+        from peers_evaluate import gather, model_dirs
+        from peers_frontier import measure_front
+
+        measure_front(work, files, args.frontier_trials)
+        gather(work, work / "eval", model_dirs(work))
     if args.stage == "report":  # gather what has been measured so far, measure nothing
         from peers_evaluate import gather, model_dirs
 

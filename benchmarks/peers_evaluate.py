@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from peers import RESULTS, demo_dir, heretic_common, run_logged, say
+from peers_frontier import read_front
 from vauban.evaluating import DEFAULT_MAX_TOKENS
 
 MODELS = ("original", "vauban_default", "vauban_optimize", "heretic")
@@ -175,6 +176,7 @@ def gather(work: Path, store: Path, folders: dict[str, Path]) -> dict:
         "optimize_pick": optimize_pick(work / "optimize" / "pareto.json"),
         "heretic_initial_refusals": initial_refusals(work / "heretic_search.log"),
         "load_average": load_average(work / "loadavg.log"),
+        "frontier": read_front(store),
         "models": {name: {"path": str(folders[name]),
                           "vauban": {p.stem.removeprefix(f"vauban_{name}_"): read(p)
                                      for p in sorted(store.glob(f"vauban_{name}_*.json"))},
