@@ -150,7 +150,10 @@ def heretic_yardstick(heretic: Path, files: dict[str, Path], folders: dict[str, 
 
 
 def evaluate_all(heretic: Path, files: dict[str, Path], work: Path, *, max_tokens: int = DEFAULT_MAX_TOKENS,
-                 heretic_models: tuple[str, ...] = MODELS) -> dict:
+                 heretic_models: tuple[str, ...] = MODELS[1:]) -> dict:
+    """Every model by both yardsticks. heretic's own yardstick is not run on the original: every
+    ``--evaluate-model`` run counts the base model's refusals first ("Initial refusals"), and its
+    KL against itself is 0, so the original's row comes from those runs (:func:`heretic_original`)."""
     store = work / "eval"
     store.mkdir(exist_ok=True)
     folders = model_dirs(work)
@@ -165,6 +168,8 @@ def gather(work: Path, store: Path, folders: dict[str, Path]) -> dict:
     def read(path: Path) -> dict | None:
         return json.loads(path.read_text()) if path.is_file() else None
 
+    if not (store / "heretic_original.json").is_file() and (row := heretic_original(work)):
+        (store / "heretic_original.json").write_text(json.dumps(row, indent=1) + "\n")
     report = {
         "model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32, CPU)",
         "prompts": {"harmful_report": "100 AdvBench goals, random.Random(0).sample (searched on by no tool)",
@@ -192,6 +197,19 @@ def gather(work: Path, store: Path, folders: dict[str, Path]) -> dict:
     return report
 
 
+def heretic_original(work: Path) -> dict | None:
+    """The original's row on heretic's yardstick, from the "Initial refusals" that every
+    ``heretic --evaluate-model`` run prints for the base model (the same count in every run, or
+    none is returned); its KL against itself is 0."""
+    counts = {log.name: initial_refusals(log) for log in sorted(work.glob("heretic_eval_*.log"))}
+    counts = {name: count for name, count in counts.items() if count}
+    if not counts or len(set(counts.values())) != 1:
+        return None
+    refusals, prompts = map(int, next(iter(counts.values())).split("/"))
+    return {"refusals": refusals, "prompts": prompts, "kl": 0.0, "from": sorted(counts),
+            "note": "the base model's 'Initial refusals' in each heretic --evaluate-model run (all equal)"}
+
+
 def optimize_pick(path: Path) -> dict | None:
     """What ``vauban optimize`` exported, by its own numbers (read from its ``pareto.json``): the
     pick, the prompt counts it judged on, and the mean time of a search trial."""
@@ -209,7 +227,8 @@ def optimize_pick(path: Path) -> dict | None:
 
 
 def initial_refusals(log: Path) -> str | None:
-    """The original model's refusals on heretic's search prompts, as heretic printed them."""
+    """The base model's refusals ("N/M") as heretic printed them in ``log`` (a search or an
+    ``--evaluate-model`` run: heretic counts the base model first in both)."""
     if not log.is_file():
         return None
     found = re.findall(r"Initial refusals:\s*(\d+\s*/\s*\d+)", ANSI.sub("", log.read_text(errors="replace")))
