@@ -236,9 +236,10 @@ def main() -> None:
         evaluate_all(heretic, files, work)
     if args.stage in ("all", "frontier"):
         from peers_evaluate import gather, model_dirs
-        from peers_frontier import measure_front
+        from peers_frontier import measure_front, measure_variants
 
         measure_front(work, files, args.frontier_trials)
+        measure_variants(work, files)
         gather(work, work / "eval", model_dirs(work))
     if args.stage == "report":  # gather what has been measured so far, measure nothing
         from peers_evaluate import gather, model_dirs

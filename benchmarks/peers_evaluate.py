@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from peers import RESULTS, demo_dir, heretic_common, run_logged, say
-from peers_frontier import read_front
+from peers_frontier import read_rows
 from vauban.evaluating import DEFAULT_MAX_TOKENS
 
 MODELS = ("original", "vauban_default", "vauban_optimize", "heretic")
@@ -181,7 +181,8 @@ def gather(work: Path, store: Path, folders: dict[str, Path]) -> dict:
         "optimize_pick": optimize_pick(work / "optimize" / "pareto.json"),
         "heretic_initial_refusals": initial_refusals(work / "heretic_search.log"),
         "load_average": load_average(work / "loadavg.log"),
-        "frontier": read_front(store),
+        "frontier": read_rows(store, "frontier_*.json"),
+        "variants": read_rows(store, "variant_*.json"),
         "models": {name: {"path": str(folders[name]),
                           "vauban": {p.stem.removeprefix(f"vauban_{name}_"): read(p)
                                      for p in sorted(store.glob(f"vauban_{name}_*.json"))},
