@@ -404,6 +404,33 @@ def peers() -> list[str]:
                      "HumanEval (10)", "heretic: refused /100", "heretic: KL", "wall time (s)",
                      "trials"], rows)
 
+@table("peers-frontier")
+def peers_frontier() -> list[str]:
+    """Cuts beyond the picks, by vauban's yardstick on the same report prompts
+    (``benchmarks/peers_frontier.py``): the cheapest trial of each refusal level of vauban's
+    search front, and the default cut with heretic's default edit options."""
+    r = load("peers_demo.json")
+
+    def options(cut: dict) -> str:
+        named = [name for key, name in (("projected", "projected"), ("norm_preserving", "norm-preserving"))
+                 if cut.get(key)]
+        return f" ({', '.join(named)})" if named else ""
+
+    def measured(row: dict) -> list[str]:
+        return [str(row["refusals"]), f"{row['first_token_kl']:.4f}", f"{row['reference_kl']:.4f}",
+                f"{row['perplexity']:.2f}"]
+
+    rows = [[f"vauban optimize, trial {f['trial']}{options(f['cut'])}",
+             f"{f['search_refusal']:.1%} at {f['search_kl']:.4f}", *measured(f)]
+            for f in r.get("frontier") or []]
+    rows += [[f"vauban abliterate's cut{options(v)}", "", *measured(v)] for v in r.get("variants") or []]
+    heretic = (r["models"].get("heretic") or {}).get("vauban") or {}
+    if heretic.get("refusal") and heretic.get("kl"):
+        rows.append(["heretic's pick, for comparison", "", *measured(heretic["refusal"] | heretic["kl"])])
+    return markdown(["cut", "in vauban's search: refused, KL", "vauban: refused /100",
+                     "vauban: first-token KL", "vauban: KL, 64 answer tokens", "perplexity"], rows)
+
+
 # --- README I/O --------------------------------------------------------------------------------
 
 
