@@ -216,6 +216,8 @@ def main() -> None:
                         help="wall seconds each tool's search gets (default %(default)s)")
     parser.add_argument("--vauban-runs", default="vauban_default,vauban_optimize",
                         help="which vauban runs the vauban stage makes (comma-separated)")
+    parser.add_argument("--rerun", action="append", default=[], metavar="WORK",
+                        help="report: also a later optimize run's work folder (its wall time and pick)")
     parser.add_argument("--frontier-trials", type=int, default=6,
                         help="front trials of vauban's search that the frontier stage measures "
                              "(default %(default)s)")
@@ -244,7 +246,7 @@ def main() -> None:
     if args.stage == "report":  # gather what has been measured so far, measure nothing
         from peers_evaluate import gather, model_dirs
 
-        gather(work, work / "eval", model_dirs(work))
+        gather(work, work / "eval", model_dirs(work), tuple(Path(f) for f in args.rerun))
 
 
 def run_heretic(heretic: Path, files: dict[str, Path], work: Path, budget: float) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from peers import RESULTS, demo_dir, heretic_common, run_logged, say
 from peers_frontier import read_rows
+from provenance import stamp
 from vauban.evaluating import DEFAULT_MAX_TOKENS
 
 MODELS = ("original", "vauban_default", "vauban_optimize", "heretic")
@@ -164,13 +165,28 @@ def evaluate_all(heretic: Path, files: dict[str, Path], work: Path, *, max_token
     return gather(work, store, folders)
 
 
-def gather(work: Path, store: Path, folders: dict[str, Path]) -> dict:
-    def read(path: Path) -> dict | None:
-        return json.loads(path.read_text()) if path.is_file() else None
+def read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
+
+def rerun(folder: Path) -> dict | None:
+    """A second ``vauban optimize`` run in its own work folder (``peers.py --work FOLDER --stage
+    vauban --vauban-runs vauban_optimize``): its wall time against the budget, its own pick, and
+    the load while it ran. Used to time a change to the budget's rules without redoing the rest."""
+    times = read(folder / "vauban_times.json")
+    if not times or "vauban_optimize" not in times:
+        return None
+    return {"work": str(folder), "vauban_optimize": times["vauban_optimize"],
+            "optimize_pick": optimize_pick(folder / "optimize" / "pareto.json"),
+            "load_average": load_average(folder / "loadavg.log")}
+
+
+def gather(work: Path, store: Path, folders: dict[str, Path], reruns: tuple[Path, ...] = ()) -> dict:
     if not (store / "heretic_original.json").is_file() and (row := heretic_original(work)):
         (store / "heretic_original.json").write_text(json.dumps(row, indent=1) + "\n")
     report = {
+        **stamp(),
+        "git_note": "the commit that gathered this file; each search and export records its own",
         "model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32, CPU)",
         "prompts": {"harmful_report": "100 AdvBench goals, random.Random(0).sample (searched on by no tool)",
                     "harmless_report": "100 instructions from benchmarks/peers_harmless.py (written for "
@@ -181,6 +197,7 @@ def gather(work: Path, store: Path, folders: dict[str, Path]) -> dict:
         "optimize_pick": optimize_pick(work / "optimize" / "pareto.json"),
         "heretic_initial_refusals": initial_refusals(work / "heretic_search.log"),
         "load_average": load_average(work / "loadavg.log"),
+        "optimize_reruns": [row for folder in reruns if (row := rerun(folder))],
         "frontier": read_rows(store, "frontier_*.json"),
         "variants": read_rows(store, "variant_*.json"),
         "models": {name: {"path": str(folders[name]),
