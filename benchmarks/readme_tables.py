@@ -423,11 +423,15 @@ def peers_frontier() -> list[str]:
     rows = [[f"vauban optimize, trial {f['trial']}{options(f['cut'])}",
              f"{f['search_refusal']:.1%} at {f['search_kl']:.4f}", *measured(f)]
             for f in r.get("frontier") or []]
-    rows += [[f"vauban abliterate's cut{options(v)}", "", *measured(v)] for v in r.get("variants") or []]
-    heretic = (r["models"].get("heretic") or {}).get("vauban") or {}
-    if heretic.get("refusal") and heretic.get("kl"):
-        rows.append(["heretic's pick, for comparison", "", *measured(heretic["refusal"] | heretic["kl"])])
-    return markdown(["cut", "in vauban's search: refused, KL", "vauban: refused /100",
+    exports = {name: (r["models"].get(name) or {}).get("vauban") or {}
+               for name in ("vauban_default", "heretic")}
+    variants = [[f"vauban abliterate's cut{options(v)}", "", *measured(v)] for v in r.get("variants") or []]
+    for name, label, more in (("vauban_default", "vauban abliterate's cut, as exported", variants),
+                              ("heretic", "heretic's pick, for comparison", [])):
+        if exports[name].get("refusal") and exports[name].get("kl"):
+            rows.append([label, "", *measured(exports[name]["refusal"] | exports[name]["kl"])])
+        rows += more
+    return markdown(["cut", "in vauban's search (40 prompts, 32 tokens): refused, KL", "vauban: refused /100",
                      "vauban: first-token KL", "vauban: KL, 64 answer tokens", "perplexity"], rows)
 
 
