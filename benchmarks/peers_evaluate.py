@@ -172,13 +172,25 @@ def read(path: Path) -> dict | None:
 def rerun(folder: Path) -> dict | None:
     """A second ``vauban optimize`` run in its own work folder (``peers.py --work FOLDER --stage
     vauban --vauban-runs vauban_optimize``): its wall time against the budget, its own pick, and
-    the load while it ran. Used to time a change to the budget's rules without redoing the rest."""
+    the load while it ran, and its export's rows if ``--stage evaluate`` ran there (copy the
+    original's ``vauban_original_*`` rows into its ``eval/`` first so they are not measured
+    again). Used to time a change to the budget's rules without redoing the rest."""
     times = read(folder / "vauban_times.json")
     if not times or "vauban_optimize" not in times:
         return None
     return {"work": str(folder), "vauban_optimize": times["vauban_optimize"],
             "optimize_pick": optimize_pick(folder / "optimize" / "pareto.json"),
-            "load_average": load_average(folder / "loadavg.log")}
+            "load_average": load_average(folder / "loadavg.log"),
+            "evaluated": model_rows(folder / "eval", "vauban_optimize",
+                                    folder / "exports" / "vauban_optimize")}
+
+
+def model_rows(store: Path, name: str, folder: Path) -> dict:
+    """One model's measured rows: vauban's metrics by name, and heretic's yardstick."""
+    return {"path": str(folder),
+            "vauban": {p.stem.removeprefix(f"vauban_{name}_"): read(p)
+                       for p in sorted(store.glob(f"vauban_{name}_*.json"))},
+            "heretic": read(store / f"heretic_{name}.json")}
 
 
 def gather(work: Path, store: Path, folders: dict[str, Path], reruns: tuple[Path, ...] = ()) -> dict:
@@ -200,10 +212,7 @@ def gather(work: Path, store: Path, folders: dict[str, Path], reruns: tuple[Path
         "optimize_reruns": [row for folder in reruns if (row := rerun(folder))],
         "frontier": read_rows(store, "frontier_*.json"),
         "variants": read_rows(store, "variant_*.json"),
-        "models": {name: {"path": str(folders[name]),
-                          "vauban": {p.stem.removeprefix(f"vauban_{name}_"): read(p)
-                                     for p in sorted(store.glob(f"vauban_{name}_*.json"))},
-                          "heretic": read(store / f"heretic_{name}.json")} for name in folders},
+        "models": {name: model_rows(store, name, folders[name]) for name in folders},
     }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "peers_demo.json"
