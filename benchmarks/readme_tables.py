@@ -382,7 +382,7 @@ def peers() -> list[str]:
     cost = {"vauban_default": vauban.get("vauban_default", {}),
             "vauban_optimize": vauban.get("vauban_optimize", {}), "heretic": heretic}
     labels = {"original": "original", "vauban_default": "vauban abliterate (default, no search)",
-              "vauban_optimize": "vauban optimize (its pick)",
+              "vauban_optimize": "vauban optimize, run 1 (its pick)",
               "heretic": "heretic (its search, chosen trial)"}
 
     def num(d: dict, key: str, fmt: str = "{:.4f}") -> str:
@@ -391,7 +391,7 @@ def peers() -> list[str]:
     entries = list(r["models"].items())
     for i, run in enumerate(r.get("optimize_reruns") or [], 1):  # later optimize runs, timed again
         name = f"rerun{i}"
-        labels[name] = f"vauban optimize, run {i + 1} (at {run['vauban_optimize'].get('git', '?')})"
+        labels[name] = f"vauban optimize, run {i + 1}, timed again (at {run['vauban_optimize'].get('git', '?')})"
         cost[name] = run["vauban_optimize"]
         entries.append((name, run.get("evaluated") or {}))
     rows, safe = [], "–"
