@@ -391,7 +391,8 @@ def peers() -> list[str]:
     entries = list(r["models"].items())
     for i, run in enumerate(r.get("optimize_reruns") or [], 1):  # later optimize runs, timed again
         name = f"rerun{i}"
-        labels[name] = f"vauban optimize, run {i + 1}, timed again (at {run['vauban_optimize'].get('git', '?')})"
+        at = run["vauban_optimize"].get("git", "?")
+        labels[name] = f"vauban optimize, run {i + 1}, timed again (at {at})"
         cost[name] = run["vauban_optimize"]
         entries.append((name, run.get("evaluated") or {}))
     rows, safe = [], "–"
