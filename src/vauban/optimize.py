@@ -83,7 +83,7 @@ from .formatting import Formatting, formatting_for
 from .judge import Judge, get_judge
 from .prompts import Prompts, bundled_records, load_prompts
 from .reasoning import thinking_prefix
-from .refine import Refined, budget, likelihood_batches, refine
+from .refine import Refined, budget, ends_past, likelihood_batches, refine
 from .results import DirectionResult, check_int
 from .trials import CutParams as CutParams  # re-exported: the results of a search live in vauban.trials
 from .trials import OptimizeResult as OptimizeResult
@@ -406,9 +406,7 @@ class _Search:
 
     def late(self, deadline: float | None) -> bool:
         """Whether another trial, at this run's mean trial time, would end past ``deadline``."""
-        if deadline is None:
-            return False
-        return time.perf_counter() + self.spent / max(self.done, 1) > deadline
+        return ends_past(deadline, self.spent / max(self.done, 1))
 
     def run(self, the_study: Any, deadline: float | None) -> None:
         """The plain cut first, whatever the deadline (a ``time.perf_counter()`` value); then the

@@ -230,7 +230,7 @@ def refine(
                 history.append((kl, lik))
                 if best is None or value < best[0]:
                     best = (value, weights.detach().clone(), kl, lik)
-                late = _late(started, step, deadline)
+                late = ends_past(deadline, (time.perf_counter() - started) / (step + 1))  # one more step
                 if log is not None:
                     log(_step_line(step, steps, kl, lik, started, late))
                 if step == steps or late:
@@ -251,13 +251,11 @@ def refine(
                    tuple(history), ran, steps, ran < steps)
 
 
-def _late(started: float, step: int, deadline: float | None) -> bool:
-    """Whether one more step, at the mean pace of the ``step + 1`` scored so far since
-    ``started``, would end past ``deadline``."""
-    if deadline is None:
-        return False
-    now = time.perf_counter()
-    return now + (now - started) / (step + 1) > deadline
+def ends_past(deadline: float | None, seconds: float) -> bool:
+    """Whether work taking ``seconds`` from now would end past ``deadline`` (a
+    ``time.perf_counter()`` value; never without one): the one test of the search's trials and
+    of refinement's steps against their deadlines."""
+    return deadline is not None and time.perf_counter() + seconds > deadline
 
 
 def _step_line(step: int, steps: int, kl: float, lik: float, started: float, late: bool) -> str:
