@@ -272,6 +272,25 @@ def test_gguf_check_finds_a_truncated_file(tmp_path):
         gguf_format.check(tmp_path)
 
 
+
+def test_a_killed_converter_is_named_in_one_line():
+    """A converter stopped by a signal prints no error of its own (its last line is a progress
+    bar); the error names the signal and, for SIGKILL, memory."""
+    import subprocess
+    import sys
+
+    from vauban.formats.llamacpp import converter_failure
+
+    script = ("import os, signal, sys; print('Writing:  71%|###  | 479M/670M', file=sys.stderr, flush=True);"
+              " os.kill(os.getpid(), signal.SIGKILL)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    message = converter_failure(done.returncode, done.stderr)
+    assert message.startswith("was stopped by SIGKILL") and "memory" in message and "\n" not in message
+    bar_then_error = "Writing: 10%\rWriting: 20%\rValueError: unknown tensor type\n"
+    expected = "failed on this model (exit 1): ValueError: unknown tensor type"
+    assert converter_failure(1, bar_then_error) == expected
+    assert converter_failure(2, "") == "failed on this model (exit 2): no output"
+
 # --- CLI, atomicity, never overwriting ---------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ import ctypes
 import functools
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -150,8 +151,22 @@ def convert_hf(hf_dir: Path, out: Path, outtype: str) -> None:
                "--outtype", outtype]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not out.is_file():
-        lines = [x for x in done.stderr.strip().splitlines() if x.strip()] or ["no output"]
-        raise VaubanError(f"llama.cpp's converter failed on this model: {lines[-1][:300]}")
+        raise VaubanError(f"llama.cpp's converter {converter_failure(done.returncode, done.stderr)}")
+
+
+def converter_failure(returncode: int, stderr: str) -> str:
+    """What went wrong, in one line: the signal that stopped the converter (a kill prints nothing
+    of its own, so its last line is only a progress bar), else its last line of output."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        hint = ("; the system most likely ran out of memory: close other programs and export again"
+                if -returncode == signal.SIGKILL else "")
+        return f"was stopped by {name} before it finished{hint}"
+    lines = [x for x in stderr.replace("\r", "\n").splitlines() if x.strip()] or ["no output"]
+    return f"failed on this model (exit {returncode}): {lines[-1].strip()[:300]}"
 
 
 # --- running a GGUF with llama.cpp -----------------------------------------------------------
