@@ -46,15 +46,13 @@ import vauban.generate as vgen
 from conftest import build_tokenizer
 from gpu_baselines import old_last_token_residuals, old_static_greedy
 from gpu_cut import cut_bench
-from gpu_multi import replicas_bench, split_bench
+from gpu_multi import PEAK_BF16, replicas_bench, split_bench
 from vauban import arch, batching, cut, evaluating, kernels
 from vauban.activations import last_token_residuals
 from vauban.batching import left_pad
 from vauban.divergence import first_token_logprobs, kl_divergence
 from vauban.evaluating import completions
 from vauban.prompts import encode_chat, load_prompts, pad_id
-
-PEAK_BF16 = 790e12  # FLOP/s, the reference (8192³ bf16 matmul on an H100 here)
 
 SHAPES = {
     "llama-3.1-8b": dict(
