@@ -272,7 +272,6 @@ def test_gguf_check_finds_a_truncated_file(tmp_path):
         gguf_format.check(tmp_path)
 
 
-
 def test_a_killed_converter_is_named_in_one_line():
     """A converter stopped by a signal prints no error of its own (its last line is a progress
     bar); the error names the signal and, for SIGKILL, memory."""
@@ -290,6 +289,7 @@ def test_a_killed_converter_is_named_in_one_line():
     expected = "failed on this model (exit 1): ValueError: unknown tensor type"
     assert converter_failure(1, bar_then_error) == expected
     assert converter_failure(2, "") == "failed on this model (exit 2): no output"
+
 
 # --- CLI, atomicity, never overwriting ---------------------------------------------------------
 

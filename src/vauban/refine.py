@@ -153,9 +153,17 @@ class Refined:
     kl: float  # KL of the chosen weights (through the hooks)
     likelihood: float  # refusal likelihood of the chosen weights
     history: tuple[tuple[float, float], ...]  # (KL, likelihood) at each step's start
-    steps: int  # gradient steps taken and scored (len(history) - 1)
     planned: int  # the steps asked for
-    stopped: bool  # the deadline stopped it before ``planned`` steps
+
+    @property
+    def steps(self) -> int:
+        """Gradient steps taken and scored (step 0, the plain cut, is not one)."""
+        return len(self.history) - 1
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the deadline stopped it before ``planned`` steps."""
+        return self.steps < self.planned
 
     def summary(self) -> str:
         ran = f"{self.steps}/{self.planned}" + (" (stopped at the deadline)" if self.stopped else "")
@@ -246,9 +254,8 @@ def refine(
             p.requires_grad_(True)
     assert best is not None
     chosen = best[1]
-    ran = len(history) - 1
     return Refined(tuple(float(x) for x in chosen[0]), tuple(float(x) for x in chosen[1]), best[2], best[3],
-                   tuple(history), ran, steps, ran < steps)
+                   tuple(history), steps)
 
 
 def ends_past(deadline: float | None, seconds: float) -> bool:
