@@ -14,8 +14,9 @@ import argparse
 import json
 import time
 
-from vauban import load, prompts
-from vauban.generate import generate
+from vauban import load
+from vauban.text import prompts
+from vauban.runtime.generating import generate
 from vauban.judge import Judge, get_judge, run_judge
 
 

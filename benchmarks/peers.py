@@ -76,7 +76,7 @@ def say(text: str) -> None:
 
 def demo_dir() -> Path:
     """The cached float32 directory of the demo model (``vauban.quick.load()`` writes it)."""
-    from vauban.loading import demo_model_dir
+    from vauban.model.loading import demo_model_dir
 
     return demo_model_dir()
 
@@ -99,7 +99,7 @@ def install(work: Path) -> Path:
 def write_data(work: Path) -> dict[str, Path]:
     sys.path.insert(0, str(HERE))
     from peers_harmless import harmless_prompts
-    from vauban.prompts import load_prompts
+    from vauban.text.prompts import load_prompts
 
     goals = load_prompts(str(ADVBENCH))
     report = advbench_sample(100, SEED)

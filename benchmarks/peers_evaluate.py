@@ -24,7 +24,7 @@ from pathlib import Path
 from peers import RESULTS, demo_dir, heretic_common, run_logged, say
 from peers_frontier import read_rows
 from provenance import stamp
-from vauban.evaluating import DEFAULT_MAX_TOKENS
+from vauban.evaluation.evaluating import DEFAULT_MAX_TOKENS
 
 MODELS = ("original", "vauban_default", "vauban_optimize", "heretic")
 SAFE = 48  # bundled over-refusal prompts (of 112), as benchmarks/demo_report.py
@@ -50,9 +50,9 @@ def vauban_metrics(files: dict[str, Path], max_tokens: int) -> dict:
     """vauban's yardstick, one function per metric: ``fn(base, model, tokenizer, cache) -> row``
     (``cache`` keeps what the original gives, computed once). Each (model, metric) row is stored
     on its own, so the stage resumes and a metric added later runs only for itself."""
-    from vauban.divergence import first_token_logprobs, kl_divergence
-    from vauban.evaluating import Pair, answer_scores, completions
-    from vauban.prompts import load_pairs, load_prompts
+    from vauban.runtime.scoring import first_token_logprobs, kl_divergence
+    from vauban.evaluation.evaluating import Pair, answer_scores, completions
+    from vauban.text.prompts import load_pairs, load_prompts
 
     harmful, harmless = lines(files["harmful_report"]), lines(files["harmless_report"])
 

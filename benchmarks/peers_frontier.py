@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from peers import say
-from vauban.evaluating import DEFAULT_MAX_TOKENS
+from vauban.evaluation.evaluating import DEFAULT_MAX_TOKENS
 
 
 def front_trials(pareto: dict, limit: int) -> list[int]:
@@ -78,7 +78,7 @@ def measure_cuts(work: Path, files: dict[str, Path], cuts: dict[str, tuple], max
 def measure_variants(work: Path, files: dict[str, Path], max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
     """The default export's cut with heretic's default edit options (:data:`VARIANTS`)."""
     from vauban import DirectionResult
-    from vauban.cutspec import CutSpec
+    from vauban.methods.cutspec import CutSpec
 
     direction = DirectionResult.load(work / "exports" / "vauban_default" / "vauban_direction.safetensors")
     cuts = {f"variant_{name}": (CutSpec(**options), direction, {"variant": name, **options})
@@ -90,7 +90,7 @@ def measure_front(work: Path, files: dict[str, Path], limit: int,
                   max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
     """The front trials of :func:`front_trials` on the report prompts."""
     from vauban import DirectionResult
-    from vauban.cutspec import CutSpec
+    from vauban.methods.cutspec import CutSpec
 
     pareto_file = work / "optimize" / "pareto.json"
     pareto = json.loads(pareto_file.read_text())

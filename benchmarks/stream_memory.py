@@ -1,7 +1,7 @@
 """Peak memory of the streamed cut (``vauban cut``) against the size of the checkpoint it cuts.
 
 A child process imports vauban, loads nothing but the direction, records its peak RSS, cuts
-the checkpoint on disk (:func:`vauban.stream.cut_checkpoint`, one tensor at a time) and records
+the checkpoint on disk (:func:`vauban.exports.streaming.cut_checkpoint`, one tensor at a time) and records
 the peak again; the difference is what the cut itself needed. The checkpoint is the demo
 model's float32 directory from the cache (2.5 GB, one safetensors file); the direction is a
 random unit vector (memory does not depend on its values).
@@ -22,8 +22,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "stream_memory.json"
 
 CHILD = """
 import resource, sys, time, torch
-from vauban.loading import demo_model_dir
-from vauban.stream import cut_checkpoint, weight_files
+from vauban.model.loading import demo_model_dir
+from vauban.exports.streaming import cut_checkpoint, weight_files
 src = demo_model_dir()
 direction = torch.randn(896, generator=torch.Generator().manual_seed(0))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

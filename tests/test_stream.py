@@ -15,10 +15,10 @@ from transformers import AutoConfig
 
 import vauban
 from conftest import build_model
-from vauban import arch
-from vauban.errors import VaubanError
-from vauban.stream import cut_checkpoint, tensor_table, weight_files
-from vauban.verifying import verify
+from vauban.model import arch
+from vauban.core.errors import VaubanError
+from vauban.exports.streaming import cut_checkpoint, tensor_table, weight_files
+from vauban.exports.verifying import verify
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -148,7 +148,7 @@ def test_checkpoint_writers_by_name():
 
 _RSS_SCRIPT = """
 import resource, sys, torch
-from vauban.stream import cut_checkpoint
+from vauban.exports.streaming import cut_checkpoint
 torch.ones(1) @ torch.ones(1)  # warm up the math libraries before the baseline
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 cut_checkpoint(sys.argv[1], sys.argv[2], torch.ones(int(sys.argv[3])))

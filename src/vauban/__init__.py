@@ -3,7 +3,7 @@
 ``vauban.quick`` holds the tutorial's one-liners; the names below are the low-level API they
 are built from. Modules are named for the pipeline's steps (``loading``, ``measuring``,
 ``probing``, ``cutting``, ``exporting``, ``evaluating``, ``steering``, ``verifying``), so that no
-function exported here shadows a module: ``vauban.cut`` is the function, ``vauban.cutting`` its
+function exported here shadows a module: ``vauban.cut`` is the function, ``vauban.edit.cutting`` its
 module.
 
 The names are imported on first use (PEP 562 ``__getattr__``): ``import vauban`` costs no torch
@@ -96,28 +96,21 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
-    from .cutting import Cut, LayerKernel, active_cuts, cut, original_weights
-    from .errors import VaubanError
-    from .evaluating import evaluate
-    from .exporting import export
-    from .formatting import Formatting
-    from .loading import load_model, source_of  # noqa: F401  (load_model: the name before load)
-    from .loading import load_model as load
-    from .measuring import direction_at, directions_per_layer, measure, measure_subspace
-    from .probing import borderline, probe, projections
-    from .reasoning import split_reasoning
-    from .results import (
-        AlphaSweep,
-        BorderlineResult,
-        Completion,
-        DirectionResult,
-        EvalResult,
-        ProbeResult,
-        SteerResult,
-        SteerSweep,
-        SubspaceResult,
-        VerifyResult,
-    )
-    from .steering import Steering, steer, steer_generate
-    from .sweep import alpha_sweep, direction_similarity, steer_sweep
-    from .verifying import verify
+    from .edit.cutting import Cut, LayerKernel, active_cuts, cut, original_weights
+    from .core.errors import VaubanError
+    from .evaluation.evaluating import evaluate
+    from .exports.exporting import export
+    from .text.formatting import Formatting
+    from .model.loading import load_model, source_of  # noqa: F401  (load_model: the name before load)
+    from .model.loading import load_model as load
+    from .direction.measuring import direction_at, directions_per_layer, measure, measure_subspace
+    from .direction.probing import borderline, probe, projections
+    from .text.reasoning import split_reasoning
+    from .evaluation.sweeping import AlphaSweep, SteerSweep
+    from .direction.results import BorderlineResult, DirectionResult, ProbeResult, SubspaceResult
+    from .evaluation.results import Completion, EvalResult
+    from .methods.steering import SteerResult
+    from .exports.verifying import VerifyResult
+    from .methods.steering import Steering, steer, steer_generate
+    from .evaluation.sweeping import alpha_sweep, direction_similarity, steer_sweep
+    from .exports.verifying import verify

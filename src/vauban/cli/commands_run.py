@@ -7,30 +7,18 @@ import json
 from pathlib import Path
 
 from ..config import Settings
-from .common import (
-    BORDERLINE_PROBE,
-    HARMFUL_PROBE,
-    HARMLESS_PROBE,
-    LOADS_WITH,
-    direction_for,
-    format_options,
-    judge_for,
-    load,
-    numbers,
-    projection_line,
-    run_formatting,
-)
+from .common import BORDERLINE_PROBE, HARMFUL_PROBE, HARMLESS_PROBE, LOADS_WITH, direction_for, format_options, judge_for, load, numbers, projection_line, run_formatting
 from .report import Report
 
 
 def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
     """The whole tutorial: measure, probe, cut, evaluate, export, steer."""
     from .. import plots
-    from ..cutting import cut
-    from ..evaluating import evaluate
-    from ..exporting import check_output_dir, cut_record, export
-    from ..probing import borderline, probe
-    from ..steering import steer
+    from ..edit.cutting import cut
+    from ..evaluation.evaluating import evaluate
+    from ..exports.exporting import check_output_dir, cut_record, export
+    from ..direction.probing import borderline, probe
+    from ..methods.steering import steer
 
     out = check_output_dir(s.output_dir, s.overwrite)
     model, tokenizer = load(s, report, trust=args.trust_remote_code)

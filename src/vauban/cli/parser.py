@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ..formats import FORMATS
+from ..exports.formats import FORMATS
 from .commands_cut import cmd_abliterate, cmd_cut, cmd_optimize, cmd_verify
 from .commands_evaluate import cmd_evaluate, cmd_judge, cmd_sweep
 from .commands_measure import cmd_measure, cmd_plot, cmd_probe
