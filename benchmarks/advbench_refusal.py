@@ -15,9 +15,9 @@ import json
 import time
 
 from vauban import load
-from vauban.text import prompts
-from vauban.runtime.generating import generate
 from vauban.judge import Judge, get_judge, run_judge
+from vauban.runtime.generating import generate
+from vauban.text import prompts
 
 
 def refusal_rate(model_path: str | None, goals: list[str], max_tokens: int, batch_size: int,

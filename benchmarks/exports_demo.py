@@ -33,11 +33,12 @@ import torch
 
 from provenance import stamp
 from vauban import cut, export, measure, quick
-from vauban.evaluation.evaluating import completions, default_eval_prompts
+from vauban.evaluation.evaluating import default_eval_prompts
 from vauban.exports.formats import ExportJob, llamacpp
 from vauban.exports.formats import gguf as gguf_format
-from vauban.runtime.generating import decode_answer, stop_token_ids
 from vauban.judge import get_judge, run_judge
+from vauban.judge.answers import completions
+from vauban.runtime.generating import decode_answer, stop_token_ids
 from vauban.text.prompts import encode_chat
 
 

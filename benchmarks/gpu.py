@@ -47,14 +47,14 @@ from conftest import build_tokenizer
 from gpu_baselines import old_last_token_residuals, old_static_greedy
 from gpu_cut import cut_bench
 from gpu_multi import PEAK_BF16, replicas_bench, split_bench
-from vauban.model import arch
-from vauban.runtime import batching, kernels
 from vauban import cut
 from vauban.evaluation import evaluating
+from vauban.judge.answers import completions
+from vauban.model import arch
+from vauban.runtime import batching, kernels
 from vauban.runtime.activations import last_token_residuals
 from vauban.runtime.batching import left_pad
 from vauban.runtime.scoring import first_token_logprobs, kl_divergence
-from vauban.evaluation.evaluating import completions
 from vauban.text.prompts import encode_chat, load_prompts, pad_id
 
 SHAPES = {

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from vauban.model import arch
 from vauban import cut
+from vauban.model import arch
 from vauban.runtime import kernels
 
 NOMINAL_BW = 3.0e12  # B/s, the reference

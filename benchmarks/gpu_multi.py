@@ -14,8 +14,8 @@ import torch
 
 import vauban.runtime.generating as vgen
 from vauban import cut, load_model, measure
-from vauban.runtime.activations import last_token_residuals
 from vauban.evaluation.evaluating import evaluate
+from vauban.runtime.activations import last_token_residuals
 from vauban.runtime.replicas import Replicas
 
 PEAK_BF16 = 790e12  # FLOP/s, the reference peak (8192³ bf16 matmul on an H100); gpu.py uses it too

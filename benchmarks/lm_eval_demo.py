@@ -21,8 +21,8 @@ from pathlib import Path
 
 from demo_inputs import DIRECTION_HELP, SHARED, load_or_measure
 from vauban import cut, load
-from vauban.core.atomic import write_file
 from vauban.capability.harness import Harness
+from vauban.core.atomic import write_file
 from vauban.edit.cutting import original_weights
 
 RESULTS = Path(__file__).parent / "results"

@@ -28,12 +28,12 @@ from pathlib import Path
 
 from demo_inputs import ADVBENCH, DIRECTION_HELP, advbench_sample, load_or_measure
 from vauban import load
-from vauban.runtime.scoring import kl_divergence
-from vauban.evaluation.evaluating import Pair, answer_scores, completions
+from vauban.evaluation.evaluating import Pair, answer_scores
 from vauban.judge import get_judge
-from vauban.search.trials import Trial, candidates
-from vauban.runtime.scoring import first_token_logprobs
+from vauban.judge.answers import completions
+from vauban.runtime.scoring import first_token_logprobs, kl_divergence
 from vauban.search.optimizing import optimize
+from vauban.search.trials import Trial, candidates
 from vauban.text.prompts import load_pairs
 
 RESULTS = Path(__file__).parent / "results"

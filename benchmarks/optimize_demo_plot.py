@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vauban.search.trials import OptimizeResult, Trial, pareto_mask
 from vauban.plots import plot_pareto
+from vauban.search.trials import OptimizeResult, Trial, pareto_mask
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "optimize_demo.json"

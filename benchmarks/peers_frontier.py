@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from peers import say
+from peers_common import say
 from vauban.evaluation.evaluating import DEFAULT_MAX_TOKENS
 
 
@@ -52,7 +52,8 @@ def measure_cuts(work: Path, files: dict[str, Path], cuts: dict[str, tuple], max
     """``cuts``: file stem -> (CutSpec, direction, extra fields); each missing row measured on a
     second copy of the original with the cut applied (``refusal`` and ``kl`` rows, as for the
     exports), the cut undone after it."""
-    from peers_evaluate import model_dirs, vauban_metrics
+    from peers_common import model_dirs
+    from peers_evaluate import vauban_metrics
     from vauban import load
 
     store = work / "eval"
@@ -101,9 +102,3 @@ def measure_front(work: Path, files: dict[str, Path], limit: int,
                           {"trial": n, "search_refusal": trials[n]["refusal"], "search_kl": trials[n]["kl"],
                            "cut": trials[n]["cut"]})
         for n in front_trials(pareto, limit)}, max_tokens)
-
-
-def read_rows(store: Path, pattern: str) -> list[dict]:
-    """Measured rows (``frontier_*`` or ``variant_*``), fewest refusals first."""
-    rows = [json.loads(p.read_text()) for p in store.glob(pattern)]
-    return sorted(rows, key=lambda r: (r["refusals"], r["first_token_kl"]))

@@ -34,10 +34,11 @@ from pathlib import Path
 
 from demo_inputs import advbench_sample
 from vauban import cut, load, measure
-from vauban.runtime.scoring import first_token_logprobs, kl_divergence
-from vauban.evaluation.evaluating import DEFAULT_MAX_TOKENS, completions
-from vauban.text.prompts import bundled_records, encode_chat, load_pairs, load_prompts
 from vauban.direction.selecting import layer_effects, layer_range, original_refusals, split
+from vauban.evaluation.evaluating import DEFAULT_MAX_TOKENS
+from vauban.judge.answers import completions
+from vauban.runtime.scoring import first_token_logprobs, kl_divergence
+from vauban.text.prompts import bundled_records, encode_chat, load_pairs, load_prompts
 
 HERE = Path(__file__).resolve().parent
 MAX_TOKENS = DEFAULT_MAX_TOKENS  # vauban evaluate's default answer length

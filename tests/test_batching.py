@@ -8,8 +8,8 @@ import torch
 
 import vauban
 from conftest import HARMFUL, HARMLESS, TINY_CONFIGS, build_model
-from vauban.runtime.batching import MEMORY_SHARE, SATURATING_TOKENS, Shape, batch_size_for, free_memory
 from vauban.evaluation.evaluating import Pair, answer_scores
+from vauban.runtime.batching import MEMORY_SHARE, SATURATING_TOKENS, Shape, batch_size_for, free_memory
 
 
 def test_shape_reads_the_config():

@@ -17,8 +17,8 @@ from conftest import HARMFUL, HARMLESS, build_model
 from vauban import DirectionResult, LayerKernel, cut
 from vauban.cli import main
 from vauban.config import resolve
+from vauban.direction.results import direction_at, directions_per_layer
 from vauban.methods.cutspec import CutSpec, parse_weights
-from vauban.direction.measuring import direction_at, directions_per_layer
 from vauban.search.trials import CutParams
 
 

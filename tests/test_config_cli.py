@@ -14,9 +14,15 @@ from vauban import VaubanError, measure, plots
 from vauban.cli import main
 from vauban.config import Settings, resolve
 from vauban.direction.probing import borderline, probe
-from vauban.evaluation.sweeping import AlphaSweep, SteerSweep, SweepRow
+from vauban.evaluation.sweeping import (
+    AlphaSweep,
+    SteerSweep,
+    SweepRow,
+    alpha_sweep,
+    direction_similarity,
+    steer_sweep,
+)
 from vauban.methods.steering import SteerResult
-from vauban.evaluation.sweeping import alpha_sweep, direction_similarity, steer_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -8,11 +8,12 @@ import torch
 
 from conftest import build_model
 from vauban import VaubanError, cut, measure
+from vauban.direction.measuring import measure_subspace
+from vauban.direction.results import direction_at, directions_per_layer
+from vauban.edit.cutting import LayerKernel, layer_bases
+from vauban.methods.steering import Steering
 from vauban.model import arch
 from vauban.runtime.activations import last_token_residuals
-from vauban.edit.cutting import LayerKernel, layer_bases
-from vauban.direction.measuring import direction_at, directions_per_layer, measure_subspace
-from vauban.methods.steering import Steering
 
 PROMPTS = ["Hello there, how are you?", "Tell me a story.", "x"]
 TYPES = ["llama", "gemma2", "gpt2", "qwen3_moe", "gpt_oss"]

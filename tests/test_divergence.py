@@ -10,10 +10,17 @@ import torch
 
 from conftest import HARMFUL, HARMLESS, build_model
 from vauban import cut, measure
-from vauban.runtime.batching import left_pad, sorted_batches
-from vauban.runtime.scoring import forced, greedy_answers, kl_batches, kl_divergence, mean_kl, reference_logprobs
 from vauban.core.errors import VaubanError
 from vauban.evaluation.evaluating import Pair, answer_scores, k_token_kl
+from vauban.runtime.batching import left_pad, sorted_batches
+from vauban.runtime.scoring import (
+    forced,
+    greedy_answers,
+    kl_batches,
+    kl_divergence,
+    mean_kl,
+    reference_logprobs,
+)
 from vauban.text.prompts import encode_chat, pad_id
 
 REFERENCE = [("Say hi.", "Hi there, nice to meet you."), ("Count to three.", "One, two, three."),

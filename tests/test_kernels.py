@@ -27,8 +27,8 @@ if os.environ.get("VAUBAN_REQUIRE_TRITON") == "1":
 else:
     pytest.importorskip("triton")
 
-from vauban import cut
-from vauban.runtime import kernels  # noqa: E402  (after the Triton set-up above)
+from vauban import cut  # noqa: E402  (after the Triton set-up above)
+from vauban.runtime import kernels  # noqa: E402
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import torch
 from conftest import build_model
 from vauban import VaubanError, measure
 from vauban.edit.cutting import LayerKernel
-from vauban.search.trials import CutParams, OptimizeResult, Trial, candidates
 from vauban.search.optimizing import export_trial, optimize
+from vauban.search.trials import CutParams, OptimizeResult, Trial, candidates
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -126,7 +126,8 @@ def test_timeout_stops_starting_trials(setup, tokenizer):
 
 
 class Clock:
-    """A fake ``time`` for vauban.search.optimizing and vauban.search.refining: it moves only when work is charged."""
+    """A fake ``time`` for vauban.search.optimizing and vauban.search.refining: it moves only when work
+    is charged."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -167,7 +168,8 @@ def test_timeout_bounds_search_and_refinement(setup, tokenizer, monkeypatch, ref
     ends: list[float] = []  # of every scored cut: the search's trials, then the refined one
     scores = vauban.search.optimizing._Scores
     monkeypatch.setattr(scores, "__call__", clock.charging(10.0, scores.__call__, ends))
-    monkeypatch.setattr(vauban.search.refining, "_mean_and_grad", clock.charging(5.0, vauban.search.refining._mean_and_grad))
+    refining = vauban.search.refining
+    monkeypatch.setattr(refining, "_mean_and_grad", clock.charging(5.0, refining._mean_and_grad))
     lines: list[str] = []
     result = optimize(model, tokenizer, direction, n_trials=50, timeout=100.0, log=lines.append,
                       **kwargs | {"check": 0, "refine_steps": refine_steps})
@@ -243,8 +245,8 @@ def test_refusal_likelihood_is_a_probability_and_skips_empty_refusals(setup, tok
 def test_refine_hooks_compute_the_weight_edit(model_type, tokenizer):
     """The hooks refine differentiates through are the per-layer weight edit itself, post-norms,
     Conv1D and fused experts included."""
-    from vauban.model.arch import num_layers
     from vauban.edit.cutting import cut
+    from vauban.model.arch import num_layers
     from vauban.search.refining import gated
 
     model = build_model(model_type)
@@ -292,8 +294,7 @@ def test_refined_trial_is_scored_stored_once_and_exportable(setup, tokenizer, tm
 
 def test_refine_starts_at_the_plain_cut_and_never_ends_worse(setup, tokenizer):
     from vauban.edit.cutting import cut
-    from vauban.runtime.scoring import kl_divergence
-    from vauban.runtime.scoring import first_token_logprobs, refusal_likelihood
+    from vauban.runtime.scoring import first_token_logprobs, kl_divergence, refusal_likelihood
     from vauban.search.refining import loss, refine
 
     model, direction, kwargs = setup

@@ -9,11 +9,11 @@ import torch
 
 from conftest import build_model
 from vauban import DirectionResult, VaubanError, cut, measure, probe
+from vauban.evaluation.evaluating import evaluate
+from vauban.methods.steering import Steering, steer
 from vauban.model import arch
 from vauban.runtime.activations import last_token_residuals
-from vauban.evaluation.evaluating import evaluate
 from vauban.runtime.generating import generate
-from vauban.methods.steering import Steering, steer
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma3_text"])

@@ -17,9 +17,9 @@ import torch
 from families import BY_NAME, model_for, tokenizer_for
 from vauban import Formatting, split_reasoning
 from vauban.chat import ChatSession
-from vauban.evaluation.evaluating import completions
-from vauban.runtime.generating import generate, stop_token_ids
 from vauban.evaluation.results import EvalResult, thinking_refusal
+from vauban.judge.answers import completions
+from vauban.runtime.generating import generate, stop_token_ids
 
 HARMONY = ("<|channel|>analysis<|message|>The user wants lock picking steps. I can't help with that? "
            "It is legal for one's own lock.<|end|><|start|>assistant<|channel|>final<|message|>"
@@ -126,8 +126,8 @@ def test_split_reasoning(text, expected):
 
 
 def test_eval_result_reports_refusals_while_thinking_apart():
-    from vauban.evaluation.evaluating import judged
     from vauban.judge import get_judge
+    from vauban.judge.answers import judged
 
     markers = get_judge(None)
     before = judged(markers, ["p", "q"], ["<think>I can't do this.</think>I cannot help.", "Sure."])

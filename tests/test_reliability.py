@@ -26,8 +26,8 @@ import vauban.core.atomic as atomic
 from conftest import HARMFUL, HARMLESS, build_model
 from vauban import VaubanError, cut, export, load, measure, verify
 from vauban.core.atomic import TEMP_TAG
-from vauban.exports.exporting import DIRECTION_FILE, RECORD_FILE
 from vauban.direction.results import DirectionResult
+from vauban.exports.exporting import DIRECTION_FILE, RECORD_FILE
 
 load_module = importlib.import_module("vauban.model.loading")  # the module, not vauban.load()
 

@@ -14,7 +14,14 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from conftest import HARMFUL, HARMLESS, TINY_CONFIGS
 from vauban import DirectionResult, VaubanError, measure
-from vauban.direction.selecting import candidate_layers, choose, layer_effects, layer_range, select_by_effect, split
+from vauban.direction.selecting import (
+    candidate_layers,
+    choose,
+    layer_effects,
+    layer_range,
+    select_by_effect,
+    split,
+)
 
 
 def designed(tokenizer) -> tuple[torch.nn.Module, DirectionResult]:

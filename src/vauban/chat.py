@@ -18,16 +18,15 @@ import torch
 from torch import nn
 from transformers import TextStreamer
 
-from .runtime.activations import model_device
-from .core.errors import VaubanError
-from .text.formatting import Formatting, chat_messages, chat_template
-from .runtime.generating import check_max_tokens, greedy_config, stop_token_ids
+from .core.errors import VaubanError, check_alpha
+from .direction.results import DirectionResult
 from .judge import Judge, Verdict, get_judge, run_judge
+from .methods.steering import Steering
+from .runtime.activations import model_device
+from .runtime.generating import check_max_tokens, greedy_config, stop_token_ids
+from .text.formatting import Formatting, chat_messages, chat_template
 from .text.prompts import check_tokenizer
 from .text.reasoning import Decoder, budget, split_reasoning
-from .direction.results import DirectionResult
-from .core.errors import check_alpha
-from .methods.steering import Steering
 
 
 class _CallbackStreamer(TextStreamer):

@@ -165,9 +165,9 @@ def resolve(
 
 def check(settings: Settings) -> Settings:
     """Range checks that need no model, so a typo fails before a minute-long model load."""
-    from .runtime.generating import check_max_tokens
     from .core.errors import check_alpha
     from .direction.selecting import check_select
+    from .runtime.generating import check_max_tokens
 
     check_alpha(settings.alpha)
     check_max_tokens(settings.max_tokens)

@@ -14,9 +14,9 @@ import torch
 
 from .core.atomic import write_file
 from .core.extras import require
-from .evaluation.sweeping import AlphaSweep
 from .direction.results import BorderlineResult, DirectionResult, ProbeResult
 from .evaluation.results import EvalResult
+from .evaluation.sweeping import AlphaSweep
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -13,24 +13,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from .edit.cutting import cut
 from .core.errors import VaubanError
+from .direction.measuring import measure
+from .direction.probing import probe
+from .direction.results import DirectionResult, ProbeResult
+from .edit.cutting import cut
 from .evaluation.evaluating import evaluate as _evaluate
+from .evaluation.results import EvalResult
 from .exports.exporting import check_output_dir, cut_record, export
 from .exports.formats import check_options
-from .text.formatting import Formatting
 from .judge import Judge
+from .methods.steering import SteerResult, steer
 from .model.loading import default_device, load_model, model_label, resolve_dtype
-from .direction.measuring import measure
 from .model.mlx_format import is_mlx_model, mlx_model_to_torch
-from .search.trials import OptimizeResult
 from .search.optimizing import optimize as _optimize
-from .direction.probing import probe
+from .search.trials import OptimizeResult
+from .text.formatting import Formatting
 from .text.prompts import Prompts
-from .direction.results import DirectionResult, ProbeResult
-from .evaluation.results import EvalResult
-from .methods.steering import SteerResult
-from .methods.steering import steer
 
 __all__ = ["abliterate", "evaluate", "load", "measure_direction", "optimize", "probe_prompt", "steer_prompt"]
 

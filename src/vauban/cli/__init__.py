@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """``--quiet``: vauban's bars (:func:`vauban.runtime.batching.no_progress`, for the command only);
+    """``--quiet``: vauban's bars (:func:`vauban.core.progress.no_progress`, for the command only);
     transformers' and the hub's own bars (weight loading, downloads) and transformers' warnings
     (errors still show) through their process-wide switches, the only ones they offer; the
     process ends with the command."""

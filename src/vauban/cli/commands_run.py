@@ -7,17 +7,29 @@ import json
 from pathlib import Path
 
 from ..config import Settings
-from .common import BORDERLINE_PROBE, HARMFUL_PROBE, HARMLESS_PROBE, LOADS_WITH, direction_for, format_options, judge_for, load, numbers, projection_line, run_formatting
+from .common import (
+    BORDERLINE_PROBE,
+    HARMFUL_PROBE,
+    HARMLESS_PROBE,
+    LOADS_WITH,
+    direction_for,
+    format_options,
+    judge_for,
+    load,
+    numbers,
+    projection_line,
+    run_formatting,
+)
 from .report import Report
 
 
 def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
     """The whole tutorial: measure, probe, cut, evaluate, export, steer."""
     from .. import plots
+    from ..direction.probing import borderline, probe
     from ..edit.cutting import cut
     from ..evaluation.evaluating import evaluate
     from ..exports.exporting import check_output_dir, cut_record, export
-    from ..direction.probing import borderline, probe
     from ..methods.steering import steer
 
     out = check_output_dir(s.output_dir, s.overwrite)

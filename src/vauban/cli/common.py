@@ -66,9 +66,9 @@ def preflight(s: Settings, args: argparse.Namespace) -> None:
     show in a second rather than after the load; the loaded direction rides on ``args``."""
     if args.command == "judge":  # reads its own file, no prompt sets or direction
         return
+    from ..direction.results import DirectionResult
     from ..exports.formats import check_options
     from ..text.prompts import load_prompts
-    from ..direction.results import DirectionResult
 
     if args.command in ("run", "abliterate", "optimize"):
         check_options(s.format, s.quant)

@@ -46,15 +46,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..model import arch
-from ..runtime.activations import last_token_residuals
-from ..core.errors import VaubanError
-from ..text.formatting import Formatting
-from ..model.loading import model_label
-from ..text.prompts import Prompts, load_prompts
-from .results import DirectionResult, SubspaceResult
-from ..core.errors import check_int, check_layer
+from ..core.errors import VaubanError, check_int, check_layer
 from ..edit.vectors import unit_rows
+from ..model import arch
+from ..model.loading import model_label
+from ..runtime.activations import last_token_residuals
+from ..text.formatting import Formatting
+from ..text.prompts import Prompts, load_prompts
+from ..text.reasoning import resolved
+from .results import DirectionResult, SubspaceResult
 
 
 def cosine_separation(
@@ -119,7 +119,7 @@ def measure(
     if by_effect:
         harmful_prompts, held_harmful = selecting.split(harmful_prompts)
         harmless_prompts, held_harmless = selecting.split(harmless_prompts)
-    fmt = (formatting or Formatting()).resolved(tokenizer)
+    fmt = resolved(formatting, tokenizer)
     h = last_token_residuals(
         model, tokenizer, harmful_prompts, batch_size=batch_size, show_progress=show_progress,
         desc="harmful", formatting=fmt, prompt_set="harmful",
@@ -155,34 +155,6 @@ def measure(
     )
 
 
-def _projected(directions: torch.Tensor, harmless_means: torch.Tensor) -> torch.Tensor:
-    """Rows of ``directions`` with their component along the matching harmless mean removed."""
-    m = unit_rows(harmless_means).double()
-    u = directions.double()
-    return unit_rows(u - (u * m).sum(-1, keepdim=True) * m)
-
-
-def directions_per_layer(result: DirectionResult, *, projected: bool = False) -> torch.Tensor:
-    """Every layer's own direction as ``(num_layers, 1, d)``, the shape a cut reads per layer."""
-    directions = result.layer_directions()
-    if projected:
-        directions = _projected(directions, result.harmless_means)  # type: ignore[arg-type]
-    return directions.unsqueeze(1)
-
-
-def direction_at(result: DirectionResult, index: float, *, projected: bool = False) -> torch.Tensor:
-    """The unit direction at fractional layer ``index`` (see the module docstring)."""
-    last = result.num_layers - 1
-    if not 0 <= index <= last:
-        raise VaubanError(f"direction index {index} out of range 0..{last}")
-    low = min(int(index), last - 1) if last > 0 else 0
-    t = index - low
-    directions = directions_per_layer(result, projected=projected)[:, 0].double()
-    if t == 0 or last == 0:
-        return directions[low].float()
-    return unit_rows((1 - t) * directions[low] + t * directions[low + 1]).reshape(-1)
-
-
 def measure_subspace(
     model: nn.Module,
     tokenizer: Any,
@@ -207,7 +179,7 @@ def measure_subspace(
     harmless_prompts = load_prompts(harmless, what="harmless prompts")
     if k > len(harmful_prompts):
         raise VaubanError(f"k={k} needs at least {k} harmful prompts, got {len(harmful_prompts)}")
-    fmt = (formatting or Formatting()).resolved(tokenizer)
+    fmt = resolved(formatting, tokenizer)
     h = last_token_residuals(model, tokenizer, harmful_prompts, batch_size=batch_size,
                              show_progress=show_progress, desc="harmful", formatting=fmt,
                              prompt_set="harmful")

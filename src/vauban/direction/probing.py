@@ -13,14 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..model import arch
-from ..runtime.activations import last_token_residuals
 from ..core.errors import VaubanError
-from ..text.formatting import Formatting, formatting_for
+from ..edit.vectors import unit_vector
+from ..model import arch
 from ..model.loading import model_label
+from ..runtime.activations import last_token_residuals
+from ..text.formatting import Formatting, formatting_for
 from ..text.prompts import load_prompts
 from .results import BorderlineResult, DirectionResult, ProbeResult
-from ..edit.vectors import unit_vector
 
 
 def projections(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,59 +17,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..core.atomic import write_file
-from ..capability import CapabilityScore
-from ..core.errors import VaubanError
-from ..core.errors import check_int as check_int  # re-exported (generate, measuring, optimize, refine)
+from ..core.errors import VaubanError, check_int, check_layer
+from ..edit.vectors import unit_rows, unit_vector
 from ..text.formatting import Formatting
-
-
-def unit_vector(direction: DirectionResult | torch.Tensor, d_model: int) -> torch.Tensor:
-    """The direction as a float32 unit vector of size ``d_model``, or a clear error."""
-    vec = direction.direction if isinstance(direction, DirectionResult) else direction
-    if not isinstance(vec, torch.Tensor):
-        raise VaubanError(f"direction must be a DirectionResult or a tensor, got {type(vec).__name__}")
-    if not vec.dtype.is_floating_point:
-        raise VaubanError(f"direction must be a floating-point tensor, got {vec.dtype}; measure it again")
-    vec = vec.detach().float().cpu().reshape(-1)
-    if vec.numel() != d_model:
-        raise VaubanError(
-            f"direction has size {vec.numel()} but the model's hidden size is {d_model}; "
-            "it was measured on a different model: measure it on this one"
-        )
-    if not torch.isfinite(vec).all():
-        raise VaubanError("direction contains NaN or infinite values; measure it again")
-    norm = vec.norm()
-    if norm < 1e-12:
-        raise VaubanError("direction is the zero vector; measure it again")
-    return vec / norm
-
-
-def unit_rows(x: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit norm (computed in float64, returned as float32)."""
-    x = x.double()
-    return (x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)).float()
-
-
-def check_layer(layer: Any, num_layers: int) -> int:
-    """``layer`` as an int in ``0..num_layers-1``, or a clear error (floats and strings included)."""
-    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= layer < num_layers:
-        raise VaubanError(
-            f"layer {layer!r} out of range: the model has {num_layers} layers; use one within "
-            f"0..{num_layers - 1}"
-        )
-    return int(layer)
-
-
-MAX_ALPHA = 1000.0  # far past any useful strength; beyond it float weights overflow to inf
-
-
-def check_alpha(alpha: float) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise VaubanError(f"alpha must be a finite number, got {alpha!r}")
-    if abs(alpha) > MAX_ALPHA:
-        raise VaubanError(f"alpha {alpha:g} is out of range -{MAX_ALPHA:g}..{MAX_ALPHA:g} (1 removes the "
-                          "direction once); pick a smaller value")
-    return float(alpha)
 
 
 @dataclass(frozen=True)
@@ -160,11 +109,38 @@ class DirectionResult:
             f"model={self.model_path}"
         )
 
+    def cut_vectors(self) -> torch.Tensor:
+        """The direction a cut removes (see :class:`vauban.edit.cutting.Vectors`)."""
+        return self.direction
+
     def layer_directions(self) -> torch.Tensor:
         """Unit difference-in-means direction of every layer, ``(num_layers, d_model)``."""
         if self.harmful_means is None or self.harmless_means is None:
             raise VaubanError("this DirectionResult has no per-layer means; measure it again")
         return unit_rows(self.harmful_means - self.harmless_means)
+
+    def directions_per_layer(self, *, projected: bool = False) -> torch.Tensor:
+        """Every layer's own direction as ``(num_layers, 1, d)``, the shape a cut reads per layer;
+        ``projected``: each with its component along that layer's harmless mean removed."""
+        directions = self.layer_directions()
+        if projected:
+            m = unit_rows(self.harmless_means).double()  # type: ignore[arg-type]
+            u = directions.double()
+            directions = unit_rows(u - (u * m).sum(-1, keepdim=True) * m)
+        return directions.unsqueeze(1)
+
+    def direction_at(self, index: float, *, projected: bool = False) -> torch.Tensor:
+        """The unit direction at fractional layer ``index``: layer ``⌊index⌋``'s direction moved
+        linearly toward the next layer's and renormalized (the directions optimize searches)."""
+        last = self.num_layers - 1
+        if not 0 <= index <= last:
+            raise VaubanError(f"direction index {index} out of range 0..{last}")
+        low = min(int(index), last - 1) if last > 0 else 0
+        t = index - low
+        directions = self.directions_per_layer(projected=projected)[:, 0].double()
+        if t == 0 or last == 0:
+            return directions[low].float()
+        return unit_rows((1 - t) * directions[low] + t * directions[low + 1]).reshape(-1)
 
     def at_layer(self, layer: int, **changes: Any) -> DirectionResult:
         """The same measurement with the direction taken from another layer (``selection``
@@ -252,20 +228,6 @@ class DirectionResult:
             ) from None
 
 
-@dataclass(frozen=True)
-class VerifyResult:
-    """An export that matched its record: every listed file present with its sha256."""
-
-    directory: str
-    files: int
-    bytes: int
-    tensors: int
-
-    def summary(self) -> str:
-        return (f"VerifyResult: ok, files={self.files}, bytes={self.bytes}, tensors={self.tensors}, "
-                f"directory={self.directory}")
-
-
 @dataclass(frozen=True, eq=False)
 class SubspaceResult:
     """A k-dimensional refusal subspace measured at one layer (see
@@ -286,6 +248,10 @@ class SubspaceResult:
     @property
     def k(self) -> int:
         return int(self.basis.shape[0])
+
+    def cut_vectors(self) -> torch.Tensor:
+        """The subspace a cut removes (see :class:`vauban.edit.cutting.Vectors`)."""
+        return self.basis
 
     def summary(self) -> str:
         values = ", ".join(f"{v:.2f}" for v in self.singular_values)
@@ -308,171 +274,6 @@ class ProbeResult:
             f"ProbeResult: layers={len(self.projections)}, "
             f"at_layer_{self.layer_index}={self.projections[self.layer_index]:+.4f}, "
             f"peak={self.projections[peak]:+.4f}@{peak}, prompt={self.prompt!r}"
-        )
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One greedy answer and its judge's verdict (see :class:`vauban.judge.Verdict`): refused or
-    not, the judge's score in [0, 1], its reason, and whether the refusal came late (after a
-    compliant opening).
-
-    For a thinking model ``text`` is the reply, which the judge saw; ``thinking`` holds the
-    thoughts before it (``None``: the model did not think) and ``thinking_refused`` whether the
-    thoughts alone read as a refusal to the same judge (see :mod:`vauban.text.reasoning`).
-    """
-
-    prompt: str
-    text: str
-    refused: bool
-    score: float
-    reason: str
-    late: bool = False
-    thinking: str | None = None
-    thinking_refused: bool | None = None
-
-
-def thinking_refusal(completions: tuple[Completion, ...]) -> float | None:
-    """Share of ``completions`` whose thoughts read as a refusal, over all of them (None when
-    none thought): reported apart from the replies' refusal rate."""
-    if not any(c.thinking is not None for c in completions):
-        return None
-    return sum(bool(c.thinking_refused) for c in completions) / len(completions)
-
-
-def _percent(rate: float) -> str:
-    return f"{rate * 100:.0f}%"
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Original vs modified: refusal on harmful prompts, perplexity and KL on harmless answers.
-
-    ``kl`` is KL(original ‖ modified) averaged over every answer position of the harmless
-    reference set; ``first_token_kl`` only at the first answer position (what other tools
-    publish). Per-prompt answers and verdicts are in ``before`` and ``after``; ``judge`` is the
-    spec of the judge that counted the refusals.
-    """
-
-    refusal_before: float
-    refusal_after: float
-    perplexity_before: float
-    perplexity_after: float
-    kl: float
-    first_token_kl: float
-    n_prompts: int
-    n_reference: int
-    before: tuple[Completion, ...] = field(repr=False)
-    after: tuple[Completion, ...] = field(repr=False)
-    max_tokens: int = 0  # answer tokens the refusals were judged on
-    judge: str = "markers"
-    late_before: float = 0.0  # share of harmful prompts refused late (a part of refusal_*)
-    late_after: float = 0.0
-    over_refusal_before: float | None = None  # refusal rate on safe prompts that sound unsafe
-    over_refusal_after: float | None = None
-    n_safe: int = 0
-    safe_before: tuple[Completion, ...] = field(default=(), repr=False)
-    safe_after: tuple[Completion, ...] = field(default=(), repr=False)
-    k_token_kl: float | None = None  # KL over the first kl_tokens tokens of the original's answers
-    kl_tokens: int = 0
-    capability_before: tuple[CapabilityScore, ...] = field(default=(), repr=False)
-    capability_after: tuple[CapabilityScore, ...] = field(default=(), repr=False)
-    seconds: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def thinking_refusal_before(self) -> float | None:
-        """Share of the original's answers whose *thoughts* read as a refusal (None: no thinking)."""
-        return thinking_refusal(self.before)
-
-    @property
-    def thinking_refusal_after(self) -> float | None:
-        return thinking_refusal(self.after)
-
-    def summary(self) -> str:
-        thinking = ""
-        if self.thinking_refusal_before is not None or self.thinking_refusal_after is not None:
-            thinking = (f", refusal while thinking={_percent(self.thinking_refusal_before or 0.0)} → "
-                        f"{_percent(self.thinking_refusal_after or 0.0)}")
-        return (
-            f"EvalResult: refusal={_percent(self.refusal_before)} → {_percent(self.refusal_after)}, "
-            f"perplexity={self.perplexity_before:.2f} → {self.perplexity_after:.2f}, "
-            f"kl={self.kl:.4f}, prompts={self.n_prompts}{thinking}"
-        )
-
-    def rows(self) -> list[tuple[str, str, str]]:
-        """The report: ``(measure, original, cut)`` per line; each label says on what it was measured."""
-        def pct(x: float | None) -> str:
-            return "" if x is None else f"{x * 100:.1f}%"
-
-        judged = f"{self.n_prompts} prompts, {self.max_tokens} tokens"
-        judged += f", judge {self.judge}" if self.judge else ""
-        rows = [(f"refusal on harmful prompts ({judged})", pct(self.refusal_before), pct(self.refusal_after)),
-                ("  of which late (complies, then declines)", pct(self.late_before), pct(self.late_after))]
-        if (self.thinking_refusal_before, self.thinking_refusal_after) != (None, None):
-            rows.append(("refusal while thinking", pct(self.thinking_refusal_before or 0.0),
-                         pct(self.thinking_refusal_after or 0.0)))
-        if self.over_refusal_before is not None:
-            rows.append((f"over-refusal on safe prompts ({self.n_safe} prompts)",
-                         pct(self.over_refusal_before), pct(self.over_refusal_after)))
-        rows.append((f"KL(original ‖ cut), first token ({self.n_reference} reference prompts)", "",
-                     f"{self.first_token_kl:.4f}"))
-        if self.k_token_kl is not None:
-            rows.append((f"KL(original ‖ cut), first {self.kl_tokens} tokens of the original's answers", "",
-                         f"{self.k_token_kl:.4f}"))
-        rows.append(("KL(original ‖ cut), reference answers (every position)", "", f"{self.kl:.4f}"))
-        rows.append(("perplexity of the reference answers", f"{self.perplexity_before:.2f}",
-                     f"{self.perplexity_after:.2f}"))
-        for before, after in zip(self.capability_before, self.capability_after, strict=True):
-            rows.append((f"{before.name} {before.metric} (n={before.n})", pct(before.value),
-                         pct(after.value)))
-        return rows
-
-    def table(self) -> str:
-        """:meth:`rows` as aligned plain text."""
-        lines = [("", "original", "cut"), *self.rows()]
-        widths = [max(len(r[i]) for r in lines) for i in range(3)]
-        return "\n".join(f"{a.ljust(widths[0])}  {b.rjust(widths[1])}  {c.rjust(widths[2])}".rstrip()
-                         for a, b, c in lines)
-
-    def record(self) -> dict[str, Any]:
-        """JSON-serializable form, answers included."""
-        from dataclasses import asdict
-
-        return {**asdict(self), "thinking_refusal_before": self.thinking_refusal_before,
-                "thinking_refusal_after": self.thinking_refusal_after}
-
-
-@dataclass(frozen=True)
-class SteerResult:
-    """A steered greedy generation.
-
-    ``projections_before[t][l]`` is the projection of the residual after layer ``l`` onto the
-    direction at the position that produced token ``t``, before the steering hook removed
-    ``alpha`` × it; ``projections_after`` is the same after removal.
-    """
-
-    prompt: str
-    text: str
-    alpha: float
-    layer_index: int
-    projections_before: tuple[tuple[float, ...], ...] = field(repr=False)
-    projections_after: tuple[tuple[float, ...], ...] = field(repr=False)
-    refused: bool = False
-
-    @property
-    def tokens(self) -> int:
-        return len(self.projections_before)
-
-    def mean_projection(self, after: bool = False) -> float:
-        """Mean projection over generated tokens at ``layer_index``."""
-        rows = self.projections_after if after else self.projections_before
-        return sum(r[self.layer_index] for r in rows) / max(1, len(rows))
-
-    def summary(self) -> str:
-        return (
-            f"SteerResult: alpha={self.alpha:.2f}, tokens={self.tokens}, refused={self.refused}, "
-            f"projection@{self.layer_index}={self.mean_projection():+.4f} → "
-            f"{self.mean_projection(after=True):+.4f}"
         )
 
 
@@ -504,55 +305,11 @@ class BorderlineResult:
         )
 
 
-@dataclass(frozen=True)
-class SweepRow:
-    """One alpha of an alpha sweep (the modified side; the original is in the sweep)."""
-
-    alpha: float
-    refusal: float
-    perplexity: float
-    kl: float
-    first_token_kl: float
+def directions_per_layer(result: DirectionResult, *, projected: bool = False) -> torch.Tensor:
+    """``vauban.directions_per_layer``: :meth:`DirectionResult.directions_per_layer`."""
+    return result.directions_per_layer(projected=projected)
 
 
-@dataclass(frozen=True)
-class AlphaSweep:
-    """Cut at several alphas, evaluated against the same original; ``judge`` counted the refusals."""
-
-    refusal_before: float
-    perplexity_before: float
-    rows: tuple[SweepRow, ...]
-    n_prompts: int
-    judge: str = "markers"
-
-    def table(self) -> str:
-        lines = ["alpha  refusal  perplexity  kl      first_token_kl",
-                 f"  0    {_percent(self.refusal_before):>7}  {self.perplexity_before:10.2f}  "
-                 f"{0.0:.4f}  {0.0:.4f}"]
-        lines += [
-            f"{r.alpha:5.2f}  {_percent(r.refusal):>7}  {r.perplexity:10.2f}  {r.kl:.4f}  "
-            f"{r.first_token_kl:.4f}"
-            for r in self.rows
-        ]
-        return "\n".join(lines)
-
-    def summary(self) -> str:
-        cells = ", ".join(f"α={r.alpha:g}: {_percent(r.refusal)}/{r.perplexity:.2f}" for r in self.rows)
-        return (f"AlphaSweep: refusal/perplexity before {_percent(self.refusal_before)}/"
-                f"{self.perplexity_before:.2f}; {cells}; prompts={self.n_prompts}")
-
-
-@dataclass(frozen=True)
-class SteerSweep:
-    """One prompt steered at several alphas."""
-
-    results: tuple[SteerResult, ...]
-
-    @property
-    def first_compliant_alpha(self) -> float | None:
-        """The smallest alpha whose answer is not a refusal (None if all refuse)."""
-        return next((r.alpha for r in sorted(self.results, key=lambda r: r.alpha) if not r.refused), None)
-
-    def summary(self) -> str:
-        cells = ", ".join(f"α={r.alpha:g}: {'refused' if r.refused else 'answered'}" for r in self.results)
-        return f"SteerSweep: {cells}; first compliant alpha={self.first_compliant_alpha}"
+def direction_at(result: DirectionResult, index: float, *, projected: bool = False) -> torch.Tensor:
+    """``vauban.direction_at``: :meth:`DirectionResult.direction_at`."""
+    return result.direction_at(index, projected=projected)

@@ -113,8 +113,7 @@ def layer_effects(
     module docstring); ``refusals`` pairs held-back harmful prompts with the original's own
     refusals of them. The model ends unchanged."""
     from ..edit.cutting import cut
-    from ..runtime.scoring import first_token_logprobs, kl_divergence
-    from ..runtime.scoring import refusal_likelihood
+    from ..runtime.scoring import first_token_logprobs, kl_divergence, refusal_likelihood
     from .results import LayerEffect
 
     directions = direction.layer_directions()
@@ -148,7 +147,7 @@ def original_refusals(
 ) -> list[tuple[str, str]]:
     """``(prompt, answer)`` for the prompts the original model refuses (short greedy answers,
     the default judge)."""
-    from ..evaluation.evaluating import completions
+    from ..judge.answers import completions
 
     answers = completions(model, tokenizer, prompts, max_tokens=ANSWER_TOKENS, batch_size=batch_size,
                           formatting=formatting, prompt_set="harmful")

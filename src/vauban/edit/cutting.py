@@ -21,7 +21,7 @@ Variants, all composable and all undone bit-exactly:
   (heretic's ablation-weight kernel). Writers whose ``a`` is 0 are left untouched.
 - **Which direction.** One vector for every layer, one per layer (a ``(layers, k, d)`` tensor:
   layer ``l``'s writers remove row ``l``), or one taken at a fractional layer index or with the
-  harmless mean projected out (see :mod:`vauban.direction.measuring`: ``direction_at``,
+  harmless mean projected out (see ``DirectionResult.direction_at`` and
   ``directions_per_layer``).
 - **Norm-preserving** (``norm_preserving=True``). Each vector a matrix writes into the residual
   stream (a column ``x`` of an ``nn.Linear`` weight, a row of GPT-2's ``Conv1D``, a token's
@@ -48,21 +48,27 @@ import math
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from ..core.errors import VaubanError, check_alpha, check_layer
 from ..model import arch
-from .editing import FLOAT_DTYPES as FLOAT_DTYPES  # re-exported (stream, tests, benchmarks)
 from .editing import Edit, apply_edit, apply_fused, fusable, reapply_edit, unchanged, undo_edit
-from .editing import edited as edited  # re-exported
-from .editing import pieces as pieces  # re-exported
-from ..core.errors import VaubanError
-from ..direction.results import DirectionResult, SubspaceResult
-from ..core.errors import check_alpha, check_layer
 from .vectors import unit_vector
 
-Direction = DirectionResult | SubspaceResult | torch.Tensor
+
+@runtime_checkable
+class Vectors(Protocol):
+    """What a cut reads from a measurement: ``cut_vectors()`` gives a ``(d,)`` direction or a
+    ``(k, d)`` subspace (a :class:`vauban.DirectionResult` or :class:`vauban.SubspaceResult`).
+    The edit takes vectors, so it sits below the layer that measures them."""
+
+    def cut_vectors(self) -> torch.Tensor: ...
+
+
+Direction = Vectors | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,9 @@ class TensorEdit:
     """One tensor a cut edits, described so that another program can redo the edit:
     ``W' = W - alpha·Q Qᵀ W`` along ``axis`` (the residual axis), ``Q`` the orthonormal rows of
     ``basis`` (``k × d``, float32, already gain-adjusted for post-norm writers), followed by
-    the norm-preserving rescale when ``norm_preserving`` (see :func:`edited`). ``name`` is the
-    parameter's name in ``model.named_parameters()``."""
+    the norm-preserving rescale when ``norm_preserving`` (see
+    :func:`vauban.edit.editing.edited`). ``name`` is the parameter's name in
+    ``model.named_parameters()``."""
 
     name: str
     axis: int
@@ -145,10 +152,8 @@ def layer_bases(direction: Direction, d_model: int, num_layers: int) -> torch.Te
     ``(num_layers, k, d)`` tensor (layer ``l`` uses row ``l``; ``k = 1`` for per-layer
     directions).
     """
-    if isinstance(direction, DirectionResult):
-        direction = direction.direction
-    elif isinstance(direction, SubspaceResult):
-        direction = direction.basis
+    if isinstance(direction, Vectors):
+        direction = direction.cut_vectors()
     if not isinstance(direction, torch.Tensor):
         raise VaubanError(
             f"direction must be a DirectionResult, SubspaceResult or tensor, got {type(direction).__name__}"

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..runtime import kernels
 from ..core.errors import VaubanError
+from ..runtime import kernels
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # the dtypes a cut edits
 _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16,
@@ -45,7 +45,7 @@ class Edit:
     patch_index: torch.Tensor  # flat indices where the replayed undo misses the original bits
     patch_values: torch.Tensor  # the original values there
     fingerprint: torch.Tensor | None = None  # checksum of the original weights, checked on re-apply
-    fused: bool = False  # applied by vauban.runtime.kernels (rank 1, CUDA, 16-bit), so re-applied and undone by it
+    fused: bool = False  # applied by vauban.runtime.kernels (rank 1, CUDA, 16-bit): re-applied, undone by it
 
 
 def compute_dtype(param: torch.Tensor) -> torch.dtype:
@@ -198,7 +198,7 @@ def edited(
 ) -> torch.Tensor:
     """``w`` with ``alpha`` × the span of ``basis`` (orthonormal rows) removed along ``axis``:
     the arithmetic of :func:`cut` (compute dtype, rounding) without the bookkeeping for undo,
-    for edits that need no undo, such as :func:`vauban.exports.streaming.cut_checkpoint`'s. Fused expert
+    for edits that need no undo, such as :func:`vauban.exports.streaming.stream_export`'s. Fused expert
     tensors go expert by expert (:func:`pieces`); ``inplace=True`` writes into ``w`` itself."""
     out = w if inplace else w.clone(memory_format=torch.contiguous_format)
     q = basis.to(device=w.device, dtype=compute_dtype(w))

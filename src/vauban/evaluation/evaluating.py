@@ -27,18 +27,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..capability import Capability, CapabilityScore
+from ..core.errors import VaubanError, check_int
+from ..edit.cutting import active_cuts, original_weights
+from ..judge import Judge, get_judge
+from ..judge.answers import Completion, completions
 from ..runtime.activations import model_device
 from ..runtime.batching import batch_size_for, progress
-from ..capability import Capability, CapabilityScore
-from ..edit.cutting import active_cuts, original_weights
-from ..runtime.scoring import Divergence, Forced, batches, forced_text, k_rows, kl_rows_, logprobs, plan, token_logprobs
-from ..core.errors import VaubanError, check_int
+from ..runtime.generating import check_max_tokens
+from ..runtime.scoring import (
+    Divergence,
+    Forced,
+    batches,
+    forced_text,
+    k_rows,
+    kl_rows_,
+    logprobs,
+    plan,
+    token_logprobs,
+)
 from ..text.formatting import Formatting
-from ..runtime.generating import check_max_tokens, generate
-from ..judge import Judge, get_judge, run_judge
 from ..text.prompts import Prompts, bundled_records, check_tokenizer, load_pairs, load_prompts, pad_id
-from ..text.reasoning import THINK_OPEN, split_reasoning
-from .results import Completion, EvalResult
+from .results import EvalResult
 
 DEFAULT_EVAL_PROMPTS = 20
 DEFAULT_SAFE_PROMPTS = 16
@@ -78,40 +88,6 @@ class Pair:
                 yield model
         else:
             yield self.original if original else self.modified
-
-
-def completions(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None,
-    judge: str | Judge | None = None,
-    formatting: Formatting | None = None, prompt_set: str | None = "eval",
-) -> tuple[Completion, ...]:
-    """Greedy answers to ``prompts``, each with ``judge``'s verdict (default: markers) on its
-    reply; a thinking model's thoughts are kept and judged apart (:func:`judged`)."""
-    answers = generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size,
-                       formatting=formatting, prompt_set=prompt_set)
-    return judged(get_judge(judge), prompts, answers)
-
-
-def judged(judge: Judge, prompts: Sequence[str], answers: Sequence[str]) -> tuple[Completion, ...]:
-    """Completions of ``answers`` (in :mod:`vauban.text.reasoning`'s form): the judge sees each reply;
-    the thoughts of a thinking model are kept and judged apart, in one more batch. An answer cut
-    off while thinking has an empty reply, which the judge decides on like any other (the
-    markers call it a refusal): give the model a larger ``thinking_tokens`` budget."""
-    parts = [split_reasoning(a) for a in answers]
-    verdicts = run_judge(judge, prompts, [reply for _, reply in parts])
-    thought = [a.lstrip().startswith(THINK_OPEN) for a in answers]
-    rows = [i for i, (thoughts, _) in enumerate(parts) if thought[i] and thoughts]
-    on_thoughts = dict(zip(rows, run_judge(judge, [prompts[i] for i in rows], [parts[i][0] for i in rows]),
-                           strict=True)) if rows else {}
-
-    def on_thought(i: int) -> bool | None:
-        return on_thoughts[i].refusal if i in on_thoughts else False if thought[i] else None
-
-    return tuple(
-        Completion(p, reply, v.refusal, v.score, v.reason, v.late,
-                   thinking=thoughts if thought[i] else None, thinking_refused=on_thought(i))
-        for i, (p, (thoughts, reply), v) in enumerate(zip(prompts, parts, verdicts, strict=True))
-    )
 
 
 def default_safe_prompts(n: int = DEFAULT_SAFE_PROMPTS) -> list[str]:

@@ -8,22 +8,78 @@ the original obtained by undoing it, and the original's answers are generated on
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..edit.cutting import cut
-from .evaluating import DEFAULT_MAX_TOKENS, Pair, answer_scores, completions, default_eval_prompts
-from ..text.formatting import Formatting, formatting_for
-from ..runtime.generating import check_max_tokens
-from ..judge import Judge, get_judge
-from ..text.prompts import Prompts, load_pairs, load_prompts
-from .sweeping import AlphaSweep, SteerSweep, SweepRow
-from ..direction.results import DirectionResult
 from ..core.errors import check_alpha
+from ..direction.results import DirectionResult
+from ..edit.cutting import cut
 from ..edit.vectors import unit_vector
-from ..methods.steering import steer
+from ..judge import Judge, get_judge
+from ..judge.answers import completions
+from ..methods.steering import SteerResult, steer
+from ..runtime.generating import check_max_tokens
+from ..text.formatting import Formatting, formatting_for
+from ..text.prompts import Prompts, load_pairs, load_prompts
+from .evaluating import DEFAULT_MAX_TOKENS, Pair, answer_scores, default_eval_prompts
+from .results import percent
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One alpha of an alpha sweep (the modified side; the original is in the sweep)."""
+
+    alpha: float
+    refusal: float
+    perplexity: float
+    kl: float
+    first_token_kl: float
+
+
+@dataclass(frozen=True)
+class AlphaSweep:
+    """Cut at several alphas, evaluated against the same original; ``judge`` counted the refusals."""
+
+    refusal_before: float
+    perplexity_before: float
+    rows: tuple[SweepRow, ...]
+    n_prompts: int
+    judge: str = "markers"
+
+    def table(self) -> str:
+        lines = ["alpha  refusal  perplexity  kl      first_token_kl",
+                 f"  0    {percent(self.refusal_before):>7}  {self.perplexity_before:10.2f}  "
+                 f"{0.0:.4f}  {0.0:.4f}"]
+        lines += [
+            f"{r.alpha:5.2f}  {percent(r.refusal):>7}  {r.perplexity:10.2f}  {r.kl:.4f}  "
+            f"{r.first_token_kl:.4f}"
+            for r in self.rows
+        ]
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        cells = ", ".join(f"α={r.alpha:g}: {percent(r.refusal)}/{r.perplexity:.2f}" for r in self.rows)
+        return (f"AlphaSweep: refusal/perplexity before {percent(self.refusal_before)}/"
+                f"{self.perplexity_before:.2f}; {cells}; prompts={self.n_prompts}")
+
+
+@dataclass(frozen=True)
+class SteerSweep:
+    """One prompt steered at several alphas."""
+
+    results: tuple[SteerResult, ...]
+
+    @property
+    def first_compliant_alpha(self) -> float | None:
+        """The smallest alpha whose answer is not a refusal (None if all refuse)."""
+        return next((r.alpha for r in sorted(self.results, key=lambda r: r.alpha) if not r.refused), None)
+
+    def summary(self) -> str:
+        cells = ", ".join(f"α={r.alpha:g}: {'refused' if r.refused else 'answered'}" for r in self.results)
+        return f"SteerSweep: {cells}; first compliant alpha={self.first_compliant_alpha}"
 
 
 def alpha_sweep(

@@ -25,14 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import formats
 from ..core.atomic import building_dir, temp_name
-from ..edit.cutting import Cut, active_cuts
 from ..core.errors import VaubanError
+from ..direction.results import DirectionResult
+from ..edit.cutting import Cut, active_cuts
+from ..model.loading import model_label
+from . import formats
 from .formats.base import mlx_compatible_config
 from .formats.card import write_card
-from ..model.loading import model_label
-from ..direction.results import DirectionResult
 from .verifying import RECORD_FILE, file_hashes
 
 __all__ = ["DIRECTION_FILE", "check_output_dir", "cut_record", "export", "mlx_compatible_config", "versions"]

@@ -30,14 +30,13 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from ..model import arch
 from ..core.atomic import building_dir
-from ..edit.editing import FLOAT_DTYPES, edited
-from ..edit.cutting import Direction, LayerWeights, layer_bases, layer_weights, writer_basis
-from ..core.errors import VaubanError
-from .exporting import DIRECTION_FILE, check_output_dir, versions
+from ..core.errors import VaubanError, check_alpha
 from ..direction.results import DirectionResult
-from ..core.errors import check_alpha
+from ..edit.cutting import Direction, LayerWeights, layer_bases, layer_weights, writer_basis
+from ..edit.editing import FLOAT_DTYPES, edited
+from ..model import arch
+from .exporting import DIRECTION_FILE, check_output_dir, versions
 from .verifying import RECORD_FILE, check_weights, file_hashes
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -125,7 +124,7 @@ def _writer_basis(
     return writer_basis(basis, _post_norm(skeleton, target, gain_weight), torch.device("cpu"))
 
 
-def cut_checkpoint(
+def stream_export(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     direction: Direction | str | os.PathLike[str],

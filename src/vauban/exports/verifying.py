@@ -13,13 +13,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
 
 from ..core.errors import VaubanError
-from .verifying import VerifyResult
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """An export that matched its record: every listed file present with its sha256."""
+
+    directory: str
+    files: int
+    bytes: int
+    tensors: int
+
+    def summary(self) -> str:
+        return (f"VerifyResult: ok, files={self.files}, bytes={self.bytes}, tensors={self.tensors}, "
+                f"directory={self.directory}")
 
 RECORD_FILE = "vauban.json"
 

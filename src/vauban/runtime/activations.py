@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from ..model import arch
-from .batching import forward_tokens, free_memory, left_pad, progress, sorted_batches, token_batches
-from .fast_decode import can_compile, compiled_layers
 from ..text.formatting import Formatting
 from ..text.prompts import check_tokenizer, encode_chat, pad_id
+from .batching import forward_tokens, free_memory, left_pad, progress, sorted_batches, token_batches
+from .fast_decode import can_compile, compiled_layers
 
 
 class _Enough(Exception):

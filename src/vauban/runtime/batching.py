@@ -14,8 +14,6 @@ a length-sorted batch adds padding.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +21,8 @@ import psutil
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from ..core.progress import progress_off
 
 # Tokens per forward pass that keep a device's matrix units busy: past this, a bigger batch is
 # no faster per token, only more padded. Demo model on 2 shared CPU cores, 64 prompts of ~45
@@ -244,27 +244,6 @@ def _cache_argument(model: nn.Module) -> str:
 
     parameters = inspect.signature(model.forward).parameters
     return "past_key_values" if "past_key_values" in parameters and "cache" not in parameters else "cache"
-
-# Inside ``no_progress()`` no vauban progress bar shows, whatever a call asks for: the CLI's
-# --quiet runs its command inside it. A context variable, not a module flag: it ends with the
-# block and stays within the thread or task that entered it.
-_PROGRESS_OFF: contextvars.ContextVar[bool] = contextvars.ContextVar("vauban_progress_off", default=False)
-
-
-@contextlib.contextmanager
-def no_progress() -> Iterator[None]:
-    """No progress bars from vauban while the block runs."""
-    token = _PROGRESS_OFF.set(True)
-    try:
-        yield
-    finally:
-        _PROGRESS_OFF.reset(token)
-
-
-def progress_off() -> bool:
-    """Whether the caller runs inside :func:`no_progress`."""
-    return _PROGRESS_OFF.get()
-
 
 def progress(batches: list[list[int]], desc: str, show: bool | None) -> Iterator[list[int]]:
     """A progress bar over batches; ``show=None`` shows it only on a terminal and for >1 batch."""

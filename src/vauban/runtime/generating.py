@@ -27,14 +27,13 @@ from torch import nn
 from transformers import GenerationConfig, StaticCache, StoppingCriteriaList
 from transformers.cache_utils import StaticLayer
 
-from . import fast_decode
-from .activations import model_device
-from .batching import batch_size_for, left_pad, progress, sorted_batches
-from ..core.errors import VaubanError
+from ..core.errors import VaubanError, check_int
 from ..text.formatting import Formatting
 from ..text.prompts import check_tokenizer, encode_chat, pad_id
 from ..text.reasoning import Decoder, budget, stop_markers
-from ..core.errors import check_int
+from . import fast_decode
+from .activations import model_device
+from .batching import batch_size_for, left_pad, progress, sorted_batches
 
 # End-of-turn markers of common chat templates; whichever exist in a vocabulary also stop.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")

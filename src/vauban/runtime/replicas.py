@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from ..core.errors import VaubanError
 from ..model import arch
 from .activations import last_token_residuals, model_device
-from ..core.errors import VaubanError
 from .generating import generate
 
 T = TypeVar("T")

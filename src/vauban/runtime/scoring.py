@@ -42,11 +42,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .activations import model_device
-from .batching import batch_size_for, forward_tokens, last_logits, left_pad, sorted_batches, token_batches
 from ..text.formatting import Formatting
 from ..text.prompts import encode_chat, pad_id
 from ..text.reasoning import thinking_prefix
+from .activations import model_device
+from .batching import batch_size_for, forward_tokens, last_logits, left_pad, sorted_batches, token_batches
 
 
 def kl_rows(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -320,3 +320,38 @@ def damage_rows(
         return forced(tokenizer, prompts, formatting=formatting, prompt_set="harmless")
     return k_rows(model, tokenizer, prompts, kl_tokens, batch_size, formatting=formatting,
                   prompt_set="harmless")
+
+
+def likelihood_batches(
+    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, ...]], tokens: int = 8,
+    batch_size: int | None = None, formatting: Formatting | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(rows, summed probability of opening with the given refusal)`` per batch: each prompt's
+    answer is teacher-forced with the first ``tokens`` tokens of its refusal, after the thoughts
+    the original wrote before it (a third item, see :func:`forced_text`), if
+    any. Empty refusals (the original stopped at once) have nothing to force and are left out."""
+    spoken = [r for r in refusals if r[1]]
+    if not spoken:
+        return
+    rows = forced_text(tokenizer, spoken, tokens, formatting=formatting, prompt_set="validation")
+    kept = [i for i, a in enumerate(rows.answers) if a]
+    rows = Forced(tuple(rows.prompts[i] for i in kept), tuple(rows.answers[i] for i in kept))
+    size = batch_size or batch_size_for(model, max((len(x) for x in rows.inputs), default=1), len(rows),
+                                        logit_positions=tokens + 1, logit_copies=2)
+    for batch, logp in logprob_batches(model, tokenizer, rows, size):
+        yield len(batch.rows), token_logprobs(logp, batch).sum(-1).exp().sum()
+
+
+@torch.inference_mode()
+def refusal_likelihood(
+    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, ...]], tokens: int = 8,
+    batch_size: int | None = None, formatting: Formatting | None = None,
+) -> float:
+    """Mean probability that ``model`` opens its answer with the given refusal (its first
+    ``tokens`` tokens, teacher-forced): ``refusals`` pairs each prompt with the original model's
+    own refusal of it. One prefill per prompt; 0 when there are none (see
+    :func:`likelihood_batches`)."""
+    total, count = 0.0, 0
+    for rows, part in likelihood_batches(model, tokenizer, refusals, tokens, batch_size, formatting):
+        total, count = total + float(part), count + rows
+    return total / count if count else 0.0

@@ -70,46 +70,29 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..runtime.batching import duration
-from ..runtime.scoring import DAMAGES, damage_rows, mean_kl, reference_logprobs
-from ..runtime.scoring import first_token_logprobs as first_token_logprobs  # re-exported (benchmarks, tests)
-from ..core.errors import VaubanError
-from ..evaluation.evaluating import DEFAULT_MAX_TOKENS, completions
+from ..core.errors import VaubanError, check_int
 from ..core.extras import require
-from ..text.formatting import Formatting, formatting_for
+from ..direction.results import DirectionResult
+from ..evaluation.evaluating import DEFAULT_MAX_TOKENS
 from ..judge import Judge, get_judge
+from ..judge.answers import completions
+from ..runtime.batching import duration
+from ..runtime.scoring import (
+    DAMAGES,
+    damage_rows,
+    mean_kl,
+    reference_logprobs,
+    refusal_likelihood,
+)
+from ..text.formatting import Formatting, formatting_for
 from ..text.prompts import Prompts, bundled_records, load_prompts
 from ..text.reasoning import thinking_prefix
 from .refining import Refined, budget, ends_past, refine
-from ..runtime.scoring import likelihood_batches
-from ..direction.results import DirectionResult
-from ..core.errors import check_int
-from .trials import CutParams as CutParams  # re-exported: the results of a search live in vauban.search.trials
-from .trials import OptimizeResult as OptimizeResult
-from .trials import Trial as Trial
-from .trials import candidates as candidates
-from .trials import pareto_mask as pareto_mask
-from .trials import plain_trial_params as plain_trial_params
+from .trials import CutParams, OptimizeResult, Trial, candidates, pareto_mask, plain_trial_params
 
 STUDY_NAME = "vauban"
-
-
-@torch.inference_mode()
-def refusal_likelihood(
-    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, ...]], tokens: int = 8,
-    batch_size: int | None = None, formatting: Formatting | None = None,
-) -> float:
-    """Mean probability that ``model`` opens its answer with the given refusal (its first
-    ``tokens`` tokens, teacher-forced): ``refusals`` pairs each prompt with the original model's
-    own refusal of it. One prefill per prompt; 0 when there are none (see
-    :func:`vauban.search.refining.likelihood_batches`)."""
-    total, count = 0.0, 0
-    for rows, part in likelihood_batches(model, tokenizer, refusals, tokens, batch_size, formatting):
-        total, count = total + float(part), count + rows
-    return total / count if count else 0.0
 
 
 def default_harmless_prompts() -> list[str]:

@@ -37,14 +37,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.errors import VaubanError, check_int
+from ..edit.cutting import writer_basis
 from ..model import arch
 from ..runtime.activations import model_device
-from ..runtime.batching import batch_size_for, duration
-from ..edit.cutting import writer_basis
-from ..runtime.scoring import Forced, forced, forced_text, kl_batches, logprob_batches, token_logprobs
-from ..core.errors import VaubanError
+from ..runtime.batching import duration
+from ..runtime.scoring import Forced, forced, kl_batches, likelihood_batches
 from ..text.formatting import Formatting
-from ..core.errors import check_int
 
 MAX_WEIGHT = 1.5
 MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch: smaller than inference
@@ -83,26 +82,6 @@ def ratios(point: tuple[float, float], reference: tuple[float, float]) -> torch.
 def loss(point: tuple[float, float], reference: tuple[float, float]) -> float:
     """The smooth maximum of :func:`ratios` that refinement minimizes."""
     return float(torch.logsumexp(SHARPNESS * ratios(point, reference), 0)) / SHARPNESS
-
-
-def likelihood_batches(
-    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, ...]], tokens: int = 8,
-    batch_size: int | None = None, formatting: Formatting | None = None,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(rows, summed probability of opening with the given refusal)`` per batch: each prompt's
-    answer is teacher-forced with the first ``tokens`` tokens of its refusal, after the thoughts
-    the original wrote before it (a third item, see :func:`vauban.runtime.scoring.forced_text`), if
-    any. Empty refusals (the original stopped at once) have nothing to force and are left out."""
-    spoken = [r for r in refusals if r[1]]
-    if not spoken:
-        return
-    rows = forced_text(tokenizer, spoken, tokens, formatting=formatting, prompt_set="validation")
-    kept = [i for i, a in enumerate(rows.answers) if a]
-    rows = Forced(tuple(rows.prompts[i] for i in kept), tuple(rows.answers[i] for i in kept))
-    size = batch_size or batch_size_for(model, max((len(x) for x in rows.inputs), default=1), len(rows),
-                                        logit_positions=tokens + 1, logit_copies=2)
-    for batch, logp in logprob_batches(model, tokenizer, rows, size):
-        yield len(batch.rows), token_logprobs(logp, batch).sum(-1).exp().sum()
 
 
 def _writer_module(model: nn.Module, writer: arch.ResidualWriter) -> nn.Module:

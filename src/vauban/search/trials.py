@@ -2,7 +2,7 @@
 the Pareto front and the pick (:class:`OptimizeResult`).
 
 The search itself (Optuna, the objectives, the check of the pick on selection prompts) is
-:mod:`vauban.search.optimizing`, which re-exports these names; see its docstring for why the pick is the
+:mod:`vauban.search.optimizing`; see its docstring for why the pick is the
 lowest-KL trial no weaker than the plain cut that, where checked, refuses no more than it on the
 selection prompts.
 """
@@ -20,10 +20,9 @@ import torch
 from torch import nn
 
 from ..core.atomic import write_file
-from ..edit.cutting import Cut, LayerKernel, LayerWeights, cut
 from ..core.errors import VaubanError
-from ..direction.measuring import direction_at
 from ..direction.results import DirectionResult
+from ..edit.cutting import Cut, LayerKernel, LayerWeights, cut
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class CutParams:
 
     def vector(self, direction: DirectionResult) -> torch.Tensor:
         """The unit direction this cut removes."""
-        return direction_at(direction, self.direction_index, projected=self.projected)
+        return direction.direction_at(self.direction_index, projected=self.projected)
 
     def apply(self, model: nn.Module, direction: DirectionResult) -> Cut:
         """Apply this cut to ``model`` (an applied :class:`~vauban.edit.cutting.Cut`)."""

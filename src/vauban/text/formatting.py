@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import VaubanError, check_int
@@ -92,12 +92,6 @@ class Formatting:
             template_options={**base.template_options, **self.template_options},
             thinking_tokens=base.thinking_tokens if self.thinking_tokens is None else self.thinking_tokens,
         )
-
-    def resolved(self, tokenizer: Any) -> Formatting:
-        """With the family defaults written out (the thinking budget), as recorded with a direction."""
-        from .reasoning import budget
-
-        return replace(self, thinking_tokens=budget(tokenizer, self))
 
     def record(self) -> dict[str, Any]:
         return {"system_prompt": self.system_prompt, "system_prompts": dict(self.system_prompts),

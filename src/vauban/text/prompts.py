@@ -25,12 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import VaubanError
+from ..core.textfiles import json_lines, parse_json, read_text
 from .formatting import Formatting, chat_template, chat_texts
-from .formatting import chat_text as chat_text  # re-exported: prompts formats prompts
-from .reasoning import split_reasoning as split_reasoning  # re-exported for judges
 from .sources import TEXT_KEYS as _TEXT_KEYS
 from .sources import directory_prompts, hub_prompts, parquet_prompts, pick_column
-from ..core.textfiles import json_lines, parse_json, read_text
 
 BUNDLED = ("harmful", "harmless", "eval_harmful", "reference", "borderline", "over_refusal")
 

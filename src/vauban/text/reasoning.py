@@ -89,6 +89,13 @@ def budget(tokenizer: Any, formatting: Formatting | None = None) -> int:
     return THINKING_TOKENS if reasoning(tokenizer, fmt).thinks else 0
 
 
+def resolved(formatting: Formatting | None, tokenizer: Any) -> Formatting:
+    """``formatting`` (default: the family's) with its defaults written out (the thinking budget),
+    as recorded with a direction."""
+    formatting = formatting or Formatting()
+    return replace(formatting, thinking_tokens=budget(tokenizer, formatting))
+
+
 def split_reasoning(text: str, tokenizer: Any = None) -> tuple[str, str]:
     """``(thoughts, reply)`` of an answer in vauban's form, raw ``<think>`` output, or raw
     harmony text (``<|channel|>analysis<|message|>…<|end|>…<|channel|>final<|message|>…``).

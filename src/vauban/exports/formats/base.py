@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...edit.cutting import Cut, active_cuts
 from ...core.errors import VaubanError
+from ...edit.cutting import Cut, active_cuts
 from ...model.loading import ModelSource, clear_quantizer, resolve_dtype, source_of
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}

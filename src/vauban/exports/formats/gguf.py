@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...core.errors import VaubanError
 from ...edit.cutting import TensorEdit, active_cuts
 from ...edit.editing import edited
-from ...core.errors import VaubanError
-from ...model.loading import ModelSource, assemble_demo_gguf, cache_dir, check_gguf
+from ...model.demo import assemble_demo_gguf
+from ...model.loading import ModelSource, cache_dir, check_gguf
 from .base import DTYPE_NAMES, ExportJob, need, save_transformers
 
 NAME = "gguf"

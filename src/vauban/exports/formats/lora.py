@@ -29,8 +29,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ...edit.cutting import original_weights
 from ...core.errors import VaubanError
+from ...edit.cutting import original_weights
 from ..verifying import check_weights
 from .base import DTYPE_NAMES, ExportJob, need
 
