@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 
 from demo_inputs import ADVBENCH, advbench_sample
-from peers_common import SEED, demo_dir, heretic_common, run_logged, say
+from peers_common import HERE, SEED, demo_dir, heretic_common, run_logged, say
 from provenance import stamp
 
 HERETIC = "heretic-llm==1.4.0"
