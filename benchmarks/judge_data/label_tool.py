@@ -1,0 +1,216 @@
+"""Labelling tool for the judge's training data: build the answer pool, print batches to read, record labels.
+
+The pool is rebuilt from two public repositories brought in with the `fetch` tool (their git
+directories are arguments, their commits are pinned below); labels are written by a human
+reader (labeller "A") into one JSONL per source model under `labels/`.
+
+    python label_tool.py pool  --rd GITDIR --jbb GITDIR   # writes pool.jsonl + queue.txt (gitignored)
+    python label_tool.py show N                           # the next N unlabelled answers of the queue
+    python label_tool.py full ID...                       # whole answers
+    python label_tool.py add < labels.tsv                 # lines: id<TAB>label[<TAB>note]
+    python label_tool.py counts                           # counts per model x label
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+POOL = HERE / "pool.jsonl"
+QUEUE = HERE / "queue.txt"
+LABELS = HERE / "labels"
+CATEGORIES = ("compliance", "full_refusal", "partial_refusal", "late_refusal", "evasion")
+RD_REPO, RD_COMMIT = "github.com/andyrdt/refusal_direction", "9d852fae1a9121c78b29142de733cb1340770cc3"
+JBB_REPO, JBB_COMMIT = "github.com/JailbreakBench/artifacts", "909e68c01d94222b8ad2e397a017e2e12e2adb73"
+RD_MODELS = ("gemma-2b-it", "llama-2-7b-chat-hf", "meta-llama-3-8b-instruct", "qwen-1_8b-chat", "yi-6b-chat")
+# answers drawn per (prompt set, setting) of each refusal_direction model
+RD_DRAW = {("jailbreakbench", "baseline"): 50, ("jailbreakbench", "ablation"): 70,
+           ("jailbreakbench", "actadd"): 50, ("harmless", "baseline"): 30, ("harmless", "actadd"): 50}
+# answers drawn per (attack, model) of JailbreakBench's artifacts
+JBB_DRAW = {
+    "vicuna-13b-v1.5": {"PAIR/black_box": 30, "GCG/white_box": 25, "DSN/white_box": 20, "JBC/manual": 20,
+                        "prompt_with_random_search/black_box": 25},
+    "gpt-3.5-turbo-1106": {"GCG/transfer": 30, "JBC/manual": 10, "PAIR/black_box": 40,
+                           "prompt_with_random_search/black_box": 40},
+    "gpt-4-0125-preview": {"GCG/transfer": 30, "JBC/manual": 10, "PAIR/black_box": 40,
+                           "prompt_with_random_search/black_box": 40},
+    "llama-2-7b-chat-hf": {"DSN/white_box": 20, "GCG/white_box": 20, "JBC/manual": 10,
+                           "prompt_with_random_search/black_box": 20},
+}
+SEED = 24
+CUES = re.compile(r"\b(cannot|can't|can not|unable|won't|will not|not able|sorry|apolog|illegal|unethical|"
+                  r"not appropriate|inappropriate|instead|refuse|decline|against|disclaimer|fictional|"
+                  r"hypothetical|important to note|however|but i|i must|not provide|not condone|"
+                  r"do not|don't)", re.I)
+
+
+def git_json(gitdir: str, commit: str, path: str) -> object:
+    """The parsed JSON of one file at one commit of a bare git directory."""
+    text = subprocess.run(["git", f"--git-dir={gitdir}", "show", f"{commit}:{path}"],
+                          capture_output=True, text=True, check=True).stdout
+    return json.loads(text)
+
+
+def rd_items(gitdir: str) -> dict[str, list[dict]]:
+    """refusal_direction's drawn answers, per model."""
+    rng, out = random.Random(SEED), {}
+    for model in RD_MODELS:
+        groups = []
+        for (pset, setting), n in RD_DRAW.items():
+            path = f"pipeline/runs/{model}/completions/{pset}_{setting}_completions.json"
+            rows = git_json(gitdir, RD_COMMIT, path)
+            picks = sorted(rng.sample(range(len(rows)), n))
+            rng.shuffle(picks)
+            groups.append([{"id": f"rd:{model}:{pset}_{setting}:{i}", "source": f"{RD_REPO}/{path}@{RD_COMMIT}",
+                            "model": model, "setting": setting, "prompt_set": pset,
+                            "prompt_harmful": pset == "jailbreakbench", "category": rows[i]["category"],
+                            "prompt": rows[i]["prompt"], "answer": rows[i]["response"]} for i in picks])
+        out[model] = interleave(groups)
+    return out
+
+
+def jbb_items(gitdir: str) -> dict[str, list[dict]]:
+    """JailbreakBench artifacts' drawn answers (answered jailbreaks only), per model."""
+    rng, out = random.Random(SEED + 1), {}
+    for model, draws in JBB_DRAW.items():
+        groups = []
+        for attack, n in draws.items():
+            path = f"attack-artifacts/{attack}/{model}.json"
+            rows = [r for r in git_json(gitdir, JBB_COMMIT, path)["jailbreaks"] if r.get("response")]
+            picks = rng.sample(range(len(rows)), min(n, len(rows)))
+            groups.append([{"id": f"jbb:{attack.split('/')[0]}:{model}:{rows[i]['index']}",
+                            "source": f"{JBB_REPO}/{path}@{JBB_COMMIT}", "model": model,
+                            "setting": f"jailbreak_{attack.split('/')[0]}", "prompt_set": "jbb_behaviors",
+                            "prompt_harmful": True, "category": rows[i]["category"], "goal": rows[i]["goal"],
+                            "prompt": rows[i]["prompt"], "answer": rows[i]["response"]} for i in picks])
+        out[model] = interleave(groups)
+    return out
+
+
+def interleave(groups: list[list[dict]]) -> list[dict]:
+    """Round-robin over the groups, so any prefix mixes every setting."""
+    out, k = [], 0
+    while any(k < len(g) for g in groups):
+        out += [g[k] for g in groups if k < len(g)]
+        k += 1
+    return out
+
+
+def build_pool(rd: str, jbb: str) -> None:
+    """Write pool.jsonl and queue.txt: chunks of 20 per model in turn (labels stay balanced if cut short)."""
+    per_model = rd_items(rd)
+    for model, items in jbb_items(jbb).items():
+        per_model[model] = per_model.get(model, []) + items
+    queue, pos = [], dict.fromkeys(per_model, 0)
+    while any(pos[m] < len(v) for m, v in per_model.items()):
+        for m, v in per_model.items():
+            queue += [x["id"] for x in v[pos[m]:pos[m] + 20]]
+            pos[m] += 20
+    with POOL.open("w") as f:
+        for items in per_model.values():
+            for x in items:
+                f.write(json.dumps(x, ensure_ascii=False) + "\n")
+    QUEUE.write_text("\n".join(queue) + "\n")
+    print(f"{len(queue)} answers of {len(per_model)} models")
+
+
+def load_pool() -> dict[str, dict]:
+    """The pool by id."""
+    return {x["id"]: x for x in map(json.loads, POOL.read_text().splitlines())}
+
+
+def labelled() -> dict[str, dict]:
+    """Every labelled record by id."""
+    out = {}
+    for p in sorted(LABELS.glob("*.jsonl")):
+        for line in p.read_text().splitlines():
+            r = json.loads(line)
+            out[r["id"]] = r
+    return out
+
+
+def condensed(answer: str, head: int = 600, tail: int = 300) -> str:
+    """The answer to read: whole if short, else head + middle sentences with refusal/hedge cues + tail."""
+    text = re.sub(r"\n\s*\n+", "\n", answer.strip()).replace("\n", " ⏎ ")
+    if len(text) <= head + tail + 200:
+        return text
+    middle = text[head:-tail]
+    cues = list(dict.fromkeys(s.strip()[:180] for s in re.split(r"(?<=[.!?⏎])\s+", middle) if CUES.search(s)))[:4]
+    mid = " … ".join(f"«{c}»" for c in cues) if cues else "(no cue sentence)"
+    return f"{text[:head]} [… middle {len(middle)} chars; cue sentences: {mid} …] {text[-tail:]}"
+
+
+def show(n: int) -> None:
+    """Print the next n unlabelled answers of the queue."""
+    pool, done = load_pool(), labelled()
+    todo = [i for i in QUEUE.read_text().split() if i not in done][:n]
+    for i in todo:
+        x = pool[i]
+        p = x["prompt"] if "goal" not in x else f"GOAL: {x['goal']} || ATTACK PROMPT: {x['prompt'][:250]}"
+        print(f"=== {i} [{'harmful' if x['prompt_harmful'] else 'harmless'}]\nQ: {p}\nA: {condensed(x['answer'])}\n")
+    print(f"({len(done)} labelled, {len(QUEUE.read_text().split()) - len(done)} left)")
+
+
+def add(lines: list[str]) -> None:
+    """Append labelled records (id<TAB>label[<TAB>note]) to labels/<model>.jsonl."""
+    pool, done = load_pool(), labelled()
+    LABELS.mkdir(exist_ok=True)
+    for line in filter(str.strip, lines):
+        parts = line.rstrip("\n").split("\t")
+        i, label, note = parts[0].strip(), parts[1].strip(), (parts[2].strip() if len(parts) > 2 else "")
+        if label not in CATEGORIES or i not in pool or i in done:
+            sys.exit(f"bad line (unknown label/id or already labelled): {line!r}")
+        x = pool[i]
+        rec = {k: x[k] for k in ("id", "source", "model", "setting", "prompt_set", "prompt_harmful", "category")}
+        rec.update({"goal": x.get("goal"), "prompt": x["prompt"], "answer": x["answer"], "label": label,
+                    "refusal": label != "compliance", "labeller": "A"})
+        if note:
+            rec["note"] = note
+        with (LABELS / f"{x['model']}.jsonl").open("a") as f:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        done[i] = rec
+
+
+def counts() -> None:
+    """Counts per model x label."""
+    c = Counter((r["model"], r["label"]) for r in labelled().values())
+    print(f"{'model':28s}" + "".join(f"{k[:12]:>14s}" for k in CATEGORIES) + f"{'total':>8s}")
+    for m in sorted({m for m, _ in c}):
+        print(f"{m:28s}" + "".join(f"{c[m, k]:14d}" for k in CATEGORIES) + f"{sum(c[m, k] for k in CATEGORIES):8d}")
+
+
+def main() -> None:
+    """Command line."""
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pool")
+    p.add_argument("--rd", required=True)
+    p.add_argument("--jbb", required=True)
+    sub.add_parser("show").add_argument("n", type=int)
+    sub.add_parser("full").add_argument("ids", nargs="+")
+    sub.add_parser("add")
+    sub.add_parser("counts")
+    a = ap.parse_args()
+    if a.cmd == "pool":
+        build_pool(a.rd, a.jbb)
+    elif a.cmd == "show":
+        show(a.n)
+    elif a.cmd == "full":
+        pool = load_pool()
+        for i in a.ids:
+            print(f"=== {i}\nQ: {pool[i]['prompt'][:600]}\nA: {pool[i]['answer']}\n")
+    elif a.cmd == "add":
+        add(sys.stdin.readlines())
+    else:
+        counts()
+
+
+if __name__ == "__main__":
+    main()
