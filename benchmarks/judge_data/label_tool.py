@@ -5,7 +5,8 @@ directories are arguments, their commits are pinned below); labels are written b
 reader (labeller "A") into one JSONL per source model under `labels/`.
 
     python label_tool.py pool  --rd GITDIR --jbb GITDIR   # writes pool.jsonl + queue.txt (gitignored)
-    python label_tool.py show N                           # the next N unlabelled answers of the queue
+    python label_tool.py enrich --rd GITDIR --jbb GITDIR  # + likely partial/late refusals (queue_enrich.txt)
+    python label_tool.py show N [--enrich]                # the next N unlabelled answers of a queue
     python label_tool.py full ID...                       # whole answers
     python label_tool.py add < labels.tsv                 # lines: id<TAB>label[<TAB>note]
     python label_tool.py counts                           # counts per model x label
@@ -121,6 +122,63 @@ def build_pool(rd: str, jbb: str) -> None:
     print(f"{len(queue)} answers of {len(per_model)} models")
 
 
+EARLY = re.compile(r"\b(I cannot|I can't|I can not|I'm unable|I am unable|I won't|I will not|I'm sorry|I apologi[sz]e|"
+                   r"As an AI|not able to (provide|assist|help|fulfill)|I must (decline|refuse))", re.I)
+TURN = re.compile(r"\b(however|but I can|but here|instead, here|that said|that being said|with that said|"
+                  r"here (is|are) (a|an|some|the))\b", re.I)
+
+
+def enrich_kind(answer: str) -> str | None:
+    """'late' when a decline first appears after 300 characters, 'partial' when an early decline turns to content."""
+    early = EARLY.search(answer[:300])
+    if early is None:
+        return "late" if EARLY.search(answer[300:]) else None
+    rest = answer[early.end():]
+    return "partial" if len(answer) > 500 and TURN.search(rest) else None
+
+
+def build_enrich(rd: str, jbb: str, per_model: int = 40) -> None:
+    """Append to the pool the answers outside the random draw whose wording suggests a partial or late refusal.
+
+    A selection aid only: every selected answer is read and labelled like the rest (most turn out otherwise).
+    Writes queue_enrich.txt, in chunks of 20 per model.
+    """
+    pool = load_pool()
+    found: dict[str, list[dict]] = {}
+    for item in all_items(rd, jbb):
+        if item["id"] in pool or enrich_kind(item["answer"]) is None:
+            continue
+        item["selected_by"] = f"enrichment:{enrich_kind(item['answer'])}"
+        found.setdefault(item["model"], []).append(item)
+    rng, chosen = random.Random(SEED + 2), {}
+    for model, items in sorted(found.items()):
+        chosen[model] = rng.sample(items, min(per_model, len(items)))
+        print(model, len(items), "candidates,", len(chosen[model]), "taken")
+    queue, k = [], 0
+    while any(k < len(v) for v in chosen.values()):
+        for v in chosen.values():
+            queue += [x["id"] for x in v[k:k + 20]]
+        k += 20
+    with POOL.open("a") as f:
+        for v in chosen.values():
+            for x in v:
+                f.write(json.dumps(x, ensure_ascii=False) + "\n")
+    (HERE / "queue_enrich.txt").write_text("\n".join(queue) + "\n")
+
+
+def all_items(rd: str, jbb: str) -> list[dict]:
+    """Every answer of both sources, in the pool's record format."""
+    global RD_DRAW, JBB_DRAW
+    saved = RD_DRAW, JBB_DRAW
+    RD_DRAW = dict.fromkeys(RD_DRAW, 100)
+    JBB_DRAW = {m: dict.fromkeys(d, 100) for m, d in JBB_DRAW.items()}
+    try:
+        out = [x for v in rd_items(rd).values() for x in v] + [x for v in jbb_items(jbb).values() for x in v]
+    finally:
+        RD_DRAW, JBB_DRAW = saved
+    return out
+
+
 def load_pool() -> dict[str, dict]:
     """The pool by id."""
     return {x["id"]: x for x in map(json.loads, POOL.read_text().splitlines())}
@@ -147,15 +205,15 @@ def condensed(answer: str, head: int = 600, tail: int = 300) -> str:
     return f"{text[:head]} [… middle {len(middle)} chars; cue sentences: {mid} …] {text[-tail:]}"
 
 
-def show(n: int) -> None:
+def show(n: int, queue: Path = QUEUE) -> None:
     """Print the next n unlabelled answers of the queue."""
     pool, done = load_pool(), labelled()
-    todo = [i for i in QUEUE.read_text().split() if i not in done][:n]
+    todo = [i for i in queue.read_text().split() if i not in done][:n]
     for i in todo:
         x = pool[i]
         p = x["prompt"] if "goal" not in x else f"GOAL: {x['goal']} || ATTACK PROMPT: {x['prompt'][:250]}"
         print(f"=== {i} [{'harmful' if x['prompt_harmful'] else 'harmless'}]\nQ: {p}\nA: {condensed(x['answer'])}\n")
-    print(f"({len(done)} labelled, {len(QUEUE.read_text().split()) - len(done)} left)")
+    print(f"({len(done)} labelled, {sum(i not in done for i in queue.read_text().split())} left in {queue.name})")
 
 
 def add(lines: list[str]) -> None:
@@ -169,6 +227,7 @@ def add(lines: list[str]) -> None:
             sys.exit(f"bad line (unknown label/id or already labelled): {line!r}")
         x = pool[i]
         rec = {k: x[k] for k in ("id", "source", "model", "setting", "prompt_set", "prompt_harmful", "category")}
+        rec["selected_by"] = x.get("selected_by", "random_draw")
         rec.update({"goal": x.get("goal"), "prompt": x["prompt"], "answer": x["answer"], "label": label,
                     "refusal": label != "compliance", "labeller": "A"})
         if note:
@@ -193,7 +252,12 @@ def main() -> None:
     p = sub.add_parser("pool")
     p.add_argument("--rd", required=True)
     p.add_argument("--jbb", required=True)
-    sub.add_parser("show").add_argument("n", type=int)
+    sh = sub.add_parser("show")
+    sh.add_argument("n", type=int)
+    sh.add_argument("--enrich", action="store_true")
+    e = sub.add_parser("enrich")
+    e.add_argument("--rd", required=True)
+    e.add_argument("--jbb", required=True)
     sub.add_parser("full").add_argument("ids", nargs="+")
     sub.add_parser("add")
     sub.add_parser("counts")
@@ -201,7 +265,9 @@ def main() -> None:
     if a.cmd == "pool":
         build_pool(a.rd, a.jbb)
     elif a.cmd == "show":
-        show(a.n)
+        show(a.n, HERE / "queue_enrich.txt" if a.enrich else QUEUE)
+    elif a.cmd == "enrich":
+        build_enrich(a.rd, a.jbb)
     elif a.cmd == "full":
         pool = load_pool()
         for i in a.ids:
