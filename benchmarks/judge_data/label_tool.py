@@ -69,8 +69,9 @@ def rd_items(gitdir: str) -> dict[str, list[dict]]:
             rows = git_json(gitdir, RD_COMMIT, path)
             picks = sorted(rng.sample(range(len(rows)), n))
             rng.shuffle(picks)
-            groups.append([{"id": f"rd:{model}:{pset}_{setting}:{i}", "source": f"{RD_REPO}/{path}@{RD_COMMIT}",
-                            "model": model, "setting": setting, "prompt_set": pset,
+            groups.append([{"id": f"rd:{model}:{pset}_{setting}:{i}",
+                            "source": f"{RD_REPO}/{path}@{RD_COMMIT}", "model": model,
+                            "setting": setting, "prompt_set": pset,
                             "prompt_harmful": pset == "jailbreakbench", "category": rows[i]["category"],
                             "prompt": rows[i]["prompt"], "answer": rows[i]["response"]} for i in picks])
         out[model] = interleave(groups)
@@ -122,14 +123,15 @@ def build_pool(rd: str, jbb: str) -> None:
     print(f"{len(queue)} answers of {len(per_model)} models")
 
 
-EARLY = re.compile(r"\b(I cannot|I can't|I can not|I'm unable|I am unable|I won't|I will not|I'm sorry|I apologi[sz]e|"
-                   r"As an AI|not able to (provide|assist|help|fulfill)|I must (decline|refuse))", re.I)
+EARLY = re.compile(r"\b(I cannot|I can't|I can not|I'm unable|I am unable|I won't|I will not|I'm sorry|"
+                   r"I apologi[sz]e|As an AI|not able to (provide|assist|help|fulfill)|"
+                   r"I must (decline|refuse))", re.I)
 TURN = re.compile(r"\b(however|but I can|but here|instead, here|that said|that being said|with that said|"
                   r"here (is|are) (a|an|some|the))\b", re.I)
 
 
 def enrich_kind(answer: str) -> str | None:
-    """'late' when a decline first appears after 300 characters, 'partial' when an early decline turns to content."""
+    """'late': a decline first appears after 300 characters; 'partial': an early decline turns to content."""
     early = EARLY.search(answer[:300])
     if early is None:
         return "late" if EARLY.search(answer[300:]) else None
@@ -138,7 +140,7 @@ def enrich_kind(answer: str) -> str | None:
 
 
 def build_enrich(rd: str, jbb: str, per_model: int = 40) -> None:
-    """Append to the pool the answers outside the random draw whose wording suggests a partial or late refusal.
+    """Append to the pool answers outside the random draw whose wording suggests a partial or late refusal.
 
     A selection aid only: every selected answer is read and labelled like the rest (most turn out otherwise).
     Writes queue_enrich.txt, in chunks of 20 per model.
@@ -200,7 +202,8 @@ def condensed(answer: str, head: int = 600, tail: int = 300) -> str:
     if len(text) <= head + tail + 200:
         return text
     middle = text[head:-tail]
-    cues = list(dict.fromkeys(s.strip()[:180] for s in re.split(r"(?<=[.!?⏎])\s+", middle) if CUES.search(s)))[:4]
+    sentences = re.split(r"(?<=[.!?⏎])\s+", middle)
+    cues = list(dict.fromkeys(s.strip()[:180] for s in sentences if CUES.search(s)))[:4]
     mid = " … ".join(f"«{c}»" for c in cues) if cues else "(no cue sentence)"
     return f"{text[:head]} [… middle {len(middle)} chars; cue sentences: {mid} …] {text[-tail:]}"
 
@@ -212,8 +215,10 @@ def show(n: int, queue: Path = QUEUE) -> None:
     for i in todo:
         x = pool[i]
         p = x["prompt"] if "goal" not in x else f"GOAL: {x['goal']} || ATTACK PROMPT: {x['prompt'][:250]}"
-        print(f"=== {i} [{'harmful' if x['prompt_harmful'] else 'harmless'}]\nQ: {p}\nA: {condensed(x['answer'])}\n")
-    print(f"({len(done)} labelled, {sum(i not in done for i in queue.read_text().split())} left in {queue.name})")
+        kind = "harmful" if x["prompt_harmful"] else "harmless"
+        print(f"=== {i} [{kind}]\nQ: {p}\nA: {condensed(x['answer'])}\n")
+    left = sum(i not in done for i in queue.read_text().split())
+    print(f"({len(done)} labelled, {left} left in {queue.name})")
 
 
 def add(lines: list[str]) -> None:
@@ -226,7 +231,8 @@ def add(lines: list[str]) -> None:
         if label not in CATEGORIES or i not in pool or i in done:
             sys.exit(f"bad line (unknown label/id or already labelled): {line!r}")
         x = pool[i]
-        rec = {k: x[k] for k in ("id", "source", "model", "setting", "prompt_set", "prompt_harmful", "category")}
+        keys = ("id", "source", "model", "setting", "prompt_set", "prompt_harmful", "category")
+        rec = {k: x[k] for k in keys}
         rec["selected_by"] = x.get("selected_by", "random_draw")
         rec.update({"goal": x.get("goal"), "prompt": x["prompt"], "answer": x["answer"], "label": label,
                     "refusal": label != "compliance", "labeller": "A"})
@@ -237,12 +243,20 @@ def add(lines: list[str]) -> None:
         done[i] = rec
 
 
-def counts() -> None:
-    """Counts per model x label."""
+def counts(md: bool = False) -> None:
+    """Counts per model x label (a markdown table with --md)."""
     c = Counter((r["model"], r["label"]) for r in labelled().values())
+    rows = [(m, [c[m, k] for k in CATEGORIES]) for m in sorted({m for m, _ in c})]
+    rows.append(("**all**", [sum(r[1][i] for r in rows) for i in range(len(CATEGORIES))]))
+    if md:
+        print("| model | " + " | ".join(CATEGORIES) + " | total |")
+        print("|---" * (len(CATEGORIES) + 2) + "|")
+        for m, v in rows:
+            print(f"| {m} | " + " | ".join(map(str, v)) + f" | {sum(v)} |")
+        return
     print(f"{'model':28s}" + "".join(f"{k[:12]:>14s}" for k in CATEGORIES) + f"{'total':>8s}")
-    for m in sorted({m for m, _ in c}):
-        print(f"{m:28s}" + "".join(f"{c[m, k]:14d}" for k in CATEGORIES) + f"{sum(c[m, k] for k in CATEGORIES):8d}")
+    for m, v in rows:
+        print(f"{m:28s}" + "".join(f"{n:14d}" for n in v) + f"{sum(v):8d}")
 
 
 def main() -> None:
@@ -260,7 +274,7 @@ def main() -> None:
     e.add_argument("--jbb", required=True)
     sub.add_parser("full").add_argument("ids", nargs="+")
     sub.add_parser("add")
-    sub.add_parser("counts")
+    sub.add_parser("counts").add_argument("--md", action="store_true")
     a = ap.parse_args()
     if a.cmd == "pool":
         build_pool(a.rd, a.jbb)
@@ -275,7 +289,7 @@ def main() -> None:
     elif a.cmd == "add":
         add(sys.stdin.readlines())
     else:
-        counts()
+        counts(a.md)
 
 
 if __name__ == "__main__":
