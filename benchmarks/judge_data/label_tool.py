@@ -9,7 +9,8 @@ reader (labeller "A") into one JSONL per source model under `labels/`.
     python label_tool.py show N [--enrich]                # the next N unlabelled answers of a queue
     python label_tool.py full ID...                       # whole answers
     python label_tool.py add < labels.tsv                 # lines: id<TAB>label[<TAB>note]
-    python label_tool.py counts                           # counts per model x label
+    python label_tool.py counts [--md]                    # counts per model x label
+    python label_tool.py card                             # rewrite the counts table of README.md
 """
 
 from __future__ import annotations
@@ -259,6 +260,21 @@ def counts(md: bool = False) -> None:
         print(f"{m:28s}" + "".join(f"{n:14d}" for n in v) + f"{sum(v):8d}")
 
 
+def card() -> None:
+    """Rewrite the counts table of README.md (between the counts:start and counts:end markers)."""
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        counts(md=True)
+    readme = (HERE / "README.md").read_text()
+    head, rest = readme.split("<!-- counts:start", 1)
+    start_line, rest = rest.split("\n", 1)
+    _, tail = rest.split("<!-- counts:end -->", 1)
+    table = f"<!-- counts:start{start_line}\n{buf.getvalue()}<!-- counts:end -->"
+    (HERE / "README.md").write_text(f"{head}{table}{tail}")
+
+
 def main() -> None:
     """Command line."""
     ap = argparse.ArgumentParser()
@@ -275,6 +291,7 @@ def main() -> None:
     sub.add_parser("full").add_argument("ids", nargs="+")
     sub.add_parser("add")
     sub.add_parser("counts").add_argument("--md", action="store_true")
+    sub.add_parser("card")
     a = ap.parse_args()
     if a.cmd == "pool":
         build_pool(a.rd, a.jbb)
@@ -288,6 +305,8 @@ def main() -> None:
             print(f"=== {i}\nQ: {pool[i]['prompt'][:600]}\nA: {pool[i]['answer']}\n")
     elif a.cmd == "add":
         add(sys.stdin.readlines())
+    elif a.cmd == "card":
+        card()
     else:
         counts(a.md)
 
