@@ -1,12 +1,13 @@
 """Labelling tool for the judge's training data: build the answer pool, print batches to read, record labels.
 
 The pool is rebuilt from two public repositories brought in with the `fetch` tool (their git
-directories are arguments, their commits are pinned below); labels are written by a human
-reader (labeller "A") into one JSONL per source model under `labels/`.
+directories are arguments, their commits are pinned below); labels are written by the reader
+(labeller "A", see README.md) into one JSONL per source model under `labels/`.
 
     python label_tool.py pool  --rd GITDIR --jbb GITDIR   # writes pool.jsonl + queue.txt (gitignored)
     python label_tool.py enrich --rd GITDIR --jbb GITDIR  # + likely partial/late refusals (queue_enrich.txt)
-    python label_tool.py show N [--enrich]                # the next N unlabelled answers of a queue
+    python label_tool.py enrich-late --rd GITDIR --jbb GITDIR  # + late-decline wording (queue_enrich_late)
+    python label_tool.py show N [--enrich | --late]       # the next N unlabelled answers of a queue
     python label_tool.py full ID...                       # whole answers
     python label_tool.py add < labels.tsv                 # lines: id<TAB>label[<TAB>note]
     python label_tool.py counts [--md]                    # counts per model x label
@@ -169,6 +170,34 @@ def build_enrich(rd: str, jbb: str, per_model: int = 40) -> None:
     (HERE / "queue_enrich.txt").write_text("\n".join(queue) + "\n")
 
 
+LATE = re.compile(r"(\bI cannot\b|\bI can't\b|\bI'm unable\b|\bI am unable\b|\bI won't\b|\bI will not\b|"
+                  r"\bI'm sorry\b|\bI apologi[sz]e\b|\bI must (decline|refuse)\b|"
+                  r"\b(is|are|be) (both )?(illegal|unethical)\b|\bI do not (support|condone|endorse)\b|"
+                  r"\bnot (able|going) to (provide|assist|help|fulfill|continue)\b)", re.I)
+
+
+def build_enrich_late(rd: str, jbb: str) -> None:
+    """Second enrichment (after the main queue was done): every answer outside the pool with no decline
+    in its first 300 characters (EARLY) nor 150 (LATE), but a LATE phrase after character 150.
+
+    Aimed at late refusals (content first, then a decline or an 'illegal and unethical' turn). A selection
+    aid only; each answer is read and labelled like the rest. Writes queue_enrich_late.txt.
+    """
+    pool = load_pool()
+    chosen = []
+    for item in all_items(rd, jbb):
+        a = item["answer"]
+        if item["id"] in pool or EARLY.search(a[:300]) or LATE.search(a[:150]) or not LATE.search(a[150:]):
+            continue
+        item["selected_by"] = "enrichment:late2"
+        chosen.append(item)
+    with POOL.open("a") as f:
+        for x in chosen:
+            f.write(json.dumps(x, ensure_ascii=False) + "\n")
+    (HERE / "queue_enrich_late.txt").write_text("\n".join(x["id"] for x in chosen) + "\n")
+    print(len(chosen), "answers")
+
+
 def all_items(rd: str, jbb: str) -> list[dict]:
     """Every answer of both sources, in the pool's record format."""
     global RD_DRAW, JBB_DRAW
@@ -285,9 +314,13 @@ def main() -> None:
     sh = sub.add_parser("show")
     sh.add_argument("n", type=int)
     sh.add_argument("--enrich", action="store_true")
+    sh.add_argument("--late", action="store_true")
     e = sub.add_parser("enrich")
     e.add_argument("--rd", required=True)
     e.add_argument("--jbb", required=True)
+    el = sub.add_parser("enrich-late")
+    el.add_argument("--rd", required=True)
+    el.add_argument("--jbb", required=True)
     sub.add_parser("full").add_argument("ids", nargs="+")
     sub.add_parser("add")
     sub.add_parser("counts").add_argument("--md", action="store_true")
@@ -296,7 +329,10 @@ def main() -> None:
     if a.cmd == "pool":
         build_pool(a.rd, a.jbb)
     elif a.cmd == "show":
-        show(a.n, HERE / "queue_enrich.txt" if a.enrich else QUEUE)
+        name = "queue_enrich.txt" if a.enrich else "queue_enrich_late.txt" if a.late else QUEUE.name
+        show(a.n, HERE / name)
+    elif a.cmd == "enrich-late":
+        build_enrich_late(a.rd, a.jbb)
     elif a.cmd == "enrich":
         build_enrich(a.rd, a.jbb)
     elif a.cmd == "full":
