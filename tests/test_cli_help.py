@@ -165,3 +165,13 @@ def test_example_parses(argv, capsys):
     except SystemExit:
         pytest.fail(f"vauban {shlex.join(argv)} does not parse: {capsys.readouterr().err.strip()}")
     assert args.command == argv[0]
+
+
+def test_the_readme_starts_with_abliterating_a_real_model():
+    """Its first screen: `vauban abliterate` on a hub id, a local dir and a .gguf, then optimize."""
+    text = (ROOT / "README.md").read_text()
+    first = "\n".join(text.splitlines()[:40])
+    assert re.search(r"^vauban abliterate [\w.-]+/[\w.-]+ ", first, re.M), "no hub id"
+    assert re.search(r"^vauban abliterate \./", first, re.M) and ".gguf " in first
+    assert "quick.load(" in first and re.search(r"^vauban optimize ", first, re.M)
+    assert "docs/architecture.md" in text and "docs/benchmarks.md" in text
