@@ -1,5 +1,5 @@
 """Every export format on the demo model: size, export time, and agreement with the model vauban
-computed (the README's format table; results in ``benchmarks/results/exports_demo.json``).
+computed (docs/benchmarks.md's export-formats table; results in ``benchmarks/results/exports_demo.json``).
 
 The cut: the bundled 128 + 128 prompts' direction, plain, alpha 1, every layer. The yardstick:
 

@@ -8,7 +8,7 @@ run with an empty vauban cache (``VAUBAN_CACHE``), so ``load`` includes the one-
 dequantization of the demo GGUF. ``vauban run --json`` reports every step's wall time and
 result (direction, probes, evaluation, steering); they are stored with the install time, the
 versions pip chose, the commit and the machine's load in ``benchmarks/results/run_demo.json``,
-which backs the README's "Measured" table (``benchmarks/readme_tables.py``).
+which backs the demo-run table of docs/benchmarks.md (``benchmarks/readme_tables.py``).
 
     flock /tmp/vauban-heavy.lock nice -n 5 python benchmarks/fresh_clone.py   # ~10 min, ~5 GiB
 """

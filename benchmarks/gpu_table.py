@@ -1,4 +1,4 @@
-"""The README's GPU table, regenerated from a ``benchmarks/gpu.py`` results file.
+"""The GPU table of docs/benchmarks.md, regenerated from a ``benchmarks/gpu.py`` results file.
 
     python benchmarks/gpu_table.py benchmarks/results/gpu_h200_llama-3.1-8b.json \
         benchmarks/results/gpu_2xh200_replicas.json benchmarks/results/gpu_2xh200_llama-3.1-8b.json

@@ -2,7 +2,7 @@
 
 The plot needs no study database: every trial's three objectives (refusal rate, first-token
 KL, refusal likelihood) are in the results file, and the Pareto front over all three is
-recomputed from them (:func:`vauban.search.optimizing.pareto_mask`), as the README's trial table is.
+recomputed from them (:func:`vauban.search.optimizing.pareto_mask`), as docs/benchmarks.md's table is.
 
     python benchmarks/optimize_demo_plot.py
 """

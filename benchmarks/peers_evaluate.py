@@ -207,7 +207,7 @@ def gather(work: Path, store: Path, folders: dict[str, Path], reruns: tuple[Path
     out = RESULTS / "peers_demo.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     say(f"wrote {out}")
-    from readme_tables import build  # the README's table, the one rendering of these rows
+    from readme_tables import build  # docs/benchmarks.md's table, the one rendering of these rows
 
     print(build("peers"))
     return report

@@ -170,8 +170,7 @@ def test_optimize_json(ws):
 
 # --- wrong invocations: one line, exit 2, never a traceback ------------------------------------
 
-WRONG = [
-    [],
+WRONG = [  # bare `vauban` is no mistake: it prints the overview (test_cli_help.py)
     ["frobnicate"],
     ["probe"],
     ["measure", "--batch-size", "x"],
@@ -200,7 +199,7 @@ WRONG = [
 ]
 
 
-@pytest.mark.parametrize("argv", WRONG, ids=lambda a: " ".join(a) or "(nothing)")
+@pytest.mark.parametrize("argv", WRONG, ids=" ".join)
 def test_wrong_invocations_give_one_line(ws, argv, capsys, monkeypatch):
     for key, value in ws["env"].items():
         if key.startswith("VAUBAN_"):

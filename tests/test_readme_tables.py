@@ -1,4 +1,5 @@
-"""benchmarks/readme_tables.py: README blocks between markers are rebuilt from results files."""
+"""benchmarks/readme_tables.py: the blocks between markers in README.md and docs/benchmarks.md are
+rebuilt from results files, each table in one document."""
 
 from __future__ import annotations
 
@@ -53,3 +54,11 @@ def test_the_committed_readme_is_current():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_tables.py"), "--check"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_every_table_is_placed_in_one_document(tables):
+    block = "<!-- table: speed -->\n<!-- /table -->\n"
+    problems = tables.placed({Path("README.md"): block, Path("benchmarks.md"): block})
+    assert "table 'speed' is in README.md, benchmarks.md" in problems
+    assert "table 'judges' is in no document" in problems
+    assert not any("'selection'" in line for line in problems)  # NOT_PLACED, with its reason

@@ -6,6 +6,8 @@ hands what it found to a :class:`Report`, which prints it for people (rich table
 spinners on stderr) or, with ``--json``, as one JSON document on stdout for scripts. Settings
 come from flags > ``VAUBAN_*`` environment > ``vauban.toml`` > defaults (see :mod:`vauban.config`).
 
+Bare ``vauban`` prints the overview of commands, like ``vauban --help`` (stdout, exit 0).
+
 Errors: a :class:`~vauban.core.errors.VaubanError` (or a usage mistake, or an OS error such as a
 missing file) prints one line and exits 2; anything else prints one line and exits 1; the
 traceback only with ``--debug``.
@@ -36,13 +38,19 @@ def _settings(args: argparse.Namespace) -> Settings:
     cli = vars(args).copy()
     positional = cli.pop("model_arg", None)
     if positional is not None:
-        if args.model is not None and args.model != positional:
-            raise VaubanError(f"two models given ({positional!r} and --model {args.model!r}); give one")
+        flag = cli.get("model")
+        if flag is not None and flag != positional:
+            raise VaubanError(f"two models given ({positional!r} and --model {flag!r}); give one")
         cli["model"] = positional
     return resolve(cli, config_file=args.config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; bare ``vauban`` prints the overview of commands (stdout, exit 0)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        build_parser().print_help()
+        return 0
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args)

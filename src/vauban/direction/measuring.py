@@ -17,8 +17,7 @@ with harmful activations ``h_ik`` and harmless ``b_jk`` at layer ``k``, centred 
   through the stream, which is how a feature that downstream layers *read* behaves, over one
   that only separates the prompts in the last layer or two, just before the unembedding.
   Directions from the last layers separate their own layer well but the stream poorly, and
-  ablating them removes refusal less (on the demo model: 20 % refusals left with the last
-  layer's direction, 3 % with this criterion's choice).
+  ablating them removes refusal less (docs/benchmarks.md, "Observations behind the design").
 
 The geometric choice is ``argmax s_l`` (``select="geometry"``, the fast option). By default
 (``select="effect"``) the candidate directions (the geometric best three and their

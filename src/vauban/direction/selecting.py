@@ -8,7 +8,7 @@ appendix C) do, candidates are *ablated* and measured, with forward passes only:
 - **refusal score** ``r_l``: the mean probability that the model, cut along ``u_l`` (the same
   weight edit an export gets: every attention and MLP writer orthogonalized), still opens its
   answer with the original model's own refusal, teacher-forced over its first ``tokens`` tokens
-  (:func:`vauban.search.optimizing.refusal_likelihood`), on *held-back* harmful prompts the original
+  (:func:`vauban.runtime.scoring.refusal_likelihood`), on *held-back* harmful prompts the original
   refuses. Arditi et al. score the log-odds of a few hand-picked refusal tokens at the first
   position; the model's own refusal text generalizes those tokens to any model and language,
   and covers an answer that starts neutrally and refuses a few tokens later;
@@ -23,11 +23,9 @@ unembedding encodes the next token more than the decision to refuse, and cutting
 scores well on refusal by wrecking the output; the first fifth because directions that early
 still encode the prompts' surface (their words, not yet the request). Of those, only the
 ``top`` (3) with the best geometric score *and their neighbours* are cut: the geometry is a
-good proxy for *where* the direction lives (on the demo model the effect of cutting layers
-5-12 is 3-20 times weaker than of 14-18, which also score best geometrically), but not for
-*which* of the nearby layers cuts best (the issue that motivated this: on a second model of
-the demo's family, the layer after the geometric choice cut better), and the neighbours
-cover that. A full scan is ``layers=layer_range(L)``.
+good proxy for *where* the direction lives, but not for *which* of the nearby layers cuts
+best, and the neighbours cover that (what this looked like on the demo model:
+docs/benchmarks.md, "Layer selection"). A full scan is ``layers=layer_range(L)``.
 
 Which prompts: a quarter of each prompt set given to ``measure``, at most :data:`MAX_HELD`,
 is held back for this (the direction is the mean difference over the rest), so the choice is
@@ -38,9 +36,7 @@ With the bundled sets: directions from harmful/harmless prompts 0-103, selection
 Cost: one short greedy answer of the original per held-back harmful prompt (to learn its
 refusals), then per candidate one weight edit (undone bit-exactly) and one prefill of each
 held-back prompt, whose shared chat-template opening is run once per batch
-(:func:`vauban.runtime.batching.last_logits`: on the demo model 24 of ~45 tokens per prompt). The
-measured seconds on the demo model are in ``benchmarks/results/selection_demo.json`` (see
-``benchmarks/selection_demo.py``), with an estimate for an 8B model on one GPU.
+(:func:`vauban.runtime.batching.last_logits`). Measured seconds: docs/benchmarks.md.
 """
 
 from __future__ import annotations

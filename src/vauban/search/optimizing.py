@@ -3,9 +3,9 @@
 Three objectives, all minimized, measured on prompts held apart from what ``evaluate`` reports:
 
 - refusal: the share of *validation* harmful prompts still refused (bundled eval prompts 20-59
-  by default; ``evaluate`` uses the first 20), judged on short greedy answers (32 tokens: on the
-  demo model every refusal of 100 AdvBench prompts, original or cut, shows in its first 32
-  tokens, and the counts at 32, 64, 128 and 256 tokens are equal; ``benchmarks/length_study.py``);
+  by default; ``evaluate`` uses the first 20), judged on short greedy answers (32 tokens: a
+  refusal shows early in the answer, and the selection check below judges at ``evaluate``'s
+  length; the length study behind this is in docs/benchmarks.md);
 - damage (``damage``): the first-token KL(original ‖ cut) on harmless prompts (the first 48
   bundled harmless prompts by default, so the reference set ``evaluate`` scores stays held out;
   one prefill each, the cost of a trial on a CPU; the original's distributions are computed
@@ -37,14 +37,15 @@ edits the one model in memory and undoes the edit bit-exactly.
 After the search, the plain cut is *refined* (``refine_steps``, :mod:`vauban.search.refining`): gradient
 steps give every writer its own weight, lowering the KL and the refusal likelihood together,
 and the result is scored like any trial and stored as one more (its per-layer weights in the
-trial's user attributes). Why both: the kernels move a cut along the trade-off curve (on the
-demo model every 0-refusal trial lies on one KL-vs-likelihood curve through the plain cut);
-per-writer weights move it below the curve, but 48 of them are beyond a 30-trial TPE search.
+trial's user attributes). Why both: the kernels move a cut along the trade-off curve of KL
+against refusal likelihood that runs through the plain cut; per-writer weights move it below the
+curve, but 48 of them are beyond a 30-trial TPE search (the demo model's study:
+docs/benchmarks.md).
 
 Why a third prompt set: the search pushes the cut as light as it can go while the refusal count
 on its prompts stays at its minimum, so the lowest-KL point sits right on the edge where the
-next, unseen prompt is refused again (on the demo model the front's 0-refusal point refused 1 of
-40 fresh prompts that the plain cut answered). So the pick is checked, like a validation split:
+next, unseen prompt is refused again (seen on the demo model: docs/benchmarks.md). So the pick
+is checked, like a validation split:
 the plain cut and then the candidates that are no weaker than it on the search prompts (no more
 refusals, no higher refusal likelihood) at a lower KL, lowest KL first, answer *selection*
 prompts (bundled eval prompts 60-99 by default, judged at ``evaluate``'s answer length, 128

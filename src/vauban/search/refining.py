@@ -1,9 +1,9 @@
 """Refine a cut's per-writer weights by gradient descent until it beats the plain cut on both counts.
 
-Why: the kernel search of :mod:`vauban.search.optimizing` moves the cut along one trade-off curve. On the
-demo model every trial without refusals lies on a single curve of first-token KL against refusal
-likelihood, with the plain cut on it: a lighter kernel lowers the KL exactly as much as it
-raises the refusal likelihood. What gets off that curve is a weight per writer, because writers
+Why: the kernel search of :mod:`vauban.search.optimizing` moves the cut along one trade-off curve:
+its trials without refusals lie on a single curve of first-token KL against refusal likelihood,
+with the plain cut on it, so a lighter kernel lowers the KL exactly as much as it raises the
+refusal likelihood (the demo model's trials: docs/benchmarks.md). What gets off that curve is a weight per writer, because writers
 differ: cutting some layers' MLPs costs KL for little refusal removed, cutting some layers'
 attention removes refusal at almost no KL. ``2 × layers`` weights are too many for a 30-trial
 Bayesian search, but cheap for a gradient, because the cut is differentiable in them: the weight
