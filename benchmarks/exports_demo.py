@@ -63,12 +63,11 @@ def transformers_first_logits(model: Any, ids: list[list[int]]) -> np.ndarray:
 
 def llama_answers(path: Path, ids: list[list[int]], stops: list[int], tokenizer: Any, max_tokens: int,
                   logit_prompts: int) -> tuple[list[str], np.ndarray, float]:
-    llm = llamacpp.load(path, n_ctx=512)
-    start = time.perf_counter()
-    texts = [decode_answer(tokenizer, llamacpp.greedy(llm, seq, stops, max_tokens), stops) for seq in ids]
+    start = time.perf_counter()  # answering in a child process, which loads the file first (~1 s)
+    tokens = llamacpp.greedy_answers(path, ids, stops, max_tokens, n_ctx=512)
     seconds = time.perf_counter() - start
-    logits = np.stack([llamacpp.first_token_logits(llm, seq) for seq in ids[:logit_prompts]])
-    llm.close()
+    texts = [decode_answer(tokenizer, seq, stops) for seq in tokens]
+    logits = llamacpp.first_logits(path, ids[:logit_prompts], n_ctx=512)
     return texts, logits, seconds
 
 
@@ -154,9 +153,7 @@ def measure_others(formats: dict, timed: Any, save_now: Any, model: Any, tokeniz
         options = {"format": "gguf", "quant": quant, "source": "transformers directory"}
         formats[name] = {"options": options,
                          "seconds": round(time.perf_counter() - start, 1), "weights_bytes": info["bytes"]}
-        llm = llamacpp.load(out / info["gguf_file"], n_ctx=512)
-        logits = np.stack([llamacpp.first_token_logits(llm, seq) for seq in ids[: args.logit_prompts]])
-        llm.close()
+        logits = llamacpp.first_logits(out / info["gguf_file"], ids[: args.logit_prompts], n_ctx=512)
         formats[name]["first_token"] = logit_stats(reference, logits)
         print(name, formats[name], flush=True)
         save_now()

@@ -291,6 +291,32 @@ def test_a_killed_converter_is_named_in_one_line():
     assert converter_failure(2, "") == "failed on this model (exit 2): no output"
 
 
+def test_a_crashed_llamacpp_child_is_one_line_error(monkeypatch):
+    """llama.cpp runs in a child process: its result and its errors come back; a child stopped
+    by a signal (a crash of the native code; here it kills itself) is one line naming llama.cpp,
+    the signal and the portable rebuild, and this process lives on."""
+    import operator
+    import os
+
+    from vauban.errors import check_int
+    from vauban.formats import llamacpp
+
+    with llamacpp.child("adding") as child:
+        assert child.call(operator.add, 2, 3) == 5
+        assert child.call(operator.mul, 2, 3) == 6  # the same child, still there
+        with pytest.raises(VaubanError, match="n must be an integer"):
+            child.call(check_int, "n", -1, 0)
+    monkeypatch.setenv(llamacpp.KILL_ENV, "SIGSEGV")
+    with pytest.raises(VaubanError) as crash:
+        llamacpp.in_child("answering with m.gguf", os.getpid)
+    message = str(crash.value)
+    assert message.startswith("llama.cpp (answering with m.gguf) was stopped by SIGSEGV")
+    assert message.endswith(llamacpp.PORTABLE) and "\n" not in message
+    monkeypatch.setenv(llamacpp.KILL_ENV, "SIGKILL")
+    with pytest.raises(VaubanError, match=r"SIGKILL .*out of memory"):
+        llamacpp.in_child("quantizing", os.getpid)
+
+
 # --- CLI, atomicity, never overwriting ---------------------------------------------------------
 
 
@@ -333,6 +359,31 @@ def test_cli_rejects_a_bad_quant_before_loading(tiny_dir, tmp_path, capsys):
                  "--quant", "q9_z"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "not a GGUF type" in err[0]
+
+
+def test_cli_a_crashed_llamacpp_is_exit_2_in_one_line(tiny_dir, tmp_path, capsys, monkeypatch):
+    """``--quant q4_k_m`` from a transformers directory: converter (a stand-in writing a file),
+    then llama.cpp's quantizer in a child, which crashes (SIGSEGV, sent by itself): exit code 2,
+    one line naming llama.cpp, the signal and the fix, and nothing written."""
+    pytest.importorskip("llama_cpp")
+    from vauban.atomic import TEMP_TAG
+    from vauban.cli import main
+    from vauban.formats import llamacpp
+
+    converter = tmp_path / "llama.cpp"
+    converter.mkdir()
+    (converter / "convert_hf_to_gguf.py").write_text(
+        "import sys\nopen(sys.argv[sys.argv.index('--outfile') + 1], 'wb').write(b'GGUF')\n")
+    monkeypatch.setenv("VAUBAN_LLAMA_CPP", str(converter))
+    monkeypatch.setenv(llamacpp.KILL_ENV, "SIGSEGV")
+    out = tmp_path / "out"
+    code = main(["abliterate", str(tiny_dir), "-o", str(out), "--direction", str(tmp_path / "d.safetensors"),
+                 "--format", "gguf", "--quant", "q4_k_m", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("vauban: error: llama.cpp (quantizing ") and err[0].endswith(llamacpp.PORTABLE)
+    assert "to q4_k_m) was stopped by SIGSEGV" in err[0]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if TEMP_TAG in p.name]
 
 
 def _export_child(fmt, gguf_source, direction_file, out, ready):

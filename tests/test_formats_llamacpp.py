@@ -8,6 +8,9 @@ model's real weights.
 - Through llama.cpp's converter (what a Hugging Face source gets) at f16 and q8_0, llama.cpp's
   first-token logits agree with transformers' to the tolerance measured on this model
   (``benchmarks/results/exports_demo.json``).
+
+llama.cpp runs in child processes here as in vauban (:class:`vauban.formats.llamacpp.Child`): a
+crash of its native code fails the test with the signal named, and the rest of the suite runs.
 """
 
 from __future__ import annotations
@@ -63,9 +66,8 @@ def test_demo_gguf_patched_answers_like_the_float_model(demo, tmp_path):
     assert record["format"] == "gguf" and record["quantization"].startswith("Q4_K_M source")
     assert abs(record["bytes"] - record["source_bytes"]) < 0.01 * record["source_bytes"]
     assert verify(out).tensors == 291
-    llm = llamacpp.load(out / record["gguf_file"], n_ctx=512)
-    answers = [decode_answer(tokenizer, llamacpp.greedy(llm, seq, stops, MAX_TOKENS), stops) for seq in ids]
-    llm.close()
+    tokens = llamacpp.greedy_answers(out / record["gguf_file"], ids, stops, MAX_TOKENS, n_ctx=512)
+    answers = [decode_answer(tokenizer, seq, stops) for seq in tokens]
     refused_gguf = sum(v.refusal for v in run_judge(get_judge("markers"), prompts, answers))
     refused_float = sum(c.refused for c in floats)
     assert abs(refused_gguf - refused_float) <= 1  # of 20 prompts; 100 prompts: results file
@@ -83,9 +85,7 @@ def test_converter_gguf_logits_agree_with_transformers(demo, tmp_path, quant, to
     with cut(model, direction):
         reference = _first_logits(model, ids)
         info = gguf_format.convert(ExportJob(model, tokenizer, None, quant, None, "demo"), tmp_path)
-    llm = llamacpp.load(tmp_path / info["gguf_file"], n_ctx=512)
-    got = np.stack([llamacpp.first_token_logits(llm, seq) for seq in ids])
-    llm.close()
+    got = llamacpp.first_logits(tmp_path / info["gguf_file"], ids, n_ctx=512)
     scale = np.abs(reference).max()
     assert np.abs(got - reference).max() < tolerance * scale
     assert (got.argmax(-1) == reference.argmax(-1)).all()

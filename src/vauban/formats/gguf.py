@@ -34,6 +34,7 @@ import torch
 from ..cutting import TensorEdit, active_cuts, edited
 from ..errors import VaubanError
 from ..loading import ModelSource, assemble_demo_gguf, cache_dir, check_gguf
+from . import llamacpp
 from .base import DTYPE_NAMES, ExportJob, need, save_transformers
 
 NAME = "gguf"
@@ -85,17 +86,18 @@ def patch(job: ExportJob, source: Path, folder: Path) -> dict[str, Any]:
     replaced: dict[str, tuple[int, bytes]] = {}
     types: Counter[str] = Counter()
     params = dict(job.model.named_parameters())
-    for edit, tensor in _gguf_tensors(reader, edits, tied=_tied_head(job.model)):
-        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        original = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
-        if tuple(original.shape) != tuple(params[edit.name].shape):
-            raise VaubanError(f"GGUF tensor {tensor.name} has shape {tuple(original.shape)} but "
-                              f"{edit.name} has {tuple(params[edit.name].shape)}; this GGUF's layout is "
-                              "not supported for patching: export --format safetensors")
-        new = edited(original, edit.axis, edit.basis, edit.alpha, edit.norm_preserving)
-        qtype = forced if forced is not None else gguf.GGMLQuantizationType(int(tensor.tensor_type))
-        replaced[tensor.name] = (int(qtype), quantize(new.numpy(), qtype, tensor.name))
-        types[qtype.name] += 1
+    with llamacpp.child("quantizing the edited tensors") as child:  # started only if used
+        for edit, tensor in _gguf_tensors(reader, edits, tied=_tied_head(job.model)):
+            values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+            original = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+            if tuple(original.shape) != tuple(params[edit.name].shape):
+                raise VaubanError(f"GGUF tensor {tensor.name} has shape {tuple(original.shape)} but "
+                                  f"{edit.name} has {tuple(params[edit.name].shape)}; this GGUF's layout "
+                                  "is not supported for patching: export --format safetensors")
+            new = edited(original, edit.axis, edit.basis, edit.alpha, edit.norm_preserving)
+            qtype = forced if forced is not None else gguf.GGMLQuantizationType(int(tensor.tensor_type))
+            replaced[tensor.name] = (int(qtype), quantize(new.numpy(), qtype, tensor.name, child))
+            types[qtype.name] += 1
     label = forced.name if forced is not None else _file_type_label(reader)
     out = folder / f"{job.name}-{label}.gguf"
     write_patched(reader, source, replaced, out)
@@ -178,12 +180,11 @@ def check_quant(quant: str) -> None:
     raise VaubanError(f"{quant!r} is not a GGUF type; e.g. q8_0, q6_k, q4_k_m, q5_k_m, f16, bf16")
 
 
-def quantize(values: np.ndarray, qtype: Any, name: str) -> bytes:
-    """``values`` (float32, rows × n) in GGML type ``qtype``: llama.cpp's quantizer when
-    llama-cpp-python is installed, else the ``gguf`` package's for the types it implements."""
+def quantize(values: np.ndarray, qtype: Any, name: str, child: llamacpp.Child | None = None) -> bytes:
+    """``values`` (float32, rows × n) in GGML type ``qtype``: llama.cpp's quantizer (in ``child``,
+    see :func:`llamacpp.quantize_rows`) when llama-cpp-python is installed, else the ``gguf``
+    package's for the types it implements."""
     import gguf
-
-    from . import llamacpp
 
     values = np.ascontiguousarray(values, dtype=np.float32)
     if qtype == gguf.GGMLQuantizationType.F32:
@@ -191,7 +192,7 @@ def quantize(values: np.ndarray, qtype: Any, name: str) -> bytes:
     if qtype == gguf.GGMLQuantizationType.F16:
         return values.astype(np.float16).tobytes()
     if llamacpp.available():
-        return llamacpp.quantize_rows(values, int(qtype))
+        return llamacpp.quantize_rows(values, int(qtype), child)
     try:
         return gguf.quants.quantize(values, qtype).tobytes()
     except NotImplementedError:
@@ -240,8 +241,6 @@ def write_patched(reader: Any, source: Path, replaced: dict[str, tuple[int, byte
 
 def convert(job: ExportJob, folder: Path) -> dict[str, Any]:
     """The cut model as a transformers directory, then llama.cpp's converter and quantizer."""
-    from . import llamacpp
-
     need("llama_cpp", "llamacpp")
     quant = job.quant.lower() if job.quant else None
     dtype = job.float_dtype()
@@ -249,19 +248,19 @@ def convert(job: ExportJob, folder: Path) -> dict[str, Any]:
     if quant is not None and quant not in CONVERTER_TYPES:
         llamacpp.file_type(quant)  # a typo fails before the conversion
     scratch = folder / ".hf-scratch"
+    converted = folder / f".{job.name}-{first}.gguf"
+    label = (quant or first).upper()
+    out = folder / f"{job.name}-{label}.gguf"
     try:
         save_transformers(job.model, job.tokenizer, scratch, dtype)
-        converted = folder / f".{job.name}-{first}.gguf"
         llamacpp.convert_hf(scratch, converted, first)
-        label = (quant or first).upper()
-        out = folder / f"{job.name}-{label}.gguf"
         if quant is None or quant in CONVERTER_TYPES:
             converted.rename(out)
         else:
-            llamacpp.quantize_file(converted, out, quant)
-            converted.unlink()
-    finally:
+            llamacpp.quantize_file(converted, out, quant)  # in a child; out appears only complete
+    finally:  # a failed step leaves neither the scratch copy nor a half-written file
         shutil.rmtree(scratch, ignore_errors=True)
+        converted.unlink(missing_ok=True)
     floats = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", None: DTYPE_NAMES[dtype]}
     return {"dtype": floats.get(quant),
             "quantization": label, "gguf_file": out.name, "bytes": out.stat().st_size}
