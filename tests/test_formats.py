@@ -15,9 +15,9 @@ import torch
 
 from conftest import HARMFUL, HARMLESS, build_model, build_tokenizer
 from vauban import LayerKernel, VaubanError, cut, export, load, measure, verify
-from vauban.cutting import edited
-from vauban.formats import ExportJob
-from vauban.loading import ModelSource
+from vauban.edit.editing import edited
+from vauban.exports.formats import ExportJob
+from vauban.model.loading import ModelSource
 
 
 @pytest.fixture(autouse=True)
@@ -210,7 +210,7 @@ def _tiny_gguf(model, path: Path, types: dict[str, str]) -> None:
 def test_gguf_source_is_patched_byte_for_byte(tokenizer, tmp_path, quant):
     import gguf
 
-    from vauban.formats import gguf as gguf_format
+    from vauban.exports.formats import gguf as gguf_format
 
     model = build_model("llama")
     source = tmp_path / "tiny.gguf"
@@ -262,7 +262,7 @@ def test_gguf_source_is_patched_byte_for_byte(tokenizer, tmp_path, quant):
 
 
 def test_gguf_check_finds_a_truncated_file(tmp_path):
-    from vauban.formats import gguf as gguf_format
+    from vauban.exports.formats import gguf as gguf_format
 
     model = build_model("llama")
     _tiny_gguf(model, tmp_path / "m.gguf", {})
@@ -278,7 +278,7 @@ def test_a_killed_converter_is_named_in_one_line():
     import subprocess
     import sys
 
-    from vauban.formats.llamacpp import converter_failure
+    from vauban.exports.formats.llamacpp import converter_failure
 
     script = ("import os, signal, sys; print('Writing:  71%|###  | 479M/670M', file=sys.stderr, flush=True);"
               " os.kill(os.getpid(), signal.SIGKILL)")
@@ -298,8 +298,8 @@ def test_a_crashed_llamacpp_child_is_one_line_error(monkeypatch):
     import operator
     import os
 
-    from vauban.errors import check_int
-    from vauban.formats import llamacpp
+    from vauban.core.errors import check_int
+    from vauban.exports.formats import llamacpp
 
     with llamacpp.child("adding") as child:
         assert child.call(operator.add, 2, 3) == 5
@@ -366,9 +366,9 @@ def test_cli_a_crashed_llamacpp_is_exit_2_in_one_line(tiny_dir, tmp_path, capsys
     then llama.cpp's quantizer in a child, which crashes (SIGSEGV, sent by itself): exit code 2,
     one line naming llama.cpp, the signal and the fix, and nothing written."""
     pytest.importorskip("llama_cpp")
-    from vauban.atomic import TEMP_TAG
     from vauban.cli import main
-    from vauban.formats import llamacpp
+    from vauban.core.atomic import TEMP_TAG
+    from vauban.exports.formats import llamacpp
 
     converter = tmp_path / "llama.cpp"
     converter.mkdir()
@@ -391,9 +391,9 @@ def _export_child(fmt, gguf_source, direction_file, out, ready):
     are written (the model card is next) so the parent can SIGKILL it there."""
     import time
 
-    import vauban.exporting as exporting
+    import vauban.exports.exporting as exporting
     from vauban import DirectionResult
-    from vauban.loading import remember_source
+    from vauban.model.loading import remember_source
 
     model, tokenizer = build_model("llama"), build_tokenizer()
     if gguf_source:
@@ -417,8 +417,8 @@ def test_every_format_is_atomic_and_never_overwrites(fmt, tokenizer, tmp_path):
     import os
     import signal
 
-    from vauban.atomic import TEMP_TAG
-    from vauban.loading import remember_source
+    from vauban.core.atomic import TEMP_TAG
+    from vauban.model.loading import remember_source
 
     if fmt == "mlx":
         pytest.importorskip("mlx_lm")
