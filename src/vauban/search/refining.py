@@ -1,15 +1,15 @@
 """Refine a cut's per-writer weights by gradient descent until it beats the plain cut on both counts.
 
-Why: the kernel search of :mod:`vauban.search.optimizing` moves the cut along one trade-off curve:
-its trials without refusals lie on a single curve of first-token KL against refusal likelihood,
-with the plain cut on it, so a lighter kernel lowers the KL exactly as much as it raises the
-refusal likelihood (the demo model's trials: docs/benchmarks.md). What gets off that curve is a weight per writer, because writers
-differ: cutting some layers' MLPs costs KL for little refusal removed, cutting some layers'
-attention removes refusal at almost no KL. ``2 × layers`` weights are too many for a 30-trial
-Bayesian search, but cheap for a gradient, because the cut is differentiable in them: the weight
-edit ``W - a·Q Qᵀ W`` turns a writer's output ``y = Wx + b`` into ``y - a·Q Qᵀ y`` exactly, so
-forward hooks doing that with ``a`` a tensor give the cut model as a smooth function of the
-weights, with no copy of any weight.
+Why: the kernel search of :mod:`vauban.search.optimizing` moves the cut along one trade-off
+curve: its trials without refusals lie on a single curve of first-token KL against refusal
+likelihood, with the plain cut on it, so a lighter kernel lowers the KL exactly as much as it
+raises the refusal likelihood (the demo model's trials: docs/benchmarks.md). What gets off that
+curve is a weight per writer, because writers differ: cutting some layers' MLPs costs KL for
+little refusal removed, cutting some layers' attention removes refusal at almost no KL.
+``2 × layers`` weights are too many for a 30-trial Bayesian search, but cheap for a gradient, because
+the cut is differentiable in them: the weight edit ``W - a·Q Qᵀ W`` turns a writer's output
+``y = Wx + b`` into ``y - a·Q Qᵀ y`` exactly, so forward hooks doing that with ``a`` a tensor give the
+cut model as a smooth function of the weights, with no copy of any weight.
 
 The loss is the smooth maximum of both objectives as ratios to the plain cut's values,
 ``logsumexp(τ·[KL/KL₀, p/p₀]) / τ``: it falls only when the larger ratio falls, so the weights
