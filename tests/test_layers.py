@@ -82,7 +82,7 @@ def test_no_import_circles():
             if nxt == node or nxt == "" or node.startswith(nxt + "."):  # a package's own __init__
                 continue
             if state.get(nxt) == 1:
-                raise AssertionError("import circle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+                raise AssertionError("import circle: " + " -> ".join([*path[path.index(nxt):], nxt]))
             if nxt not in state:
                 visit(nxt)
         path.pop()
