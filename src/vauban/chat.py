@@ -22,6 +22,7 @@ from .core.errors import VaubanError, check_alpha
 from .direction.results import DirectionResult
 from .judge import Judge, Verdict, get_judge, run_judge
 from .methods.steering import Steering
+from .model.arch import generator
 from .runtime.activations import model_device
 from .runtime.generating import check_max_tokens, greedy_config, stop_token_ids
 from .text.formatting import Formatting, chat_messages, chat_template
@@ -108,7 +109,7 @@ class ChatSession:
         steering = (Steering(self.model, self.direction, self.alpha) if self.steered  # type: ignore[arg-type]
                     else contextlib.nullcontext())
         with steering:
-            out = self.model.generate(
+            out = generator(self.model).generate(
                 input_ids=encoded["input_ids"].to(device),
                 attention_mask=encoded["attention_mask"].to(device),
                 generation_config=config,

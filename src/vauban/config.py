@@ -100,7 +100,8 @@ def _mapping(name: str, value: Any, where: str) -> dict[str, Any]:
     else:
         raise VaubanError(f"{where}: {name} must be a table of KEY=VALUE, got {value!r}")
     try:
-        Formatting(**{name: items})  # checks names and values
+        given: dict[str, Any] = {name: items}
+        Formatting(**given)  # checks names and values
     except VaubanError as err:
         raise VaubanError(f"{where}: {err}") from None
     return items

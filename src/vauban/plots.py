@@ -97,7 +97,7 @@ def plot_probes(
     """The characteristic shape: per-layer projections of several prompts, with the harmful and
     harmless means of the measurement sets when ``direction`` carries them."""
     fig, ax = _pyplot().subplots(figsize=(8, 4.5))
-    if direction is not None and direction.harmful_means is not None:
+    if direction is not None and direction.harmful_means is not None and direction.harmless_means is not None:
         d = direction.direction.double()
         ax.plot((direction.harmful_means @ d).tolist(), color="tab:red", lw=3, alpha=0.4,
                 label="harmful mean")
@@ -175,7 +175,7 @@ def plot_eval(result: EvalResult, path: str | os.PathLike[str] | None = None) ->
     compare the two, so the original's is 0) on the right."""
     rows = [("refusal\n(harmful)", result.refusal_before, result.refusal_after),
             ("late\nrefusal", result.late_before, result.late_after)]
-    if result.over_refusal_before is not None:
+    if result.over_refusal_before is not None and result.over_refusal_after is not None:
         rows.append(("over-refusal\n(safe)", result.over_refusal_before, result.over_refusal_after))
     rows += [(f"{b.name}\n{b.metric}", b.value, a.value)
              for b, a in zip(result.capability_before, result.capability_after, strict=True)]

@@ -42,8 +42,8 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
                   (("harmful", HARMFUL_PROBE), ("harmless", HARMLESS_PROBE))}
         edge = borderline(model, tokenizer, BORDERLINE_PROBE, direction, formatting=fmt)
     report.say(f"Per-layer projections (best layer {direction.layer_index}):")
-    for name, result in probes.items():
-        report.say(projection_line(name, result.projections))
+    for name, probed in probes.items():
+        report.say(projection_line(name, probed.projections))
     report.say(edge.summary())
     with cut(model, direction, alpha=s.alpha, embeddings=s.embeddings) as applied:
         probes["harmful, cut"] = probe(model, tokenizer, HARMFUL_PROBE, direction, formatting=fmt)

@@ -34,6 +34,7 @@ def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from ..chat import ChatSession
+    from ..judge import Judge
 
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
     judge = judge_for(s, report) if s.judge is not None else None  # judge replies only when asked
@@ -71,7 +72,13 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
             say("unknown command; use /alpha X, /reset or /quit", style="dim")
             continue
         sys.stdout.write("model> ")
-        session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        session.reply(text, on_text=_show)
         sys.stdout.write("\n")
-        if session.last_verdict is not None:
+        if session.last_verdict is not None and isinstance(session.judge, Judge):
             say(f"({session.judge.spec}: {session.last_verdict.summary()})", style="dim")
+
+
+def _show(piece: str) -> None:
+    """A streamed piece of the reply, on the terminal at once."""
+    sys.stdout.write(piece)
+    sys.stdout.flush()

@@ -61,7 +61,7 @@ def _alive(pid: int) -> bool:
 
 def remove_stale(target: Path) -> list[Path]:
     """Delete temporary siblings of ``target`` left by processes that no longer run."""
-    removed = []
+    removed: list[Path] = []
     parent = target.absolute().parent
     if not parent.is_dir():
         return removed
@@ -216,7 +216,7 @@ def building_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_file(target: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def write_file(target: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)``, flush it, and rename it to ``target`` (replacing it atomically)."""
     tmp: Path | None = None
     try:

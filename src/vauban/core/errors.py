@@ -25,7 +25,7 @@ def check_int(name: str, value: Any, low: int) -> int:
 
 def check_layer(layer: Any, num_layers: int) -> int:
     """``layer`` as an int in ``0..num_layers-1``, or a clear error (floats and strings included)."""
-    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= layer < num_layers:
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= int(layer) < num_layers:
         raise VaubanError(
             f"layer {layer!r} out of range: the model has {num_layers} layers; use one within "
             f"0..{num_layers - 1}"

@@ -48,7 +48,7 @@ import math
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
@@ -290,7 +290,7 @@ class Cut:
                 yield f"{w.name}.bias", w.bias, -1, basis, alpha
         if self.embeddings and self.alpha != 0.0:
             for i, emb in enumerate(arch.embeddings(model)):
-                yield f"embeddings.{i}", emb.weight, -1, self.direction[0], self.alpha
+                yield f"embeddings.{i}", cast(nn.Parameter, emb.weight), -1, self.direction[0], self.alpha
 
     def apply(self) -> Cut:
         """Apply (or re-apply after :meth:`undo`) the edit."""

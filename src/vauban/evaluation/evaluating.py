@@ -168,7 +168,7 @@ def pair_divergence(
     kl_sum = first_sum = 0.0
     n_positions = 0
     parts = list(batches(rows, plan(pair.modified, rows, batch_size), pad_id(tokenizer), device))
-    for batch in progress(parts, desc, show_progress):  # type: ignore[arg-type]
+    for batch in progress(parts, desc, show_progress):
         valid = batch.valid
         logp = {}
         for original in (True, False):
@@ -268,7 +268,8 @@ def evaluate(
         seconds[name] = round(time.perf_counter() - clock, 1)
         clock = time.perf_counter()
 
-    answers = {"max_tokens": max_tokens, "batch_size": batch_size, "judge": judge, "formatting": formatting}
+    answers: dict[str, Any] = {"max_tokens": max_tokens, "batch_size": batch_size, "judge": judge,
+                               "formatting": formatting}
     sides = both_sides(pair, tokenizer, harmful, **answers)
     lap("refusal")
     safe_sides = (both_sides(pair, tokenizer, safe_prompts, **answers) if safe_prompts

@@ -93,7 +93,7 @@ def _overwrite(dst: Path, start: int, info: dict[str, Any], tensor: torch.Tensor
         raise VaubanError(f"{dst.name}: edited tensor has {data.nbytes} bytes, header says {end - begin}")
     with dst.open("r+b") as f:
         f.seek(start + begin)
-        f.write(memoryview(data))
+        f.write(data.data)
 
 
 def _read(path: Path, name: str) -> torch.Tensor:

@@ -207,8 +207,10 @@ def steer(
     with Steering(model, direction, alpha, layers=layers, record=True) as hooks:
         (answer,) = generate(model, tokenizer, [text], max_tokens=max_tokens,
                              formatting=formatting_for(direction, formatting), prompt_set="steer")
-    measured = isinstance(direction, (DirectionResult, SubspaceResult))
-    layer = direction.layer_index if measured else len(hooks.blocks) - 1
+    if isinstance(direction, (DirectionResult, SubspaceResult)):
+        layer = direction.layer_index
+    else:
+        layer = len(hooks.blocks) - 1
     return SteerResult(
         prompt=text,
         text=answer,

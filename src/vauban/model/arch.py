@@ -13,12 +13,27 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from ..core.errors import VaubanError
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin, PreTrainedModel
+
+
+def hf(model: nn.Module) -> PreTrainedModel:
+    """``model`` as the transformers model it is, for the type checker: ``nn.Module`` types every
+    attribute it does not declare (``config``, ``generate``...) as ``Tensor | Module``. vauban's
+    models are transformers models (:mod:`vauban.model.loading`); nothing is checked at run time."""
+    return cast("PreTrainedModel", model)
+
+
+def generator(model: nn.Module) -> GenerationMixin:
+    """``model`` as a transformers model that generates (see :func:`hf`)."""
+    return cast("GenerationMixin", model)
 
 
 @dataclass(frozen=True)
@@ -216,7 +231,7 @@ def embeddings(model: nn.Module) -> list[nn.Embedding]:
 
 def lm_head_is_tied(model: nn.Module) -> bool:
     """Whether the output projection shares its storage with the token embedding."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = hf(model).get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
         return False
     return head.weight.data_ptr() == embeddings(model)[0].weight.data_ptr()
@@ -230,8 +245,8 @@ def _resolve(
         return None
     if isinstance(target, nn.Parameter):
         weight, bias = target, _get(layer, writer.bias) if writer.bias else None
-    elif isinstance(getattr(target, "weight", None), nn.Parameter):
-        weight, bias = target.weight, getattr(target, "bias", None)
+    elif isinstance(param := getattr(target, "weight", None), nn.Parameter):
+        weight, bias = param, getattr(target, "bias", None)
     else:
         return None
     norm = _get(layer, writer.post_norm) if writer.post_norm else None

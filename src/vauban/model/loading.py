@@ -25,6 +25,7 @@ from torch import nn
 from ..core.atomic import building_dir
 from ..core.errors import VaubanError
 from ..core.extras import require
+from .arch import hf
 from .demo import DEMO_ID, assemble_demo_gguf
 from .mlx_format import QUANT_KEYS, is_mlx_quantized_dir, read_quantized_dir
 
@@ -121,6 +122,7 @@ def load_model(
     auto = isinstance(device, str) and device == "auto"  # accelerate's device_map: GPUs, then CPU
     dev = default_device() if device is None or auto else torch.device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    local: Path | None
     if model_path is None or str(model_path) == DEMO_ID:
         local, source = demo_model_dir(), ModelSource(DEMO_ID, "demo")
     else:
@@ -130,7 +132,7 @@ def load_model(
             source = ModelSource(source.label, f"hub/{kind.kind}", kind.origin)
     model, tokenizer = _from_hf(str(local), torch_dtype, "auto" if auto else dev, trust_remote_code)
     remember_source(model, source)
-    model.config.name_or_path = source.label
+    hf(model).config.name_or_path = source.label
     return model, tokenizer
 
 
@@ -203,7 +205,7 @@ def _from_hf(
     kwargs: dict[str, Any] = {"dtype": dtype, "weights_only": True, **common}
     if device == "auto":  # split over the GPUs (balanced), the rest offloaded to CPU memory
         kwargs["device_map"] = "auto"
-    elif device.type != "cpu":
+    elif isinstance(device, torch.device) and device.type != "cpu":
         kwargs["device_map"] = {"": str(device)}
     try:
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
@@ -236,7 +238,7 @@ def _quant_method(quant: Any) -> str | None:
 def _dequantize_in_place(model: nn.Module, method: str) -> None:
     """Turn a transformers-quantized model into float weights, or say why that is impossible."""
     try:
-        model.dequantize()
+        hf(model).dequantize()
     except Exception as err:  # transformers raises many types here, none of them ours
         raise VaubanError(
             f"the checkpoint is quantized with {method!r} and transformers cannot dequantize it "
@@ -251,13 +253,13 @@ def _dequantize_in_place(model: nn.Module, method: str) -> None:
 def clear_quantizer(model: nn.Module) -> None:
     """Forget quantizer metadata once weights are float, so the model can be saved as such."""
     if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
+        hf(model).hf_quantizer = None  # type: ignore[assignment]  # not declared by PreTrainedModel
     for key in QUANT_KEYS:
         if hasattr(model.config, key):
             delattr(model.config, key)
     if hasattr(model, "is_quantized"):
         with contextlib.suppress(AttributeError):
-            model.is_quantized = False
+            hf(model).is_quantized = False  # type: ignore[assignment]  # not declared by PreTrainedModel
 
 
 def _first_line(err: BaseException) -> str:
@@ -284,8 +286,8 @@ def _cache_key(path: Path) -> str:
 
 def _save_float_dir(model: nn.Module, tokenizer: Any, out: Path, note: dict[str, Any]) -> None:
     clear_quantizer(model)
-    model.config.architectures = [type(model).__name__]
-    model.save_pretrained(out)
+    hf(model).config.architectures = [type(model).__name__]
+    hf(model).save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "vauban_cache.json").write_text(json.dumps({"format": _CACHE_FORMAT, **note}, indent=2))
 

@@ -134,7 +134,7 @@ def mlx_model_to_torch(model: Any, dtype: torch.dtype, device: torch.device) -> 
     from transformers import AutoConfig, AutoModelForCausalLM
 
     args = getattr(model, "args", None)
-    if args is None or not dataclasses.is_dataclass(args):
+    if args is None or not dataclasses.is_dataclass(args) or isinstance(args, type):
         raise VaubanError("this MLX model has no ModelArgs; load the directory with vauban instead")
     fields = {k: v for k, v in dataclasses.asdict(args).items() if v is not None}
     kind = fields.pop("model_type")
@@ -143,9 +143,9 @@ def mlx_model_to_torch(model: Any, dtype: torch.dtype, device: torch.device) -> 
     except ValueError as err:
         raise VaubanError(f"MLX model type {kind!r} has no transformers equivalent: {err}") from None
     torch_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    weights = {
-        k: torch.from_numpy(np.array(v.astype(mx.float32))) for k, v in tree_flatten(model.parameters())
-    }
+    # typed as a list or a dict; a list of (name, array) without destination=
+    flat: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
+    weights = {k: torch.from_numpy(np.array(v.astype(mx.float32))) for k, v in flat}
     if any(k.endswith(".scales") for k in weights):
         raise VaubanError("this MLX model is quantized; load its directory with quick.load instead")
     expected = torch_model.state_dict()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import psutil
 import torch
@@ -23,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.progress import progress_off
+from ..model.arch import hf
 
 # Tokens per forward pass that keep a device's matrix units busy: past this, a bigger batch is
 # no faster per token, only more padded. Demo model on 2 shared CPU cores, 64 prompts of ~45
@@ -31,6 +33,7 @@ from ..core.progress import progress_off
 SATURATING_TOKENS = {"cpu": 2048, "mps": 8192}
 GPU_SATURATING_TOKENS = 65536
 MEMORY_SHARE = 0.5  # of the free memory a batch may plan to use (allocator slack, other tensors)
+T = TypeVar("T")
 
 
 def free_memory(device: torch.device) -> int:
@@ -58,7 +61,7 @@ class Shape:
 
     @classmethod
     def of(cls, model: nn.Module) -> Shape:
-        config = model.config.get_text_config(decoder=True)
+        config = hf(model).config.get_text_config(decoder=True)
 
         def first(*names: str, default: int = 0) -> int:
             return next((int(v) for n in names if (v := getattr(config, n, None))), default)
@@ -217,7 +220,7 @@ def last_logits(model: nn.Module, seqs: Sequence[Sequence[int]], keep: int, pad_
     shared = min(common_prefix(seqs), min(len(s) for s in seqs) - keep)
     cache = None
     if shared >= 8:
-        cache = DynamicCache(config=model.config)
+        cache = DynamicCache(config=hf(model).config)
         longest = max(len(s) for s in seqs)
         if not all(type(layer) is DynamicLayer or (type(layer) is DynamicSlidingWindowLayer
                                                    and longest <= layer.sliding_window)
@@ -245,7 +248,7 @@ def _cache_argument(model: nn.Module) -> str:
     parameters = inspect.signature(model.forward).parameters
     return "past_key_values" if "past_key_values" in parameters and "cache" not in parameters else "cache"
 
-def progress(batches: list[list[int]], desc: str, show: bool | None) -> Iterator[list[int]]:
+def progress(batches: Sequence[T], desc: str, show: bool | None) -> Iterator[T]:
     """A progress bar over batches; ``show=None`` shows it only on a terminal and for >1 batch."""
     disable = (None if len(batches) > 1 else True) if show is None else not show
     disable = True if progress_off() else disable

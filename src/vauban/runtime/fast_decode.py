@@ -58,7 +58,7 @@ import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -108,7 +108,7 @@ def _attention(
         raise Unsupported("attention with logit soft-capping or sinks")
     if query.shape[2] != 1:
         return _prefill(module, query, key, value, attention_mask, scaling, kwargs.get("sliding_window"))
-    keys, values, column = module._vauban_k, module._vauban_v, module._vauban_column
+    keys, values, column = _buffer(module, "k"), _buffer(module, "v"), _buffer(module, "column")
     keys.index_copy_(2, column, key)
     values.index_copy_(2, column, value)
     rows, heads, _, dim = query.shape
@@ -142,13 +142,18 @@ def _prefill(
         loop.modules.append(module)
     loop.calls += 1
     width = query.shape[2]
-    module._vauban_k[loop.chunk, :, loop.start : loop.start + width] = key
-    module._vauban_v[loop.chunk, :, loop.start : loop.start + width] = value
+    _buffer(module, "k")[loop.chunk, :, loop.start : loop.start + width] = key
+    _buffer(module, "v")[loop.chunk, :, loop.start : loop.start + width] = value
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
         key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _buffer(module: nn.Module, name: str) -> torch.Tensor:
+    """An attention module's static buffer ``_vauban_NAME`` (registered by :func:`_prefill`)."""
+    return cast(torch.Tensor, getattr(module, f"_vauban_{name}"))
 
 
 def _register() -> None:
@@ -162,7 +167,7 @@ def _register() -> None:
 def static_attention(model: nn.Module, rows: int, length: int, column: torch.Tensor) -> Iterator[_Loop]:
     """Route the model's attention through the static buffers for one call; restore on exit."""
     _register()
-    config = model.config
+    config = arch.hf(model).config
     original = config._attn_implementation
     loop = _Loop(rows, length, column)
     token = _LOOP.set(loop)
@@ -183,7 +188,9 @@ def _compiled(forward: Any, backend: str | Callable[..., Any]) -> Any:
 
     With Inductor, ``emulate_precision_casts`` rounds intermediates to the model's dtype where
     eager code does, so fused kernels compute what the eager layer computes."""
-    options = {"emulate_precision_casts": True} if backend == "inductor" else None
+    options: dict[str, str | int | bool | Callable[..., Any]] | None = None
+    if backend == "inductor":
+        options = {"emulate_precision_casts": True}
     return torch.compile(forward, backend=backend, options=options)
 
 
@@ -257,11 +264,16 @@ def prefill(
     return logits
 
 
+@dataclass
 class _State:
     """The tensors a decode step reads and writes in place (fixed addresses for graph replay)."""
 
-    def __init__(self, **tensors: torch.Tensor) -> None:
-        self.__dict__.update(tensors)
+    token: torch.Tensor
+    position: torch.Tensor
+    keys: torch.Tensor
+    column: torch.Tensor
+    out: torch.Tensor
+    done: torch.Tensor
 
     def record(self, index: torch.Tensor | int, stop_ids: torch.Tensor, pad: int) -> None:
         """Store this step's tokens (``pad`` for rows already stopped) and mark new stops."""

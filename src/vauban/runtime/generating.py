@@ -28,6 +28,7 @@ from transformers import GenerationConfig, StaticCache, StoppingCriteriaList
 from transformers.cache_utils import StaticLayer
 
 from ..core.errors import VaubanError, check_int
+from ..model.arch import generator, hf
 from ..text.formatting import Formatting
 from ..text.prompts import check_tokenizer, encode_chat, pad_id
 from ..text.reasoning import Decoder, budget, stop_markers
@@ -145,8 +146,9 @@ def generate_tokens(
             new = static_greedy(model, input_ids, mask, new_tokens, stops, pad, compile=compile).tolist()
         else:
             budget_ = decoder.stopping(input_ids.shape[1]) if new_tokens > max_tokens else None
-            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
-                                 stopping_criteria=StoppingCriteriaList([budget_] if budget_ else []))
+            out = generator(model).generate(
+                input_ids=input_ids, attention_mask=mask, generation_config=config,
+                stopping_criteria=StoppingCriteriaList([budget_] if budget_ else []))
             new = out[:, input_ids.shape[1] :].tolist()
         for row, index in enumerate(batch):
             answers[index] = new[row]
@@ -160,7 +162,7 @@ def fast_loop_ok(model: nn.Module) -> bool:
     if len({p.device for p in model.parameters()}) != 1:
         return False
     try:
-        cache = StaticCache(config=model.config, max_cache_len=1)
+        cache = StaticCache(config=hf(model).config, max_cache_len=1)
     except (ValueError, TypeError, KeyError, AttributeError):
         return False
     return all(type(layer) is StaticLayer for layer in cache.layers)
@@ -243,6 +245,6 @@ def static_greedy(
     except fast_decode.Unsupported:
         config = GenerationConfig(do_sample=False, max_new_tokens=max_tokens,
                                   eos_token_id=list(stops) or None, pad_token_id=pad)
-        out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+        out = generator(model).generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
         new = out[:, input_ids.shape[1] :]
         return torch.nn.functional.pad(new, (0, max_tokens - new.shape[1]), value=pad)

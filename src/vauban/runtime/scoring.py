@@ -171,7 +171,8 @@ def batches(rows: Forced, plan: list[list[int]], pad: int, device: torch.device)
             answer = rows.answers[i]
             if answer:
                 targets[r, keep - len(answer):] = torch.tensor(answer)
-        yield Batch(batch, ids, mask, positions, n, targets.to(device), tuple(inputs[i] for i in batch), pad)
+        seqs = tuple(tuple(inputs[i]) for i in batch)
+        yield Batch(batch, ids, mask, positions, n, targets.to(device), seqs, pad)
 
 
 def logprobs(model: nn.Module, batch: Batch) -> torch.Tensor:

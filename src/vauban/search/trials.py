@@ -147,7 +147,8 @@ class OptimizeResult:
                 return False
             if not checked:
                 return True
-            return t.selection_refusal is not None and t.selection_refusal <= plain.selection_refusal
+            return (t.selection_refusal is not None and plain.selection_refusal is not None
+                    and t.selection_refusal <= plain.selection_refusal)
 
         return min(filter(admissible, self.trials), key=lambda t: (t.kl, t.number))
 

@@ -103,11 +103,10 @@ def split_reasoning(text: str, tokenizer: Any = None) -> tuple[str, str]:
     not needed (accepted so judges can pass what they have)."""
     del tokenizer
     if _HARMONY_MARK in text:
-        thoughts, reply = [], []
+        parts: dict[bool, list[str]] = {True: [], False: []}  # final channel or not
         for match in _HARMONY_MESSAGE.finditer(text):
-            body = match["body"].strip()
-            (reply if match["channel"] == "final" else thoughts).append(body)
-        return "\n".join(t for t in thoughts if t), "\n".join(reply)
+            parts[match["channel"] == "final"].append(match["body"].strip())
+        return "\n".join(t for t in parts[False] if t), "\n".join(parts[True])
     close = text.find(THINK_CLOSE)
     if close >= 0:
         thoughts = text[:close]

@@ -20,6 +20,7 @@ from torch import nn
 
 from ...core.errors import VaubanError
 from ...edit.cutting import Cut, active_cuts
+from ...model.arch import hf
 from ...model.loading import ModelSource, clear_quantizer, resolve_dtype, source_of
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -115,11 +116,11 @@ def save_transformers(model: nn.Module, tokenizer: Any, folder: Path, dtype: tor
     from the float32 the edit was computed in).
     """
     clear_quantizer(model)
-    model.config.architectures = [type(model).__name__]
+    hf(model).config.architectures = [type(model).__name__]
     state = None
     if any(p.dtype != dtype and p.is_floating_point() for p in model.parameters()):
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    model.save_pretrained(folder, state_dict=state)
+    hf(model).save_pretrained(folder, state_dict=state)
     tokenizer.save_pretrained(folder)
     config_file = folder / "config.json"
     config = mlx_compatible_config(json.loads(config_file.read_text()))

@@ -107,7 +107,8 @@ def patch(job: ExportJob, source: Path, folder: Path) -> dict[str, Any]:
     how = "own types" if forced is None else forced.name
     return {"dtype": None, "quantization": f"{source_type} source, edited tensors re-quantized to {how} "
             f"({', '.join(f'{k} ×{v}' for k, v in sorted(types.items()))})" if types else source_type,
-            "gguf_file": out.name, "gguf_source": str(source) if job.source.kind != "demo" else "demo",
+            "gguf_file": out.name,
+            "gguf_source": "demo" if job.source and job.source.kind == "demo" else str(source),
             "bytes": out.stat().st_size, "source_bytes": source.stat().st_size,
             "edited_tensor_types": dict(types)}
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from ...core.errors import VaubanError
 from ...edit.cutting import original_weights
+from ...model.arch import hf
 from ..verifying import check_weights
 from .base import DTYPE_NAMES, ExportJob, need
 
@@ -109,7 +110,7 @@ def _tied_head(model: nn.Module, embedding: nn.Embedding, removed: torch.Tensor,
                q: torch.Tensor, targets: list[str]) -> dict[str, torch.Tensor]:
     """The output head that shares the embedding's weight changes with it: ``W' = W − α·W·Q·Qᵀ``
     (rows are tokens), ``lora_A = Qᵀ`` and ``lora_B = −α·W·Q``."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = hf(model).get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or head.weight is not embedding.weight:
         return {}
     name = next(n for n, m in model.named_modules() if m is head)
