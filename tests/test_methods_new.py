@@ -131,3 +131,25 @@ def test_leak_free_plan_keeps_every_written_vector_norm():
     new = (x - 0.6 * plan.removed.double() @ q.double()) * plan.factors.double()
     assert torch.allclose(new.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
     assert torch.allclose(new @ q.double().T, 0.4 * x @ q.double().T, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "gemma2"])
+def test_learned_direction_hooks_equal_the_plain_cut_and_the_direction_moves(measured, tokenizer, kind):
+    from vauban.divergence import first_token_logprobs
+    from vauban.methods_new.learned import directed, learn
+
+    model, direction = measured[kind]
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with directed(model, lambda: direction.direction):
+        hooked = model(ids).logits
+    with cut(model, direction):
+        plain = model(ids).logits
+    assert torch.allclose(hooked, plain, atol=1e-4)
+    refusals = [(p, "I'm sorry, I can't help with that.") for p in HARMFUL]
+    base = list(first_token_logprobs(model, tokenizer, HARMLESS))
+    before = snapshot(model)
+    found, history = learn(model, tokenizer, direction.direction, HARMLESS, base, refusals, steps=3, lr=0.05)
+    assert same_bits(model, before) and len(history) == 4
+    assert found.norm() == pytest.approx(1.0, abs=1e-5)
+    assert (found - direction.direction / direction.direction.norm()).norm() > 1e-3
+    assert all(p.requires_grad for p in model.parameters())
