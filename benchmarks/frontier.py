@@ -35,6 +35,7 @@ MAX_TOKENS = 128
 SAFE = 48
 KEEPS = (0.3, 1.0, 3.0)  # λ of the harmless-preserving edit tried at each candidate layer
 SUBSPACE_KS = (2, 3)
+LEARN_PROMPTS, LEARN_STEPS = 32, 4  # the learned direction's fit (each step: backward passes)
 BOOT = 2000
 # optimize's front trial 5 of the heretic comparison (peers_demo.json "frontier"): a kernel cut at
 # partial strengths, where the norm-preserving rescale leaks
@@ -111,6 +112,9 @@ def build(model: Any, tokenizer: Any, found: Any, settings: dict, captured: Any 
     at = found.at_layer(s.pop("layer")) if "layer" in s else found
     if name == "subspace":
         return get_method(name).make(model, tokenizer, at, inputs, subspace=s.pop("k"))
+    if name == "learned":  # a backward pass per prompt and step: fitted on 32 of each set
+        few = Inputs(harmful[:LEARN_PROMPTS], harmless[:LEARN_PROMPTS], formatting=found.formatting)
+        return get_method(name).make(model, tokenizer, at, few, **s)
     if name == "harmless_preserving":
         return get_method(name).make(model, tokenizer, at, inputs, captured=captured, **s)
     return get_method(name).make(model, tokenizer, at, inputs, **s)
@@ -128,6 +132,7 @@ def candidates(found: Any) -> list[dict]:
            for layer in layers for keep in KEEPS]
     out += [{"method": m, "layer": layer} for layer in layers for m in ("projected", "norm_preserving")]
     out += [{"method": "subspace", "k": k} for k in SUBSPACE_KS]
+    out += [{"method": "learned", "layer": found.layer_index, "steps": LEARN_STEPS}]
     return out
 
 
