@@ -22,14 +22,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import vauban.atomic as atomic
+import vauban.core.atomic as atomic
 from conftest import HARMFUL, HARMLESS, build_model
 from vauban import VaubanError, cut, export, load, measure, verify
-from vauban.atomic import TEMP_TAG
-from vauban.exporting import DIRECTION_FILE, RECORD_FILE
-from vauban.results import DirectionResult
+from vauban.core.atomic import TEMP_TAG
+from vauban.direction.results import DirectionResult
+from vauban.exports.exporting import DIRECTION_FILE, RECORD_FILE
 
-load_module = importlib.import_module("vauban.loading")  # the module, not vauban.load()
+load_module = importlib.import_module("vauban.model.loading")  # the module, not vauban.load()
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +84,7 @@ def _install_kill_point(point: str, ready, tokenizer) -> None:
     """Patch, in the child only, the function running at ``point`` so the child stops there."""
     import transformers.modeling_utils as modeling_utils
 
-    import vauban.results as results
+    import vauban.direction.results as results
 
     if point == "weights written":
         modeling_utils.safe_save_file = _pause_after(ready, modeling_utils.safe_save_file)
@@ -229,7 +229,7 @@ def test_direction_save_is_atomic(source, tmp_path, monkeypatch):
     direction = source[3]
     path = direction.save(tmp_path / "d.safetensors")
     before = path.read_bytes()
-    import vauban.results as results
+    import vauban.direction.results as results
 
     def fail(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"half")
