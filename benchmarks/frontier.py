@@ -7,7 +7,7 @@ Stages (each keeps its results in ``WORK`` = ``benchmarks/.frontier/`` and resum
 - ``select``: the direction of ``vauban.measure``'s defaults (bundled prompts 0-103 measured,
   104-127 held back); every candidate cut (method × layer × settings) scored on the held-back
   prompts only (refusal likelihood, first-token KL); each method's best and the default picked by
-  :func:`vauban.methods_new.default.choose_by_damage`. No report prompt is read here.
+  :func:`vauban.methods.default.choose_by_damage`. No report prompt is read here.
 - ``report``: the original, today's default (plain cut at the layer of the old rule) and each
   pick on the report prompts: refusals (default judge, 128 tokens), first-token KL, KL at every
   position of the first 64 tokens of the 48 bundled reference answers and the perplexity there,
@@ -33,9 +33,6 @@ WORK = HERE / ".frontier"
 RESULTS = HERE / "results" / "frontier_demo.json"
 MAX_TOKENS = 128
 SAFE = 48
-KEEPS = (0.3, 1.0, 3.0)  # λ of the harmless-preserving edit tried at each candidate layer
-SUBSPACE_KS = (2, 3)
-LEARN_PROMPTS, LEARN_STEPS = 32, 4  # the learned direction's fit (each step: backward passes)
 BOOT = 2000
 # optimize's front trial 5 of the heretic comparison (peers_demo.json "frontier"): a kernel cut at
 # partial strengths, where the norm-preserving rescale leaks
@@ -82,8 +79,8 @@ def direction(model: Any, tokenizer: Any) -> Any:
 def fit_sets() -> tuple[list[str], list[str], list[str], list[str]]:
     """``(harmful fit, harmless fit, harmful held back, harmless held back)`` of the bundled sets,
     split as ``measure`` splits them."""
-    from vauban.prompts import load_prompts
-    from vauban.selecting import split
+    from vauban.direction.selecting import split
+    from vauban.text.prompts import load_prompts
 
     harmful, held_harmful = split(load_prompts("harmful"))
     harmless, held_harmless = split(load_prompts("harmless"))
@@ -91,90 +88,48 @@ def fit_sets() -> tuple[list[str], list[str], list[str], list[str]]:
 
 
 def build(model: Any, tokenizer: Any, found: Any, settings: dict, captured: Any = None) -> Any:
-    """The applied cut of a candidate's ``settings`` (``method`` and its parameters)."""
-    from vauban.cutspec import CutSpec, _weights
-    from vauban.methods_new import Inputs, get_method
+    """The applied cut of a candidate's ``settings`` (:func:`vauban.methods.choosing.build`), or of
+    optimize's front trial 5 (``trial`` in ``settings``) with one of the norm-preserving edits."""
+    from vauban.methods.choosing import build as build_candidate
+    from vauban.methods.cutspec import CutSpec, _weights
+    from vauban.methods.protocol import Inputs
+    from vauban.methods.registry import get_method
 
     harmful, harmless, _, _ = fit_sets()
     inputs = Inputs(harmful, harmless, formatting=found.formatting)
-    s = dict(settings)
-    name = s.pop("method")
-    if "trial" in s:  # a kernel cut of optimize's front
-        t = s.pop("trial")
-        spec = CutSpec(direction_index=t["direction_index"], projected=t["projected"],
-                       attention=_weights(t["attention"], "attention"), mlp=_weights(t["mlp"], "mlp"))
-        vector = spec.vector(model, tokenizer, found)
-        if name == "norm_preserving_leak_free":
-            return get_method(name).make(model, tokenizer, vector, inputs, attention=spec.attention,
-                                         mlp=spec.mlp)
-        return CutSpec(**{**spec.__dict__, "norm_preserving": name == "norm_preserving",
-                          "source": {}}).apply(model, vector)
-    at = found.at_layer(s.pop("layer")) if "layer" in s else found
-    if name == "subspace":
-        return get_method(name).make(model, tokenizer, at, inputs, subspace=s.pop("k"))
-    if name == "learned":  # a backward pass per prompt and step: fitted on 32 of each set
-        few = Inputs(harmful[:LEARN_PROMPTS], harmless[:LEARN_PROMPTS], formatting=found.formatting)
-        return get_method(name).make(model, tokenizer, at, few, **s)
-    if name == "harmless_preserving":
-        return get_method(name).make(model, tokenizer, at, inputs, captured=captured, **s)
-    return get_method(name).make(model, tokenizer, at, inputs, **s)
-
-
-def candidates(found: Any) -> list[dict]:
-    """Every candidate's settings: the plain cut at each layer ``measure`` scored; at the layers
-    within the default's tolerance of the best plain score (and the old rule's layer), the
-    harmless-preserving edit for each λ, the projected and norm-preserving cuts, subspaces."""
-    from vauban.methods_new.default import TOLERANCE
-
-    best = min(e.refusal for e in found.effects)
-    layers = sorted({e.layer for e in found.effects if e.refusal <= best + TOLERANCE} | {found.layer_index})
-    out = [{"method": "harmless_preserving", "layer": layer, "keep": keep}
-           for layer in layers for keep in KEEPS]
-    out += [{"method": m, "layer": layer} for layer in layers for m in ("projected", "norm_preserving")]
-    out += [{"method": "subspace", "k": k} for k in SUBSPACE_KS]
-    out += [{"method": "learned", "layer": found.layer_index, "steps": LEARN_STEPS}]
-    return out
+    if "trial" not in settings:
+        return build_candidate(model, tokenizer, found, settings, inputs, captured)
+    t, name = settings["trial"], settings["method"]
+    spec = CutSpec(direction_index=t["direction_index"], projected=t["projected"],
+                   attention=_weights(t["attention"], "attention"), mlp=_weights(t["mlp"], "mlp"))
+    vector = spec.vector(model, tokenizer, found)
+    if name == "norm_preserving_leak_free":
+        return get_method(name).make(model, tokenizer, vector, inputs, attention=spec.attention, mlp=spec.mlp)
+    return CutSpec(**{**spec.__dict__, "norm_preserving": name == "norm_preserving",
+                      "source": {}}).apply(model, vector)
 
 
 def select(model: Any, tokenizer: Any) -> dict:
     """Stage ``select`` (see the module docstring); ``WORK/select.json``."""
-    from vauban.divergence import first_token_logprobs, kl_divergence
-    from vauban.methods_new.default import Candidate, choose_by_damage
-    from vauban.methods_new.preserving import capture
-    from vauban.optimize import refusal_likelihood
-    from vauban.selecting import original_refusals
+    from vauban.methods.choosing import score_all
+    from vauban.methods.default import choose_by_damage
+    from vauban.methods.protocol import Inputs
 
     done = read("select")
     if done:
         return done
     found = direction(model, tokenizer)
-    fmt = found.formatting
     harmful, harmless, held_harmful, held_harmless = fit_sets()
-    refusals = original_refusals(model, tokenizer, held_harmful, formatting=fmt)
-    base = first_token_logprobs(model, tokenizer, held_harmless, None, fmt)
-    from vauban.methods_new import Inputs
-
     start = time.perf_counter()
-    captured = capture(model, tokenizer, Inputs(harmful, harmless, formatting=fmt))
-    capture_seconds = time.perf_counter() - start
-    scored = [Candidate(f"plain@{e.layer}", e.refusal, e.kl, {"method": "plain", "layer": e.layer})
-              for e in found.effects]
-    for settings in candidates(found):
-        start = time.perf_counter()
-        with build(model, tokenizer, found, settings, captured):
-            kl = kl_divergence(base, first_token_logprobs(model, tokenizer, held_harmless, None, fmt))
-            score = refusal_likelihood(model, tokenizer, refusals, 8, None, fmt)
-        name = "@".join(str(v) for v in settings.values())
-        scored.append(Candidate(name, score, kl, settings))
-        say(f"{name}: refusal score {score:.4f}, KL {kl:.4f} ({time.perf_counter() - start:.0f} s)")
+    scored = score_all(model, tokenizer, found, Inputs(harmful, harmless, formatting=found.formatting),
+                       held_harmful, held_harmless, log=say)
     methods = sorted({c.settings["method"] for c in scored})
     picks = {m: choose_by_damage([c for c in scored if c.settings["method"] == m]).__dict__ for m in methods}
     row = {"candidates": [c.__dict__ for c in scored], "picks": picks,
            "default": choose_by_damage(scored).__dict__,
            "old_default": {"method": "plain", "layer": found.layer_index},
-           "held_back": {"harmful": len(held_harmful), "refused_by_original": len(refusals),
-                         "harmless": len(held_harmless)},
-           "capture_seconds": round(capture_seconds, 1)}
+           "held_back": {"harmful": len(held_harmful), "harmless": len(held_harmless)},
+           "seconds": round(time.perf_counter() - start, 1)}
     save("select", row)
     return row
 
@@ -185,7 +140,7 @@ def per_row_kl(model: Any, tokenizer: Any, rows: Any,
     model's summed negative log-likelihood of the forced answer tokens."""
     import torch
 
-    from vauban.divergence import kl_rows, logprob_batches, token_logprobs
+    from vauban.runtime.scoring import kl_rows, logprob_batches, token_logprobs
 
     kl, n, nll = [0.0] * len(rows), [0] * len(rows), [0.0] * len(rows)
     with torch.inference_mode():
@@ -200,9 +155,9 @@ def per_row_kl(model: Any, tokenizer: Any, rows: Any,
 
 def damage(model: Any, tokenizer: Any, harmless: list[str], cache: dict) -> dict:
     """First-token KL per report harmless prompt; KL per reference answer (64 tokens) and NLL."""
-    from vauban.cutting import original_weights
-    from vauban.divergence import first_token_logprobs, forced_text, kl_rows, reference_logprobs
-    from vauban.prompts import load_pairs
+    from vauban.edit.cutting import original_weights
+    from vauban.runtime.scoring import first_token_logprobs, forced_text, kl_rows, reference_logprobs
+    from vauban.text.prompts import load_pairs
 
     rows = forced_text(tokenizer, load_pairs("reference"), 64)
     if "first" not in cache:
@@ -217,7 +172,7 @@ def damage(model: Any, tokenizer: Any, harmless: list[str], cache: dict) -> dict
 
 
 def answers(model: Any, tokenizer: Any, prompts: list[str], prompt_set: str) -> dict:
-    from vauban.evaluating import completions
+    from vauban.judge.answers import completions
 
     done = completions(model, tokenizer, prompts, max_tokens=MAX_TOKENS, batch_size=None,
                        prompt_set=prompt_set)
@@ -238,8 +193,9 @@ def evaluated(select_row: dict) -> dict[str, dict]:
 
 def report(model: Any, tokenizer: Any, select_row: dict, only: list[str] | None) -> None:
     """Stage ``report``: one ``WORK/eval_<name>.json`` per evaluated cut."""
-    from vauban.methods_new import leak, rank
-    from vauban.prompts import load_prompts
+    from vauban.methods.leak import leak
+    from vauban.methods.protocol import rank
+    from vauban.text.prompts import load_prompts
 
     found = direction(model, tokenizer)
     harmful, harmless = report_prompts()

@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import arch
-from ..activations import model_device
-from ..batching import common_prefix, left_pad, sorted_batches
-from ..formatting import Formatting
-from ..prompts import encode_chat, pad_id
+from ..model import arch
+from ..runtime.activations import model_device
+from ..runtime.batching import common_prefix, left_pad, sorted_batches
+from ..text.formatting import Formatting
+from ..text.prompts import encode_chat, pad_id
 
 MAX_ROWS = 1024  # token rows kept per writer and prompt set (a random subsample beyond)
 

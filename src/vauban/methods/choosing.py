@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from ..cutting import Cut
+from ..edit.cutting import Cut
 from .default import TOLERANCE, Candidate, choose_by_damage
 from .protocol import Inputs
 
@@ -43,7 +43,7 @@ def candidate_settings(direction: Any) -> list[dict[str, Any]]:
 def build(model: nn.Module, tokenizer: Any, direction: Any, settings: dict[str, Any], inputs: Inputs,
           captured: Any = None) -> Cut:
     """The applied cut of one candidate's ``settings`` (``method``, ``layer`` and the method's own)."""
-    from . import get_method
+    from .registry import get_method
 
     s = dict(settings)
     name = s.pop("method")
@@ -61,9 +61,8 @@ def build(model: nn.Module, tokenizer: Any, direction: Any, settings: dict[str, 
 def score_all(model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, held_harmful: Sequence[str],
               held_harmless: Sequence[str], log: Callable[[str], None] | None = None) -> list[Candidate]:
     """Every candidate with its held-back refusal score and first-token KL; the model ends unchanged."""
-    from ..divergence import first_token_logprobs, kl_divergence
-    from ..optimize import refusal_likelihood
-    from ..selecting import original_refusals
+    from ..direction.selecting import original_refusals
+    from ..runtime.scoring import first_token_logprobs, kl_divergence, refusal_likelihood
     from .preserving import capture
 
     fmt = inputs.formatting
@@ -89,7 +88,7 @@ def default_cut(model: nn.Module, tokenizer: Any, direction: Any, harmful: Seque
     """The default cut, applied, and its candidate: ``direction`` measured by effect (``measure``'s
     default, so its held-back prompts are the last quarter of ``harmful`` and ``harmless``, at most
     24); the edits fitted on the rest."""
-    from ..selecting import split
+    from ..direction.selecting import split
 
     fit_harmful, held_harmful = split(harmful)
     fit_harmless, held_harmless = split(harmless)

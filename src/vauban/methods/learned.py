@@ -1,11 +1,11 @@
 """A learned direction: the cut's direction itself moved by gradient to lower refusal likelihood
-and KL together, as :mod:`vauban.refine` does for per-writer weights.
+and KL together, as :mod:`vauban.search.refining` does for per-writer weights.
 
 The cut of a unit direction ``u`` turns each writer's output ``y`` into ``y - (uᵀy)·u`` exactly
 (through a post-norm's gain ``g``: ``u ∝ g ⊙ u``), so forward hooks give the cut model as a smooth
 function of ``u = (d₀ + δ)/‖d₀ + δ‖`` with no copy of any weight. ``δ`` starts at 0 (the measured
 direction) and takes Adam steps on refine's loss (the smooth maximum of KL and refusal likelihood
-as ratios to the measured direction's values, :func:`vauban.refine.loss`); the step with the
+as ratios to the measured direction's values, :func:`loss`); the step with the
 lowest loss wins, and the result is a plain cut (``W - u uᵀ W``, rank 1) of the learned direction.
 Fitted on the method's own prompt sets: the original's refusals of its harmful prompts (short
 greedy answers) and first-token KL on its harmless prompts.
@@ -20,24 +20,47 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import arch
-from ..activations import model_device
-from ..cutting import Cut, cut, layer_bases
-from ..divergence import first_token_logprobs, forced, kl_batches
-from ..refine import (
-    FLOOR,
-    MAX_BATCH,
-    SHARPNESS,
-    _mean_and_grad,
-    _writer_module,
-    likelihood_batches,
-    loss,
-    ratios,
-)
+from ..edit.cutting import Cut, cut, layer_bases
+from ..model import arch
+from ..runtime.activations import model_device
+from ..runtime.scoring import first_token_logprobs, forced, kl_batches, likelihood_batches
 from .protocol import Inputs
 
 STEPS = 8
 LR = 0.02  # in units of the direction's norm (1)
+MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch
+SHARPNESS = 20.0  # τ of the smooth maximum, as vauban.search.refining's
+FLOOR = 1e-12  # objectives at or below this count as 0
+
+
+def ratios(point: tuple[float, float], reference: tuple[float, float]) -> torch.Tensor:
+    """``(KL, likelihood)`` as ratios to the reference point's (floored) values."""
+    return torch.tensor([max(v, FLOOR) / max(r, FLOOR) for v, r in zip(point, reference, strict=True)])
+
+
+def loss(point: tuple[float, float], reference: tuple[float, float]) -> float:
+    """The smooth maximum of :func:`ratios` (the loss of :mod:`vauban.search.refining`)."""
+    return float(torch.logsumexp(SHARPNESS * ratios(point, reference), 0)) / SHARPNESS
+
+
+def mean_and_grad(leaf: torch.Tensor,
+                  parts: Iterator[tuple[int, torch.Tensor]]) -> tuple[float, torch.Tensor]:
+    """Mean of per-batch sums and its gradient in ``leaf``, one backward pass per batch."""
+    leaf.grad = None
+    total, count = 0.0, 0
+    for rows, part in parts:
+        part.backward()
+        total, count = total + float(part.detach()), count + rows
+    grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+    return total / max(count, 1), grad / max(count, 1)
+
+
+def writer_module(model: nn.Module, writer: arch.ResidualWriter) -> nn.Module:
+    """The module whose output is what ``writer`` adds (a linear layer, or a bare parameter's owner)."""
+    try:
+        return model.get_submodule(writer.name)
+    except AttributeError:
+        return model.get_submodule(writer.name.rsplit(".", 1)[0])
 
 
 @contextlib.contextmanager
@@ -48,7 +71,7 @@ def directed(model: nn.Module, raw: Callable[[], torch.Tensor]) -> Iterator[None
     handles, seen = [], set()
     try:
         for w in arch.residual_writers(model):
-            module = _writer_module(model, w)
+            module = writer_module(model, w)
             if id(module) in seen:
                 continue
             seen.add(id(module))
@@ -85,8 +108,8 @@ def learn(model: nn.Module, tokenizer: Any, start: torch.Tensor, harmless: Seque
     try:
         with directed(model, lambda: d0 + delta):
             for step in range(steps + 1):
-                kl, kl_grad = _mean_and_grad(delta, kl_batches(model, tokenizer, rows, base, MAX_BATCH))
-                lik, lik_grad = _mean_and_grad(delta, likelihood_batches(
+                kl, kl_grad = mean_and_grad(delta, kl_batches(model, tokenizer, rows, base, MAX_BATCH))
+                lik, lik_grad = mean_and_grad(delta, likelihood_batches(
                     model, tokenizer, refusals, batch_size=MAX_BATCH, formatting=formatting))
                 history.append((kl, lik))
                 value = loss((kl, lik), history[0])
@@ -113,7 +136,7 @@ class Learned:
     low_rank = True
 
     def make(self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, **params: Any) -> Cut:
-        from ..selecting import original_refusals
+        from ..direction.selecting import original_refusals
 
         start = layer_bases(direction, arch.d_model(model), arch.num_layers(model))[0, 0]
         refusals = params.get("refusals") or original_refusals(model, tokenizer, list(inputs.harmful),

@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from ..cutspec import CutSpec
-from ..cutting import Cut
+from ..edit.cutting import Cut
+from .cutspec import CutSpec
 from .protocol import Inputs
 
 

@@ -1,7 +1,7 @@
 """The default's rule: damage at a refusal level, not refusals under a loose damage cap.
 
 Every candidate cut (a layer's direction, an edit method and its settings) is scored on
-held-back prompts only (:mod:`vauban.selecting`: refusal score ``r`` = mean probability of
+held-back prompts only (:mod:`vauban.direction.selecting`: refusal score ``r`` = mean probability of
 opening with the original's own refusal on held-back harmful prompts the original refuses;
 damage ``k`` = first-token KL on held-back harmless prompts). The rule:
 
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import VaubanError
+from ..core.errors import VaubanError
 
 TOLERANCE = 0.01  # refusal likelihood within this of the best counts as the same refusal level
 

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import arch
-from ..cutting import Cut, layer_weights, original_weights
-from ..results import check_alpha
+from ..core.errors import check_alpha
+from ..edit.cutting import Cut, layer_weights, original_weights
+from ..model import arch
 from .protocol import GivenCut, Inputs, TensorPlan
 
 
@@ -74,7 +74,7 @@ class LeakFree:
     low_rank = False
 
     def make(self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, **params: Any) -> Cut:
-        """``params``: those of :func:`vauban.cutting.cut` (``alpha``, ``layers``, ``attention``, ``mlp``)."""
+        """``params``: :func:`vauban.edit.cutting.cut`'s ``alpha``, ``layers``, ``attention``, ``mlp``."""
         n = arch.num_layers(model)
         layers = list(range(n)) if params.get("layers") is None else [int(i) for i in params["layers"]]
         template = Cut(model, direction, check_alpha(params.get("alpha", 1.0)), layers, False,

@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from conftest import HARMFUL, HARMLESS, build_model
-from vauban import VaubanError, arch, measure
-from vauban.cutting import active_cuts, cut, original_weights
-from vauban.methods_new import METHODS, Inputs, get_method, leak, low_rank_factors, rank
-from vauban.methods_new.capture import writer_inputs
-from vauban.methods_new.leak import leak_free_plan
-from vauban.methods_new.preserving import solve
+from vauban import VaubanError, measure
+from vauban.edit.cutting import active_cuts, cut, original_weights
+from vauban.methods.capture import writer_inputs
+from vauban.methods.leak import leak, leak_free_plan
+from vauban.methods.preserving import solve
+from vauban.methods.protocol import Inputs, low_rank_factors, rank
+from vauban.methods.registry import METHODS, get_method
+from vauban.model import arch
 
 TYPES = ["qwen2", "gemma2", "gpt2"]
 
@@ -135,8 +137,8 @@ def test_leak_free_plan_keeps_every_written_vector_norm():
 
 @pytest.mark.parametrize("kind", ["qwen2", "gemma2"])
 def test_learned_direction_hooks_equal_the_plain_cut_and_the_direction_moves(measured, tokenizer, kind):
-    from vauban.divergence import first_token_logprobs
-    from vauban.methods_new.learned import directed, learn
+    from vauban.methods.learned import directed, learn
+    from vauban.runtime.scoring import first_token_logprobs
 
     model, direction = measured[kind]
     ids = torch.tensor([[5, 17, 42, 99, 7]])

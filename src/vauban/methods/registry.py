@@ -1,7 +1,7 @@
-"""Edit methods behind one protocol (:mod:`.protocol`), one module per kind, found by name.
+"""Edit methods found by name: one module per kind, each behind :class:`.protocol.EditMethod`.
 
-- ``plain``, ``projected``, ``norm_preserving``, ``per_layer``, ``subspace``: today's cut
-  variants (:mod:`.classic`), any of them with per-layer kernels through ``attention``/``mlp``;
+- ``plain``, ``projected``, ``norm_preserving``, ``per_layer``, ``subspace``: the cut variants of
+  :mod:`.cutspec` (:mod:`.classic`), any of them with per-layer kernels (``attention``/``mlp``);
 - ``harmless_preserving``: the least-squares edit that keeps harmless outputs (:mod:`.preserving`);
 - ``norm_preserving_leak_free``: the norm-preserving cut without its leak (:mod:`.leak`);
 - ``learned``: the direction moved by gradient for refusal likelihood and KL (:mod:`.learned`).
@@ -9,17 +9,14 @@
 
 from __future__ import annotations
 
-from ..errors import VaubanError
+from ..core.errors import VaubanError
 from .classic import VARIANTS
-from .leak import LeakFree, leak
+from .leak import LeakFree
 from .learned import Learned
 from .preserving import HarmlessPreserving
-from .protocol import EditMethod, GivenCut, Inputs, TensorPlan, low_rank_factors, rank
+from .protocol import EditMethod
 
 METHODS: dict[str, EditMethod] = {m.name: m for m in (*VARIANTS, HarmlessPreserving(), LeakFree(), Learned())}
-
-__all__ = ["METHODS", "EditMethod", "GivenCut", "Inputs", "TensorPlan", "get_method", "leak",
-           "low_rank_factors", "rank"]
 
 
 def get_method(name: str) -> EditMethod:

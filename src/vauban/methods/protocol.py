@@ -1,14 +1,14 @@
 """One protocol for edit methods: (model, prompt sets, measured direction) → an exact, reversible edit.
 
 An edit method is any object with a ``name``, a ``low_rank`` flag and ``make(model, tokenizer,
-direction, inputs, **params)`` returning an applied :class:`vauban.cutting.Cut`: the value that
-``abliterate``, ``optimize``, ``evaluate``, exports and :func:`vauban.cutting.original_weights`
+direction, inputs, **params)`` returning an applied :class:`vauban.edit.cutting.Cut`: the value that
+``abliterate``, ``optimize``, ``evaluate``, exports and :func:`vauban.edit.cutting.original_weights`
 already handle, undone bit for bit by ``.undo()``. Today's variants (plain, projected,
-norm-preserving, per-layer, subspace, kernels) return a plain :class:`~vauban.cutting.Cut`; the
+norm-preserving, per-layer, subspace, kernels) return a plain :class:`~vauban.edit.cutting.Cut`; the
 methods whose edit is not ``W - a·Q Qᵀ W`` return a :class:`GivenCut`, whose every tensor edit is
 ``W - a·R Q`` along the residual axis with ``R`` computed by the method (then an optional rescale
 of each written vector), applied and undone by the same arithmetic and fix-ups as every cut
-(:mod:`vauban.editing`). Without the rescale the change of each tensor is ``-a·Qᵀ Rᵀ``: rank ``k``
+(:mod:`vauban.edit.editing`). Without the rescale the change of each tensor is ``-a·Qᵀ Rᵀ``: rank ``k``
 (the rows of ``Q``), exported as a LoRA pair by :func:`low_rank_factors`.
 """
 
@@ -22,9 +22,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .. import arch
-from ..cutting import _ACTIVE, Cut
-from ..editing import (
+from ..core.errors import VaubanError
+from ..edit.cutting import _ACTIVE, Cut
+from ..edit.editing import (
     Edit,
     Work,
     check_float,
@@ -34,8 +34,8 @@ from ..editing import (
     reapply_edit,
     unchanged,
 )
-from ..errors import VaubanError
-from ..formatting import Formatting
+from ..model import arch
+from ..text.formatting import Formatting
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def apply_plan(plan: TensorPlan) -> Edit:
 
 
 class GivenCut(Cut):
-    """A :class:`~vauban.cutting.Cut` whose tensor edits a method computed (:class:`TensorPlan`):
+    """A :class:`~vauban.edit.cutting.Cut` whose tensor edits a method computed (:class:`TensorPlan`):
     stacks, undoes and re-applies like every cut."""
 
     def __init__(self, model: nn.Module, plans: Sequence[TensorPlan], method: str,
@@ -121,7 +121,7 @@ class GivenCut(Cut):
 
     def tensor_edits(self) -> list[Any]:
         raise VaubanError(f"the {self.method} edit is not W - a·Q Qᵀ W; export it as safetensors "
-                          "(or lora when it is low-rank, vauban.methods_new.low_rank_factors)")
+                          "(or lora when it is low-rank, vauban.methods.protocol.low_rank_factors)")
 
     def apply(self) -> GivenCut:
         if self.applied:

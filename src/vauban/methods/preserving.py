@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import arch
-from ..activations import model_device
-from ..cutting import Cut, layer_bases, writer_basis
+from ..edit.cutting import Cut, layer_bases, writer_basis
+from ..model import arch
+from ..runtime.activations import model_device
 from .capture import MAX_ROWS, writer_inputs
 from .protocol import GivenCut, Inputs, TensorPlan
 
