@@ -155,3 +155,46 @@ def test_learned_direction_hooks_equal_the_plain_cut_and_the_direction_moves(mea
     assert found.norm() == pytest.approx(1.0, abs=1e-5)
     assert (found - direction.direction / direction.direction.norm()).norm() > 1e-3
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_default_rule_takes_the_lowest_kl_within_the_tolerance_of_the_best_refusal():
+    from vauban.methods.default import TOLERANCE, Candidate, choose_by_damage
+
+    cands = [Candidate("a", 0.001, 0.09), Candidate("b", 0.001 + TOLERANCE / 2, 0.02),
+             Candidate("c", 0.001 + 2 * TOLERANCE, 0.001)]
+    assert choose_by_damage(cands).name == "b"
+    with pytest.raises(VaubanError, match="no candidate"):
+        choose_by_damage([])
+
+
+def test_default_cut_scores_every_candidate_and_undoes(measured, tokenizer, monkeypatch):
+    import dataclasses
+
+    import vauban.direction.selecting as selecting
+    import vauban.methods.choosing as choosing
+    from vauban.direction.results import LayerEffect
+
+    model, direction = measured["qwen2"]
+    effects = tuple(LayerEffect(layer, 0.001 * layer, 0.1 / (layer + 1)) for layer in range(4))
+    direction = dataclasses.replace(direction, effects=effects, layer_index=1)
+    monkeypatch.setattr(selecting, "original_refusals",
+                        lambda m, t, p, **k: [(x, "I'm sorry, no.") for x in p])
+    monkeypatch.setattr(choosing, "KEEPS", (1.0,))
+    monkeypatch.setattr(choosing, "SUBSPACE_KS", (2,))
+    monkeypatch.setattr(choosing, "LEARN_STEPS", 1)
+    before = snapshot(model)
+    applied, chosen = choosing.default_cut(model, tokenizer, direction, HARMFUL * 2, HARMLESS * 2)
+    assert active_cuts(model) == [applied] and chosen.settings["method"] in METHODS
+    applied.undo()
+    assert same_bits(model, before)
+
+
+def test_abliterate_auto_on_a_model_with_no_refusals_is_the_plain_cut(measured, tokenizer, tmp_path):
+    from vauban.quick import abliterate
+
+    model, direction = measured["qwen2"]
+    before = snapshot(model)
+    abliterate(model, tokenizer, output_dir=tmp_path / "out", direction=direction, method="auto")
+    assert same_bits(model, before) and (tmp_path / "out" / "config.json").is_file()
+    with pytest.raises(VaubanError, match="method must be plain or auto"):
+        abliterate(model, tokenizer, output_dir=tmp_path / "x", direction=direction, method="nope")

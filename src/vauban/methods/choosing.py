@@ -89,7 +89,10 @@ def default_cut(model: nn.Module, tokenizer: Any, direction: Any, harmful: Seque
     default, so its held-back prompts are the last quarter of ``harmful`` and ``harmless``, at most
     24); the edits fitted on the rest."""
     from ..direction.selecting import split
+    from ..edit.cutting import cut
 
+    if not direction.effects:  # chosen by geometry (no refusals to measure effects on): the plain cut
+        return cut(model, direction), Candidate("plain", float("nan"), float("nan"), {"method": "plain"})
     fit_harmful, held_harmful = split(harmful)
     fit_harmless, held_harmless = split(harmless)
     inputs = Inputs(fit_harmful, fit_harmless, formatting=direction.formatting)
