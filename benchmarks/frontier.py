@@ -221,7 +221,7 @@ def report(model: Any, tokenizer: Any, select_row: dict, only: list[str] | None)
         say(f"{name}: {sum(row['refusal']['refused_rows'])}/100 refused ({row['seconds']} s)")
 
 
-def capability(model: Any, tokenizer: Any, select_row: dict, problems: int) -> None:
+def capability(model: Any, tokenizer: Any, select_row: dict, problems: int, which: list[str] | None) -> None:
     """Stage ``capability``: GSM8K and HumanEval for the original and the new default."""
     from demo_inputs import SHARED
     from vauban.capability.gsm8k import GSM8K
@@ -229,7 +229,7 @@ def capability(model: Any, tokenizer: Any, select_row: dict, problems: int) -> N
 
     found = direction(model, tokenizer)
     for name, settings in (("original", None), ("default_new", select_row["default"]["settings"])):
-        if read(f"capability_{name}"):
+        if read(f"capability_{name}") or (which and name not in which):
             continue
         checks = [GSM8K(SHARED / "gsm8k" / "test.jsonl", limit=problems),
                   HumanEval(SHARED / "humaneval" / "HumanEval.jsonl.gz", limit=problems,
@@ -319,6 +319,7 @@ def main() -> None:
     parser.add_argument("stage", choices=("select", "report", "capability", "gather", "all"))
     parser.add_argument("--only", nargs="*", help="report: only these rows (names of evaluated())")
     parser.add_argument("--problems", type=int, default=50)
+    parser.add_argument("--which", nargs="*", help="capability: only these models (original, default_new)")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     if args.stage == "gather":
@@ -332,7 +333,7 @@ def main() -> None:
     if args.stage in ("report", "all"):
         report(model, tokenizer, row, args.only)
     if args.stage in ("capability", "all"):
-        capability(model, tokenizer, row, args.problems)
+        capability(model, tokenizer, row, args.problems, args.which)
     gather(row)
 
 
