@@ -4,6 +4,8 @@ leak-free norm-preserving edit keeps norms without putting the direction back.""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -198,3 +200,42 @@ def test_abliterate_auto_on_a_model_with_no_refusals_is_the_plain_cut(measured, 
     assert same_bits(model, before) and (tmp_path / "out" / "config.json").is_file()
     with pytest.raises(VaubanError, match="method must be plain or auto"):
         abliterate(model, tokenizer, output_dir=tmp_path / "x", direction=direction, method="nope")
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "gemma2"])
+def test_harmless_preserving_exports_as_a_rank_one_lora_equal_to_it(measured, tokenizer, tmp_path, kind):
+    import warnings
+
+    pytest.importorskip("peft")
+    from peft import PeftModel
+
+    from vauban.exports.exporting import export
+
+    model, direction = measured[kind]
+    ids = torch.tensor([[5, 17, 42, 99, 7, 12]])
+    with get_method("harmless_preserving").make(model, tokenizer, direction, Inputs(HARMFUL, HARMLESS)):
+        with torch.no_grad():
+            merged = model(ids).logits
+        export(model, tokenizer, tmp_path / "adapter", format="lora")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapted = PeftModel.from_pretrained(build_model(kind), tmp_path / "adapter")
+    with torch.no_grad():
+        got = adapted(ids).logits
+        original = build_model(kind)(ids).logits
+    assert (got - merged).abs().max() < 2e-5 * merged.abs().max()
+    assert (original - merged).abs().max() > 1e-4  # the edit did something
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == 1
+
+
+def test_a_method_edit_redone_on_a_copy_of_the_weights_is_the_edit(measured, tokenizer):
+    from vauban.edit.cutting import redo
+
+    model, direction = measured["qwen2"]
+    before = snapshot(model)
+    for name, params in (("harmless_preserving", {}), ("norm_preserving_leak_free", {"alpha": 0.6})):
+        inputs = Inputs(HARMFUL, HARMLESS)
+        with get_method(name).make(model, tokenizer, direction, inputs, **params) as applied:
+            now = dict(model.named_parameters())
+            for edit in applied.tensor_edits():
+                assert torch.allclose(redo(before[edit.name], edit), now[edit.name], atol=1e-5)

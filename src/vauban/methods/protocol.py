@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..core.errors import VaubanError
-from ..edit.cutting import _ACTIVE, Cut
+from ..edit.cutting import _ACTIVE, Cut, TensorEdit
 from ..edit.editing import (
     Edit,
     Work,
@@ -119,9 +119,11 @@ class GivenCut(Cut):
         return {"method": self.method, **self.settings, "layers": self.layers,
                 "edited_tensors": len(self._plans), "rank": rank(self)}
 
-    def tensor_edits(self) -> list[Any]:
-        raise VaubanError(f"the {self.method} edit is not W - a·Q Qᵀ W; export it as safetensors "
-                          "(or lora when it is low-rank, vauban.methods.protocol.low_rank_factors)")
+    def tensor_edits(self) -> list[TensorEdit]:
+        """Every tensor's edit with its ``R`` (and rescale factors): what exporters redo elsewhere."""
+        return [TensorEdit(p.name, p.axis, p.alpha, p.basis.float().cpu(), p.factors is not None,
+                           p.removed.float().cpu(), None if p.factors is None else p.factors.float().cpu())
+                for p in self._plans]
 
     def apply(self) -> GivenCut:
         if self.applied:
