@@ -308,7 +308,32 @@ def gather(select_row: dict) -> dict:
         out["new_minus_old_default"] = paired(rows["default_new"], rows["default_old"])
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     say(f"wrote {RESULTS}")
+    print(table(out))
     return out
+
+
+def fmt(cell: list[float] | None, digits: int) -> str:
+    """``value [low, high]``, or a dash."""
+    if not cell:
+        return "–"
+    value, low, high = cell
+    if digits == 0:
+        return f"{value:.0f} [{low:.0f}, {high:.0f}]"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def table(out: dict) -> str:
+    """The README's frontier table (markdown) from a ``frontier_demo.json`` dict."""
+    lines = ["| cut | settings | refused /100 | first-token KL | 64-token KL | perplexity "
+             "| over-refusals /48 | rank | s |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, row in sorted(out["rows"].items(), key=lambda kv: (kv[0] != "original", kv[1]["refusals"][0],
+                                                                  (kv[1].get("first_token_kl") or [0])[0])):
+        settings = {k: v for k, v in (row.get("settings") or {}).items() if k != "trial"}
+        lines.append(f"| {name} | {json.dumps(settings) if settings else ''} | {fmt(row['refusals'], 0)} | "
+                     f"{fmt(row.get('first_token_kl'), 4)} | {fmt(row.get('kl_64_tokens'), 4)} | "
+                     f"{fmt(row.get('perplexity'), 2)} | {fmt(row['over_refusals'], 0)} | "
+                     f"{row.get('rank', '–')} | {row['seconds']:.0f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
