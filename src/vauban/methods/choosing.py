@@ -4,7 +4,7 @@ the one chosen by :func:`.default.choose_by_damage`.
 Candidates (:func:`candidate_settings`): the plain cut at each layer ``measure`` scored by effect
 (their scores are reused, not measured again); at the layers whose plain score is within the
 tolerance of the best, and at the layer ``measure`` chose, the harmless-preserving edit for each
-λ of :data:`KEEPS`, the projected and the norm-preserving cut; the subspaces of
+λ of :data:`KEEPS`; at ``measure``'s layer the projected and the norm-preserving cut; the subspaces of
 :data:`SUBSPACE_KS` directions at ``measure``'s layer (``k`` chosen by effect, like the rest); the
 learned direction at that layer. Each is applied, scored (refusal likelihood on the held-back
 harmful prompts the original refuses, first-token KL on the held-back harmless ones) and undone.
@@ -34,7 +34,7 @@ def candidate_settings(direction: Any) -> list[dict[str, Any]]:
                     | {direction.layer_index})
     out: list[dict[str, Any]] = [{"method": "harmless_preserving", "layer": layer, "keep": keep}
                                  for layer in layers for keep in KEEPS]
-    out += [{"method": m, "layer": layer} for layer in layers for m in ("projected", "norm_preserving")]
+    out += [{"method": m, "layer": direction.layer_index} for m in ("projected", "norm_preserving")]
     out += [{"method": "subspace", "k": k} for k in SUBSPACE_KS]
     out += [{"method": "learned", "layer": direction.layer_index, "steps": LEARN_STEPS}]
     return out
