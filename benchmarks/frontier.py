@@ -183,8 +183,8 @@ def answers(model: Any, tokenizer: Any, prompts: list[str], prompt_set: str) -> 
 def evaluated(select_row: dict) -> dict[str, dict]:
     """What the report stage measures, most wanted first: name → settings (None: the original)."""
     picks = select_row["picks"]
-    out: dict[str, dict | None] = {"original": None, "default_new": select_row["default"]["settings"],
-                                   "default_old": select_row["old_default"]}
+    out: dict[str, dict | None] = {"default_new": select_row["default"]["settings"],
+                                   "default_old": select_row["old_default"], "original": None}
     out |= {f"best_{m}": p["settings"] for m, p in picks.items()}
     out |= {"trial5_norm_preserving": {"method": "norm_preserving", "trial": TRIAL5},
             "trial5_leak_free": {"method": "norm_preserving_leak_free", "trial": TRIAL5}}
