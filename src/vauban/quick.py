@@ -29,7 +29,7 @@ from .model.mlx_format import is_mlx_model, mlx_model_to_torch
 from .search.optimizing import optimize as _optimize
 from .search.trials import OptimizeResult
 from .text.formatting import Formatting
-from .text.prompts import Prompts
+from .text.prompts import Prompts, load_prompts
 
 __all__ = ["abliterate", "evaluate", "load", "measure_direction", "optimize", "probe_prompt", "steer_prompt"]
 
@@ -116,6 +116,7 @@ def abliterate(
     quant: str | None = None,
     dtype: str | torch.dtype | None = None,
     formatting: Formatting | None = None,
+    method: str = "plain",
 ) -> DirectionResult:
     """Measure the direction (unless given), cut it from every layer, export to ``output_dir``
     in ``format`` (``safetensors``, ``gguf``, ``lora``, ``mlx``; ``quant`` and ``dtype``: see
@@ -125,15 +126,26 @@ def abliterate(
     then undone bit for bit, so ``model`` stays the original for evaluation and steering.
     ``model_path`` only labels the export (the model remembers where it was loaded from).
     ``formatting`` (:mod:`vauban.text.formatting`) formats the measurement's prompts; the export's
-    ``vauban.json`` records it.
+    ``vauban.json`` records it. ``method="auto"``: the cut chosen by damage at a refusal level
+    among layers, edit methods and settings (:mod:`vauban.methods.choosing`, ``docs/methods.md``;
+    ``alpha``, ``layers`` and ``embeddings`` are then the chosen candidate's).
     """
     torch_model, tokenizer = as_torch(model), as_hf_tokenizer(tokenizer)
+    if method not in ("plain", "auto"):
+        raise VaubanError(f"method must be plain or auto, got {method!r}")
     out = check_output_dir(output_dir, overwrite)
     check_options(format, quant)
     if direction is None:
         direction = measure_direction(torch_model, tokenizer, harmful, harmless, formatting=formatting)
     source = str(model_path) if model_path is not None else model_label(torch_model)
-    with cut(torch_model, direction, alpha=alpha, layers=layers, embeddings=embeddings) as applied:
+    if method == "auto":
+        from .methods.choosing import default_cut
+
+        applied, _ = default_cut(torch_model, tokenizer, direction, load_prompts(harmful or "harmful"),
+                                 load_prompts(harmless or "harmless"))
+    else:
+        applied = cut(torch_model, direction, alpha=alpha, layers=layers, embeddings=embeddings)
+    with applied:
         record = cut_record(source, applied, direction)
         export(torch_model, tokenizer, out, direction=direction, record=record, overwrite=overwrite,
                format=format, quant=quant, dtype=dtype)

@@ -56,6 +56,7 @@ from torch import nn
 from ..core.errors import VaubanError, check_alpha, check_layer
 from ..model import arch
 from .editing import Edit, apply_edit, apply_fused, fusable, reapply_edit, unchanged, undo_edit
+from .editing import edited as edited_tensor
 from .vectors import unit_vector
 
 
@@ -113,13 +114,30 @@ class TensorEdit:
     ``basis`` (``k × d``, float32, already gain-adjusted for post-norm writers), followed by
     the norm-preserving rescale when ``norm_preserving`` (see
     :func:`vauban.edit.editing.edited`). ``name`` is the parameter's name in
-    ``model.named_parameters()``."""
+    ``model.named_parameters()``. An edit method whose change is not that formula
+    (:mod:`vauban.methods`) gives ``removed``: the edit is ``W' = (W - alpha·R Q)·f`` with this
+    ``R`` (residual axis last, ``(..., k)``) and ``f`` the per-vector ``factors`` (or 1), see
+    :func:`redo`."""
 
     name: str
     axis: int
     alpha: float
     basis: torch.Tensor
     norm_preserving: bool
+    removed: torch.Tensor | None = None
+    factors: torch.Tensor | None = None
+
+
+def redo(w: torch.Tensor, edit: TensorEdit) -> torch.Tensor:
+    """``edit`` applied to a copy of ``w`` (float32): the formula of :class:`TensorEdit`, computed in
+    float64, for exporters that redo a cut on other copies of the weights (a GGUF file's)."""
+    if edit.removed is None:
+        return edited_tensor(w.float(), edit.axis, edit.basis, edit.alpha, edit.norm_preserving)
+    view = w.double().movedim(edit.axis, -1)
+    new = view - edit.alpha * edit.removed.double().to(w.device) @ edit.basis.double().to(w.device)
+    if edit.factors is not None:
+        new = new * edit.factors.double().to(w.device)
+    return new.movedim(-1, edit.axis).float().contiguous()
 
 
 def orthonormal(rows: torch.Tensor) -> torch.Tensor:

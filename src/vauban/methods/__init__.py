@@ -1,3 +1,6 @@
 """Layer 7: ways to act on a measured direction — cut specifications (per-layer, kernels,
-subspaces, reproduced trials) and run-time steering.
+subspaces, reproduced trials), run-time steering, and the edit methods: one protocol
+(:mod:`.protocol`: model, prompt sets, direction → an exact, reversible edit), one module per
+method, found by name (:mod:`.registry`), and the default's rule (:mod:`.default`,
+:mod:`.choosing`). See ``docs/methods.md``.
 """

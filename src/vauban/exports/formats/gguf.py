@@ -32,8 +32,7 @@ import numpy as np
 import torch
 
 from ...core.errors import VaubanError
-from ...edit.cutting import TensorEdit, active_cuts
-from ...edit.editing import edited
+from ...edit.cutting import TensorEdit, active_cuts, redo
 from ...model.demo import assemble_demo_gguf
 from ...model.loading import ModelSource, cache_dir, check_gguf
 from . import llamacpp
@@ -96,7 +95,7 @@ def patch(job: ExportJob, source: Path, folder: Path) -> dict[str, Any]:
                 raise VaubanError(f"GGUF tensor {tensor.name} has shape {tuple(original.shape)} but "
                                   f"{edit.name} has {tuple(params[edit.name].shape)}; this GGUF's layout "
                                   "is not supported for patching: export --format safetensors")
-            new = edited(original, edit.axis, edit.basis, edit.alpha, edit.norm_preserving)
+            new = redo(original, edit)
             qtype = forced if forced is not None else gguf.GGMLQuantizationType(int(tensor.tensor_type))
             replaced[tensor.name] = (int(qtype), quantize(new.numpy(), qtype, tensor.name, child))
             types[qtype.name] += 1

@@ -63,14 +63,16 @@ def write(job: ExportJob, folder: Path) -> dict[str, Any]:
             module = modules.get(module_name)
             w = params[edit.name].detach()
             q = edit.basis.to(w.device)  # (k, d), rows orthonormal
+            given = None if edit.removed is None else edit.removed.to(w.device).float()  # an edit method's R
             if kind == "bias":
-                tensors[f"{_PREFIX}{module_name}.lora_B.bias"] = -edit.alpha * (q.T @ (q @ w.float()))
+                along = q @ w.float() if given is None else given
+                tensors[f"{_PREFIX}{module_name}.lora_B.bias"] = -edit.alpha * (q.T @ along)
                 continue
             if w.dim() != 2 or module is None:
                 raise VaubanError(f"{edit.name} is not a 2-D weight of a module (fused experts?); "
                                   "PEFT adapters cover linear and embedding layers: export "
                                   "--format safetensors or gguf")
-            removed = w.float().movedim(edit.axis, -1) @ q.T  # (n, k): A = Qᵀ·W, transposed
+            removed = w.float().movedim(edit.axis, -1) @ q.T if given is None else given  # (n, k): Aᵀ
             b = -edit.alpha * q.T  # (d, k)
             key = f"{_PREFIX}{module_name}"
             if isinstance(module, nn.Embedding):

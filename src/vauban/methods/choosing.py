@@ -1,0 +1,101 @@
+"""The default cut: every candidate (layer × edit method × settings) scored on held-back prompts,
+the one chosen by :func:`.default.choose_by_damage`.
+
+Candidates (:func:`candidate_settings`): the plain cut at each layer ``measure`` scored by effect
+(their scores are reused, not measured again); at the layers whose plain score is within the
+tolerance of the best, and at the layer ``measure`` chose, the harmless-preserving edit for each
+λ of :data:`KEEPS`; at ``measure``'s layer the projected and the norm-preserving cut; the subspaces of
+:data:`SUBSPACE_KS` directions at ``measure``'s layer (``k`` chosen by effect, like the rest); the
+learned direction at that layer. Each is applied, scored (refusal likelihood on the held-back
+harmful prompts the original refuses, first-token KL on the held-back harmless ones) and undone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from ..edit.cutting import Cut
+from .default import TOLERANCE, Candidate, choose_by_damage
+from .protocol import Inputs
+
+KEEPS = (0.3, 1.0, 3.0)  # λ of the harmless-preserving edit tried at each candidate layer
+SUBSPACE_KS = (2, 3)
+LEARN_PROMPTS, LEARN_STEPS = 32, 4  # the learned direction's fit (each step: backward passes)
+
+
+def candidate_settings(direction: Any) -> list[dict[str, Any]]:
+    """Every candidate's settings beyond the plain cuts ``measure`` already scored (module docstring)."""
+    best = min(e.refusal for e in direction.effects)
+    layers = sorted({e.layer for e in direction.effects if e.refusal <= best + TOLERANCE}
+                    | {direction.layer_index})
+    out: list[dict[str, Any]] = [{"method": "harmless_preserving", "layer": layer, "keep": keep}
+                                 for layer in layers for keep in KEEPS]
+    out += [{"method": m, "layer": direction.layer_index} for m in ("projected", "norm_preserving")]
+    out += [{"method": "subspace", "k": k} for k in SUBSPACE_KS]
+    out += [{"method": "learned", "layer": direction.layer_index, "steps": LEARN_STEPS}]
+    return out
+
+
+def build(model: nn.Module, tokenizer: Any, direction: Any, settings: dict[str, Any], inputs: Inputs,
+          captured: Any = None) -> Cut:
+    """The applied cut of one candidate's ``settings`` (``method``, ``layer`` and the method's own)."""
+    from .registry import get_method
+
+    s = dict(settings)
+    name = s.pop("method")
+    at = direction.at_layer(s.pop("layer")) if "layer" in s else direction
+    if name == "subspace":
+        return get_method(name).make(model, tokenizer, at, inputs, subspace=s.pop("k"))
+    if name == "learned":  # a backward pass per prompt and step: fitted on a few of each set
+        few = Inputs(inputs.harmful[:LEARN_PROMPTS], inputs.harmless[:LEARN_PROMPTS], inputs.formatting)
+        return get_method(name).make(model, tokenizer, at, few, **s)
+    if name == "harmless_preserving":
+        return get_method(name).make(model, tokenizer, at, inputs, captured=captured, **s)
+    return get_method(name).make(model, tokenizer, at, inputs, **s)
+
+
+def score_all(model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, held_harmful: Sequence[str],
+              held_harmless: Sequence[str], log: Callable[[str], None] | None = None) -> list[Candidate]:
+    """Every candidate with its held-back refusal score and first-token KL; the model ends unchanged."""
+    from ..direction.selecting import original_refusals
+    from ..runtime.scoring import first_token_logprobs, kl_divergence, refusal_likelihood
+    from .preserving import capture
+
+    fmt = inputs.formatting
+    refusals = original_refusals(model, tokenizer, list(held_harmful), formatting=fmt)
+    base = first_token_logprobs(model, tokenizer, list(held_harmless), None, fmt)
+    captured = capture(model, tokenizer, inputs)
+    scored = [Candidate(f"plain@{e.layer}", e.refusal, e.kl, {"method": "plain", "layer": e.layer})
+              for e in direction.effects]
+    for settings in candidate_settings(direction):
+        start = time.perf_counter()
+        with build(model, tokenizer, direction, settings, inputs, captured):
+            kl = kl_divergence(base, first_token_logprobs(model, tokenizer, list(held_harmless), None, fmt))
+            score = refusal_likelihood(model, tokenizer, refusals, 8, None, fmt)
+        name = "@".join(str(v) for v in settings.values())
+        scored.append(Candidate(name, score, kl, settings))
+        if log is not None:
+            log(f"{name}: refusal score {score:.4f}, KL {kl:.4f} ({time.perf_counter() - start:.0f} s)")
+    return scored
+
+
+def default_cut(model: nn.Module, tokenizer: Any, direction: Any, harmful: Sequence[str],
+                harmless: Sequence[str], log: Callable[[str], None] | None = None) -> tuple[Cut, Candidate]:
+    """The default cut, applied, and its candidate: ``direction`` measured by effect (``measure``'s
+    default, so its held-back prompts are the last quarter of ``harmful`` and ``harmless``, at most
+    24); the edits fitted on the rest."""
+    from ..direction.selecting import split
+    from ..edit.cutting import cut
+
+    if not direction.effects:  # chosen by geometry (no refusals to measure effects on): the plain cut
+        return cut(model, direction), Candidate("plain", float("nan"), float("nan"), {"method": "plain"})
+    fit_harmful, held_harmful = split(harmful)
+    fit_harmless, held_harmless = split(harmless)
+    inputs = Inputs(fit_harmful, fit_harmless, formatting=direction.formatting)
+    scored = score_all(model, tokenizer, direction, inputs, held_harmful, held_harmless, log)
+    chosen = choose_by_damage(scored)
+    return build(model, tokenizer, direction, chosen.settings, inputs), chosen

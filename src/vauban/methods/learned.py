@@ -1,0 +1,148 @@
+"""A learned direction: the cut's direction itself moved by gradient to lower refusal likelihood
+and KL together, as :mod:`vauban.search.refining` does for per-writer weights.
+
+The cut of a unit direction ``u`` turns each writer's output ``y`` into ``y - (uᵀy)·u`` exactly
+(through a post-norm's gain ``g``: ``u ∝ g ⊙ u``), so forward hooks give the cut model as a smooth
+function of ``u = (d₀ + δ)/‖d₀ + δ‖`` with no copy of any weight. ``δ`` starts at 0 (the measured
+direction) and takes Adam steps on refine's loss (the smooth maximum of KL and refusal likelihood
+as ratios to the measured direction's values, :func:`loss`); the step with the
+lowest loss wins, and the result is a plain cut (``W - u uᵀ W``, rank 1) of the learned direction.
+Fitted on the method's own prompt sets: the original's refusals of its harmful prompts (short
+greedy answers) and first-token KL on its harmless prompts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..edit.cutting import Cut, cut, layer_bases
+from ..model import arch
+from ..runtime.activations import model_device
+from ..runtime.scoring import first_token_logprobs, forced, kl_batches, likelihood_batches
+from .protocol import Inputs
+
+STEPS = 8
+LR = 0.02  # in units of the direction's norm (1)
+MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch
+SHARPNESS = 20.0  # τ of the smooth maximum, as vauban.search.refining's
+FLOOR = 1e-12  # objectives at or below this count as 0
+
+
+def ratios(point: tuple[float, float], reference: tuple[float, float]) -> torch.Tensor:
+    """``(KL, likelihood)`` as ratios to the reference point's (floored) values."""
+    return torch.tensor([max(v, FLOOR) / max(r, FLOOR) for v, r in zip(point, reference, strict=True)])
+
+
+def loss(point: tuple[float, float], reference: tuple[float, float]) -> float:
+    """The smooth maximum of :func:`ratios` (the loss of :mod:`vauban.search.refining`)."""
+    return float(torch.logsumexp(SHARPNESS * ratios(point, reference), 0)) / SHARPNESS
+
+
+def mean_and_grad(leaf: torch.Tensor,
+                  parts: Iterator[tuple[int, torch.Tensor]]) -> tuple[float, torch.Tensor]:
+    """Mean of per-batch sums and its gradient in ``leaf``, one backward pass per batch."""
+    leaf.grad = None
+    total, count = 0.0, 0
+    for rows, part in parts:
+        part.backward()
+        total, count = total + float(part.detach()), count + rows
+    grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+    return total / max(count, 1), grad / max(count, 1)
+
+
+def writer_module(model: nn.Module, writer: arch.ResidualWriter) -> nn.Module:
+    """The module whose output is what ``writer`` adds (a linear layer, or a bare parameter's owner)."""
+    try:
+        return model.get_submodule(writer.name)
+    except AttributeError:
+        return model.get_submodule(writer.name.rsplit(".", 1)[0])
+
+
+@contextlib.contextmanager
+def directed(model: nn.Module, raw: Callable[[], torch.Tensor]) -> Iterator[None]:
+    """While open, every writer's output loses its component along ``raw() / ‖raw()‖`` (called at
+    each forward, so differentiable in what ``raw`` reads; post-norm writers through their gain)."""
+    device = model_device(model)
+    handles, seen = [], set()
+    try:
+        for w in arch.residual_writers(model):
+            module = writer_module(model, w)
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            gain = None if w.post_norm is None else arch.norm_gain(w.post_norm, arch.d_model(model), device)
+
+            def hook(_m: nn.Module, _a: Any, y: torch.Tensor,
+                     gain: torch.Tensor | None = gain) -> torch.Tensor:
+                u = raw().to(y.device)
+                u = u if gain is None else gain.to(y.device) * u
+                u = (u / u.norm()).to(y.dtype)
+                return y - (y @ u).unsqueeze(-1) * u
+
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def learn(model: nn.Module, tokenizer: Any, start: torch.Tensor, harmless: Sequence[str],
+          base: Sequence[torch.Tensor], refusals: Sequence[tuple[str, str]], *, steps: int = STEPS,
+          lr: float = LR, formatting: Any = None) -> tuple[torch.Tensor, list[tuple[float, float]]]:
+    """The learned unit direction and the ``(KL, likelihood)`` of every step (step 0: ``start``);
+    the model's weights are never touched."""
+    d0 = (start.float() / start.float().norm()).detach()
+    delta = torch.zeros_like(d0, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=lr)
+    rows = forced(tokenizer, harmless, formatting=formatting, prompt_set="harmless")
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    history: list[tuple[float, float]] = []
+    best: tuple[float, torch.Tensor] | None = None
+    try:
+        with directed(model, lambda: d0 + delta):
+            for step in range(steps + 1):
+                kl, kl_grad = mean_and_grad(delta, kl_batches(model, tokenizer, rows, base, MAX_BATCH))
+                lik, lik_grad = mean_and_grad(delta, likelihood_batches(
+                    model, tokenizer, refusals, batch_size=MAX_BATCH, formatting=formatting))
+                history.append((kl, lik))
+                value = loss((kl, lik), history[0])
+                if best is None or value < best[0]:
+                    best = (value, (d0 + delta).detach().clone())
+                if step == steps:
+                    break
+                share = torch.softmax(SHARPNESS * ratios((kl, lik), history[0]), 0)
+                delta.grad = (share[0] / max(history[0][0], FLOOR) * kl_grad
+                              + share[1] / max(history[0][1], FLOOR) * lik_grad)
+                optimizer.step()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    assert best is not None
+    return best[1] / best[1].norm(), history
+
+
+class Learned:
+    """Edit method ``learned``: a plain cut (rank 1) of the direction :func:`learn` finds from the
+    measured one (a ``DirectionResult``'s direction, or a ``(d,)`` tensor)."""
+
+    name = "learned"
+    low_rank = True
+
+    def make(self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, **params: Any) -> Cut:
+        from ..direction.selecting import original_refusals
+
+        start = layer_bases(direction, arch.d_model(model), arch.num_layers(model))[0, 0]
+        refusals = params.get("refusals") or original_refusals(model, tokenizer, list(inputs.harmful),
+                                                               formatting=inputs.formatting)
+        base = first_token_logprobs(model, tokenizer, list(inputs.harmless), None, inputs.formatting)
+        found, _ = learn(model, tokenizer, start, list(inputs.harmless), list(base), refusals,
+                         steps=params.get("steps", STEPS), lr=params.get("lr", LR),
+                         formatting=inputs.formatting)
+        return cut(model, found)

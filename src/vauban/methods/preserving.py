@@ -1,0 +1,103 @@
+"""The harmless-preserving edit: per writer, the smallest change that removes the direction from its
+outputs on harmful inputs while keeping its outputs on harmless inputs as they were.
+
+A writer ``W`` (residual output ``y = W x``) is changed only along the unit direction ``d`` it
+writes (through its post-norm's gain, as every cut): ``W' = W - d vᵀ``, rank 1 (a LoRA of rank
+1 per writer). The plain cut is ``v₀ = Wᵀ d`` (the direction gone from every output). Here ``v``
+is the ridge least-squares solution over captured writer inputs (:mod:`.capture`), ``X_h`` on
+harmful prompts and ``X_b`` on harmless ones::
+
+    v = argmin ‖X_h v - X_h v₀‖² + λ ‖X_b v‖² + ρ ‖v - μ v₀‖²
+
+the first term removes the direction from the harmful outputs, the second keeps the harmless
+outputs' component along ``d`` (so their outputs are unchanged), the third keeps the change small
+(``μ = 0``: the smallest ``v``; ``μ = 1``: the smallest departure from the plain cut, which keeps
+its effect on inputs unlike either set). ``ρ`` is ``ridge`` × the mean squared input row norm.
+With ``A = [X_h; √λ X_b]`` and ``y = [X_h v₀; 0]`` the solution is
+``v = μ v₀ + Aᵀ (A Aᵀ + ρ I)⁻¹ (y - μ A v₀)``, or its primal twin ``(AᵀA + ρI)⁻¹(Aᵀy + ρμv₀)`` when
+the rows outnumber the inputs (float32 products, float64 solves). A writer's bias keeps the
+plain cut (its component along ``d`` removed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..edit.cutting import Cut, layer_bases, writer_basis
+from ..model import arch
+from ..runtime.activations import model_device
+from .capture import MAX_ROWS, writer_inputs
+from .protocol import GivenCut, Inputs, TensorPlan
+
+LAMBDA = 1.0  # weight of keeping harmless outputs against removing harmful ones
+RIDGE = 0.01  # ρ as a share of the mean squared input row norm
+PRIOR = 1.0  # μ: 1 = stay close to the plain cut, 0 = the smallest change
+
+
+def solve(x_harmful: torch.Tensor, x_harmless: torch.Tensor, v0: torch.Tensor, *, keep: float = LAMBDA,
+          ridge: float = RIDGE, prior: float = PRIOR) -> torch.Tensor:
+    """``v`` of the module docstring (float32, shaped like ``v0``, ``(in,)``): through the rows'
+    Gram matrix ``A Aᵀ`` when there are fewer rows than inputs, else through ``AᵀA``."""
+    a = torch.cat([x_harmful, keep ** 0.5 * x_harmless]).float()
+    v0d = v0.double()
+    y = torch.cat([x_harmful.double() @ v0d, torch.zeros(x_harmless.shape[0], dtype=torch.float64)])
+    dual = a.shape[0] < a.shape[1]
+    gram = (a @ a.T if dual else a.T @ a).double()  # float32 product, float64 solve
+    rho = ridge * float(gram.diagonal().sum()) / a.shape[0]  # ridge × the mean squared row norm
+    gram.diagonal().add_(rho)
+    ad = a.double()
+    if dual:
+        return (prior * v0d + ad.T @ torch.linalg.solve(gram, y - prior * (ad @ v0d))).float()
+    return torch.linalg.solve(gram, ad.T @ y + rho * prior * v0d).float()
+
+
+def capture(model: nn.Module, tokenizer: Any, inputs: Inputs,
+            max_rows: int = MAX_ROWS) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(harmful, harmless)`` inputs of every writer (:func:`.capture.writer_inputs`), from the
+    model as it is (call it on the original)."""
+    writers = arch.residual_writers(model)
+    common = {"formatting": inputs.formatting, "batch_size": inputs.batch_size or 16, "max_rows": max_rows}
+    return (writer_inputs(model, tokenizer, inputs.harmful, writers, prompt_set="harmful", **common),
+            writer_inputs(model, tokenizer, inputs.harmless, writers, prompt_set="harmless", **common))
+
+
+def plans(model: nn.Module, direction: Any, harmful: dict[str, torch.Tensor],
+          harmless: dict[str, torch.Tensor], *, keep: float = LAMBDA, ridge: float = RIDGE,
+          prior: float = PRIOR,
+          layers: Sequence[int] | None = None) -> list[TensorPlan]:
+    """One rank-1 :class:`TensorPlan` per writer of ``layers`` (default all), bias plans included,
+    from captured inputs (:func:`capture`)."""
+    n = arch.num_layers(model)
+    bases = layer_bases(direction, arch.d_model(model), n)
+    writers = arch.residual_writers(model, list(range(n)) if layers is None else list(layers))
+    device = model_device(model)
+    out = []
+    for w in writers:
+        q = writer_basis(bases[w.layer], w.post_norm, device).float().cpu()  # (1, d)
+        view = w.weight.detach().movedim(w.axis, -1).float().cpu()  # (in, d)
+        v0 = (view @ q.T)[:, 0]
+        v = solve(harmful[w.name], harmless[w.name], v0, keep=keep, ridge=ridge, prior=prior)
+        out.append(TensorPlan(f"{w.name}.weight", w.weight, w.axis, q, v[:, None]))
+        if w.bias is not None:
+            out.append(TensorPlan(f"{w.name}.bias", w.bias, -1, q, w.bias.detach().float().cpu() @ q.T))
+    return out
+
+
+class HarmlessPreserving:
+    """Edit method ``harmless_preserving`` (see the module docstring); rank 1 per writer."""
+
+    name = "harmless_preserving"
+    low_rank = True
+
+    def make(self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, **params: Any) -> Cut:
+        settings = {"keep": params.get("keep", LAMBDA), "ridge": params.get("ridge", RIDGE),
+                    "prior": params.get("prior", PRIOR)}
+        layers = params.get("layers")
+        chosen = list(range(arch.num_layers(model))) if layers is None else list(layers)
+        harmful, harmless = params.get("captured") or capture(model, tokenizer, inputs)
+        found = plans(model, direction, harmful, harmless, layers=chosen, **settings)
+        return GivenCut(model, found, self.name, settings, chosen).apply()

@@ -1,0 +1,27 @@
+"""Edit methods found by name: one module per kind, each behind :class:`.protocol.EditMethod`.
+
+- ``plain``, ``projected``, ``norm_preserving``, ``per_layer``, ``subspace``: the cut variants of
+  :mod:`.cutspec` (:mod:`.classic`), any of them with per-layer kernels (``attention``/``mlp``);
+- ``harmless_preserving``: the least-squares edit that keeps harmless outputs (:mod:`.preserving`);
+- ``norm_preserving_leak_free``: the norm-preserving cut without its leak (:mod:`.leak`);
+- ``learned``: the direction moved by gradient for refusal likelihood and KL (:mod:`.learned`).
+"""
+
+from __future__ import annotations
+
+from ..core.errors import VaubanError
+from .classic import VARIANTS
+from .leak import LeakFree
+from .learned import Learned
+from .preserving import HarmlessPreserving
+from .protocol import EditMethod
+
+METHODS: dict[str, EditMethod] = {m.name: m for m in (*VARIANTS, HarmlessPreserving(), LeakFree(), Learned())}
+
+
+def get_method(name: str) -> EditMethod:
+    """The edit method called ``name``."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise VaubanError(f"no edit method {name!r}; choose one of {', '.join(METHODS)}") from None
