@@ -407,9 +407,10 @@ def checkpoint_writers(
                     norm = None
                 name = match.string
                 bias = f"{base}{writer.bias}" if writer.bias else name.removesuffix(".weight") + ".bias"
+                post = writer.post_norm if norm else None
                 for tensor, axis in ((name, writer.axis), (bias, -1)):
                     if tensor in names:
-                        out.append(WriterTensor(tensor, i, axis, kind_, writer.post_norm if norm else None, norm))
+                        out.append(WriterTensor(tensor, i, axis, kind_, post, norm))
     if embeddings:
         tables = [f"{prefix}{emb}.weight" for emb in fam.embeddings]
         out.extend(WriterTensor(t, 0, -1, "embedding") for t in tables if t in names)
