@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, PreTrainedTokenizerFast
+
+from vauban.loading import model_class
 
 TEMPLATES = Path(__file__).parent / "templates"
 VOCAB = 320
@@ -222,6 +224,34 @@ NEW_FAMILIES: tuple[Family, ...] = (
            ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), "<|eot_id|>",
            "<|begin_of_text|>", released="Llama-4-Scout-17B-16E-Instruct (the Llama 3 format stands in)"),
 )
+# Vision-language: a tiny vision tower, the image token ids those of the tokenizer (256 bytes, then
+# the specials in order); ``extra["image_token"]`` is what the image processor's patches replace.
+_VIT = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
+MISTRAL3_SPECIALS = ("<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]",
+                     "[IMG_BREAK]", "[IMG_END]", "<pad>")
+QWEN_VL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+           "<|image_pad|>", "<|video_pad|>")
+_QWEN_VL_TEXT = {**_BASE, "head_dim": 16,
+                 "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4}}
+_QWEN_VL = {"vision_config": {**_VIT, "depth": 2, "num_heads": 2, "patch_size": 14, "spatial_merge_size": 2,
+                              "temporal_patch_size": 2, "out_hidden_size": 64,
+                              "deepstack_visual_indexes": [0], "num_position_embeddings": 16},
+            "image_token_id": 261, "video_token_id": 262, "vision_start_token_id": 259,
+            "vision_end_token_id": 260}
+VISION_FAMILIES: tuple[Family, ...] = (
+    Family("Mistral 3 (vision)", "mistral3", {
+        "text_config": {**_BASE, "head_dim": 16, "model_type": "mistral"},
+        "vision_config": {**_VIT, "num_hidden_layers": 1, "image_size": 56, "patch_size": 14, "head_dim": 16},
+        "image_token_index": 262, "spatial_merge_size": 2}, MISTRAL_SMALL, MISTRAL3_SPECIALS, "</s>", "<s>",
+        released="Mistral-Small-3.2-24B-Instruct-2506", default_system="You are Mistral Small 3",
+        extra={"image_token": "[IMG]"}),
+    Family("Qwen3-VL", "qwen3_vl", {"text_config": _QWEN_VL_TEXT, **_QWEN_VL}, CHATML_ONLY, QWEN_VL,
+           "<|im_end|>", released="Qwen3-VL-2B-Instruct (ChatML stands in)",
+           extra={"image_token": "<|image_pad|>"}),
+    Family("Qwen3-VL MoE", "qwen3_vl_moe", {"text_config": {**_QWEN_VL_TEXT, **_MOE}, **_QWEN_VL},
+           CHATML_ONLY, QWEN_VL, "<|im_end|>", released="Qwen3-VL-30B-A3B-Instruct (ChatML stands in)",
+           extra={"image_token": "<|image_pad|>"}),
+)
 _MOE_OUT = ("mlp.experts.down_proj", "mlp.shared_experts.down_proj")
 # The writers each new family must resolve (paths inside a decoder layer): every token mixer's
 # output projection, not only attention's, and every kind of feed-forward block.
@@ -250,7 +280,7 @@ WRITERS: dict[str, tuple[str, ...]] = {
     "Llama 4 (text)": ("self_attn.o_proj", "feed_forward.down_proj", "feed_forward.experts.down_proj",
                        "feed_forward.shared_expert.down_proj"),
 }
-FAMILIES = FAMILIES + NEW_FAMILIES
+FAMILIES = FAMILIES + NEW_FAMILIES + VISION_FAMILIES
 BY_NAME = {f.name: f for f in FAMILIES}
 THINKING = tuple(f for f in FAMILIES if f.thinking)
 
@@ -287,7 +317,7 @@ def model_for(family: Family, tokenizer: PreTrainedTokenizerFast, seed: int = 0)
            "pad_token_id": tokenizer.pad_token_id,
            "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0}
     config = AutoConfig.for_model(family.model_type, **family.config, **ids)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = model_class(config).from_config(config, dtype=torch.float32)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name or "ln_" in name:

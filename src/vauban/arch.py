@@ -128,11 +128,8 @@ FAMILIES: tuple[Family, ...] = (
         _LINEAR_ATTN,
         _MOE_MLP,
     ),
-    # MiniMax-Text-01 ("minimax") is not here: its layers take the residual *after* the input
-    # norm (h = norm(x)·α + attn(norm(x))·β), so the norm's gain writes the direction back into
-    # the stream at every layer and no edit of the writers removes it (tried: 10 % of the
-    # residual left along the direction after a full cut). MiniMax-M2 ("minimax_m2") adds to x
-    # and is in "moe".
+    # MiniMax-Text-01 ("minimax") is refused (REFUSED below); MiniMax-M2 ("minimax_m2") adds its
+    # blocks to the stream itself and is an ordinary MoE.
     Family("qwen3_next", ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"), _QWEN3_NEXT_ATTN, _MOE_MLP),
     Family("qwen3_5", ("qwen3_5", "qwen3_5_moe"), _QWEN3_NEXT_ATTN, _MOE_MLP,
            decoder="model.language_model"),
@@ -154,6 +151,11 @@ FAMILIES: tuple[Family, ...] = (
            (Writer("mlp.down_proj", post_norm="post_feedforward_layernorm", norm_optional=True),)),
     # Llama 4's routed experts are stored (experts, in, out); its dense layers have feed_forward.down_proj.
     Family("llama4_text", ("llama4_text",), _LINEAR_ATTN, _LLAMA4_MLP),
+    # Vision-language models: the language model is cut; the vision tower and its projector, which
+    # write the image tokens' embeddings, are left as they are (like the token embeddings
+    # without ``embeddings=True``).
+    Family("vision_language", ("mistral3", "qwen3_vl", "qwen3_vl_moe"), _LINEAR_ATTN, _MOE_MLP,
+           decoder="model.language_model"),
     Family(
         "gpt_oss",
         ("gpt_oss",),
@@ -187,6 +189,16 @@ FAMILIES: tuple[Family, ...] = (
 
 _BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 
+# Families a weight edit cannot cut exactly, and why (the error names the reason).
+REFUSED = {
+    "minimax": "its layers add to the normalized stream (h = norm(x)·α + attn(norm(x))·β), so the "
+               "norm's gain writes the direction back at every layer (10 % left after a full cut)",
+    "gemma3n": "its AltUp keeps four residual streams mixed with input-dependent coefficients, so the "
+               "direction comes back from the streams no writer adds to",
+    "gemma3n_text": "its AltUp keeps four residual streams mixed with input-dependent coefficients, so "
+                    "the direction comes back from the streams no writer adds to",
+}
+
 
 @dataclass(frozen=True)
 class ResidualWriter:
@@ -216,6 +228,9 @@ def family_of(kind: str, what: str = "config") -> Family:
     try:
         return _BY_MODEL_TYPE[kind]
     except KeyError:
+        if kind in REFUSED:
+            raise VaubanError(f"unsupported architecture {kind!r} ({what}): vauban cannot cut it exactly: "
+                              f"{REFUSED[kind]}") from None
         known = ", ".join(sorted(_BY_MODEL_TYPE))
         raise VaubanError(
             f"unsupported architecture {kind!r} ({what}); vauban knows: {known}. "

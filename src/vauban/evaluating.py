@@ -54,7 +54,7 @@ from .prompts import (
     load_prompts,
     pad_id,
 )
-from .reasoning import THINK_OPEN, split_reasoning
+from .reasoning import THINK_CLOSE, THINK_OPEN, split_reasoning
 from .results import Completion, EvalResult
 
 DEFAULT_EVAL_PROMPTS = 20
@@ -113,7 +113,8 @@ def judged(judge: Judge, prompts: Sequence[str], answers: Sequence[str]) -> tupl
     """Completions of ``answers`` (in :mod:`vauban.reasoning`'s form): the judge sees each reply;
     the thoughts of a thinking model are kept and judged apart, in one more batch. An answer cut
     off while thinking has an empty reply, which the judge decides on like any other (the
-    markers call it a refusal): give the model a larger ``thinking_tokens`` budget."""
+    markers call it a refusal) and ``thinking_ended=False``: give the model a larger
+    ``thinking_tokens`` budget, or see whether the cut made it loop."""
     parts = [split_reasoning(a) for a in answers]
     verdicts = run_judge(judge, prompts, [reply for _, reply in parts])
     thought = [a.lstrip().startswith(THINK_OPEN) for a in answers]
@@ -126,7 +127,8 @@ def judged(judge: Judge, prompts: Sequence[str], answers: Sequence[str]) -> tupl
 
     return tuple(
         Completion(p, reply, v.refusal, v.score, v.reason, v.late,
-                   thinking=thoughts if thought[i] else None, thinking_refused=on_thought(i))
+                   thinking=thoughts if thought[i] else None, thinking_refused=on_thought(i),
+                   thinking_ended=THINK_CLOSE in answers[i] if thought[i] else None)
         for i, (p, (thoughts, reply), v) in enumerate(zip(prompts, parts, verdicts, strict=True))
     )
 
@@ -291,7 +293,8 @@ def evaluate(
     result says what each part cost. ``formatting``: how prompts are formatted
     (:mod:`vauban.formatting`); use the formatting the direction was measured with. Thinking
     models are judged on their replies, with ``max_tokens`` reply tokens after their thoughts;
-    the thoughts' own refusals are reported apart (``thinking_refusal_before/after``).
+    the thoughts' own refusals are reported apart (``thinking_refusal_before/after``), and so is
+    the share of answers still thinking when the budget ran out (``thinking_unfinished_before/after``).
     """
     check_max_tokens(max_tokens)
     judge = get_judge(judge)

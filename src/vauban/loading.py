@@ -195,7 +195,7 @@ def _from_hf(
 ) -> tuple[nn.Module, Any]:
     """Load a local HF directory: safetensors first, pickled ``.bin`` only with
     ``weights_only=True`` (tensors, no code), custom modelling code only if ``trust``."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     common: dict[str, Any] = {"trust_remote_code": trust, **_LOCAL_SAFE}
     try:
@@ -211,7 +211,7 @@ def _from_hf(
     elif device.type != "cpu":
         kwargs["device_map"] = {"": str(device)}
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+        model = model_class(config).from_pretrained(location, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
     except pickle.UnpicklingError:
         raise VaubanError(
@@ -229,6 +229,20 @@ def _from_hf(
     if isinstance(context, int) and context > 0:  # so too-long prompts are a clear error (prompts.py)
         tokenizer.model_max_length = min(tokenizer.model_max_length, context)
     return model.eval(), tokenizer
+
+
+def model_class(config: Any) -> Any:
+    """The transformers auto class that builds ``config``'s model with its LM head: the causal-LM
+    one, or image-text-to-text for vision-language models that transformers does not list as
+    causal LMs (Mistral 3, Qwen3-VL): their language model is what vauban cuts."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto import modeling_auto
+
+    kind = getattr(config, "model_type", None)
+    if kind not in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and \
+            kind in modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
 
 
 def _quant_method(quant: Any) -> str | None:

@@ -318,8 +318,10 @@ class Completion:
     compliant opening).
 
     For a thinking model ``text`` is the reply, which the judge saw; ``thinking`` holds the
-    thoughts before it (``None``: the model did not think) and ``thinking_refused`` whether the
-    thoughts alone read as a refusal to the same judge (see :mod:`vauban.reasoning`).
+    thoughts before it (``None``: the model did not think), ``thinking_refused`` whether the
+    thoughts alone read as a refusal to the same judge (see :mod:`vauban.reasoning`) and
+    ``thinking_ended`` whether the thoughts were closed within the thinking budget (``False``: the
+    model was still thinking when the budget ran out, a runaway thinker).
     """
 
     prompt: str
@@ -330,6 +332,15 @@ class Completion:
     late: bool = False
     thinking: str | None = None
     thinking_refused: bool | None = None
+    thinking_ended: bool | None = None
+
+
+def thinking_unfinished(completions: tuple[Completion, ...]) -> float | None:
+    """Share of ``completions`` still thinking when the thinking budget ran out, over all of them
+    (None when none thought): a cut that makes a thinking model loop shows here."""
+    if not any(c.thinking is not None for c in completions):
+        return None
+    return sum(c.thinking_ended is False for c in completions) / len(completions)
 
 
 def thinking_refusal(completions: tuple[Completion, ...]) -> float | None:
@@ -388,11 +399,22 @@ class EvalResult:
     def thinking_refusal_after(self) -> float | None:
         return thinking_refusal(self.after)
 
+    @property
+    def thinking_unfinished_before(self) -> float | None:
+        """Share of the original's answers still thinking when the budget ran out (None: none thought)."""
+        return thinking_unfinished(self.before)
+
+    @property
+    def thinking_unfinished_after(self) -> float | None:
+        return thinking_unfinished(self.after)
+
     def summary(self) -> str:
         thinking = ""
         if self.thinking_refusal_before is not None or self.thinking_refusal_after is not None:
             thinking = (f", refusal while thinking={_percent(self.thinking_refusal_before or 0.0)} → "
-                        f"{_percent(self.thinking_refusal_after or 0.0)}")
+                        f"{_percent(self.thinking_refusal_after or 0.0)}, thinking not ended="
+                        f"{_percent(self.thinking_unfinished_before or 0.0)} → "
+                        f"{_percent(self.thinking_unfinished_after or 0.0)}")
         return (
             f"EvalResult: refusal={_percent(self.refusal_before)} → {_percent(self.refusal_after)}, "
             f"perplexity={self.perplexity_before:.2f} → {self.perplexity_after:.2f}, "
@@ -411,6 +433,8 @@ class EvalResult:
         if (self.thinking_refusal_before, self.thinking_refusal_after) != (None, None):
             rows.append(("refusal while thinking", pct(self.thinking_refusal_before or 0.0),
                          pct(self.thinking_refusal_after or 0.0)))
+            rows.append(("thinking not ended within its budget", pct(self.thinking_unfinished_before or 0.0),
+                         pct(self.thinking_unfinished_after or 0.0)))
         if self.over_refusal_before is not None:
             rows.append((f"over-refusal on safe prompts ({self.n_safe} prompts)",
                          pct(self.over_refusal_before), pct(self.over_refusal_after)))
@@ -439,7 +463,9 @@ class EvalResult:
         from dataclasses import asdict
 
         return {**asdict(self), "thinking_refusal_before": self.thinking_refusal_before,
-                "thinking_refusal_after": self.thinking_refusal_after}
+                "thinking_refusal_after": self.thinking_refusal_after,
+                "thinking_unfinished_before": self.thinking_unfinished_before,
+                "thinking_unfinished_after": self.thinking_unfinished_after}
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,14 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 
 from . import arch
 from .atomic import building_dir
 from .cutting import FLOAT_DTYPES, Direction, LayerWeights, edited, layer_bases, layer_weights, writer_basis
 from .errors import VaubanError
 from .exporting import DIRECTION_FILE, check_output_dir, versions
+from .loading import model_class
 from .results import DirectionResult, check_alpha
 from .verifying import RECORD_FILE, check_weights, file_hashes
 
@@ -74,7 +75,7 @@ def _meta_model(src: Path) -> nn.Module:
     """The architecture without weights, for its family, shape and norm modules."""
     config = AutoConfig.from_pretrained(src, local_files_only=True)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return model_class(config).from_config(config)
 
 
 def _post_norm(skeleton: nn.Module, tensor: arch.WriterTensor, weight: torch.Tensor) -> nn.Module:
