@@ -14,7 +14,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoConfig, PreTrainedTokenizerFast
 
-from vauban.loading import model_class
+from vauban.model.loading import model_class
 
 TEMPLATES = Path(__file__).parent / "templates"
 VOCAB = 320

@@ -12,8 +12,9 @@ from PIL import Image
 from transformers import AutoConfig
 
 from families import VISION_FAMILIES, Family, model_for, tokenizer_for
-from vauban import arch, cut, export
-from vauban.loading import load_model, model_class
+from vauban import cut, export
+from vauban.model import arch
+from vauban.model.loading import load_model, model_class
 
 ids = pytest.mark.parametrize("family", VISION_FAMILIES, ids=[f.name for f in VISION_FAMILIES])
 
