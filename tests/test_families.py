@@ -105,6 +105,9 @@ def test_no_writer_output_keeps_the_direction(family: Family) -> None:
     paths = {w.name.split(f".{w.layer}.", 1)[1] for w in writers}
     for expected in WRITERS.get(family.name, ()):
         assert expected in paths, (expected, sorted(paths))
+    head, rows = arch.explain(model)  # what `vauban measure --explain` prints
+    assert repr(family.model_type) in head and [r[0] for r in rows] == list(range(arch.num_layers(model)))
+    assert sum(len([p for p in (a + ", " + m).split(", ") if p != "-"]) for _, a, m in rows) == len(writers)
 
 
 def _aligned(model: torch.nn.Module) -> torch.nn.Module:

@@ -162,9 +162,15 @@ def add_run(command: Command) -> None:
     _cut_flags(p)
 
 
+def _explain_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--explain", action="store_true",
+                   help="first print the model family vauban detected and the writers the cut edits")
+
+
 def add_measure(command: Command) -> None:
     p = command("measure", cmd_measure, "measure the refusal direction (and save it with -o)")
     _model_arg(p)
+    _explain_flag(p)
     p.add_argument("-o", "--output", help="save the direction here (.safetensors + .json)")
 
 
@@ -177,6 +183,7 @@ def add_probe(command: Command) -> None:
 def add_abliterate(command: Command) -> None:
     p = command("abliterate", cmd_abliterate, "cut the direction from the weights and export the model")
     _model_arg(p)
+    _explain_flag(p)
     _cut_flags(p)
     _direction_flag(p)
     _variant_flags(p)

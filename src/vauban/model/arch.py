@@ -335,6 +335,23 @@ def residual_writers(model: nn.Module, layers: list[int] | None = None) -> list[
     return out
 
 
+def explain(model: nn.Module) -> tuple[str, list[tuple[int, str, str]]]:
+    """What a cut of ``model`` will edit: a line naming the detected family (its ``model_type``,
+    table entry, decoder layers and embeddings), and per decoder layer ``(layer, token-mixer
+    writers, feed-forward writers)`` as paths inside the layer (a post-norm named after its writer)."""
+    fam = family(model)
+    found: dict[int, dict[str, list[str]]] = {}
+    for w in residual_writers(model):
+        path = w.name.split(f".{w.layer}.", 1)[1]
+        norm = next((g.post_norm for g in (*fam.attn_out, *fam.mlp_out) if g.path == path), None)
+        path += f" (through {norm})" if w.post_norm is not None else ""
+        found.setdefault(w.layer, {"attention": [], "mlp": []})[w.kind].append(path)
+    head = (f"{model_type(model)!r}: family {fam.name!r}, {len(found)} layers at {fam.decoder}.{fam.layers}, "
+            f"embeddings {', '.join(fam.embeddings)}")
+    return head, [(i, ", ".join(k["attention"]) or "-", ", ".join(k["mlp"]) or "-")
+                  for i, k in sorted(found.items())]
+
+
 @dataclass(frozen=True)
 class WriterTensor:
     """One residual-writing tensor of a checkpoint on disk, found by its name.
