@@ -247,8 +247,16 @@ def _quant_method(quant: Any) -> str | None:
     return str(getattr(method, "value", method)) if method is not None else None
 
 
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def _dequantize_in_place(model: nn.Module, method: str) -> None:
-    """Turn a transformers-quantized model into float weights, or say why that is impossible."""
+    """Turn a transformers-quantized model into float weights, or say why that is impossible.
+    Where the method cannot run here (block FP8 and MXFP4 on a CPU), transformers dequantized the
+    weights while loading: there is nothing left to do but forget the quantizer."""
+    if all(p.dtype in _FLOATS for p in model.parameters()):
+        clear_quantizer(model)
+        return
     try:
         model.dequantize()
     except Exception as err:  # transformers raises many types here, none of them ours
