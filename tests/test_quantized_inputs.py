@@ -90,4 +90,4 @@ def test_bitsandbytes_4bit_loads_as_float(tmp_path) -> None:  # pragma: no cover
     tokenizer.save_pretrained(tmp_path / "nf4")
     model, _ = load_model(tmp_path / "nf4", device="cpu")
     assert all(p.dtype.is_floating_point for p in model.parameters())
-    assert relative_error(model, reference, ".layers.") < 0.2
+    assert relative_error(model, reference, ".layers.") < 0.2  # measured: 12 % (NF4, bitsandbytes 0.50.2)

@@ -141,7 +141,7 @@ def explain_writers(report: Report, model: Any) -> None:
     from ..model import arch
 
     head, rows = arch.explain(model)
-    report.table(f"Family {head}; the cut edits these residual writers",
+    report.table(f"{head}; the cut edits these writers of the residual stream",
                  ["layer", "token mixer", "feed-forward"], rows)
     report.put("family", arch.family(model).name)
     report.put("writers", [{"layer": i, "token_mixer": a, "feed_forward": m} for i, a, m in rows])

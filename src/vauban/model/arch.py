@@ -346,8 +346,8 @@ def explain(model: nn.Module) -> tuple[str, list[tuple[int, str, str]]]:
         norm = next((g.post_norm for g in (*fam.attn_out, *fam.mlp_out) if g.path == path), None)
         path += f" (through {norm})" if w.post_norm is not None else ""
         found.setdefault(w.layer, {"attention": [], "mlp": []})[w.kind].append(path)
-    head = (f"{model_type(model)!r}: family {fam.name!r}, {len(found)} layers at {fam.decoder}.{fam.layers}, "
-            f"embeddings {', '.join(fam.embeddings)}")
+    head = (f"model_type {model_type(model)!r} → family {fam.name!r}: {len(found)} layers at "
+            f"{fam.decoder}.{fam.layers}, embeddings {', '.join(fam.embeddings)}")
     return head, [(i, ", ".join(k["attention"]) or "-", ", ".join(k["mlp"]) or "-")
                   for i, k in sorted(found.items())]
 
