@@ -220,6 +220,7 @@ def _from_hf(
         raise VaubanError(f"could not load {location!r}: {_remote_code_hint(err)}{hint}") from None
     if quant is not None:
         _dequantize_in_place(model, _quant_method(quant) or "unknown")
+        model.to(dtype)  # some methods dequantize to bfloat16 whatever dtype was asked for
     context = getattr(config, "max_position_embeddings", None)
     if isinstance(context, int) and context > 0:  # so too-long prompts are a clear error (prompts.py)
         tokenizer.model_max_length = min(tokenizer.model_max_length, context)
@@ -254,7 +255,8 @@ def _dequantize_in_place(model: nn.Module, method: str) -> None:
     """Turn a transformers-quantized model into float weights, or say why that is impossible.
     Where the method cannot run here (block FP8 and MXFP4 on a CPU), transformers dequantized the
     weights while loading: there is nothing left to do but forget the quantizer."""
-    if all(p.dtype in _FLOATS for p in model.parameters()):
+    leftovers = any(n.endswith("_scale_inv") for n, _ in model.named_parameters())  # transformers < 5.24
+    if all(p.dtype in _FLOATS for p in model.parameters()) and not leftovers:
         clear_quantizer(model)
         return
     try:
@@ -280,6 +282,12 @@ def clear_quantizer(model: nn.Module) -> None:
     if hasattr(model, "is_quantized"):
         with contextlib.suppress(AttributeError):
             model.is_quantized = False
+    # transformers < 5.24 keeps the load-time dequantization (Fp8Dequantize) and reverses it on
+    # save_pretrained: the export would be FP8 again, without its quantization config
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        model._weight_conversions = [c for c in conversions if not any(
+            "quant" in type(op).__name__.lower() for op in getattr(c, "operations", ()))]
 
 
 def _first_line(err: BaseException) -> str:
