@@ -187,8 +187,12 @@ def test_minimax_is_refused_with_a_clear_error():
     weight edit of the writers cannot make free of the direction: it is not offered."""
     from vauban import VaubanError
 
-    with pytest.raises(VaubanError, match="unsupported architecture 'minimax'"):
+    with pytest.raises(VaubanError, match=r"unsupported architecture 'minimax'.*normalized stream"):
         arch.family_of("minimax")
+    for kind in ("gemma3n", "gemma3n_text"):  # AltUp: four streams, mixed by the input
+        with pytest.raises(VaubanError, match=rf"architecture '{kind}'.*cannot cut it exactly.*AltUp"):
+            arch.family_of(kind)
+    assert arch.family_of("minimax_m2").name == "moe"  # MiniMax-M2 adds to the stream itself
 
 
 # vauban's own Llama 3 and Gemma templates stand in for released ones it does not redistribute
