@@ -130,9 +130,9 @@ FAMILIES: tuple[Family, ...] = (
     ),
     # MiniMax-Text-01 ("minimax") is refused (REFUSED below); MiniMax-M2 ("minimax_m2") adds its
     # blocks to the stream itself and is an ordinary MoE.
+    # Qwen 3.5's multimodal checkpoints ("qwen3_5") load through AutoModelForCausalLM as their
+    # language model, whose config is "qwen3_5_text".
     Family("qwen3_next", ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"), _QWEN3_NEXT_ATTN, _MOE_MLP),
-    Family("qwen3_5", ("qwen3_5", "qwen3_5_moe"), _QWEN3_NEXT_ATTN, _MOE_MLP,
-           decoder="model.language_model"),
     Family("lfm2", ("lfm2", "lfm2_moe"), (Writer("self_attn.out_proj"), Writer("conv.out_proj")),
            (Writer("feed_forward.w2"), Writer("feed_forward.experts.down_proj"))),
     Family("granitemoehybrid", ("granitemoehybrid",), _MAMBA_ATTN,
