@@ -78,3 +78,23 @@ def test_language_model_is_cut_and_images_still_work_after_export(family: Family
     assert torch.equal(_logits(reloaded, inputs), edited)
     loaded, _ = load_model(out, device="cpu")  # vauban's loader picks the image-text-to-text class
     assert type(loaded) is type(model)
+
+
+def test_qwen3_5_checkpoint_loads_as_its_language_model(tmp_path) -> None:
+    """A Qwen 3.5 (vision-language) checkpoint loads through vauban as its language model
+    (transformers maps ``qwen3_5`` to Qwen3_5ForCausalLM), the tested "Qwen 3.5" row, with the
+    same text logits as the whole model."""
+    from transformers import AutoModelForImageTextToText
+
+    from families import _BASE, _LIN, _QWEN_VL, _TWO, BY_NAME
+
+    text = {**_BASE, **_LIN, **_TWO, "head_dim": 16,
+            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4}}
+    config = AutoConfig.for_model("qwen3_5", text_config=text, **_QWEN_VL)
+    whole = AutoModelForImageTextToText.from_config(config)
+    whole.save_pretrained(tmp_path)
+    tokenizer_for(BY_NAME["Qwen 3.5"]).save_pretrained(tmp_path)
+    model, _ = load_model(tmp_path, device="cpu")
+    assert model.config.model_type == "qwen3_5_text" and arch.family(model).name == "qwen3_next"
+    ids = {"input_ids": torch.tensor([[5, 9, 17, 33]])}
+    assert torch.equal(_logits(model, ids), _logits(whole.eval(), ids))
