@@ -35,7 +35,8 @@ class Family:
     (no template: a base model). ``thinking``: ``None``, ``"toggle"`` (hybrid: on by default,
     ``enable_thinking``/``thinking`` switches it), ``"off-by-default"`` (Granite 3.3),
     ``"opened"`` (the generation prompt opens the think block), ``"harmony"`` (GPT-OSS),
-    ``"off-toggle"`` (off by default, ``thinking``/``enable_thinking`` opens the block: DeepSeek V3.1).
+    ``"off-toggle"`` (off by default, ``thinking``/``enable_thinking`` opens the block: DeepSeek V3.1),
+    ``"seed"`` (Seed-OSS: ``<seed:think>`` blocks, ``thinking_budget=0`` skips them).
     ``template``: a file stem in ``tests/templates/``, a released template where one can be
     redistributed (NOTICE.md there), vauban's own rendering of the same format where not.
     """
@@ -213,7 +214,7 @@ NEW_FAMILIES: tuple[Family, ...] = (
            released="Hunyuan-A13B-Instruct (ChatML stands in)"),
     Family("Seed-OSS", "seed_oss", {**_BASE, "head_dim": 16}, SEED_OSS,
            ("<seed:bos>", "<seed:eos>", "<seed:pad>"), "<seed:eos>", "<seed:bos>",
-           released="Seed-OSS-36B-Instruct"),
+           added=("<seed:think>", "</seed:think>"), thinking="seed", released="Seed-OSS-36B-Instruct"),
     Family("Apertus", "apertus", _BASE, APERTUS, APERTUS_SPECIALS, "<|assistant_end|>", "<s>",
            released="Apertus-8B-Instruct", default_system="You are Apertus, a helpful assistant"),
     Family("EXAONE 4", "exaone4", {**_BASE, "head_dim": 16, "sliding_window": 64}, CHATML_ONLY, CHATML,

@@ -181,9 +181,9 @@ def test_system_prompt_lands_where_the_format_puts_it(family: Family) -> None:
 def test_thinking_defaults(family: Family) -> None:
     tokenizer = tokenizer_for(family)
     found = reasoning(tokenizer)
-    expected_kind = {None: "none", "harmony": "harmony"}.get(family.thinking, "think")
+    expected_kind = {None: "none", "harmony": "harmony", "seed": "seed"}.get(family.thinking, "think")
     assert found.kind == expected_kind
-    thinks = family.thinking in ("toggle", "opened", "harmony")
+    thinks = family.thinking in ("toggle", "opened", "harmony", "seed")
     assert found.thinks is thinks
     assert budget(tokenizer) == (1024 if thinks else 0)
     assert budget(tokenizer, Formatting(thinking_tokens=7)) == 7
@@ -206,6 +206,10 @@ def test_thinking_on_and_off(family: Family) -> None:
             no_think = Formatting(system_prompt=f"{SYSTEM} /no_think")
             assert not reasoning(tokenizer, no_think).thinks and budget(tokenizer, no_think) == 0
             assert "Reasoning Mode: /no_think" in chat_text(tokenizer, "x", no_think)
+    elif family.thinking == "seed":  # thinks unless its template is given a budget of 0
+        zero = Formatting(template_options={"thinking_budget": 0})
+        assert not reasoning(tokenizer, zero).thinks and budget(tokenizer, zero) == 0
+        assert chat_text(tokenizer, "x", zero).endswith("</seed:think>")
     elif family.thinking == "opened":  # always thinks: the prompt opens the block
         assert chat_text(tokenizer, "x").rstrip().endswith("<think>") and reasoning(tokenizer, off).opened
     else:  # harmony: always reasons; the effort is a template option
