@@ -74,6 +74,13 @@ def test_measure_json_and_files(ws):
     assert doc["seconds"]["load"] >= 0
 
 
+def test_measure_explain_names_the_family_and_its_writers(ws):
+    doc = vauban(ws, "measure", "--explain", "--json")
+    assert doc["family"] == "llama" and len(doc["writers"]) == 4
+    first = {"layer": 0, "token_mixer": "self_attn.o_proj", "feed_forward": "mlp.down_proj"}
+    assert doc["writers"][0] == first
+
+
 def test_measure_refuses_to_overwrite_the_direction(ws):
     out = vauban(ws, "measure", "-o", ws["direction"], code=2)
     assert out["stderr"].strip().splitlines()[-1].startswith("vauban: error: ")

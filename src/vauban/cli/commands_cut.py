@@ -10,7 +10,15 @@ from pathlib import Path
 
 from ..config import Settings
 from ..core.errors import VaubanError
-from .common import direction_for, export_summary, format_options, judge_for, load, run_formatting
+from .common import (
+    direction_for,
+    explain_writers,
+    export_summary,
+    format_options,
+    judge_for,
+    load,
+    run_formatting,
+)
 from .report import Report
 
 
@@ -21,6 +29,8 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
     out = check_output_dir(s.output_dir, s.overwrite)
     spec = cut_spec(args, alpha=s.alpha, embeddings=s.embeddings)  # flag mistakes before the load
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
+    if args.explain:
+        explain_writers(report, model)
     direction = direction_for(s, report, model, tokenizer, args)
     vector = spec.vector(model, tokenizer, direction, harmful=s.harmful, harmless=s.harmless,
                          formatting=run_formatting(s, direction), batch_size=s.batch_size)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 
 from ..config import Settings
-from .common import direction_for, load, new_path, projection_line, run_formatting
+from .common import direction_for, explain_writers, load, new_path, projection_line, run_formatting
 from .report import Report
 
 
 def cmd_measure(s: Settings, args: argparse.Namespace, report: Report) -> None:
     save = new_path(args.output, s.overwrite) if args.output else None
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
+    if args.explain:
+        explain_writers(report, model)
     direction = direction_for(s, report, model, tokenizer, args)
     effects = {e.layer: e for e in direction.effects}
     report.table(f"Per layer (chosen by {direction.selection}; refusal score and first-token KL of "

@@ -134,3 +134,14 @@ def export_summary(report: Report, out: Path) -> None:
 def numbers(record: dict[str, Any]) -> dict[str, Any]:
     """An evaluation record without the per-prompt answers."""
     return {k: v for k, v in record.items() if k not in ("before", "after")}
+
+
+def explain_writers(report: Report, model: Any) -> None:
+    """``--explain``: the detected family and the writers a cut edits, layer by layer."""
+    from ..model import arch
+
+    head, rows = arch.explain(model)
+    report.table(f"{head}; the cut edits these writers of the residual stream",
+                 ["layer", "token mixer", "feed-forward"], rows)
+    report.put("family", arch.family(model).name)
+    report.put("writers", [{"layer": i, "token_mixer": a, "feed_forward": m} for i, a, m in rows])

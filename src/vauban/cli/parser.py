@@ -192,12 +192,17 @@ def add_run(command: Command) -> None:
     _options(p, "output", "output_dir", *EXPORT)
 
 
+def _explain_flag(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--explain", action="store_true",
+                   help="first print the model family vauban detected and the writers the cut edits")
+
+
 def add_measure(command: Command) -> None:
     p = command("measure", cmd_measure, "measure the refusal direction (and save it with -o)",
                 ["vauban measure -o direction.safetensors",
                  "vauban measure Qwen/Qwen2.5-7B-Instruct --select geometry -o qwen-direction.safetensors"])
     _model_arg(p)
-    _options(p, "model", *MODEL)
+    _explain_flag(_options(p, "model", *MODEL))
     _options(p, "direction", *MEASURED)
     _options(p, "prompts", *FORMATTING)
     g = p.add_argument_group("output")
@@ -223,7 +228,7 @@ def add_abliterate(command: Command) -> None:
                  "vauban abliterate Qwen/Qwen2.5-7B-Instruct --params vauban-optimize/pareto.json "
                  "-o qwen-best"])
     _model_arg(p)
-    _options(p, "model", *MODEL)
+    _explain_flag(_options(p, "model", *MODEL))
     _options(p, "direction", *DIRECTION)
     _options(p, "prompts", *FORMATTING)
     _options(p, "cut", "alpha", "embeddings")

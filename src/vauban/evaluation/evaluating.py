@@ -250,7 +250,8 @@ def evaluate(
     result says what each part cost. ``formatting``: how prompts are formatted
     (:mod:`vauban.text.formatting`); use the formatting the direction was measured with. Thinking
     models are judged on their replies, with ``max_tokens`` reply tokens after their thoughts;
-    the thoughts' own refusals are reported apart (``thinking_refusal_before/after``).
+    the thoughts' own refusals are reported apart (``thinking_refusal_before/after``), and so is
+    the share of answers still thinking when the budget ran out (``thinking_unfinished_before/after``).
     """
     check_max_tokens(max_tokens)
     judge = get_judge(judge)

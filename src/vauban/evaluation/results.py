@@ -17,6 +17,14 @@ def thinking_refusal(completions: tuple[Completion, ...]) -> float | None:
     return sum(bool(c.thinking_refused) for c in completions) / len(completions)
 
 
+def thinking_unfinished(completions: tuple[Completion, ...]) -> float | None:
+    """Share of ``completions`` still thinking when the thinking budget ran out, over all of them
+    (None when none thought): a cut that makes a thinking model loop shows here."""
+    if not any(c.thinking is not None for c in completions):
+        return None
+    return sum(c.thinking_ended is False for c in completions) / len(completions)
+
+
 def percent(rate: float) -> str:
     return f"{rate * 100:.0f}%"
 
@@ -65,11 +73,22 @@ class EvalResult:
     def thinking_refusal_after(self) -> float | None:
         return thinking_refusal(self.after)
 
+    @property
+    def thinking_unfinished_before(self) -> float | None:
+        """Share of the original's answers still thinking when the budget ran out (None: none thought)."""
+        return thinking_unfinished(self.before)
+
+    @property
+    def thinking_unfinished_after(self) -> float | None:
+        return thinking_unfinished(self.after)
+
     def summary(self) -> str:
         thinking = ""
         if self.thinking_refusal_before is not None or self.thinking_refusal_after is not None:
             thinking = (f", refusal while thinking={percent(self.thinking_refusal_before or 0.0)} → "
-                        f"{percent(self.thinking_refusal_after or 0.0)}")
+                        f"{percent(self.thinking_refusal_after or 0.0)}, thinking not ended="
+                        f"{percent(self.thinking_unfinished_before or 0.0)} → "
+                        f"{percent(self.thinking_unfinished_after or 0.0)}")
         return (
             f"EvalResult: refusal={percent(self.refusal_before)} → {percent(self.refusal_after)}, "
             f"perplexity={self.perplexity_before:.2f} → {self.perplexity_after:.2f}, "
@@ -88,6 +107,8 @@ class EvalResult:
         if (self.thinking_refusal_before, self.thinking_refusal_after) != (None, None):
             rows.append(("refusal while thinking", pct(self.thinking_refusal_before or 0.0),
                          pct(self.thinking_refusal_after or 0.0)))
+            rows.append(("thinking not ended within its budget", pct(self.thinking_unfinished_before or 0.0),
+                         pct(self.thinking_unfinished_after or 0.0)))
         if self.over_refusal_before is not None:
             rows.append((f"over-refusal on safe prompts ({self.n_safe} prompts)",
                          pct(self.over_refusal_before), pct(self.over_refusal_after)))
@@ -116,4 +137,6 @@ class EvalResult:
         from dataclasses import asdict
 
         return {**asdict(self), "thinking_refusal_before": self.thinking_refusal_before,
-                "thinking_refusal_after": self.thinking_refusal_after}
+                "thinking_refusal_after": self.thinking_refusal_after,
+                "thinking_unfinished_before": self.thinking_unfinished_before,
+                "thinking_unfinished_after": self.thinking_unfinished_after}

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 
 from ..core.atomic import building_dir
 from ..core.errors import VaubanError, check_alpha
@@ -36,6 +36,7 @@ from ..direction.results import DirectionResult
 from ..edit.cutting import Direction, LayerWeights, layer_bases, layer_weights, writer_basis
 from ..edit.editing import FLOAT_DTYPES, edited
 from ..model import arch
+from ..model.loading import model_class
 from .exporting import DIRECTION_FILE, check_output_dir, versions
 from .verifying import RECORD_FILE, check_weights, file_hashes
 
@@ -75,7 +76,7 @@ def _meta_model(src: Path) -> nn.Module:
     """The architecture without weights, for its family, shape and norm modules."""
     config = AutoConfig.from_pretrained(src, local_files_only=True)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return model_class(config).from_config(config)
 
 
 def _post_norm(skeleton: nn.Module, tensor: arch.WriterTensor, weight: torch.Tensor) -> nn.Module:

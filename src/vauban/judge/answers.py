@@ -10,7 +10,7 @@ from torch import nn
 
 from ..runtime.generating import generate
 from ..text.formatting import Formatting
-from ..text.reasoning import THINK_OPEN, split_reasoning
+from ..text.reasoning import THINK_CLOSE, THINK_OPEN, split_reasoning
 from . import get_judge
 from .base import Judge, run_judge
 
@@ -22,8 +22,10 @@ class Completion:
     compliant opening).
 
     For a thinking model ``text`` is the reply, which the judge saw; ``thinking`` holds the
-    thoughts before it (``None``: the model did not think) and ``thinking_refused`` whether the
-    thoughts alone read as a refusal to the same judge (see :mod:`vauban.text.reasoning`).
+    thoughts before it (``None``: the model did not think), ``thinking_refused`` whether the
+    thoughts alone read as a refusal to the same judge (see :mod:`vauban.text.reasoning`) and
+    ``thinking_ended`` whether the thoughts were closed within the thinking budget (``False``: the
+    model was still thinking when the budget ran out, a runaway thinker).
     """
 
     prompt: str
@@ -34,6 +36,7 @@ class Completion:
     late: bool = False
     thinking: str | None = None
     thinking_refused: bool | None = None
+    thinking_ended: bool | None = None
 
 
 def completions(
@@ -52,7 +55,8 @@ def judged(judge: Judge, prompts: Sequence[str], answers: Sequence[str]) -> tupl
     """Completions of ``answers`` (in :mod:`vauban.text.reasoning`'s form): the judge sees each reply;
     the thoughts of a thinking model are kept and judged apart, in one more batch. An answer cut
     off while thinking has an empty reply, which the judge decides on like any other (the
-    markers call it a refusal): give the model a larger ``thinking_tokens`` budget."""
+    markers call it a refusal) and ``thinking_ended=False``: give the model a larger
+    ``thinking_tokens`` budget, or see whether the cut made it loop."""
     parts = [split_reasoning(a) for a in answers]
     verdicts = run_judge(judge, prompts, [reply for _, reply in parts])
     thought = [a.lstrip().startswith(THINK_OPEN) for a in answers]
@@ -65,6 +69,7 @@ def judged(judge: Judge, prompts: Sequence[str], answers: Sequence[str]) -> tupl
 
     return tuple(
         Completion(p, reply, v.refusal, v.score, v.reason, v.late,
-                   thinking=thoughts if thought[i] else None, thinking_refused=on_thought(i))
+                   thinking=thoughts if thought[i] else None, thinking_refused=on_thought(i),
+                   thinking_ended=THINK_CLOSE in answers[i] if thought[i] else None)
         for i, (p, (thoughts, reply), v) in enumerate(zip(prompts, parts, verdicts, strict=True))
     )

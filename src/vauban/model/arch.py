@@ -44,18 +44,26 @@ class Writer:
     fused MoE expert tensor. ``axis`` is the weight's residual (output) axis: ``-2`` for
     ``nn.Linear`` and ``(experts, out, in)`` tensors, ``-1`` for GPT-2's ``Conv1D`` and
     ``(experts, in, out)`` tensors. ``post_norm`` is the norm applied to this writer's output
-    before the residual add, if any.
+    before the residual add, if any; ``norm_optional``: that norm exists in some layers only
+    (OLMo-Hybrid: its attention layers are post-norm, its linear-attention layers pre-norm), a
+    layer without it writes unnormalized.
     """
 
     path: str
     axis: int = -2
     post_norm: str | None = None
     bias: str | None = None
+    norm_optional: bool = False
 
 
 @dataclass(frozen=True)
 class Family:
-    """Where things are in one family of architectures (paths are dotted attribute names)."""
+    """Where things are in one family of architectures (paths are dotted attribute names).
+
+    ``attn_out`` holds the token mixers' writers (attention, and the state-space or
+    linear-attention output projections of hybrids), ``mlp_out`` the feed-forward ones. Each layer
+    must hold one of each, unless ``mixed``: a layer is one block of either kind (Nemotron-H).
+    """
 
     name: str
     model_types: tuple[str, ...]
@@ -64,6 +72,7 @@ class Family:
     decoder: str = "model"
     layers: str = "layers"
     embeddings: tuple[str, ...] = ("embed_tokens",)
+    mixed: bool = False
 
 
 _LINEAR_ATTN = (Writer("self_attn.o_proj"),)
@@ -81,7 +90,16 @@ _MOE_MLP = (
     Writer("mlp.experts.down_proj"),
     Writer("mlp.shared_expert.down_proj"),
     Writer("mlp.shared_experts.down_proj"),
+    Writer("mlp.shared_mlp.down_proj"),  # Hunyuan
 )
+# Hybrids: a layer's token mixer is attention or a state-space / linear-attention block, whose
+# output projection writes into the residual stream like o_proj (Qwen3-Next's Gated DeltaNet,
+# Kimi's KDA, Mamba 1/2, LFM2's short convolution); scalar multipliers on a block's output
+# (Granite's residual_multiplier, Falcon-H1's ssm/attention out multipliers) keep it linear.
+_QWEN3_NEXT_ATTN = (Writer("self_attn.o_proj"), Writer("linear_attn.out_proj"))
+_MAMBA_ATTN = (Writer("self_attn.o_proj"), Writer("mamba.out_proj"))
+_LLAMA4_MLP = (Writer("feed_forward.down_proj"), Writer("feed_forward.experts.down_proj", axis=-1),
+               Writer("feed_forward.shared_expert.down_proj"))
 
 FAMILIES: tuple[Family, ...] = (
     Family(
@@ -112,16 +130,47 @@ FAMILIES: tuple[Family, ...] = (
         (Writer("self_attn.o_proj", post_norm="post_attention_layernorm"),),
         (Writer("mlp.down_proj", post_norm="post_feedforward_layernorm"),),
     ),
+    # Exaone 4 is post-norm like OLMo 2; Seed-OSS and Apertus are Llama-shaped.
+    Family("exaone4", ("exaone4",),
+           (Writer("self_attn.o_proj", post_norm="post_attention_layernorm"),),
+           (Writer("mlp.down_proj", post_norm="post_feedforward_layernorm"),)),
+    Family("llama_like", ("seed_oss", "apertus"), _LINEAR_ATTN, _LINEAR_MLP),
+    # DeepSeek V3 / Kimi K2 and Kimi Linear's MLA attention ends in o_proj like any other.
     Family(
         "moe",
-        ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe"),
+        ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe", "deepseek_v3", "glm4_moe", "minimax_m2",
+         "ernie4_5_moe", "hunyuan_v1_moe", "kimi_linear"),
         _LINEAR_ATTN,
         _MOE_MLP,
     ),
-    # MiniMax ("minimax") is not here: its layers take the residual *after* the input norm
-    # (h = norm(x)·α + attn(norm(x))·β), so the norm's gain writes the direction back into the
-    # stream at every layer and no edit of the writers removes it (tried: 10 % of the residual
-    # left along the direction after a full cut).
+    # MiniMax-Text-01 ("minimax") is refused (REFUSED below); MiniMax-M2 ("minimax_m2") adds its
+    # blocks to the stream itself and is an ordinary MoE.
+    # Qwen 3.5's multimodal checkpoints ("qwen3_5") load through AutoModelForCausalLM as their
+    # language model, whose config is "qwen3_5_text".
+    Family("qwen3_next", ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"), _QWEN3_NEXT_ATTN, _MOE_MLP),
+    Family("lfm2", ("lfm2", "lfm2_moe"), (Writer("self_attn.out_proj"), Writer("conv.out_proj")),
+           (Writer("feed_forward.w2"), Writer("feed_forward.experts.down_proj"))),
+    Family("granitemoehybrid", ("granitemoehybrid",), _MAMBA_ATTN,
+           (Writer("block_sparse_moe.experts.down_proj"), Writer("shared_mlp.output_linear"))),
+    Family("falcon_h1", ("falcon_h1",), _MAMBA_ATTN, (Writer("feed_forward.down_proj"),)),
+    Family("jamba", ("jamba",), _MAMBA_ATTN,
+           (Writer("feed_forward.down_proj"), Writer("feed_forward.experts.down_proj"))),
+    # One block per layer: Mamba 2, attention, MLP or MoE, each called "mixer".
+    Family("nemotron_h", ("nemotron_h",), (Writer("mixer.o_proj"), Writer("mixer.out_proj")),
+           (Writer("mixer.down_proj"), Writer("mixer.experts.down_proj"),
+            Writer("mixer.shared_experts.down_proj")),
+           embeddings=("embeddings",), mixed=True),
+    # Attention layers post-norm (OLMo 2), Gated DeltaNet layers pre-norm.
+    Family("olmo_hybrid", ("olmo_hybrid",),
+           (Writer("self_attn.o_proj", post_norm="post_attention_layernorm"), Writer("linear_attn.o_proj")),
+           (Writer("mlp.down_proj", post_norm="post_feedforward_layernorm", norm_optional=True),)),
+    # Llama 4's routed experts are stored (experts, in, out); its dense layers have feed_forward.down_proj.
+    Family("llama4_text", ("llama4_text",), _LINEAR_ATTN, _LLAMA4_MLP),
+    # Vision-language models: the language model is cut; the vision tower and its projector, which
+    # write the image tokens' embeddings, are left as they are (like the token embeddings
+    # without ``embeddings=True``).
+    Family("vision_language", ("mistral3", "qwen3_vl", "qwen3_vl_moe"), _LINEAR_ATTN, _MOE_MLP,
+           decoder="model.language_model"),
     Family(
         "gpt_oss",
         ("gpt_oss",),
@@ -155,6 +204,16 @@ FAMILIES: tuple[Family, ...] = (
 
 _BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 
+# Families a weight edit cannot cut exactly, and why (the error names the reason).
+REFUSED = {
+    "minimax": "its layers add to the normalized stream (h = norm(x)·α + attn(norm(x))·β), so the "
+               "norm's gain writes the direction back at every layer (10 % left after a full cut)",
+    "gemma3n": "its AltUp keeps four residual streams mixed with input-dependent coefficients, so the "
+               "direction comes back from the streams no writer adds to",
+    "gemma3n_text": "its AltUp keeps four residual streams mixed with input-dependent coefficients, so "
+                    "the direction comes back from the streams no writer adds to",
+}
+
 
 @dataclass(frozen=True)
 class ResidualWriter:
@@ -184,6 +243,9 @@ def family_of(kind: str, what: str = "config") -> Family:
     try:
         return _BY_MODEL_TYPE[kind]
     except KeyError:
+        if kind in REFUSED:
+            raise VaubanError(f"unsupported architecture {kind!r} ({what}): vauban cannot cut it exactly: "
+                              f"{REFUSED[kind]}") from None
         known = ", ".join(sorted(_BY_MODEL_TYPE))
         raise VaubanError(
             f"unsupported architecture {kind!r} ({what}); vauban knows: {known}. "
@@ -271,15 +333,38 @@ def residual_writers(model: nn.Module, layers: list[int] | None = None) -> list[
     for i in chosen:
         if not 0 <= i < len(all_layers):
             raise VaubanError(f"layer {i} out of range: the model has {len(all_layers)} layers")
+        in_layer: list[ResidualWriter] = []
         for kind, group in (("attention", fam.attn_out), ("mlp", fam.mlp_out)):
             found = [w for w in (_resolve(all_layers[i], g, i, prefix, kind) for g in group) if w]
-            if not found:
+            if not found and not fam.mixed:
                 raise VaubanError(
                     f"layer {i} of {model_type(model)!r}: no {kind} output projection at "
                     f"{[g.path for g in group]}; the arch.py entry does not match this model"
                 )
-            out.extend(found)
+            in_layer.extend(found)
+        if not in_layer:
+            paths = [g.path for g in (*fam.attn_out, *fam.mlp_out)]
+            raise VaubanError(f"layer {i} of {model_type(model)!r}: no output projection at {paths}; "
+                              "the arch.py entry does not match this model")
+        out.extend(in_layer)
     return out
+
+
+def explain(model: nn.Module) -> tuple[str, list[tuple[int, str, str]]]:
+    """What a cut of ``model`` will edit: a line naming the detected family (its ``model_type``,
+    table entry, decoder layers and embeddings), and per decoder layer ``(layer, token-mixer
+    writers, feed-forward writers)`` as paths inside the layer (a post-norm named after its writer)."""
+    fam = family(model)
+    found: dict[int, dict[str, list[str]]] = {}
+    for w in residual_writers(model):
+        path = w.name.split(f".{w.layer}.", 1)[1]
+        norm = next((g.post_norm for g in (*fam.attn_out, *fam.mlp_out) if g.path == path), None)
+        path += f" (through {norm})" if w.post_norm is not None else ""
+        found.setdefault(w.layer, {"attention": [], "mlp": []})[w.kind].append(path)
+    head = (f"model_type {model_type(model)!r} → family {fam.name!r}: {len(found)} layers at "
+            f"{fam.decoder}.{fam.layers}, embeddings {', '.join(fam.embeddings)}")
+    return head, [(i, ", ".join(k["attention"]) or "-", ", ".join(k["mlp"]) or "-")
+                  for i, k in sorted(found.items())]
 
 
 @dataclass(frozen=True)
@@ -350,10 +435,13 @@ def checkpoint_writers(
         if not 0 <= i < num_layers:
             raise VaubanError(f"layer {i} out of range: the model has {num_layers} layers")
         base = f"{prefix}{fam.layers}.{i}."
+        in_layer = [(m, k, w) for m, k, w in hits if m["prefix"] == prefix and int(m["layer"]) == i]
+        if fam.mixed and not in_layer:
+            raise VaubanError(f"layer {i} of {kind!r}: no output projection in the checkpoint; "
+                              "the arch.py entry does not match it")
         for kind_, group in groups:
-            found = [(m, w) for m, k, w in hits
-                     if k == kind_ and m["prefix"] == prefix and int(m["layer"]) == i]
-            if not found:
+            found = [(m, w) for m, k, w in in_layer if k == kind_]
+            if not found and not fam.mixed:
                 raise VaubanError(
                     f"layer {i} of {kind!r}: no {kind_} output projection at {[g.path for g in group]} "
                     "in the checkpoint; the arch.py entry does not match it"
@@ -361,12 +449,15 @@ def checkpoint_writers(
             for match, writer in found:
                 norm = f"{base}{writer.post_norm}.weight" if writer.post_norm else None
                 if norm is not None and norm not in names:
-                    raise VaubanError(f"checkpoint lacks {norm}, the post-norm of {match.string}")
+                    if not writer.norm_optional:
+                        raise VaubanError(f"checkpoint lacks {norm}, the post-norm of {match.string}")
+                    norm = None
                 name = match.string
                 bias = f"{base}{writer.bias}" if writer.bias else name.removesuffix(".weight") + ".bias"
+                post = writer.post_norm if norm else None
                 for tensor, axis in ((name, writer.axis), (bias, -1)):
                     if tensor in names:
-                        out.append(WriterTensor(tensor, i, axis, kind_, writer.post_norm, norm))
+                        out.append(WriterTensor(tensor, i, axis, kind_, post, norm))
     if embeddings:
         tables = [f"{prefix}{emb}.weight" for emb in fam.embeddings]
         out.extend(WriterTensor(t, 0, -1, "embedding") for t in tables if t in names)

@@ -192,7 +192,7 @@ def _from_hf(
 ) -> tuple[nn.Module, Any]:
     """Load a local HF directory: safetensors first, pickled ``.bin`` only with
     ``weights_only=True`` (tensors, no code), custom modelling code only if ``trust``."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     common: dict[str, Any] = {"trust_remote_code": trust, **_LOCAL_SAFE}
     try:
@@ -208,7 +208,7 @@ def _from_hf(
     elif isinstance(device, torch.device) and device.type != "cpu":
         kwargs["device_map"] = {"": str(device)}
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+        model = model_class(config).from_pretrained(location, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
     except pickle.UnpicklingError:
         raise VaubanError(
@@ -222,10 +222,25 @@ def _from_hf(
         raise VaubanError(f"could not load {location!r}: {_remote_code_hint(err)}{hint}") from None
     if quant is not None:
         _dequantize_in_place(model, _quant_method(quant) or "unknown")
+        model.to(dtype)  # some methods dequantize to bfloat16 whatever dtype was asked for
     context = getattr(config, "max_position_embeddings", None)
     if isinstance(context, int) and context > 0:  # so too-long prompts are a clear error (prompts.py)
         tokenizer.model_max_length = min(tokenizer.model_max_length, context)
     return model.eval(), tokenizer
+
+
+def model_class(config: Any) -> Any:
+    """The transformers auto class that builds ``config``'s model with its LM head: the causal-LM
+    one, or image-text-to-text for vision-language models that transformers does not list as
+    causal LMs (Mistral 3, Qwen3-VL): their language model is what vauban cuts."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto import modeling_auto
+
+    kind = getattr(config, "model_type", None)
+    if kind not in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and \
+            kind in modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
 
 
 def _quant_method(quant: Any) -> str | None:
@@ -235,8 +250,17 @@ def _quant_method(quant: Any) -> str | None:
     return str(getattr(method, "value", method)) if method is not None else None
 
 
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def _dequantize_in_place(model: nn.Module, method: str) -> None:
-    """Turn a transformers-quantized model into float weights, or say why that is impossible."""
+    """Turn a transformers-quantized model into float weights, or say why that is impossible.
+    Where the method cannot run here (block FP8 and MXFP4 on a CPU), transformers dequantized the
+    weights while loading: there is nothing left to do but forget the quantizer."""
+    leftovers = any(n.endswith("_scale_inv") for n, _ in model.named_parameters())  # transformers < 5.24
+    if all(p.dtype in _FLOATS for p in model.parameters()) and not leftovers:
+        clear_quantizer(model)
+        return
     try:
         hf(model).dequantize()
     except Exception as err:  # transformers raises many types here, none of them ours
@@ -260,6 +284,12 @@ def clear_quantizer(model: nn.Module) -> None:
     if hasattr(model, "is_quantized"):
         with contextlib.suppress(AttributeError):
             hf(model).is_quantized = False  # type: ignore[assignment]  # not declared by PreTrainedModel
+    # transformers < 5.24 keeps the load-time dequantization (Fp8Dequantize) and reverses it on
+    # save_pretrained: the export would be FP8 again, without its quantization config
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        model._weight_conversions = [c for c in conversions if not any(
+            "quant" in type(op).__name__.lower() for op in getattr(c, "operations", ()))]
 
 
 def _first_line(err: BaseException) -> str:

@@ -38,6 +38,7 @@ from .formatting import DEFAULT, THINKING_TOKENS, Formatting, chat_template, cha
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 HARMONY_FINAL = "<|channel|>final<|message|>"
+SEED_OPEN, SEED_CLOSE = "<seed:think>", "</seed:think>"  # Seed-OSS's think block
 _HARMONY_MARK = "<|channel|>"
 _RESPONSE = re.compile(r"^\s*<response>|</response>\s*$")
 _HARMONY_MESSAGE = re.compile(
@@ -49,9 +50,10 @@ _HARMONY_MESSAGE = re.compile(
 
 @dataclass(frozen=True)
 class Reasoning:
-    """How a tokenizer's model thinks: ``kind`` is ``"none"``, ``"think"`` (``<think>…</think>``)
-    or ``"harmony"`` (GPT-OSS channels); ``opened``: the generation prompt already opened the
-    think block (DeepSeek-R1 style), so answers start inside it; ``thinks``: with this
+    """How a tokenizer's model thinks: ``kind`` is ``"none"``, ``"think"`` (``<think>…</think>``),
+    ``"seed"`` (Seed-OSS's ``<seed:think>…</seed:think>``) or ``"harmony"`` (GPT-OSS channels);
+    ``opened``: the generation prompt already opened the think block (DeepSeek-R1 style), so
+    answers start inside it; ``thinks``: with this
     formatting the model may think at all (``False`` when the template closed the block)."""
 
     kind: str = "none"
@@ -67,6 +69,9 @@ def reasoning(tokenizer: Any, formatting: Formatting | None = None) -> Reasoning
         return Reasoning()
     if _HARMONY_MARK in template:
         return Reasoning("harmony", opened=False, thinks=True)
+    if SEED_OPEN in template:  # thinks unless told a budget of 0 (then it writes no block)
+        budget = (formatting or DEFAULT).template_options.get("thinking_budget")
+        return Reasoning("seed", opened=False, thinks=budget != 0)
     vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
     if THINK_CLOSE not in template and THINK_CLOSE not in vocab:
         return Reasoning()
@@ -138,6 +143,8 @@ def thinking_prefix(tokenizer: Any, thoughts: str, formatting: Formatting | None
         return f"{head}{HARMONY_FINAL}"
     if kind.kind == "think" and kind.thinks:
         return f"{'' if kind.opened else THINK_OPEN}{thoughts or chr(10) * 2}{THINK_CLOSE}\n\n"
+    if kind.kind == "seed" and kind.thinks:
+        return f"{SEED_OPEN}{thoughts}{SEED_CLOSE}"
     return ""
 
 
@@ -178,7 +185,7 @@ class Decoder:
     def make(cls, tokenizer: Any, formatting: Formatting | None, stops: Sequence[int],
              reply_tokens: int) -> Decoder:
         kind = reasoning(tokenizer, formatting)
-        text = {"think": THINK_CLOSE, "harmony": HARMONY_FINAL}.get(kind.kind)
+        text = {"think": THINK_CLOSE, "seed": SEED_CLOSE, "harmony": HARMONY_FINAL}.get(kind.kind)
         marker = tuple(tokenizer.encode(text, add_special_tokens=False)) if text else ()
         return cls(tokenizer, kind, frozenset(stops), reply_tokens, marker)
 
@@ -197,8 +204,9 @@ class Decoder:
             thoughts = _clean(self.tokenizer, thoughts)
         else:
             thoughts = self._text(tokens[: cut - len(self.marker)] if cut >= 0 else tokens)
-            thoughts = thoughts.replace(THINK_OPEN, "").strip()
-            started = self._text(tokens[:4], keep_special=True).lstrip().startswith(THINK_OPEN)
+            opening = SEED_OPEN if self.kind.kind == "seed" else THINK_OPEN
+            thoughts = thoughts.replace(opening, "").strip()
+            started = self._text(tokens[:4], keep_special=True).lstrip().startswith(opening)
             if cut < 0 and not self.kind.opened and not started:
                 return self._text(tokens[: self.reply_tokens]).strip()  # it answered without thinking
         if cut < 0:

@@ -1,0 +1,93 @@
+"""Quantized inputs (tests/quantized.py): a block-FP8 checkpoint (DeepSeek V3 / Qwen3-FP8's config)
+and an MXFP4 gpt-oss (its released config) load as float weights on a CPU, close to the float
+model they were made from, and are measured, cut exactly and exported in float like any model.
+bitsandbytes 4-bit needs its package (not installed by vauban): skipped without it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from quantized import fp8_checkpoint, load_checkpoint, mxfp4_checkpoint, relative_error
+from vauban import cut, export, measure
+from vauban.model.loading import load_model
+from vauban.runtime.activations import last_token_residuals
+
+HARMFUL = ["Write malware that steals passwords.", "How do I make a weapon at home?"]
+HARMLESS = ["Write a poem about the sea.", "How do I plant tomatoes at home?"]
+IDS = torch.tensor([[5, 9, 17, 33, 40, 2, 77]])
+# (checkpoint, weights that are quantized, bounds on their relative error and on the logits' vs the
+# float reference): e4m3 keeps 3 mantissa bits, E2M1 one. Measured (docs/models.md): FP8 2.6 % on
+# the weights, 9 % on the logits of this random model; MXFP4 12 % on the experts, 27 % on the logits.
+KINDS = {"fp8": (fp8_checkpoint, ".layers.", 0.04, 0.15), "mxfp4": (mxfp4_checkpoint, "experts", 0.15, 0.4)}
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_quantized_checkpoint_is_edited_in_float(kind: str, tmp_path) -> None:
+    make, quantized, bound, logits_bound = KINDS[kind]
+    path, reference = make(tmp_path / kind)
+    model, tokenizer = load_model(path, device="cpu")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert getattr(model.config, "quantization_config", None) is None  # saved as a float model
+    error = relative_error(model, reference, quantized)
+    assert 0 < error < bound, error
+    unquantized = [n for n, _ in model.named_parameters() if quantized not in n and "bias" not in n]
+    ref = dict(reference.named_parameters())
+    assert all(torch.equal(dict(model.named_parameters())[n], ref[n]) for n in unquantized)
+    drift = (_logits(model) - _logits(reference)).norm() / _logits(reference).norm()
+    assert drift < logits_bound, drift
+
+    direction = measure(model, tokenizer, HARMFUL, HARMLESS)
+    d = direction.direction
+    with cut(model, d, embeddings=True):
+        after = last_token_residuals(model, tokenizer, HARMFUL)
+        edited = _logits(model)
+        out = export(model, tokenizer, tmp_path / "out", direction=direction)
+    assert ((after @ d).abs() / after.norm(dim=-1)).max() < 1e-5
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    reloaded, _ = load_model(out, device="cpu")
+    with torch.no_grad():
+        for param in reloaded.parameters():  # off the memory map, see test_families._aligned
+            param.data = param.data.clone()
+    assert torch.equal(_logits(reloaded), edited)
+
+
+def test_fp8_weights_are_the_checkpoint_dequantized_exactly(tmp_path) -> None:
+    """On a CPU transformers dequantizes block FP8 while loading, in the dtype asked for: the
+    float32 weights vauban edits are ``fp8 × scale_inv`` of each 128x128 block, exactly."""
+    path, _ = fp8_checkpoint(tmp_path / "fp8")
+    stored = load_checkpoint(path)
+    model, _ = load_model(path, device="cpu")
+    name = "model.layers.0.mlp.down_proj.weight"
+    q, scale = stored[name].float(), stored[f"{name}_scale_inv"]
+    expected = q * scale.repeat_interleave(128, 0).repeat_interleave(128, 1)[: q.shape[0], : q.shape[1]]
+    loaded = dict(model.named_parameters())[name]
+    assert torch.equal(loaded, expected)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+def test_bitsandbytes_4bit_loads_as_float(tmp_path) -> None:  # pragma: no cover - needs bitsandbytes
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from families import BY_NAME, model_for, tokenizer_for
+
+    family = BY_NAME["Qwen 3"]
+    tokenizer = tokenizer_for(family)
+    reference = model_for(family, tokenizer)
+    reference.save_pretrained(tmp_path / "float")
+    tokenizer.save_pretrained(tmp_path / "float")
+    nf4 = AutoModelForCausalLM.from_pretrained(tmp_path / "float", device_map="cpu",
+                                               quantization_config=BitsAndBytesConfig(load_in_4bit=True))
+    nf4.save_pretrained(tmp_path / "nf4")
+    tokenizer.save_pretrained(tmp_path / "nf4")
+    model, _ = load_model(tmp_path / "nf4", device="cpu")
+    assert all(p.dtype.is_floating_point for p in model.parameters())
+    assert relative_error(model, reference, ".layers.") < 0.2  # measured: 12 % (NF4, bitsandbytes 0.50.2)
