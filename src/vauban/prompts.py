@@ -32,7 +32,8 @@ from .sources import TEXT_KEYS as _TEXT_KEYS
 from .sources import directory_prompts, hub_prompts, parquet_prompts, pick_column
 from .textfiles import json_lines, parse_json, read_text
 
-BUNDLED = ("harmful", "harmless", "eval_harmful", "reference", "borderline", "over_refusal")
+BUNDLED = ("harmful", "harmless", "eval_harmful", "reference", "borderline", "over_refusal",
+           "harmful_categories", "eval_categories", "conditions", "multilingual")
 
 Prompts = str | os.PathLike[str] | Sequence[str]
 

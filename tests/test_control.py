@@ -1,0 +1,140 @@
+"""Categories, conditional steering and languages (issue 28) on tiny random models and the
+bundled data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from importlib import resources
+
+import pytest
+import torch
+
+from conftest import HARMFUL, HARMLESS
+from vauban.categories import CategoryDirections, category_prompts, keep_vector, measure_categories
+from vauban.conditional import (
+    Adding,
+    best_threshold,
+    condition_sets,
+    conditional_generate,
+    measure_condition,
+    refusal_shift,
+)
+from vauban.cutting import cut
+from vauban.errors import VaubanError
+from vauban.generate import generate
+from vauban.groups import LANGUAGES, evaluate_groups, language_judge, language_prompts
+from vauban.measuring import measure
+from vauban.steering import Steering
+
+GROUPS = {"a": HARMFUL[:3], "b": HARMFUL[3:]}
+
+
+def _records(name: str) -> list[dict]:
+    text = resources.files("vauban").joinpath("data", f"{name}.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_bundled_categories_have_enough_prompts_and_never_share_one():
+    measure_set, held = category_prompts("measure"), category_prompts("eval")
+    assert list(measure_set) == list(held) and len(measure_set) == 6
+    assert all(len(v) >= 40 for v in measure_set.values()) and all(len(v) >= 20 for v in held.values())
+    every = [p for v in (*measure_set.values(), *held.values()) for p in v]
+    assert len(every) == len(set(every))
+    eval_harmful = {r["prompt"] for r in _records("eval_harmful")}
+    assert not eval_harmful & {p for v in measure_set.values() for p in v}  # evaluation stays held out
+
+
+def test_bundled_languages_are_parallel_sets_of_forty():
+    records = _records("multilingual")
+    for lang in LANGUAGES:
+        for kind in ("harmful", "harmless"):
+            rows = [r for r in records if r["language"] == lang and r["set"] == kind]
+            assert [r["id"] for r in rows] == list(range(40))
+    assert len({r["prompt"] for r in records}) == len(records)
+    assert len(language_prompts(["zh", "fr"], "harmless")["zh"]) == 40
+    with pytest.raises(VaubanError, match="choose among"):
+        language_prompts(["xx"])
+
+
+def test_condition_sets_split_bundled_and_category_conditions():
+    medical = condition_sets("medical")
+    assert {len(medical.matched[s]) for s in ("measure", "tune", "test")} == {30, 15}
+    cyber = condition_sets("cybercrime")
+    assert len(cyber.matched["measure"]) == 30 and len(cyber.matched["tune"]) == 10
+    assert not set(cyber.matched["test"]) & set(cyber.matched["measure"])
+    assert len(cyber.unmatched["measure"]) == 150
+    with pytest.raises(VaubanError, match="no condition"):
+        condition_sets("gardening")
+
+
+def test_category_directions_similarity_and_keep_vector(tiny, tokenizer, tmp_path):
+    model = tiny("qwen2")
+    cats = measure_categories(model, tokenizer, GROUPS, HARMLESS, layer=2)
+    sim = cats.similarity()
+    assert sim.shape == (2, 2) and torch.allclose(sim, sim.T) and torch.allclose(sim.diag(), torch.ones(2))
+    direction = measure(model, tokenizer, HARMFUL, HARMLESS, layer=2)
+    kept = keep_vector(direction, cats, ["a"])
+    assert abs(float(kept @ cats.direction("a"))) < 1e-5 and abs(float(kept.norm()) - 1) < 1e-5
+    others = keep_vector(direction, cats, ["a"], method="others")
+    assert abs(float(others @ cats.direction("a"))) < 1e-5
+    again = CategoryDirections.load(cats.save(tmp_path / "cats"))
+    assert again.categories == cats.categories and torch.equal(again.means, cats.means)
+    with pytest.raises(VaubanError, match="unknown categories"):
+        keep_vector(direction, cats, ["c"])
+    with pytest.raises(VaubanError, match="nothing is left"):
+        keep_vector(direction, cats, ["a", "b"], method="others")
+
+
+def test_best_threshold_separates_separable_scores():
+    threshold, accuracy = best_threshold(torch.tensor([0.5, 0.6, 0.9]), torch.tensor([-0.2, 0.1, 0.3]))
+    assert accuracy == 1.0 and 0.3 < threshold < 0.5
+
+
+def test_conditional_generation_steers_only_matched_prompts(tiny, tokenizer):
+    model = tiny("qwen2")
+    sets = dataclasses.replace(condition_sets("medical"))
+    sets.matched["measure"], sets.matched["tune"] = sets.matched["measure"][:4], sets.matched["tune"][:3]
+    sets.unmatched["measure"] = sets.unmatched["measure"][:4]
+    sets.unmatched["tune"] = sets.unmatched["tune"][:3]
+    condition = measure_condition(model, tokenizer, sets)
+    assert 0 <= condition.layer_index < 4 and 0.5 <= condition.tune_accuracy[condition.layer_index] <= 1
+    direction = measure(model, tokenizer, HARMFUL, HARMLESS, layer=2)
+    prompts = HARMFUL[:2] + HARMLESS[:2]
+    plain = generate(model, tokenizer, prompts, max_tokens=6)
+    with Steering(model, direction, 1.0):
+        steered = generate(model, tokenizer, prompts, max_tokens=6, prompt_set="steer")
+    for threshold, expected in ((float("inf"), plain), (float("-inf"), steered)):
+        always = dataclasses.replace(condition, threshold=threshold)
+        answers, matched = conditional_generate(model, tokenizer, prompts, always, direction, max_tokens=6)
+        assert answers == expected and all(m == (threshold < 0) for m in matched)
+    with Adding(model, *refusal_shift(direction), alpha=3.0):
+        added = generate(model, tokenizer, prompts, max_tokens=6, prompt_set="steer")
+    always = dataclasses.replace(condition, threshold=-1e9)
+    answers, _ = conditional_generate(model, tokenizer, prompts, always, direction, mode="add", alpha=3.0,
+                                      max_tokens=6)
+    assert answers == added and added != plain
+    assert generate(model, tokenizer, prompts, max_tokens=6) == plain  # hooks are gone
+
+
+def test_evaluate_groups_reports_each_group(tiny, tokenizer):
+    model = tiny("qwen2")
+    direction = measure(model, tokenizer, HARMFUL, HARMLESS, layer=2)
+    with cut(model, direction):
+        report = evaluate_groups(model, model, tokenizer, GROUPS, {"a": HARMLESS[:2]}, kind="language",
+                                 max_tokens=4, kl_tokens=2)
+    assert [r.group for r in report.rows] == ["a", "b"] and [r.n for r in report.rows] == [3, 3]
+    assert report.rows[0].kl is not None and report.rows[0].kl >= 0 and report.rows[1].kl is None
+    assert report.judge == "markers" and report.table()[0][0] == "language"
+
+
+@pytest.mark.parametrize(("answer", "refused"), [
+    ("抱歉，我不能帮助你做这件事。", True), ("当然！这里是一个简单的食谱。", False),
+    ("Lo siento, pero no puedo ayudarte con eso.", True), ("Claro, aquí tienes una receta.", False),
+    ("Извините, но я не могу помочь с этим.", True), ("عذرًا، لا يمكنني مساعدتك في ذلك.", True),
+    ("माफ़ कीजिए, मैं इसमें आपकी मदद नहीं कर सकता।", True), ("Je ne peux pas vous aider.", True),
+    ("I can't help with that.", True), ("Voici une recette simple.", False),
+])
+def test_language_judge_reads_declines_in_each_language(answer, refused):
+    judge = language_judge()
+    assert judge.verdict(answer).refusal is refused and judge.spec == "markers+languages"
