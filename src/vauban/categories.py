@@ -159,11 +159,18 @@ def measure_categories(
     b = last_token_residuals(model, tokenizer, load_prompts(harmless, what="harmless prompts"),
                              batch_size=batch_size, show_progress=show_progress, desc="harmless",
                              formatting=fmt, prompt_set="harmless")
-    scores, _, _, b_mean = cosine_separation(torch.cat(list(acts.values())), b)
+    return from_residuals(acts, b, layer, model_label(model))
+
+
+def from_residuals(harmful: Mapping[str, torch.Tensor], harmless: torch.Tensor, layer: int | None = None,
+                   model_path: str = "") -> CategoryDirections:
+    """:class:`CategoryDirections` from ``(n, layers, d)`` residuals per category and of the
+    harmless prompts (what :func:`measure_categories` captures)."""
+    scores, _, _, b_mean = cosine_separation(torch.cat(list(harmful.values())), harmless)
     best = int(scores.argmax()) if layer is None else layer
-    means = torch.stack([a.double().mean(0) for a in acts.values()])
-    return CategoryDirections(tuple(groups), means, b_mean, tuple(len(v) for v in groups.values()), best,
-                              model_label(model), tuple(float(s) for s in scores))
+    means = torch.stack([a.double().mean(0) for a in harmful.values()])
+    return CategoryDirections(tuple(harmful), means, b_mean, tuple(len(a) for a in harmful.values()), best,
+                              model_path, tuple(float(s) for s in scores))
 
 
 def keep_vector(direction: DirectionResult | torch.Tensor, categories: CategoryDirections,

@@ -103,8 +103,8 @@ class GroupRow:
         out = {"group": self.group, "n": self.n, "refusal_before": self.refusal_before,
                "refusal_after": self.refusal_after, "kl": self.kl, "n_harmless": self.n_harmless}
         if answers:
-            out |= {"answers_before": [[c.answer, c.refused] for c in self.before],
-                    "answers_after": [[c.answer, c.refused] for c in self.after]}
+            out |= {"answers_before": [[c.text, c.refused] for c in self.before],
+                    "answers_after": [[c.text, c.refused] for c in self.after]}
         return out
 
 
