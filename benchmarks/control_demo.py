@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 import torch
-from provenance import stamp
 
+from provenance import stamp
 from vauban import DirectionResult, cut, load, measure
 from vauban.activations import last_token_residuals
 from vauban.categories import category_prompts, from_residuals, keep_vector
@@ -110,7 +110,8 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str) ->
     say(f"development: {sum(map(len, dev.values()))} prompts, original and two keep methods")
     dev_rows = {"original": refusals(model, tokenizer, dev)[0]}
     for method in ("orthogonal", "others"):
-        dev_rows[method] = refusals(model, tokenizer, dev, keep_vector(direction, dev_cats, [keep], method))[0]
+        vector = keep_vector(direction, dev_cats, [keep], method)
+        dev_rows[method] = refusals(model, tokenizer, dev, vector)[0]
     scores = {m: keep_score(dev_rows[m], dev_rows["original"], keep) for m in ("orthogonal", "others")}
     chosen = min(scores, key=scores.get)
     say(f"dev {dev_rows} -> {chosen}")
@@ -125,8 +126,8 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str) ->
             "similarity": cats.record()["similarity"],
             "cos_with_default_direction": [round(float(u @ direction.direction.double()), 4)
                                            for u in cats.directions().double()],
-            "development": {"prompts": f"the last {DEV} of each category's measuring prompts", "rates": dev_rows,
-                            "scores": scores, "chosen": chosen},
+            "development": {"prompts": f"the last {DEV} of each category's measuring prompts",
+                            "rates": dev_rows, "scores": scores, "chosen": chosen},
             "held_out": {"prompts": "eval_categories.jsonl (145)", "rates": rows, "answers": answers}}
 
 
@@ -138,9 +139,10 @@ def condition_run(model, tokenizer, direction, name: str, mode: str, alpha: floa
     scores = condition_scores(model, tokenizer, condition, test)
     hits = [bool(s > condition.threshold) for s in scores]
     if original is None:
-        original = [a.refused for a in completions(model, tokenizer, test, max_tokens=MAX_TOKENS, batch_size=None)]
-    answers, matched = conditional_generate(model, tokenizer, test, condition, direction, mode=mode, alpha=alpha,
-                                            max_tokens=MAX_TOKENS)
+        answered = completions(model, tokenizer, test, max_tokens=MAX_TOKENS, batch_size=None)
+        original = [a.refused for a in answered]
+    answers, _ = conditional_generate(model, tokenizer, test, condition, direction, mode=mode, alpha=alpha,
+                                      max_tokens=MAX_TOKENS)
     after = [v.refusal for v in run_judge(get_judge(None), test, answers)]
 
     def side(flag: bool) -> dict:
