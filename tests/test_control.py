@@ -138,3 +138,73 @@ def test_evaluate_groups_reports_each_group(tiny, tokenizer):
 def test_language_judge_reads_declines_in_each_language(answer, refused):
     judge = language_judge()
     assert judge.verdict(answer).refusal is refused and judge.spec == "markers+languages"
+
+
+@pytest.fixture(scope="module")
+def cli_ws(tmp_path_factory, tokenizer):
+    """A tiny model directory, a categorized prompt file and a condition file."""
+    from conftest import build_model
+
+    root = tmp_path_factory.mktemp("control-cli")
+    build_model("qwen2").save_pretrained(root / "tiny")
+    tokenizer.save_pretrained(root / "tiny")
+    rows = [{"prompt": p, "category": c} for c, ps in GROUPS.items() for p in ps]
+    (root / "cats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cond = [{"prompt": p, "matched": m, "split": s} for s in ("measure", "tune")
+            for m, ps in ((True, HARMFUL[:3]), (False, HARMLESS[:3])) for p in ps]
+    (root / "cond.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cond))
+    (root / "harmful.txt").write_text("\n".join(HARMFUL) + "\n")
+    (root / "harmless.txt").write_text("\n".join(HARMLESS) + "\n")
+    return root
+
+
+def _run(cli_ws, monkeypatch, capsys, *argv, code=0):
+    from vauban.cli import main
+
+    for key in [k for k in __import__("os").environ if k.startswith("VAUBAN_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("VAUBAN_CACHE", str(cli_ws / "cache"))
+    monkeypatch.chdir(cli_ws)
+    base = ["--model", str(cli_ws / "tiny"), "--harmful", "harmful.txt", "--harmless", "harmless.txt",
+            "--max-tokens", "3", "--layer", "2", "-q"]
+    assert main([*argv, *base]) == code
+    out = capsys.readouterr()
+    return json.loads(out.out) if code == 0 and "--json" in argv else out
+
+
+def test_cli_measure_by_category_saves_similarity_and_plot(cli_ws, monkeypatch, capsys):
+    doc = _run(cli_ws, monkeypatch, capsys, "measure", "--by-category", "--categories", "cats.jsonl",
+               "-o", "out/cats", "--json")
+    assert doc["categories"]["categories"] == ["a", "b"] and len(doc["categories"]["similarity"]) == 2
+    assert all((cli_ws / "out" / f"cats.{ext}").is_file() for ext in ("pt", "json", "png"))
+
+
+def test_cli_abliterate_keep_records_the_kept_categories(cli_ws, monkeypatch, capsys):
+    doc = _run(cli_ws, monkeypatch, capsys, "abliterate", "--keep", "a", "--categories", "cats.jsonl",
+               "-o", "kept", "--json")
+    assert doc["keep"]["categories"] == ["a"] and doc["keep"]["method"] == "orthogonal"
+    assert json.loads((cli_ws / "kept" / "vauban.json").read_text())["keep"]["categories"] == ["a"]
+    err = _run(cli_ws, monkeypatch, capsys, "abliterate", "--keep", "a", "--per-layer", "-o", "x", code=2)
+    assert "--keep makes its own direction" in err.err
+    err = _run(cli_ws, monkeypatch, capsys, "abliterate", "--keep", "zzz", "--categories", "cats.jsonl",
+               "-o", "y", code=2)
+    assert "unknown categories" in err.err
+
+
+def test_cli_evaluate_per_category_and_language(cli_ws, monkeypatch, capsys):
+    _run(cli_ws, monkeypatch, capsys, "abliterate", "-o", "plain", "--json")
+    doc = _run(cli_ws, monkeypatch, capsys, "evaluate", str(cli_ws / "tiny"), "plain", "--by-category",
+               "--categories", "cats.jsonl", "--languages", "zh,fr", "--kl-tokens", "2",
+               "--safe-prompts", "none", "--json")
+    assert [r["group"] for r in doc["by_category"]["rows"]] == ["a", "b"]
+    languages = doc["by_language"]
+    assert [r["group"] for r in languages["rows"]] == ["zh", "fr"]
+    assert languages["judge"] == "markers+languages"
+    assert all(r["n"] == 40 and r["kl"] is not None for r in languages["rows"])
+
+
+def test_cli_steer_when_reports_the_match(cli_ws, monkeypatch, capsys):
+    doc = _run(cli_ws, monkeypatch, capsys, "steer", HARMFUL[0], "--when", "cond.jsonl", "--json")
+    (row,) = doc["results"]
+    assert isinstance(row["matched"], bool) and row["mode"] == "remove"
+    assert doc["condition"]["name"] == "cond"

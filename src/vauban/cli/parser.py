@@ -130,6 +130,19 @@ def _format_flags(p: argparse.ArgumentParser) -> None:
                                    "edited tensors' type; default their own); mlx bits, e.g. 4")
 
 
+def _categories_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--categories", metavar="FILE",
+                   help="prompts with a 'category' field (.jsonl; default: the bundled category sets)")
+
+
+def _when_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--when", metavar="CONDITION",
+                   help="steer only prompts that match: a bundled condition (medical), a category "
+                        "(cybercrime, ...) or a .jsonl of prompt/matched/split")
+    p.add_argument("--add", action="store_true",
+                   help="with --when: add refusal to matched prompts instead of removing it")
+
+
 def _variant_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=_layers, help="comma-separated layers to cut (default: all)")
     p.add_argument("--attention", metavar="WEIGHTS",
@@ -166,6 +179,10 @@ def add_measure(command: Command) -> None:
     p = command("measure", cmd_measure, "measure the refusal direction (and save it with -o)")
     _model_arg(p)
     p.add_argument("-o", "--output", help="save the direction here (.safetensors + .json)")
+    p.add_argument("--by-category", action="store_true",
+                   help="one direction per harm category and their cosine similarity (-o FILE: .pt, .json, "
+                        ".png)")
+    _categories_flag(p)
 
 
 def add_probe(command: Command) -> None:
@@ -180,6 +197,13 @@ def add_abliterate(command: Command) -> None:
     _cut_flags(p)
     _direction_flag(p)
     _variant_flags(p)
+    p.add_argument("--keep", metavar="CATEGORY[,...]",
+                   help="keep refusing these categories (weapons, cybercrime, drugs, fraud, harassment, "
+                        "self_harm): the cut removes a direction orthogonal to theirs")
+    p.add_argument("--keep-method", choices=["orthogonal", "others"], default="orthogonal",
+                   help="with --keep: the refusal direction minus the kept categories' span (default), or "
+                        "the other categories' own direction minus it")
+    _categories_flag(p)
 
 
 def add_evaluate(command: Command) -> None:
@@ -203,6 +227,11 @@ def add_evaluate(command: Command) -> None:
                    help="lm-evaluation-harness tasks, e.g. mmlu,gsm8k (pip install 'vauban[lm-eval]')")
     p.add_argument("--task-path", help="folder of your own lm-eval task YAML files")
     p.add_argument("--limit", type=int, help="first N items of each capability check (CPU runs: 20 or so)")
+    p.add_argument("--by-category", action="store_true",
+                   help="also refusal per harm category (the bundled held-out category prompts)")
+    p.add_argument("--languages", nargs="?", const="", metavar="LANG[,...]",
+                   help="also refusal and KL per language (bundled: en,zh,ar,hi,ru,es,fr; default all)")
+    _categories_flag(p)
 
 
 def add_steer(command: Command) -> None:
@@ -211,6 +240,7 @@ def add_steer(command: Command) -> None:
     p.add_argument("--alpha", type=float, help="how much of the direction to remove (default 1)")
     p.add_argument("--alphas", type=_alphas, help="several alphas, e.g. 0.5,1,1.5,2")
     _direction_flag(p)
+    _when_flags(p)
 
 
 def add_sweep(command: Command) -> None:
@@ -235,6 +265,7 @@ def add_chat(command: Command) -> None:
     _model_arg(p)
     p.add_argument("--alpha", type=float, help="steer with this alpha (measures a direction if none)")
     _direction_flag(p)
+    _when_flags(p)
 
 
 def add_optimize(command: Command) -> None:
