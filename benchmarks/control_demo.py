@@ -219,6 +219,7 @@ def main() -> None:
             raise SystemExit(f"unknown stage {stage!r}")
         data[stage] = part | stamp() | {"seconds": round(time.perf_counter() - start),
                                         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+        data.update(stamp())  # the file's own commit and date: its latest stage's
         RESULTS.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
         say(f"{stage} done in {data[stage]['seconds']} s; wrote {RESULTS}")
 
