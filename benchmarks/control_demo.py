@@ -40,14 +40,20 @@ import torch
 
 from provenance import stamp
 from vauban import DirectionResult, cut, load, measure
-from vauban.activations import last_token_residuals
-from vauban.categories import category_prompts, from_residuals, keep_vector
-from vauban.conditional import condition_scores, condition_sets, conditional_generate, measure_condition
-from vauban.evaluating import completions, rate
-from vauban.groups import LANGUAGES, evaluate_groups, language_judge, language_prompts
+from vauban.direction.categories import category_prompts, from_residuals, keep_vector
+from vauban.edit.vectors import unit_rows
+from vauban.evaluation.evaluating import rate
+from vauban.evaluation.groups import LANGUAGES, evaluate_groups, language_judge, language_prompts
 from vauban.judge import get_judge, run_judge
-from vauban.prompts import load_prompts
-from vauban.results import unit_rows
+from vauban.judge.answers import completions
+from vauban.methods.conditional import (
+    condition_scores,
+    condition_sets,
+    conditional_generate,
+    measure_condition,
+)
+from vauban.runtime.activations import last_token_residuals
+from vauban.text.prompts import load_prompts
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "control_demo.json"

@@ -45,7 +45,7 @@ from typing import Any
 
 from demo_inputs import SHARED
 from provenance import stamp
-from vauban.atomic import write_file
+from vauban.core.atomic import write_file
 from vauban.judge import Judge, Verdict, get_judge, run_judge
 
 RESULTS = Path(__file__).parent / "results"

@@ -11,8 +11,12 @@ import pytest
 import torch
 
 from conftest import HARMFUL, HARMLESS
-from vauban.categories import CategoryDirections, category_prompts, keep_vector, measure_categories
-from vauban.conditional import (
+from vauban.core.errors import VaubanError
+from vauban.direction.categories import CategoryDirections, category_prompts, keep_vector, measure_categories
+from vauban.direction.measuring import measure
+from vauban.edit.cutting import cut
+from vauban.evaluation.groups import LANGUAGES, evaluate_groups, language_judge, language_prompts
+from vauban.methods.conditional import (
     Adding,
     best_threshold,
     condition_sets,
@@ -20,12 +24,8 @@ from vauban.conditional import (
     measure_condition,
     refusal_shift,
 )
-from vauban.cutting import cut
-from vauban.errors import VaubanError
-from vauban.generate import generate
-from vauban.groups import LANGUAGES, evaluate_groups, language_judge, language_prompts
-from vauban.measuring import measure
-from vauban.steering import Steering
+from vauban.methods.steering import Steering
+from vauban.runtime.generating import generate
 
 GROUPS = {"a": HARMFUL[:3], "b": HARMFUL[3:]}
 

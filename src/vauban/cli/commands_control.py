@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..errors import VaubanError
+from ..core.errors import VaubanError
 from .common import new_path
 from .report import Report
 
@@ -24,7 +24,7 @@ def cmd_measure_categories(s: Settings, args: argparse.Namespace, report: Report
                            tokenizer: Any) -> None:
     """``vauban measure --by-category``: one direction per category, their similarity, a plot."""
     from .. import plots
-    from ..categories import measure_categories
+    from ..direction.categories import measure_categories
 
     save = new_path(Path(args.output).with_suffix(".pt"), s.overwrite) if args.output else None
     with report.step("measure one direction per category", "measure_categories"):
@@ -54,7 +54,7 @@ def check_keep(args: argparse.Namespace) -> list[str]:
 def keep_cut_vector(s: Settings, args: argparse.Namespace, report: Report, model: Any, tokenizer: Any,
                     direction: Any, keep: list[str]) -> Any:
     """The vector ``abliterate --keep`` removes (:func:`vauban.categories.keep_vector`)."""
-    from ..categories import check_categories, keep_vector, measure_categories
+    from ..direction.categories import check_categories, keep_vector, measure_categories
 
     with report.step(f"measure category directions to keep {', '.join(keep)}", "measure_categories"):
         cats = measure_categories(model, tokenizer, categories_source(args), s.harmless,
@@ -67,8 +67,8 @@ def keep_cut_vector(s: Settings, args: argparse.Namespace, report: Report, model
 
 def group_prompts(s: Settings, args: argparse.Namespace) -> list[tuple[str, dict, dict | None]]:
     """The groups ``evaluate --by-category`` / ``--languages`` ask for: (kind, harmful, harmless)."""
-    from ..categories import category_prompts
-    from ..groups import language_prompts
+    from ..direction.categories import category_prompts
+    from ..evaluation.groups import language_prompts
 
     out: list[tuple[str, dict, dict | None]] = []
     if getattr(args, "by_category", False):
@@ -82,7 +82,7 @@ def group_prompts(s: Settings, args: argparse.Namespace) -> list[tuple[str, dict
 def evaluate_by_group(s: Settings, args: argparse.Namespace, report: Report, original: Any, modified: Any,
                       tokenizer: Any, judge: Any, formatting: Any) -> None:
     """Refusal (and for languages KL) per group, after ``evaluate``'s own report."""
-    from ..groups import evaluate_groups, language_judge
+    from ..evaluation.groups import evaluate_groups, language_judge
 
     for kind, harmful, harmless in group_prompts(s, args):
         use = language_judge() if kind == "language" and s.judge is None else judge
@@ -98,7 +98,7 @@ def evaluate_by_group(s: Settings, args: argparse.Namespace, report: Report, ori
 
 def condition_for(s: Settings, report: Report, model: Any, tokenizer: Any, when: str) -> Any:
     """The condition of ``--when`` (a bundled condition, a category or a file), measured now."""
-    from ..conditional import condition_sets, measure_condition
+    from ..methods.conditional import condition_sets, measure_condition
 
     sets = condition_sets(when)
     with report.step(f"measure the condition {sets.name!r}", "condition"):
@@ -114,9 +114,9 @@ def condition_for(s: Settings, report: Report, model: Any, tokenizer: Any, when:
 def cmd_steer_when(s: Settings, args: argparse.Namespace, report: Report, model: Any, tokenizer: Any,
                    direction: Any, judge: Any) -> None:
     """``vauban steer PROMPT --when CONDITION``: steer only if the prompt matches."""
-    from ..conditional import condition_scores, conditional_generate
     from ..judge import run_judge
-    from ..reasoning import split_reasoning
+    from ..methods.conditional import condition_scores, conditional_generate
+    from ..text.reasoning import split_reasoning
 
     condition = condition_for(s, report, model, tokenizer, args.when)
     mode = "add" if args.add else "remove"
