@@ -150,9 +150,7 @@ def cli_ws(tmp_path_factory, tokenizer):
     tokenizer.save_pretrained(root / "tiny")
     rows = [{"prompt": p, "category": c} for c, ps in GROUPS.items() for p in ps]
     (root / "cats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cond = [{"prompt": p, "matched": m, "split": s} for s in ("measure", "tune")
-            for m, ps in ((True, HARMFUL[:3]), (False, HARMLESS[:3])) for p in ps]
-    (root / "cond.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cond))
+    _condition_file(root / "cond.jsonl")
     (root / "harmful.txt").write_text("\n".join(HARMFUL) + "\n")
     (root / "harmless.txt").write_text("\n".join(HARMLESS) + "\n")
     return root
@@ -208,3 +206,29 @@ def test_cli_steer_when_reports_the_match(cli_ws, monkeypatch, capsys):
     (row,) = doc["results"]
     assert isinstance(row["matched"], bool) and row["mode"] == "remove"
     assert doc["condition"]["name"] == "cond"
+
+
+def test_chat_steers_only_turns_that_match(tiny, tokenizer, tmp_path):
+    from vauban.chat import ChatSession
+
+    model = tiny("qwen2")
+    direction = measure(model, tokenizer, HARMFUL, HARMLESS, layer=2)
+    sets = condition_sets(str(_condition_file(tmp_path / "cond.jsonl")))
+    condition = measure_condition(model, tokenizer, sets, layers=[2])
+    replies = {}
+    for threshold in (float("inf"), float("-inf")):
+        session = ChatSession(model, tokenizer, direction, 3.0, max_tokens=5,
+                              condition=dataclasses.replace(condition, threshold=threshold))
+        replies[threshold] = session.reply(HARMFUL[0])
+        assert session.last_matched is (threshold < 0)
+    assert replies[float("inf")] == ChatSession(model, tokenizer, max_tokens=5).reply(HARMFUL[0])
+    with Steering(model, direction, 3.0):
+        assert replies[float("-inf")] == ChatSession(model, tokenizer, max_tokens=5).reply(HARMFUL[0])
+
+
+def _condition_file(path):
+    """A condition file: harmful prompts match, harmless ones do not (measure and tune splits)."""
+    rows = [{"prompt": p, "matched": m, "split": s} for s in ("measure", "tune")
+            for m, ps in ((True, HARMFUL[:3]), (False, HARMLESS[:3])) for p in ps]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
