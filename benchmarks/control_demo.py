@@ -226,6 +226,8 @@ def main() -> None:
         data[stage] = part | stamp() | {"seconds": round(time.perf_counter() - start),
                                         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
         data.update(stamp())  # the file's own commit and date: its latest stage's
+        if RESULTS.exists():  # another run (another --only) may have written its stages meanwhile
+            data = json.loads(RESULTS.read_text()) | data
         RESULTS.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
         say(f"{stage} done in {data[stage]['seconds']} s; wrote {RESULTS}")
 
