@@ -466,9 +466,10 @@ def control_categories() -> list[str]:
 @table("control-conditions")
 def control_conditions() -> list[str]:
     """Conditional steering: accuracy and refusal on matched vs unmatched test prompts."""
-    r = load("control_demo.json")["conditions"]
+    data = load("control_demo.json")
+    r = data["conditions"]
     rows = []
-    for name, run in r.items():
+    for name, run in ((k, v) for k, v in r.items() if isinstance(v, dict) and "mode" in v):
         for side in ("matched_test", "unmatched_test"):
             s = run[side]
             rows.append([f"{name} ({run['mode']} refusal, alpha {run['alpha']:g})", side.split("_")[0],
@@ -476,8 +477,8 @@ def control_conditions() -> list[str]:
                          pct(s["refusal_after"])])
         rows.append([f"{name}: condition", "layer " + str(run["condition"]["layer"]), "",
                      "test accuracy " + pct(run["test_accuracy"]), "", ""])
-    return ["Judge: markers, 32 answer tokens; test prompts never used to measure the condition or "
-            "choose its layer and threshold.", "",
+    return [f"Judge: markers, {data['max_tokens']} answer tokens; test prompts never used to measure the "
+            "condition or choose its layer and threshold.", "",
             *markdown(["condition", "test prompts", "n", "judged matched", "refusal before", "refusal after"],
                       rows)]
 
