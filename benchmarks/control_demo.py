@@ -17,7 +17,7 @@ length ``optimize`` searches at, whose counts on this model equal those at 256 t
   last 10 of each category's 40 measuring prompts, with directions from the first 30 — and
   *reported* on the held-out ``eval_categories`` prompts (145, never used to measure or choose),
   with directions from all 40: refusal per category of the original, the default cut, and the cut
-  keeping ``--keep`` by each method.
+  keeping ``--keep`` by the chosen method.
 - **conditions**: condition ``medical`` (add refusal when matched) and condition ``cybercrime``
   (remove refusal when matched; one category against the others), each measured on its
   ``measure`` prompts, layer and threshold chosen on ``tune``, accuracy and refusal before/after
@@ -123,8 +123,7 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str) ->
     say(f"dev {dev_rows} -> {chosen}")
     rows, answers = {}, {}
     for name, vector in (("original", None), ("default cut", direction),
-                         *((f"keep {keep} ({m})", keep_vector(direction, cats, [keep], m))
-                           for m in ("orthogonal", "others"))):
+                         (f"keep {keep} ({chosen})", keep_vector(direction, cats, [keep], chosen))):
         say(f"held-out: {name}")
         rows[name], answers[name] = refusals(model, tokenizer, held, vector)
     return {"keep": keep, "layer": layer, "categories": list(cats.categories),
