@@ -449,6 +449,59 @@ def peers_frontier() -> list[str]:
 # --- README I/O --------------------------------------------------------------------------------
 
 
+@table("control-categories")
+def control_categories() -> list[str]:
+    """Refusal per category on held-out prompts: original, default cut, cuts keeping one category
+    (``benchmarks/control_demo.py``)."""
+    r = load("control_demo.json")
+    c = r["categories"]
+    rates = c["held_out"]["rates"]
+    names = list(rates)
+    rows = [[cat, str(n), *(pct(rates[name][cat]) for name in names)]
+            for cat, n in zip(c["categories"], c["counts_eval"], strict=True)]
+    chosen = c["development"]["chosen"]
+    header = ["category", "held-out prompts",
+              *(f"{n} ← chosen on dev prompts" if chosen in n else n for n in names)]
+    return [f"Judge: markers, {r['max_tokens']} answer tokens, `eval_categories.jsonl` (never used to "
+            f"measure or choose); directions at layer {c['layer']}.", "", *markdown(header, rows)]
+
+
+@table("control-conditions")
+def control_conditions() -> list[str]:
+    """Conditional steering: accuracy and refusal on matched vs unmatched test prompts."""
+    data = load("control_demo.json")
+    r = data["conditions"]
+    rows = []
+    for name, run in ((k, v) for k, v in r.items() if isinstance(v, dict) and "mode" in v):
+        for side in ("matched_test", "unmatched_test"):
+            s = run[side]
+            rows.append([f"{name} ({run['mode']} refusal, alpha {run['alpha']:g})", side.split("_")[0],
+                         str(s["n"]), pct(s["matched_share"]), pct(s["refusal_before"]),
+                         pct(s["refusal_after"])])
+        rows.append([f"{name}: condition", "layer " + str(run["condition"]["layer"]), "",
+                     "test accuracy " + pct(run["test_accuracy"]), "", ""])
+    return [f"Judge: markers, {data['max_tokens']} answer tokens; test prompts never used to measure the "
+            "condition or choose its layer and threshold.", "",
+            *markdown(["condition", "test prompts", "n", "judged matched", "refusal before", "refusal after"],
+                      rows)]
+
+
+@table("control-languages")
+def control_languages() -> list[str]:
+    """Refusal and KL per language before/after the default (English) cut."""
+    r = load("control_demo.json")
+    lang = r["languages"]
+    rep = lang["report"]
+    cos = lang["cos_language_direction_with_english"]
+    rows = [[row["group"], str(row["n"]), pct(row["refusal_before"]), pct(row["refusal_after"]),
+             f"{row['kl']:.4f}", f"{cos[row['group']]:.2f}"] for row in rep["rows"]]
+    return [f"Judge: {rep['judge']}, {rep['max_tokens']} answer tokens, 40 harmful + 40 harmless prompts per "
+            f"language (`multilingual.jsonl`); KL over the first {rep['kl_tokens']} tokens of the original's "
+            "answers to the harmless ones.", "",
+            *markdown(["language", "harmful prompts", "refusal original", "refusal after the default cut",
+                       "KL (harmless)", "cos(language direction, English direction)"], rows)]
+
+
 def render(text: str) -> str:
     """``text`` with every marked block rebuilt."""
     names = [m["name"] for m in BLOCK.finditer(text)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -28,6 +28,9 @@ from .runtime.generating import check_max_tokens, greedy_config, stop_token_ids
 from .text.formatting import Formatting, chat_messages, chat_template
 from .text.prompts import check_tokenizer
 from .text.reasoning import Decoder, budget, split_reasoning
+
+if TYPE_CHECKING:
+    from .methods.conditional import Condition
 
 
 class _CallbackStreamer(TextStreamer):
@@ -57,6 +60,9 @@ class ChatSession:
     judge: str | Judge | None = None
     last_verdict: Verdict | None = field(default=None, init=False)
     formatting: Formatting | None = None  # system prompt (global or the "chat" set's), template options
+    condition: Condition | None = None  # steer only turns whose message matches (vauban.conditional)
+    mode: str = "remove"  # with a condition: remove or add refusal on matched turns
+    last_matched: bool | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         check_tokenizer(self.model, self.tokenizer)
@@ -91,6 +97,20 @@ class ChatSession:
         turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
         return "\n".join([*([system] if system else []), *turns, "Assistant:"])
 
+    def _steering(self, text: str) -> contextlib.AbstractContextManager[Any]:
+        """This turn's steering: always when steered, or only when ``text`` matches the condition."""
+        if not self.steered:
+            return contextlib.nullcontext()
+        if self.condition is None:
+            return Steering(self.model, self.direction, self.alpha)  # type: ignore[arg-type]
+        from .methods.conditional import condition_scores, steered
+
+        score = float(condition_scores(self.model, self.tokenizer, self.condition, [text])[0])
+        self.last_matched = score > self.condition.threshold
+        if not self.last_matched:
+            return contextlib.nullcontext()
+        return steered(self.model, self.direction, self.mode, self.alpha)  # type: ignore[arg-type]
+
     @torch.inference_mode()
     def reply(self, text: str, on_text: Callable[[str], None] | None = None) -> str:
         """Answer ``text`` (greedy), streaming pieces to ``on_text``; the turn joins the history."""
@@ -106,9 +126,7 @@ class ChatSession:
         config = greedy_config(self.model, self.tokenizer,
                                self.max_tokens + budget(self.tokenizer, self.formatting))
         streamer = _CallbackStreamer(self.tokenizer, on_text) if on_text is not None else None
-        steering = (Steering(self.model, self.direction, self.alpha) if self.steered  # type: ignore[arg-type]
-                    else contextlib.nullcontext())
-        with steering:
+        with self._steering(text):
             out = generator(self.model).generate(
                 input_ids=encoded["input_ids"].to(device),
                 attention_mask=encoded["attention_mask"].to(device),

@@ -21,6 +21,7 @@ from .evaluation.sweeping import AlphaSweep
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from .direction.categories import CategoryDirections
     from .search.trials import OptimizeResult
 
 
@@ -52,6 +53,22 @@ def plot_scores(direction: DirectionResult, path: str | os.PathLike[str] | None 
     ax.axvline(direction.layer_index, color="tab:red", linestyle="--", label="chosen layer")
     ax.set(xlabel="layer", ylabel="cosine separation", title=f"Refusal direction: {direction.model_path}")
     ax.legend()
+    return _finish(fig, path)
+
+
+def plot_similarity(categories: CategoryDirections, path: str | os.PathLike[str] | None = None) -> Figure:
+    """Cosine similarity of the category directions (``vauban measure --by-category``), annotated."""
+    sim = categories.similarity().numpy()
+    names = list(categories.categories)
+    fig, ax = _pyplot().subplots(figsize=(1.1 * len(names) + 2, 1.0 * len(names) + 1.5))
+    image = ax.imshow(sim, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_title(f"Category directions at layer {categories.layer_index}")
+    fig.colorbar(image, ax=ax, shrink=0.8)
     return _finish(fig, path)
 
 

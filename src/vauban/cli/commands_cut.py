@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..core.errors import VaubanError
+from .commands_control import check_keep, keep_cut_vector
 from .common import (
     direction_for,
     explain_writers,
@@ -28,15 +29,21 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
 
     out = check_output_dir(s.output_dir, s.overwrite)
     spec = cut_spec(args, alpha=s.alpha, embeddings=s.embeddings)  # flag mistakes before the load
+    keep = check_keep(args)
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
     if args.explain:
         explain_writers(report, model)
     direction = direction_for(s, report, model, tokenizer, args)
-    vector = spec.vector(model, tokenizer, direction, harmful=s.harmful, harmless=s.harmless,
-                         formatting=run_formatting(s, direction), batch_size=s.batch_size)
+    if keep:
+        vector = keep_cut_vector(s, args, report, model, tokenizer, direction, keep)
+    else:
+        vector = spec.vector(model, tokenizer, direction, harmful=s.harmful, harmless=s.harmless,
+                             formatting=run_formatting(s, direction), batch_size=s.batch_size)
     with spec.apply(model, vector) as applied:
         record = cut_record(s.model or direction.model_path, applied, direction)
         record |= {"cut": applied.record(), "cut_spec": spec.record()}
+        if keep:
+            record["keep"] = {"categories": keep, "method": args.keep_method}
         with report.step(f"export to {out}/", "export"):
             export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite,
                    **format_options(s))

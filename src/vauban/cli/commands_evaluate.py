@@ -13,6 +13,7 @@ from typing import Any
 from ..config import Settings
 from ..core.errors import VaubanError
 from ..text.formatting import Formatting
+from .commands_control import evaluate_by_group
 from .common import direction_for, judge_for, load, new_path, numbers, run_formatting
 from .report import Report
 
@@ -48,6 +49,8 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
     if plot is not None:
         plots.plot_eval(result, plot)
         report.say(f"plot saved to {plot}")
+    evaluate_by_group(s, args, report, original, modified, tokenizer, judge,
+                      run_formatting(s, export_formatting(modified_name)))
 
 
 def capability_checks(args: argparse.Namespace) -> list[Any]:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 
 from ..config import Settings
+from .commands_control import cmd_measure_categories
 from .common import direction_for, explain_writers, load, new_path, projection_line, run_formatting
 from .report import Report
 
 
 def cmd_measure(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    if args.by_category:
+        model, tokenizer = load(s, report, trust=args.trust_remote_code)
+        cmd_measure_categories(s, args, report, model, tokenizer)
+        return
     save = new_path(args.output, s.overwrite) if args.output else None
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
     if args.explain:

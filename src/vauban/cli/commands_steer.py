@@ -7,6 +7,7 @@ import sys
 
 from ..config import Settings
 from ..core.errors import VaubanError
+from .commands_control import cmd_steer_when, condition_for
 from .common import direction_for, judge_for, load, run_formatting
 from .report import Report
 
@@ -17,6 +18,11 @@ def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
     judge = judge_for(s, report)
     direction = direction_for(s, report, model, tokenizer, args)
+    if args.when:
+        if args.alphas:
+            raise VaubanError("--when steers with one --alpha; drop --alphas")
+        cmd_steer_when(s, args, report, model, tokenizer, direction, judge)
+        return
     results = []
     for alpha in args.alphas or [s.alpha]:
         with report.step(f"steer alpha={alpha:g}"):
@@ -39,10 +45,13 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
     judge = judge_for(s, report) if s.judge is not None else None  # judge replies only when asked
     direction = None
-    if args.direction or args.alpha:
+    if args.direction or args.alpha or args.when:
         direction = direction_for(s, report, model, tokenizer, args)
-    session = ChatSession(model, tokenizer, direction, args.alpha or 0.0, max_tokens=args.max_tokens or 256,
-                          judge=judge, formatting=run_formatting(s, direction))
+    condition = condition_for(s, report, model, tokenizer, args.when) if args.when else None
+    alpha = args.alpha if args.alpha is not None else 1.0 if args.when else 0.0
+    session = ChatSession(model, tokenizer, direction, alpha, max_tokens=args.max_tokens or 256,
+                          judge=judge, formatting=run_formatting(s, direction), condition=condition,
+                          mode="add" if args.add else "remove")
     say = report.out.print
     say("Chat with greedy decoding. Commands: /alpha X (steer; 0 = off), /reset, /quit.", style="dim")
     while True:
@@ -76,6 +85,9 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
         sys.stdout.write("\n")
         if session.last_verdict is not None and isinstance(session.judge, Judge):
             say(f"({session.judge.spec}: {session.last_verdict.summary()})", style="dim")
+        if session.last_matched is not None:
+            say(f"(condition {'matched: steered' if session.last_matched else 'not matched: not steered'})",
+                style="dim")
 
 
 def _show(piece: str) -> None:

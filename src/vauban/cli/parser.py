@@ -153,6 +153,21 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
                    help="hub id, HF dir, .gguf or MLX dir (default: demo model)")
 
 
+def _categories_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--categories", metavar="FILE",
+                   help="prompts with a 'category' field (.jsonl; default: the bundled category sets)")
+
+
+def _when_flags(p: argparse.ArgumentParser) -> None:
+    """Conditional steering (:mod:`vauban.methods.conditional`), as a group of its own."""
+    g = p.add_argument_group("condition")
+    g.add_argument("--when", metavar="CONDITION",
+                   help="steer only prompts that match: a bundled condition (medical), a category "
+                        "(cybercrime, ...) or a .jsonl of prompt/matched/split")
+    g.add_argument("--add", action="store_true",
+                   help="with --when: add refusal to matched prompts instead of removing it")
+
+
 def _variant_flags(p: argparse.ArgumentParser) -> None:
     """How ``abliterate`` shapes its cut (see :mod:`vauban.methods.cutspec`)."""
     g = _options(p, "cut variants", "layers")
@@ -205,6 +220,11 @@ def add_measure(command: Command) -> None:
     _explain_flag(_options(p, "model", *MODEL))
     _options(p, "direction", *MEASURED)
     _options(p, "prompts", *FORMATTING)
+    g = p.add_argument_group("categories")
+    g.add_argument("--by-category", action="store_true",
+                   help="one direction per harm category and their cosine similarity (-o FILE: .pt, .json, "
+                        ".png)")
+    _categories_flag(g)
     g = p.add_argument_group("output")
     g.add_argument("-o", "--output", help="save the direction here (.safetensors + .json)")
     _shared(g, "overwrite")
@@ -233,6 +253,14 @@ def add_abliterate(command: Command) -> None:
     _options(p, "prompts", *FORMATTING)
     _options(p, "cut", "alpha", "embeddings")
     _variant_flags(p)
+    g = p.add_argument_group("categories")
+    g.add_argument("--keep", metavar="CATEGORY[,...]",
+                   help="keep refusing these categories (weapons, cybercrime, drugs, fraud, harassment, "
+                        "self_harm): the cut removes a direction orthogonal to theirs")
+    g.add_argument("--keep-method", choices=["orthogonal", "others"], default="orthogonal",
+                   help="with --keep: the refusal direction minus the kept categories' span (default), or "
+                        "the other categories' own direction minus it")
+    _categories_flag(g)
     _options(p, "output", "output_dir", *EXPORT)
 
 
@@ -262,6 +290,12 @@ def add_evaluate(command: Command) -> None:
                    help="lm-evaluation-harness tasks, e.g. mmlu,gsm8k (pip install 'vauban[lm-eval]')")
     g.add_argument("--task-path", help="folder of your own lm-eval task YAML files")
     g.add_argument("--limit", type=int, help="first N items of each capability check (CPU runs: 20 or so)")
+    g = p.add_argument_group("categories and languages")
+    g.add_argument("--by-category", action="store_true",
+                   help="also refusal per harm category (the bundled held-out category prompts)")
+    g.add_argument("--languages", nargs="?", const="", metavar="LANG[,...]",
+                   help="also refusal and KL per language (bundled: en,zh,ar,hi,ru,es,fr; default all)")
+    _categories_flag(g)
     g = p.add_argument_group("output")
     g.add_argument("-o", "--output", help="save every answer and number here (.json)")
     g.add_argument("--plot", help="draw the report, original and modified side by side (.png)")
@@ -277,6 +311,7 @@ def add_steer(command: Command) -> None:
     _options(p, "direction", *DIRECTION)
     _options(p, "prompts", *FORMATTING, "max_tokens")
     _options(p, "steering", "alpha", "alphas", alpha="how much of the direction to remove (default 1)")
+    _when_flags(p)
     _options(p, "evaluation", "judge")
 
 
@@ -316,6 +351,7 @@ def add_chat(command: Command) -> None:
     _options(p, "direction", *DIRECTION)
     _options(p, "prompts", *FORMATTING, "max_tokens", max_tokens="new tokens per reply (default 256)")
     _options(p, "steering", "alpha", alpha="steer with this alpha (measures a direction if none)")
+    _when_flags(p)
     _options(p, "evaluation", "judge", judge="judge every reply with this refusal judge (default: none)")
 
 

@@ -30,7 +30,8 @@ from .formatting import Formatting, chat_template, chat_texts
 from .sources import TEXT_KEYS as _TEXT_KEYS
 from .sources import directory_prompts, hub_prompts, parquet_prompts, pick_column
 
-BUNDLED = ("harmful", "harmless", "eval_harmful", "reference", "borderline", "over_refusal")
+BUNDLED = ("harmful", "harmless", "eval_harmful", "reference", "borderline", "over_refusal",
+           "harmful_categories", "eval_categories", "conditions", "multilingual")
 
 Prompts = str | os.PathLike[str] | Sequence[str]
 

@@ -1,0 +1,137 @@
+"""Categories, conditions and languages on the command line (issue 28): ``measure --by-category``,
+``abliterate --keep``, ``evaluate --by-category`` / ``--languages``, ``steer`` / ``chat --when``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..core.errors import VaubanError
+from .common import new_path
+from .report import Report
+
+_KEEP_EXCLUDES = ("params", "subspace", "per_layer", "direction_index", "projected")
+
+
+def categories_source(args: argparse.Namespace) -> str:
+    """``--categories FILE`` (prompts with a ``category`` field) or the bundled measuring set."""
+    return getattr(args, "categories", None) or "measure"
+
+
+def cmd_measure_categories(s: Settings, args: argparse.Namespace, report: Report, model: Any,
+                           tokenizer: Any) -> None:
+    """``vauban measure --by-category``: one direction per category, their similarity, a plot."""
+    from .. import plots
+    from ..direction.categories import measure_categories
+
+    save = new_path(Path(args.output).with_suffix(".pt"), s.overwrite) if args.output else None
+    with report.step("measure one direction per category", "measure_categories"):
+        cats = measure_categories(model, tokenizer, categories_source(args), s.harmless, layer=s.layer,
+                                  batch_size=s.batch_size, formatting=s.formatting())
+    sim = cats.similarity()
+    report.table(f"Cosine similarity of the category directions at layer {cats.layer_index}",
+                 ["", *cats.categories],
+                 [(c, *(f"{float(x):+.2f}" for x in sim[i])) for i, c in enumerate(cats.categories)])
+    report.put("categories", cats.record())
+    if save is not None:
+        path = cats.save(save)
+        png = plots.plot_similarity(cats, path.with_suffix(".png"))
+        report.say(f"saved to {path} (+ .json), plot {png}")
+        report.put("saved", str(path))
+
+
+def check_keep(args: argparse.Namespace) -> list[str]:
+    """The categories of ``--keep`` (empty when not given), with the flags it excludes refused."""
+    keep = [k.strip() for k in (getattr(args, "keep", None) or "").split(",") if k.strip()]
+    clash = [f"--{name.replace('_', '-')}" for name in _KEEP_EXCLUDES if keep and getattr(args, name, None)]
+    if clash:
+        raise VaubanError(f"--keep makes its own direction; drop {', '.join(clash)}")
+    return keep
+
+
+def keep_cut_vector(s: Settings, args: argparse.Namespace, report: Report, model: Any, tokenizer: Any,
+                    direction: Any, keep: list[str]) -> Any:
+    """The vector ``abliterate --keep`` removes (:func:`vauban.categories.keep_vector`)."""
+    from ..direction.categories import check_categories, keep_vector, measure_categories
+
+    with report.step(f"measure category directions to keep {', '.join(keep)}", "measure_categories"):
+        cats = measure_categories(model, tokenizer, categories_source(args), s.harmless,
+                                  layer=direction.layer_index, batch_size=s.batch_size,
+                                  formatting=s.formatting())
+    check_categories(keep, cats.categories)
+    report.put("keep", {"categories": keep, "method": args.keep_method, "measured": cats.record()})
+    return keep_vector(direction, cats, keep, args.keep_method)
+
+
+def group_prompts(s: Settings, args: argparse.Namespace) -> list[tuple[str, dict, dict | None]]:
+    """The groups ``evaluate --by-category`` / ``--languages`` ask for: (kind, harmful, harmless)."""
+    from ..direction.categories import category_prompts
+    from ..evaluation.groups import language_prompts
+
+    out: list[tuple[str, dict, dict | None]] = []
+    if getattr(args, "by_category", False):
+        out.append(("category", category_prompts(getattr(args, "categories", None) or "eval"), None))
+    if getattr(args, "languages", None) is not None:
+        chosen = [x.strip() for x in args.languages.split(",") if x.strip()] or None
+        out.append(("language", language_prompts(chosen), language_prompts(chosen, "harmless")))
+    return out
+
+
+def evaluate_by_group(s: Settings, args: argparse.Namespace, report: Report, original: Any, modified: Any,
+                      tokenizer: Any, judge: Any, formatting: Any) -> None:
+    """Refusal (and for languages KL) per group, after ``evaluate``'s own report."""
+    from ..evaluation.groups import evaluate_groups, language_judge
+
+    for kind, harmful, harmless in group_prompts(s, args):
+        use = language_judge() if kind == "language" and s.judge is None else judge
+        with report.step(f"evaluate per {kind}", f"evaluate_{kind}"):
+            result = evaluate_groups(original, modified, tokenizer, harmful, harmless, kind=kind,
+                                     max_tokens=s.max_tokens, kl_tokens=args.kl_tokens,
+                                     batch_size=s.batch_size, judge=use, formatting=formatting)
+        header, rows = result.table()
+        report.table(f"Per {kind} (refusals judged by {result.judge}, {result.max_tokens} answer tokens)",
+                     header, rows)
+        report.put(f"by_{kind}", result.record(answers=False))
+
+
+def condition_for(s: Settings, report: Report, model: Any, tokenizer: Any, when: str) -> Any:
+    """The condition of ``--when`` (a bundled condition, a category or a file), measured now."""
+    from ..methods.conditional import condition_sets, measure_condition
+
+    sets = condition_sets(when)
+    with report.step(f"measure the condition {sets.name!r}", "condition"):
+        condition = measure_condition(model, tokenizer, sets, batch_size=s.batch_size,
+                                      formatting=s.formatting())
+    accuracy = condition.tune_accuracy[condition.layer_index]
+    report.say(f"condition {sets.name!r}: layer {condition.layer_index}, "
+               f"threshold {condition.threshold:+.3f}, balanced accuracy on held-back prompts {accuracy:.0%}")
+    report.put("condition", condition.record())
+    return condition
+
+
+def cmd_steer_when(s: Settings, args: argparse.Namespace, report: Report, model: Any, tokenizer: Any,
+                   direction: Any, judge: Any) -> None:
+    """``vauban steer PROMPT --when CONDITION``: steer only if the prompt matches."""
+    from ..judge import run_judge
+    from ..methods.conditional import condition_scores, conditional_generate
+    from ..text.reasoning import split_reasoning
+
+    condition = condition_for(s, report, model, tokenizer, args.when)
+    mode = "add" if args.add else "remove"
+    alpha = args.alpha if args.alpha is not None else 1.0
+    score = float(condition_scores(model, tokenizer, condition, [args.prompt])[0])
+    (answer,), (matched,) = conditional_generate(model, tokenizer, [args.prompt], condition, direction,
+                                                 mode=mode, alpha=alpha, max_tokens=s.max_tokens,
+                                                 formatting=s.formatting())
+    (verdict,) = run_judge(judge, [args.prompt], [split_reasoning(answer)[1]])
+    action = f"{mode} refusal, alpha={alpha:g}" if matched else "not steered"
+    report.say(f"score {score:+.3f} vs threshold {condition.threshold:+.3f}: "
+               f"{'matched' if matched else 'not matched'} ({action}); {judge.spec}: "
+               f"{'refusal' if verdict.refusal else 'no refusal'}")
+    report.say("  " + answer.replace("\n", "\n  "))
+    report.put("prompt", args.prompt)
+    report.put("results", [{"matched": matched, "score": score, "mode": mode, "alpha": alpha, "text": answer,
+                            "refused": verdict.refusal}])
+    report.put("judge", judge.spec)
