@@ -249,7 +249,12 @@ def add_optimize(command: Command) -> None:
                         "check of the pick and the export follow")
     p.add_argument("-o", "--output", default="vauban-optimize",
                    help="folder for pareto.json, pareto.png and (default) study.db")
-    p.add_argument("--study", help="SQLite study file; rerun with the same one to resume")
+    p.add_argument("--storage", "--study", dest="study", metavar="URL",
+                   help="where the study lives, to resume it or share it: a file (SQLite; default "
+                        "OUTPUT/study.db), postgresql://..., mysql://..., sqlite:///... or journal:PATH (a "
+                        "file on a shared file system). The same command started N times on one storage "
+                        "(one per GPU with --device cuda:K, or per machine) runs one study; the worker that "
+                        "finishes its last trial refines, checks and exports")
     p.add_argument("--validation", help="harmful prompts to search on (default: bundled eval prompts "
                                         "20-59, disjoint from what evaluate reports)")
     _search_flags(p)
