@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ class Layerwise:
         self.edits: list[Edit] = []
         self.loaded: dict[int, list[Any]] = {}  # layer -> its edits, undone when it is dropped
         self.reads = 0  # layers read so far (each read is one layer's weights from the files)
+        self.read_seconds = 0.0  # spent reading them
         self._load_rest()
         for i, block in enumerate(self.blocks):
             block.register_forward_pre_hook(lambda _m, _a, i=i: self._load(i))
@@ -107,10 +109,11 @@ class Layerwise:
     def _load(self, layer: int) -> None:
         for other in list(self.loaded):  # a pass stopped early (an exception) left its last layer
             self._drop(other)
+        started = time.perf_counter()
         prefix = self.prefixes[layer]
         for name, param in self.blocks[layer].named_parameters():
             self._set(prefix + name, self._tensor(prefix + name, param))
-        self.reads += 1
+        self.reads, self.read_seconds = self.reads + 1, self.read_seconds + time.perf_counter() - started
         self.loaded[layer] = [edit(self.model, layer) for edit in self.edits]
 
     def _drop(self, layer: int) -> None:
