@@ -25,7 +25,7 @@ def engine_and_model(tmp_path_factory):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.dim() >= 2:
                 param.normal_(0, 0.08)
     src = tmp_path_factory.mktemp("tiny-qwen2")
@@ -61,3 +61,17 @@ def test_greedy_answers_match_vaubans_loop_and_the_cut_goes_into_the_engine(engi
     assert inside != before  # the edit reached the engine
     assert engine.first_logprobs(ids) == before  # and its undo is exact
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+    from vauban.runtime.engines import attach
+
+    attach(model, engine)  # from now on generate_tokens answers through vLLM, in step with the model
+    try:
+        sent = engine.sent
+        assert trimmed(generate_tokens(model, tokenizer, HARMFUL, max_tokens=8)) == ours
+        with cut(model, direction):
+            assert trimmed(generate_tokens(model, tokenizer, HARMFUL, max_tokens=8)) == cut_ours
+        assert engine.sent == sent + len(applied.edited)
+        assert trimmed(generate_tokens(model, tokenizer, HARMFUL, max_tokens=8)) == ours
+        assert engine.first_logprobs(ids) == before
+    finally:
+        attach(model, None)

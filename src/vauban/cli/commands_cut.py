@@ -10,7 +10,15 @@ from pathlib import Path
 
 from ..config import Settings
 from ..core.errors import VaubanError
-from .common import direction_for, export_summary, format_options, judge_for, load, run_formatting
+from .common import (
+    attach_engine,
+    direction_for,
+    export_summary,
+    format_options,
+    judge_for,
+    load,
+    run_formatting,
+)
 from .report import Report
 
 
@@ -68,6 +76,7 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
     if args.export:
         check_output_dir(args.export, s.overwrite)
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
+    attach_engine(s, args, model, report)
     judge = judge_for(s, report)
     direction = direction_for(s, report, model, tokenizer, args)
     flags = {"search": None, "on": True, "off": False}

@@ -13,7 +13,7 @@ from typing import Any
 from ..config import Settings
 from ..core.errors import VaubanError
 from ..text.formatting import Formatting
-from .common import direction_for, judge_for, load, new_path, numbers, run_formatting
+from .common import attach_engine, direction_for, judge_for, load, new_path, numbers, run_formatting
 from .report import Report
 
 
@@ -93,6 +93,7 @@ def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
     folder = Path(args.output)
     files = {kind: new_path(folder / f"sweep.{kind}", s.overwrite) for kind in ("csv", "png")}
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
+    attach_engine(s, args, model, report)
     judge = judge_for(s, report)
     direction = direction_for(s, report, model, tokenizer, args)
     alphas = args.alphas or [0.5, 1.0, 1.5, 2.0]

@@ -111,6 +111,16 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_arg", nargs="?", metavar="MODEL", help="the model (default: demo model)")
 
 
+def _engine_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["vauban", "vllm"], default="vauban",
+                   help="what generates the answers: vauban's loop (default) or vLLM (the [vllm] extra; "
+                        "each cut is sent into the running engine, no reload)")
+    p.add_argument("--tensor-parallel-size", type=int, help="with --engine vllm: GPUs per engine")
+    p.add_argument("--vllm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --engine vllm: an option of vllm.LLM (JSON value), e.g. "
+                        "gpu_memory_utilization=0.5; repeatable")
+
+
 def _direction_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--direction", help="a saved direction (.safetensors); default: measure one")
 
@@ -216,6 +226,7 @@ def add_steer(command: Command) -> None:
 def add_sweep(command: Command) -> None:
     p = command("sweep", cmd_sweep, "cut at several alphas: refusal and perplexity table, CSV and plot")
     _model_arg(p)
+    _engine_flags(p)
     p.add_argument("--alphas", type=_alphas, help="default 0.5,1,1.5,2")
     p.add_argument("-o", "--output", default="sweep", help="folder for sweep.csv and sweep.png")
     _direction_flag(p)
@@ -241,6 +252,7 @@ def add_optimize(command: Command) -> None:
     p = command("optimize", cmd_optimize,
                 "search cut variants for few refusals at low KL; Pareto front, resumable study")
     _model_arg(p)
+    _engine_flags(p)
     p.add_argument("--trials", type=int, default=30, help="finished trials the study should have")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, metavar="SECONDS",

@@ -11,12 +11,21 @@ model, and those exact values are loaded again, so the engine returns to the ori
 vauban keeps its own model for everything that is not generation (the residual stream, KL,
 teacher-forced scores, the cut's arithmetic). Only the edited writers travel, once per edit and
 once per undo: on an 8B model with every layer cut, 32 attention and 32 MLP output projections.
+
+:func:`attach` makes the engine the generator of one vauban model: every greedy answer of that
+model (:func:`vauban.runtime.generating.generate_tokens`: ``evaluate``, ``optimize``'s trials and
+check, ``sweep``, the selection's answers) comes from the engine, which is first brought in step
+with the model: the parameters modified in place since the last answer (a cut applied or
+undone: each in-place change moves a tensor's version counter) are sent to it. So code that
+cuts the model and generates needs no change, and the engine never generates from weights that
+differ from the model's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +43,30 @@ def _load_weights(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> int:
     return len(loaded) if loaded is not None else len(weights)
 
 
+def _versions(model: nn.Module) -> dict[str, tuple[int, int]]:
+    return {name: (p.data_ptr(), p._version) for name, p in model.named_parameters()}
+
+
+_ATTACHED: weakref.WeakKeyDictionary[nn.Module, VllmEngine] = weakref.WeakKeyDictionary()
+
+
+def attach(model: nn.Module, engine: VllmEngine | None) -> None:
+    """``model``'s greedy answers come from ``engine`` from now on (``None``: from vauban's loop)."""
+    if engine is None:
+        _ATTACHED.pop(model, None)
+        return
+    engine.seen = _versions(model)  # the engine was made from the checkpoint the model was loaded from
+    _ATTACHED[model] = engine
+
+
+def engine_for(model: nn.Module) -> VllmEngine | None:
+    """The engine attached to ``model``, brought in step with its weights; ``None`` when none is."""
+    engine = _ATTACHED.get(model)
+    if engine is not None:
+        engine.sync(model)
+    return engine
+
+
 class VllmEngine:
     """A vLLM ``LLM`` on the checkpoint at ``model_dir`` (greedy, eager by default); ``options`` go to
     ``vllm.LLM`` (``tensor_parallel_size``, ``dtype``, ``gpu_memory_utilization``, ...)."""
@@ -44,11 +77,23 @@ class VllmEngine:
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         self.vllm = vllm
         self.llm = vllm.LLM(model=str(Path(model_dir)), **({"enforce_eager": True, "seed": 0} | options))
+        self.seen: dict[str, tuple[int, int]] = {}
+        self.sent = 0  # tensors sent to the workers so far
 
-    def generate(self, token_ids: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:
+    def sync(self, model: nn.Module) -> None:
+        """Send the parameters of ``model`` modified since the last look (see the module docstring)."""
+        now = _versions(model)
+        changed = [name for name, key in now.items() if self.seen.get(name) != key]
+        if changed:
+            self.load(model, changed)
+        self.seen = now
+
+    def generate(self, token_ids: Sequence[Sequence[int]], max_tokens: int,
+                 stops: Sequence[int] = ()) -> list[list[int]]:
         """Greedy continuations (token ids, the stop token included when reached) of prompts given as
-        token ids (already chat-formatted, as :func:`vauban.text.prompts.encode_chat` makes them)."""
-        params = self.vllm.SamplingParams(temperature=0.0, max_tokens=max_tokens)
+        token ids (already chat-formatted, as :func:`vauban.text.prompts.encode_chat` makes them);
+        ``stops``: token ids that end an answer, besides the model's own end of text."""
+        params = self.vllm.SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=list(stops))
         prompts = [{"prompt_token_ids": list(ids)} for ids in token_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [list(o.outputs[0].token_ids) for o in outputs]
@@ -65,6 +110,7 @@ class VllmEngine:
         params = dict(model.named_parameters())
         weights = [(name, params[name].detach().cpu().contiguous()) for name in names]
         self.llm.collective_rpc(_load_weights, args=(weights,))
+        self.sent += len(weights)
 
     @contextlib.contextmanager
     def edited(self, model: nn.Module, applied: Any) -> Iterator[None]:
@@ -78,3 +124,4 @@ class VllmEngine:
         finally:
             applied.undo()
             self.load(model, names)
+            self.seen = _versions(model)
