@@ -53,10 +53,12 @@ is the first candidate that refuses no more than the plain cut there too, and th
 itself when none does. Only refusal is checked: the first-token KL ranks cuts alike on other
 harmless prompts.
 
-With ``study=PATH`` the study lives in an SQLite file: an interrupted run, started again with
-the same arguments, keeps the finished trials and runs only the missing ones. The resumed
-sampler is seeded with ``seed + finished trials``, so it continues rather than replays the
-first draws (a resumed run is reproducible, though not identical to an uninterrupted one).
+With ``study=PATH`` the study lives in an SQLite file, with ``study=URL`` in any Optuna storage
+(PostgreSQL, MySQL, a ``journal:PATH`` file; :mod:`vauban.search.studies`): an interrupted run,
+started again with the same arguments, keeps the finished trials and runs only the missing ones,
+and the same command started N times on one storage runs one study with N workers (the worker
+that finishes its last trial refines, checks and exports). Trial ``k`` is drawn by a TPE sampler
+seeded ``seed + k``, whichever run or worker draws it.
 """
 
 from __future__ import annotations
