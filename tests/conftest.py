@@ -40,7 +40,8 @@ POST_NORM_TYPES = ("gemma2", "gemma3_text", "olmo2")
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level tokenizer (one token per byte) with ChatML-style special tokens."""
-    byte_vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    # sorted: alphabet() comes from a hash set whose order changes with every process
+    byte_vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     for s in specials:
         byte_vocab[s] = len(byte_vocab)

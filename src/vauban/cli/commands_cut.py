@@ -12,6 +12,7 @@ from ..config import Settings
 from ..core.errors import VaubanError
 from .commands_control import check_keep, keep_cut_vector
 from .common import (
+    attach_engine,
     direction_for,
     explain_writers,
     export_summary,
@@ -76,23 +77,33 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from ..search.optimizing import export_trial, optimize
 
     folder = Path(args.output)
-    study = Path(args.study) if args.study else folder / "study.db"
+    from ..search.studies import describe
+
+    study = args.study or str(folder / "study.db")
+    shown = describe(study)  # a URL's password hidden
     if args.export_trial is not None and not args.export:
         raise VaubanError("--export-trial needs --export DIR (where to write that trial's model)")
     if args.export:
         check_output_dir(args.export, s.overwrite)
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
+    attach_engine(s, args, model, report)
     judge = judge_for(s, report)
     direction = direction_for(s, report, model, tokenizer, args)
     flags = {"search": None, "on": True, "off": False}
     log = None if s.quiet or report.as_json else (lambda line: report.err.print(line, markup=False))
-    with report.step(f"optimize ({args.trials} trials, study {study})", "optimize"):
+    with report.step(f"optimize ({args.trials} trials, study {shown})", "optimize"):
         result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=study,
                           projected=flags[args.projected], norm_preserving=flags[args.norm_preserving],
                           prompts=args.validation, harmless=s.harmless, selection=args.selection,
                           check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log,
                           damage=args.damage.replace("-", "_"), kl_tokens=args.kl_tokens,
                           judge=judge, formatting=s.formatting(), timeout=args.timeout)
+    if not result.finished_here:
+        report.say(f"{len(result.trials)} trials in the study {shown}; the worker that finished its last "
+                   "trial refines, checks and exports (with --export)")
+        report.put("trials", result.record()["trials"])
+        report.put("finished_here", False)
+        return
     report.table(f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
                  f"prompts, first-token KL on {result.n_harmless} harmless prompts; * = the pick, "
                  f"checked on {result.n_selection} selection prompts)", *result.rows())
@@ -100,13 +111,13 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
     files = {"json": result.save_json(folder / "pareto.json"),
              "png": folder / "pareto.png"}
     plots.plot_pareto(result, files["png"])
-    report.say(f"study: {study}  front: {files['json']}  plot: {files['png']}")
+    report.say(f"study: {shown}  front: {files['json']}  plot: {files['png']}")
     record = result.record()
     report.put("trials", record["trials"])
     report.put("pareto", record["pareto"])
     report.put("best", result.best.record())
     report.put("seconds_per_trial", result.seconds_per_trial)
-    report.put("files", {k: str(v) for k, v in files.items()} | {"study": str(study)})
+    report.put("files", {k: str(v) for k, v in files.items()} | {"study": shown})
     if args.export:
         number = result.best.number if args.export_trial is None else args.export_trial
         export_trial(model, tokenizer, direction, result, number, args.export,

@@ -14,7 +14,7 @@ from ..config import Settings
 from ..core.errors import VaubanError
 from ..text.formatting import Formatting
 from .commands_control import evaluate_by_group
-from .common import direction_for, judge_for, load, new_path, numbers, run_formatting
+from .common import attach_engine, direction_for, judge_for, load, new_path, numbers, run_formatting
 from .report import Report
 
 
@@ -96,6 +96,7 @@ def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
     folder = Path(args.output)
     files = {kind: new_path(folder / f"sweep.{kind}", s.overwrite) for kind in ("csv", "png")}
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
+    attach_engine(s, args, model, report)
     judge = judge_for(s, report)
     direction = direction_for(s, report, model, tokenizer, args)
     alphas = args.alphas or [0.5, 1.0, 1.5, 2.0]

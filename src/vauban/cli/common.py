@@ -51,6 +51,30 @@ def load(s: Settings, report: Report, model: str | None = None, *, trust: bool =
         return load_model(name, device=s.device, dtype=s.dtype, trust_remote_code=trust)
 
 
+def attach_engine(s: Settings, args: argparse.Namespace, model: Any, report: Report) -> None:
+    """With ``--engine vllm``: a vLLM engine on the same checkpoint generates ``model``'s answers
+    (:func:`vauban.runtime.engines.attach`)."""
+    if getattr(args, "engine", "vauban") != "vllm":
+        return
+    from ..model.loading import demo_model_dir
+    from ..runtime.engines import VllmEngine, attach
+
+    options: dict[str, Any] = {"dtype": s.dtype or "auto"}
+    if args.tensor_parallel_size:
+        options["tensor_parallel_size"] = args.tensor_parallel_size
+    for item in args.vllm_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise VaubanError(f"--vllm-option takes KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    source = s.model or demo_model_dir()
+    with report.step(f"start vLLM on {source}", "vllm"):
+        attach(model, VllmEngine(source, **options))
+
+
 def judge_for(s: Settings, report: Report) -> Any:
     """The refusal judge of ``--judge`` (default: markers); a model judge loads here, timed."""
     from ..judge import get_judge, parse_spec

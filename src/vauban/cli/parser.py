@@ -158,6 +158,18 @@ def _categories_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                    help="prompts with a 'category' field (.jsonl; default: the bundled category sets)")
 
 
+def _engine_flags(p: argparse.ArgumentParser) -> None:
+    """Which engine generates the answers (:mod:`vauban.runtime.engines`), as a group of its own."""
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=["vauban", "vllm"], default="vauban",
+                   help="what generates the answers: vauban's loop (default) or vLLM (the [vllm] extra; "
+                        "each cut is sent into the running engine, no reload)")
+    g.add_argument("--tensor-parallel-size", type=int, help="with --engine vllm: GPUs per engine")
+    g.add_argument("--vllm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --engine vllm: an option of vllm.LLM (JSON value), e.g. "
+                        "gpu_memory_utilization=0.5; repeatable")
+
+
 def _when_flags(p: argparse.ArgumentParser) -> None:
     """Conditional steering (:mod:`vauban.methods.conditional`), as a group of its own."""
     g = p.add_argument_group("condition")
@@ -327,6 +339,7 @@ def add_sweep(command: Command) -> None:
     g = p.add_argument_group("output")
     g.add_argument("-o", "--output", default="sweep", help="folder for sweep.csv and sweep.png")
     _shared(g, "overwrite")
+    _engine_flags(p)
 
 
 def add_plot(command: Command) -> None:
@@ -364,12 +377,18 @@ def add_optimize(command: Command) -> None:
     _options(p, "model", *MODEL)
     _options(p, "direction", *DIRECTION)
     _options(p, "prompts", *FORMATTING)
+    _engine_flags(p)
     _search_flags(p)
     _options(p, "evaluation", "judge")
     g = p.add_argument_group("output")
     g.add_argument("-o", "--output", default="vauban-optimize",
                    help="folder for pareto.json, pareto.png and (default) study.db")
-    g.add_argument("--study", help="SQLite study file; rerun with the same one to resume")
+    g.add_argument("--storage", "--study", dest="study", metavar="URL",
+                   help="where the study lives, to resume it or share it: a file (SQLite; default "
+                        "OUTPUT/study.db), postgresql://..., mysql://..., sqlite:///... or journal:PATH (a "
+                        "file on a shared file system). The same command started N times on one storage "
+                        "(one per GPU with --device cuda:K, or per machine) runs one study; the worker that "
+                        "finishes its last trial refines, checks and exports")
     g.add_argument("--export", help="export the pick (or --export-trial N) here")
     g.add_argument("--export-trial", type=int, help="the trial number to export")
     _shared(g, *EXPORT)

@@ -92,6 +92,7 @@ def measure(
     batch_size: int | None = None,
     show_progress: bool | None = None,
     formatting: Formatting | None = None,
+    cutting: Any = None,
 ) -> DirectionResult:
     """Measure the refusal direction; ``layer`` forces a layer instead of choosing one.
 
@@ -105,7 +106,9 @@ def measure(
 
     ``formatting`` (:mod:`vauban.text.formatting`): how the prompts are formatted, which should be how
     the model will be used; it is recorded in the result with its defaults written out, and the
-    selection formats its held-back prompts the same way.
+    selection formats its held-back prompts the same way. ``cutting``: how the selection cuts
+    (:func:`vauban.direction.selecting.layer_effects`; for a model run one layer at a time,
+    :func:`vauban.direction.streamed.measure_streamed`).
     """
     from . import selecting
 
@@ -151,6 +154,7 @@ def measure(
     return selecting.select_by_effect(
         model, tokenizer, result, refusals, held_harmless,
         max_kl=selecting.MAX_KL if max_kl is None else max_kl, batch_size=batch_size, log=log,
+        cutting=cutting,
     )
 
 

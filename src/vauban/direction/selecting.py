@@ -104,13 +104,18 @@ def layer_effects(
     tokens: int = REFUSAL_TOKENS,
     batch_size: int | None = None,
     log: Any = None,
+    cutting: Any = None,
 ) -> tuple[LayerEffect, ...]:
     """Refusal score and first-token KL of cutting each of ``layers``' directions (see the
     module docstring); ``refusals`` pairs held-back harmful prompts with the original's own
-    refusals of them. The model ends unchanged."""
+    refusals of them. The model ends unchanged. ``cutting(model, direction)``: the cut as a
+    context manager (default :func:`vauban.edit.cutting.cut`; a model run one layer at a time
+    cuts each layer as it is read, :mod:`vauban.direction.streamed`)."""
     from ..edit.cutting import cut
     from ..runtime.scoring import first_token_logprobs, kl_divergence, refusal_likelihood
     from .results import LayerEffect
+
+    cut = cutting or cut
 
     directions = direction.layer_directions()
     fmt = direction.formatting  # the prompts are formatted as they were for the measurement
@@ -161,6 +166,7 @@ def select_by_effect(
     layers: Sequence[int] | None = None,
     batch_size: int | None = None,
     log: Any = None,
+    cutting: Any = None,
 ) -> DirectionResult:
     """``direction`` moved to the candidate layer whose cut works best (:func:`choose`) against
     ``refusals`` (held-back harmful prompts with the original's refusals, see
@@ -174,6 +180,6 @@ def select_by_effect(
         return direction
     candidates = candidate_layers(direction.cosine_scores) if layers is None else list(layers)
     effects = layer_effects(model, tokenizer, direction, refusals, harmless, candidates,
-                            batch_size=batch_size, log=log)
+                            batch_size=batch_size, log=log, cutting=cutting)
     best = choose(effects, max_kl)
     return direction.at_layer(best.layer, selection="effect", effects=effects, max_kl=float(max_kl))

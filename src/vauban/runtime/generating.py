@@ -35,6 +35,7 @@ from ..text.reasoning import Decoder, budget, stop_markers
 from . import fast_decode
 from .activations import model_device
 from .batching import batch_size_for, left_pad, progress, sorted_batches
+from .engines import engine_for
 
 # End-of-turn markers of common chat templates; whichever exist in a vocabulary also stop.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
@@ -131,6 +132,9 @@ def generate_tokens(
     stops = stop_token_ids(model, tokenizer)
     decoder = decoder or Decoder.make(tokenizer, formatting, stops, max_tokens)
     new_tokens = max_tokens + budget(tokenizer, formatting)
+    engine = engine_for(model)
+    if engine is not None:  # vLLM (runtime.engines.attach), in step with the model's weights
+        return [(a + [pad] * new_tokens)[:new_tokens] for a in engine.generate(ids, new_tokens, stops)]
     config = greedy_config(model, tokenizer, new_tokens)
     answers: list[list[int]] = [[] for _ in ids]
     fast = device.type == "cuda" and fast_loop_ok(model)

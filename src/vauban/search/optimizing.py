@@ -54,15 +54,18 @@ is the first candidate that refuses no more than the plain cut there too, and th
 itself when none does. Only refusal is checked: the first-token KL ranks cuts alike on other
 harmless prompts.
 
-With ``study=PATH`` the study lives in an SQLite file: an interrupted run, started again with
-the same arguments, keeps the finished trials and runs only the missing ones. The resumed
-sampler is seeded with ``seed + finished trials``, so it continues rather than replays the
-first draws (a resumed run is reproducible, though not identical to an uninterrupted one).
+With ``study=PATH`` the study lives in an SQLite file, with ``study=URL`` in any Optuna storage
+(PostgreSQL, MySQL, a ``journal:PATH`` file; :mod:`vauban.search.studies`): an interrupted run,
+started again with the same arguments, keeps the finished trials and runs only the missing ones,
+and the same command started N times on one storage runs one study with N workers (the worker
+that finishes its last trial refines, checks and exports). Trial ``k`` is drawn by a TPE sampler
+seeded ``seed + k``, whichever run or worker draws it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -90,10 +93,11 @@ from ..runtime.scoring import (
 from ..text.formatting import Formatting, formatting_for
 from ..text.prompts import Prompts, bundled_records, load_prompts
 from ..text.reasoning import thinking_prefix
+from . import studies
 from .refining import Refined, budget, ends_past, refine
 from .trials import CutParams, OptimizeResult, Trial, candidates, pareto_mask, plain_trial_params
 
-STUDY_NAME = "vauban"
+STUDY_NAME = studies.STUDY_NAME
 
 
 def default_harmless_prompts() -> list[str]:
@@ -129,41 +133,32 @@ def _suggest(trial: Any, num_layers: int, measured: int, fixed: dict[str, bool])
     return CutParams.from_trial(params, fixed)
 
 
-def _storage(study: str | os.PathLike[str] | None) -> str | None:
-    if study is None:
-        return None
-    path = Path(study).expanduser().absolute()
-    if path.is_dir():
-        raise VaubanError(f"study path {path} is a directory; give a file such as study.db")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
-
-
-def _load_study(optuna: Any, storage: str | None, seed: int, settings: dict[str, Any]) -> Any:
-    """Create or resume the study; a resumed one must have been made with the same settings."""
-    def sampler(offset: int) -> Any:
-        return optuna.samplers.TPESampler(seed=seed + offset, multivariate=True, n_startup_trials=10)
-
-    try:
-        study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True,
-                                    directions=["minimize"] * 3, sampler=sampler(0))
-    except ValueError as e:  # a study with other objectives (an older vauban's)
-        raise VaubanError(f"the study in {storage} cannot be resumed ({e}); use a new --study path") from None
+def _load_study(optuna: Any, storage: Any, seed: int, settings: dict[str, Any],
+                plain: dict[str, Any]) -> Any:
+    """Create or resume the study (its plain cut queued first when new, or when no trial is left
+    that finished, runs or waits); a resumed one must have been made with the same settings."""
+    study, created = studies.create_or_load(storage, seed)
+    if not created:
+        studies.wait_for_first_trial(study)
     stored = study.user_attrs.get("settings")
     if stored is None:
         study.set_user_attr("settings", settings)
     elif stored != json.loads(json.dumps(settings)):
         changed = sorted(k for k in settings if stored.get(k) != json.loads(json.dumps(settings[k])))
         raise VaubanError(
-            f"the study in {storage} was made with different settings ({', '.join(changed)}); "
-            "use the same arguments to resume it, or a new --study path"
+            f"the study in {studies.describe(storage)} was made with different settings "
+            f"({', '.join(changed)}); use the same arguments to resume it, or a new --study"
         )
-    study.sampler = sampler(len(_finished(optuna, study)))
+    state = optuna.trial.TrialState
+    if created or not study.get_trials(deepcopy=False, states=(state.COMPLETE, state.WAITING, state.RUNNING)):
+        study.enqueue_trial(plain)
     return study
 
 
 def _finished(optuna: Any, study: Any) -> list[Any]:
-    return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    """The study's finished trials, the refined one included."""
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if not t.user_attrs.get("surplus")]
 
 
 def _result(optuna: Any, the_study: Any, fixed: dict[str, bool], selection: dict[str, float],
@@ -243,7 +238,7 @@ def optimize(
     settings = _study_settings(direction, fixed, harmful, neutral, max_tokens, judge, damage, kl_tokens, fmt)
     plain = plain_trial_params(direction, fixed)
     storage, the_study = _open_study(optuna, study, seed, settings, plain)
-    todo = n_trials - len(_finished(optuna, the_study))
+    todo = n_trials - len(studies.search_trials(the_study, optuna.trial.TrialState.COMPLETE))
     say = log if log is not None else (lambda line: print(line, flush=True)) if show_progress else None
     refining = _refining(optuna, the_study, refine_steps, fixed)
     scores = _Scores(model, tokenizer, direction, harmful, judge, fmt, max_tokens, batch_size)
@@ -252,7 +247,16 @@ def optimize(
     info = {"n_prompts": len(harmful), "n_harmless": len(neutral), "seed": seed, "study": storage,
             "settings": settings, "n_selection": len(checking) if check else 0}
     search_until, refine_until = budget(started, timeout, refining)
-    _Search(optuna, scores, fixed, plain, info, say, n_trials, todo).run(the_study, search_until)
+    search = _Search(optuna, scores, fixed, plain, info, say, n_trials, todo)
+    search.run(the_study, search_until)
+    finisher = studies.finisher(the_study)
+    if not search.found_done and finisher != studies.WORKER:
+        if say is not None:
+            say(f"study complete: worker {finisher} refines, checks and exports")
+        return _result(optuna, the_study, fixed, {}, **info, finished_here=False)
+    refining = _refining(optuna, the_study, refine_steps, fixed)
+    if refining and scores.rows is None:
+        scores.prepare(neutral, damage, kl_tokens)
     _say_why_no_refinement(refine_steps, fixed, say)
     if refining:
         _add_refined(optuna, the_study, plain, lambda until: refine(
@@ -366,8 +370,14 @@ class _Search:
         self.started = time.perf_counter()
         self.done = 0
         self.spent = 0.0  # seconds of this run's trials
+        self.found_done = False
 
     def objective(self, trial: Any) -> tuple[float, float, float]:
+        if studies.surplus(trial.study, trial, self.n_trials):
+            trial.set_user_attr("surplus", True)
+            raise _Surplus(f"trial {trial.number} is past the study's {self.n_trials} trials (another "
+                           "worker asked at the same time): failed unscored")
+        trial.set_user_attr("worker", studies.WORKER)
         direction = self.scores.direction
         t0 = time.perf_counter()
         values = self.scores(_suggest(trial, direction.num_layers, direction.layer_index, self.fixed))
@@ -380,9 +390,9 @@ class _Search:
     def report(self, study_: Any, trial: Any) -> None:
         if self.say is None or trial.values is None:
             return
-        finished = _finished(self.optuna, study_)
+        finished = studies.search_trials(study_, self.optuna.trial.TrialState.COMPLETE)
         best = _result(self.optuna, study_, self.fixed, {}, **self.info).best  # the pick, before any check
-        eta = (time.perf_counter() - self.started) / self.done * (self.todo - self.done)
+        eta = self.spent / self.done * max(self.n_trials - len(finished), 0)
         self.say(f"trial {len(finished)}/{self.n_trials} (#{trial.number}): refusal "
                  f"{trial.values[0] * 100:5.1f}%  kl {trial.values[1]:.4f}  "
                  f"p(refusal) {trial.values[2]:.1e}  "
@@ -395,17 +405,30 @@ class _Search:
         return ends_past(deadline, self.spent / max(self.done, 1))
 
     def run(self, the_study: Any, deadline: float | None) -> None:
-        """The plain cut first, whatever the deadline (a ``time.perf_counter()`` value); then the
-        rest while another trial still ends before it."""
-        if self.todo > 0 and not _finished(self.optuna, the_study):
-            the_study.optimize(self.objective, n_trials=1, callbacks=[self.report])
+        """Trials until the study has ``n_trials`` (with other workers on the same storage: see
+        :mod:`vauban.search.studies`): the plain cut first, whatever the deadline (a
+        ``time.perf_counter()`` value); then one more while another still ends before it. Returns
+        when no search trial runs or waits in any worker; ``found_done``: the study was complete
+        before this run started one."""
+        waiting_said = False
+        for looks in itertools.count():
+            late = bool(_finished(self.optuna, the_study)) and self.late(deadline)
+            step = studies.next_step(the_study, self.n_trials, late)
+            self.found_done = self.found_done or (looks == 0 and step == "done")
+            if step == "done":
+                return
+            if step == "wait":
+                if not waiting_said and self.say is not None:
+                    self.say(f"waiting for trials that other workers run (one whose worker died runs again "
+                             f"{studies.GRACE} s after its last heartbeat)")
+                waiting_said = True
+                studies.pause()
+                continue
+            the_study.optimize(self.objective, n_trials=1, callbacks=[self.report], catch=(_Surplus,))
 
-        def stop(study_: Any, _trial: Any) -> None:
-            if self.late(deadline):
-                study_.stop()
 
-        if self.todo > self.done and not self.late(deadline):
-            the_study.optimize(self.objective, n_trials=self.todo - self.done, callbacks=[self.report, stop])
+class _Surplus(Exception):
+    """A trial asked at the same instant as another worker's last one: failed, unscored."""
 
 
 def _check_pick(the_study: Any, result: OptimizeResult, scores: _Scores, checking: list[str],
@@ -445,16 +468,12 @@ def _say_why_no_refinement(refine_steps: int, fixed: dict[str, bool],
         say("no refinement: a norm-preserving cut rescales each written vector, which refine cannot express")
 
 
-def _open_study(optuna: Any, study: str | os.PathLike[str] | None, seed: int, settings: dict[str, Any],
+def _open_study(optuna: Any, study: Any, seed: int, settings: dict[str, Any],
                 plain: dict[str, Any]) -> tuple[str | None, Any]:
-    """The study's storage and the study, created or resumed, its plain cut queued when new."""
+    """The study's storage (as a user gives it) and the study, created or resumed."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = _storage(study)
-    the_study = _load_study(optuna, storage, seed, settings)
-    pending = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)
-    if not the_study.get_trials(deepcopy=False, states=pending):
-        the_study.enqueue_trial(plain)
-    return storage, the_study
+    storage = studies.open_storage(study)
+    return studies.describe(storage), _load_study(optuna, storage, seed, settings, plain)
 
 
 def _refining(optuna: Any, the_study: Any, refine_steps: int, fixed: dict[str, bool]) -> bool:

@@ -124,6 +124,9 @@ class OptimizeResult:
     n_selection: int = 0
     study: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    # False in a worker of a shared study that left the refinement, the check and any export to the
+    # worker that finished its last trial (see vauban.search.studies): the search trials only.
+    finished_here: bool = True
 
     @property
     def pareto(self) -> tuple[Trial, ...]:
