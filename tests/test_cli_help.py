@@ -127,8 +127,10 @@ def test_bare_vauban_prints_the_overview(capsys, monkeypatch):
 
 def commands_in(text: str) -> list[list[str]]:
     """The argument lists of the ``vauban`` commands in shell text (``&&``, ``;`` and ``|`` split
-    commands; ``#`` starts a comment)."""
+    commands; ``#`` starts a comment; a backslash at the end of a line continues it)."""
     found = []
+    text = re.sub(r"\\\n\s*", " ", text)  # a backslash continues the line
+    text = re.sub(r"\$\{?\w+\}?", "0", text)  # a shell variable ("cuda:$k") stands for a value
     for line in text.splitlines():
         if not re.search(r"(^|\s|/)vauban\s", line.split("#")[0]):
             continue
