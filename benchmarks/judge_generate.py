@@ -110,14 +110,15 @@ def load(name: str) -> tuple[Any, Any]:
 
 def chat_text(tokenizer: Any, system: str | None, prompt: str) -> str:
     if getattr(tokenizer, "chat_template", None):
-        turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        turns = [{"role": "system", "content": system}] if system else []
+        turns.append({"role": "user", "content": prompt})
         return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     head = f"{system}\n\n" if system else ""
     return f"{head}Question: {prompt}\nAnswer:"
 
 
 @torch.inference_mode()
-def answer(model: Any, tokenizer: Any, texts: list[str], max_tokens: int, batch: int = 8) -> list[str]:
+def answer(model: Any, tokenizer: Any, texts: list[str], max_tokens: int, batch: int = 64) -> list[str]:
     """Greedy continuations of ``texts`` (left-padded batches, length-sorted)."""
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -186,7 +187,13 @@ def main() -> None:
     if any(s.startswith(("cut", "steer")) for s in settings):
         from vauban import quick
 
-        direction = quick.measure_direction(model, tokenizer)
+        cached = OUT / f".{args.model}_direction.pt"  # measured once, reused by later runs
+        if cached.is_file():
+            direction = torch.load(cached, weights_only=False)
+        else:
+            direction = quick.measure_direction(model, tokenizer)
+            OUT.mkdir(parents=True, exist_ok=True)
+            torch.save(direction, cached)
     OUT.mkdir(parents=True, exist_ok=True)
     for setting in settings:
         t0 = time.perf_counter()

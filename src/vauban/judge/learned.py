@@ -79,20 +79,22 @@ class Head:
     threshold: float
     w_cat: np.ndarray
     b_cat: np.ndarray
+    markers: bool = False
 
     @classmethod
     def read(cls, path: Path = HEAD) -> Head:
         if not path.is_file():
-            raise VaubanError(f"no learned-judge head at {path}; reinstall vauban or run benchmarks/judge_train.py")
+            raise VaubanError(f"no learned-judge head at {path}; reinstall vauban or run "
+                              "benchmarks/judge_train.py")
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             return cls(meta["backbone"], int(meta["layer"]), data["mean"], data["scale"], data["w"],
                        float(meta["b"]), float(meta["temperature"]), float(meta["threshold"]),
-                       data["w_cat"], data["b_cat"])
+                       data["w_cat"], data["b_cat"], bool(meta.get("markers", False)))
 
     def write(self, path: Path) -> None:
         meta = {"backbone": self.backbone, "layer": self.layer, "b": self.b, "temperature": self.temperature,
-                "threshold": self.threshold, "categories": list(CATEGORIES)}
+                "threshold": self.threshold, "categories": list(CATEGORIES), "markers": self.markers}
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as handle:
             np.savez_compressed(handle, meta=np.array(json.dumps(meta)), mean=self.mean.astype(np.float32),
@@ -116,7 +118,8 @@ class Reader:
     def __init__(self, model: Any, tokenizer: Any, layers: Sequence[int]) -> None:
         inner = model.model
         if not layers or not all(1 <= k <= len(inner.layers) for k in layers):
-            raise VaubanError(f"the backbone has {len(inner.layers)} layers; cannot read layers {list(layers)}")
+            raise VaubanError(f"the backbone has {len(inner.layers)} layers; cannot read layers "
+                              f"{list(layers)}")
         inner.layers = inner.layers[: max(layers)]  # the forward stops there
         inner.norm = torch.nn.Identity()  # transformers puts the normed state last; read the raw one
         self.model, self.tokenizer, self.layers = model.eval(), tokenizer, list(layers)
@@ -167,6 +170,20 @@ class Reader:
         return out
 
 
+def marker_features(prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    """The marker judge's verdict as two numbers per answer (refusal, late): the tier of obvious
+    declines that a head with ``markers`` reads beside the hidden states."""
+    from .markers import DEFAULT
+
+    return np.array([[float(v.refusal), float(v.late)] for v in DEFAULT.judge(prompts, answers)],
+                    dtype=np.float32).reshape(len(answers), 2)
+
+
+def head_input(head: Head, hidden: np.ndarray, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    """What the head reads: the pooled hidden states, then the marker features if it uses them."""
+    return np.concatenate([hidden, marker_features(prompts, answers)], 1) if head.markers else hidden
+
+
 @cache
 def _reader(backbone: str, layer: int) -> Reader:
     return Reader.load(backbone, [layer])
@@ -208,7 +225,8 @@ class LearnedJudge:
     def judge(self, prompts: Sequence[str], answers: Sequence[str]) -> list[LearnedVerdict]:
         if not answers:
             return []
-        return self.verdicts(self.reader.features(prompts, answers)[:, 0])
+        hidden = self.reader.features(prompts, answers)[:, 0]
+        return self.verdicts(head_input(self.head, hidden, prompts, answers))
 
 
 def card() -> dict[str, Any]:
