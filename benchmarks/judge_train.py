@@ -34,7 +34,7 @@ LABELS, FEATURES = DATA / "labels", DATA / "features"
 BACKBONE = "smollm2"
 LAYERS = (8, 12, 16)
 TEST = ("gpt-4-0125-preview", "yi-6b-chat", "demo")
-VAL = ("qwen-1_8b-chat", "gemma270m")
+VAL = ("qwen-1_8b-chat", "gemma-2b-it")
 CS = (0.001, 0.003, 0.01, 0.03, 0.1)
 SEED = 0
 
