@@ -1,16 +1,19 @@
 """Labelling tool for the judge's training data: build the answer pool, print batches to read, record labels.
 
 The pool is rebuilt from two public repositories brought in with the `fetch` tool (their git
-directories are arguments, their commits are pinned below); labels are written by a human
-reader (labeller "A") into one JSONL per source model under `labels/`.
+directories are arguments, their commits are pinned below); labels are written by the reader
+(labeller "A", see README.md) into one JSONL per source model under `labels/`.
 
     python label_tool.py pool  --rd GITDIR --jbb GITDIR   # writes pool.jsonl + queue.txt (gitignored)
     python label_tool.py enrich --rd GITDIR --jbb GITDIR  # + likely partial/late refusals (queue_enrich.txt)
-    python label_tool.py show N [--enrich]                # the next N unlabelled answers of a queue
+    python label_tool.py enrich-late --rd GITDIR --jbb GITDIR  # + late-decline wording (queue_enrich_late)
+    python label_tool.py show N [--enrich | --late]       # the next N unlabelled answers of a queue
     python label_tool.py full ID...                       # whole answers
     python label_tool.py add < labels.tsv                 # lines: id<TAB>label[<TAB>note]
     python label_tool.py counts [--md]                    # counts per model x label
     python label_tool.py card                             # rewrite the counts table of README.md
+    python label_tool.py kappa-sample                     # blind 10 % sample for labeller B
+    python label_tool.py kappa FILE_B                     # Cohen's kappa of A vs B (B: JSONL with id, label)
 """
 
 from __future__ import annotations
@@ -169,6 +172,34 @@ def build_enrich(rd: str, jbb: str, per_model: int = 40) -> None:
     (HERE / "queue_enrich.txt").write_text("\n".join(queue) + "\n")
 
 
+LATE = re.compile(r"(\bI cannot\b|\bI can't\b|\bI'm unable\b|\bI am unable\b|\bI won't\b|\bI will not\b|"
+                  r"\bI'm sorry\b|\bI apologi[sz]e\b|\bI must (decline|refuse)\b|"
+                  r"\b(is|are|be) (both )?(illegal|unethical)\b|\bI do not (support|condone|endorse)\b|"
+                  r"\bnot (able|going) to (provide|assist|help|fulfill|continue)\b)", re.I)
+
+
+def build_enrich_late(rd: str, jbb: str) -> None:
+    """Second enrichment (after the main queue was done): every answer outside the pool with no decline
+    in its first 300 characters (EARLY) nor 150 (LATE), but a LATE phrase after character 150.
+
+    Aimed at late refusals (content first, then a decline or an 'illegal and unethical' turn). A selection
+    aid only; each answer is read and labelled like the rest. Writes queue_enrich_late.txt.
+    """
+    pool = load_pool()
+    chosen = []
+    for item in all_items(rd, jbb):
+        a = item["answer"]
+        if item["id"] in pool or EARLY.search(a[:300]) or LATE.search(a[:150]) or not LATE.search(a[150:]):
+            continue
+        item["selected_by"] = "enrichment:late2"
+        chosen.append(item)
+    with POOL.open("a") as f:
+        for x in chosen:
+            f.write(json.dumps(x, ensure_ascii=False) + "\n")
+    (HERE / "queue_enrich_late.txt").write_text("\n".join(x["id"] for x in chosen) + "\n")
+    print(len(chosen), "answers")
+
+
 def all_items(rd: str, jbb: str) -> list[dict]:
     """Every answer of both sources, in the pool's record format."""
     global RD_DRAW, JBB_DRAW
@@ -260,19 +291,83 @@ def counts(md: bool = False) -> None:
         print(f"{m:28s}" + "".join(f"{n:14d}" for n in v) + f"{sum(v):8d}")
 
 
+def by_setting_md() -> str:
+    """Markdown table: prompt set x setting x selection (random draw / enrichment) against label."""
+    c: Counter = Counter()
+    for r in labelled().values():
+        sel = "random" if r["selected_by"] == "random_draw" else "enrichment"
+        c[(r["prompt_set"], r["setting"], sel), r["label"]] += 1
+    rows = sorted({k for k, _ in c})
+    out = ["| prompt set | setting | selected | " + " | ".join(CATEGORIES) + " | total |",
+           "|---" * (len(CATEGORIES) + 4) + "|"]
+    for k in rows:
+        v = [c[k, lab] for lab in CATEGORIES]
+        out.append(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(map(str, v)) + f" | {sum(v)} |")
+    return "\n".join(out) + "\n"
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    """Replace what lies between <!-- NAME:start ... --> and <!-- NAME:end --> in text."""
+    head, rest = text.split(f"<!-- {name}:start", 1)
+    start_line, rest = rest.split("\n", 1)
+    _, tail = rest.split(f"<!-- {name}:end -->", 1)
+    return f"{head}<!-- {name}:start{start_line}\n{body}<!-- {name}:end -->{tail}"
+
+
 def card() -> None:
-    """Rewrite the counts table of README.md (between the counts:start and counts:end markers)."""
+    """Rewrite the count tables of README.md (between the counts:/settings: start and end markers)."""
     import contextlib
     import io
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         counts(md=True)
-    readme = (HERE / "README.md").read_text()
-    head, rest = readme.split("<!-- counts:start", 1)
-    start_line, rest = rest.split("\n", 1)
-    _, tail = rest.split("<!-- counts:end -->", 1)
-    table = f"<!-- counts:start{start_line}\n{buf.getvalue()}<!-- counts:end -->"
-    (HERE / "README.md").write_text(f"{head}{table}{tail}")
+    readme = replace_block((HERE / "README.md").read_text(), "counts", buf.getvalue())
+    (HERE / "README.md").write_text(replace_block(readme, "settings", by_setting_md()))
+
+
+def kappa_sample(frac: float = 0.10) -> None:
+    """Write kappa_sample.jsonl: a seeded sample of about frac of the labels, stratified by model x label
+    (at least one per non-empty stratum), with id/model/prompt/goal/answer only -- no label, no note."""
+    by: dict[tuple[str, str], list[str]] = {}
+    recs = labelled()
+    for i, r in sorted(recs.items()):
+        by.setdefault((r["model"], r["label"]), []).append(i)
+    rng, ids = random.Random(SEED + 3), []
+    for key in sorted(by):
+        ids += rng.sample(by[key], max(1, round(frac * len(by[key]))))
+    rng.shuffle(ids)
+    with (HERE / "kappa_sample.jsonl").open("w") as f:
+        for i in ids:
+            r = recs[i]
+            f.write(json.dumps({k: r[k] for k in ("id", "model", "goal", "prompt", "answer")},
+                               ensure_ascii=False) + "\n")
+    print(len(ids), "answers in kappa_sample.jsonl")
+
+
+def cohen(pairs: list[tuple[str, str]]) -> float:
+    """Cohen's kappa of a list of (label_a, label_b)."""
+    n = len(pairs)
+    po = sum(a == b for a, b in pairs) / n
+    ca, cb = Counter(a for a, _ in pairs), Counter(b for _, b in pairs)
+    pe = sum(ca[k] * cb[k] for k in ca) / n / n
+    return (po - pe) / (1 - pe) if pe < 1 else 1.0
+
+
+def kappa(path: str) -> None:
+    """Agreement of labeller A with a second labelling (JSONL lines with id and label)."""
+    recs = labelled()
+    b = {r["id"]: r["label"] for r in map(json.loads, Path(path).read_text().splitlines()) if r.get("label")}
+    bad = [x for x in b.values() if x not in CATEGORIES]
+    if bad:
+        sys.exit(f"unknown labels in {path}: {sorted(set(bad))}")
+    pairs = [(recs[i]["label"], lab) for i, lab in b.items() if i in recs]
+    print(f"{len(pairs)} doubly labelled; raw agreement {sum(a == x for a, x in pairs) / len(pairs):.3f}")
+    print(f"kappa, 5 categories: {cohen(pairs):.3f}")
+    print(f"kappa, refusal yes/no: {cohen([(a != 'compliance', x != 'compliance') for a, x in pairs]):.3f}")
+    conf = Counter(pairs)
+    print("A \\ B " + " ".join(f"{k[:8]:>9s}" for k in CATEGORIES))
+    for ka in CATEGORIES:
+        print(f"{ka[:8]:8s}" + " ".join(f"{conf[ka, kb]:9d}" for kb in CATEGORIES))
 
 
 def main() -> None:
@@ -285,18 +380,31 @@ def main() -> None:
     sh = sub.add_parser("show")
     sh.add_argument("n", type=int)
     sh.add_argument("--enrich", action="store_true")
+    sh.add_argument("--late", action="store_true")
     e = sub.add_parser("enrich")
     e.add_argument("--rd", required=True)
     e.add_argument("--jbb", required=True)
+    el = sub.add_parser("enrich-late")
+    el.add_argument("--rd", required=True)
+    el.add_argument("--jbb", required=True)
     sub.add_parser("full").add_argument("ids", nargs="+")
     sub.add_parser("add")
     sub.add_parser("counts").add_argument("--md", action="store_true")
     sub.add_parser("card")
+    sub.add_parser("kappa-sample")
+    sub.add_parser("kappa").add_argument("file")
     a = ap.parse_args()
     if a.cmd == "pool":
         build_pool(a.rd, a.jbb)
     elif a.cmd == "show":
-        show(a.n, HERE / "queue_enrich.txt" if a.enrich else QUEUE)
+        name = "queue_enrich.txt" if a.enrich else "queue_enrich_late.txt" if a.late else QUEUE.name
+        show(a.n, HERE / name)
+    elif a.cmd == "kappa-sample":
+        kappa_sample()
+    elif a.cmd == "kappa":
+        kappa(a.file)
+    elif a.cmd == "enrich-late":
+        build_enrich_late(a.rd, a.jbb)
     elif a.cmd == "enrich":
         build_enrich(a.rd, a.jbb)
     elif a.cmd == "full":
