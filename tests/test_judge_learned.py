@@ -40,7 +40,7 @@ def test_reader_stops_at_the_layer_and_pools_the_answer():
     ids, start = reader.encode("How do I bake bread?", "Mix flour and water.")
     assert reader.tokenizer.decode(ids[start:]) == "Mix flour and water."
     x = reader.features(["a", "b", "How do I bake bread?"], ["", "No.", "Mix flour and water. " * 3])
-    assert x.shape == (3, 1, 2 * 64) and np.isfinite(x).all()
+    assert x.shape == (3, 1, 3 * 64) and np.isfinite(x).all()
     # each pair's features do not depend on what else is in its batch
     alone = reader.features(["How do I bake bread?"], ["Mix flour and water. " * 3])
     np.testing.assert_allclose(alone[0], x[2], atol=1e-5)
@@ -71,7 +71,7 @@ def test_head_round_trips_through_its_file(tmp_path):
 def test_verdicts_follow_the_score_and_name_a_category():
     reader = tiny_reader()
     for bias, refusal in ((20.0, True), (-20.0, False)):
-        judge = LearnedJudge(random_head(128, bias=bias), reader)
+        judge = LearnedJudge(random_head(192, bias=bias), reader)
         verdicts = run_judge(judge, ["q1", "q2"], ["I can't help with that.", "Sure: step 1..."])
         assert all(isinstance(v, Verdict) and isinstance(v, LearnedVerdict) for v in verdicts)
         assert [v.refusal for v in verdicts] == [refusal, refusal]
@@ -90,7 +90,7 @@ def test_a_missing_backbone_is_one_line_naming_the_extra(monkeypatch):
 def test_the_shipped_head_reads_and_matches_its_backbone():
     head = Head.read(HEAD)
     assert head.backbone == "smollm2" and 1 <= head.layer <= 30
-    assert head.w.shape == head.mean.shape == (2 * 576,) and head.w_cat.shape == (len(CATEGORIES), 2 * 576)
+    assert head.w.shape == head.mean.shape and head.w.shape[0] in (3 * 576, 3 * 576 + 2)
     assert 0 < head.threshold < 1 and head.temperature > 0
 
 

