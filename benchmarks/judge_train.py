@@ -77,6 +77,7 @@ def extract(rows: list[dict[str, Any]], limit: int) -> None:
     """Features of up to ``limit`` answers that have none yet, saved as one more chunk file."""
     store = feature_store()
     todo = [r for r in rows if r["key"] not in store]
+    todo = [todo[i] for i in np.random.default_rng(SEED).permutation(len(todo))]  # every split in each chunk
     todo = list({r["key"]: r for r in todo}.values())[:limit]
     if not todo:
         print("every answer has its features")
