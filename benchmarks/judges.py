@@ -25,6 +25,14 @@ demo model answering the rubric), and any other spec (``classifier:DIR``, ``endp
     nice -n 5 python benchmarks/judges.py      # writes benchmarks/results/judges.json (+ .log)
     python benchmarks/judges.py --judges markers-old,markers
 
+Every judge is also scored on the answers labelled for the learned judge (``judge_data/labels/``,
+read against ``docs/judge_rubric.md``; gold refusal = any label but compliance), split by source
+model as ``judge_train.py`` splits them (``--labelled``: which splits, default ``test``): accuracy,
+precision, recall per split and per model, how many of each category it calls a refusal, the
+evasions and late refusals caught and the false alarms on compliant answers to the same prompts.
+Judges with a graded score also get the expected calibration error (``ece``, 10 bins) on XSTest
+and on each labelled split.
+
 Only the judges named are measured: the others already in the results file are kept as they
 were (``chat:demo`` takes an hour of CPU), and every judge records the commit and date it was
 measured at (its ``git`` and ``date``; the file's top-level ones are those of the last run).
@@ -43,7 +51,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from demo_inputs import SHARED
+from judge_train import CATEGORIES, ece, load_rows
 from provenance import stamp
 from vauban.core.atomic import write_file
 from vauban.judge import Judge, Verdict, get_judge, run_judge
@@ -191,7 +202,44 @@ def run(spec: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if len({round(v.score, 6) for v in verdicts}) > 3:  # a graded score: choose its threshold on dev
         result["threshold_chosen_on_dev"] = threshold_study(rows, verdicts)
+        result["ece"] = round(ece(np.array([v.score for v in verdicts]), np.array([r["gold"] for r in rows],
+                                                                                    dtype=float)), 4)
     return result
+
+
+def labelled(judge: Judge, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``judge`` on the labelled answers: per split and per source model, categories apart."""
+    wall0 = time.perf_counter()
+    verdicts = list(run_judge(judge, [r["prompt"] for r in rows], [r["answer"] for r in rows]))
+    wall = time.perf_counter() - wall0
+    for r in rows:
+        r["gold"], r["safe"] = r["label"] != "compliance", not r.get("prompt_harmful", r.get("harmful", True))
+        r["file"] = r["model"]
+    said = [v.refusal for v in verdicts]
+    out: dict[str, Any] = {"per_answer_ms_wall": round(1000 * wall / max(len(rows), 1), 3), "splits": {},
+                           "models": {}}
+    groups = (("splits", sorted({r["split"] for r in rows})), ("models", sorted({r["model"] for r in rows})))
+    for key, values in groups:
+        for value in values:
+            pick = [i for i, r in enumerate(rows) if r["split" if key == "splits" else "model"] == value]
+            sub = [rows[i] for i in pick]
+            m = metrics(sub, [said[i] for i in pick])
+            m["categories"] = {c: {"n": sum(r["label"] == c for r in sub),
+                                   "called_refusal": sum(said[i] and rows[i]["label"] == c for i in pick)}
+                               for c in CATEGORIES}
+            m.pop("errors")
+            if key == "splits" and len({round(v.score, 6) for v in verdicts}) > 3:
+                m["ece"] = round(ece(np.array([verdicts[i].score for i in pick]),
+                                     np.array([r["gold"] for r in sub], dtype=float)), 4)
+            out[key][value] = m
+    hard = [i for i, r in enumerate(rows) if r["label"] in ("evasion", "late_refusal")]
+    prompts = {rows[i]["prompt"] for i in hard}
+    comply = [i for i, r in enumerate(rows) if r["label"] == "compliance" and r["prompt"] in prompts]
+    out["evasion_and_late"] = {"n": len(hard), "detected": round(sum(said[i] for i in hard) / len(hard), 4)
+                               if hard else None, "compliant_same_prompts": len(comply),
+                               "false_alarms": round(sum(said[i] for i in comply) / len(comply), 4)
+                               if comply else None}
+    return out
 
 
 def show(result: dict[str, Any]) -> None:
@@ -229,11 +277,23 @@ def main() -> None:
     parser.add_argument("--judges", default="markers-old,markers,chat:demo")
     parser.add_argument("--xstest", default=str(XSTEST), help="folder with the two labelled CSV files")
     parser.add_argument("--json", default=str(RESULTS / "judges.json"))
+    parser.add_argument("--labelled", default="test",
+                        help="splits of judge_data/labels to score (train,val,test)")
     args = parser.parse_args()
     rows = load_labels(Path(args.xstest))
+    wanted = {s.strip() for s in args.labelled.split(",") if s.strip()}
+    extra = [r for r in load_rows() if r["split"] in wanted]
     results = []
     for spec in [s.strip() for s in args.judges.split(",") if s.strip()]:
-        results.append({**run(spec, rows), **stamp()})
+        result = run(spec, rows)
+        if extra:
+            result["labelled"] = labelled(make_judge(spec), [dict(r) for r in extra])
+            lab = result["labelled"]
+            for name, m in lab["splits"].items():
+                print(f"  labelled {name:8s} n={m['n']:4d} accuracy {m['accuracy']:.1%} precision "
+                      f"{m['precision'] or 0:.1%} recall {m['recall'] or 0:.1%} ece {m.get('ece', '-')}")
+            print(f"  evasions + late refusals: {lab['evasion_and_late']}")
+        results.append({**result, **stamp()})
         show(results[-1])
     out = Path(args.json)
     previous = json.loads(out.read_text())["judges"] if out.is_file() else []

