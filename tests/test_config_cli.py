@@ -465,7 +465,8 @@ def test_every_plot_writes_a_png(llama_and_direction, tokenizer, tmp_path):
         "plot_layers": lambda p: plots.plot_layers(torch.randn(5, 4), torch.randn(6, 4), direction, p),
     }
     public = {n for n in dir(plots) if n.startswith("plot_") and callable(getattr(plots, n))}
-    tested_elsewhere = {"plot_pareto", "plot_eval"}  # test_optimize.py, test_divergence.py: real results
+    tested_elsewhere = {"plot_pareto", "plot_eval", "plot_similarity"}  # test_optimize, test_divergence,
+    # test_control (measure --by-category draws the similarity matrix): real results
     assert public - tested_elsewhere == set(calls), "a new plot function needs a test"
     for name, call in calls.items():
         path = tmp_path / f"{name}.png"

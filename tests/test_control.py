@@ -163,8 +163,11 @@ def _run(cli_ws, monkeypatch, capsys, *argv, code=0):
         monkeypatch.delenv(key)
     monkeypatch.setenv("VAUBAN_CACHE", str(cli_ws / "cache"))
     monkeypatch.chdir(cli_ws)
-    base = ["--model", str(cli_ws / "tiny"), "--harmful", "harmful.txt", "--harmless", "harmless.txt",
-            "--max-tokens", "3", "--layer", "2", "-q"]
+    base = ["--model", str(cli_ws / "tiny"), "-q"]  # what every command takes; the rest as it reads them
+    if argv[0] != "evaluate":
+        base += ["--harmful", "harmful.txt", "--harmless", "harmless.txt", "--layer", "2"]
+    if argv[0] in ("evaluate", "steer"):
+        base += ["--max-tokens", "3"]
     assert main([*argv, *base]) == code
     out = capsys.readouterr()
     return json.loads(out.out) if code == 0 and "--json" in argv else out
