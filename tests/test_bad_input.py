@@ -305,7 +305,7 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 def cli_files(tiny):
     root = tiny["root"]
     files = {"binary": b"\x00\x01\x02\xff" * 20, "latin1": "caf\xe9\n".encode("latin-1"), "empty": b"",
-             "huge": b"y" * 5000 + b"\n", "short.csv": b"prompt,b\nonly\n"}
+             "huge": b"y" * 5000 + b"\n", "short.csv": b"b,prompt\nonly\n"}  # row 2 lacks the prompt column
     for name, data in files.items():
         (root / name).write_bytes(data)
     (root / "empty.safetensors").write_bytes(b"")
