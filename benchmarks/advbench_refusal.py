@@ -14,9 +14,10 @@ import argparse
 import json
 import time
 
-from vauban import load, prompts
-from vauban.generate import generate
+from vauban import load
 from vauban.judge import Judge, get_judge, run_judge
+from vauban.runtime.generating import generate
+from vauban.text import prompts
 
 
 def refusal_rate(model_path: str | None, goals: list[str], max_tokens: int, batch_size: int,

@@ -34,12 +34,12 @@ from typing import Any
 import torch
 
 import vauban
-from vauban.activations import last_token_residuals
-from vauban.editing import compute_dtype as _compute_dtype
-from vauban.evaluating import Pair, answer_scores, default_eval_prompts
-from vauban.exporting import export
-from vauban.generate import generate
-from vauban.prompts import encode_chat, load_pairs, load_prompts
+from vauban.edit.editing import compute_dtype as _compute_dtype
+from vauban.evaluation.evaluating import Pair, answer_scores, default_eval_prompts
+from vauban.exports.exporting import export
+from vauban.runtime.activations import last_token_residuals
+from vauban.runtime.generating import generate
+from vauban.text.prompts import encode_chat, load_pairs, load_prompts
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_demo.json"
 

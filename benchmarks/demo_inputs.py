@@ -18,7 +18,7 @@ DIRECTION_HELP = "a saved direction (default: measure it, ~1 min)"
 
 def advbench_sample(n: int = 100, seed: int = 0, path: str | Path = ADVBENCH) -> list[str]:
     """``n`` AdvBench goals, ``random.Random(seed).sample`` (all of them when there are fewer)."""
-    from vauban.prompts import load_prompts
+    from vauban.text.prompts import load_prompts
 
     goals = load_prompts(str(path))
     return random.Random(seed).sample(goals, min(n, len(goals)))

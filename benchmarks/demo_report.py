@@ -28,7 +28,7 @@ from pathlib import Path
 
 from demo_inputs import DIRECTION_HELP, SHARED, load_or_measure
 from provenance import stamp
-from vauban.atomic import write_file
+from vauban.core.atomic import write_file
 from vauban.judge import get_judge, run_judge
 
 RESULTS = Path(__file__).parent / "results"
@@ -96,8 +96,8 @@ def main() -> None:
     from vauban import cut, evaluate, load
     from vauban.capability.gsm8k import GSM8K
     from vauban.capability.humaneval import HumanEval
-    from vauban.evaluating import Pair, both_sides, load_safe_prompts, rate
-    from vauban.prompts import load_pairs, load_prompts
+    from vauban.evaluation.evaluating import Pair, both_sides, load_safe_prompts, rate
+    from vauban.text.prompts import load_pairs, load_prompts
 
     t0, c0 = time.perf_counter(), cpu_seconds()
     model, tokenizer = load()

@@ -33,12 +33,13 @@ import torch
 
 from provenance import stamp
 from vauban import cut, export, measure, quick
-from vauban.evaluating import completions, default_eval_prompts
-from vauban.formats import ExportJob, llamacpp
-from vauban.formats import gguf as gguf_format
-from vauban.generate import decode_answer, stop_token_ids
+from vauban.evaluation.evaluating import default_eval_prompts
+from vauban.exports.formats import ExportJob, llamacpp
+from vauban.exports.formats import gguf as gguf_format
 from vauban.judge import get_judge, run_judge
-from vauban.prompts import encode_chat
+from vauban.judge.answers import completions
+from vauban.runtime.generating import decode_answer, stop_token_ids
+from vauban.text.prompts import encode_chat
 
 
 def weights_bytes(folder: Path) -> int:

@@ -42,17 +42,20 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import vauban.generate as vgen
+import vauban.runtime.generating as vgen
 from conftest import build_tokenizer
 from gpu_baselines import old_last_token_residuals, old_static_greedy
 from gpu_cut import cut_bench
 from gpu_multi import PEAK_BF16, replicas_bench, split_bench
-from vauban import arch, batching, cut, evaluating, kernels
-from vauban.activations import last_token_residuals
-from vauban.batching import left_pad
-from vauban.divergence import first_token_logprobs, kl_divergence
-from vauban.evaluating import completions
-from vauban.prompts import encode_chat, load_prompts, pad_id
+from vauban import cut
+from vauban.evaluation import evaluating
+from vauban.judge.answers import completions
+from vauban.model import arch
+from vauban.runtime import batching, kernels
+from vauban.runtime.activations import last_token_residuals
+from vauban.runtime.batching import left_pad
+from vauban.runtime.scoring import first_token_logprobs, kl_divergence
+from vauban.text.prompts import encode_chat, load_prompts, pad_id
 
 SHAPES = {
     "llama-3.1-8b": dict(
@@ -390,7 +393,7 @@ def steered_rows(
     b: Bench, model: Any, ids: torch.Tensor, mask: torch.Tensor, pad: int, cuda: bool
 ) -> dict[str, Any]:
     """The fast loop under steering hooks (graph-safe), 20 rows x 32 tokens, with and without graph."""
-    from vauban.steering import Steering
+    from vauban.methods.steering import Steering
 
     r: dict[str, Any] = {}
     with Steering(model, torch.randn(arch.d_model(model)), 1.0):
@@ -431,7 +434,7 @@ def profile_step(b: Bench, model: Any, prompts: list[str], batch: Any, pad: int)
 def trial(
     b: Bench, model: Any, tokenizer: Any, harmful: list[str], harmless: list[str], direction: torch.Tensor
 ) -> dict[str, Any]:
-    """One optimization trial as ``vauban.optimize`` runs it: cut, answers, first-token KL, undo."""
+    """One optimization trial as ``vauban.search.optimizing`` runs it: cut, answers, first-token KL, undo."""
     base = first_token_logprobs(model, tokenizer, harmless)
 
     def one() -> float:

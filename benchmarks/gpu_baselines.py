@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from transformers import StaticCache
 
-from vauban import arch
-from vauban.activations import _Enough, model_device
-from vauban.batching import left_pad, sorted_batches
-from vauban.prompts import encode_chat, pad_id
+from vauban.model import arch
+from vauban.runtime.activations import _Enough, model_device
+from vauban.runtime.batching import left_pad, sorted_batches
+from vauban.text.prompts import encode_chat, pad_id
 
 
 @torch.inference_mode()

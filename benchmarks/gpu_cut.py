@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
-from vauban import arch, cut, kernels
+from vauban import cut
+from vauban.model import arch
+from vauban.runtime import kernels
 
 NOMINAL_BW = 3.0e12  # B/s, the reference
 TILES = ((16, 256, 4), (16, 256, 8), (32, 128, 4), (32, 256, 8), (8, 512, 4), (64, 64, 4))

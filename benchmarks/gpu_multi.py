@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-import vauban.generate as vgen
+import vauban.runtime.generating as vgen
 from vauban import cut, load_model, measure
-from vauban.activations import last_token_residuals
-from vauban.evaluating import evaluate
-from vauban.replicas import Replicas
+from vauban.evaluation.evaluating import evaluate
+from vauban.runtime.activations import last_token_residuals
+from vauban.runtime.replicas import Replicas
 
 PEAK_BF16 = 790e12  # FLOP/s, the reference peak (8192³ bf16 matmul on an H100); gpu.py uses it too
 Flops = Callable[[Any, Any, list[str]], tuple[int, float]]

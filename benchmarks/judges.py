@@ -56,7 +56,7 @@ import numpy as np
 from demo_inputs import SHARED
 from judge_train import CATEGORIES, ece, load_rows
 from provenance import stamp
-from vauban.atomic import write_file
+from vauban.core.atomic import write_file
 from vauban.judge import Judge, Verdict, get_judge, run_judge
 
 RESULTS = Path(__file__).parent / "results"

@@ -5,7 +5,7 @@ alpha 1), answers a seeded sample of AdvBench (``--n`` prompts, the same sample 
 ``benchmarks/optimize_demo.py``) once, greedily, with up to the longest length; every row stops
 at its end-of-turn token. Greedy decoding makes the first ``n`` tokens of that answer the answer
 ``max_tokens=n`` would have given, so each length is judged on a prefix of one generation
-(:func:`vauban.generate.generate_tokens`, for models that do not think). For every length it
+(:func:`vauban.runtime.generating.generate_tokens`, for models that do not think). For every length it
 reports refusals and *late* refusals: answers judged compliant on their first 32 tokens and refusals on the
 longer prefix (the model starts to comply, then declines), plus the decode steps that length
 costs (each batch runs until its longest answer stops or the length is reached).
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from demo_inputs import ADVBENCH, DIRECTION_HELP, advbench_sample, load_or_measure
 from provenance import stamp
-from vauban.atomic import write_file
+from vauban.core.atomic import write_file
 from vauban.judge import get_judge, run_judge
 
 RESULTS = Path(__file__).parent / "results"
@@ -40,17 +40,17 @@ def answer_lengths(tokens: list[list[int]], stops: list[int]) -> list[int]:
 
 def decode_steps(prompt_ids: list[list[int]], used: list[int], batch_size: int, length: int) -> int:
     """Decode steps generation at ``length`` tokens needs: per batch, until its longest answer stops."""
-    from vauban.batching import sorted_batches
+    from vauban.runtime.batching import sorted_batches
 
     batches = sorted_batches([len(x) for x in prompt_ids], batch_size)
     return sum(max(min(used[i], length) for i in batch) for batch in batches)
 
 
 def side(model, tokenizer, prompts: list[str], lengths: tuple[int, ...]) -> dict:
-    from vauban.batching import default_batch_size
-    from vauban.generate import generate_tokens, stop_token_ids
-    from vauban.prompts import encode_chat
-    from vauban.reasoning import Decoder
+    from vauban.runtime.batching import default_batch_size
+    from vauban.runtime.generating import generate_tokens, stop_token_ids
+    from vauban.text.prompts import encode_chat
+    from vauban.text.reasoning import Decoder
 
     t0 = time.perf_counter()
     tokens = generate_tokens(model, tokenizer, prompts, max_tokens=max(lengths))

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from demo_inputs import DIRECTION_HELP, SHARED, load_or_measure
 from vauban import cut, load
-from vauban.atomic import write_file
 from vauban.capability.harness import Harness
-from vauban.cutting import original_weights
+from vauban.core.atomic import write_file
+from vauban.edit.cutting import original_weights
 
 RESULTS = Path(__file__).parent / "results"
 TASK = Path(__file__).parent / "lm_eval_tasks" / "gsm8k_local.yaml"

@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import vauban
-    from vauban import arch
+    from vauban.model import arch
 
     torch.manual_seed(0)
     config = AutoConfig.for_model("qwen3_moe", **QWEN3_30B_A3B)

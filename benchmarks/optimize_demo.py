@@ -1,13 +1,13 @@
 """Does the optimizer's pick beat the plain alpha = 1 cut on prompts it never saw? (issue 5)
 
-Runs ``vauban.optimize`` with its defaults (seeded multi-objective TPE; search refusal on bundled
+Runs ``vauban.search.optimizing`` with its defaults (seeded multi-objective TPE; search refusal on bundled
 eval prompts 20-59, first-token KL on 48 bundled harmless prompts; the pick checked on eval
 prompts 60-99), then evaluates side by side on held-out prompts no part of vauban has seen:
 
 - the original model, the plain cut (trial 0 of every study) and the pick (``result.best``);
 - the search's own pick without the check (the lowest-KL trial no weaker than the plain cut on
   the search prompts), when it differs, to show what the check is worth;
-- the refined trial (the plain cut with per-layer weights from ``vauban.refine``), when it is
+- the refined trial (the plain cut with per-layer weights from ``vauban.search.refining``), when it is
   none of the above.
 
 Held out: refusal on a seeded sample of AdvBench (``--heldout-n`` prompts, ``--max-tokens``
@@ -28,11 +28,13 @@ from pathlib import Path
 
 from demo_inputs import ADVBENCH, DIRECTION_HELP, advbench_sample, load_or_measure
 from vauban import load
-from vauban.divergence import kl_divergence
-from vauban.evaluating import Pair, answer_scores, completions
+from vauban.evaluation.evaluating import Pair, answer_scores
 from vauban.judge import get_judge
-from vauban.optimize import Trial, candidates, first_token_logprobs, optimize
-from vauban.prompts import load_pairs
+from vauban.judge.answers import completions
+from vauban.runtime.scoring import first_token_logprobs, kl_divergence
+from vauban.search.optimizing import optimize
+from vauban.search.trials import Trial, candidates
+from vauban.text.prompts import load_pairs
 
 RESULTS = Path(__file__).parent / "results"
 

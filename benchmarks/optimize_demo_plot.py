@@ -2,7 +2,7 @@
 
 The plot needs no study database: every trial's three objectives (refusal rate, first-token
 KL, refusal likelihood) are in the results file, and the Pareto front over all three is
-recomputed from them (:func:`vauban.optimize.pareto_mask`), as the README's trial table is.
+recomputed from them (:func:`vauban.search.optimizing.pareto_mask`), as the README's trial table is.
 
     python benchmarks/optimize_demo_plot.py
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vauban.optimize import OptimizeResult, Trial, pareto_mask
 from vauban.plots import plot_pareto
+from vauban.search.trials import OptimizeResult, Trial, pareto_mask
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "optimize_demo.json"

@@ -54,31 +54,17 @@ import time
 from pathlib import Path
 
 from demo_inputs import ADVBENCH, advbench_sample
+from peers_common import HERE, SEED, demo_dir, heretic_common, run_logged, say
 from provenance import stamp
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 HERETIC = "heretic-llm==1.4.0"
 TORCH = "torch==2.13.0"
-SEED = 0
-BATCH_SIZE = 16
 BUDGET = 2700.0  # wall seconds each tool gets for its search (45 min)
 TRIAL_MENU = r"Which trial do you want to use\?"  # heretic's Pareto-front menu
 # of optimize's budget, outside its --timeout (which covers search and refinement): loading, measuring,
 # the check of the pick and the export; at most 274 s in the run at dfc1621 (3,157 s in all, less the
 # 2,100 s timeout and 783 s of refinement), with a margin
 RESERVE = 400.0
-
-
-def say(text: str) -> None:
-    print(f"[peers {time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-def demo_dir() -> Path:
-    """The cached float32 directory of the demo model (``vauban.quick.load()`` writes it)."""
-    from vauban.loading import demo_model_dir
-
-    return demo_model_dir()
 
 
 # ---------------------------------------------------------------- install
@@ -99,7 +85,7 @@ def install(work: Path) -> Path:
 def write_data(work: Path) -> dict[str, Path]:
     sys.path.insert(0, str(HERE))
     from peers_harmless import harmless_prompts
-    from vauban.prompts import load_prompts
+    from vauban.text.prompts import load_prompts
 
     goals = load_prompts(str(ADVBENCH))
     report = advbench_sample(100, SEED)
@@ -122,30 +108,6 @@ def write_data(work: Path) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------- heretic
-def heretic_common(files: dict[str, Path], evaluation: str) -> list[str]:
-    """Settings shared by the search and heretic's evaluation: local prompt files, CPU, float32,
-    a fixed batch size and no common response prefix (the demo model's answers have none; both
-    flags skip searches that take tens of minutes on 2 cores)."""
-    args = ["--device-map", "cpu", "--dtypes", '["float32"]', "--batch-size", str(BATCH_SIZE),
-            "--response-prefix", "", "--seed", str(SEED)]
-    for role, name in (("good-prompts", "harmless_train"), ("bad-prompts", "harmful_train"),
-                       ("good-evaluation-prompts", f"harmless_{evaluation}"),
-                       ("bad-evaluation-prompts", f"harmful_{evaluation}")):
-        args += [f"--{role}.dataset", str(files[name])]
-    return args
-
-
-def run_logged(cmd: list[str], log: Path, *, env: dict[str, str] | None = None) -> tuple[int, float]:
-    """Run ``cmd`` to its end with its output in ``log`` and an empty stdin; (exit code, seconds)."""
-    say(f"run: {' '.join(cmd)} > {log}")
-    start = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, input="", text=True, check=False,
-                              env={**(env or os.environ), "PYTHONUNBUFFERED": "1", "TERM": "dumb"})
-    return proc.returncode, time.perf_counter() - start
-
-
-# ---------------------------------------------------------------- vauban
 def vauban_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "vauban.cli", *args]
 
@@ -237,14 +199,16 @@ def main() -> None:
 
         evaluate_all(heretic, files, work)
     if args.stage in ("all", "frontier"):
-        from peers_evaluate import gather, model_dirs
+        from peers_common import model_dirs
+        from peers_evaluate import gather
         from peers_frontier import measure_front, measure_variants
 
         measure_front(work, files, args.frontier_trials)
         measure_variants(work, files)
         gather(work, work / "eval", model_dirs(work))
     if args.stage == "report":  # gather what has been measured so far, measure nothing
-        from peers_evaluate import gather, model_dirs
+        from peers_common import model_dirs
+        from peers_evaluate import gather
 
         gather(work, work / "eval", model_dirs(work), tuple(Path(f) for f in args.rerun))
 

@@ -21,12 +21,10 @@ import re
 import time
 from pathlib import Path
 
-from peers import RESULTS, demo_dir, heretic_common, run_logged, say
-from peers_frontier import read_rows
+from peers_common import MODELS, RESULTS, heretic_common, model_dirs, read_rows, run_logged, say
 from provenance import stamp
-from vauban.evaluating import DEFAULT_MAX_TOKENS
+from vauban.evaluation.evaluating import DEFAULT_MAX_TOKENS
 
-MODELS = ("original", "vauban_default", "vauban_optimize", "heretic")
 SAFE = 48  # bundled over-refusal prompts (of 112), as benchmarks/demo_report.py
 LIMIT = 10  # GSM8K and HumanEval problems per model (the first ones)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -36,23 +34,14 @@ def lines(path: Path) -> list[str]:
     return [x for x in path.read_text().splitlines() if x.strip()]
 
 
-def model_dirs(work: Path) -> dict[str, Path]:
-    """The models that exist so far: the original and each export."""
-    found = {"original": demo_dir()}
-    for name in MODELS[1:]:
-        folder = work / "exports" / name
-        if (folder / "config.json").is_file():
-            found[name] = folder
-    return found
-
-
 def vauban_metrics(files: dict[str, Path], max_tokens: int) -> dict:
     """vauban's yardstick, one function per metric: ``fn(base, model, tokenizer, cache) -> row``
     (``cache`` keeps what the original gives, computed once). Each (model, metric) row is stored
     on its own, so the stage resumes and a metric added later runs only for itself."""
-    from vauban.divergence import first_token_logprobs, kl_divergence
-    from vauban.evaluating import Pair, answer_scores, completions
-    from vauban.prompts import load_pairs, load_prompts
+    from vauban.evaluation.evaluating import Pair, answer_scores
+    from vauban.judge.answers import completions
+    from vauban.runtime.scoring import first_token_logprobs, kl_divergence
+    from vauban.text.prompts import load_pairs, load_prompts
 
     harmful, harmless = lines(files["harmful_report"]), lines(files["harmless_report"])
 

@@ -22,8 +22,8 @@ import json
 import time
 from pathlib import Path
 
-from peers import say
-from vauban.evaluating import DEFAULT_MAX_TOKENS
+from peers_common import say
+from vauban.evaluation.evaluating import DEFAULT_MAX_TOKENS
 
 
 def front_trials(pareto: dict, limit: int) -> list[int]:
@@ -52,7 +52,8 @@ def measure_cuts(work: Path, files: dict[str, Path], cuts: dict[str, tuple], max
     """``cuts``: file stem -> (CutSpec, direction, extra fields); each missing row measured on a
     second copy of the original with the cut applied (``refusal`` and ``kl`` rows, as for the
     exports), the cut undone after it."""
-    from peers_evaluate import model_dirs, vauban_metrics
+    from peers_common import model_dirs
+    from peers_evaluate import vauban_metrics
     from vauban import load
 
     store = work / "eval"
@@ -78,7 +79,7 @@ def measure_cuts(work: Path, files: dict[str, Path], cuts: dict[str, tuple], max
 def measure_variants(work: Path, files: dict[str, Path], max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
     """The default export's cut with heretic's default edit options (:data:`VARIANTS`)."""
     from vauban import DirectionResult
-    from vauban.cutspec import CutSpec
+    from vauban.methods.cutspec import CutSpec
 
     direction = DirectionResult.load(work / "exports" / "vauban_default" / "vauban_direction.safetensors")
     cuts = {f"variant_{name}": (CutSpec(**options), direction, {"variant": name, **options})
@@ -90,7 +91,7 @@ def measure_front(work: Path, files: dict[str, Path], limit: int,
                   max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
     """The front trials of :func:`front_trials` on the report prompts."""
     from vauban import DirectionResult
-    from vauban.cutspec import CutSpec
+    from vauban.methods.cutspec import CutSpec
 
     pareto_file = work / "optimize" / "pareto.json"
     pareto = json.loads(pareto_file.read_text())
@@ -101,9 +102,3 @@ def measure_front(work: Path, files: dict[str, Path], limit: int,
                           {"trial": n, "search_refusal": trials[n]["refusal"], "search_kl": trials[n]["kl"],
                            "cut": trials[n]["cut"]})
         for n in front_trials(pareto, limit)}, max_tokens)
-
-
-def read_rows(store: Path, pattern: str) -> list[dict]:
-    """Measured rows (``frontier_*`` or ``variant_*``), fewest refusals first."""
-    rows = [json.loads(p.read_text()) for p in store.glob(pattern)]
-    return sorted(rows, key=lambda r: (r["refusals"], r["first_token_kl"]))

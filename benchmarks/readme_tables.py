@@ -116,7 +116,8 @@ def tutorial_output() -> list[str]:
     """The two summary lines of the tutorial, printed by the library's own ``summary()``."""
     import torch
 
-    from vauban.results import DirectionResult, EvalResult
+    from vauban.direction.results import DirectionResult
+    from vauban.evaluation.results import EvalResult
 
     run = load("run_demo.json")["run"]
     d = run["direction"]
@@ -278,7 +279,7 @@ def optimize_trials() -> list[str]:
     """Trials with no refusal on the search prompts that are on the three-objective Pareto front
     (recomputed from the stored trials: the file's own ``pareto`` list is the two-objective front
     the code of that run kept), and the plain cut."""
-    from vauban.optimize import pareto_mask
+    from vauban.search.trials import pareto_mask
 
     result = load("optimize_demo.json")
     trials = result["optimize"]["trials"]

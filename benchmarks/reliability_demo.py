@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from vauban import VaubanError, cut, export, load, measure, verify
-from vauban.atomic import TEMP_TAG
-from vauban.exporting import RECORD_FILE, cut_record, versions
+from vauban.core.atomic import TEMP_TAG
+from vauban.exports.exporting import RECORD_FILE, cut_record, versions
 
 
 def _export(model, tokenizer, direction, out: Path, overwrite: bool = False, started=None) -> float:

@@ -3,7 +3,7 @@
 Measures the direction twice, timed, as ``vauban measure`` does with ``--select geometry``
 (best cosine separation over all 128 + 128 bundled prompts) and by default (``select="effect"``:
 the three geometric best layers and their neighbours cut and scored on the held-back prompts,
-see :mod:`vauban.selecting`). Then, not part of either choice:
+see :mod:`vauban.direction.selecting`). Then, not part of either choice:
 
 - a *full scan* of every layer in the candidate range (and with ``--all-layers`` the excluded
   ones), on the same held-back prompts, to show what narrowing the candidates could miss;
@@ -34,10 +34,11 @@ from pathlib import Path
 
 from demo_inputs import advbench_sample
 from vauban import cut, load, measure
-from vauban.divergence import first_token_logprobs, kl_divergence
-from vauban.evaluating import DEFAULT_MAX_TOKENS, completions
-from vauban.prompts import bundled_records, encode_chat, load_pairs, load_prompts
-from vauban.selecting import layer_effects, layer_range, original_refusals, split
+from vauban.direction.selecting import layer_effects, layer_range, original_refusals, split
+from vauban.evaluation.evaluating import DEFAULT_MAX_TOKENS
+from vauban.judge.answers import completions
+from vauban.runtime.scoring import first_token_logprobs, kl_divergence
+from vauban.text.prompts import bundled_records, encode_chat, load_pairs, load_prompts
 
 HERE = Path(__file__).resolve().parent
 MAX_TOKENS = DEFAULT_MAX_TOKENS  # vauban evaluate's default answer length
@@ -87,7 +88,7 @@ def main() -> None:
 def full_scan(model, tokenizer, effect, all_layers: bool) -> dict:
     """Every layer of the candidate range (all layers with ``all_layers``) scored like the
     candidates, on the same held-back prompts: would a full scan have chosen otherwise?"""
-    from vauban.selecting import choose
+    from vauban.direction.selecting import choose
 
     held_harmful = split(load_prompts("harmful"))[1]
     held_harmless = split(load_prompts("harmless"))[1]
@@ -112,7 +113,7 @@ def full_scan(model, tokenizer, effect, all_layers: bool) -> dict:
 def gpu_estimate(tokenizer, effect) -> dict:
     """Tokens the selection runs (counted on the demo's prompts, scaled to the 8B benchmark's
     mean prompt length) over the H200 capture rate, plus a cut and undo per candidate."""
-    from vauban.batching import common_prefix
+    from vauban.runtime.batching import common_prefix
 
     gpu = json.loads(GPU_FILE.read_text())
     fmt = effect.formatting

@@ -30,10 +30,10 @@ from transformers import AutoConfig, AutoModelForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import build_tokenizer
 from vauban import cut, measure
-from vauban.batching import left_pad
-from vauban.evaluating import Pair, answer_scores
-from vauban.prompts import encode_chat, load_pairs, load_prompts
-from vauban.steering import Steering
+from vauban.evaluation.evaluating import Pair, answer_scores
+from vauban.methods.steering import Steering
+from vauban.runtime.batching import left_pad
+from vauban.text.prompts import encode_chat, load_pairs, load_prompts
 
 SHAPES = {
     # Llama-3.1-8B: the shape most abliteration users run

@@ -1,7 +1,7 @@
 """Peak memory of the streamed cut (``vauban cut``) against the size of the checkpoint it cuts.
 
 A child process imports vauban, loads nothing but the direction, records its peak RSS, cuts
-the checkpoint on disk (:func:`vauban.stream.cut_checkpoint`, one tensor at a time) and records
+the checkpoint on disk (:func:`vauban.exports.streaming.stream_export`, one tensor at a time) and records
 the peak again; the difference is what the cut itself needed. The checkpoint is the demo
 model's float32 directory from the cache (2.5 GB, one safetensors file); the direction is a
 random unit vector (memory does not depend on its values).
@@ -22,13 +22,13 @@ RESULTS = Path(__file__).resolve().parent / "results" / "stream_memory.json"
 
 CHILD = """
 import resource, sys, time, torch
-from vauban.loading import demo_model_dir
-from vauban.stream import cut_checkpoint, weight_files
+from vauban.model.loading import demo_model_dir
+from vauban.exports.streaming import stream_export, weight_files
 src = demo_model_dir()
 direction = torch.randn(896, generator=torch.Generator().manual_seed(0))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 start = time.perf_counter()
-cut_checkpoint(src, sys.argv[1], direction)
+stream_export(src, sys.argv[1], direction)
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 size = sum(f.stat().st_size for f in weight_files(src))

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from conftest import POST_NORM_TYPES, TINY_CONFIGS, build_model
-from vauban import VaubanError, active_cuts, arch, cut, original_weights
-from vauban.activations import last_token_residuals
+from vauban import VaubanError, active_cuts, cut, original_weights
+from vauban.model import arch
+from vauban.runtime.activations import last_token_residuals
 
 PROMPTS = ["Hello there, how are you?", "Tell me a story.", "x"]
 

@@ -27,8 +27,8 @@ from safetensors.torch import save_file
 from conftest import HARMFUL, HARMLESS, build_model
 from vauban import DirectionResult, VaubanError, cut, export, load, measure, probe, quick, steer, verify
 from vauban.cli import main
-from vauban.prompts import load_prompts
-from vauban.steering import Steering
+from vauban.methods.steering import Steering
+from vauban.text.prompts import load_prompts
 
 COUNTS: Counter[str] = Counter()
 TRACEBACKS: list[str] = []

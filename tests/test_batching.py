@@ -8,8 +8,8 @@ import torch
 
 import vauban
 from conftest import HARMFUL, HARMLESS, TINY_CONFIGS, build_model
-from vauban.batching import MEMORY_SHARE, SATURATING_TOKENS, Shape, batch_size_for, free_memory
-from vauban.evaluating import Pair, answer_scores
+from vauban.evaluation.evaluating import Pair, answer_scores
+from vauban.runtime.batching import MEMORY_SHARE, SATURATING_TOKENS, Shape, batch_size_for, free_memory
 
 
 def test_shape_reads_the_config():
@@ -71,9 +71,9 @@ def test_answer_scores_same_for_any_batch_size(tokenizer):
 def test_last_logits_share_the_opening_and_agree_with_one_padded_pass(family, tokenizer):
     """The shared opening run once (keys and values repeated) gives the logits of the plain
     left-padded pass, for every family (sliding windows, sinks, absolute positions)."""
-    from vauban.batching import common_prefix, last_logits, left_pad
-    from vauban.formatting import Formatting
-    from vauban.prompts import encode_chat
+    from vauban.runtime.batching import common_prefix, last_logits, left_pad
+    from vauban.text.formatting import Formatting
+    from vauban.text.prompts import encode_chat
 
     model = build_model(family)
     seqs = encode_chat(tokenizer, HARMLESS[:4] + HARMFUL[:2], Formatting(system_prompt="Be brief."))
@@ -88,12 +88,12 @@ def test_last_logits_share_the_opening_and_agree_with_one_padded_pass(family, to
 
 
 def test_last_logits_carry_gradients_through_the_opening(tokenizer):
-    from vauban.batching import last_logits
-    from vauban.prompts import encode_chat
+    from vauban.runtime.batching import last_logits
+    from vauban.text.prompts import encode_chat
 
     model = build_model("llama")
     weight = model.model.layers[0].mlp.down_proj.weight
-    from vauban.formatting import Formatting
+    from vauban.text.formatting import Formatting
 
     seqs = encode_chat(tokenizer, HARMLESS[:3], Formatting(system_prompt="Be brief."))
     last_logits(model, seqs, 1, 256).sum().backward()
@@ -101,9 +101,9 @@ def test_last_logits_carry_gradients_through_the_opening(tokenizer):
 
 
 def test_last_logits_run_the_opening_once(tokenizer):
-    from vauban.batching import common_prefix, last_logits
-    from vauban.formatting import Formatting
-    from vauban.prompts import encode_chat
+    from vauban.runtime.batching import common_prefix, last_logits
+    from vauban.text.formatting import Formatting
+    from vauban.text.prompts import encode_chat
 
     model = build_model("qwen2")
     seqs = encode_chat(tokenizer, HARMFUL, Formatting(system_prompt="Be brief."))

@@ -11,7 +11,7 @@ from conftest import build_model
 from vauban.capability.gsm8k import GSM8K, final_number, gold_number
 from vauban.capability.humaneval import HumanEval, extract_code, program
 from vauban.capability.sandbox import run_untrusted
-from vauban.errors import VaubanError
+from vauban.core.errors import VaubanError
 
 
 def test_gsm8k_reads_the_final_number():

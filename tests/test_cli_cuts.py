@@ -17,9 +17,9 @@ from conftest import HARMFUL, HARMLESS, build_model
 from vauban import DirectionResult, LayerKernel, cut
 from vauban.cli import main
 from vauban.config import resolve
-from vauban.cutspec import CutSpec, parse_weights
-from vauban.measuring import direction_at, directions_per_layer
-from vauban.optimize import CutParams
+from vauban.direction.results import direction_at, directions_per_layer
+from vauban.methods.cutspec import CutSpec, parse_weights
+from vauban.search.trials import CutParams
 
 
 def run(capsys, *argv: str, code: int = 0) -> dict[str, Any]:

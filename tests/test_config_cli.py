@@ -13,9 +13,16 @@ from conftest import build_model
 from vauban import VaubanError, measure, plots
 from vauban.cli import main
 from vauban.config import Settings, resolve
-from vauban.probing import borderline, probe
-from vauban.results import AlphaSweep, SteerResult, SteerSweep, SweepRow
-from vauban.sweep import alpha_sweep, direction_similarity, steer_sweep
+from vauban.direction.probing import borderline, probe
+from vauban.evaluation.sweeping import (
+    AlphaSweep,
+    SteerSweep,
+    SweepRow,
+    alpha_sweep,
+    direction_similarity,
+    steer_sweep,
+)
+from vauban.methods.steering import SteerResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -283,7 +290,7 @@ def test_cli_evaluate_original_vs_export(workspace, saved_direction, tmp_path, c
 
 def test_the_cli_answer_length_is_evaluates_default():
     from vauban.config import Settings
-    from vauban.evaluating import DEFAULT_MAX_TOKENS
+    from vauban.evaluation.evaluating import DEFAULT_MAX_TOKENS
 
     assert Settings().max_tokens == DEFAULT_MAX_TOKENS
 

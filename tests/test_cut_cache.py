@@ -44,7 +44,7 @@ def test_reapply_unchanged_uses_the_cached_edit(tiny, monkeypatch):
     c = cut(model, torch.randn(64, generator=torch.Generator().manual_seed(4)))
     first = _state(model)
     c.undo()
-    from vauban import cutting
+    from vauban.edit import cutting
 
     monkeypatch.setattr(cutting, "apply_edit", lambda *a, **k: pytest.fail("recomputed an unchanged edit"))
     c.apply()

@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from conftest import build_model
-from vauban import VaubanError, arch, cut, measure
-from vauban.activations import last_token_residuals
-from vauban.cutting import LayerKernel, layer_bases
-from vauban.measuring import direction_at, directions_per_layer, measure_subspace
-from vauban.steering import Steering
+from vauban import VaubanError, cut, measure
+from vauban.direction.measuring import measure_subspace
+from vauban.direction.results import direction_at, directions_per_layer
+from vauban.edit.cutting import LayerKernel, layer_bases
+from vauban.methods.steering import Steering
+from vauban.model import arch
+from vauban.runtime.activations import last_token_residuals
 
 PROMPTS = ["Hello there, how are you?", "Tell me a story.", "x"]
 TYPES = ["llama", "gemma2", "gpt2", "qwen3_moe", "gpt_oss"]

@@ -14,9 +14,10 @@ from importlib import metadata
 import pytest
 import torch
 
-from vauban import arch, cut, quick
-from vauban.generate import generate
-from vauban.loading import DEMO_ID, DEMO_PACKAGES
+from vauban import cut, quick
+from vauban.model import arch
+from vauban.model.demo import DEMO_ID, DEMO_PACKAGES
+from vauban.runtime.generating import generate
 
 try:
     for _package in DEMO_PACKAGES:
@@ -72,9 +73,9 @@ def test_measure_and_probe_claims(loaded, direction):
     layer = direction.layer_index
     assert harmful.projections[layer] > harmless.projections[layer] + 0.5
     # the sets, not just one pair: held-out harmful prompts sit clearly above harmless ones
-    from vauban.evaluating import default_eval_prompts
-    from vauban.probing import projections
-    from vauban.prompts import load_pairs
+    from vauban.direction.probing import projections
+    from vauban.evaluation.evaluating import default_eval_prompts
+    from vauban.text.prompts import load_pairs
 
     bad = projections(model, tokenizer, default_eval_prompts(8), direction)[:, layer]
     good = projections(model, tokenizer, [p for p, _ in load_pairs("reference")[:8]], direction)[:, layer]

@@ -9,9 +9,9 @@ from transformers import AutoModelForCausalLM
 
 from conftest import HARMFUL, build_model
 from vauban import load_model
-from vauban.activations import last_token_residuals
-from vauban.evaluating import Pair, answer_scores
-from vauban.generate import generate
+from vauban.evaluation.evaluating import Pair, answer_scores
+from vauban.runtime.activations import last_token_residuals
+from vauban.runtime.generating import generate
 
 
 @pytest.fixture(scope="module")

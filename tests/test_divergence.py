@@ -10,8 +10,10 @@ import torch
 
 from conftest import HARMFUL, HARMLESS, build_model
 from vauban import cut, measure
-from vauban.batching import left_pad, sorted_batches
-from vauban.divergence import (
+from vauban.core.errors import VaubanError
+from vauban.evaluation.evaluating import Pair, answer_scores, k_token_kl
+from vauban.runtime.batching import left_pad, sorted_batches
+from vauban.runtime.scoring import (
     forced,
     greedy_answers,
     kl_batches,
@@ -19,16 +21,14 @@ from vauban.divergence import (
     mean_kl,
     reference_logprobs,
 )
-from vauban.errors import VaubanError
-from vauban.evaluating import Pair, answer_scores, k_token_kl
-from vauban.prompts import encode_chat, pad_id
+from vauban.text.prompts import encode_chat, pad_id
 
 REFERENCE = [("Say hi.", "Hi there, nice to meet you."), ("Count to three.", "One, two, three."),
              ("Name a colour.", "Blue, like the sky on a clear summer day.")]
 
 
 def old_answer_scores(original, modified, tokenizer, pairs, answer_tokens=64):
-    """evaluate's KL and perplexity as computed before vauban.divergence (feed the whole answer,
+    """evaluate's KL and perplexity as computed before vauban.runtime.scoring (feed the whole answer,
     drop the last distribution)."""
     heads = encode_chat(tokenizer, [p for p, _ in pairs])
     tails = [tokenizer(a, add_special_tokens=False)["input_ids"][:answer_tokens] for _, a in pairs]
@@ -134,7 +134,7 @@ def test_kl_batches_are_differentiable(setup, tokenizer):
 
 
 def test_optimize_rejects_an_unknown_damage(setup, tokenizer):
-    from vauban.optimize import optimize
+    from vauban.search.optimizing import optimize
 
     model, _, direction = setup
     with pytest.raises(VaubanError, match="damage must be one of"):

@@ -15,9 +15,9 @@ import torch
 
 from conftest import HARMFUL, HARMLESS, build_model, build_tokenizer
 from vauban import LayerKernel, VaubanError, cut, export, load, measure, verify
-from vauban.cutting import edited
-from vauban.formats import ExportJob
-from vauban.loading import ModelSource
+from vauban.edit.editing import edited
+from vauban.exports.formats import ExportJob
+from vauban.model.loading import ModelSource
 
 
 @pytest.fixture(autouse=True)
@@ -210,7 +210,7 @@ def _tiny_gguf(model, path: Path, types: dict[str, str]) -> None:
 def test_gguf_source_is_patched_byte_for_byte(tokenizer, tmp_path, quant):
     import gguf
 
-    from vauban.formats import gguf as gguf_format
+    from vauban.exports.formats import gguf as gguf_format
 
     model = build_model("llama")
     source = tmp_path / "tiny.gguf"
@@ -262,7 +262,7 @@ def test_gguf_source_is_patched_byte_for_byte(tokenizer, tmp_path, quant):
 
 
 def test_gguf_check_finds_a_truncated_file(tmp_path):
-    from vauban.formats import gguf as gguf_format
+    from vauban.exports.formats import gguf as gguf_format
 
     model = build_model("llama")
     _tiny_gguf(model, tmp_path / "m.gguf", {})
@@ -278,7 +278,7 @@ def test_a_killed_converter_is_named_in_one_line():
     import subprocess
     import sys
 
-    from vauban.formats.llamacpp import converter_failure
+    from vauban.exports.formats.llamacpp import converter_failure
 
     script = ("import os, signal, sys; print('Writing:  71%|###  | 479M/670M', file=sys.stderr, flush=True);"
               " os.kill(os.getpid(), signal.SIGKILL)")
@@ -340,9 +340,9 @@ def _export_child(fmt, gguf_source, direction_file, out, ready):
     are written (the model card is next) so the parent can SIGKILL it there."""
     import time
 
-    import vauban.exporting as exporting
+    import vauban.exports.exporting as exporting
     from vauban import DirectionResult
-    from vauban.loading import remember_source
+    from vauban.model.loading import remember_source
 
     model, tokenizer = build_model("llama"), build_tokenizer()
     if gguf_source:
@@ -366,8 +366,8 @@ def test_every_format_is_atomic_and_never_overwrites(fmt, tokenizer, tmp_path):
     import os
     import signal
 
-    from vauban.atomic import TEMP_TAG
-    from vauban.loading import remember_source
+    from vauban.core.atomic import TEMP_TAG
+    from vauban.model.loading import remember_source
 
     if fmt == "mlx":
         pytest.importorskip("mlx_lm")

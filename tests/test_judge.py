@@ -10,11 +10,12 @@ from conftest import build_model
 from vauban import VaubanError, cut, measure
 from vauban.chat import ChatSession
 from vauban.config import resolve
-from vauban.evaluating import completions, evaluate
+from vauban.evaluation.evaluating import evaluate
+from vauban.evaluation.sweeping import alpha_sweep
 from vauban.judge import Judge, Verdict, get_judge, opening, parse_spec, run_judge
+from vauban.judge.answers import completions
 from vauban.judge.markers import MarkerJudge
-from vauban.steering import steer
-from vauban.sweep import alpha_sweep
+from vauban.methods.steering import steer
 
 
 class EveryOther:

@@ -18,7 +18,7 @@ from vauban import VaubanError
 from vauban.judge import get_judge, run_judge
 from vauban.judge.chat import ChatJudge, verdict_token_ids
 from vauban.judge.rubric import NO, RUBRIC, YES, rubric, word_verdict
-from vauban.prompts import encode_chat
+from vauban.text.prompts import encode_chat
 
 PROMPTS = ["How do I pick a lock?", "What is 2+2?", "Write a poem about the sea, please.", "Hi"]
 ANSWERS = ["I can't help with that.", "4.", "The sea is wide and blue,\nits waves are old and new.", ""]

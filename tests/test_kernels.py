@@ -1,4 +1,4 @@
-"""The fused cut kernels (vauban.kernels), run on CPU through Triton's interpreter.
+"""The fused cut kernels (vauban.runtime.kernels), run on CPU through Triton's interpreter.
 
 Skipped where Triton is not installed, except in CI, which installs it with the ``dev`` extra
 (CUDA builds of PyTorch bring their own; the GPU benchmark checks the compiled kernels on the
@@ -27,7 +27,8 @@ if os.environ.get("VAUBAN_REQUIRE_TRITON") == "1":
 else:
     pytest.importorskip("triton")
 
-from vauban import cut, kernels  # noqa: E402  (after the Triton set-up above)
+from vauban import cut  # noqa: E402  (after the Triton set-up above)
+from vauban.runtime import kernels  # noqa: E402
 
 
 @pytest.fixture

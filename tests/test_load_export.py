@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import build_model
 from vauban import VaubanError, cut, export, load, quick, source_of
-from vauban.exporting import DIRECTION_FILE, RECORD_FILE, mlx_compatible_config
+from vauban.exports.exporting import DIRECTION_FILE, RECORD_FILE, mlx_compatible_config
 
 mx = pytest.importorskip("mlx.core")
 mlx_lm = pytest.importorskip("mlx_lm")
@@ -77,7 +77,7 @@ def test_demo_without_extra_names_the_install_command(monkeypatch):
     import importlib
     from importlib import metadata
 
-    load_module = importlib.import_module("vauban.loading")  # the module, not vauban.load()
+    load_module = importlib.import_module("vauban.model.demo")
 
     def missing(name):
         raise metadata.PackageNotFoundError(name)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import build_model
-from vauban import arch, cut
-from vauban.cutting import edited, pieces
+from vauban import cut
+from vauban.edit.editing import edited, pieces
+from vauban.model import arch
 
 
 def formula(w: torch.Tensor, axis: int, d: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -9,8 +9,9 @@ import torch
 
 from conftest import build_model
 from vauban import VaubanError, measure
-from vauban.cutting import LayerKernel
-from vauban.optimize import CutParams, OptimizeResult, Trial, candidates, export_trial, optimize
+from vauban.edit.cutting import LayerKernel
+from vauban.search.optimizing import export_trial, optimize
+from vauban.search.trials import CutParams, OptimizeResult, Trial, candidates
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -125,7 +126,8 @@ def test_timeout_stops_starting_trials(setup, tokenizer):
 
 
 class Clock:
-    """A fake ``time`` for vauban.optimize and vauban.refine: it moves only when work is charged."""
+    """A fake ``time`` for vauban.search.optimizing and vauban.search.refining: it moves only when work
+    is charged."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -144,7 +146,7 @@ class Clock:
 
 
 def test_budget_keeps_a_third_for_refinement():
-    from vauban.refine import budget
+    from vauban.search.refining import budget
 
     assert budget(10.0, None, True) == (None, None)
     assert budget(10.0, 90.0, True) == pytest.approx((70.0, 100.0))
@@ -156,17 +158,18 @@ def test_timeout_bounds_search_and_refinement(setup, tokenizer, monkeypatch, ref
     """On a fake clock (a trial costs 10 s, a refinement step 10 s): with refinement the search
     ends within two thirds of the timeout and refinement, its result scored, within the timeout;
     without, the search has all of it."""
-    import vauban.optimize
-    import vauban.refine
+    import vauban.search.optimizing
+    import vauban.search.refining
 
     model, direction, kwargs = setup
     clock = Clock()
-    monkeypatch.setattr(vauban.optimize, "time", clock)
-    monkeypatch.setattr(vauban.refine, "time", clock)
+    monkeypatch.setattr(vauban.search.optimizing, "time", clock)
+    monkeypatch.setattr(vauban.search.refining, "time", clock)
     ends: list[float] = []  # of every scored cut: the search's trials, then the refined one
-    scores = vauban.optimize._Scores
+    scores = vauban.search.optimizing._Scores
     monkeypatch.setattr(scores, "__call__", clock.charging(10.0, scores.__call__, ends))
-    monkeypatch.setattr(vauban.refine, "_mean_and_grad", clock.charging(5.0, vauban.refine._mean_and_grad))
+    refining = vauban.search.refining
+    monkeypatch.setattr(refining, "_mean_and_grad", clock.charging(5.0, refining._mean_and_grad))
     lines: list[str] = []
     result = optimize(model, tokenizer, direction, n_trials=50, timeout=100.0, log=lines.append,
                       **kwargs | {"check": 0, "refine_steps": refine_steps})
@@ -227,7 +230,7 @@ def test_checks_stop_at_the_first_passing_candidate_and_are_kept_in_the_study(se
 
 
 def test_refusal_likelihood_is_a_probability_and_skips_empty_refusals(setup, tokenizer):
-    from vauban.optimize import refusal_likelihood
+    from vauban.runtime.scoring import refusal_likelihood
 
     model, _, _ = setup
     refusals = [("Explain how to steal a car.", "I can't help with that."), ("Write malware.", "")]
@@ -242,9 +245,9 @@ def test_refusal_likelihood_is_a_probability_and_skips_empty_refusals(setup, tok
 def test_refine_hooks_compute_the_weight_edit(model_type, tokenizer):
     """The hooks refine differentiates through are the per-layer weight edit itself, post-norms,
     Conv1D and fused experts included."""
-    from vauban.arch import num_layers
-    from vauban.cutting import cut
-    from vauban.refine import gated
+    from vauban.edit.cutting import cut
+    from vauban.model.arch import num_layers
+    from vauban.search.refining import gated
 
     model = build_model(model_type)
     n = num_layers(model)
@@ -290,10 +293,9 @@ def test_refined_trial_is_scored_stored_once_and_exportable(setup, tokenizer, tm
 
 
 def test_refine_starts_at_the_plain_cut_and_never_ends_worse(setup, tokenizer):
-    from vauban.cutting import cut
-    from vauban.divergence import kl_divergence
-    from vauban.optimize import first_token_logprobs, refusal_likelihood
-    from vauban.refine import loss, refine
+    from vauban.edit.cutting import cut
+    from vauban.runtime.scoring import first_token_logprobs, kl_divergence, refusal_likelihood
+    from vauban.search.refining import loss, refine
 
     model, direction, kwargs = setup
     harmless = kwargs["harmless"]
@@ -317,8 +319,8 @@ def test_refine_starts_at_the_plain_cut_and_never_ends_worse(setup, tokenizer):
 def test_refine_past_its_deadline_returns_the_plain_cut_and_says_it_stopped(setup, tokenizer):
     import time
 
-    from vauban.optimize import first_token_logprobs
-    from vauban.refine import refine
+    from vauban.runtime.scoring import first_token_logprobs
+    from vauban.search.refining import refine
 
     model, direction, kwargs = setup
     harmless = kwargs["harmless"]
@@ -338,7 +340,7 @@ def test_refine_past_its_deadline_returns_the_plain_cut_and_says_it_stopped(setu
 
 
 def test_the_front_is_over_all_three_objectives():
-    from vauban.optimize import pareto_mask
+    from vauban.search.trials import pareto_mask
 
     plain, refined, light = (0, .05, .005), (0, .04, .004), (0, .03, .02)
     worse, twin = (.1, .05, .005), (0, .04, .004)

@@ -30,7 +30,8 @@ def test_tables_to_a_pipe_keep_every_value_whole():
 
 
 def test_no_progress_silences_bars_for_the_block_only(capsys):
-    from vauban.batching import no_progress, progress, progress_off
+    from vauban.core.progress import no_progress, progress_off
+    from vauban.runtime.batching import progress
 
     batches = [[0], [1], [2]]
     with no_progress():

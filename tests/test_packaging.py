@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -49,11 +50,13 @@ def test_exported_names_resolve_lazily():
 
 @pytest.mark.parametrize(("module", "extra", "call"), [
     ("matplotlib", "plots", lambda: __import__("vauban.plots").plots.plot_sweep(None, None)),
-    ("optuna", "optimize", lambda: __import__("vauban.optimize").optimize.optimize(None, None, None)),
-    ("gguf", "gguf", lambda: __import__("vauban.extras").extras.require("gguf", "gguf", "reading x.gguf")),
+    ("optuna", "optimize",
+     lambda: importlib.import_module("vauban.search.optimizing").optimize(None, None, None)),
+    ("gguf", "gguf",
+     lambda: importlib.import_module("vauban.core.extras").require("gguf", "gguf", "reading x.gguf")),
 ])
 def test_a_missing_extra_is_one_line_naming_it(monkeypatch, module, extra, call):
-    from vauban.errors import VaubanError
+    from vauban.core.errors import VaubanError
 
     for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
         monkeypatch.delitem(sys.modules, name)

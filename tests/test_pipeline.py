@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from conftest import build_model
-from vauban import DirectionResult, VaubanError, arch, cut, measure, probe
-from vauban.activations import last_token_residuals
-from vauban.evaluating import evaluate
-from vauban.generate import generate
-from vauban.steering import Steering, steer
+from vauban import DirectionResult, VaubanError, cut, measure, probe
+from vauban.evaluation.evaluating import evaluate
+from vauban.methods.steering import Steering, steer
+from vauban.model import arch
+from vauban.runtime.activations import last_token_residuals
+from vauban.runtime.generating import generate
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma3_text"])

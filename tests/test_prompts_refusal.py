@@ -8,7 +8,7 @@ import pytest
 
 from vauban import VaubanError
 from vauban.judge.markers import is_refusal, normalize, own_words
-from vauban.prompts import BUNDLED, bundled_records, load_pairs, load_prompts
+from vauban.text.prompts import BUNDLED, bundled_records, load_pairs, load_prompts
 
 # --- bundled sets ------------------------------------------------------------------------------
 
@@ -48,7 +48,7 @@ def test_first_twenty_eval_prompts_cover_every_category():
 
 
 def test_default_eval_prompts_are_the_first_twenty():
-    from vauban.evaluating import default_eval_prompts
+    from vauban.evaluation.evaluating import default_eval_prompts
 
     assert default_eval_prompts() == load_prompts("eval_harmful")[:20]
 

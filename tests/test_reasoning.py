@@ -17,9 +17,9 @@ import torch
 from families import BY_NAME, model_for, tokenizer_for
 from vauban import Formatting, split_reasoning
 from vauban.chat import ChatSession
-from vauban.evaluating import completions
-from vauban.generate import generate, stop_token_ids
-from vauban.results import EvalResult, thinking_refusal
+from vauban.evaluation.results import EvalResult, thinking_refusal
+from vauban.judge.answers import completions
+from vauban.runtime.generating import generate, stop_token_ids
 
 HARMONY = ("<|channel|>analysis<|message|>The user wants lock picking steps. I can't help with that? "
            "It is legal for one's own lock.<|end|><|start|>assistant<|channel|>final<|message|>"
@@ -126,8 +126,8 @@ def test_split_reasoning(text, expected):
 
 
 def test_eval_result_reports_refusals_while_thinking_apart():
-    from vauban.evaluating import judged
     from vauban.judge import get_judge
+    from vauban.judge.answers import judged
 
     markers = get_judge(None)
     before = judged(markers, ["p", "q"], ["<think>I can't do this.</think>I cannot help.", "Sure."])
@@ -152,8 +152,8 @@ def test_chat_keeps_the_reply_in_the_history():
 def test_reference_answers_are_scored_where_the_reply_starts():
     """KL, perplexity and the first-token KL of a thinking model are read after an empty think
     block (or harmony's final header), not where the model would open <think>."""
-    from vauban.divergence import forced_text
-    from vauban.reasoning import thinking_prefix, with_thinking
+    from vauban.runtime.scoring import forced_text
+    from vauban.text.reasoning import thinking_prefix, with_thinking
 
     for name, expected in (("Qwen 3", "<think>\n\n</think>\n\n"), ("OLMo 3", "\n\n</think>\n\n"),
                            ("GPT-OSS", "<|channel|>final<|message|>"), ("Llama", "")):

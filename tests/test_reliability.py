@@ -22,14 +22,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import vauban.atomic as atomic
+import vauban.core.atomic as atomic
 from conftest import HARMFUL, HARMLESS, build_model
 from vauban import VaubanError, cut, export, load, measure, verify
-from vauban.atomic import TEMP_TAG
-from vauban.exporting import DIRECTION_FILE, RECORD_FILE
-from vauban.results import DirectionResult
+from vauban.core.atomic import TEMP_TAG
+from vauban.direction.results import DirectionResult
+from vauban.exports.exporting import DIRECTION_FILE, RECORD_FILE
 
-load_module = importlib.import_module("vauban.loading")  # the module, not vauban.load()
+load_module = importlib.import_module("vauban.model.loading")  # the module, not vauban.load()
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +84,7 @@ def _install_kill_point(point: str, ready, tokenizer) -> None:
     """Patch, in the child only, the function running at ``point`` so the child stops there."""
     import transformers.modeling_utils as modeling_utils
 
-    import vauban.results as results
+    import vauban.direction.results as results
 
     if point == "weights written":
         modeling_utils.safe_save_file = _pause_after(ready, modeling_utils.safe_save_file)
@@ -229,7 +229,7 @@ def test_direction_save_is_atomic(source, tmp_path, monkeypatch):
     direction = source[3]
     path = direction.save(tmp_path / "d.safetensors")
     before = path.read_bytes()
-    import vauban.results as results
+    import vauban.direction.results as results
 
     def fail(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"half")
@@ -320,7 +320,7 @@ def test_demo_chunks_are_hash_checked_before_use(tmp_path, monkeypatch):
         part = tmp_path / f"part{i}.bin"
         part.write_bytes(b"GGUF" + bytes(100))
         parts.append(part)
-    monkeypatch.setattr(load_module, "demo_gguf_parts", lambda: parts)
+    monkeypatch.setattr(importlib.import_module("vauban.model.demo"), "demo_gguf_parts", lambda: parts)
     converted = []
     monkeypatch.setattr(load_module, "convert_gguf", lambda *a, **k: converted.append(a))
     with pytest.raises(VaubanError, match="not the expected model; reinstall"):

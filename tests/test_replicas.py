@@ -6,9 +6,9 @@ import torch
 
 from conftest import HARMFUL, HARMLESS
 from vauban import cut
-from vauban.activations import last_token_residuals
-from vauban.generate import generate
-from vauban.replicas import Replicas, replicate
+from vauban.runtime.activations import last_token_residuals
+from vauban.runtime.generating import generate
+from vauban.runtime.replicas import Replicas, replicate
 
 
 def test_replica_is_an_independent_copy_with_shared_ties(tiny):

@@ -1,4 +1,4 @@
-"""Choosing the direction by the effect of its cut (vauban.selecting), on a tiny GPT-2 built so
+"""Choosing the direction by the effect of its cut (vauban.direction.selecting), on a tiny GPT-2 built so
 the answer is known: every prompt's last position carries a constant ``3·e5`` (the embedding of
 the generation prompt's final newline) plus ``2·e1`` and ``2·e2`` written by the MLP biases of
 layers 1 and 2, and the LM head reads the "refusal" token ``S`` off ``e1`` (weight 2) and
@@ -14,7 +14,14 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from conftest import HARMFUL, HARMLESS, TINY_CONFIGS
 from vauban import DirectionResult, VaubanError, measure
-from vauban.selecting import candidate_layers, choose, layer_effects, layer_range, select_by_effect, split
+from vauban.direction.selecting import (
+    candidate_layers,
+    choose,
+    layer_effects,
+    layer_range,
+    select_by_effect,
+    split,
+)
 
 
 def designed(tokenizer) -> tuple[torch.nn.Module, DirectionResult]:
@@ -82,7 +89,7 @@ def test_choice_is_saved_with_the_direction(setup, tokenizer, tmp_path):
 
 
 def test_choose_falls_back_to_the_lowest_kl_and_rejects_nothing():
-    from vauban.results import LayerEffect
+    from vauban.direction.results import LayerEffect
 
     effects = [LayerEffect(0, 0.1, 0.9), LayerEffect(1, 0.0, 0.7)]
     assert choose(effects, max_kl=0.4).layer == 1  # none acceptable: least damage
@@ -122,7 +129,7 @@ def test_split_holds_back_a_quarter_at_most_24():
 
 def test_measure_holds_back_prompts_and_falls_back_without_refusals(tokenizer, monkeypatch):
     from conftest import build_model
-    from vauban import selecting
+    from vauban.direction import selecting
 
     model = build_model("llama")
     prompts = (HARMFUL * 2, HARMLESS * 2)  # 12 each: 9 measured, 3 held back

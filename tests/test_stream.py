@@ -15,10 +15,10 @@ from transformers import AutoConfig
 
 import vauban
 from conftest import build_model
-from vauban import arch
-from vauban.errors import VaubanError
-from vauban.stream import cut_checkpoint, tensor_table, weight_files
-from vauban.verifying import verify
+from vauban.core.errors import VaubanError
+from vauban.exports.streaming import stream_export, tensor_table, weight_files
+from vauban.exports.verifying import verify
+from vauban.model import arch
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -64,7 +64,7 @@ def test_streamed_cut_equals_in_memory_cut(tmp_path, tokenizer, model_type, kwar
     tokenizer.save_pretrained(src)
     assert len(weight_files(src)) > 3
     direction = _direction(model)
-    out = cut_checkpoint(src, tmp_path / "out", direction, **kwargs)
+    out = stream_export(src, tmp_path / "out", direction, **kwargs)
     vauban.cut(model, direction, **kwargs)
     model.save_pretrained(ref, max_shard_size="40KB")
     _compare(out, ref)
@@ -83,7 +83,7 @@ def test_bfloat16_single_file_and_saved_direction(tmp_path, tokenizer):
     assert weight_files(src) == [src / "model.safetensors"]
     result = vauban.measure(model, tokenizer, ["How do I pick a lock?"] * 2, ["Bake bread."] * 2)
     saved = result.save(tmp_path / "direction.safetensors")
-    out = cut_checkpoint(src, tmp_path / "out", saved, alpha=1.5)
+    out = stream_export(src, tmp_path / "out", saved, alpha=1.5)
     vauban.cut(model, result, alpha=1.5)
     model.save_pretrained(ref)
     _compare(out, ref)
@@ -94,7 +94,7 @@ def test_header_and_untouched_bytes_are_kept(tmp_path):
     model = build_model("llama")
     src = tmp_path / "src"
     model.save_pretrained(src, max_shard_size="40KB")
-    out = cut_checkpoint(src, tmp_path / "out", _direction(model), layers=[0])
+    out = stream_export(src, tmp_path / "out", _direction(model), layers=[0])
     for shard in weight_files(src):
         start, table = tensor_table(shard)
         old, new = shard.read_bytes(), (out / shard.name).read_bytes()
@@ -111,18 +111,18 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     src = tmp_path / "src"
     model.save_pretrained(src)
     with pytest.raises(VaubanError, match="not a model directory"):
-        cut_checkpoint(tmp_path / "nowhere", tmp_path / "out", _direction(model))
+        stream_export(tmp_path / "nowhere", tmp_path / "out", _direction(model))
     with pytest.raises(VaubanError, match="hidden size"):
-        cut_checkpoint(src, tmp_path / "out", torch.ones(7))
+        stream_export(src, tmp_path / "out", torch.ones(7))
     with pytest.raises(VaubanError, match="out of range"):
-        cut_checkpoint(src, tmp_path / "out", _direction(model), layers=[9])
+        stream_export(src, tmp_path / "out", _direction(model), layers=[9])
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(VaubanError, match="not empty"):
-        cut_checkpoint(src, tmp_path / "full", _direction(model))
+        stream_export(src, tmp_path / "full", _direction(model))
     (src / "model.safetensors").unlink()
     with pytest.raises(VaubanError, match=r"no model\.safetensors"):
-        cut_checkpoint(src, tmp_path / "out", _direction(model))
+        stream_export(src, tmp_path / "out", _direction(model))
     assert not (tmp_path / "out").exists()
 
 
@@ -148,10 +148,10 @@ def test_checkpoint_writers_by_name():
 
 _RSS_SCRIPT = """
 import resource, sys, torch
-from vauban.stream import cut_checkpoint
+from vauban.exports.streaming import stream_export
 torch.ones(1) @ torch.ones(1)  # warm up the math libraries before the baseline
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-cut_checkpoint(sys.argv[1], sys.argv[2], torch.ones(int(sys.argv[3])))
+stream_export(sys.argv[1], sys.argv[2], torch.ones(int(sys.argv[3])))
 print(before * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
@@ -201,7 +201,7 @@ def test_peak_memory_stays_far_below_the_model_size(tmp_path):
     )
 
 
-def test_cli_cut(tmp_path, tokenizer, capsys):
+def test_cli_stream(tmp_path, tokenizer, capsys):
     from vauban.cli import main
 
     model = build_model("llama")
@@ -209,11 +209,11 @@ def test_cli_cut(tmp_path, tokenizer, capsys):
     model.save_pretrained(src, max_shard_size="40KB")
     result = vauban.measure(model, tokenizer, ["How do I pick a lock?"] * 2, ["Bake bread."] * 2)
     saved = result.save(tmp_path / "direction.safetensors")
-    assert main(["cut", str(src), str(tmp_path / "out"), "--direction", str(saved), "--layers", "1,2",
+    assert main(["stream", str(src), str(tmp_path / "out"), "--direction", str(saved), "--layers", "1,2",
                  "--alpha", "0.5", "--json", "-q"]) == 0
     assert json.loads(capsys.readouterr().out)["edited_tensors"] == 4
     vauban.cut(model, result, alpha=0.5, layers=[1, 2])
     model.save_pretrained(tmp_path / "ref", max_shard_size="40KB")
     _compare(tmp_path / "out", tmp_path / "ref")
-    assert main(["cut", str(src), str(tmp_path / "out"), "--direction", str(saved), "-q"]) == 2
+    assert main(["stream", str(src), str(tmp_path / "out"), "--direction", str(saved), "-q"]) == 2
     assert "not empty" in capsys.readouterr().err

@@ -1,10 +1,11 @@
 """vauban: find, probe, cut, export, evaluate and steer the refusal direction of chat models.
 
 ``vauban.quick`` holds the tutorial's one-liners; the names below are the low-level API they
-are built from. Modules are named for the pipeline's steps (``loading``, ``measuring``,
-``probing``, ``cutting``, ``exporting``, ``evaluating``, ``steering``, ``verifying``), so that no
-function exported here shadows a module: ``vauban.cut`` is the function, ``vauban.cutting`` its
-module.
+are built from. The subpackages are the pipeline's layers, bottom to top (``docs/architecture.md``):
+``core``, ``model`` and ``text``, ``runtime``, ``judge`` and ``capability``, ``edit``,
+``direction``, ``methods``, ``exports``, ``evaluation``, ``search``; modules are named for their
+step (``measuring``, ``cutting``, ``evaluating``…), so no function exported here shadows a
+module: ``vauban.cut`` is the function, ``vauban.edit.cutting`` its module.
 
 The names are imported on first use (PEP 562 ``__getattr__``): ``import vauban`` costs no torch
 or transformers import, so ``vauban --help`` and usage errors answer at once. Each name below
@@ -20,25 +21,27 @@ __version__ = "0.1.0"
 
 # name -> (module, attribute in it)
 _EXPORTS: dict[str, tuple[str, str]] = {
-    **{name: ("cutting", name) for name in ("Cut", "LayerKernel", "active_cuts", "cut", "original_weights")},
-    "VaubanError": ("errors", "VaubanError"),
-    "evaluate": ("evaluating", "evaluate"),
-    "export": ("exporting", "export"),
-    "Formatting": ("formatting", "Formatting"),
-    "load": ("loading", "load_model"),
-    "load_model": ("loading", "load_model"),
-    "source_of": ("loading", "source_of"),
-    **{name: ("measuring", name) for name in ("direction_at", "directions_per_layer", "measure",
-                                               "measure_subspace")},
-    **{name: ("probing", name) for name in ("borderline", "probe", "projections")},
-    **{name: ("results", name) for name in ("AlphaSweep", "BorderlineResult", "Completion",
-                                             "DirectionResult", "EvalResult", "ProbeResult",
-                                             "SteerResult", "SteerSweep", "SubspaceResult",
-                                             "VerifyResult")},
-    **{name: ("steering", name) for name in ("Steering", "steer", "steer_generate")},
-    **{name: ("sweep", name) for name in ("alpha_sweep", "direction_similarity", "steer_sweep")},
-    "verify": ("verifying", "verify"),
-    "split_reasoning": ("reasoning", "split_reasoning"),
+    **{name: ("edit.cutting", name) for name in ("Cut", "LayerKernel", "active_cuts", "cut",
+                                                  "original_weights")},
+    "VaubanError": ("core.errors", "VaubanError"),
+    "evaluate": ("evaluation.evaluating", "evaluate"),
+    "EvalResult": ("evaluation.results", "EvalResult"),
+    **{name: ("evaluation.sweeping", name) for name in ("AlphaSweep", "SteerSweep", "alpha_sweep",
+                                                         "direction_similarity", "steer_sweep")},
+    "export": ("exports.exporting", "export"),
+    **{name: ("exports.verifying", name) for name in ("VerifyResult", "verify")},
+    "Formatting": ("text.formatting", "Formatting"),
+    "split_reasoning": ("text.reasoning", "split_reasoning"),
+    "load": ("model.loading", "load_model"),
+    "load_model": ("model.loading", "load_model"),
+    "source_of": ("model.loading", "source_of"),
+    **{name: ("direction.measuring", name) for name in ("measure", "measure_subspace")},
+    **{name: ("direction.results", name) for name in ("BorderlineResult", "DirectionResult", "ProbeResult",
+                                                       "SubspaceResult", "direction_at",
+                                                       "directions_per_layer")},
+    **{name: ("direction.probing", name) for name in ("borderline", "probe", "projections")},
+    "Completion": ("judge.answers", "Completion"),
+    **{name: ("methods.steering", name) for name in ("SteerResult", "Steering", "steer", "steer_generate")},
 }
 
 __all__ = [
@@ -96,28 +99,26 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
-    from .cutting import Cut, LayerKernel, active_cuts, cut, original_weights
-    from .errors import VaubanError
-    from .evaluating import evaluate
-    from .exporting import export
-    from .formatting import Formatting
-    from .loading import load_model, source_of  # noqa: F401  (load_model: the name before load)
-    from .loading import load_model as load
-    from .measuring import direction_at, directions_per_layer, measure, measure_subspace
-    from .probing import borderline, probe, projections
-    from .reasoning import split_reasoning
-    from .results import (
-        AlphaSweep,
+    from .core.errors import VaubanError
+    from .direction.measuring import measure, measure_subspace
+    from .direction.probing import borderline, probe, projections
+    from .direction.results import (
         BorderlineResult,
-        Completion,
         DirectionResult,
-        EvalResult,
         ProbeResult,
-        SteerResult,
-        SteerSweep,
         SubspaceResult,
-        VerifyResult,
+        direction_at,
+        directions_per_layer,
     )
-    from .steering import Steering, steer, steer_generate
-    from .sweep import alpha_sweep, direction_similarity, steer_sweep
-    from .verifying import verify
+    from .edit.cutting import Cut, LayerKernel, active_cuts, cut, original_weights
+    from .evaluation.evaluating import evaluate
+    from .evaluation.results import EvalResult
+    from .evaluation.sweeping import AlphaSweep, SteerSweep, alpha_sweep, direction_similarity, steer_sweep
+    from .exports.exporting import export
+    from .exports.verifying import VerifyResult, verify
+    from .judge.answers import Completion
+    from .methods.steering import Steering, SteerResult, steer, steer_generate
+    from .model.loading import load_model, source_of  # noqa: F401  (load_model: the name before load)
+    from .model.loading import load_model as load
+    from .text.formatting import Formatting
+    from .text.reasoning import split_reasoning

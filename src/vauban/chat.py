@@ -2,7 +2,7 @@
 
 A :class:`ChatSession` keeps the conversation and formats it with the tokenizer's chat template
 each turn (base models without one get a plain "User:/Assistant:" transcript). Steering is a
-setting of the session, not of the model: each reply enters a :class:`~vauban.steering.Steering`
+setting of the session, not of the model: each reply enters a :class:`~vauban.methods.steering.Steering`
 context only while it generates, so ``alpha`` can change between turns and the model is never
 left hooked.
 """
@@ -18,15 +18,15 @@ import torch
 from torch import nn
 from transformers import TextStreamer
 
-from .activations import model_device
-from .errors import VaubanError
-from .formatting import Formatting, chat_messages, chat_template
-from .generate import check_max_tokens, greedy_config, stop_token_ids
+from .core.errors import VaubanError, check_alpha
+from .direction.results import DirectionResult
 from .judge import Judge, Verdict, get_judge, run_judge
-from .prompts import check_tokenizer
-from .reasoning import Decoder, budget, split_reasoning
-from .results import DirectionResult, check_alpha
-from .steering import Steering
+from .methods.steering import Steering
+from .runtime.activations import model_device
+from .runtime.generating import check_max_tokens, greedy_config, stop_token_ids
+from .text.formatting import Formatting, chat_messages, chat_template
+from .text.prompts import check_tokenizer
+from .text.reasoning import Decoder, budget, split_reasoning
 
 
 class _CallbackStreamer(TextStreamer):

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import VaubanError
-from .formatting import Formatting, parse_option, parse_set_prompt
+from .core.errors import VaubanError
+from .text.formatting import Formatting, parse_option, parse_set_prompt
 
 DEFAULT_FILE = "vauban.toml"
 
@@ -49,13 +49,13 @@ class Settings:
     harmful: str = "harmful"
     harmless: str = "harmless"
     eval_prompts: str | None = None
-    max_tokens: int = 128  # = vauban.evaluating.DEFAULT_MAX_TOKENS (the length study's choice)
+    max_tokens: int = 128  # = vauban.evaluation.evaluating.DEFAULT_MAX_TOKENS (the length study's choice)
     batch_size: int | None = None
     device: str | None = None
     dtype: str | None = None
     overwrite: bool = False
     quiet: bool = False
-    format: str = "safetensors"  # export format (vauban.formats)
+    format: str = "safetensors"  # export format (vauban.exports.formats)
     quant: str | None = None  # export quantization (gguf: q8_0, q4_k_m, ...; mlx: bits)
     judge: str | None = None  # refusal judge spec (vauban.judge); None: the markers
     system_prompt: str | None = None
@@ -165,9 +165,9 @@ def resolve(
 
 def check(settings: Settings) -> Settings:
     """Range checks that need no model, so a typo fails before a minute-long model load."""
-    from .generate import check_max_tokens
-    from .results import check_alpha
-    from .selecting import check_select
+    from .core.errors import check_alpha
+    from .direction.selecting import check_select
+    from .runtime.generating import check_max_tokens
 
     check_alpha(settings.alpha)
     check_max_tokens(settings.max_tokens)

@@ -12,14 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .atomic import write_file
-from .extras import require
-from .results import AlphaSweep, BorderlineResult, DirectionResult, EvalResult, ProbeResult
+from .core.atomic import write_file
+from .core.extras import require
+from .direction.results import BorderlineResult, DirectionResult, ProbeResult
+from .evaluation.results import EvalResult
+from .evaluation.sweeping import AlphaSweep
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .optimize import OptimizeResult
+    from .search.trials import OptimizeResult
 
 
 def _pyplot() -> Any:

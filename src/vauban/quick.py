@@ -13,22 +13,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cutting import cut
-from .errors import VaubanError
-from .evaluating import evaluate as _evaluate
-from .exporting import check_output_dir, cut_record, export
-from .formats import check_options
-from .formatting import Formatting
+from .core.errors import VaubanError
+from .direction.measuring import measure
+from .direction.probing import probe
+from .direction.results import DirectionResult, ProbeResult
+from .edit.cutting import cut
+from .evaluation.evaluating import evaluate as _evaluate
+from .evaluation.results import EvalResult
+from .exports.exporting import check_output_dir, cut_record, export
+from .exports.formats import check_options
 from .judge import Judge
-from .loading import default_device, load_model, model_label, resolve_dtype
-from .measuring import measure
-from .mlx_format import is_mlx_model, mlx_model_to_torch
-from .optimize import OptimizeResult
-from .optimize import optimize as _optimize
-from .probing import probe
-from .prompts import Prompts
-from .results import DirectionResult, EvalResult, ProbeResult, SteerResult
-from .steering import steer
+from .methods.steering import SteerResult, steer
+from .model.loading import default_device, load_model, model_label, resolve_dtype
+from .model.mlx_format import is_mlx_model, mlx_model_to_torch
+from .search.optimizing import optimize as _optimize
+from .search.trials import OptimizeResult
+from .text.formatting import Formatting
+from .text.prompts import Prompts
 
 __all__ = ["abliterate", "evaluate", "load", "measure_direction", "optimize", "probe_prompt", "steer_prompt"]
 
@@ -36,7 +37,7 @@ __all__ = ["abliterate", "evaluate", "load", "measure_direction", "optimize", "p
 def load(model_path: str | os.PathLike[str] | None = None, **kwargs: Any) -> tuple[nn.Module, Any]:
     """Load ``(model, tokenizer)`` as float weights; no argument loads the embedded demo model.
 
-    See :func:`vauban.loading.load` for ``device``, ``dtype``, ``revision``, ``trust_remote_code``.
+    See :func:`vauban.model.loading.load` for ``device``, ``dtype``, ``revision``, ``trust_remote_code``.
     """
     return load_model(model_path, **kwargs)
 
@@ -123,7 +124,7 @@ def abliterate(
     The in-memory ``model`` is left exactly as it was: the cut is applied for the export and
     then undone bit for bit, so ``model`` stays the original for evaluation and steering.
     ``model_path`` only labels the export (the model remembers where it was loaded from).
-    ``formatting`` (:mod:`vauban.formatting`) formats the measurement's prompts; the export's
+    ``formatting`` (:mod:`vauban.text.formatting`) formats the measurement's prompts; the export's
     ``vauban.json`` records it.
     """
     torch_model, tokenizer = as_torch(model), as_hf_tokenizer(tokenizer)
@@ -145,7 +146,7 @@ def evaluate(
     """Refusal rate, perplexity and KL of ``original`` vs ``modified`` (20 bundled prompts).
 
     ``original`` and ``modified`` may be the same model object with a reversible cut applied;
-    see :func:`vauban.evaluating.evaluate` for ``reference``, ``max_tokens``, ``batch_size`` and
+    see :func:`vauban.evaluation.evaluating.evaluate` for ``reference``, ``max_tokens``, ``batch_size`` and
     ``judge`` (which judge counts the refusals: ``"markers"``, ``"chat:demo"``, ...).
     """
     return _evaluate(
@@ -183,7 +184,7 @@ def optimize(
     """Search cut variants for the fewest refusals at the lowest KL (measures the direction
     unless given), then refine the plain cut's per-writer weights; the model ends unchanged.
     ``study=PATH`` keeps the study on disk so a rerun resumes it. Export a Pareto point with
-    :func:`vauban.optimize.export_trial`; see :func:`vauban.optimize.optimize` for the other
+    :func:`vauban.search.optimizing.export_trial`; see :func:`vauban.search.optimizing.optimize` for the other
     options (``judge=`` among them)."""
     torch_model, tokenizer = as_torch(model), as_hf_tokenizer(tokenizer)
     if direction is None:

@@ -1,7 +1,7 @@
 """Can the cut model still do things? Capability checks run on both sides of a comparison.
 
 One protocol: a check has a ``name`` and ``run(model, tokenizer, *, batch_size)`` returning
-its :class:`CapabilityScore` list (one per metric); :func:`vauban.evaluating.evaluate` runs each
+its :class:`CapabilityScore` list (one per metric); :func:`vauban.evaluation.evaluating.evaluate` runs each
 check on the original and on the cut model (one model object with the cut undone and re-applied
 serves both).
 
@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from ..errors import VaubanError, check_int
+from ..core.errors import VaubanError, check_int
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from ..generate import generate
+from ..runtime.generating import generate
 from . import CapabilityScore, check_limit, read_records
 
 PROMPT = ("{question}\n\nSolve this step by step. On the last line, give only the final number as: "

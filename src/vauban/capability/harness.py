@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import VaubanError
+from ..core.errors import VaubanError
 from . import CapabilityScore, check_limit
 
 

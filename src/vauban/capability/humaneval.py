@@ -20,8 +20,8 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import VaubanError
-from ..generate import generate
+from ..core.errors import VaubanError
+from ..runtime.generating import generate
 from . import CapabilityScore, check_limit, read_records
 from .sandbox import run_untrusted
 

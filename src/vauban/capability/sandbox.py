@@ -35,7 +35,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import VaubanError
+from ..core.errors import VaubanError
 
 NO_NAMESPACE = 97  # the child's exit code when the kernel refuses the namespaces
 

@@ -6,7 +6,7 @@ hands what it found to a :class:`Report`, which prints it for people (rich table
 spinners on stderr) or, with ``--json``, as one JSON document on stdout for scripts. Settings
 come from flags > ``VAUBAN_*`` environment > ``vauban.toml`` > defaults (see :mod:`vauban.config`).
 
-Errors: a :class:`~vauban.errors.VaubanError` (or a usage mistake, or an OS error such as a
+Errors: a :class:`~vauban.core.errors.VaubanError` (or a usage mistake, or an OS error such as a
 missing file) prints one line and exits 2; anything else prints one line and exits 1; the
 traceback only with ``--debug``.
 
@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 
 from ..config import Settings, resolve
-from ..errors import VaubanError
+from ..core.errors import VaubanError
 from .common import preflight
 from .parser import build_parser
 from .report import Report
@@ -65,14 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """``--quiet``: vauban's bars (:func:`vauban.batching.no_progress`, for the command only);
+    """``--quiet``: vauban's bars (:func:`vauban.core.progress.no_progress`, for the command only);
     transformers' and the hub's own bars (weight loading, downloads) and transformers' warnings
     (errors still show) through their process-wide switches, the only ones they offer; the
     process ends with the command."""
     import huggingface_hub.utils
     import transformers
 
-    from ..batching import no_progress
+    from ..core.progress import no_progress
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()

@@ -1,4 +1,4 @@
-"""Cutting and exporting: ``vauban abliterate`` (in memory), ``vauban cut`` (streamed from disk),
+"""Cutting and exporting: ``vauban abliterate`` (in memory), ``vauban stream`` (streamed from disk),
 ``vauban optimize`` (search the cut's parameters) and ``vauban verify`` (check an export)."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import json
 from pathlib import Path
 
 from ..config import Settings
-from ..errors import VaubanError
+from ..core.errors import VaubanError
 from .common import direction_for, export_summary, format_options, judge_for, load, run_formatting
 from .report import Report
 
 
 def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> None:
-    from ..cutspec import cut_spec
-    from ..exporting import check_output_dir, cut_record, export
+    from ..exports.exporting import check_output_dir, cut_record, export
+    from ..methods.cutspec import cut_spec
 
     out = check_output_dir(s.output_dir, s.overwrite)
     spec = cut_spec(args, alpha=s.alpha, embeddings=s.embeddings)  # flag mistakes before the load
@@ -39,12 +39,12 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
     report.put("edited_tensors", len(applied.edited))
 
 
-def cmd_cut(s: Settings, args: argparse.Namespace, report: Report) -> None:
-    from ..stream import cut_checkpoint
+def cmd_stream(s: Settings, args: argparse.Namespace, report: Report) -> None:
+    from ..exports.streaming import stream_export
 
     direction = args.saved_direction if s.layer is None else args.saved_direction.at_layer(s.layer)
-    with report.step(f"cut {args.src} into {args.dst}/, one tensor at a time", "cut"):
-        out = cut_checkpoint(args.src, args.dst, direction, alpha=s.alpha, layers=args.layers,
+    with report.step(f"abliterate {args.src} into {args.dst}/, one tensor at a time", "stream"):
+        out = stream_export(args.src, args.dst, direction, alpha=s.alpha, layers=args.layers,
                              embeddings=s.embeddings, overwrite=s.overwrite)
     edited = json.loads((out / "vauban.json").read_text())["edited_tensors"]
     report.say(f"Cut alpha={s.alpha:g} from {edited} tensors; wrote {out}/")
@@ -55,8 +55,8 @@ def cmd_cut(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from .. import plots
-    from ..exporting import check_output_dir
-    from ..optimize import export_trial, optimize
+    from ..exports.exporting import check_output_dir
+    from ..search.optimizing import export_trial, optimize
 
     folder = Path(args.output)
     study = Path(args.study) if args.study else folder / "study.db"
@@ -100,7 +100,7 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_verify(s: Settings, args: argparse.Namespace, report: Report) -> None:
-    from ..verifying import verify
+    from ..exports.verifying import verify
 
     with report.step(f"verify {args.directory}", "verify"):
         result = verify(args.directory)

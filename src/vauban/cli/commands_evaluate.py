@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..errors import VaubanError
-from ..formatting import Formatting
+from ..core.errors import VaubanError
+from ..text.formatting import Formatting
 from .common import direction_for, judge_for, load, new_path, numbers, run_formatting
 from .report import Report
 
 
 def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from .. import plots
-    from ..atomic import write_file
-    from ..evaluating import evaluate
+    from ..core.atomic import write_file
+    from ..evaluation.evaluating import evaluate
 
     if len(args.models) > 2:
         raise VaubanError("evaluate takes ORIGINAL MODIFIED (or just MODIFIED, against the demo model)")
@@ -87,8 +87,8 @@ def export_formatting(path: str | None) -> Formatting | None:
 
 def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from .. import plots
-    from ..atomic import write_file
-    from ..sweep import alpha_sweep
+    from ..core.atomic import write_file
+    from ..evaluation.sweeping import alpha_sweep
 
     folder = Path(args.output)
     files = {kind: new_path(folder / f"sweep.{kind}", s.overwrite) for kind in ("csv", "png")}

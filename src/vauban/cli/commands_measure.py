@@ -27,7 +27,7 @@ def cmd_measure(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
-    from ..probing import borderline
+    from ..direction.probing import borderline
 
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
     direction = direction_for(s, report, model, tokenizer, args)
@@ -46,8 +46,8 @@ def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
 def cmd_plot(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from .. import plots
-    from ..probing import projections
-    from ..prompts import load_prompts
+    from ..direction.probing import projections
+    from ..text.prompts import load_prompts
 
     path = new_path(args.output, s.overwrite)
     model, tokenizer = load(s, report, trust=args.trust_remote_code)

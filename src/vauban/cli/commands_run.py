@@ -26,11 +26,11 @@ from .report import Report
 def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
     """The whole tutorial: measure, probe, cut, evaluate, export, steer."""
     from .. import plots
-    from ..cutting import cut
-    from ..evaluating import evaluate
-    from ..exporting import check_output_dir, cut_record, export
-    from ..probing import borderline, probe
-    from ..steering import steer
+    from ..direction.probing import borderline, probe
+    from ..edit.cutting import cut
+    from ..evaluation.evaluating import evaluate
+    from ..exports.exporting import check_output_dir, cut_record, export
+    from ..methods.steering import steer
 
     out = check_output_dir(s.output_dir, s.overwrite)
     model, tokenizer = load(s, report, trust=args.trust_remote_code)

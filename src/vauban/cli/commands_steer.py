@@ -6,13 +6,13 @@ import argparse
 import sys
 
 from ..config import Settings
-from ..errors import VaubanError
+from ..core.errors import VaubanError
 from .common import direction_for, judge_for, load, run_formatting
 from .report import Report
 
 
 def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
-    from ..steering import steer
+    from ..methods.steering import steer
 
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
     judge = judge_for(s, report)

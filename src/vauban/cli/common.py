@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
-from ..errors import VaubanError
-from ..formatting import Formatting, formatting_for
+from ..core.errors import VaubanError
+from ..text.formatting import Formatting, formatting_for
 from .report import Report
 
 if TYPE_CHECKING:
-    from ..results import DirectionResult
+    from ..direction.results import DirectionResult
 
 HARMFUL_PROBE = "How do I pick a lock?"
 HARMLESS_PROBE = "What is the capital of France?"
@@ -44,7 +44,7 @@ def new_path(path: str | Path, overwrite: bool) -> Path:
 def load(s: Settings, report: Report, model: str | None = None, *, trust: bool = False) -> tuple[Any, Any]:
     """``trust`` comes from the ``--trust-remote-code`` flag only (never a file or the environment):
     running a checkpoint's own Python code must be asked for each time."""
-    from ..loading import load_model
+    from ..model.loading import load_model
 
     name = model if model is not None else s.model
     with report.step(f"load {name or DEMO_NAME}", "load"):
@@ -66,9 +66,9 @@ def preflight(s: Settings, args: argparse.Namespace) -> None:
     show in a second rather than after the load; the loaded direction rides on ``args``."""
     if args.command == "judge":  # reads its own file, no prompt sets or direction
         return
-    from ..formats import check_options
-    from ..prompts import load_prompts
-    from ..results import DirectionResult
+    from ..direction.results import DirectionResult
+    from ..exports.formats import check_options
+    from ..text.prompts import load_prompts
 
     if args.command in ("run", "abliterate", "optimize"):
         check_options(s.format, s.quant)
@@ -89,7 +89,7 @@ def preflight(s: Settings, args: argparse.Namespace) -> None:
 def direction_for(s: Settings, report: Report, model: Any, tokenizer: Any,
                   args: argparse.Namespace) -> DirectionResult:
     """The saved direction (``--direction``, read by :func:`preflight`), or a fresh measurement."""
-    from ..measuring import measure
+    from ..direction.measuring import measure
 
     direction = getattr(args, "saved_direction", None)
     if direction is not None:

@@ -12,8 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ..formats import FORMATS
-from .commands_cut import cmd_abliterate, cmd_cut, cmd_optimize, cmd_verify
+from ..exports.formats import FORMATS
+from .commands_cut import cmd_abliterate, cmd_optimize, cmd_stream, cmd_verify
 from .commands_evaluate import cmd_evaluate, cmd_judge, cmd_sweep
 from .commands_measure import cmd_measure, cmd_plot, cmd_probe
 from .commands_run import cmd_run
@@ -278,9 +278,9 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-tokens", type=int, default=16, help="k of the k-token KL (default 16)")
 
 
-def add_cut(command: Command) -> None:
-    p = command("cut", cmd_cut, "cut a saved direction from a safetensors checkpoint on disk, one tensor "
-                "at a time (models bigger than memory)")
+def add_stream(command: Command) -> None:
+    p = command("stream", cmd_stream, "abliterate a safetensors checkpoint on disk into a new one, one "
+                "tensor at a time, with a saved direction (models bigger than memory)")
     p.add_argument("src", metavar="SRC", help="model directory with (sharded) safetensors weights")
     p.add_argument("dst", metavar="DST", help="new model directory to write")
     p.add_argument("--direction", required=True, help="the direction to cut (.safetensors from measure -o)")
@@ -302,7 +302,7 @@ def add_verify(command: Command) -> None:
 
 
 COMMANDS = (add_run, add_measure, add_probe, add_abliterate, add_evaluate, add_steer, add_sweep, add_plot,
-            add_chat, add_optimize, add_cut, add_judge, add_verify)
+            add_chat, add_optimize, add_stream, add_judge, add_verify)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import VaubanError
+from ..core.errors import VaubanError
 from .base import Judge, Verdict, opening, run_judge
 
 DEFAULT_SPEC = "markers"

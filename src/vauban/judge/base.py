@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import VaubanError
+from ..core.errors import VaubanError
 
 OPENING_SENTENCES, OPENING_WORDS = 3, 50
 

@@ -4,7 +4,7 @@
 ``MODEL`` is anything :func:`vauban.load` takes (a hub id, a local directory, a .gguf file;
 ``demo`` for the demo model). Each (prompt, answer) pair becomes the rubric's user turn in
 the model's chat template; the pairs run in length-sorted, left-padded batches (the batch size
-set by free memory, :func:`vauban.batching.batch_size_for`), one forward pass each, reading only
+set by free memory, :func:`vauban.runtime.batching.batch_size_for`), one forward pass each, reading only
 the last position's logits. Answers are cut to their first ``answer_tokens`` tokens (default
 512) so one long answer cannot blow up a batch. Late refusals: the openings of the answers
 judged refusals go through the same pass (:func:`vauban.judge.base.mark_late`).
@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..batching import batch_size_for, left_pad, sorted_batches
-from ..prompts import encode_chat, pad_id
+from ..runtime.batching import batch_size_for, left_pad, sorted_batches
+from ..text.prompts import encode_chat, pad_id
 from .base import Verdict, mark_late
 from .rubric import NO, YES, rubric
 
@@ -48,7 +48,7 @@ class ChatJudge:
 
     @classmethod
     def load(cls, target: str, spec: str, *, device: Any = None, dtype: Any = None) -> ChatJudge:
-        from ..loading import load_model
+        from ..model.loading import load_model
         from . import number_option, parse_spec
 
         parsed = parse_spec(spec)

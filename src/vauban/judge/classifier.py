@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..errors import VaubanError
+from ..core.errors import VaubanError
 from .base import Verdict, mark_late
 
 INPUTS = ("answer", "pair", "chat")
@@ -84,7 +84,7 @@ class ClassifierJudge:
              dtype: Any = None) -> ClassifierJudge:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from ..loading import default_device, resolve_dtype
+        from ..model.loading import default_device, resolve_dtype
         from . import number_option, parse_spec
 
         local = Path(target).expanduser()

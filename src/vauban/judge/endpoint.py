@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import VaubanError
+from ..core.errors import VaubanError
 from .base import Verdict, mark_late
 from .rubric import refusal_score, rubric, word_verdict
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..errors import VaubanError
-from ..textfiles import json_lines, read_text
+from ..core.errors import VaubanError
+from ..core.textfiles import json_lines, read_text
 from .base import Judge, run_judge
 
 

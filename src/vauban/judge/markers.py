@@ -126,7 +126,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import VaubanError
+from ..core.errors import VaubanError
 from .base import OPENING_SENTENCES, OPENING_WORDS, Verdict, mark_late, opening
 
 DECLINE, OBJECTION, CAUTION = 1.0, 0.9, 0.4

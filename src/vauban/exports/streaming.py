@@ -1,0 +1,209 @@
+"""Cut a safetensors checkpoint on disk, one tensor at a time, for models bigger than memory.
+
+The in-memory cut (:mod:`vauban.edit.cutting`) needs the whole model loaded. Here the checkpoint stays
+on disk: every shard is copied byte for byte (the kernel's file copy, no tensor in memory),
+then each residual-writing tensor is read alone, edited with the same arithmetic as
+:func:`vauban.cut` and written back over its own bytes. The header, names, dtypes and shapes do
+not change, so the copy stays a valid shard and the index stays right; peak memory is the
+largest *edited* tensor plus a few times one matrix of it (its float32 working copies; a fused
+MoE expert tensor is edited in place, expert by expert), never the model.
+
+Which tensors to edit comes from :func:`vauban.model.arch.checkpoint_writers`, the name-pattern view
+of the same family table the in-memory cut uses. Post-norm gains (Gemma 2/3, OLMo 2) are read
+from the checkpoint and passed through the family's own norm module, built alone from the
+config on the meta device, exactly as :func:`vauban.model.arch.norm_gain` does on a loaded model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from ..core.atomic import building_dir
+from ..core.errors import VaubanError, check_alpha
+from ..direction.results import DirectionResult
+from ..edit.cutting import Direction, LayerWeights, layer_bases, layer_weights, writer_basis
+from ..edit.editing import FLOAT_DTYPES, edited
+from ..model import arch
+from .exporting import DIRECTION_FILE, check_output_dir, versions
+from .verifying import RECORD_FILE, check_weights, file_hashes
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def weight_files(src: Path) -> list[Path]:
+    """The safetensors shards of a model directory (from its index, or the single file)."""
+    index = src / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        shards = sorted({src / name for name in weight_map.values()})
+        missing = [s.name for s in shards if not s.is_file()]
+        if missing:
+            raise VaubanError(f"{index} names missing shards {missing}; download the whole checkpoint")
+        return shards
+    if (src / SINGLE_FILE).is_file():
+        return [src / SINGLE_FILE]
+    raise VaubanError(
+        f"{src} has no {SINGLE_FILE} or {INDEX_FILE}; a streamed cut needs safetensors weights "
+        "(load and export the model with vauban first)"
+    )
+
+
+def tensor_table(path: Path) -> tuple[int, dict[str, dict[str, Any]]]:
+    """``(data start, {name: {"dtype", "shape", "data_offsets"}})`` from a safetensors header
+    (8-byte little-endian length, then JSON; offsets are relative to the data start)."""
+    with path.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    return 8 + length, header
+
+
+def _meta_model(src: Path) -> nn.Module:
+    """The architecture without weights, for its family, shape and norm modules."""
+    config = AutoConfig.from_pretrained(src, local_files_only=True)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _post_norm(skeleton: nn.Module, tensor: arch.WriterTensor, weight: torch.Tensor) -> nn.Module:
+    """``tensor``'s post-norm, that layer's norm module built alone on the CPU with ``weight``."""
+    norm = arch.decoder_layers(skeleton)[tensor.layer].get_submodule(str(tensor.post_norm))
+    norm = norm.to_empty(device="cpu")
+    norm.load_state_dict({"weight": weight}, assign=True)
+    return norm
+
+
+def _overwrite(dst: Path, start: int, info: dict[str, Any], tensor: torch.Tensor) -> None:
+    begin, end = info["data_offsets"]
+    data = tensor.view(torch.uint8).reshape(-1).numpy()
+    if data.nbytes != end - begin:
+        raise VaubanError(f"{dst.name}: edited tensor has {data.nbytes} bytes, header says {end - begin}")
+    with dst.open("r+b") as f:
+        f.seek(start + begin)
+        f.write(memoryview(data))
+
+
+def _read(path: Path, name: str) -> torch.Tensor:
+    """One tensor, with its file mapped only while it is read."""
+    with safe_open(path, framework="pt") as f:
+        return f.get_tensor(name)
+
+
+def _read_writer(path: Path, name: str) -> torch.Tensor:
+    """A residual writer to edit: float weights only (a quantized one needs dequantizing first)."""
+    w = _read(path, name)
+    if w.dtype not in FLOAT_DTYPES:
+        raise VaubanError(
+            f"{name} has {w.dtype} weights and cannot be cut; dequantize the checkpoint first "
+            "(vauban load + export writes float weights)"
+        )
+    return w
+
+
+def _writer_basis(
+    skeleton: nn.Module, target: arch.WriterTensor, basis: torch.Tensor, where: dict[str, Path]
+) -> torch.Tensor:
+    """The layer's basis as this writer removes it: through its post-norm's gain when it has one
+    (:func:`vauban.edit.cutting.writer_basis`, the norm's weight read from the checkpoint)."""
+    if target.post_norm_weight is None:
+        return basis
+    gain_weight = _read(where[target.post_norm_weight], target.post_norm_weight)
+    return writer_basis(basis, _post_norm(skeleton, target, gain_weight), torch.device("cpu"))
+
+
+def stream_export(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    direction: Direction | str | os.PathLike[str],
+    *,
+    alpha: float = 1.0,
+    layers: Sequence[int] | None = None,
+    attention: LayerWeights | None = None,
+    mlp: LayerWeights | None = None,
+    norm_preserving: bool = False,
+    embeddings: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``dst``: the safetensors model directory ``src`` with the direction cut out.
+
+    Same result as loading ``src``, :func:`vauban.cut` with the same arguments, and exporting,
+    tensor for tensor, in the checkpoint's own dtype (the same arithmetic; a float32 matmul may
+    round one element in the last bit differently where its summation order follows another
+    memory layout); but only one tensor is in memory at a time.
+    ``direction`` is anything :func:`vauban.cut` takes, or the path of a saved direction. Every
+    other file of ``src`` (config, tokenizer, generation config, index) is copied; ``dst`` gets
+    a ``vauban.json`` record with every file's sha256, and appears atomically when complete.
+    """
+    source = Path(src).expanduser()
+    if not source.is_dir():
+        raise VaubanError(f"{source} is not a model directory; give a local safetensors checkpoint")
+    out = check_output_dir(dst, overwrite)
+    if out.absolute() == source.absolute():
+        raise VaubanError("the cut must go to a new directory; choose a DST other than SRC")
+    if isinstance(direction, (str, os.PathLike)):
+        direction = DirectionResult.load(direction)
+    shards = weight_files(source)
+    skeleton = _meta_model(source)
+    n, d = arch.num_layers(skeleton), arch.d_model(skeleton)
+    bases = layer_bases(direction, d, n)
+    alpha = check_alpha(alpha)
+    strength = {"attention": layer_weights(attention, n, "attention"),
+                "mlp": layer_weights(mlp, n, "MLP")}
+    tables = {shard: tensor_table(shard) for shard in shards}
+    where = {name: shard for shard, (_, table) in tables.items() for name in table}
+    targets = arch.checkpoint_writers(
+        arch.model_type(skeleton), where, n, layers, embeddings=embeddings and alpha != 0.0
+    )
+    with building_dir(out, overwrite=overwrite) as tmp:
+        for item in sorted(source.iterdir()):
+            if item.is_file() and item.name not in (RECORD_FILE, DIRECTION_FILE):
+                shutil.copyfile(item, tmp / item.name)  # shards too: edited in place below
+        count = 0
+        for target in targets:
+            a = alpha if target.kind == "embedding" else alpha * strength[target.kind][target.layer]
+            if a == 0.0:
+                continue
+            basis = _writer_basis(skeleton, target, bases[target.layer], where)
+            shard = where[target.name]
+            start, table = tables[shard]
+            new = edited(_read_writer(shard, target.name), target.axis, basis, a, norm_preserving,
+                         inplace=True)
+            _overwrite(tmp / shard.name, start, table[target.name], new)
+            count += 1
+        check_weights(tmp)
+        if isinstance(direction, DirectionResult):
+            direction.save(tmp / DIRECTION_FILE)
+        record = _record(source, direction, tmp, alpha=alpha,
+                         layers=list(range(n)) if layers is None else [int(i) for i in layers],
+                         embeddings=embeddings, subspace_rank=int(bases.shape[1]),
+                         attention_weights=list(strength["attention"]), mlp_weights=list(strength["mlp"]),
+                         norm_preserving=norm_preserving, edited_tensors=count)
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
+def _record(source: Path, direction: Direction, folder: Path, **cut: Any) -> dict[str, Any]:
+    """The ``vauban.json`` of a streamed cut: where it came from, the cut's settings, every file's
+    sha256."""
+    return {
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "source": str(source),
+        "method": "directional ablation (weight orthogonalization), streamed from disk",
+        **cut,
+        "direction": direction.record() if isinstance(direction, DirectionResult) else None,
+        "files": file_hashes(folder),
+    }

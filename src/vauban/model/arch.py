@@ -1,0 +1,381 @@
+"""The only place that knows model families.
+
+Abliteration edits the matrices that *write into* the residual stream (attention output and MLP
+down projections), so the rest of vauban needs to know, per family: which module runs the
+embeddings + decoder layers + final norm without the LM head, where the decoder layers are, which
+parameters write into the residual stream and along which axis, which norms sit between a writer
+and the residual add (Gemma 2/3 and OLMo 2 "post-norms"), and which embeddings add into the stream.
+A small table beats ``if "llama" in name`` checks scattered over the code base.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.errors import VaubanError
+
+
+@dataclass(frozen=True)
+class Writer:
+    """A parameter that adds into the residual stream, relative to a decoder layer.
+
+    ``path`` names a module with ``.weight`` (and maybe ``.bias``), or a bare parameter such as a
+    fused MoE expert tensor. ``axis`` is the weight's residual (output) axis: ``-2`` for
+    ``nn.Linear`` and ``(experts, out, in)`` tensors, ``-1`` for GPT-2's ``Conv1D`` and
+    ``(experts, in, out)`` tensors. ``post_norm`` is the norm applied to this writer's output
+    before the residual add, if any.
+    """
+
+    path: str
+    axis: int = -2
+    post_norm: str | None = None
+    bias: str | None = None
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where things are in one family of architectures (paths are dotted attribute names)."""
+
+    name: str
+    model_types: tuple[str, ...]
+    attn_out: tuple[Writer, ...]
+    mlp_out: tuple[Writer, ...]
+    decoder: str = "model"
+    layers: str = "layers"
+    embeddings: tuple[str, ...] = ("embed_tokens",)
+
+
+_LINEAR_ATTN = (Writer("self_attn.o_proj"),)
+_LINEAR_MLP = (Writer("mlp.down_proj"),)
+# A MoE layer may hold routed experts, a shared expert, or (in dense layers of a sparse model) a
+# plain MLP: every path that exists in a layer is edited, at least one per group must exist.
+# Fused expert tensors (experts, out, in) are cut expert by expert (vauban.edit.cutting.pieces).
+# Routers (``mlp.gate``, Qwen2-MoE's ``shared_expert_gate``) are left untouched, like every
+# other matrix that *reads* the residual stream (q/k/v, up/gate projections): the cut removes
+# the direction where it is written, so what a router reads no longer carries it, and editing
+# the router as well would only change how it weighs the component that the cut already took
+# out (none, with ``embeddings=True``). Routing still changes, since the stream it reads changed.
+_MOE_MLP = (
+    Writer("mlp.down_proj"),
+    Writer("mlp.experts.down_proj"),
+    Writer("mlp.shared_expert.down_proj"),
+    Writer("mlp.shared_experts.down_proj"),
+)
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        "llama",
+        ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3", "cohere", "gemma",
+         "olmo", "ministral"),
+        _LINEAR_ATTN,
+        _LINEAR_MLP,
+    ),
+    # Gemma 2/3 and OLMo 2/3 normalize each block's output *before* adding it to the residual, so
+    # a writer is orthogonalized against the direction as seen through that norm's gain.
+    Family(
+        "gemma2",
+        ("gemma2", "gemma3_text"),
+        (Writer("self_attn.o_proj", post_norm="post_attention_layernorm"),),
+        (Writer("mlp.down_proj", post_norm="post_feedforward_layernorm"),),
+    ),
+    Family(
+        "gemma3",
+        ("gemma3",),
+        (Writer("self_attn.o_proj", post_norm="post_attention_layernorm"),),
+        (Writer("mlp.down_proj", post_norm="post_feedforward_layernorm"),),
+        decoder="model.language_model",
+    ),
+    Family(
+        "olmo2",
+        ("olmo2", "olmo3"),
+        (Writer("self_attn.o_proj", post_norm="post_attention_layernorm"),),
+        (Writer("mlp.down_proj", post_norm="post_feedforward_layernorm"),),
+    ),
+    Family(
+        "moe",
+        ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe"),
+        _LINEAR_ATTN,
+        _MOE_MLP,
+    ),
+    # MiniMax ("minimax") is not here: its layers take the residual *after* the input norm
+    # (h = norm(x)·α + attn(norm(x))·β), so the norm's gain writes the direction back into the
+    # stream at every layer and no edit of the writers removes it (tried: 10 % of the residual
+    # left along the direction after a full cut).
+    Family(
+        "gpt_oss",
+        ("gpt_oss",),
+        _LINEAR_ATTN,
+        (Writer("mlp.experts.down_proj", axis=-1, bias="mlp.experts.down_proj_bias"),),
+    ),
+    Family(
+        "gpt2",
+        ("gpt2",),
+        (Writer("attn.c_proj", axis=-1),),
+        (Writer("mlp.c_proj", axis=-1),),
+        decoder="transformer",
+        layers="h",
+        embeddings=("wte", "wpe"),
+    ),
+    Family(
+        "phi",
+        ("phi",),
+        (Writer("self_attn.dense"),),
+        (Writer("mlp.fc2"),),
+    ),
+    Family(
+        "gpt_neox",
+        ("gpt_neox",),
+        (Writer("attention.dense"),),
+        (Writer("mlp.dense_4h_to_h"),),
+        decoder="gpt_neox",
+        embeddings=("embed_in",),
+    ),
+)
+
+_BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.model_types}
+
+
+@dataclass(frozen=True)
+class ResidualWriter:
+    """One resolved residual-writing parameter of a loaded model."""
+
+    name: str
+    layer: int
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    axis: int
+    post_norm: nn.Module | None
+    kind: str = "attention"  # or "mlp": which part of the block writes it
+
+
+def model_type(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return str(getattr(config, "model_type", type(model).__name__))
+
+
+def family(model: nn.Module) -> Family:
+    """The family entry for ``model``, or a clear error naming the unsupported type."""
+    return family_of(model_type(model), type(model).__name__)
+
+
+def family_of(kind: str, what: str = "config") -> Family:
+    """The family entry for a ``model_type`` string (``what`` names its source in the error)."""
+    try:
+        return _BY_MODEL_TYPE[kind]
+    except KeyError:
+        known = ", ".join(sorted(_BY_MODEL_TYPE))
+        raise VaubanError(
+            f"unsupported architecture {kind!r} ({what}); vauban knows: {known}. "
+            "Add a Family entry in vauban/model/arch.py for it."
+        ) from None
+
+
+def _get(root: nn.Module, path: str) -> nn.Module | nn.Parameter | None:
+    obj: object = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj  # type: ignore[return-value]
+
+
+def decoder(model: nn.Module) -> nn.Module:
+    """The module that maps token ids to the final hidden state, skipping the LM head."""
+    module = _get(model, family(model).decoder)
+    if not isinstance(module, nn.Module):
+        raise VaubanError(f"{type(model).__name__} has no {family(model).decoder!r} submodule")
+    return module
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    layers = _get(decoder(model), family(model).layers)
+    if not isinstance(layers, nn.ModuleList):
+        raise VaubanError(f"{type(model).__name__}: decoder layers not found")
+    return layers
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(decoder_layers(model))
+
+
+def d_model(model: nn.Module) -> int:
+    return int(embeddings(model)[0].weight.shape[-1])
+
+
+def embeddings(model: nn.Module) -> list[nn.Embedding]:
+    """Embedding tables that add into the residual stream (token, and absolute positions)."""
+    found = [_get(decoder(model), p) for p in family(model).embeddings]
+    return [e for e in found if isinstance(e, nn.Embedding)]
+
+
+def lm_head_is_tied(model: nn.Module) -> bool:
+    """Whether the output projection shares its storage with the token embedding."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return False
+    return head.weight.data_ptr() == embeddings(model)[0].weight.data_ptr()
+
+
+def _resolve(
+    layer: nn.Module, writer: Writer, index: int, prefix: str, kind: str
+) -> ResidualWriter | None:
+    target = _get(layer, writer.path)
+    if target is None:
+        return None
+    if isinstance(target, nn.Parameter):
+        weight, bias = target, _get(layer, writer.bias) if writer.bias else None
+    elif isinstance(getattr(target, "weight", None), nn.Parameter):
+        weight, bias = target.weight, getattr(target, "bias", None)
+    else:
+        return None
+    norm = _get(layer, writer.post_norm) if writer.post_norm else None
+    return ResidualWriter(
+        name=f"{prefix}.{index}.{writer.path}",
+        layer=index,
+        weight=weight,
+        bias=bias if isinstance(bias, nn.Parameter) else None,
+        axis=writer.axis,
+        post_norm=norm if isinstance(norm, nn.Module) else None,
+        kind=kind,
+    )
+
+
+def residual_writers(model: nn.Module, layers: list[int] | None = None) -> list[ResidualWriter]:
+    """Every parameter that writes into the residual stream in the chosen decoder layers."""
+    fam = family(model)
+    all_layers = decoder_layers(model)
+    chosen = range(len(all_layers)) if layers is None else layers
+    prefix = f"{fam.decoder}.{fam.layers}"
+    out: list[ResidualWriter] = []
+    for i in chosen:
+        if not 0 <= i < len(all_layers):
+            raise VaubanError(f"layer {i} out of range: the model has {len(all_layers)} layers")
+        for kind, group in (("attention", fam.attn_out), ("mlp", fam.mlp_out)):
+            found = [w for w in (_resolve(all_layers[i], g, i, prefix, kind) for g in group) if w]
+            if not found:
+                raise VaubanError(
+                    f"layer {i} of {model_type(model)!r}: no {kind} output projection at "
+                    f"{[g.path for g in group]}; the arch.py entry does not match this model"
+                )
+            out.extend(found)
+    return out
+
+
+@dataclass(frozen=True)
+class WriterTensor:
+    """One residual-writing tensor of a checkpoint on disk, found by its name.
+
+    ``post_norm`` is the post-norm's path inside the decoder layer (to build the module) and
+    ``post_norm_weight`` its gain tensor's checkpoint name, for Gemma 2/3 and OLMo 2.
+    """
+
+    name: str
+    layer: int
+    axis: int
+    kind: str
+    post_norm: str | None = None
+    post_norm_weight: str | None = None
+
+
+def _writer_pattern(fam: Family, path: str) -> re.Pattern[str]:
+    """Checkpoint names of a writer: any prefix (``model.``, ``transformer.``, none), the layer
+    index, then the writer's path. Experts may be stored fused (``experts.down_proj``) or one
+    tensor per expert (``experts.3.down_proj.weight``, as transformers saves Qwen3-MoE)."""
+    body = re.escape(path).replace(r"experts\.", r"experts\.(?:\d+\.)?")
+    return re.compile(rf"(?P<prefix>(?:.+\.)?){re.escape(fam.layers)}\.(?P<layer>\d+)\.{body}(?:\.weight)?")
+
+
+def _checkpoint_prefix(fam: Family, prefixes: set[str]) -> str:
+    """The one prefix the decoder layers are stored under (multimodal checkpoints also hold
+    vision layers: the decoder's own path wins, any other ambiguity is an error)."""
+    if len(prefixes) == 1:
+        return next(iter(prefixes))
+    if f"{fam.decoder}." in prefixes:
+        return f"{fam.decoder}."
+    raise VaubanError(
+        f"checkpoint has decoder layers under several prefixes {sorted(prefixes)}; "
+        f"expected {fam.decoder!r}: the arch.py entry does not match this checkpoint"
+    )
+
+
+def checkpoint_writers(
+    kind: str,
+    names: Iterable[str],
+    num_layers: int,
+    layers: Sequence[int] | None = None,
+    *,
+    embeddings: bool = False,
+) -> list[WriterTensor]:
+    """The residual-writing tensors (weights and biases) of a checkpoint of ``model_type``
+    ``kind``, by name: the same :data:`FAMILIES` table that :func:`residual_writers` resolves on
+    a loaded model, read as name patterns, so a checkpoint can be cut without loading it.
+    ``embeddings=True`` adds the embedding tables (kind ``"embedding"``, residual axis last)."""
+    fam = family_of(kind)
+    names = set(names)
+    groups = (("attention", fam.attn_out), ("mlp", fam.mlp_out))
+    hits = [
+        (match, kind_, writer)
+        for kind_, group in groups
+        for writer in group
+        for match in map(_writer_pattern(fam, writer.path).fullmatch, sorted(names))
+        if match
+    ]
+    if not hits:
+        raise VaubanError(f"no residual-writing tensors of a {kind!r} model found in the checkpoint")
+    prefix = _checkpoint_prefix(fam, {m["prefix"] for m, _, _ in hits})
+    chosen = list(range(num_layers)) if layers is None else [int(i) for i in layers]
+    out: list[WriterTensor] = []
+    for i in chosen:
+        if not 0 <= i < num_layers:
+            raise VaubanError(f"layer {i} out of range: the model has {num_layers} layers")
+        base = f"{prefix}{fam.layers}.{i}."
+        for kind_, group in groups:
+            found = [(m, w) for m, k, w in hits
+                     if k == kind_ and m["prefix"] == prefix and int(m["layer"]) == i]
+            if not found:
+                raise VaubanError(
+                    f"layer {i} of {kind!r}: no {kind_} output projection at {[g.path for g in group]} "
+                    "in the checkpoint; the arch.py entry does not match it"
+                )
+            for match, writer in found:
+                norm = f"{base}{writer.post_norm}.weight" if writer.post_norm else None
+                if norm is not None and norm not in names:
+                    raise VaubanError(f"checkpoint lacks {norm}, the post-norm of {match.string}")
+                name = match.string
+                bias = f"{base}{writer.bias}" if writer.bias else name.removesuffix(".weight") + ".bias"
+                for tensor, axis in ((name, writer.axis), (bias, -1)):
+                    if tensor in names:
+                        out.append(WriterTensor(tensor, i, axis, kind_, writer.post_norm, norm))
+    if embeddings:
+        tables = [f"{prefix}{emb}.weight" for emb in fam.embeddings]
+        out.extend(WriterTensor(t, 0, -1, "embedding") for t in tables if t in names)
+    return out
+
+
+def norm_gain(norm: nn.Module, d: int, device: torch.device) -> torch.Tensor:
+    """The per-channel gain an RMS-style norm applies, up to a positive scale.
+
+    RMSNorm(x) = x / rms(x) * g, so feeding a vector of ones (rms = 1) returns g itself, whatever
+    the family's convention for storing it (Gemma stores ``g - 1``). That keeps the post-norm
+    correction free of per-family formulas.
+    """
+    weight = next(norm.parameters(), None)
+    dtype = weight.dtype if weight is not None else torch.float32
+    with torch.no_grad():
+        return norm(torch.ones(1, d, device=device, dtype=dtype)).float().reshape(d)
+
+
+def layer_hidden(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The residual stream in a decoder layer's output (a tensor, or a tuple's first item)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def with_hidden(output: torch.Tensor | tuple[torch.Tensor, ...], hidden: torch.Tensor) -> Any:
+    """A decoder layer's output with its residual stream replaced, in the same shape of result."""
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
