@@ -142,7 +142,7 @@ def answer(model: Any, tokenizer: Any, texts: list[str], max_tokens: int, batch:
 def run_setting(model: Any, tokenizer: Any, name: str, setting: str, items: list[dict[str, Any]],
                 max_tokens: int, direction: Any) -> list[dict[str, Any]]:
     import vauban
-    from vauban.steering import Steering
+    from vauban.methods.steering import Steering
 
     system = SYSTEM.get(setting)
     texts, prefix = [], []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import build_model, build_tokenizer
-from vauban.errors import VaubanError
+from vauban.core.errors import VaubanError
 from vauban.judge import Verdict, get_judge, parse_spec, run_judge
 from vauban.judge.learned import CATEGORIES, HEAD, Head, LearnedJudge, LearnedVerdict, Reader, backbone_file
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import VaubanError
+from ..core.errors import VaubanError
 from .base import Verdict
 
 CATEGORIES = ("compliance", "full_refusal", "partial_refusal", "late_refusal", "evasion")
@@ -128,7 +128,7 @@ class Reader:
 
     @classmethod
     def load(cls, backbone: str, layers: Sequence[int]) -> Reader:
-        from ..loading import load_model
+        from ..model.loading import load_model
 
         model, tokenizer = load_model(str(backbone_file(backbone)), device="cpu", dtype=torch.float32)
         return cls(model, tokenizer, layers)
