@@ -73,11 +73,34 @@ def feature_store() -> dict[str, np.ndarray]:
     return store
 
 
-def extract(rows: list[dict[str, Any]], limit: int) -> None:
-    """Features of up to ``limit`` answers that have none yet, saved as one more chunk file."""
+def xstest_rows() -> list[dict[str, Any]]:
+    """XSTest's 900 human-labelled Mistral answers: reported on, never trained or tuned on."""
+    import csv
+
+    from demo_inputs import SHARED
+
+    rows = []
+    for name in ("mistralinstruct", "mistralguard"):
+        path = SHARED / "xstest" / f"xstest_v2_completions_{name}.csv"
+        with path.open(newline="", encoding="utf-8") as handle:
+            for r in csv.DictReader(handle):
+                row = {"id": f"{r['id']}/{name}", "prompt": r["prompt"], "answer": r["completion"],
+                       "gold": r["final_label"] != "1_full_compliance", "label": r["final_label"]}
+                rows.append({**row, "key": key(row), "split": "xstest"})
+    return rows
+
+
+def extract(rows: list[dict[str, Any]], limit: int, xstest: bool = False) -> None:
+    """Features of up to ``limit`` answers that have none yet (then, with ``xstest``, of XSTest's
+    900 answers, timed: the judge's cost), saved as one more chunk file."""
     store = feature_store()
+    if xstest:
+        extra = [r for r in xstest_rows() if r["key"] not in store]
+        rows = [r for r in rows if r["key"] not in store][:limit] + extra
+        limit = len(rows)
     todo = [r for r in rows if r["key"] not in store]
-    todo = [todo[i] for i in np.random.default_rng(SEED).permutation(len(todo))]  # every split in each chunk
+    if not xstest:
+        todo = [todo[i] for i in np.random.default_rng(SEED).permutation(len(todo))]  # every split per chunk
     todo = list({r["key"]: r for r in todo}.values())[:limit]
     if not todo:
         print("every answer has its features")
@@ -85,13 +108,31 @@ def extract(rows: list[dict[str, Any]], limit: int) -> None:
     t0 = time.perf_counter()
     reader = Reader.load(BACKBONE, LAYERS)
     t1 = time.perf_counter()
-    x = reader.features([r["prompt"] for r in todo], [r["answer"] for r in todo])
+    todo = [r for r in todo if r["split"] != "xstest"] + [r for r in todo if r["split"] == "xstest"]
+    n_x = sum(r["split"] == "xstest" for r in todo)
+    parts = [todo[: len(todo) - n_x], todo[len(todo) - n_x :]]
+    x = []
+    for part in filter(None, parts):
+        tx = time.perf_counter()
+        x.append(reader.features([r["prompt"] for r in part], [r["answer"] for r in part]))
+        if part[0]["split"] == "xstest":  # XSTest's answers alone: the judge's cost per answer
+            cost = {"answers": len(part), "seconds": round(time.perf_counter() - tx, 1),
+                    "layer": max(LAYERS), "threads": torch_threads()}
+            (FEATURES / "xstest_timing.json").write_text(json.dumps(cost))
+            print(f"XSTest timing: {cost}", flush=True)
+    x = np.concatenate(x)
     t2 = time.perf_counter()
     FEATURES.mkdir(parents=True, exist_ok=True)
     name = FEATURES / f"{BACKBONE}-{len(list(FEATURES.glob(f'{BACKBONE}-*.npz'))):03d}.npz"
     np.savez_compressed(name, keys=np.array([r["key"] for r in todo]), x=x.astype(np.float16))
     print(f"{len(todo)} answers: load {t1 - t0:.1f} s, features {t2 - t1:.1f} s "
           f"({(t2 - t1) / len(todo):.3f} s/answer) -> {name}; {len(store) + len(todo)} stored")
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def ece(probs: np.ndarray, gold: np.ndarray, bins: int = 10) -> float:
@@ -267,8 +308,33 @@ def card(rows: list[dict[str, Any]], best: dict[str, Any], study: list[dict], he
         "per_test_model": {m: evaluate(head, [r for r in splits["test"] if r["model"] == m], store)
                            for m in sorted({r["model"] for r in splits["test"]})},
         "evasion_and_late_set_test": evasion_set(head, splits["test"], store),
-        "xstest": "never trained or tuned on; reported by benchmarks/judges.py",
+        "xstest": xstest_numbers(head, store),
     }
+
+
+def xstest_numbers(head: Head, store: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The head on XSTest's 900 Mistral answers (reported only; never used to choose anything)."""
+    rows = [r for r in xstest_rows() if r["key"] in store]
+    if not rows:
+        return {"note": "no XSTest features; see benchmarks/judges.py"}
+    marks = marker_features([r["prompt"] for r in rows], [r["answer"] for r in rows])
+    for r, m in zip(rows, marks, strict=True):
+        r["markers"] = m
+    k = LAYERS.index(head.layer)
+    x = np.stack([store[r["key"]][k] for r in rows]).astype(np.float64)
+    if head.markers:
+        x = np.concatenate([x, np.stack([r["markers"] for r in rows])], 1)
+    p = head.refusal_probability(x)
+    gold = np.array([r["gold"] for r in rows])
+    out = {"never_used_to_choose": True,
+           "all": {**binary(p >= head.threshold, gold), "ece": round(ece(p, gold * 1.0), 4)}}
+    for name in ("mistralinstruct", "mistralguard"):
+        pick = np.array([r["id"].endswith(name) for r in rows])
+        out[name] = binary(p[pick] >= head.threshold, gold[pick])
+    timing = FEATURES / "xstest_timing.json"
+    if timing.is_file():
+        out["cpu_cost"] = json.loads(timing.read_text())
+    return out
 
 
 def fit() -> None:
@@ -294,9 +360,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("features", "fit"))
     parser.add_argument("--limit", type=int, default=400, help="answers per features run")
+    parser.add_argument("--xstest", action="store_true", help="also XSTest's 900 answers (reported only)")
     args = parser.parse_args()
     if args.step == "features":
-        extract(load_rows(), args.limit)
+        rows = load_rows()
+        if args.xstest:
+            rows = [rows[i] for i in np.random.default_rng(SEED).permutation(len(rows))]
+        extract(rows, args.limit, args.xstest)
     else:
         fit()
 

@@ -8,10 +8,10 @@ tokens and the answer's last token) with the state at the prompt's last token (w
 is read, and where vauban measures the refusal direction), so that a harmless answer to a harmful
 request (an evasion) can score differently from the same answer to a harmless one. A logistic
 head turns them into the probability that the answer is a refusal (``score``, calibrated by
-temperature on the validation split of the training models), a second, multinomial head into one of :data:`CATEGORIES`. ``refusal`` is
-``score >= threshold`` (option ``threshold=``, default the head's own, chosen on validation);
-a refusal's category is the most probable non-compliance category (``late`` when it is
-``late_refusal``).
+temperature on the validation split of the training models), a second, multinomial head into
+one of :data:`CATEGORIES`. ``refusal`` is ``score >= threshold`` (option ``threshold=``,
+default the head's own, chosen on validation); a refusal's category is the most probable
+non-compliance category (``late`` when it is ``late_refusal``).
 
 The heads are ``learned/head.npz`` beside this module with their data card ``learned/card.json``
 (training sources and counts, label agreement, validation and test numbers), written by
