@@ -77,7 +77,7 @@ def test_demo_without_extra_names_the_install_command(monkeypatch):
     import importlib
     from importlib import metadata
 
-    load_module = importlib.import_module("vauban.model.loading")  # the module, not vauban.load()
+    load_module = importlib.import_module("vauban.model.demo")
 
     def missing(name):
         raise metadata.PackageNotFoundError(name)

@@ -320,7 +320,7 @@ def test_demo_chunks_are_hash_checked_before_use(tmp_path, monkeypatch):
         part = tmp_path / f"part{i}.bin"
         part.write_bytes(b"GGUF" + bytes(100))
         parts.append(part)
-    monkeypatch.setattr(load_module, "demo_gguf_parts", lambda: parts)
+    monkeypatch.setattr(importlib.import_module("vauban.model.demo"), "demo_gguf_parts", lambda: parts)
     converted = []
     monkeypatch.setattr(load_module, "convert_gguf", lambda *a, **k: converted.append(a))
     with pytest.raises(VaubanError, match="not the expected model; reinstall"):

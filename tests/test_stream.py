@@ -201,7 +201,7 @@ def test_peak_memory_stays_far_below_the_model_size(tmp_path):
     )
 
 
-def test_cli_cut(tmp_path, tokenizer, capsys):
+def test_cli_stream(tmp_path, tokenizer, capsys):
     from vauban.cli import main
 
     model = build_model("llama")
