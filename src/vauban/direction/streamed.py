@@ -64,7 +64,7 @@ def measure_streamed(
     per pass). ``dtype``: the compute dtype (default: the checkpoint's)."""
     from transformers import AutoTokenizer
 
-    model = layerwise(src, dtype)
+    model = layerwise(os.fspath(src), dtype)
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
     result = measure(model.model, tokenizer, harmful, harmless, layer=layer, select=select, max_kl=max_kl,

@@ -60,9 +60,12 @@ def capture(model: nn.Module, tokenizer: Any, inputs: Inputs,
     """``(harmful, harmless)`` inputs of every writer (:func:`.capture.writer_inputs`), from the
     model as it is (call it on the original)."""
     writers = arch.residual_writers(model)
-    common = {"formatting": inputs.formatting, "batch_size": inputs.batch_size or 16, "max_rows": max_rows}
-    return (writer_inputs(model, tokenizer, inputs.harmful, writers, prompt_set="harmful", **common),
-            writer_inputs(model, tokenizer, inputs.harmless, writers, prompt_set="harmless", **common))
+    def capture(prompts: Sequence[str], prompt_set: str) -> dict[str, torch.Tensor]:
+        return writer_inputs(model, tokenizer, prompts, writers, prompt_set=prompt_set,
+                             formatting=inputs.formatting, batch_size=inputs.batch_size or 16,
+                             max_rows=max_rows)
+
+    return capture(inputs.harmful, "harmful"), capture(inputs.harmless, "harmless")
 
 
 def plans(model: nn.Module, direction: Any, harmful: dict[str, torch.Tensor],

@@ -51,8 +51,12 @@ class Inputs:
 class EditMethod(Protocol):
     """Turns a model, prompt sets and a measured direction into an applied, reversible cut."""
 
-    name: str
-    low_rank: bool  # whether every tensor's change is a rank-k product (LoRA-exportable)
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def low_rank(self) -> bool:  # whether every tensor's change is a rank-k product (LoRA-exportable)
+        ...
 
     def make(self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs,
              **params: Any) -> Cut: ...

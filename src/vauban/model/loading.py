@@ -288,8 +288,8 @@ def clear_quantizer(model: nn.Module) -> None:
     # save_pretrained: the export would be FP8 again, without its quantization config
     conversions = getattr(model, "_weight_conversions", None)
     if conversions:
-        model._weight_conversions = [c for c in conversions if not any(
-            "quant" in type(op).__name__.lower() for op in getattr(c, "operations", ()))]
+        setattr(model, "_weight_conversions", [c for c in conversions if not any(  # noqa: B010
+            "quant" in type(op).__name__.lower() for op in getattr(c, "operations", ()))])
 
 
 def _first_line(err: BaseException) -> str:
