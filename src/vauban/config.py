@@ -131,8 +131,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
 
 def read_file(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:  # TOML is UTF-8 text
         raise VaubanError(f"cannot read config file {path}: {err}") from None
     table = data.pop("vauban", {})
     return {**data, **table}  # top-level keys and a [vauban] table both count
