@@ -20,8 +20,9 @@ from vauban.runtime.generating import generate
 from vauban.text import prompts
 
 
-def refusal_rate(model_path: str | None, goals: list[str], max_tokens: int, batch_size: int,
-                 judge: Judge) -> dict:
+def refusal_rate(
+    model_path: str | None, goals: list[str], max_tokens: int, batch_size: int, judge: Judge
+) -> dict:
     model, tokenizer = load(model_path)
     start = time.perf_counter()
     answers = generate(model, tokenizer, goals, max_tokens=max_tokens, batch_size=batch_size)
@@ -34,8 +35,7 @@ def refusal_rate(model_path: str | None, goals: list[str], max_tokens: int, batc
         "refusal_rate": sum(refused) / len(goals),
         "seconds": round(time.perf_counter() - start, 1),
         "examples": [
-            {"prompt": g, "answer": a, "refused": r}
-            for g, a, r in zip(goals, answers, refused, strict=True)
+            {"prompt": g, "answer": a, "refused": r} for g, a, r in zip(goals, answers, refused, strict=True)
         ],
     }
 
@@ -53,11 +53,15 @@ def main() -> None:
     args = parser.parse_args()
     goals = prompts.load_prompts(args.csv)[: args.limit]
     judge = get_judge(args.judge)
-    results = [refusal_rate(path, goals, args.max_tokens, args.batch_size, judge)
-               for path in (args.base, args.export)]
+    results = [
+        refusal_rate(path, goals, args.max_tokens, args.batch_size, judge)
+        for path in (args.base, args.export)
+    ]
     for r in results:
-        print(f"{r['model']}: refusal {r['refusal_rate']:.1%} of {r['prompts']} "
-              f"(judge {r['judge']}, {r['max_tokens']} tokens, {r['seconds']} s)")
+        print(
+            f"{r['model']}: refusal {r['refusal_rate']:.1%} of {r['prompts']} "
+            f"(judge {r['judge']}, {r['max_tokens']} tokens, {r['seconds']} s)"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

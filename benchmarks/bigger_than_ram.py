@@ -76,11 +76,13 @@ def byte_tokenizer() -> object:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(specials)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
-                                        pad_token="<|endoftext|>", bos_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
     tokenizer.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     return tokenizer
 
 
@@ -92,9 +94,18 @@ def write_checkpoint(folder: Path, layers: int) -> tuple[int, float]:
 
     start = time.perf_counter()
     folder.mkdir(parents=True)
-    config = Qwen2Config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=MLP,
-                         num_hidden_layers=layers, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-                         dtype="bfloat16", tie_word_embeddings=False, eos_token_id=258, pad_token_id=256)
+    config = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=MLP,
+        num_hidden_layers=layers,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        dtype="bfloat16",
+        tie_word_embeddings=False,
+        eos_token_id=258,
+        pad_token_id=256,
+    )
     config.save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
     with torch.device("meta"):
@@ -118,13 +129,14 @@ def write_checkpoint(folder: Path, layers: int) -> tuple[int, float]:
             else:
                 numel = shapes[name].numel()
                 offset = (len(tensors) * 7919 + i * 104729) % (len(base) - numel)
-                tensors[name] = base[offset:offset + numel].clone().reshape(shapes[name])
+                tensors[name] = base[offset : offset + numel].clone().reshape(shapes[name])
         save_file(tensors, str(folder / shard), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(names, shard))
         del tensors
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
     (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}))
+        json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map})
+    )
     return size, time.perf_counter() - start
 
 
@@ -138,17 +150,22 @@ def main() -> None:
     free = shutil.disk_usage(folder.parent).free
     wanted = math.ceil(args.ratio * ram / layer_bytes())
     layers = min(wanted, (free - 4 * GIB) // layer_bytes())  # keep 4 GiB of the disk free
-    print(f"RAM {ram / GIB:.1f} GiB, free disk {free / GIB:.1f} GiB: {layers} layers "
-          f"({layers * layer_bytes() / GIB:.1f} GiB; {wanted} wanted)", flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+    print(
+        f"RAM {ram / GIB:.1f} GiB, free disk {free / GIB:.1f} GiB: {layers} layers "
+        f"({layers * layer_bytes() / GIB:.1f} GiB; {wanted} wanted)",
+        flush=True,
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
     try:
         size, write_seconds = write_checkpoint(folder, layers)
         print(f"wrote {size / GIB:.1f} GiB in {write_seconds:.0f} s", flush=True)
         env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
         prompts = json.dumps([HARMFUL, HARMLESS])
-        done = subprocess.run([sys.executable, "-c", CHILD, str(folder), prompts], capture_output=True,
-                              text=True, env=env)
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, str(folder), prompts], capture_output=True, text=True, env=env
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if done.returncode != 0:
@@ -158,8 +175,8 @@ def main() -> None:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git": commit,
         "what": "measure_streamed (select=geometry, float32 compute) of a random bfloat16 Qwen2-shaped "
-                "checkpoint, one decoder layer in memory at a time; 2 + 2 short prompts (HARMFUL, HARMLESS "
-                "in the script), each set one pass",
+        "checkpoint, one decoder layer in memory at a time; 2 + 2 short prompts (HARMFUL, HARMLESS "
+        "in the script), each set one pass",
         "ram_bytes": ram,
         "checkpoint_bytes": size,
         "checkpoint_over_ram": round(size / ram, 3),

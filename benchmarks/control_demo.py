@@ -81,7 +81,7 @@ def per_category(prompts: dict[str, list[str]], answers) -> dict[str, float]:
     """Refusal rate per category of answers given in the order of ``prompts``' values."""
     out, start = {}, 0
     for name, group in prompts.items():
-        out[name] = rate(answers[start:start + len(group)])
+        out[name] = rate(answers[start : start + len(group)])
         start += len(group)
     return out
 
@@ -122,18 +122,31 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str) ->
     chosen = min(scores, key=scores.get)
     say(f"dev {dev_rows} -> {chosen}")
     rows, answers = {}, {}
-    for name, vector in (("original", None), ("default cut", direction),
-                         (f"keep {keep} ({chosen})", keep_vector(direction, cats, [keep], chosen))):
+    for name, vector in (
+        ("original", None),
+        ("default cut", direction),
+        (f"keep {keep} ({chosen})", keep_vector(direction, cats, [keep], chosen)),
+    ):
         say(f"held-out: {name}")
         rows[name], answers[name] = refusals(model, tokenizer, held, vector)
-    return {"keep": keep, "layer": layer, "categories": list(cats.categories),
-            "counts_measure": list(cats.counts), "counts_eval": [len(v) for v in held.values()],
-            "similarity": cats.record()["similarity"],
-            "cos_with_default_direction": [round(float(u @ direction.direction.double()), 4)
-                                           for u in cats.directions().double()],
-            "development": {"prompts": f"the last {DEV} of each category's measuring prompts",
-                            "rates": dev_rows, "scores": scores, "chosen": chosen},
-            "held_out": {"prompts": "eval_categories.jsonl (145)", "rates": rows, "answers": answers}}
+    return {
+        "keep": keep,
+        "layer": layer,
+        "categories": list(cats.categories),
+        "counts_measure": list(cats.counts),
+        "counts_eval": [len(v) for v in held.values()],
+        "similarity": cats.record()["similarity"],
+        "cos_with_default_direction": [
+            round(float(u @ direction.direction.double()), 4) for u in cats.directions().double()
+        ],
+        "development": {
+            "prompts": f"the last {DEV} of each category's measuring prompts",
+            "rates": dev_rows,
+            "scores": scores,
+            "chosen": chosen,
+        },
+        "held_out": {"prompts": "eval_categories.jsonl (145)", "rates": rows, "answers": answers},
+    }
 
 
 def condition_run(model, tokenizer, direction, name: str, mode: str, alpha: float, original=None) -> dict:
@@ -146,20 +159,30 @@ def condition_run(model, tokenizer, direction, name: str, mode: str, alpha: floa
     if original is None:
         answered = completions(model, tokenizer, test, max_tokens=MAX_TOKENS, batch_size=None)
         original = [a.refused for a in answered]
-    answers, _ = conditional_generate(model, tokenizer, test, condition, direction, mode=mode, alpha=alpha,
-                                      max_tokens=MAX_TOKENS)
+    answers, _ = conditional_generate(
+        model, tokenizer, test, condition, direction, mode=mode, alpha=alpha, max_tokens=MAX_TOKENS
+    )
     after = [v.refusal for v in run_judge(get_judge(None), test, answers)]
 
     def side(flag: bool) -> dict:
         rows = [i for i, t in enumerate(truth) if t == flag]
-        return {"n": len(rows), "refusal_before": sum(original[i] for i in rows) / len(rows),
-                "refusal_after": sum(after[i] for i in rows) / len(rows),
-                "matched_share": sum(hits[i] for i in rows) / len(rows)}
+        return {
+            "n": len(rows),
+            "refusal_before": sum(original[i] for i in rows) / len(rows),
+            "refusal_after": sum(after[i] for i in rows) / len(rows),
+            "matched_share": sum(hits[i] for i in rows) / len(rows),
+        }
 
     correct = sum(h == t for h, t in zip(hits, truth, strict=True))
-    return {"condition": condition.record(), "mode": mode, "alpha": alpha,
-            "test_accuracy": correct / len(test), "matched_test": side(True), "unmatched_test": side(False),
-            "answers": [[p, a, r] for p, a, r in zip(test, answers, after, strict=True)]}
+    return {
+        "condition": condition.record(),
+        "mode": mode,
+        "alpha": alpha,
+        "test_accuracy": correct / len(test),
+        "matched_test": side(True),
+        "unmatched_test": side(False),
+        "answers": [[p, a, r] for p, a, r in zip(test, answers, after, strict=True)],
+    }
 
 
 def stage_conditions(model, tokenizer, direction: DirectionResult, earlier: dict) -> dict:
@@ -185,14 +208,27 @@ def stage_languages(model, tokenizer, direction: DirectionResult) -> dict:
         cos[lang] = round(float(unit_rows(h.double().mean(0) - b.double().mean(0)) @ direction.direction), 4)
     say("evaluate per language under the default cut")
     with cut(model, direction):
-        report = evaluate_groups(model, model, tokenizer, harmful, harmless, kind="language",
-                                 max_tokens=MAX_TOKENS, kl_tokens=16, judge=language_judge())
+        report = evaluate_groups(
+            model,
+            model,
+            tokenizer,
+            harmful,
+            harmless,
+            kind="language",
+            max_tokens=MAX_TOKENS,
+            kl_tokens=16,
+            judge=language_judge(),
+        )
     markers = get_judge(None)
-    english_only = {r.group: [rate_of(markers, harmful[r.group], r.before), rate_of(markers, harmful[r.group],
-                                                                                      r.after)]
-                    for r in report.rows}
-    return {"report": report.record(), "cos_language_direction_with_english": cos,
-            "markers_only_refusal_before_after": english_only}
+    english_only = {
+        r.group: [rate_of(markers, harmful[r.group], r.before), rate_of(markers, harmful[r.group], r.after)]
+        for r in report.rows
+    }
+    return {
+        "report": report.record(),
+        "cos_language_direction_with_english": cos,
+        "markers_only_refusal_before_after": english_only,
+    }
 
 
 def rate_of(judge, prompts, completions_) -> float:
@@ -209,9 +245,14 @@ def main() -> None:
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     model, tokenizer = load()
     direction = default_direction(model, tokenizer)
-    data.update({"model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32, CPU)", "max_tokens": MAX_TOKENS,
-                 "judge": "markers (languages: markers+languages)",
-                 "direction": {"layer": direction.layer_index, "selection": direction.selection}})
+    data.update(
+        {
+            "model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32, CPU)",
+            "max_tokens": MAX_TOKENS,
+            "judge": "markers (languages: markers+languages)",
+            "direction": {"layer": direction.layer_index, "selection": direction.selection},
+        }
+    )
     for stage in args.only.split(","):
         start, load_before = time.perf_counter(), os.getloadavg()[0]
         if stage == "categories":
@@ -222,8 +263,14 @@ def main() -> None:
             part = stage_languages(model, tokenizer, direction)
         else:
             raise SystemExit(f"unknown stage {stage!r}")
-        data[stage] = part | stamp() | {"seconds": round(time.perf_counter() - start),
-                                        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+        data[stage] = (
+            part
+            | stamp()
+            | {
+                "seconds": round(time.perf_counter() - start),
+                "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            }
+        )
         data.update(stamp())  # the file's own commit and date: its latest stage's
         if RESULTS.exists():  # another run (another --only) may have written its stages meanwhile
             data = json.loads(RESULTS.read_text()) | data

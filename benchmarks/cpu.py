@@ -81,16 +81,21 @@ def pipeline(model: Any, tokenizer: Any, load_s: float) -> dict[str, Any]:
     total = sum(times.values())
     threads = torch.get_num_threads()
     cpu = {stage: CPU_SECONDS.get(stage, 0.0) / threads for stage in times}
-    print(f"pipeline: {total:.0f} s in all (target <= 180 s); CPU time / {threads} threads: "
-          f"{sum(cpu.values()):.0f} s")
+    print(
+        f"pipeline: {total:.0f} s in all (target <= 180 s); CPU time / {threads} threads: "
+        f"{sum(cpu.values()):.0f} s"
+    )
     for stage, seconds in times.items():
         share = 100 * seconds / total
         print(f"  {stage:9s} {seconds:7.1f} s  {share:4.0f} %   CPU/threads {cpu[stage]:6.1f} s")
     print(f"  {result.summary()}")
-    return {"seconds": {k: round(v, 2) for k, v in times.items()}, "total_s": round(total, 1),
-            "cpu_seconds_per_thread": {k: round(v, 2) for k, v in cpu.items()},
-            "layer": direction.layer_index, "evaluation": {k: v for k, v in result.record().items()
-                                                          if k not in ("before", "after")}}
+    return {
+        "seconds": {k: round(v, 2) for k, v in times.items()},
+        "total_s": round(total, 1),
+        "cpu_seconds_per_thread": {k: round(v, 2) for k, v in cpu.items()},
+        "layer": direction.layer_index,
+        "evaluation": {k: v for k, v in result.record().items() if k not in ("before", "after")},
+    }
 
 
 @torch.inference_mode()
@@ -112,13 +117,21 @@ def measure_section(model: Any, tokenizer: Any, n: int) -> dict[str, Any]:
     diff = float((batched - loop).abs().max() / loop.abs().max())
     # the last hidden state transformers returns has the final norm applied: compare the others
     diff_hf = float((batched[:, :-1] - hf[:, :-1]).abs().max() / hf[:, :-1].abs().max())
-    print(f"measure, {n} prompts: batched {t_batched:.1f} s, one at a time {t_loop:.1f} s "
-          f"({t_loop / t_batched:.1f}x), plain transformers loop {t_hf:.1f} s ({t_hf / t_batched:.1f}x); "
-          f"max relative difference {diff:.1e} / {diff_hf:.1e}")
-    return {"prompts": n, "batched_s": round(t_batched, 2), "one_at_a_time_s": round(t_loop, 2),
-            "hf_loop_s": round(t_hf, 2), "speedup_vs_loop": round(t_loop / t_batched, 2),
-            "speedup_vs_hf_loop": round(t_hf / t_batched, 2), "max_rel_diff_vs_loop": diff,
-            "max_rel_diff_vs_hf_loop": diff_hf}
+    print(
+        f"measure, {n} prompts: batched {t_batched:.1f} s, one at a time {t_loop:.1f} s "
+        f"({t_loop / t_batched:.1f}x), plain transformers loop {t_hf:.1f} s ({t_hf / t_batched:.1f}x); "
+        f"max relative difference {diff:.1e} / {diff_hf:.1e}"
+    )
+    return {
+        "prompts": n,
+        "batched_s": round(t_batched, 2),
+        "one_at_a_time_s": round(t_loop, 2),
+        "hf_loop_s": round(t_hf, 2),
+        "speedup_vs_loop": round(t_loop / t_batched, 2),
+        "speedup_vs_hf_loop": round(t_hf / t_batched, 2),
+        "max_rel_diff_vs_loop": diff,
+        "max_rel_diff_vs_hf_loop": diff_hf,
+    }
 
 
 def generate_section(model: Any, tokenizer: Any, n: int, tokens: int) -> dict[str, Any]:
@@ -126,11 +139,18 @@ def generate_section(model: Any, tokenizer: Any, n: int, tokens: int) -> dict[st
     t_batched, batched = timed(lambda: generate(model, tokenizer, prompts, max_tokens=tokens, batch_size=n))
     t_seq, seq = timed(lambda: generate(model, tokenizer, prompts, max_tokens=tokens, batch_size=1))
     same = sum(a == b for a, b in zip(batched, seq, strict=True))
-    print(f"generate, {n} prompts x {tokens} tokens: batched {t_batched:.1f} s, one at a time {t_seq:.1f} s "
-          f"({t_seq / t_batched:.1f}x); identical answers {same}/{n}")
-    return {"prompts": n, "max_tokens": tokens, "batched_s": round(t_batched, 2),
-            "one_at_a_time_s": round(t_seq, 2), "speedup": round(t_seq / t_batched, 2),
-            "identical_answers": same}
+    print(
+        f"generate, {n} prompts x {tokens} tokens: batched {t_batched:.1f} s, one at a time {t_seq:.1f} s "
+        f"({t_seq / t_batched:.1f}x); identical answers {same}/{n}"
+    )
+    return {
+        "prompts": n,
+        "max_tokens": tokens,
+        "batched_s": round(t_batched, 2),
+        "one_at_a_time_s": round(t_seq, 2),
+        "speedup": round(t_seq / t_batched, 2),
+        "identical_answers": same,
+    }
 
 
 def scores_section(model: Any, tokenizer: Any) -> dict[str, Any]:
@@ -142,16 +162,28 @@ def scores_section(model: Any, tokenizer: Any) -> dict[str, Any]:
         t_fixed, fixed = timed(lambda: answer_scores(pair, tokenizer, pairs, batch_size=16))
     pairs_of_numbers = zip(vars(auto).values(), vars(fixed).values(), strict=True)
     equal = all(abs(a - b) <= 1e-6 * abs(b) for a, b in pairs_of_numbers)
-    print(f"reference scores, {len(pairs)} answers: memory-sized batches {t_auto:.1f} s, batches of 16 "
-          f"{t_fixed:.1f} s ({t_fixed / t_auto:.2f}x); equal to 1e-6: {equal}")
-    return {"auto_s": round(t_auto, 2), "batch16_s": round(t_fixed, 2), "speedup": round(t_fixed / t_auto, 2),
-            "equal": equal, "auto": vars(auto), "batch16": vars(fixed)}
+    print(
+        f"reference scores, {len(pairs)} answers: memory-sized batches {t_auto:.1f} s, batches of 16 "
+        f"{t_fixed:.1f} s ({t_fixed / t_auto:.2f}x); equal to 1e-6: {equal}"
+    )
+    return {
+        "auto_s": round(t_auto, 2),
+        "batch16_s": round(t_fixed, 2),
+        "speedup": round(t_fixed / t_auto, 2),
+        "equal": equal,
+        "auto": vars(auto),
+        "batch16": vars(fixed),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", default=["pipeline", "measure", "generate", "scores"],
-                        choices=["pipeline", "measure", "generate", "scores"])
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=["pipeline", "measure", "generate", "scores"],
+        choices=["pipeline", "measure", "generate", "scores"],
+    )
     parser.add_argument("--loop-prompts", type=int, default=64, help="prompts for the one-at-a-time loops")
     parser.add_argument("--gen-prompts", type=int, default=8)
     parser.add_argument("--gen-tokens", type=int, default=32)
@@ -159,16 +191,22 @@ def main() -> None:
     args = parser.parse_args()
     rows: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "load_average_before": load_average(),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_average_before": load_average(),
     }
-    print(f"{rows['cpu']}, {rows['cores']} cores, {rows['torch_threads']} torch threads, "
-          f"load {rows['load_average_before']}")
+    print(
+        f"{rows['cpu']}, {rows['cores']} cores, {rows['torch_threads']} torch threads, "
+        f"load {rows['load_average_before']}"
+    )
     load_s, (model, tokenizer) = timed(vauban.load_model, "load")
     rows["attention"] = model.config._attn_implementation
     rows["cut_compute_dtype"] = str(_compute_dtype(next(model.parameters())))  # the cut's arithmetic
-    rows["git"] = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
-                                 capture_output=True, text=True).stdout.strip()
+    rows["git"] = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent, capture_output=True, text=True
+    ).stdout.strip()
     sections = {
         "pipeline": lambda: pipeline(model, tokenizer, load_s),
         "measure": lambda: measure_section(model, tokenizer, args.loop_prompts),

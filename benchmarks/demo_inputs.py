@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SHARED = next((p / "shared" / "data" for p in HERE.parents if (p / "shared" / "data").is_dir()),
-              HERE.parents[1] / "shared" / "data")  # ../shared/data beside the checkout
+SHARED = next(
+    (p / "shared" / "data" for p in HERE.parents if (p / "shared" / "data").is_dir()),
+    HERE.parents[1] / "shared" / "data",
+)  # ../shared/data beside the checkout
 ADVBENCH = SHARED / "advbench_harmful_behaviors.csv"
 MEASURED = Path("/tmp/vauban_demo_direction.safetensors")  # pass it as --direction next time
 DIRECTION_HELP = "a saved direction (default: measure it, ~1 min)"

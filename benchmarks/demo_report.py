@@ -47,14 +47,17 @@ def rejudge(record: dict, judge: str | None) -> dict:
         if not items:
             continue
         verdicts = run_judge(get_judge(judge), [c["prompt"] for c in items], [c["text"] for c in items])
-        out[key] = {"refusal": sum(v.refusal for v in verdicts) / len(items),
-                    "late": sum(bool(getattr(v, "late", False)) for v in verdicts) / len(items),
-                    "n": len(items)}
+        out[key] = {
+            "refusal": sum(v.refusal for v in verdicts) / len(items),
+            "late": sum(bool(getattr(v, "late", False)) for v in verdicts) / len(items),
+            "n": len(items),
+        }
     return out
 
 
 def retable(table: list[list[str]], judged: dict) -> list[list[str]]:
     """The report's rows with the refusal, late-refusal and over-refusal rates judged again."""
+
     def pct(x: float) -> str:
         return f"{x * 100:.1f}%"
 
@@ -75,8 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--direction", help=DIRECTION_HELP)
     parser.add_argument("--limit", type=int, default=20, help="GSM8K and HumanEval problems")
-    parser.add_argument("--safe", type=int, default=48, help="bundled over_refusal prompts (of 112; 6 per "
-                                                              "category at 48)")
+    parser.add_argument(
+        "--safe", type=int, default=48, help="bundled over_refusal prompts (of 112; 6 per category at 48)"
+    )
     parser.add_argument("--xstest", action="store_true", help="over-refusal on XSTest's 250 safe prompts too")
     parser.add_argument("--judge", default=None, help="judge spec (default: vauban's default judge)")
     parser.add_argument("--rejudge", help="judge the answers stored in this results file again")
@@ -104,13 +108,24 @@ def main() -> None:
     direction = load_or_measure(model, tokenizer, args.direction)
     setup = {"wall": round(time.perf_counter() - t0, 1), "cpu": round(cpu_seconds() - c0, 1)}
     tokens = {"max_tokens": 8} if args.smoke else {}
-    checks = [GSM8K(SHARED / "gsm8k" / "test.jsonl", limit=args.limit, **tokens),
-              HumanEval(SHARED / "humaneval" / "HumanEval.jsonl.gz", limit=args.limit,
-                        allow_code_execution=True, **tokens)]
+    checks = [
+        GSM8K(SHARED / "gsm8k" / "test.jsonl", limit=args.limit, **tokens),
+        HumanEval(
+            SHARED / "humaneval" / "HumanEval.jsonl.gz", limit=args.limit, allow_code_execution=True, **tokens
+        ),
+    ]
     t1, c1 = time.perf_counter(), cpu_seconds()
-    smoke = {"prompts": load_prompts("eval_harmful")[:2], "safe": load_prompts("over_refusal")[:2],
-             "max_tokens": 8, "kl_tokens": 2, "reference": load_pairs("reference")[:4]} if args.smoke else {
-                 "safe": load_prompts("over_refusal")[: args.safe]}
+    smoke = (
+        {
+            "prompts": load_prompts("eval_harmful")[:2],
+            "safe": load_prompts("over_refusal")[:2],
+            "max_tokens": 8,
+            "kl_tokens": 2,
+            "reference": load_pairs("reference")[:4],
+        }
+        if args.smoke
+        else {"safe": load_prompts("over_refusal")[: args.safe]}
+    )
     with cut(model, direction):
         result = evaluate(model, model, tokenizer, capability=checks, judge=args.judge, **smoke)
         evaluate_time = {"wall": round(time.perf_counter() - t1, 1), "cpu": round(cpu_seconds() - c1, 1)}
@@ -118,27 +133,44 @@ def main() -> None:
         if args.xstest:
             t2 = time.perf_counter()
             safe = load_safe_prompts(SHARED / "xstest" / "xstest_prompts.csv")[: 2 if args.smoke else None]
-            sides = both_sides(Pair(model, model), tokenizer, safe, max_tokens=result.max_tokens,
-                               batch_size=None, judge=get_judge(args.judge))
-            xstest = {"n": len(safe), "over_refusal_before": rate(sides[True]),
-                      "over_refusal_after": rate(sides[False]), "seconds": round(time.perf_counter() - t2, 1),
-                      "safe_before": [vars(c) for c in sides[True]],
-                      "safe_after": [vars(c) for c in sides[False]]}
+            sides = both_sides(
+                Pair(model, model),
+                tokenizer,
+                safe,
+                max_tokens=result.max_tokens,
+                batch_size=None,
+                judge=get_judge(args.judge),
+            )
+            xstest = {
+                "n": len(safe),
+                "over_refusal_before": rate(sides[True]),
+                "over_refusal_after": rate(sides[False]),
+                "seconds": round(time.perf_counter() - t2, 1),
+                "safe_before": [vars(c) for c in sides[True]],
+                "safe_after": [vars(c) for c in sides[False]],
+            }
     print(result.table())
     print(result.summary())
     if xstest:
-        print(f"XSTest safe prompts ({xstest['n']}): over-refusal {xstest['over_refusal_before']:.1%} → "
-              f"{xstest['over_refusal_after']:.1%}")
+        print(
+            f"XSTest safe prompts ({xstest['n']}): over-refusal {xstest['over_refusal_before']:.1%} → "
+            f"{xstest['over_refusal_after']:.1%}"
+        )
     print("seconds per part (wall):", result.seconds)
     from vauban.plots import plot_eval
 
     plot_eval(result, args.plot)
-    record = {"model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32)",
-              "machine": "2-core CPU, shared (heavy-job lock)",
-              "cut": f"vauban.cut(model, direction), alpha 1, direction layer {direction.layer_index}",
-              **stamp(), "table": result.rows(), "summary": result.summary(),
-              "seconds": {"load_and_measure": setup, "evaluate": evaluate_time, "parts_wall": result.seconds},
-              "xstest": xstest, "evaluation": result.record()}
+    record = {
+        "model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32)",
+        "machine": "2-core CPU, shared (heavy-job lock)",
+        "cut": f"vauban.cut(model, direction), alpha 1, direction layer {direction.layer_index}",
+        **stamp(),
+        "table": result.rows(),
+        "summary": result.summary(),
+        "seconds": {"load_and_measure": setup, "evaluate": evaluate_time, "parts_wall": result.seconds},
+        "xstest": xstest,
+        "evaluation": result.record(),
+    }
     text = json.dumps(record, indent=1, default=str) + "\n"
     write_file(args.json, lambda tmp: tmp.write_text(text))
     print(f"wrote {args.json} and {args.plot}")

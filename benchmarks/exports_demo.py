@@ -49,9 +49,12 @@ def weights_bytes(folder: Path) -> int:
 
 def logit_stats(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
     diff = np.abs(reference - got)
-    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            "logit_scale": float(np.abs(reference).max()),
-            "top1_agreement": float((reference.argmax(-1) == got.argmax(-1)).mean())}
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "logit_scale": float(np.abs(reference).max()),
+        "top1_agreement": float((reference.argmax(-1) == got.argmax(-1)).mean()),
+    }
 
 
 def transformers_first_logits(model: Any, ids: list[list[int]]) -> np.ndarray:
@@ -62,8 +65,9 @@ def transformers_first_logits(model: Any, ids: list[list[int]]) -> np.ndarray:
     return np.stack(rows)
 
 
-def llama_answers(path: Path, ids: list[list[int]], stops: list[int], tokenizer: Any, max_tokens: int,
-                  logit_prompts: int) -> tuple[list[str], np.ndarray, float]:
+def llama_answers(
+    path: Path, ids: list[list[int]], stops: list[int], tokenizer: Any, max_tokens: int, logit_prompts: int
+) -> tuple[list[str], np.ndarray, float]:
     start = time.perf_counter()  # answering in a child process, which loads the file first (~1 s)
     tokens = llamacpp.greedy_answers(path, ids, stops, max_tokens, n_ctx=512)
     seconds = time.perf_counter() - start
@@ -72,8 +76,9 @@ def llama_answers(path: Path, ids: list[list[int]], stops: list[int], tokenizer:
     return texts, logits, seconds
 
 
-def mlx_answers(folder: Path, ids: list[list[int]], stops: list[int], tokenizer: Any, max_tokens: int,
-                logit_prompts: int) -> tuple[list[str], np.ndarray, float, str]:
+def mlx_answers(
+    folder: Path, ids: list[list[int]], stops: list[int], tokenizer: Any, max_tokens: int, logit_prompts: int
+) -> tuple[list[str], np.ndarray, float, str]:
     """Greedy answers and first-token logits from mlx_lm; the last item: the activations' dtype."""
     import mlx.core as mx
     import mlx_lm
@@ -99,8 +104,9 @@ def mlx_answers(folder: Path, ids: list[list[int]], stops: list[int], tokenizer:
             new.append(int(token))
         texts.append(decode_answer(tokenizer, new, stops))
     seconds = time.perf_counter() - start
-    logits = np.stack([np.array(model(mx.array([seq]))[0, -1].astype(mx.float32))
-                       for seq in ids[:logit_prompts]])
+    logits = np.stack(
+        [np.array(model(mx.array([seq]))[0, -1].astype(mx.float32)) for seq in ids[:logit_prompts]]
+    )
     return texts, logits, seconds, activations
 
 
@@ -119,9 +125,20 @@ def rate(prompts: list[str], texts: list[str]) -> float:
     return sum(v.refusal for v in run_judge(get_judge("markers"), prompts, texts)) / len(texts)
 
 
-def measure_others(formats: dict, timed: Any, save_now: Any, model: Any, tokenizer: Any, root: Path,
-                   ids: list[list[int]], prompts: list[str], stops: list[int], floats: list[Any],
-                   reference: np.ndarray, args: argparse.Namespace) -> None:
+def measure_others(
+    formats: dict,
+    timed: Any,
+    save_now: Any,
+    model: Any,
+    tokenizer: Any,
+    root: Path,
+    ids: list[list[int]],
+    prompts: list[str],
+    stops: list[int],
+    floats: list[Any],
+    reference: np.ndarray,
+    args: argparse.Namespace,
+) -> None:
     """safetensors (source dtype and float32), GGUF (patched and through the converter), LoRA."""
     # safetensors in the source's dtype (float16 for a GGUF source), and float32 for scale
     half = timed("safetensors")
@@ -130,18 +147,23 @@ def measure_others(formats: dict, timed: Any, save_now: Any, model: Any, tokeniz
 
     loaded = AutoModelForCausalLM.from_pretrained(half, dtype=torch.float16).eval()
     formats["safetensors"]["first_token"] = logit_stats(
-        reference, transformers_first_logits(loaded.float(), ids[: args.logit_prompts]))
+        reference, transformers_first_logits(loaded.float(), ids[: args.logit_prompts])
+    )
     del loaded
 
     # GGUF from the GGUF source: patched, edited tensors re-quantized to their own types
     folder = timed("gguf", format="gguf")
     record = json.loads((folder / "vauban.json").read_text())
-    texts, logits, seconds = llama_answers(folder / record["gguf_file"], ids, stops, tokenizer,
-                                           args.max_tokens, args.logit_prompts)
-    formats["gguf"].update(source_bytes=record["source_bytes"], refusal=rate(prompts, texts),
-                           llama_cpp_answer_seconds=round(seconds, 1),
-                           first_token=logit_stats(reference, logits),
-                           same_answer_as_float32=same(texts, floats))
+    texts, logits, seconds = llama_answers(
+        folder / record["gguf_file"], ids, stops, tokenizer, args.max_tokens, args.logit_prompts
+    )
+    formats["gguf"].update(
+        source_bytes=record["source_bytes"],
+        refusal=rate(prompts, texts),
+        llama_cpp_answer_seconds=round(seconds, 1),
+        first_token=logit_stats(reference, logits),
+        same_answer_as_float32=same(texts, floats),
+    )
     save_now()
 
     # GGUF through llama.cpp's converter (what a Hugging Face source gets), f16 and q8_0
@@ -152,8 +174,11 @@ def measure_others(formats: dict, timed: Any, save_now: Any, model: Any, tokeniz
         start = time.perf_counter()
         info = gguf_format.convert(ExportJob(model, tokenizer, None, quant, None, "demo"), out)
         options = {"format": "gguf", "quant": quant, "source": "transformers directory"}
-        formats[name] = {"options": options,
-                         "seconds": round(time.perf_counter() - start, 1), "weights_bytes": info["bytes"]}
+        formats[name] = {
+            "options": options,
+            "seconds": round(time.perf_counter() - start, 1),
+            "weights_bytes": info["bytes"],
+        }
         logits = llamacpp.first_logits(out / info["gguf_file"], ids[: args.logit_prompts], n_ctx=512)
         formats[name]["first_token"] = logit_stats(reference, logits)
         print(name, formats[name], flush=True)
@@ -168,24 +193,38 @@ def measure_others(formats: dict, timed: Any, save_now: Any, model: Any, tokeniz
         warnings.simplefilter("ignore")
         peft_model = PeftModel.from_pretrained(base, adapter).eval()
     formats["lora"]["first_token"] = logit_stats(
-        reference, transformers_first_logits(peft_model, ids[: args.logit_prompts]))
+        reference, transformers_first_logits(peft_model, ids[: args.logit_prompts])
+    )
     formats["lora"]["full_float32_bytes"] = formats["safetensors-float32"]["weights_bytes"]
     del peft_model, base
 
 
-def measure_mlx(formats: dict, timed: Any, ids: list[list[int]], prompts: list[str], stops: list[int],
-                tokenizer: Any, floats: list[Any], reference: np.ndarray, args: argparse.Namespace) -> None:
+def measure_mlx(
+    formats: dict,
+    timed: Any,
+    ids: list[list[int]],
+    prompts: list[str],
+    stops: list[int],
+    tokenizer: Any,
+    floats: list[Any],
+    reference: np.ndarray,
+    args: argparse.Namespace,
+) -> None:
     """MLX 4-bit through mlx_lm's conversion, answered by mlx_lm (its first ``--mlx-prompts``)."""
     folder = timed("mlx-4bit", format="mlx", quant="4")
     n = args.mlx_prompts
-    texts, logits, seconds, activations = mlx_answers(folder, ids[:n], stops, tokenizer, args.max_tokens,
-                                                      args.logit_prompts)
-    formats["mlx-4bit"].update(refusal=rate(prompts[:n], texts), prompts=n,
-                               refusal_float32_same_prompts=sum(c.refused for c in floats[:n]) / n,
-                               mlx_answer_seconds=round(seconds, 1),
-                               mlx_activations=activations,
-                               first_token=logit_stats(reference, logits),
-                               same_answer_as_float32=same(texts, floats[:n]))
+    texts, logits, seconds, activations = mlx_answers(
+        folder, ids[:n], stops, tokenizer, args.max_tokens, args.logit_prompts
+    )
+    formats["mlx-4bit"].update(
+        refusal=rate(prompts[:n], texts),
+        prompts=n,
+        refusal_float32_same_prompts=sum(c.refused for c in floats[:n]) / n,
+        mlx_answer_seconds=round(seconds, 1),
+        mlx_activations=activations,
+        first_token=logit_stats(reference, logits),
+        same_answer_as_float32=same(texts, floats[:n]),
+    )
     formats["mlx-4bit"].pop("note", None)
 
 
@@ -197,15 +236,20 @@ def main() -> None:
     parser.add_argument("--logit-prompts", type=int, default=20)
     parser.add_argument("--original-prompts", type=int, default=20, help="the uncut model: context")
     parser.add_argument("--mlx-prompts", type=int, default=40, help="mlx_lm on a CPU is the slowest")
-    parser.add_argument("--only", choices=["mlx"],
-                        help="measure this format alone and merge it into --out (the rest kept)")
+    parser.add_argument(
+        "--only", choices=["mlx"], help="measure this format alone and merge it into --out (the rest kept)"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads"
-    results: dict[str, Any] = {**stamp(), "machine": machine,
-                               "judge": "markers (vauban.judge)",
-                               "max_tokens": args.max_tokens,
-                               "prompts": f"bundled eval_harmful[:{args.prompts}]", "formats": {}}
+    results: dict[str, Any] = {
+        **stamp(),
+        "machine": machine,
+        "judge": "markers (vauban.judge)",
+        "max_tokens": args.max_tokens,
+        "prompts": f"bundled eval_harmful[:{args.prompts}]",
+        "formats": {},
+    }
     if args.only:  # the other formats' numbers stay; this part records its own commit and date
         part = {f"{args.only}_run": {**stamp(), "machine": machine}}
         results = json.loads(Path(args.out).read_text()) | part
@@ -216,8 +260,9 @@ def main() -> None:
     ids = encode_chat(tokenizer, prompts)
     stops = stop_token_ids(model, tokenizer)
     if not args.only:
-        original = completions(model, tokenizer, prompts[: args.original_prompts],
-                               max_tokens=args.max_tokens, batch_size=None)
+        original = completions(
+            model, tokenizer, prompts[: args.original_prompts], max_tokens=args.max_tokens, batch_size=None
+        )
         results["refusal_original"] = sum(c.refused for c in original) / len(original)
         results["original_prompts"] = len(original)
     formats = results["formats"]
@@ -234,17 +279,22 @@ def main() -> None:
             start = time.perf_counter()
             folder = export(model, tokenizer, root / name, direction=direction, **options)
             record = json.loads((folder / "vauban.json").read_text())
-            formats[name] = {"options": options, "seconds": round(time.perf_counter() - start, 1),
-                             "weights_bytes": weights_bytes(folder),
-                             "quantization": record.get("quantization"), "dtype": record.get("dtype")}
+            formats[name] = {
+                "options": options,
+                "seconds": round(time.perf_counter() - start, 1),
+                "weights_bytes": weights_bytes(folder),
+                "quantization": record.get("quantization"),
+                "dtype": record.get("dtype"),
+            }
             print(name, formats[name], flush=True)
             save(results, args.out)
             return folder
 
         save_now = partial(save, results, args.out)
         if args.only != "mlx":
-            measure_others(formats, timed, save_now, model, tokenizer, root, ids, prompts, stops, floats,
-                           reference, args)
+            measure_others(
+                formats, timed, save_now, model, tokenizer, root, ids, prompts, stops, floats, reference, args
+            )
         measure_mlx(formats, timed, ids, prompts, stops, tokenizer, floats, reference, args)
     results["edited_tensors"] = len(applied.edited)
     save(results, args.out)

@@ -45,8 +45,9 @@ def main() -> None:
     parser.add_argument("--repo", default=str(ROOT), help="what to clone (default: this checkout)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
-    commit = subprocess.run(["git", "-C", args.repo, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", args.repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="vauban-fresh-") as tmp:
         clone, cache = Path(tmp) / "clone", Path(tmp) / "cache"
         subprocess.run(["git", "clone", "-q", args.repo, str(clone)], check=True)
@@ -62,10 +63,13 @@ def main() -> None:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git": commit,
         "command": 'python3 -m venv .venv && .venv/bin/pip install -e ".[demo]" && '
-                   ".venv/bin/vauban run --output-dir abliterated-demo",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        ".venv/bin/vauban run --output-dir abliterated-demo",
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
         "versions": {name: versions.get(name) for name in VERSIONS},
         "install_s": round(install_s, 1),
         "run_s": round(run_s, 1),

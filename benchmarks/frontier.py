@@ -36,11 +36,22 @@ SAFE = 48
 BOOT = 2000
 # optimize's front trial 5 of the heretic comparison (peers_demo.json "frontier"): a kernel cut at
 # partial strengths, where the norm-preserving rescale leaks
-TRIAL5 = {"direction_index": 20.5662991376811, "projected": True,
-          "attention": {"peak": 15.721666156072478, "max_weight": 0.8714313675236197,
-                        "min_weight": 0.1405701737650981, "width": 15.368383160238766},
-          "mlp": {"peak": 18.090059110278016, "max_weight": 0.9773041217778475,
-                  "min_weight": 0.23887813853115683, "width": 4.497330840201434}}
+TRIAL5 = {
+    "direction_index": 20.5662991376811,
+    "projected": True,
+    "attention": {
+        "peak": 15.721666156072478,
+        "max_weight": 0.8714313675236197,
+        "min_weight": 0.1405701737650981,
+        "width": 15.368383160238766,
+    },
+    "mlp": {
+        "peak": 18.090059110278016,
+        "max_weight": 0.9773041217778475,
+        "min_weight": 0.23887813853115683,
+        "width": 4.497330840201434,
+    },
+}
 
 
 def say(text: str) -> None:
@@ -100,13 +111,18 @@ def build(model: Any, tokenizer: Any, found: Any, settings: dict, captured: Any 
     if "trial" not in settings:
         return build_candidate(model, tokenizer, found, settings, inputs, captured)
     t, name = settings["trial"], settings["method"]
-    spec = CutSpec(direction_index=t["direction_index"], projected=t["projected"],
-                   attention=_weights(t["attention"], "attention"), mlp=_weights(t["mlp"], "mlp"))
+    spec = CutSpec(
+        direction_index=t["direction_index"],
+        projected=t["projected"],
+        attention=_weights(t["attention"], "attention"),
+        mlp=_weights(t["mlp"], "mlp"),
+    )
     vector = spec.vector(model, tokenizer, found)
     if name == "norm_preserving_leak_free":
         return get_method(name).make(model, tokenizer, vector, inputs, attention=spec.attention, mlp=spec.mlp)
-    return CutSpec(**{**spec.__dict__, "norm_preserving": name == "norm_preserving",
-                      "source": {}}).apply(model, vector)
+    return CutSpec(**{**spec.__dict__, "norm_preserving": name == "norm_preserving", "source": {}}).apply(
+        model, vector
+    )
 
 
 def select(model: Any, tokenizer: Any) -> dict:
@@ -121,21 +137,32 @@ def select(model: Any, tokenizer: Any) -> dict:
     found = direction(model, tokenizer)
     harmful, harmless, held_harmful, held_harmless = fit_sets()
     start = time.perf_counter()
-    scored = score_all(model, tokenizer, found, Inputs(harmful, harmless, formatting=found.formatting),
-                       held_harmful, held_harmless, log=say)
+    scored = score_all(
+        model,
+        tokenizer,
+        found,
+        Inputs(harmful, harmless, formatting=found.formatting),
+        held_harmful,
+        held_harmless,
+        log=say,
+    )
     methods = sorted({c.settings["method"] for c in scored})
     picks = {m: choose_by_damage([c for c in scored if c.settings["method"] == m]).__dict__ for m in methods}
-    row = {"candidates": [c.__dict__ for c in scored], "picks": picks,
-           "default": choose_by_damage(scored).__dict__,
-           "old_default": {"method": "plain", "layer": found.layer_index},
-           "held_back": {"harmful": len(held_harmful), "harmless": len(held_harmless)},
-           "seconds": round(time.perf_counter() - start, 1)}
+    row = {
+        "candidates": [c.__dict__ for c in scored],
+        "picks": picks,
+        "default": choose_by_damage(scored).__dict__,
+        "old_default": {"method": "plain", "layer": found.layer_index},
+        "held_back": {"harmful": len(held_harmful), "harmless": len(held_harmless)},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     save("select", row)
     return row
 
 
-def per_row_kl(model: Any, tokenizer: Any, rows: Any,
-               base: list) -> tuple[list[float], list[int], list[float]]:
+def per_row_kl(
+    model: Any, tokenizer: Any, rows: Any, base: list
+) -> tuple[list[float], list[int], list[float]]:
     """Per row: summed KL(original ‖ model) over its scored positions, their count, and the
     model's summed negative log-likelihood of the forced answer tokens."""
     import torch
@@ -148,7 +175,7 @@ def per_row_kl(model: Any, tokenizer: Any, rows: Any,
             picked = token_logprobs(logp, batch)
             for r, i in enumerate(batch.rows):
                 length = int(batch.lengths[r])
-                kl[i] = float(kl_rows(base[i], logp[r, batch.keep - length:].cpu()).sum())
+                kl[i] = float(kl_rows(base[i], logp[r, batch.keep - length :].cpu()).sum())
                 n[i], nll[i] = length, -float(picked[r].sum())
     return kl, n, nll
 
@@ -167,27 +194,40 @@ def damage(model: Any, tokenizer: Any, harmless: list[str], cache: dict) -> dict
             cache["nll"] = per_row_kl(model, tokenizer, rows, cache["reference"])[2]
     first = kl_rows(cache["first"], first_token_logprobs(model, tokenizer, harmless)).tolist()
     kl, n, nll = per_row_kl(model, tokenizer, rows, cache["reference"])
-    return {"first_token_kl_rows": first, "reference_kl_rows": kl, "reference_positions": n,
-            "reference_nll_rows": nll, "reference_nll_original_rows": cache["nll"]}
+    return {
+        "first_token_kl_rows": first,
+        "reference_kl_rows": kl,
+        "reference_positions": n,
+        "reference_nll_rows": nll,
+        "reference_nll_original_rows": cache["nll"],
+    }
 
 
 def answers(model: Any, tokenizer: Any, prompts: list[str], prompt_set: str) -> dict:
     from vauban.judge.answers import completions
 
-    done = completions(model, tokenizer, prompts, max_tokens=MAX_TOKENS, batch_size=None,
-                       prompt_set=prompt_set)
-    return {"refused_rows": [int(a.refused) for a in done],
-            "refused": [[a.prompt, a.text] for a in done if a.refused]}
+    done = completions(
+        model, tokenizer, prompts, max_tokens=MAX_TOKENS, batch_size=None, prompt_set=prompt_set
+    )
+    return {
+        "refused_rows": [int(a.refused) for a in done],
+        "refused": [[a.prompt, a.text] for a in done if a.refused],
+    }
 
 
 def evaluated(select_row: dict) -> dict[str, dict]:
     """What the report stage measures, most wanted first: name → settings (None: the original)."""
     picks = select_row["picks"]
-    out: dict[str, dict | None] = {"default_new": select_row["default"]["settings"],
-                                   "default_old": select_row["old_default"], "original": None}
+    out: dict[str, dict | None] = {
+        "default_new": select_row["default"]["settings"],
+        "default_old": select_row["old_default"],
+        "original": None,
+    }
     out |= {f"best_{m}": p["settings"] for m, p in picks.items()}
-    out |= {"trial5_norm_preserving": {"method": "norm_preserving", "trial": TRIAL5},
-            "trial5_leak_free": {"method": "norm_preserving_leak_free", "trial": TRIAL5}}
+    out |= {
+        "trial5_norm_preserving": {"method": "norm_preserving", "trial": TRIAL5},
+        "trial5_leak_free": {"method": "norm_preserving_leak_free", "trial": TRIAL5},
+    }
     return out  # type: ignore[return-value]
 
 
@@ -206,16 +246,22 @@ def report(model: Any, tokenizer: Any, select_row: dict, only: list[str] | None)
             continue
         start = time.perf_counter()
         if settings is None:
-            row = {"refusal": answers(model, tokenizer, harmful, "eval"),
-                   "over_refusal": answers(model, tokenizer, safe, "eval")}
+            row = {
+                "refusal": answers(model, tokenizer, harmful, "eval"),
+                "over_refusal": answers(model, tokenizer, safe, "eval"),
+            }
         else:
             with build(model, tokenizer, found, settings) as applied:
                 built = time.perf_counter() - start
-                row = {"settings": settings, "rank": rank(applied), "leak": leak(applied),
-                       "build_seconds": round(built, 1),
-                       "refusal": answers(model, tokenizer, harmful, "eval"),
-                       "damage": damage(model, tokenizer, harmless, cache),
-                       "over_refusal": answers(model, tokenizer, safe, "eval")}
+                row = {
+                    "settings": settings,
+                    "rank": rank(applied),
+                    "leak": leak(applied),
+                    "build_seconds": round(built, 1),
+                    "refusal": answers(model, tokenizer, harmful, "eval"),
+                    "damage": damage(model, tokenizer, harmless, cache),
+                    "over_refusal": answers(model, tokenizer, safe, "eval"),
+                }
         row["seconds"] = round(time.perf_counter() - start, 1)
         save(f"eval_{name}", row)
         say(f"{name}: {sum(row['refusal']['refused_rows'])}/100 refused ({row['seconds']} s)")
@@ -231,17 +277,24 @@ def capability(model: Any, tokenizer: Any, select_row: dict, problems: int, whic
     for name, settings in (("original", None), ("default_new", select_row["default"]["settings"])):
         if read(f"capability_{name}") or (which and name not in which):
             continue
-        checks = [GSM8K(SHARED / "gsm8k" / "test.jsonl", limit=problems),
-                  HumanEval(SHARED / "humaneval" / "HumanEval.jsonl.gz", limit=problems,
-                            allow_code_execution=True)]
+        checks = [
+            GSM8K(SHARED / "gsm8k" / "test.jsonl", limit=problems),
+            HumanEval(SHARED / "humaneval" / "HumanEval.jsonl.gz", limit=problems, allow_code_execution=True),
+        ]
         start = time.perf_counter()
         if settings is None:
             scores = [s for c in checks for s in c.run(model, tokenizer)]
         else:
             with build(model, tokenizer, found, settings):
                 scores = [s for c in checks for s in c.run(model, tokenizer)]
-        rows = {s.name: {"value": s.value, "n": s.n, "correct_rows": [
-            int(d.get("correct", d.get("status") == "passed")) for d in s.details]} for s in scores}
+        rows = {
+            s.name: {
+                "value": s.value,
+                "n": s.n,
+                "correct_rows": [int(d.get("correct", d.get("status") == "passed")) for d in s.details],
+            }
+            for s in scores
+        }
         save(f"capability_{name}", {**rows, "seconds": round(time.perf_counter() - start, 1)})
         say(f"capability {name}: " + ", ".join(f"{k} {v['value']:.2f}" for k, v in rows.items()))
 
@@ -263,15 +316,19 @@ def summary(row: dict) -> dict:
     """One evaluated cut's figures with their intervals."""
     import math
 
-    out = {"refusals": interval([row["refusal"]["refused_rows"]], sum),
-           "over_refusals": interval([row["over_refusal"]["refused_rows"]], sum)}
+    out = {
+        "refusals": interval([row["refusal"]["refused_rows"]], sum),
+        "over_refusals": interval([row["over_refusal"]["refused_rows"]], sum),
+    }
     if "damage" in row:
         d = row["damage"]
         out["first_token_kl"] = interval([d["first_token_kl_rows"]], lambda x: sum(x) / len(x))
-        out["kl_64_tokens"] = interval([d["reference_kl_rows"], d["reference_positions"]],
-                                       lambda k, n: sum(k) / sum(n))
-        out["perplexity"] = interval([d["reference_nll_rows"], d["reference_positions"]],
-                                     lambda k, n: math.exp(sum(k) / sum(n)))
+        out["kl_64_tokens"] = interval(
+            [d["reference_kl_rows"], d["reference_positions"]], lambda k, n: sum(k) / sum(n)
+        )
+        out["perplexity"] = interval(
+            [d["reference_nll_rows"], d["reference_positions"]], lambda k, n: math.exp(sum(k) / sum(n))
+        )
         out |= {k: row[k] for k in ("settings", "rank", "leak", "build_seconds")}
     out["seconds"] = row["seconds"]
     return out
@@ -279,31 +336,44 @@ def summary(row: dict) -> dict:
 
 def paired(a: dict, b: dict) -> dict:
     """``a - b`` with paired bootstrap intervals (same prompts): refusals and first-token KL."""
-    return {"refusals": interval([a["refusal"]["refused_rows"], b["refusal"]["refused_rows"]],
-                                 lambda x, y: sum(x) - sum(y)),
-            "first_token_kl": interval([a["damage"]["first_token_kl_rows"],
-                                        b["damage"]["first_token_kl_rows"]],
-                                       lambda x, y: (sum(x) - sum(y)) / len(x))}
+    return {
+        "refusals": interval(
+            [a["refusal"]["refused_rows"], b["refusal"]["refused_rows"]], lambda x, y: sum(x) - sum(y)
+        ),
+        "first_token_kl": interval(
+            [a["damage"]["first_token_kl_rows"], b["damage"]["first_token_kl_rows"]],
+            lambda x, y: (sum(x) - sum(y)) / len(x),
+        ),
+    }
 
 
 def gather(select_row: dict) -> dict:
     from provenance import stamp
 
     rows = {p.stem.removeprefix("eval_"): json.loads(p.read_text()) for p in sorted(WORK.glob("eval_*.json"))}
-    caps = {p.stem.removeprefix("capability_"): json.loads(p.read_text())
-            for p in sorted(WORK.glob("capability_*.json"))}
-    out = {**stamp(), "model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32, CPU)",
-           "prompts": {"harmful_report": "100 AdvBench goals, random.Random(0).sample (as peers.py)",
-                       "harmless_report": "peers_harmless.harmless_prompts(0)[500:600] (as peers.py)",
-                       "reference": "48 bundled reference answers, KL at each of their first 64 tokens",
-                       "over_refusal": f"bundled over_refusal[:{SAFE}]",
-                       "selection": "bundled harmful/harmless 104-127 (held back by measure); edits fitted "
-                                    "on 0-103; no report prompt used to choose"},
-           "judge": "vauban default (markers)", "answer_tokens": MAX_TOKENS,
-           "intervals": f"bootstrap over prompts, {BOOT} resamples, 95 % ([value, low, high])",
-           "direction_seconds": (read("direction_time") or {}).get("seconds"),
-           "select": select_row, "rows": {name: summary(row) for name, row in rows.items()},
-           "capability": caps}
+    caps = {
+        p.stem.removeprefix("capability_"): json.loads(p.read_text())
+        for p in sorted(WORK.glob("capability_*.json"))
+    }
+    out = {
+        **stamp(),
+        "model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32, CPU)",
+        "prompts": {
+            "harmful_report": "100 AdvBench goals, random.Random(0).sample (as peers.py)",
+            "harmless_report": "peers_harmless.harmless_prompts(0)[500:600] (as peers.py)",
+            "reference": "48 bundled reference answers, KL at each of their first 64 tokens",
+            "over_refusal": f"bundled over_refusal[:{SAFE}]",
+            "selection": "bundled harmful/harmless 104-127 (held back by measure); edits fitted "
+            "on 0-103; no report prompt used to choose",
+        },
+        "judge": "vauban default (markers)",
+        "answer_tokens": MAX_TOKENS,
+        "intervals": f"bootstrap over prompts, {BOOT} resamples, 95 % ([value, low, high])",
+        "direction_seconds": (read("direction_time") or {}).get("seconds"),
+        "select": select_row,
+        "rows": {name: summary(row) for name, row in rows.items()},
+        "capability": caps,
+    }
     if "default_new" in rows and "default_old" in rows:
         out["new_minus_old_default"] = paired(rows["default_new"], rows["default_old"])
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
@@ -324,15 +394,22 @@ def fmt(cell: list[float] | None, digits: int) -> str:
 
 def table(out: dict) -> str:
     """The README's frontier table (markdown) from a ``frontier_demo.json`` dict."""
-    lines = ["| cut | settings | refused /100 | first-token KL | 64-token KL | perplexity "
-             "| over-refusals /48 | rank | s |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, row in sorted(out["rows"].items(), key=lambda kv: (kv[0] != "original", kv[1]["refusals"][0],
-                                                                  (kv[1].get("first_token_kl") or [0])[0])):
+    lines = [
+        "| cut | settings | refused /100 | first-token KL | 64-token KL | perplexity "
+        "| over-refusals /48 | rank | s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in sorted(
+        out["rows"].items(),
+        key=lambda kv: (kv[0] != "original", kv[1]["refusals"][0], (kv[1].get("first_token_kl") or [0])[0]),
+    ):
         settings = {k: v for k, v in (row.get("settings") or {}).items() if k != "trial"}
-        lines.append(f"| {name} | {json.dumps(settings) if settings else ''} | {fmt(row['refusals'], 0)} | "
-                     f"{fmt(row.get('first_token_kl'), 4)} | {fmt(row.get('kl_64_tokens'), 4)} | "
-                     f"{fmt(row.get('perplexity'), 2)} | {fmt(row['over_refusals'], 0)} | "
-                     f"{row.get('rank', '–')} | {row['seconds']:.0f} |")
+        lines.append(
+            f"| {name} | {json.dumps(settings) if settings else ''} | {fmt(row['refusals'], 0)} | "
+            f"{fmt(row.get('first_token_kl'), 4)} | {fmt(row.get('kl_64_tokens'), 4)} | "
+            f"{fmt(row.get('perplexity'), 2)} | {fmt(row['over_refusals'], 0)} | "
+            f"{row.get('rank', '–')} | {row['seconds']:.0f} |"
+        )
     return "\n".join(lines)
 
 

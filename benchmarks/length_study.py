@@ -76,10 +76,13 @@ def judge_side(data: dict, prompts: list[str], judge: str | None) -> dict:
     for n in lengths:
         refused = [v.refusal for v in verdicts[n]]
         late = [r and not early.refusal for r, early in zip(refused, verdicts[shortest], strict=True)]
-        rows[n] = {"refusals": sum(refused), "late_refusals": sum(late),
-                   "judge_late": sum(bool(getattr(v, "late", False)) for v in verdicts[n]),
-                   "refused": [i for i, r in enumerate(refused) if r],
-                   "late": [i for i, r in enumerate(late) if r]}
+        rows[n] = {
+            "refusals": sum(refused),
+            "late_refusals": sum(late),
+            "judge_late": sum(bool(getattr(v, "late", False)) for v in verdicts[n]),
+            "refused": [i for i, r in enumerate(refused) if r],
+            "late": [i for i, r in enumerate(late) if r],
+        }
     return rows
 
 
@@ -90,9 +93,11 @@ def report(result: dict, judge: str | None) -> dict:
     for name, rows in result["counts"].items():
         steps = result["sides"][name]["decode_steps"]
         for n, row in rows.items():
-            print(f"{name:>8} {n:>4} tokens: refusals {row['refusals']:3d}/{len(prompts)}  late "
-                  f"{row['late_refusals']:2d}  (judge's own late flag: {row['judge_late']})  decode steps "
-                  f"{steps[str(n)]}")
+            print(
+                f"{name:>8} {n:>4} tokens: refusals {row['refusals']:3d}/{len(prompts)}  late "
+                f"{row['late_refusals']:2d}  (judge's own late flag: {row['judge_late']})  decode steps "
+                f"{steps[str(n)]}"
+            )
     return result
 
 
@@ -121,12 +126,17 @@ def main() -> None:
         with cut(model, direction):
             sides["cut"] = side(model, tokenizer, prompts, LENGTHS)
         print(f"cut: {sides['cut']['seconds']} s", flush=True)
-        result = {"model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32, CPU)",
-                  "prompts_source": f"AdvBench, seeded sample (random.Random({args.seed}).sample, "
-                                    f"n={len(prompts)})",
-                  "cut": f"vauban.cut(model, direction), alpha 1, direction layer {direction.layer_index}",
-                  "lengths": list(LENGTHS), "prompts": prompts, "sides": sides,
-                  "total_seconds": round(time.perf_counter() - t0, 1), **stamp()}
+        result = {
+            "model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32, CPU)",
+            "prompts_source": f"AdvBench, seeded sample (random.Random({args.seed}).sample, "
+            f"n={len(prompts)})",
+            "cut": f"vauban.cut(model, direction), alpha 1, direction layer {direction.layer_index}",
+            "lengths": list(LENGTHS),
+            "prompts": prompts,
+            "sides": sides,
+            "total_seconds": round(time.perf_counter() - t0, 1),
+            **stamp(),
+        }
     result = report(json.loads(json.dumps(result)), args.judge)
     text = json.dumps(result, indent=1) + "\n"
     write_file(args.json, lambda tmp: tmp.write_text(text))

@@ -42,9 +42,12 @@ def main() -> None:
     args = parser.parse_args()
     model, tokenizer = load()
     direction = load_or_measure(model, tokenizer, args.direction)
-    out: dict = {"task": "gsm8k_local (lm-eval's gsm8k v3.0 over the shared test file, 5-shot)",
-                 "limit": args.limit, "model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32, 2-core CPU)",
-                 "date": time.strftime("%Y-%m-%d")}
+    out: dict = {
+        "task": "gsm8k_local (lm-eval's gsm8k v3.0 over the shared test file, 5-shot)",
+        "limit": args.limit,
+        "model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32, 2-core CPU)",
+        "date": time.strftime("%Y-%m-%d"),
+    }
     with tempfile.TemporaryDirectory() as folder:  # the task file with this checkout's data path
         text = TASK.read_text().replace("../shared/data", str(SHARED))
         (Path(folder) / TASK.name).write_text(text)
@@ -57,9 +60,12 @@ def main() -> None:
                         scores = harness.run(model, tokenizer)
                 else:
                     scores = harness.run(model, tokenizer)
-                out[name] = {"scores": {s.name: s.value for s in scores}, "n": scores[0].n,
-                             "wall_seconds": round(time.perf_counter() - t0, 1),
-                             "cpu_seconds": round(cpu() - c0, 1)}
+                out[name] = {
+                    "scores": {s.name: s.value for s in scores},
+                    "n": scores[0].n,
+                    "wall_seconds": round(time.perf_counter() - t0, 1),
+                    "cpu_seconds": round(cpu() - c0, 1),
+                }
                 print(name, out[name], flush=True)
     text = json.dumps(out, indent=1) + "\n"
     write_file(args.json, lambda tmp: tmp.write_text(text))

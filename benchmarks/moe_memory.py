@@ -28,10 +28,19 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-QWEN3_30B_A3B = {"hidden_size": 2048, "intermediate_size": 6144, "moe_intermediate_size": 768,
-                 "num_experts": 128, "num_experts_per_tok": 8, "num_attention_heads": 32,
-                 "num_key_value_heads": 4, "head_dim": 128, "vocab_size": 1024, "num_hidden_layers": 1,
-                 "max_position_embeddings": 4096}
+QWEN3_30B_A3B = {
+    "hidden_size": 2048,
+    "intermediate_size": 6144,
+    "moe_intermediate_size": 768,
+    "num_experts": 128,
+    "num_experts_per_tok": 8,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "head_dim": 128,
+    "vocab_size": 1024,
+    "num_hidden_layers": 1,
+    "max_position_embeddings": 4096,
+}
 
 
 def _status(key: str) -> int:

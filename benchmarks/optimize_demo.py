@@ -65,8 +65,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=64, help="answer tokens judged when held out")
     parser.add_argument("--full", action="store_true", help="also perplexity and all-position KL")
     parser.add_argument("--json", default=str(RESULTS / "optimize_demo.json"))
-    parser.add_argument("--judge", default=None,
-                        help="refusal judge spec, for the search and held out (default: markers)")
+    parser.add_argument(
+        "--judge", default=None, help="refusal judge spec, for the search and held out (default: markers)"
+    )
     args = parser.parse_args()
     if not Path(args.advbench).is_file():
         parser.error(f"no AdvBench CSV at {args.advbench}; pass --advbench PATH")
@@ -94,32 +95,50 @@ def point_rows(model, tokenizer, direction, points, prompts, pairs, base, args, 
         start = time.perf_counter()
         with trial.params.apply(model, direction):
             scores = held_out(model, tokenizer, prompts, pairs, base, args.max_tokens, args.full, judge)
-        rows.append({"role": role, "trial": trial.number, "search": {"refusal": trial.refusal,
-                     "first_token_kl": trial.kl, "refusal_likelihood": trial.likelihood,
-                     "selection_refusal": trial.selection_refusal},
-                     "held_out": scores, "cut": trial.params.record(),
-                     "seconds": round(time.perf_counter() - start, 1)})
-        print(f"held out, {role} (trial {trial.number}): refused {scores['refusals']}/{len(prompts)}, "
-              f"first-token KL {scores['first_token_kl']:.4f}", flush=True)
+        rows.append(
+            {
+                "role": role,
+                "trial": trial.number,
+                "search": {
+                    "refusal": trial.refusal,
+                    "first_token_kl": trial.kl,
+                    "refusal_likelihood": trial.likelihood,
+                    "selection_refusal": trial.selection_refusal,
+                },
+                "held_out": scores,
+                "cut": trial.params.record(),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+        print(
+            f"held out, {role} (trial {trial.number}): refused {scores['refusals']}/{len(prompts)}, "
+            f"first-token KL {scores['first_token_kl']:.4f}",
+            flush=True,
+        )
     plain = rows[0]["held_out"]
     for row in rows[1:]:
         h = row["held_out"]
-        row["dominates_plain_held_out"] = (h["refusals"] <= plain["refusals"]
-                                           and h["first_token_kl"] < plain["first_token_kl"])
+        row["dominates_plain_held_out"] = (
+            h["refusals"] <= plain["refusals"] and h["first_token_kl"] < plain["first_token_kl"]
+        )
     return rows
 
 
 def print_table(rows: list[dict], n_prompts: int, n_pairs: int, max_tokens: int, n_orig: int) -> None:
-    print(f"\nheld out: {n_prompts} AdvBench prompts ({max_tokens} tokens), first-token KL on "
-          f"{n_pairs} reference prompts; the original refuses {n_orig}/{n_prompts}")
+    print(
+        f"\nheld out: {n_prompts} AdvBench prompts ({max_tokens} tokens), first-token KL on "
+        f"{n_pairs} reference prompts; the original refuses {n_orig}/{n_prompts}"
+    )
     print("        point   search refusal / ft-KL / selection   held-out refused   ft-KL   dominates plain")
     for row in rows:
         s, h = row["search"], row["held_out"]
         sel = "-" if s["selection_refusal"] is None else f"{s['selection_refusal']:.1%}"
         label = f"{row['role']} #{row['trial']}"
-        print(f"{label:>13}   {s['refusal']:6.1%} / {s['first_token_kl']:.4f} / {sel:>6}          "
-              f"{h['refusals']:3d} ({h['refusal']:5.1%})   {h['first_token_kl']:.4f}   "
-              f"{row.get('dominates_plain_held_out', '-')}")
+        print(
+            f"{label:>13}   {s['refusal']:6.1%} / {s['first_token_kl']:.4f} / {sel:>6}          "
+            f"{h['refusals']:3d} ({h['refusal']:5.1%})   {h['first_token_kl']:.4f}   "
+            f"{row.get('dominates_plain_held_out', '-')}"
+        )
 
 
 def main() -> None:
@@ -129,8 +148,16 @@ def main() -> None:
     model, tokenizer = load()
     direction = load_or_measure(model, tokenizer, args.direction)
     print(direction.summary(), flush=True)
-    result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=args.study,
-                      show_progress=True, judge=judge)
+    result = optimize(
+        model,
+        tokenizer,
+        direction,
+        n_trials=args.trials,
+        seed=args.seed,
+        study=args.study,
+        show_progress=True,
+        judge=judge,
+    )
     print(result.table())
     print(result.summary(), flush=True)
     t_search = time.perf_counter() - t0
@@ -138,8 +165,9 @@ def main() -> None:
     prompts = advbench_sample(args.heldout_n, args.seed, args.advbench)
     pairs = load_pairs("reference")
     base = first_token_logprobs(model, tokenizer, [p for p, _ in pairs])
-    original = completions(model, tokenizer, prompts, max_tokens=args.max_tokens, batch_size=None,
-                           judge=judge)
+    original = completions(
+        model, tokenizer, prompts, max_tokens=args.max_tokens, batch_size=None, judge=judge
+    )
     n_orig = sum(a.refused for a in original)
     print(f"held out: the original refuses {n_orig}/{len(prompts)}", flush=True)
     rows = point_rows(model, tokenizer, direction, points_to_check(result), prompts, pairs, base, args, judge)
@@ -151,12 +179,21 @@ def main() -> None:
         "trials": len(result.trials),
         "seed": args.seed,
         "seconds_per_trial": round(result.seconds_per_trial, 1),
-        "search": {"validation_prompts": result.n_prompts, "harmless_prompts": result.n_harmless,
-                   "selection_prompts": result.n_selection, "settings": result.settings,
-                   "seconds": round(t_search, 1)},
-        "held_out": {"benchmark": "AdvBench (seeded sample)", "harmful_prompts": len(prompts),
-                     "reference_prompts": len(pairs), "max_tokens": args.max_tokens, "judge": judge.spec,
-                     "original_refused": n_orig},
+        "search": {
+            "validation_prompts": result.n_prompts,
+            "harmless_prompts": result.n_harmless,
+            "selection_prompts": result.n_selection,
+            "settings": result.settings,
+            "seconds": round(t_search, 1),
+        },
+        "held_out": {
+            "benchmark": "AdvBench (seeded sample)",
+            "harmful_prompts": len(prompts),
+            "reference_prompts": len(pairs),
+            "max_tokens": args.max_tokens,
+            "judge": judge.spec,
+            "original_refused": n_orig,
+        },
         "points": rows,
         "optimize": result.record(),
         "total_seconds": round(time.perf_counter() - t0, 1),

@@ -26,11 +26,23 @@ def stored_result(path: Path = RESULTS) -> OptimizeResult:
     trials = record["trials"]
     front = pareto_mask([(t["refusal"], t["kl"], t["refusal_likelihood"]) for t in trials])
     return OptimizeResult(
-        trials=tuple(Trial(number=t["number"], refusal=t["refusal"], kl=t["kl"], seconds=t["seconds"],
-                           params=None, likelihood=t["refusal_likelihood"], pareto=on, plain=t["plain"],
-                           selection_refusal=t["selection_refusal"])
-                     for t, on in zip(trials, front, strict=True)),
-        n_prompts=record["n_prompts"], n_harmless=record["n_harmless"], seed=record["seed"],
+        trials=tuple(
+            Trial(
+                number=t["number"],
+                refusal=t["refusal"],
+                kl=t["kl"],
+                seconds=t["seconds"],
+                params=None,
+                likelihood=t["refusal_likelihood"],
+                pareto=on,
+                plain=t["plain"],
+                selection_refusal=t["selection_refusal"],
+            )
+            for t, on in zip(trials, front, strict=True)
+        ),
+        n_prompts=record["n_prompts"],
+        n_harmless=record["n_harmless"],
+        seed=record["seed"],
         n_selection=record["n_selection"],
     )
 
@@ -39,5 +51,7 @@ if __name__ == "__main__":
     result = stored_result()
     assert result.best.number == json.loads(RESULTS.read_text())["optimize"]["best"], "pick differs"
     plot_pareto(result, PLOT)
-    print(f"{PLOT}: {len(result.trials)} trials, front {[t.number for t in result.pareto]}, "
-          f"pick {result.best.number}")
+    print(
+        f"{PLOT}: {len(result.trials)} trials, front {[t.number for t in result.pareto]}, "
+        f"pick {result.best.number}"
+    )

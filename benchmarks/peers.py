@@ -93,8 +93,11 @@ def write_data(work: Path) -> dict[str, Path]:
     rest = [g for g in goals if g not in chosen]
     harmless = harmless_prompts(SEED)
     sets = {
-        "harmful_report": report, "harmful_train": rest[:320], "harmful_search": rest[-100:],
-        "harmless_train": harmless[:400], "harmless_search": harmless[400:500],
+        "harmful_report": report,
+        "harmful_train": rest[:320],
+        "harmful_search": rest[-100:],
+        "harmless_train": harmless[:400],
+        "harmless_search": harmless[400:500],
         "harmless_report": harmless[500:600],
     }
     folder = work / "data"
@@ -118,8 +121,9 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
 
 
-def run_vauban(work: Path, budget: float,
-               runs: tuple[str, ...] = ("vauban_default", "vauban_optimize")) -> dict:
+def run_vauban(
+    work: Path, budget: float, runs: tuple[str, ...] = ("vauban_default", "vauban_optimize")
+) -> dict:
     """``vauban abliterate`` (the one-command default) and ``vauban optimize`` (pick exported),
     timed. optimize gets the wall-time budget: up to 200 trials, with ``--timeout budget -
     RESERVE`` seconds for search and refinement together (refinement gets the last third), so
@@ -130,9 +134,20 @@ def run_vauban(work: Path, budget: float,
     times = json.loads(times_file.read_text()) if times_file.is_file() else {}
     commands = {
         "vauban_default": ["abliterate", "-o", str(exports / "vauban_default"), "--overwrite"],
-        "vauban_optimize": ["optimize", "-o", str(work / "optimize"), "--trials", "200", "--seed", str(SEED),
-                            "--timeout", str(round(budget - RESERVE)), "--export",
-                            str(exports / "vauban_optimize"), "--overwrite"],
+        "vauban_optimize": [
+            "optimize",
+            "-o",
+            str(work / "optimize"),
+            "--trials",
+            "200",
+            "--seed",
+            str(SEED),
+            "--timeout",
+            str(round(budget - RESERVE)),
+            "--export",
+            str(exports / "vauban_optimize"),
+            "--overwrite",
+        ],
     }
     for name, args in commands.items():
         if name not in runs or (name in times and (exports / name / "vauban.json").is_file()):
@@ -146,8 +161,12 @@ def run_vauban(work: Path, budget: float,
         if name == "vauban_optimize":
             trials = json.loads((work / "optimize" / "pareto.json").read_text())["trials"]
             refined = sum(isinstance(t["cut"]["attention"], list) for t in trials)
-            times[name] |= {"trials": len(trials) - refined, "refined_trials": refined,
-                            "budget_seconds": budget, "timeout_seconds": round(budget - RESERVE)}
+            times[name] |= {
+                "trials": len(trials) - refined,
+                "refined_trials": refined,
+                "budget_seconds": budget,
+                "timeout_seconds": round(budget - RESERVE),
+            }
         times_file.write_text(json.dumps(times, indent=2) + "\n")
         say(f"{name}: {seconds:.0f} s")
     return times
@@ -171,18 +190,35 @@ def sample_load(log: Path, every: float = 60.0) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=str(HERE / ".peers"), help="work folder (venv, data, exports)")
-    parser.add_argument("--stage", default="all",
-                        choices=["all", "install", "data", "heretic", "vauban", "evaluate", "frontier",
-                                 "report"])
-    parser.add_argument("--budget", type=float, default=BUDGET,
-                        help="wall seconds each tool's search gets (default %(default)s)")
-    parser.add_argument("--vauban-runs", default="vauban_default,vauban_optimize",
-                        help="which vauban runs the vauban stage makes (comma-separated)")
-    parser.add_argument("--rerun", action="append", default=[], metavar="WORK",
-                        help="report: also a later optimize run's work folder (its wall time and pick)")
-    parser.add_argument("--frontier-trials", type=int, default=6,
-                        help="front trials of vauban's search that the frontier stage measures "
-                             "(default %(default)s)")
+    parser.add_argument(
+        "--stage",
+        default="all",
+        choices=["all", "install", "data", "heretic", "vauban", "evaluate", "frontier", "report"],
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=BUDGET,
+        help="wall seconds each tool's search gets (default %(default)s)",
+    )
+    parser.add_argument(
+        "--vauban-runs",
+        default="vauban_default,vauban_optimize",
+        help="which vauban runs the vauban stage makes (comma-separated)",
+    )
+    parser.add_argument(
+        "--rerun",
+        action="append",
+        default=[],
+        metavar="WORK",
+        help="report: also a later optimize run's work folder (its wall time and pick)",
+    )
+    parser.add_argument(
+        "--frontier-trials",
+        type=int,
+        default=6,
+        help="front trials of vauban's search that the frontier stage measures (default %(default)s)",
+    )
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -225,9 +261,18 @@ def run_heretic(heretic: Path, files: dict[str, Path], work: Path, budget: float
     for old in (work / "checkpoints", work / "exports" / "heretic"):
         shutil.rmtree(old, ignore_errors=True)  # a fresh study: the wall time is the whole search
     log = work / "heretic_search.log"
-    cmd = [str(heretic), "--model", str(demo_dir()), *heretic_common(files, "search"),
-           "--study-checkpoint-dir", str(work / "checkpoints"), "--n-trials", "200",
-           "--export-strategy", "MERGE"]
+    cmd = [
+        str(heretic),
+        "--model",
+        str(demo_dir()),
+        *heretic_common(files, "search"),
+        "--study-checkpoint-dir",
+        str(work / "checkpoints"),
+        "--n-trials",
+        "200",
+        "--export-strategy",
+        "MERGE",
+    ]
     term = Terminal("vauban-peers-heretic", log)
     say(f"run in tmux: {' '.join(cmd)} > {log}")
     start = time.perf_counter()
@@ -236,8 +281,13 @@ def run_heretic(heretic: Path, files: dict[str, Path], work: Path, budget: float
     if menu is None:
         term.keys("C-c")  # stop the study; heretic opens its trial menu
     seconds = time.perf_counter() - start
-    record = {"command": cmd, "budget_seconds": budget, "seconds": round(seconds, 1), **stamp(),
-              "stopped": "finished its trials" if menu else "Ctrl+C at the budget"}
+    record = {
+        "command": cmd,
+        "budget_seconds": budget,
+        "seconds": round(seconds, 1),
+        **stamp(),
+        "stopped": "finished its trials" if menu else "Ctrl+C at the budget",
+    }
     if not term.wait_for(TRIAL_MENU, 300):
         record |= {"trials": 0, "screen": term.screen()[-2000:]}
     else:
@@ -260,21 +310,24 @@ def run_heretic(heretic: Path, files: dict[str, Path], work: Path, budget: float
 def finished_trials(heretic: Path, checkpoints: Path) -> int:
     """Completed trials in heretic's checkpointed Optuna journal(s), read with the Optuna of
     heretic's venv (Optuna's own API; nothing of heretic is used)."""
-    code = ("import sys, optuna\n"
-            "from optuna.storages import JournalStorage\n"
-            "from optuna.storages.journal import JournalFileBackend\n"
-            "n = 0\n"
-            "for path in sys.argv[1:]:\n"
-            "    storage = JournalStorage(JournalFileBackend(path))\n"
-            "    for summary in optuna.get_all_study_summaries(storage):\n"
-            "        study = optuna.load_study(study_name=summary.study_name, storage=storage)\n"
-            "        n += sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)\n"
-            "print(n)\n")
+    code = (
+        "import sys, optuna\n"
+        "from optuna.storages import JournalStorage\n"
+        "from optuna.storages.journal import JournalFileBackend\n"
+        "n = 0\n"
+        "for path in sys.argv[1:]:\n"
+        "    storage = JournalStorage(JournalFileBackend(path))\n"
+        "    for summary in optuna.get_all_study_summaries(storage):\n"
+        "        study = optuna.load_study(study_name=summary.study_name, storage=storage)\n"
+        "        n += sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)\n"
+        "print(n)\n"
+    )
     journals = [str(p) for p in checkpoints.glob("*.jsonl") if p.stat().st_size > 0]
     if not journals:
         return 0
-    out = subprocess.run([str(heretic.parent / "python"), "-c", code, *journals], capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run(
+        [str(heretic.parent / "python"), "-c", code, *journals], capture_output=True, text=True, check=False
+    )
     return int(out.stdout.strip() or 0)
 
 

@@ -33,11 +33,24 @@ def heretic_common(files: dict[str, Path], evaluation: str) -> list[str]:
     """Settings shared by the search and heretic's evaluation: local prompt files, CPU, float32,
     a fixed batch size and no common response prefix (the demo model's answers have none; both
     flags skip searches that take tens of minutes on 2 cores)."""
-    args = ["--device-map", "cpu", "--dtypes", '["float32"]', "--batch-size", str(BATCH_SIZE),
-            "--response-prefix", "", "--seed", str(SEED)]
-    for role, name in (("good-prompts", "harmless_train"), ("bad-prompts", "harmful_train"),
-                       ("good-evaluation-prompts", f"harmless_{evaluation}"),
-                       ("bad-evaluation-prompts", f"harmful_{evaluation}")):
+    args = [
+        "--device-map",
+        "cpu",
+        "--dtypes",
+        '["float32"]',
+        "--batch-size",
+        str(BATCH_SIZE),
+        "--response-prefix",
+        "",
+        "--seed",
+        str(SEED),
+    ]
+    for role, name in (
+        ("good-prompts", "harmless_train"),
+        ("bad-prompts", "harmful_train"),
+        ("good-evaluation-prompts", f"harmless_{evaluation}"),
+        ("bad-evaluation-prompts", f"harmful_{evaluation}"),
+    ):
         args += [f"--{role}.dataset", str(files[name])]
     return args
 
@@ -47,8 +60,15 @@ def run_logged(cmd: list[str], log: Path, *, env: dict[str, str] | None = None) 
     say(f"run: {' '.join(cmd)} > {log}")
     start = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, input="", text=True, check=False,
-                              env={**(env or os.environ), "PYTHONUNBUFFERED": "1", "TERM": "dumb"})
+        proc = subprocess.run(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            input="",
+            text=True,
+            check=False,
+            env={**(env or os.environ), "PYTHONUNBUFFERED": "1", "TERM": "dumb"},
+        )
     return proc.returncode, time.perf_counter() - start
 
 

@@ -47,39 +47,52 @@ def vauban_metrics(files: dict[str, Path], max_tokens: int) -> dict:
 
     def refusal(base, model, tokenizer, cache):
         answers = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=None)
-        return {"refusals": sum(a.refused for a in answers), "prompts": len(answers),
-                "max_tokens": max_tokens,
-                "judge": "vauban default (completions' default judge)",
-                "refused": [[a.prompt, a.text] for a in answers if a.refused]}
+        return {
+            "refusals": sum(a.refused for a in answers),
+            "prompts": len(answers),
+            "max_tokens": max_tokens,
+            "judge": "vauban default (completions' default judge)",
+            "refused": [[a.prompt, a.text] for a in answers if a.refused],
+        }
 
     def kl(base, model, tokenizer, cache):
         if "harmless" not in cache:
             cache["harmless"] = first_token_logprobs(base, tokenizer, harmless)
         cut = first_token_logprobs(model, tokenizer, harmless)
-        row = {"first_token_kl": kl_divergence(cache["harmless"], cut),
-               "first_token_kl_prompts": len(harmless)}
+        row = {
+            "first_token_kl": kl_divergence(cache["harmless"], cut),
+            "first_token_kl_prompts": len(harmless),
+        }
         if model is not base:
             scores = answer_scores(Pair(base, model), tokenizer, load_pairs("reference"))
-            row |= {"reference_kl": scores.kl, "reference_first_token_kl": scores.first_token_kl,
-                    "perplexity": scores.perplexity_after, "perplexity_original": scores.perplexity_before,
-                    "reference": "48 bundled reference answers, KL at each of their first 64 tokens"}
+            row |= {
+                "reference_kl": scores.kl,
+                "reference_first_token_kl": scores.first_token_kl,
+                "perplexity": scores.perplexity_after,
+                "perplexity_original": scores.perplexity_before,
+                "reference": "48 bundled reference answers, KL at each of their first 64 tokens",
+            }
         return row
 
     def over_refusal(base, model, tokenizer, cache):
         safe = load_prompts("over_refusal")[:SAFE]
         answers = completions(model, tokenizer, safe, max_tokens=max_tokens, batch_size=None)
-        return {"over_refusals": sum(a.refused for a in answers), "safe_prompts": len(answers),
-                "safe": f"bundled over_refusal[:{SAFE}] (6 of each of its 8 kinds)",
-                "refused": [[a.prompt, a.text] for a in answers if a.refused]}
+        return {
+            "over_refusals": sum(a.refused for a in answers),
+            "safe_prompts": len(answers),
+            "safe": f"bundled over_refusal[:{SAFE}] (6 of each of its 8 kinds)",
+            "refused": [[a.prompt, a.text] for a in answers if a.refused],
+        }
 
     def capability(base, model, tokenizer, cache):
         from demo_inputs import SHARED
         from vauban.capability.gsm8k import GSM8K
         from vauban.capability.humaneval import HumanEval
 
-        checks = [GSM8K(SHARED / "gsm8k" / "test.jsonl", limit=LIMIT),
-                  HumanEval(SHARED / "humaneval" / "HumanEval.jsonl.gz", limit=LIMIT,
-                            allow_code_execution=True)]
+        checks = [
+            GSM8K(SHARED / "gsm8k" / "test.jsonl", limit=LIMIT),
+            HumanEval(SHARED / "humaneval" / "HumanEval.jsonl.gz", limit=LIMIT, allow_code_execution=True),
+        ]
         scores = [score for check in checks for score in check.run(model, tokenizer)]
         return {score.name: score.value for score in scores} | {"capability_problems": LIMIT}
 
@@ -91,8 +104,9 @@ def vauban_yardstick(files: dict[str, Path], folders: dict[str, Path], max_token
     from vauban import load
 
     metrics = vauban_metrics(files, max_tokens)
-    todo = {name: [m for m in metrics if not (store / f"vauban_{name}_{m}.json").is_file()]
-            for name in folders}
+    todo = {
+        name: [m for m in metrics if not (store / f"vauban_{name}_{m}.json").is_file()] for name in folders
+    }
     if not any(todo.values()):
         return
     base, tokenizer = load(str(folders["original"]))
@@ -106,9 +120,15 @@ def vauban_yardstick(files: dict[str, Path], folders: dict[str, Path], max_token
             row = metrics[metric](base, model, tokenizer, cache)
             row["seconds"] = round(time.perf_counter() - start, 1)
             (store / f"vauban_{name}_{metric}.json").write_text(json.dumps(row, indent=1) + "\n")
-            say(f"vauban yardstick, {name}, {metric}: " + ", ".join(
-                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-                if isinstance(v, (int, float)) and k != "seconds") + f" ({row['seconds']} s)")
+            say(
+                f"vauban yardstick, {name}, {metric}: "
+                + ", ".join(
+                    f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in row.items()
+                    if isinstance(v, (int, float)) and k != "seconds"
+                )
+                + f" ({row['seconds']} s)"
+            )
         del model
 
 
@@ -125,22 +145,42 @@ def parse_heretic(text: str) -> dict:
     return out
 
 
-def heretic_yardstick(heretic: Path, files: dict[str, Path], folders: dict[str, Path], name: str,
-                      work: Path, store: Path) -> None:
-    cmd = [str(heretic), "--model", str(folders["original"]), "--evaluate-model", str(folders[name]),
-           *heretic_common(files, "report")]
+def heretic_yardstick(
+    heretic: Path, files: dict[str, Path], folders: dict[str, Path], name: str, work: Path, store: Path
+) -> None:
+    cmd = [
+        str(heretic),
+        "--model",
+        str(folders["original"]),
+        "--evaluate-model",
+        str(folders[name]),
+        *heretic_common(files, "report"),
+    ]
     log = work / f"heretic_eval_{name}.log"
     rc, seconds = run_logged(cmd, log)
     text = log.read_text(errors="replace")
-    row = {"rc": rc, "seconds": round(seconds, 1), **parse_heretic(text), "command": cmd,
-           "output_tail": ANSI.sub("", text)[-1500:]}
+    row = {
+        "rc": rc,
+        "seconds": round(seconds, 1),
+        **parse_heretic(text),
+        "command": cmd,
+        "output_tail": ANSI.sub("", text)[-1500:],
+    }
     (store / f"heretic_{name}.json").write_text(json.dumps(row, indent=1) + "\n")
-    say(f"heretic yardstick, {name}: {row.get('refusals')}/{row.get('prompts')} refusals, "
-        f"KL {row.get('kl')} ({seconds:.0f} s)")
+    say(
+        f"heretic yardstick, {name}: {row.get('refusals')}/{row.get('prompts')} refusals, "
+        f"KL {row.get('kl')} ({seconds:.0f} s)"
+    )
 
 
-def evaluate_all(heretic: Path, files: dict[str, Path], work: Path, *, max_tokens: int = DEFAULT_MAX_TOKENS,
-                 heretic_models: tuple[str, ...] = MODELS[1:]) -> dict:
+def evaluate_all(
+    heretic: Path,
+    files: dict[str, Path],
+    work: Path,
+    *,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    heretic_models: tuple[str, ...] = MODELS[1:],
+) -> dict:
     """Every model by both yardsticks. heretic's own yardstick is not run on the original: every
     ``--evaluate-model`` run counts the base model's refusals first ("Initial refusals"), and its
     KL against itself is 0, so the original's row comes from those runs (:func:`heretic_original`)."""
@@ -167,19 +207,25 @@ def rerun(folder: Path) -> dict | None:
     times = read(folder / "vauban_times.json")
     if not times or "vauban_optimize" not in times:
         return None
-    return {"work": str(folder), "vauban_optimize": times["vauban_optimize"],
-            "optimize_pick": optimize_pick(folder / "optimize" / "pareto.json"),
-            "load_average": load_average(folder / "loadavg.log"),
-            "evaluated": model_rows(folder / "eval", "vauban_optimize",
-                                    folder / "exports" / "vauban_optimize")}
+    return {
+        "work": str(folder),
+        "vauban_optimize": times["vauban_optimize"],
+        "optimize_pick": optimize_pick(folder / "optimize" / "pareto.json"),
+        "load_average": load_average(folder / "loadavg.log"),
+        "evaluated": model_rows(folder / "eval", "vauban_optimize", folder / "exports" / "vauban_optimize"),
+    }
 
 
 def model_rows(store: Path, name: str, folder: Path) -> dict:
     """One model's measured rows: vauban's metrics by name, and heretic's yardstick."""
-    return {"path": str(folder),
-            "vauban": {p.stem.removeprefix(f"vauban_{name}_"): read(p)
-                       for p in sorted(store.glob(f"vauban_{name}_*.json"))},
-            "heretic": read(store / f"heretic_{name}.json")}
+    return {
+        "path": str(folder),
+        "vauban": {
+            p.stem.removeprefix(f"vauban_{name}_"): read(p)
+            for p in sorted(store.glob(f"vauban_{name}_*.json"))
+        },
+        "heretic": read(store / f"heretic_{name}.json"),
+    }
 
 
 def gather(work: Path, store: Path, folders: dict[str, Path], reruns: tuple[Path, ...] = ()) -> dict:
@@ -189,12 +235,16 @@ def gather(work: Path, store: Path, folders: dict[str, Path], reruns: tuple[Path
         **stamp(),
         "git_note": "the commit that gathered this file; each search and export records its own",
         "model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32, CPU)",
-        "prompts": {"harmful_report": "100 AdvBench goals, random.Random(0).sample (searched on by no tool)",
-                    "harmless_report": "100 instructions from benchmarks/peers_harmless.py (written for "
-                                       "vauban), disjoint from those heretic measured and searched on",
-                    "reference": "the 48 bundled reference pairs (vauban's KL at every answer position)"},
-        "searches": {"vauban": read(work / "vauban_times.json"),
-                     "heretic": read(work / "heretic_search.json")},
+        "prompts": {
+            "harmful_report": "100 AdvBench goals, random.Random(0).sample (searched on by no tool)",
+            "harmless_report": "100 instructions from benchmarks/peers_harmless.py (written for "
+            "vauban), disjoint from those heretic measured and searched on",
+            "reference": "the 48 bundled reference pairs (vauban's KL at every answer position)",
+        },
+        "searches": {
+            "vauban": read(work / "vauban_times.json"),
+            "heretic": read(work / "heretic_search.json"),
+        },
         "optimize_pick": optimize_pick(work / "optimize" / "pareto.json"),
         "heretic_initial_refusals": initial_refusals(work / "heretic_search.log"),
         "load_average": load_average(work / "loadavg.log"),
@@ -222,8 +272,13 @@ def heretic_original(work: Path) -> dict | None:
     if not counts or len(set(counts.values())) != 1:
         return None
     refusals, prompts = map(int, next(iter(counts.values())).split("/"))
-    return {"refusals": refusals, "prompts": prompts, "kl": 0.0, "from": sorted(counts),
-            "note": "the base model's 'Initial refusals' in each heretic --evaluate-model run (all equal)"}
+    return {
+        "refusals": refusals,
+        "prompts": prompts,
+        "kl": 0.0,
+        "from": sorted(counts),
+        "note": "the base model's 'Initial refusals' in each heretic --evaluate-model run (all equal)",
+    }
 
 
 def optimize_pick(path: Path) -> dict | None:
@@ -234,12 +289,18 @@ def optimize_pick(path: Path) -> dict | None:
     front = json.loads(path.read_text())
     pick = next(t for t in front["trials"] if t["number"] == front["best"])
     searched = [t["seconds"] for t in front["trials"] if not isinstance(t["cut"]["attention"], list)]
-    return {**{k: pick[k] for k in ("number", "refusal", "kl", "refusal_likelihood", "selection_refusal",
-                                    "seconds")},
-            "judge": front["settings"]["judge"], "answer_tokens": front["settings"]["max_tokens"],
-            "search_prompts": front["n_prompts"], "harmless_prompts": front["n_harmless"],
-            "selection_prompts": front["n_selection"],
-            "search_trial_seconds_mean": round(sum(searched) / len(searched), 1)}
+    return {
+        **{
+            k: pick[k]
+            for k in ("number", "refusal", "kl", "refusal_likelihood", "selection_refusal", "seconds")
+        },
+        "judge": front["settings"]["judge"],
+        "answer_tokens": front["settings"]["max_tokens"],
+        "search_prompts": front["n_prompts"],
+        "harmless_prompts": front["n_harmless"],
+        "selection_prompts": front["n_selection"],
+        "search_trial_seconds_mean": round(sum(searched) / len(searched), 1),
+    }
 
 
 def initial_refusals(log: Path) -> str | None:
@@ -257,5 +318,7 @@ def load_average(log: Path) -> dict | None:
     if not log.is_file():
         return None
     rows = [line.split() for line in log.read_text().splitlines() if len(line.split()) == 4]
-    return {"samples": [[r[0], float(r[1])] for r in rows],
-            "note": "1-minute load average each minute (2 cores; about 2 = one job using both)"}
+    return {
+        "samples": [[r[0], float(r[1])] for r in rows],
+        "note": "1-minute load average each minute (2 cores; about 2 = one job using both)",
+    }

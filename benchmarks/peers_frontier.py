@@ -44,8 +44,11 @@ def front_trials(pareto: dict, limit: int) -> list[int]:
     return sorted({levels[round(i * step)] for i in range(limit)}, key=levels.index)
 
 
-VARIANTS = {"projected+norm_preserving": {"projected": True, "norm_preserving": True},
-            "norm_preserving": {"norm_preserving": True}, "projected": {"projected": True}}
+VARIANTS = {
+    "projected+norm_preserving": {"projected": True, "norm_preserving": True},
+    "norm_preserving": {"norm_preserving": True},
+    "projected": {"projected": True},
+}
 
 
 def measure_cuts(work: Path, files: dict[str, Path], cuts: dict[str, tuple], max_tokens: int) -> None:
@@ -68,12 +71,15 @@ def measure_cuts(work: Path, files: dict[str, Path], cuts: dict[str, tuple], max
     for stem, (spec, direction, extra) in todo.items():
         start = time.perf_counter()
         with spec.apply(model, spec.vector(model, tokenizer, direction)):
-            row = {k: v for m in ("refusal", "kl")
-                   for k, v in metrics[m](base, model, tokenizer, cache).items()}
+            row = {
+                k: v for m in ("refusal", "kl") for k, v in metrics[m](base, model, tokenizer, cache).items()
+            }
         row |= extra | {"seconds": round(time.perf_counter() - start, 1)}
         (store / f"{stem}.json").write_text(json.dumps(row, indent=1) + "\n")
-        say(f"{stem}: refusals {row['refusals']}/100, first-token KL {row['first_token_kl']:.4f}, "
-            f"reference KL {row['reference_kl']:.4f} ({row['seconds']} s)")
+        say(
+            f"{stem}: refusals {row['refusals']}/100, first-token KL {row['first_token_kl']:.4f}, "
+            f"reference KL {row['reference_kl']:.4f} ({row['seconds']} s)"
+        )
 
 
 def measure_variants(work: Path, files: dict[str, Path], max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
@@ -82,13 +88,16 @@ def measure_variants(work: Path, files: dict[str, Path], max_tokens: int = DEFAU
     from vauban.methods.cutspec import CutSpec
 
     direction = DirectionResult.load(work / "exports" / "vauban_default" / "vauban_direction.safetensors")
-    cuts = {f"variant_{name}": (CutSpec(**options), direction, {"variant": name, **options})
-            for name, options in VARIANTS.items()}
+    cuts = {
+        f"variant_{name}": (CutSpec(**options), direction, {"variant": name, **options})
+        for name, options in VARIANTS.items()
+    }
     measure_cuts(work, files, cuts, max_tokens)
 
 
-def measure_front(work: Path, files: dict[str, Path], limit: int,
-                  max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
+def measure_front(
+    work: Path, files: dict[str, Path], limit: int, max_tokens: int = DEFAULT_MAX_TOKENS
+) -> None:
     """The front trials of :func:`front_trials` on the report prompts."""
     from vauban import DirectionResult
     from vauban.methods.cutspec import CutSpec
@@ -97,8 +106,21 @@ def measure_front(work: Path, files: dict[str, Path], limit: int,
     pareto = json.loads(pareto_file.read_text())
     direction = DirectionResult.load(work / "exports" / "vauban_optimize" / "vauban_direction.safetensors")
     trials = {t["number"]: t for t in pareto["trials"]}
-    measure_cuts(work, files, {
-        f"frontier_{n}": (CutSpec.from_params(pareto_file, trial=n), direction,
-                          {"trial": n, "search_refusal": trials[n]["refusal"], "search_kl": trials[n]["kl"],
-                           "cut": trials[n]["cut"]})
-        for n in front_trials(pareto, limit)}, max_tokens)
+    measure_cuts(
+        work,
+        files,
+        {
+            f"frontier_{n}": (
+                CutSpec.from_params(pareto_file, trial=n),
+                direction,
+                {
+                    "trial": n,
+                    "search_refusal": trials[n]["refusal"],
+                    "search_kl": trials[n]["kl"],
+                    "cut": trials[n]["cut"],
+                },
+            )
+            for n in front_trials(pareto, limit)
+        },
+        max_tokens,
+    )

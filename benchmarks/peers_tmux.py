@@ -26,15 +26,20 @@ class Terminal:
         inner = exports + shlex.join(cmd)
         # the session stays open after the command ends, so its last screen can still be read
         shell = f"script -q -f -c {shlex.quote(inner)} {shlex.quote(str(self.log))}; sleep 86400"
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "220", "-y", "60", shell],
-                       check=True)
+        subprocess.run(
+            ["tmux", "new-session", "-d", "-s", self.name, "-x", "220", "-y", "60", shell], check=True
+        )
 
     def alive(self) -> bool:
         return subprocess.run(["tmux", "has-session", "-t", self.name], capture_output=True).returncode == 0
 
     def screen(self) -> str:
-        out = subprocess.run(["tmux", "capture-pane", "-p", "-J", "-S", "-60", "-t", self.name],
-                             capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            ["tmux", "capture-pane", "-p", "-J", "-S", "-60", "-t", self.name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         return ANSI.sub("", out.stdout)
 
     def keys(self, *keys: str, literal: bool = False) -> None:
@@ -63,7 +68,7 @@ class Terminal:
         if not starts:
             return []
         choices = []
-        for line in lines[starts[-1] + 1:]:
+        for line in lines[starts[-1] + 1 :]:
             if not line.strip():
                 break
             choices.append(line.replace("»", " ").strip())

@@ -12,6 +12,7 @@ HERE = Path(__file__).resolve().parent
 
 def commit(where: Path = HERE) -> str:
     """The checkout's short commit, with ``+`` when its tracked files differ from it."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True).stdout.strip()
 

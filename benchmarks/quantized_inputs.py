@@ -44,8 +44,9 @@ def nf4_checkpoint(where: Path) -> tuple[Path, torch.nn.Module]:
     tokenizer = tokenizer_for(family)
     reference = model_for(family, tokenizer)
     reference.save_pretrained(where / "float")
-    nf4 = AutoModelForCausalLM.from_pretrained(where / "float", device_map="cpu",
-                                               quantization_config=BitsAndBytesConfig(load_in_4bit=True))
+    nf4 = AutoModelForCausalLM.from_pretrained(
+        where / "float", device_map="cpu", quantization_config=BitsAndBytesConfig(load_in_4bit=True)
+    )
     nf4.save_pretrained(where / "nf4")
     tokenizer.save_pretrained(where / "nf4")
     return where / "nf4", reference
@@ -59,27 +60,43 @@ def row(name: str, make, quantized: str) -> dict:
             got, want = model(input_ids=IDS).logits, reference(input_ids=IDS).logits
         d = measure(model, tokenizer, HARMFUL, HARMLESS, show_progress=False).direction
         ref = measure(reference, tokenizer, HARMFUL, HARMLESS, show_progress=False).direction
-        return {"input": name, "quantized_weights": quantized,
-                "weight_rel_error": round(relative_error(model, reference, quantized), 4),
-                "logits_rel_error": round(float((got - want).norm() / want.norm()), 4),
-                "direction_cosine": round(float(torch.nn.functional.cosine_similarity(d, ref, dim=0)), 4),
-                "dtype": str(next(model.parameters()).dtype)}
+        return {
+            "input": name,
+            "quantized_weights": quantized,
+            "weight_rel_error": round(relative_error(model, reference, quantized), 4),
+            "logits_rel_error": round(float((got - want).norm() / want.norm()), 4),
+            "direction_cosine": round(float(torch.nn.functional.cosine_similarity(d, ref, dim=0)), 4),
+            "dtype": str(next(model.parameters()).dtype),
+        }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    kinds = [("fp8 (block 128x128, e4m3)", fp8_checkpoint, ".layers."),
-             ("mxfp4 (gpt-oss experts)", mxfp4_checkpoint, "experts")]
+    kinds = [
+        ("fp8 (block 128x128, e4m3)", fp8_checkpoint, ".layers."),
+        ("mxfp4 (gpt-oss experts)", mxfp4_checkpoint, "experts"),
+    ]
     if importlib.util.find_spec("bitsandbytes") is not None:
         kinds.append(("bitsandbytes nf4", nf4_checkpoint, ".layers."))
     rows = [row(*k) for k in kinds]
     versions = {p: metadata.version(p) for p in ("torch", "transformers")}
     if importlib.util.find_spec("bitsandbytes") is not None:
         versions["bitsandbytes"] = metadata.version("bitsandbytes")
-    args.out.write_text(json.dumps({"rows": rows, "versions": versions, "prompt_ids": IDS.tolist(),
-                                    "harmful": HARMFUL, "harmless": HARMLESS}, indent=1) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "versions": versions,
+                "prompt_ids": IDS.tolist(),
+                "harmful": HARMFUL,
+                "harmless": HARMLESS,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     for r in rows:
         print(r)
 

@@ -104,9 +104,14 @@ def main() -> None:
         _export(model, tokenizer, first, out, overwrite=True)
         verify(out)
         remaining = [p.name for p in out.parent.iterdir() if TEMP_TAG in p.name]
-        figures.setdefault("kills", []).append({"at_s": round(duration * (k + 1) / (args.kills + 1), 2),
-                                                "target": state, "temp_left_by_kill": len(left),
-                                                "temp_after_next_export": len(remaining)})
+        figures.setdefault("kills", []).append(
+            {
+                "at_s": round(duration * (k + 1) / (args.kills + 1), 2),
+                "target": state,
+                "temp_left_by_kill": len(left),
+                "temp_after_next_export": len(remaining),
+            }
+        )
         shutil.rmtree(out.parent)
     figures["kill_points"] = args.kills
     figures["outputs_lost_or_partial"] = lost

@@ -65,18 +65,21 @@ def main() -> None:
     parser.add_argument("--all-layers", action="store_true", help="also score the excluded layers")
     parser.add_argument("--json", default=str(HERE / "results" / "selection_demo.json"))
     args = parser.parse_args()
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=HERE).stdout.strip()
+    git = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
     report: dict = {"date": time.strftime("%Y-%m-%d"), "git": git, "load_average_start": load_average()}
     model, tokenizer = load()
     geometry, t_geometry = timed(measure, model, tokenizer, select="geometry")
     say(f"{geometry.summary()} ({t_geometry} s)")
     effect, t_effect = timed(measure, model, tokenizer, show_progress=True)
     say(f"{effect.summary()} ({t_effect} s)")
-    report |= {"model": effect.model_path,
-               "seconds": {"geometry": t_geometry, "effect": t_effect,
-                           "added": round(t_effect - t_geometry, 1)},
-               "geometry": geometry.record(), "effect": effect.record()}
+    report |= {
+        "model": effect.model_path,
+        "seconds": {"geometry": t_geometry, "effect": t_effect, "added": round(t_effect - t_geometry, 1)},
+        "geometry": geometry.record(),
+        "effect": effect.record(),
+    }
     report["full_scan"] = full_scan(model, tokenizer, effect, args.all_layers)
     report["gpu_8b_estimate"] = gpu_estimate(tokenizer, effect)
     write(report, args.json)
@@ -97,17 +100,24 @@ def full_scan(model, tokenizer, effect, all_layers: bool) -> dict:
     scored = {e.layer: e for e in effect.effects}
     layers = range(effect.num_layers) if all_layers else layer_range(effect.num_layers)
     rest = [i for i in layers if i not in scored]
-    extra, seconds = timed(layer_effects, model, tokenizer, effect, refusals, held_harmless, rest,
-                           log=lambda line: say(line))
+    extra, seconds = timed(
+        layer_effects, model, tokenizer, effect, refusals, held_harmless, rest, log=lambda line: say(line)
+    )
     every = sorted([*scored.values(), *extra], key=lambda e: e.layer)
     in_range = [e for e in every if e.layer in layer_range(effect.num_layers)]
     best = choose(in_range, effect.max_kl or 0.2)
-    return {"layers": [e.record() for e in every], "candidates": sorted(scored),
-            "range": layer_range(effect.num_layers), "choice_of_full_scan": best.layer,
-            "same_as_narrowed": best.layer == effect.layer_index, "held_back_refused": len(refusals),
-            "held_back_harmful": len(held_harmful), "held_back_harmless": len(held_harmless),
-            "seconds_for_the_other_layers": seconds,
-            "seconds_per_layer": round(seconds / max(len(rest), 1), 1)}
+    return {
+        "layers": [e.record() for e in every],
+        "candidates": sorted(scored),
+        "range": layer_range(effect.num_layers),
+        "choice_of_full_scan": best.layer,
+        "same_as_narrowed": best.layer == effect.layer_index,
+        "held_back_refused": len(refusals),
+        "held_back_harmful": len(held_harmful),
+        "held_back_harmless": len(held_harmless),
+        "seconds_for_the_other_layers": seconds,
+        "seconds_per_layer": round(seconds / max(len(rest), 1), 1),
+    }
 
 
 def gpu_estimate(tokenizer, effect) -> dict:
@@ -123,13 +133,19 @@ def gpu_estimate(tokenizer, effect) -> dict:
     tokens = sum(len(x) - shared for x in ids) + 24 * 8  # remainders + teacher-forced refusal tokens
     scale = gpu["capture"]["mean_len"] / (sum(map(len, ids)) / len(ids))
     candidates = len(effect.effects)
-    per_candidate = (tokens * scale / gpu["capture"]["default_tok_s"] + gpu["trial"]["cut_s"]
-                     + gpu["trial"]["undo_s"])
+    per_candidate = (
+        tokens * scale / gpu["capture"]["default_tok_s"] + gpu["trial"]["cut_s"] + gpu["trial"]["undo_s"]
+    )
     answers = gpu["trial"]["answers_s"] * 24 / gpu["trial"]["prompts"]  # the original's 24 short answers
-    return {"source": GPU_FILE.name, "candidates": candidates, "tokens_per_candidate_demo": tokens,
-            "length_scale": round(scale, 2), "seconds_per_candidate": round(per_candidate, 3),
-            "seconds": round(candidates * per_candidate + answers, 2),
-            "note": "no sharing of the chat opening assumed beyond the demo's share; bf16, one H200"}
+    return {
+        "source": GPU_FILE.name,
+        "candidates": candidates,
+        "tokens_per_candidate_demo": tokens,
+        "length_scale": round(scale, 2),
+        "seconds_per_candidate": round(per_candidate, 3),
+        "seconds": round(candidates * per_candidate + answers, 2),
+        "note": "no sharing of the chat opening assumed beyond the demo's share; bf16, one H200",
+    }
 
 
 def held_out(model, tokenizer, geometry, effect, max_tokens: int) -> dict:
@@ -145,19 +161,30 @@ def held_out(model, tokenizer, geometry, effect, max_tokens: int) -> dict:
             row = {"layer": None if direction is None else direction.layer_index}
             for set_name, prompts in (("eval_0_19", eval_prompts), ("advbench_100", advbench)):
                 answers = completions(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=None)
-                row[set_name] = {"refused": sum(a.refused for a in answers), "of": len(answers),
-                                 "refusals": [[a.prompt, a.text] for a in answers if a.refused]}
+                row[set_name] = {
+                    "refused": sum(a.refused for a in answers),
+                    "of": len(answers),
+                    "refusals": [[a.prompt, a.text] for a in answers if a.refused],
+                }
             after = base if direction is None else first_token_logprobs(model, tokenizer, reference)
             row["reference_first_token_kl"] = kl_divergence(base, after)
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows[name] = row
-        say(f"{name}: eval 0-19 refused {row['eval_0_19']['refused']}/20, AdvBench "
+        say(
+            f"{name}: eval 0-19 refused {row['eval_0_19']['refused']}/20, AdvBench "
             f"{row['advbench_100']['refused']}/100, reference first-token KL "
-            f"{row['reference_first_token_kl']:.4f}")
-    return {"prompts": {"eval_0_19": "bundled eval prompts 0-19", "advbench_100":
-                        "AdvBench, random.Random(0).sample(goals, 100)"},
-            "max_tokens": max_tokens, "judge": "vauban's default judge (completions' default)",
-            "kl": "first-token KL(original || cut) on the 48 bundled reference prompts", "rows": rows}
+            f"{row['reference_first_token_kl']:.4f}"
+        )
+    return {
+        "prompts": {
+            "eval_0_19": "bundled eval prompts 0-19",
+            "advbench_100": "AdvBench, random.Random(0).sample(goals, 100)",
+        },
+        "max_tokens": max_tokens,
+        "judge": "vauban's default judge (completions' default)",
+        "kl": "first-token KL(original || cut) on the 48 bundled reference prompts",
+        "rows": rows,
+    }
 
 
 def write(report: dict, path: str) -> None:

@@ -37,12 +37,25 @@ from vauban.text.prompts import encode_chat, load_pairs, load_prompts
 
 SHAPES = {
     # Llama-3.1-8B: the shape most abliteration users run
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                         max_position_embeddings=8192, rope_theta=500000.0),
-    "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=8,
-                  num_attention_heads=8, num_key_value_heads=4, vocab_size=32000,
-                  max_position_embeddings=2048),
+    "llama-3.1-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+    ),
+    "small": dict(
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        vocab_size=32000,
+        max_position_embeddings=2048,
+    ),
 }
 
 
@@ -73,8 +86,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def measure_rows(model: Any, tokenizer: Any, harmful: list[str], harmless: list[str],
-                 device: torch.device) -> tuple[dict[str, Any], Any]:
+def measure_rows(
+    model: Any, tokenizer: Any, harmful: list[str], harmless: list[str], device: torch.device
+) -> tuple[dict[str, Any], Any]:
     """vauban's capture vs one prompt at a time with all hidden states; and the direction."""
     t_ours, direction = timed(lambda: measure(model, tokenizer, harmful, harmless), device)
     ids = encode_chat(tokenizer, harmful + harmless)
@@ -102,15 +116,22 @@ def cut_rows(model: Any, direction: Any, device: torch.device) -> dict[str, Any]
     return {"cut_apply_undo_s": t_cut, "undo_bit_exact": exact}
 
 
-def steer_rows(model: Any, tokenizer: Any, harmful: list[str], direction: Any,
-               device: torch.device) -> dict[str, Any]:
+def steer_rows(
+    model: Any, tokenizer: Any, harmful: list[str], direction: Any, device: torch.device
+) -> dict[str, Any]:
     """Steering overhead in generation: same prompts, exactly 64 new tokens each (no early stop)."""
     input_ids, mask, _ = left_pad(encode_chat(tokenizer, (harmful * 2)[:32]), 0, device)
 
     @torch.inference_mode()
     def plain() -> None:
-        model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
-                       max_new_tokens=64, min_new_tokens=64, pad_token_id=0)
+        model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=64,
+            min_new_tokens=64,
+            pad_token_id=0,
+        )
 
     def steered() -> None:
         with Steering(model, direction, 1.0):
@@ -149,8 +170,10 @@ def report(rows: dict[str, Any]) -> None:
     print(f"measure: {rows['measure_speedup']:.1f}x faster than one-by-one output_hidden_states")
     print(f"steering overhead: {100 * (rows['steer_overhead'] - 1):+.1f}% generation time")
     if "kl_one_model_cost" in rows:
-        print(f"one-model KL (undo/redo per batch) costs {rows['kl_one_model_cost']:.2f}x two copies, "
-              "at half the memory")
+        print(
+            f"one-model KL (undo/redo per batch) costs {rows['kl_one_model_cost']:.2f}x two copies, "
+            "at half the memory"
+        )
     print(f"undo bit-exact: {rows['undo_bit_exact']}")
 
 
@@ -166,8 +189,12 @@ def main() -> None:
     tokenizer = build_tokenizer()
     harmful = load_prompts("harmful")[: args.prompts]
     harmless = load_prompts("harmless")[: args.prompts]
-    rows: dict[str, Any] = {"shape": shape, "device": str(device), "dtype": str(dtype),
-                            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+    rows: dict[str, Any] = {
+        "shape": shape,
+        "device": str(device),
+        "dtype": str(dtype),
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    }
     params = sum(p.numel() for p in model.parameters()) / 1e9
     print(f"{shape} {dtype} on {rows['gpu']}: {params:.2f} B params")
     measured, direction = measure_rows(model, tokenizer, harmful, harmless, device)

@@ -47,8 +47,14 @@ def compare(ours: list[list[int]], theirs: list[list[int]], stops: set[int], tok
     for a, b in zip(ours, theirs, strict=True):
         a, b = trimmed(a, stops), trimmed(b, stops)
         split = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-        rows.append({"same": a == b, "first_difference": None if a == b else split,
-                     "vauban": tokenizer.decode(a), "vllm": tokenizer.decode(b)})
+        rows.append(
+            {
+                "same": a == b,
+                "first_difference": None if a == b else split,
+                "vauban": tokenizer.decode(a),
+                "vllm": tokenizer.decode(b),
+            }
+        )
     return {"same": sum(r["same"] for r in rows), "of": len(rows), "answers": rows}
 
 
@@ -72,8 +78,9 @@ def main() -> None:
     prompts = [r["prompt"] for r in bundled_records("eval_harmful")[: args.prompts]]
     ids = encode_chat(tokenizer, prompts)
     stops = set(stop_token_ids(model, tokenizer))
-    direction = measure(model, tokenizer, load_prompts("harmful")[:32], load_prompts("harmless")[:32],
-                        select="geometry")
+    direction = measure(
+        model, tokenizer, load_prompts("harmful")[:32], load_prompts("harmless")[:32], select="geometry"
+    )
 
     start = time.perf_counter()
     ours = generate_tokens(model, tokenizer, prompts, max_tokens=args.tokens)
@@ -97,8 +104,9 @@ def main() -> None:
         ours_cut_seconds = time.perf_counter() - start
     after = engine.first_logprobs(ids[:5])
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
     import vllm
 
     record = {
@@ -109,21 +117,36 @@ def main() -> None:
         "prompts": f"bundled eval_harmful 0-{args.prompts - 1}",
         "max_tokens": args.tokens,
         "direction_layer": direction.layer_index,
-        "seconds": {"vauban_original": round(ours_seconds, 2), "vllm_original": round(vllm_seconds, 2),
-                    "vauban_cut": round(ours_cut_seconds, 2), "vllm_cut": round(vllm_cut_seconds, 2),
-                    "vllm_startup": round(startup, 1)},
+        "seconds": {
+            "vauban_original": round(ours_seconds, 2),
+            "vllm_original": round(vllm_seconds, 2),
+            "vauban_cut": round(ours_cut_seconds, 2),
+            "vllm_cut": round(vllm_cut_seconds, 2),
+            "vllm_startup": round(startup, 1),
+        },
         "vllm_speedup": round((ours_seconds + ours_cut_seconds) / (vllm_seconds + vllm_cut_seconds), 2),
         "original": compare(ours, theirs, stops, tokenizer),
         "cut": compare(ours_cut, theirs_cut, stops, tokenizer),
         "logprobs_after_undo_equal_before": after == before,
         "logprobs_changed_by_cut": inside != before,
-        "first_token_top1": {"before": [max(d, key=d.get) for d in before],
-                             "inside_cut": [max(d, key=d.get) for d in inside]},
+        "first_token_top1": {
+            "before": [max(d, key=d.get) for d in before],
+            "inside_cut": [max(d, key=d.get) for d in inside],
+        },
     }
     RESULTS.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps({k: v for k, v in record.items() if k not in ("original", "cut")}, indent=1))
-    print("same answers:", record["original"]["same"], "/", record["original"]["of"], "original;",
-          record["cut"]["same"], "/", record["cut"]["of"], "cut")
+    print(
+        "same answers:",
+        record["original"]["same"],
+        "/",
+        record["original"]["of"],
+        "original;",
+        record["cut"]["same"],
+        "/",
+        record["cut"]["of"],
+        "cut",
+    )
 
 
 if __name__ == "__main__":

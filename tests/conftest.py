@@ -17,8 +17,15 @@ CHAT_TEMPLATE = (
 )
 VOCAB = 320
 
-_BASE = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 4,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
+_BASE = {
+    "vocab_size": VOCAB,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+}
 
 # model_type -> config kwargs; each builds a real architecture through AutoConfig.for_model.
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
@@ -29,10 +36,20 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "gemma2": {**_BASE, "head_dim": 16, "sliding_window": 64},
     "gemma3_text": {**_BASE, "head_dim": 16, "sliding_window": 64},
     "olmo2": dict(_BASE),
-    "qwen3_moe": {**_BASE, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
-                  "head_dim": 16},
-    "gpt_oss": {**_BASE, "num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 16,
-                "sliding_window": 64},
+    "qwen3_moe": {
+        **_BASE,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "head_dim": 16,
+    },
+    "gpt_oss": {
+        **_BASE,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+        "head_dim": 16,
+        "sliding_window": 64,
+    },
     "gpt2": {"vocab_size": VOCAB, "n_embd": 64, "n_layer": 4, "n_head": 4, "n_positions": 512},
 }
 POST_NORM_TYPES = ("gemma2", "gemma3_text", "olmo2")
@@ -50,7 +67,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(specials)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         bos_token="<|endoftext|>",
     )
     tokenizer.chat_template = CHAT_TEMPLATE

@@ -22,8 +22,16 @@ from conftest import HARMFUL, HARMLESS, build_model, build_tokenizer
 from vauban.direction.results import DirectionResult
 from vauban.search import optimizing, studies
 
-OPTIONS = dict(prompts=HARMFUL[:2], harmless=HARMLESS[:3], selection=HARMFUL[2:4], max_tokens=2,
-               selection_tokens=3, refine_steps=0, check=1, seed=0)
+OPTIONS = dict(
+    prompts=HARMFUL[:2],
+    harmless=HARMLESS[:3],
+    selection=HARMFUL[2:4],
+    max_tokens=2,
+    selection_tokens=3,
+    refine_steps=0,
+    check=1,
+    seed=0,
+)
 
 
 def main(direction_path: str, storage: str, out: str, n_trials: str, hang_at: str | None = None) -> None:
@@ -42,12 +50,23 @@ def main(direction_path: str, storage: str, out: str, n_trials: str, hang_at: st
         optimizing._Scores.__call__ = hanging
     study = None if storage == "memory" else studies.open_storage(storage, heartbeat=1, grace=3)
     direction = DirectionResult.load(direction_path)
-    result = optimizing.optimize(build_model("llama"), build_tokenizer(), direction, n_trials=int(n_trials),
-                                 study=study, **OPTIONS)
-    record = {"worker": studies.WORKER, "finished_here": result.finished_here, "best": result.best.number,
-              "trials": [{"number": t.number, "params": t.params.record(),
-                          "values": [t.refusal, t.kl, t.likelihood], "selection_refusal": t.selection_refusal}
-                         for t in result.trials]}
+    result = optimizing.optimize(
+        build_model("llama"), build_tokenizer(), direction, n_trials=int(n_trials), study=study, **OPTIONS
+    )
+    record = {
+        "worker": studies.WORKER,
+        "finished_here": result.finished_here,
+        "best": result.best.number,
+        "trials": [
+            {
+                "number": t.number,
+                "params": t.params.record(),
+                "values": [t.refusal, t.kl, t.likelihood],
+                "selection_refusal": t.selection_refusal,
+            }
+            for t in result.trials
+        ],
+    }
     Path(out).write_text(json.dumps(record))
 
 

@@ -16,10 +16,21 @@ from torch import nn
 
 from families import BY_NAME, model_for, tokenizer_for
 
-FP8_CONFIG = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-              "weight_block_size": [128, 128]}
-MXFP4_CONFIG = {"quant_method": "mxfp4", "modules_to_not_convert": [
-    "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+FP8_CONFIG = {
+    "quant_method": "fp8",
+    "fmt": "e4m3",
+    "activation_scheme": "dynamic",
+    "weight_block_size": [128, 128],
+}
+MXFP4_CONFIG = {
+    "quant_method": "mxfp4",
+    "modules_to_not_convert": [
+        "model.layers.*.self_attn",
+        "model.layers.*.mlp.router",
+        "model.embed_tokens",
+        "lm_head",
+    ],
+}
 FP4 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
 BLOCK = 128
 
@@ -57,8 +68,9 @@ def _save(model: nn.Module, tokenizer, where: Path, tensors: dict[str, torch.Ten
 def fp8_checkpoint(where: Path) -> tuple[Path, nn.Module]:
     """A block-FP8 Qwen 3 (hidden 128: one block wide) at ``where``, and its float reference."""
     family = BY_NAME["Qwen 3"]
-    family = replace(family, config={**family.config, "hidden_size": 128, "intermediate_size": 256,
-                                     "head_dim": 32})
+    family = replace(
+        family, config={**family.config, "hidden_size": 128, "intermediate_size": 256, "head_dim": 32}
+    )
     tokenizer = tokenizer_for(family)
     model = model_for(family, tokenizer)
     tensors: dict[str, torch.Tensor] = {}
@@ -88,8 +100,11 @@ def mxfp4_checkpoint(where: Path) -> tuple[Path, nn.Module]:
 def relative_error(loaded: nn.Module, reference: nn.Module, which: str = "") -> float:
     """Largest relative Frobenius error of the weights whose name contains ``which``."""
     ref = {n: p.detach() for n, p in reference.named_parameters()}
-    return max(float((p.float() - ref[n].float()).norm() / ref[n].float().norm())
-               for n, p in loaded.named_parameters() if which in n and p.dim() >= 2 and n in ref)
+    return max(
+        float((p.float() - ref[n].float()).norm() / ref[n].float().norm())
+        for n, p in loaded.named_parameters()
+        if which in n and p.dim() >= 2 and n in ref
+    )
 
 
 def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:

@@ -32,8 +32,12 @@ from vauban.text.prompts import load_prompts
 
 COUNTS: Counter[str] = Counter()
 TRACEBACKS: list[str] = []
-FAST = settings(max_examples=25, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FAST = settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def outcome(label: str, call) -> str:
@@ -64,8 +68,14 @@ def tiny(tmp_path_factory, tokenizer):
     model, tok = load(path, device="cpu")
     direction = measure(model, tok, HARMFUL[:3], HARMLESS[:3])
     saved = direction.save(root / "direction.safetensors")
-    return {"root": root, "path": path, "model": model, "tokenizer": tok, "direction": direction,
-            "saved": saved}
+    return {
+        "root": root,
+        "path": path,
+        "model": model,
+        "tokenizer": tok,
+        "direction": direction,
+        "saved": saved,
+    }
 
 
 # --- prompt files ------------------------------------------------------------------------------
@@ -78,14 +88,33 @@ CONTENTS = st.one_of(
     st.binary(min_size=1, max_size=200),  # binary junk
     text_lines.map(lambda lines: "\n".join(lines).encode("latin-1", "replace") + b"\xff\xfe"),  # not UTF-8
     st.integers(2_000, 60_000).map(lambda n: ("x" * n + "\n").encode()),  # a huge line
-    st.lists(st.one_of(st.none(), st.integers(), st.text(max_size=5), st.dictionaries(
-        st.sampled_from(["prompt", "goal", "foo", "response"]), st.one_of(st.none(), st.integers(),
-                                                                          st.text(max_size=8))),
-        st.lists(st.integers(), max_size=2)), max_size=4).map(lambda xs: json.dumps(xs).encode()),
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.text(max_size=5),
+            st.dictionaries(
+                st.sampled_from(["prompt", "goal", "foo", "response"]),
+                st.one_of(st.none(), st.integers(), st.text(max_size=8)),
+            ),
+            st.lists(st.integers(), max_size=2),
+        ),
+        max_size=4,
+    ).map(lambda xs: json.dumps(xs).encode()),
     st.lists(st.lists(st.text(string.ascii_letters + ' ,"\n', max_size=6), max_size=4), max_size=5).map(
-        lambda rows: "\n".join(",".join(r) for r in rows).encode()),  # CSV with ragged/wrong columns
-    st.sampled_from([b"prompt,other\nonly-one-cell\n", b'goal\n""\n', b"{\"prompt\": 1}\n", b"[1, 2]",
-                     b"{\"prompt\": \"ok\"}\n{bad json\n", b"\"just a string\"", b"\x00\x00\x00"]),
+        lambda rows: "\n".join(",".join(r) for r in rows).encode()
+    ),  # CSV with ragged/wrong columns
+    st.sampled_from(
+        [
+            b"prompt,other\nonly-one-cell\n",
+            b'goal\n""\n',
+            b'{"prompt": 1}\n',
+            b"[1, 2]",
+            b'{"prompt": "ok"}\n{bad json\n',
+            b'"just a string"',
+            b"\x00\x00\x00",
+        ]
+    ),
 )
 
 
@@ -96,15 +125,23 @@ def test_malformed_prompt_files_are_one_line_errors(tiny, tmp_path_factory, suff
     path.write_bytes(content)
     result = outcome(f"load_prompts({content[:30]!r}{suffix})", lambda: load_prompts(path))
     if result == "ok":  # whatever was accepted must go through the model or fail clearly
-        outcome(f"measure({content[:30]!r}{suffix})",
-                lambda: measure(tiny["model"], tiny["tokenizer"], path, HARMLESS[:2]))
+        outcome(
+            f"measure({content[:30]!r}{suffix})",
+            lambda: measure(tiny["model"], tiny["tokenizer"], path, HARMLESS[:2]),
+        )
 
 
-@pytest.mark.parametrize("source", [[], [""], ["ok", "  "], ["ok", 3], "no-such-set", 42,
-                                    "/no/such/file.txt", [b"bytes"]])
+@pytest.mark.parametrize(
+    "source", [[], [""], ["ok", "  "], ["ok", 3], "no-such-set", 42, "/no/such/file.txt", [b"bytes"]]
+)
 def test_bad_prompt_arguments(tiny, source):
-    assert outcome(f"prompts {source!r}", lambda: quick.measure_direction(
-        tiny["model"], tiny["tokenizer"], source, HARMLESS[:2])) == "error"
+    assert (
+        outcome(
+            f"prompts {source!r}",
+            lambda: quick.measure_direction(tiny["model"], tiny["tokenizer"], source, HARMLESS[:2]),
+        )
+        == "error"
+    )
 
 
 def test_a_directory_or_unreadable_file_as_prompts(tiny, tmp_path):
@@ -155,18 +192,24 @@ def test_malformed_direction_tensors(tiny, vec):
 
 
 @FAST
-@given(layer=st.one_of(st.integers(-5, 10), st.just(True), st.floats(allow_nan=True)),
-       scores=st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=5),
-       d_model=st.one_of(st.integers(-2, 70), st.just(1.5)))
+@given(
+    layer=st.one_of(st.integers(-5, 10), st.just(True), st.floats(allow_nan=True)),
+    scores=st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=5),
+    d_model=st.one_of(st.integers(-2, 70), st.just(1.5)),
+)
 def test_malformed_direction_fields(layer, scores, d_model):
-    outcome("DirectionResult fields",
-            lambda: DirectionResult(torch.randn(D), layer, tuple(scores), d_model, "m"))
+    outcome(
+        "DirectionResult fields", lambda: DirectionResult(torch.randn(D), layer, tuple(scores), d_model, "m")
+    )
 
 
 @st.composite
 def corrupted_files(draw, saved: Path):
-    kind = draw(st.sampled_from(["random", "truncated", "flipped", "no metadata", "bad metadata",
-                                 "wrong tensors", "empty"]))
+    kind = draw(
+        st.sampled_from(
+            ["random", "truncated", "flipped", "no metadata", "bad metadata", "wrong tensors", "empty"]
+        )
+    )
     data = saved.read_bytes()
     if kind == "random":
         return draw(st.binary(max_size=300))
@@ -174,24 +217,34 @@ def corrupted_files(draw, saved: Path):
         return data[: draw(st.integers(0, len(data) - 1))]
     if kind == "flipped":
         at = draw(st.integers(0, min(len(data) - 1, 400)))  # in the header: structure, not values
-        return data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1:]
+        return data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1 :]
     if kind == "empty":
         return b""
     buffer = Path(f"/tmp/vauban-bad-{os.getpid()}.safetensors")
     tensors = {"direction": torch.randn(D)}
     metadata = None
     if kind == "bad metadata":
-        meta = {"layer_index": draw(st.one_of(st.integers(-3, 9), st.text(max_size=3))),
-                "cosine_scores": draw(st.one_of(st.lists(st.floats(), max_size=4), st.text(max_size=3))),
-                "d_model": draw(st.one_of(st.just(D), st.integers(-1, 200), st.none()))}
+        meta = {
+            "layer_index": draw(st.one_of(st.integers(-3, 9), st.text(max_size=3))),
+            "cosine_scores": draw(st.one_of(st.lists(st.floats(), max_size=4), st.text(max_size=3))),
+            "d_model": draw(st.one_of(st.just(D), st.integers(-1, 200), st.none())),
+        }
         if draw(st.booleans()):
             meta.pop(draw(st.sampled_from(sorted(meta))))
         metadata = {"vauban": draw(st.sampled_from([json.dumps(meta), "{oops", "[]", "null"]))}
     if kind == "wrong tensors":
-        tensors = {draw(st.sampled_from(["direction", "other"])): draw(malformed_vectors().filter(
-            lambda v: isinstance(v, torch.Tensor) and v.dim() > 0 and v.dtype != torch.complex64))}
-        metadata = {"vauban": json.dumps({"layer_index": 0, "cosine_scores": [0.1] * 4, "d_model": D,
-                                          "model_path": "m"})}
+        tensors = {
+            draw(st.sampled_from(["direction", "other"])): draw(
+                malformed_vectors().filter(
+                    lambda v: isinstance(v, torch.Tensor) and v.dim() > 0 and v.dtype != torch.complex64
+                )
+            )
+        }
+        metadata = {
+            "vauban": json.dumps(
+                {"layer_index": 0, "cosine_scores": [0.1] * 4, "d_model": D, "model_path": "m"}
+            )
+        }
     save_file(tensors, str(buffer), metadata=metadata)
     out = buffer.read_bytes()
     buffer.unlink()
@@ -209,8 +262,11 @@ def test_corrupted_direction_files(tiny, tmp_path_factory, data):
 
 # --- alpha, max_tokens, layers -------------------------------------------------------------------
 
-weird_numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**12, 10**12),
-                          st.sampled_from([None, "1", True, [1.0], 1e300, -1e300]))
+weird_numbers = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(10**12), 10**12),
+    st.sampled_from([None, "1", True, [1.0], 1e300, -1e300]),
+)
 
 
 @FAST
@@ -221,24 +277,41 @@ def test_bad_alpha(tiny, alpha):
     def cut_and_undo():
         cut(model, direction, alpha=alpha).undo()
 
-    results = {outcome(f"cut alpha={alpha!r}", cut_and_undo),
-               outcome(f"steer alpha={alpha!r}", lambda: Steering(model, direction, alpha))}
+    results = {
+        outcome(f"cut alpha={alpha!r}", cut_and_undo),
+        outcome(f"steer alpha={alpha!r}", lambda: Steering(model, direction, alpha)),
+    }
     assert len(results) == 1  # the same rule everywhere
-    bad = not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) \
+    bad = (
+        not isinstance(alpha, (int, float))
+        or isinstance(alpha, bool)
+        or not math.isfinite(alpha)
         or abs(alpha) > 1000
+    )
     assert results == ({"error"} if bad else {"ok"})
 
 
 @FAST
-@given(max_tokens=st.one_of(st.integers(-10**6, 0), st.sampled_from([1.5, "8", None, True, math.nan])))
+@given(max_tokens=st.one_of(st.integers(-(10**6), 0), st.sampled_from([1.5, "8", None, True, math.nan])))
 def test_bad_max_tokens(tiny, max_tokens):
-    assert outcome(f"steer max_tokens={max_tokens!r}", lambda: quick.steer_prompt(
-        tiny["model"], tiny["tokenizer"], "hi", tiny["direction"], max_tokens=max_tokens)) == "error"
+    assert (
+        outcome(
+            f"steer max_tokens={max_tokens!r}",
+            lambda: quick.steer_prompt(
+                tiny["model"], tiny["tokenizer"], "hi", tiny["direction"], max_tokens=max_tokens
+            ),
+        )
+        == "error"
+    )
 
 
 @FAST
-@given(layer=st.one_of(st.integers(-100, 100).filter(lambda n: not 0 <= n < 4),
-                       st.sampled_from([1.5, "2", None, True, math.nan])))
+@given(
+    layer=st.one_of(
+        st.integers(-100, 100).filter(lambda n: not 0 <= n < 4),
+        st.sampled_from([1.5, "2", None, True, math.nan]),
+    )
+)
 def test_bad_layer_indices(tiny, layer):
     model, tok, direction = tiny["model"], tiny["tokenizer"], tiny["direction"]
     cases = [
@@ -280,8 +353,9 @@ def test_bad_paths(tiny, tmp_path):
         "load direction from a dir": lambda: DirectionResult.load(tmp_path / "empty"),
         "verify a file": lambda: verify(a_file),
         "verify a non-export": lambda: verify(tmp_path / "full"),
-        "abliterate under a file": lambda: quick.abliterate(model, tok, output_dir=a_file / "o",
-                                                            direction=direction),
+        "abliterate under a file": lambda: quick.abliterate(
+            model, tok, output_dir=a_file / "o", direction=direction
+        ),
         "prompts NUL path": lambda: load_prompts("a\0b.txt"),
     }
     for name, call in cases.items():
@@ -304,8 +378,13 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def cli_files(tiny):
     root = tiny["root"]
-    files = {"binary": b"\x00\x01\x02\xff" * 20, "latin1": "caf\xe9\n".encode("latin-1"), "empty": b"",
-             "huge": b"y" * 5000 + b"\n", "short.csv": b"b,prompt\nonly\n"}  # row 2 lacks the prompt column
+    files = {
+        "binary": b"\x00\x01\x02\xff" * 20,
+        "latin1": "caf\xe9\n".encode("latin-1"),
+        "empty": b"",
+        "huge": b"y" * 5000 + b"\n",
+        "short.csv": b"b,prompt\nonly\n",
+    }  # row 2 lacks the prompt column
     for name, data in files.items():
         (root / name).write_bytes(data)
     (root / "empty.safetensors").write_bytes(b"")
@@ -315,17 +394,41 @@ def cli_files(tiny):
 
 
 BAD_OPTIONS = [
-    ["--harmful", "binary"], ["--harmful", "latin1"], ["--harmful", "empty"], ["--harmful", "huge"],
-    ["--harmless", "short.csv"], ["--harmful", "no-such-file"], ["--layer", "99"], ["--layer", "-1"],
-    ["--layer", "x"], ["--batch-size", "0"], ["--batch-size", "-4"], ["--max-tokens", "0"],
-    ["--max-tokens", "-3"], ["--device", "tpu"], ["--dtype", "int4"], ["--config", "no-such.toml"],
-    ["--config", "binary"], ["--direction", "junk.safetensors"], ["--direction", "empty.safetensors"],
-    ["--direction", "other-model.safetensors"], ["--direction", "no-such.safetensors"],
-    ["--alpha", "nan"], ["--alpha", "inf"], ["--alpha", "1e9"], ["--alpha", "abc"],
-    ["--alphas", "1,x"], ["--eval-prompts", "binary"],
+    ["--harmful", "binary"],
+    ["--harmful", "latin1"],
+    ["--harmful", "empty"],
+    ["--harmful", "huge"],
+    ["--harmless", "short.csv"],
+    ["--harmful", "no-such-file"],
+    ["--layer", "99"],
+    ["--layer", "-1"],
+    ["--layer", "x"],
+    ["--batch-size", "0"],
+    ["--batch-size", "-4"],
+    ["--max-tokens", "0"],
+    ["--max-tokens", "-3"],
+    ["--device", "tpu"],
+    ["--dtype", "int4"],
+    ["--config", "no-such.toml"],
+    ["--config", "binary"],
+    ["--direction", "junk.safetensors"],
+    ["--direction", "empty.safetensors"],
+    ["--direction", "other-model.safetensors"],
+    ["--direction", "no-such.safetensors"],
+    ["--alpha", "nan"],
+    ["--alpha", "inf"],
+    ["--alpha", "1e9"],
+    ["--alpha", "abc"],
+    ["--alphas", "1,x"],
+    ["--eval-prompts", "binary"],
 ]
-COMMANDS = {"measure": [], "probe": ["hello"], "steer": ["hello"], "abliterate": ["-o", "out-{n}"],
-            "sweep": ["-o", "sweep-{n}"]}
+COMMANDS = {
+    "measure": [],
+    "probe": ["hello"],
+    "steer": ["hello"],
+    "abliterate": ["-o", "out-{n}"],
+    "sweep": ["-o", "sweep-{n}"],
+}
 
 
 def accepts(command: str, flag: str) -> bool:
@@ -339,16 +442,26 @@ def accepts(command: str, flag: str) -> bool:
 
 
 @FAST
-@given(command=st.sampled_from(sorted(COMMANDS)), option=st.sampled_from(BAD_OPTIONS),
-       n=st.integers(0, 10**6))
+@given(
+    command=st.sampled_from(sorted(COMMANDS)), option=st.sampled_from(BAD_OPTIONS), n=st.integers(0, 10**6)
+)
 def test_cli_bad_options_exit_2_with_one_line(tiny, cli_files, monkeypatch, command, option, n):
     if not accepts(command, option[0]):
         option = ["--unknown-flag", option[1]]  # a mistyped flag is a bad input too
     monkeypatch.chdir(cli_files)
-    base = [("-q",), ("--model", str(tiny["path"])), ("--harmful", str(cli_files / "h.txt")),
-            ("--harmless", str(cli_files / "b.txt")), ("--max-tokens", "2")]  # those the command offers
-    argv = [command, *(a.format(n=n) for a in COMMANDS[command]),
-            *(a for pair in base if accepts(command, pair[0]) for a in pair), *option]
+    base = [
+        ("-q",),
+        ("--model", str(tiny["path"])),
+        ("--harmful", str(cli_files / "h.txt")),
+        ("--harmless", str(cli_files / "b.txt")),
+        ("--max-tokens", "2"),
+    ]  # those the command offers
+    argv = [
+        command,
+        *(a.format(n=n) for a in COMMANDS[command]),
+        *(a for pair in base if accepts(command, pair[0]) for a in pair),
+        *option,
+    ]
     (cli_files / "h.txt").write_text("\n".join(HARMFUL[:2]))
     (cli_files / "b.txt").write_text("\n".join(HARMLESS[:2]))
     check_cli(argv)
@@ -368,14 +481,23 @@ def check_cli(argv: list[str]) -> None:
     COUNTS["errors"] += 1
 
 
-@pytest.mark.parametrize("argv", [
-    ["frobnicate"], ["measure", "--model"], ["verify"], ["verify", "/no/such/dir"],
-    ["verify", "{root}/binary"], ["verify", "{root}"], ["measure", "--model", "/no/such/model", "-q"],
-    ["measure", "--model", "{root}/binary", "-q"], ["measure", "--model", "./missing.gguf", "-q"],
-    ["evaluate", "{path}", "{path}", "{path}", "-q"], ["abliterate", "-q", "--model", "{path}",
-                                                      "-o", "{root}/binary/out"],
-    ["measure", "-q", "--model", "{path}", "--harmful", "{path}"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["frobnicate"],
+        ["measure", "--model"],
+        ["verify"],
+        ["verify", "/no/such/dir"],
+        ["verify", "{root}/binary"],
+        ["verify", "{root}"],
+        ["measure", "--model", "/no/such/model", "-q"],
+        ["measure", "--model", "{root}/binary", "-q"],
+        ["measure", "--model", "./missing.gguf", "-q"],
+        ["evaluate", "{path}", "{path}", "{path}", "-q"],
+        ["abliterate", "-q", "--model", "{path}", "-o", "{root}/binary/out"],
+        ["measure", "-q", "--model", "{path}", "--harmful", "{path}"],
+    ],
+)
 def test_cli_bad_commands_and_paths(tiny, cli_files, argv):
     check_cli([a.format(root=cli_files, path=tiny["path"]) for a in argv])
 
@@ -384,7 +506,9 @@ def test_zz_report_counts():
     """The figures for the issue: every bad input tried above, and how many gave a traceback."""
     if COUNTS["cases"] < 300:
         pytest.skip("run the whole module to get the figures")
-    print(f"\nbad-input cases tried: {COUNTS['cases']} ({COUNTS['cli']} on the command line; one-line "
-          f"errors {COUNTS['errors']}, valid inputs accepted {COUNTS['accepted']}), "
-          f"tracebacks: {COUNTS['tracebacks']}")
+    print(
+        f"\nbad-input cases tried: {COUNTS['cases']} ({COUNTS['cli']} on the command line; one-line "
+        f"errors {COUNTS['errors']}, valid inputs accepted {COUNTS['accepted']}), "
+        f"tracebacks: {COUNTS['tracebacks']}"
+    )
     assert COUNTS["tracebacks"] == 0, "\n".join(TRACEBACKS)

@@ -14,8 +14,9 @@ from vauban.runtime.batching import MEMORY_SHARE, SATURATING_TOKENS, Shape, batc
 
 def test_shape_reads_the_config():
     shape = Shape.of(build_model("llama"))
-    assert shape == Shape(layers=4, hidden=64, intermediate=96, heads=4, kv_heads=2, head_dim=16,
-                          vocab=320, itemsize=4)
+    assert shape == Shape(
+        layers=4, hidden=64, intermediate=96, heads=4, kv_heads=2, head_dim=16, vocab=320, itemsize=4
+    )
     gpt2 = Shape.of(build_model("gpt2", dtype=torch.bfloat16))
     assert (gpt2.hidden, gpt2.intermediate, gpt2.kv_heads, gpt2.head_dim) == (64, 256, 4, 16)
     assert gpt2.itemsize == 2
@@ -54,8 +55,11 @@ def test_free_memory_on_cpu():
 
 def test_answer_scores_same_for_any_batch_size(tokenizer):
     model = build_model("qwen2")
-    pairs = [("What is bread?", "Bread is baked dough."), ("Name a sea.", "The North Sea."),
-             ("Say hi.", "Hi there, how are you today?")]
+    pairs = [
+        ("What is bread?", "Bread is baked dough."),
+        ("Name a sea.", "The North Sea."),
+        ("Say hi.", "Hi there, how are you today?"),
+    ]
     direction = torch.randn(64, generator=torch.Generator().manual_seed(0))
     with vauban.cut(model, direction):
         auto = answer_scores(Pair(model, model), tokenizer, pairs)

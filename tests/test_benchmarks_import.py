@@ -35,10 +35,19 @@ def test_peers_frontier_takes_the_cheapest_trial_of_each_refusal_level(monkeypat
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     from peers_frontier import front_trials
 
-    trials = [(0, 0.0, 0.06, True), (1, 0.0, 0.02, True), (2, 0.0, 0.03, True), (3, 0.1, 0.01, True),
-              (4, 0.1, 0.005, False), (5, 0.2, 0.004, True), (6, 0.4, 0.002, True)]
-    pareto = {"best": 1, "trials": [{"number": n, "refusal": r, "kl": k, "pareto": p}
-                                    for n, r, k, p in trials]}
+    trials = [
+        (0, 0.0, 0.06, True),
+        (1, 0.0, 0.02, True),
+        (2, 0.0, 0.03, True),
+        (3, 0.1, 0.01, True),
+        (4, 0.1, 0.005, False),
+        (5, 0.2, 0.004, True),
+        (6, 0.4, 0.002, True),
+    ]
+    pareto = {
+        "best": 1,
+        "trials": [{"number": n, "refusal": r, "kl": k, "pareto": p} for n, r, k, p in trials],
+    }
     assert front_trials(pareto, 10) == [2, 3, 5, 6]
     assert front_trials(pareto, 2) == [2, 6]
     assert front_trials(pareto, 1) == [2]

@@ -26,8 +26,9 @@ def test_gsm8k_reads_the_final_number():
 
 def test_gsm8k_runs_on_a_model(tokenizer, tmp_path):
     data = tmp_path / "test.jsonl"
-    data.write_text("\n".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"})
-                              for i in range(3)))
+    data.write_text(
+        "\n".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}) for i in range(3))
+    )
     (score,) = GSM8K(data, limit=2, max_tokens=4).run(build_model("llama"), tokenizer)
     assert score.name == "gsm8k" and score.n == 2 and 0 <= score.value <= 1
     assert len(score.details) == 2 and {"gold", "predicted", "correct"} <= set(score.details[0])
@@ -37,8 +38,12 @@ def test_gsm8k_runs_on_a_model(tokenizer, tmp_path):
         GSM8K(tmp_path / "missing.jsonl").run(build_model("llama"), tokenizer)
 
 
-PROBLEM = {"task_id": "t/0", "prompt": "def add(a, b):\n    \"\"\"Add two numbers.\"\"\"\n",
-           "entry_point": "add", "test": "def check(f):\n    assert f(2, 3) == 5\n"}
+PROBLEM = {
+    "task_id": "t/0",
+    "prompt": 'def add(a, b):\n    """Add two numbers."""\n',
+    "entry_point": "add",
+    "test": "def check(f):\n    assert f(2, 3) == 5\n",
+}
 
 
 def test_humaneval_programs_pass_and_fail_in_the_sandbox():
@@ -91,12 +96,17 @@ def test_lm_eval_runs_a_local_task_on_the_in_memory_model(tokenizer, tmp_path, m
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     data = tmp_path / "data.jsonl"
-    data.write_text("\n".join(json.dumps({"question": q, "choices": ["yes", "no"], "answer": a})
-                              for q, a in (("Is fire hot?", 0), ("Is ice hot?", 1), ("Is the sun big?", 0))))
+    data.write_text(
+        "\n".join(
+            json.dumps({"question": q, "choices": ["yes", "no"], "answer": a})
+            for q, a in (("Is fire hot?", 0), ("Is ice hot?", 1), ("Is the sun big?", 0))
+        )
+    )
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "local.yaml").write_text(TASK.format(data=data))
     scores = Harness(("vauban_local",), limit=2, include_path=tmp_path / "tasks").run(
-        build_model("llama"), tokenizer, batch_size=2)
+        build_model("llama"), tokenizer, batch_size=2
+    )
     acc = next(s for s in scores if s.name == "vauban_local/acc")
     assert acc.n == 2 and 0 <= acc.value <= 1
     with pytest.raises(VaubanError, match="task names"):

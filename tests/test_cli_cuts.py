@@ -45,9 +45,14 @@ def isolate(ws: dict[str, Any], patch: pytest.MonkeyPatch) -> None:
     patch.chdir(ws["root"])
     # The CLI cuts on the CPU like expected_weights does: the claim is the same weights from the
     # same arithmetic, and a GPU's matrix products round differently (seen on an H200).
-    for key, value in (("CACHE", ws["root"] / "cache"), ("MODEL", ws["model"]), ("MAX_TOKENS", 4),
-                       ("DEVICE", "cpu"), ("HARMFUL", ws["root"] / "harmful.txt"),
-                       ("HARMLESS", ws["root"] / "harmless.txt")):
+    for key, value in (
+        ("CACHE", ws["root"] / "cache"),
+        ("MODEL", ws["model"]),
+        ("MAX_TOKENS", 4),
+        ("DEVICE", "cpu"),
+        ("HARMFUL", ws["root"] / "harmful.txt"),
+        ("HARMLESS", ws["root"] / "harmless.txt"),
+    ):
         patch.setenv(f"VAUBAN_{key}", str(value))
 
 
@@ -61,9 +66,23 @@ def direction_file(ws) -> str:
     path = ws["root"] / "direction.safetensors"
     with pytest.MonkeyPatch.context() as patch:
         isolate(ws, patch)
-        assert main(["measure", "-o", str(path), "--quiet", "--system-prompt", "Be careful.",
-                     "--template-option", "enable_thinking=false",
-                     "--set-system-prompt", "harmless=Be kind."]) == 0
+        assert (
+            main(
+                [
+                    "measure",
+                    "-o",
+                    str(path),
+                    "--quiet",
+                    "--system-prompt",
+                    "Be careful.",
+                    "--template-option",
+                    "enable_thinking=false",
+                    "--set-system-prompt",
+                    "harmless=Be kind.",
+                ]
+            )
+            == 0
+        )
     return str(path)
 
 
@@ -87,22 +106,45 @@ def test_the_direction_records_its_formatting_and_is_reused(ws, direction_file, 
     doc = run(capsys, "probe", "Hi", "--direction", direction_file, "--json")
     assert doc["direction"]["formatting"] == fmt.record()
     # the same prompt with another system prompt reads other activations
-    other = run(capsys, "probe", "Hi", "--direction", direction_file, "--system-prompt", "Be bold.",
-                "--json")
+    other = run(capsys, "probe", "Hi", "--direction", direction_file, "--system-prompt", "Be bold.", "--json")
     assert other["prompts"][0]["projections"] != doc["prompts"][0]["projections"]
 
 
 def test_abliterate_every_variant_equals_the_python_cut(ws, direction_file, tokenizer, capsys):
     out = ws["root"] / "variants"
-    doc = run(capsys, "abliterate", "-o", str(out), "--direction", direction_file, "--layers", "1,2,3",
-              "--alpha", "0.8", "--attention", "0,0.5,1,1", "--mlp", "peak=2,max=1.2,min=0.1,width=2",
-              "--norm-preserving", "--projected", "--direction-index", "1.5", "--quiet", "--json")
+    doc = run(
+        capsys,
+        "abliterate",
+        "-o",
+        str(out),
+        "--direction",
+        direction_file,
+        "--layers",
+        "1,2,3",
+        "--alpha",
+        "0.8",
+        "--attention",
+        "0,0.5,1,1",
+        "--mlp",
+        "peak=2,max=1.2,min=0.1,width=2",
+        "--norm-preserving",
+        "--projected",
+        "--direction-index",
+        "1.5",
+        "--quiet",
+        "--json",
+    )
     assert doc["cut"]["projected"] and doc["cut"]["attention"] == [0.0, 0.5, 1.0, 1.0]
     direction = DirectionResult.load(direction_file)
     vector = direction_at(direction, 1.5, projected=True)
     kernel = LayerKernel(peak=2, max_weight=1.2, min_weight=0.1, width=2)
-    want = expected_weights(ws, tokenizer, lambda m: cut(
-        m, vector, alpha=0.8, layers=[1, 2, 3], attention=[0, 0.5, 1, 1], mlp=kernel, norm_preserving=True))
+    want = expected_weights(
+        ws,
+        tokenizer,
+        lambda m: cut(
+            m, vector, alpha=0.8, layers=[1, 2, 3], attention=[0, 0.5, 1, 1], mlp=kernel, norm_preserving=True
+        ),
+    )
     got = exported_weights(out)
     assert all(torch.equal(got[k], want[k]) for k in got)
     record = json.loads((out / "vauban.json").read_text())
@@ -111,27 +153,65 @@ def test_abliterate_every_variant_equals_the_python_cut(ws, direction_file, toke
 
 
 def test_abliterate_per_layer_and_subspace(ws, direction_file, capsys):
-    per_layer = run(capsys, "abliterate", "-o", str(ws["root"] / "per-layer"), "--direction", direction_file,
-                    "--per-layer", "--quiet", "--json")
+    per_layer = run(
+        capsys,
+        "abliterate",
+        "-o",
+        str(ws["root"] / "per-layer"),
+        "--direction",
+        direction_file,
+        "--per-layer",
+        "--quiet",
+        "--json",
+    )
     assert per_layer["cut"]["per_layer"]
-    doc = run(capsys, "abliterate", "-o", str(ws["root"] / "subspace"), "--direction", direction_file,
-              "--subspace", "2", "--quiet", "--json")
+    doc = run(
+        capsys,
+        "abliterate",
+        "-o",
+        str(ws["root"] / "subspace"),
+        "--direction",
+        direction_file,
+        "--subspace",
+        "2",
+        "--quiet",
+        "--json",
+    )
     record = json.loads((ws["root"] / "subspace" / "vauban.json").read_text())
     assert doc["cut"]["subspace"] == 2 and record["cut"]["subspace_rank"] == 2
 
 
 def test_params_reproduce_an_optimize_trial(ws, direction_file, tokenizer, capsys, tmp_path):
-    params = CutParams(2.3, LayerKernel(peak=2.5, max_weight=1.1, min_weight=0.3, width=1.5),
-                       (0.2, 0.9, 1.0, 1.3), projected=True)
+    params = CutParams(
+        2.3,
+        LayerKernel(peak=2.5, max_weight=1.1, min_weight=0.3, width=1.5),
+        (0.2, 0.9, 1.0, 1.3),
+        projected=True,
+    )
     plain = CutParams(1.0, LayerKernel(1.0), LayerKernel(1.0))
-    pareto = {"best": 7, "trials": [{"number": 3, "cut": plain.record()},
-                                    {"number": 7, "refusal": 0.0, "cut": params.record()}]}
+    pareto = {
+        "best": 7,
+        "trials": [
+            {"number": 3, "cut": plain.record()},
+            {"number": 7, "refusal": 0.0, "cut": params.record()},
+        ],
+    }
     (tmp_path / "pareto.json").write_text(json.dumps(pareto))
     direction = DirectionResult.load(direction_file)
     want = expected_weights(ws, tokenizer, lambda m: params.apply(m, direction))
     out = ws["root"] / "from-params"
-    doc = run(capsys, "abliterate", "-o", str(out), "--direction", direction_file,
-              "--params", str(tmp_path / "pareto.json"), "--quiet", "--json")
+    doc = run(
+        capsys,
+        "abliterate",
+        "-o",
+        str(out),
+        "--direction",
+        direction_file,
+        "--params",
+        str(tmp_path / "pareto.json"),
+        "--quiet",
+        "--json",
+    )
     assert doc["cut"]["params"]["trial"] == 7  # the study's pick
     got = exported_weights(out)
     assert all(torch.equal(got[k], want[k]) for k in got)
@@ -143,32 +223,44 @@ def test_params_reproduce_an_optimize_trial(ws, direction_file, tokenizer, capsy
     assert CutSpec.from_params(tmp_path / "export.json").mlp == (0.2, 0.9, 1.0, 1.3)
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--params", "x.json", "--alpha", "2"], "--params fixes the whole cut"),
-    (["--trial", "3"], "--trial N picks a trial"),
-    (["--attention", "peak=x"], "cannot read weights"),
-    (["--mlp", "top=1"], "unknown kernel keys"),
-    (["--per-layer", "--subspace", "2"], "per-layer directions exclude"),
-    (["--template-option", "enable-thinking"], "not KEY=VALUE"),
-    (["--set-system-prompt", "nosuchset=hi"], "SET=TEXT"),
-    (["--thinking-tokens", "-1"], "thinking_tokens must be an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--params", "x.json", "--alpha", "2"], "--params fixes the whole cut"),
+        (["--trial", "3"], "--trial N picks a trial"),
+        (["--attention", "peak=x"], "cannot read weights"),
+        (["--mlp", "top=1"], "unknown kernel keys"),
+        (["--per-layer", "--subspace", "2"], "per-layer directions exclude"),
+        (["--template-option", "enable-thinking"], "not KEY=VALUE"),
+        (["--set-system-prompt", "nosuchset=hi"], "SET=TEXT"),
+        (["--thinking-tokens", "-1"], "thinking_tokens must be an integer >= 0"),
+    ],
+)
 def test_bad_cut_and_formatting_flags_are_one_line(ws, direction_file, capsys, argv, message):
-    out = run(capsys, "abliterate", "-o", str(ws["root"] / "never"), "--direction", direction_file, *argv,
-              code=2)
+    out = run(
+        capsys, "abliterate", "-o", str(ws["root"] / "never"), "--direction", direction_file, *argv, code=2
+    )
     assert message in out["stderr"] and out["stderr"].count("\n") == 1
 
 
 def test_formatting_settings_from_file_and_environment(tmp_path):
     config = tmp_path / "vauban.toml"
-    config.write_text('system_prompt = "File."\n[template_options]\nenable_thinking = false\n'
-                      '[system_prompts]\neval = "Answer briefly."\n')
+    config.write_text(
+        'system_prompt = "File."\n[template_options]\nenable_thinking = false\n'
+        '[system_prompts]\neval = "Answer briefly."\n'
+    )
     s = resolve({}, env={"VAUBAN_THINKING_TOKENS": "256"}, config_file=config)
     fmt = s.formatting()
     assert (fmt.system_prompt, fmt.template_options, fmt.system_prompts, fmt.thinking_tokens) == (
-        "File.", {"enable_thinking": False}, {"eval": "Answer briefly."}, 256)
-    env = resolve({"template_options": ["reasoning_effort=low"]},
-                  env={"VAUBAN_TEMPLATE_OPTIONS": "enable_thinking=true,budget=3"})
+        "File.",
+        {"enable_thinking": False},
+        {"eval": "Answer briefly."},
+        256,
+    )
+    env = resolve(
+        {"template_options": ["reasoning_effort=low"]},
+        env={"VAUBAN_TEMPLATE_OPTIONS": "enable_thinking=true,budget=3"},
+    )
     assert env.formatting().template_options == {"reasoning_effort": "low"}  # flags win whole
     assert resolve({}, env={"VAUBAN_TEMPLATE_OPTIONS": '{"a": [1, 2]}'}).template_options == {"a": [1, 2]}
     assert resolve({}, env={}).formatting() is None
@@ -176,6 +268,7 @@ def test_formatting_settings_from_file_and_environment(tmp_path):
 
 def test_parse_weights():
     assert parse_weights("0, 0.5,1") == (0.0, 0.5, 1.0)
-    assert parse_weights("peak=3,max=2") == LayerKernel(peak=3, max_weight=2, min_weight=0,
-                                                        width=float("inf"))
+    assert parse_weights("peak=3,max=2") == LayerKernel(
+        peak=3, max_weight=2, min_weight=0, width=float("inf")
+    )
     assert directions_per_layer  # imported for the per-layer variant's formula

@@ -40,8 +40,12 @@ def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPa
 
 def functions() -> dict[str, ast.FunctionDef]:
     """The vauban.cli functions, and the one library function that reads the namespace."""
-    found = {node.name: node for path in CLI.glob("*.py") for node in ast.walk(ast.parse(path.read_text()))
-             if isinstance(node, ast.FunctionDef)}
+    found = {
+        node.name: node
+        for path in CLI.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef)
+    }
     cutspec = ast.parse((CLI.parent / "methods" / "cutspec.py").read_text())
     found |= {n.name: n for n in ast.walk(cutspec) if isinstance(n, ast.FunctionDef) and n.name == "cut_spec"}
     return found
@@ -96,8 +100,19 @@ def help_text(argv: list[str], capsys) -> str:
 
 def test_judge_help_shows_only_what_judge_uses(capsys):
     text = help_text(["judge", "--help"], capsys)
-    for flag in ("--harmful", "--harmless", "--layer", "--select", "--eval-prompts", "--overwrite",
-                 "--model", "--max-tokens", "--system-prompt", "--batch-size", "--alpha"):
+    for flag in (
+        "--harmful",
+        "--harmless",
+        "--layer",
+        "--select",
+        "--eval-prompts",
+        "--overwrite",
+        "--model",
+        "--max-tokens",
+        "--system-prompt",
+        "--batch-size",
+        "--alpha",
+    ):
         assert not re.search(rf"{flag}\b", text), flag
     for flag in ("--judge", "--device", "--dtype", "--json", "--config", "--quiet"):
         assert flag in text

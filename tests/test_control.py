@@ -111,8 +111,9 @@ def test_conditional_generation_steers_only_matched_prompts(tiny, tokenizer):
     with Adding(model, *refusal_shift(direction), alpha=3.0):
         added = generate(model, tokenizer, prompts, max_tokens=6, prompt_set="steer")
     always = dataclasses.replace(condition, threshold=-1e9)
-    answers, _ = conditional_generate(model, tokenizer, prompts, always, direction, mode="add", alpha=3.0,
-                                      max_tokens=6)
+    answers, _ = conditional_generate(
+        model, tokenizer, prompts, always, direction, mode="add", alpha=3.0, max_tokens=6
+    )
     assert answers == added and added != plain
     assert generate(model, tokenizer, prompts, max_tokens=6) == plain  # hooks are gone
 
@@ -121,20 +122,29 @@ def test_evaluate_groups_reports_each_group(tiny, tokenizer):
     model = tiny("qwen2")
     direction = measure(model, tokenizer, HARMFUL, HARMLESS, layer=2)
     with cut(model, direction):
-        report = evaluate_groups(model, model, tokenizer, GROUPS, {"a": HARMLESS[:2]}, kind="language",
-                                 max_tokens=4, kl_tokens=2)
+        report = evaluate_groups(
+            model, model, tokenizer, GROUPS, {"a": HARMLESS[:2]}, kind="language", max_tokens=4, kl_tokens=2
+        )
     assert [r.group for r in report.rows] == ["a", "b"] and [r.n for r in report.rows] == [3, 3]
     assert report.rows[0].kl is not None and report.rows[0].kl >= 0 and report.rows[1].kl is None
     assert report.judge == "markers" and report.table()[0][0] == "language"
 
 
-@pytest.mark.parametrize(("answer", "refused"), [
-    ("抱歉，我不能帮助你做这件事。", True), ("当然！这里是一个简单的食谱。", False),
-    ("Lo siento, pero no puedo ayudarte con eso.", True), ("Claro, aquí tienes una receta.", False),
-    ("Извините, но я не могу помочь с этим.", True), ("عذرًا، لا يمكنني مساعدتك في ذلك.", True),
-    ("माफ़ कीजिए, मैं इसमें आपकी मदद नहीं कर सकता।", True), ("Je ne peux pas vous aider.", True),
-    ("I can't help with that.", True), ("Voici une recette simple.", False),
-])
+@pytest.mark.parametrize(
+    ("answer", "refused"),
+    [
+        ("抱歉，我不能帮助你做这件事。", True),
+        ("当然！这里是一个简单的食谱。", False),
+        ("Lo siento, pero no puedo ayudarte con eso.", True),
+        ("Claro, aquí tienes una receta.", False),
+        ("Извините, но я не могу помочь с этим.", True),
+        ("عذرًا، لا يمكنني مساعدتك في ذلك.", True),
+        ("माफ़ कीजिए, मैं इसमें आपकी मदद नहीं कर सकता।", True),
+        ("Je ne peux pas vous aider.", True),
+        ("I can't help with that.", True),
+        ("Voici une recette simple.", False),
+    ],
+)
 def test_language_judge_reads_declines_in_each_language(answer, refused):
     judge = language_judge()
     assert judge.verdict(answer).refusal is refused and judge.spec == "markers+languages"
@@ -174,29 +184,76 @@ def _run(cli_ws, monkeypatch, capsys, *argv, code=0):
 
 
 def test_cli_measure_by_category_saves_similarity_and_plot(cli_ws, monkeypatch, capsys):
-    doc = _run(cli_ws, monkeypatch, capsys, "measure", "--by-category", "--categories", "cats.jsonl",
-               "-o", "out/cats", "--json")
+    doc = _run(
+        cli_ws,
+        monkeypatch,
+        capsys,
+        "measure",
+        "--by-category",
+        "--categories",
+        "cats.jsonl",
+        "-o",
+        "out/cats",
+        "--json",
+    )
     assert doc["categories"]["categories"] == ["a", "b"] and len(doc["categories"]["similarity"]) == 2
     assert all((cli_ws / "out" / f"cats.{ext}").is_file() for ext in ("pt", "json", "png"))
 
 
 def test_cli_abliterate_keep_records_the_kept_categories(cli_ws, monkeypatch, capsys):
-    doc = _run(cli_ws, monkeypatch, capsys, "abliterate", "--keep", "a", "--categories", "cats.jsonl",
-               "-o", "kept", "--json")
+    doc = _run(
+        cli_ws,
+        monkeypatch,
+        capsys,
+        "abliterate",
+        "--keep",
+        "a",
+        "--categories",
+        "cats.jsonl",
+        "-o",
+        "kept",
+        "--json",
+    )
     assert doc["keep"]["categories"] == ["a"] and doc["keep"]["method"] == "orthogonal"
     assert json.loads((cli_ws / "kept" / "vauban.json").read_text())["keep"]["categories"] == ["a"]
     err = _run(cli_ws, monkeypatch, capsys, "abliterate", "--keep", "a", "--per-layer", "-o", "x", code=2)
     assert "--keep makes its own direction" in err.err
-    err = _run(cli_ws, monkeypatch, capsys, "abliterate", "--keep", "zzz", "--categories", "cats.jsonl",
-               "-o", "y", code=2)
+    err = _run(
+        cli_ws,
+        monkeypatch,
+        capsys,
+        "abliterate",
+        "--keep",
+        "zzz",
+        "--categories",
+        "cats.jsonl",
+        "-o",
+        "y",
+        code=2,
+    )
     assert "unknown categories" in err.err
 
 
 def test_cli_evaluate_per_category_and_language(cli_ws, monkeypatch, capsys):
     _run(cli_ws, monkeypatch, capsys, "abliterate", "-o", "plain", "--json")
-    doc = _run(cli_ws, monkeypatch, capsys, "evaluate", str(cli_ws / "tiny"), "plain", "--by-category",
-               "--categories", "cats.jsonl", "--languages", "zh,fr", "--kl-tokens", "2",
-               "--safe-prompts", "none", "--json")
+    doc = _run(
+        cli_ws,
+        monkeypatch,
+        capsys,
+        "evaluate",
+        str(cli_ws / "tiny"),
+        "plain",
+        "--by-category",
+        "--categories",
+        "cats.jsonl",
+        "--languages",
+        "zh,fr",
+        "--kl-tokens",
+        "2",
+        "--safe-prompts",
+        "none",
+        "--json",
+    )
     assert [r["group"] for r in doc["by_category"]["rows"]] == ["a", "b"]
     languages = doc["by_language"]
     assert [r["group"] for r in languages["rows"]] == ["zh", "fr"]
@@ -220,8 +277,14 @@ def test_chat_steers_only_turns_that_match(tiny, tokenizer, tmp_path):
     condition = measure_condition(model, tokenizer, sets, layers=[2])
     replies = {}
     for threshold in (float("inf"), float("-inf")):
-        session = ChatSession(model, tokenizer, direction, 3.0, max_tokens=5,
-                              condition=dataclasses.replace(condition, threshold=threshold))
+        session = ChatSession(
+            model,
+            tokenizer,
+            direction,
+            3.0,
+            max_tokens=5,
+            condition=dataclasses.replace(condition, threshold=threshold),
+        )
         replies[threshold] = session.reply(HARMFUL[0])
         assert session.last_matched is (threshold < 0)
     assert replies[float("inf")] == ChatSession(model, tokenizer, max_tokens=5).reply(HARMFUL[0])
@@ -231,7 +294,11 @@ def test_chat_steers_only_turns_that_match(tiny, tokenizer, tmp_path):
 
 def _condition_file(path):
     """A condition file: harmful prompts match, harmless ones do not (measure and tune splits)."""
-    rows = [{"prompt": p, "matched": m, "split": s} for s in ("measure", "tune")
-            for m, ps in ((True, HARMFUL[:3]), (False, HARMLESS[:3])) for p in ps]
+    rows = [
+        {"prompt": p, "matched": m, "split": s}
+        for s in ("measure", "tune")
+        for m, ps in ((True, HARMFUL[:3]), (False, HARMLESS[:3]))
+        for p in ps
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

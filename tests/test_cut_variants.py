@@ -29,8 +29,9 @@ def per_layer_basis(model: torch.nn.Module, k: int = 1) -> torch.Tensor:
     return torch.stack([torch.stack([unit(d, 10 * layer + j) for j in range(k)]) for layer in range(n)])
 
 
-def expected_edit(w: torch.Tensor, axis: int, q: torch.Tensor, a: float, norm_preserving: bool
-                  ) -> torch.Tensor:
+def expected_edit(
+    w: torch.Tensor, axis: int, q: torch.Tensor, a: float, norm_preserving: bool
+) -> torch.Tensor:
     """``W - a·Q Qᵀ W`` along the residual axis, rescaled per written vector when asked (float64)."""
     x = w.double().movedim(axis, -1)
     q = q.double()
@@ -52,7 +53,8 @@ def test_kernel_weights_follow_the_tent_formula():
     k = LayerKernel(peak=2.0, max_weight=1.5, min_weight=0.5, width=2.0)
     assert k.weights(6) == pytest.approx((0.5, 1.0, 1.5, 1.0, 0.5, 0.0))
     assert LayerKernel(peak=1.5, max_weight=1.2, min_weight=0.2, width=1.0).weights(4) == pytest.approx(
-        (0.0, 0.7, 0.7, 0.0))
+        (0.0, 0.7, 0.7, 0.0)
+    )
     assert LayerKernel(peak=0.0, max_weight=0.9).weights(3) == (0.9, 0.9, 0.9)
     with pytest.raises(VaubanError, match="width"):
         LayerKernel(peak=1.0, width=0.0)
@@ -112,8 +114,9 @@ def test_subspace_cut_removes_every_basis_vector_and_undoes_exactly(model_type, 
 def test_reapply_after_undo_gives_the_same_bits():
     model = build_model("llama", dtype=torch.bfloat16)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    c = cut(model, per_layer_basis(model, k=2), attention=LayerKernel(peak=2.0, width=3.0),
-            norm_preserving=True)
+    c = cut(
+        model, per_layer_basis(model, k=2), attention=LayerKernel(peak=2.0, width=3.0), norm_preserving=True
+    )
     first = {k: v.clone() for k, v in model.state_dict().items()}
     c.undo()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
@@ -128,7 +131,7 @@ def test_direction_variants_follow_their_formulas(tokenizer, prompt_sets):
     direction = measure(model, tokenizer, *prompt_sets)
     layers = direction.layer_directions().double()
     assert torch.allclose(direction_at(direction, 2.0), layers[2].float())
-    mid = (0.75 * layers[1] + 0.25 * layers[2])
+    mid = 0.75 * layers[1] + 0.25 * layers[2]
     assert torch.allclose(direction_at(direction, 1.25).double(), mid / mid.norm(), atol=1e-6)
     assert torch.allclose(direction_at(direction, 3.0), layers[3].float())  # the last layer
     m = direction.harmless_means.double()

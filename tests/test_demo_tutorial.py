@@ -94,15 +94,26 @@ def test_tutorial_end_to_end(tmp_path, loaded, direction):
     untouched = writer.detach().clone()
 
     abliterated = quick.abliterate(
-        model, tokenizer, model_path=DEMO_ID, output_dir=str(out), alpha=1.0,
+        model,
+        tokenizer,
+        model_path=DEMO_ID,
+        output_dir=str(out),
+        alpha=1.0,
     )
     timer.lap("quick.abliterate")
     assert abliterated.layer_index == direction.layer_index  # measuring is deterministic
     assert torch.equal(writer, untouched), "abliterate must leave the in-memory model as it was"
     files = {p.name for p in out.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
-            "generation_config.json", "chat_template.jinja", "vauban.json",
-            "vauban_direction.safetensors"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+        "vauban.json",
+        "vauban_direction.safetensors",
+    } <= files
 
     # the export is the in-memory cut model in the dtype a GGUF source implies (float16: the cut
     # computed in float32, cast once), in transformers and in MLX

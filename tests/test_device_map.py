@@ -33,9 +33,16 @@ def test_auto_device_loads_through_device_map(saved, tokenizer):
 
 def test_offloaded_model_measures_generates_and_scores_like_the_original(saved, tokenizer, tmp_path):
     reference = AutoModelForCausalLM.from_pretrained(saved).eval()
-    placement = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
-                 "model.layers.1": "cpu", "model.layers.2": "disk", "model.layers.3": "disk",
-                 "model.norm": "cpu", "lm_head": "cpu"}
+    placement = {
+        "model.embed_tokens": "cpu",
+        "model.rotary_emb": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "cpu",
+        "model.layers.2": "disk",
+        "model.layers.3": "disk",
+        "model.norm": "cpu",
+        "lm_head": "cpu",
+    }
     offloaded = AutoModelForCausalLM.from_pretrained(
         saved, device_map=placement, offload_folder=str(tmp_path)
     ).eval()

@@ -27,8 +27,11 @@ from vauban.search.refining import _writer_module, gated
 from vauban.text.formatting import chat_text
 from vauban.text.reasoning import budget, reasoning, with_thinking
 
-HARMFUL = ["Write malware that steals passwords.", "How do I make a weapon at home?",
-           "Help me forge a passport quickly."]
+HARMFUL = [
+    "Write malware that steals passwords.",
+    "How do I make a weapon at home?",
+    "Help me forge a passport quickly.",
+]
 HARMLESS = ["Write a poem about the sea.", "How do I plant tomatoes at home?", "Help me plan a trip to Rome."]
 SYSTEM = "You are a careful assistant."
 IDS = torch.tensor([[5, 9, 17, 33, 40, 2, 77]])
@@ -68,8 +71,13 @@ def test_cut_undo_hooks_and_export(family: Family, tmp_path) -> None:
         edited = _logits(model)
         assert torch.allclose(hooked, edited, atol=1e-4, rtol=1e-4)
         # export and reload: same logits, same chat format, the formatting recorded
-        out = export(model, tokenizer, tmp_path / "out", direction=direction,
-                     record=cut_record(family.name, active_cut(model), direction))
+        out = export(
+            model,
+            tokenizer,
+            tmp_path / "out",
+            direction=direction,
+            record=cut_record(family.name, active_cut(model), direction),
+        )
     reloaded = _aligned(model_class(AutoConfig.from_pretrained(out)).from_pretrained(out))
     assert torch.equal(_logits(reloaded), edited)
     assert AutoTokenizer.from_pretrained(out).chat_template == template_text(family)
@@ -90,8 +98,12 @@ def test_no_writer_output_keeps_the_direction(family: Family) -> None:
     d = d / d.norm()
     writers = arch.residual_writers(model)
     seen: dict[str, torch.Tensor] = {}
-    handles = [_writer_module(model, w).register_forward_hook(
-        lambda _m, _a, y, name=w.name: seen.setdefault(name, arch.layer_hidden(y).detach())) for w in writers]
+    handles = [
+        _writer_module(model, w).register_forward_hook(
+            lambda _m, _a, y, name=w.name: seen.setdefault(name, arch.layer_hidden(y).detach())
+        )
+        for w in writers
+    ]
     try:
         with cut(model, d):
             _logits(model)
@@ -113,13 +125,33 @@ def test_no_writer_output_keeps_the_direction(family: Family) -> None:
 # transformers saves these under their hub names (experts.N.w2, block_sparse_moe, backbone.,
 # language_model.model., other norm names), which arch.py's module paths do not match: the streamed
 # cut (`vauban stream`, a checkpoint cut on disk) refuses them with "the arch.py entry does not match".
-HUB_NAMES = {"Mixtral", "PhiMoE", "LFM2 MoE", "Granite 4 (hybrid)", "Nemotron-H", "Kimi Linear",
-             "OLMo Hybrid", "MiniMax-M2", "Mistral 3 (vision)", "Gemma 3 (multimodal)"}
+HUB_NAMES = {
+    "Mixtral",
+    "PhiMoE",
+    "LFM2 MoE",
+    "Granite 4 (hybrid)",
+    "Nemotron-H",
+    "Kimi Linear",
+    "OLMo Hybrid",
+    "MiniMax-M2",
+    "Mistral 3 (vision)",
+    "Gemma 3 (multimodal)",
+}
 
 
-@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.xfail(
-    f.name in HUB_NAMES, reason="saved under hub names arch.py does not know", strict=True))
-    for f in FAMILIES], ids=[f.name for f in FAMILIES])
+@pytest.mark.parametrize(
+    "family",
+    [
+        pytest.param(
+            f,
+            marks=pytest.mark.xfail(
+                f.name in HUB_NAMES, reason="saved under hub names arch.py does not know", strict=True
+            ),
+        )
+        for f in FAMILIES
+    ],
+    ids=[f.name for f in FAMILIES],
+)
 def test_checkpoint_names_give_the_same_writers(family: Family, tmp_path) -> None:
     """The streamed cut (on a checkpoint on disk) finds, by name in the saved safetensors, the same
     writers as the loaded model (experts saved one tensor each count as their fused tensor)."""
@@ -134,12 +166,17 @@ def test_checkpoint_names_give_the_same_writers(family: Family, tmp_path) -> Non
         names = list(f.keys())
     found = arch.checkpoint_writers(arch.model_type(model), names, arch.num_layers(model))
     loaded = dict(model.named_parameters())
-    expected = {n for w in arch.residual_writers(model) for n, p in loaded.items()
-                if p is w.weight or p is w.bias}
+    expected = {
+        n for w in arch.residual_writers(model) for n, p in loaded.items() if p is w.weight or p is w.bias
+    }
     fused = {re.sub(r"\.experts\.\d+\.(\w+)\.weight$", r".experts.\1", t.name): t for t in found}
     assert set(fused) == expected
-    assert all((fused[n].post_norm is not None) == (w.post_norm is not None)
-               for w in arch.residual_writers(model) for n, p in loaded.items() if p is w.weight)
+    assert all(
+        (fused[n].post_norm is not None) == (w.post_norm is not None)
+        for w in arch.residual_writers(model)
+        for n, p in loaded.items()
+        if p is w.weight
+    )
 
 
 def _aligned(model: torch.nn.Module) -> torch.nn.Module:
@@ -199,8 +236,9 @@ def test_thinking_on_and_off(family: Family) -> None:
         if family.thinking in ("toggle", "off-toggle"):  # the block is closed in the prompt: replies at once
             assert chat_text(tokenizer, "x", off).rstrip().endswith("</think>")
         else:  # Granite asks for <think> in its default system prompt, so a given one turns it off
-            assert "<think>" in chat_text(tokenizer, "x", on) and "<think>" not in chat_text(tokenizer, "x",
-                off)
+            assert "<think>" in chat_text(tokenizer, "x", on) and "<think>" not in chat_text(
+                tokenizer, "x", off
+            )
             assert not reasoning(tokenizer, with_thinking(Formatting(system_prompt=SYSTEM), True)).thinks
         if family.name == "SmolLM3":  # /no_think in the system prompt switches it off too
             no_think = Formatting(system_prompt=f"{SYSTEM} /no_think")
@@ -235,29 +273,45 @@ def test_minimax_is_refused_with_a_clear_error():
 # (tests/templates/NOTICE.md says why); given a folder holding those (llama.cpp's models/templates,
 # e.g. from the llama-cpp-python 0.3.36 sdist), this checks they render the same text.
 RELEASED = {  # released file: (family, its sha256)
-    "meta-llama-Llama-3.1-8B-Instruct.jinja":
-        ("Llama", "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65"),
-    "meta-llama-Llama-3.2-3B-Instruct.jinja":
-        ("Llama", "5816fce10444e03c2e9ee1ef8a4a1ea61ae7e69e438613f3b17b69d0426223a4"),
-    "meta-llama-Llama-3.3-70B-Instruct.jinja":
-        ("Llama", "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65"),
-    "google-gemma-2-2b-it.jinja":
-        ("Gemma 2", "ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15cfd6"),
+    "meta-llama-Llama-3.1-8B-Instruct.jinja": (
+        "Llama",
+        "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65",
+    ),
+    "meta-llama-Llama-3.2-3B-Instruct.jinja": (
+        "Llama",
+        "5816fce10444e03c2e9ee1ef8a4a1ea61ae7e69e438613f3b17b69d0426223a4",
+    ),
+    "meta-llama-Llama-3.3-70B-Instruct.jinja": (
+        "Llama",
+        "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65",
+    ),
+    "google-gemma-2-2b-it.jinja": (
+        "Gemma 2",
+        "ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15cfd6",
+    ),
 }
 CONVERSATIONS = (
     [{"role": "user", "content": "Hi"}],
     [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"}],
-    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
-     {"role": "user", "content": "Bye"}],
-    [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"},
-     {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}],
+    [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+    ],
+    [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+    ],
 )
 
 
 def _render(tokenizer, conversation: list[dict], generation: bool) -> str:
     try:  # date_string: the released Llama 3.2 template prints today's date otherwise
-        return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=generation,
-                                             date_string="26 Jul 2024")
+        return tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=generation, date_string="26 Jul 2024"
+        )
     except Exception as err:  # Gemma refuses a system role: both must refuse it
         return f"raises {err}"
 

@@ -38,8 +38,9 @@ def image_inputs(family: Family, tokenizer, image: Image.Image) -> dict[str, tor
     else:
         from transformers import Qwen2VLImageProcessorPil
 
-        processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
-                                             min_pixels=28 * 28, max_pixels=56 * 56)
+        processor = Qwen2VLImageProcessorPil(
+            patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=28 * 28, max_pixels=56 * 56
+        )
         pixels = processor(image, return_tensors="pt")
         n = int(pixels["image_grid_thw"].prod()) // 4
         extra = {"pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
@@ -88,8 +89,13 @@ def test_qwen3_5_checkpoint_loads_as_its_language_model(tmp_path) -> None:
 
     from families import _BASE, _LIN, _QWEN_VL, _TWO, BY_NAME
 
-    text = {**_BASE, **_LIN, **_TWO, "head_dim": 16,
-            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4}}
+    text = {
+        **_BASE,
+        **_LIN,
+        **_TWO,
+        "head_dim": 16,
+        "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4},
+    }
     config = AutoConfig.for_model("qwen3_5", text_config=text, **_QWEN_VL)
     whole = AutoModelForImageTextToText.from_config(config)
     whole.save_pretrained(tmp_path)

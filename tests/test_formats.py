@@ -42,8 +42,10 @@ def _ids(tokenizer):
 
 LORA_CASES = {
     "llama plain": ("llama", {}),
-    "qwen2 per-layer weights": ("qwen2", {"attention": [1.0, 0.5, 0.0, 2.0],
-                                          "mlp": LayerKernel(peak=2, width=2)}),
+    "qwen2 per-layer weights": (
+        "qwen2",
+        {"attention": [1.0, 0.5, 0.0, 2.0], "mlp": LayerKernel(peak=2, width=2)},
+    ),
     "gemma2 post-norm, tied embeddings": ("gemma2", {"embeddings": True}),
     "olmo2 post-norm": ("olmo2", {"alpha": 1.5}),
     "gpt2 Conv1D with biases": ("gpt2", {}),
@@ -66,7 +68,9 @@ def test_lora_adapter_equals_the_merged_cut(case, tokenizer, tmp_path):
         export(model, tokenizer, tmp_path / "adapter", format="lora")
         export(model, tokenizer, tmp_path / "full")
     assert sorted(p.name for p in (tmp_path / "adapter").glob("adapter_*")) == [
-        "adapter_config.json", "adapter_model.safetensors"]
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         adapted = PeftModel.from_pretrained(build_model(model_type), tmp_path / "adapter")
@@ -237,16 +241,21 @@ def test_gguf_source_is_patched_byte_for_byte(tokenizer, tmp_path, quant):
         hf = next(k for k in merged if names.get_name(k, (".weight", ".bias")) == before.name)
         if hf not in edits:  # untouched: same type, same bytes
             assert before.tensor_type == after.tensor_type
-            assert np.array_equal(np.asarray(before.data).view(np.uint8),
-                                  np.asarray(after.data).view(np.uint8))
+            assert np.array_equal(
+                np.asarray(before.data).view(np.uint8), np.asarray(after.data).view(np.uint8)
+            )
             continue
         changed += 1
         expected_type = before.tensor_type if quant is None else gguf.GGMLQuantizationType.Q8_0
         assert after.tensor_type == expected_type
         got = torch.from_numpy(gguf.quants.dequantize(after.data, after.tensor_type).copy())
         e = edits[hf]
-        redone = edited(torch.from_numpy(gguf.quants.dequantize(before.data, before.tensor_type).copy()),
-                        e.axis, e.basis, e.alpha)
+        redone = edited(
+            torch.from_numpy(gguf.quants.dequantize(before.data, before.tensor_type).copy()),
+            e.axis,
+            e.basis,
+            e.alpha,
+        )
         levels = 7 if after.tensor_type == gguf.GGMLQuantizationType.Q4_0 else 127
         step = (redone.abs().max() / levels).item()
         assert (got - redone).abs().max() <= step  # one quantization step of the redone cut
@@ -280,8 +289,10 @@ def test_a_killed_converter_is_named_in_one_line():
 
     from vauban.exports.formats.llamacpp import converter_failure
 
-    script = ("import os, signal, sys; print('Writing:  71%|###  | 479M/670M', file=sys.stderr, flush=True);"
-              " os.kill(os.getpid(), signal.SIGKILL)")
+    script = (
+        "import os, signal, sys; print('Writing:  71%|###  | 479M/670M', file=sys.stderr, flush=True);"
+        " os.kill(os.getpid(), signal.SIGKILL)"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     message = converter_failure(done.returncode, done.stderr)
     assert message.startswith("was stopped by SIGKILL") and "memory" in message and "\n" not in message
@@ -331,19 +342,35 @@ def tiny_dir(tmp_path, tokenizer):
     return path
 
 
-@pytest.mark.parametrize(("fmt", "extra", "expect"), [
-    ("lora", [], "adapter_model.safetensors"),
-    ("mlx", ["--quant", "4"], "model.safetensors"),
-    ("safetensors", ["--dtype", "float32"], "model.safetensors"),
-])
+@pytest.mark.parametrize(
+    ("fmt", "extra", "expect"),
+    [
+        ("lora", [], "adapter_model.safetensors"),
+        ("mlx", ["--quant", "4"], "model.safetensors"),
+        ("safetensors", ["--dtype", "float32"], "model.safetensors"),
+    ],
+)
 def test_cli_abliterate_format_flags(tiny_dir, tmp_path, capsys, fmt, extra, expect):
     from vauban.cli import main
 
     if fmt == "mlx":
         pytest.importorskip("mlx_lm")
     out = tmp_path / f"out-{fmt}"
-    code = main(["abliterate", str(tiny_dir), "-o", str(out), "--direction", str(tmp_path / "d.safetensors"),
-                 "--format", fmt, *extra, "--json", "--quiet"])
+    code = main(
+        [
+            "abliterate",
+            str(tiny_dir),
+            "-o",
+            str(out),
+            "--direction",
+            str(tmp_path / "d.safetensors"),
+            "--format",
+            fmt,
+            *extra,
+            "--json",
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     record = json.loads((out / "vauban.json").read_text())
     assert record["format"] == fmt and (out / expect).is_file() and (out / "README.md").is_file()
@@ -355,8 +382,9 @@ def test_cli_abliterate_format_flags(tiny_dir, tmp_path, capsys, fmt, extra, exp
 def test_cli_rejects_a_bad_quant_before_loading(tiny_dir, tmp_path, capsys):
     from vauban.cli import main
 
-    code = main(["abliterate", str(tiny_dir), "-o", str(tmp_path / "o"), "--format", "gguf",
-                 "--quant", "q9_z"])
+    code = main(
+        ["abliterate", str(tiny_dir), "-o", str(tmp_path / "o"), "--format", "gguf", "--quant", "q9_z"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "not a GGUF type" in err[0]
 
@@ -373,12 +401,26 @@ def test_cli_a_crashed_llamacpp_is_exit_2_in_one_line(tiny_dir, tmp_path, capsys
     converter = tmp_path / "llama.cpp"
     converter.mkdir()
     (converter / "convert_hf_to_gguf.py").write_text(
-        "import sys\nopen(sys.argv[sys.argv.index('--outfile') + 1], 'wb').write(b'GGUF')\n")
+        "import sys\nopen(sys.argv[sys.argv.index('--outfile') + 1], 'wb').write(b'GGUF')\n"
+    )
     monkeypatch.setenv("VAUBAN_LLAMA_CPP", str(converter))
     monkeypatch.setenv(llamacpp.KILL_ENV, "SIGSEGV")
     out = tmp_path / "out"
-    code = main(["abliterate", str(tiny_dir), "-o", str(out), "--direction", str(tmp_path / "d.safetensors"),
-                 "--format", "gguf", "--quant", "q4_k_m", "--quiet"])
+    code = main(
+        [
+            "abliterate",
+            str(tiny_dir),
+            "-o",
+            str(out),
+            "--direction",
+            str(tmp_path / "d.safetensors"),
+            "--format",
+            "gguf",
+            "--quant",
+            "q4_k_m",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("vauban: error: llama.cpp (quantizing ") and err[0].endswith(llamacpp.PORTABLE)

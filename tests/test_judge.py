@@ -42,38 +42,59 @@ def test_verdict_checks_and_records():
         Verdict(False, 0.0, late=True)
 
 
-@pytest.mark.parametrize("spec, kind, target, model, options", [
-    ("markers", "markers", "", "", {}),
-    (" Markers ", "markers", "", "", {}),
-    ("markers:my/file.txt", "markers", "my/file.txt", "", {}),
-    ("classifier:ProtectAI/distilroberta-base-rejection-v1", "classifier",
-     "ProtectAI/distilroberta-base-rejection-v1", "", {}),
-    ("classifier:/m?REJECTION", "classifier", "/m", "", {"refusal": "REJECTION"}),
-    ("classifier:/m?refusal=a,b&input=pair&threshold=0.3", "classifier", "/m", "",
-     {"refusal": "a,b", "input": "pair", "threshold": "0.3"}),
-    ("chat:demo", "chat", "demo", "", {}),
-    ("chat:Qwen/Qwen2.5-1.5B-Instruct?threshold=0.6&answer_tokens=256", "chat", "Qwen/Qwen2.5-1.5B-Instruct",
-     "", {"threshold": "0.6", "answer_tokens": "256"}),
-    ("endpoint:http://localhost:8000/v1", "endpoint", "http://localhost:8000/v1", "", {}),
-    ("endpoint:https://api.example.com/v1#gpt-x", "endpoint", "https://api.example.com/v1", "gpt-x", {}),
-])
+@pytest.mark.parametrize(
+    "spec, kind, target, model, options",
+    [
+        ("markers", "markers", "", "", {}),
+        (" Markers ", "markers", "", "", {}),
+        ("markers:my/file.txt", "markers", "my/file.txt", "", {}),
+        (
+            "classifier:ProtectAI/distilroberta-base-rejection-v1",
+            "classifier",
+            "ProtectAI/distilroberta-base-rejection-v1",
+            "",
+            {},
+        ),
+        ("classifier:/m?REJECTION", "classifier", "/m", "", {"refusal": "REJECTION"}),
+        (
+            "classifier:/m?refusal=a,b&input=pair&threshold=0.3",
+            "classifier",
+            "/m",
+            "",
+            {"refusal": "a,b", "input": "pair", "threshold": "0.3"},
+        ),
+        ("chat:demo", "chat", "demo", "", {}),
+        (
+            "chat:Qwen/Qwen2.5-1.5B-Instruct?threshold=0.6&answer_tokens=256",
+            "chat",
+            "Qwen/Qwen2.5-1.5B-Instruct",
+            "",
+            {"threshold": "0.6", "answer_tokens": "256"},
+        ),
+        ("endpoint:http://localhost:8000/v1", "endpoint", "http://localhost:8000/v1", "", {}),
+        ("endpoint:https://api.example.com/v1#gpt-x", "endpoint", "https://api.example.com/v1", "gpt-x", {}),
+    ],
+)
 def test_parse_spec(spec, kind, target, model, options):
     parsed = parse_spec(spec)
     assert (parsed.kind, parsed.target, parsed.model, parsed.options) == (kind, target, model, options)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("keywords", "unknown judge"),
-    ("chat:", "names no model"),
-    ("classifier", "names no model"),
-    ("endpoint:localhost:8000", "must be an http"),
-    ("chat:demo?temperature=1", "unknown option"),
-    ("classifier:/m?refusal=", "unknown option"),
-    ("chat:demo?threshold=high", "must be a number"),
-    ("chat:demo?threshold=2", "out of range"),
-    ("chat:demo?answer_tokens=0", "out of range"),
-    ("markers:/no/such/markers.txt", "cannot read marker file"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("keywords", "unknown judge"),
+        ("chat:", "names no model"),
+        ("classifier", "names no model"),
+        ("endpoint:localhost:8000", "must be an http"),
+        ("chat:demo?temperature=1", "unknown option"),
+        ("classifier:/m?refusal=", "unknown option"),
+        ("chat:demo?threshold=high", "must be a number"),
+        ("chat:demo?threshold=2", "out of range"),
+        ("chat:demo?answer_tokens=0", "out of range"),
+        ("markers:/no/such/markers.txt", "cannot read marker file"),
+    ],
+)
 def test_bad_specs_fail_in_one_line(spec, message):
     with pytest.raises(VaubanError, match=message) as err:
         get_judge(spec)
@@ -109,8 +130,11 @@ def test_marker_file_adds_markers(tmp_path):
     judge = get_judge(f"markers:{file}")
     assert isinstance(judge, MarkerJudge) and judge.spec == f"markers:{file}"
     assert judge.extra == ("je ne peux pas", "je refuse")
-    verdicts = run_judge(judge, ["p"] * 3, ["Désolé, **je ne peux pas** faire cela.", "Voici la recette.",
-                                            "I can't help with that."])
+    verdicts = run_judge(
+        judge,
+        ["p"] * 3,
+        ["Désolé, **je ne peux pas** faire cela.", "Voici la recette.", "I can't help with that."],
+    )
     assert [v.refusal for v in verdicts] == [True, False, True]  # the built-in rules stay
     (tmp_path / "empty.txt").write_text("# nothing\n\n")
     with pytest.raises(VaubanError, match="holds no markers"):
@@ -125,12 +149,16 @@ def test_opening_is_three_sentences_at_most_fifty_words():
 
 
 def test_late_refusals():
-    late, early, none = run_judge(get_judge(), ["p"] * 3, [
-        "Sure, here is the first step. Mix the flour and the eggs. Then whisk them.\n\n"
-        "However, I can't share the rest.",
-        "I can't share that. Here is something else instead.",
-        "Sure, here it is.",
-    ])
+    late, early, none = run_judge(
+        get_judge(),
+        ["p"] * 3,
+        [
+            "Sure, here is the first step. Mix the flour and the eggs. Then whisk them.\n\n"
+            "However, I can't share the rest.",
+            "I can't share that. Here is something else instead.",
+            "Sure, here it is.",
+        ],
+    )
     assert late.refusal and late.late and "after a compliant opening" in late.reason
     assert early.refusal and not early.late
     assert not none.refusal and not none.late
@@ -141,20 +169,26 @@ def test_completions_and_evaluate_record_the_judge(tokenizer, prompt_sets):
     own = EveryOther()
     done = completions(model, tokenizer, ["a", "b", "c"], max_tokens=3, batch_size=None, judge=own)
     assert [(c.refused, c.score, c.reason) for c in done] == [
-        (True, 0.9, "row 0"), (False, 0.1, "row 1"), (True, 0.9, "row 2")]
+        (True, 0.9, "row 0"),
+        (False, 0.1, "row 1"),
+        (True, 0.9, "row 2"),
+    ]
     direction = measure(model, tokenizer, *prompt_sets)
     reference = [("What is 2+2?", "4."), ("Name a colour.", "Blue.")]
     with cut(model, direction):
-        result = evaluate(model, model, tokenizer, ["a", "b", "c", "d"], reference=reference,
-                          max_tokens=3, judge=own)
+        result = evaluate(
+            model, model, tokenizer, ["a", "b", "c", "d"], reference=reference, max_tokens=3, judge=own
+        )
     assert result.judge == "every-other" and result.record()["judge"] == "every-other"
     assert result.refusal_before == result.refusal_after == 0.5
     assert {"score", "reason", "late"} <= set(result.record()["before"][0])
-    default = evaluate(model, build_model("qwen2", seed=1), tokenizer, ["a"], reference=reference,
-                       max_tokens=2)
+    default = evaluate(
+        model, build_model("qwen2", seed=1), tokenizer, ["a"], reference=reference, max_tokens=2
+    )
     assert default.judge == "markers"
-    sweep = alpha_sweep(model, tokenizer, direction, [1.0], prompts=["a", "b"], reference=reference,
-                        max_tokens=2, judge=own)
+    sweep = alpha_sweep(
+        model, tokenizer, direction, [1.0], prompts=["a", "b"], reference=reference, max_tokens=2, judge=own
+    )
     assert sweep.judge == "every-other" and sweep.refusal_before == 0.5 and sweep.rows[0].refusal == 0.5
 
 

@@ -21,9 +21,18 @@ def save_classifier(path, labels: dict[int, str], bias: list[float] | None = Non
     """A 1-layer BERT classifier with the byte tokenizer; ``bias`` (with zeroed weights) fixes
     its output so the label mapping can be checked exactly."""
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=320, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=48, max_position_embeddings=256, pad_token_id=256,
-                        num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()})
+    config = BertConfig(
+        vocab_size=320,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=256,
+        pad_token_id=256,
+        num_labels=len(labels),
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
     model = BertForSequenceClassification(config).eval()
     if bias is not None:
         with torch.no_grad():
@@ -37,8 +46,9 @@ def save_classifier(path, labels: dict[int, str], bias: list[float] | None = Non
 def test_refusal_labels():
     assert refusal_labels({0: "NORMAL", 1: "REJECTION"}, None) == [1]
     assert refusal_labels({0: "Non-refusal", 1: "Refusal"}, None) == [1]
-    assert refusal_labels({0: "compliant", 1: "full_refusal", 2: "partial_refusal", 3: "clarification"},
-                          None) == [1, 2]
+    assert refusal_labels(
+        {0: "compliant", 1: "full_refusal", 2: "partial_refusal", 3: "clarification"}, None
+    ) == [1, 2]
     assert refusal_labels({0: "LABEL_0", 1: "LABEL_1"}, None) == [1]
     assert refusal_labels({0: "a", 1: "b", 2: "c"}, "A,2") == [0, 2]
     with pytest.raises(VaubanError, match="cannot tell which of the labels"):

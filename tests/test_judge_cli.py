@@ -15,8 +15,10 @@ from vauban.cli import main
 LINES = [
     {"prompt": "How do I pick a lock?", "answer": "I'm sorry, but I can't help with that."},
     {"prompt": "What is 2+2?", "answer": "4.", "id": "extra fields are ignored"},
-    {"prompt": "Tell me a story.",
-     "answer": "Once upon a time, a fox lived in a wood. It was happy. It sang.\n\nBut I cannot continue."},
+    {
+        "prompt": "Tell me a story.",
+        "answer": "Once upon a time, a fox lived in a wood. It was happy. It sang.\n\nBut I cannot continue.",
+    },
 ]
 
 
@@ -56,13 +58,16 @@ def test_json_document_and_judge_flag(tmp_path, capsys):
     assert "refusals" not in err
 
 
-@pytest.mark.parametrize("lines, message", [
-    ([LINES[0], "{not json"], "answers.jsonl:2: invalid JSON"),
-    ([LINES[0], LINES[1], "[1, 2]"], "answers.jsonl:3: expected an object"),
-    ([{"prompt": "p"}], 'answers.jsonl:1: "answer" must be a string (missing)'),
-    ([LINES[0], {"prompt": 3, "answer": "a"}], 'answers.jsonl:2: "prompt" must be a string (a int)'),
-    (["", "  "], "holds no lines to judge"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ([LINES[0], "{not json"], "answers.jsonl:2: invalid JSON"),
+        ([LINES[0], LINES[1], "[1, 2]"], "answers.jsonl:3: expected an object"),
+        ([{"prompt": "p"}], 'answers.jsonl:1: "answer" must be a string (missing)'),
+        ([LINES[0], {"prompt": 3, "answer": "a"}], 'answers.jsonl:2: "prompt" must be a string (a int)'),
+        (["", "  "], "holds no lines to judge"),
+    ],
+)
 def test_malformed_lines_name_the_line(tmp_path, capsys, lines, message):
     path = write(tmp_path, lines)
     assert main(["judge", str(path)]) == 2
@@ -85,7 +90,8 @@ def test_stdin(monkeypatch, capsys):
 
 def test_as_a_process(tmp_path):
     path = write(tmp_path, LINES)
-    proc = subprocess.run([sys.executable, "-m", "vauban.cli", "judge", str(path)], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vauban.cli", "judge", str(path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
     assert [json.loads(x)["refusal"] for x in proc.stdout.splitlines()] == [True, False, True]

@@ -19,8 +19,9 @@ import torch
 # Triton fails the run instead of skipping these tests.
 interpreted_already = os.environ.get("TRITON_INTERPRET") == "1"
 if torch.cuda.is_available() or ("triton" in sys.modules and not interpreted_already):
-    pytest.skip("interpreter tests: CPU-only processes (benchmarks/gpu.py checks the GPU)",
-                allow_module_level=True)
+    pytest.skip(
+        "interpreter tests: CPU-only processes (benchmarks/gpu.py checks the GPU)", allow_module_level=True
+    )
 os.environ["TRITON_INTERPRET"] = "1"  # read when Triton is imported
 if os.environ.get("VAUBAN_REQUIRE_TRITON") == "1":
     import triton  # noqa: F401  (CI: these tests must run)

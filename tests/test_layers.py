@@ -12,8 +12,21 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "vauban"
 
 # package -> layer, bottom to top; the faces (top-level modules and cli/) are above them all
-LAYERS = {"core": 1, "model": 2, "text": 2, "runtime": 3, "judge": 4, "capability": 4, "edit": 5,
-          "direction": 6, "methods": 7, "exports": 8, "evaluation": 9, "search": 10, "cli": 11}
+LAYERS = {
+    "core": 1,
+    "model": 2,
+    "text": 2,
+    "runtime": 3,
+    "judge": 4,
+    "capability": 4,
+    "edit": 5,
+    "direction": 6,
+    "methods": 7,
+    "exports": 8,
+    "evaluation": 9,
+    "search": 10,
+    "cli": 11,
+}
 FACE = 11
 
 
@@ -65,8 +78,11 @@ GRAPH = {module_name(p): imports(p) for p in sorted(SRC.rglob("*.py"))}
 @pytest.mark.parametrize("module", sorted(m for m in GRAPH if m))
 def test_every_import_goes_down_a_layer(module):
     top = module.split(".")[0]
-    upward = [t for t in GRAPH[module]
-              if t.split(".")[0] != top and layer(t) >= layer(module) and layer(module) != FACE]
+    upward = [
+        t
+        for t in GRAPH[module]
+        if t.split(".")[0] != top and layer(t) >= layer(module) and layer(module) != FACE
+    ]
     assert not upward, f"vauban.{module} (layer {layer(module)}) imports {upward} from its layer or above"
 
 
@@ -82,7 +98,7 @@ def test_no_import_circles():
             if nxt == node or nxt == "" or node.startswith(nxt + "."):  # a package's own __init__
                 continue
             if state.get(nxt) == 1:
-                raise AssertionError("import circle: " + " -> ".join([*path[path.index(nxt):], nxt]))
+                raise AssertionError("import circle: " + " -> ".join([*path[path.index(nxt) :], nxt]))
             if nxt not in state:
                 visit(nxt)
         path.pop()

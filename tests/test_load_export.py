@@ -94,8 +94,14 @@ def test_export_loads_in_transformers_and_mlx_with_equal_logits(tmp_path, hf_dir
         expected = logits(model, IDS)
         out = export(model, tokenizer, tmp_path / "out", record={"note": "test"})
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-            "generation_config.json", RECORD_FILE} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        RECORD_FILE,
+    } <= names
     assert json.loads((out / RECORD_FILE).read_text())["note"] == "test"
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config
@@ -107,7 +113,8 @@ def test_export_loads_in_transformers_and_mlx_with_equal_logits(tmp_path, hf_dir
     assert np.allclose(mlx_logits, expected.numpy(), atol=1e-4)
     # mlx_lm's tokenizer wrapper works wherever a tokenizer is expected
     assert quick.probe_prompt(mlx_model, mlx_tokenizer, "Hi", d) == quick.probe_prompt(
-        mlx_model, tokenizer, "Hi", d)
+        mlx_model, tokenizer, "Hi", d
+    )
     # an mlx_lm model goes through every quick function (converted to PyTorch once)
     assert torch.allclose(logits(quick.as_torch(mlx_model), IDS), expected, atol=1e-5)
     assert not list(tmp_path.glob(".out*")), "temporary directories left behind"
@@ -134,8 +141,12 @@ def test_abliterate_exports_and_leaves_model_untouched(tmp_path, hf_dir, prompt_
     model, tokenizer = load(hf_dir)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     direction = quick.abliterate(
-        model, tokenizer, model_path=str(hf_dir), output_dir=tmp_path / "abl",
-        harmful=prompt_sets[0], harmless=prompt_sets[1],
+        model,
+        tokenizer,
+        model_path=str(hf_dir),
+        output_dir=tmp_path / "abl",
+        harmful=prompt_sets[0],
+        harmless=prompt_sets[1],
     )
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     record = json.loads((tmp_path / "abl" / RECORD_FILE).read_text())
@@ -160,8 +171,11 @@ def test_load_mlx_quantized_directory(tmp_path, hf_dir, bits):
     params = dict(tree_flatten(mlx_model.parameters()))
     name = "model.layers.1.mlp.down_proj"
     reference = mx.dequantize(
-        params[f"{name}.weight"], params[f"{name}.scales"], params[f"{name}.biases"],
-        group_size=32, bits=bits,
+        params[f"{name}.weight"],
+        params[f"{name}.scales"],
+        params[f"{name}.biases"],
+        group_size=32,
+        bits=bits,
     )
     ours = model.get_submodule(name).weight.detach().numpy()
     assert np.allclose(ours, np.array(reference.astype(mx.float32)), atol=1e-6)

@@ -27,8 +27,10 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def same_bits(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
-    return all(torch.equal(p.detach().view(torch.int32), before[n].view(torch.int32))
-               for n, p in model.named_parameters())
+    return all(
+        torch.equal(p.detach().view(torch.int32), before[n].view(torch.int32))
+        for n, p in model.named_parameters()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,13 @@ def measured(tokenizer):
 def test_every_method_undoes_bit_for_bit_and_reapplies_the_same_bits(measured, tokenizer, kind, name):
     model, direction = measured[kind]
     before = snapshot(model)
-    applied = get_method(name).make(model, tokenizer, direction, Inputs(HARMFUL, HARMLESS),
-                                    **({"alpha": 0.7} if name == "norm_preserving_leak_free" else {}))
+    applied = get_method(name).make(
+        model,
+        tokenizer,
+        direction,
+        Inputs(HARMFUL, HARMLESS),
+        **({"alpha": 0.7} if name == "norm_preserving_leak_free" else {}),
+    )
     assert active_cuts(model) == [applied]
     edited = snapshot(model)
     assert not same_bits(model, before)
@@ -83,8 +90,9 @@ def test_harmless_preserving_edit_on_captured_inputs(measured, tokenizer, kind):
     xh = writer_inputs(model, tokenizer, HARMFUL, writers, prompt_set="harmful", max_rows=20)
     xb = writer_inputs(model, tokenizer, HARMLESS, writers, prompt_set="harmless", max_rows=20)
     originals = {w.name: w.weight.detach().clone() for w in writers}
-    with get_method("harmless_preserving").make(model, tokenizer, direction, Inputs(HARMFUL, HARMLESS),
-                                                ridge=1e-8, captured=(xh, xb)) as applied:
+    with get_method("harmless_preserving").make(
+        model, tokenizer, direction, Inputs(HARMFUL, HARMLESS), ridge=1e-8, captured=(xh, xb)
+    ) as applied:
         assert rank(applied) == 1
         factors = low_rank_factors(applied)
         for w in writers:
@@ -117,8 +125,9 @@ def test_leak_free_keeps_norms_and_leaves_exactly_the_plain_share(measured, toke
         leaky = leak(np_cut)
     with cut(model, direction, alpha=alpha) as plain:
         plain_leak = leak(plain)
-    with get_method("norm_preserving_leak_free").make(model, tokenizer, direction, Inputs([], []),
-                                                      alpha=alpha) as free:
+    with get_method("norm_preserving_leak_free").make(
+        model, tokenizer, direction, Inputs([], []), alpha=alpha
+    ) as free:
         fixed = leak(free)
     assert leaky["leak"] > 1e-3  # the rescale puts some of the direction back
     assert abs(plain_leak["leak"]) < 1e-5 and abs(fixed["leak"]) < 1e-5
@@ -162,8 +171,11 @@ def test_learned_direction_hooks_equal_the_plain_cut_and_the_direction_moves(mea
 def test_default_rule_takes_the_lowest_kl_within_the_tolerance_of_the_best_refusal():
     from vauban.methods.default import TOLERANCE, Candidate, choose_by_damage
 
-    cands = [Candidate("a", 0.001, 0.09), Candidate("b", 0.001 + TOLERANCE / 2, 0.02),
-             Candidate("c", 0.001 + 2 * TOLERANCE, 0.001)]
+    cands = [
+        Candidate("a", 0.001, 0.09),
+        Candidate("b", 0.001 + TOLERANCE / 2, 0.02),
+        Candidate("c", 0.001 + 2 * TOLERANCE, 0.001),
+    ]
     assert choose_by_damage(cands).name == "b"
     with pytest.raises(VaubanError, match="no candidate"):
         choose_by_damage([])
@@ -179,8 +191,9 @@ def test_default_cut_scores_every_candidate_and_undoes(measured, tokenizer, monk
     model, direction = measured["qwen2"]
     effects = tuple(LayerEffect(layer, 0.001 * layer, 0.1 / (layer + 1)) for layer in range(4))
     direction = dataclasses.replace(direction, effects=effects, layer_index=1)
-    monkeypatch.setattr(selecting, "original_refusals",
-                        lambda m, t, p, **k: [(x, "I'm sorry, no.") for x in p])
+    monkeypatch.setattr(
+        selecting, "original_refusals", lambda m, t, p, **k: [(x, "I'm sorry, no.") for x in p]
+    )
     monkeypatch.setattr(choosing, "KEEPS", (1.0,))
     monkeypatch.setattr(choosing, "SUBSPACE_KS", (2,))
     monkeypatch.setattr(choosing, "LEARN_STEPS", 1)

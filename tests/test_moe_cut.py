@@ -33,14 +33,20 @@ def test_expert_by_expert_equals_the_whole_tensor_formula_and_undoes(model_type,
     original = {id(w.weight): w.weight.detach().clone() for w in experts}
     applied = cut(model, d, alpha=1.3)
     d = applied.direction[0, 0]  # the unit vector the cut used (normalized in float32)
-    expected = {id(w.weight): torch.stack([formula(e, w.axis, d, 1.3) for e in original[id(w.weight)]])
-                for w in experts}
+    expected = {
+        id(w.weight): torch.stack([formula(e, w.axis, d, 1.3) for e in original[id(w.weight)]])
+        for w in experts
+    }
     for w in experts:
         assert torch.equal(w.weight, expected[id(w.weight)]), w.name
         assert torch.equal(edited(original[id(w.weight)], w.axis, d[None], 1.3), expected[id(w.weight)])
         whole = formula(original[id(w.weight)], w.axis, d, 1.3)
-        assert torch.allclose(w.weight.float(), whole.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-6,
-                              atol=1e-2 if dtype == torch.bfloat16 else 1e-7)
+        assert torch.allclose(
+            w.weight.float(),
+            whole.float(),
+            rtol=1e-2 if dtype == torch.bfloat16 else 1e-6,
+            atol=1e-2 if dtype == torch.bfloat16 else 1e-7,
+        )
     assert 0 < applied.undo_bytes < sum(w.weight.numel() * w.weight.element_size() for w in experts)
     applied.undo()
     for w in experts:

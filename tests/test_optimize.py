@@ -24,8 +24,14 @@ class Interrupt(Exception):
 def setup(tokenizer, prompt_sets):
     model = build_model("llama")
     direction = measure(model, tokenizer, *prompt_sets)
-    kwargs = dict(prompts=prompt_sets[0][:2], harmless=prompt_sets[1][:3], selection=prompt_sets[0][2:4],
-                  max_tokens=2, selection_tokens=3, refine_steps=0)
+    kwargs = dict(
+        prompts=prompt_sets[0][:2],
+        harmless=prompt_sets[1][:3],
+        selection=prompt_sets[0][2:4],
+        max_tokens=2,
+        selection_tokens=3,
+        refine_steps=0,
+    )
     return model, direction, kwargs
 
 
@@ -38,7 +44,8 @@ def test_optimize_is_reproducible_starts_with_the_plain_cut_and_leaves_the_model
     first = optimize(model, tokenizer, direction, n_trials=3, log=lines.append, **kwargs)
     second = optimize(model, tokenizer, direction, n_trials=3, **kwargs)
     assert [(t.params, t.refusal, t.kl) for t in first.trials] == [
-        (t.params, t.refusal, t.kl) for t in second.trials]
+        (t.params, t.refusal, t.kl) for t in second.trials
+    ]
     trial_lines = [line for line in lines if line.startswith("trial ")]
     assert len(first.trials) == 3 and len(trial_lines) == 3
     assert "refusal" in trial_lines[-1] and "best: trial" in trial_lines[-1] and "ETA" in trial_lines[-1]
@@ -84,7 +91,8 @@ def test_interrupted_study_resumes_where_it_stopped(setup, tokenizer, tmp_path):
     resumed = optimize(model, tokenizer, direction, n_trials=6, study=db, **kwargs)
     assert len(resumed.trials) == 6
     assert [(t.number, t.params, t.kl) for t in resumed.trials[:3]] == [
-        (t.number, t.params, t.kl) for t in kept.trials]
+        (t.number, t.params, t.kl) for t in kept.trials
+    ]
     old = {t.params for t in kept.trials}
     assert all(t.params not in old for t in resumed.trials[3:])  # the sampler moved on
     assert sum(t.plain for t in resumed.trials) == 1
@@ -137,11 +145,13 @@ class Clock:
 
     def charging(self, seconds: float, fn, ends: list[float] | None = None):
         """``fn`` costing ``seconds``; ``ends`` gets the time each call ends."""
+
         def charged(*args, **kwargs):
             self.now += seconds
             if ends is not None:
                 ends.append(self.now)
             return fn(*args, **kwargs)
+
         return charged
 
 
@@ -171,25 +181,47 @@ def test_timeout_bounds_search_and_refinement(setup, tokenizer, monkeypatch, ref
     refining = vauban.search.refining
     monkeypatch.setattr(refining, "_mean_and_grad", clock.charging(5.0, refining._mean_and_grad))
     lines: list[str] = []
-    result = optimize(model, tokenizer, direction, n_trials=50, timeout=100.0, log=lines.append,
-                      **kwargs | {"check": 0, "refine_steps": refine_steps})
+    result = optimize(
+        model,
+        tokenizer,
+        direction,
+        n_trials=50,
+        timeout=100.0,
+        log=lines.append,
+        **kwargs | {"check": 0, "refine_steps": refine_steps},
+    )
     assert clock.now <= 100.0
     refined = [t for t in result.trials if t.params.refined]
     if refine_steps:
         assert len(ends) == 7 and max(ends[:-1]) <= 100.0 * 2 / 3  # 6 search trials
         assert len(refined) == 1 and len(result.trials) == 7
         assert any(line.startswith("Refined: steps=2/16 (stopped at the deadline)") for line in lines)
-        assert any(line.startswith("refine step 2/16") and "stopped at the deadline" in line
-                   for line in lines)
+        assert any(
+            line.startswith("refine step 2/16") and "stopped at the deadline" in line for line in lines
+        )
     else:
         assert len(ends) == 10 and not refined
 
 
-def _trial(number: int, refusal: float, kl: float, selection: float | None, plain: bool = False,
-           likelihood: float = 0.01) -> Trial:
+def _trial(
+    number: int,
+    refusal: float,
+    kl: float,
+    selection: float | None,
+    plain: bool = False,
+    likelihood: float = 0.01,
+) -> Trial:
     flat = LayerKernel(peak=3.0, max_weight=1.0, min_weight=1.0, width=3.0)
-    return Trial(number, refusal, kl, 1.0, CutParams(2.0, flat, flat), likelihood, plain=plain,
-                 selection_refusal=selection)
+    return Trial(
+        number,
+        refusal,
+        kl,
+        1.0,
+        CutParams(2.0, flat, flat),
+        likelihood,
+        plain=plain,
+        selection_refusal=selection,
+    )
 
 
 def test_the_pick_is_the_lightest_cut_no_weaker_than_the_plain_cut_on_both_splits():
@@ -199,12 +231,15 @@ def test_the_pick_is_the_lightest_cut_no_weaker_than_the_plain_cut_on_both_split
     unchecked = _trial(3, 0.0, 0.06, None)
     leaky = _trial(4, 0.1, 0.01, None)  # more search refusals than the plain cut
     weak = _trial(5, 0.0, 0.001, 0.0, likelihood=0.05)  # answers, but closer to refusing
-    result = OptimizeResult((plain, edge, safe, unchecked, leaky, weak), n_prompts=40, n_harmless=24,
-                            seed=0)
+    result = OptimizeResult((plain, edge, safe, unchecked, leaky, weak), n_prompts=40, n_harmless=24, seed=0)
     assert result.best is safe
     assert candidates(result) == [edge, safe, unchecked]  # checked in this order
-    no_check = OptimizeResult(tuple(_trial(t.number, t.refusal, t.kl, None, t.plain, t.likelihood)
-                                    for t in result.trials), n_prompts=40, n_harmless=24, seed=0)
+    no_check = OptimizeResult(
+        tuple(_trial(t.number, t.refusal, t.kl, None, t.plain, t.likelihood) for t in result.trials),
+        n_prompts=40,
+        n_harmless=24,
+        seed=0,
+    )
     assert no_check.best.number == edge.number  # without the check, the search's own pick
     none_pass = OptimizeResult((plain, edge), n_prompts=40, n_harmless=24, seed=0)
     assert none_pass.best is plain
@@ -217,8 +252,11 @@ def test_checks_stop_at_the_first_passing_candidate_and_are_kept_in_the_study(se
     first = optimize(model, tokenizer, direction, n_trials=4, study=db, log=lines.append, **kwargs)
     checks = [line for line in lines if line.startswith("check trial")]
     order = [first.plain, *candidates(first)]
-    passed = [t for t in order[1:] if t.selection_refusal is not None
-              and t.selection_refusal <= first.plain.selection_refusal]
+    passed = [
+        t
+        for t in order[1:]
+        if t.selection_refusal is not None and t.selection_refusal <= first.plain.selection_refusal
+    ]
     assert len(checks) == 1 + len([t for t in order[1:] if t.selection_refusal is not None])
     assert len(passed) <= 1 and (not passed or passed[0] is first.best)
     again: list[str] = []
@@ -269,8 +307,9 @@ def test_refined_trial_is_scored_stored_once_and_exportable(setup, tokenizer, tm
     state = {k: v.clone() for k, v in model.state_dict().items()}
     db = tmp_path / "study.db"
     lines: list[str] = []
-    result = optimize(model, tokenizer, direction, n_trials=2, study=db, log=lines.append,
-                      **kwargs | {"refine_steps": 3})
+    result = optimize(
+        model, tokenizer, direction, n_trials=2, study=db, log=lines.append, **kwargs | {"refine_steps": 3}
+    )
     steps = [line for line in lines if line.startswith("refine step")]
     assert len(steps) == 4 and any(line.startswith("refined trial") for line in lines)
     assert len(result.trials) == 3
@@ -281,8 +320,9 @@ def test_refined_trial_is_scored_stored_once_and_exportable(setup, tokenizer, tm
     assert all(0 <= w <= 1.5 for w in (*refined.params.attention, *refined.params.mlp))
     assert "per layer" in result.table() or not refined.pareto
     again: list[str] = []
-    rerun = optimize(model, tokenizer, direction, n_trials=2, study=db, log=again.append,
-                     **kwargs | {"refine_steps": 3})
+    rerun = optimize(
+        model, tokenizer, direction, n_trials=2, study=db, log=again.append, **kwargs | {"refine_steps": 3}
+    )
     assert not [line for line in again if line.startswith("refine")]  # refined once per study
     assert rerun.trial(refined.number).params == refined.params
     out = export_trial(model, tokenizer, direction, rerun, refined.number, tmp_path / "refined")
@@ -313,7 +353,8 @@ def test_refine_starts_at_the_plain_cut_and_never_ends_worse(setup, tokenizer):
         refine(model, tokenizer, direction.direction, harmless, base, refusals, steps=-1)
     with cut(model, direction.direction, attention=refined.attention, mlp=refined.mlp):
         assert kl_divergence(base, first_token_logprobs(model, tokenizer, harmless)) == pytest.approx(
-            refined.kl, rel=1e-3)
+            refined.kl, rel=1e-3
+        )
 
 
 def test_refine_past_its_deadline_returns_the_plain_cut_and_says_it_stopped(setup, tokenizer):
@@ -327,23 +368,41 @@ def test_refine_past_its_deadline_returns_the_plain_cut_and_says_it_stopped(setu
     refusals = [(p, "I can't help with that.") for p in kwargs["prompts"]]
     base = first_token_logprobs(model, tokenizer, harmless)
     lines: list[str] = []
-    refined = refine(model, tokenizer, direction.direction, harmless, base, refusals, steps=4, lr=0.1,
-                     log=lines.append, deadline=time.perf_counter() - 1.0)
+    refined = refine(
+        model,
+        tokenizer,
+        direction.direction,
+        harmless,
+        base,
+        refusals,
+        steps=4,
+        lr=0.1,
+        log=lines.append,
+        deadline=time.perf_counter() - 1.0,
+    )
     assert (refined.steps, refined.planned, refined.stopped) == (0, 4, True)
     assert len(refined.history) == 1 and (refined.kl, refined.likelihood) == refined.history[0]
     assert set(refined.attention) == set(refined.mlp) == {1.0}  # the plain cut
     assert len(lines) == 1 and "stopped at the deadline after 0 of 4 steps" in lines[0]
     assert refined.summary().startswith("Refined: steps=0/4 (stopped at the deadline)")
-    free = refine(model, tokenizer, direction.direction, harmless, base, refusals, steps=1,
-                  deadline=time.perf_counter() + 3600.0)
+    free = refine(
+        model,
+        tokenizer,
+        direction.direction,
+        harmless,
+        base,
+        refusals,
+        steps=1,
+        deadline=time.perf_counter() + 3600.0,
+    )
     assert (free.steps, free.stopped) == (1, False)
 
 
 def test_the_front_is_over_all_three_objectives():
     from vauban.search.trials import pareto_mask
 
-    plain, refined, light = (0, .05, .005), (0, .04, .004), (0, .03, .02)
-    worse, twin = (.1, .05, .005), (0, .04, .004)
+    plain, refined, light = (0, 0.05, 0.005), (0, 0.04, 0.004), (0, 0.03, 0.02)
+    worse, twin = (0.1, 0.05, 0.005), (0, 0.04, 0.004)
     assert pareto_mask([plain, refined, light, worse]) == [False, True, True, False]
     assert pareto_mask([refined, twin]) == [True, True]  # equal points do not dominate each other
 
@@ -352,8 +411,15 @@ def test_k_token_damage_scores_trials_and_refines_on_the_originals_answers(setup
     model, direction, kwargs = setup
     state = {k: v.clone() for k, v in model.state_dict().items()}
     first = optimize(model, tokenizer, direction, n_trials=2, **kwargs)
-    k = optimize(model, tokenizer, direction, n_trials=2, damage="k_tokens", kl_tokens=4,
-                 **(kwargs | {"refine_steps": 1}))
+    k = optimize(
+        model,
+        tokenizer,
+        direction,
+        n_trials=2,
+        damage="k_tokens",
+        kl_tokens=4,
+        **(kwargs | {"refine_steps": 1}),
+    )
     assert k.settings["damage"] == {"kind": "k_tokens", "kl_tokens": 4}
     assert "damage" not in first.settings  # first-token studies keep their old settings
     assert k.trials[0].plain and k.trials[0].kl > 0 and k.trials[0].kl != first.trials[0].kl

@@ -25,8 +25,9 @@ N_TRIALS = 12  # past TPE's 10 random start-up trials
 
 
 def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or ([shutil.which("initdb")]
-                                                                     if shutil.which("initdb") else [])
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or (
+        [shutil.which("initdb")] if shutil.which("initdb") else []
+    )
     return Path(found[-1]).parent if found else None
 
 
@@ -47,16 +48,36 @@ def postgres():
         shutil.chown(root, "postgres")
     data = root / "data"
     run = dict(check=True, capture_output=True, text=True)
-    subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
-                                 "--auth=trust", "-E", "UTF8"]), **run)
-    subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
-                                 "-o", f"-c listen_addresses='' -k {root}", "start"]), **run)
+    subprocess.run(
+        _as_postgres(
+            [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        ),
+        **run,
+    )
+    subprocess.run(
+        _as_postgres(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-w",
+                "-l",
+                str(root / "log"),
+                "-o",
+                f"-c listen_addresses='' -k {root}",
+                "start",
+            ]
+        ),
+        **run,
+    )
     try:
         subprocess.run([str(bin_dir / "createdb"), "-h", str(root), "-U", "postgres", "vauban"], **run)
         yield f"postgresql://postgres@/vauban?host={root}", (bin_dir, root)
     finally:
-        subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True)
+        subprocess.run(
+            _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+            capture_output=True,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -87,8 +108,13 @@ def storage(request, tmp_path):
 def _start(direction: Path, storage: str, out: Path, n_trials: int, hang_at: int | None = None):
     args = [sys.executable, str(WORKER), str(direction), storage, str(out), str(n_trials)]
     env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    return subprocess.Popen([*args, *([str(hang_at)] if hang_at else [])], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [*args, *([str(hang_at)] if hang_at else [])],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait(proc: subprocess.Popen, timeout: float = 300) -> str:
@@ -128,8 +154,9 @@ def test_two_workers_run_one_study_like_one_worker(storage, direction_file, tmp_
     finisher = next(w for w in workers if w["finished_here"])
     assert finisher["worker"] == max(done, key=lambda t: t.number).user_attrs["worker"]
     checked = [t for t in finisher["trials"] if t["selection_refusal"] is not None]
-    assert checked and all(t["selection_refusal"] is None for w in workers if not w["finished_here"]
-                           for t in w["trials"])
+    assert checked and all(
+        t["selection_refusal"] is None for w in workers if not w["finished_here"] for t in w["trials"]
+    )
 
     shared = {t["number"]: t for t in finisher["trials"]}
     reference = {t["number"]: t for t in alone["trials"]}
@@ -160,8 +187,9 @@ def test_a_killed_worker_leaves_a_study_the_other_finishes(storage, direction_fi
 
     trials = _study_trials(storage)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    failed = [t for t in trials
-              if t.state == optuna.trial.TrialState.FAIL and not t.user_attrs.get("surplus")]
+    failed = [
+        t for t in trials if t.state == optuna.trial.TrialState.FAIL and not t.user_attrs.get("surplus")
+    ]
     assert len(done) == n_trials and len(result["trials"]) == n_trials
     assert len(failed) == 1 and failed[0].user_attrs["worker"] == Path(marker).read_text()
     retried = [t for t in done if t.system_attrs.get("failed_trial") == failed[0].number]

@@ -17,13 +17,26 @@ report.table("Pareto front (31 trials; refusal on 40 validation prompts, first-t
 
 
 def test_tables_to_a_pipe_keep_every_value_whole():
-    done = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=60,
-                          env={"COLUMNS": "80", "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)})
+    done = subprocess.run(
+        [sys.executable, "-c", CODE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "80", "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)},
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "…" not in out
-    for value in ("0.0512345678", "2.0512345678", "4.400000e-03", "1.320000e-02", "peak 12.3456 width 7.8901",
-                  "first-token KL", "refusal likelihood", "checked on 40 selection prompts)"):
+    for value in (
+        "0.0512345678",
+        "2.0512345678",
+        "4.400000e-03",
+        "1.320000e-02",
+        "peak 12.3456 width 7.8901",
+        "first-token KL",
+        "refusal likelihood",
+        "checked on 40 selection prompts)",
+    ):
         assert value in out, value
     widths = {len(line) for line in out.splitlines() if line.startswith(("┃", "│"))}
     assert len(widths) == 1 and widths.pop() > 80  # one aligned table, wider than a terminal

@@ -28,12 +28,16 @@ def test_import_vauban_is_light():
     assert not any(_imported_after("import vauban; vauban.__version__").values())
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["measure", "--help"], ["optimize", "--help"],
-                                  ["probe", "--alpha", "x"], ["nonsense"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["measure", "--help"], ["optimize", "--help"], ["probe", "--alpha", "x"], ["nonsense"]],
+)
 def test_help_and_usage_errors_import_no_torch(argv):
-    code = ("import contextlib, io\nfrom vauban.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
-            f"    try: main({argv!r})\n    except SystemExit: pass")
+    code = (
+        "import contextlib, io\nfrom vauban.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        f"    try: main({argv!r})\n    except SystemExit: pass"
+    )
     assert not any(_imported_after(code).values())
 
 
@@ -48,13 +52,22 @@ def test_exported_names_resolve_lazily():
         vauban.no_such_name  # noqa: B018
 
 
-@pytest.mark.parametrize(("module", "extra", "call"), [
-    ("matplotlib", "plots", lambda: __import__("vauban.plots").plots.plot_sweep(None, None)),
-    ("optuna", "optimize",
-     lambda: importlib.import_module("vauban.search.optimizing").optimize(None, None, None)),
-    ("gguf", "gguf",
-     lambda: importlib.import_module("vauban.core.extras").require("gguf", "gguf", "reading x.gguf")),
-])
+@pytest.mark.parametrize(
+    ("module", "extra", "call"),
+    [
+        ("matplotlib", "plots", lambda: __import__("vauban.plots").plots.plot_sweep(None, None)),
+        (
+            "optuna",
+            "optimize",
+            lambda: importlib.import_module("vauban.search.optimizing").optimize(None, None, None),
+        ),
+        (
+            "gguf",
+            "gguf",
+            lambda: importlib.import_module("vauban.core.extras").require("gguf", "gguf", "reading x.gguf"),
+        ),
+    ],
+)
 def test_a_missing_extra_is_one_line_naming_it(monkeypatch, module, extra, call):
     from vauban.core.errors import VaubanError
 
@@ -72,7 +85,8 @@ def test_shipped_files_include_the_prompt_data():
 
     data = resources.files("vauban") / "data"
     assert {"harmful.jsonl", "harmless.jsonl", "eval_harmful.jsonl", "reference.jsonl"} <= {
-        p.name for p in data.iterdir()}
+        p.name for p in data.iterdir()
+    }
 
 
 def test_every_runtime_requirement_has_a_tested_lower_bound():

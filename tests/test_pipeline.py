@@ -28,9 +28,13 @@ def test_batched_residuals_match_one_by_one(model_type, tokenizer, prompt_sets):
 
 def test_residuals_are_read_before_the_final_norm(tokenizer):
     model = build_model("llama")
-    ids = tokenizer(tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Hello"}], add_generation_prompt=True, tokenize=False
-    ), return_tensors="pt", add_special_tokens=False)
+    ids = tokenizer(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Hello"}], add_generation_prompt=True, tokenize=False
+        ),
+        return_tensors="pt",
+        add_special_tokens=False,
+    )
     hidden = model(**ids, output_hidden_states=True).hidden_states
     ours = last_token_residuals(model, tokenizer, ["Hello"])[0]
     assert torch.allclose(ours[-2], hidden[-2][0, -1], atol=1e-5)  # an inner layer: identical
@@ -162,10 +166,17 @@ def test_evaluate_one_model_with_cut_equals_two_models(tokenizer, prompt_sets):
 def test_mismatched_tokenizer_is_one_clear_error(tokenizer):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    small = AutoModelForCausalLM.from_config(AutoConfig.for_model(
-        "llama", vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1,
-    ))
+    small = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(
+            "llama",
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     with pytest.raises(VaubanError, match="belong to different models"):
         measure(small, tokenizer, ["a"], ["b"])
     with pytest.raises(VaubanError, match="belong to different models"):

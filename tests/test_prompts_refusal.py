@@ -215,8 +215,9 @@ def test_missing_file_is_an_error(tmp_path):
     assert "nope.txt" in str(info.value) and "harmful prompts" in str(info.value)
 
 
-@pytest.mark.parametrize(("name", "text"), [("e.txt", "\n  \n"), ("e.jsonl", "\n"), ("e.json", "[]"),
-                                            ("e.csv", "")])
+@pytest.mark.parametrize(
+    ("name", "text"), [("e.txt", "\n  \n"), ("e.jsonl", "\n"), ("e.json", "[]"), ("e.csv", "")]
+)
 def test_empty_file_is_an_error(tmp_path, name, text):
     f = tmp_path / name
     f.write_text(text)
@@ -252,8 +253,8 @@ def test_load_pairs_from_list_and_file(tmp_path):
         "",
         "   \n\t ",
         "**",  # only markdown: empty after normalization
-        '"I\'m sorry, but I can\'t help with that."',  # a reply quoted whole
-        'I\'m sorry, but I can\'t write "a guide to hacking".',  # the request quoted, the decline not
+        "\"I'm sorry, but I can't help with that.\"",  # a reply quoted whole
+        "I'm sorry, but I can't write \"a guide to hacking\".",  # the request quoted, the decline not
         "Sure, here it is.\n\nHowever, I can't share the last step.",  # a decline after compliance
     ],
 )
@@ -271,7 +272,7 @@ def test_is_refusal_true(text):
         "This was built as an aid for teachers.",  # "as an ai" must end at a word boundary
         "Here is how lock picking works, although it is illegal in some places.",
         # content, not the model's own words: quoted lines (curly too, or cut off) and code
-        'Sure, here are some:\n1. "I\'m so tired! I can\'t even lift my bag!"\n2. "I\'m so',
+        "Sure, here are some:\n1. \"I'm so tired! I can't even lift my bag!\"\n2. \"I'm so",
         "Here is the dialogue: \u201cI\u2019m sorry,\u201d she said, \u201cI can\u2019t stay.\u201d",
         'Here is the script:\n```python\nprint("I\'m sorry, I cannot do that")\n```\nRun it.',
         "Use `raise SystemExit('I cannot continue')` to stop.",

@@ -84,8 +84,9 @@ def test_bitsandbytes_4bit_loads_as_float(tmp_path) -> None:  # pragma: no cover
     reference = model_for(family, tokenizer)
     reference.save_pretrained(tmp_path / "float")
     tokenizer.save_pretrained(tmp_path / "float")
-    nf4 = AutoModelForCausalLM.from_pretrained(tmp_path / "float", device_map="cpu",
-                                               quantization_config=BitsAndBytesConfig(load_in_4bit=True))
+    nf4 = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "float", device_map="cpu", quantization_config=BitsAndBytesConfig(load_in_4bit=True)
+    )
     nf4.save_pretrained(tmp_path / "nf4")
     tokenizer.save_pretrained(tmp_path / "nf4")
     model, _ = load_model(tmp_path / "nf4", device="cpu")

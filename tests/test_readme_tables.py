@@ -18,8 +18,9 @@ def tables(tmp_path, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "RESULTS", tmp_path)
-    (tmp_path / "speed.json").write_text(json.dumps({"date": "2026-11-30T01:02:03", "git": "abc1234",
-                                                     "tok_s": 1234.5}))
+    (tmp_path / "speed.json").write_text(
+        json.dumps({"date": "2026-11-30T01:02:03", "git": "abc1234", "tok_s": 1234.5})
+    )
 
     @module.table("speed")
     def speed() -> list[str]:
@@ -35,7 +36,8 @@ def test_blocks_are_rebuilt_with_their_sources(tables):
     assert new == (
         "intro\n<!-- table: speed -->\n| what | result |\n| --- | --- |\n| decode | 1,234 tok/s |\n\n"
         "Source: `benchmarks/results/speed.json` (run at commit abc1234, 2026-11-30).\n<!-- /table -->\n"
-        "outro 5 %\n")
+        "outro 5 %\n"
+    )
     assert tables.render(new) == new  # regenerating is stable: --check passes right after
 
 
@@ -51,8 +53,12 @@ def test_the_committed_readme_is_current():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_tables.py"), "--check"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "readme_tables.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
 
 

@@ -40,7 +40,8 @@ def _cache(tmp_path, monkeypatch):
 def tree_digest(root: Path) -> dict[str, str]:
     return {
         p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -63,12 +64,14 @@ def source(tmp_path_factory):
 
 # --- crash safety ------------------------------------------------------------------------------
 
+
 def _pause_after(ready, original):
     def wrapper(*args, **kwargs):
         result = original(*args, **kwargs)
         ready.set()
         time.sleep(60)
         return result
+
     return wrapper
 
 
@@ -77,6 +80,7 @@ def _pause_before(ready, original):
         ready.set()
         time.sleep(60)
         return original(*args, **kwargs)
+
     return wrapper
 
 
@@ -108,24 +112,40 @@ def _child(point, ready, model, tokenizer, direction, out, overwrite, marker):
     torch.set_num_threads(1)
     _install_kill_point(point, ready, tokenizer)
     with cut(model, direction) as applied:
-        export(model, tokenizer, out, direction=direction, overwrite=overwrite,
-               record={"marker": marker, "edited": len(applied.edited)})
+        export(
+            model,
+            tokenizer,
+            out,
+            direction=direction,
+            overwrite=overwrite,
+            record={"marker": marker, "edited": len(applied.edited)},
+        )
     ready.set()
     time.sleep(60)
 
 
-FRESH_POINTS = ["weights written", "tokenizer written", "direction half-written",
-                "record written, before fsync", "fsynced, before rename"]
-OVERWRITE_POINTS = ["weights written", "record written, before fsync", "before atomic exchange",
-                    "exchanged, old copy not yet removed"]
+FRESH_POINTS = [
+    "weights written",
+    "tokenizer written",
+    "direction half-written",
+    "record written, before fsync",
+    "fsynced, before rename",
+]
+OVERWRITE_POINTS = [
+    "weights written",
+    "record written, before fsync",
+    "before atomic exchange",
+    "exchanged, old copy not yet removed",
+]
 
 
 def _kill_during_export(point, source, out, overwrite, marker, delay=None) -> None:
     _path, model, tokenizer, direction = source
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Event()
-    child = ctx.Process(target=_child, args=(point, ready, model, tokenizer, direction, out,
-                                             overwrite, marker))
+    child = ctx.Process(
+        target=_child, args=(point, ready, model, tokenizer, direction, out, overwrite, marker)
+    )
     child.start()
     if delay is None:
         assert ready.wait(30), f"export never reached {point!r}"
@@ -188,8 +208,10 @@ def test_sigkill_at_any_point_loses_nothing(source, tmp_path):
         (OSError(errno.EACCES, "Permission denied"), "no permission"),
         (OSError(errno.EROFS, "Read-only file system"), "no permission"),
         # safetensors reports write errors as its own type, with the OS error number in the text
-        (RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"),
-         "no space left"),
+        (
+            RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"),
+            "no space left",
+        ),
     ],
 )
 def test_write_errors_are_one_line_and_clean_up(source, tmp_path, monkeypatch, error, message):
@@ -213,8 +235,13 @@ def test_real_full_disk_is_a_clear_error(source, tmp_path):
 
     mount = tmp_path / "small"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("needs root to mount a small tmpfs")
     try:
         with pytest.raises(VaubanError, match="no space left on the device") as info:
@@ -256,6 +283,7 @@ def test_stale_temp_of_a_dead_process_is_removed_but_a_live_one_is_kept(source, 
 
 
 # --- integrity ---------------------------------------------------------------------------------
+
 
 def test_record_lists_every_file_and_verify_names_the_bad_one(source, tmp_path):
     _path, model, tokenizer, direction = source
@@ -307,8 +335,10 @@ def test_truncated_weights_are_caught_even_with_a_matching_record(source, tmp_pa
     weights = out / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-64])
     record = json.loads((out / RECORD_FILE).read_text())
-    record["files"]["model.safetensors"] = {"bytes": weights.stat().st_size,
-                                            "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    record["files"]["model.safetensors"] = {
+        "bytes": weights.stat().st_size,
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+    }
     (out / RECORD_FILE).write_text(json.dumps(record))
     with pytest.raises(VaubanError, match="not a complete safetensors file"):
         verify(out)
@@ -330,6 +360,7 @@ def test_demo_chunks_are_hash_checked_before_use(tmp_path, monkeypatch):
 
 
 # --- safe loading ------------------------------------------------------------------------------
+
 
 class _Payload:
     """Unpickling this runs a command: what a malicious checkpoint would do."""
@@ -370,8 +401,10 @@ def _custom_code_checkpoint(tmp_path: Path, tokenizer) -> tuple[Path, Path]:
     build_model("llama").save_pretrained(path)
     tokenizer.save_pretrained(path)
     config = json.loads((path / "config.json").read_text())
-    config.update(model_type="custom_evil", auto_map={"AutoConfig": "evil.EvilConfig",
-                                                      "AutoModelForCausalLM": "evil.EvilModel"})
+    config.update(
+        model_type="custom_evil",
+        auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"},
+    )
     (path / "config.json").write_text(json.dumps(config))
     (path / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
     return path, marker
@@ -423,6 +456,7 @@ def test_a_local_path_never_touches_the_network(tmp_path, tokenizer, monkeypatch
 
 # --- determinism -------------------------------------------------------------------------------
 
+
 def test_same_inputs_give_bit_identical_direction_and_export(tmp_path, tokenizer):
     records, directions = [], []
     for run in range(2):
@@ -430,8 +464,13 @@ def test_same_inputs_give_bit_identical_direction_and_export(tmp_path, tokenizer
         direction = measure(model, tokenizer, HARMFUL, HARMLESS)
         directions.append(direction)
         with cut(model, direction) as applied:
-            out = export(model, tokenizer, tmp_path / f"run{run}", direction=direction,
-                         record={"edited": len(applied.edited)})
+            out = export(
+                model,
+                tokenizer,
+                tmp_path / f"run{run}",
+                direction=direction,
+                record={"edited": len(applied.edited)},
+            )
         records.append(json.loads((out / RECORD_FILE).read_text()))
     assert torch.equal(directions[0].direction, directions[1].direction)
     assert torch.equal(directions[0].harmful_means, directions[1].harmful_means)

@@ -26,8 +26,9 @@ from vauban.direction.selecting import (
 
 def designed(tokenizer) -> tuple[torch.nn.Module, DirectionResult]:
     torch.manual_seed(0)
-    config = AutoConfig.for_model("gpt2", **TINY_CONFIGS["gpt2"], tie_word_embeddings=False,
-                                bos_token_id=256, eos_token_id=258)
+    config = AutoConfig.for_model(
+        "gpt2", **TINY_CONFIGS["gpt2"], tie_word_embeddings=False, bos_token_id=256, eos_token_id=258
+    )
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     eye = torch.eye(64)
     newline = tokenizer("\n", add_special_tokens=False)["input_ids"][0]
@@ -43,9 +44,15 @@ def designed(tokenizer) -> tuple[torch.nn.Module, DirectionResult]:
         model.transformer.h[2].mlp.c_proj.bias.copy_(2 * eye[2])
         model.lm_head.weight[refusal] = 2 * eye[1] + eye[2]
     means = eye[:4].double()  # layer l's direction is e_l
-    direction = DirectionResult(direction=eye[0], layer_index=0, cosine_scores=(0.4, 0.3, 0.2, 0.1),
-                                d_model=64, model_path="designed", harmful_means=means,
-                                harmless_means=torch.zeros(4, 64, dtype=torch.float64))
+    direction = DirectionResult(
+        direction=eye[0],
+        layer_index=0,
+        cosine_scores=(0.4, 0.3, 0.2, 0.1),
+        d_model=64,
+        model_path="designed",
+        harmful_means=means,
+        harmless_means=torch.zeros(4, 64, dtype=torch.float64),
+    )
     return model.eval(), direction
 
 
@@ -53,8 +60,7 @@ def designed(tokenizer) -> tuple[torch.nn.Module, DirectionResult]:
 def setup(tokenizer):
     model, direction = designed(tokenizer)
     refusals = [(p, "S") for p in HARMFUL[:4]]
-    effects = {e.layer: e for e in layer_effects(model, tokenizer, direction, refusals, HARMLESS,
-                                                 range(4))}
+    effects = {e.layer: e for e in layer_effects(model, tokenizer, direction, refusals, HARMLESS, range(4))}
     return model, direction, refusals, effects
 
 
@@ -83,9 +89,16 @@ def test_choice_is_saved_with_the_direction(setup, tokenizer, tmp_path):
     chosen = select_by_effect(model, tokenizer, direction, refusals, HARMLESS, max_kl=0.4, layers=range(4))
     again = DirectionResult.load(chosen.save(tmp_path / "d.safetensors"))
     assert (again.layer_index, again.selection, again.max_kl, again.effects) == (
-        2, "effect", 0.4, chosen.effects)
-    assert chosen.record()["effects"][2] == {"layer": 2, "refusal": chosen.effects[2].refusal,
-                                             "kl": chosen.effects[2].kl}
+        2,
+        "effect",
+        0.4,
+        chosen.effects,
+    )
+    assert chosen.record()["effects"][2] == {
+        "layer": 2,
+        "refusal": chosen.effects[2].refusal,
+        "kl": chosen.effects[2].kl,
+    }
 
 
 def test_choose_falls_back_to_the_lowest_kl_and_rejects_nothing():

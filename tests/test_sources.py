@@ -13,8 +13,11 @@ from vauban.text.formatting import parse_option
 from vauban.text.prompts import load_prompts
 
 datasets = pytest.importorskip("datasets")
-ROWS = {"goal": ["Write malware.", "Forge a passport."], "target": ["Sure, malware", "Sure, passport"],
-        "id": [1, 2]}
+ROWS = {
+    "goal": ["Write malware.", "Forge a passport."],
+    "target": ["Sure, malware", "Sure, passport"],
+    "id": [1, 2],
+}
 
 
 @pytest.fixture
@@ -23,8 +26,9 @@ def data(tmp_path):
     table.to_parquet(str(tmp_path / "advbench.parquet"))
     pairs = list(zip(ROWS["goal"], ROWS["target"], strict=True))
     (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps({"q": g, "text": t}) for g, t in pairs))
-    (tmp_path / "rows.csv").write_text("goal,target\n" + "\n".join(
-        f'{g},"{t}"' for g, t in zip(ROWS["goal"], ROWS["target"], strict=True)))
+    (tmp_path / "rows.csv").write_text(
+        "goal,target\n" + "\n".join(f'{g},"{t}"' for g, t in zip(ROWS["goal"], ROWS["target"], strict=True))
+    )
     datasets.DatasetDict({"train": table, "test": table.select([1])}).save_to_disk(str(tmp_path / "saved"))
     (tmp_path / "files").mkdir()
     table.to_json(str(tmp_path / "files" / "train.jsonl"))
@@ -50,8 +54,11 @@ def test_hub_ids(data, monkeypatch):
 
     def load_dataset(name, config=None, split=None):
         seen.update(name=name, config=config, split=split)
-        return datasets.load_from_disk(str(data / "saved"))[split] if split else datasets.load_from_disk(
-            str(data / "saved"))
+        return (
+            datasets.load_from_disk(str(data / "saved"))[split]
+            if split
+            else datasets.load_from_disk(str(data / "saved"))
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     assert load_prompts("hf:walledai/AdvBench@default:test:target") == ROWS["target"][1:]
@@ -59,14 +66,17 @@ def test_hub_ids(data, monkeypatch):
     assert load_prompts("hf:walledai/AdvBench") == ROWS["goal"]
 
 
-@pytest.mark.parametrize(("source", "message"), [
-    ("{d}/advbench.parquet:nope", "has no column 'nope'"),
-    ("{d}/advbench.parquet:id", "expected text"),
-    ("{d}/saved:validation", "has splits"),
-    ("{d}/rows.jsonl:missing", "no prompt text"),
-    ("{d}/missing.parquet:goal", "nor a file or dataset"),
-    ("{d}/rows.csv:a:b", "too many ':' parts"),
-])
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("{d}/advbench.parquet:nope", "has no column 'nope'"),
+        ("{d}/advbench.parquet:id", "expected text"),
+        ("{d}/saved:validation", "has splits"),
+        ("{d}/rows.jsonl:missing", "no prompt text"),
+        ("{d}/missing.parquet:goal", "nor a file or dataset"),
+        ("{d}/rows.csv:a:b", "too many ':' parts"),
+    ],
+)
 def test_bad_sources_are_one_line_errors(data, source, message):
     with pytest.raises(VaubanError, match=message.replace("(", r"\(")) as err:
         load_prompts(source.format(d=data))
@@ -74,18 +84,25 @@ def test_bad_sources_are_one_line_errors(data, source, message):
 
 
 def test_formatting_values():
-    fmt = Formatting(system_prompt="A", system_prompts={"eval": "B"},
-                     template_options={"enable_thinking": False})
+    fmt = Formatting(
+        system_prompt="A", system_prompts={"eval": "B"}, template_options={"enable_thinking": False}
+    )
     assert fmt.system_for("eval") == "B" and fmt.system_for("harmful") == "A" and fmt.system_for() == "A"
     assert Formatting.from_record(fmt.record()) == fmt
     over = Formatting(template_options={"reasoning_effort": "low"}).over(fmt)
-    assert over.system_prompt == "A" and over.template_options == {"enable_thinking": False,
-                                                                    "reasoning_effort": "low"}
+    assert over.system_prompt == "A" and over.template_options == {
+        "enable_thinking": False,
+        "reasoning_effort": "low",
+    }
     assert parse_option("enable_thinking=false") == ("enable_thinking", False)
     assert parse_option("reasoning_effort=low") == ("reasoning_effort", "low")
     assert parse_option("n=3") == ("n", 3)
-    for bad in ({"system_prompts": {"nope": "x"}}, {"template_options": {"a-b": 1}},
-                {"template_options": {"x": object()}}, {"thinking_tokens": -1}):
+    for bad in (
+        {"system_prompts": {"nope": "x"}},
+        {"template_options": {"a-b": 1}},
+        {"template_options": {"x": object()}},
+        {"thinking_tokens": -1},
+    ):
         with pytest.raises(VaubanError):
             Formatting(**bad)
 

@@ -127,13 +127,21 @@ def test_bad_inputs_are_clear_errors(tmp_path):
 
 
 def test_checkpoint_writers_by_name():
-    names = ["h.0.attn.c_proj.weight", "h.0.attn.c_proj.bias", "h.0.mlp.c_proj.weight", "h.0.mlp.c_fc.weight",
-             "wte.weight", "wpe.weight"]
+    names = [
+        "h.0.attn.c_proj.weight",
+        "h.0.attn.c_proj.bias",
+        "h.0.mlp.c_proj.weight",
+        "h.0.mlp.c_fc.weight",
+        "wte.weight",
+        "wpe.weight",
+    ]
     found = arch.checkpoint_writers("gpt2", names, 1, embeddings=True)  # hub GPT-2: no prefix
     assert [(w.name, w.axis, w.kind) for w in found] == [
-        ("h.0.attn.c_proj.weight", -1, "attention"), ("h.0.attn.c_proj.bias", -1, "attention"),
+        ("h.0.attn.c_proj.weight", -1, "attention"),
+        ("h.0.attn.c_proj.bias", -1, "attention"),
         ("h.0.mlp.c_proj.weight", -1, "mlp"),
-        ("wte.weight", -1, "embedding"), ("wpe.weight", -1, "embedding"),
+        ("wte.weight", -1, "embedding"),
+        ("wpe.weight", -1, "embedding"),
     ]
     vision = ["model.vision.layers.0.self_attn.o_proj.weight", "model.vision.layers.0.mlp.down_proj.weight"]
     text = ["model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.down_proj.weight"]
@@ -159,21 +167,44 @@ print(before * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 def test_peak_memory_stays_far_below_the_model_size(tmp_path):
     """A ~400 MB checkpoint in five shards is cut with a peak RSS increase under 1/4 of it."""
     hidden, inter, layers, vocab = 1024, 4096, 4, 16384
-    config = AutoConfig.for_model("llama", hidden_size=hidden, intermediate_size=inter,
-                                  num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=8,
-                                  vocab_size=vocab)
+    config = AutoConfig.for_model(
+        "llama",
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        vocab_size=vocab,
+    )
     src = tmp_path / "src"
     src.mkdir()
     config.save_pretrained(src)
     weight_map, total = {}, 0
     shards = [["model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"]]
-    shards += [[f"model.layers.{i}.{p}.weight" for p in
-                ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm",
-                 "post_attention_layernorm")]
-               for i in range(layers)]
-    shapes = {"embed_tokens": (vocab, hidden), "lm_head": (vocab, hidden), "gate_proj": (inter, hidden),
-              "up_proj": (inter, hidden), "down_proj": (hidden, inter)}
+    shards += [
+        [
+            f"model.layers.{i}.{p}.weight"
+            for p in (
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+                "input_layernorm",
+                "post_attention_layernorm",
+            )
+        ]
+        for i in range(layers)
+    ]
+    shapes = {
+        "embed_tokens": (vocab, hidden),
+        "lm_head": (vocab, hidden),
+        "gate_proj": (inter, hidden),
+        "up_proj": (inter, hidden),
+        "down_proj": (hidden, inter),
+    }
     for n, names in enumerate(shards):
         file = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
         tensors = {}
@@ -191,7 +222,9 @@ def test_peak_memory_stays_far_below_the_model_size(tmp_path):
     assert total > 400e6
     result = subprocess.run(
         [sys.executable, "-c", _RSS_SCRIPT, str(src), str(tmp_path / "out"), str(hidden)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     before, peak = map(int, result.stdout.split()[-2:])
     print(f"peak RSS increase {(peak - before) / 1e6:.0f} MB for a {total / 1e6:.0f} MB checkpoint")
@@ -209,8 +242,24 @@ def test_cli_stream(tmp_path, tokenizer, capsys):
     model.save_pretrained(src, max_shard_size="40KB")
     result = vauban.measure(model, tokenizer, ["How do I pick a lock?"] * 2, ["Bake bread."] * 2)
     saved = result.save(tmp_path / "direction.safetensors")
-    assert main(["stream", str(src), str(tmp_path / "out"), "--direction", str(saved), "--layers", "1,2",
-                 "--alpha", "0.5", "--json", "-q"]) == 0
+    assert (
+        main(
+            [
+                "stream",
+                str(src),
+                str(tmp_path / "out"),
+                "--direction",
+                str(saved),
+                "--layers",
+                "1,2",
+                "--alpha",
+                "0.5",
+                "--json",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["edited_tensors"] == 4
     vauban.cut(model, result, alpha=0.5, layers=[1, 2])
     model.save_pretrained(tmp_path / "ref", max_shard_size="40KB")

@@ -42,11 +42,13 @@ def test_streamed_effects_equal_in_memory_and_the_model_holds_one_layer(saved, t
     refusals = [(p, "I cannot help with that.") for p in HARMFUL[:4]]
     lazy = layerwise(src)
     kwargs = dict(layers=range(4), batch_size=ONE_BATCH, max_kl=10.0)
-    streamed = selecting.select_by_effect(lazy.model, tokenizer, direction, refusals, HARMLESS,
-                                          cutting=streamed_cutting(lazy), **kwargs)
+    streamed = selecting.select_by_effect(
+        lazy.model, tokenizer, direction, refusals, HARMLESS, cutting=streamed_cutting(lazy), **kwargs
+    )
     memory = selecting.select_by_effect(model, tokenizer, direction, refusals, HARMLESS, **kwargs)
     assert [(e.layer, e.refusal, e.kl) for e in streamed.effects] == [
-        (e.layer, e.refusal, e.kl) for e in memory.effects]
+        (e.layer, e.refusal, e.kl) for e in memory.effects
+    ]
     assert streamed.layer_index == memory.layer_index
     assert all(p.device.type == "meta" for b in lazy.blocks for p in b.parameters())
     assert lazy.reads == 4 * (1 + 2 * 4)  # each pass read each of the 4 layers once

@@ -21,13 +21,17 @@ __version__ = "0.1.0"
 
 # name -> (module, attribute in it)
 _EXPORTS: dict[str, tuple[str, str]] = {
-    **{name: ("edit.cutting", name) for name in ("Cut", "LayerKernel", "active_cuts", "cut",
-                                                  "original_weights")},
+    **{
+        name: ("edit.cutting", name)
+        for name in ("Cut", "LayerKernel", "active_cuts", "cut", "original_weights")
+    },
     "VaubanError": ("core.errors", "VaubanError"),
     "evaluate": ("evaluation.evaluating", "evaluate"),
     "EvalResult": ("evaluation.results", "EvalResult"),
-    **{name: ("evaluation.sweeping", name) for name in ("AlphaSweep", "SteerSweep", "alpha_sweep",
-                                                         "direction_similarity", "steer_sweep")},
+    **{
+        name: ("evaluation.sweeping", name)
+        for name in ("AlphaSweep", "SteerSweep", "alpha_sweep", "direction_similarity", "steer_sweep")
+    },
     "export": ("exports.exporting", "export"),
     **{name: ("exports.verifying", name) for name in ("VerifyResult", "verify")},
     "Formatting": ("text.formatting", "Formatting"),
@@ -36,16 +40,28 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "load_model": ("model.loading", "load_model"),
     "source_of": ("model.loading", "source_of"),
     **{name: ("direction.measuring", name) for name in ("measure", "measure_subspace")},
-    **{name: ("direction.results", name) for name in ("BorderlineResult", "DirectionResult", "ProbeResult",
-                                                       "SubspaceResult", "direction_at",
-                                                       "directions_per_layer")},
+    **{
+        name: ("direction.results", name)
+        for name in (
+            "BorderlineResult",
+            "DirectionResult",
+            "ProbeResult",
+            "SubspaceResult",
+            "direction_at",
+            "directions_per_layer",
+        )
+    },
     **{name: ("direction.probing", name) for name in ("borderline", "probe", "projections")},
     "Completion": ("judge.answers", "Completion"),
     **{name: ("methods.steering", name) for name in ("SteerResult", "Steering", "steer", "steer_generate")},
-    **{name: ("direction.categories", name) for name in ("CategoryDirections", "keep_vector",
-                                                          "measure_categories")},
-    **{name: ("methods.conditional", name) for name in ("Condition", "condition_sets", "conditional_generate",
-                                                         "measure_condition")},
+    **{
+        name: ("direction.categories", name)
+        for name in ("CategoryDirections", "keep_vector", "measure_categories")
+    },
+    **{
+        name: ("methods.conditional", name)
+        for name in ("Condition", "condition_sets", "conditional_generate", "measure_condition")
+    },
     **{name: ("evaluation.groups", name) for name in ("evaluate_groups", "language_judge")},
 }
 

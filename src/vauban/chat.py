@@ -92,8 +92,9 @@ class ChatSession:
             if system is not None:  # the first user turn carries it where the template has no system role
                 first = chat_messages(self.tokenizer, messages[0]["content"], system)
                 messages = [*first, *messages[1:]]
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
-                                                      **fmt.template_options)
+            return self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False, **fmt.template_options
+            )
         turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
         return "\n".join([*([system] if system else []), *turns, "Assistant:"])
 
@@ -118,13 +119,15 @@ class ChatSession:
             raise VaubanError("empty message; type something, or /quit to leave")
         messages = [*self.history, {"role": "user", "content": text}]
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        encoded = self.tokenizer(self._prompt_text(messages), add_special_tokens=not has_template,
-                                 return_tensors="pt")
+        encoded = self.tokenizer(
+            self._prompt_text(messages), add_special_tokens=not has_template, return_tensors="pt"
+        )
         device = model_device(self.model)
         stops = stop_token_ids(self.model, self.tokenizer)
         decoder = Decoder.make(self.tokenizer, self.formatting, stops, self.max_tokens)
-        config = greedy_config(self.model, self.tokenizer,
-                               self.max_tokens + budget(self.tokenizer, self.formatting))
+        config = greedy_config(
+            self.model, self.tokenizer, self.max_tokens + budget(self.tokenizer, self.formatting)
+        )
         streamer = _CallbackStreamer(self.tokenizer, on_text) if on_text is not None else None
         with self._steering(text):
             out = generator(self.model).generate(
@@ -133,7 +136,7 @@ class ChatSession:
                 generation_config=config,
                 streamer=streamer,
             )
-        answer = decoder(out[0, encoded["input_ids"].shape[1]:].tolist())
+        answer = decoder(out[0, encoded["input_ids"].shape[1] :].tolist())
         reply = split_reasoning(answer)[1]  # templates keep replies, not thoughts, in the history
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
         if isinstance(self.judge, Judge):  # judges see the reply

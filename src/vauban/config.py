@@ -68,9 +68,12 @@ class Settings:
         fields = (self.system_prompt, self.system_prompts, self.template_options, self.thinking_tokens)
         if all(f is None for f in fields):
             return None
-        return Formatting(system_prompt=self.system_prompt, system_prompts=self.system_prompts or {},
-                          template_options=self.template_options or {},
-                          thinking_tokens=self.thinking_tokens)
+        return Formatting(
+            system_prompt=self.system_prompt,
+            system_prompts=self.system_prompts or {},
+            template_options=self.template_options or {},
+            thinking_tokens=self.thinking_tokens,
+        )
 
 
 def _field_type(name: str) -> type:

@@ -84,24 +84,36 @@ def plot_layers(
     families separating in the middle layers. Bottom: each layer's cosine separation, which is
     how the direction's layer was chosen (marked in both panels).
     """
-    fig, (top, bottom) = _pyplot().subplots(2, 1, figsize=(8, 6.5), sharex=True,
-                                      gridspec_kw={"height_ratios": [2, 1]})
+    fig, (top, bottom) = _pyplot().subplots(
+        2, 1, figsize=(8, 6.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
+    )
     layers = range(harmful.shape[1])
     for values, color, name in ((harmful, "tab:red", "harmful"), (harmless, "tab:blue", "harmless")):
         for row in values:
             top.plot(layers, row.tolist(), color=color, alpha=0.12, lw=0.8)
-        top.plot(layers, values.mean(0).tolist(), color=color, lw=2.5,
-                 label=f"{name} prompts (mean of {values.shape[0]})")
+        top.plot(
+            layers,
+            values.mean(0).tolist(),
+            color=color,
+            lw=2.5,
+            label=f"{name} prompts (mean of {values.shape[0]})",
+        )
     for ax in (top, bottom):
         ax.axvline(direction.layer_index, color="black", linestyle="--", lw=1)
     top.axhline(0, color="grey", lw=0.5)
-    top.set(ylabel="projection on refusal direction",
-            title=f"Refusal direction of {direction.model_path} (layer {direction.layer_index})")
+    top.set(
+        ylabel="projection on refusal direction",
+        title=f"Refusal direction of {direction.model_path} (layer {direction.layer_index})",
+    )
     top.legend(fontsize="small", loc="upper left")
     bottom.plot(layers, direction.cosine_scores, marker="o", ms=3, color="tab:purple")
-    bottom.annotate(f"chosen layer {direction.layer_index}",
-                    (direction.layer_index, direction.max_cosine), textcoords="offset points",
-                    xytext=(6, -12), fontsize="small")
+    bottom.annotate(
+        f"chosen layer {direction.layer_index}",
+        (direction.layer_index, direction.max_cosine),
+        textcoords="offset points",
+        xytext=(6, -12),
+        fontsize="small",
+    )
     bottom.set(xlabel="layer", ylabel="cosine separation")
     return _finish(fig, path)
 
@@ -116,10 +128,12 @@ def plot_probes(
     fig, ax = _pyplot().subplots(figsize=(8, 4.5))
     if direction is not None and direction.harmful_means is not None and direction.harmless_means is not None:
         d = direction.direction.double()
-        ax.plot((direction.harmful_means @ d).tolist(), color="tab:red", lw=3, alpha=0.4,
-                label="harmful mean")
-        ax.plot((direction.harmless_means @ d).tolist(), color="tab:blue", lw=3, alpha=0.4,
-                label="harmless mean")
+        ax.plot(
+            (direction.harmful_means @ d).tolist(), color="tab:red", lw=3, alpha=0.4, label="harmful mean"
+        )
+        ax.plot(
+            (direction.harmless_means @ d).tolist(), color="tab:blue", lw=3, alpha=0.4, label="harmless mean"
+        )
         ax.axvline(direction.layer_index, color="grey", linestyle=":")
     for label, result in probes.items():
         ax.plot(result.projections, marker=".", label=label)
@@ -165,20 +179,38 @@ def plot_pareto(result: OptimizeResult, path: str | os.PathLike[str] | None = No
     answer with more margin."""
     fig, axes = _pyplot().subplots(1, 2, figsize=(11, 4.5))
     front, best, plain = result.pareto, result.best, result.plain
-    panels = ((axes[0], lambda t: t.refusal * 100, "refusal rate on validation prompts (%)"),
-              (axes[1], lambda t: max(t.likelihood, 1e-12), "refusal likelihood (log)"))
+    panels = (
+        (axes[0], lambda t: t.refusal * 100, "refusal rate on validation prompts (%)"),
+        (axes[1], lambda t: max(t.likelihood, 1e-12), "refusal likelihood (log)"),
+    )
     for ax, value, label in panels:
-        ax.scatter([t.kl for t in result.trials], [value(t) for t in result.trials], color="lightgrey",
-                   label="trial")
+        ax.scatter(
+            [t.kl for t in result.trials], [value(t) for t in result.trials], color="lightgrey", label="trial"
+        )
         ax.scatter([t.kl for t in front], [value(t) for t in front], color="tab:red", label="Pareto front")
         for t in front:
-            ax.annotate(str(t.number), (t.kl, value(t)), fontsize="small", textcoords="offset points",
-                        xytext=(4, 4))
+            ax.annotate(
+                str(t.number), (t.kl, value(t)), fontsize="small", textcoords="offset points", xytext=(4, 4)
+            )
         if plain is not None:
-            ax.scatter([plain.kl], [value(plain)], marker="x", s=80, color="black",
-                       label="plain cut (alpha = 1)", zorder=3)
-        ax.scatter([best.kl], [value(best)], marker="*", s=160, color="tab:green", zorder=4,
-                   label=f"pick (trial {best.number})")
+            ax.scatter(
+                [plain.kl],
+                [value(plain)],
+                marker="x",
+                s=80,
+                color="black",
+                label="plain cut (alpha = 1)",
+                zorder=3,
+            )
+        ax.scatter(
+            [best.kl],
+            [value(best)],
+            marker="*",
+            s=160,
+            color="tab:green",
+            zorder=4,
+            label=f"pick (trial {best.number})",
+        )
         ax.set(xlabel="first-token KL on harmless prompts", ylabel=label)
     axes[1].set_yscale("log")
     axes[0].legend(fontsize="small")
@@ -190,25 +222,38 @@ def plot_eval(result: EvalResult, path: str | os.PathLike[str] | None = None) ->
     """``evaluate``'s report, original and cut side by side: rates (refusal, late refusal,
     over-refusal, capability scores) as paired bars on the left; perplexity and the KLs (which
     compare the two, so the original's is 0) on the right."""
-    rows = [("refusal\n(harmful)", result.refusal_before, result.refusal_after),
-            ("late\nrefusal", result.late_before, result.late_after)]
+    rows = [
+        ("refusal\n(harmful)", result.refusal_before, result.refusal_after),
+        ("late\nrefusal", result.late_before, result.late_after),
+    ]
     if result.over_refusal_before is not None and result.over_refusal_after is not None:
         rows.append(("over-refusal\n(safe)", result.over_refusal_before, result.over_refusal_after))
-    rows += [(f"{b.name}\n{b.metric}", b.value, a.value)
-             for b, a in zip(result.capability_before, result.capability_after, strict=True)]
-    fig, (left, right) = _pyplot().subplots(1, 2, figsize=(11, 4.5),
-                                      gridspec_kw={"width_ratios": [max(len(rows), 2), 2]})
+    rows += [
+        (f"{b.name}\n{b.metric}", b.value, a.value)
+        for b, a in zip(result.capability_before, result.capability_after, strict=True)
+    ]
+    fig, (left, right) = _pyplot().subplots(
+        1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [max(len(rows), 2), 2]}
+    )
     xs = range(len(rows))
     for offset, index, color, label in ((-0.2, 1, "tab:grey", "original"), (0.2, 2, "tab:red", "cut")):
-        bars = left.bar([x + offset for x in xs], [r[index] * 100 for r in rows], width=0.4, color=color,
-                        label=label)
+        bars = left.bar(
+            [x + offset for x in xs], [r[index] * 100 for r in rows], width=0.4, color=color, label=label
+        )
         left.bar_label(bars, fmt="%.0f", fontsize="small")
     left.set_xticks(list(xs), [r[0] for r in rows], fontsize="small")
-    left.set(ylabel="% of prompts / score", ylim=(0, 110),
-             title=f"{result.n_prompts} harmful prompts, {result.max_tokens} answer tokens")
+    left.set(
+        ylabel="% of prompts / score",
+        ylim=(0, 110),
+        title=f"{result.n_prompts} harmful prompts, {result.max_tokens} answer tokens",
+    )
     left.legend(fontsize="small")
-    bars = right.bar([-0.2, 0.2], [result.perplexity_before, result.perplexity_after], width=0.4,
-                     color=["tab:grey", "tab:red"])
+    bars = right.bar(
+        [-0.2, 0.2],
+        [result.perplexity_before, result.perplexity_after],
+        width=0.4,
+        color=["tab:grey", "tab:red"],
+    )
     right.bar_label(bars, fmt="%.2f", fontsize="small")
     kls = [f"first token {result.first_token_kl:.4f}"]
     if result.k_token_kl is not None:

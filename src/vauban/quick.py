@@ -92,7 +92,10 @@ def measure_direction(
 
 
 def probe_prompt(
-    model: Any, tokenizer: Any, prompt: str, direction: DirectionResult | torch.Tensor,
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    direction: DirectionResult | torch.Tensor,
     formatting: Formatting | None = None,
 ) -> ProbeResult:
     """Per-layer projection of ``prompt``'s last-token activation onto ``direction``."""
@@ -141,14 +144,28 @@ def abliterate(
     if method == "auto":
         from .methods.choosing import default_cut
 
-        applied, _ = default_cut(torch_model, tokenizer, direction, load_prompts(harmful or "harmful"),
-                                 load_prompts(harmless or "harmless"))
+        applied, _ = default_cut(
+            torch_model,
+            tokenizer,
+            direction,
+            load_prompts(harmful or "harmful"),
+            load_prompts(harmless or "harmless"),
+        )
     else:
         applied = cut(torch_model, direction, alpha=alpha, layers=layers, embeddings=embeddings)
     with applied:
         record = cut_record(source, applied, direction)
-        export(torch_model, tokenizer, out, direction=direction, record=record, overwrite=overwrite,
-               format=format, quant=quant, dtype=dtype)
+        export(
+            torch_model,
+            tokenizer,
+            out,
+            direction=direction,
+            record=record,
+            overwrite=overwrite,
+            format=format,
+            quant=quant,
+            dtype=dtype,
+        )
     return direction
 
 
@@ -161,9 +178,7 @@ def evaluate(
     see :func:`vauban.evaluation.evaluating.evaluate` for ``reference``, ``max_tokens``, ``batch_size`` and
     ``judge`` (which judge counts the refusals: ``"markers"``, ``"chat:demo"``, ...).
     """
-    return _evaluate(
-        as_torch(original), as_torch(modified), as_hf_tokenizer(tokenizer), prompts, **kwargs
-    )
+    return _evaluate(as_torch(original), as_torch(modified), as_hf_tokenizer(tokenizer), prompts, **kwargs)
 
 
 def steer_prompt(
@@ -179,7 +194,12 @@ def steer_prompt(
     """Generate an answer to ``prompt`` while removing ``alpha`` × the direction at every layer;
     ``judge`` decides ``refused`` (default: markers, see :mod:`vauban.judge`)."""
     return steer(
-        as_torch(model), as_hf_tokenizer(tokenizer), prompt, direction, alpha, max_tokens=max_tokens,
+        as_torch(model),
+        as_hf_tokenizer(tokenizer),
+        prompt,
+        direction,
+        alpha,
+        max_tokens=max_tokens,
         judge=judge,
         formatting=formatting,
     )

@@ -45,8 +45,14 @@ class CapabilityScore:
         return f"{self.name}: {self.metric}={self.value:.1%} (n={self.n}, {self.seconds:.0f} s)"
 
     def record(self) -> dict[str, Any]:
-        return {"name": self.name, "metric": self.metric, "value": self.value, "n": self.n,
-                "seconds": self.seconds, "details": list(self.details)}
+        return {
+            "name": self.name,
+            "metric": self.metric,
+            "value": self.value,
+            "n": self.n,
+            "seconds": self.seconds,
+            "details": list(self.details),
+        }
 
 
 class Capability(Protocol):
@@ -54,8 +60,7 @@ class Capability(Protocol):
 
     def run(
         self, model: nn.Module, tokenizer: Any, *, batch_size: int | None = None
-    ) -> list[CapabilityScore]:
-        ...
+    ) -> list[CapabilityScore]: ...
 
 
 def read_records(path: str | Path, limit: int | None, what: str) -> list[dict[str, Any]]:

@@ -23,8 +23,9 @@ from torch import nn
 from ..runtime.generating import generate
 from . import CapabilityScore, check_limit, read_records
 
-PROMPT = ("{question}\n\nSolve this step by step. On the last line, give only the final number as: "
-          "The answer is N.")
+PROMPT = (
+    "{question}\n\nSolve this step by step. On the last line, give only the final number as: The answer is N."
+)
 _NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
 
 
@@ -68,13 +69,34 @@ class GSM8K:
     ) -> list[CapabilityScore]:
         problems = read_records(self.path, self.limit, "GSM8K")
         t0 = time.perf_counter()
-        answers = generate(model, tokenizer, [PROMPT.format(question=p["question"]) for p in problems],
-                           max_tokens=self.max_tokens, batch_size=batch_size, desc="gsm8k")
+        answers = generate(
+            model,
+            tokenizer,
+            [PROMPT.format(question=p["question"]) for p in problems],
+            max_tokens=self.max_tokens,
+            batch_size=batch_size,
+            desc="gsm8k",
+        )
         details = []
         for problem, answer in zip(problems, answers, strict=True):
             gold, predicted = gold_number(problem["answer"]), final_number(answer)
-            details.append({"question": problem["question"], "gold": gold, "predicted": predicted,
-                            "correct": predicted == gold, "answer": answer})
+            details.append(
+                {
+                    "question": problem["question"],
+                    "gold": gold,
+                    "predicted": predicted,
+                    "correct": predicted == gold,
+                    "answer": answer,
+                }
+            )
         correct = sum(d["correct"] for d in details)
-        return [CapabilityScore(self.name, "accuracy", correct / len(details), len(details),
-                               round(time.perf_counter() - t0, 1), tuple(details))]
+        return [
+            CapabilityScore(
+                self.name,
+                "accuracy",
+                correct / len(details),
+                len(details),
+                round(time.perf_counter() - t0, 1),
+                tuple(details),
+            )
+        ]

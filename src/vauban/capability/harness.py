@@ -58,9 +58,15 @@ class Harness:
         lm = hflm(pretrained=model, tokenizer=tokenizer, batch_size=batch_size or 8, device=device)
         manager = task_manager(include_path=str(self.include_path) if self.include_path else None)
         try:
-            out = lm_eval.simple_evaluate(model=lm, tasks=list(self.tasks), limit=self.limit,
-                                          num_fewshot=self.num_fewshot, task_manager=manager,
-                                          log_samples=False, verbosity="ERROR")
+            out = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=list(self.tasks),
+                limit=self.limit,
+                num_fewshot=self.num_fewshot,
+                task_manager=manager,
+                log_samples=False,
+                verbosity="ERROR",
+            )
         except KeyError as err:
             raise VaubanError(f"lm-eval does not know the task {err}; see `lm-eval ls tasks`") from None
         seconds = round(time.perf_counter() - t0, 1)

@@ -25,8 +25,10 @@ from ..runtime.generating import generate
 from . import CapabilityScore, check_limit, read_records
 from .sandbox import run_untrusted
 
-PROMPT = ("Complete the following Python function. Reply with the complete function, imports included, "
-          "in one ```python code block.\n\n```python\n{prompt}```")
+PROMPT = (
+    "Complete the following Python function. Reply with the complete function, imports included, "
+    "in one ```python code block.\n\n```python\n{prompt}```"
+)
 _FENCE = re.compile(r"```(?:python|py)?[^\n]*\n(.*?)(?:```|$)", re.DOTALL)
 
 
@@ -38,8 +40,10 @@ def extract_code(answer: str) -> str:
 
 def program(problem: dict[str, Any], answer: str) -> str:
     """The script whose exit status says whether ``answer`` solves ``problem``."""
-    return (f"{problem['prompt']}\n{extract_code(answer)}\n\n{problem['test']}\n\n"
-            f"check({problem['entry_point']})\n")
+    return (
+        f"{problem['prompt']}\n{extract_code(answer)}\n\n{problem['test']}\n\n"
+        f"check({problem['entry_point']})\n"
+    )
 
 
 @dataclass(frozen=True)
@@ -56,21 +60,43 @@ class HumanEval:
     def __post_init__(self) -> None:
         check_limit(self.limit)
         if not self.allow_code_execution:
-            raise VaubanError("HumanEval runs model-written code: pass allow_code_execution=True "
-                              "(--allow-code-execution) to accept that (see vauban.capability.sandbox)")
+            raise VaubanError(
+                "HumanEval runs model-written code: pass allow_code_execution=True "
+                "(--allow-code-execution) to accept that (see vauban.capability.sandbox)"
+            )
 
     def run(
         self, model: nn.Module, tokenizer: Any, *, batch_size: int | None = None
     ) -> list[CapabilityScore]:
         problems = read_records(self.path, self.limit, "HumanEval")
         t0 = time.perf_counter()
-        answers = generate(model, tokenizer, [PROMPT.format(prompt=p["prompt"]) for p in problems],
-                           max_tokens=self.max_tokens, batch_size=batch_size, desc="humaneval")
+        answers = generate(
+            model,
+            tokenizer,
+            [PROMPT.format(prompt=p["prompt"]) for p in problems],
+            max_tokens=self.max_tokens,
+            batch_size=batch_size,
+            desc="humaneval",
+        )
         details = []
         for problem, answer in zip(problems, answers, strict=True):
             outcome = run_untrusted(program(problem, answer), timeout=self.timeout)
-            details.append({"task_id": problem["task_id"], "status": outcome.status, "answer": answer,
-                            "output": outcome.output[-300:]})
+            details.append(
+                {
+                    "task_id": problem["task_id"],
+                    "status": outcome.status,
+                    "answer": answer,
+                    "output": outcome.output[-300:],
+                }
+            )
         passed = sum(d["status"] == "passed" for d in details)
-        return [CapabilityScore(self.name, "pass@1", passed / len(details), len(details),
-                               round(time.perf_counter() - t0, 1), tuple(details))]
+        return [
+            CapabilityScore(
+                self.name,
+                "pass@1",
+                passed / len(details),
+                len(details),
+                round(time.perf_counter() - t0, 1),
+                tuple(details),
+            )
+        ]

@@ -85,16 +85,33 @@ def run_untrusted(
 ) -> Outcome:
     """Run ``program`` in the sandbox described in the module docstring."""
     if not sys.platform.startswith("linux"):
-        raise VaubanError("running model-written code needs the Linux sandbox (network namespaces); "
-                          "run this check on Linux")
+        raise VaubanError(
+            "running model-written code needs the Linux sandbox (network namespaces); run this check on Linux"
+        )
     with tempfile.TemporaryDirectory(prefix="vauban-sandbox-") as tmp:
         path = Path(tmp) / "program.py"
         path.write_text(program, encoding="utf-8")
         cpu = max(1, int(timeout))
-        command = [sys.executable, "-I", "-S", "-c", _RUNNER, str(path), str(cpu),
-                   str(memory_mb * 2**20), str(file_mb * 2**20)]
-        proc = subprocess.Popen(command, cwd=tmp, env={"PATH": os.defpath}, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        command = [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            _RUNNER,
+            str(path),
+            str(cpu),
+            str(memory_mb * 2**20),
+            str(file_mb * 2**20),
+        ]
+        proc = subprocess.Popen(
+            command,
+            cwd=tmp,
+            env={"PATH": os.defpath},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -103,9 +120,11 @@ def run_untrusted(
             return Outcome("timeout", "")
     text = out.decode("utf-8", "replace")[-2000:]
     if proc.returncode == NO_NAMESPACE and text.startswith("unshare failed"):
-        raise VaubanError("the sandbox cannot cut the network off: this kernel refuses unprivileged "
-                          f"user namespaces ({text.strip()}); enable them (sysctl "
-                          "kernel.unprivileged_userns_clone=1) or run the check in a container")
+        raise VaubanError(
+            "the sandbox cannot cut the network off: this kernel refuses unprivileged "
+            f"user namespaces ({text.strip()}); enable them (sysctl "
+            "kernel.unprivileged_userns_clone=1) or run the check in a container"
+        )
     if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):  # the CPU-time limit: a timeout too
         return Outcome("timeout", text)
     return Outcome("passed" if proc.returncode == 0 else "failed", text)

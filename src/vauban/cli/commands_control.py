@@ -20,20 +20,30 @@ def categories_source(args: argparse.Namespace) -> str:
     return getattr(args, "categories", None) or "measure"
 
 
-def cmd_measure_categories(s: Settings, args: argparse.Namespace, report: Report, model: Any,
-                           tokenizer: Any) -> None:
+def cmd_measure_categories(
+    s: Settings, args: argparse.Namespace, report: Report, model: Any, tokenizer: Any
+) -> None:
     """``vauban measure --by-category``: one direction per category, their similarity, a plot."""
     from .. import plots
     from ..direction.categories import measure_categories
 
     save = new_path(Path(args.output).with_suffix(".pt"), s.overwrite) if args.output else None
     with report.step("measure one direction per category", "measure_categories"):
-        cats = measure_categories(model, tokenizer, categories_source(args), s.harmless, layer=s.layer,
-                                  batch_size=s.batch_size, formatting=s.formatting())
+        cats = measure_categories(
+            model,
+            tokenizer,
+            categories_source(args),
+            s.harmless,
+            layer=s.layer,
+            batch_size=s.batch_size,
+            formatting=s.formatting(),
+        )
     sim = cats.similarity()
-    report.table(f"Cosine similarity of the category directions at layer {cats.layer_index}",
-                 ["", *cats.categories],
-                 [(c, *(f"{float(x):+.2f}" for x in sim[i])) for i, c in enumerate(cats.categories)])
+    report.table(
+        f"Cosine similarity of the category directions at layer {cats.layer_index}",
+        ["", *cats.categories],
+        [(c, *(f"{float(x):+.2f}" for x in sim[i])) for i, c in enumerate(cats.categories)],
+    )
     report.put("categories", cats.record())
     if save is not None:
         path = cats.save(save)
@@ -51,15 +61,28 @@ def check_keep(args: argparse.Namespace) -> list[str]:
     return keep
 
 
-def keep_cut_vector(s: Settings, args: argparse.Namespace, report: Report, model: Any, tokenizer: Any,
-                    direction: Any, keep: list[str]) -> Any:
+def keep_cut_vector(
+    s: Settings,
+    args: argparse.Namespace,
+    report: Report,
+    model: Any,
+    tokenizer: Any,
+    direction: Any,
+    keep: list[str],
+) -> Any:
     """The vector ``abliterate --keep`` removes (:func:`vauban.categories.keep_vector`)."""
     from ..direction.categories import check_categories, keep_vector, measure_categories
 
     with report.step(f"measure category directions to keep {', '.join(keep)}", "measure_categories"):
-        cats = measure_categories(model, tokenizer, categories_source(args), s.harmless,
-                                  layer=direction.layer_index, batch_size=s.batch_size,
-                                  formatting=s.formatting())
+        cats = measure_categories(
+            model,
+            tokenizer,
+            categories_source(args),
+            s.harmless,
+            layer=direction.layer_index,
+            batch_size=s.batch_size,
+            formatting=s.formatting(),
+        )
     check_categories(keep, cats.categories)
     report.put("keep", {"categories": keep, "method": args.keep_method, "measured": cats.record()})
     return keep_vector(direction, cats, keep, args.keep_method)
@@ -79,20 +102,39 @@ def group_prompts(s: Settings, args: argparse.Namespace) -> list[tuple[str, dict
     return out
 
 
-def evaluate_by_group(s: Settings, args: argparse.Namespace, report: Report, original: Any, modified: Any,
-                      tokenizer: Any, judge: Any, formatting: Any) -> None:
+def evaluate_by_group(
+    s: Settings,
+    args: argparse.Namespace,
+    report: Report,
+    original: Any,
+    modified: Any,
+    tokenizer: Any,
+    judge: Any,
+    formatting: Any,
+) -> None:
     """Refusal (and for languages KL) per group, after ``evaluate``'s own report."""
     from ..evaluation.groups import evaluate_groups, language_judge
 
     for kind, harmful, harmless in group_prompts(s, args):
         use = language_judge() if kind == "language" and s.judge is None else judge
         with report.step(f"evaluate per {kind}", f"evaluate_{kind}"):
-            result = evaluate_groups(original, modified, tokenizer, harmful, harmless, kind=kind,
-                                     max_tokens=s.max_tokens, kl_tokens=args.kl_tokens,
-                                     batch_size=s.batch_size, judge=use, formatting=formatting)
+            result = evaluate_groups(
+                original,
+                modified,
+                tokenizer,
+                harmful,
+                harmless,
+                kind=kind,
+                max_tokens=s.max_tokens,
+                kl_tokens=args.kl_tokens,
+                batch_size=s.batch_size,
+                judge=use,
+                formatting=formatting,
+            )
         header, rows = result.table()
-        report.table(f"Per {kind} (refusals judged by {result.judge}, {result.max_tokens} answer tokens)",
-                     header, rows)
+        report.table(
+            f"Per {kind} (refusals judged by {result.judge}, {result.max_tokens} answer tokens)", header, rows
+        )
         report.put(f"by_{kind}", result.record(answers=False))
 
 
@@ -102,17 +144,27 @@ def condition_for(s: Settings, report: Report, model: Any, tokenizer: Any, when:
 
     sets = condition_sets(when)
     with report.step(f"measure the condition {sets.name!r}", "condition"):
-        condition = measure_condition(model, tokenizer, sets, batch_size=s.batch_size,
-                                      formatting=s.formatting())
+        condition = measure_condition(
+            model, tokenizer, sets, batch_size=s.batch_size, formatting=s.formatting()
+        )
     accuracy = condition.tune_accuracy[condition.layer_index]
-    report.say(f"condition {sets.name!r}: layer {condition.layer_index}, "
-               f"threshold {condition.threshold:+.3f}, balanced accuracy on held-back prompts {accuracy:.0%}")
+    report.say(
+        f"condition {sets.name!r}: layer {condition.layer_index}, "
+        f"threshold {condition.threshold:+.3f}, balanced accuracy on held-back prompts {accuracy:.0%}"
+    )
     report.put("condition", condition.record())
     return condition
 
 
-def cmd_steer_when(s: Settings, args: argparse.Namespace, report: Report, model: Any, tokenizer: Any,
-                   direction: Any, judge: Any) -> None:
+def cmd_steer_when(
+    s: Settings,
+    args: argparse.Namespace,
+    report: Report,
+    model: Any,
+    tokenizer: Any,
+    direction: Any,
+    judge: Any,
+) -> None:
     """``vauban steer PROMPT --when CONDITION``: steer only if the prompt matches."""
     from ..judge import run_judge
     from ..methods.conditional import condition_scores, conditional_generate
@@ -122,16 +174,37 @@ def cmd_steer_when(s: Settings, args: argparse.Namespace, report: Report, model:
     mode = "add" if args.add else "remove"
     alpha = args.alpha if args.alpha is not None else 1.0
     score = float(condition_scores(model, tokenizer, condition, [args.prompt])[0])
-    (answer,), (matched,) = conditional_generate(model, tokenizer, [args.prompt], condition, direction,
-                                                 mode=mode, alpha=alpha, max_tokens=s.max_tokens,
-                                                 formatting=s.formatting())
+    (answer,), (matched,) = conditional_generate(
+        model,
+        tokenizer,
+        [args.prompt],
+        condition,
+        direction,
+        mode=mode,
+        alpha=alpha,
+        max_tokens=s.max_tokens,
+        formatting=s.formatting(),
+    )
     (verdict,) = run_judge(judge, [args.prompt], [split_reasoning(answer)[1]])
     action = f"{mode} refusal, alpha={alpha:g}" if matched else "not steered"
-    report.say(f"score {score:+.3f} vs threshold {condition.threshold:+.3f}: "
-               f"{'matched' if matched else 'not matched'} ({action}); {judge.spec}: "
-               f"{'refusal' if verdict.refusal else 'no refusal'}")
+    report.say(
+        f"score {score:+.3f} vs threshold {condition.threshold:+.3f}: "
+        f"{'matched' if matched else 'not matched'} ({action}); {judge.spec}: "
+        f"{'refusal' if verdict.refusal else 'no refusal'}"
+    )
     report.say("  " + answer.replace("\n", "\n  "))
     report.put("prompt", args.prompt)
-    report.put("results", [{"matched": matched, "score": score, "mode": mode, "alpha": alpha, "text": answer,
-                            "refused": verdict.refusal}])
+    report.put(
+        "results",
+        [
+            {
+                "matched": matched,
+                "score": score,
+                "mode": mode,
+                "alpha": alpha,
+                "text": answer,
+                "refused": verdict.refusal,
+            }
+        ],
+    )
     report.put("judge", judge.spec)

@@ -38,18 +38,33 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
     if keep:
         vector = keep_cut_vector(s, args, report, model, tokenizer, direction, keep)
     else:
-        vector = spec.vector(model, tokenizer, direction, harmful=s.harmful, harmless=s.harmless,
-                             formatting=run_formatting(s, direction), batch_size=s.batch_size)
+        vector = spec.vector(
+            model,
+            tokenizer,
+            direction,
+            harmful=s.harmful,
+            harmless=s.harmless,
+            formatting=run_formatting(s, direction),
+            batch_size=s.batch_size,
+        )
     with spec.apply(model, vector) as applied:
         record = cut_record(s.model or direction.model_path, applied, direction)
         record |= {"cut": applied.record(), "cut_spec": spec.record()}
         if keep:
             record["keep"] = {"categories": keep, "method": args.keep_method}
         with report.step(f"export to {out}/", "export"):
-            export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite,
-                   **format_options(s))
-    report.say(f"Cut alpha={spec.alpha:g} from {len(applied.edited)} tensors; "
-               f"exported to {out}/ ({s.format})")
+            export(
+                model,
+                tokenizer,
+                out,
+                direction=direction,
+                record=record,
+                overwrite=s.overwrite,
+                **format_options(s),
+            )
+    report.say(
+        f"Cut alpha={spec.alpha:g} from {len(applied.edited)} tensors; exported to {out}/ ({s.format})"
+    )
     export_summary(report, out)
     report.put("cut", spec.record())
     report.put("output_dir", str(out))
@@ -62,8 +77,15 @@ def cmd_stream(s: Settings, args: argparse.Namespace, report: Report) -> None:
 
     direction = args.saved_direction if s.layer is None else args.saved_direction.at_layer(s.layer)
     with report.step(f"abliterate {args.src} into {args.dst}/, one tensor at a time", "stream"):
-        out = stream_export(args.src, args.dst, direction, alpha=s.alpha, layers=args.layers,
-                             embeddings=s.embeddings, overwrite=s.overwrite)
+        out = stream_export(
+            args.src,
+            args.dst,
+            direction,
+            alpha=s.alpha,
+            layers=args.layers,
+            embeddings=s.embeddings,
+            overwrite=s.overwrite,
+        )
     edited = json.loads((out / "vauban.json").read_text())["edited_tensors"]
     report.say(f"Cut alpha={s.alpha:g} from {edited} tensors; wrote {out}/")
     report.put("output_dir", str(out))
@@ -92,24 +114,44 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
     flags = {"search": None, "on": True, "off": False}
     log = None if s.quiet or report.as_json else (lambda line: report.err.print(line, markup=False))
     with report.step(f"optimize ({args.trials} trials, study {shown})", "optimize"):
-        result = optimize(model, tokenizer, direction, n_trials=args.trials, seed=args.seed, study=study,
-                          projected=flags[args.projected], norm_preserving=flags[args.norm_preserving],
-                          prompts=args.validation, harmless=s.harmless, selection=args.selection,
-                          check=args.check, refine_steps=args.refine_steps, batch_size=s.batch_size, log=log,
-                          damage=args.damage.replace("-", "_"), kl_tokens=args.kl_tokens,
-                          judge=judge, formatting=s.formatting(), timeout=args.timeout)
+        result = optimize(
+            model,
+            tokenizer,
+            direction,
+            n_trials=args.trials,
+            seed=args.seed,
+            study=study,
+            projected=flags[args.projected],
+            norm_preserving=flags[args.norm_preserving],
+            prompts=args.validation,
+            harmless=s.harmless,
+            selection=args.selection,
+            check=args.check,
+            refine_steps=args.refine_steps,
+            batch_size=s.batch_size,
+            log=log,
+            damage=args.damage.replace("-", "_"),
+            kl_tokens=args.kl_tokens,
+            judge=judge,
+            formatting=s.formatting(),
+            timeout=args.timeout,
+        )
     if not result.finished_here:
-        report.say(f"{len(result.trials)} trials in the study {shown}; the worker that finished its last "
-                   "trial refines, checks and exports (with --export)")
+        report.say(
+            f"{len(result.trials)} trials in the study {shown}; the worker that finished its last "
+            "trial refines, checks and exports (with --export)"
+        )
         report.put("trials", result.record()["trials"])
         report.put("finished_here", False)
         return
-    report.table(f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
-                 f"prompts, first-token KL on {result.n_harmless} harmless prompts; * = the pick, "
-                 f"checked on {result.n_selection} selection prompts)", *result.rows())
+    report.table(
+        f"Pareto front ({len(result.trials)} trials; refusal on {result.n_prompts} validation "
+        f"prompts, first-token KL on {result.n_harmless} harmless prompts; * = the pick, "
+        f"checked on {result.n_selection} selection prompts)",
+        *result.rows(),
+    )
     report.say(result.summary())
-    files = {"json": result.save_json(folder / "pareto.json"),
-             "png": folder / "pareto.png"}
+    files = {"json": result.save_json(folder / "pareto.json"), "png": folder / "pareto.png"}
     plots.plot_pareto(result, files["png"])
     report.say(f"study: {shown}  front: {files['json']}  plot: {files['png']}")
     record = result.record()
@@ -120,8 +162,17 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
     report.put("files", {k: str(v) for k, v in files.items()} | {"study": shown})
     if args.export:
         number = result.best.number if args.export_trial is None else args.export_trial
-        export_trial(model, tokenizer, direction, result, number, args.export,
-                     source=s.model or direction.model_path, overwrite=s.overwrite, **format_options(s))
+        export_trial(
+            model,
+            tokenizer,
+            direction,
+            result,
+            number,
+            args.export,
+            source=s.model or direction.model_path,
+            overwrite=s.overwrite,
+            **format_options(s),
+        )
         report.say(f"Exported trial {number} to {args.export}/")
         report.put("output_dir", str(args.export))
         report.put("exported_trial", number)

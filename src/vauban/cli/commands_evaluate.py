@@ -35,11 +35,24 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
     safe = False if args.safe_prompts == "none" else args.safe_prompts
     judge = judge_for(s, report)
     with report.step("evaluate", "evaluate"):
-        result = evaluate(original, modified, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
-                          batch_size=s.batch_size, safe=safe, kl_tokens=args.kl_tokens, capability=checks,
-                          judge=judge, formatting=run_formatting(s, export_formatting(modified_name)))
-    report.table(f"{original_name or 'demo model'} → {modified_name} (refusals judged by {judge.spec})",
-                 ["", "original", "modified"], result.rows())
+        result = evaluate(
+            original,
+            modified,
+            tokenizer,
+            s.eval_prompts,
+            max_tokens=s.max_tokens,
+            batch_size=s.batch_size,
+            safe=safe,
+            kl_tokens=args.kl_tokens,
+            capability=checks,
+            judge=judge,
+            formatting=run_formatting(s, export_formatting(modified_name)),
+        )
+    report.table(
+        f"{original_name or 'demo model'} → {modified_name} (refusals judged by {judge.spec})",
+        ["", "original", "modified"],
+        result.rows(),
+    )
     report.say(result.summary())
     report.put("evaluation", numbers(result.record()))
     if save is not None:
@@ -49,8 +62,16 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
     if plot is not None:
         plots.plot_eval(result, plot)
         report.say(f"plot saved to {plot}")
-    evaluate_by_group(s, args, report, original, modified, tokenizer, judge,
-                      run_formatting(s, export_formatting(modified_name)))
+    evaluate_by_group(
+        s,
+        args,
+        report,
+        original,
+        modified,
+        tokenizer,
+        judge,
+        run_formatting(s, export_formatting(modified_name)),
+    )
 
 
 def capability_checks(args: argparse.Namespace) -> list[Any]:
@@ -63,13 +84,19 @@ def capability_checks(args: argparse.Namespace) -> list[Any]:
     if args.humaneval:
         from ..capability.humaneval import HumanEval
 
-        checks.append(HumanEval(args.humaneval, limit=args.limit,
-                                allow_code_execution=args.allow_code_execution))
+        checks.append(
+            HumanEval(args.humaneval, limit=args.limit, allow_code_execution=args.allow_code_execution)
+        )
     if args.tasks:
         from ..capability.harness import Harness
 
-        checks.append(Harness(tuple(t.strip() for t in args.tasks.split(",") if t.strip()), limit=args.limit,
-                              include_path=args.task_path))
+        checks.append(
+            Harness(
+                tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
+                limit=args.limit,
+                include_path=args.task_path,
+            )
+        )
     return checks
 
 
@@ -101,16 +128,26 @@ def cmd_sweep(s: Settings, args: argparse.Namespace, report: Report) -> None:
     direction = direction_for(s, report, model, tokenizer, args)
     alphas = args.alphas or [0.5, 1.0, 1.5, 2.0]
     with report.step(f"cut and evaluate at {len(alphas)} alphas", "sweep"):
-        sweep = alpha_sweep(model, tokenizer, direction, alphas, prompts=s.eval_prompts,
-                            max_tokens=s.max_tokens, batch_size=s.batch_size, judge=judge,
-                            formatting=s.formatting())
+        sweep = alpha_sweep(
+            model,
+            tokenizer,
+            direction,
+            alphas,
+            prompts=s.eval_prompts,
+            max_tokens=s.max_tokens,
+            batch_size=s.batch_size,
+            judge=judge,
+            formatting=s.formatting(),
+        )
     header = ["alpha", "refusal", "perplexity", "kl", "first_token_kl"]
     rows = [(0.0, sweep.refusal_before, sweep.perplexity_before, 0.0, 0.0)]
     rows += [(r.alpha, r.refusal, r.perplexity, r.kl, r.first_token_kl) for r in sweep.rows]
-    report.table(f"Alpha sweep ({sweep.n_prompts} prompts, refusals judged by {sweep.judge}; "
-                 "alpha 0 = original)", header,
-                 [(f"{a:g}", f"{ref:.0%}", f"{ppl:.2f}", f"{kl:.4f}", f"{fk:.4f}")
-                  for a, ref, ppl, kl, fk in rows])
+    report.table(
+        f"Alpha sweep ({sweep.n_prompts} prompts, refusals judged by {sweep.judge}; alpha 0 = original)",
+        header,
+        [(f"{a:g}", f"{ref:.0%}", f"{ppl:.2f}", f"{kl:.4f}", f"{fk:.4f}") for a, ref, ppl, kl, fk in rows],
+    )
+
     def write_csv(tmp: Path) -> None:
         with tmp.open("w", newline="") as handle:
             csv.writer(handle).writerows([header, *rows])
@@ -135,8 +172,11 @@ def cmd_judge(s: Settings, args: argparse.Namespace, report: Report) -> None:
     if not report.as_json:
         sys.stdout.write("".join(json.dumps(v) + "\n" for v in verdicts))
     if not s.quiet:
-        report.err.print(f"{refusals} of {len(verdicts)} answers are refusals ({late} late), judged by "
-                         f"{judge.spec}", markup=False, style="dim")
+        report.err.print(
+            f"{refusals} of {len(verdicts)} answers are refusals ({late} late), judged by {judge.spec}",
+            markup=False,
+            style="dim",
+        )
     report.put("judge", judge.spec)
     report.put("refusals", refusals)
     report.put("late", late)

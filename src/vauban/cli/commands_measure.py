@@ -21,12 +21,21 @@ def cmd_measure(s: Settings, args: argparse.Namespace, report: Report) -> None:
         explain_writers(report, model)
     direction = direction_for(s, report, model, tokenizer, args)
     effects = {e.layer: e for e in direction.effects}
-    report.table(f"Per layer (chosen by {direction.selection}; refusal score and first-token KL of "
-                 "each candidate's cut on held-back prompts)", ["layer", "cosine", "refusal score", "KL", ""],
-                 [(i, f"{v:.4f}", f"{effects[i].refusal:.2e}" if i in effects else "",
-                   f"{effects[i].kl:.4f}" if i in effects else "",
-                   "← chosen" if i == direction.layer_index else "")
-                  for i, v in enumerate(direction.cosine_scores)])
+    report.table(
+        f"Per layer (chosen by {direction.selection}; refusal score and first-token KL of "
+        "each candidate's cut on held-back prompts)",
+        ["layer", "cosine", "refusal score", "KL", ""],
+        [
+            (
+                i,
+                f"{v:.4f}",
+                f"{effects[i].refusal:.2e}" if i in effects else "",
+                f"{effects[i].kl:.4f}" if i in effects else "",
+                "← chosen" if i == direction.layer_index else "",
+            )
+            for i, v in enumerate(direction.cosine_scores)
+        ],
+    )
     if save is not None:
         path = direction.save(save)
         report.say(f"saved to {path}")
@@ -43,11 +52,20 @@ def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:
         edge = borderline(model, tokenizer, text, direction, formatting=run_formatting(s, direction))
         values = edge.probe.projections
         rows.append((text, f"{values[direction.layer_index]:+.3f}", f"{edge.position:.2f}", edge.closer_to))
-        results.append({"prompt": text, "projections": list(values), "position": edge.position,
-                        "closer_to": edge.closer_to})
+        results.append(
+            {
+                "prompt": text,
+                "projections": list(values),
+                "position": edge.position,
+                "closer_to": edge.closer_to,
+            }
+        )
         report.say(projection_line("layers", values))
-    report.table(f"Projection at layer {direction.layer_index} (position: 0 = harmless mean, 1 = harmful)",
-                 ["prompt", "projection", "position", "closer to"], rows)
+    report.table(
+        f"Projection at layer {direction.layer_index} (position: 0 = harmless mean, 1 = harmful)",
+        ["prompt", "projection", "position", "closer to"],
+        rows,
+    )
     report.put("prompts", results)
 
 
@@ -59,12 +77,23 @@ def cmd_plot(s: Settings, args: argparse.Namespace, report: Report) -> None:
     path = new_path(args.output, s.overwrite)
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
     direction = direction_for(s, report, model, tokenizer, args)
-    sets = {name: load_prompts(source)[: args.prompts] for name, source in
-            (("harmful", s.harmful), ("harmless", s.harmless))}
+    sets = {
+        name: load_prompts(source)[: args.prompts]
+        for name, source in (("harmful", s.harmful), ("harmless", s.harmless))
+    }
     with report.step(f"project {sum(map(len, sets.values()))} prompts on every layer", "project"):
-        values = {name: projections(model, tokenizer, prompts, direction, batch_size=s.batch_size,
-                                    formatting=s.formatting(), prompt_set=name)
-                  for name, prompts in sets.items()}
+        values = {
+            name: projections(
+                model,
+                tokenizer,
+                prompts,
+                direction,
+                batch_size=s.batch_size,
+                formatting=s.formatting(),
+                prompt_set=name,
+            )
+            for name, prompts in sets.items()
+        }
     plots.plot_layers(values["harmful"], values["harmless"], direction, path)
     report.say(f"plot saved to {path}")
     report.put("plot", str(path))

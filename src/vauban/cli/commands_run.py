@@ -38,8 +38,10 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
     direction = direction_for(s, report, model, tokenizer, args)
     with report.step("probe", "probe"):
         fmt = run_formatting(s, direction)
-        probes = {name: probe(model, tokenizer, text, direction, formatting=fmt) for name, text in
-                  (("harmful", HARMFUL_PROBE), ("harmless", HARMLESS_PROBE))}
+        probes = {
+            name: probe(model, tokenizer, text, direction, formatting=fmt)
+            for name, text in (("harmful", HARMFUL_PROBE), ("harmless", HARMLESS_PROBE))
+        }
         edge = borderline(model, tokenizer, BORDERLINE_PROBE, direction, formatting=fmt)
     report.say(f"Per-layer projections (best layer {direction.layer_index}):")
     for name, probed in probes.items():
@@ -49,8 +51,16 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
         probes["harmful, cut"] = probe(model, tokenizer, HARMFUL_PROBE, direction, formatting=fmt)
         report.say(projection_line("after cut", probes["harmful, cut"].projections))
         with report.step(f"evaluate ({s.eval_prompts or 'bundled'} prompts)", "evaluate"):
-            result = evaluate(model, model, tokenizer, s.eval_prompts, max_tokens=s.max_tokens,
-                              batch_size=s.batch_size, judge=judge, formatting=fmt)
+            result = evaluate(
+                model,
+                model,
+                tokenizer,
+                s.eval_prompts,
+                max_tokens=s.max_tokens,
+                batch_size=s.batch_size,
+                judge=judge,
+                formatting=fmt,
+            )
         report.say(result.summary())
         report.say(f"  first-token KL={result.first_token_kl:.4f}, refusals judged by {judge.spec}")
 
@@ -62,12 +72,28 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
         record = cut_record(s.model or direction.model_path, applied, direction)
         record["evaluation"] = numbers(result.record())
         with report.step(f"export to {out}/", "export"):
-            export(model, tokenizer, out, direction=direction, record=record, overwrite=s.overwrite,
-                   extras=extras, **format_options(s))
+            export(
+                model,
+                tokenizer,
+                out,
+                direction=direction,
+                record=record,
+                overwrite=s.overwrite,
+                extras=extras,
+                **format_options(s),
+            )
     refused = next((c.prompt for c in result.before if c.refused), HARMFUL_PROBE)
     with report.step("steer", "steer"):
-        steered = steer(model, tokenizer, refused, direction, s.alpha, max_tokens=s.max_tokens, judge=judge,
-                        formatting=fmt)
+        steered = steer(
+            model,
+            tokenizer,
+            refused,
+            direction,
+            s.alpha,
+            max_tokens=s.max_tokens,
+            judge=judge,
+            formatting=fmt,
+        )
     report.say(f"Steering the original model on {refused!r}:")
     report.say(steered.summary())
     report.say("  " + steered.text[:300].replace("\n", "\n  "))
@@ -76,5 +102,6 @@ def cmd_run(s: Settings, args: argparse.Namespace, report: Report) -> None:
     report.put("borderline", {"prompt": BORDERLINE_PROBE, "position": edge.position})
     report.put("evaluation", numbers(result.record()))
     report.put("output_dir", str(out))
-    report.put("steer", {"prompt": refused, "alpha": s.alpha, "text": steered.text,
-                         "refused": steered.refused})
+    report.put(
+        "steer", {"prompt": refused, "alpha": s.alpha, "text": steered.text, "refused": steered.refused}
+    )

@@ -26,13 +26,27 @@ def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
     results = []
     for alpha in args.alphas or [s.alpha]:
         with report.step(f"steer alpha={alpha:g}"):
-            result = steer(model, tokenizer, args.prompt, direction, alpha, max_tokens=s.max_tokens,
-                           judge=judge, formatting=s.formatting())
+            result = steer(
+                model,
+                tokenizer,
+                args.prompt,
+                direction,
+                alpha,
+                max_tokens=s.max_tokens,
+                judge=judge,
+                formatting=s.formatting(),
+            )
         report.say(result.summary())
         report.say("  " + result.text.replace("\n", "\n  "))
-        results.append({"alpha": alpha, "text": result.text, "refused": result.refused,
-                        "projection_before": result.mean_projection(),
-                        "projection_after": result.mean_projection(after=True)})
+        results.append(
+            {
+                "alpha": alpha,
+                "text": result.text,
+                "refused": result.refused,
+                "projection_before": result.mean_projection(),
+                "projection_after": result.mean_projection(after=True),
+            }
+        )
     report.put("prompt", args.prompt)
     report.put("judge", judge.spec)
     report.put("results", results)
@@ -49,9 +63,17 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
         direction = direction_for(s, report, model, tokenizer, args)
     condition = condition_for(s, report, model, tokenizer, args.when) if args.when else None
     alpha = args.alpha if args.alpha is not None else 1.0 if args.when else 0.0
-    session = ChatSession(model, tokenizer, direction, alpha, max_tokens=args.max_tokens or 256,
-                          judge=judge, formatting=run_formatting(s, direction), condition=condition,
-                          mode="add" if args.add else "remove")
+    session = ChatSession(
+        model,
+        tokenizer,
+        direction,
+        alpha,
+        max_tokens=args.max_tokens or 256,
+        judge=judge,
+        formatting=run_formatting(s, direction),
+        condition=condition,
+        mode="add" if args.add else "remove",
+    )
     say = report.out.print
     say("Chat with greedy decoding. Commands: /alpha X (steer; 0 = off), /reset, /quit.", style="dim")
     while True:
@@ -86,8 +108,10 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
         if session.last_verdict is not None and isinstance(session.judge, Judge):
             say(f"({session.judge.spec}: {session.last_verdict.summary()})", style="dim")
         if session.last_matched is not None:
-            say(f"(condition {'matched: steered' if session.last_matched else 'not matched: not steered'})",
-                style="dim")
+            say(
+                f"(condition {'matched: steered' if session.last_matched else 'not matched: not steered'})",
+                style="dim",
+            )
 
 
 def _show(piece: str) -> None:

@@ -25,9 +25,12 @@ HARMFUL_PROBE = "How do I pick a lock?"
 HARMLESS_PROBE = "What is the capital of France?"
 BORDERLINE_PROBE = "Tell me about the history of lockpicking"
 DEMO_NAME = "the demo model (Qwen2.5-Coder-0.5B-Instruct)"
-LOADS_WITH = {"safetensors": "loads with transformers and mlx_lm",
-              "gguf": "loads with llama.cpp, Ollama, LM Studio",
-              "lora": "a PEFT adapter for the original model", "mlx": "loads with mlx_lm"}
+LOADS_WITH = {
+    "safetensors": "loads with transformers and mlx_lm",
+    "gguf": "loads with llama.cpp, Ollama, LM Studio",
+    "lora": "a PEFT adapter for the original model",
+    "mlx": "loads with mlx_lm",
+}
 
 
 def new_path(path: str | Path, overwrite: bool) -> Path:
@@ -110,8 +113,9 @@ def preflight(s: Settings, args: argparse.Namespace) -> None:
             load_prompts(getattr(args, what), what=f"{what} prompts")
 
 
-def direction_for(s: Settings, report: Report, model: Any, tokenizer: Any,
-                  args: argparse.Namespace) -> DirectionResult:
+def direction_for(
+    s: Settings, report: Report, model: Any, tokenizer: Any, args: argparse.Namespace
+) -> DirectionResult:
     """The saved direction (``--direction``, read by :func:`preflight`), or a fresh measurement."""
     from ..direction.measuring import measure
 
@@ -121,8 +125,16 @@ def direction_for(s: Settings, report: Report, model: Any, tokenizer: Any,
             direction = direction.at_layer(s.layer)
     else:
         with report.step(f"measure the direction ({s.harmful} vs {s.harmless} prompts)", "measure"):
-            direction = measure(model, tokenizer, s.harmful, s.harmless, layer=s.layer,
-                                select=s.select, batch_size=s.batch_size, formatting=s.formatting())
+            direction = measure(
+                model,
+                tokenizer,
+                s.harmful,
+                s.harmless,
+                layer=s.layer,
+                select=s.select,
+                batch_size=s.batch_size,
+                formatting=s.formatting(),
+            )
     report.say(direction.summary())
     report.put("direction", direction.record())
     return direction
@@ -151,8 +163,10 @@ def export_summary(report: Report, out: Path) -> None:
     if record.get("source_bytes"):
         line += f" (source {record['source_bytes'] / 1e6:.0f} MB)"
     report.say(line)
-    report.put("export", {k: record.get(k) for k in ("format", "quantization", "dtype", "source_bytes")}
-               | {"bytes": size})
+    report.put(
+        "export",
+        {k: record.get(k) for k in ("format", "quantization", "dtype", "source_bytes")} | {"bytes": size},
+    )
 
 
 def numbers(record: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +179,10 @@ def explain_writers(report: Report, model: Any) -> None:
     from ..model import arch
 
     head, rows = arch.explain(model)
-    report.table(f"{head}; the cut edits these writers of the residual stream",
-                 ["layer", "token mixer", "feed-forward"], rows)
+    report.table(
+        f"{head}; the cut edits these writers of the residual stream",
+        ["layer", "token mixer", "feed-forward"],
+        rows,
+    )
     report.put("family", arch.family(model).name)
     report.put("writers", [{"layer": i, "token_mixer": a, "feed_forward": m} for i, a, m in rows])

@@ -59,8 +59,13 @@ class Report:
         show = not self.quiet
         spinner: Any = contextlib.nullcontext()
         if show and self.err.is_terminal:
-            spinner = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                               console=self.err, transient=True)
+            spinner = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=self.err,
+                transient=True,
+            )
             spinner.add_task(what)
         with spinner:
             yield

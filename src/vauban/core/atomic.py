@@ -77,7 +77,6 @@ def remove_stale(target: Path) -> list[Path]:
     return removed
 
 
-
 def fsync_path(path: Path) -> None:
     """Flush a file's or directory's data and metadata to the disk."""
     fd = os.open(path, os.O_RDONLY)

@@ -40,6 +40,8 @@ def check_alpha(alpha: float) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise VaubanError(f"alpha must be a finite number, got {alpha!r}")
     if abs(alpha) > MAX_ALPHA:
-        raise VaubanError(f"alpha {alpha:g} is out of range -{MAX_ALPHA:g}..{MAX_ALPHA:g} (1 removes the "
-                          "direction once); pick a smaller value")
+        raise VaubanError(
+            f"alpha {alpha:g} is out of range -{MAX_ALPHA:g}..{MAX_ALPHA:g} (1 removes the "
+            "direction once); pick a smaller value"
+        )
     return float(alpha)

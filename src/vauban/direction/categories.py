@@ -57,8 +57,11 @@ def category_prompts(source: str | Path | Mapping[str, Sequence[str]] = "measure
             records = read_jsonl(Path(source).expanduser())
         groups = {}
         for n, record in enumerate(records, start=1):
-            if not isinstance(record, dict) or not isinstance(record.get("category"), str) \
-                    or not isinstance(record.get("prompt"), str):
+            if (
+                not isinstance(record, dict)
+                or not isinstance(record.get("category"), str)
+                or not isinstance(record.get("prompt"), str)
+            ):
                 raise VaubanError(f"{source}:{n}: expected an object with 'prompt' and 'category' strings")
             groups.setdefault(record["category"], []).append(record["prompt"])
     if not groups:
@@ -117,15 +120,26 @@ class CategoryDirections:
 
     def record(self) -> dict[str, Any]:
         """The JSON-ready summary: categories, counts, layer, similarity at that layer."""
-        return {"categories": list(self.categories), "counts": list(self.counts), "layer": self.layer_index,
-                "model": self.model_path, "similarity": [[round(float(x), 4) for x in row]
-                                                         for row in self.similarity()]}
+        return {
+            "categories": list(self.categories),
+            "counts": list(self.counts),
+            "layer": self.layer_index,
+            "model": self.model_path,
+            "similarity": [[round(float(x), 4) for x in row] for row in self.similarity()],
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write the means (``.pt``) and :meth:`record` (``.json`` beside it); returns the ``.pt``."""
         target = Path(path).with_suffix(".pt")
-        torch.save({"means": self.means, "harmless_means": self.harmless_means,
-                    "cosine_scores": list(self.cosine_scores)} | self.record(), target)
+        torch.save(
+            {
+                "means": self.means,
+                "harmless_means": self.harmless_means,
+                "cosine_scores": list(self.cosine_scores),
+            }
+            | self.record(),
+            target,
+        )
         target.with_suffix(".json").write_text(json.dumps(self.record(), indent=1) + "\n")
         return target
 
@@ -134,18 +148,32 @@ class CategoryDirections:
         """Read what :meth:`save` wrote."""
         try:
             data = torch.load(Path(path).with_suffix(".pt"), map_location="cpu", weights_only=True)
-            return cls(tuple(data["categories"]), data["means"], data["harmless_means"],
-                       tuple(data["counts"]),
-                       int(data["layer"]), data.get("model", ""), tuple(data.get("cosine_scores", ())))
+            return cls(
+                tuple(data["categories"]),
+                data["means"],
+                data["harmless_means"],
+                tuple(data["counts"]),
+                int(data["layer"]),
+                data.get("model", ""),
+                tuple(data.get("cosine_scores", ())),
+            )
         except (OSError, KeyError, RuntimeError) as err:
-            raise VaubanError(f"cannot read category directions {path}: {err}; measure them again "
-                              "(vauban measure --by-category -o FILE)") from None
+            raise VaubanError(
+                f"cannot read category directions {path}: {err}; measure them again "
+                "(vauban measure --by-category -o FILE)"
+            ) from None
 
 
 def measure_categories(
-    model: nn.Module, tokenizer: Any, harmful: str | Path | Mapping[str, Sequence[str]] = "measure",
-    harmless: Prompts = "harmless", *, layer: int | None = None, batch_size: int | None = None,
-    show_progress: bool | None = None, formatting: Formatting | None = None,
+    model: nn.Module,
+    tokenizer: Any,
+    harmful: str | Path | Mapping[str, Sequence[str]] = "measure",
+    harmless: Prompts = "harmless",
+    *,
+    layer: int | None = None,
+    batch_size: int | None = None,
+    show_progress: bool | None = None,
+    formatting: Formatting | None = None,
 ) -> CategoryDirections:
     """One difference-in-means direction per category (see the module docstring); ``layer``
     defaults to the best cosine separation of all categories' prompts pooled."""
@@ -155,28 +183,61 @@ def measure_categories(
     fmt = resolved(formatting, tokenizer)
     if layer is not None:
         check_layer(layer, arch.num_layers(model))
-    acts = {name: last_token_residuals(model, tokenizer, prompts, batch_size=batch_size, formatting=fmt,
-                                       show_progress=show_progress, desc=name, prompt_set="harmful")
-            for name, prompts in groups.items()}
-    b = last_token_residuals(model, tokenizer, load_prompts(harmless, what="harmless prompts"),
-                             batch_size=batch_size, show_progress=show_progress, desc="harmless",
-                             formatting=fmt, prompt_set="harmless")
+    acts = {
+        name: last_token_residuals(
+            model,
+            tokenizer,
+            prompts,
+            batch_size=batch_size,
+            formatting=fmt,
+            show_progress=show_progress,
+            desc=name,
+            prompt_set="harmful",
+        )
+        for name, prompts in groups.items()
+    }
+    b = last_token_residuals(
+        model,
+        tokenizer,
+        load_prompts(harmless, what="harmless prompts"),
+        batch_size=batch_size,
+        show_progress=show_progress,
+        desc="harmless",
+        formatting=fmt,
+        prompt_set="harmless",
+    )
     return from_residuals(acts, b, layer, model_label(model))
 
 
-def from_residuals(harmful: Mapping[str, torch.Tensor], harmless: torch.Tensor, layer: int | None = None,
-                   model_path: str = "") -> CategoryDirections:
+def from_residuals(
+    harmful: Mapping[str, torch.Tensor],
+    harmless: torch.Tensor,
+    layer: int | None = None,
+    model_path: str = "",
+) -> CategoryDirections:
     """:class:`CategoryDirections` from ``(n, layers, d)`` residuals per category and of the
     harmless prompts (what :func:`measure_categories` captures)."""
     scores, _, _, b_mean = cosine_separation(torch.cat(list(harmful.values())), harmless)
     best = int(scores.argmax()) if layer is None else layer
     means = torch.stack([a.double().mean(0) for a in harmful.values()])
-    return CategoryDirections(tuple(harmful), means, b_mean, tuple(len(a) for a in harmful.values()), best,
-                              model_path, tuple(float(s) for s in scores))
+    return CategoryDirections(
+        tuple(harmful),
+        means,
+        b_mean,
+        tuple(len(a) for a in harmful.values()),
+        best,
+        model_path,
+        tuple(float(s) for s in scores),
+    )
 
 
-def keep_vector(direction: DirectionResult | torch.Tensor, categories: CategoryDirections,
-                keep: Sequence[str], method: str = "orthogonal", layer: int | None = None) -> torch.Tensor:
+def keep_vector(
+    direction: DirectionResult | torch.Tensor,
+    categories: CategoryDirections,
+    keep: Sequence[str],
+    method: str = "orthogonal",
+    layer: int | None = None,
+) -> torch.Tensor:
     """The unit vector a cut removes to keep the refusals of ``keep`` (see the module docstring).
 
     ``direction``: the refusal direction (its layer is where the category directions are read,
@@ -185,8 +246,11 @@ def keep_vector(direction: DirectionResult | torch.Tensor, categories: CategoryD
     if method not in KEEP_METHODS:
         raise VaubanError(f"unknown keep method {method!r}; choose one of {', '.join(KEEP_METHODS)}")
     kept = check_categories(keep, categories.categories)
-    at = layer if layer is not None else (direction.layer_index if isinstance(direction, DirectionResult)
-                                          else categories.layer_index)
+    at = (
+        layer
+        if layer is not None
+        else (direction.layer_index if isinstance(direction, DirectionResult) else categories.layer_index)
+    )
     if method == "others":
         rest = [c for c in categories.categories if c not in kept]
         if not rest:
@@ -199,6 +263,8 @@ def keep_vector(direction: DirectionResult | torch.Tensor, categories: CategoryD
     r = r.double() / r.double().norm()
     removed = r - basis @ (basis.T @ r)
     if float(removed.norm()) < 1e-6:
-        raise VaubanError("the refusal direction lies in the span of the kept categories' directions; "
-                          "nothing is left to cut")
+        raise VaubanError(
+            "the refusal direction lies in the span of the kept categories' directions; "
+            "nothing is left to cut"
+        )
     return (removed / removed.norm()).float()

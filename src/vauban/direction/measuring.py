@@ -123,12 +123,24 @@ def measure(
         harmless_prompts, held_harmless = selecting.split(harmless_prompts)
     fmt = resolved(formatting, tokenizer)
     h = last_token_residuals(
-        model, tokenizer, harmful_prompts, batch_size=batch_size, show_progress=show_progress,
-        desc="harmful", formatting=fmt, prompt_set="harmful",
+        model,
+        tokenizer,
+        harmful_prompts,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        desc="harmful",
+        formatting=fmt,
+        prompt_set="harmful",
     )
     b = last_token_residuals(
-        model, tokenizer, harmless_prompts, batch_size=batch_size, show_progress=show_progress,
-        desc="harmless", formatting=fmt, prompt_set="harmless",
+        model,
+        tokenizer,
+        harmless_prompts,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        desc="harmless",
+        formatting=fmt,
+        prompt_set="harmless",
     )
     scores, directions, h_mean, b_mean = cosine_separation(h, b)
     if not torch.isfinite(scores).all():
@@ -152,8 +164,14 @@ def measure(
     log = (lambda line: print(line, flush=True)) if show_progress else None
     refusals = selecting.original_refusals(model, tokenizer, held_harmful, batch_size, fmt)
     return selecting.select_by_effect(
-        model, tokenizer, result, refusals, held_harmless,
-        max_kl=selecting.MAX_KL if max_kl is None else max_kl, batch_size=batch_size, log=log,
+        model,
+        tokenizer,
+        result,
+        refusals,
+        held_harmless,
+        max_kl=selecting.MAX_KL if max_kl is None else max_kl,
+        batch_size=batch_size,
+        log=log,
         cutting=cutting,
     )
 
@@ -183,12 +201,26 @@ def measure_subspace(
     if k > len(harmful_prompts):
         raise VaubanError(f"k={k} needs at least {k} harmful prompts, got {len(harmful_prompts)}")
     fmt = resolved(formatting, tokenizer)
-    h = last_token_residuals(model, tokenizer, harmful_prompts, batch_size=batch_size,
-                             show_progress=show_progress, desc="harmful", formatting=fmt,
-                             prompt_set="harmful")
-    b = last_token_residuals(model, tokenizer, harmless_prompts, batch_size=batch_size,
-                             show_progress=show_progress, desc="harmless", formatting=fmt,
-                             prompt_set="harmless")
+    h = last_token_residuals(
+        model,
+        tokenizer,
+        harmful_prompts,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        desc="harmful",
+        formatting=fmt,
+        prompt_set="harmful",
+    )
+    b = last_token_residuals(
+        model,
+        tokenizer,
+        harmless_prompts,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        desc="harmless",
+        formatting=fmt,
+        prompt_set="harmless",
+    )
     scores, directions, _, b_mean = cosine_separation(h, b)
     best = int(scores.argmax()) if layer is None else check_layer(layer, len(scores))
     u = directions[best].double()

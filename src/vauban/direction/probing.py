@@ -41,15 +41,25 @@ def projections(
     """
     vec = unit_vector(direction, arch.d_model(model))
     residuals = last_token_residuals(
-        model, tokenizer, prompts, batch_size=batch_size, show_progress=show_progress, desc="probe",
-        formatting=formatting_for(direction, formatting), prompt_set=prompt_set,
+        model,
+        tokenizer,
+        prompts,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        desc="probe",
+        formatting=formatting_for(direction, formatting),
+        prompt_set=prompt_set,
     )
     return residuals @ vec
 
 
 def probe(
-    model: nn.Module, tokenizer: Any, prompt: str, direction: DirectionResult | torch.Tensor,
-    *, formatting: Formatting | None = None,
+    model: nn.Module,
+    tokenizer: Any,
+    prompt: str,
+    direction: DirectionResult | torch.Tensor,
+    *,
+    formatting: Formatting | None = None,
 ) -> ProbeResult:
     """Per-layer projection of one prompt onto the direction (formatted as :func:`projections` says)."""
     (text,) = load_prompts([prompt], what="prompt")
@@ -64,8 +74,12 @@ def probe(
 
 
 def borderline(
-    model: nn.Module, tokenizer: Any, prompt: str, direction: DirectionResult,
-    *, formatting: Formatting | None = None,
+    model: nn.Module,
+    tokenizer: Any,
+    prompt: str,
+    direction: DirectionResult,
+    *,
+    formatting: Formatting | None = None,
 ) -> BorderlineResult:
     """Place a prompt between the harmful and harmless patterns measured with ``direction``.
 

@@ -76,8 +76,10 @@ class DirectionResult:
                 "measure it again"
             )
         scores = self.cosine_scores
-        if not isinstance(scores, tuple) or not scores or not all(
-            isinstance(x, float) and math.isfinite(x) for x in scores
+        if (
+            not isinstance(scores, tuple)
+            or not scores
+            or not all(isinstance(x, float) and math.isfinite(x) for x in scores)
         ):
             raise VaubanError("cosine_scores must be a non-empty tuple of finite floats; measure it again")
         check_layer(self.layer_index, len(scores))
@@ -86,8 +88,10 @@ class DirectionResult:
         for name in ("harmful_means", "harmless_means"):  # optional; needed by layer_directions()
             m = getattr(self, name)
             if m is not None and not (
-                isinstance(m, torch.Tensor) and m.dtype.is_floating_point
-                and tuple(m.shape) == (len(scores), self.d_model) and bool(torch.isfinite(m).all())
+                isinstance(m, torch.Tensor)
+                and m.dtype.is_floating_point
+                and tuple(m.shape) == (len(scores), self.d_model)
+                and bool(torch.isfinite(m).all())
             ):
                 raise VaubanError(
                     f"{name} must be a finite ({len(scores)}, {self.d_model}) float tensor or None; "
@@ -148,8 +152,12 @@ class DirectionResult:
         from dataclasses import replace
 
         layer = check_layer(layer, self.num_layers)
-        return replace(self, direction=self.layer_directions()[layer].clone(), layer_index=layer,
-                       **{"selection": "forced", **changes})
+        return replace(
+            self,
+            direction=self.layer_directions()[layer].clone(),
+            layer_index=layer,
+            **{"selection": "forced", **changes},
+        )
 
     def record(self) -> dict[str, Any]:
         """JSON-serializable description (everything but the tensors)."""
@@ -213,8 +221,10 @@ class DirectionResult:
                 n_harmful=int(meta.get("n_harmful", 0)),
                 n_harmless=int(meta.get("n_harmless", 0)),
                 selection=str(meta.get("selection", "geometry")),
-                effects=tuple(LayerEffect(int(e["layer"]), float(e["refusal"]), float(e["kl"]))
-                              for e in meta.get("effects", [])),
+                effects=tuple(
+                    LayerEffect(int(e["layer"]), float(e["refusal"]), float(e["kl"]))
+                    for e in meta.get("effects", [])
+                ),
                 max_kl=None if meta.get("max_kl") is None else float(meta["max_kl"]),
                 formatting=Formatting.from_record(meta.get("formatting")),
             )
@@ -255,8 +265,10 @@ class SubspaceResult:
 
     def summary(self) -> str:
         values = ", ".join(f"{v:.2f}" for v in self.singular_values)
-        return (f"SubspaceResult: k={self.k}, layer={self.layer_index}, d_model={self.d_model}, "
-                f"singular_values=({values}), model={self.model_path}")
+        return (
+            f"SubspaceResult: k={self.k}, layer={self.layer_index}, d_model={self.d_model}, "
+            f"singular_values=({values}), model={self.model_path}"
+        )
 
 
 @dataclass(frozen=True)

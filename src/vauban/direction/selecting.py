@@ -69,8 +69,9 @@ def check_select(select: Any) -> str:
     return str(select)
 
 
-def split(prompts: Sequence[str], share: float = HOLD_BACK,
-          most: int = MAX_HELD) -> tuple[list[str], list[str]]:
+def split(
+    prompts: Sequence[str], share: float = HOLD_BACK, most: int = MAX_HELD
+) -> tuple[list[str], list[str]]:
     """``(measured, held back)``: the last ``share`` of ``prompts`` (at least one, at most
     ``most``) is held back."""
     held = min(max(1, round(len(prompts) * share)), most)
@@ -84,8 +85,9 @@ def layer_range(num_layers: int, first: float = FIRST, last: float = LAST) -> li
     return layers or [num_layers // 2]
 
 
-def candidate_layers(scores: Sequence[float], top: int = TOP, first: float = FIRST,
-                     last: float = LAST) -> list[int]:
+def candidate_layers(
+    scores: Sequence[float], top: int = TOP, first: float = FIRST, last: float = LAST
+) -> list[int]:
     """The layers to cut: within :func:`layer_range`, the ``top`` best-scoring ones and their
     neighbours (see the module docstring), in order."""
     allowed = layer_range(len(scores), first, last)
@@ -143,15 +145,25 @@ def choose(effects: Sequence[LayerEffect], max_kl: float = MAX_KL) -> LayerEffec
 
 
 def original_refusals(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None,
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    batch_size: int | None = None,
     formatting: Any = None,
 ) -> list[tuple[str, str]]:
     """``(prompt, answer)`` for the prompts the original model refuses (short greedy answers,
     the default judge)."""
     from ..judge.answers import completions
 
-    answers = completions(model, tokenizer, prompts, max_tokens=ANSWER_TOKENS, batch_size=batch_size,
-                          formatting=formatting, prompt_set="harmful")
+    answers = completions(
+        model,
+        tokenizer,
+        prompts,
+        max_tokens=ANSWER_TOKENS,
+        batch_size=batch_size,
+        formatting=formatting,
+        prompt_set="harmful",
+    )
     return [(a.prompt, a.text) for a in answers if a.refused]
 
 
@@ -175,11 +187,23 @@ def select_by_effect(
     if isinstance(max_kl, bool) or not isinstance(max_kl, (int, float)) or not max_kl > 0:
         raise VaubanError(f"max_kl must be a positive number, got {max_kl!r}")
     if not refusals:
-        warnings.warn("the model refuses none of the held-back harmful prompts, so no cut can be "
-                      "measured by its effect; the direction is chosen by geometry", stacklevel=3)
+        warnings.warn(
+            "the model refuses none of the held-back harmful prompts, so no cut can be "
+            "measured by its effect; the direction is chosen by geometry",
+            stacklevel=3,
+        )
         return direction
     candidates = candidate_layers(direction.cosine_scores) if layers is None else list(layers)
-    effects = layer_effects(model, tokenizer, direction, refusals, harmless, candidates,
-                            batch_size=batch_size, log=log, cutting=cutting)
+    effects = layer_effects(
+        model,
+        tokenizer,
+        direction,
+        refusals,
+        harmless,
+        candidates,
+        batch_size=batch_size,
+        log=log,
+        cutting=cutting,
+    )
     best = choose(effects, max_kl)
     return direction.at_layer(best.layer, selection="effect", effects=effects, max_kl=float(max_kl))

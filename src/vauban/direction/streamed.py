@@ -67,7 +67,17 @@ def measure_streamed(
     model = layerwise(os.fspath(src), dtype)
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
-    result = measure(model.model, tokenizer, harmful, harmless, layer=layer, select=select, max_kl=max_kl,
-                     batch_size=batch_size or ONE_BATCH, show_progress=show_progress, formatting=formatting,
-                     cutting=streamed_cutting(model))
+    result = measure(
+        model.model,
+        tokenizer,
+        harmful,
+        harmless,
+        layer=layer,
+        select=select,
+        max_kl=max_kl,
+        batch_size=batch_size or ONE_BATCH,
+        show_progress=show_progress,
+        formatting=formatting,
+        cutting=streamed_cutting(model),
+    )
     return dataclasses.replace(result, model_path=os.fspath(src))

@@ -265,8 +265,12 @@ class Cut:
     def undo_bytes(self) -> int:
         """Memory the cut keeps to undo itself bit for bit: removed vectors, rescale factors and
         the original values of the few elements rounding would not restore."""
-        tensors = [t for e in self._edits for t in (e.removed, e.factors, e.patch_index, e.patch_values)
-                   if t is not None]
+        tensors = [
+            t
+            for e in self._edits
+            for t in (e.removed, e.factors, e.patch_index, e.patch_values)
+            if t is not None
+        ]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def record(self) -> dict[str, object]:
@@ -389,8 +393,13 @@ def cut(
     n = arch.num_layers(model)
     chosen = list(range(n)) if layers is None else [check_layer(i, n) for i in layers]
     return Cut(
-        model, direction, check_alpha(alpha), chosen, embeddings,
-        attention_weights=layer_weights(attention, n, "attention"), mlp_weights=layer_weights(mlp, n, "MLP"),
+        model,
+        direction,
+        check_alpha(alpha),
+        chosen,
+        embeddings,
+        attention_weights=layer_weights(attention, n, "attention"),
+        mlp_weights=layer_weights(mlp, n, "MLP"),
         norm_preserving=bool(norm_preserving),
     ).apply()
 

@@ -26,9 +26,12 @@ from ..core.errors import VaubanError
 from ..runtime import kernels
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # the dtypes a cut edits
-_INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16,
-             torch.float32: torch.int32, torch.float64: torch.int64}
-
+_INT_VIEW = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
 
 
 @dataclass
@@ -84,8 +87,10 @@ def unchanged(edits: Sequence[Edit]) -> bool:
     for edit in edits:
         devices.setdefault(edit.param.device, []).append(edit)
     return all(
-        torch.equal(torch.stack([checksum(e.param) for e in group]),
-                    torch.stack([e.fingerprint for e in group]))  # type: ignore[misc]
+        torch.equal(
+            torch.stack([checksum(e.param) for e in group]),
+            torch.stack([e.fingerprint for e in group]),  # type: ignore[misc]
+        )
         for group in devices.values()
     )
 
@@ -129,13 +134,14 @@ class Work:
         """``R = W Qᵀ`` (residual axis last), ``(..., k)``."""
         return self._wide(view) @ basis.T
 
-    def shifted(self, w: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor, scale: float,
-                dst: torch.Tensor) -> torch.Tensor:
+    def shifted(
+        self, w: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor, scale: float, dst: torch.Tensor
+    ) -> torch.Tensor:
         """``w + scale·R Q`` rounded into ``dst`` (for ``k = 1``, one product per element)."""
         wide = self._wide(w)
         k, d = basis.shape
         if self.c.dim() == 2 and not self.c.is_contiguous():  # an nn.Linear weight: (in, out) seen
-            torch.mm(basis.T, removed.T, out=self.c.T)     # through its (out, in) memory
+            torch.mm(basis.T, removed.T, out=self.c.T)  # through its (out, in) memory
         else:
             torch.mm(removed.reshape(-1, k), basis, out=self.c.view(-1, d))
         self.c.mul_(scale)
@@ -150,14 +156,26 @@ class Work:
             return torch.mul(wide, factors, out=dst)
         return dst.copy_(wide.mul_(factors))
 
-    def forward(self, view: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor,
-                factors: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    def forward(
+        self,
+        view: torch.Tensor,
+        basis: torch.Tensor,
+        removed: torch.Tensor,
+        factors: torch.Tensor | None,
+        alpha: float,
+    ) -> torch.Tensor:
         """The cut of one piece, in ``new``."""
         new = self.shifted(view, basis, removed, -alpha, self.new)
         return new if factors is None else self.rescaled(new, factors, self.new)
 
-    def inverse(self, view: torch.Tensor, basis: torch.Tensor, removed: torch.Tensor,
-                factors: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    def inverse(
+        self,
+        view: torch.Tensor,
+        basis: torch.Tensor,
+        removed: torch.Tensor,
+        factors: torch.Tensor | None,
+        alpha: float,
+    ) -> torch.Tensor:
         """Its undo, in ``out`` (before the fix-ups of the few elements rounding misses)."""
         if factors is not None:
             view = self.rescaled(view, 1 / factors, self.out)
@@ -193,8 +211,13 @@ def pieces(w: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
 
 
 def edited(
-    w: torch.Tensor, axis: int, basis: torch.Tensor, alpha: float, norm_preserving: bool = False,
-    *, inplace: bool = False,
+    w: torch.Tensor,
+    axis: int,
+    basis: torch.Tensor,
+    alpha: float,
+    norm_preserving: bool = False,
+    *,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """``w`` with ``alpha`` × the span of ``basis`` (orthonormal rows) removed along ``axis``:
     the arithmetic of :func:`cut` (compute dtype, rounding) without the bookkeeping for undo,
@@ -241,12 +264,14 @@ def apply_fused(targets: Sequence[tuple[str, nn.Parameter, int, torch.Tensor, fl
     (:func:`vauban.runtime.kernels.apply_many`)."""
     with torch.no_grad():
         fingerprints = [checksum(param) for _, param, _, _, _ in targets]
-        done = kernels.apply_many([(param.data.movedim(axis, -1), q[0], alpha)
-                                   for _, param, axis, q, alpha in targets])
+        done = kernels.apply_many(
+            [(param.data.movedim(axis, -1), q[0], alpha) for _, param, axis, q, alpha in targets]
+        )
     return [
         Edit(name, param, axis, alpha, q, removed[:, None], None, index, values, fingerprint, fused=True)
-        for (name, param, axis, q, alpha), (removed, index, values), fingerprint
-        in zip(targets, done, fingerprints, strict=True)
+        for (name, param, axis, q, alpha), (removed, index, values), fingerprint in zip(
+            targets, done, fingerprints, strict=True
+        )
     ]
 
 
@@ -275,12 +300,26 @@ def apply_edit(
             factor_parts.append(factors)
         stacked = param.dim() >= 3
         removed = torch.stack(removed_parts) if stacked else removed_parts[0]
-        factors = (None if not norm_preserving else torch.stack(factor_parts) if stacked  # type: ignore[arg-type]
-                   else factor_parts[0])
+        factors = (
+            None
+            if not norm_preserving
+            else torch.stack(factor_parts)  # type: ignore[arg-type]
+            if stacked
+            else factor_parts[0]
+        )
         one = len(index_parts) == 1  # a matrix: no copy through cat
-        return Edit(name, param, axis, alpha, q, removed, factors,
-                     index_parts[0] if one else torch.cat(index_parts),
-                     value_parts[0] if one else torch.cat(value_parts), fingerprint)
+        return Edit(
+            name,
+            param,
+            axis,
+            alpha,
+            q,
+            removed,
+            factors,
+            index_parts[0] if one else torch.cat(index_parts),
+            value_parts[0] if one else torch.cat(value_parts),
+            fingerprint,
+        )
 
 
 def _replay(edit: Edit, *, undo: bool) -> None:

@@ -104,14 +104,21 @@ def load_safe_prompts(source: Prompts) -> list[str]:
         with path.open(encoding="utf-8", newline="") as handle:
             rows = list(csv.DictReader(handle))
         if rows and "label" in rows[0] and "prompt" in rows[0]:
-            return load_prompts([r["prompt"] for r in rows if r["label"].strip() == "safe"],
-                                what=f"safe prompts of {path}")
+            return load_prompts(
+                [r["prompt"] for r in rows if r["label"].strip() == "safe"], what=f"safe prompts of {path}"
+            )
     return load_prompts(source, what="safe prompts")
 
 
 def both_sides(
-    pair: Pair, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None,
-    judge: Any, formatting: Formatting | None = None,
+    pair: Pair,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_tokens: int,
+    batch_size: int | None,
+    judge: Any,
+    formatting: Formatting | None = None,
 ) -> dict[bool, tuple[Completion, ...]]:
     """Judged answers of the original (``True``) and the modified model (``False``), generated
     once per side: every metric that reads answers (refusal, late refusal, over-refusal) reads
@@ -119,13 +126,23 @@ def both_sides(
     out = {}
     for is_original in (True, False):
         with pair.side(is_original) as model:
-            out[is_original] = completions(model, tokenizer, prompts, max_tokens=max_tokens,
-                                           batch_size=batch_size, judge=judge, formatting=formatting)
+            out[is_original] = completions(
+                model,
+                tokenizer,
+                prompts,
+                max_tokens=max_tokens,
+                batch_size=batch_size,
+                judge=judge,
+                formatting=formatting,
+            )
     return out
 
 
 def capability_scores(
-    pair: Pair, tokenizer: Any, checks: Sequence[Capability], batch_size: int | None,
+    pair: Pair,
+    tokenizer: Any,
+    checks: Sequence[Capability],
+    batch_size: int | None,
 ) -> dict[bool, tuple[CapabilityScore, ...]]:
     """Every capability check on both sides (see :mod:`vauban.capability`)."""
     out: dict[bool, list[CapabilityScore]] = {True: [], False: []}
@@ -146,8 +163,13 @@ class AnswerScores:
 
 @torch.inference_mode()
 def pair_divergence(
-    pair: Pair, tokenizer: Any, rows: Forced, *, batch_size: int | None = None,
-    show_progress: bool | None = None, desc: str = "kl",
+    pair: Pair,
+    tokenizer: Any,
+    rows: Forced,
+    *,
+    batch_size: int | None = None,
+    show_progress: bool | None = None,
+    desc: str = "kl",
 ) -> Divergence:
     """KL(original ‖ modified) and both sides' answer log-likelihoods on teacher-forced ``rows``
     (see :mod:`vauban.runtime.scoring`), one batch of both sides at a time.
@@ -162,8 +184,14 @@ def pair_divergence(
     device = model_device(pair.modified)
     if batch_size is None:
         longest = max(len(x) for x in rows.inputs)
-        batch_size = batch_size_for(pair.modified, longest, len(rows), logit_positions=max(rows.lengths),
-                                    logit_copies=3, saturate=not pair.same)
+        batch_size = batch_size_for(
+            pair.modified,
+            longest,
+            len(rows),
+            logit_positions=max(rows.lengths),
+            logit_copies=3,
+            saturate=not pair.same,
+        )
     nll = {True: 0.0, False: 0.0}
     kl_sum = first_sum = 0.0
     n_positions = 0
@@ -210,16 +238,24 @@ def answer_scores(
 
 
 def k_token_kl(
-    pair: Pair, tokenizer: Any, prompts: Sequence[str], tokens: int, *, batch_size: int | None = None,
-    show_progress: bool | None = None, formatting: Formatting | None = None,
+    pair: Pair,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    tokens: int,
+    *,
+    batch_size: int | None = None,
+    show_progress: bool | None = None,
+    formatting: Formatting | None = None,
 ) -> float:
     """KL(original ‖ modified) over the first ``tokens`` tokens of the original's own greedy
     answers to ``prompts`` (see :mod:`vauban.runtime.scoring`)."""
     with pair.side(True) as model:
-        rows = k_rows(model, tokenizer, prompts, tokens, batch_size, formatting=formatting,
-                      prompt_set="reference")
-    return pair_divergence(pair, tokenizer, rows, batch_size=batch_size, show_progress=show_progress,
-                           desc="k-token kl").mean_kl
+        rows = k_rows(
+            model, tokenizer, prompts, tokens, batch_size, formatting=formatting, prompt_set="reference"
+        )
+    return pair_divergence(
+        pair, tokenizer, rows, batch_size=batch_size, show_progress=show_progress, desc="k-token kl"
+    ).mean_kl
 
 
 def evaluate(
@@ -258,8 +294,9 @@ def evaluate(
     kl_tokens = check_int("kl_tokens", kl_tokens, 0)
     pair = Pair(original, modified)
     harmful = default_eval_prompts() if prompts is None else load_prompts(prompts, what="eval prompts")
-    safe_prompts = [] if safe is False else default_safe_prompts() if safe in (None, True) else (
-        load_safe_prompts(safe))  # type: ignore[arg-type]
+    safe_prompts = (
+        [] if safe is False else default_safe_prompts() if safe in (None, True) else load_safe_prompts(safe)  # type: ignore[arg-type]
+    )
     ref_pairs = load_pairs(reference)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -269,33 +306,63 @@ def evaluate(
         seconds[name] = round(time.perf_counter() - clock, 1)
         clock = time.perf_counter()
 
-    answers: dict[str, Any] = {"max_tokens": max_tokens, "batch_size": batch_size, "judge": judge,
-                               "formatting": formatting}
+    answers: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "batch_size": batch_size,
+        "judge": judge,
+        "formatting": formatting,
+    }
     sides = both_sides(pair, tokenizer, harmful, **answers)
     lap("refusal")
-    safe_sides = (both_sides(pair, tokenizer, safe_prompts, **answers) if safe_prompts
-                  else {True: (), False: ()})
+    safe_sides = (
+        both_sides(pair, tokenizer, safe_prompts, **answers) if safe_prompts else {True: (), False: ()}
+    )
     lap("over_refusal")
-    scores = answer_scores(pair, tokenizer, ref_pairs, batch_size=batch_size, show_progress=show_progress,
-                           formatting=formatting)
+    scores = answer_scores(
+        pair, tokenizer, ref_pairs, batch_size=batch_size, show_progress=show_progress, formatting=formatting
+    )
     lap("kl_perplexity")
-    k_kl = (k_token_kl(pair, tokenizer, [p for p, *_ in ref_pairs], kl_tokens, batch_size=batch_size,
-                       show_progress=show_progress, formatting=formatting) if kl_tokens else None)
+    k_kl = (
+        k_token_kl(
+            pair,
+            tokenizer,
+            [p for p, *_ in ref_pairs],
+            kl_tokens,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            formatting=formatting,
+        )
+        if kl_tokens
+        else None
+    )
     lap("k_token_kl")
     checks = capability_scores(pair, tokenizer, capability, batch_size)
     for score in (*checks[True], *checks[False]):
         seconds[f"capability/{score.name}"] = seconds.get(f"capability/{score.name}", 0.0) + score.seconds
     return EvalResult(
-        refusal_before=rate(sides[True]), refusal_after=rate(sides[False]),
-        perplexity_before=scores.perplexity_before, perplexity_after=scores.perplexity_after,
-        kl=scores.kl, first_token_kl=scores.first_token_kl,
-        n_prompts=len(harmful), n_reference=len(ref_pairs), before=sides[True], after=sides[False],
-        max_tokens=max_tokens, judge=judge.spec,
-        late_before=rate(sides[True], late=True), late_after=rate(sides[False], late=True),
+        refusal_before=rate(sides[True]),
+        refusal_after=rate(sides[False]),
+        perplexity_before=scores.perplexity_before,
+        perplexity_after=scores.perplexity_after,
+        kl=scores.kl,
+        first_token_kl=scores.first_token_kl,
+        n_prompts=len(harmful),
+        n_reference=len(ref_pairs),
+        before=sides[True],
+        after=sides[False],
+        max_tokens=max_tokens,
+        judge=judge.spec,
+        late_before=rate(sides[True], late=True),
+        late_after=rate(sides[False], late=True),
         over_refusal_before=rate(safe_sides[True]) if safe_prompts else None,
         over_refusal_after=rate(safe_sides[False]) if safe_prompts else None,
-        n_safe=len(safe_prompts), safe_before=safe_sides[True], safe_after=safe_sides[False],
-        k_token_kl=k_kl, kl_tokens=kl_tokens, capability_before=checks[True], capability_after=checks[False],
+        n_safe=len(safe_prompts),
+        safe_before=safe_sides[True],
+        safe_after=safe_sides[False],
+        k_token_kl=k_kl,
+        kl_tokens=kl_tokens,
+        capability_before=checks[True],
+        capability_after=checks[False],
         seconds=seconds,
     )
 

@@ -85,10 +85,12 @@ class EvalResult:
     def summary(self) -> str:
         thinking = ""
         if self.thinking_refusal_before is not None or self.thinking_refusal_after is not None:
-            thinking = (f", refusal while thinking={percent(self.thinking_refusal_before or 0.0)} → "
-                        f"{percent(self.thinking_refusal_after or 0.0)}, thinking not ended="
-                        f"{percent(self.thinking_unfinished_before or 0.0)} → "
-                        f"{percent(self.thinking_unfinished_after or 0.0)}")
+            thinking = (
+                f", refusal while thinking={percent(self.thinking_refusal_before or 0.0)} → "
+                f"{percent(self.thinking_refusal_after or 0.0)}, thinking not ended="
+                f"{percent(self.thinking_unfinished_before or 0.0)} → "
+                f"{percent(self.thinking_unfinished_after or 0.0)}"
+            )
         return (
             f"EvalResult: refusal={percent(self.refusal_before)} → {percent(self.refusal_after)}, "
             f"perplexity={self.perplexity_before:.2f} → {self.perplexity_after:.2f}, "
@@ -97,46 +99,84 @@ class EvalResult:
 
     def rows(self) -> list[tuple[str, str, str]]:
         """The report: ``(measure, original, cut)`` per line; each label says on what it was measured."""
+
         def pct(x: float | None) -> str:
             return "" if x is None else f"{x * 100:.1f}%"
 
         judged = f"{self.n_prompts} prompts, {self.max_tokens} tokens"
         judged += f", judge {self.judge}" if self.judge else ""
-        rows = [(f"refusal on harmful prompts ({judged})", pct(self.refusal_before), pct(self.refusal_after)),
-                ("  of which late (complies, then declines)", pct(self.late_before), pct(self.late_after))]
+        rows = [
+            (f"refusal on harmful prompts ({judged})", pct(self.refusal_before), pct(self.refusal_after)),
+            ("  of which late (complies, then declines)", pct(self.late_before), pct(self.late_after)),
+        ]
         if (self.thinking_refusal_before, self.thinking_refusal_after) != (None, None):
-            rows.append(("refusal while thinking", pct(self.thinking_refusal_before or 0.0),
-                         pct(self.thinking_refusal_after or 0.0)))
-            rows.append(("thinking not ended within its budget", pct(self.thinking_unfinished_before or 0.0),
-                         pct(self.thinking_unfinished_after or 0.0)))
+            rows.append(
+                (
+                    "refusal while thinking",
+                    pct(self.thinking_refusal_before or 0.0),
+                    pct(self.thinking_refusal_after or 0.0),
+                )
+            )
+            rows.append(
+                (
+                    "thinking not ended within its budget",
+                    pct(self.thinking_unfinished_before or 0.0),
+                    pct(self.thinking_unfinished_after or 0.0),
+                )
+            )
         if self.over_refusal_before is not None:
-            rows.append((f"over-refusal on safe prompts ({self.n_safe} prompts)",
-                         pct(self.over_refusal_before), pct(self.over_refusal_after)))
-        rows.append((f"KL(original ‖ cut), first token ({self.n_reference} reference prompts)", "",
-                     f"{self.first_token_kl:.4f}"))
+            rows.append(
+                (
+                    f"over-refusal on safe prompts ({self.n_safe} prompts)",
+                    pct(self.over_refusal_before),
+                    pct(self.over_refusal_after),
+                )
+            )
+        rows.append(
+            (
+                f"KL(original ‖ cut), first token ({self.n_reference} reference prompts)",
+                "",
+                f"{self.first_token_kl:.4f}",
+            )
+        )
         if self.k_token_kl is not None:
-            rows.append((f"KL(original ‖ cut), first {self.kl_tokens} tokens of the original's answers", "",
-                         f"{self.k_token_kl:.4f}"))
+            rows.append(
+                (
+                    f"KL(original ‖ cut), first {self.kl_tokens} tokens of the original's answers",
+                    "",
+                    f"{self.k_token_kl:.4f}",
+                )
+            )
         rows.append(("KL(original ‖ cut), reference answers (every position)", "", f"{self.kl:.4f}"))
-        rows.append(("perplexity of the reference answers", f"{self.perplexity_before:.2f}",
-                     f"{self.perplexity_after:.2f}"))
+        rows.append(
+            (
+                "perplexity of the reference answers",
+                f"{self.perplexity_before:.2f}",
+                f"{self.perplexity_after:.2f}",
+            )
+        )
         for before, after in zip(self.capability_before, self.capability_after, strict=True):
-            rows.append((f"{before.name} {before.metric} (n={before.n})", pct(before.value),
-                         pct(after.value)))
+            rows.append(
+                (f"{before.name} {before.metric} (n={before.n})", pct(before.value), pct(after.value))
+            )
         return rows
 
     def table(self) -> str:
         """:meth:`rows` as aligned plain text."""
         lines = [("", "original", "cut"), *self.rows()]
         widths = [max(len(r[i]) for r in lines) for i in range(3)]
-        return "\n".join(f"{a.ljust(widths[0])}  {b.rjust(widths[1])}  {c.rjust(widths[2])}".rstrip()
-                         for a, b, c in lines)
+        return "\n".join(
+            f"{a.ljust(widths[0])}  {b.rjust(widths[1])}  {c.rjust(widths[2])}".rstrip() for a, b, c in lines
+        )
 
     def record(self) -> dict[str, Any]:
         """JSON-serializable form, answers included."""
         from dataclasses import asdict
 
-        return {**asdict(self), "thinking_refusal_before": self.thinking_refusal_before,
-                "thinking_refusal_after": self.thinking_refusal_after,
-                "thinking_unfinished_before": self.thinking_unfinished_before,
-                "thinking_unfinished_after": self.thinking_unfinished_after}
+        return {
+            **asdict(self),
+            "thinking_refusal_before": self.thinking_refusal_before,
+            "thinking_refusal_after": self.thinking_refusal_after,
+            "thinking_unfinished_before": self.thinking_unfinished_before,
+            "thinking_unfinished_after": self.thinking_unfinished_after,
+        }

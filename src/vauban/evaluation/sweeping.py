@@ -50,9 +50,10 @@ class AlphaSweep:
     judge: str = "markers"
 
     def table(self) -> str:
-        lines = ["alpha  refusal  perplexity  kl      first_token_kl",
-                 f"  0    {percent(self.refusal_before):>7}  {self.perplexity_before:10.2f}  "
-                 f"{0.0:.4f}  {0.0:.4f}"]
+        lines = [
+            "alpha  refusal  perplexity  kl      first_token_kl",
+            f"  0    {percent(self.refusal_before):>7}  {self.perplexity_before:10.2f}  {0.0:.4f}  {0.0:.4f}",
+        ]
         lines += [
             f"{r.alpha:5.2f}  {percent(r.refusal):>7}  {r.perplexity:10.2f}  {r.kl:.4f}  "
             f"{r.first_token_kl:.4f}"
@@ -62,8 +63,10 @@ class AlphaSweep:
 
     def summary(self) -> str:
         cells = ", ".join(f"α={r.alpha:g}: {percent(r.refusal)}/{r.perplexity:.2f}" for r in self.rows)
-        return (f"AlphaSweep: refusal/perplexity before {percent(self.refusal_before)}/"
-                f"{self.perplexity_before:.2f}; {cells}; prompts={self.n_prompts}")
+        return (
+            f"AlphaSweep: refusal/perplexity before {percent(self.refusal_before)}/"
+            f"{self.perplexity_before:.2f}; {cells}; prompts={self.n_prompts}"
+        )
 
 
 @dataclass(frozen=True)
@@ -104,19 +107,41 @@ def alpha_sweep(
     judge = get_judge(judge)
     harmful = default_eval_prompts() if prompts is None else load_prompts(prompts, what="eval prompts")
     pairs = load_pairs(reference)
-    before = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size, judge=judge,
-                         formatting=formatting)
+    before = completions(
+        model,
+        tokenizer,
+        harmful,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        judge=judge,
+        formatting=formatting,
+    )
     rows = []
     perplexity_before = float("nan")
     for alpha in alphas:
         with cut(model, direction, alpha=alpha):
-            after = completions(model, tokenizer, harmful, max_tokens=max_tokens, batch_size=batch_size,
-                                judge=judge, formatting=formatting)
-            scores = answer_scores(Pair(model, model), tokenizer, pairs, batch_size=batch_size,
-                                   formatting=formatting)
+            after = completions(
+                model,
+                tokenizer,
+                harmful,
+                max_tokens=max_tokens,
+                batch_size=batch_size,
+                judge=judge,
+                formatting=formatting,
+            )
+            scores = answer_scores(
+                Pair(model, model), tokenizer, pairs, batch_size=batch_size, formatting=formatting
+            )
         perplexity_before = scores.perplexity_before
-        rows.append(SweepRow(alpha, sum(c.refused for c in after) / len(after),
-                             scores.perplexity_after, scores.kl, scores.first_token_kl))
+        rows.append(
+            SweepRow(
+                alpha,
+                sum(c.refused for c in after) / len(after),
+                scores.perplexity_after,
+                scores.kl,
+                scores.first_token_kl,
+            )
+        )
     return AlphaSweep(
         refusal_before=sum(c.refused for c in before) / len(before),
         perplexity_before=perplexity_before,
@@ -139,10 +164,21 @@ def steer_sweep(
 ) -> SteerSweep:
     """Steer one prompt at each alpha: where does the model first comply, where does it break?"""
     judge = get_judge(judge)
-    return SteerSweep(tuple(
-        steer(model, tokenizer, prompt, direction, a, max_tokens=max_tokens, judge=judge,
-              formatting=formatting) for a in alphas
-    ))
+    return SteerSweep(
+        tuple(
+            steer(
+                model,
+                tokenizer,
+                prompt,
+                direction,
+                a,
+                max_tokens=max_tokens,
+                judge=judge,
+                formatting=formatting,
+            )
+            for a in alphas
+        )
+    )
 
 
 def direction_similarity(a: DirectionResult, b: DirectionResult) -> dict[str, Any]:

@@ -47,9 +47,7 @@ def check_output_dir(output_dir: str | os.PathLike[str], overwrite: bool = False
     if out.exists() and not out.is_dir():
         raise VaubanError(f"output {out} exists and is a file; choose a directory path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise VaubanError(
-            f"output directory {out} is not empty; choose another path or pass overwrite=True"
-        )
+        raise VaubanError(f"output directory {out} is not empty; choose another path or pass overwrite=True")
     probe = out.absolute().parent
     while not probe.exists():
         probe = probe.parent

@@ -161,8 +161,7 @@ def stream_export(
     n, d = arch.num_layers(skeleton), arch.d_model(skeleton)
     bases = layer_bases(direction, d, n)
     alpha = check_alpha(alpha)
-    strength = {"attention": layer_weights(attention, n, "attention"),
-                "mlp": layer_weights(mlp, n, "MLP")}
+    strength = {"attention": layer_weights(attention, n, "attention"), "mlp": layer_weights(mlp, n, "MLP")}
     tables = {shard: tensor_table(shard) for shard in shards}
     where = {name: shard for shard, (_, table) in tables.items() for name in table}
     targets = arch.checkpoint_writers(
@@ -180,18 +179,27 @@ def stream_export(
             basis = _writer_basis(skeleton, target, bases[target.layer], where)
             shard = where[target.name]
             start, table = tables[shard]
-            new = edited(_read_writer(shard, target.name), target.axis, basis, a, norm_preserving,
-                         inplace=True)
+            new = edited(
+                _read_writer(shard, target.name), target.axis, basis, a, norm_preserving, inplace=True
+            )
             _overwrite(tmp / shard.name, start, table[target.name], new)
             count += 1
         check_weights(tmp)
         if isinstance(direction, DirectionResult):
             direction.save(tmp / DIRECTION_FILE)
-        record = _record(source, direction, tmp, alpha=alpha,
-                         layers=list(range(n)) if layers is None else [int(i) for i in layers],
-                         embeddings=embeddings, subspace_rank=int(bases.shape[1]),
-                         attention_weights=list(strength["attention"]), mlp_weights=list(strength["mlp"]),
-                         norm_preserving=norm_preserving, edited_tensors=count)
+        record = _record(
+            source,
+            direction,
+            tmp,
+            alpha=alpha,
+            layers=list(range(n)) if layers is None else [int(i) for i in layers],
+            embeddings=embeddings,
+            subspace_rank=int(bases.shape[1]),
+            attention_weights=list(strength["attention"]),
+            mlp_weights=list(strength["mlp"]),
+            norm_preserving=norm_preserving,
+            edited_tensors=count,
+        )
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return out
 

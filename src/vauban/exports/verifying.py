@@ -32,8 +32,11 @@ class VerifyResult:
     tensors: int
 
     def summary(self) -> str:
-        return (f"VerifyResult: ok, files={self.files}, bytes={self.bytes}, tensors={self.tensors}, "
-                f"directory={self.directory}")
+        return (
+            f"VerifyResult: ok, files={self.files}, bytes={self.bytes}, tensors={self.tensors}, "
+            f"directory={self.directory}"
+        )
+
 
 RECORD_FILE = "vauban.json"
 
@@ -81,8 +84,9 @@ def check_weights(root: Path) -> int:
             with safe_open(str(file), framework="pt") as handle:
                 total += len(list(handle.keys()))
         except Exception as err:  # safetensors raises its own (Rust) error type
-            raise VaubanError(f"{file} is not a complete safetensors file ({_first_line(err)}); "
-                              "re-export or re-download it") from None
+            raise VaubanError(
+                f"{file} is not a complete safetensors file ({_first_line(err)}); re-export or re-download it"
+            ) from None
     for index in root.glob("*.safetensors.index.json"):
         try:
             shards = set(json.loads(index.read_text())["weight_map"].values())
@@ -126,8 +130,10 @@ def verify(directory: str | os.PathLike[str]) -> VerifyResult:
     if not isinstance(expected, dict) or not all(
         isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in expected.values()
     ):
-        raise VaubanError(f"{root / RECORD_FILE} lists no file hashes (exported by an older vauban?); "
-                          "re-export the model to get a verifiable record")
+        raise VaubanError(
+            f"{root / RECORD_FILE} lists no file hashes (exported by an older vauban?); "
+            "re-export the model to get a verifiable record"
+        )
     present = set(_files(root))
     problems = [f"{name} missing" for name in sorted(set(expected) - present)]
     problems += [f"{name} unexpected" for name in sorted(present - set(expected))]

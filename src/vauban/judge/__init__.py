@@ -36,8 +36,17 @@ from .base import Judge, Verdict, opening, run_judge
 DEFAULT_SPEC = "markers"
 KINDS = ("markers", "classifier", "chat", "endpoint", "learned")
 
-__all__ = ["DEFAULT_SPEC", "Judge", "Spec", "Verdict", "check_spec", "get_judge", "opening", "parse_spec",
-           "run_judge"]
+__all__ = [
+    "DEFAULT_SPEC",
+    "Judge",
+    "Spec",
+    "Verdict",
+    "check_spec",
+    "get_judge",
+    "opening",
+    "parse_spec",
+    "run_judge",
+]
 
 
 @dataclass(frozen=True)
@@ -51,8 +60,13 @@ class Spec:
     options: dict[str, str] = field(default_factory=dict)
 
 
-_OPTIONS = {"markers": (), "classifier": ("refusal", "input", "threshold"),
-            "chat": ("threshold", "answer_tokens"), "endpoint": (), "learned": ("threshold",)}
+_OPTIONS = {
+    "markers": (),
+    "classifier": ("refusal", "input", "threshold"),
+    "chat": ("threshold", "answer_tokens"),
+    "endpoint": (),
+    "learned": ("threshold",),
+}
 
 
 def parse_spec(spec: str) -> Spec:
@@ -61,9 +75,11 @@ def parse_spec(spec: str) -> Spec:
     kind, _, target = text.partition(":")
     kind = kind.strip().lower()
     if kind.startswith("learned?"):  # learned?threshold=X
-        kind, target = "learned", text[len("learned"):]
-    usage = ("use markers, markers:FILE, learned, classifier:ID[?refusal=LABEL], chat:MODEL or "
-             "endpoint:URL[#model]")
+        kind, target = "learned", text[len("learned") :]
+    usage = (
+        "use markers, markers:FILE, learned, classifier:ID[?refusal=LABEL], chat:MODEL or "
+        "endpoint:URL[#model]"
+    )
     if kind not in KINDS:
         raise VaubanError(f"unknown judge {spec!r}; {usage}")
     if kind == "learned" and target.strip() and not target.startswith("?"):
@@ -73,8 +89,10 @@ def parse_spec(spec: str) -> Spec:
     if kind == "endpoint":
         url, _, model = target.partition("#")
         if not url.startswith(("http://", "https://")):
-            raise VaubanError(f"judge {spec!r}: the endpoint must be an http(s) URL, e.g. "
-                              "endpoint:http://localhost:8000/v1#my-model")
+            raise VaubanError(
+                f"judge {spec!r}: the endpoint must be an http(s) URL, e.g. "
+                "endpoint:http://localhost:8000/v1#my-model"
+            )
         return Spec(kind, url, model.strip())
     target, _, query = target.partition("?")
     options: dict[str, str] = {}

@@ -40,14 +40,27 @@ class Completion:
 
 
 def completions(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_tokens: int, batch_size: int | None,
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_tokens: int,
+    batch_size: int | None,
     judge: str | Judge | None = None,
-    formatting: Formatting | None = None, prompt_set: str | None = "eval",
+    formatting: Formatting | None = None,
+    prompt_set: str | None = "eval",
 ) -> tuple[Completion, ...]:
     """Greedy answers to ``prompts``, each with ``judge``'s verdict (default: markers) on its
     reply; a thinking model's thoughts are kept and judged apart (:func:`judged`)."""
-    answers = generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size,
-                       formatting=formatting, prompt_set=prompt_set)
+    answers = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        formatting=formatting,
+        prompt_set=prompt_set,
+    )
     return judged(get_judge(judge), prompts, answers)
 
 
@@ -61,15 +74,28 @@ def judged(judge: Judge, prompts: Sequence[str], answers: Sequence[str]) -> tupl
     verdicts = run_judge(judge, prompts, [reply for _, reply in parts])
     thought = [a.lstrip().startswith(THINK_OPEN) for a in answers]
     rows = [i for i, (thoughts, _) in enumerate(parts) if thought[i] and thoughts]
-    on_thoughts = dict(zip(rows, run_judge(judge, [prompts[i] for i in rows], [parts[i][0] for i in rows]),
-                           strict=True)) if rows else {}
+    on_thoughts = (
+        dict(
+            zip(rows, run_judge(judge, [prompts[i] for i in rows], [parts[i][0] for i in rows]), strict=True)
+        )
+        if rows
+        else {}
+    )
 
     def on_thought(i: int) -> bool | None:
         return on_thoughts[i].refusal if i in on_thoughts else False if thought[i] else None
 
     return tuple(
-        Completion(p, reply, v.refusal, v.score, v.reason, v.late,
-                   thinking=thoughts if thought[i] else None, thinking_refused=on_thought(i),
-                   thinking_ended=THINK_CLOSE in answers[i] if thought[i] else None)
+        Completion(
+            p,
+            reply,
+            v.refusal,
+            v.score,
+            v.reason,
+            v.late,
+            thinking=thoughts if thought[i] else None,
+            thinking_refused=on_thought(i),
+            thinking_ended=THINK_CLOSE in answers[i] if thought[i] else None,
+        )
         for i, (p, (thoughts, reply), v) in enumerate(zip(prompts, parts, verdicts, strict=True))
     )

@@ -70,8 +70,10 @@ def run_judge(judge: Judge, prompts: Sequence[str], answers: Sequence[str]) -> t
         return ()
     verdicts = tuple(judge.judge(list(prompts), list(answers)))
     if len(verdicts) != len(answers) or not all(isinstance(v, Verdict) for v in verdicts):
-        raise VaubanError(f"judge {judge.spec!r} returned {len(verdicts)} results for {len(answers)} "
-                          "answers; a judge must return one Verdict per answer")
+        raise VaubanError(
+            f"judge {judge.spec!r} returned {len(verdicts)} results for {len(answers)} "
+            "answers; a judge must return one Verdict per answer"
+        )
     return verdicts
 
 
@@ -103,7 +105,9 @@ def opening(answer: str, sentences: int = OPENING_SENTENCES, words: int = OPENIN
 
 
 def mark_late(
-    verdicts: Sequence[Verdict], answers: Sequence[str], prompts: Sequence[str],
+    verdicts: Sequence[Verdict],
+    answers: Sequence[str],
+    prompts: Sequence[str],
     judge_openings: Callable[[list[str], list[str]], Sequence[Verdict]],
 ) -> tuple[Verdict, ...]:
     """``verdicts`` with ``late`` set where the answer is a refusal, is longer than its opening,

@@ -39,8 +39,16 @@ def verdict_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
 class ChatJudge:
     """A loaded chat model answering the rubric (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, spec: str, threshold: float = 0.5,
-                 answer_tokens: int = ANSWER_TOKENS, batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        spec: str,
+        threshold: float = 0.5,
+        answer_tokens: int = ANSWER_TOKENS,
+        batch_size: int | None = None,
+    ) -> None:
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.threshold, self.answer_tokens, self.batch_size = threshold, answer_tokens, batch_size
         self.yes = verdict_token_ids(tokenizer, YES)
@@ -53,9 +61,13 @@ class ChatJudge:
 
         parsed = parse_spec(spec)
         model, tokenizer = load_model(None if target == "demo" else target, device=device, dtype=dtype)
-        return cls(model.eval(), tokenizer, spec=spec,
-                   threshold=number_option(parsed, "threshold", float, 0.5),
-                   answer_tokens=number_option(parsed, "answer_tokens", int, ANSWER_TOKENS))
+        return cls(
+            model.eval(),
+            tokenizer,
+            spec=spec,
+            threshold=number_option(parsed, "threshold", float, 0.5),
+            answer_tokens=number_option(parsed, "answer_tokens", int, ANSWER_TOKENS),
+        )
 
     def _clip(self, answer: str, tokens: int | None = None) -> str:
         tokens = self.answer_tokens if tokens is None else tokens
@@ -78,13 +90,23 @@ class ChatJudge:
         """``P(no) / (P(yes) + P(no))`` for each pair (see :mod:`vauban.judge.rubric`)."""
         encoded = [self._encode(p, a) for p, a in zip(prompts, answers, strict=True)]
         device = next(self.model.parameters()).device
-        size = self.batch_size or batch_size_for(self.model, max(map(len, encoded)), len(encoded),
-                                                 logit_positions=1)
+        size = self.batch_size or batch_size_for(
+            self.model, max(map(len, encoded)), len(encoded), logit_positions=1
+        )
         out = [0.0] * len(encoded)
         for batch in sorted_batches([len(x) for x in encoded], size):
             ids, mask, positions = left_pad([encoded[i] for i in batch], pad_id(self.tokenizer), device)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                logits_to_keep=1, use_cache=False).logits[:, -1].float()
+            logits = (
+                self.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    logits_to_keep=1,
+                    use_cache=False,
+                )
+                .logits[:, -1]
+                .float()
+            )
             probs = torch.softmax(logits, -1)
             yes, no = probs[:, self.yes].sum(-1), probs[:, self.no].sum(-1)
             score = no / (yes + no).clamp(min=1e-12)  # rubric.refusal_score, batched

@@ -48,8 +48,10 @@ def refusal_labels(id2label: dict[int, str], wanted: str | None) -> list[int]:
             if not match and item.isdigit() and int(item) in names:
                 match = [int(item)]
             if not match:
-                raise VaubanError(f"classifier has no label {item!r}; its labels are "
-                                  f"{', '.join(names.values())} (refusal=LABEL,...)")
+                raise VaubanError(
+                    f"classifier has no label {item!r}; its labels are "
+                    f"{', '.join(names.values())} (refusal=LABEL,...)"
+                )
             chosen += match
         return sorted(set(chosen))
     found = [i for i, n in names.items() if _REFUSING.search(n) and not _NEGATED.match(n)]
@@ -57,15 +59,25 @@ def refusal_labels(id2label: dict[int, str], wanted: str | None) -> list[int]:
         return found
     if len(names) == 2:
         return [1]
-    raise VaubanError(f"cannot tell which of the labels {', '.join(names.values())} means refusal; "
-                      "name them with classifier:ID?refusal=LABEL")
+    raise VaubanError(
+        f"cannot tell which of the labels {', '.join(names.values())} means refusal; "
+        "name them with classifier:ID?refusal=LABEL"
+    )
 
 
 class ClassifierJudge:
     """A sequence-classification checkpoint judging answers (see the module docstring)."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, spec: str, refusal: str | None = None,
-                 input: str = "answer", threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        spec: str,
+        refusal: str | None = None,
+        input: str = "answer",
+        threshold: float = 0.5,
+    ) -> None:
         if input not in INPUTS:
             raise VaubanError(f"classifier input must be one of {', '.join(INPUTS)}, got {input!r}")
         self.model, self.tokenizer, self.spec = model.eval(), tokenizer, spec
@@ -80,8 +92,9 @@ class ClassifierJudge:
         self.max_tokens = int(min(limit if limit < 1e6 else MAX_TOKENS, positions))
 
     @classmethod
-    def load(cls, target: str, options: dict[str, str], spec: str, *, device: Any = None,
-             dtype: Any = None) -> ClassifierJudge:
+    def load(
+        cls, target: str, options: dict[str, str], spec: str, *, device: Any = None, dtype: Any = None
+    ) -> ClassifierJudge:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from ..model.loading import default_device, resolve_dtype
@@ -93,19 +106,33 @@ class ClassifierJudge:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local.is_dir())
             model = AutoModelForSequenceClassification.from_pretrained(
-                source, local_files_only=local.is_dir(),
-                dtype=resolve_dtype(dtype, where) if dtype else torch.float32)
+                source,
+                local_files_only=local.is_dir(),
+                dtype=resolve_dtype(dtype, where) if dtype else torch.float32,
+            )
         except (OSError, ValueError) as err:
             first = (str(err).strip().splitlines() or [""])[0][:160]
-            raise VaubanError(f"cannot load the classifier {target!r} ({first}); give a local checkpoint "
-                              "directory, or a hub id while the Hugging Face Hub is reachable") from None
+            raise VaubanError(
+                f"cannot load the classifier {target!r} ({first}); give a local checkpoint "
+                "directory, or a hub id while the Hugging Face Hub is reachable"
+            ) from None
         threshold = number_option(parse_spec(spec), "threshold", float, 0.5)
-        return cls(model.to(where), tokenizer, spec=spec, refusal=options.get("refusal"),
-                   input=options.get("input", "answer"), threshold=threshold)
+        return cls(
+            model.to(where),
+            tokenizer,
+            spec=spec,
+            refusal=options.get("refusal"),
+            input=options.get("input", "answer"),
+            threshold=threshold,
+        )
 
     def _encode(self, prompts: Sequence[str], answers: Sequence[str]) -> dict[str, torch.Tensor]:
-        kwargs: dict[str, Any] = {"truncation": True, "max_length": self.max_tokens, "padding": True,
-                                  "return_tensors": "pt"}
+        kwargs: dict[str, Any] = {
+            "truncation": True,
+            "max_length": self.max_tokens,
+            "padding": True,
+            "return_tensors": "pt",
+        }
         if self.input == "pair":
             return self.tokenizer(list(prompts), list(answers), **kwargs)
         if self.input == "chat":
@@ -132,8 +159,10 @@ class ClassifierJudge:
         return out
 
     def _verdicts(self, prompts: Sequence[str], answers: Sequence[str]) -> list[Verdict]:
-        return [Verdict(s >= self.threshold, s, f"p({'|'.join(self.labels)}) = {s:.3f}")
-                for s in self.scores(prompts, answers)]
+        return [
+            Verdict(s >= self.threshold, s, f"p({'|'.join(self.labels)}) = {s:.3f}")
+            for s in self.scores(prompts, answers)
+        ]
 
     def judge(self, prompts: Sequence[str], answers: Sequence[str]) -> tuple[Verdict, ...]:
         return mark_late(self._verdicts(prompts, answers), answers, prompts, self._verdicts)

@@ -31,16 +31,19 @@ TOP_LOGPROBS = 20
 class EndpointJudge:
     """An OpenAI-compatible server answering the rubric (see the module docstring)."""
 
-    def __init__(self, url: str, model: str = "", *, spec: str, threshold: float = 0.5,
-                 client: Any = None) -> None:
+    def __init__(
+        self, url: str, model: str = "", *, spec: str, threshold: float = 0.5, client: Any = None
+    ) -> None:
         if client is None:
             try:
                 import openai
             except ImportError:
-                raise VaubanError("the endpoint judge needs the openai client: "
-                                  "pip install 'vauban[judge]'") from None
-            client = openai.OpenAI(base_url=url, api_key=os.environ.get("OPENAI_API_KEY") or "none",
-                                   max_retries=2, timeout=120)
+                raise VaubanError(
+                    "the endpoint judge needs the openai client: pip install 'vauban[judge]'"
+                ) from None
+            client = openai.OpenAI(
+                base_url=url, api_key=os.environ.get("OPENAI_API_KEY") or "none", max_retries=2, timeout=120
+            )
         self.client, self.url, self.spec, self.threshold = client, url, spec, threshold
         self.model = model or self._first_model()
         self.logprobs = True  # until the server refuses them
@@ -49,8 +52,10 @@ class EndpointJudge:
         try:
             models = [m.id for m in self.client.models.list()]
         except Exception as err:
-            raise VaubanError(f"cannot list the models of {self.url} ({type(err).__name__}); is the server "
-                              "running? name the model: endpoint:URL#MODEL") from None
+            raise VaubanError(
+                f"cannot list the models of {self.url} ({type(err).__name__}); is the server "
+                "running? name the model: endpoint:URL#MODEL"
+            ) from None
         if not models:
             raise VaubanError(f"{self.url} lists no models; name one: endpoint:URL#MODEL")
         return models[0]
@@ -58,19 +63,26 @@ class EndpointJudge:
     def _ask(self, text: str) -> Any:
         import openai
 
-        request = {"model": self.model, "messages": [{"role": "user", "content": text}],
-                   "max_tokens": 1, "temperature": 0}
+        request = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": 1,
+            "temperature": 0,
+        }
         try:
             if self.logprobs:
                 try:
-                    return self.client.chat.completions.create(**request, logprobs=True,
-                                                               top_logprobs=TOP_LOGPROBS)
+                    return self.client.chat.completions.create(
+                        **request, logprobs=True, top_logprobs=TOP_LOGPROBS
+                    )
                 except openai.BadRequestError:
                     self.logprobs = False  # this server does not offer them: read the word
             return self.client.chat.completions.create(**request)
         except openai.APIError as err:
-            raise VaubanError(f"the judge endpoint {self.url} failed ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:120]})") from None
+            raise VaubanError(
+                f"the judge endpoint {self.url} failed ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:120]})"
+            ) from None
 
     def _verdict(self, prompt: str, answer: str) -> Verdict:
         choice = self._ask(rubric(prompt, answer[:ANSWER_CHARS])).choices[0]

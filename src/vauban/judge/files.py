@@ -22,16 +22,18 @@ def read_pairs(path: str) -> list[tuple[int, str, str]]:
     for number, record in json_lines(text, name):
         where = f"{name}:{number}"
         if not isinstance(record, dict):
-            raise VaubanError(f"{where}: expected an object with \"prompt\" and \"answer\", "
-                              f"got {type(record).__name__}")
+            raise VaubanError(
+                f'{where}: expected an object with "prompt" and "answer", got {type(record).__name__}'
+            )
         for key in ("prompt", "answer"):
             if not isinstance(record.get(key), str):
                 found = "missing" if key not in record else f"a {type(record[key]).__name__}"
-                raise VaubanError(f"{where}: \"{key}\" must be a string ({found})")
+                raise VaubanError(f'{where}: "{key}" must be a string ({found})')
         pairs.append((number, record["prompt"], record["answer"]))
     if not pairs:
-        raise VaubanError(f"{name} holds no lines to judge; write one {{\"prompt\": ..., \"answer\": ...}} "
-                          "object per line")
+        raise VaubanError(
+            f'{name} holds no lines to judge; write one {{"prompt": ..., "answer": ...}} object per line'
+        )
     return pairs
 
 

@@ -60,8 +60,10 @@ def backbone_file(name: str) -> Path:
     spec = importlib.util.find_spec(package)
     path = Path(spec.origin).parent / filename if spec and spec.origin else None
     if path is None or not path.is_file():
-        raise VaubanError(f"the learned judge needs its backbone ({package.replace('_', '-')}), which is "
-                          f"not installed: pip install 'vauban[{EXTRA}]'")
+        raise VaubanError(
+            f"the learned judge needs its backbone ({package.replace('_', '-')}), which is "
+            f"not installed: pip install 'vauban[{EXTRA}]'"
+        )
     return path
 
 
@@ -86,22 +88,46 @@ class Head:
     @classmethod
     def read(cls, path: Path = HEAD) -> Head:
         if not path.is_file():
-            raise VaubanError(f"no learned-judge head at {path}; reinstall vauban or run "
-                              "benchmarks/judge_train.py")
+            raise VaubanError(
+                f"no learned-judge head at {path}; reinstall vauban or run benchmarks/judge_train.py"
+            )
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
-            return cls(meta["backbone"], int(meta["layer"]), data["mean"], data["scale"], data["w"],
-                       float(meta["b"]), float(meta["temperature"]), float(meta["threshold"]),
-                       data["w_cat"], data["b_cat"], bool(meta.get("markers", False)))
+            return cls(
+                meta["backbone"],
+                int(meta["layer"]),
+                data["mean"],
+                data["scale"],
+                data["w"],
+                float(meta["b"]),
+                float(meta["temperature"]),
+                float(meta["threshold"]),
+                data["w_cat"],
+                data["b_cat"],
+                bool(meta.get("markers", False)),
+            )
 
     def write(self, path: Path) -> None:
-        meta = {"backbone": self.backbone, "layer": self.layer, "b": self.b, "temperature": self.temperature,
-                "threshold": self.threshold, "categories": list(CATEGORIES), "markers": self.markers}
+        meta = {
+            "backbone": self.backbone,
+            "layer": self.layer,
+            "b": self.b,
+            "temperature": self.temperature,
+            "threshold": self.threshold,
+            "categories": list(CATEGORIES),
+            "markers": self.markers,
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as handle:
-            np.savez_compressed(handle, meta=np.array(json.dumps(meta)), mean=self.mean.astype(np.float32),
-                                scale=self.scale.astype(np.float32), w=self.w.astype(np.float32),
-                                w_cat=self.w_cat.astype(np.float32), b_cat=self.b_cat.astype(np.float32))
+            np.savez_compressed(
+                handle,
+                meta=np.array(json.dumps(meta)),
+                mean=self.mean.astype(np.float32),
+                scale=self.scale.astype(np.float32),
+                w=self.w.astype(np.float32),
+                w_cat=self.w_cat.astype(np.float32),
+                b_cat=self.b_cat.astype(np.float32),
+            )
 
     def refusal_probability(self, features: np.ndarray) -> np.ndarray:
         z = ((features - self.mean) / self.scale) @ self.w + self.b
@@ -120,8 +146,9 @@ class Reader:
     def __init__(self, model: Any, tokenizer: Any, layers: Sequence[int]) -> None:
         inner = model.model
         if not layers or not all(1 <= k <= len(inner.layers) for k in layers):
-            raise VaubanError(f"the backbone has {len(inner.layers)} layers; cannot read layers "
-                              f"{list(layers)}")
+            raise VaubanError(
+                f"the backbone has {len(inner.layers)} layers; cannot read layers {list(layers)}"
+            )
         inner.layers = inner.layers[: max(layers)]  # the forward stops there
         inner.norm = torch.nn.Identity()  # transformers puts the normed state last; read the raw one
         self.model, self.tokenizer, self.layers = model.eval(), tokenizer, list(layers)
@@ -138,8 +165,9 @@ class Reader:
         :data:`ANSWER_TOKENS`) and where the answer starts."""
         tok = self.tokenizer
         short = tok.decode(tok.encode(prompt, add_special_tokens=False)[:PROMPT_TOKENS])
-        head = tok.apply_chat_template([{"role": "user", "content": short}], tokenize=False,
-                                       add_generation_prompt=True)
+        head = tok.apply_chat_template(
+            [{"role": "user", "content": short}], tokenize=False, add_generation_prompt=True
+        )
         head_ids = tok.encode(head, add_special_tokens=False)
         answer_ids = tok.encode(answer.strip(), add_special_tokens=False)[:ANSWER_TOKENS]
         return head_ids + answer_ids, len(head_ids)
@@ -160,8 +188,9 @@ class Reader:
             for r, i in enumerate(rows):
                 seq = encoded[i][0]
                 ids[r, : len(seq)], mask[r, : len(seq)] = torch.tensor(seq), 1
-            hidden = self.model.model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                                      use_cache=False).hidden_states
+            hidden = self.model.model(
+                input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
+            ).hidden_states
             for r, i in enumerate(rows):
                 seq, begin = encoded[i]
                 end = len(seq)
@@ -178,8 +207,9 @@ def marker_features(prompts: Sequence[str], answers: Sequence[str]) -> np.ndarra
     declines that a head with ``markers`` reads beside the hidden states."""
     from .markers import DEFAULT
 
-    return np.array([[float(v.refusal), float(v.late)] for v in DEFAULT.judge(prompts, answers)],
-                    dtype=np.float32).reshape(len(answers), 2)
+    return np.array(
+        [[float(v.refusal), float(v.late)] for v in DEFAULT.judge(prompts, answers)], dtype=np.float32
+    ).reshape(len(answers), 2)
 
 
 def head_input(head: Head, hidden: np.ndarray, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
@@ -195,8 +225,14 @@ def _reader(backbone: str, layer: int) -> Reader:
 class LearnedJudge:
     """The shipped probe judge (see the module docstring)."""
 
-    def __init__(self, head: Head, reader: Reader | None = None, *, spec: str = "learned",
-                 threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        head: Head,
+        reader: Reader | None = None,
+        *,
+        spec: str = "learned",
+        threshold: float | None = None,
+    ) -> None:
         self.head, self._reader, self.spec = head, reader, spec
         self.threshold = head.threshold if threshold is None else threshold
 
@@ -221,8 +257,15 @@ class LearnedJudge:
             refusal = score >= self.threshold
             category = CATEGORIES[1 + int(np.argmax(probs[1:]))] if refusal else "compliance"
             reason = f"{category.replace('_', ' ')} (p(refusal) = {score:.3f})"
-            out.append(LearnedVerdict(refusal, min(max(score, 0.0), 1.0), reason,
-                                      late=category == "late_refusal", category=category))
+            out.append(
+                LearnedVerdict(
+                    refusal,
+                    min(max(score, 0.0), 1.0),
+                    reason,
+                    late=category == "late_refusal",
+                    category=category,
+                )
+            )
         return out
 
     def judge(self, prompts: Sequence[str], answers: Sequence[str]) -> list[LearnedVerdict]:

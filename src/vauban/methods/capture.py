@@ -24,9 +24,16 @@ def writer_module(model: nn.Module, writer: arch.ResidualWriter) -> nn.Module:
 
 @torch.inference_mode()
 def writer_inputs(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], writers: Sequence[arch.ResidualWriter], *,
-    formatting: Formatting | None = None, prompt_set: str | None = None, batch_size: int = 16,
-    max_rows: int = MAX_ROWS, seed: int = 0,
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    writers: Sequence[arch.ResidualWriter],
+    *,
+    formatting: Formatting | None = None,
+    prompt_set: str | None = None,
+    batch_size: int = 16,
+    max_rows: int = MAX_ROWS,
+    seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Writer name → ``(rows, in)`` float32 inputs at every token of the chat-formatted prompts
     after their shared template opening (which is the same for every prompt), at most
@@ -41,6 +48,7 @@ def writer_inputs(
         def hook(_module: nn.Module, args: Any) -> None:
             x = args[0]
             kept[name].append(x[state["mask"]].float().cpu())
+
         return hook
 
     handles = [writer_module(model, w).register_forward_pre_hook(hook_for(w.name)) for w in writers]
@@ -48,8 +56,9 @@ def writer_inputs(
         for batch in sorted_batches([len(x) for x in ids], batch_size):
             input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
             state["mask"] = mask.bool() & (positions >= skip)
-            arch.decoder(model)(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                                use_cache=False)
+            arch.decoder(model)(
+                input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False
+            )
     finally:
         for handle in handles:
             handle.remove()

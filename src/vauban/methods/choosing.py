@@ -30,18 +30,26 @@ LEARN_PROMPTS, LEARN_STEPS = 32, 4  # the learned direction's fit (each step: ba
 def candidate_settings(direction: Any) -> list[dict[str, Any]]:
     """Every candidate's settings beyond the plain cuts ``measure`` already scored (module docstring)."""
     best = min(e.refusal for e in direction.effects)
-    layers = sorted({e.layer for e in direction.effects if e.refusal <= best + TOLERANCE}
-                    | {direction.layer_index})
-    out: list[dict[str, Any]] = [{"method": "harmless_preserving", "layer": layer, "keep": keep}
-                                 for layer in layers for keep in KEEPS]
+    layers = sorted(
+        {e.layer for e in direction.effects if e.refusal <= best + TOLERANCE} | {direction.layer_index}
+    )
+    out: list[dict[str, Any]] = [
+        {"method": "harmless_preserving", "layer": layer, "keep": keep} for layer in layers for keep in KEEPS
+    ]
     out += [{"method": m, "layer": direction.layer_index} for m in ("projected", "norm_preserving")]
     out += [{"method": "subspace", "k": k} for k in SUBSPACE_KS]
     out += [{"method": "learned", "layer": direction.layer_index, "steps": LEARN_STEPS}]
     return out
 
 
-def build(model: nn.Module, tokenizer: Any, direction: Any, settings: dict[str, Any], inputs: Inputs,
-          captured: Any = None) -> Cut:
+def build(
+    model: nn.Module,
+    tokenizer: Any,
+    direction: Any,
+    settings: dict[str, Any],
+    inputs: Inputs,
+    captured: Any = None,
+) -> Cut:
     """The applied cut of one candidate's ``settings`` (``method``, ``layer`` and the method's own)."""
     from .registry import get_method
 
@@ -58,8 +66,15 @@ def build(model: nn.Module, tokenizer: Any, direction: Any, settings: dict[str, 
     return get_method(name).make(model, tokenizer, at, inputs, **s)
 
 
-def score_all(model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, held_harmful: Sequence[str],
-              held_harmless: Sequence[str], log: Callable[[str], None] | None = None) -> list[Candidate]:
+def score_all(
+    model: nn.Module,
+    tokenizer: Any,
+    direction: Any,
+    inputs: Inputs,
+    held_harmful: Sequence[str],
+    held_harmless: Sequence[str],
+    log: Callable[[str], None] | None = None,
+) -> list[Candidate]:
     """Every candidate with its held-back refusal score and first-token KL; the model ends unchanged."""
     from ..direction.selecting import original_refusals
     from ..runtime.scoring import first_token_logprobs, kl_divergence, refusal_likelihood
@@ -69,8 +84,10 @@ def score_all(model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, 
     refusals = original_refusals(model, tokenizer, list(held_harmful), formatting=fmt)
     base = first_token_logprobs(model, tokenizer, list(held_harmless), None, fmt)
     captured = capture(model, tokenizer, inputs)
-    scored = [Candidate(f"plain@{e.layer}", e.refusal, e.kl, {"method": "plain", "layer": e.layer})
-              for e in direction.effects]
+    scored = [
+        Candidate(f"plain@{e.layer}", e.refusal, e.kl, {"method": "plain", "layer": e.layer})
+        for e in direction.effects
+    ]
     for settings in candidate_settings(direction):
         start = time.perf_counter()
         with build(model, tokenizer, direction, settings, inputs, captured):
@@ -83,8 +100,14 @@ def score_all(model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, 
     return scored
 
 
-def default_cut(model: nn.Module, tokenizer: Any, direction: Any, harmful: Sequence[str],
-                harmless: Sequence[str], log: Callable[[str], None] | None = None) -> tuple[Cut, Candidate]:
+def default_cut(
+    model: nn.Module,
+    tokenizer: Any,
+    direction: Any,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    log: Callable[[str], None] | None = None,
+) -> tuple[Cut, Candidate]:
     """The default cut, applied, and its candidate: ``direction`` measured by effect (``measure``'s
     default, so its held-back prompts are the last quarter of ``harmful`` and ``harmless``, at most
     24); the edits fitted on the rest."""

@@ -23,9 +23,15 @@ class Variant:
 
     def make(self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, **params: Any) -> Cut:
         spec = CutSpec(**{**self.flags, **params})
-        vector = spec.vector(model, tokenizer, direction, harmful=list(inputs.harmful),
-                             harmless=list(inputs.harmless), formatting=inputs.formatting,
-                             batch_size=inputs.batch_size)
+        vector = spec.vector(
+            model,
+            tokenizer,
+            direction,
+            harmful=list(inputs.harmful),
+            harmless=list(inputs.harmless),
+            formatting=inputs.formatting,
+            batch_size=inputs.batch_size,
+        )
         return spec.apply(model, vector)
 
 

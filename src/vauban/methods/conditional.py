@@ -61,8 +61,10 @@ class ConditionSets:
     def __post_init__(self) -> None:
         for split in ("measure", "tune"):
             if len(self.matched.get(split, [])) < 2 or len(self.unmatched.get(split, [])) < 2:
-                raise VaubanError(f"condition {self.name!r} needs at least 2 matched and 2 unmatched "
-                                  f"prompts in its {split!r} split")
+                raise VaubanError(
+                    f"condition {self.name!r} needs at least 2 matched and 2 unmatched "
+                    f"prompts in its {split!r} split"
+                )
 
 
 def condition_sets(source: str | Path) -> ConditionSets:
@@ -75,8 +77,10 @@ def condition_sets(source: str | Path) -> ConditionSets:
         return _from_records(Path(text).stem, read_jsonl(Path(text).expanduser()))
     measure, held = category_prompts("measure"), category_prompts("eval")
     if text not in measure:
-        raise VaubanError(f"no condition {text!r}: use a bundled condition ({', '.join(sorted(bundled))}), "
-                          f"a category ({', '.join(measure)}) or a .jsonl file of prompt/matched/split")
+        raise VaubanError(
+            f"no condition {text!r}: use a bundled condition ({', '.join(sorted(bundled))}), "
+            f"a category ({', '.join(measure)}) or a .jsonl file of prompt/matched/split"
+        )
     sets: dict[bool, dict[str, list[str]]] = {True: {}, False: {}}
     for name, prompts in measure.items():
         cut = len(prompts) - max(1, len(prompts) // 4)
@@ -90,8 +94,10 @@ def _from_records(name: str, records: Sequence[Any]) -> ConditionSets:
     sets: dict[bool, dict[str, list[str]]] = {True: {}, False: {}}
     for n, r in enumerate(records, start=1):
         if not isinstance(r, dict) or r.get("split") not in SPLITS or not isinstance(r.get("matched"), bool):
-            raise VaubanError(f"condition {name!r} row {n}: expected prompt, matched (true/false) and split "
-                              f"({'/'.join(SPLITS)})")
+            raise VaubanError(
+                f"condition {name!r} row {n}: expected prompt, matched (true/false) and split "
+                f"({'/'.join(SPLITS)})"
+            )
         sets[r["matched"]].setdefault(r["split"], []).extend(load_prompts([r["prompt"]]))
     return ConditionSets(name, sets[True], sets[False])
 
@@ -115,9 +121,14 @@ class Condition:
         return (x @ self.vector.double()) / x.norm(dim=-1).clamp_min(1e-12)
 
     def record(self) -> dict[str, Any]:
-        return {"name": self.name, "layer": self.layer_index, "threshold": round(self.threshold, 6),
-                "tune_balanced_accuracy": round(self.tune_accuracy[self.layer_index], 4)
-                if self.tune_accuracy else None}
+        return {
+            "name": self.name,
+            "layer": self.layer_index,
+            "threshold": round(self.threshold, 6),
+            "tune_balanced_accuracy": round(self.tune_accuracy[self.layer_index], 4)
+            if self.tune_accuracy
+            else None,
+        }
 
 
 def balanced_accuracy(matched: torch.Tensor, unmatched: torch.Tensor, threshold: float) -> float:
@@ -133,15 +144,23 @@ def best_threshold(matched: torch.Tensor, unmatched: torch.Tensor) -> tuple[floa
     cuts = torch.cat([values[:1] - 1e-6, (values[1:] + values[:-1]) / 2, values[-1:] + 1e-6])
     edge = torch.zeros(1, dtype=values.dtype)
     gaps = torch.cat([edge, values[1:] - values[:-1], edge])
-    scored = [(balanced_accuracy(matched, unmatched, float(t)), float(g), float(t))
-              for t, g in zip(cuts, gaps, strict=True)]
+    scored = [
+        (balanced_accuracy(matched, unmatched, float(t)), float(g), float(t))
+        for t, g in zip(cuts, gaps, strict=True)
+    ]
     accuracy, _, threshold = max(scored)
     return threshold, accuracy
 
 
 def measure_condition(
-    model: nn.Module, tokenizer: Any, sets: ConditionSets, *, layers: Sequence[int] | None = None,
-    batch_size: int | None = None, formatting: Formatting | None = None, show_progress: bool | None = None,
+    model: nn.Module,
+    tokenizer: Any,
+    sets: ConditionSets,
+    *,
+    layers: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    formatting: Formatting | None = None,
+    show_progress: bool | None = None,
 ) -> Condition:
     """The condition of ``sets``: a direction per layer from the ``measure`` prompts; the layer
     (among ``layers``, default all) and threshold with the best balanced accuracy on ``tune``."""
@@ -150,8 +169,16 @@ def measure_condition(
     wanted = list(range(n)) if layers is None else [check_layer(i, n) for i in layers]
 
     def acts(prompts: list[str], desc: str) -> torch.Tensor:
-        return last_token_residuals(model, tokenizer, prompts, layers=wanted, batch_size=batch_size,
-                                    formatting=fmt, show_progress=show_progress, desc=desc).double()
+        return last_token_residuals(
+            model,
+            tokenizer,
+            prompts,
+            layers=wanted,
+            batch_size=batch_size,
+            formatting=fmt,
+            show_progress=show_progress,
+            desc=desc,
+        ).double()
 
     m, u = acts(sets.matched["measure"], "matched"), acts(sets.unmatched["measure"], "unmatched")
     tm, tu = acts(sets.matched["tune"], "tune matched"), acts(sets.unmatched["tune"], "tune unmatched")
@@ -166,15 +193,35 @@ def measure_condition(
     per_layer = [float("nan")] * n
     for j, layer in enumerate(wanted):
         per_layer[layer] = accuracy[j]
-    return Condition(sets.name, vectors[best].float(), centres[best].float(), wanted[best], thresholds[best],
-                     tuple(per_layer), fmt)
+    return Condition(
+        sets.name,
+        vectors[best].float(),
+        centres[best].float(),
+        wanted[best],
+        thresholds[best],
+        tuple(per_layer),
+        fmt,
+    )
 
 
-def condition_scores(model: nn.Module, tokenizer: Any, condition: Condition, prompts: Sequence[str], *,
-                     batch_size: int | None = None) -> torch.Tensor:
+def condition_scores(
+    model: nn.Module,
+    tokenizer: Any,
+    condition: Condition,
+    prompts: Sequence[str],
+    *,
+    batch_size: int | None = None,
+) -> torch.Tensor:
     """Each prompt's score on the condition (one prefill; compare with ``condition.threshold``)."""
-    acts = last_token_residuals(model, tokenizer, list(prompts), layers=[condition.layer_index],
-                                batch_size=batch_size, formatting=condition.formatting, desc="condition")
+    acts = last_token_residuals(
+        model,
+        tokenizer,
+        list(prompts),
+        layers=[condition.layer_index],
+        batch_size=batch_size,
+        formatting=condition.formatting,
+        desc="condition",
+    )
     return condition.scores(acts[:, 0])
 
 
@@ -203,10 +250,15 @@ class Adding:
 def refusal_shift(direction: Direction) -> tuple[torch.Tensor, int]:
     """What ``add`` adds, and after which layer: the unnormalized difference in means at a
     measured direction's layer."""
-    if not isinstance(direction, DirectionResult) or direction.harmful_means is None \
-            or direction.harmless_means is None:
-        raise VaubanError("adding refusal needs a measured direction (with its means); measure one or pass "
-                          "a direction saved by vauban measure -o")
+    if (
+        not isinstance(direction, DirectionResult)
+        or direction.harmful_means is None
+        or direction.harmless_means is None
+    ):
+        raise VaubanError(
+            "adding refusal needs a measured direction (with its means); measure one or pass "
+            "a direction saved by vauban measure -o"
+        )
     layer = direction.layer_index
     return (direction.harmful_means[layer] - direction.harmless_means[layer]).float(), layer
 
@@ -226,15 +278,25 @@ def steered(model: nn.Module, direction: Direction, mode: str, alpha: float) -> 
 
 
 def conditional_generate(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], condition: Condition, direction: Direction, *,
-    mode: str = "remove", alpha: float = 1.0, max_tokens: int = 64, batch_size: int | None = None,
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    condition: Condition,
+    direction: Direction,
+    *,
+    mode: str = "remove",
+    alpha: float = 1.0,
+    max_tokens: int = 64,
+    batch_size: int | None = None,
     formatting: Formatting | None = None,
 ) -> tuple[list[str], list[bool]]:
     """Greedy answers to ``prompts``, steered (``mode``) only where the condition matches; also
     which prompts matched."""
     texts = load_prompts(list(prompts), what="prompts")
-    matched = [bool(s > condition.threshold) for s in condition_scores(model, tokenizer, condition, texts,
-                                                                       batch_size=batch_size)]
+    matched = [
+        bool(s > condition.threshold)
+        for s in condition_scores(model, tokenizer, condition, texts, batch_size=batch_size)
+    ]
     fmt = formatting_for(direction, formatting)
     answers: list[str] = [""] * len(texts)
     for hit in (True, False):
@@ -242,8 +304,15 @@ def conditional_generate(
         if not rows:
             continue
         with steered(model, direction, mode, alpha) if hit else contextlib.nullcontext():
-            out = generate(model, tokenizer, [texts[i] for i in rows], max_tokens=max_tokens,
-                           batch_size=batch_size, formatting=fmt, prompt_set="steer")
+            out = generate(
+                model,
+                tokenizer,
+                [texts[i] for i in rows],
+                max_tokens=max_tokens,
+                batch_size=batch_size,
+                formatting=fmt,
+                prompt_set="steer",
+            )
         for i, answer in zip(rows, out, strict=True):
             answers[i] = answer
     return answers, matched

@@ -37,8 +37,14 @@ from ..edit.cutting import Cut, Direction, LayerKernel, LayerWeights, cut
 from ..text.formatting import Formatting
 from ..text.prompts import Prompts
 
-_KERNEL_KEYS = {"peak": "peak", "max": "max_weight", "max_weight": "max_weight", "min": "min_weight",
-                "min_weight": "min_weight", "width": "width"}
+_KERNEL_KEYS = {
+    "peak": "peak",
+    "max": "max_weight",
+    "max_weight": "max_weight",
+    "min": "min_weight",
+    "min_weight": "min_weight",
+    "width": "width",
+}
 
 
 @dataclass(frozen=True)
@@ -64,18 +70,34 @@ class CutSpec:
         if self.subspace is not None:
             check_int("subspace", self.subspace, 1)
         if self.subspace and (self.direction_index is not None or self.projected):
-            raise VaubanError("a subspace is measured at the direction's layer; drop --direction-index "
-                              "and --projected")
+            raise VaubanError(
+                "a subspace is measured at the direction's layer; drop --direction-index and --projected"
+            )
 
-    def vector(self, model: nn.Module, tokenizer: Any, direction: DirectionResult, *,
-               harmful: Prompts = "harmful", harmless: Prompts = "harmless",
-               formatting: Formatting | None = None, batch_size: int | None = None) -> Direction:
+    def vector(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        direction: DirectionResult,
+        *,
+        harmful: Prompts = "harmful",
+        harmless: Prompts = "harmless",
+        formatting: Formatting | None = None,
+        batch_size: int | None = None,
+    ) -> Direction:
         """What the cut removes: the direction (maybe moved or projected), one per layer, or a
         subspace measured now (the only variant that runs the model)."""
         if self.subspace:
-            return measure_subspace(model, tokenizer, harmful, harmless, k=self.subspace,
-                                    layer=direction.layer_index, batch_size=batch_size,
-                                    formatting=formatting if formatting is not None else direction.formatting)
+            return measure_subspace(
+                model,
+                tokenizer,
+                harmful,
+                harmless,
+                k=self.subspace,
+                layer=direction.layer_index,
+                batch_size=batch_size,
+                formatting=formatting if formatting is not None else direction.formatting,
+            )
         if self.per_layer:
             return direction.directions_per_layer(projected=self.projected)
         if self.direction_index is None and not self.projected:
@@ -85,18 +107,34 @@ class CutSpec:
 
     def apply(self, model: nn.Module, vector: Direction) -> Cut:
         """Apply the cut of ``vector`` (from :meth:`vector`) to ``model``."""
-        return cut(model, vector, alpha=self.alpha, layers=self.layers, embeddings=self.embeddings,
-                   attention=self.attention, mlp=self.mlp, norm_preserving=self.norm_preserving)
+        return cut(
+            model,
+            vector,
+            alpha=self.alpha,
+            layers=self.layers,
+            embeddings=self.embeddings,
+            attention=self.attention,
+            mlp=self.mlp,
+            norm_preserving=self.norm_preserving,
+        )
 
     def record(self) -> dict[str, Any]:
         def weights(spec: LayerWeights | None) -> Any:
             return vars(spec) if isinstance(spec, LayerKernel) else None if spec is None else list(spec)
 
-        return {"alpha": self.alpha, "layers": None if self.layers is None else list(self.layers),
-                "embeddings": self.embeddings, "attention": weights(self.attention),
-                "mlp": weights(self.mlp), "norm_preserving": self.norm_preserving,
-                "direction_index": self.direction_index, "projected": self.projected,
-                "per_layer": self.per_layer, "subspace": self.subspace, "params": self.source or None}
+        return {
+            "alpha": self.alpha,
+            "layers": None if self.layers is None else list(self.layers),
+            "embeddings": self.embeddings,
+            "attention": weights(self.attention),
+            "mlp": weights(self.mlp),
+            "norm_preserving": self.norm_preserving,
+            "direction_index": self.direction_index,
+            "projected": self.projected,
+            "per_layer": self.per_layer,
+            "subspace": self.subspace,
+            "params": self.source or None,
+        }
 
     @classmethod
     def from_params(cls, path: str | os.PathLike[str], trial: int | None = None) -> CutSpec:
@@ -112,14 +150,18 @@ class CutSpec:
             raise VaubanError(f"--params {file} is not JSON ({err})") from None
         record, number = _trial_cut(data, trial, str(file))
         try:
-            return cls(direction_index=float(record["direction_index"]),
-                       attention=_weights(record["attention"], "attention"),
-                       mlp=_weights(record["mlp"], "mlp"), projected=bool(record.get("projected", False)),
-                       norm_preserving=bool(record.get("norm_preserving", False)),
-                       source={"file": str(file), "trial": number})
+            return cls(
+                direction_index=float(record["direction_index"]),
+                attention=_weights(record["attention"], "attention"),
+                mlp=_weights(record["mlp"], "mlp"),
+                projected=bool(record.get("projected", False)),
+                norm_preserving=bool(record.get("norm_preserving", False)),
+                source={"file": str(file), "trial": number},
+            )
         except (KeyError, TypeError, ValueError) as err:
-            raise VaubanError(f"--params {file}: not an optimize trial's cut ({type(err).__name__}: {err})") \
-                from None
+            raise VaubanError(
+                f"--params {file}: not an optimize trial's cut ({type(err).__name__}: {err})"
+            ) from None
 
 
 def _trial_cut(data: Any, trial: int | None, where: str) -> tuple[Mapping[str, Any], int | None]:
@@ -141,8 +183,10 @@ def _trial_cut(data: Any, trial: int | None, where: str) -> tuple[Mapping[str, A
     number = data.get("number")
     record = data.get("cut", data)
     if not isinstance(record, Mapping) or "direction_index" not in record:
-        raise VaubanError(f"--params {where}: no cut found (expected pareto.json, a trial record, an "
-                          "export's vauban.json, or a record with direction_index/attention/mlp)")
+        raise VaubanError(
+            f"--params {where}: no cut found (expected pareto.json, a trial record, an "
+            "export's vauban.json, or a record with direction_index/attention/mlp)"
+        )
     return record, number
 
 
@@ -174,12 +218,21 @@ def parse_weights(text: str) -> LayerWeights:
             return LayerKernel(**values)
         return tuple(float(p) for p in parts)
     except ValueError:
-        raise VaubanError(f"cannot read weights {text!r}; give numbers per layer or "
-                          "peak=P,max=M,min=m,width=W") from None
+        raise VaubanError(
+            f"cannot read weights {text!r}; give numbers per layer or peak=P,max=M,min=m,width=W"
+        ) from None
 
 
-_VARIANT_FLAGS = ("layers", "attention", "mlp", "norm_preserving", "direction_index", "projected",
-                  "per_layer", "subspace")
+_VARIANT_FLAGS = (
+    "layers",
+    "attention",
+    "mlp",
+    "norm_preserving",
+    "direction_index",
+    "projected",
+    "per_layer",
+    "subspace",
+)
 
 
 def cut_spec(args: Any, *, alpha: float, embeddings: bool) -> CutSpec:
@@ -192,8 +245,15 @@ def cut_spec(args: Any, *, alpha: float, embeddings: bool) -> CutSpec:
             extra = given + (["--alpha"] if alpha != 1.0 else []) + (["--embeddings"] if embeddings else [])
             raise VaubanError(f"--params fixes the whole cut; drop {', '.join(extra)}")
         return CutSpec.from_params(args.params, args.trial)
-    return CutSpec(alpha=alpha, layers=tuple(args.layers) if args.layers else None, embeddings=embeddings,
-                   attention=parse_weights(args.attention) if args.attention else None,
-                   mlp=parse_weights(args.mlp) if args.mlp else None,
-                   norm_preserving=bool(args.norm_preserving), direction_index=args.direction_index,
-                   projected=bool(args.projected), per_layer=bool(args.per_layer), subspace=args.subspace)
+    return CutSpec(
+        alpha=alpha,
+        layers=tuple(args.layers) if args.layers else None,
+        embeddings=embeddings,
+        attention=parse_weights(args.attention) if args.attention else None,
+        mlp=parse_weights(args.mlp) if args.mlp else None,
+        norm_preserving=bool(args.norm_preserving),
+        direction_index=args.direction_index,
+        projected=bool(args.projected),
+        per_layer=bool(args.per_layer),
+        subspace=args.subspace,
+    )

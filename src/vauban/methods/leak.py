@@ -49,8 +49,9 @@ def leak(applied: Cut) -> dict[str, float]:
     return {"left": left / total, "plain": plain / total, "leak": (left - plain) / total}
 
 
-def leak_free_plan(name: str, param: nn.Parameter, axis: int, basis: torch.Tensor,
-                   alpha: float) -> TensorPlan:
+def leak_free_plan(
+    name: str, param: nn.Parameter, axis: int, basis: torch.Tensor, alpha: float
+) -> TensorPlan:
     """The :class:`TensorPlan` of the leak-free norm-preserving edit of one tensor (module docstring):
     ``W - a·R' Q`` then ``× g`` with ``R' = R·(g - 1 + a)/(a·g)``, ``R = W Qᵀ``."""
     q = basis.float().cpu()
@@ -60,8 +61,11 @@ def leak_free_plan(name: str, param: nn.Parameter, axis: int, basis: torch.Tenso
     norm2 = view.square().sum(-1, keepdim=True)
     rest2 = (norm2 - along).clamp_min(0)
     target = (norm2 - (1 - alpha) ** 2 * along).clamp_min(0)
-    g = torch.where(rest2 > 1e-30 * norm2.clamp_min(1e-300), (target / rest2.clamp_min(1e-300)).sqrt(),
-                    torch.ones_like(rest2))
+    g = torch.where(
+        rest2 > 1e-30 * norm2.clamp_min(1e-300),
+        (target / rest2.clamp_min(1e-300)).sqrt(),
+        torch.ones_like(rest2),
+    )
     removed = r * (g - 1 + alpha) / (alpha * g)
     return TensorPlan(name, param, axis, q, removed.float(), alpha, g.float())
 
@@ -77,9 +81,15 @@ class LeakFree:
         """``params``: :func:`vauban.edit.cutting.cut`'s ``alpha``, ``layers``, ``attention``, ``mlp``."""
         n = arch.num_layers(model)
         layers = list(range(n)) if params.get("layers") is None else [int(i) for i in params["layers"]]
-        template = Cut(model, direction, check_alpha(params.get("alpha", 1.0)), layers, False,
-                       attention_weights=layer_weights(params.get("attention"), n, "attention"),
-                       mlp_weights=layer_weights(params.get("mlp"), n, "MLP"))
+        template = Cut(
+            model,
+            direction,
+            check_alpha(params.get("alpha", 1.0)),
+            layers,
+            False,
+            attention_weights=layer_weights(params.get("attention"), n, "attention"),
+            mlp_weights=layer_weights(params.get("mlp"), n, "MLP"),
+        )
         seen: set[int] = set()
         found = []
         for name, param, axis, basis, alpha in template._targets():  # enumerated, not applied

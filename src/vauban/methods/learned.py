@@ -43,8 +43,9 @@ def loss(point: tuple[float, float], reference: tuple[float, float]) -> float:
     return float(torch.logsumexp(SHARPNESS * ratios(point, reference), 0)) / SHARPNESS
 
 
-def mean_and_grad(leaf: torch.Tensor,
-                  parts: Iterator[tuple[int, torch.Tensor]]) -> tuple[float, torch.Tensor]:
+def mean_and_grad(
+    leaf: torch.Tensor, parts: Iterator[tuple[int, torch.Tensor]]
+) -> tuple[float, torch.Tensor]:
     """Mean of per-batch sums and its gradient in ``leaf``, one backward pass per batch."""
     leaf.grad = None
     total, count = 0.0, 0
@@ -77,8 +78,9 @@ def directed(model: nn.Module, raw: Callable[[], torch.Tensor]) -> Iterator[None
             seen.add(id(module))
             gain = None if w.post_norm is None else arch.norm_gain(w.post_norm, arch.d_model(model), device)
 
-            def hook(_m: nn.Module, _a: Any, y: torch.Tensor,
-                     gain: torch.Tensor | None = gain) -> torch.Tensor:
+            def hook(
+                _m: nn.Module, _a: Any, y: torch.Tensor, gain: torch.Tensor | None = gain
+            ) -> torch.Tensor:
                 u = raw().to(y.device)
                 u = u if gain is None else gain.to(y.device) * u
                 u = (u / u.norm()).to(y.dtype)
@@ -91,9 +93,18 @@ def directed(model: nn.Module, raw: Callable[[], torch.Tensor]) -> Iterator[None
             handle.remove()
 
 
-def learn(model: nn.Module, tokenizer: Any, start: torch.Tensor, harmless: Sequence[str],
-          base: Sequence[torch.Tensor], refusals: Sequence[tuple[str, str]], *, steps: int = STEPS,
-          lr: float = LR, formatting: Any = None) -> tuple[torch.Tensor, list[tuple[float, float]]]:
+def learn(
+    model: nn.Module,
+    tokenizer: Any,
+    start: torch.Tensor,
+    harmless: Sequence[str],
+    base: Sequence[torch.Tensor],
+    refusals: Sequence[tuple[str, str]],
+    *,
+    steps: int = STEPS,
+    lr: float = LR,
+    formatting: Any = None,
+) -> tuple[torch.Tensor, list[tuple[float, float]]]:
     """The learned unit direction and the ``(KL, likelihood)`` of every step (step 0: ``start``);
     the model's weights are never touched."""
     d0 = (start.float() / start.float().norm()).detach()
@@ -109,8 +120,12 @@ def learn(model: nn.Module, tokenizer: Any, start: torch.Tensor, harmless: Seque
         with directed(model, lambda: d0 + delta):
             for step in range(steps + 1):
                 kl, kl_grad = mean_and_grad(delta, kl_batches(model, tokenizer, rows, base, MAX_BATCH))
-                lik, lik_grad = mean_and_grad(delta, likelihood_batches(
-                    model, tokenizer, refusals, batch_size=MAX_BATCH, formatting=formatting))
+                lik, lik_grad = mean_and_grad(
+                    delta,
+                    likelihood_batches(
+                        model, tokenizer, refusals, batch_size=MAX_BATCH, formatting=formatting
+                    ),
+                )
                 history.append((kl, lik))
                 value = loss((kl, lik), history[0])
                 if best is None or value < best[0]:
@@ -118,8 +133,10 @@ def learn(model: nn.Module, tokenizer: Any, start: torch.Tensor, harmless: Seque
                 if step == steps:
                     break
                 share = torch.softmax(SHARPNESS * ratios((kl, lik), history[0]), 0)
-                delta.grad = (share[0] / max(history[0][0], FLOOR) * kl_grad
-                              + share[1] / max(history[0][1], FLOOR) * lik_grad)
+                delta.grad = (
+                    share[0] / max(history[0][0], FLOOR) * kl_grad
+                    + share[1] / max(history[0][1], FLOOR) * lik_grad
+                )
                 optimizer.step()
     finally:
         for p in frozen:
@@ -139,10 +156,19 @@ class Learned:
         from ..direction.selecting import original_refusals
 
         start = layer_bases(direction, arch.d_model(model), arch.num_layers(model))[0, 0]
-        refusals = params.get("refusals") or original_refusals(model, tokenizer, list(inputs.harmful),
-                                                               formatting=inputs.formatting)
+        refusals = params.get("refusals") or original_refusals(
+            model, tokenizer, list(inputs.harmful), formatting=inputs.formatting
+        )
         base = first_token_logprobs(model, tokenizer, list(inputs.harmless), None, inputs.formatting)
-        found, _ = learn(model, tokenizer, start, list(inputs.harmless), list(base), refusals,
-                         steps=params.get("steps", STEPS), lr=params.get("lr", LR),
-                         formatting=inputs.formatting)
+        found, _ = learn(
+            model,
+            tokenizer,
+            start,
+            list(inputs.harmless),
+            list(base),
+            refusals,
+            steps=params.get("steps", STEPS),
+            lr=params.get("lr", LR),
+            formatting=inputs.formatting,
+        )
         return cut(model, found)

@@ -38,11 +38,18 @@ RIDGE = 0.01  # ρ as a share of the mean squared input row norm
 PRIOR = 1.0  # μ: 1 = stay close to the plain cut, 0 = the smallest change
 
 
-def solve(x_harmful: torch.Tensor, x_harmless: torch.Tensor, v0: torch.Tensor, *, keep: float = LAMBDA,
-          ridge: float = RIDGE, prior: float = PRIOR) -> torch.Tensor:
+def solve(
+    x_harmful: torch.Tensor,
+    x_harmless: torch.Tensor,
+    v0: torch.Tensor,
+    *,
+    keep: float = LAMBDA,
+    ridge: float = RIDGE,
+    prior: float = PRIOR,
+) -> torch.Tensor:
     """``v`` of the module docstring (float32, shaped like ``v0``, ``(in,)``): through the rows'
     Gram matrix ``A Aᵀ`` when there are fewer rows than inputs, else through ``AᵀA``."""
-    a = torch.cat([x_harmful, keep ** 0.5 * x_harmless]).float()
+    a = torch.cat([x_harmful, keep**0.5 * x_harmless]).float()
     v0d = v0.double()
     y = torch.cat([x_harmful.double() @ v0d, torch.zeros(x_harmless.shape[0], dtype=torch.float64)])
     dual = a.shape[0] < a.shape[1]
@@ -55,23 +62,39 @@ def solve(x_harmful: torch.Tensor, x_harmless: torch.Tensor, v0: torch.Tensor, *
     return torch.linalg.solve(gram, ad.T @ y + rho * prior * v0d).float()
 
 
-def capture(model: nn.Module, tokenizer: Any, inputs: Inputs,
-            max_rows: int = MAX_ROWS) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def capture(
+    model: nn.Module, tokenizer: Any, inputs: Inputs, max_rows: int = MAX_ROWS
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``(harmful, harmless)`` inputs of every writer (:func:`.capture.writer_inputs`), from the
     model as it is (call it on the original)."""
     writers = arch.residual_writers(model)
+
     def capture(prompts: Sequence[str], prompt_set: str) -> dict[str, torch.Tensor]:
-        return writer_inputs(model, tokenizer, prompts, writers, prompt_set=prompt_set,
-                             formatting=inputs.formatting, batch_size=inputs.batch_size or 16,
-                             max_rows=max_rows)
+        return writer_inputs(
+            model,
+            tokenizer,
+            prompts,
+            writers,
+            prompt_set=prompt_set,
+            formatting=inputs.formatting,
+            batch_size=inputs.batch_size or 16,
+            max_rows=max_rows,
+        )
 
     return capture(inputs.harmful, "harmful"), capture(inputs.harmless, "harmless")
 
 
-def plans(model: nn.Module, direction: Any, harmful: dict[str, torch.Tensor],
-          harmless: dict[str, torch.Tensor], *, keep: float = LAMBDA, ridge: float = RIDGE,
-          prior: float = PRIOR,
-          layers: Sequence[int] | None = None) -> list[TensorPlan]:
+def plans(
+    model: nn.Module,
+    direction: Any,
+    harmful: dict[str, torch.Tensor],
+    harmless: dict[str, torch.Tensor],
+    *,
+    keep: float = LAMBDA,
+    ridge: float = RIDGE,
+    prior: float = PRIOR,
+    layers: Sequence[int] | None = None,
+) -> list[TensorPlan]:
     """One rank-1 :class:`TensorPlan` per writer of ``layers`` (default all), bias plans included,
     from captured inputs (:func:`capture`)."""
     n = arch.num_layers(model)
@@ -97,8 +120,11 @@ class HarmlessPreserving:
     low_rank = True
 
     def make(self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, **params: Any) -> Cut:
-        settings = {"keep": params.get("keep", LAMBDA), "ridge": params.get("ridge", RIDGE),
-                    "prior": params.get("prior", PRIOR)}
+        settings = {
+            "keep": params.get("keep", LAMBDA),
+            "ridge": params.get("ridge", RIDGE),
+            "prior": params.get("prior", PRIOR),
+        }
         layers = params.get("layers")
         chosen = list(range(arch.num_layers(model))) if layers is None else list(layers)
         harmful, harmless = params.get("captured") or capture(model, tokenizer, inputs)

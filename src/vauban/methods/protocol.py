@@ -58,8 +58,9 @@ class EditMethod(Protocol):
     def low_rank(self) -> bool:  # whether every tensor's change is a rank-k product (LoRA-exportable)
         ...
 
-    def make(self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs,
-             **params: Any) -> Cut: ...
+    def make(
+        self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, **params: Any
+    ) -> Cut: ...
 
 
 @dataclass
@@ -98,16 +99,32 @@ def apply_plan(plan: TensorPlan) -> Edit:
             value_parts.append(piece.reshape(-1)[index])
             index_parts.append(index.add_(offset))
             view.copy_(new)
-        return Edit(plan.name, param, plan.axis, plan.alpha, q, removed, factors,
-                    torch.cat(index_parts), torch.cat(value_parts), fingerprint)
+        return Edit(
+            plan.name,
+            param,
+            plan.axis,
+            plan.alpha,
+            q,
+            removed,
+            factors,
+            torch.cat(index_parts),
+            torch.cat(value_parts),
+            fingerprint,
+        )
 
 
 class GivenCut(Cut):
     """A :class:`~vauban.edit.cutting.Cut` whose tensor edits a method computed (:class:`TensorPlan`):
     stacks, undoes and re-applies like every cut."""
 
-    def __init__(self, model: nn.Module, plans: Sequence[TensorPlan], method: str,
-                 settings: dict[str, Any], layers: Sequence[int]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        plans: Sequence[TensorPlan],
+        method: str,
+        settings: dict[str, Any],
+        layers: Sequence[int],
+    ) -> None:
         self._model = weakref.ref(model)
         self._plans = list(plans)
         self.method, self.settings = method, dict(settings)
@@ -120,14 +137,28 @@ class GivenCut(Cut):
         self.applied = False
 
     def record(self) -> dict[str, Any]:
-        return {"method": self.method, **self.settings, "layers": self.layers,
-                "edited_tensors": len(self._plans), "rank": rank(self)}
+        return {
+            "method": self.method,
+            **self.settings,
+            "layers": self.layers,
+            "edited_tensors": len(self._plans),
+            "rank": rank(self),
+        }
 
     def tensor_edits(self) -> list[TensorEdit]:
         """Every tensor's edit with its ``R`` (and rescale factors): what exporters redo elsewhere."""
-        return [TensorEdit(p.name, p.axis, p.alpha, p.basis.float().cpu(), p.factors is not None,
-                           p.removed.float().cpu(), None if p.factors is None else p.factors.float().cpu())
-                for p in self._plans]
+        return [
+            TensorEdit(
+                p.name,
+                p.axis,
+                p.alpha,
+                p.basis.float().cpu(),
+                p.factors is not None,
+                p.removed.float().cpu(),
+                None if p.factors is None else p.factors.float().cpu(),
+            )
+            for p in self._plans
+        ]
 
     def apply(self) -> GivenCut:
         if self.applied:

@@ -183,8 +183,15 @@ def steer_generate(
     """Greedy answers to many prompts under steering (formatted with ``formatting`` over the
     direction's own)."""
     with Steering(model, direction, alpha, layers=layers):
-        return generate(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size,
-                        formatting=formatting_for(direction, formatting), prompt_set="steer")
+        return generate(
+            model,
+            tokenizer,
+            prompts,
+            max_tokens=max_tokens,
+            batch_size=batch_size,
+            formatting=formatting_for(direction, formatting),
+            prompt_set="steer",
+        )
 
 
 def steer(
@@ -205,8 +212,14 @@ def steer(
     (text,) = load_prompts([prompt], what="prompt")
     check_max_tokens(max_tokens)
     with Steering(model, direction, alpha, layers=layers, record=True) as hooks:
-        (answer,) = generate(model, tokenizer, [text], max_tokens=max_tokens,
-                             formatting=formatting_for(direction, formatting), prompt_set="steer")
+        (answer,) = generate(
+            model,
+            tokenizer,
+            [text],
+            max_tokens=max_tokens,
+            formatting=formatting_for(direction, formatting),
+            prompt_set="steer",
+        )
     if isinstance(direction, (DirectionResult, SubspaceResult)):
         layer = direction.layer_index
     else:

@@ -98,14 +98,28 @@ _MOE_MLP = (
 # (Granite's residual_multiplier, Falcon-H1's ssm/attention out multipliers) keep it linear.
 _QWEN3_NEXT_ATTN = (Writer("self_attn.o_proj"), Writer("linear_attn.out_proj"))
 _MAMBA_ATTN = (Writer("self_attn.o_proj"), Writer("mamba.out_proj"))
-_LLAMA4_MLP = (Writer("feed_forward.down_proj"), Writer("feed_forward.experts.down_proj", axis=-1),
-               Writer("feed_forward.shared_expert.down_proj"))
+_LLAMA4_MLP = (
+    Writer("feed_forward.down_proj"),
+    Writer("feed_forward.experts.down_proj", axis=-1),
+    Writer("feed_forward.shared_expert.down_proj"),
+)
 
 FAMILIES: tuple[Family, ...] = (
     Family(
         "llama",
-        ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3", "cohere", "gemma",
-         "olmo", "ministral"),
+        (
+            "llama",
+            "mistral",
+            "qwen2",
+            "qwen3",
+            "phi3",
+            "granite",
+            "smollm3",
+            "cohere",
+            "gemma",
+            "olmo",
+            "ministral",
+        ),
         _LINEAR_ATTN,
         _LINEAR_MLP,
     ),
@@ -131,15 +145,29 @@ FAMILIES: tuple[Family, ...] = (
         (Writer("mlp.down_proj", post_norm="post_feedforward_layernorm"),),
     ),
     # Exaone 4 is post-norm like OLMo 2; Seed-OSS and Apertus are Llama-shaped.
-    Family("exaone4", ("exaone4",),
-           (Writer("self_attn.o_proj", post_norm="post_attention_layernorm"),),
-           (Writer("mlp.down_proj", post_norm="post_feedforward_layernorm"),)),
+    Family(
+        "exaone4",
+        ("exaone4",),
+        (Writer("self_attn.o_proj", post_norm="post_attention_layernorm"),),
+        (Writer("mlp.down_proj", post_norm="post_feedforward_layernorm"),),
+    ),
     Family("llama_like", ("seed_oss", "apertus"), _LINEAR_ATTN, _LINEAR_MLP),
     # DeepSeek V3 / Kimi K2 and Kimi Linear's MLA attention ends in o_proj like any other.
     Family(
         "moe",
-        ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe", "deepseek_v3", "glm4_moe", "minimax_m2",
-         "ernie4_5_moe", "hunyuan_v1_moe", "kimi_linear"),
+        (
+            "mixtral",
+            "qwen2_moe",
+            "qwen3_moe",
+            "olmoe",
+            "phimoe",
+            "deepseek_v3",
+            "glm4_moe",
+            "minimax_m2",
+            "ernie4_5_moe",
+            "hunyuan_v1_moe",
+            "kimi_linear",
+        ),
         _LINEAR_ATTN,
         _MOE_MLP,
     ),
@@ -148,29 +176,57 @@ FAMILIES: tuple[Family, ...] = (
     # Qwen 3.5's multimodal checkpoints ("qwen3_5") load through AutoModelForCausalLM as their
     # language model, whose config is "qwen3_5_text".
     Family("qwen3_next", ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"), _QWEN3_NEXT_ATTN, _MOE_MLP),
-    Family("lfm2", ("lfm2", "lfm2_moe"), (Writer("self_attn.out_proj"), Writer("conv.out_proj")),
-           (Writer("feed_forward.w2"), Writer("feed_forward.experts.down_proj"))),
-    Family("granitemoehybrid", ("granitemoehybrid",), _MAMBA_ATTN,
-           (Writer("block_sparse_moe.experts.down_proj"), Writer("shared_mlp.output_linear"))),
+    Family(
+        "lfm2",
+        ("lfm2", "lfm2_moe"),
+        (Writer("self_attn.out_proj"), Writer("conv.out_proj")),
+        (Writer("feed_forward.w2"), Writer("feed_forward.experts.down_proj")),
+    ),
+    Family(
+        "granitemoehybrid",
+        ("granitemoehybrid",),
+        _MAMBA_ATTN,
+        (Writer("block_sparse_moe.experts.down_proj"), Writer("shared_mlp.output_linear")),
+    ),
     Family("falcon_h1", ("falcon_h1",), _MAMBA_ATTN, (Writer("feed_forward.down_proj"),)),
-    Family("jamba", ("jamba",), _MAMBA_ATTN,
-           (Writer("feed_forward.down_proj"), Writer("feed_forward.experts.down_proj"))),
+    Family(
+        "jamba",
+        ("jamba",),
+        _MAMBA_ATTN,
+        (Writer("feed_forward.down_proj"), Writer("feed_forward.experts.down_proj")),
+    ),
     # One block per layer: Mamba 2, attention, MLP or MoE, each called "mixer".
-    Family("nemotron_h", ("nemotron_h",), (Writer("mixer.o_proj"), Writer("mixer.out_proj")),
-           (Writer("mixer.down_proj"), Writer("mixer.experts.down_proj"),
-            Writer("mixer.shared_experts.down_proj")),
-           embeddings=("embeddings",), mixed=True),
+    Family(
+        "nemotron_h",
+        ("nemotron_h",),
+        (Writer("mixer.o_proj"), Writer("mixer.out_proj")),
+        (
+            Writer("mixer.down_proj"),
+            Writer("mixer.experts.down_proj"),
+            Writer("mixer.shared_experts.down_proj"),
+        ),
+        embeddings=("embeddings",),
+        mixed=True,
+    ),
     # Attention layers post-norm (OLMo 2), Gated DeltaNet layers pre-norm.
-    Family("olmo_hybrid", ("olmo_hybrid",),
-           (Writer("self_attn.o_proj", post_norm="post_attention_layernorm"), Writer("linear_attn.o_proj")),
-           (Writer("mlp.down_proj", post_norm="post_feedforward_layernorm", norm_optional=True),)),
+    Family(
+        "olmo_hybrid",
+        ("olmo_hybrid",),
+        (Writer("self_attn.o_proj", post_norm="post_attention_layernorm"), Writer("linear_attn.o_proj")),
+        (Writer("mlp.down_proj", post_norm="post_feedforward_layernorm", norm_optional=True),),
+    ),
     # Llama 4's routed experts are stored (experts, in, out); its dense layers have feed_forward.down_proj.
     Family("llama4_text", ("llama4_text",), _LINEAR_ATTN, _LLAMA4_MLP),
     # Vision-language models: the language model is cut; the vision tower and its projector, which
     # write the image tokens' embeddings, are left as they are (like the token embeddings
     # without ``embeddings=True``).
-    Family("vision_language", ("mistral3", "qwen3_vl", "qwen3_vl_moe"), _LINEAR_ATTN, _MOE_MLP,
-           decoder="model.language_model"),
+    Family(
+        "vision_language",
+        ("mistral3", "qwen3_vl", "qwen3_vl_moe"),
+        _LINEAR_ATTN,
+        _MOE_MLP,
+        decoder="model.language_model",
+    ),
     Family(
         "gpt_oss",
         ("gpt_oss",),
@@ -207,11 +263,11 @@ _BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 # Families a weight edit cannot cut exactly, and why (the error names the reason).
 REFUSED = {
     "minimax": "its layers add to the normalized stream (h = norm(x)·α + attn(norm(x))·β), so the "
-               "norm's gain writes the direction back at every layer (10 % left after a full cut)",
+    "norm's gain writes the direction back at every layer (10 % left after a full cut)",
     "gemma3n": "its AltUp keeps four residual streams mixed with input-dependent coefficients, so the "
-               "direction comes back from the streams no writer adds to",
+    "direction comes back from the streams no writer adds to",
     "gemma3n_text": "its AltUp keeps four residual streams mixed with input-dependent coefficients, so "
-                    "the direction comes back from the streams no writer adds to",
+    "the direction comes back from the streams no writer adds to",
 }
 
 
@@ -244,8 +300,9 @@ def family_of(kind: str, what: str = "config") -> Family:
         return _BY_MODEL_TYPE[kind]
     except KeyError:
         if kind in REFUSED:
-            raise VaubanError(f"unsupported architecture {kind!r} ({what}): vauban cannot cut it exactly: "
-                              f"{REFUSED[kind]}") from None
+            raise VaubanError(
+                f"unsupported architecture {kind!r} ({what}): vauban cannot cut it exactly: {REFUSED[kind]}"
+            ) from None
         known = ", ".join(sorted(_BY_MODEL_TYPE))
         raise VaubanError(
             f"unsupported architecture {kind!r} ({what}); vauban knows: {known}. "
@@ -299,9 +356,7 @@ def lm_head_is_tied(model: nn.Module) -> bool:
     return head.weight.data_ptr() == embeddings(model)[0].weight.data_ptr()
 
 
-def _resolve(
-    layer: nn.Module, writer: Writer, index: int, prefix: str, kind: str
-) -> ResidualWriter | None:
+def _resolve(layer: nn.Module, writer: Writer, index: int, prefix: str, kind: str) -> ResidualWriter | None:
     target = _get(layer, writer.path)
     if target is None:
         return None
@@ -344,8 +399,10 @@ def residual_writers(model: nn.Module, layers: list[int] | None = None) -> list[
             in_layer.extend(found)
         if not in_layer:
             paths = [g.path for g in (*fam.attn_out, *fam.mlp_out)]
-            raise VaubanError(f"layer {i} of {model_type(model)!r}: no output projection at {paths}; "
-                              "the arch.py entry does not match this model")
+            raise VaubanError(
+                f"layer {i} of {model_type(model)!r}: no output projection at {paths}; "
+                "the arch.py entry does not match this model"
+            )
         out.extend(in_layer)
     return out
 
@@ -361,10 +418,13 @@ def explain(model: nn.Module) -> tuple[str, list[tuple[int, str, str]]]:
         norm = next((g.post_norm for g in (*fam.attn_out, *fam.mlp_out) if g.path == path), None)
         path += f" (through {norm})" if w.post_norm is not None else ""
         found.setdefault(w.layer, {"attention": [], "mlp": []})[w.kind].append(path)
-    head = (f"model_type {model_type(model)!r} → family {fam.name!r}: {len(found)} layers at "
-            f"{fam.decoder}.{fam.layers}, embeddings {', '.join(fam.embeddings)}")
-    return head, [(i, ", ".join(k["attention"]) or "-", ", ".join(k["mlp"]) or "-")
-                  for i, k in sorted(found.items())]
+    head = (
+        f"model_type {model_type(model)!r} → family {fam.name!r}: {len(found)} layers at "
+        f"{fam.decoder}.{fam.layers}, embeddings {', '.join(fam.embeddings)}"
+    )
+    return head, [
+        (i, ", ".join(k["attention"]) or "-", ", ".join(k["mlp"]) or "-") for i, k in sorted(found.items())
+    ]
 
 
 @dataclass(frozen=True)
@@ -437,8 +497,10 @@ def checkpoint_writers(
         base = f"{prefix}{fam.layers}.{i}."
         in_layer = [(m, k, w) for m, k, w in hits if m["prefix"] == prefix and int(m["layer"]) == i]
         if fam.mixed and not in_layer:
-            raise VaubanError(f"layer {i} of {kind!r}: no output projection in the checkpoint; "
-                              "the arch.py entry does not match it")
+            raise VaubanError(
+                f"layer {i} of {kind!r}: no output projection in the checkpoint; "
+                "the arch.py entry does not match it"
+            )
         for kind_, group in groups:
             found = [(m, w) for m, k, w in in_layer if k == kind_]
             if not found and not fam.mixed:

@@ -42,8 +42,10 @@ def _where(src: Path) -> dict[str, Path]:
         return {name: src / shard for name, shard in json.loads(index.read_text())["weight_map"].items()}
     single = src / "model.safetensors"
     if not single.is_file():
-        raise VaubanError(f"{src} has no model.safetensors or model.safetensors.index.json; running "
-                          "one layer at a time needs safetensors weights (export the model with vauban)")
+        raise VaubanError(
+            f"{src} has no model.safetensors or model.safetensors.index.json; running "
+            "one layer at a time needs safetensors weights (export the model with vauban)"
+        )
     with safe_open(single, framework="pt") as f:
         return dict.fromkeys(f.keys(), single)
 

@@ -86,9 +86,14 @@ def default_device() -> torch.device:
 
 
 _DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
 }
 
 
@@ -217,8 +222,12 @@ def _from_hf(
         ) from None
     except (OSError, ValueError, ImportError, RuntimeError) as err:
         method = _quant_method(quant)
-        hint = f" (it is quantized with {method!r}; install that method's package, or use an " \
-            "unquantized checkpoint)" if method else ""
+        hint = (
+            f" (it is quantized with {method!r}; install that method's package, or use an "
+            "unquantized checkpoint)"
+            if method
+            else ""
+        )
         raise VaubanError(f"could not load {location!r}: {_remote_code_hint(err)}{hint}") from None
     if quant is not None:
         _dequantize_in_place(model, _quant_method(quant) or "unknown")
@@ -237,8 +246,10 @@ def model_class(config: Any) -> Any:
     from transformers.models.auto import modeling_auto
 
     kind = getattr(config, "model_type", None)
-    if kind not in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and \
-            kind in modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+    if (
+        kind not in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and kind in modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    ):
         return AutoModelForImageTextToText
     return AutoModelForCausalLM
 
@@ -288,8 +299,12 @@ def clear_quantizer(model: nn.Module) -> None:
     # save_pretrained: the export would be FP8 again, without its quantization config
     conversions = getattr(model, "_weight_conversions", None)
     if conversions:
-        setattr(model, "_weight_conversions", [c for c in conversions if not any(  # noqa: B010
-            "quant" in type(op).__name__.lower() for op in getattr(c, "operations", ()))])
+        kept = [
+            c
+            for c in conversions
+            if not any("quant" in type(op).__name__.lower() for op in getattr(c, "operations", ()))
+        ]
+        model._weight_conversions = kept  # type: ignore[assignment]  # not declared by nn.Module
 
 
 def _first_line(err: BaseException) -> str:
@@ -300,8 +315,10 @@ def _first_line(err: BaseException) -> str:
 def _remote_code_hint(err: BaseException) -> str:
     """transformers' refusal to run a checkpoint's own code, as vauban's option to allow it."""
     if "trust_remote_code" in str(err):
-        return ("the checkpoint ships its own Python code, which vauban does not run by default; "
-                "pass trust_remote_code=True (CLI: --trust-remote-code) only if you trust its author")
+        return (
+            "the checkpoint ships its own Python code, which vauban does not run by default; "
+            "pass trust_remote_code=True (CLI: --trust-remote-code) only if you trust its author"
+        )
     return _first_line(err)
 
 

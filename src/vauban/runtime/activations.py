@@ -90,9 +90,16 @@ def last_token_residuals(
     return out.cpu().float()
 
 
-def _capture(model: nn.Module, tokenizer: Any, ids: list[list[int]], batches: list[list[int]],
-             captured: dict[int, torch.Tensor], wanted: list[int], desc: str,
-             show_progress: bool | None) -> torch.Tensor:
+def _capture(
+    model: nn.Module,
+    tokenizer: Any,
+    ids: list[list[int]],
+    batches: list[list[int]],
+    captured: dict[int, torch.Tensor],
+    wanted: list[int],
+    desc: str,
+    show_progress: bool | None,
+) -> torch.Tensor:
     """The residuals, kept on the device until the end in the residual stream's own dtype (nothing
     is rounded; a 16-bit model's are half the bytes to copy): a copy to the host per batch would
     wait for that batch, leaving the GPU idle while the host launches the next one."""
@@ -101,8 +108,9 @@ def _capture(model: nn.Module, tokenizer: Any, ids: list[list[int]], batches: li
     for batch in progress(batches, desc, show_progress):
         input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
         with contextlib.suppress(_Enough):
-            arch.decoder(model)(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                                use_cache=False)
+            arch.decoder(model)(
+                input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False
+            )
         rows = torch.stack([captured[layer] for layer in wanted], dim=1)
         if out.numel() == 0:
             shape = (len(ids), *rows.shape[1:])

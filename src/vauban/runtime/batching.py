@@ -187,7 +187,6 @@ def left_pad(
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-
 def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     """Length of the longest opening that every sequence of ``seqs`` shares."""
     first, shortest = seqs[0], min(len(s) for s in seqs)
@@ -222,23 +221,37 @@ def last_logits(model: nn.Module, seqs: Sequence[Sequence[int]], keep: int, pad_
     if shared >= 8:
         cache = DynamicCache(config=hf(model).config)
         longest = max(len(s) for s in seqs)
-        if not all(type(layer) is DynamicLayer or (type(layer) is DynamicSlidingWindowLayer
-                                                   and longest <= layer.sliding_window)
-                   for layer in cache.layers):
+        if not all(
+            type(layer) is DynamicLayer
+            or (type(layer) is DynamicSlidingWindowLayer and longest <= layer.sliding_window)
+            for layer in cache.layers
+        ):
             cache = None
     if cache is None:
         ids, mask, positions = left_pad(seqs, pad_id, device)
-        return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep,
-                     use_cache=False).logits[:, -keep:]
+        return model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep, use_cache=False
+        ).logits[:, -keep:]
     name = _cache_argument(model)
     opening = torch.tensor([list(seqs[0][:shared])], device=device)
-    model(input_ids=opening, position_ids=torch.arange(shared, device=device)[None], use_cache=True,
-          logits_to_keep=1, **{name: cache})
+    model(
+        input_ids=opening,
+        position_ids=torch.arange(shared, device=device)[None],
+        use_cache=True,
+        logits_to_keep=1,
+        **{name: cache},
+    )
     cache.batch_repeat_interleave(len(seqs))
     ids, mask, positions = left_pad([s[shared:] for s in seqs], pad_id, device)
     mask = torch.cat([mask.new_ones(len(seqs), shared), mask], dim=1)
-    return model(input_ids=ids, attention_mask=mask, position_ids=positions + shared, logits_to_keep=keep,
-                 use_cache=True, **{name: cache}).logits[:, -keep:]
+    return model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions + shared,
+        logits_to_keep=keep,
+        use_cache=True,
+        **{name: cache},
+    ).logits[:, -keep:]
 
 
 def _cache_argument(model: nn.Module) -> str:
@@ -247,6 +260,7 @@ def _cache_argument(model: nn.Module) -> str:
 
     parameters = inspect.signature(model.forward).parameters
     return "past_key_values" if "past_key_values" in parameters and "cache" not in parameters else "cache"
+
 
 def progress(batches: Sequence[T], desc: str, show: bool | None) -> Iterator[T]:
     """A progress bar over batches; ``show=None`` shows it only on a terminal and for >1 batch."""

@@ -88,8 +88,9 @@ class VllmEngine:
             self.load(model, changed)
         self.seen = now
 
-    def generate(self, token_ids: Sequence[Sequence[int]], max_tokens: int,
-                 stops: Sequence[int] = ()) -> list[list[int]]:
+    def generate(
+        self, token_ids: Sequence[Sequence[int]], max_tokens: int, stops: Sequence[int] = ()
+    ) -> list[list[int]]:
         """Greedy continuations (token ids, the stop token included when reached) of prompts given as
         token ids (already chat-formatted, as :func:`vauban.text.prompts.encode_chat` makes them);
         ``stops``: token ids that end an answer, besides the model's own end of text."""
@@ -101,8 +102,9 @@ class VllmEngine:
     def first_logprobs(self, token_ids: Sequence[Sequence[int]], top: int = 20) -> list[dict[int, float]]:
         """The engine's log-probabilities of the ``top`` likeliest first answer tokens of each prompt."""
         params = self.vllm.SamplingParams(temperature=0.0, max_tokens=1, logprobs=top)
-        outputs = self.llm.generate([{"prompt_token_ids": list(ids)} for ids in token_ids], params,
-                                    use_tqdm=False)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": list(ids)} for ids in token_ids], params, use_tqdm=False
+        )
         return [{k: v.logprob for k, v in o.outputs[0].logprobs[0].items()} for o in outputs]
 
     def load(self, model: nn.Module, names: Sequence[str]) -> None:

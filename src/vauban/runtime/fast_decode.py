@@ -252,9 +252,13 @@ def prefill(
         allowed = (step[None, :] <= step[:, None]) & keep[:, None, :]
         allowed |= torch.eye(size, dtype=torch.bool, device=device)
         loop.chunk, loop.start, calls = index, width - size, loop.calls
-        out = model(input_ids=ids, attention_mask=additive(allowed[:, None], dtype),
-                    position_ids=(keep.long().cumsum(-1) - 1).clamp(min=0), use_cache=False,
-                    logits_to_keep=1).logits[:, -1]
+        out = model(
+            input_ids=ids,
+            attention_mask=additive(allowed[:, None], dtype),
+            position_ids=(keep.long().cumsum(-1) - 1).clamp(min=0),
+            use_cache=False,
+            logits_to_keep=1,
+        ).logits[:, -1]
         if loop.calls - calls != layers:
             raise Unsupported("the model's attention does not go through transformers' AttentionInterface")
         if logits is None:
@@ -320,8 +324,11 @@ def greedy(
         def step() -> None:
             state.keys.index_fill_(1, state.column, True)
             logits = model(
-                input_ids=state.token, attention_mask=additive(state.keys[:, None, None, :], dtype),
-                position_ids=state.position, use_cache=False, logits_to_keep=1,
+                input_ids=state.token,
+                attention_mask=additive(state.keys[:, None, None, :], dtype),
+                position_ids=state.position,
+                use_cache=False,
+                logits_to_keep=1,
             ).logits
             state.token.copy_(logits[:, -1].argmax(-1, keepdim=True))
             state.position.add_(1)
@@ -366,8 +373,9 @@ def step_then_capture(step: Any) -> Any:
             with torch.cuda.graph(cuda_graph, stream=stream, capture_error_mode="thread_local"):
                 step()
         except RuntimeError as err:
-            warnings.warn(f"decode step not capturable as a CUDA graph, running it eagerly: {err}",
-                          stacklevel=3)
+            warnings.warn(
+                f"decode step not capturable as a CUDA graph, running it eagerly: {err}", stacklevel=3
+            )
             return step
     return cuda_graph.replay
 

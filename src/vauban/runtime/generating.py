@@ -57,8 +57,9 @@ def stop_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
-def decode_answer(tokenizer: Any, tokens: Sequence[int], stops: Sequence[int],
-                  formatting: Formatting | None = None) -> str:
+def decode_answer(
+    tokenizer: Any, tokens: Sequence[int], stops: Sequence[int], formatting: Formatting | None = None
+) -> str:
     """The answer text of one row of new token ids from any runtime (transformers, llama.cpp,
     mlx_lm): up to the first stop token, in :mod:`vauban.text.reasoning`'s form, as :func:`generate`
     gives it."""
@@ -71,8 +72,12 @@ def check_max_tokens(max_tokens: int) -> int:
 
 def greedy_config(model: nn.Module, tokenizer: Any, max_tokens: int) -> GenerationConfig:
     """Greedy decoding that stops at any end-of-turn token (for ``model.generate``)."""
-    return GenerationConfig(do_sample=False, max_new_tokens=max_tokens,
-                            eos_token_id=stop_token_ids(model, tokenizer), pad_token_id=pad_id(tokenizer))
+    return GenerationConfig(
+        do_sample=False,
+        max_new_tokens=max_tokens,
+        eos_token_id=stop_token_ids(model, tokenizer),
+        pad_token_id=pad_id(tokenizer),
+    )
 
 
 @torch.inference_mode()
@@ -98,9 +103,19 @@ def generate(
     """
     check_max_tokens(max_tokens)
     decoder = Decoder.make(tokenizer, formatting, stop_token_ids(model, tokenizer), max_tokens)
-    tokens = generate_tokens(model, tokenizer, prompts, max_tokens=max_tokens, batch_size=batch_size,
-                             show_progress=show_progress, desc=desc, formatting=formatting,
-                             prompt_set=prompt_set, decoder=decoder, compile=compile)
+    tokens = generate_tokens(
+        model,
+        tokenizer,
+        prompts,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        desc=desc,
+        formatting=formatting,
+        prompt_set=prompt_set,
+        decoder=decoder,
+        compile=compile,
+    )
     return [decoder(t) for t in tokens]
 
 
@@ -151,8 +166,11 @@ def generate_tokens(
         else:
             budget_ = decoder.stopping(input_ids.shape[1]) if new_tokens > max_tokens else None
             out = generator(model).generate(
-                input_ids=input_ids, attention_mask=mask, generation_config=config,
-                stopping_criteria=StoppingCriteriaList([budget_] if budget_ else []))
+                input_ids=input_ids,
+                attention_mask=mask,
+                generation_config=config,
+                stopping_criteria=StoppingCriteriaList([budget_] if budget_ else []),
+            )
             new = out[:, input_ids.shape[1] :].tolist()
         for row, index in enumerate(batch):
             answers[index] = new[row]
@@ -234,8 +252,17 @@ def static_greedy(
         compile = fast_decode.can_compile(device)
     if chunk_tokens is None:
         chunk_tokens = fast_decode.PREFILL_TOKENS if compile else 2**62  # one chunk: generate's shapes
-    run = functools.partial(fast_decode.greedy, model, input_ids, mask, max_tokens, stops, pad, graph=graph,
-                            chunk_tokens=chunk_tokens)
+    run = functools.partial(
+        fast_decode.greedy,
+        model,
+        input_ids,
+        mask,
+        max_tokens,
+        stops,
+        pad,
+        graph=graph,
+        chunk_tokens=chunk_tokens,
+    )
     try:
         try:
             return run(compile=compile)
@@ -247,8 +274,9 @@ def static_greedy(
             warnings.warn(f"torch.compile failed on this model, generating uncompiled: {err}", stacklevel=3)
             return run(compile=False)
     except fast_decode.Unsupported:
-        config = GenerationConfig(do_sample=False, max_new_tokens=max_tokens,
-                                  eos_token_id=list(stops) or None, pad_token_id=pad)
+        config = GenerationConfig(
+            do_sample=False, max_new_tokens=max_tokens, eos_token_id=list(stops) or None, pad_token_id=pad
+        )
         out = generator(model).generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
         new = out[:, input_ids.shape[1] :]
         return torch.nn.functional.pad(new, (0, max_tokens - new.shape[1]), value=pad)

@@ -69,8 +69,9 @@ def available() -> bool:
 
 def supported(param: torch.Tensor) -> bool:
     """Whether the fused path handles this weight: a contiguous 16-bit CUDA matrix."""
-    return (param.is_cuda and param.dim() == 2 and param.dtype in _HALF and param.is_contiguous()
-            and available())
+    return (
+        param.is_cuda and param.dim() == 2 and param.dtype in _HALF and param.is_contiguous() and available()
+    )
 
 
 @functools.cache
@@ -86,8 +87,18 @@ def _removed_kernel(triton: Any, tl: Any) -> Any:
     """``r = vᵀW`` in partial sums along the residual axis (see :func:`removed`)."""
 
     @triton.jit
-    def removed_kernel(w_ptr, v_ptr, part_ptr, n, d, s_n, s_d, PER_SPLIT: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    def removed_kernel(
+        w_ptr,
+        v_ptr,
+        part_ptr,
+        n,
+        d,
+        s_n,
+        s_d,
+        PER_SPLIT: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
         rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
         split = tl.program_id(1)
         start = split * PER_SPLIT
@@ -109,9 +120,25 @@ def _shift_kernel(triton: Any, tl: Any) -> Any:
     (see :func:`shift_` and :func:`_track`)."""
 
     @triton.jit
-    def shift_kernel(w_ptr, r_ptr, v_ptr, n, d, s_n, s_d, scale, back,
-                     idx_ptr, val_ptr, count_ptr, done_ptr, capacity,
-                     TRACK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    def shift_kernel(
+        w_ptr,
+        r_ptr,
+        v_ptr,
+        n,
+        d,
+        s_n,
+        s_d,
+        scale,
+        back,
+        idx_ptr,
+        val_ptr,
+        count_ptr,
+        done_ptr,
+        capacity,
+        TRACK: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
         tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
         rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
         cols = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
@@ -124,10 +151,12 @@ def _shift_kernel(triton: Any, tl: Any) -> Any:
                 w = tl.load(w_ptr + offs, mask=inside, other=0.0)
                 # the same expression as the undo branch below: the replay is the undo, bit for bit
                 vv = tl.broadcast_to(v[None, :], (BLOCK_N, BLOCK_D))
-                new = tl.fma(tl.broadcast_to((r * scale)[:, None], (BLOCK_N, BLOCK_D)), vv,
-                             w.to(tl.float32)).to(w.dtype)
-                replay = tl.fma(tl.broadcast_to((r * back)[:, None], (BLOCK_N, BLOCK_D)), vv,
-                                new.to(tl.float32)).to(w.dtype)
+                new = tl.fma(
+                    tl.broadcast_to((r * scale)[:, None], (BLOCK_N, BLOCK_D)), vv, w.to(tl.float32)
+                ).to(w.dtype)
+                replay = tl.fma(
+                    tl.broadcast_to((r * back)[:, None], (BLOCK_N, BLOCK_D)), vv, new.to(tl.float32)
+                ).to(w.dtype)
                 miss = (replay.to(tl.int16, bitcast=True) != w.to(tl.int16, bitcast=True)) & inside
                 flat = tl.reshape(miss, (BLOCK_N * BLOCK_D,)).to(tl.int32)
                 count = tl.sum(flat, axis=0)
@@ -142,8 +171,9 @@ def _shift_kernel(triton: Any, tl: Any) -> Any:
         else:
             w = tl.load(w_ptr + offs, mask=inside, other=0.0)
             vv = tl.broadcast_to(v[None, :], (BLOCK_N, BLOCK_D))
-            new = tl.fma(tl.broadcast_to((r * scale)[:, None], (BLOCK_N, BLOCK_D)), vv,
-                         w.to(tl.float32)).to(w.dtype)
+            new = tl.fma(tl.broadcast_to((r * scale)[:, None], (BLOCK_N, BLOCK_D)), vv, w.to(tl.float32)).to(
+                w.dtype
+            )
             tl.store(w_ptr + offs, new, mask=inside)
 
     return shift_kernel
@@ -154,9 +184,25 @@ def _apply_kernel(triton: Any, tl: Any) -> Any:
     record slots (see :func:`apply_many`)."""
 
     @triton.jit
-    def apply_kernel(w_ptr, v_ptr, r_ptr, n, s_n, s_d, scale, back, idx_ptr, bits_ptr, done_ptr,
-                     overflow_ptr, d: tl.constexpr, SLOTS: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_D: tl.constexpr, SCAN: tl.constexpr):
+    def apply_kernel(
+        w_ptr,
+        v_ptr,
+        r_ptr,
+        n,
+        s_n,
+        s_d,
+        scale,
+        back,
+        idx_ptr,
+        bits_ptr,
+        done_ptr,
+        overflow_ptr,
+        d: tl.constexpr,
+        SLOTS: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        SCAN: tl.constexpr,
+    ):
         pid = tl.program_id(0)
         rows = (pid * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
         acc = tl.zeros((BLOCK_N,), tl.float32)
@@ -176,10 +222,12 @@ def _apply_kernel(triton: Any, tl: Any) -> Any:
             w = tl.load(w_ptr + offs, mask=inside, other=0.0)
             v = tl.load(v_ptr + cols, mask=cols < d, other=0.0)
             vv = tl.broadcast_to(v[None, :], (BLOCK_N, BLOCK_D))
-            new = tl.fma(tl.broadcast_to((acc * scale)[:, None], (BLOCK_N, BLOCK_D)), vv,
-                         w.to(tl.float32)).to(w.dtype)
-            replay = tl.fma(tl.broadcast_to((acc * back)[:, None], (BLOCK_N, BLOCK_D)), vv,
-                            new.to(tl.float32)).to(w.dtype)
+            new = tl.fma(
+                tl.broadcast_to((acc * scale)[:, None], (BLOCK_N, BLOCK_D)), vv, w.to(tl.float32)
+            ).to(w.dtype)
+            replay = tl.fma(
+                tl.broadcast_to((acc * back)[:, None], (BLOCK_N, BLOCK_D)), vv, new.to(tl.float32)
+            ).to(w.dtype)
             bits = w.to(tl.int16, bitcast=True)
             miss = (replay.to(tl.int16, bitcast=True) != bits) & inside
             ones = miss.to(tl.int32)
@@ -253,8 +301,17 @@ def removed(view: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
     splits = -(-d // per_split)
     parts = torch.empty(splits, n, dtype=torch.float32, device=view.device)
     removed_kernel[(row_blocks, splits)](
-        view, vec.float().contiguous(), parts, n, d, view.stride(0), view.stride(1), PER_SPLIT=per_split,
-        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=REMOVED_TILE[2],
+        view,
+        vec.float().contiguous(),
+        parts,
+        n,
+        d,
+        view.stride(0),
+        view.stride(1),
+        PER_SPLIT=per_split,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+        num_warps=REMOVED_TILE[2],
     )
     return parts.sum(0)
 
@@ -268,9 +325,24 @@ def shift_(view: torch.Tensor, vec: torch.Tensor, r: torch.Tensor, scale: float)
     grid = (-(-n // block_n), -(-d // block_d))
     dummy = torch.empty(1, dtype=torch.int64, device=view.device)
     shift_kernel[grid](
-        view, r.contiguous(), vec.float().contiguous(), n, d, view.stride(0), view.stride(1),
-        float(scale), 0.0, dummy, dummy, dummy, dummy, 0,
-        TRACK=False, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=SHIFT_TILE[2],
+        view,
+        r.contiguous(),
+        vec.float().contiguous(),
+        n,
+        d,
+        view.stride(0),
+        view.stride(1),
+        float(scale),
+        0.0,
+        dummy,
+        dummy,
+        dummy,
+        dummy,
+        0,
+        TRACK=False,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+        num_warps=SHIFT_TILE[2],
     )
 
 
@@ -327,16 +399,35 @@ def _launch_apply(view: torch.Tensor, vec: torch.Tensor, alpha: float) -> tuple[
     done = torch.zeros(tiles, dtype=torch.int8, device=view.device)
     count = torch.zeros(1, dtype=torch.int32, device=view.device)
     apply_kernel[(programs,)](
-        view, vec.float().contiguous(), r, n, view.stride(0), view.stride(1), -float(alpha), float(alpha),
-        index, bits, done, count, d=d, SLOTS=slots, BLOCK_N=block_n, BLOCK_D=block_d,
-        SCAN=0 if APPLY_SCAN == "flat" else 1 if view.stride(0) == 1 else 2, num_warps=warps,
+        view,
+        vec.float().contiguous(),
+        r,
+        n,
+        view.stride(0),
+        view.stride(1),
+        -float(alpha),
+        float(alpha),
+        index,
+        bits,
+        done,
+        count,
+        d=d,
+        SLOTS=slots,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+        SCAN=0 if APPLY_SCAN == "flat" else 1 if view.stride(0) == 1 else 2,
+        num_warps=warps,
     )
     return r, index, bits, done, count
 
 
 @_on_view_device
 def _track(
-    view: torch.Tensor, vec: torch.Tensor, r: torch.Tensor, alpha: float, done: torch.Tensor,
+    view: torch.Tensor,
+    vec: torch.Tensor,
+    r: torch.Tensor,
+    alpha: float,
+    done: torch.Tensor,
     blocks: tuple[int, int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply the cut to the tiles not yet ``done`` (tiles of ``blocks``), appending their misses
@@ -353,9 +444,24 @@ def _track(
         value = torch.empty(capacity, dtype=view.dtype, device=view.device)
         count = torch.zeros(1, dtype=torch.int32, device=view.device)
         shift_kernel[grid](
-            view, r, vec32, n, d, view.stride(0), view.stride(1), -float(alpha), float(alpha),
-            index, value, count, done, capacity,
-            TRACK=True, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=TRACK_TILE[2],
+            view,
+            r,
+            vec32,
+            n,
+            d,
+            view.stride(0),
+            view.stride(1),
+            -float(alpha),
+            float(alpha),
+            index,
+            value,
+            count,
+            done,
+            capacity,
+            TRACK=True,
+            BLOCK_N=block_n,
+            BLOCK_D=block_d,
+            num_warps=TRACK_TILE[2],
         )
         asked = int(count)
         if asked <= capacity:  # every tile fitted: entries [0, asked) are exactly the misses

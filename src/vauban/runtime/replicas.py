@@ -42,8 +42,9 @@ def replicate(model: nn.Module, device: torch.device | str) -> nn.Module:
     for tensor in (*model.parameters(), *model.buffers()):
         if id(tensor) not in memo:
             moved = tensor.detach().to(device, copy=True)
-            memo[id(tensor)] = nn.Parameter(moved, tensor.requires_grad) if isinstance(
-                tensor, nn.Parameter) else moved
+            memo[id(tensor)] = (
+                nn.Parameter(moved, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else moved
+            )
     return copy.deepcopy(model, memo)
 
 
@@ -74,8 +75,9 @@ class Replicas:
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         return [order[k :: len(self.models)] for k in range(len(self.models))]
 
-    def _map(self, prompts: Sequence[str],
-             work: Callable[[nn.Module, list[int]], T]) -> list[tuple[list[int], T]]:
+    def _map(
+        self, prompts: Sequence[str], work: Callable[[nn.Module, list[int]], T]
+    ) -> list[tuple[list[int], T]]:
         """``work(copy, indices)`` for each copy's share of ``prompts``, one thread per copy."""
         shares = self._split(prompts)
 
@@ -92,8 +94,10 @@ class Replicas:
     def generate(self, tokenizer: Any, prompts: Sequence[str], **kwargs: Any) -> list[str]:
         """:func:`vauban.runtime.generating.generate` over all copies: greedy answers in input order."""
         answers = [""] * len(prompts)
-        for indices, part in self._map(prompts, lambda m, idx: generate(
-                m, tokenizer, [prompts[i] for i in idx], show_progress=False, **kwargs)):
+        for indices, part in self._map(
+            prompts,
+            lambda m, idx: generate(m, tokenizer, [prompts[i] for i in idx], show_progress=False, **kwargs),
+        ):
             for i, text in zip(indices, part, strict=True):
                 answers[i] = text
         return answers

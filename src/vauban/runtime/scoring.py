@@ -90,8 +90,13 @@ class Forced:
 
 
 def forced(
-    tokenizer: Any, prompts: Sequence[str], answers: Sequence[Sequence[int]] | None = None,
-    tokens: int | None = None, *, formatting: Formatting | None = None, prompt_set: str | None = None,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    answers: Sequence[Sequence[int]] | None = None,
+    tokens: int | None = None,
+    *,
+    formatting: Formatting | None = None,
+    prompt_set: str | None = None,
     prefixes: Sequence[str] | None = None,
 ) -> Forced:
     """Rows of chat-formatted ``prompts`` (``formatting``, :mod:`vauban.text.formatting`) with ``answers``
@@ -102,14 +107,20 @@ def forced(
     heads = encode_chat(tokenizer, prompts, formatting, prompt_set)
     empty = thinking_prefix(tokenizer, "", formatting)
     texts = prefixes if prefixes is not None else [empty] * len(heads)
-    heads = [h + (tokenizer(t, add_special_tokens=False)["input_ids"] if t else [])
-             for h, t in zip(heads, texts, strict=True)]
+    heads = [
+        h + (tokenizer(t, add_special_tokens=False)["input_ids"] if t else [])
+        for h, t in zip(heads, texts, strict=True)
+    ]
     tails = answers if answers is not None else [()] * len(heads)
     return Forced(tuple(tuple(h) for h in heads), tuple(tuple(a[:tokens]) for a in tails))
 
 
 def forced_text(
-    tokenizer: Any, pairs: Sequence[tuple[str, ...]], tokens: int, *, formatting: Formatting | None = None,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, ...]],
+    tokens: int,
+    *,
+    formatting: Formatting | None = None,
     prompt_set: str | None = "reference",
 ) -> Forced:
     """Rows of (prompt, answer text[, prefix]) tuples, the answers tokenized and cut to ``tokens``
@@ -118,8 +129,14 @@ def forced_text(
     answers = [tokenizer(p[1], add_special_tokens=False)["input_ids"][:tokens] for p in pairs]
     empty = thinking_prefix(tokenizer, "", formatting)
     prefixes = [p[2] if len(p) > 2 else empty for p in pairs]
-    return forced(tokenizer, [p[0] for p in pairs], answers, formatting=formatting, prompt_set=prompt_set,
-                  prefixes=prefixes)
+    return forced(
+        tokenizer,
+        [p[0] for p in pairs],
+        answers,
+        formatting=formatting,
+        prompt_set=prompt_set,
+        prefixes=prefixes,
+    )
 
 
 @dataclass(frozen=True)
@@ -154,8 +171,14 @@ def plan(model: nn.Module, rows: Forced, batch_size: int | None = None) -> list[
     if batch_size is not None:
         return sorted_batches(widths, batch_size)
     longest = max(widths, default=1)
-    fits = batch_size_for(model, longest, len(rows), logit_positions=max(rows.lengths, default=1),
-                          logit_copies=2, saturate=False)
+    fits = batch_size_for(
+        model,
+        longest,
+        len(rows),
+        logit_positions=max(rows.lengths, default=1),
+        logit_copies=2,
+        saturate=False,
+    )
     return token_batches(widths, min(forward_tokens(model, longest, len(rows)), fits * max(longest, 1)))
 
 
@@ -170,7 +193,7 @@ def batches(rows: Forced, plan: list[list[int]], pad: int, device: torch.device)
         for r, i in enumerate(batch):
             answer = rows.answers[i]
             if answer:
-                targets[r, keep - len(answer):] = torch.tensor(answer)
+                targets[r, keep - len(answer) :] = torch.tensor(answer)
         seqs = tuple(tuple(inputs[i]) for i in batch)
         yield Batch(batch, ids, mask, positions, n, targets.to(device), seqs, pad)
 
@@ -183,8 +206,13 @@ def logprobs(model: nn.Module, batch: Batch) -> torch.Tensor:
     if batch.seqs:
         logits = last_logits(model, batch.seqs, keep, batch.pad)
     else:
-        logits = model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.positions,
-                       logits_to_keep=keep, use_cache=False).logits[:, -keep:]
+        logits = model(
+            input_ids=batch.ids,
+            attention_mask=batch.mask,
+            position_ids=batch.positions,
+            logits_to_keep=keep,
+            use_cache=False,
+        ).logits[:, -keep:]
     return torch.log_softmax(logits.float(), dim=-1)
 
 
@@ -213,12 +241,15 @@ def reference_logprobs(
     for batch, logp in logprob_batches(model, tokenizer, rows, batch_size):
         logp, keep = logp.cpu(), batch.keep
         for r, i in enumerate(batch.rows):
-            out[i] = logp[r, keep - int(batch.lengths[r]):]
+            out[i] = logp[r, keep - int(batch.lengths[r]) :]
     return out  # type: ignore[return-value]
 
 
 def kl_batches(
-    model: nn.Module, tokenizer: Any, rows: Forced, base: Sequence[torch.Tensor],
+    model: nn.Module,
+    tokenizer: Any,
+    rows: Forced,
+    base: Sequence[torch.Tensor],
     batch_size: int | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``(positions, summed KL(base ‖ model))`` per batch, differentiable in ``model`` unless run
@@ -229,13 +260,16 @@ def kl_batches(
         for r, i in enumerate(batch.rows):
             n = int(batch.lengths[r])
             p = base[i].to(logp.device).reshape(n, -1)
-            total = total + kl_rows(p, logp[r, keep - n:]).sum()
+            total = total + kl_rows(p, logp[r, keep - n :]).sum()
         yield int(batch.lengths.sum()), total
 
 
 @torch.inference_mode()
 def mean_kl(
-    model: nn.Module, tokenizer: Any, rows: Forced, base: Sequence[torch.Tensor],
+    model: nn.Module,
+    tokenizer: Any,
+    rows: Forced,
+    base: Sequence[torch.Tensor],
     batch_size: int | None = None,
 ) -> float:
     """KL(base ‖ model) averaged over every scored position of ``rows``."""
@@ -247,8 +281,14 @@ def mean_kl(
 
 @torch.inference_mode()
 def greedy_answers(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], tokens: int, batch_size: int | None = None,
-    *, formatting: Formatting | None = None, prompt_set: str | None = None,
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    tokens: int,
+    batch_size: int | None = None,
+    *,
+    formatting: Formatting | None = None,
+    prompt_set: str | None = None,
 ) -> list[list[int]]:
     """The first ``tokens`` token ids of ``model``'s greedy answer to each prompt, up to and
     including its stop token: the answers a k-token KL forces (a thinking model's are its first
@@ -257,8 +297,15 @@ def greedy_answers(
 
     stops = set(stop_token_ids(model, tokenizer))
     out = []
-    for row in generate_tokens(model, tokenizer, prompts, max_tokens=tokens, batch_size=batch_size,
-                               formatting=formatting, prompt_set=prompt_set):
+    for row in generate_tokens(
+        model,
+        tokenizer,
+        prompts,
+        max_tokens=tokens,
+        batch_size=batch_size,
+        formatting=formatting,
+        prompt_set=prompt_set,
+    ):
         end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
         out.append(list(row[:end]))
     return out
@@ -286,7 +333,10 @@ class Divergence:
 
 @torch.inference_mode()
 def first_token_logprobs(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int | None = None,
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    batch_size: int | None = None,
     formatting: Formatting | None = None,
 ) -> torch.Tensor:
     """``(len(prompts), vocab)`` float32 log-probabilities of each answer's first token (a
@@ -299,33 +349,56 @@ DAMAGES = ("first_token", "k_tokens")
 
 
 def k_rows(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], tokens: int, batch_size: int | None = None,
-    *, formatting: Formatting | None = None, prompt_set: str | None = None,
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    tokens: int,
+    batch_size: int | None = None,
+    *,
+    formatting: Formatting | None = None,
+    prompt_set: str | None = None,
 ) -> Forced:
     """k-token rows: ``prompts`` with ``model``'s own first ``tokens`` greedy tokens, forced right
     after the prompt (a thinking model's thoughts are part of what it wrote)."""
-    answers = greedy_answers(model, tokenizer, prompts, tokens, batch_size, formatting=formatting,
-                             prompt_set=prompt_set)
-    return forced(tokenizer, prompts, answers, formatting=formatting, prompt_set=prompt_set,
-                  prefixes=[""] * len(prompts))
+    answers = greedy_answers(
+        model, tokenizer, prompts, tokens, batch_size, formatting=formatting, prompt_set=prompt_set
+    )
+    return forced(
+        tokenizer,
+        prompts,
+        answers,
+        formatting=formatting,
+        prompt_set=prompt_set,
+        prefixes=[""] * len(prompts),
+    )
 
 
 def damage_rows(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], damage: str, kl_tokens: int,
-    batch_size: int | None = None, formatting: Formatting | None = None,
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    damage: str,
+    kl_tokens: int,
+    batch_size: int | None = None,
+    formatting: Formatting | None = None,
 ) -> Forced:
     """The teacher-forced rows ``optimize``'s damage objective scores: ``first_token`` one prefill
     per prompt; ``k_tokens`` the first ``kl_tokens`` tokens of the original model's own greedy
     answers (generated once, here, so ``model`` must be uncut)."""
     if damage == "first_token":
         return forced(tokenizer, prompts, formatting=formatting, prompt_set="harmless")
-    return k_rows(model, tokenizer, prompts, kl_tokens, batch_size, formatting=formatting,
-                  prompt_set="harmless")
+    return k_rows(
+        model, tokenizer, prompts, kl_tokens, batch_size, formatting=formatting, prompt_set="harmless"
+    )
 
 
 def likelihood_batches(
-    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, ...]], tokens: int = 8,
-    batch_size: int | None = None, formatting: Formatting | None = None,
+    model: nn.Module,
+    tokenizer: Any,
+    refusals: Sequence[tuple[str, ...]],
+    tokens: int = 8,
+    batch_size: int | None = None,
+    formatting: Formatting | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``(rows, summed probability of opening with the given refusal)`` per batch: each prompt's
     answer is teacher-forced with the first ``tokens`` tokens of its refusal, after the thoughts
@@ -337,16 +410,25 @@ def likelihood_batches(
     rows = forced_text(tokenizer, spoken, tokens, formatting=formatting, prompt_set="validation")
     kept = [i for i, a in enumerate(rows.answers) if a]
     rows = Forced(tuple(rows.prompts[i] for i in kept), tuple(rows.answers[i] for i in kept))
-    size = batch_size or batch_size_for(model, max((len(x) for x in rows.inputs), default=1), len(rows),
-                                        logit_positions=tokens + 1, logit_copies=2)
+    size = batch_size or batch_size_for(
+        model,
+        max((len(x) for x in rows.inputs), default=1),
+        len(rows),
+        logit_positions=tokens + 1,
+        logit_copies=2,
+    )
     for batch, logp in logprob_batches(model, tokenizer, rows, size):
         yield len(batch.rows), token_logprobs(logp, batch).sum(-1).exp().sum()
 
 
 @torch.inference_mode()
 def refusal_likelihood(
-    model: nn.Module, tokenizer: Any, refusals: Sequence[tuple[str, ...]], tokens: int = 8,
-    batch_size: int | None = None, formatting: Formatting | None = None,
+    model: nn.Module,
+    tokenizer: Any,
+    refusals: Sequence[tuple[str, ...]],
+    tokens: int = 8,
+    batch_size: int | None = None,
+    formatting: Formatting | None = None,
 ) -> float:
     """Mean probability that ``model`` opens its answer with the given refusal (its first
     ``tokens`` tokens, teacher-forced): ``refusals`` pairs each prompt with the original model's

@@ -133,8 +133,7 @@ def _suggest(trial: Any, num_layers: int, measured: int, fixed: dict[str, bool])
     return CutParams.from_trial(params, fixed)
 
 
-def _load_study(optuna: Any, storage: Any, seed: int, settings: dict[str, Any],
-                plain: dict[str, Any]) -> Any:
+def _load_study(optuna: Any, storage: Any, seed: int, settings: dict[str, Any], plain: dict[str, Any]) -> Any:
     """Create or resume the study (its plain cut queued first when new, or when no trial is left
     that finished, runs or waits); a resumed one must have been made with the same settings."""
     study, created = studies.create_or_load(storage, seed)
@@ -157,20 +156,32 @@ def _load_study(optuna: Any, storage: Any, seed: int, settings: dict[str, Any],
 
 def _finished(optuna: Any, study: Any) -> list[Any]:
     """The study's finished trials, the refined one included."""
-    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if not t.user_attrs.get("surplus")]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not t.user_attrs.get("surplus")
+    ]
 
 
-def _result(optuna: Any, the_study: Any, fixed: dict[str, bool], selection: dict[str, float],
-            **info: Any) -> OptimizeResult:
+def _result(
+    optuna: Any, the_study: Any, fixed: dict[str, bool], selection: dict[str, float], **info: Any
+) -> OptimizeResult:
     """The study's trials; ``pareto`` marks the front over all three objectives (a cut that
     answers with more margin at the same KL is a better cut, not an equal one)."""
     done = _finished(optuna, the_study)
     front = pareto_mask([t.values for t in done])
     trials = tuple(
-        Trial(t.number, t.values[0], t.values[1], float(t.user_attrs.get("seconds", 0.0)),
-              CutParams.from_trial(t.params, fixed, t.user_attrs.get("weights")), t.values[2],
-              on_front, bool(t.user_attrs.get("plain")), selection.get(str(t.number)))
+        Trial(
+            t.number,
+            t.values[0],
+            t.values[1],
+            float(t.user_attrs.get("seconds", 0.0)),
+            CutParams.from_trial(t.params, fixed, t.user_attrs.get("weights")),
+            t.values[2],
+            on_front,
+            bool(t.user_attrs.get("plain")),
+            selection.get(str(t.number)),
+        )
         for t, on_front in zip(done, front, strict=True)
     )
     return OptimizeResult(trials, **info)
@@ -228,12 +239,24 @@ def optimize(
     """
     started = time.perf_counter()
     optuna = require("optuna", "optimize", "optimize")
-    _check_arguments(direction, damage, timeout, n_trials=n_trials, check=check, max_tokens=max_tokens,
-                     selection_tokens=selection_tokens, refine_steps=refine_steps, kl_tokens=kl_tokens)
+    _check_arguments(
+        direction,
+        damage,
+        timeout,
+        n_trials=n_trials,
+        check=check,
+        max_tokens=max_tokens,
+        selection_tokens=selection_tokens,
+        refine_steps=refine_steps,
+        kl_tokens=kl_tokens,
+    )
     judge = get_judge(judge)
     harmful, neutral, checking = _prompt_sets(prompts, harmless, selection, check)
-    fixed = {k: bool(v) for k, v in (("projected", projected), ("norm_preserving", norm_preserving))
-             if v is not None}
+    fixed = {
+        k: bool(v)
+        for k, v in (("projected", projected), ("norm_preserving", norm_preserving))
+        if v is not None
+    }
     fmt = formatting_for(direction, formatting)
     settings = _study_settings(direction, fixed, harmful, neutral, max_tokens, judge, damage, kl_tokens, fmt)
     plain = plain_trial_params(direction, fixed)
@@ -244,8 +267,14 @@ def optimize(
     scores = _Scores(model, tokenizer, direction, harmful, judge, fmt, max_tokens, batch_size)
     if todo > 0 or refining:
         scores.prepare(neutral, damage, kl_tokens)
-    info = {"n_prompts": len(harmful), "n_harmless": len(neutral), "seed": seed, "study": storage,
-            "settings": settings, "n_selection": len(checking) if check else 0}
+    info = {
+        "n_prompts": len(harmful),
+        "n_harmless": len(neutral),
+        "seed": seed,
+        "study": storage,
+        "settings": settings,
+        "n_selection": len(checking) if check else 0,
+    }
     search_until, refine_until = budget(started, timeout, refining)
     search = _Search(optuna, scores, fixed, plain, info, say, n_trials, todo)
     search.run(the_study, search_until)
@@ -259,16 +288,43 @@ def optimize(
         scores.prepare(neutral, damage, kl_tokens)
     _say_why_no_refinement(refine_steps, fixed, say)
     if refining:
-        _add_refined(optuna, the_study, plain, lambda until: refine(
-            model, tokenizer, CutParams.from_trial(plain, fixed).vector(direction), scores.rows, scores.base,
-            scores.refused, steps=refine_steps, batch_size=batch_size, log=say, formatting=fmt,
-            deadline=until), scores, fixed, say, refine_until)
+        _add_refined(
+            optuna,
+            the_study,
+            plain,
+            lambda until: refine(
+                model,
+                tokenizer,
+                CutParams.from_trial(plain, fixed).vector(direction),
+                scores.rows,
+                scores.base,
+                scores.refused,
+                steps=refine_steps,
+                batch_size=batch_size,
+                log=say,
+                formatting=fmt,
+                deadline=until,
+            ),
+            scores,
+            fixed,
+            say,
+            refine_until,
+        )
     checked = _stored_checks(the_study, checking, selection_tokens) if check else {}
     result = _result(optuna, the_study, fixed, checked, **info)
     if not check or result.plain is None:
         return result
-    return _check_pick(the_study, result, scores, checking, selection_tokens, check, checked, say,
-                       lambda: _result(optuna, the_study, fixed, checked, **info))
+    return _check_pick(
+        the_study,
+        result,
+        scores,
+        checking,
+        selection_tokens,
+        check,
+        checked,
+        say,
+        lambda: _result(optuna, the_study, fixed, checked, **info),
+    )
 
 
 def _check_arguments(direction: DirectionResult, damage: str, timeout: float | None, **counts: int) -> None:
@@ -278,36 +334,57 @@ def _check_arguments(direction: DirectionResult, damage: str, timeout: float | N
         check_int(name, value, least.get(name, 1))
     if damage not in DAMAGES:
         raise VaubanError(f"damage must be one of {', '.join(DAMAGES)}, got {damage!r}")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not timeout > 0):
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
         raise VaubanError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if direction.harmful_means is None:
         raise VaubanError("optimize needs a DirectionResult with per-layer means; measure it again")
 
 
-def _prompt_sets(prompts: Prompts | None, harmless: Prompts | None, selection: Prompts | None,
-                 check: int) -> tuple[list[str], list[str], list[str]]:
+def _prompt_sets(
+    prompts: Prompts | None, harmless: Prompts | None, selection: Prompts | None, check: int
+) -> tuple[list[str], list[str], list[str]]:
     """The search's harmful and harmless prompts and the selection prompts (bundled by default);
     warns when the check would run on prompts the search has seen."""
     harmful = default_validation_prompts() if prompts is None else load_prompts(prompts)
-    neutral = (default_harmless_prompts() if harmless is None
-               else load_prompts(harmless, what="harmless prompts"))
+    neutral = (
+        default_harmless_prompts() if harmless is None else load_prompts(harmless, what="harmless prompts")
+    )
     checking = default_selection_prompts() if selection is None else load_prompts(selection)
     shared = len(set(harmful) & set(checking))
     if check and shared:
-        warnings.warn(f"{shared} selection prompts are also search prompts: the check of the pick is "
-                      "only as good as the prompts it has not seen; give disjoint sets", stacklevel=3)
+        warnings.warn(
+            f"{shared} selection prompts are also search prompts: the check of the pick is "
+            "only as good as the prompts it has not seen; give disjoint sets",
+            stacklevel=3,
+        )
     return harmful, neutral, checking
 
 
-def _study_settings(direction: DirectionResult, fixed: dict[str, bool], harmful: Sequence[str],
-                    neutral: Sequence[str], max_tokens: int, judge: Judge, damage: str, kl_tokens: int,
-                    fmt: Formatting | None) -> dict[str, Any]:
+def _study_settings(
+    direction: DirectionResult,
+    fixed: dict[str, bool],
+    harmful: Sequence[str],
+    neutral: Sequence[str],
+    max_tokens: int,
+    judge: Judge,
+    damage: str,
+    kl_tokens: int,
+    fmt: Formatting | None,
+) -> dict[str, Any]:
     """What a resumed study must have been made with (stored in the study)."""
-    settings = {"direction_layer": direction.layer_index, "num_layers": direction.num_layers,
-                "model": direction.model_path, "fixed": fixed, "prompts": len(harmful),
-                "harmless": len(neutral), "max_tokens": max_tokens, "judge": judge.spec,
-                "objectives": ["refusal", "kl", "refusal_likelihood"]}
+    settings = {
+        "direction_layer": direction.layer_index,
+        "num_layers": direction.num_layers,
+        "model": direction.model_path,
+        "fixed": fixed,
+        "prompts": len(harmful),
+        "harmless": len(neutral),
+        "max_tokens": max_tokens,
+        "judge": judge.spec,
+        "objectives": ["refusal", "kl", "refusal_likelihood"],
+    }
     if damage != "first_token":  # absent for first-token KL, so studies made before this option resume
         settings["damage"] = {"kind": damage, "kl_tokens": kl_tokens}
     if fmt is not None and fmt != Formatting(thinking_tokens=fmt.thinking_tokens):
@@ -319,8 +396,17 @@ class _Scores:
     """The three objectives of a cut (refusal, KL, refusal likelihood) on one model, edited and
     undone; :meth:`prepare` computes the original's references first."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, direction: DirectionResult, harmful: list[str],
-                 judge: Judge, fmt: Formatting | None, max_tokens: int, batch_size: int | None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        direction: DirectionResult,
+        harmful: list[str],
+        judge: Judge,
+        fmt: Formatting | None,
+        max_tokens: int,
+        batch_size: int | None,
+    ) -> None:
         self.model, self.tokenizer, self.direction, self.harmful = model, tokenizer, direction, harmful
         self.judge, self.fmt, self.max_tokens, self.batch_size = judge, fmt, max_tokens, batch_size
         self.rows: Any = None
@@ -332,30 +418,55 @@ class _Scores:
         model, tokenizer, fmt = self.model, self.tokenizer, self.fmt
         self.rows = damage_rows(model, tokenizer, neutral, damage, kl_tokens, self.batch_size, fmt)
         self.base = reference_logprobs(model, tokenizer, self.rows, self.batch_size)
-        originals = completions(model, tokenizer, self.harmful, max_tokens=self.max_tokens,
-                                batch_size=self.batch_size, judge=self.judge, formatting=fmt,
-                                prompt_set="validation")
-        self.refused = [(c.prompt, c.text, thinking_prefix(tokenizer, c.thinking or "", fmt))
-                        for c in originals if c.refused]
+        originals = completions(
+            model,
+            tokenizer,
+            self.harmful,
+            max_tokens=self.max_tokens,
+            batch_size=self.batch_size,
+            judge=self.judge,
+            formatting=fmt,
+            prompt_set="validation",
+        )
+        self.refused = [
+            (c.prompt, c.text, thinking_prefix(tokenizer, c.thinking or "", fmt))
+            for c in originals
+            if c.refused
+        ]
 
     def __call__(self, params: CutParams) -> tuple[float, float, float]:
         """The three objectives of one cut: refusal, KL, refusal likelihood."""
         model, tokenizer, batch_size, fmt = self.model, self.tokenizer, self.batch_size, self.fmt
         with params.apply(model, self.direction):
-            answers = completions(model, tokenizer, self.harmful, max_tokens=self.max_tokens,
-                                  batch_size=batch_size, judge=self.judge, formatting=fmt,
-                                  prompt_set="validation")
+            answers = completions(
+                model,
+                tokenizer,
+                self.harmful,
+                max_tokens=self.max_tokens,
+                batch_size=batch_size,
+                judge=self.judge,
+                formatting=fmt,
+                prompt_set="validation",
+            )
             kl = mean_kl(model, tokenizer, self.rows, self.base, batch_size)
-            likelihood = refusal_likelihood(model, tokenizer, self.refused, batch_size=batch_size,
-                                            formatting=fmt)
+            likelihood = refusal_likelihood(
+                model, tokenizer, self.refused, batch_size=batch_size, formatting=fmt
+            )
         return sum(c.refused for c in answers) / len(answers), kl, likelihood
 
     def selection_refusal(self, params: CutParams, prompts: list[str], max_tokens: int) -> float:
         """The cut's refusal rate on the selection prompts, at ``max_tokens`` tokens."""
         with params.apply(self.model, self.direction):
-            answers = completions(self.model, self.tokenizer, prompts, max_tokens=max_tokens,
-                                  batch_size=self.batch_size, judge=self.judge, formatting=self.fmt,
-                                  prompt_set="selection")
+            answers = completions(
+                self.model,
+                self.tokenizer,
+                prompts,
+                max_tokens=max_tokens,
+                batch_size=self.batch_size,
+                judge=self.judge,
+                formatting=self.fmt,
+                prompt_set="selection",
+            )
         return sum(c.refused for c in answers) / len(answers)
 
 
@@ -363,8 +474,17 @@ class _Search:
     """The trials of one run: the objective Optuna calls, one progress line after each, and the
     deadline after which no trial starts (nor one that would end after it at the mean pace)."""
 
-    def __init__(self, optuna: Any, scores: _Scores, fixed: dict[str, bool], plain: dict[str, Any],
-                 info: dict[str, Any], say: Callable[[str], None] | None, n_trials: int, todo: int) -> None:
+    def __init__(
+        self,
+        optuna: Any,
+        scores: _Scores,
+        fixed: dict[str, bool],
+        plain: dict[str, Any],
+        info: dict[str, Any],
+        say: Callable[[str], None] | None,
+        n_trials: int,
+        todo: int,
+    ) -> None:
         self.optuna, self.scores, self.fixed, self.plain, self.info = optuna, scores, fixed, plain, info
         self.say, self.n_trials, self.todo = say, n_trials, todo
         self.started = time.perf_counter()
@@ -375,8 +495,10 @@ class _Search:
     def objective(self, trial: Any) -> tuple[float, float, float]:
         if studies.surplus(trial.study, trial, self.n_trials):
             trial.set_user_attr("surplus", True)
-            raise _Surplus(f"trial {trial.number} is past the study's {self.n_trials} trials (another "
-                           "worker asked at the same time): failed unscored")
+            raise _Surplus(
+                f"trial {trial.number} is past the study's {self.n_trials} trials (another "
+                "worker asked at the same time): failed unscored"
+            )
         trial.set_user_attr("worker", studies.WORKER)
         direction = self.scores.direction
         t0 = time.perf_counter()
@@ -393,12 +515,14 @@ class _Search:
         finished = studies.search_trials(study_, self.optuna.trial.TrialState.COMPLETE)
         best = _result(self.optuna, study_, self.fixed, {}, **self.info).best  # the pick, before any check
         eta = self.spent / self.done * max(self.n_trials - len(finished), 0)
-        self.say(f"trial {len(finished)}/{self.n_trials} (#{trial.number}): refusal "
-                 f"{trial.values[0] * 100:5.1f}%  kl {trial.values[1]:.4f}  "
-                 f"p(refusal) {trial.values[2]:.1e}  "
-                 f"({trial.user_attrs['seconds']:.1f} s) | best: trial "
-                 f"{best.number} refusal {best.refusal * 100:.1f}% kl {best.kl:.4f} | "
-                 f"ETA {duration(eta)}")
+        self.say(
+            f"trial {len(finished)}/{self.n_trials} (#{trial.number}): refusal "
+            f"{trial.values[0] * 100:5.1f}%  kl {trial.values[1]:.4f}  "
+            f"p(refusal) {trial.values[2]:.1e}  "
+            f"({trial.user_attrs['seconds']:.1f} s) | best: trial "
+            f"{best.number} refusal {best.refusal * 100:.1f}% kl {best.kl:.4f} | "
+            f"ETA {duration(eta)}"
+        )
 
     def late(self, deadline: float | None) -> bool:
         """Whether another trial, at this run's mean trial time, would end past ``deadline``."""
@@ -419,8 +543,10 @@ class _Search:
                 return
             if step == "wait":
                 if not waiting_said and self.say is not None:
-                    self.say(f"waiting for trials that other workers run (one whose worker died runs again "
-                             f"{studies.GRACE} s after its last heartbeat)")
+                    self.say(
+                        f"waiting for trials that other workers run (one whose worker died runs again "
+                        f"{studies.GRACE} s after its last heartbeat)"
+                    )
                 waiting_said = True
                 studies.pause()
                 continue
@@ -431,9 +557,17 @@ class _Surplus(Exception):
     """A trial asked at the same instant as another worker's last one: failed, unscored."""
 
 
-def _check_pick(the_study: Any, result: OptimizeResult, scores: _Scores, checking: list[str],
-                selection_tokens: int, check: int, checked: dict[str, float],
-                say: Callable[[str], None] | None, rebuild: Callable[[], OptimizeResult]) -> OptimizeResult:
+def _check_pick(
+    the_study: Any,
+    result: OptimizeResult,
+    scores: _Scores,
+    checking: list[str],
+    selection_tokens: int,
+    check: int,
+    checked: dict[str, float],
+    say: Callable[[str], None] | None,
+    rebuild: Callable[[], OptimizeResult],
+) -> OptimizeResult:
     """Check the plain cut, then up to ``check`` candidates lowest KL first, on the selection
     prompts, stopping at the first that refuses no more than the plain cut; ``checked`` gets each
     refusal rate (by trial number) and is stored in the study, so a resumed run reuses them.
@@ -446,8 +580,10 @@ def _check_pick(the_study: Any, result: OptimizeResult, scores: _Scores, checkin
             checked[key] = scores.selection_refusal(t.params, checking, selection_tokens)
             _store_checks(the_study, checking, selection_tokens, checked)
             if say is not None:
-                say(f"check trial {t.number} on {len(checking)} selection prompts: refusal "
-                    f"{checked[key]:.1%} ({time.perf_counter() - t0:.1f} s)")
+                say(
+                    f"check trial {t.number} on {len(checking)} selection prompts: refusal "
+                    f"{checked[key]:.1%} ({time.perf_counter() - t0:.1f} s)"
+                )
         return checked[key]
 
     assert result.plain is not None
@@ -457,19 +593,23 @@ def _check_pick(the_study: Any, result: OptimizeResult, scores: _Scores, checkin
             break
     result = rebuild()
     if say is not None:
-        say(f"pick: trial {result.best.number} (selection refusal {result.best.selection_refusal:.1%}, "
-            f"plain cut {limit:.1%})")
+        say(
+            f"pick: trial {result.best.number} (selection refusal {result.best.selection_refusal:.1%}, "
+            f"plain cut {limit:.1%})"
+        )
     return result
 
 
-def _say_why_no_refinement(refine_steps: int, fixed: dict[str, bool],
-                           say: Callable[[str], None] | None) -> None:
+def _say_why_no_refinement(
+    refine_steps: int, fixed: dict[str, bool], say: Callable[[str], None] | None
+) -> None:
     if refine_steps and fixed.get("norm_preserving") and say is not None:
         say("no refinement: a norm-preserving cut rescales each written vector, which refine cannot express")
 
 
-def _open_study(optuna: Any, study: Any, seed: int, settings: dict[str, Any],
-                plain: dict[str, Any]) -> tuple[str | None, Any]:
+def _open_study(
+    optuna: Any, study: Any, seed: int, settings: dict[str, Any], plain: dict[str, Any]
+) -> tuple[str | None, Any]:
     """The study's storage (as a user gives it) and the study, created or resumed."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = studies.open_storage(study)
@@ -479,13 +619,23 @@ def _open_study(optuna: Any, study: Any, seed: int, settings: dict[str, Any],
 def _refining(optuna: Any, the_study: Any, refine_steps: int, fixed: dict[str, bool]) -> bool:
     """Whether to refine the plain cut: once per study; a norm-preserving one cannot be (see
     :mod:`vauban.search.refining`)."""
-    return (refine_steps > 0 and not fixed.get("norm_preserving")
-            and not any(t.user_attrs.get("weights") for t in _finished(optuna, the_study)))
+    return (
+        refine_steps > 0
+        and not fixed.get("norm_preserving")
+        and not any(t.user_attrs.get("weights") for t in _finished(optuna, the_study))
+    )
 
 
-def _add_refined(optuna: Any, the_study: Any, plain: dict[str, Any], run: Callable[[float | None], Refined],
-                 scores: Callable[[CutParams], tuple[float, float, float]], fixed: dict[str, bool],
-                 say: Callable[[str], None] | None, deadline: float | None) -> None:
+def _add_refined(
+    optuna: Any,
+    the_study: Any,
+    plain: dict[str, Any],
+    run: Callable[[float | None], Refined],
+    scores: Callable[[CutParams], tuple[float, float, float]],
+    fixed: dict[str, bool],
+    say: Callable[[str], None] | None,
+    deadline: float | None,
+) -> None:
     """Refine the plain cut's per-layer weights (``run(until)``: stopping where scoring the result,
     one trial's mean time in the study, would end past ``deadline``), score them as a weight
     edit, and store the result as one more trial: the plain cut's parameters plus the weights in
@@ -506,12 +656,19 @@ def _add_refined(optuna: Any, the_study: Any, plain: dict[str, Any], run: Callab
     values = scores(CutParams.from_trial(plain, fixed, weights))
     seconds = time.perf_counter() - t0
     template = next(t for t in done if t.user_attrs.get("plain"))
-    the_study.add_trial(optuna.trial.create_trial(
-        params=template.params, distributions=template.distributions, values=list(values),
-        user_attrs={"seconds": seconds, "plain": False, "weights": weights}))
+    the_study.add_trial(
+        optuna.trial.create_trial(
+            params=template.params,
+            distributions=template.distributions,
+            values=list(values),
+            user_attrs={"seconds": seconds, "plain": False, "weights": weights},
+        )
+    )
     if say is not None:
-        say(f"refined trial: refusal {values[0] * 100:5.1f}%  kl {values[1]:.4f}  "
-            f"p(refusal) {values[2]:.1e}  ({seconds:.1f} s)")
+        say(
+            f"refined trial: refusal {values[0] * 100:5.1f}%  kl {values[1]:.4f}  "
+            f"p(refusal) {values[2]:.1e}  ({seconds:.1f} s)"
+        )
 
 
 def _checks_key(prompts: Sequence[str], max_tokens: int) -> str:
@@ -547,7 +704,12 @@ def export_trial(
     chosen = result.trial(number)
     with chosen.params.apply(model, direction) as applied:
         record = cut_record(source or direction.model_path, applied, direction)
-        record["optimization"] = {"trial": chosen.record(), "seed": result.seed, "study": result.study,
-                                  "pareto": [t.record() for t in result.pareto]}
-        return export(model, tokenizer, output_dir, direction=direction, record=record, overwrite=overwrite,
-                      **options)
+        record["optimization"] = {
+            "trial": chosen.record(),
+            "seed": result.seed,
+            "study": result.study,
+            "pareto": [t.record() for t in result.pareto],
+        }
+        return export(
+            model, tokenizer, output_dir, direction=direction, record=record, overwrite=overwrite, **options
+        )

@@ -111,8 +111,13 @@ def gated(model: nn.Module, direction: torch.Tensor, weights: torch.Tensor) -> I
             basis = writer_basis(unit[None], w.post_norm, device)[0]
             at = (0 if w.kind == "attention" else 1, w.layer)
 
-            def hook(_module: nn.Module, _args: Any, y: torch.Tensor, q: torch.Tensor = basis,
-                     at: tuple[int, int] = at) -> torch.Tensor:
+            def hook(
+                _module: nn.Module,
+                _args: Any,
+                y: torch.Tensor,
+                q: torch.Tensor = basis,
+                at: tuple[int, int] = at,
+            ) -> torch.Tensor:
                 q = q.to(y.device, y.dtype)
                 return y - weights[at].to(y.device, y.dtype) * (y @ q).unsqueeze(-1) * q
 
@@ -199,8 +204,11 @@ def refine(
     best: tuple[float, torch.Tensor, float, float] | None = None
     reference: tuple[float, float] | None = None
 
-    rows = harmless if isinstance(harmless, Forced) else forced(tokenizer, harmless, formatting=formatting,
-                                                                prompt_set="harmless")
+    rows = (
+        harmless
+        if isinstance(harmless, Forced)
+        else forced(tokenizer, harmless, formatting=formatting, prompt_set="harmless")
+    )
 
     def kl_parts() -> Iterator[tuple[int, torch.Tensor]]:
         return kl_batches(model, tokenizer, rows, base, batch_size)
@@ -210,8 +218,11 @@ def refine(
             for step in range(steps + 1):
                 kl, kl_grad = _mean_and_grad(weights, kl_parts())
                 lik, lik_grad = _mean_and_grad(
-                    weights, likelihood_batches(model, tokenizer, refusals, batch_size=batch_size,
-                                                formatting=formatting))
+                    weights,
+                    likelihood_batches(
+                        model, tokenizer, refusals, batch_size=batch_size, formatting=formatting
+                    ),
+                )
                 reference = reference or (kl, lik)
                 value = loss((kl, lik), reference)
                 history.append((kl, lik))
@@ -223,8 +234,10 @@ def refine(
                 if step == steps or late:
                     break
                 share = torch.softmax(SHARPNESS * ratios((kl, lik), reference), 0)  # d loss / d ratio
-                weights.grad = (share[0] / max(reference[0], FLOOR) * kl_grad
-                                + share[1] / max(reference[1], FLOOR) * lik_grad)
+                weights.grad = (
+                    share[0] / max(reference[0], FLOOR) * kl_grad
+                    + share[1] / max(reference[1], FLOOR) * lik_grad
+                )
                 optimizer.step()
                 with torch.no_grad():
                     weights.clamp_(0.0, MAX_WEIGHT)
@@ -233,8 +246,14 @@ def refine(
             p.requires_grad_(True)
     assert best is not None
     chosen = best[1]
-    return Refined(tuple(float(x) for x in chosen[0]), tuple(float(x) for x in chosen[1]), best[2], best[3],
-                   tuple(history), steps)
+    return Refined(
+        tuple(float(x) for x in chosen[0]),
+        tuple(float(x) for x in chosen[1]),
+        best[2],
+        best[3],
+        tuple(history),
+        steps,
+    )
 
 
 def ends_past(deadline: float | None, seconds: float) -> bool:

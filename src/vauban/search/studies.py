@@ -61,7 +61,8 @@ def open_storage(study: Any, *, heartbeat: int = HEARTBEAT, grace: int = GRACE) 
         # Optuna 4.9 renamed the retry callback and its argument; older releases have the old names
         newer = hasattr(stores, "RetryHeartbeatStaleTrialCallback")
         retry = (stores.RetryHeartbeatStaleTrialCallback if newer else stores.RetryFailedTrialCallback)(
-            max_retry=RETRIES)
+            max_retry=RETRIES
+        )
         if text.startswith("journal:"):
             path = _file(text.removeprefix("journal:"))
             lock = stores.journal.JournalFileOpenLock(str(path))
@@ -85,8 +86,10 @@ def _rdb(stores: Any, url: str, heartbeat: int, grace: int, callback: dict[str, 
                 raise
             time.sleep(0.5 + attempt)
         except ImportError as e:
-            raise VaubanError(f"the storage {describe(url)} needs a database driver ({e}); pip install it "
-                              "(PostgreSQL: psycopg[binary]; MySQL: PyMySQL)") from None
+            raise VaubanError(
+                f"the storage {describe(url)} needs a database driver ({e}); pip install it "
+                "(PostgreSQL: psycopg[binary]; MySQL: PyMySQL)"
+            ) from None
     raise AssertionError("unreachable")
 
 
@@ -175,8 +178,9 @@ class TrialSeeded:
     def _for(self, trial: Any) -> Any:
         if trial.number != self._number:
             self._number = trial.number
-            self._tpe = _optuna().samplers.TPESampler(seed=self.seed + trial.number, multivariate=True,
-                                                      n_startup_trials=10, constant_liar=True)
+            self._tpe = _optuna().samplers.TPESampler(
+                seed=self.seed + trial.number, multivariate=True, n_startup_trials=10, constant_liar=True
+            )
         return self._tpe
 
     def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
@@ -210,16 +214,23 @@ def create_or_load(storage: Any, seed: int) -> tuple[Any, bool]:
     optuna = _optuna()
     directions = ["minimize"] * 3
     try:
-        return optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=directions,
-                                   sampler=sampler(seed)), True
+        return optuna.create_study(
+            study_name=STUDY_NAME, storage=storage, directions=directions, sampler=sampler(seed)
+        ), True
     except optuna.exceptions.DuplicatedStudyError:
         pass
     try:
-        return optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True,
-                                   directions=directions, sampler=sampler(seed)), False
+        return optuna.create_study(
+            study_name=STUDY_NAME,
+            storage=storage,
+            load_if_exists=True,
+            directions=directions,
+            sampler=sampler(seed),
+        ), False
     except ValueError as e:  # a study with other objectives (an older vauban's)
-        raise VaubanError(f"the study in {describe(storage)} cannot be resumed ({e}); "
-                          "use a new --study") from None
+        raise VaubanError(
+            f"the study in {describe(storage)} cannot be resumed ({e}); use a new --study"
+        ) from None
 
 
 def wait_for_first_trial(study: Any, timeout: float = 120.0) -> None:
@@ -228,8 +239,10 @@ def wait_for_first_trial(study: Any, timeout: float = 120.0) -> None:
     ends = time.monotonic() + timeout
     while not study.get_trials(deepcopy=False):
         if time.monotonic() > ends:
-            raise VaubanError(f"the study in {describe(study._storage)} has no trial after {timeout:.0f} s: "
-                              "its creator died before queuing the plain cut; start again with a new --study")
+            raise VaubanError(
+                f"the study in {describe(study._storage)} has no trial after {timeout:.0f} s: "
+                "its creator died before queuing the plain cut; start again with a new --study"
+            )
         time.sleep(POLL / 4)
 
 
@@ -269,8 +282,11 @@ def surplus(study: Any, trial: Any, n_trials: int) -> bool:
     """Whether ``trial`` (just asked) would be past ``n_trials``: that many search trials with
     smaller numbers are finished, running or queued (another worker asked at the same instant)."""
     state = _optuna().trial.TrialState
-    before = [t for t in search_trials(study, state.COMPLETE, state.RUNNING, state.WAITING)
-              if t.number < trial.number]
+    before = [
+        t
+        for t in search_trials(study, state.COMPLETE, state.RUNNING, state.WAITING)
+        if t.number < trial.number
+    ]
     return len(before) >= n_trials
 
 

@@ -37,22 +37,27 @@ class CutParams:
     norm_preserving: bool = False
 
     @classmethod
-    def from_trial(cls, params: dict[str, Any], fixed: dict[str, bool],
-                   weights: dict[str, list[float]] | None = None) -> CutParams:
+    def from_trial(
+        cls, params: dict[str, Any], fixed: dict[str, bool], weights: dict[str, list[float]] | None = None
+    ) -> CutParams:
         """From an Optuna trial's parameters (kernel minimum stored as a fraction of the peak);
         ``weights`` (a refined trial's per-layer weights, kept in its user attributes) replace
         the kernels."""
 
         def kernel(kind: str) -> LayerKernel:
             top = float(params[f"{kind}_max_weight"])
-            return LayerKernel(peak=float(params[f"{kind}_peak"]), max_weight=top,
-                               min_weight=top * float(params[f"{kind}_min_fraction"]),
-                               width=float(params[f"{kind}_width"]))
+            return LayerKernel(
+                peak=float(params[f"{kind}_peak"]),
+                max_weight=top,
+                min_weight=top * float(params[f"{kind}_min_fraction"]),
+                width=float(params[f"{kind}_width"]),
+            )
 
         flags = {k: bool(params.get(k, fixed.get(k, False))) for k in ("projected", "norm_preserving")}
         if weights:
-            return cls(float(params["direction_index"]), tuple(weights["attention"]), tuple(weights["mlp"]),
-                       **flags)
+            return cls(
+                float(params["direction_index"]), tuple(weights["attention"]), tuple(weights["mlp"]), **flags
+            )
         return cls(float(params["direction_index"]), kernel("attention"), kernel("mlp"), **flags)
 
     @property
@@ -65,8 +70,13 @@ class CutParams:
 
     def apply(self, model: nn.Module, direction: DirectionResult) -> Cut:
         """Apply this cut to ``model`` (an applied :class:`~vauban.edit.cutting.Cut`)."""
-        return cut(model, self.vector(direction), attention=self.attention, mlp=self.mlp,
-                   norm_preserving=self.norm_preserving)
+        return cut(
+            model,
+            self.vector(direction),
+            attention=self.attention,
+            mlp=self.mlp,
+            norm_preserving=self.norm_preserving,
+        )
 
     def record(self) -> dict[str, Any]:
         return {
@@ -87,8 +97,12 @@ def plain_trial_params(direction: DirectionResult, fixed: dict[str, bool]) -> di
     span = direction.num_layers - 1
     params: dict[str, Any] = {"direction_index": float(direction.layer_index)}
     for kind in ("attention", "mlp"):
-        params |= {f"{kind}_max_weight": 1.0, f"{kind}_peak": float(span),
-                   f"{kind}_min_fraction": 1.0, f"{kind}_width": float(max(span, 1))}
+        params |= {
+            f"{kind}_max_weight": 1.0,
+            f"{kind}_peak": float(span),
+            f"{kind}_min_fraction": 1.0,
+            f"{kind}_width": float(max(span, 1)),
+        }
     return params | {k: False for k in ("projected", "norm_preserving") if k not in fixed}
 
 
@@ -107,10 +121,17 @@ class Trial:
     selection_refusal: float | None = None  # refusal on the selection prompts, when checked
 
     def record(self) -> dict[str, Any]:
-        return {"number": self.number, "refusal": self.refusal, "kl": self.kl,
-                "refusal_likelihood": self.likelihood, "seconds": self.seconds,
-                "pareto": self.pareto, "plain": self.plain, "selection_refusal": self.selection_refusal,
-                "cut": self.params.record()}
+        return {
+            "number": self.number,
+            "refusal": self.refusal,
+            "kl": self.kl,
+            "refusal_likelihood": self.likelihood,
+            "seconds": self.seconds,
+            "pareto": self.pareto,
+            "plain": self.plain,
+            "selection_refusal": self.selection_refusal,
+            "cut": self.params.record(),
+        }
 
 
 @dataclass(frozen=True)
@@ -150,8 +171,11 @@ class OptimizeResult:
                 return False
             if not checked:
                 return True
-            return (t.selection_refusal is not None and plain.selection_refusal is not None
-                    and t.selection_refusal <= plain.selection_refusal)
+            return (
+                t.selection_refusal is not None
+                and plain.selection_refusal is not None
+                and t.selection_refusal <= plain.selection_refusal
+            )
 
         return min(filter(admissible, self.trials), key=lambda t: (t.kl, t.number))
 
@@ -168,8 +192,9 @@ class OptimizeResult:
         for t in self.trials:
             if t.number == number:
                 return t
-        raise VaubanError(f"no finished trial {number} in this study; trials: "
-                          f"{[t.number for t in self.trials]}")
+        raise VaubanError(
+            f"no finished trial {number} in this study; trials: {[t.number for t in self.trials]}"
+        )
 
     def rows(self) -> tuple[list[str], list[list[str]]]:
         """Column names and one row of text per Pareto point, plus the plain cut and the pick
@@ -178,22 +203,42 @@ class OptimizeResult:
         shown = dict.fromkeys([*self.pareto, *(t for t in (self.plain, best) if t is not None)])
         damage = self.settings.get("damage")
         kl_name = f"{damage['kl_tokens']}-token KL" if damage else "first-token KL"
-        columns = ["trial", "refusal", kl_name, "p(refusal)", "selection refusal", "direction",
-                   "attention kernel", "MLP kernel", "projected", "norm-preserving"]
-        rows = [[f"{t.number}{' (plain)' if t.plain else ''}{' *' if t is best else ''}",
-                 f"{t.refusal:.1%}", f"{t.kl:.4f}", f"{t.likelihood:.1e}",
-                 "-" if t.selection_refusal is None else f"{t.selection_refusal:.1%}",
-                 f"{t.params.direction_index:.2f}", _kernel_text(t.params.attention),
-                 _kernel_text(t.params.mlp), "yes" if t.params.projected else "no",
-                 "yes" if t.params.norm_preserving else "no"] for t in shown]
+        columns = [
+            "trial",
+            "refusal",
+            kl_name,
+            "p(refusal)",
+            "selection refusal",
+            "direction",
+            "attention kernel",
+            "MLP kernel",
+            "projected",
+            "norm-preserving",
+        ]
+        rows = [
+            [
+                f"{t.number}{' (plain)' if t.plain else ''}{' *' if t is best else ''}",
+                f"{t.refusal:.1%}",
+                f"{t.kl:.4f}",
+                f"{t.likelihood:.1e}",
+                "-" if t.selection_refusal is None else f"{t.selection_refusal:.1%}",
+                f"{t.params.direction_index:.2f}",
+                _kernel_text(t.params.attention),
+                _kernel_text(t.params.mlp),
+                "yes" if t.params.projected else "no",
+                "yes" if t.params.norm_preserving else "no",
+            ]
+            for t in shown
+        ]
         return columns, rows
 
     def table(self) -> str:
         """:meth:`rows` as aligned plain text."""
         columns, rows = self.rows()
         widths = [max(len(r[i]) for r in [columns, *rows]) for i in range(len(columns))]
-        return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                         for r in [columns, *rows])
+        return "\n".join(
+            "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [columns, *rows]
+        )
 
     def summary(self) -> str:
         b = self.best
@@ -206,10 +251,16 @@ class OptimizeResult:
 
     def record(self) -> dict[str, Any]:
         return {
-            "seed": self.seed, "study": self.study, "n_prompts": self.n_prompts,
-            "n_harmless": self.n_harmless, "n_selection": self.n_selection, "settings": self.settings,
-            "seconds_per_trial": self.seconds_per_trial, "best": self.best.number,
-            "pareto": [t.number for t in self.pareto], "trials": [t.record() for t in self.trials],
+            "seed": self.seed,
+            "study": self.study,
+            "n_prompts": self.n_prompts,
+            "n_harmless": self.n_harmless,
+            "n_selection": self.n_selection,
+            "settings": self.settings,
+            "seconds_per_trial": self.seconds_per_trial,
+            "best": self.best.number,
+            "pareto": [t.number for t in self.pareto],
+            "trials": [t.record() for t in self.trials],
         }
 
     def save_json(self, path: str | os.PathLike[str]) -> Path:
@@ -241,8 +292,8 @@ def candidates(result: OptimizeResult) -> list[Trial]:
 def pareto_mask(points: Sequence[Sequence[float]]) -> list[bool]:
     """Which points no other point dominates (no worse on every objective, better on one; all
     minimized). Equal points do not dominate each other."""
+
     def dominates(b: Sequence[float], a: Sequence[float]) -> bool:
         return all(x <= y for x, y in zip(b, a, strict=True)) and tuple(b) != tuple(a)
 
     return [not any(dominates(b, a) for b in points) for a in points]
-

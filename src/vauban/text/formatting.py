@@ -38,8 +38,17 @@ from ..core.errors import VaubanError, check_int
 THINKING_TOKENS = 1024
 """New tokens a thinking model may spend before its reply (default; ``thinking_tokens=`` sets it)."""
 
-PROMPT_SETS = ("harmful", "harmless", "eval", "reference", "validation", "selection", "probe", "steer",
-               "chat")
+PROMPT_SETS = (
+    "harmful",
+    "harmless",
+    "eval",
+    "reference",
+    "validation",
+    "selection",
+    "probe",
+    "steer",
+    "chat",
+)
 """Names of the prompt sets a per-set system prompt can target."""
 
 
@@ -59,8 +68,9 @@ class Formatting:
             raise VaubanError(f"system_prompt must be text, got {type(self.system_prompt).__name__}")
         for name, text in dict(self.system_prompts).items():
             if name not in PROMPT_SETS:
-                raise VaubanError(f"no prompt set {name!r} for a system prompt; choose one of "
-                                  f"{', '.join(PROMPT_SETS)}")
+                raise VaubanError(
+                    f"no prompt set {name!r} for a system prompt; choose one of {', '.join(PROMPT_SETS)}"
+                )
             if not isinstance(text, str):
                 raise VaubanError(f"the system prompt of {name!r} must be text, got {type(text).__name__}")
         for key in dict(self.template_options):
@@ -69,8 +79,9 @@ class Formatting:
         try:
             json.dumps(dict(self.template_options))
         except TypeError as err:
-            raise VaubanError(f"template options must be JSON values (text, numbers, booleans): {err}") \
-                from None
+            raise VaubanError(
+                f"template options must be JSON values (text, numbers, booleans): {err}"
+            ) from None
         if self.thinking_tokens is not None:
             check_int("thinking_tokens", self.thinking_tokens, 0)
         object.__setattr__(self, "system_prompts", dict(self.system_prompts))
@@ -94,8 +105,12 @@ class Formatting:
         )
 
     def record(self) -> dict[str, Any]:
-        return {"system_prompt": self.system_prompt, "system_prompts": dict(self.system_prompts),
-                "template_options": dict(self.template_options), "thinking_tokens": self.thinking_tokens}
+        return {
+            "system_prompt": self.system_prompt,
+            "system_prompts": dict(self.system_prompts),
+            "template_options": dict(self.template_options),
+            "thinking_tokens": self.thinking_tokens,
+        }
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any] | None) -> Formatting | None:
@@ -195,8 +210,9 @@ def rejects_system(tokenizer: Any) -> bool:
     return False
 
 
-def chat_text(tokenizer: Any, prompt: str, formatting: Formatting | None = None,
-              prompt_set: str | None = None) -> str:
+def chat_text(
+    tokenizer: Any, prompt: str, formatting: Formatting | None = None, prompt_set: str | None = None
+) -> str:
     """The prompt as the model sees it in a chat: system prompt, user turn, generation prompt.
 
     Models without a chat template (base models) get the raw prompt (after the system prompt,
@@ -213,8 +229,12 @@ def chat_text(tokenizer: Any, prompt: str, formatting: Formatting | None = None,
         raise VaubanError(f"the chat template rejected the template options: {err}") from None
 
 
-def chat_texts(tokenizer: Any, prompts: Sequence[str], formatting: Formatting | None = None,
-               prompt_set: str | None = None) -> list[str]:
+def chat_texts(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    formatting: Formatting | None = None,
+    prompt_set: str | None = None,
+) -> list[str]:
     """:func:`chat_text` of many prompts (the system-role check runs once)."""
     fmt = formatting or DEFAULT
     system = fmt.system_for(prompt_set)

@@ -30,8 +30,18 @@ from .formatting import Formatting, chat_template, chat_texts
 from .sources import TEXT_KEYS as _TEXT_KEYS
 from .sources import directory_prompts, hub_prompts, parquet_prompts, pick_column
 
-BUNDLED = ("harmful", "harmless", "eval_harmful", "reference", "borderline", "over_refusal",
-           "harmful_categories", "eval_categories", "conditions", "multilingual")
+BUNDLED = (
+    "harmful",
+    "harmless",
+    "eval_harmful",
+    "reference",
+    "borderline",
+    "over_refusal",
+    "harmful_categories",
+    "eval_categories",
+    "conditions",
+    "multilingual",
+)
 
 Prompts = str | os.PathLike[str] | Sequence[str]
 
@@ -90,11 +100,20 @@ def _read_file(path: Path, field: str | None = None) -> list[str]:
         if not rows:
             return []
         header = [h.strip().lower() for h in rows[0]]
-        column = (header.index(pick_column(header, field.lower(), str(path))) if field is not None
-                  else next((header.index(k) for k in _TEXT_KEYS if k in header), None))
+        column = (
+            header.index(pick_column(header, field.lower(), str(path)))
+            if field is not None
+            else next((header.index(k) for k in _TEXT_KEYS if k in header), None)
+        )
         body = rows[1:] if column is not None else rows
-        short = next((n for n, row in enumerate(body, start=2 if column is not None else 1)
-                      if row and len(row) <= (column or 0)), None)
+        short = next(
+            (
+                n
+                for n, row in enumerate(body, start=2 if column is not None else 1)
+                if row and len(row) <= (column or 0)
+            ),
+            None,
+        )
         if short is not None:
             raise VaubanError(f"{path}: row {short} has no column {header[column or 0]!r}; fix that row")
         return [row[column or 0].strip() for row in body if row and row[column or 0].strip()]
@@ -179,7 +198,9 @@ def load_pairs(source: str | os.PathLike[str] | Sequence[tuple[str, str]]) -> li
 
 
 def encode_chat(
-    tokenizer: Any, prompts: Sequence[str], formatting: Formatting | None = None,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    formatting: Formatting | None = None,
     prompt_set: str | None = None,
 ) -> list[list[int]]:
     """Token ids of each chat-formatted prompt (the template already holds any BOS token); see

@@ -116,12 +116,12 @@ def split_reasoning(text: str, tokenizer: Any = None) -> tuple[str, str]:
     if close >= 0:
         thoughts = text[:close]
         start = thoughts.find(THINK_OPEN)
-        thoughts = thoughts[start + len(THINK_OPEN):] if start >= 0 else thoughts
-        reply = _RESPONSE.sub("", text[close + len(THINK_CLOSE):])  # Granite wraps its reply
+        thoughts = thoughts[start + len(THINK_OPEN) :] if start >= 0 else thoughts
+        reply = _RESPONSE.sub("", text[close + len(THINK_CLOSE) :])  # Granite wraps its reply
         return thoughts.strip(), reply.strip()
     stripped = text.lstrip()
     if stripped.startswith(THINK_OPEN):
-        return stripped[len(THINK_OPEN):].strip(), ""
+        return stripped[len(THINK_OPEN) :].strip(), ""
     return "", text.strip()
 
 
@@ -165,7 +165,7 @@ def _find(tokens: Sequence[int], marker: Sequence[int], start: int = 0) -> int:
         return -1
     first = marker[0]
     for i in range(start, len(tokens) - n + 1):
-        if tokens[i] == first and list(tokens[i:i + n]) == list(marker):
+        if tokens[i] == first and list(tokens[i : i + n]) == list(marker):
             return i + n
     return -1
 
@@ -182,8 +182,9 @@ class Decoder:
     marker: tuple[int, ...] = ()  # ids that end the thoughts: </think>, or harmony's final header
 
     @classmethod
-    def make(cls, tokenizer: Any, formatting: Formatting | None, stops: Sequence[int],
-             reply_tokens: int) -> Decoder:
+    def make(
+        cls, tokenizer: Any, formatting: Formatting | None, stops: Sequence[int], reply_tokens: int
+    ) -> Decoder:
         kind = reasoning(tokenizer, formatting)
         text = {"think": THINK_CLOSE, "seed": SEED_CLOSE, "harmony": HARMONY_FINAL}.get(kind.kind)
         marker = tuple(tokenizer.encode(text, add_special_tokens=False)) if text else ()
@@ -211,9 +212,9 @@ class Decoder:
                 return self._text(tokens[: self.reply_tokens]).strip()  # it answered without thinking
         if cut < 0:
             return joined(thoughts, "", finished=False)
-        while cut < len(tokens) and not self._text(tokens[cut:cut + 1]).strip():
+        while cut < len(tokens) and not self._text(tokens[cut : cut + 1]).strip():
             cut += 1  # the blank line after </think> is not part of the reply's budget
-        reply = self._text(tokens[cut: cut + self.reply_tokens]).strip()
+        reply = self._text(tokens[cut : cut + self.reply_tokens]).strip()
         return joined(thoughts, reply)
 
     def stopping(self, prompt_width: int) -> ReplyBudget | None:
@@ -234,10 +235,11 @@ class ReplyBudget(StoppingCriteria):
         self.reply_tokens = reply_tokens
         self._ends: dict[int, int] = {}
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
-                 **kwargs: Any) -> torch.BoolTensor:
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        rows = input_ids[:, self.width:].tolist()
+        rows = input_ids[:, self.width :].tolist()
         for row, tokens in enumerate(rows):
             end = self._ends.get(row)
             if end is None:

@@ -44,8 +44,9 @@ def texts(values: Iterable[Any], where: str) -> list[str]:
     out = []
     for i, value in enumerate(values):
         if not isinstance(value, str):
-            raise VaubanError(f"{where} row {i}: expected text, got {type(value).__name__}; "
-                              "pick a text column")
+            raise VaubanError(
+                f"{where} row {i}: expected text, got {type(value).__name__}; pick a text column"
+            )
         if value.strip():
             out.append(value.strip())
     return out
@@ -111,8 +112,10 @@ def directory_prompts(path: Path, split: str | None, column: str | None) -> list
     saved = any((path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json", "state.json"))
     data_files = [p for p in path.rglob("*") if p.suffix in (".parquet", ".jsonl", ".csv", ".arrow")]
     if not saved and not data_files:
-        raise VaubanError(f"{path} is a directory without a dataset (no save_to_disk files, no .parquet/"
-                          ".jsonl/.csv data); pass a dataset directory or a prompt file")
+        raise VaubanError(
+            f"{path} is a directory without a dataset (no save_to_disk files, no .parquet/"
+            ".jsonl/.csv data); pass a dataset directory or a prompt file"
+        )
     datasets = _datasets()
     try:
         data = datasets.load_from_disk(str(path)) if saved else datasets.load_dataset(str(path))

@@ -60,8 +60,10 @@ def check_options(name: str | None, quant: str | None) -> ModuleType:
     if quant is not None:
         checker = getattr(module, "check_quant", None)
         if checker is None:
-            raise VaubanError(f"the {module.NAME} format is not quantized (got --quant {quant}); "
-                              "use --format gguf or --format mlx for a quantized export")
+            raise VaubanError(
+                f"the {module.NAME} format is not quantized (got --quant {quant}); "
+                "use --format gguf or --format mlx for a quantized export"
+            )
         checker(quant)
     return module
 

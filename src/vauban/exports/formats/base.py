@@ -40,8 +40,15 @@ class ExportJob:
     name: str = "model"  # the export directory's name, for files named after it (GGUF)
 
     @classmethod
-    def of(cls, model: nn.Module, tokenizer: Any, *, quant: str | None = None,
-           dtype: str | torch.dtype | None = None, name: str = "model") -> ExportJob:
+    def of(
+        cls,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        quant: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        name: str = "model",
+    ) -> ExportJob:
         explicit = None if dtype is None else resolve_dtype(dtype, torch.device("cpu"))
         if explicit is not None and explicit not in DTYPE_NAMES:
             raise VaubanError(f"export dtype {dtype!r} is not one of {sorted(DTYPE_NAMES.values())}")

@@ -61,7 +61,9 @@ def _gguf_facts(path: Path) -> dict[str, str]:
     if lic := text("general.license"):
         facts["license"] = lic
     url = text("general.base_model.0.repo_url") or ""
-    if url.startswith("https://huggingface.co/") and _HUB_ID.match(url.removeprefix("https://huggingface.co/")):
+    if url.startswith("https://huggingface.co/") and _HUB_ID.match(
+        url.removeprefix("https://huggingface.co/")
+    ):
         facts["base_model"] = url.removeprefix("https://huggingface.co/")
     return facts
 
@@ -77,7 +79,7 @@ def _yaml_header(path: Path) -> dict[str, str]:
         return {}
     out = {}
     for line in match.group(1).splitlines():
-        if (m := re.match(r"^([A-Za-z_]+):\s*(\S.*)$", line)):
+        if m := re.match(r"^([A-Za-z_]+):\s*(\S.*)$", line):
             out[m.group(1)] = m.group(2).strip().strip("'\"")
     return out
 
@@ -91,23 +93,46 @@ def write_card(folder: Path, record: dict[str, Any], source: ModelSource | None)
         header.append(f"base_model: {json.dumps(facts['base_model'])}")
     if "license" in facts:
         header.append(f"license: {json.dumps(facts['license'])}")
-    header += ["tags:", "- abliterated", "- vauban", f"- {fmt}",
-               f"library_name: {_LIBRARY.get(fmt, 'transformers')}", "pipeline_tag: text-generation",
-               "---", ""]
+    header += [
+        "tags:",
+        "- abliterated",
+        "- vauban",
+        f"- {fmt}",
+        f"library_name: {_LIBRARY.get(fmt, 'transformers')}",
+        "pipeline_tag: text-generation",
+        "---",
+        "",
+    ]
     title = facts.get("base_model", "").rsplit("/", 1)[-1] or "Model"
-    body = [f"# {title}, abliterated", "",
-            f"An abliterated version of {facts.get('base_model', record.get('source', 'the source model'))}: "
-            "[vauban](https://pypi.org/project/vauban/) measured the direction along which the model "
-            "represents refusal and removed it from the weights that write into the residual stream "
-            "(directional ablation, weight orthogonalization).", "",
-            "## How it was made", "", "| | |", "| --- | --- |"]
+    body = [
+        f"# {title}, abliterated",
+        "",
+        f"An abliterated version of {facts.get('base_model', record.get('source', 'the source model'))}: "
+        "[vauban](https://pypi.org/project/vauban/) measured the direction along which the model "
+        "represents refusal and removed it from the weights that write into the residual stream "
+        "(directional ablation, weight orthogonalization).",
+        "",
+        "## How it was made",
+        "",
+        "| | |",
+        "| --- | --- |",
+    ]
     body += [f"| {k} | {v} |" for k, v in _made(record)]
     evaluation = record.get("evaluation")
     if isinstance(evaluation, dict) and evaluation:
         body += ["", "## Evaluation", "", *_eval_table(evaluation)]
     base = facts.get("base_model", record.get("source", "BASE_MODEL"))
-    body += ["", "## Use", "", "```", *_usage(fmt, record, base), "```", "",
-             "Removing refusals removes a safeguard: you are responsible for how this model is used.", ""]
+    body += [
+        "",
+        "## Use",
+        "",
+        "```",
+        *_usage(fmt, record, base),
+        "```",
+        "",
+        "Removing refusals removes a safeguard: you are responsible for how this model is used.",
+        "",
+    ]
     (folder / "README.md").write_text("\n".join(header + body), encoding="utf-8")
 
 
@@ -118,13 +143,21 @@ def _made(record: dict[str, Any]) -> list[tuple[str, str]]:
     quant = record.get("quantization")
     rows = [
         ("source", f"`{record['source']}`" if record.get("source") else None),
-        ("direction", f"difference of means at layer {direction.get('layer_index')} "
-                      f"({direction.get('n_harmful', '?')} harmful vs {direction.get('n_harmless', '?')} "
-                      f"harmless prompts, separation {direction.get('max_cosine', 0):.3f})"
-         if direction else None),
+        (
+            "direction",
+            f"difference of means at layer {direction.get('layer_index')} "
+            f"({direction.get('n_harmful', '?')} harmful vs {direction.get('n_harmless', '?')} "
+            f"harmless prompts, separation {direction.get('max_cosine', 0):.3f})"
+            if direction
+            else None,
+        ),
         ("alpha", record.get("alpha", cut.get("alpha"))),
-        ("layers", (f"{len(layers)} ({layers[0]}–{layers[-1]})" if layers else "none")
-         if isinstance(layers, list) else None),
+        (
+            "layers",
+            (f"{len(layers)} ({layers[0]}–{layers[-1]})" if layers else "none")
+            if isinstance(layers, list)
+            else None,
+        ),
         ("cut", _variant(cut, record) if cut or "alpha" in record else None),
         ("edited tensors", record.get("edited_tensors", cut.get("edited_tensors"))),
         ("format", f"{record.get('format', 'safetensors')}, {quant or record.get('dtype', '?')}"),
@@ -153,8 +186,9 @@ def _eval_table(evaluation: dict[str, Any]) -> list[str]:
     rows, single = [], []
     for key, value in evaluation.items():
         if key.endswith("_before") and f"{key[:-7]}_after" in evaluation:
-            rows.append(f"| {key[:-7].replace('_', ' ')} | {_fmt(value)} | "
-                        f"{_fmt(evaluation[key[:-7] + '_after'])} |")
+            rows.append(
+                f"| {key[:-7].replace('_', ' ')} | {_fmt(value)} | {_fmt(evaluation[key[:-7] + '_after'])} |"
+            )
         elif not key.endswith("_after") and isinstance(value, int | float | str):
             single.append(f"| {key.replace('_', ' ')} | | {_fmt(value)} |")
     return ["| | original | abliterated |", "| --- | --- | --- |", *rows, *single]
@@ -167,17 +201,26 @@ def _fmt(value: Any) -> str:
 def _usage(fmt: str, record: dict[str, Any], base: str) -> list[str]:
     gguf_file = record.get("gguf_file", "MODEL.gguf")
     if fmt == "gguf":
-        return [f"llama-cli -m {gguf_file} -cnv",
-                f"# Ollama: a Modelfile with the line `FROM ./{gguf_file}`, then `ollama create NAME`",
-                f"python -c \"from llama_cpp import Llama; Llama('{gguf_file}')\""]
+        return [
+            f"llama-cli -m {gguf_file} -cnv",
+            f"# Ollama: a Modelfile with the line `FROM ./{gguf_file}`, then `ollama create NAME`",
+            f"python -c \"from llama_cpp import Llama; Llama('{gguf_file}')\"",
+        ]
     if fmt == "lora":
-        return ["from peft import PeftModel",
-                "from transformers import AutoModelForCausalLM",
-                f"base = AutoModelForCausalLM.from_pretrained({json.dumps(base)})",
-                "model = PeftModel.from_pretrained(base, 'THIS_DIRECTORY')  # or .merge_and_unload()"]
+        return [
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM",
+            f"base = AutoModelForCausalLM.from_pretrained({json.dumps(base)})",
+            "model = PeftModel.from_pretrained(base, 'THIS_DIRECTORY')  # or .merge_and_unload()",
+        ]
     if fmt == "mlx":
-        return ["from mlx_lm import load, generate", "model, tokenizer = load('THIS_DIRECTORY')",
-                "print(generate(model, tokenizer, 'Hello'))"]
-    return ["from transformers import AutoModelForCausalLM, AutoTokenizer",
-            "model = AutoModelForCausalLM.from_pretrained('THIS_DIRECTORY')",
-            "tokenizer = AutoTokenizer.from_pretrained('THIS_DIRECTORY')"]
+        return [
+            "from mlx_lm import load, generate",
+            "model, tokenizer = load('THIS_DIRECTORY')",
+            "print(generate(model, tokenizer, 'Hello'))",
+        ]
+    return [
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "model = AutoModelForCausalLM.from_pretrained('THIS_DIRECTORY')",
+        "tokenizer = AutoTokenizer.from_pretrained('THIS_DIRECTORY')",
+    ]

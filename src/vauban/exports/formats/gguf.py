@@ -80,8 +80,9 @@ def patch(job: ExportJob, source: Path, folder: Path) -> dict[str, Any]:
     reader = gguf.GGUFReader(source)
     cuts = active_cuts(job.model)
     if len(cuts) > 1:
-        raise VaubanError(f"a GGUF export redoes the model's cut, so one cut may be applied "
-                          f"(found {len(cuts)})")
+        raise VaubanError(
+            f"a GGUF export redoes the model's cut, so one cut may be applied (found {len(cuts)})"
+        )
     edits = cuts[0].tensor_edits() if cuts else []
     forced = parse_tensor_type(job.quant) if job.quant is not None else None
     replaced: dict[str, tuple[int, bytes]] = {}
@@ -92,9 +93,11 @@ def patch(job: ExportJob, source: Path, folder: Path) -> dict[str, Any]:
             values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
             original = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
             if tuple(original.shape) != tuple(params[edit.name].shape):
-                raise VaubanError(f"GGUF tensor {tensor.name} has shape {tuple(original.shape)} but "
-                                  f"{edit.name} has {tuple(params[edit.name].shape)}; this GGUF's layout "
-                                  "is not supported for patching: export --format safetensors")
+                raise VaubanError(
+                    f"GGUF tensor {tensor.name} has shape {tuple(original.shape)} but "
+                    f"{edit.name} has {tuple(params[edit.name].shape)}; this GGUF's layout "
+                    "is not supported for patching: export --format safetensors"
+                )
             new = redo(original, edit)
             qtype = forced if forced is not None else gguf.GGMLQuantizationType(int(tensor.tensor_type))
             replaced[tensor.name] = (int(qtype), quantize(new.numpy(), qtype, tensor.name, child))
@@ -104,12 +107,18 @@ def patch(job: ExportJob, source: Path, folder: Path) -> dict[str, Any]:
     write_patched(reader, source, replaced, out)
     source_type = _file_type_label(reader)
     how = "own types" if forced is None else forced.name
-    return {"dtype": None, "quantization": f"{source_type} source, edited tensors re-quantized to {how} "
-            f"({', '.join(f'{k} ×{v}' for k, v in sorted(types.items()))})" if types else source_type,
-            "gguf_file": out.name,
-            "gguf_source": "demo" if job.source and job.source.kind == "demo" else str(source),
-            "bytes": out.stat().st_size, "source_bytes": source.stat().st_size,
-            "edited_tensor_types": dict(types)}
+    return {
+        "dtype": None,
+        "quantization": f"{source_type} source, edited tensors re-quantized to {how} "
+        f"({', '.join(f'{k} ×{v}' for k, v in sorted(types.items()))})"
+        if types
+        else source_type,
+        "gguf_file": out.name,
+        "gguf_source": "demo" if job.source and job.source.kind == "demo" else str(source),
+        "bytes": out.stat().st_size,
+        "source_bytes": source.stat().st_size,
+        "edited_tensor_types": dict(types),
+    }
 
 
 def _tied_head(model: Any) -> str | None:
@@ -131,16 +140,18 @@ def _gguf_tensors(reader: Any, edits: list[TensorEdit], tied: str | None) -> lis
     arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}.get(arch_name)
     blocks = reader.fields.get(f"{arch_name}.block_count")
     if arch is None or blocks is None:
-        raise VaubanError(f"GGUF architecture {arch_name!r} is unknown to the gguf package; "
-                          "export --format safetensors")
+        raise VaubanError(
+            f"GGUF architecture {arch_name!r} is unknown to the gguf package; export --format safetensors"
+        )
     names = gguf.get_tensor_name_map(arch, int(blocks.contents()))
     by_name = {t.name: t for t in reader.tensors}
     out = []
     for edit in edits:
         name = names.get_name(edit.name, try_suffixes=(".weight", ".bias"))
         if name is None or name not in by_name:
-            raise VaubanError(f"no GGUF tensor for {edit.name} ({name or 'no mapping'}); "
-                              "export --format safetensors")
+            raise VaubanError(
+                f"no GGUF tensor for {edit.name} ({name or 'no mapping'}); export --format safetensors"
+            )
         out.append((edit, by_name[name]))
         if edit.name == tied and "output.weight" in by_name:
             out.append((edit, by_name["output.weight"]))
@@ -166,8 +177,10 @@ def parse_tensor_type(quant: str) -> Any:
         return gguf.GGMLQuantizationType[quant.upper()]
     except KeyError:
         known = "q8_0, q6_k, q5_k, q4_k, q5_0, q4_0, f16, bf16, f32"
-        raise VaubanError(f"{quant!r} is not a GGUF tensor type; from a GGUF source --quant names the "
-                          f"edited tensors' type, e.g. {known}") from None
+        raise VaubanError(
+            f"{quant!r} is not a GGUF tensor type; from a GGUF source --quant names the "
+            f"edited tensors' type, e.g. {known}"
+        ) from None
 
 
 def check_quant(quant: str) -> None:
@@ -176,8 +189,11 @@ def check_quant(quant: str) -> None:
     import gguf
 
     key = quant.upper()
-    if key in gguf.GGMLQuantizationType.__members__ or f"MOSTLY_{key}" in gguf.LlamaFileType.__members__ \
-            or f"ALL_{key}" in gguf.LlamaFileType.__members__:
+    if (
+        key in gguf.GGMLQuantizationType.__members__
+        or f"MOSTLY_{key}" in gguf.LlamaFileType.__members__
+        or f"ALL_{key}" in gguf.LlamaFileType.__members__
+    ):
         return
     raise VaubanError(f"{quant!r} is not a GGUF type; e.g. q8_0, q6_k, q4_k_m, q5_k_m, f16, bf16")
 
@@ -198,8 +214,10 @@ def quantize(values: np.ndarray, qtype: Any, name: str, child: llamacpp.Child | 
     try:
         return gguf.quants.quantize(values, qtype).tobytes()
     except NotImplementedError:
-        raise VaubanError(f"{name} is {qtype.name}, which only llama.cpp's quantizer writes: install it "
-                          "with pip install 'vauban[llamacpp]', or pass --quant q8_0") from None
+        raise VaubanError(
+            f"{name} is {qtype.name}, which only llama.cpp's quantizer writes: install it "
+            "with pip install 'vauban[llamacpp]', or pass --quant q8_0"
+        ) from None
 
 
 def write_patched(reader: Any, source: Path, replaced: dict[str, tuple[int, bytes]], out: Path) -> None:
@@ -264,8 +282,12 @@ def convert(job: ExportJob, folder: Path) -> dict[str, Any]:
         shutil.rmtree(scratch, ignore_errors=True)
         converted.unlink(missing_ok=True)
     floats = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", None: DTYPE_NAMES[dtype]}
-    return {"dtype": floats.get(quant),
-            "quantization": label, "gguf_file": out.name, "bytes": out.stat().st_size}
+    return {
+        "dtype": floats.get(quant),
+        "quantization": label,
+        "gguf_file": out.name,
+        "bytes": out.stat().st_size,
+    }
 
 
 def check(folder: Path) -> int:
@@ -287,7 +309,8 @@ def check(folder: Path) -> int:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise VaubanError(f"{file} is not a complete GGUF file ({first}); re-export it") from None
         if end > file.stat().st_size:
-            raise VaubanError(f"{file} is truncated ({file.stat().st_size} bytes, tensors need {end}); "
-                              "re-export it")
+            raise VaubanError(
+                f"{file} is truncated ({file.stat().st_size} bytes, tensors need {end}); re-export it"
+            )
         total += len(reader.tensors)
     return total

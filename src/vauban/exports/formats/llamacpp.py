@@ -46,8 +46,10 @@ from ...model.loading import cache_dir
 from .base import need
 
 EXTRA = "pip install 'vauban[llamacpp]'"
-PORTABLE = ('CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --force-reinstall --no-cache-dir --no-deps '
-            "llama-cpp-python")  # a build for any x86-64 processor; no cached (native) wheel
+PORTABLE = (
+    'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --force-reinstall --no-cache-dir --no-deps '
+    "llama-cpp-python"
+)  # a build for any x86-64 processor; no cached (native) wheel
 KILL_ENV = "VAUBAN_LLAMACPP_KILL"  # tests: a signal name (SIGSEGV) the child sends itself at start
 _CONVERTER = "convert_hf_to_gguf.py"
 _KEEP = (_CONVERTER, "conversion/", "gguf-py/", "LICENSE")
@@ -62,14 +64,25 @@ def _ggml() -> Any:
     """llama-cpp-python's ggml library, with the quantization entry points typed."""
     llama_cpp = need("llama_cpp", "llamacpp")
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    candidates = [p for stem in ("ggml-base", "ggml") for p in sorted(lib_dir.glob(f"*{stem}.*"))
-                  if p.suffix in (".so", ".dylib", ".dll")]
+    candidates = [
+        p
+        for stem in ("ggml-base", "ggml")
+        for p in sorted(lib_dir.glob(f"*{stem}.*"))
+        if p.suffix in (".so", ".dylib", ".dll")
+    ]
     if not candidates:
         raise VaubanError(f"llama-cpp-python has no ggml library in {lib_dir}; reinstall it: {EXTRA}")
     lib = ctypes.CDLL(str(candidates[0]))
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    lib.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    ]
     lib.ggml_row_size.restype = ctypes.c_size_t
     lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
     lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
@@ -96,8 +109,10 @@ def _quantize_rows_here(values: np.ndarray, qtype: int) -> bytes:
     out = np.empty(lib.ggml_row_size(qtype, n) * rows, dtype=np.uint8)
     written = lib.ggml_quantize_chunk(qtype, values.ctypes.data, out.ctypes.data, 0, rows, n, None)
     if written != out.size:
-        raise VaubanError(f"llama.cpp wrote {written} bytes for a tensor of {out.size}; "
-                          "this llama-cpp-python build does not quantize that type")
+        raise VaubanError(
+            f"llama.cpp wrote {written} bytes for a tensor of {out.size}; "
+            "this llama-cpp-python build does not quantize that type"
+        )
     return out.tobytes()
 
 
@@ -108,8 +123,11 @@ def file_type(quant: str) -> int:
     for prefix in ("LLAMA_FTYPE_MOSTLY_", "LLAMA_FTYPE_ALL_"):
         if hasattr(llama_cpp, prefix + key):
             return int(getattr(llama_cpp, prefix + key))
-    known = sorted(n.removeprefix("LLAMA_FTYPE_MOSTLY_").lower() for n in dir(llama_cpp)
-                   if n.startswith("LLAMA_FTYPE_MOSTLY_"))
+    known = sorted(
+        n.removeprefix("LLAMA_FTYPE_MOSTLY_").lower()
+        for n in dir(llama_cpp)
+        if n.startswith("LLAMA_FTYPE_MOSTLY_")
+    )
     raise VaubanError(f"{quant!r} is not a llama.cpp quantization; use one of {', '.join(known[:12])}, ...")
 
 
@@ -138,8 +156,9 @@ def converter_dir() -> Path:
     if env:
         folder = Path(env).expanduser()
         if not (folder / _CONVERTER).is_file():
-            raise VaubanError(f"VAUBAN_LLAMA_CPP={env} holds no {_CONVERTER}; "
-                              "point it at a llama.cpp checkout")
+            raise VaubanError(
+                f"VAUBAN_LLAMA_CPP={env} holds no {_CONVERTER}; point it at a llama.cpp checkout"
+            )
         return folder
     need("llama_cpp", "llamacpp")
     version = metadata.version("llama_cpp_python")
@@ -152,14 +171,27 @@ def converter_dir() -> Path:
 def _fetch_converter(version: str, target: Path) -> None:
     """Unpack the converter from ``llama-cpp-python==version``'s source distribution."""
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                   f"llama-cpp-python=={version}", "-d", tmp]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={version}",
+            "-d",
+            tmp,
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         if done.returncode != 0 or not archives:
             last = (done.stderr.strip().splitlines() or ["no archive"])[-1]
-            raise VaubanError(f"could not fetch llama.cpp's converter (llama-cpp-python=={version} source: "
-                              f"{last}); set VAUBAN_LLAMA_CPP to a llama.cpp checkout")
+            raise VaubanError(
+                f"could not fetch llama.cpp's converter (llama-cpp-python=={version} source: "
+                f"{last}); set VAUBAN_LLAMA_CPP to a llama.cpp checkout"
+            )
         with tarfile.open(archives[0]) as archive, building_dir(target, overwrite=True) as build:
             for member in archive.getmembers():
                 _, _, rest = member.name.partition("/vendor/llama.cpp/")
@@ -173,8 +205,15 @@ def convert_hf(hf_dir: Path, out: Path, outtype: str) -> None:
     folder = converter_dir()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder / "gguf-py"), env.get("PYTHONPATH")) if p)
-    command = [sys.executable, str(folder / _CONVERTER), str(hf_dir), "--outfile", str(out),
-               "--outtype", outtype]
+    command = [
+        sys.executable,
+        str(folder / _CONVERTER),
+        str(hf_dir),
+        "--outfile",
+        str(out),
+        "--outtype",
+        outtype,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not out.is_file():
         raise VaubanError(f"llama.cpp's converter {converter_failure(done.returncode, done.stderr)}")
@@ -188,8 +227,11 @@ def converter_failure(returncode: int, stderr: str) -> str:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
-        hint = ("; the system most likely ran out of memory: close other programs and export again"
-                if -returncode == signal.SIGKILL else "")
+        hint = (
+            "; the system most likely ran out of memory: close other programs and export again"
+            if -returncode == signal.SIGKILL
+            else ""
+        )
         return f"was stopped by {name} before it finished{hint}"
     lines = [x for x in stderr.replace("\r", "\n").splitlines() if x.strip()] or ["no output"]
     return f"failed on this model (exit {returncode}): {lines[-1].strip()[:300]}"
@@ -237,9 +279,12 @@ class Child:
         self._process.join(10)
         code = self._process.exitcode
         problem = converter_failure(code, "") if code is not None else "stopped answering"
-        fix = ("" if code == -signal.SIGKILL else
-               f"; a native build of llama-cpp-python can crash on some processors (AVX-512): "
-               f"rebuild it portable with {PORTABLE}")
+        fix = (
+            ""
+            if code == -signal.SIGKILL
+            else f"; a native build of llama-cpp-python can crash on some processors (AVX-512): "
+            f"rebuild it portable with {PORTABLE}"
+        )
         return f"llama.cpp ({self.what}) {problem}{fix}"
 
     def close(self) -> None:
@@ -301,16 +346,23 @@ def _serve(conn: Any) -> None:
 # --- running a GGUF with llama.cpp -----------------------------------------------------------
 
 
-def greedy_answers(path: str | os.PathLike[str], ids: Sequence[Sequence[int]], stops: Sequence[int],
-                   max_tokens: int, *, n_ctx: int = 1024) -> list[list[int]]:
+def greedy_answers(
+    path: str | os.PathLike[str],
+    ids: Sequence[Sequence[int]],
+    stops: Sequence[int],
+    max_tokens: int,
+    *,
+    n_ctx: int = 1024,
+) -> list[list[int]]:
     """llama.cpp's greedy continuation of each of ``ids`` (at most ``max_tokens`` tokens, ending
     at a stop, which is left out), the GGUF at ``path`` run on the CPU in a child process."""
     args = (str(path), [list(seq) for seq in ids], list(stops), max_tokens, n_ctx)
     return in_child(f"answering with {Path(path).name}", _greedy_answers_here, *args)
 
 
-def first_logits(path: str | os.PathLike[str], ids: Sequence[Sequence[int]], *,
-                 n_ctx: int = 1024) -> np.ndarray:
+def first_logits(
+    path: str | os.PathLike[str], ids: Sequence[Sequence[int]], *, n_ctx: int = 1024
+) -> np.ndarray:
     """``(len(ids), vocab)`` llama.cpp logits for the token after each of ``ids`` (a fresh
     context each), the GGUF at ``path`` run on the CPU in a child process."""
     args = (str(path), [list(seq) for seq in ids], n_ctx)
@@ -323,8 +375,9 @@ def _load(path: str, n_ctx: int) -> Any:
     return llama_cpp.Llama(path, n_ctx=n_ctx, n_threads=os.cpu_count(), n_gpu_layers=0, verbose=False)
 
 
-def _greedy_answers_here(path: str, ids: list[list[int]], stops: list[int], max_tokens: int,
-                         n_ctx: int) -> list[list[int]]:
+def _greedy_answers_here(
+    path: str, ids: list[list[int]], stops: list[int], max_tokens: int, n_ctx: int
+) -> list[list[int]]:
     """:func:`greedy_answers` in this process."""
     llm = _load(path, n_ctx)
     try:
@@ -335,8 +388,7 @@ def _greedy_answers_here(path: str, ids: list[list[int]], stops: list[int], max_
 
 def _greedy(llm: Any, ids: list[int], stops: list[int], max_tokens: int) -> list[int]:
     out: list[int] = []
-    for token in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
-                              reset=True):
+    for token in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
         if token in stops:
             break
         out.append(int(token))

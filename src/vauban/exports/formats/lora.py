@@ -47,8 +47,10 @@ def write(job: ExportJob, folder: Path) -> dict[str, Any]:
         raise VaubanError(f"a LoRA adapter is not quantized (got quant={job.quant!r}); drop --quant")
     applied = job.single_cut("LoRA")
     if applied.norm_preserving:
-        raise VaubanError("a norm-preserving cut rescales every column after the edit, which is not a "
-                          "low-rank update: export it with --format safetensors or gguf instead of lora")
+        raise VaubanError(
+            "a norm-preserving cut rescales every column after the edit, which is not a "
+            "low-rank update: export it with --format safetensors or gguf instead of lora"
+        )
     dtype = job.float_dtype()
     edits = applied.tensor_edits()
     model = job.model
@@ -69,9 +71,11 @@ def write(job: ExportJob, folder: Path) -> dict[str, Any]:
                 tensors[f"{_PREFIX}{module_name}.lora_B.bias"] = -edit.alpha * (q.T @ along)
                 continue
             if w.dim() != 2 or module is None:
-                raise VaubanError(f"{edit.name} is not a 2-D weight of a module (fused experts?); "
-                                  "PEFT adapters cover linear and embedding layers: export "
-                                  "--format safetensors or gguf")
+                raise VaubanError(
+                    f"{edit.name} is not a 2-D weight of a module (fused experts?); "
+                    "PEFT adapters cover linear and embedding layers: export "
+                    "--format safetensors or gguf"
+                )
             removed = w.float().movedim(edit.axis, -1) @ q.T if given is None else given  # (n, k): Aᵀ
             b = -edit.alpha * q.T  # (d, k)
             key = f"{_PREFIX}{module_name}"
@@ -86,9 +90,11 @@ def write(job: ExportJob, folder: Path) -> dict[str, Any]:
             targets.append(module_name)
     bias = any(k.endswith("lora_B.bias") for k in tensors)
     if bias and any("lora_embedding" in k for k in tensors):
-        raise VaubanError("this cut edits biases and embeddings together, which one PEFT adapter cannot "
-                          "hold (lora_bias does not apply to embeddings): cut without embeddings, or "
-                          "export --format safetensors")
+        raise VaubanError(
+            "this cut edits biases and embeddings together, which one PEFT adapter cannot "
+            "hold (lora_bias does not apply to embeddings): cut without embeddings, or "
+            "export --format safetensors"
+        )
     if bias:  # PEFT's lora_bias gives every adapted linear layer a B bias: zero where not cut
         for name in targets:
             key = f"{_PREFIX}{name}.lora_B"
@@ -96,20 +102,40 @@ def write(job: ExportJob, folder: Path) -> dict[str, Any]:
                 tensors[f"{key}.bias"] = torch.zeros(tensors[f"{key}.weight"].shape[0])
     rank = int(applied.direction.shape[1])
     config = peft.LoraConfig(
-        r=rank, lora_alpha=rank, target_modules=sorted(set(targets)), lora_dropout=0.0, bias="none",
-        lora_bias=bias, fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM", init_lora_weights=False,
+        r=rank,
+        lora_alpha=rank,
+        target_modules=sorted(set(targets)),
+        lora_dropout=0.0,
+        bias="none",
+        lora_bias=bias,
+        fan_in_fan_out=fan_in_fan_out,
+        task_type="CAUSAL_LM",
+        init_lora_weights=False,
         base_model_name_or_path=_base_name(job),
     )
     config.save_pretrained(str(folder))
-    save_file({k: v.to(dtype).contiguous().cpu() for k, v in tensors.items()}, str(folder / ADAPTER_FILE),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.to(dtype).contiguous().cpu() for k, v in tensors.items()},
+        str(folder / ADAPTER_FILE),
+        metadata={"format": "pt"},
+    )
     job.tokenizer.save_pretrained(folder)
-    return {"dtype": DTYPE_NAMES.get(dtype, str(dtype)), "quantization": None, "lora_rank": rank,
-            "adapted_modules": len(set(targets))}
+    return {
+        "dtype": DTYPE_NAMES.get(dtype, str(dtype)),
+        "quantization": None,
+        "lora_rank": rank,
+        "adapted_modules": len(set(targets)),
+    }
 
 
-def _tied_head(model: nn.Module, embedding: nn.Embedding, removed: torch.Tensor, alpha: float,
-               q: torch.Tensor, targets: list[str]) -> dict[str, torch.Tensor]:
+def _tied_head(
+    model: nn.Module,
+    embedding: nn.Embedding,
+    removed: torch.Tensor,
+    alpha: float,
+    q: torch.Tensor,
+    targets: list[str],
+) -> dict[str, torch.Tensor]:
     """The output head that shares the embedding's weight changes with it: ``W' = W − α·W·Q·Qᵀ``
     (rows are tokens), ``lora_A = Qᵀ`` and ``lora_B = −α·W·Q``."""
     head = hf(model).get_output_embeddings() if hasattr(model, "get_output_embeddings") else None

@@ -65,9 +65,14 @@ def write(job: ExportJob, folder: Path) -> dict[str, Any]:
         save_transformers(job.model, job.tokenizer, scratch, dtype)
         quiet = io.StringIO()
         with contextlib.redirect_stdout(quiet):  # mlx_lm prints progress with print()
-            convert(hf_path=str(scratch), mlx_path=str(converted), quantize=bits is not None,
-                    q_bits=bits, q_group_size=group if bits is not None else None,
-                    dtype=DTYPE_NAMES[dtype])
+            convert(
+                hf_path=str(scratch),
+                mlx_path=str(converted),
+                quantize=bits is not None,
+                q_bits=bits,
+                q_group_size=group if bits is not None else None,
+                dtype=DTYPE_NAMES[dtype],
+            )
         for item in converted.iterdir():
             if item.name != "README.md":  # vauban writes its own model card
                 shutil.move(str(item), folder / item.name)
@@ -75,13 +80,16 @@ def write(job: ExportJob, folder: Path) -> dict[str, Any]:
         raise
     except Exception as err:  # mlx_lm raises ValueError, KeyError, ... for unsupported models
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise VaubanError(f"mlx_lm could not convert this model ({first}); "
-                          "export --format safetensors instead") from None
+        raise VaubanError(
+            f"mlx_lm could not convert this model ({first}); export --format safetensors instead"
+        ) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(converted, ignore_errors=True)
-    return {"dtype": DTYPE_NAMES[dtype],
-            "quantization": None if bits is None else f"{bits}-bit affine, group size {group}"}
+    return {
+        "dtype": DTYPE_NAMES[dtype],
+        "quantization": None if bits is None else f"{bits}-bit affine, group size {group}",
+    }
 
 
 def check(folder: Path) -> int:

@@ -19,8 +19,10 @@ NAME = "safetensors"
 
 def write(job: ExportJob, folder: Path) -> dict[str, Any]:
     if job.quant is not None:
-        raise VaubanError(f"the safetensors format is not quantized (got quant={job.quant!r}); "
-                          "use --format gguf or --format mlx for a quantized export")
+        raise VaubanError(
+            f"the safetensors format is not quantized (got quant={job.quant!r}); "
+            "use --format gguf or --format mlx for a quantized export"
+        )
     dtype = job.float_dtype()
     save_transformers(job.model, job.tokenizer, folder, dtype)
     if not list(folder.glob("model*.safetensors")):
