@@ -32,7 +32,7 @@ from vauban.judge.learned import CARD, CATEGORIES, HEAD, Head, Reader, marker_fe
 DATA = Path(__file__).parent / "judge_data"
 LABELS, FEATURES = DATA / "labels", DATA / "features"
 BACKBONE = "smollm2"
-LAYERS = (8, 12, 16)
+LAYERS = (8, 12)
 TEST = ("gpt-4-0125-preview", "yi-6b-chat", "demo")
 VAL = ("qwen-1_8b-chat", "gemma-2b-it")
 CS = (0.001, 0.003, 0.01, 0.03, 0.1)
@@ -95,49 +95,35 @@ def xstest_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def extract(rows: list[dict[str, Any]], limit: int, xstest: bool = False) -> None:
-    """Features of up to ``limit`` answers that have none yet (then, with ``xstest``, of XSTest's
-    900 answers, timed: the judge's cost), saved as one more chunk file."""
+def extract(rows: list[dict[str, Any]], limit: int, xstest: bool = False, chunk: int = 200) -> None:
+    """Features of up to ``limit`` answers that have none yet (with ``xstest``, XSTest's 900
+    answers after them), saved every ``chunk`` answers as one more chunk file, so that a stopped
+    run keeps what it did."""
     store = feature_store()
-    if xstest:
-        extra = [r for r in xstest_rows() if r["key"] not in store]
-        rows = [r for r in rows if r["key"] not in store][:limit] + extra
-        limit = len(rows)
     todo = [r for r in rows if r["key"] not in store]
-    if not xstest:
-        todo = [todo[i] for i in np.random.default_rng(SEED).permutation(len(todo))]  # every split per chunk
+    todo = [todo[i] for i in np.random.default_rng(SEED).permutation(len(todo))]  # every split per chunk
     todo = list({r["key"]: r for r in todo}.values())[:limit]
+    if xstest:
+        todo += [r for r in xstest_rows() if r["key"] not in store]
     if not todo:
         print("every answer has its features")
         return
+    FEATURES.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     reader = Reader.load(BACKBONE, LAYERS)
-    t1 = time.perf_counter()
-    todo = [r for r in todo if r["split"] != "xstest"] + [r for r in todo if r["split"] == "xstest"]
-    n_x = sum(r["split"] == "xstest" for r in todo)
-    parts = [todo[: len(todo) - n_x], todo[len(todo) - n_x :]]
-    x = []
-    for part in filter(None, parts):
-        tx = time.perf_counter()
-        x.append(reader.features([r["prompt"] for r in part], [r["answer"] for r in part]))
-        if part[0]["split"] == "xstest":  # XSTest's answers alone: the judge's cost per answer
-            cost = {
-                "answers": len(part),
-                "seconds": round(time.perf_counter() - tx, 1),
-                "layer": max(LAYERS),
-                "threads": torch_threads(),
-            }
-            (FEATURES / "xstest_timing.json").write_text(json.dumps(cost))
-            print(f"XSTest timing: {cost}", flush=True)
-    x = np.concatenate(x)
-    t2 = time.perf_counter()
-    FEATURES.mkdir(parents=True, exist_ok=True)
-    name = FEATURES / f"{BACKBONE}-{len(list(FEATURES.glob(f'{BACKBONE}-*.npz'))):03d}.npz"
-    np.savez_compressed(name, keys=np.array([r["key"] for r in todo]), x=x.astype(np.float16))
-    print(
-        f"{len(todo)} answers: load {t1 - t0:.1f} s, features {t2 - t1:.1f} s "
-        f"({(t2 - t1) / len(todo):.3f} s/answer) -> {name}; {len(store) + len(todo)} stored"
-    )
+    print(f"backbone loaded in {time.perf_counter() - t0:.1f} s; {len(todo)} answers to read", flush=True)
+    for start in range(0, len(todo), chunk):
+        part = todo[start : start + chunk]
+        t1 = time.perf_counter()
+        x = reader.features([r["prompt"] for r in part], [r["answer"] for r in part])
+        seconds = time.perf_counter() - t1
+        name = FEATURES / f"{BACKBONE}-{len(list(FEATURES.glob(f'{BACKBONE}-*.npz'))):03d}.npz"
+        np.savez_compressed(name, keys=np.array([r["key"] for r in part]), x=x.astype(np.float16))
+        print(
+            f"{len(part)} answers in {seconds:.1f} s ({seconds / len(part):.3f} s/answer, layers up to "
+            f"{max(LAYERS)}, {torch_threads()} threads) -> {name}; {len(store) + start + len(part)} stored",
+            flush=True,
+        )
 
 
 def torch_threads() -> int:

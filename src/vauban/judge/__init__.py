@@ -162,7 +162,8 @@ def get_judge(spec: str | Judge | None = None, **load_options: Any) -> Judge:
     if parsed.kind == "learned":
         from .learned import LearnedJudge
 
-        return LearnedJudge.load(spec.strip(), number_option(parsed, "threshold", float))
+        threshold = number_option(parsed, "threshold", float)
+        return LearnedJudge.load(spec.strip(), threshold, device=load_options.get("device"))
     if parsed.kind == "chat":
         from .chat import ChatJudge
 

@@ -154,10 +154,11 @@ class Reader:
         self.model, self.tokenizer, self.layers = model.eval(), tokenizer, list(layers)
 
     @classmethod
-    def load(cls, backbone: str, layers: Sequence[int]) -> Reader:
+    def load(cls, backbone: str, layers: Sequence[int], device: str = "cpu") -> Reader:
+        """The backbone in float32 on ``device`` (float32 everywhere: the head was fitted on it)."""
         from ..model.loading import load_model
 
-        model, tokenizer = load_model(str(backbone_file(backbone)), device="cpu", dtype=torch.float32)
+        model, tokenizer = load_model(str(backbone_file(backbone)), device=device, dtype=torch.float32)
         return cls(model, tokenizer, layers)
 
     def encode(self, prompt: str, answer: str) -> tuple[list[int], int]:
@@ -188,17 +189,20 @@ class Reader:
             for r, i in enumerate(rows):
                 seq = encoded[i][0]
                 ids[r, : len(seq)], mask[r, : len(seq)] = torch.tensor(seq), 1
+            device = self.model.device
             hidden = self.model.model(
-                input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                output_hidden_states=True,
+                use_cache=False,
             ).hidden_states
             for r, i in enumerate(rows):
                 seq, begin = encoded[i]
                 end = len(seq)
                 for k, layer in enumerate(self.layers):
                     states = hidden[layer][r].float()
-                    out[i, k, :width] = states[min(begin, end - 1) : end].mean(0).numpy()
-                    out[i, k, width : 2 * width] = states[end - 1].numpy()
-                    out[i, k, 2 * width :] = states[begin - 1].numpy()
+                    pooled = (states[min(begin, end - 1) : end].mean(0), states[end - 1], states[begin - 1])
+                    out[i, k] = torch.cat(pooled).cpu().numpy()
         return out
 
 
@@ -218,8 +222,8 @@ def head_input(head: Head, hidden: np.ndarray, prompts: Sequence[str], answers: 
 
 
 @cache
-def _reader(backbone: str, layer: int) -> Reader:
-    return Reader.load(backbone, [layer])
+def _reader(backbone: str, layer: int, device: str) -> Reader:
+    return Reader.load(backbone, [layer], device)
 
 
 class LearnedJudge:
@@ -232,20 +236,26 @@ class LearnedJudge:
         *,
         spec: str = "learned",
         threshold: float | None = None,
+        device: str = "cpu",
     ) -> None:
-        self.head, self._reader, self.spec = head, reader, spec
+        self.head, self._reader, self.spec, self.device = head, reader, spec, device
         self.threshold = head.threshold if threshold is None else threshold
 
     @classmethod
-    def load(cls, spec: str = "learned", threshold: float | None = None) -> LearnedJudge:
+    def load(
+        cls, spec: str = "learned", threshold: float | None = None, device: str | None = None
+    ) -> LearnedJudge:
+        """The shipped head; its backbone loads on first use, on ``device`` (default: CPU)."""
         head = Head.read()
         backbone_file(head.backbone)  # a missing extra fails here, before any loading
-        return cls(head, spec=spec, threshold=threshold)
+        if device in (None, "auto"):
+            device = "cuda" if device == "auto" and torch.cuda.is_available() else "cpu"
+        return cls(head, spec=spec, threshold=threshold, device=str(device))
 
     @property
     def reader(self) -> Reader:
         if self._reader is None:
-            self._reader = _reader(self.head.backbone, self.head.layer)
+            self._reader = _reader(self.head.backbone, self.head.layer, self.device)
         return self._reader
 
     def verdicts(self, features: np.ndarray) -> list[LearnedVerdict]:
