@@ -18,7 +18,8 @@ Specs:
   pass (:mod:`.chat`, :mod:`.rubric`); options ``threshold=X``, ``answer_tokens=N``.
 - ``learned[?threshold=X]``: a probe shipped with vauban over SmolLM2-135M's hidden states, offline
   on a CPU (:mod:`.learned`; ``pip install 'vauban[judge-learned]'``); its verdicts also carry a
-  ``category`` (compliance, full/partial/late refusal, evasion).
+  ``category`` (compliance, full/partial/late refusal, evasion). Experimental: its head's
+  accuracy is in ``learned/card.json`` and below the markers' on XSTest, so it is not the default.
 - ``endpoint:URL[#MODEL]``: the same rubric sent to an OpenAI-compatible server through the
   ``openai`` client (:mod:`.endpoint`; ``pip install 'vauban[judge]'``); ``OPENAI_API_KEY`` is
   sent when set.
