@@ -8,8 +8,10 @@ not change, so the copy stays a valid shard and the index stays right; peak memo
 largest *edited* tensor plus a few times one matrix of it (its float32 working copies; a fused
 MoE expert tensor is edited in place, expert by expert), never the model.
 
-Which tensors to edit comes from :func:`vauban.model.arch.checkpoint_writers`, the name-pattern view
-of the same family table the in-memory cut uses. Post-norm gains (Gemma 2/3, OLMo 2) are read
+Which tensors to edit comes from :func:`vauban.model.checkpoint.checkpoint_writers`: the writers the
+in-memory cut finds on the model (built from the config on the meta device), traced to their
+checkpoint tensors by transformers' own loading renames (hub names, experts stored one tensor
+each, transposed expert tensors, multimodal prefixes). Post-norm gains (Gemma 2/3, OLMo 2) are read
 from the checkpoint and passed through the family's own norm module, built alone from the
 config on the meta device, exactly as :func:`vauban.model.arch.norm_gain` does on a loaded model.
 """
@@ -36,6 +38,7 @@ from ..direction.results import DirectionResult
 from ..edit.cutting import Direction, LayerWeights, layer_bases, layer_weights, writer_basis
 from ..edit.editing import FLOAT_DTYPES, edited
 from ..model import arch
+from ..model.checkpoint import WriterTensor, checkpoint_writers
 from ..model.loading import model_class
 from .exporting import DIRECTION_FILE, check_output_dir, versions
 from .verifying import RECORD_FILE, check_weights, file_hashes
@@ -79,7 +82,7 @@ def _meta_model(src: Path) -> nn.Module:
         return model_class(config).from_config(config)
 
 
-def _post_norm(skeleton: nn.Module, tensor: arch.WriterTensor, weight: torch.Tensor) -> nn.Module:
+def _post_norm(skeleton: nn.Module, tensor: WriterTensor, weight: torch.Tensor) -> nn.Module:
     """``tensor``'s post-norm, that layer's norm module built alone on the CPU with ``weight``."""
     norm = arch.decoder_layers(skeleton)[tensor.layer].get_submodule(str(tensor.post_norm))
     norm = norm.to_empty(device="cpu")
@@ -115,7 +118,7 @@ def _read_writer(path: Path, name: str) -> torch.Tensor:
 
 
 def _writer_basis(
-    skeleton: nn.Module, target: arch.WriterTensor, basis: torch.Tensor, where: dict[str, Path]
+    skeleton: nn.Module, target: WriterTensor, basis: torch.Tensor, where: dict[str, Path]
 ) -> torch.Tensor:
     """The layer's basis as this writer removes it: through its post-norm's gain when it has one
     (:func:`vauban.edit.cutting.writer_basis`, the norm's weight read from the checkpoint)."""
@@ -164,9 +167,8 @@ def stream_export(
     strength = {"attention": layer_weights(attention, n, "attention"), "mlp": layer_weights(mlp, n, "MLP")}
     tables = {shard: tensor_table(shard) for shard in shards}
     where = {name: shard for shard, (_, table) in tables.items() for name in table}
-    targets = arch.checkpoint_writers(
-        arch.model_type(skeleton), where, n, layers, embeddings=embeddings and alpha != 0.0
-    )
+    shapes = {name: info["shape"] for _, table in tables.values() for name, info in table.items()}
+    targets = checkpoint_writers(skeleton, shapes, layers, embeddings=embeddings and alpha != 0.0)
     with building_dir(out, overwrite=overwrite) as tmp:
         for item in sorted(source.iterdir()):
             if item.is_file() and item.name not in (RECORD_FILE, DIRECTION_FILE):
