@@ -145,3 +145,34 @@ def test_block_fp8_round_trip_with_partial_blocks(ue8m0: bool) -> None:
         assert torch.equal(torch.log2(scale), torch.log2(scale).round())
     again = block_fp8.quantize(back, (128, 128), ue8m0=ue8m0)
     assert torch.equal(block_fp8.dequantize(*again, (128, 128)), back)  # quantized weights stay put
+
+
+def test_fp8_source_exports_back_to_fp8_from_memory(tmp_path) -> None:
+    """``export(..., quant="fp8")`` of the in-memory cut writes what ``vauban stream`` writes: the
+    source checkpoint with the edited weights re-quantized; a float source is a one-line error."""
+    path, _ = fp8_checkpoint(tmp_path / "fp8")
+    model, tokenizer = load_model(path, device="cpu")
+    d = torch.randn(arch.d_model(model), generator=torch.Generator().manual_seed(4))
+    streamed = stream_export(path, tmp_path / "streamed", d, embeddings=True)
+    with cut(model, d, embeddings=True):
+        out = export(model, tokenizer, tmp_path / "out", quant="fp8")
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "fp8"
+    record = json.loads((out / "vauban.json").read_text())
+    assert record["fp8_requantized_tensors"] == 4 and record["quantization"].startswith("block FP8")
+    got, want = load_checkpoint(out), load_checkpoint(streamed)
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():  # the same bytes, to a float32 rounding flipping one fp8 step
+        torch.testing.assert_close(got[name].float(), tensor.float(), rtol=0.07, atol=1e-6, msg=name)
+    with pytest.raises(VaubanError, match=r"keeps a block-FP8 source's format; .* is float: drop --quant"):
+        export(reloaded_float(tmp_path), tokenizer, tmp_path / "out2", quant="fp8")
+
+
+def reloaded_float(tmp_path):
+    """A float model loaded from a float checkpoint directory."""
+    from families import BY_NAME, model_for, tokenizer_for
+
+    family = BY_NAME["Qwen 3"]
+    tokenizer = tokenizer_for(family)
+    model_for(family, tokenizer).save_pretrained(tmp_path / "float")
+    tokenizer.save_pretrained(tmp_path / "float")
+    return load_model(tmp_path / "float", device="cpu")[0]

@@ -123,8 +123,9 @@ def _quantization(skeleton: nn.Module, source: Path) -> tuple[tuple[int, int] | 
 
 
 @dataclass
-class _Copy:
-    """The copy being cut: its folder, each source shard's header, and where every tensor is."""
+class CheckpointCopy:
+    """A copy of a checkpoint being edited in place: its folder, each source shard's header, and
+    where every tensor is."""
 
     folder: Path
     tables: dict[Path, tuple[int, dict[str, dict[str, Any]]]]
@@ -140,7 +141,13 @@ class _Copy:
 
 
 def _cut_tensor(
-    copy: _Copy, name: str, axis: int, basis: torch.Tensor, alpha: float, norm_preserving: bool, fp8: Any
+    copy: CheckpointCopy,
+    name: str,
+    axis: int,
+    basis: torch.Tensor,
+    alpha: float,
+    norm_preserving: bool,
+    fp8: Any,
 ) -> float | None:
     """Cut tensor ``name`` of the copy in its own dtype. A block-FP8 weight (``fp8``: its block and
     ``ue8m0``) is dequantized, cut in float32 and quantized again with fresh block scales: returns
@@ -224,7 +231,7 @@ def stream_export(
         for item in sorted(source.iterdir()):
             if item.is_file() and item.name not in (RECORD_FILE, DIRECTION_FILE):
                 shutil.copyfile(item, tmp / item.name)  # shards too: edited in place below
-        copy, count, errors = _Copy(tmp, tables, where), 0, []
+        copy, count, errors = CheckpointCopy(tmp, tables, where), 0, []
         for target in targets:
             a = alpha if target.kind == "embedding" else alpha * strength[target.kind][target.layer]
             if a == 0.0:
