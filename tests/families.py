@@ -873,13 +873,14 @@ def template_text(family: Family) -> str | None:
     return None if family.template is None else (TEMPLATES / f"{family.template}.jinja").read_text()
 
 
-def tokenizer_for(family: Family) -> PreTrainedTokenizerFast:
-    """Byte-level tokenizer (one token per byte) plus the family's special and added tokens."""
+def tokenizer_for(family: Family, merges: tuple[tuple[str, str], ...] = ()) -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer (one token per byte) plus the family's special and added tokens;
+    ``merges`` adds BPE merges and their tokens after them (a GGUF vocabulary needs one)."""
     vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
-    for token in (*family.specials, *family.added):
+    for token in (*family.specials, *family.added, *("".join(m) for m in merges)):
         vocab[token] = len(vocab)
     assert len(vocab) <= VOCAB
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in family.specials])

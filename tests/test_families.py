@@ -122,61 +122,31 @@ def test_no_writer_output_keeps_the_direction(family: Family) -> None:
     assert sum(len([p for p in (a + ", " + m).split(", ") if p != "-"]) for _, a, m in rows) == len(writers)
 
 
-# transformers saves these under their hub names (experts.N.w2, block_sparse_moe, backbone.,
-# language_model.model., other norm names), which arch.py's module paths do not match: the streamed
-# cut (`vauban stream`, a checkpoint cut on disk) refuses them with "the arch.py entry does not match".
-HUB_NAMES = {
-    "Mixtral",
-    "PhiMoE",
-    "LFM2 MoE",
-    "Granite 4 (hybrid)",
-    "Nemotron-H",
-    "Kimi Linear",
-    "OLMo Hybrid",
-    "MiniMax-M2",
-    "Mistral 3 (vision)",
-    "Gemma 3 (multimodal)",
-}
+@ids
+def test_streamed_cut_equals_the_in_memory_cut(family: Family, tmp_path) -> None:
+    """The streamed cut (`vauban stream`: the checkpoint cut on disk, tensor by tensor) finds the
+    writers under the names transformers saves them by (hub names: experts one tensor each,
+    ``block_sparse_moe``, ``backbone.``, ``language_model.model.``, transposed experts) and writes
+    the tensors of the in-memory cut, embeddings included."""
+    from safetensors.torch import load_file
 
-
-@pytest.mark.parametrize(
-    "family",
-    [
-        pytest.param(
-            f,
-            marks=pytest.mark.xfail(
-                f.name in HUB_NAMES, reason="saved under hub names arch.py does not know", strict=True
-            ),
-        )
-        for f in FAMILIES
-    ],
-    ids=[f.name for f in FAMILIES],
-)
-def test_checkpoint_names_give_the_same_writers(family: Family, tmp_path) -> None:
-    """The streamed cut (on a checkpoint on disk) finds, by name in the saved safetensors, the same
-    writers as the loaded model (experts saved one tensor each count as their fused tensor)."""
-    import re
-
-    from safetensors import safe_open
+    from vauban.exports.streaming import stream_export
 
     tokenizer = tokenizer_for(family)
     model = model_for(family, tokenizer)
-    model.save_pretrained(tmp_path)
-    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
-        names = list(f.keys())
-    found = arch.checkpoint_writers(arch.model_type(model), names, arch.num_layers(model))
-    loaded = dict(model.named_parameters())
-    expected = {
-        n for w in arch.residual_writers(model) for n, p in loaded.items() if p is w.weight or p is w.bias
-    }
-    fused = {re.sub(r"\.experts\.\d+\.(\w+)\.weight$", r".experts.\1", t.name): t for t in found}
-    assert set(fused) == expected
-    assert all(
-        (fused[n].post_norm is not None) == (w.post_norm is not None)
-        for w in arch.residual_writers(model)
-        for n, p in loaded.items()
-        if p is w.weight
+    model.save_pretrained(tmp_path / "src")
+    d = torch.randn(arch.d_model(model), generator=torch.Generator().manual_seed(4))
+    out = stream_export(tmp_path / "src", tmp_path / "out", d, embeddings=True)
+    cut(model, d, embeddings=True)
+    model.save_pretrained(tmp_path / "ref")
+    src, streamed, ref = (
+        load_file(p / "model.safetensors") for p in (tmp_path / "src", out, tmp_path / "ref")
     )
+    assert streamed.keys() == ref.keys()
+    for name, tensor in ref.items():
+        torch.testing.assert_close(streamed[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+    edited = {n for n in src if not torch.equal(src[n], streamed[n])}
+    assert edited and edited == {n for n in src if not torch.equal(src[n], ref[n])}
 
 
 def _aligned(model: torch.nn.Module) -> torch.nn.Module:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModel
 
 import vauban
 from conftest import build_model
@@ -127,31 +127,46 @@ def test_bad_inputs_are_clear_errors(tmp_path):
 
 
 def test_checkpoint_writers_by_name():
-    names = [
-        "h.0.attn.c_proj.weight",
-        "h.0.attn.c_proj.bias",
-        "h.0.mlp.c_proj.weight",
-        "h.0.mlp.c_fc.weight",
-        "wte.weight",
-        "wpe.weight",
-    ]
-    found = arch.checkpoint_writers("gpt2", names, 1, embeddings=True)  # hub GPT-2: no prefix
+    """Hub names without the base model's prefix (GPT-2), extra tensors (a vision tower's) left
+    alone, a missing writer and an unknown architecture are named."""
+    from vauban.model.checkpoint import checkpoint_writers
+
+    with torch.device("meta"):
+        gpt2 = build_model_meta("gpt2")
+        llama = build_model_meta("llama")
+    shapes = {n.removeprefix("transformer."): list(p.shape) for n, p in gpt2.state_dict().items()}
+    del shapes["lm_head.weight"]  # tied to wte: hub GPT-2 stores it once
+    found = checkpoint_writers(gpt2, shapes, [0], embeddings=True)
     assert [(w.name, w.axis, w.kind) for w in found] == [
         ("h.0.attn.c_proj.weight", -1, "attention"),
         ("h.0.attn.c_proj.bias", -1, "attention"),
         ("h.0.mlp.c_proj.weight", -1, "mlp"),
+        ("h.0.mlp.c_proj.bias", -1, "mlp"),
         ("wte.weight", -1, "embedding"),
         ("wpe.weight", -1, "embedding"),
     ]
-    vision = ["model.vision.layers.0.self_attn.o_proj.weight", "model.vision.layers.0.mlp.down_proj.weight"]
-    text = ["model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.down_proj.weight"]
-    assert [w.name for w in arch.checkpoint_writers("llama", vision + text, 1)] == text
-    with pytest.raises(VaubanError, match="several prefixes"):
-        arch.checkpoint_writers("llama", vision + [n.replace("model.", "lm.") for n in text], 1)
-    with pytest.raises(VaubanError, match="no mlp output projection"):
-        arch.checkpoint_writers("llama", text[:1], 1)
+    shapes = {n: list(p.shape) for n, p in llama.state_dict().items()}
+    vision = {"model.vision.layers.0.self_attn.o_proj.weight": [4, 4]}
+    assert [w.name for w in checkpoint_writers(llama, {**shapes, **vision}, [0])] == [
+        "model.layers.0.self_attn.o_proj.weight",
+        "model.layers.0.mlp.down_proj.weight",
+    ]
+    del shapes["model.layers.1.mlp.down_proj.weight"]
+    with pytest.raises(VaubanError, match=r"no tensor of \d+ values for model\.layers\.1\.mlp\.down_proj"):
+        checkpoint_writers(llama, shapes)
+    shapes["model.layers.1.mlp.down_proj.weight"] = [3, 3]
+    with pytest.raises(VaubanError, match="does not match its config"):
+        checkpoint_writers(llama, shapes)
     with pytest.raises(VaubanError, match="unsupported architecture 'bert'"):
-        arch.checkpoint_writers("bert", text, 1)
+        checkpoint_writers(AutoModel.from_config(AutoConfig.for_model("bert", num_hidden_layers=1)), shapes)
+
+
+def build_model_meta(model_type: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    from conftest import TINY_CONFIGS
+
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **TINY_CONFIGS[model_type]))
 
 
 _RSS_SCRIPT = """

@@ -627,7 +627,8 @@ def add_stream(command: Command) -> None:
         "stream",
         cmd_stream,
         "abliterate a safetensors checkpoint on disk into a new one, one "
-        "tensor at a time, with a saved direction (models bigger than memory)",
+        "tensor at a time, with a saved direction (models bigger than memory; a block-FP8 "
+        "checkpoint stays block FP8)",
         ["vauban stream big-model/ big-abliterated/ --direction direction.safetensors"],
     )
     p.add_argument("src", metavar="SRC", help="model directory with (sharded) safetensors weights")

@@ -8,8 +8,10 @@ not change, so the copy stays a valid shard and the index stays right; peak memo
 largest *edited* tensor plus a few times one matrix of it (its float32 working copies; a fused
 MoE expert tensor is edited in place, expert by expert), never the model.
 
-Which tensors to edit comes from :func:`vauban.model.arch.checkpoint_writers`, the name-pattern view
-of the same family table the in-memory cut uses. Post-norm gains (Gemma 2/3, OLMo 2) are read
+Which tensors to edit comes from :func:`vauban.model.checkpoint.checkpoint_writers`: the writers the
+in-memory cut finds on the model (built from the config on the meta device), traced to their
+checkpoint tensors by transformers' own loading renames (hub names, experts stored one tensor
+each, transposed expert tensors, multimodal prefixes). Post-norm gains (Gemma 2/3, OLMo 2) are read
 from the checkpoint and passed through the family's own norm module, built alone from the
 config on the meta device, exactly as :func:`vauban.model.arch.norm_gain` does on a loaded model.
 """
@@ -22,6 +24,7 @@ import os
 import shutil
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,8 @@ from ..core.errors import VaubanError, check_alpha
 from ..direction.results import DirectionResult
 from ..edit.cutting import Direction, LayerWeights, layer_bases, layer_weights, writer_basis
 from ..edit.editing import FLOAT_DTYPES, edited
-from ..model import arch
+from ..model import arch, block_fp8
+from ..model.checkpoint import WriterTensor, checkpoint_writers
 from ..model.loading import model_class
 from .exporting import DIRECTION_FILE, check_output_dir, versions
 from .verifying import RECORD_FILE, check_weights, file_hashes
@@ -79,7 +83,7 @@ def _meta_model(src: Path) -> nn.Module:
         return model_class(config).from_config(config)
 
 
-def _post_norm(skeleton: nn.Module, tensor: arch.WriterTensor, weight: torch.Tensor) -> nn.Module:
+def _post_norm(skeleton: nn.Module, tensor: WriterTensor, weight: torch.Tensor) -> nn.Module:
     """``tensor``'s post-norm, that layer's norm module built alone on the CPU with ``weight``."""
     norm = arch.decoder_layers(skeleton)[tensor.layer].get_submodule(str(tensor.post_norm))
     norm = norm.to_empty(device="cpu")
@@ -103,19 +107,74 @@ def _read(path: Path, name: str) -> torch.Tensor:
         return f.get_tensor(name)
 
 
-def _read_writer(path: Path, name: str) -> torch.Tensor:
-    """A residual writer to edit: float weights only (a quantized one needs dequantizing first)."""
-    w = _read(path, name)
-    if w.dtype not in FLOAT_DTYPES:
+def _quantization(skeleton: nn.Module, source: Path) -> tuple[tuple[int, int] | None, bool]:
+    """The checkpoint's FP8 block and whether its scales are powers of two (``ue8m0``); ``(None,
+    False)`` for a float checkpoint; a one-line error for a quantization the stream cannot edit."""
+    quantization = getattr(arch.hf(skeleton).config, "quantization_config", None)
+    if quantization is not None and not isinstance(quantization, dict):
+        quantization = quantization.to_dict()
+    block = block_fp8.block_size(quantization)
+    if quantization and block is None:
         raise VaubanError(
-            f"{name} has {w.dtype} weights and cannot be cut; dequantize the checkpoint first "
-            "(vauban load + export writes float weights)"
+            f"{source} is quantized ({quantization.get('quant_method')}): the streamed cut edits float and "
+            "block-FP8 checkpoints only; cut it in memory instead (vauban abliterate loads it as float)"
         )
-    return w
+    return block, bool(quantization and quantization.get("scale_fmt") == "ue8m0")
+
+
+@dataclass
+class CheckpointCopy:
+    """A copy of a checkpoint being edited in place: its folder, each source shard's header, and
+    where every tensor is."""
+
+    folder: Path
+    tables: dict[Path, tuple[int, dict[str, dict[str, Any]]]]
+    where: dict[str, Path]
+
+    def read(self, name: str) -> torch.Tensor:
+        return _read(self.where[name], name)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        shard = self.where[name]
+        start, table = self.tables[shard]
+        _overwrite(self.folder / shard.name, start, table[name], tensor)
+
+
+def _cut_tensor(
+    copy: CheckpointCopy,
+    name: str,
+    axis: int,
+    basis: torch.Tensor,
+    alpha: float,
+    norm_preserving: bool,
+    fp8: Any,
+) -> float | None:
+    """Cut tensor ``name`` of the copy in its own dtype. A block-FP8 weight (``fp8``: its block and
+    ``ue8m0``) is dequantized, cut in float32 and quantized again with fresh block scales: returns
+    that re-quantization's relative error against the float cut (``None`` for a float tensor)."""
+    w = copy.read(name)
+    if w.dtype in FLOAT_DTYPES:
+        copy.write(name, edited(w, axis, basis, alpha, norm_preserving, inplace=True))
+        return None
+    scales = block_fp8.scale_name(name)
+    if fp8[0] is None or w.dtype != block_fp8.FP8 or scales not in copy.where:
+        raise VaubanError(
+            f"{name} has {w.dtype} weights and cannot be cut on disk; load the model with vauban "
+            "(dequantized) and cut it in memory (vauban abliterate)"
+        )
+    scale = copy.read(scales)
+    cut_float = edited(
+        block_fp8.dequantize(w, scale, fp8[0]), axis, basis, alpha, norm_preserving, inplace=True
+    )
+    q, new_scale = block_fp8.quantize(cut_float, fp8[0], scale.dtype, ue8m0=fp8[1])
+    copy.write(name, q)
+    copy.write(scales, new_scale)
+    back = block_fp8.dequantize(q, new_scale, fp8[0])
+    return float((back - cut_float).norm() / cut_float.norm().clamp_min(1e-30))
 
 
 def _writer_basis(
-    skeleton: nn.Module, target: arch.WriterTensor, basis: torch.Tensor, where: dict[str, Path]
+    skeleton: nn.Module, target: WriterTensor, basis: torch.Tensor, where: dict[str, Path]
 ) -> torch.Tensor:
     """The layer's basis as this writer removes it: through its post-norm's gain when it has one
     (:func:`vauban.edit.cutting.writer_basis`, the norm's weight read from the checkpoint)."""
@@ -143,7 +202,8 @@ def stream_export(
     Same result as loading ``src``, :func:`vauban.cut` with the same arguments, and exporting,
     tensor for tensor, in the checkpoint's own dtype (the same arithmetic; a float32 matmul may
     round one element in the last bit differently where its summation order follows another
-    memory layout); but only one tensor is in memory at a time.
+    memory layout); but only one tensor is in memory at a time. A block-FP8 weight is
+    dequantized, cut and quantized again with fresh block scales (:mod:`vauban.model.block_fp8`).
     ``direction`` is anything :func:`vauban.cut` takes, or the path of a saved direction. Every
     other file of ``src`` (config, tokenizer, generation config, index) is copied; ``dst`` gets
     a ``vauban.json`` record with every file's sha256, and appears atomically when complete.
@@ -164,25 +224,21 @@ def stream_export(
     strength = {"attention": layer_weights(attention, n, "attention"), "mlp": layer_weights(mlp, n, "MLP")}
     tables = {shard: tensor_table(shard) for shard in shards}
     where = {name: shard for shard, (_, table) in tables.items() for name in table}
-    targets = arch.checkpoint_writers(
-        arch.model_type(skeleton), where, n, layers, embeddings=embeddings and alpha != 0.0
-    )
+    shapes = {name: info["shape"] for _, table in tables.values() for name, info in table.items()}
+    fp8 = _quantization(skeleton, source)
+    targets = checkpoint_writers(skeleton, shapes, layers, embeddings=embeddings and alpha != 0.0)
     with building_dir(out, overwrite=overwrite) as tmp:
         for item in sorted(source.iterdir()):
             if item.is_file() and item.name not in (RECORD_FILE, DIRECTION_FILE):
                 shutil.copyfile(item, tmp / item.name)  # shards too: edited in place below
-        count = 0
+        copy, count, errors = CheckpointCopy(tmp, tables, where), 0, []
         for target in targets:
             a = alpha if target.kind == "embedding" else alpha * strength[target.kind][target.layer]
             if a == 0.0:
                 continue
             basis = _writer_basis(skeleton, target, bases[target.layer], where)
-            shard = where[target.name]
-            start, table = tables[shard]
-            new = edited(
-                _read_writer(shard, target.name), target.axis, basis, a, norm_preserving, inplace=True
-            )
-            _overwrite(tmp / shard.name, start, table[target.name], new)
+            error = _cut_tensor(copy, target.name, target.axis, basis, a, norm_preserving, fp8)
+            errors += [] if error is None else [error]
             count += 1
         check_weights(tmp)
         if isinstance(direction, DirectionResult):
@@ -199,9 +255,17 @@ def stream_export(
             mlp_weights=list(strength["mlp"]),
             norm_preserving=norm_preserving,
             edited_tensors=count,
+            **_fp8_record(errors),
         )
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return out
+
+
+def _fp8_record(errors: list[float]) -> dict[str, Any]:
+    """What the record says of the block-FP8 weights written again (none: nothing)."""
+    if not errors:
+        return {}
+    return {"fp8_requantized_tensors": len(errors), "fp8_requantization_error_max": max(errors)}
 
 
 def _record(source: Path, direction: Direction, folder: Path, **cut: Any) -> dict[str, Any]:

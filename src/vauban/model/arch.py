@@ -10,8 +10,6 @@ A small table beats ``if "llama" in name`` checks scattered over the code base.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -425,105 +423,6 @@ def explain(model: nn.Module) -> tuple[str, list[tuple[int, str, str]]]:
     return head, [
         (i, ", ".join(k["attention"]) or "-", ", ".join(k["mlp"]) or "-") for i, k in sorted(found.items())
     ]
-
-
-@dataclass(frozen=True)
-class WriterTensor:
-    """One residual-writing tensor of a checkpoint on disk, found by its name.
-
-    ``post_norm`` is the post-norm's path inside the decoder layer (to build the module) and
-    ``post_norm_weight`` its gain tensor's checkpoint name, for Gemma 2/3 and OLMo 2.
-    """
-
-    name: str
-    layer: int
-    axis: int
-    kind: str
-    post_norm: str | None = None
-    post_norm_weight: str | None = None
-
-
-def _writer_pattern(fam: Family, path: str) -> re.Pattern[str]:
-    """Checkpoint names of a writer: any prefix (``model.``, ``transformer.``, none), the layer
-    index, then the writer's path. Experts may be stored fused (``experts.down_proj``) or one
-    tensor per expert (``experts.3.down_proj.weight``, as transformers saves Qwen3-MoE)."""
-    body = re.escape(path).replace(r"experts\.", r"experts\.(?:\d+\.)?")
-    return re.compile(rf"(?P<prefix>(?:.+\.)?){re.escape(fam.layers)}\.(?P<layer>\d+)\.{body}(?:\.weight)?")
-
-
-def _checkpoint_prefix(fam: Family, prefixes: set[str]) -> str:
-    """The one prefix the decoder layers are stored under (multimodal checkpoints also hold
-    vision layers: the decoder's own path wins, any other ambiguity is an error)."""
-    if len(prefixes) == 1:
-        return next(iter(prefixes))
-    if f"{fam.decoder}." in prefixes:
-        return f"{fam.decoder}."
-    raise VaubanError(
-        f"checkpoint has decoder layers under several prefixes {sorted(prefixes)}; "
-        f"expected {fam.decoder!r}: the arch.py entry does not match this checkpoint"
-    )
-
-
-def checkpoint_writers(
-    kind: str,
-    names: Iterable[str],
-    num_layers: int,
-    layers: Sequence[int] | None = None,
-    *,
-    embeddings: bool = False,
-) -> list[WriterTensor]:
-    """The residual-writing tensors (weights and biases) of a checkpoint of ``model_type``
-    ``kind``, by name: the same :data:`FAMILIES` table that :func:`residual_writers` resolves on
-    a loaded model, read as name patterns, so a checkpoint can be cut without loading it.
-    ``embeddings=True`` adds the embedding tables (kind ``"embedding"``, residual axis last)."""
-    fam = family_of(kind)
-    names = set(names)
-    groups = (("attention", fam.attn_out), ("mlp", fam.mlp_out))
-    hits = [
-        (match, kind_, writer)
-        for kind_, group in groups
-        for writer in group
-        for match in map(_writer_pattern(fam, writer.path).fullmatch, sorted(names))
-        if match
-    ]
-    if not hits:
-        raise VaubanError(f"no residual-writing tensors of a {kind!r} model found in the checkpoint")
-    prefix = _checkpoint_prefix(fam, {m["prefix"] for m, _, _ in hits})
-    chosen = list(range(num_layers)) if layers is None else [int(i) for i in layers]
-    out: list[WriterTensor] = []
-    for i in chosen:
-        if not 0 <= i < num_layers:
-            raise VaubanError(f"layer {i} out of range: the model has {num_layers} layers")
-        base = f"{prefix}{fam.layers}.{i}."
-        in_layer = [(m, k, w) for m, k, w in hits if m["prefix"] == prefix and int(m["layer"]) == i]
-        if fam.mixed and not in_layer:
-            raise VaubanError(
-                f"layer {i} of {kind!r}: no output projection in the checkpoint; "
-                "the arch.py entry does not match it"
-            )
-        for kind_, group in groups:
-            found = [(m, w) for m, k, w in in_layer if k == kind_]
-            if not found and not fam.mixed:
-                raise VaubanError(
-                    f"layer {i} of {kind!r}: no {kind_} output projection at {[g.path for g in group]} "
-                    "in the checkpoint; the arch.py entry does not match it"
-                )
-            for match, writer in found:
-                norm = f"{base}{writer.post_norm}.weight" if writer.post_norm else None
-                if norm is not None and norm not in names:
-                    if not writer.norm_optional:
-                        raise VaubanError(f"checkpoint lacks {norm}, the post-norm of {match.string}")
-                    norm = None
-                name = match.string
-                bias = f"{base}{writer.bias}" if writer.bias else name.removesuffix(".weight") + ".bias"
-                post = writer.post_norm if norm else None
-                for tensor, axis in ((name, writer.axis), (bias, -1)):
-                    if tensor in names:
-                        out.append(WriterTensor(tensor, i, axis, kind_, post, norm))
-    if embeddings:
-        tables = [f"{prefix}{emb}.weight" for emb in fam.embeddings]
-        out.extend(WriterTensor(t, 0, -1, "embedding") for t in tables if t in names)
-    return out
 
 
 def norm_gain(norm: nn.Module, d: int, device: torch.device) -> torch.Tensor:

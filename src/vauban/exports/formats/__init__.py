@@ -12,6 +12,7 @@ card, the ``vauban.json`` record with every file's sha256, never overwriting unl
 format         what it writes                                                 needs
 =============  =============================================================  ==============
 safetensors    a transformers directory in the source's dtype                 (core)
+               (``quant="fp8"``: a block-FP8 source kept block FP8)
 gguf           one ``.gguf`` for llama.cpp / Ollama / LM Studio               ``[llamacpp]``
 lora           a PEFT adapter: ``W' = W + B·A`` with ``B = -a·Q``, ``A = QᵀW``  ``[lora]``
 mlx            an mlx-lm directory (4-bit with ``quant="4"``)                 ``[mlx]``

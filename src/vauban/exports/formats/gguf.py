@@ -148,6 +148,8 @@ def _gguf_tensors(reader: Any, edits: list[TensorEdit], tied: str | None) -> lis
     out = []
     for edit in edits:
         name = names.get_name(edit.name, try_suffixes=(".weight", ".bias"))
+        if name is not None and name not in by_name and f"{name}.weight" in by_name:
+            name += ".weight"  # a fused expert parameter has no suffix; its GGUF tensor has one
         if name is None or name not in by_name:
             raise VaubanError(
                 f"no GGUF tensor for {edit.name} ({name or 'no mapping'}); export --format safetensors"

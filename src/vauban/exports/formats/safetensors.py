@@ -1,4 +1,6 @@
-"""The transformers directory: safetensors weights in the source's dtype, config, tokenizer.
+"""The transformers directory: safetensors weights in the source's dtype, config, tokenizer
+(``quant="fp8"``: a block-FP8 source's checkpoint with the cut's tensors re-quantized,
+:mod:`vauban.exports.formats.fp8`).
 
 It loads with ``AutoModelForCausalLM.from_pretrained`` and with ``mlx_lm.load`` (the config
 carries the legacy RoPE keys mlx_lm reads). Large models are sharded the way transformers'
@@ -17,12 +19,21 @@ from .base import DTYPE_NAMES, ExportJob, save_transformers
 NAME = "safetensors"
 
 
+def check_quant(quant: str) -> None:
+    """``fp8`` is the one quantization: a block-FP8 source written back as block FP8."""
+    if quant.lower() != "fp8":
+        raise VaubanError(
+            f"the safetensors format is not quantized (got quant={quant!r}) but for --quant fp8 "
+            "(a block-FP8 source kept block FP8); use --format gguf or --format mlx for a quantized export"
+        )
+
+
 def write(job: ExportJob, folder: Path) -> dict[str, Any]:
     if job.quant is not None:
-        raise VaubanError(
-            f"the safetensors format is not quantized (got quant={job.quant!r}); "
-            "use --format gguf or --format mlx for a quantized export"
-        )
+        check_quant(job.quant)
+        from .fp8 import write_block_fp8
+
+        return write_block_fp8(job, folder)
     dtype = job.float_dtype()
     save_transformers(job.model, job.tokenizer, folder, dtype)
     if not list(folder.glob("model*.safetensors")):
