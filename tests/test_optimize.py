@@ -204,7 +204,7 @@ def test_timeout_bounds_search_and_refinement(setup, tokenizer, monkeypatch, ref
     scores = vauban.search.objectives.Scores
     monkeypatch.setattr(scores, "__call__", clock.charging(10.0, scores.__call__, ends))
     refining = vauban.search.refining
-    monkeypatch.setattr(refining, "_mean_and_grad", clock.charging(5.0, refining._mean_and_grad))
+    monkeypatch.setattr(refining, "mean_and_grad", clock.charging(5.0, refining.mean_and_grad))
     lines: list[str] = []
     result = optimize(
         model,
@@ -359,8 +359,8 @@ def test_refined_trial_is_scored_stored_once_and_exportable(setup, tokenizer, tm
 
 def test_refine_starts_at_the_plain_cut_and_never_ends_worse(setup, tokenizer):
     from vauban.edit.cutting import cut
-    from vauban.runtime.scoring import first_token_logprobs, kl_divergence, refusal_likelihood
-    from vauban.search.refining import loss, refine
+    from vauban.runtime.scoring import first_token_logprobs, kl_divergence, loss, refusal_likelihood
+    from vauban.search.refining import refine
 
     model, direction, kwargs = setup
     harmless = kwargs["harmless"]
