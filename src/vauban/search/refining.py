@@ -215,15 +215,8 @@ def refine(
         for p in frozen:
             p.requires_grad_(True)
     assert best is not None
-    chosen = best[1]
-    return Refined(
-        tuple(float(x) for x in chosen[0]),
-        tuple(float(x) for x in chosen[1]),
-        best[2],
-        best[3],
-        tuple(history),
-        steps,
-    )
+    _, chosen, kl, lik = best
+    return Refined(tuple(chosen[0].tolist()), tuple(chosen[1].tolist()), kl, lik, tuple(history), steps)
 
 
 def ends_past(deadline: float | None, seconds: float) -> bool:
