@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import HARMFUL, HARMLESS, build_model, build_tokenizer
 from vauban.direction.results import DirectionResult
-from vauban.search import optimizing, studies
+from vauban.search import objectives, optimizing, studies
 
 OPTIONS = dict(
     prompts=HARMFUL[:2],
@@ -37,7 +37,7 @@ OPTIONS = dict(
 def main(direction_path: str, storage: str, out: str, n_trials: str, hang_at: str | None = None) -> None:
     torch.set_num_threads(1)  # the same float sums in every process
     if hang_at is not None:
-        scored = optimizing._Scores.__call__
+        scored = objectives.Scores.__call__
         calls = []
 
         def hanging(self, params):
@@ -47,7 +47,7 @@ def main(direction_path: str, storage: str, out: str, n_trials: str, hang_at: st
                 time.sleep(3600)
             return scored(self, params)
 
-        optimizing._Scores.__call__ = hanging
+        objectives.Scores.__call__ = hanging
     study = None if storage == "memory" else studies.open_storage(storage, heartbeat=1, grace=3)
     direction = DirectionResult.load(direction_path)
     result = optimizing.optimize(

@@ -39,13 +39,17 @@ def module_name(path: Path) -> str:
 
 def imports(path: Path) -> set[str]:
     """The vauban modules (dotted, under ``vauban``) that ``path`` imports, lazily or not."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    return imports_of(module_name(path), path.read_text(encoding="utf-8"), package=path.name == "__init__.py")
+
+
+def imports_of(name: str, source: str, package: bool = False) -> set[str]:
+    """The vauban modules that module ``name``'s ``source`` imports; ``""`` is the top package ``vauban``."""
+    package_name = name if package else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".") if package else []
+                base = package_name.split(".") if package_name else []
                 base = base[: len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             elif node.module and node.module.startswith("vauban"):
@@ -56,8 +60,9 @@ def imports(path: Path) -> set[str]:
                 sub = f"{target}.{alias.name}" if target else alias.name
                 found.add(sub if resolve(sub) else target)
         elif isinstance(node, ast.Import):
+            found |= {"" for a in node.names if a.name == "vauban"}
             found |= {a.name.removeprefix("vauban.") for a in node.names if a.name.startswith("vauban.")}
-    return {t for t in found if t and resolve(t)}
+    return {t for t in found if resolve(t)}  # "" (the top package, a face) resolves to its __init__
 
 
 def resolve(dotted: str) -> Path | None:
@@ -84,6 +89,16 @@ def test_every_import_goes_down_a_layer(module):
         if t.split(".")[0] != top and layer(t) >= layer(module) and layer(module) != FACE
     ]
     assert not upward, f"vauban.{module} (layer {layer(module)}) imports {upward} from its layer or above"
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["from .. import __version__", "from vauban import cut", "import vauban", "from ..quick import load"],
+)
+def test_importing_the_top_package_counts_as_upward(source):
+    """A layer's module that reads the top package (``vauban/__init__``, a face) reaches up: caught."""
+    found = imports_of("exports.exporting", source)
+    assert found and all(layer(t) == FACE for t in found), found
 
 
 def test_no_import_circles():

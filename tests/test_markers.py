@@ -7,14 +7,16 @@ import re
 
 import pytest
 
+import vauban.judge.marker_rules as marker_rules
 import vauban.judge.markers as markers
 from vauban.judge import run_judge
-from vauban.judge.markers import ANSWERED_NO, DEFAULT, RULES, MarkerJudge, Rule
+from vauban.judge.marker_rules import ANSWERED_NO, RULES, Rule
+from vauban.judge.markers import DEFAULT, MarkerJudge
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
 def test_every_rule_is_documented_with_an_example_it_matches(rule: Rule):
-    doc = re.sub(r"\s+", " ", markers.__doc__)
+    doc = re.sub(r"\s+", " ", marker_rules.__doc__)
     assert f"``{rule.name}``" in doc, f"rule {rule.name} is not in the module docstring"
     first_example = rule.example.split(" ...")[0].split("...")[0]
     assert first_example in doc, f"the example of {rule.name} is not in the module docstring"

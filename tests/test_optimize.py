@@ -100,6 +100,29 @@ def test_interrupted_study_resumes_where_it_stopped(setup, tokenizer, tmp_path):
         optimize(model, tokenizer, direction, n_trials=7, study=db, projected=True, **kwargs)
 
 
+def test_settings_are_one_frozen_object_validated_when_made(setup, tokenizer):
+    """``OptimizeSettings`` checks its values once, when made; keyword arguments to ``optimize``
+    take the place of its values, and an unknown one is a one-line error before any work."""
+    import dataclasses
+
+    from vauban.search.settings import OptimizeSettings
+
+    settings = OptimizeSettings(n_trials=5, check=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.n_trials = 6  # type: ignore[misc]
+    assert OptimizeSettings.with_options(settings, {"n_trials": 7}) == OptimizeSettings(n_trials=7, check=0)
+    for bad, match in [
+        ({"n_trials": 0}, "n_trials"),
+        ({"damage": "all"}, "damage"),
+        ({"timeout": -1}, "timeout"),
+    ]:
+        with pytest.raises(VaubanError, match=match):
+            OptimizeSettings(**bad)
+    model, direction, _ = setup
+    with pytest.raises(VaubanError, match="optimize has no option n_trails"):
+        optimize(model, tokenizer, direction, settings, n_trails=3)
+
+
 def test_export_any_trial(setup, tokenizer, tmp_path):
     model, direction, kwargs = setup
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -168,18 +191,20 @@ def test_timeout_bounds_search_and_refinement(setup, tokenizer, monkeypatch, ref
     """On a fake clock (a trial costs 10 s, a refinement step 10 s): with refinement the search
     ends within two thirds of the timeout and refinement, its result scored, within the timeout;
     without, the search has all of it."""
+    import vauban.search.objectives
     import vauban.search.optimizing
     import vauban.search.refining
+    import vauban.search.searching
 
     model, direction, kwargs = setup
     clock = Clock()
-    monkeypatch.setattr(vauban.search.optimizing, "time", clock)
-    monkeypatch.setattr(vauban.search.refining, "time", clock)
+    for module in (vauban.search.optimizing, vauban.search.searching, vauban.search.refining):
+        monkeypatch.setattr(module, "time", clock)
     ends: list[float] = []  # of every scored cut: the search's trials, then the refined one
-    scores = vauban.search.optimizing._Scores
+    scores = vauban.search.objectives.Scores
     monkeypatch.setattr(scores, "__call__", clock.charging(10.0, scores.__call__, ends))
     refining = vauban.search.refining
-    monkeypatch.setattr(refining, "_mean_and_grad", clock.charging(5.0, refining._mean_and_grad))
+    monkeypatch.setattr(refining, "mean_and_grad", clock.charging(5.0, refining.mean_and_grad))
     lines: list[str] = []
     result = optimize(
         model,
@@ -334,8 +359,8 @@ def test_refined_trial_is_scored_stored_once_and_exportable(setup, tokenizer, tm
 
 def test_refine_starts_at_the_plain_cut_and_never_ends_worse(setup, tokenizer):
     from vauban.edit.cutting import cut
-    from vauban.runtime.scoring import first_token_logprobs, kl_divergence, refusal_likelihood
-    from vauban.search.refining import loss, refine
+    from vauban.runtime.scoring import first_token_logprobs, kl_divergence, loss, refusal_likelihood
+    from vauban.search.refining import refine
 
     model, direction, kwargs = setup
     harmless = kwargs["harmless"]

@@ -102,3 +102,15 @@ def test_every_runtime_requirement_has_a_tested_lower_bound():
     names = {pin.split("==")[0] for pin in pins}
     assert {"torch", "transformers", "accelerate", "safetensors", "gguf", "matplotlib", "optuna"} <= names
     assert all("==" in pin and ">" not in pin and "<" not in pin.split(";")[0] for pin in pins), pins
+
+
+def test_version_is_written_once_and_matches_pyproject():
+    import tomllib
+    from pathlib import Path
+
+    import vauban
+    from vauban.core.version import __version__
+
+    pyproject_file = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    pyproject = tomllib.loads(pyproject_file.read_text(encoding="utf-8"))
+    assert vauban.__version__ == __version__ == pyproject["project"]["version"]

@@ -17,15 +17,17 @@ def tables(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "benchmarks" / "readme_tables.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "RESULTS", tmp_path)
+    common = module.common  # the registry and results reading, in benchmarks/tables_common.py
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr(common, "TABLES", dict(common.TABLES))  # the test's table registered in a copy
     (tmp_path / "speed.json").write_text(
         json.dumps({"date": "2026-11-30T01:02:03", "git": "abc1234", "tok_s": 1234.5})
     )
 
-    @module.table("speed")
+    @common.table("speed")
     def speed() -> list[str]:
-        tok_s = module.load("speed.json")["tok_s"]
-        return module.markdown(["what", "result"], [["decode", f"{tok_s:,.0f} tok/s"]])
+        tok_s = common.load("speed.json")["tok_s"]
+        return common.markdown(["what", "result"], [["decode", f"{tok_s:,.0f} tok/s"]])
 
     return module
 
@@ -44,7 +46,7 @@ def test_blocks_are_rebuilt_with_their_sources(tables):
 def test_unknown_tables_and_missing_files_are_errors(tables):
     with pytest.raises(SystemExit, match="unknown tables"):
         tables.render("<!-- table: nope -->\n<!-- /table -->\n")
-    (tables.RESULTS / "speed.json").unlink()
+    (tables.common.RESULTS / "speed.json").unlink()
     with pytest.raises(SystemExit, match="missing"):
         tables.render("<!-- table: speed -->\n<!-- /table -->\n")
 

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import Settings
 from ..core.errors import VaubanError
@@ -22,6 +23,10 @@ from .common import (
     run_formatting,
 )
 from .report import Report
+
+if TYPE_CHECKING:
+    from ..judge import Judge
+    from ..search.settings import OptimizeSettings
 
 
 def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> None:
@@ -111,31 +116,9 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
     attach_engine(s, args, model, report)
     judge = judge_for(s, report)
     direction = direction_for(s, report, model, tokenizer, args)
-    flags = {"search": None, "on": True, "off": False}
     log = None if s.quiet or report.as_json else (lambda line: report.err.print(line, markup=False))
     with report.step(f"optimize ({args.trials} trials, study {shown})", "optimize"):
-        result = optimize(
-            model,
-            tokenizer,
-            direction,
-            n_trials=args.trials,
-            seed=args.seed,
-            study=study,
-            projected=flags[args.projected],
-            norm_preserving=flags[args.norm_preserving],
-            prompts=args.validation,
-            harmless=s.harmless,
-            selection=args.selection,
-            check=args.check,
-            refine_steps=args.refine_steps,
-            batch_size=s.batch_size,
-            log=log,
-            damage=args.damage.replace("-", "_"),
-            kl_tokens=args.kl_tokens,
-            judge=judge,
-            formatting=s.formatting(),
-            timeout=args.timeout,
-        )
+        result = optimize(model, tokenizer, direction, _optimize_settings(s, args, study, judge), log=log)
     if not result.finished_here:
         report.say(
             f"{len(result.trials)} trials in the study {shown}; the worker that finished its last "
@@ -176,6 +159,31 @@ def cmd_optimize(s: Settings, args: argparse.Namespace, report: Report) -> None:
         report.say(f"Exported trial {number} to {args.export}/")
         report.put("output_dir", str(args.export))
         report.put("exported_trial", number)
+
+
+def _optimize_settings(s: Settings, args: argparse.Namespace, study: str, judge: Judge) -> OptimizeSettings:
+    """The search's options from the command line and the settings (validated when made)."""
+    from ..search.settings import OptimizeSettings
+
+    flags = {"search": None, "on": True, "off": False}
+    return OptimizeSettings(
+        n_trials=args.trials,
+        seed=args.seed,
+        study=study,
+        projected=flags[args.projected],
+        norm_preserving=flags[args.norm_preserving],
+        prompts=args.validation,
+        harmless=s.harmless,
+        selection=args.selection,
+        check=args.check,
+        refine_steps=args.refine_steps,
+        batch_size=s.batch_size,
+        damage=args.damage.replace("-", "_"),
+        kl_tokens=args.kl_tokens,
+        judge=judge,
+        formatting=s.formatting(),
+        timeout=args.timeout,
+    )
 
 
 def cmd_verify(s: Settings, args: argparse.Namespace, report: Report) -> None:

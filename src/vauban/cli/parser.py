@@ -1,8 +1,8 @@
 """The ``vauban`` argument parser: each command offers only the options its code reads, in groups.
 
-Shared options are written once (:data:`OPTIONS`); each ``add_*`` function picks the ones its
-command reads into titled groups (model, direction, prompts, cut, evaluation, output) and adds
-its own; every command gets the general group (help, config file, quiet, debug, JSON). So
+Shared options are written once (:mod:`vauban.cli.options`); each ``add_*`` function picks the
+ones its command reads into titled groups (model, direction, prompts, cut, evaluation, output)
+and adds its own; every command gets the general group (help, config file, quiet, debug, JSON). So
 ``vauban judge --help`` lists no prompt set and no layer: tests/test_cli_help.py compares each
 command's options with the settings and arguments its ``cmd_*`` function reads, and parses
 every example of the help epilogs and the README. :func:`build_parser` lists the commands in
@@ -13,284 +13,33 @@ optimize, stream, judge, verify.
 from __future__ import annotations
 
 import argparse
-import re
-from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
-from ..exports.formats import FORMATS
 from .commands_cut import cmd_abliterate, cmd_optimize, cmd_stream, cmd_verify
 from .commands_evaluate import cmd_evaluate, cmd_judge, cmd_sweep
 from .commands_measure import cmd_measure, cmd_plot, cmd_probe
 from .commands_run import cmd_run
 from .commands_steer import cmd_chat, cmd_steer
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Examples kept line by line; a command's usage is ``vauban CMD POSITIONALS [options]`` (its
-    option groups follow)."""
-
-    def _format_usage(self, usage: Any, actions: Any, groups: Any, prefix: Any) -> str:
-        if usage is None and any(a.option_strings for a in actions):
-            words = [
-                self._format_args(a, self._get_default_metavar_for_positional(a))
-                for a in actions
-                if not a.option_strings
-            ]
-            usage = " ".join(["%(prog)s", *words, "[options]"])
-        return super()._format_usage(usage, actions, groups, prefix)
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage mistakes as one line naming the fix, like every other vauban error (exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"vauban: error: {message} (see: {self.prog} --help)\n")
-
-
-def _comma_list(kind: Callable[[str], Any], what: str) -> Callable[[str], list[Any]]:
-    """An argparse type: comma-separated values of ``kind`` (empty items skipped)."""
-
-    def parse(text: str) -> list[Any]:
-        try:
-            return [kind(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
-
-    return parse
-
-
-_alphas = _comma_list(float, "numbers")
-_layers = _comma_list(int, "layer numbers")
-
-
-def _device(text: str) -> str:
-    if not re.fullmatch(r"cpu|mps|auto|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N, mps or auto, got {text!r}")
-    return text
-
-
-# ---------------------------------------------------------------------------------------------
-# shared options, written once; a command picks the ones it reads
-
-Option = tuple[tuple[str, ...], dict[str, Any]]
-
-OPTIONS: dict[str, Option] = {
-    # model
-    "model": (("-m", "--model"), {"help": "HF dir, hub id, .gguf or MLX dir (default: demo model)"}),
-    "device": (("--device",), {"type": _device, "help": "cpu, cuda, cuda:N, mps or auto (default: best)"}),
-    "dtype": (
-        ("--dtype",),
-        {
-            "choices": ["float32", "bfloat16", "float16"],
-            "help": "compute dtype (default: float32 on CPU, bfloat16 on GPUs) and, when "
-            "given, the exported weights' dtype (default: the source's)",
-        },
-    ),
-    "batch_size": (("--batch-size",), {"type": int, "help": "prompts per forward pass"}),
-    "trust_remote_code": (
-        ("--trust-remote-code",),
-        {
-            "action": "store_true",
-            "help": "run Python code shipped with the checkpoint (off: only if you trust it)",
-        },
-    ),
-    # direction
-    "direction": (("--direction",), {"help": "a saved direction (.safetensors); default: measure one"}),
-    "harmful": (("--harmful",), {"help": "harmful prompts: bundled set name or file"}),
-    "harmless": (("--harmless",), {"help": "harmless prompts: bundled set name or file"}),
-    "layer": (("--layer",), {"type": int, "help": "take the direction from this layer"}),
-    "select": (
-        ("--select",),
-        {
-            "choices": ["effect", "geometry"],
-            "help": "choose the direction's layer by the effect of its cut on held-back "
-            "prompts (default) or by cosine separation alone (fast)",
-        },
-    ),
-    # prompts
-    "system_prompt": (
-        ("--system-prompt",),
-        {
-            "metavar": "TEXT",
-            "help": "system prompt for every prompt (default: none; a saved direction's own)",
-        },
-    ),
-    "system_prompts": (
-        ("--set-system-prompt",),
-        {
-            "dest": "system_prompts",
-            "action": "append",
-            "metavar": "SET=TEXT",
-            "help": "a system prompt for one prompt set only (harmful, harmless, eval, reference, "
-            "validation, selection, probe, steer, chat); repeatable",
-        },
-    ),
-    "template_options": (
-        ("--template-option",),
-        {
-            "dest": "template_options",
-            "action": "append",
-            "metavar": "KEY=VALUE",
-            "help": "chat-template keyword, e.g. enable_thinking=false, reasoning_effort=low; repeatable",
-        },
-    ),
-    "thinking_tokens": (
-        ("--thinking-tokens",),
-        {
-            "type": int,
-            "metavar": "N",
-            "help": "new tokens a thinking model may spend before its reply (default 1024 when it thinks, "
-            "else 0)",
-        },
-    ),
-    "max_tokens": (("--max-tokens",), {"type": int, "help": "new tokens per answer (default 128)"}),
-    # cut
-    "alpha": (("--alpha",), {"type": float, "help": "fraction of the direction to remove (default 1)"}),
-    "alphas": (("--alphas",), {"type": _alphas, "help": "several alphas, e.g. 0.5,1,1.5,2"}),
-    "embeddings": (
-        ("--embeddings",),
-        {"action": "store_true", "default": None, "help": "also orthogonalize the embeddings"},
-    ),
-    "layers": (("--layers",), {"type": _layers, "help": "comma-separated layers to cut (default: all)"}),
-    # evaluation
-    "judge": (
-        ("--judge",),
-        {
-            "metavar": "SPEC",
-            "help": "refusal judge: markers (default), markers:FILE, classifier:ID, "
-            "chat:MODEL, endpoint:URL[#model]",
-        },
-    ),
-    "eval_prompts": (("--eval-prompts",), {"help": "harmful evaluation prompts (default: bundled 20)"}),
-    # output
-    "output_dir": (("-o", "--output-dir"), {"help": "where to export (default: ./abliterated)"}),
-    "format": (
-        ("--format",),
-        {
-            "choices": list(FORMATS),
-            "help": "export format: safetensors (default), gguf, lora (PEFT adapter), mlx",
-        },
-    ),
-    "quant": (
-        ("--quant",),
-        {
-            "help": "export quantization: gguf q8_0, q4_k_m, ... (from a GGUF source: the "
-            "edited tensors' type; default their own); mlx bits, e.g. 4"
-        },
-    ),
-    "overwrite": (
-        ("--overwrite",),
-        {"action": "store_true", "default": None, "help": "replace existing output files or directories"},
-    ),
-}
-
-MODEL = ("model", "device", "dtype", "batch_size", "trust_remote_code")
-MEASURED = ("harmful", "harmless", "layer", "select")  # what measuring a direction reads
-DIRECTION = ("direction", *MEASURED)
-FORMATTING = ("system_prompt", "system_prompts", "template_options", "thinking_tokens")
-EXPORT = ("format", "quant", "overwrite")
-
-
-def _options(p: argparse.ArgumentParser, title: str, *names: str, **helps: str) -> argparse._ArgumentGroup:
-    """A titled group of shared options (``helps``: a command's own help for one of them)."""
-    return _shared(p.add_argument_group(title), *names, **helps)
-
-
-def _shared(group: argparse._ArgumentGroup, *names: str, **helps: str) -> argparse._ArgumentGroup:
-    """Add shared options to ``group``, in the order given."""
-    for name in names:
-        flags, keywords = OPTIONS[name]
-        group.add_argument(*flags, **keywords | ({"help": helps[name]} if name in helps else {}))
-    return group
-
-
-def _model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "model_arg", nargs="?", metavar="MODEL", help="hub id, HF dir, .gguf or MLX dir (default: demo model)"
-    )
-
-
-def _categories_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    p.add_argument(
-        "--categories",
-        metavar="FILE",
-        help="prompts with a 'category' field (.jsonl; default: the bundled category sets)",
-    )
-
-
-def _engine_flags(p: argparse.ArgumentParser) -> None:
-    """Which engine generates the answers (:mod:`vauban.runtime.engines`), as a group of its own."""
-    g = p.add_argument_group("engine")
-    g.add_argument(
-        "--engine",
-        choices=["vauban", "vllm"],
-        default="vauban",
-        help="what generates the answers: vauban's loop (default) or vLLM (the [vllm] extra; "
-        "each cut is sent into the running engine, no reload)",
-    )
-    g.add_argument("--tensor-parallel-size", type=int, help="with --engine vllm: GPUs per engine")
-    g.add_argument(
-        "--vllm-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="with --engine vllm: an option of vllm.LLM (JSON value), e.g. "
-        "gpu_memory_utilization=0.5; repeatable",
-    )
-
-
-def _when_flags(p: argparse.ArgumentParser) -> None:
-    """Conditional steering (:mod:`vauban.methods.conditional`), as a group of its own."""
-    g = p.add_argument_group("condition")
-    g.add_argument(
-        "--when",
-        metavar="CONDITION",
-        help="steer only prompts that match: a bundled condition (medical), a category "
-        "(cybercrime, ...) or a .jsonl of prompt/matched/split",
-    )
-    g.add_argument(
-        "--add",
-        action="store_true",
-        help="with --when: add refusal to matched prompts instead of removing it",
-    )
-
-
-def _variant_flags(p: argparse.ArgumentParser) -> None:
-    """How ``abliterate`` shapes its cut (see :mod:`vauban.methods.cutspec`)."""
-    g = _options(p, "cut variants", "layers")
-    g.add_argument(
-        "--attention",
-        metavar="WEIGHTS",
-        help="attention writers' weight per layer: 0,0.5,1,... or a kernel "
-        "peak=P,max=M,min=m,width=W (default 1 everywhere)",
-    )
-    g.add_argument("--mlp", metavar="WEIGHTS", help="the same for the MLP writers")
-    g.add_argument("--norm-preserving", action="store_true", help="keep every written vector's norm")
-    g.add_argument(
-        "--projected", action="store_true", help="remove the harmless mean's component from the direction"
-    )
-    g.add_argument(
-        "--direction-index",
-        type=float,
-        metavar="X",
-        help="take the direction at fractional layer X (interpolated)",
-    )
-    g.add_argument("--per-layer", action="store_true", help="cut every layer along its own direction")
-    g.add_argument("--subspace", type=int, metavar="K", help="cut a K-dimensional subspace (measured)")
-    g.add_argument(
-        "--params",
-        metavar="FILE",
-        help="an optimize trial's cut: pareto.json (its pick, or --trial N), a trial "
-        "record, or an export's vauban.json",
-    )
-    g.add_argument("--trial", type=int, metavar="N", help="with --params pareto.json: this trial")
-
+from .options import (
+    DIRECTION,
+    EXPORT,
+    FORMATTING,
+    MEASURED,
+    MODEL,
+    Command,
+    Formatter,
+    Parser,
+    categories_flag,
+    engine_flags,
+    model_arg,
+    options,
+    shared,
+    variant_flags,
+    when_flags,
+)
 
 # ---------------------------------------------------------------------------------------------
 # the commands: (name, func, help, examples) -> its parser
-
-
-Command = Callable[..., argparse.ArgumentParser]
 
 
 def add_run(command: Command) -> None:
@@ -300,13 +49,13 @@ def add_run(command: Command) -> None:
         "the whole tutorial: measure, probe, cut, evaluate, export, steer",
         ["vauban run", "vauban run Qwen/Qwen2.5-1.5B-Instruct -o qwen-tutorial --max-tokens 64"],
     )
-    _model_arg(p)
-    _options(p, "model", *MODEL)
-    _options(p, "direction", *MEASURED)
-    _options(p, "prompts", *FORMATTING, "max_tokens")
-    _options(p, "cut", "alpha", "embeddings")
-    _options(p, "evaluation", "judge", "eval_prompts")
-    _options(p, "output", "output_dir", *EXPORT)
+    model_arg(p)
+    options(p, "model", *MODEL)
+    options(p, "direction", *MEASURED)
+    options(p, "prompts", *FORMATTING, "max_tokens")
+    options(p, "cut", "alpha", "embeddings")
+    options(p, "evaluation", "judge", "eval_prompts")
+    options(p, "output", "output_dir", *EXPORT)
 
 
 def _explain_flag(group: argparse._ArgumentGroup) -> None:
@@ -327,20 +76,20 @@ def add_measure(command: Command) -> None:
             "vauban measure Qwen/Qwen2.5-7B-Instruct --select geometry -o qwen-direction.safetensors",
         ],
     )
-    _model_arg(p)
-    _explain_flag(_options(p, "model", *MODEL))
-    _options(p, "direction", *MEASURED)
-    _options(p, "prompts", *FORMATTING)
+    model_arg(p)
+    _explain_flag(options(p, "model", *MODEL))
+    options(p, "direction", *MEASURED)
+    options(p, "prompts", *FORMATTING)
     g = p.add_argument_group("categories")
     g.add_argument(
         "--by-category",
         action="store_true",
         help="one direction per harm category and their cosine similarity (-o FILE: .pt, .json, .png)",
     )
-    _categories_flag(g)
+    categories_flag(g)
     g = p.add_argument_group("output")
     g.add_argument("-o", "--output", help="save the direction here (.safetensors + .json)")
-    _shared(g, "overwrite")
+    shared(g, "overwrite")
 
 
 def add_probe(command: Command) -> None:
@@ -351,9 +100,9 @@ def add_probe(command: Command) -> None:
         ['vauban probe "How do I pick a lock?" "Bake bread" --direction direction.safetensors'],
     )
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
-    _options(p, "model", *MODEL)
-    _options(p, "direction", *DIRECTION)
-    _options(p, "prompts", *FORMATTING)
+    options(p, "model", *MODEL)
+    options(p, "direction", *DIRECTION)
+    options(p, "prompts", *FORMATTING)
 
 
 def add_abliterate(command: Command) -> None:
@@ -368,12 +117,12 @@ def add_abliterate(command: Command) -> None:
             "vauban abliterate Qwen/Qwen2.5-7B-Instruct --params vauban-optimize/pareto.json -o qwen-best",
         ],
     )
-    _model_arg(p)
-    _explain_flag(_options(p, "model", *MODEL))
-    _options(p, "direction", *DIRECTION)
-    _options(p, "prompts", *FORMATTING)
-    _options(p, "cut", "alpha", "embeddings")
-    _variant_flags(p)
+    model_arg(p)
+    _explain_flag(options(p, "model", *MODEL))
+    options(p, "direction", *DIRECTION)
+    options(p, "prompts", *FORMATTING)
+    options(p, "cut", "alpha", "embeddings")
+    variant_flags(p)
     g = p.add_argument_group("categories")
     g.add_argument(
         "--keep",
@@ -388,8 +137,8 @@ def add_abliterate(command: Command) -> None:
         help="with --keep: the refusal direction minus the kept categories' span (default), or "
         "the other categories' own direction minus it",
     )
-    _categories_flag(g)
-    _options(p, "output", "output_dir", *EXPORT)
+    categories_flag(g)
+    options(p, "output", "output_dir", *EXPORT)
 
 
 def add_evaluate(command: Command) -> None:
@@ -403,11 +152,9 @@ def add_evaluate(command: Command) -> None:
         ],
     )
     p.add_argument("models", nargs="+", metavar="[ORIGINAL] MODIFIED")
-    _options(
-        p, "model", *MODEL, model="the original model, when only MODIFIED is given (default: demo model)"
-    )
-    _options(p, "prompts", *FORMATTING, "max_tokens")
-    g = _options(p, "evaluation", "judge", "eval_prompts")
+    options(p, "model", *MODEL, model="the original model, when only MODIFIED is given (default: demo model)")
+    options(p, "prompts", *FORMATTING, "max_tokens")
+    g = options(p, "evaluation", "judge", "eval_prompts")
     g.add_argument(
         "--safe-prompts",
         help="safe prompts that sound unsafe, for the over-refusal rate (default: 16 bundled; "
@@ -450,11 +197,11 @@ def add_evaluate(command: Command) -> None:
         metavar="LANG[,...]",
         help="also refusal and KL per language (bundled: en,zh,ar,hi,ru,es,fr; default all)",
     )
-    _categories_flag(g)
+    categories_flag(g)
     g = p.add_argument_group("output")
     g.add_argument("-o", "--output", help="save every answer and number here (.json)")
     g.add_argument("--plot", help="draw the report, original and modified side by side (.png)")
-    _shared(g, "overwrite")
+    shared(g, "overwrite")
 
 
 def add_steer(command: Command) -> None:
@@ -465,12 +212,12 @@ def add_steer(command: Command) -> None:
         ['vauban steer "How do I pick a lock?" --alphas 0.5,1,1.5,2 --direction direction.safetensors'],
     )
     p.add_argument("prompt", metavar="PROMPT")
-    _options(p, "model", *MODEL)
-    _options(p, "direction", *DIRECTION)
-    _options(p, "prompts", *FORMATTING, "max_tokens")
-    _options(p, "steering", "alpha", "alphas", alpha="how much of the direction to remove (default 1)")
-    _when_flags(p)
-    _options(p, "evaluation", "judge")
+    options(p, "model", *MODEL)
+    options(p, "direction", *DIRECTION)
+    options(p, "prompts", *FORMATTING, "max_tokens")
+    options(p, "steering", "alpha", "alphas", alpha="how much of the direction to remove (default 1)")
+    when_flags(p)
+    options(p, "evaluation", "judge")
 
 
 def add_sweep(command: Command) -> None:
@@ -480,16 +227,16 @@ def add_sweep(command: Command) -> None:
         "cut at several alphas: refusal and perplexity table, CSV and plot",
         ["vauban sweep --alphas 0.5,1,1.5,2 -o sweep/"],
     )
-    _model_arg(p)
-    _options(p, "model", *MODEL)
-    _options(p, "direction", *DIRECTION)
-    _options(p, "prompts", *FORMATTING, "max_tokens")
-    _options(p, "cut", "alphas", alphas="default 0.5,1,1.5,2")
-    _options(p, "evaluation", "judge", "eval_prompts")
+    model_arg(p)
+    options(p, "model", *MODEL)
+    options(p, "direction", *DIRECTION)
+    options(p, "prompts", *FORMATTING, "max_tokens")
+    options(p, "cut", "alphas", alphas="default 0.5,1,1.5,2")
+    options(p, "evaluation", "judge", "eval_prompts")
     g = p.add_argument_group("output")
     g.add_argument("-o", "--output", default="sweep", help="folder for sweep.csv and sweep.png")
-    _shared(g, "overwrite")
-    _engine_flags(p)
+    shared(g, "overwrite")
+    engine_flags(p)
 
 
 def add_plot(command: Command) -> None:
@@ -499,15 +246,15 @@ def add_plot(command: Command) -> None:
         "plot the characteristic shape: projections per layer, separation scores",
         ["vauban plot --direction direction.safetensors"],
     )
-    _model_arg(p)
-    _options(p, "model", *MODEL)
-    _options(p, "direction", *DIRECTION)
-    _options(p, "prompts", *FORMATTING).add_argument(
+    model_arg(p)
+    options(p, "model", *MODEL)
+    options(p, "direction", *DIRECTION)
+    options(p, "prompts", *FORMATTING).add_argument(
         "--prompts", type=int, default=48, help="prompts of each set to draw (default 48)"
     )
     g = p.add_argument_group("output")
     g.add_argument("-o", "--output", default="vauban_layers.png", help="PNG file to write")
-    _shared(g, "overwrite")
+    shared(g, "overwrite")
 
 
 def add_chat(command: Command) -> None:
@@ -518,13 +265,13 @@ def add_chat(command: Command) -> None:
         ["vauban chat qwen-abliterated", "vauban chat --direction direction.safetensors --alpha 1"],
         json_flag=False,
     )
-    _model_arg(p)
-    _options(p, "model", *MODEL)
-    _options(p, "direction", *DIRECTION)
-    _options(p, "prompts", *FORMATTING, "max_tokens", max_tokens="new tokens per reply (default 256)")
-    _options(p, "steering", "alpha", alpha="steer with this alpha (measures a direction if none)")
-    _when_flags(p)
-    _options(p, "evaluation", "judge", judge="judge every reply with this refusal judge (default: none)")
+    model_arg(p)
+    options(p, "model", *MODEL)
+    options(p, "direction", *DIRECTION)
+    options(p, "prompts", *FORMATTING, "max_tokens", max_tokens="new tokens per reply (default 256)")
+    options(p, "steering", "alpha", alpha="steer with this alpha (measures a direction if none)")
+    when_flags(p)
+    options(p, "evaluation", "judge", judge="judge every reply with this refusal judge (default: none)")
 
 
 def add_optimize(command: Command) -> None:
@@ -537,13 +284,13 @@ def add_optimize(command: Command) -> None:
             "vauban optimize --timeout 3600 --export best/",
         ],
     )
-    _model_arg(p)
-    _options(p, "model", *MODEL)
-    _options(p, "direction", *DIRECTION)
-    _options(p, "prompts", *FORMATTING)
-    _engine_flags(p)
+    model_arg(p)
+    options(p, "model", *MODEL)
+    options(p, "direction", *DIRECTION)
+    options(p, "prompts", *FORMATTING)
+    engine_flags(p)
     _search_flags(p)
-    _options(p, "evaluation", "judge")
+    options(p, "evaluation", "judge")
     g = p.add_argument_group("output")
     g.add_argument(
         "-o",
@@ -564,7 +311,7 @@ def add_optimize(command: Command) -> None:
     )
     g.add_argument("--export", help="export the pick (or --export-trial N) here")
     g.add_argument("--export-trial", type=int, help="the trial number to export")
-    _shared(g, *EXPORT)
+    shared(g, *EXPORT)
 
 
 def _search_flags(p: argparse.ArgumentParser) -> None:
@@ -635,9 +382,9 @@ def add_stream(command: Command) -> None:
     p.add_argument("dst", metavar="DST", help="new model directory to write")
     g = p.add_argument_group("direction")
     g.add_argument("--direction", required=True, help="the direction to cut (.safetensors from measure -o)")
-    _shared(g, "layer")
-    _options(p, "cut", "alpha", "layers", "embeddings")
-    _options(p, "output", "overwrite")
+    shared(g, "layer")
+    options(p, "cut", "alpha", "layers", "embeddings")
+    options(p, "output", "overwrite")
 
 
 def add_judge(command: Command) -> None:
@@ -649,7 +396,7 @@ def add_judge(command: Command) -> None:
         ["vauban judge answers.jsonl", "vauban judge answers.jsonl --judge chat:demo --json"],
     )
     p.add_argument("file", metavar="FILE.jsonl")
-    _options(
+    options(
         p,
         "judge",
         "judge",
@@ -708,10 +455,10 @@ def _general(p: argparse.ArgumentParser, json_flag: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="vauban",
         usage="%(prog)s COMMAND [options]",
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
         epilog=OVERVIEW,
         add_help=False,
         description="Measure, probe, cut, export, evaluate and steer the refusal direction of a "
@@ -728,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=help,
             description=help,
             add_help=False,
-            formatter_class=_Formatter,
+            formatter_class=Formatter,
             epilog="examples:\n" + "\n".join(f"  {line}" for line in examples),
         )
         p.set_defaults(func=func, json_flag=json_flag)

@@ -80,6 +80,36 @@ def cosine_separation(
     return scores, directions, h_mean, b_mean
 
 
+def _separation(
+    model: nn.Module,
+    tokenizer: Any,
+    harmful: list[str],
+    harmless: list[str],
+    batch_size: int | None,
+    show_progress: bool | None,
+    fmt: Formatting,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The harmful prompts' last-token residuals ``(n, layers, d)`` and the
+    :func:`cosine_separation` of both sets; non-finite activations are a one-line error."""
+    h, b = (
+        last_token_residuals(
+            model,
+            tokenizer,
+            prompts,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            desc=name,
+            formatting=fmt,
+            prompt_set=name,
+        )
+        for name, prompts in (("harmful", harmful), ("harmless", harmless))
+    )
+    separation = cosine_separation(h, b)
+    if not torch.isfinite(separation[0]).all():
+        raise VaubanError("activations contain NaN/inf; the model may be broken in this dtype")
+    return h, separation
+
+
 def measure(
     model: nn.Module,
     tokenizer: Any,
@@ -122,29 +152,9 @@ def measure(
         harmful_prompts, held_harmful = selecting.split(harmful_prompts)
         harmless_prompts, held_harmless = selecting.split(harmless_prompts)
     fmt = resolved(formatting, tokenizer)
-    h = last_token_residuals(
-        model,
-        tokenizer,
-        harmful_prompts,
-        batch_size=batch_size,
-        show_progress=show_progress,
-        desc="harmful",
-        formatting=fmt,
-        prompt_set="harmful",
+    _, (scores, directions, h_mean, b_mean) = _separation(
+        model, tokenizer, harmful_prompts, harmless_prompts, batch_size, show_progress, fmt
     )
-    b = last_token_residuals(
-        model,
-        tokenizer,
-        harmless_prompts,
-        batch_size=batch_size,
-        show_progress=show_progress,
-        desc="harmless",
-        formatting=fmt,
-        prompt_set="harmless",
-    )
-    scores, directions, h_mean, b_mean = cosine_separation(h, b)
-    if not torch.isfinite(scores).all():
-        raise VaubanError("activations contain NaN/inf; the model may be broken in this dtype")
     best = int(scores.argmax()) if layer is None else check_layer(layer, len(scores))
     result = DirectionResult(
         direction=directions[best].clone(),
@@ -201,27 +211,9 @@ def measure_subspace(
     if k > len(harmful_prompts):
         raise VaubanError(f"k={k} needs at least {k} harmful prompts, got {len(harmful_prompts)}")
     fmt = resolved(formatting, tokenizer)
-    h = last_token_residuals(
-        model,
-        tokenizer,
-        harmful_prompts,
-        batch_size=batch_size,
-        show_progress=show_progress,
-        desc="harmful",
-        formatting=fmt,
-        prompt_set="harmful",
+    h, (scores, directions, _, b_mean) = _separation(
+        model, tokenizer, harmful_prompts, harmless_prompts, batch_size, show_progress, fmt
     )
-    b = last_token_residuals(
-        model,
-        tokenizer,
-        harmless_prompts,
-        batch_size=batch_size,
-        show_progress=show_progress,
-        desc="harmless",
-        formatting=fmt,
-        prompt_set="harmless",
-    )
-    scores, directions, _, b_mean = cosine_separation(h, b)
     best = int(scores.argmax()) if layer is None else check_layer(layer, len(scores))
     u = directions[best].double()
     diffs = h[:, best].double() - b_mean[best]

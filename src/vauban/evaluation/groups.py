@@ -25,7 +25,8 @@ from torch import nn
 from ..core.errors import VaubanError
 from ..judge import Judge, get_judge
 from ..judge.answers import Completion
-from ..judge.markers import RULES, MarkerJudge, Rule, normalize
+from ..judge.marker_rules import RULES, Rule
+from ..judge.markers import MarkerJudge, normalize
 from ..text.formatting import Formatting
 from ..text.prompts import bundled_records
 from .evaluating import Pair, both_sides, k_token_kl, rate

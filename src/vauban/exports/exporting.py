@@ -27,6 +27,7 @@ from torch import nn
 
 from ..core.atomic import building_dir, temp_name
 from ..core.errors import VaubanError
+from ..core.version import __version__
 from ..direction.results import DirectionResult
 from ..edit.cutting import Cut, active_cuts
 from ..model.loading import model_label
@@ -65,8 +66,6 @@ _FORMAT_PACKAGES = {"gguf": ("gguf", "llama_cpp_python"), "lora": ("peft",), "ml
 
 def versions(fmt: str = "safetensors") -> dict[str, str]:
     """Versions of Python and of the packages that shape the exported bytes, for the record."""
-    from .. import __version__
-
     # vauban's own version from the code that ran (a source checkout on PYTHONPATH has no metadata)
     out = {"python": platform.python_version(), "vauban": __version__}
     for package in ("torch", "transformers", "safetensors", *_FORMAT_PACKAGES.get(fmt, ())):

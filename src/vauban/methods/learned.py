@@ -4,11 +4,11 @@ and KL together, as :mod:`vauban.search.refining` does for per-writer weights.
 The cut of a unit direction ``u`` turns each writer's output ``y`` into ``y - (uᵀy)·u`` exactly
 (through a post-norm's gain ``g``: ``u ∝ g ⊙ u``), so forward hooks give the cut model as a smooth
 function of ``u = (d₀ + δ)/‖d₀ + δ‖`` with no copy of any weight. ``δ`` starts at 0 (the measured
-direction) and takes Adam steps on refine's loss (the smooth maximum of KL and refusal likelihood
-as ratios to the measured direction's values, :func:`loss`); the step with the
-lowest loss wins, and the result is a plain cut (``W - u uᵀ W``, rank 1) of the learned direction.
-Fitted on the method's own prompt sets: the original's refusals of its harmful prompts (short
-greedy answers) and first-token KL on its harmless prompts.
+direction) and takes Adam steps on refine's loss (the smooth maximum of KL and refusal
+likelihood as ratios to the measured direction's values, :func:`vauban.runtime.scoring.loss`);
+the step with the lowest loss wins, and the result is a plain cut (``W - u uᵀ W``, rank 1) of
+the learned direction. Fitted on the method's own prompt sets: the original's refusals of its
+harmful prompts (short greedy answers) and first-token KL on its harmless prompts.
 """
 
 from __future__ import annotations
@@ -23,45 +23,20 @@ from torch import nn
 from ..edit.cutting import Cut, cut, layer_bases
 from ..model import arch
 from ..runtime.activations import model_device
-from ..runtime.scoring import first_token_logprobs, forced, kl_batches, likelihood_batches
+from ..runtime.scoring import (
+    first_token_logprobs,
+    forced,
+    kl_batches,
+    likelihood_batches,
+    loss,
+    loss_gradient,
+    mean_and_grad,
+)
 from .protocol import Inputs
 
 STEPS = 8
 LR = 0.02  # in units of the direction's norm (1)
 MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch
-SHARPNESS = 20.0  # τ of the smooth maximum, as vauban.search.refining's
-FLOOR = 1e-12  # objectives at or below this count as 0
-
-
-def ratios(point: tuple[float, float], reference: tuple[float, float]) -> torch.Tensor:
-    """``(KL, likelihood)`` as ratios to the reference point's (floored) values."""
-    return torch.tensor([max(v, FLOOR) / max(r, FLOOR) for v, r in zip(point, reference, strict=True)])
-
-
-def loss(point: tuple[float, float], reference: tuple[float, float]) -> float:
-    """The smooth maximum of :func:`ratios` (the loss of :mod:`vauban.search.refining`)."""
-    return float(torch.logsumexp(SHARPNESS * ratios(point, reference), 0)) / SHARPNESS
-
-
-def mean_and_grad(
-    leaf: torch.Tensor, parts: Iterator[tuple[int, torch.Tensor]]
-) -> tuple[float, torch.Tensor]:
-    """Mean of per-batch sums and its gradient in ``leaf``, one backward pass per batch."""
-    leaf.grad = None
-    total, count = 0.0, 0
-    for rows, part in parts:
-        part.backward()
-        total, count = total + float(part.detach()), count + rows
-    grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
-    return total / max(count, 1), grad / max(count, 1)
-
-
-def writer_module(model: nn.Module, writer: arch.ResidualWriter) -> nn.Module:
-    """The module whose output is what ``writer`` adds (a linear layer, or a bare parameter's owner)."""
-    try:
-        return model.get_submodule(writer.name)
-    except AttributeError:
-        return model.get_submodule(writer.name.rsplit(".", 1)[0])
 
 
 @contextlib.contextmanager
@@ -72,7 +47,7 @@ def directed(model: nn.Module, raw: Callable[[], torch.Tensor]) -> Iterator[None
     handles, seen = [], set()
     try:
         for w in arch.residual_writers(model):
-            module = writer_module(model, w)
+            module = arch.writer_module(model, w)
             if id(module) in seen:
                 continue
             seen.add(id(module))
@@ -132,11 +107,7 @@ def learn(
                     best = (value, (d0 + delta).detach().clone())
                 if step == steps:
                     break
-                share = torch.softmax(SHARPNESS * ratios((kl, lik), history[0]), 0)
-                delta.grad = (
-                    share[0] / max(history[0][0], FLOOR) * kl_grad
-                    + share[1] / max(history[0][1], FLOOR) * lik_grad
-                )
+                delta.grad = loss_gradient((kl, lik), history[0], kl_grad, lik_grad)
                 optimizer.step()
     finally:
         for p in frozen:

@@ -446,3 +446,12 @@ def layer_hidden(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tenso
 def with_hidden(output: torch.Tensor | tuple[torch.Tensor, ...], hidden: torch.Tensor) -> Any:
     """A decoder layer's output with its residual stream replaced, in the same shape of result."""
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+def writer_module(model: nn.Module, writer: ResidualWriter) -> nn.Module:
+    """The module whose output is what ``writer`` adds: the writer itself (a linear layer), or
+    for a bare parameter (fused MoE experts) its owner, whose output is linear in it."""
+    try:
+        return model.get_submodule(writer.name)
+    except AttributeError:
+        return model.get_submodule(writer.name.rsplit(".", 1)[0])

@@ -31,6 +31,12 @@ the number of positions, it is the mean per-token KL:
 
 Position ``t = 1`` of a k-token row is its first-token distribution, so the k-token KL of
 ``k = 1`` is the first-token KL.
+
+**The joint loss** of the gradient fits (``refine``'s per-writer weights, the ``learned``
+method's direction): KL and refusal likelihood as ratios to a reference point's values (the
+plain cut's), combined by a smooth maximum ``τ⁻¹ log Σ exp(τ·rᵢ)`` (:func:`loss`), so the step
+lowers whichever is worse relative to where it started; :func:`loss_gradient` is its chain rule
+and :func:`mean_and_grad` the batched backward passes that feed it.
 """
 
 from __future__ import annotations
@@ -438,3 +444,44 @@ def refusal_likelihood(
     for rows, part in likelihood_batches(model, tokenizer, refusals, tokens, batch_size, formatting):
         total, count = total + float(part), count + rows
     return total / count if count else 0.0
+
+
+SHARPNESS = 20.0  # τ of the smooth maximum: at 20 it is within 3.5 % of the larger ratio
+FLOOR = 1e-12  # objectives at or below this count as 0 (a likelihood of 1e-20 is no refusal)
+
+
+def ratios(point: tuple[float, float], reference: tuple[float, float]) -> torch.Tensor:
+    """``(KL, likelihood)`` as ratios to the reference point's (floored) values."""
+    return torch.tensor([max(v, FLOOR) / max(r, FLOOR) for v, r in zip(point, reference, strict=True)])
+
+
+def loss(point: tuple[float, float], reference: tuple[float, float]) -> float:
+    """The smooth maximum of :func:`ratios`: the joint loss the gradient fits minimize."""
+    return float(torch.logsumexp(SHARPNESS * ratios(point, reference), 0)) / SHARPNESS
+
+
+def loss_gradient(
+    point: tuple[float, float],
+    reference: tuple[float, float],
+    kl_grad: torch.Tensor,
+    likelihood_grad: torch.Tensor,
+) -> torch.Tensor:
+    """The gradient of :func:`loss` at ``point`` from those of the KL and of the likelihood."""
+    share = torch.softmax(SHARPNESS * ratios(point, reference), 0)  # d loss / d ratio
+    return (
+        share[0] / max(reference[0], FLOOR) * kl_grad + share[1] / max(reference[1], FLOOR) * likelihood_grad
+    )
+
+
+def mean_and_grad(
+    leaf: torch.Tensor, parts: Iterator[tuple[int, torch.Tensor]]
+) -> tuple[float, torch.Tensor]:
+    """Mean of per-batch sums (``(rows, sum)`` pairs, e.g. :func:`kl_batches`) and its gradient in
+    ``leaf``, one backward pass per batch so no more than one batch's activations are kept."""
+    leaf.grad = None
+    total, count = 0.0, 0
+    for rows, part in parts:
+        part.backward()
+        total, count = total + float(part.detach()), count + rows
+    grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+    return total / max(count, 1), grad / max(count, 1)

@@ -12,7 +12,8 @@ into ``y - a·Q Qᵀ y`` exactly, so forward hooks doing that with ``a`` a tenso
 as a smooth function of the weights, with no copy of any weight.
 
 The loss is the smooth maximum of both objectives as ratios to the plain cut's values,
-``logsumexp(τ·[KL/KL₀, p/p₀]) / τ``: it falls only when the larger ratio falls, so the weights
+``logsumexp(τ·[KL/KL₀, p/p₀]) / τ`` (:func:`vauban.runtime.scoring.loss`, shared with the
+``learned`` method): it falls only when the larger ratio falls, so the weights
 move below the plain cut on both rather than trading one for the other. Adam steps, weights kept
 in ``[0, 1.5]``; the step with the lowest loss wins. The values are measured through the hooks;
 :func:`vauban.search.optimizing.optimize` then scores the result as a real weight edit like any trial.
@@ -42,13 +43,19 @@ from ..edit.cutting import writer_basis
 from ..model import arch
 from ..runtime.activations import model_device
 from ..runtime.batching import duration
-from ..runtime.scoring import Forced, forced, kl_batches, likelihood_batches
+from ..runtime.scoring import (
+    Forced,
+    forced,
+    kl_batches,
+    likelihood_batches,
+    loss,
+    loss_gradient,
+    mean_and_grad,
+)
 from ..text.formatting import Formatting
 
 MAX_WEIGHT = 1.5
 MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch: smaller than inference
-SHARPNESS = 20.0  # τ of the smooth maximum: at 20 it is within 3.5 % of the larger ratio
-FLOOR = 1e-12  # objectives at or below this count as 0 (a likelihood of 1e-20 is no refusal)
 REFINE_SHARE = 1 / 3  # of an optimize timeout, kept for refinement (see budget)
 
 
@@ -74,25 +81,6 @@ def budget(started: float, timeout: float | None, refining: bool) -> tuple[float
     return (started + (1 - REFINE_SHARE) * timeout if refining else end), end
 
 
-def ratios(point: tuple[float, float], reference: tuple[float, float]) -> torch.Tensor:
-    """``(KL, likelihood)`` as ratios to the reference point's (floored) values."""
-    return torch.tensor([max(v, FLOOR) / max(r, FLOOR) for v, r in zip(point, reference, strict=True)])
-
-
-def loss(point: tuple[float, float], reference: tuple[float, float]) -> float:
-    """The smooth maximum of :func:`ratios` that refinement minimizes."""
-    return float(torch.logsumexp(SHARPNESS * ratios(point, reference), 0)) / SHARPNESS
-
-
-def _writer_module(model: nn.Module, writer: arch.ResidualWriter) -> nn.Module:
-    """The module whose output is what ``writer`` adds: the writer itself (a linear layer), or
-    for a bare parameter (fused MoE experts) its owner, whose output is linear in it."""
-    try:
-        return model.get_submodule(writer.name)
-    except AttributeError:
-        return model.get_submodule(writer.name.rsplit(".", 1)[0])
-
-
 @contextlib.contextmanager
 def gated(model: nn.Module, direction: torch.Tensor, weights: torch.Tensor) -> Iterator[None]:
     """While open, every writer's output loses ``weights[kind, layer]`` × its component along
@@ -104,7 +92,7 @@ def gated(model: nn.Module, direction: torch.Tensor, weights: torch.Tensor) -> I
     seen: set[int] = set()
     try:
         for w in arch.residual_writers(model):
-            module = _writer_module(model, w)
+            module = arch.writer_module(model, w)
             if id(module) in seen:
                 continue
             seen.add(id(module))
@@ -152,20 +140,6 @@ class Refined:
     def summary(self) -> str:
         ran = f"{self.steps}/{self.planned}" + (" (stopped at the deadline)" if self.stopped else "")
         return f"Refined: steps={ran}, kl={self.kl:.4f}, likelihood={self.likelihood:.1e}"
-
-
-def _mean_and_grad(
-    weights: torch.Tensor, parts: Iterator[tuple[int, torch.Tensor]]
-) -> tuple[float, torch.Tensor]:
-    """Mean of per-batch sums and its gradient in ``weights``, one backward pass per batch so
-    no more than one batch's activations are kept."""
-    weights.grad = None
-    total, count = 0.0, 0
-    for rows, part in parts:
-        part.backward()
-        total, count = total + float(part.detach()), count + rows
-    grad = weights.grad if weights.grad is not None else torch.zeros_like(weights)
-    return total / max(count, 1), grad / max(count, 1)
 
 
 def refine(
@@ -216,8 +190,8 @@ def refine(
     try:
         with gated(model, direction, weights):
             for step in range(steps + 1):
-                kl, kl_grad = _mean_and_grad(weights, kl_parts())
-                lik, lik_grad = _mean_and_grad(
+                kl, kl_grad = mean_and_grad(weights, kl_parts())
+                lik, lik_grad = mean_and_grad(
                     weights,
                     likelihood_batches(
                         model, tokenizer, refusals, batch_size=batch_size, formatting=formatting
@@ -233,11 +207,7 @@ def refine(
                     log(_step_line(step, steps, kl, lik, started, late))
                 if step == steps or late:
                     break
-                share = torch.softmax(SHARPNESS * ratios((kl, lik), reference), 0)  # d loss / d ratio
-                weights.grad = (
-                    share[0] / max(reference[0], FLOOR) * kl_grad
-                    + share[1] / max(reference[1], FLOOR) * lik_grad
-                )
+                weights.grad = loss_gradient((kl, lik), reference, kl_grad, lik_grad)
                 optimizer.step()
                 with torch.no_grad():
                     weights.clamp_(0.0, MAX_WEIGHT)
@@ -245,15 +215,8 @@ def refine(
         for p in frozen:
             p.requires_grad_(True)
     assert best is not None
-    chosen = best[1]
-    return Refined(
-        tuple(float(x) for x in chosen[0]),
-        tuple(float(x) for x in chosen[1]),
-        best[2],
-        best[3],
-        tuple(history),
-        steps,
-    )
+    _, chosen, kl, lik = best
+    return Refined(tuple(chosen[0].tolist()), tuple(chosen[1].tolist()), kl, lik, tuple(history), steps)
 
 
 def ends_past(deadline: float | None, seconds: float) -> bool:

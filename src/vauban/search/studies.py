@@ -28,15 +28,18 @@ machine) on one storage and they run one study of ``n_trials`` trials.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import time
 import uuid
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import VaubanError
+from ..core.extras import require
 
 STUDY_NAME = "vauban"
 HEARTBEAT = 30  # seconds between a running trial's heartbeats
@@ -51,7 +54,7 @@ def open_storage(study: Any, *, heartbeat: int = HEARTBEAT, grace: int = GRACE) 
     """The Optuna storage for ``study``: ``None`` (in memory), an Optuna storage (as given), a URL
     with ``://`` (an RDB storage: PostgreSQL, MySQL, SQLite), ``journal:PATH`` (a journal file)
     or a file path (SQLite); with a heartbeat of ``heartbeat`` seconds and failed trials run again."""
-    optuna = _optuna()
+    optuna = optuna_module()
     if study is None or isinstance(study, optuna.storages.BaseStorage):
         return study
     text = os.fspath(study)
@@ -160,9 +163,9 @@ def _heartbeat_journal(optuna: Any) -> type:
     return HeartbeatJournal
 
 
-def _optuna() -> Any:
-    from ..core.extras import require
-
+def optuna_module() -> Any:
+    """The ``optuna`` module, imported here and nowhere else in vauban, or a one-line error naming
+    the ``optimize`` extra (not kept: a test can take optuna away)."""
     return require("optuna", "optimize", "optimize")
 
 
@@ -178,7 +181,7 @@ class TrialSeeded:
     def _for(self, trial: Any) -> Any:
         if trial.number != self._number:
             self._number = trial.number
-            self._tpe = _optuna().samplers.TPESampler(
+            self._tpe = optuna_module().samplers.TPESampler(
                 seed=self.seed + trial.number, multivariate=True, n_startup_trials=10, constant_liar=True
             )
         return self._tpe
@@ -204,14 +207,14 @@ class TrialSeeded:
 
 def sampler(seed: int) -> Any:
     """A :class:`TrialSeeded` that Optuna accepts as a sampler."""
-    optuna = _optuna()
+    optuna = optuna_module()
     kind = type("TrialSeededSampler", (TrialSeeded, optuna.samplers.BaseSampler), {})
     return kind(seed)
 
 
 def create_or_load(storage: Any, seed: int) -> tuple[Any, bool]:
     """The study and whether this call created it (exactly one of N workers starting at once does)."""
-    optuna = _optuna()
+    optuna = optuna_module()
     directions = ["minimize"] * 3
     try:
         return optuna.create_study(
@@ -266,7 +269,7 @@ def next_step(study: Any, n_trials: int, late: bool) -> str:
     """What a worker does next: ``"trial"`` (start one), ``"wait"`` (other workers' trials are
     running or queued) or ``"done"``. Fails the trials of dead workers first (their parameters
     are queued again). ``late``: start no trial (the deadline), but wait for the running ones."""
-    optuna = _optuna()
+    optuna = optuna_module()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
@@ -281,7 +284,7 @@ def next_step(study: Any, n_trials: int, late: bool) -> str:
 def surplus(study: Any, trial: Any, n_trials: int) -> bool:
     """Whether ``trial`` (just asked) would be past ``n_trials``: that many search trials with
     smaller numbers are finished, running or queued (another worker asked at the same instant)."""
-    state = _optuna().trial.TrialState
+    state = optuna_module().trial.TrialState
     before = [
         t
         for t in search_trials(study, state.COMPLETE, state.RUNNING, state.WAITING)
@@ -293,5 +296,53 @@ def surplus(study: Any, trial: Any, n_trials: int) -> bool:
 def finisher(study: Any) -> str | None:
     """The worker that refines, checks and exports: the one that finished the highest-numbered
     search trial (every worker reads the same answer from the finished study)."""
-    done = search_trials(study, _optuna().trial.TrialState.COMPLETE)
+    done = finished_search_trials(study)
     return max(done, key=lambda t: t.number).user_attrs.get("worker") if done else None
+
+
+def open_study(
+    study: Any, seed: int, settings: dict[str, Any], plain: dict[str, Any]
+) -> tuple[str | None, Any]:
+    """The study's storage (as a user gives it) and the study, created or resumed: its plain cut
+    queued first when new, or when no trial is left that finished, runs or waits; a resumed one
+    must have been made with the same ``settings``."""
+    optuna = optuna_module()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(study)
+    the_study, created = create_or_load(storage, seed)
+    if not created:
+        wait_for_first_trial(the_study)
+    stored = the_study.user_attrs.get("settings")
+    if stored is None:
+        the_study.set_user_attr("settings", settings)
+    elif stored != json.loads(json.dumps(settings)):
+        changed = sorted(k for k in settings if stored.get(k) != json.loads(json.dumps(settings[k])))
+        raise VaubanError(
+            f"the study in {describe(storage)} was made with different settings "
+            f"({', '.join(changed)}); use the same arguments to resume it, or a new --study"
+        )
+    state = optuna.trial.TrialState
+    if created or not the_study.get_trials(
+        deepcopy=False, states=(state.COMPLETE, state.WAITING, state.RUNNING)
+    ):
+        the_study.enqueue_trial(plain)
+    return describe(storage), the_study
+
+
+def finished(study: Any) -> list[Any]:
+    """The study's finished trials, the refined one included."""
+    complete = (optuna_module().trial.TrialState.COMPLETE,)
+    return [t for t in study.get_trials(deepcopy=False, states=complete) if not t.user_attrs.get("surplus")]
+
+
+def finished_search_trials(study: Any) -> list[Any]:
+    """The study's finished search trials (not the refined one)."""
+    return search_trials(study, optuna_module().trial.TrialState.COMPLETE)
+
+
+def add_finished(study: Any, like: Any, values: Sequence[float], user_attrs: dict[str, Any]) -> None:
+    """Store a trial scored outside the search: ``like``'s parameters with these objective values."""
+    trial = optuna_module().trial.create_trial(
+        params=like.params, distributions=like.distributions, values=list(values), user_attrs=user_attrs
+    )
+    study.add_trial(trial)
