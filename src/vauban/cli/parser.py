@@ -325,10 +325,18 @@ def add_measure(command: Command) -> None:
         [
             "vauban measure -o direction.safetensors",
             "vauban measure Qwen/Qwen2.5-7B-Instruct --select geometry -o qwen-direction.safetensors",
+            "vauban measure ./big-model --streamed -o big-direction.safetensors",
         ],
     )
     _model_arg(p)
-    _explain_flag(_options(p, "model", *MODEL))
+    g = _options(p, "model", *MODEL)
+    _explain_flag(g)
+    g.add_argument(
+        "--streamed",
+        action="store_true",
+        help="for a model bigger than memory: run the safetensors folder one decoder layer at a "
+        "time on the CPU (what memory holds are the prompts' activations); then `vauban stream`",
+    )
     _options(p, "direction", *MEASURED)
     _options(p, "prompts", *FORMATTING)
     g = p.add_argument_group("categories")
