@@ -285,6 +285,8 @@ WRONG = [  # bare `vauban` is no mistake: it prints the overview (test_cli_help.
     ["evaluate", "a", "b", "c"],
     ["evaluate", "{root}/nothing-here"],
     ["chat", "--alpha", "inf"],
+    ["sweep", "--engine", "vllm", "--device", "cuda:3"],
+    ["measure", "--streamed", "--trust-remote-code"],
 ]
 
 
