@@ -54,9 +54,11 @@ def load(s: Settings, report: Report, model: str | None = None, *, trust: bool =
         return load_model(name, device=s.device, dtype=s.dtype, trust_remote_code=trust)
 
 
-def attach_engine(s: Settings, args: argparse.Namespace, model: Any, report: Report) -> None:
-    """With ``--engine vllm``: a vLLM engine on the same checkpoint generates ``model``'s answers
-    (:func:`vauban.runtime.engines.attach`)."""
+def attach_engine(
+    s: Settings, args: argparse.Namespace, model: Any, report: Report, source: str | None = None
+) -> None:
+    """With ``--engine vllm``: a vLLM engine on the same checkpoint (``source``, default the
+    run's model) generates ``model``'s answers (:func:`vauban.runtime.engines.attach`)."""
     if getattr(args, "engine", "vauban") != "vllm":
         return
     from ..model.loading import demo_model_dir
@@ -73,9 +75,9 @@ def attach_engine(s: Settings, args: argparse.Namespace, model: Any, report: Rep
             options[key] = json.loads(value)
         except json.JSONDecodeError:
             options[key] = value
-    source = s.model or demo_model_dir()
-    with report.step(f"start vLLM on {source}", "vllm"):
-        attach(model, VllmEngine(source, **options))
+    where = source or s.model or demo_model_dir()
+    with report.step(f"start vLLM on {where}", "vllm"):
+        attach(model, VllmEngine(where, **options))
 
 
 def judge_for(s: Settings, report: Report) -> Any:

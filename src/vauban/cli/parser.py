@@ -463,6 +463,7 @@ def add_evaluate(command: Command) -> None:
     g.add_argument("-o", "--output", help="save every answer and number here (.json)")
     g.add_argument("--plot", help="draw the report, original and modified side by side (.png)")
     _shared(g, "overwrite")
+    _engine_flags(p)
 
 
 def add_steer(command: Command) -> None:
