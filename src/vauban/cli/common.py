@@ -95,14 +95,11 @@ def preflight(s: Settings, args: argparse.Namespace) -> None:
     show in a second rather than after the load; the loaded direction rides on ``args``."""
     if args.command == "judge":  # reads its own file, no prompt sets or direction
         return
-    if (
-        getattr(args, "engine", None) == "vllm"
-        and (s.device or "").startswith("cuda:")
-        and s.device != "cuda:0"
-    ):
+    card = (s.device or "").removeprefix("cuda:")
+    if getattr(args, "engine", None) == "vllm" and card.isdigit() and card != "0":
         raise VaubanError(
             f"--engine vllm runs on the first visible GPU, not {s.device}: choose the card with "
-            f"CUDA_VISIBLE_DEVICES={s.device[5:]} and --device cuda"
+            f"CUDA_VISIBLE_DEVICES={card} and --device cuda"
         )
     from ..direction.results import DirectionResult
     from ..exports.formats import check_options
