@@ -113,6 +113,7 @@ def main() -> None:
     engine.load(model, applied.edited)  # and on exit: the original tensors back
     undo_seconds = time.perf_counter() - start
     after = engine.first_logprobs(ids[:5])
+    engine.close()
 
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent

@@ -33,7 +33,8 @@ def engine_and_model(tmp_path_factory):
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(src)
     engine = VllmEngine(src, dtype="float32", max_model_len=512)
-    return engine, model, tokenizer
+    yield engine, model, tokenizer
+    engine.close()
 
 
 def test_greedy_answers_match_vaubans_loop_and_the_cut_goes_into_the_engine(engine_and_model):

@@ -134,6 +134,10 @@ class VllmEngine:
         self.llm.reset_prefix_cache()  # cached KV entries were computed with the old weights
         self.sent += len(names)
 
+    def close(self) -> None:
+        """Stop the engine's processes now (else they stop when the interpreter exits)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     @contextlib.contextmanager
     def edited(self, model: nn.Module, applied: Any) -> Iterator[None]:
         """Inside the block the engine generates with ``applied``'s edit (a cut already applied to
