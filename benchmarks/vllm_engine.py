@@ -36,6 +36,12 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vllm_engine.json"
+ENV = (
+    "VLLM_CPU_KVCACHE_SPACE",
+    "VLLM_CPU_OMP_THREADS_BIND",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU",
+    "OMP_NUM_THREADS",
+)
 
 
 def trimmed(tokens: list[int], stops: set[int]) -> list[int]:
@@ -66,6 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--out", default=RESULTS.name, help="results file in benchmarks/results/")
     args = parser.parse_args()
 
     import torch
@@ -76,6 +83,9 @@ def main() -> None:
     from vauban.runtime.generating import generate_tokens, stop_token_ids
     from vauban.text.prompts import bundled_records, encode_chat, load_prompts
 
+    commit = subprocess.run(  # the code this run imports: HEAD now, not when it ends
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
     torch.manual_seed(0)
     src = demo_model_dir()
     model, tokenizer = load(str(src), dtype="float32")
@@ -115,9 +125,6 @@ def main() -> None:
     after = engine.first_logprobs(ids[:5])
     engine.close()
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-    ).stdout.strip()
     import vllm
 
     record = {
@@ -127,7 +134,7 @@ def main() -> None:
         "machine": {
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
-            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE"),
+            **{k: os.environ.get(k) for k in ENV},
             "note": "shared 2-core CPU, run under the team's heavy-job lock at nice 10",
         },
         "model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32)",
@@ -154,7 +161,7 @@ def main() -> None:
             "inside_cut": [max(d, key=d.get) for d in inside],
         },
     }
-    RESULTS.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    (RESULTS.parent / args.out).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps({k: v for k, v in record.items() if k not in ("original", "cut")}, indent=1))
     print(
         "same answers:",
