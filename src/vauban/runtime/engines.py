@@ -3,7 +3,8 @@
 vauban's own loop (:mod:`vauban.runtime.generating`) generates with the model it edits. With
 vLLM, the engine holds its own copy of the weights (on its GPUs, split by tensor parallelism);
 an edit is applied there the way RL frameworks update a policy in place: the tensors the cut
-changed are sent to every worker (``LLM.collective_rpc``, as safetensors bytes) and given to
+changed are written to a safetensors file in shared memory (``/dev/shm``), its path is sent to
+every worker (``LLM.collective_rpc``; so the workers run on this host) and its tensors given to
 vLLM's in-place reload (the worker's ``reload_weights``: the model's own ``load_weights``, which
 maps Hugging Face names to vLLM's layout and shards them, then the kernels' processing of the
 layers that changed, e.g. the CPU backend's re-packed GEMM weights), with no restart. The
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -38,6 +40,8 @@ from torch import nn
 
 from ..core.extras import require
 
+# the edited tensors travel as a file the workers memory-map: in RAM where the host has /dev/shm
+_SHARED = "/dev/shm" if os.path.isdir("/dev/shm") else None
 _QUIET = ("Failed to load weights", "Following weights were not loaded")
 
 
@@ -46,17 +50,18 @@ def _partial(record: logging.LogRecord) -> bool:
     return not any(quiet in str(record.msg) for quiet in _QUIET)
 
 
-def _reload(worker: Any, blob: bytes) -> int:
-    """Run on each vLLM worker: load the tensors in ``blob`` (safetensors bytes, Hugging Face
+def _reload(worker: Any, path: str) -> int:
+    """Run on each vLLM worker: load the tensors of the safetensors file ``path`` (Hugging Face
     names) in place with vLLM's reload; the number of tensors loaded."""
-    from safetensors.torch import load as load_tensors
+    from safetensors import safe_open
 
     for name in ("layerwise", "inplace"):
         logger = logging.getLogger(f"vllm.model_executor.model_loader.reload.{name}")
         if _partial not in logger.filters:
             logger.addFilter(_partial)
-    weights = load_tensors(blob)
-    worker.reload_weights(weights_iterator=list(weights.items()), is_checkpoint_format=True)
+    with safe_open(path, framework="pt") as f:
+        weights = [(key, f.get_tensor(key)) for key in f.keys()]  # noqa: SIM118 (safe_open has no iteration)
+    worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
     return len(weights)
 
 
@@ -126,11 +131,13 @@ class VllmEngine:
 
     def load(self, model: nn.Module, names: Sequence[str]) -> None:
         """Send ``model``'s current values of the parameters ``names`` to every worker."""
-        from safetensors.torch import save as save_tensors
+        from safetensors.torch import save_file
 
         params = dict(model.named_parameters())
-        blob = save_tensors({name: params[name].detach().cpu().contiguous() for name in names})
-        self.llm.collective_rpc(_reload, args=(blob,))
+        with tempfile.TemporaryDirectory(prefix="vauban-edit-", dir=_SHARED) as folder:
+            path = os.path.join(folder, "edit.safetensors")
+            save_file({name: params[name].detach().cpu().contiguous() for name in names}, path)
+            self.llm.collective_rpc(_reload, args=(path,))
         self.llm.reset_prefix_cache()  # cached KV entries were computed with the old weights
         self.sent += len(names)
 
