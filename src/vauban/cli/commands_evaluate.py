@@ -32,6 +32,8 @@ def cmd_evaluate(s: Settings, args: argparse.Namespace, report: Report) -> None:
     checks = capability_checks(args)
     original, tokenizer = load(s, report, original_name, trust=args.trust_remote_code)
     modified, _ = load(s, report, modified_name, trust=args.trust_remote_code)
+    attach_engine(s, args, original, report, original_name)
+    attach_engine(s, args, modified, report, modified_name)
     safe = False if args.safe_prompts == "none" else args.safe_prompts
     judge = judge_for(s, report)
     with report.step("evaluate", "evaluate"):

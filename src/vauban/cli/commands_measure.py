@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ..config import Settings
+from ..core.errors import VaubanError
 from .commands_control import cmd_measure_categories
 from .common import direction_for, explain_writers, load, new_path, projection_line, run_formatting
 from .report import Report
 
+if TYPE_CHECKING:
+    from ..direction.results import DirectionResult
+
 
 def cmd_measure(s: Settings, args: argparse.Namespace, report: Report) -> None:
-    if args.by_category:
+    if args.by_category and not args.streamed:
         model, tokenizer = load(s, report, trust=args.trust_remote_code)
         cmd_measure_categories(s, args, report, model, tokenizer)
         return
     save = new_path(args.output, s.overwrite) if args.output else None
-    model, tokenizer = load(s, report, trust=args.trust_remote_code)
-    if args.explain:
-        explain_writers(report, model)
-    direction = direction_for(s, report, model, tokenizer, args)
+    if args.streamed:
+        direction = measured_streamed(s, args, report)
+    else:
+        model, tokenizer = load(s, report, trust=args.trust_remote_code)
+        if args.explain:
+            explain_writers(report, model)
+        direction = direction_for(s, report, model, tokenizer, args)
     effects = {e.layer: e for e in direction.effects}
     report.table(
         f"Per layer (chosen by {direction.selection}; refusal score and first-token KL of "
@@ -40,6 +48,39 @@ def cmd_measure(s: Settings, args: argparse.Namespace, report: Report) -> None:
         path = direction.save(save)
         report.say(f"saved to {path}")
         report.put("saved", str(path))
+
+
+def measured_streamed(s: Settings, args: argparse.Namespace, report: Report) -> DirectionResult:
+    """``measure --streamed``: the checkpoint's folder run one decoder layer at a time, on the CPU
+    (:func:`vauban.direction.streamed.measure_streamed`), for models bigger than memory."""
+    import torch
+
+    from ..direction.streamed import measure_streamed
+    from ..model.loading import checkpoint_dir, resolve_dtype
+
+    if args.by_category or args.explain or args.trust_remote_code or s.device not in (None, "cpu"):
+        raise VaubanError(
+            "--streamed runs the checkpoint one layer at a time on the CPU, with transformers' own "
+            "code; drop --by-category, --explain, --trust-remote-code and --device (or --streamed)"
+        )
+    src = checkpoint_dir(s.model)
+    dtype = resolve_dtype(s.dtype, torch.device("cpu")) if s.dtype else None
+    with report.step(f"measure the direction of {src}, one layer at a time", "measure"):
+        direction = measure_streamed(
+            src,
+            None,
+            s.harmful,
+            s.harmless,
+            layer=s.layer,
+            select=s.select,
+            batch_size=s.batch_size,
+            dtype=dtype,
+            formatting=s.formatting(),
+        )
+    report.say(direction.summary())
+    report.put("direction", direction.record())
+    report.put("streamed", True)
+    return direction
 
 
 def cmd_probe(s: Settings, args: argparse.Namespace, report: Report) -> None:

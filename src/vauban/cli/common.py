@@ -54,9 +54,11 @@ def load(s: Settings, report: Report, model: str | None = None, *, trust: bool =
         return load_model(name, device=s.device, dtype=s.dtype, trust_remote_code=trust)
 
 
-def attach_engine(s: Settings, args: argparse.Namespace, model: Any, report: Report) -> None:
-    """With ``--engine vllm``: a vLLM engine on the same checkpoint generates ``model``'s answers
-    (:func:`vauban.runtime.engines.attach`)."""
+def attach_engine(
+    s: Settings, args: argparse.Namespace, model: Any, report: Report, source: str | None = None
+) -> None:
+    """With ``--engine vllm``: a vLLM engine on the same checkpoint (``source``, default the
+    run's model) generates ``model``'s answers (:func:`vauban.runtime.engines.attach`)."""
     if getattr(args, "engine", "vauban") != "vllm":
         return
     from ..model.loading import demo_model_dir
@@ -73,9 +75,9 @@ def attach_engine(s: Settings, args: argparse.Namespace, model: Any, report: Rep
             options[key] = json.loads(value)
         except json.JSONDecodeError:
             options[key] = value
-    source = s.model or demo_model_dir()
-    with report.step(f"start vLLM on {source}", "vllm"):
-        attach(model, VllmEngine(source, **options))
+    where = source or s.model or demo_model_dir()
+    with report.step(f"start vLLM on {where}", "vllm"):
+        attach(model, VllmEngine(where, **options))
 
 
 def judge_for(s: Settings, report: Report) -> Any:
@@ -93,6 +95,12 @@ def preflight(s: Settings, args: argparse.Namespace) -> None:
     show in a second rather than after the load; the loaded direction rides on ``args``."""
     if args.command == "judge":  # reads its own file, no prompt sets or direction
         return
+    card = (s.device or "").removeprefix("cuda:")
+    if getattr(args, "engine", None) == "vllm" and card.isdigit() and card != "0":
+        raise VaubanError(
+            f"--engine vllm runs on the first visible GPU, not {s.device}: choose the card with "
+            f"CUDA_VISIBLE_DEVICES={card} and --device cuda"
+        )
     from ..direction.results import DirectionResult
     from ..exports.formats import check_options
     from ..text.prompts import load_prompts

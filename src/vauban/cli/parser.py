@@ -74,10 +74,18 @@ def add_measure(command: Command) -> None:
         [
             "vauban measure -o direction.safetensors",
             "vauban measure Qwen/Qwen2.5-7B-Instruct --select geometry -o qwen-direction.safetensors",
+            "vauban measure ./big-model --streamed -o big-direction.safetensors",
         ],
     )
     model_arg(p)
-    _explain_flag(options(p, "model", *MODEL))
+    g = options(p, "model", *MODEL)
+    _explain_flag(g)
+    g.add_argument(
+        "--streamed",
+        action="store_true",
+        help="for a model bigger than memory: run the safetensors folder one decoder layer at a "
+        "time on the CPU (what memory holds are the prompts' activations); then `vauban stream`",
+    )
     options(p, "direction", *MEASURED)
     options(p, "prompts", *FORMATTING)
     g = p.add_argument_group("categories")
@@ -202,6 +210,7 @@ def add_evaluate(command: Command) -> None:
     g.add_argument("-o", "--output", help="save every answer and number here (.json)")
     g.add_argument("--plot", help="draw the report, original and modified side by side (.png)")
     shared(g, "overwrite")
+    engine_flags(p)
 
 
 def add_steer(command: Command) -> None:

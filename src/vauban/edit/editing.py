@@ -64,6 +64,13 @@ def compute_dtype(param: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
+def touched(params: torch.Tensor | Sequence[torch.Tensor]) -> None:
+    """Mark ``params`` as modified in place: the edits write through ``.data``, which torch's
+    version counter does not see, and a vLLM engine attached to the model
+    (:mod:`vauban.runtime.engines`) reads that counter to know which tensors to send."""
+    torch.autograd.graph.increment_version(params)
+
+
 def checksum(param: torch.Tensor) -> torch.Tensor:
     """Every bit of ``param`` summed as integers (int64, wrapping): a 0-d tensor on the weights'
     device, so computing it waits for nothing.
@@ -267,6 +274,7 @@ def apply_fused(targets: Sequence[tuple[str, nn.Parameter, int, torch.Tensor, fl
         done = kernels.apply_many(
             [(param.data.movedim(axis, -1), q[0], alpha) for _, param, axis, q, alpha in targets]
         )
+        touched([param for _, param, _, _, _ in targets])
     return [
         Edit(name, param, axis, alpha, q, removed[:, None], None, index, values, fingerprint, fused=True)
         for (name, param, axis, q, alpha), (removed, index, values), fingerprint in zip(
@@ -298,6 +306,7 @@ def apply_edit(
             view.copy_(new)
             removed_parts.append(removed)
             factor_parts.append(factors)
+        touched(param)
         stacked = param.dim() >= 3
         removed = torch.stack(removed_parts) if stacked else removed_parts[0]
         factors = (
@@ -339,6 +348,7 @@ def reapply_edit(edit: Edit) -> None:
     """Re-apply a cached edit to the original weights (same bits as the first application)."""
     with torch.no_grad():
         _replay(edit, undo=False)
+    touched(edit.param)
 
 
 def undo_edit(edit: Edit) -> None:
@@ -346,3 +356,4 @@ def undo_edit(edit: Edit) -> None:
     with torch.no_grad():
         _replay(edit, undo=True)
         edit.param.data.view(-1)[edit.patch_index] = edit.patch_values
+    touched(edit.param)

@@ -32,6 +32,7 @@ from ..edit.editing import (
     compute_dtype,
     pieces,
     reapply_edit,
+    touched,
     unchanged,
 )
 from ..model import arch
@@ -99,6 +100,7 @@ def apply_plan(plan: TensorPlan) -> Edit:
             value_parts.append(piece.reshape(-1)[index])
             index_parts.append(index.add_(offset))
             view.copy_(new)
+        touched(param)
         return Edit(
             plan.name,
             param,

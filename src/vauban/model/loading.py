@@ -167,6 +167,23 @@ def _resolve_local(model_path: str | os.PathLike[str]) -> tuple[Path | None, Mod
     return None, ModelSource(label, "hub")
 
 
+def checkpoint_dir(model_path: str | os.PathLike[str] | None) -> Path:
+    """The Hugging Face folder of ``model_path`` as it is on disk, never loaded nor converted (for
+    work one layer at a time): the demo's cached folder, a local folder, or a hub id downloaded."""
+    if model_path is None or str(model_path) == DEMO_ID:
+        return demo_model_dir()
+    path = Path(model_path).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    if path.exists() or str(model_path).endswith(".gguf"):
+        raise VaubanError(
+            f"{model_path} is not a Hugging Face folder with config.json and safetensors weights; "
+            "one layer at a time reads those (load and export it once with vauban, or drop --streamed)"
+        )
+    _, source = _resolve_local(model_path)  # a hub id (or a path that does not exist: its error)
+    return download(source.label, None)
+
+
 _HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py"]
 
 

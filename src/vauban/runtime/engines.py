@@ -3,10 +3,14 @@
 vauban's own loop (:mod:`vauban.runtime.generating`) generates with the model it edits. With
 vLLM, the engine holds its own copy of the weights (on its GPUs, split by tensor parallelism);
 an edit is applied there the way RL frameworks update a policy in place: the tensors the cut
-changed are sent to every worker (``LLM.collective_rpc``) and given to the model's own
-``load_weights`` (which maps Hugging Face names to vLLM's layout and shards them), with no
-reload. Undoing sends the original tensors back: vauban's cut undoes itself bit for bit on its
-model, and those exact values are loaded again, so the engine returns to the original weights.
+changed are written to a safetensors file in shared memory (``/dev/shm``), its path is sent to
+every worker (``LLM.collective_rpc``; so the workers run on this host) and its tensors given to
+vLLM's in-place reload (the worker's ``reload_weights``: the model's own ``load_weights``, which
+maps Hugging Face names to vLLM's layout and shards them, then the kernels' processing of the
+layers that changed, e.g. the CPU backend's re-packed GEMM weights), with no restart. The
+engine's prefix cache is then emptied (its KV entries came from the old weights). Undoing sends
+the original tensors back: vauban's cut undoes itself bit for bit on its model, and those exact
+values are loaded again, so the engine returns to the original weights.
 
 vauban keeps its own model for everything that is not generation (the residual stream, KL,
 teacher-forced scores, the cut's arithmetic). Only the edited writers travel, once per edit and
@@ -24,23 +28,41 @@ differ from the model's.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import tempfile
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..core.extras import require
 
+# the edited tensors travel as a file the workers memory-map: in RAM where the host has /dev/shm
+_SHARED = "/dev/shm" if os.path.isdir("/dev/shm") else None
+_QUIET = ("Failed to load weights", "Following weights were not loaded")
 
-def _load_weights(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> int:
-    """Run on each vLLM worker: the model's own ``load_weights`` (names as in the HF checkpoint)."""
-    model = worker.model_runner.get_model() if hasattr(worker, "model_runner") else worker.get_model()
-    loaded = model.load_weights(iter(weights))
-    return len(loaded) if loaded is not None else len(weights)
+
+def _partial(record: logging.LogRecord) -> bool:
+    """Drop vLLM's warnings that a reload left tensors alone: a cut reloads only those it edits."""
+    return not any(quiet in str(record.msg) for quiet in _QUIET)
+
+
+def _reload(worker: Any, path: str) -> int:
+    """Run on each vLLM worker: load the tensors of the safetensors file ``path`` (Hugging Face
+    names) in place with vLLM's reload; the number of tensors loaded."""
+    from safetensors import safe_open
+
+    for name in ("layerwise", "inplace"):
+        logger = logging.getLogger(f"vllm.model_executor.model_loader.reload.{name}")
+        if _partial not in logger.filters:
+            logger.addFilter(_partial)
+    with safe_open(path, framework="pt") as f:
+        weights = [(key, f.get_tensor(key)) for key in f.keys()]  # noqa: SIM118 (safe_open has no iteration)
+    worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+    return len(weights)
 
 
 def _versions(model: nn.Module) -> dict[str, tuple[int, int]]:
@@ -109,10 +131,19 @@ class VllmEngine:
 
     def load(self, model: nn.Module, names: Sequence[str]) -> None:
         """Send ``model``'s current values of the parameters ``names`` to every worker."""
+        from safetensors.torch import save_file
+
         params = dict(model.named_parameters())
-        weights = [(name, params[name].detach().cpu().contiguous()) for name in names]
-        self.llm.collective_rpc(_load_weights, args=(weights,))
-        self.sent += len(weights)
+        with tempfile.TemporaryDirectory(prefix="vauban-edit-", dir=_SHARED) as folder:
+            path = os.path.join(folder, "edit.safetensors")
+            save_file({name: params[name].detach().cpu().contiguous() for name in names}, path)
+            self.llm.collective_rpc(_reload, args=(path,))
+        self.llm.reset_prefix_cache()  # cached KV entries were computed with the old weights
+        self.sent += len(names)
+
+    def close(self) -> None:
+        """Stop the engine's processes now (else they stop when the interpreter exits)."""
+        self.llm.llm_engine.engine_core.shutdown()
 
     @contextlib.contextmanager
     def edited(self, model: nn.Module, applied: Any) -> Iterator[None]:
