@@ -84,7 +84,7 @@ def judge_for(s: Settings, report: Report) -> Any:
     """The refusal judge of ``--judge`` (default: markers); a model judge loads here, timed."""
     from ..judge import get_judge, parse_spec
 
-    if s.judge is None or parse_spec(s.judge).kind not in ("chat", "classifier"):
+    if s.judge is None or parse_spec(s.judge).kind not in ("chat", "classifier", "learned"):
         return get_judge(s.judge)
     with report.step(f"load judge {s.judge}", "load_judge"):
         return get_judge(s.judge, device=s.device, dtype=s.dtype)
