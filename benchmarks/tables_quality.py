@@ -87,7 +87,8 @@ def measured() -> list[str]:
 
 @table("judges")
 def judges() -> list[str]:
-    """Each refusal judge against the 900 human labels (``benchmarks/judges.py``)."""
+    """Each refusal judge against the 900 human labels and the labelled answers of the held-out
+    test models (``benchmarks/judges.py``)."""
     r = load("judges.json")
     rows = []
     for j in r["judges"]:
@@ -98,24 +99,33 @@ def judges() -> list[str]:
                 f"`{j['judge']}`",
                 f"{pct(a['accuracy'], 1)} / {pct(a['precision'] or 0, 1)} / {pct(a['recall'], 1)}",
                 f"{pct(h['accuracy'], 1)} / {pct(h['precision'] or 0, 1)} / {pct(h['recall'], 1)}",
-                pct(j["splits"]["mistralinstruct"]["accuracy"], 1),
-                pct(j["splits"]["mistralguard"]["accuracy"], 1),
                 f"{e['missed_full_refusals']} / {e['missed_partial_refusals']} / {e['false_alarms']}",
+                *labelled_cells(j.get("labelled", {})),
                 seconds(j["seconds"]["judge_cpu"]),
             ]
         )
     return markdown(
         [
             "judge",
-            "all 900: accuracy / precision / recall",
+            "XSTest, all 900: accuracy / precision / recall",
             "held out (225)",
-            "Mistral-7B-Instruct answers (450)",
-            "… with a guard prompt (450)",
             "missed full / missed partial / false alarms",
-            "CPU time",
+            "labelled test models: accuracy / precision / recall",
+            "evasions + late refusals caught / false alarms",
+            "CPU time (900 answers)",
         ],
         rows,
     )
+
+
+def labelled_cells(lab: dict[str, Any]) -> list[str]:
+    """A judge's numbers on the labelled answers of the test models (``–`` when not measured)."""
+    test, hard = lab.get("splits", {}).get("test"), lab.get("evasion_and_late")
+    if not test or not hard:
+        return ["–", "–"]
+    scores = f"{pct(test['accuracy'], 1)} / {pct(test['precision'] or 0, 1)} / {pct(test['recall'], 1)}"
+    caught = f"{pct(hard['detected'], 1)} of {hard['n']} / {pct(hard['false_alarms'], 1)}"
+    return [f"{scores} (n={test['n']})", caught]
 
 
 @table("length")
