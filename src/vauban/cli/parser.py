@@ -379,14 +379,16 @@ def add_abliterate(command: Command) -> None:
         "--keep",
         metavar="CATEGORY[,...]",
         help="keep refusing these categories (weapons, cybercrime, drugs, fraud, harassment, "
-        "self_harm): the cut removes a direction orthogonal to theirs",
+        "self_harm) while removing the other refusals (see --keep-method)",
     )
     g.add_argument(
         "--keep-method",
-        choices=["orthogonal", "others"],
+        choices=["orthogonal", "others", "preserving"],
         default="orthogonal",
-        help="with --keep: the refusal direction minus the kept categories' span (default), or "
-        "the other categories' own direction minus it",
+        help="with --keep: cut the refusal direction minus the kept categories' span (default), "
+        "the other categories' own direction minus it, or (preserving) fit a rank-1 edit per writer "
+        "that removes the whole direction on the other categories' and the harmful prompts while "
+        "keeping the kept categories' and the harmless prompts' outputs",
     )
     _categories_flag(g)
     _options(p, "output", "output_dir", *EXPORT)
