@@ -138,7 +138,26 @@ def preserving_edit(model, tokenizer, direction, groups, keep: str, exclude=()):
     return make, {"remove": len(remove), "kept": len(kept), "harmless": len(inputs.harmless)}
 
 
-def stage_categories(model, tokenizer, direction: DirectionResult, keep: str) -> dict:
+def reusable(earlier: dict, keep: str, layer: int, held: dict[str, list[str]]) -> tuple[dict, dict]:
+    """``(development rates, held-out (rates, answers))`` of an earlier run of this stage with the
+    same kept category, layer and held-out prompts: greedy answers of the same model and prompts,
+    so running them again would give the same (``--fresh`` runs everything)."""
+    flat = [p for group in held.values() for p in group]
+    same = (
+        earlier.get("keep") == keep
+        and earlier.get("layer") == layer
+        and earlier.get("counts_eval") == [len(v) for v in held.values()]
+    )
+    answers = earlier.get("held_out", {}).get("answers", {}) if same else {}
+    held_rows = {
+        name: (earlier["held_out"]["rates"][name], got)
+        for name, got in answers.items()
+        if len(got) == len(flat)
+    }
+    return (earlier.get("development", {}).get("rates", {}) if same else {}), held_rows
+
+
+def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, earlier: dict) -> dict:
     measuring, held = category_prompts("measure"), category_prompts("eval")
     harmless = load_prompts("harmless")
     say("residuals of the category and harmless prompts")
@@ -150,11 +169,16 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str) ->
     dev = {c: p[-DEV:] for c, p in measuring.items()}
     fit = {c: p[:-DEV] for c, p in measuring.items()}
     say(f"development: {sum(map(len, dev.values()))} prompts, original and every keep method")
-    dev_rows = {"original": refusals(model, tokenizer, dev)[0]}
-    for method in VECTOR_METHODS:
-        dev_rows[method] = refusals(model, tokenizer, dev, keep_vector(direction, dev_cats, [keep], method))[
-            0
-        ]
+    dev_known, held_known = reusable(earlier, keep, layer, held)
+    reused = {"development": [], "held_out": []}
+    dev_rows = {}
+    for method in ("original", *VECTOR_METHODS):
+        if method in dev_known:
+            dev_rows[method] = dev_known[method]
+            reused["development"].append(method)
+            continue
+        vector = None if method == "original" else keep_vector(direction, dev_cats, [keep], method)
+        dev_rows[method] = refusals(model, tokenizer, dev, vector)[0]
     dev_make, dev_sets = preserving_edit(
         model, tokenizer, direction, fit, keep, exclude=[p for g in dev.values() for p in g]
     )
@@ -175,7 +199,11 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str) ->
     rows, answers = {}, {}
     for name, edit in edits.items():
         say(f"held-out: {name}")
-        rows[name], answers[name] = refusals(model, tokenizer, held, edit)
+        if name in held_known:
+            reused["held_out"].append(name)
+            rows[name], answers[name] = held_known[name]
+        else:
+            rows[name], answers[name] = refusals(model, tokenizer, held, edit)
     return {
         "keep": keep,
         "layer": layer,
@@ -198,6 +226,11 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str) ->
             "rates": rows,
             "answers": answers,
             "preserving": {"settings": best, "fit_prompts": sets},
+        },
+        "reused": reused
+        | {
+            "from": {k: earlier.get(k) for k in ("git", "date")},
+            "why": "greedy answers of the same model, prompts and edit: the same as running them again",
         },
     }
 
@@ -293,6 +326,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="categories,conditions,languages")
     parser.add_argument("--keep", default="weapons")
+    parser.add_argument("--fresh", action="store_true", help="categories: rerun rows an earlier run has")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -309,7 +343,8 @@ def main() -> None:
     for stage in args.only.split(","):
         start, load_before = time.perf_counter(), os.getloadavg()[0]
         if stage == "categories":
-            part = stage_categories(model, tokenizer, direction, args.keep)
+            earlier = {} if args.fresh else data.get("categories", {})
+            part = stage_categories(model, tokenizer, direction, args.keep, earlier)
         elif stage == "conditions":
             part = stage_conditions(model, tokenizer, direction, data.get("categories", {}))
         elif stage == "languages":
