@@ -70,6 +70,8 @@ PRESERVING = (  # settings of the keep-preserving edit (vauban.methods.keeping) 
     {"keep": 10.0, "prior": 1.0},
     {"keep": 100.0, "prior": 1.0},
     {"keep": 10.0, "prior": 0.0},
+    {"keep": 1000.0, "prior": 1.0},
+    {"keep": 100.0, "prior": 1.0, "ridge": 10.0},
 )
 CACHE = Path(os.environ.get("VAUBAN_CACHE", Path.home() / ".cache" / "vauban")) / "control_demo"
 
@@ -118,7 +120,8 @@ def keep_score(rates: dict[str, float], original: dict[str, float], keep: str) -
 
 
 def preserving_label(settings: dict) -> str:
-    return f"preserving (λ {settings['keep']:g}, μ {settings['prior']:g})"
+    ridge = f", ridge {settings['ridge']:g}" if "ridge" in settings else ""
+    return f"preserving (λ {settings['keep']:g}, μ {settings['prior']:g}{ridge})"
 
 
 def preserving_edit(model, tokenizer, direction, groups, keep: str, exclude=()):
@@ -183,8 +186,13 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, ea
         model, tokenizer, direction, fit, keep, exclude=[p for g in dev.values() for p in g]
     )
     for settings in PRESERVING:
-        dev_rows[preserving_label(settings)] = refusals(model, tokenizer, dev, dev_make(settings))[0]
-        say(f"dev {preserving_label(settings)}: {dev_rows[preserving_label(settings)]}")
+        label = preserving_label(settings)
+        if label in dev_known:
+            dev_rows[label] = dev_known[label]
+            reused["development"].append(label)
+            continue
+        dev_rows[label] = refusals(model, tokenizer, dev, dev_make(settings))[0]
+        say(f"dev {label}: {dev_rows[label]}")
     scores = {m: keep_score(r, dev_rows["original"], keep) for m, r in dev_rows.items() if m != "original"}
     chosen = min(scores, key=scores.get)
     best = min(PRESERVING, key=lambda st: scores[preserving_label(st)])
