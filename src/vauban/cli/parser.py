@@ -383,12 +383,13 @@ def add_abliterate(command: Command) -> None:
     )
     g.add_argument(
         "--keep-method",
-        choices=["orthogonal", "others", "preserving"],
-        default="orthogonal",
-        help="with --keep: cut the refusal direction minus the kept categories' span (default), "
-        "the other categories' own direction minus it, or (preserving) fit a rank-1 edit per writer "
-        "that removes the whole direction on the other categories' and the harmful prompts while "
-        "keeping the kept categories' and the harmless prompts' outputs",
+        choices=["preserving", "orthogonal", "others"],
+        default="preserving",
+        help="with --keep: fit a rank-1 edit per writer that removes the whole refusal direction "
+        "on the other categories' and the harmful prompts while keeping the kept categories' and "
+        "the harmless prompts' outputs (default; chosen on development prompts, "
+        "benchmarks/results/control_demo.json), or cut the refusal direction minus the kept "
+        "categories' span (orthogonal), or the other categories' own direction minus it (others)",
     )
     _categories_flag(g)
     _options(p, "output", "output_dir", *EXPORT)
