@@ -36,7 +36,7 @@ from .capture import MAX_ROWS, writer_inputs
 from .preserving import PRIOR, RIDGE, plans
 from .protocol import GivenCut, Inputs
 
-KEEP = 10.0  # λ: weight of keeping the kept and harmless outputs against removing the others'
+KEEP = 100.0  # λ: weight of keeping the kept and harmless outputs against removing the others' (dev-chosen)
 KEPT_WEIGHT = 1.0  # w: the kept categories' rows against the harmless rows, within λ
 
 Captured = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, torch.Tensor]]
