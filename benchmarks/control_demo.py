@@ -12,12 +12,15 @@ languages, :func:`vauban.groups.language_judge`) on greedy answers of ``MAX_TOKE
 length ``optimize`` searches at, whose counts on this model equal those at 256 tokens
 (``benchmarks/results/length_study.json``).
 
-- **categories**: one direction per category (:mod:`vauban.categories`) at the default direction's
-  layer. The keep method (``orthogonal`` or ``others``) is *chosen* on development prompts — the
-  last 10 of each category's 40 measuring prompts, with directions from the first 30 — and
-  *reported* on the held-out ``eval_categories`` prompts (145, never used to measure or choose),
-  with directions from all 40: refusal per category of the original, the default cut, and the cut
-  keeping ``--keep`` by the chosen method.
+- **categories**: one direction per category (:mod:`vauban.direction.categories`) at the default
+  direction's layer. Every keep method is *developed* on development prompts — the last 10 of each
+  category's 40 measuring prompts, with directions (``orthogonal``, ``others``) and the
+  keep-preserving edit (:mod:`vauban.methods.keeping`, each setting of ``PRESERVING``) fitted on
+  the first 30 and the generic harmful prompts that are not development prompts — and the one
+  with the lowest :func:`keep_score` is *chosen*; all are *reported* on the held-out
+  ``eval_categories`` prompts (145, never used to measure, fit or choose), fitted on all 40:
+  refusal per category of the original, the default cut, and the cut keeping ``--keep`` by each
+  method (the preserving edit with its best development setting).
 - **conditions**: condition ``medical`` (add refusal when matched) and condition ``cybercrime``
   (remove refusal when matched; one category against the others), each measured on its
   ``measure`` prompts, layer and threshold chosen on ``tune``, accuracy and refusal before/after
@@ -52,6 +55,8 @@ from vauban.methods.conditional import (
     conditional_generate,
     measure_condition,
 )
+from vauban.methods.keeping import KeepPreserving, capture_keep, harmful_records, keep_prompt_sets
+from vauban.methods.protocol import Inputs
 from vauban.runtime.activations import last_token_residuals
 from vauban.text.prompts import load_prompts
 
@@ -59,6 +64,15 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "control_demo.json"
 MAX_TOKENS = 32
 DEV = 10  # development prompts per category (the last of each category's measuring prompts)
+VECTOR_METHODS = ("orthogonal", "others")  # keep methods that cut one vector (vauban.direction.categories)
+PRESERVING = (  # settings of the keep-preserving edit (vauban.methods.keeping) tried on development prompts
+    {"keep": 1.0, "prior": 1.0},
+    {"keep": 10.0, "prior": 1.0},
+    {"keep": 100.0, "prior": 1.0},
+    {"keep": 10.0, "prior": 0.0},
+    {"keep": 1000.0, "prior": 1.0},
+    {"keep": 100.0, "prior": 1.0, "ridge": 10.0},
+)
 CACHE = Path(os.environ.get("VAUBAN_CACHE", Path.home() / ".cache" / "vauban")) / "control_demo"
 
 
@@ -86,12 +100,14 @@ def per_category(prompts: dict[str, list[str]], answers) -> dict[str, float]:
     return out
 
 
-def refusals(model, tokenizer, prompts: dict[str, list[str]], vector=None) -> tuple[dict[str, float], list]:
+def refusals(model, tokenizer, prompts: dict[str, list[str]], edit=None) -> tuple[dict[str, float], list]:
+    """Refusal per category of greedy answers, under ``edit`` (a vector to cut, or a function
+    that returns an applied cut) when given; the model ends as it began."""
     flat = [p for group in prompts.values() for p in group]
-    if vector is None:
+    if edit is None:
         answers = completions(model, tokenizer, flat, max_tokens=MAX_TOKENS, batch_size=None)
     else:
-        with cut(model, vector):
+        with edit() if callable(edit) else cut(model, edit):
             answers = completions(model, tokenizer, flat, max_tokens=MAX_TOKENS, batch_size=None)
     return per_category(prompts, answers), [[a.text, a.refused] for a in answers]
 
@@ -103,7 +119,48 @@ def keep_score(rates: dict[str, float], original: dict[str, float], keep: str) -
     return sum(others) / len(others) + max(0.0, 0.8 * original[keep] - rates[keep])
 
 
-def stage_categories(model, tokenizer, direction: DirectionResult, keep: str) -> dict:
+def preserving_label(settings: dict) -> str:
+    ridge = f", ridge {settings['ridge']:g}" if "ridge" in settings else ""
+    return f"preserving (λ {settings['keep']:g}, μ {settings['prior']:g}{ridge})"
+
+
+def preserving_edit(model, tokenizer, direction, groups, keep: str, exclude=()):
+    """A function of the keep-preserving settings that applies that edit, fitted on ``groups``'
+    prompts (the others' and the generic harmful ones of no kept category to remove refusal from,
+    ``keep``'s to keep it) and the harmless ones, none of ``exclude``: captured once."""
+    remove, kept = keep_prompt_sets(groups, [keep], harmful_records("harmful"), set(exclude))
+    inputs = Inputs(remove, load_prompts("harmless"))
+    say(f"writer inputs: {len(remove)} prompts to remove refusal from, {len(kept)} kept, harmless")
+    captured = capture_keep(model, tokenizer, inputs, kept)
+
+    def make(settings: dict):
+        return lambda: KeepPreserving().make(
+            model, tokenizer, direction, inputs, kept=kept, captured=captured, **settings
+        )
+
+    return make, {"remove": len(remove), "kept": len(kept), "harmless": len(inputs.harmless)}
+
+
+def reusable(earlier: dict, keep: str, layer: int, held: dict[str, list[str]]) -> tuple[dict, dict]:
+    """``(development rates, held-out (rates, answers))`` of an earlier run of this stage with the
+    same kept category, layer and held-out prompts: greedy answers of the same model and prompts,
+    so running them again would give the same (``--fresh`` runs everything)."""
+    flat = [p for group in held.values() for p in group]
+    same = (
+        earlier.get("keep") == keep
+        and earlier.get("layer") == layer
+        and earlier.get("counts_eval") == [len(v) for v in held.values()]
+    )
+    answers = earlier.get("held_out", {}).get("answers", {}) if same else {}
+    held_rows = {
+        name: (earlier["held_out"]["rates"][name], got)
+        for name, got in answers.items()
+        if len(got) == len(flat)
+    }
+    return (earlier.get("development", {}).get("rates", {}) if same else {}), held_rows
+
+
+def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, earlier: dict) -> dict:
     measuring, held = category_prompts("measure"), category_prompts("eval")
     harmless = load_prompts("harmless")
     say("residuals of the category and harmless prompts")
@@ -113,22 +170,48 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str) ->
     dev_cats = from_residuals({c: a[:-DEV] for c, a in acts.items()}, base, layer)
     cats = from_residuals(acts, base, layer)
     dev = {c: p[-DEV:] for c, p in measuring.items()}
-    say(f"development: {sum(map(len, dev.values()))} prompts, original and two keep methods")
-    dev_rows = {"original": refusals(model, tokenizer, dev)[0]}
-    for method in ("orthogonal", "others"):
-        vector = keep_vector(direction, dev_cats, [keep], method)
+    fit = {c: p[:-DEV] for c, p in measuring.items()}
+    say(f"development: {sum(map(len, dev.values()))} prompts, original and every keep method")
+    dev_known, held_known = reusable(earlier, keep, layer, held)
+    reused = {"development": [], "held_out": []}
+    dev_rows = {}
+    for method in ("original", *VECTOR_METHODS):
+        if method in dev_known:
+            dev_rows[method] = dev_known[method]
+            reused["development"].append(method)
+            continue
+        vector = None if method == "original" else keep_vector(direction, dev_cats, [keep], method)
         dev_rows[method] = refusals(model, tokenizer, dev, vector)[0]
-    scores = {m: keep_score(dev_rows[m], dev_rows["original"], keep) for m in ("orthogonal", "others")}
+    dev_make, dev_sets = preserving_edit(
+        model, tokenizer, direction, fit, keep, exclude=[p for g in dev.values() for p in g]
+    )
+    for settings in PRESERVING:
+        label = preserving_label(settings)
+        if label in dev_known:
+            dev_rows[label] = dev_known[label]
+            reused["development"].append(label)
+            continue
+        dev_rows[label] = refusals(model, tokenizer, dev, dev_make(settings))[0]
+        say(f"dev {label}: {dev_rows[label]}")
+    scores = {m: keep_score(r, dev_rows["original"], keep) for m, r in dev_rows.items() if m != "original"}
     chosen = min(scores, key=scores.get)
+    best = min(PRESERVING, key=lambda st: scores[preserving_label(st)])
     say(f"dev {dev_rows} -> {chosen}")
+    make, sets = preserving_edit(model, tokenizer, direction, measuring, keep)
+    edits = {
+        "original": None,
+        "default cut": direction,
+        **{f"keep {keep} ({m})": keep_vector(direction, cats, [keep], m) for m in VECTOR_METHODS},
+        f"keep {keep} ({preserving_label(best)})": make(best),
+    }
     rows, answers = {}, {}
-    for name, vector in (
-        ("original", None),
-        ("default cut", direction),
-        (f"keep {keep} ({chosen})", keep_vector(direction, cats, [keep], chosen)),
-    ):
+    for name, edit in edits.items():
         say(f"held-out: {name}")
-        rows[name], answers[name] = refusals(model, tokenizer, held, vector)
+        if name in held_known:
+            reused["held_out"].append(name)
+            rows[name], answers[name] = held_known[name]
+        else:
+            rows[name], answers[name] = refusals(model, tokenizer, held, edit)
     return {
         "keep": keep,
         "layer": layer,
@@ -144,8 +227,19 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str) ->
             "rates": dev_rows,
             "scores": scores,
             "chosen": chosen,
+            "preserving_fit_prompts": dev_sets,
         },
-        "held_out": {"prompts": "eval_categories.jsonl (145)", "rates": rows, "answers": answers},
+        "held_out": {
+            "prompts": "eval_categories.jsonl (145)",
+            "rates": rows,
+            "answers": answers,
+            "preserving": {"settings": best, "fit_prompts": sets},
+        },
+        "reused": reused
+        | {
+            "from": {k: earlier.get(k) for k in ("git", "date")},
+            "why": "greedy answers of the same model, prompts and edit: the same as running them again",
+        },
     }
 
 
@@ -240,6 +334,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="categories,conditions,languages")
     parser.add_argument("--keep", default="weapons")
+    parser.add_argument("--fresh", action="store_true", help="categories: rerun rows an earlier run has")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -256,7 +351,8 @@ def main() -> None:
     for stage in args.only.split(","):
         start, load_before = time.perf_counter(), os.getloadavg()[0]
         if stage == "categories":
-            part = stage_categories(model, tokenizer, direction, args.keep)
+            earlier = {} if args.fresh else data.get("categories", {})
+            part = stage_categories(model, tokenizer, direction, args.keep, earlier)
         elif stage == "conditions":
             part = stage_conditions(model, tokenizer, direction, data.get("categories", {}))
         elif stage == "languages":

@@ -16,6 +16,7 @@ from vauban.direction.categories import CategoryDirections, category_prompts, ke
 from vauban.direction.measuring import measure
 from vauban.edit.cutting import cut
 from vauban.evaluation.groups import LANGUAGES, evaluate_groups, language_judge, language_prompts
+from vauban.methods.capture import writer_inputs
 from vauban.methods.conditional import (
     Adding,
     best_threshold,
@@ -24,7 +25,10 @@ from vauban.methods.conditional import (
     measure_condition,
     refusal_shift,
 )
+from vauban.methods.keeping import KeepPreserving, capture_keep, harmful_records, keep_prompt_sets
+from vauban.methods.protocol import Inputs, rank
 from vauban.methods.steering import Steering
+from vauban.model import arch
 from vauban.runtime.generating import generate
 
 GROUPS = {"a": HARMFUL[:3], "b": HARMFUL[3:]}
@@ -84,6 +88,55 @@ def test_category_directions_similarity_and_keep_vector(tiny, tokenizer, tmp_pat
         keep_vector(direction, cats, ["c"])
     with pytest.raises(VaubanError, match="nothing is left"):
         keep_vector(direction, cats, ["a", "b"], method="others")
+
+
+def test_keep_prompt_sets_remove_the_others_and_no_kept_prompt():
+    groups = {"a": ["a1", "a2", "x"], "b": ["b1", "b2"], "c": ["c1"]}
+    generic = [{"prompt": "g1", "category": "a"}, {"prompt": "g2"}, {"prompt": "b1", "category": "b"}]
+    remove, kept = keep_prompt_sets(groups, ["a"], generic, exclude={"b2", "x"})
+    assert kept == ["a1", "a2"] and remove == ["b1", "c1", "g2"]
+    bundled = harmful_records("harmful")
+    assert len(bundled) == 128 and all("category" in r for r in bundled)
+    assert harmful_records(HARMFUL[:2]) == [{"prompt": p} for p in HARMFUL[:2]]
+    with pytest.raises(VaubanError, match="unknown categories"):
+        keep_prompt_sets(groups, ["z"])
+
+
+def _bits(model):
+    return {n: p.detach().clone().view(torch.int32) for n, p in model.named_parameters()}
+
+
+def test_keep_preserving_is_exact_and_keeps_the_kept_outputs_as_its_weight_grows(tiny, tokenizer):
+    model = tiny("qwen2")
+    direction = measure(model, tokenizer, HARMFUL, HARMLESS, layer=2)
+    inputs, kept = Inputs(HARMFUL[3:], HARMLESS[:3]), HARMFUL[:3]
+    writers = arch.residual_writers(model)
+    captured = capture_keep(model, tokenizer, inputs, kept, max_rows=16)
+    assert captured[1] is not None and captured[1][writers[0].name].shape[0] == 16
+    before, originals = _bits(model), {w.name: w.weight.detach().clone() for w in writers}
+    changes = {}
+    for keep in (0.01, 1e6):
+        applied = KeepPreserving().make(
+            model, tokenizer, direction, inputs, kept=kept, keep=keep, ridge=1e-9, captured=captured
+        )
+        assert rank(applied) == 1 and applied.record()["kept_prompts"] == 3
+        edited = _bits(model)
+        worst = 0.0
+        for w in writers:
+            q = applied._edits[[e.name for e in applied._edits].index(f"{w.name}.weight")].basis.float()
+            new, old = w.weight.detach(), originals[w.name]
+            xk = captured[1][w.name]
+            scale = (xk @ old.T @ q.T).abs().max()
+            worst = max(worst, float((xk @ new.T - xk @ old.T).abs().max() / scale))
+        changes[keep] = worst
+        applied.undo()
+        assert all(torch.equal(p.detach().view(torch.int32), before[n]) for n, p in model.named_parameters())
+        applied.apply()
+        assert all(torch.equal(p.detach().view(torch.int32), edited[n]) for n, p in model.named_parameters())
+        applied.undo()
+    assert changes[1e6] < 1e-3 < changes[0.01]  # λ → ∞: the kept prompts' outputs as they were
+    xk = writer_inputs(model, tokenizer, kept, writers, prompt_set="harmful", max_rows=16)
+    assert all(torch.equal(xk[n], captured[1][n]) for n in xk)  # the model is back as it was
 
 
 def test_best_threshold_separates_separable_scores():
@@ -208,6 +261,8 @@ def test_cli_abliterate_keep_records_the_kept_categories(cli_ws, monkeypatch, ca
         "abliterate",
         "--keep",
         "a",
+        "--keep-method",
+        "orthogonal",
         "--categories",
         "cats.jsonl",
         "-o",
@@ -216,6 +271,41 @@ def test_cli_abliterate_keep_records_the_kept_categories(cli_ws, monkeypatch, ca
     )
     assert doc["keep"]["categories"] == ["a"] and doc["keep"]["method"] == "orthogonal"
     assert json.loads((cli_ws / "kept" / "vauban.json").read_text())["keep"]["categories"] == ["a"]
+    doc = _run(
+        cli_ws,
+        monkeypatch,
+        capsys,
+        "abliterate",
+        "--keep",
+        "a",
+        "--categories",
+        "cats.jsonl",
+        "-o",
+        "kept-preserving",
+        "--json",
+    )
+    assert (
+        doc["keep"]["method"] == "preserving" and doc["keep"]["edit"]["method"] == "keep_preserving"
+    )  # default
+    assert doc["keep"]["edit"]["kept_prompts"] == 3 and doc["keep"]["edit"]["rank"] == 1
+    written = json.loads((cli_ws / "kept-preserving" / "vauban.json").read_text())
+    assert written["keep"]["method"] == "preserving" and written["cut"]["method"] == "keep_preserving"
+    err = _run(
+        cli_ws,
+        monkeypatch,
+        capsys,
+        "abliterate",
+        "--keep",
+        "a",
+        "--keep-method",
+        "preserving",
+        "--alpha",
+        "0.5",
+        "-o",
+        "z",
+        code=2,
+    )
+    assert "drop --alpha" in err.err
     err = _run(cli_ws, monkeypatch, capsys, "abliterate", "--keep", "a", "--per-layer", "-o", "x", code=2)
     assert "--keep makes its own direction" in err.err
     err = _run(

@@ -52,16 +52,29 @@ def cmd_measure_categories(
         report.put("saved", str(path))
 
 
-def check_keep(args: argparse.Namespace) -> list[str]:
-    """The categories of ``--keep`` (empty when not given), with the flags it excludes refused."""
+def check_keep(args: argparse.Namespace, spec: Any = None) -> list[str]:
+    """The categories of ``--keep`` (empty when not given), with the flags it excludes refused
+    (``--keep-method preserving`` fits its own edit: only ``--layers`` of ``spec`` applies)."""
     keep = [k.strip() for k in (getattr(args, "keep", None) or "").split(",") if k.strip()]
     clash = [f"--{name.replace('_', '-')}" for name in _KEEP_EXCLUDES if keep and getattr(args, name, None)]
+    if keep and spec is not None and getattr(args, "keep_method", None) == "preserving":
+        clash += [
+            flag
+            for flag, on in (
+                ("--alpha", spec.alpha != 1.0),
+                ("--embeddings", spec.embeddings),
+                ("--attention", spec.attention is not None),
+                ("--mlp", spec.mlp is not None),
+                ("--norm-preserving", spec.norm_preserving),
+            )
+            if on
+        ]
     if clash:
         raise VaubanError(f"--keep makes its own direction; drop {', '.join(clash)}")
     return keep
 
 
-def keep_cut_vector(
+def keep_cut(
     s: Settings,
     args: argparse.Namespace,
     report: Report,
@@ -69,10 +82,15 @@ def keep_cut_vector(
     tokenizer: Any,
     direction: Any,
     keep: list[str],
+    spec: Any,
 ) -> Any:
-    """The vector ``abliterate --keep`` removes (:func:`vauban.categories.keep_vector`)."""
+    """The applied cut of ``abliterate --keep``: the vector of
+    :func:`vauban.direction.categories.keep_vector` cut as ``spec`` says (``orthogonal``,
+    ``others``), or the edit of :func:`vauban.methods.keeping.keep_cut` (``preserving``)."""
     from ..direction.categories import check_categories, keep_vector, measure_categories
 
+    if args.keep_method == "preserving":
+        return keep_preserving_cut(s, args, report, model, tokenizer, direction, keep, spec)
     with report.step(f"measure category directions to keep {', '.join(keep)}", "measure_categories"):
         cats = measure_categories(
             model,
@@ -85,7 +103,38 @@ def keep_cut_vector(
         )
     check_categories(keep, cats.categories)
     report.put("keep", {"categories": keep, "method": args.keep_method, "measured": cats.record()})
-    return keep_vector(direction, cats, keep, args.keep_method)
+    return spec.apply(model, keep_vector(direction, cats, keep, args.keep_method))
+
+
+def keep_preserving_cut(
+    s: Settings,
+    args: argparse.Namespace,
+    report: Report,
+    model: Any,
+    tokenizer: Any,
+    direction: Any,
+    keep: list[str],
+    spec: Any,
+) -> Any:
+    """``abliterate --keep --keep-method preserving``: the whole direction, removed on the other
+    categories' prompts and kept on the kept ones' (:mod:`vauban.methods.keeping`)."""
+    from ..methods.keeping import keep_cut as fit_keep_cut
+
+    with report.step(f"fit the edit that keeps refusing {', '.join(keep)}", "keep_preserving"):
+        applied = fit_keep_cut(
+            model,
+            tokenizer,
+            direction,
+            keep,
+            categories=categories_source(args),
+            harmful=s.harmful,
+            harmless=s.harmless,
+            formatting=s.formatting(),
+            batch_size=s.batch_size,
+            layers=spec.layers,
+        )
+    report.put("keep", {"categories": keep, "method": args.keep_method, "edit": applied.record()})
+    return applied
 
 
 def group_prompts(s: Settings, args: argparse.Namespace) -> list[tuple[str, dict, dict | None]]:

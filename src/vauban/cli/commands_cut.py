@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..config import Settings
 from ..core.errors import VaubanError
-from .commands_control import check_keep, keep_cut_vector
+from .commands_control import check_keep, keep_cut
 from .common import (
     attach_engine,
     direction_for,
@@ -35,13 +35,13 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
 
     out = check_output_dir(s.output_dir, s.overwrite)
     spec = cut_spec(args, alpha=s.alpha, embeddings=s.embeddings)  # flag mistakes before the load
-    keep = check_keep(args)
+    keep = check_keep(args, spec)
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
     if args.explain:
         explain_writers(report, model)
     direction = direction_for(s, report, model, tokenizer, args)
     if keep:
-        vector = keep_cut_vector(s, args, report, model, tokenizer, direction, keep)
+        applied = keep_cut(s, args, report, model, tokenizer, direction, keep, spec)
     else:
         vector = spec.vector(
             model,
@@ -52,7 +52,8 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
             formatting=run_formatting(s, direction),
             batch_size=s.batch_size,
         )
-    with spec.apply(model, vector) as applied:
+        applied = spec.apply(model, vector)
+    with applied:
         record = cut_record(s.model or direction.model_path, applied, direction)
         record |= {"cut": applied.record(), "cut_spec": spec.record()}
         if keep:

@@ -136,14 +136,17 @@ def add_abliterate(command: Command) -> None:
         "--keep",
         metavar="CATEGORY[,...]",
         help="keep refusing these categories (weapons, cybercrime, drugs, fraud, harassment, "
-        "self_harm): the cut removes a direction orthogonal to theirs",
+        "self_harm) while removing the other refusals (see --keep-method)",
     )
     g.add_argument(
         "--keep-method",
-        choices=["orthogonal", "others"],
-        default="orthogonal",
-        help="with --keep: the refusal direction minus the kept categories' span (default), or "
-        "the other categories' own direction minus it",
+        choices=["preserving", "orthogonal", "others"],
+        default="preserving",
+        help="with --keep: fit a rank-1 edit per writer that removes the whole refusal direction "
+        "on the other categories' and the harmful prompts while keeping the kept categories' and "
+        "the harmless prompts' outputs (default; chosen on development prompts, "
+        "benchmarks/results/control_demo.json), or cut the refusal direction minus the kept "
+        "categories' span (orthogonal), or the other categories' own direction minus it (others)",
     )
     categories_flag(g)
     options(p, "output", "output_dir", *EXPORT)

@@ -15,6 +15,10 @@ instead of the refusal direction ``r`` one of:
   categories' prompts pooled, ``u_{¬K}``, so the removed direction is measured only on what is
   to be removed.
 
+Both cut one vector from every output, and the category directions share refusal itself, so
+orthogonalizing against the kept ones removes refusal from the cut too. The third keep method,
+``preserving`` (:mod:`vauban.methods.keeping`), is an edit, not a vector: the whole refusal
+direction, removed on the other categories' prompts and kept on the kept ones'.
 ``benchmarks/control_demo.py`` measures which keeps more of the kept categories' refusals while
 removing the others' (``benchmarks/results/control_demo.json``).
 """

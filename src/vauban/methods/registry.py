@@ -3,6 +3,8 @@
 - ``plain``, ``projected``, ``norm_preserving``, ``per_layer``, ``subspace``: the cut variants of
   :mod:`.cutspec` (:mod:`.classic`), any of them with per-layer kernels (``attention``/``mlp``);
 - ``harmless_preserving``: the least-squares edit that keeps harmless outputs (:mod:`.preserving`);
+- ``keep_preserving``: the same edit keeping the outputs on chosen categories' prompts too, so
+  their refusals stay (:mod:`.keeping`, ``abliterate --keep CATEGORY --keep-method preserving``);
 - ``norm_preserving_leak_free``: the norm-preserving cut without its leak (:mod:`.leak`);
 - ``learned``: the direction moved by gradient for refusal likelihood and KL (:mod:`.learned`).
 """
@@ -11,12 +13,15 @@ from __future__ import annotations
 
 from ..core.errors import VaubanError
 from .classic import VARIANTS
+from .keeping import KeepPreserving
 from .leak import LeakFree
 from .learned import Learned
 from .preserving import HarmlessPreserving
 from .protocol import EditMethod
 
-METHODS: dict[str, EditMethod] = {m.name: m for m in (*VARIANTS, HarmlessPreserving(), LeakFree(), Learned())}
+METHODS: dict[str, EditMethod] = {
+    m.name: m for m in (*VARIANTS, HarmlessPreserving(), KeepPreserving(), LeakFree(), Learned())
+}
 
 
 def get_method(name: str) -> EditMethod:
