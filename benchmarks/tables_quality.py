@@ -5,6 +5,8 @@ length, reports, selection, peers and the control studies (registered in ``table
 
 from __future__ import annotations
 
+from typing import Any
+
 from tables_common import load, markdown, pct, seconds, table
 
 
