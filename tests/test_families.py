@@ -21,9 +21,10 @@ from vauban import DirectionResult, Formatting, cut, export, measure
 from vauban.edit.cutting import writer_basis
 from vauban.exports.exporting import DIRECTION_FILE, RECORD_FILE, cut_record
 from vauban.model import arch
+from vauban.model.arch import writer_module
 from vauban.model.loading import model_class
 from vauban.runtime.activations import last_token_residuals
-from vauban.search.refining import _writer_module, gated
+from vauban.search.refining import gated
 from vauban.text.formatting import chat_text
 from vauban.text.reasoning import budget, reasoning, with_thinking
 
@@ -99,7 +100,7 @@ def test_no_writer_output_keeps_the_direction(family: Family) -> None:
     writers = arch.residual_writers(model)
     seen: dict[str, torch.Tensor] = {}
     handles = [
-        _writer_module(model, w).register_forward_hook(
+        writer_module(model, w).register_forward_hook(
             lambda _m, _a, y, name=w.name: seen.setdefault(name, arch.layer_hidden(y).detach())
         )
         for w in writers
