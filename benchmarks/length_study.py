@@ -47,7 +47,7 @@ def decode_steps(prompt_ids: list[list[int]], used: list[int], batch_size: int, 
 
 
 def side(model, tokenizer, prompts: list[str], lengths: tuple[int, ...]) -> dict:
-    from vauban.runtime.batching import default_batch_size
+    from vauban.runtime.batching import batch_size_for
     from vauban.runtime.generating import generate_tokens, stop_token_ids
     from vauban.text.prompts import encode_chat
     from vauban.text.reasoning import Decoder
@@ -58,7 +58,8 @@ def side(model, tokenizer, prompts: list[str], lengths: tuple[int, ...]) -> dict
     stops = stop_token_ids(model, tokenizer)
     used = answer_lengths(tokens, stops)
     ids = encode_chat(tokenizer, prompts)
-    batch = default_batch_size(next(model.parameters()).device)
+    longest = max(len(x) for x in ids) + max(lengths)
+    batch = batch_size_for(model, longest, len(prompts), cache=True)  # generation's own batches
     return {
         "seconds": round(seconds, 1),
         "answer_tokens": used,
