@@ -32,8 +32,8 @@ from ..edit.cutting import Cut
 from ..model import arch
 from ..text.formatting import Formatting
 from ..text.prompts import BUNDLED, Prompts, bundled_records, load_prompts, read_jsonl
-from .capture import MAX_ROWS, writer_inputs
-from .preserving import PRIOR, RIDGE, plans
+from .capture import MAX_ROWS
+from .preserving import PRIOR, RIDGE, capture_set, plans
 from .protocol import GivenCut, Inputs
 
 KEEP = 100.0  # λ: weight of keeping the kept and harmless outputs against removing the others' (dev-chosen)
@@ -79,19 +79,9 @@ def capture_keep(
 ) -> Captured:
     """Every writer's inputs on the prompts to remove refusal from (``inputs.harmful``), the kept
     prompts (``None`` when there are none) and the harmless prompts, from the model as it is."""
-    writers = arch.residual_writers(model)
 
     def capture(prompts: Sequence[str], prompt_set: str) -> dict[str, torch.Tensor]:
-        return writer_inputs(
-            model,
-            tokenizer,
-            prompts,
-            writers,
-            prompt_set=prompt_set,
-            formatting=inputs.formatting,
-            batch_size=inputs.batch_size or 16,
-            max_rows=max_rows,
-        )
+        return capture_set(model, tokenizer, inputs, prompts, prompt_set, max_rows)
 
     kept_x = capture(kept, "harmful") if kept else None
     return capture(inputs.harmful, "harmful"), kept_x, capture(inputs.harmless, "harmless")

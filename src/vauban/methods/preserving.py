@@ -62,24 +62,36 @@ def solve(
     return torch.linalg.solve(gram, ad.T @ y + rho * prior * v0d).float()
 
 
+def capture_set(
+    model: nn.Module,
+    tokenizer: Any,
+    inputs: Inputs,
+    prompts: Sequence[str],
+    prompt_set: str,
+    max_rows: int = MAX_ROWS,
+) -> dict[str, torch.Tensor]:
+    """Every writer's inputs on ``prompts`` (:func:`.capture.writer_inputs`), formatted and
+    batched as ``inputs`` says."""
+    return writer_inputs(
+        model,
+        tokenizer,
+        prompts,
+        arch.residual_writers(model),
+        prompt_set=prompt_set,
+        formatting=inputs.formatting,
+        batch_size=inputs.batch_size or 16,
+        max_rows=max_rows,
+    )
+
+
 def capture(
     model: nn.Module, tokenizer: Any, inputs: Inputs, max_rows: int = MAX_ROWS
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """``(harmful, harmless)`` inputs of every writer (:func:`.capture.writer_inputs`), from the
-    model as it is (call it on the original)."""
-    writers = arch.residual_writers(model)
+    """``(harmful, harmless)`` inputs of every writer, from the model as it is (call it on the
+    original)."""
 
     def capture(prompts: Sequence[str], prompt_set: str) -> dict[str, torch.Tensor]:
-        return writer_inputs(
-            model,
-            tokenizer,
-            prompts,
-            writers,
-            prompt_set=prompt_set,
-            formatting=inputs.formatting,
-            batch_size=inputs.batch_size or 16,
-            max_rows=max_rows,
-        )
+        return capture_set(model, tokenizer, inputs, prompts, prompt_set, max_rows)
 
     return capture(inputs.harmful, "harmful"), capture(inputs.harmless, "harmless")
 
