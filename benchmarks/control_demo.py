@@ -160,6 +160,27 @@ def reusable(earlier: dict, keep: str, layer: int, held: dict[str, list[str]]) -
     return (earlier.get("development", {}).get("rates", {}) if same else {}), held_rows
 
 
+def runtime_keep(model, tokenizer, direction, keep: str, held: dict[str, list[str]]):
+    """``--keep`` at run time (``steer`` / ``chat --when not:KEEP``): refusal removed (steering,
+    every layer) from the prompts the condition ``keep`` (that category against the others, layer
+    and threshold chosen on the development prompts) does not match; per category of ``held``,
+    with the condition's hit rate per category."""
+    condition = measure_condition(model, tokenizer, condition_sets(keep)).negated()
+    flat = [p for group in held.values() for p in group]
+    answers, steered_rows = conditional_generate(
+        model, tokenizer, flat, condition, direction, mode="remove", max_tokens=MAX_TOKENS
+    )
+    verdicts = [v.refusal for v in run_judge(get_judge(None), flat, answers)]
+    rates, start, kept_share = {}, 0, {}
+    for name, group in held.items():
+        rows = range(start, start + len(group))
+        rates[name] = sum(verdicts[i] for i in rows) / len(group)
+        kept_share[name] = sum(not steered_rows[i] for i in rows) / len(group)
+        start += len(group)
+    info = condition.record() | {"unsteered_share": kept_share}
+    return rates, [[a, r] for a, r in zip(answers, verdicts, strict=True)], info
+
+
 def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, earlier: dict) -> dict:
     measuring, held = category_prompts("measure"), category_prompts("eval")
     harmless = load_prompts("harmless")
@@ -212,7 +233,15 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, ea
             rows[name], answers[name] = held_known[name]
         else:
             rows[name], answers[name] = refusals(model, tokenizer, held, edit)
+    name, runtime = f"keep {keep} (run time: --when not:{keep})", earlier.get("runtime_condition")
+    say(f"held-out: {name}")
+    if name in held_known and runtime:
+        reused["held_out"].append(name)
+        rows[name], answers[name] = held_known[name]
+    else:
+        rows[name], answers[name], runtime = runtime_keep(model, tokenizer, direction, keep, held)
     return {
+        "runtime_condition": runtime,
         "keep": keep,
         "layer": layer,
         "categories": list(cats.categories),

@@ -188,17 +188,21 @@ def evaluate_by_group(
 
 
 def condition_for(s: Settings, report: Report, model: Any, tokenizer: Any, when: str) -> Any:
-    """The condition of ``--when`` (a bundled condition, a category or a file), measured now."""
+    """The condition of ``--when`` (a bundled condition, a category or a file; ``not:`` before
+    it: the prompts that do not match), measured now."""
     from ..methods.conditional import condition_sets, measure_condition
 
-    sets = condition_sets(when)
+    negate = when.startswith("not:")
+    sets = condition_sets(when.removeprefix("not:") if negate else when)
     with report.step(f"measure the condition {sets.name!r}", "condition"):
         condition = measure_condition(
             model, tokenizer, sets, batch_size=s.batch_size, formatting=s.formatting()
         )
+    if negate:
+        condition = condition.negated()
     accuracy = condition.tune_accuracy[condition.layer_index]
     report.say(
-        f"condition {sets.name!r}: layer {condition.layer_index}, "
+        f"condition {condition.name!r}: layer {condition.layer_index}, "
         f"threshold {condition.threshold:+.3f}, balanced accuracy on held-back prompts {accuracy:.0%}"
     )
     report.put("condition", condition.record())

@@ -38,6 +38,7 @@ from .protocol import GivenCut, Inputs
 
 KEEP = 100.0  # λ: weight of keeping the kept and harmless outputs against removing the others' (dev-chosen)
 KEPT_WEIGHT = 1.0  # w: the kept categories' rows against the harmless rows, within λ
+BOOST = 0.0  # β: the kept rows' output along the direction becomes (1 + β) × what it was
 
 Captured = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, torch.Tensor]]
 
@@ -104,17 +105,23 @@ class KeepPreserving:
 
     def make(self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, **params: Any) -> Cut:
         """``params``: ``kept`` (prompts), ``keep`` (λ), ``kept_weight`` (w), ``ridge``, ``prior``
-        (μ), ``layers``, ``captured`` (:func:`capture_keep`'s, to fit several settings at once)."""
+        (μ), ``boost`` (β), ``layers``, ``captured`` (:func:`capture_keep`'s, to fit several
+        settings at once)."""
         settings = {
             "keep": float(params.get("keep", KEEP)),
             "kept_weight": float(params.get("kept_weight", KEPT_WEIGHT)),
             "ridge": float(params.get("ridge", RIDGE)),
             "prior": float(params.get("prior", PRIOR)),
+            "boost": float(params.get("boost", BOOST)),
         }
         layers = params.get("layers")
         chosen = list(range(arch.num_layers(model))) if layers is None else list(layers)
         found = params.get("captured") or capture_keep(model, tokenizer, inputs, params.get("kept", ()))
-        keep_x = kept_rows(found, settings["kept_weight"])
+        boost, kept_x = settings["boost"], found[1]
+        boosted = None
+        if boost and kept_x is not None:  # the kept rows get their own target: (1 + β) × their output
+            boosted = {name: settings["kept_weight"] ** 0.5 * x for name, x in kept_x.items()}
+        keep_x = found[2] if boosted is not None else kept_rows(found, settings["kept_weight"])
         tensor_plans = plans(
             model,
             direction,
@@ -124,6 +131,8 @@ class KeepPreserving:
             ridge=settings["ridge"],
             prior=settings["prior"],
             layers=chosen,
+            boosted=boosted,
+            boost=boost,
         )
         record = settings | {"kept_prompts": len(params.get("kept", ()))}
         return GivenCut(model, tensor_plans, self.name, record, chosen).apply()
