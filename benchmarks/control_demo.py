@@ -65,6 +65,11 @@ RESULTS = HERE / "results" / "control_demo.json"
 MAX_TOKENS = 32
 DEV = 10  # development prompts per category (the last of each category's measuring prompts)
 VECTOR_METHODS = ("orthogonal", "others")  # keep methods that cut one vector (vauban.direction.categories)
+VECTOR_ALPHAS = (  # (method, alpha) of the vector cuts tried on development prompts beyond alpha 1
+    ("orthogonal", 1.5),
+    ("orthogonal", 1.75),
+    ("orthogonal", 2.0),
+)
 PRESERVING = (  # settings of the keep-preserving edit (vauban.methods.keeping) tried on development prompts
     {"keep": 1.0, "prior": 1.0},
     {"keep": 10.0, "prior": 1.0},
@@ -72,6 +77,9 @@ PRESERVING = (  # settings of the keep-preserving edit (vauban.methods.keeping) 
     {"keep": 10.0, "prior": 0.0},
     {"keep": 1000.0, "prior": 1.0},
     {"keep": 100.0, "prior": 1.0, "ridge": 10.0},
+    {"keep": 100.0, "prior": 1.0, "boost": 1.0},
+    {"keep": 100.0, "prior": 1.0, "boost": 3.0},
+    {"keep": 100.0, "prior": 1.0, "last": 5},
 )
 CACHE = Path(os.environ.get("VAUBAN_CACHE", Path.home() / ".cache" / "vauban")) / "control_demo"
 
@@ -121,7 +129,18 @@ def keep_score(rates: dict[str, float], original: dict[str, float], keep: str) -
 
 def preserving_label(settings: dict) -> str:
     ridge = f", ridge {settings['ridge']:g}" if "ridge" in settings else ""
-    return f"preserving (λ {settings['keep']:g}, μ {settings['prior']:g}{ridge})"
+    boost = f", β {settings['boost']:g}" if "boost" in settings else ""
+    last = f", last {settings['last']} tokens" if "last" in settings else ""
+    return f"preserving (λ {settings['keep']:g}, μ {settings['prior']:g}{ridge}{boost}{last})"
+
+
+def vector_label(method: str, alpha: float) -> str:
+    return method if alpha == 1.0 else f"{method} (α {alpha:g})"
+
+
+def vector_edit(model, vector, alpha: float):
+    """The cut of ``vector`` at ``alpha``, as :func:`refusals` takes it."""
+    return vector if alpha == 1.0 else (lambda: cut(model, vector, alpha=alpha))
 
 
 def preserving_edit(model, tokenizer, direction, groups, keep: str, exclude=()):
@@ -131,11 +150,14 @@ def preserving_edit(model, tokenizer, direction, groups, keep: str, exclude=()):
     remove, kept = keep_prompt_sets(groups, [keep], harmful_records("harmful"), set(exclude))
     inputs = Inputs(remove, load_prompts("harmless"))
     say(f"writer inputs: {len(remove)} prompts to remove refusal from, {len(kept)} kept, harmless")
-    captured = capture_keep(model, tokenizer, inputs, kept)
+    captured: dict = {}  # per ``last`` setting, captured when first needed
 
     def make(settings: dict):
+        last = settings.get("last")
+        if last not in captured:
+            captured[last] = capture_keep(model, tokenizer, inputs, kept, last=last)
         return lambda: KeepPreserving().make(
-            model, tokenizer, direction, inputs, kept=kept, captured=captured, **settings
+            model, tokenizer, direction, inputs, kept=kept, captured=captured[last], **settings
         )
 
     return make, {"remove": len(remove), "kept": len(kept), "harmless": len(inputs.harmless)}
@@ -203,6 +225,15 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, ea
             continue
         vector = None if method == "original" else keep_vector(direction, dev_cats, [keep], method)
         dev_rows[method] = refusals(model, tokenizer, dev, vector)[0]
+    for method, alpha in VECTOR_ALPHAS:
+        label = vector_label(method, alpha)
+        if label in dev_known:
+            dev_rows[label] = dev_known[label]
+            reused["development"].append(label)
+            continue
+        edit = vector_edit(model, keep_vector(direction, dev_cats, [keep], method), alpha)
+        dev_rows[label] = refusals(model, tokenizer, dev, edit)[0]
+        say(f"dev {label}: {dev_rows[label]}")
     dev_make, dev_sets = preserving_edit(
         model, tokenizer, direction, fit, keep, exclude=[p for g in dev.values() for p in g]
     )
@@ -217,12 +248,17 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, ea
     scores = {m: keep_score(r, dev_rows["original"], keep) for m, r in dev_rows.items() if m != "original"}
     chosen = min(scores, key=scores.get)
     best = min(PRESERVING, key=lambda st: scores[preserving_label(st)])
+    vectors = [(m, 1.0) for m in VECTOR_METHODS] + list(VECTOR_ALPHAS)
+    best_vector = min(vectors, key=lambda ma: scores[vector_label(*ma)])
     say(f"dev {dev_rows} -> {chosen}")
     make, sets = preserving_edit(model, tokenizer, direction, measuring, keep)
     edits = {
         "original": None,
         "default cut": direction,
         **{f"keep {keep} ({m})": keep_vector(direction, cats, [keep], m) for m in VECTOR_METHODS},
+        f"keep {keep} ({vector_label(*best_vector)})": vector_edit(
+            model, keep_vector(direction, cats, [keep], best_vector[0]), best_vector[1]
+        ),
         f"keep {keep} ({preserving_label(best)})": make(best),
     }
     rows, answers = {}, {}
@@ -263,6 +299,7 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, ea
             "rates": rows,
             "answers": answers,
             "preserving": {"settings": best, "fit_prompts": sets},
+            "vector": {"method": best_vector[0], "alpha": best_vector[1]},
         },
         "reused": reused
         | {

@@ -97,7 +97,7 @@ def main() -> None:
     acts = {c: last_token_residuals(model, tokenizer, p, prompt_set="harmful") for c, p in fit.items()}
     base = last_token_residuals(model, tokenizer, inputs.harmless, prompt_set="harmless")
     cats = from_residuals(acts, base, direction.layer_index)
-    for alpha in (2.0, 3.0):
+    for alpha in (1.5, 1.75, 2.0, 3.0):
         run(f"orthogonal α{alpha:g}", lambda a=alpha: _vector(model, keep_vector(direction, cats, [keep]), a))
     layered = per_layer_orthogonal(direction, cats, keep, arch.num_layers(model))
     for alpha in (1.0, 2.0):
@@ -123,20 +123,10 @@ def main() -> None:
             model, tokenizer, direction, inputs, kept=kept, captured=sets(key), **settings
         )
 
-    variants = [
-        ("all", 100.0),
-        ("last5", 10.0),
-        ("last5", 100.0),
-        ("last5", 1000.0),
-        ("last1", 100.0),
-        ("all+last5", 100.0),
-        ("rows4096", 100.0),
-    ]
-    for key, lam in variants:
-        run(f"preserving {key} λ{lam:g}", preserving(key, keep=lam))
-    run("preserving all λ100 w10", preserving("all", keep=100.0, kept_weight=10.0))
     for beta in (1.0, 3.0):
         run(f"preserving all λ100 β{beta:g}", preserving("all", keep=100.0, boost=beta))
+    for key, lam in (("last5", 100.0), ("last5", 1000.0), ("all+last5", 100.0)):
+        run(f"preserving {key} λ{lam:g}", preserving(key, keep=lam))
     say("done")
 
 

@@ -292,15 +292,15 @@ def test_cli_abliterate_keep_records_the_kept_categories(cli_ws, monkeypatch, ca
         "abliterate",
         "--keep",
         "a",
-        "--keep-method",
-        "orthogonal",
         "--categories",
         "cats.jsonl",
         "-o",
         "kept",
         "--json",
     )
-    assert doc["keep"]["categories"] == ["a"] and doc["keep"]["method"] == "orthogonal"
+    assert doc["keep"]["categories"] == ["a"] and doc["keep"]["method"] == "orthogonal"  # default
+    assert doc["keep"]["alpha"] == 2.0  # KEEP_ALPHA unless --alpha
+    assert json.loads((cli_ws / "kept" / "vauban.json").read_text())["cut"]["alpha"] == 2.0
     assert json.loads((cli_ws / "kept" / "vauban.json").read_text())["keep"]["categories"] == ["a"]
     doc = _run(
         cli_ws,
@@ -309,15 +309,15 @@ def test_cli_abliterate_keep_records_the_kept_categories(cli_ws, monkeypatch, ca
         "abliterate",
         "--keep",
         "a",
+        "--keep-method",
+        "preserving",
         "--categories",
         "cats.jsonl",
         "-o",
         "kept-preserving",
         "--json",
     )
-    assert (
-        doc["keep"]["method"] == "preserving" and doc["keep"]["edit"]["method"] == "keep_preserving"
-    )  # default
+    assert doc["keep"]["method"] == "preserving" and doc["keep"]["edit"]["method"] == "keep_preserving"
     assert doc["keep"]["edit"]["kept_prompts"] == 3 and doc["keep"]["edit"]["rank"] == 1
     written = json.loads((cli_ws / "kept-preserving" / "vauban.json").read_text())
     assert written["keep"]["method"] == "preserving" and written["cut"]["method"] == "keep_preserving"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ def keep_cut(
     """The applied cut of ``abliterate --keep``: the vector of
     :func:`vauban.direction.categories.keep_vector` cut as ``spec`` says (``orthogonal``,
     ``others``), or the edit of :func:`vauban.methods.keeping.keep_cut` (``preserving``)."""
-    from ..direction.categories import check_categories, keep_vector, measure_categories
+    from ..direction.categories import KEEP_ALPHA, check_categories, keep_vector, measure_categories
 
     if args.keep_method == "preserving":
         return keep_preserving_cut(s, args, report, model, tokenizer, direction, keep, spec)
@@ -102,8 +103,12 @@ def keep_cut(
             formatting=s.formatting(),
         )
     check_categories(keep, cats.categories)
-    report.put("keep", {"categories": keep, "method": args.keep_method, "measured": cats.record()})
-    return spec.apply(model, keep_vector(direction, cats, keep, args.keep_method))
+    alpha = spec.alpha if args.alpha is not None or spec.alpha != 1.0 else KEEP_ALPHA[args.keep_method]
+    record = {"categories": keep, "method": args.keep_method, "alpha": alpha, "measured": cats.record()}
+    report.put("keep", record)
+    return dataclasses.replace(spec, alpha=alpha).apply(
+        model, keep_vector(direction, cats, keep, args.keep_method)
+    )
 
 
 def keep_preserving_cut(
