@@ -14,13 +14,16 @@ length ``optimize`` searches at, whose counts on this model equal those at 256 t
 
 - **categories**: one direction per category (:mod:`vauban.direction.categories`) at the default
   direction's layer. Every keep method is *developed* on development prompts — the last 10 of each
-  category's 40 measuring prompts, with directions (``orthogonal``, ``others``) and the
-  keep-preserving edit (:mod:`vauban.methods.keeping`, each setting of ``PRESERVING``) fitted on
-  the first 30 and the generic harmful prompts that are not development prompts — and the one
-  with the lowest :func:`keep_score` is *chosen*; all are *reported* on the held-out
-  ``eval_categories`` prompts (145, never used to measure, fit or choose), fitted on all 40:
-  refusal per category of the original, the default cut, and the cut keeping ``--keep`` by each
-  method (the preserving edit with its best development setting).
+  category's 40 measuring prompts, with directions (``orthogonal``, ``others``, at alpha 1 and
+  the alphas of ``VECTOR_ALPHAS``) and the keep-preserving edit (:mod:`vauban.methods.keeping`,
+  each setting of ``PRESERVING``) fitted on the first 30 and the generic harmful prompts that are
+  not development prompts — and the one with the lowest :func:`keep_score` is *chosen*; they are
+  *reported* on the held-out ``eval_categories`` prompts (145, never used to measure, fit or
+  choose), fitted on all 40: refusal per category of the original, the default cut, the cut
+  keeping ``--keep`` by each vector method at alpha 1, the best vector setting and the best
+  preserving setting on the development prompts, and the run-time keep (``--when not:KEEP``:
+  refusal steered away from the prompts the condition ``KEEP`` does not match; its layer and
+  threshold chosen on the development prompts, :func:`runtime_keep`).
 - **conditions**: condition ``medical`` (add refusal when matched) and condition ``cybercrime``
   (remove refusal when matched; one category against the others), each measured on its
   ``measure`` prompts, layer and threshold chosen on ``tune``, accuracy and refusal before/after

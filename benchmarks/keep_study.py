@@ -7,7 +7,10 @@ prompts; ``benchmarks/control_demo.py`` reports the chosen one on the held-out p
 
 Refusal: the markers judge on greedy answers of ``MAX_TOKENS`` (32) tokens, per category; the score
 is :func:`control_demo.keep_score` (others' mean refusal + the kept category's shortfall below 80 %
-of its original). Rows are written to ``benchmarks/results/keep_study.json`` as they come.
+of its original). Rows are written to ``benchmarks/results/keep_study.json`` as they come; the
+committed file holds the rows run before the heavy-job lock was needed elsewhere (the vector cuts
+at alpha 2 and 3, per layer at 1 and 2); the others ran in ``control_demo.py``'s development
+stage, which now tries them (``VECTOR_ALPHAS``, ``PRESERVING``).
 """
 
 from __future__ import annotations
