@@ -14,13 +14,16 @@ length ``optimize`` searches at, whose counts on this model equal those at 256 t
 
 - **categories**: one direction per category (:mod:`vauban.direction.categories`) at the default
   direction's layer. Every keep method is *developed* on development prompts — the last 10 of each
-  category's 40 measuring prompts, with directions (``orthogonal``, ``others``) and the
-  keep-preserving edit (:mod:`vauban.methods.keeping`, each setting of ``PRESERVING``) fitted on
-  the first 30 and the generic harmful prompts that are not development prompts — and the one
-  with the lowest :func:`keep_score` is *chosen*; all are *reported* on the held-out
-  ``eval_categories`` prompts (145, never used to measure, fit or choose), fitted on all 40:
-  refusal per category of the original, the default cut, and the cut keeping ``--keep`` by each
-  method (the preserving edit with its best development setting).
+  category's 40 measuring prompts, with directions (``orthogonal``, ``others``, at alpha 1 and
+  the alphas of ``VECTOR_ALPHAS``) and the keep-preserving edit (:mod:`vauban.methods.keeping`,
+  each setting of ``PRESERVING``) fitted on the first 30 and the generic harmful prompts that are
+  not development prompts — and the one with the lowest :func:`keep_score` is *chosen*; they are
+  *reported* on the held-out ``eval_categories`` prompts (145, never used to measure, fit or
+  choose), fitted on all 40: refusal per category of the original, the default cut, the cut
+  keeping ``--keep`` by each vector method at alpha 1, the best vector setting and the best
+  preserving setting on the development prompts, and the run-time keep (``--when not:KEEP``:
+  refusal steered away from the prompts the condition ``KEEP`` does not match; its layer and
+  threshold chosen on the development prompts, :func:`runtime_keep`).
 - **conditions**: condition ``medical`` (add refusal when matched) and condition ``cybercrime``
   (remove refusal when matched; one category against the others), each measured on its
   ``measure`` prompts, layer and threshold chosen on ``tune``, accuracy and refusal before/after
@@ -65,6 +68,11 @@ RESULTS = HERE / "results" / "control_demo.json"
 MAX_TOKENS = 32
 DEV = 10  # development prompts per category (the last of each category's measuring prompts)
 VECTOR_METHODS = ("orthogonal", "others")  # keep methods that cut one vector (vauban.direction.categories)
+VECTOR_ALPHAS = (  # (method, alpha) of the vector cuts tried on development prompts beyond alpha 1
+    ("orthogonal", 1.5),
+    ("orthogonal", 1.75),
+    ("orthogonal", 2.0),
+)
 PRESERVING = (  # settings of the keep-preserving edit (vauban.methods.keeping) tried on development prompts
     {"keep": 1.0, "prior": 1.0},
     {"keep": 10.0, "prior": 1.0},
@@ -72,6 +80,9 @@ PRESERVING = (  # settings of the keep-preserving edit (vauban.methods.keeping) 
     {"keep": 10.0, "prior": 0.0},
     {"keep": 1000.0, "prior": 1.0},
     {"keep": 100.0, "prior": 1.0, "ridge": 10.0},
+    {"keep": 100.0, "prior": 1.0, "boost": 1.0},
+    {"keep": 100.0, "prior": 1.0, "boost": 3.0},
+    {"keep": 100.0, "prior": 1.0, "last": 5},
 )
 CACHE = Path(os.environ.get("VAUBAN_CACHE", Path.home() / ".cache" / "vauban")) / "control_demo"
 
@@ -121,7 +132,18 @@ def keep_score(rates: dict[str, float], original: dict[str, float], keep: str) -
 
 def preserving_label(settings: dict) -> str:
     ridge = f", ridge {settings['ridge']:g}" if "ridge" in settings else ""
-    return f"preserving (λ {settings['keep']:g}, μ {settings['prior']:g}{ridge})"
+    boost = f", β {settings['boost']:g}" if "boost" in settings else ""
+    last = f", last {settings['last']} tokens" if "last" in settings else ""
+    return f"preserving (λ {settings['keep']:g}, μ {settings['prior']:g}{ridge}{boost}{last})"
+
+
+def vector_label(method: str, alpha: float) -> str:
+    return method if alpha == 1.0 else f"{method} (α {alpha:g})"
+
+
+def vector_edit(model, vector, alpha: float):
+    """The cut of ``vector`` at ``alpha``, as :func:`refusals` takes it."""
+    return vector if alpha == 1.0 else (lambda: cut(model, vector, alpha=alpha))
 
 
 def preserving_edit(model, tokenizer, direction, groups, keep: str, exclude=()):
@@ -131,11 +153,14 @@ def preserving_edit(model, tokenizer, direction, groups, keep: str, exclude=()):
     remove, kept = keep_prompt_sets(groups, [keep], harmful_records("harmful"), set(exclude))
     inputs = Inputs(remove, load_prompts("harmless"))
     say(f"writer inputs: {len(remove)} prompts to remove refusal from, {len(kept)} kept, harmless")
-    captured = capture_keep(model, tokenizer, inputs, kept)
+    captured: dict = {}  # per ``last`` setting, captured when first needed
 
     def make(settings: dict):
+        last = settings.get("last")
+        if last not in captured:
+            captured[last] = capture_keep(model, tokenizer, inputs, kept, last=last)
         return lambda: KeepPreserving().make(
-            model, tokenizer, direction, inputs, kept=kept, captured=captured, **settings
+            model, tokenizer, direction, inputs, kept=kept, captured=captured[last], **settings
         )
 
     return make, {"remove": len(remove), "kept": len(kept), "harmless": len(inputs.harmless)}
@@ -160,6 +185,27 @@ def reusable(earlier: dict, keep: str, layer: int, held: dict[str, list[str]]) -
     return (earlier.get("development", {}).get("rates", {}) if same else {}), held_rows
 
 
+def runtime_keep(model, tokenizer, direction, keep: str, held: dict[str, list[str]]):
+    """``--keep`` at run time (``steer`` / ``chat --when not:KEEP``): refusal removed (steering,
+    every layer) from the prompts the condition ``keep`` (that category against the others, layer
+    and threshold chosen on the development prompts) does not match; per category of ``held``,
+    with the condition's hit rate per category."""
+    condition = measure_condition(model, tokenizer, condition_sets(keep)).negated()
+    flat = [p for group in held.values() for p in group]
+    answers, steered_rows = conditional_generate(
+        model, tokenizer, flat, condition, direction, mode="remove", max_tokens=MAX_TOKENS
+    )
+    verdicts = [v.refusal for v in run_judge(get_judge(None), flat, answers)]
+    rates, start, kept_share = {}, 0, {}
+    for name, group in held.items():
+        rows = range(start, start + len(group))
+        rates[name] = sum(verdicts[i] for i in rows) / len(group)
+        kept_share[name] = sum(not steered_rows[i] for i in rows) / len(group)
+        start += len(group)
+    info = condition.record() | {"unsteered_share": kept_share}
+    return rates, [[a, r] for a, r in zip(answers, verdicts, strict=True)], info
+
+
 def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, earlier: dict) -> dict:
     measuring, held = category_prompts("measure"), category_prompts("eval")
     harmless = load_prompts("harmless")
@@ -182,6 +228,15 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, ea
             continue
         vector = None if method == "original" else keep_vector(direction, dev_cats, [keep], method)
         dev_rows[method] = refusals(model, tokenizer, dev, vector)[0]
+    for method, alpha in VECTOR_ALPHAS:
+        label = vector_label(method, alpha)
+        if label in dev_known:
+            dev_rows[label] = dev_known[label]
+            reused["development"].append(label)
+            continue
+        edit = vector_edit(model, keep_vector(direction, dev_cats, [keep], method), alpha)
+        dev_rows[label] = refusals(model, tokenizer, dev, edit)[0]
+        say(f"dev {label}: {dev_rows[label]}")
     dev_make, dev_sets = preserving_edit(
         model, tokenizer, direction, fit, keep, exclude=[p for g in dev.values() for p in g]
     )
@@ -196,12 +251,17 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, ea
     scores = {m: keep_score(r, dev_rows["original"], keep) for m, r in dev_rows.items() if m != "original"}
     chosen = min(scores, key=scores.get)
     best = min(PRESERVING, key=lambda st: scores[preserving_label(st)])
+    vectors = [(m, 1.0) for m in VECTOR_METHODS] + list(VECTOR_ALPHAS)
+    best_vector = min(vectors, key=lambda ma: scores[vector_label(*ma)])
     say(f"dev {dev_rows} -> {chosen}")
     make, sets = preserving_edit(model, tokenizer, direction, measuring, keep)
     edits = {
         "original": None,
         "default cut": direction,
         **{f"keep {keep} ({m})": keep_vector(direction, cats, [keep], m) for m in VECTOR_METHODS},
+        f"keep {keep} ({vector_label(*best_vector)})": vector_edit(
+            model, keep_vector(direction, cats, [keep], best_vector[0]), best_vector[1]
+        ),
         f"keep {keep} ({preserving_label(best)})": make(best),
     }
     rows, answers = {}, {}
@@ -212,7 +272,15 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, ea
             rows[name], answers[name] = held_known[name]
         else:
             rows[name], answers[name] = refusals(model, tokenizer, held, edit)
+    name, runtime = f"keep {keep} (run time: --when not:{keep})", earlier.get("runtime_condition")
+    say(f"held-out: {name}")
+    if name in held_known and runtime:
+        reused["held_out"].append(name)
+        rows[name], answers[name] = held_known[name]
+    else:
+        rows[name], answers[name], runtime = runtime_keep(model, tokenizer, direction, keep, held)
     return {
+        "runtime_condition": runtime,
         "keep": keep,
         "layer": layer,
         "categories": list(cats.categories),
@@ -234,6 +302,7 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, ea
             "rates": rows,
             "answers": answers,
             "preserving": {"settings": best, "fit_prompts": sets},
+            "vector": {"method": best_vector[0], "alpha": best_vector[1]},
         },
         "reused": reused
         | {

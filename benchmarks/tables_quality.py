@@ -369,15 +369,49 @@ def control_categories() -> list[str]:
         [cat, str(n), *(pct(rates[name][cat]) for name in names)]
         for cat, n in zip(c["categories"], c["counts_eval"], strict=True)
     ]
-    chosen = c["development"]["chosen"]
+    keep, original = c["keep"], rates["original"]
+    others = [cat for cat in c["categories"] if cat != keep]
+    rows.append(
+        [f"**{keep} ÷ original** (goal ≥ 80 %)", "", *(pct(rates[n][keep] / original[keep]) for n in names)]
+    )
+    rows.append(
+        ["**others, highest** (goal ≤ 5 %)", "", *(pct(max(rates[n][o] for o in others)) for n in names)]
+    )
+    chosen = f"keep {keep} ({c['development']['chosen']})"
     header = [
         "category",
         "held-out prompts",
-        *(f"{n} ← chosen on dev prompts" if chosen in n else n for n in names),
+        *(f"{n} ← chosen on dev prompts" if n == chosen else n for n in names),
     ]
     return [
         f"Judge: markers, {r['max_tokens']} answer tokens, `eval_categories.jsonl` (never used to "
         f"measure or choose); directions at layer {c['layer']}.",
+        "",
+        *markdown(header, rows),
+    ]
+
+
+@table("control-keep-dev")
+def control_keep_dev() -> list[str]:
+    """Every keep method on the development prompts, with the score the choice minimizes
+    (``benchmarks/control_demo.py``)."""
+    c = load("control_demo.json")["categories"]
+    dev = c["development"]
+    names = [n for n in dev["rates"] if n != "original"]
+    header = ["keep method", *c["categories"], "score"]
+    rows = [["original", *(pct(dev["rates"]["original"][cat]) for cat in c["categories"]), ""]]
+    rows += [
+        [
+            f"**{n}** ← chosen" if n == dev["chosen"] else n,
+            *(pct(dev["rates"][n][cat]) for cat in c["categories"]),
+            f"{dev['scores'][n]:.2f}",
+        ]
+        for n in names
+    ]
+    return [
+        f"Keeping {c['keep']}; judge: markers, 32 answer tokens; {dev['prompts']} (10 each), every "
+        "edit fitted without them. Score: the others' mean refusal + the kept category's shortfall "
+        "below 80 % of its original (lower is better).",
         "",
         *markdown(header, rows),
     ]

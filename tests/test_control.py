@@ -20,6 +20,7 @@ from vauban.methods.capture import writer_inputs
 from vauban.methods.conditional import (
     Adding,
     best_threshold,
+    condition_scores,
     condition_sets,
     conditional_generate,
     measure_condition,
@@ -137,6 +138,36 @@ def test_keep_preserving_is_exact_and_keeps_the_kept_outputs_as_its_weight_grows
     assert changes[1e6] < 1e-3 < changes[0.01]  # λ → ∞: the kept prompts' outputs as they were
     xk = writer_inputs(model, tokenizer, kept, writers, prompt_set="harmful", max_rows=16)
     assert all(torch.equal(xk[n], captured[1][n]) for n in xk)  # the model is back as it was
+
+
+def test_keep_preserving_boost_scales_the_kept_outputs_along_the_direction(tiny, tokenizer):
+    model = tiny("qwen2")
+    direction = measure(model, tokenizer, HARMFUL, HARMLESS, layer=2)
+    inputs, kept = Inputs(HARMFUL[3:], HARMLESS[:3]), HARMFUL[:3]
+    writers = arch.residual_writers(model, [1, 3])
+    captured = capture_keep(model, tokenizer, inputs, kept, max_rows=16)
+    originals = {w.name: w.weight.detach().clone() for w in writers}
+    applied = KeepPreserving().make(
+        model, tokenizer, direction, inputs, kept=kept, keep=1e6, ridge=1e-9, boost=2.0, captured=captured
+    )
+    assert applied.record()["boost"] == 2.0
+    for w in writers:
+        q = applied._edits[[e.name for e in applied._edits].index(f"{w.name}.weight")].basis.float()
+        xk = captured[1][w.name]
+        old, new = xk @ originals[w.name].T @ q.T, xk @ w.weight.detach().T @ q.T
+        assert torch.allclose(new, 3.0 * old, atol=1e-2 * float(old.abs().max()))  # (1 + β) × along d
+    applied.undo()
+
+
+def test_writer_inputs_at_the_last_tokens_are_rows_of_every_token(tiny, tokenizer):
+    model = tiny("qwen2")
+    writers = arch.residual_writers(model, [1])
+    every = writer_inputs(model, tokenizer, HARMFUL[:3], writers, max_rows=10_000)
+    for last in (1, 3):
+        tail = writer_inputs(model, tokenizer, HARMFUL[:3], writers, max_rows=10_000, last=last)
+        for name, rows in tail.items():
+            assert rows.shape[0] == 3 * last < every[name].shape[0]
+            assert torch.cdist(rows, every[name]).min(dim=1).values.max() < 1e-2  # cdist rounds
 
 
 def test_best_threshold_separates_separable_scores():
@@ -261,15 +292,15 @@ def test_cli_abliterate_keep_records_the_kept_categories(cli_ws, monkeypatch, ca
         "abliterate",
         "--keep",
         "a",
-        "--keep-method",
-        "orthogonal",
         "--categories",
         "cats.jsonl",
         "-o",
         "kept",
         "--json",
     )
-    assert doc["keep"]["categories"] == ["a"] and doc["keep"]["method"] == "orthogonal"
+    assert doc["keep"]["categories"] == ["a"] and doc["keep"]["method"] == "orthogonal"  # default
+    assert doc["keep"]["alpha"] == 2.0  # KEEP_ALPHA unless --alpha
+    assert json.loads((cli_ws / "kept" / "vauban.json").read_text())["cut"]["alpha"] == 2.0
     assert json.loads((cli_ws / "kept" / "vauban.json").read_text())["keep"]["categories"] == ["a"]
     doc = _run(
         cli_ws,
@@ -278,15 +309,15 @@ def test_cli_abliterate_keep_records_the_kept_categories(cli_ws, monkeypatch, ca
         "abliterate",
         "--keep",
         "a",
+        "--keep-method",
+        "preserving",
         "--categories",
         "cats.jsonl",
         "-o",
         "kept-preserving",
         "--json",
     )
-    assert (
-        doc["keep"]["method"] == "preserving" and doc["keep"]["edit"]["method"] == "keep_preserving"
-    )  # default
+    assert doc["keep"]["method"] == "preserving" and doc["keep"]["edit"]["method"] == "keep_preserving"
     assert doc["keep"]["edit"]["kept_prompts"] == 3 and doc["keep"]["edit"]["rank"] == 1
     written = json.loads((cli_ws / "kept-preserving" / "vauban.json").read_text())
     assert written["keep"]["method"] == "preserving" and written["cut"]["method"] == "keep_preserving"
@@ -356,6 +387,27 @@ def test_cli_steer_when_reports_the_match(cli_ws, monkeypatch, capsys):
     (row,) = doc["results"]
     assert isinstance(row["matched"], bool) and row["mode"] == "remove"
     assert doc["condition"]["name"] == "cond"
+
+
+def test_negated_condition_matches_the_others(tiny, tokenizer, tmp_path):
+    model = tiny("qwen2")
+    sets = condition_sets(str(_condition_file(tmp_path / "c.jsonl")))
+    condition = measure_condition(model, tokenizer, sets)
+    negated = condition.negated()
+    assert negated.name == "not:c" and negated.layer_index == condition.layer_index
+    prompts = HARMFUL[:3] + HARMLESS[:3]
+    scores = condition_scores(model, tokenizer, condition, prompts)
+    turned = condition_scores(model, tokenizer, negated, prompts)
+    matched = [bool(x > condition.threshold) for x in scores]
+    assert [bool(x > negated.threshold) for x in turned] == [not m for m in matched]
+    direction = measure(model, tokenizer, HARMFUL, HARMLESS, layer=2)
+    _, hits = conditional_generate(model, tokenizer, prompts, negated, direction, max_tokens=2)
+    assert hits == [not m for m in matched]
+
+
+def test_cli_steer_when_not_turns_the_condition_round(cli_ws, monkeypatch, capsys):
+    doc = _run(cli_ws, monkeypatch, capsys, "steer", HARMFUL[0], "--when", "not:cond.jsonl", "--json")
+    assert doc["condition"]["name"] == "not:cond"
 
 
 def test_chat_steers_only_turns_that_match(tiny, tokenizer, tmp_path):

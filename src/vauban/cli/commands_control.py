@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ def keep_cut(
     """The applied cut of ``abliterate --keep``: the vector of
     :func:`vauban.direction.categories.keep_vector` cut as ``spec`` says (``orthogonal``,
     ``others``), or the edit of :func:`vauban.methods.keeping.keep_cut` (``preserving``)."""
-    from ..direction.categories import check_categories, keep_vector, measure_categories
+    from ..direction.categories import KEEP_ALPHA, check_categories, keep_vector, measure_categories
 
     if args.keep_method == "preserving":
         return keep_preserving_cut(s, args, report, model, tokenizer, direction, keep, spec)
@@ -102,8 +103,12 @@ def keep_cut(
             formatting=s.formatting(),
         )
     check_categories(keep, cats.categories)
-    report.put("keep", {"categories": keep, "method": args.keep_method, "measured": cats.record()})
-    return spec.apply(model, keep_vector(direction, cats, keep, args.keep_method))
+    alpha = spec.alpha if args.alpha is not None or spec.alpha != 1.0 else KEEP_ALPHA[args.keep_method]
+    record = {"categories": keep, "method": args.keep_method, "alpha": alpha, "measured": cats.record()}
+    report.put("keep", record)
+    return dataclasses.replace(spec, alpha=alpha).apply(
+        model, keep_vector(direction, cats, keep, args.keep_method)
+    )
 
 
 def keep_preserving_cut(
@@ -188,17 +193,21 @@ def evaluate_by_group(
 
 
 def condition_for(s: Settings, report: Report, model: Any, tokenizer: Any, when: str) -> Any:
-    """The condition of ``--when`` (a bundled condition, a category or a file), measured now."""
+    """The condition of ``--when`` (a bundled condition, a category or a file; ``not:`` before
+    it: the prompts that do not match), measured now."""
     from ..methods.conditional import condition_sets, measure_condition
 
-    sets = condition_sets(when)
+    negate = when.startswith("not:")
+    sets = condition_sets(when.removeprefix("not:") if negate else when)
     with report.step(f"measure the condition {sets.name!r}", "condition"):
         condition = measure_condition(
             model, tokenizer, sets, batch_size=s.batch_size, formatting=s.formatting()
         )
+    if negate:
+        condition = condition.negated()
     accuracy = condition.tune_accuracy[condition.layer_index]
     report.say(
-        f"condition {sets.name!r}: layer {condition.layer_index}, "
+        f"condition {condition.name!r}: layer {condition.layer_index}, "
         f"threshold {condition.threshold:+.3f}, balanced accuracy on held-back prompts {accuracy:.0%}"
     )
     report.put("condition", condition.record())

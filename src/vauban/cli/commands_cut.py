@@ -68,9 +68,8 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
                 overwrite=s.overwrite,
                 **format_options(s),
             )
-    report.say(
-        f"Cut alpha={spec.alpha:g} from {len(applied.edited)} tensors; exported to {out}/ ({s.format})"
-    )
+    alpha = getattr(applied, "alpha", spec.alpha) if keep else spec.alpha  # --keep's cut may choose its own
+    report.say(f"Cut alpha={alpha:g} from {len(applied.edited)} tensors; exported to {out}/ ({s.format})")
     export_summary(report, out)
     report.put("cut", spec.record())
     report.put("output_dir", str(out))

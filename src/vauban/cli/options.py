@@ -238,7 +238,8 @@ def when_flags(p: argparse.ArgumentParser) -> None:
         "--when",
         metavar="CONDITION",
         help="steer only prompts that match: a bundled condition (medical), a category "
-        "(cybercrime, ...) or a .jsonl of prompt/matched/split",
+        "(cybercrime, ...) or a .jsonl of prompt/matched/split; not:CONDITION steers the others "
+        "(--when not:weapons removes refusal except on weapons prompts: --keep at run time)",
     )
     g.add_argument(
         "--add",

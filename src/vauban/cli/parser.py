@@ -140,13 +140,14 @@ def add_abliterate(command: Command) -> None:
     )
     g.add_argument(
         "--keep-method",
-        choices=["preserving", "orthogonal", "others"],
-        default="preserving",
-        help="with --keep: fit a rank-1 edit per writer that removes the whole refusal direction "
-        "on the other categories' and the harmful prompts while keeping the kept categories' and "
-        "the harmless prompts' outputs (default; chosen on development prompts, "
-        "benchmarks/results/control_demo.json), or cut the refusal direction minus the kept "
-        "categories' span (orthogonal), or the other categories' own direction minus it (others)",
+        choices=["orthogonal", "preserving", "others"],
+        default="orthogonal",
+        help="with --keep: cut the refusal direction minus the kept categories' span at alpha 2 "
+        "unless --alpha (orthogonal: the default, chosen on development prompts, "
+        "benchmarks/results/control_demo.json), or fit a rank-1 edit per writer that removes the "
+        "whole refusal direction on the other categories' and the harmful prompts while keeping "
+        "the kept categories' and the harmless prompts' outputs (preserving), or cut the other "
+        "categories' own direction minus the kept span (others)",
     )
     categories_flag(g)
     options(p, "output", "output_dir", *EXPORT)

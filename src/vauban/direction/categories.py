@@ -16,9 +16,13 @@ instead of the refusal direction ``r`` one of:
   to be removed.
 
 Both cut one vector from every output, and the category directions share refusal itself, so
-orthogonalizing against the kept ones removes refusal from the cut too. The third keep method,
-``preserving`` (:mod:`vauban.methods.keeping`), is an edit, not a vector: the whole refusal
-direction, removed on the other categories' prompts and kept on the kept ones'.
+orthogonalizing against the kept ones removes refusal from the cut too: at ``alpha`` 1 the cut
+keeps (or adds) refusal everywhere. ``abliterate --keep`` cuts ``orthogonal`` at ``alpha`` 2 unless
+``--alpha`` (:data:`KEEP_ALPHA`, chosen on development prompts): the written component along
+``r'`` is turned round instead of removed, which removes the other categories' refusals and keeps
+part of the kept ones'; at 1.75 refusal stays everywhere, so the choice sits on a steep edge.
+The third keep method, ``preserving`` (:mod:`vauban.methods.keeping`), is an edit, not a vector:
+the whole refusal direction, removed on the other categories' prompts and kept on the kept ones'.
 ``benchmarks/control_demo.py`` measures which keeps more of the kept categories' refusals while
 removing the others' (``benchmarks/results/control_demo.json``).
 """
@@ -46,6 +50,10 @@ from .measuring import cosine_separation
 from .results import DirectionResult
 
 KEEP_METHODS = ("orthogonal", "others")
+KEEP_ALPHA = {
+    "orthogonal": 2.0,
+    "others": 1.0,
+}  # the cut's alpha unless --alpha (dev-chosen, control_demo.json)
 CATEGORY_SETS = {"measure": "harmful_categories", "eval": "eval_categories"}
 
 

@@ -34,9 +34,11 @@ def writer_inputs(
     batch_size: int = 16,
     max_rows: int = MAX_ROWS,
     seed: int = 0,
+    last: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Writer name → ``(rows, in)`` float32 inputs at every token of the chat-formatted prompts
-    after their shared template opening (which is the same for every prompt), at most
+    after their shared template opening (which is the same for every prompt), or only at each
+    prompt's ``last`` tokens (the template's closing ones, where the answer is decided), at most
     ``max_rows`` of them (a seeded random subsample)."""
     ids = encode_chat(tokenizer, prompts, formatting, prompt_set)
     skip = min(common_prefix(ids), min(len(x) for x in ids) - 1)
@@ -56,6 +58,8 @@ def writer_inputs(
         for batch in sorted_batches([len(x) for x in ids], batch_size):
             input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
             state["mask"] = mask.bool() & (positions >= skip)
+            if last is not None:  # left-padded: every prompt ends at the last column
+                state["mask"][:, : max(0, mask.shape[1] - last)] = False
             arch.decoder(model)(
                 input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False
             )

@@ -16,6 +16,11 @@ difference in means (unnormalized) after the direction's layer, at every positio
 addition, Arditi et al. 2024, §3). The decision is made once per prompt, before generating, with
 one prefill; unmatched prompts are generated with the model untouched.
 
+A condition named ``not:NAME`` is ``NAME``'s turned round (:meth:`Condition.negated`): ``--when
+not:weapons`` removes refusal from every prompt but those about weapons, which keeps the weapons
+refusals at run time (``abliterate --keep weapons`` keeps them in the weights, less exactly:
+``benchmarks/results/control_demo.json``).
+
 Example sets (:func:`condition_sets`): a bundled condition of ``conditions.jsonl``
 (``medical``), a harm category of the bundled category sets (that category against the others:
 measure and tune from ``harmful_categories``, test from ``eval_categories``), or a ``.jsonl``
@@ -25,6 +30,7 @@ file with ``prompt``, ``matched`` (bool) and ``split`` (``measure`` / ``tune`` /
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +125,12 @@ class Condition:
         """Cosine of ``(n, d)`` residuals at the condition's layer, centred, with the direction."""
         x = residuals.double() - self.centre.double()
         return (x @ self.vector.double()) / x.norm(dim=-1).clamp_min(1e-12)
+
+    def negated(self) -> Condition:
+        """The condition that matches exactly the prompts this one does not (``not:NAME``): the
+        same layer and centre, direction and threshold turned round (ties excepted)."""
+        name, vector = f"not:{self.name}", -self.vector
+        return dataclasses.replace(self, name=name, vector=vector, threshold=-self.threshold)
 
     def record(self) -> dict[str, Any]:
         return {

@@ -9,12 +9,16 @@ kept ones no longer removes refusal. Here the removed direction stays the whole 
 harmful prompts of no kept category), ``X_k`` on the kept categories' prompts and ``X_b`` on the
 harmless ones::
 
-    v = argmin ‖X_h v - X_h v₀‖² + λ (w ‖X_k v‖² + ‖X_b v‖²) + ρ ‖v - μ v₀‖²
+    v = argmin ‖X_h v - X_h v₀‖² + λ (w ‖X_k v + β X_k v₀‖² + ‖X_b v‖²) + ρ ‖v - μ v₀‖²
 
 :func:`.preserving.solve` with ``[√w X_k; X_b]`` as the rows to keep: the direction leaves the
 removed prompts' outputs while the kept prompts' (and harmless) outputs along it stay as they were,
-exactly as ``λ → ∞``. ``benchmarks/control_demo.py`` chooses ``λ``, ``w`` and ``μ`` on development
-prompts and reports the result on held-out ones (``benchmarks/results/control_demo.json``).
+exactly as ``λ → ∞``; with ``β > 0`` (``boost``) the kept prompts' outputs along it are multiplied
+by ``1 + β`` instead, to make up for what the edit loses on kept prompts it was not fitted on.
+The rows are the writers' inputs at every token of the prompts, or at each prompt's ``last``
+tokens only (where the answer is decided). ``benchmarks/control_demo.py`` chooses the settings on
+development prompts and reports the result on held-out ones
+(``benchmarks/results/control_demo.json``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from .protocol import GivenCut, Inputs
 
 KEEP = 100.0  # λ: weight of keeping the kept and harmless outputs against removing the others' (dev-chosen)
 KEPT_WEIGHT = 1.0  # w: the kept categories' rows against the harmless rows, within λ
+BOOST = 0.0  # β: the kept rows' output along the direction becomes (1 + β) × what it was
 
 Captured = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, torch.Tensor]]
 
@@ -76,12 +81,14 @@ def capture_keep(
     inputs: Inputs,
     kept: Sequence[str],
     max_rows: int = MAX_ROWS,
+    last: int | None = None,
 ) -> Captured:
     """Every writer's inputs on the prompts to remove refusal from (``inputs.harmful``), the kept
-    prompts (``None`` when there are none) and the harmless prompts, from the model as it is."""
+    prompts (``None`` when there are none) and the harmless prompts, from the model as it is: at
+    every token, or at each prompt's ``last`` ones."""
 
     def capture(prompts: Sequence[str], prompt_set: str) -> dict[str, torch.Tensor]:
-        return capture_set(model, tokenizer, inputs, prompts, prompt_set, max_rows)
+        return capture_set(model, tokenizer, inputs, prompts, prompt_set, max_rows, last=last)
 
     kept_x = capture(kept, "harmful") if kept else None
     return capture(inputs.harmful, "harmful"), kept_x, capture(inputs.harmless, "harmless")
@@ -104,17 +111,26 @@ class KeepPreserving:
 
     def make(self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, **params: Any) -> Cut:
         """``params``: ``kept`` (prompts), ``keep`` (λ), ``kept_weight`` (w), ``ridge``, ``prior``
-        (μ), ``layers``, ``captured`` (:func:`capture_keep`'s, to fit several settings at once)."""
+        (μ), ``boost`` (β), ``layers``, ``last`` (fit at each prompt's last tokens only),
+        ``captured`` (:func:`capture_keep`'s, to fit several settings at once)."""
         settings = {
             "keep": float(params.get("keep", KEEP)),
             "kept_weight": float(params.get("kept_weight", KEPT_WEIGHT)),
             "ridge": float(params.get("ridge", RIDGE)),
             "prior": float(params.get("prior", PRIOR)),
+            "boost": float(params.get("boost", BOOST)),
         }
         layers = params.get("layers")
         chosen = list(range(arch.num_layers(model))) if layers is None else list(layers)
-        found = params.get("captured") or capture_keep(model, tokenizer, inputs, params.get("kept", ()))
-        keep_x = kept_rows(found, settings["kept_weight"])
+        last = params.get("last")
+        found = params.get("captured") or capture_keep(
+            model, tokenizer, inputs, params.get("kept", ()), last=last
+        )
+        boost, kept_x = settings["boost"], found[1]
+        boosted = None
+        if boost and kept_x is not None:  # the kept rows get their own target: (1 + β) × their output
+            boosted = {name: settings["kept_weight"] ** 0.5 * x for name, x in kept_x.items()}
+        keep_x = found[2] if boosted is not None else kept_rows(found, settings["kept_weight"])
         tensor_plans = plans(
             model,
             direction,
@@ -124,8 +140,10 @@ class KeepPreserving:
             ridge=settings["ridge"],
             prior=settings["prior"],
             layers=chosen,
+            boosted=boosted,
+            boost=boost,
         )
-        record = settings | {"kept_prompts": len(params.get("kept", ()))}
+        record = settings | {"kept_prompts": len(params.get("kept", ())), "last": last}
         return GivenCut(model, tensor_plans, self.name, record, chosen).apply()
 
 

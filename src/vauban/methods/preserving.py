@@ -46,12 +46,23 @@ def solve(
     keep: float = LAMBDA,
     ridge: float = RIDGE,
     prior: float = PRIOR,
+    x_boosted: torch.Tensor | None = None,
+    boost: float = 0.0,
 ) -> torch.Tensor:
     """``v`` of the module docstring (float32, shaped like ``v0``, ``(in,)``): through the rows'
-    Gram matrix ``A Aᵀ`` when there are fewer rows than inputs, else through ``AᵀA``."""
-    a = torch.cat([x_harmful, keep**0.5 * x_harmless]).float()
+    Gram matrix ``A Aᵀ`` when there are fewer rows than inputs, else through ``AᵀA``.
+    ``x_boosted``: rows weighted as the harmless ones whose output along the direction is
+    multiplied by ``1 + boost`` instead of kept (``X v = -boost X v₀``)."""
+    boosted = x_harmless[:0] if x_boosted is None else x_boosted
+    a = torch.cat([x_harmful, keep**0.5 * x_harmless, keep**0.5 * boosted]).float()
     v0d = v0.double()
-    y = torch.cat([x_harmful.double() @ v0d, torch.zeros(x_harmless.shape[0], dtype=torch.float64)])
+    y = torch.cat(
+        [
+            x_harmful.double() @ v0d,
+            torch.zeros(x_harmless.shape[0], dtype=torch.float64),
+            -boost * keep**0.5 * (boosted.double() @ v0d),
+        ]
+    )
     dual = a.shape[0] < a.shape[1]
     gram = (a @ a.T if dual else a.T @ a).double()  # float32 product, float64 solve
     rho = ridge * float(gram.diagonal().sum()) / a.shape[0]  # ridge × the mean squared row norm
@@ -69,9 +80,10 @@ def capture_set(
     prompts: Sequence[str],
     prompt_set: str,
     max_rows: int = MAX_ROWS,
+    last: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every writer's inputs on ``prompts`` (:func:`.capture.writer_inputs`), formatted and
-    batched as ``inputs`` says."""
+    """Every writer's inputs on ``prompts`` (:func:`.capture.writer_inputs`, ``last`` as there),
+    formatted and batched as ``inputs`` says."""
     return writer_inputs(
         model,
         tokenizer,
@@ -81,6 +93,7 @@ def capture_set(
         formatting=inputs.formatting,
         batch_size=inputs.batch_size or 16,
         max_rows=max_rows,
+        last=last,
     )
 
 
@@ -106,9 +119,11 @@ def plans(
     ridge: float = RIDGE,
     prior: float = PRIOR,
     layers: Sequence[int] | None = None,
+    boosted: dict[str, torch.Tensor] | None = None,
+    boost: float = 0.0,
 ) -> list[TensorPlan]:
     """One rank-1 :class:`TensorPlan` per writer of ``layers`` (default all), bias plans included,
-    from captured inputs (:func:`capture`)."""
+    from captured inputs (:func:`capture`; ``boosted`` and ``boost`` as :func:`solve`'s)."""
     n = arch.num_layers(model)
     bases = layer_bases(direction, arch.d_model(model), n)
     writers = arch.residual_writers(model, list(range(n)) if layers is None else list(layers))
@@ -118,7 +133,9 @@ def plans(
         q = writer_basis(bases[w.layer], w.post_norm, device).float().cpu()  # (1, d)
         view = w.weight.detach().movedim(w.axis, -1).float().cpu()  # (in, d)
         v0 = (view @ q.T)[:, 0]
-        v = solve(harmful[w.name], harmless[w.name], v0, keep=keep, ridge=ridge, prior=prior)
+        extra = None if boosted is None else boosted[w.name]
+        fit = {"keep": keep, "ridge": ridge, "prior": prior, "boost": boost}
+        v = solve(harmful[w.name], harmless[w.name], v0, x_boosted=extra, **fit)
         out.append(TensorPlan(f"{w.name}.weight", w.weight, w.axis, q, v[:, None]))
         if w.bias is not None:
             out.append(TensorPlan(f"{w.name}.bias", w.bias, -1, q, w.bias.detach().float().cpu() @ q.T))
