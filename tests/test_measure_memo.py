@@ -143,3 +143,21 @@ def test_a_model_without_version_counters_always_measures(tokenizer, runs):
     measure(model, tokenizer, HARMFUL, HARMLESS)
     measure(model, tokenizer, HARMFUL, HARMLESS)
     assert runs() == 2 and model not in measuring._MEASURED
+
+
+@pytest.mark.parametrize(
+    ("dtype", "n"),
+    [(torch.float32, 6), (torch.float16, 7), (torch.bfloat16, 6), (torch.float64, 3), (torch.bool, 5)],
+)
+def test_bit_sum_sees_any_one_element_change(dtype, n):
+    values = torch.rand(n, 2).to(dtype)
+    before = measuring.bit_sum(values)
+    assert torch.equal(measuring.bit_sum(values.clone()), before)
+    for i in range(n):  # the smallest change: one element to its neighbour (or flipped)
+        changed = values.clone()
+        if dtype == torch.bool:
+            changed[i, 1] = ~changed[i, 1]
+        else:
+            changed[i, 1] = torch.nextafter(changed[i, 1], torch.tensor(2.0, dtype=dtype))
+        assert not torch.equal(measuring.bit_sum(changed), before)
+    assert torch.equal(measuring.bit_sum(values.t()), measuring.bit_sum(values.t().contiguous()))
