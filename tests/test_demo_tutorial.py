@@ -151,7 +151,7 @@ def test_tutorial_end_to_end(tmp_path, loaded, direction):
     result = quick.evaluate(model, modified_model, tokenizer)
     timer.lap("quick.evaluate")
     summary = result.summary()
-    print(summary, f"first_token_kl={result.first_token_kl:.4f}")
+    print(summary, f"first_token_kl={result.first_token_kl:.4f}", f"seconds={result.seconds}")
     assert re.fullmatch(
         r"EvalResult: refusal=\d+% → \d+%, perplexity=\d+\.\d\d → \d+\.\d\d, kl=\d\.\d{4}, prompts=20",
         summary,

@@ -196,7 +196,7 @@ def test_evaluate_reports_over_refusal_late_refusals_k_token_kl_and_capability(s
     assert result.k_token_kl > 0 and result.kl_tokens == 3 and result.max_tokens == 4
     assert [s.name for s in result.capability_before] == ["gsm8k"]
     assert [s.name for s in result.capability_after] == ["gsm8k"]
-    parts = {"refusal", "over_refusal", "kl_perplexity", "k_token_kl", "capability/gsm8k"}
+    parts = {"answers", "kl_perplexity", "k_token_kl", "capability/gsm8k"}
     assert parts <= set(result.seconds)
     table = result.table()
     assert "over-refusal on safe prompts (2 prompts)" in table and "gsm8k accuracy (n=1)" in table

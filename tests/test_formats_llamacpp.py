@@ -16,6 +16,7 @@ crash of its native code fails the test with the signal named, and the rest of t
 from __future__ import annotations
 
 import json
+import time
 from importlib import metadata
 
 import numpy as np
@@ -55,24 +56,37 @@ def _first_logits(model, ids):
         return np.stack([model(input_ids=torch.tensor([seq])).logits[0, -1].numpy() for seq in ids])
 
 
+def lap(what: str, since: list[float]) -> None:
+    """Print the wall time of a step (``pytest -s`` shows them)."""
+    now = time.perf_counter()
+    print(f"[{what}: {now - since[0]:.1f} s]")
+    since[0] = now
+
+
 def test_demo_gguf_patched_answers_like_the_float_model(demo, tmp_path):
     model, tokenizer, direction = demo
+    since = [time.perf_counter()]
     prompts = default_eval_prompts(PROMPTS)
     ids = encode_chat(tokenizer, prompts)
     stops = stop_token_ids(model, tokenizer)
     with cut(model, direction):
         floats = completions(model, tokenizer, prompts, max_tokens=MAX_TOKENS, batch_size=None)
+        lap("cut model's answers", since)
         out = export(model, tokenizer, tmp_path / "demo-gguf", direction=direction, format="gguf")
+        lap("GGUF export", since)
     record = json.loads((out / "vauban.json").read_text())
     assert record["format"] == "gguf" and record["quantization"].startswith("Q4_K_M source")
     assert abs(record["bytes"] - record["source_bytes"]) < 0.01 * record["source_bytes"]
     assert verify(out).tensors == 291
+    lap("verify", since)
     tokens = llamacpp.greedy_answers(out / record["gguf_file"], ids, stops, MAX_TOKENS, n_ctx=512)
+    lap("llama.cpp answers", since)
     answers = [decode_answer(tokenizer, seq, stops) for seq in tokens]
     refused_gguf = sum(v.refusal for v in run_judge(get_judge("markers"), prompts, answers))
     refused_float = sum(c.refused for c in floats)
     assert abs(refused_gguf - refused_float) <= 1  # of 20 prompts; 100 prompts: results file
     original = completions(model, tokenizer, prompts[:10], max_tokens=MAX_TOKENS, batch_size=None)
+    lap("original's answers", since)
     # the cut is what changed the answers: the original refuses more of the same prompts
     assert sum(c.refused for c in original) > sum(c.refused for c in floats[:10])
 
@@ -82,11 +96,15 @@ def test_converter_gguf_logits_agree_with_transformers(demo, tmp_path, quant, to
     """Through llama.cpp's converter: first-token logits within ``tolerance`` × the logit scale
     and the same top token."""
     model, tokenizer, direction = demo
+    since = [time.perf_counter()]
     ids = encode_chat(tokenizer, default_eval_prompts(8))
     with cut(model, direction):
         reference = _first_logits(model, ids)
+        lap("transformers' logits", since)
         info = gguf_format.convert(ExportJob(model, tokenizer, None, quant, None, "demo"), tmp_path)
+        lap(f"conversion to {quant}", since)
     got = llamacpp.first_logits(tmp_path / info["gguf_file"], ids, n_ctx=512)
+    lap("llama.cpp's logits", since)
     scale = np.abs(reference).max()
     assert np.abs(got - reference).max() < tolerance * scale
     assert (got.argmax(-1) == reference.argmax(-1)).all()

@@ -40,6 +40,8 @@ running the model again:
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from typing import Any
 
 import torch
@@ -50,6 +52,7 @@ from ..edit.vectors import unit_rows
 from ..model import arch
 from ..model.loading import model_label
 from ..runtime.activations import last_token_residuals
+from ..runtime.generating import hook_ids
 from ..text.formatting import Formatting
 from ..text.prompts import Prompts, load_prompts
 from ..text.reasoning import resolved
@@ -110,6 +113,89 @@ def _separation(
     return h, separation
 
 
+# --- measurements remembered per model --------------------------------------------------------
+# ``quick.measure_direction`` then ``quick.abliterate`` (the tutorial) measures one model twice;
+# the second measurement is the first one's result as long as nothing it reads has changed.
+
+_KEEP = 4  # measurements remembered per model (each holds two (layers, d) float64 means)
+# per model (weakly: the memo dies with it), newest last: (tokenizer, key, layout, sums, result)
+_Entry = tuple[Any, tuple[Any, ...], Any, torch.Tensor, DirectionResult]
+_MEASURED: weakref.WeakKeyDictionary[nn.Module, list[_Entry]] = weakref.WeakKeyDictionary()
+
+
+def model_state(model: nn.Module) -> tuple[tuple[Any, ...], torch.Tensor] | None:
+    """``(layout, sums)``: what a forward pass of ``model`` computes with besides its input.
+
+    ``layout``: the mode, the forward hooks (:func:`vauban.runtime.generating.hook_ids`) and
+    every parameter's and buffer's name, dtype, shape, device, address and in-place version
+    counter (torch bumps it on every in-place write, and vauban's cut and undo bump it too);
+    ``sums``: every tensor's bytes summed as integers (:func:`bit_sum`), which also sees writes
+    through ``.data``, which the counters do not. None when a tensor cannot be read (on the
+    meta device) or keeps no version counter (made under ``torch.inference_mode``)."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    if any(t.device.type == "meta" or t.is_inference() for _, t in tensors):
+        return None
+    layout = (
+        model.training,
+        hook_ids(model),
+        tuple((n, t.dtype, tuple(t.shape), t.device, t.data_ptr(), t._version) for n, t in tensors),
+    )
+    sums = [bit_sum(t).cpu() for _, t in tensors]
+    return layout, torch.stack(sums) if sums else torch.zeros(0, dtype=torch.int32)
+
+
+@torch.no_grad()
+def bit_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``'s bytes read as 32-bit integers (16- or 8-bit when its size is odd) and summed
+    modulo 2**32: a 0-d tensor that any change to one element changes. Integer addition
+    wraps, so the order of the sum does not matter; 32-bit accumulation runs at memory speed
+    (the 64-bit sum of :func:`vauban.edit.editing.checksum` takes 20 times as long on a CPU:
+    seconds for a 0.5B model)."""
+    flat = tensor.detach().reshape(-1).view(torch.uint8)
+    kind = torch.int32 if flat.numel() % 4 == 0 else torch.int16 if flat.numel() % 2 == 0 else torch.int8
+    return flat.view(kind).sum(dtype=kind)
+
+
+def _copy(result: DirectionResult) -> DirectionResult:
+    """``result`` with its own tensors, so a caller writing into one leaves the remembered one."""
+    tensors = ("direction", "harmful_means", "harmless_means")
+    return dataclasses.replace(
+        result, **{n: getattr(result, n).clone() for n in tensors if getattr(result, n) is not None}
+    )
+
+
+def recall(model: nn.Module, tokenizer: Any, key: tuple[Any, ...]) -> DirectionResult | None:
+    """A copy of the measurement of ``model`` with ``tokenizer`` and ``key`` (prompts and options)
+    made when the model was in the state it is in now; None when there is none."""
+    entries = _MEASURED.get(model)
+    if not entries:
+        return None
+    state = model_state(model)
+    if state is None:
+        return None
+    layout, sums = state
+    for known_tokenizer, known_key, known_layout, known_sums, result in reversed(entries):
+        if (
+            known_tokenizer is tokenizer
+            and known_key == key
+            and known_layout == layout
+            and torch.equal(known_sums, sums)
+        ):
+            return _copy(result)
+    return None
+
+
+def remember(model: nn.Module, tokenizer: Any, key: tuple[Any, ...], result: DirectionResult) -> None:
+    """Keep ``result`` for :func:`recall` with the state ``model`` ended the measurement in (the
+    selection's cuts were undone, bit for bit, but bumped the version counters)."""
+    state = model_state(model)
+    if state is None:
+        return
+    entries = _MEASURED.setdefault(model, [])
+    entries.append((tokenizer, key, *state, _copy(result)))
+    del entries[:-_KEEP]
+
+
 def measure(
     model: nn.Module,
     tokenizer: Any,
@@ -139,6 +225,13 @@ def measure(
     selection formats its held-back prompts the same way. ``cutting``: how the selection cuts
     (:func:`vauban.direction.selecting.layer_effects`; for a model run one layer at a time,
     :func:`vauban.direction.streamed.measure_streamed`).
+
+    Measuring is deterministic, so the model remembers its last few measurements: asked again
+    with the same prompts, options and tokenizer while its weights, buffers, hooks and mode are
+    those a measurement ended with (:func:`model_state`), ``measure`` returns a copy of that
+    result without running the model (the tutorial's ``quick.measure_direction`` then
+    ``quick.abliterate``). Any change to a weight (a cut, its undo, an optimizer step, a write
+    through ``.data``) measures again. A custom ``cutting`` always measures.
     """
     from . import selecting
 
@@ -147,11 +240,59 @@ def measure(
         check_layer(layer, arch.num_layers(model))
     harmful_prompts = load_prompts(harmful, what="harmful prompts")
     harmless_prompts = load_prompts(harmless, what="harmless prompts")
+    fmt = resolved(formatting, tokenizer)
+    key = (
+        tuple(harmful_prompts),
+        tuple(harmless_prompts),
+        layer,
+        select,
+        max_kl,
+        batch_size,
+        fmt,
+        getattr(tokenizer, "chat_template", None),
+        len(tokenizer),
+    )
+    if cutting is None and (known := recall(model, tokenizer, key)) is not None:
+        return known
+    result = _measure(
+        model,
+        tokenizer,
+        harmful_prompts,
+        harmless_prompts,
+        fmt,
+        layer=layer,
+        select=select,
+        max_kl=max_kl,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        cutting=cutting,
+    )
+    if cutting is None:
+        remember(model, tokenizer, key, result)
+    return result
+
+
+def _measure(
+    model: nn.Module,
+    tokenizer: Any,
+    harmful_prompts: list[str],
+    harmless_prompts: list[str],
+    fmt: Formatting,
+    *,
+    layer: int | None,
+    select: str,
+    max_kl: float | None,
+    batch_size: int | None,
+    show_progress: bool | None,
+    cutting: Any,
+) -> DirectionResult:
+    """:func:`measure` itself, on loaded prompts and resolved formatting."""
+    from . import selecting
+
     by_effect = select == "effect" and layer is None and len(harmful_prompts) >= selecting.MIN_PROMPTS
     if by_effect:
         harmful_prompts, held_harmful = selecting.split(harmful_prompts)
         harmless_prompts, held_harmless = selecting.split(harmless_prompts)
-    fmt = resolved(formatting, tokenizer)
     _, (scores, directions, h_mean, b_mean) = _separation(
         model, tokenizer, harmful_prompts, harmless_prompts, batch_size, show_progress, fmt
     )

@@ -392,6 +392,7 @@ def convert_gguf(path: Path, *, label: str | None = None) -> Path:
 def convert_mlx(path: Path) -> Path:
     """Dequantize an MLX affine-quantized directory once into a cached float32 HF directory."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.initialization import no_init_weights
 
     weights = sorted(path.glob("*.safetensors"))
     newest = max(weights, key=lambda p: p.stat().st_mtime_ns) if weights else path / "config.json"
@@ -403,7 +404,8 @@ def convert_mlx(path: Path) -> Path:
     if kind is None:
         raise VaubanError(f"{path}/config.json has no model_type")
     config = AutoConfig.for_model(kind, **config_dict)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with no_init_weights():  # every weight is loaded below (random ones took most of the time)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     expected = model.state_dict()
     tied = "lm_head.weight" if getattr(config, "tie_word_embeddings", False) else None
     missing = [k for k in expected if k not in state and k != tied]

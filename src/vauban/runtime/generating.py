@@ -196,9 +196,21 @@ def _has_hooks(model: nn.Module) -> bool:
 
     Reads torch's private ``_forward_hooks`` / ``_forward_pre_hooks`` dictionaries (read-only):
     torch has no public way to list a module's hooks, and a user's hook must not be skipped by
-    a replayed CUDA graph. The only private torch attribute vauban's code reads."""
+    a replayed CUDA graph. With :func:`hook_ids`, the only private torch attributes vauban's
+    code reads."""
     hooks = (h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()))
     return any(not (getattr(h, "__module__", "").startswith("transformers.") or graph_safe(h)) for h in hooks)
+
+
+def hook_ids(model: nn.Module) -> tuple[int, ...]:
+    """The handle ids of every forward hook and pre-hook on ``model``'s modules and of torch's
+    global module hooks, in order: ids are never reused, so two equal tuples mean the same
+    hooks (read from the same private dictionaries as :func:`_has_hooks`)."""
+    from torch.nn.modules import module as torch_module
+
+    global_hooks = (torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks)
+    per_module = (d for m in model.modules() for d in (m._forward_hooks, m._forward_pre_hooks))
+    return tuple(key for hooks in (*global_hooks, *per_module) for key in hooks)
 
 
 def graph_safe(hook: Any) -> bool:
