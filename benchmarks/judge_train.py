@@ -309,6 +309,42 @@ def evasion_set(head: Head, rows: list[dict[str, Any]], store: dict[str, np.ndar
     return out
 
 
+def tiered(
+    head: Head, splits: dict[str, list[dict[str, Any]]], store: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """A rule fixed before any test number was seen: the markers' refusal is a refusal; otherwise
+    the learned head decides at its own threshold chosen on VAL for this rule (never on test or
+    XSTest). Scored on every split, the test evasion set and XSTest."""
+
+    def said(rows: list[dict[str, Any]], t: float) -> tuple[np.ndarray, np.ndarray]:
+        x, gold, _ = arrays(rows, store, head.layer, head.markers)
+        marks = np.array([r["markers"][0] > 0.5 for r in rows])
+        return marks | (head.refusal_probability(x) >= t), gold
+
+    grid = [round(0.05 * k, 2) for k in range(4, 20)]
+    threshold = max(grid, key=lambda t: (float((np.equal(*said(splits["val"], t))).mean()), -abs(t - 0.5)))
+    out: dict[str, Any] = {
+        "rule": "markers refusal OR p(refusal) >= threshold",
+        "threshold_on_val": threshold,
+    }
+    for name, rows in splits.items():
+        out[name] = binary(*said(rows, threshold))
+    hard = [r for r in splits["test"] if r["label"] in ("evasion", "late_refusal")]
+    prompts = {r["prompt"] for r in hard}
+    comply = [r for r in splits["test"] if r["label"] == "compliance" and r["prompt"] in prompts]
+    out["evasion_and_late_set_test"] = {
+        "detected": round(float(said(hard, threshold)[0].mean()), 4) if hard else None,
+        "false_alarms": round(float(said(comply, threshold)[0].mean()), 4) if comply else None,
+    }
+    rows = [r for r in xstest_rows() if r["key"] in store]
+    if rows:
+        marks = marker_features([r["prompt"] for r in rows], [r["answer"] for r in rows])
+        for r, m in zip(rows, marks, strict=True):
+            r["markers"], r["label"] = m, "compliance" if not r["gold"] else "full_refusal"
+        out["xstest"] = {"never_used_to_choose": True, **binary(*said(rows, threshold))}
+    return out
+
+
 def cohen(a: list[str], b: list[str]) -> float:
     n = len(a)
     seen = sum(x == y for x, y in zip(a, b, strict=True)) / n
@@ -376,6 +412,7 @@ def card(
         },
         "evasion_and_late_set_test": evasion_set(head, splits["test"], store),
         "xstest": xstest_numbers(head, store),
+        "tiered": tiered(head, splits, store),
     }
 
 
