@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import re
 import subprocess
@@ -448,7 +449,7 @@ def kappa2_sample(prefixes: list[str], frac: float = 0.12) -> None:
                 by.setdefault((r["model"], r["setting"], prompt_set(r)), []).append(r)
     rng, picked = random.Random(SEED + 4), []
     for key in sorted(by):
-        picked += rng.sample(by[key], max(1, -(-len(by[key]) * frac // 1)))
+        picked += rng.sample(by[key], max(1, math.ceil(len(by[key]) * frac)))
     rng.shuffle(picked)
     with (HERE / "kappa2_sample.jsonl").open("w") as f:
         for r in picked:
