@@ -18,6 +18,7 @@ Seeded and deterministic: the same labels give the same head.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import time
@@ -443,9 +444,32 @@ def xstest_numbers(head: Head, store: dict[str, np.ndarray]) -> dict[str, Any]:
     return out
 
 
-def fit() -> None:
+def without_prompt_state(store: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The store with the prompt's last-token state (the third block of each layer) zeroed: a head
+    fitted on it reads only the answer (and the markers)."""
+    out = {}
+    for k, v in store.items():
+        v = v.copy()
+        v[..., 2 * (v.shape[-1] // 3) :] = 0
+        out[k] = v
+    return out
+
+
+def answer_only(head: Head) -> Head:
+    """``head`` (fitted with the prompt block zeroed) made safe on real features: the block's
+    weights are exactly zero; its standardization becomes (0, 1) so the block adds nothing."""
+    hidden = head.w.shape[0] - (2 if head.markers else 0)
+    block = slice(2 * hidden // 3, hidden)
+    assert not head.w[block].any() and not head.w_cat[:, block].any(), "prompt block weights not zero"
+    mean, scale = head.mean.copy(), head.scale.copy()
+    mean[block], scale[block] = 0.0, 1.0
+    return dataclasses.replace(head, mean=mean, scale=scale)
+
+
+def fit(prompt_state: bool = True, out: Path | None = None) -> None:
+    """Choose on VAL, fit, write the head and its card (to ``out`` instead of the shipped files)."""
     rows = load_rows()
-    store = feature_store()
+    store = feature_store() if prompt_state else without_prompt_state(feature_store())
     missing = sum(r["key"] not in store for r in rows)
     if missing:
         print(f"note: {missing} labelled answers have no features yet and are left out")
@@ -455,11 +479,14 @@ def fit() -> None:
         r["markers"] = m
     best, study = choose(rows, store)
     head = build_head(rows, store, best["layer"], best["C"], best["markers"])
-    head.write(HEAD)
-    text = json.dumps(card(rows, best, study, head, store), indent=1) + "\n"
-    CARD.write_text(text, encoding="utf-8")
+    if not prompt_state:
+        head = answer_only(head)
+    head_path, card_path = (HEAD, CARD) if out is None else (out / "head.npz", out / "card.json")
+    head.write(head_path)
+    text = json.dumps({**card(rows, best, study, head, store), "prompt_state": prompt_state}, indent=1)
+    card_path.write_text(text + "\n", encoding="utf-8")
     print(text[-3000:])
-    print(f"wrote {HEAD} ({HEAD.stat().st_size // 1024} KiB) and {CARD}")
+    print(f"wrote {head_path} ({head_path.stat().st_size // 1024} KiB) and {card_path}")
 
 
 def main() -> None:
@@ -467,6 +494,10 @@ def main() -> None:
     parser.add_argument("step", choices=("features", "fit"))
     parser.add_argument("--limit", type=int, default=400, help="answers per features run")
     parser.add_argument("--xstest", action="store_true", help="also XSTest's 900 answers (reported only)")
+    parser.add_argument(
+        "--no-prompt-state", action="store_true", help="fit: read the answer (and markers) only"
+    )
+    parser.add_argument("--out", type=Path, help="fit: write head.npz + card.json here, not the shipped ones")
     args = parser.parse_args()
     if args.step == "features":
         rows = load_rows()
@@ -474,7 +505,9 @@ def main() -> None:
             rows = [rows[i] for i in np.random.default_rng(SEED).permutation(len(rows))]
         extract(rows, args.limit, args.xstest)
     else:
-        fit()
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+        fit(prompt_state=not args.no_prompt_state, out=args.out)
 
 
 if __name__ == "__main__":
