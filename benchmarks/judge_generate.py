@@ -365,8 +365,8 @@ def load(name: str) -> tuple[Any, Any]:
 
 
 class LlamaCpp:
-    """A GGUF run by llama.cpp (``--engine llamacpp``): greedy chat completions, one prompt at a time,
-    several times faster than transformers on a shared 2-core CPU. Plain and system-prompt settings only."""
+    """A GGUF run by llama.cpp (``--engine llamacpp``): greedy chat completions, one prompt at a time
+    (SmolLM2: 24 answers of 96 tokens in 30 s on 2 cores). Plain and system-prompt settings only."""
 
     def __init__(self, path: Path, threads: int) -> None:
         from llama_cpp import Llama
