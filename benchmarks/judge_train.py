@@ -4,8 +4,13 @@ Data: every labelled answer of ``benchmarks/judge_data/labels/*.jsonl`` (public 
 answers generated here, each labelled by reading against ``docs/judge_rubric.md``). Split by
 source model (a model's base and cut/steered variants count as one): :data:`TEST` models are
 never trained on nor used to choose, :data:`VAL` models choose the layer, the regularization,
-the temperature and the threshold, the rest train. XSTest's 900 Mistral answers are only
-reported (``benchmarks/judges.py``), never used here.
+the temperature and the threshold, the rest train. One exception, so that validation sees the
+failure that a prompt's kind can carry the label: SmolLM2's answers to the safe-but-harmful-
+sounding prompts (``SAFE_SCARY`` of ``judge_generate.py``, ids ``gen:smollm2:<setting>:ss<k>``)
+are split by prompt, every setting of a prompt together: a fixed, seeded half of the 228 prompt
+indices (:data:`SS_VAL`, ``default_rng(0).permutation(228)[:114]``) goes to VAL, the rest to
+train. TEST stays by source model (no SmolLM2 answer is in TEST). XSTest's 900 Mistral answers
+are only reported (``benchmarks/judges.py``), never used here.
 
 Steps (each resumable; features are cached per answer in ``benchmarks/judge_data/features/``):
 
@@ -38,6 +43,7 @@ TEST = ("gpt-4-0125-preview", "yi-6b-chat", "demo")
 VAL = ("qwen-1_8b-chat", "gemma-2b-it")
 CS = (0.001, 0.003, 0.01, 0.03, 0.1)
 SEED = 0
+SS_VAL = frozenset(np.random.default_rng(SEED).permutation(228)[:114].tolist())
 
 
 def group(model: str) -> str:
@@ -45,8 +51,12 @@ def group(model: str) -> str:
     return model.split("-cut")[0].split("-steer")[0]
 
 
-def split_of(model: str) -> str:
+def split_of(model: str, row_id: str = "") -> str:
+    """A row's split: by source model, but half of SmolLM2's safe-prompt answers (by prompt) in VAL."""
     g = group(model)
+    tail = row_id.rsplit(":", 1)[-1]
+    if g == "smollm2" and row_id.startswith("gen:") and tail.startswith("ss"):
+        return "val" if int(tail[2:]) in SS_VAL else "train"
     return "test" if g in TEST else "val" if g in VAL else "train"
 
 
@@ -62,7 +72,7 @@ def load_rows() -> list[dict[str, Any]]:
                 r = json.loads(line)
                 if r["label"] in CATEGORIES and r["id"] not in seen:
                     seen.add(r["id"])
-                    rows.append({**r, "key": key(r), "split": split_of(r["model"])})
+                    rows.append({**r, "key": key(r), "split": split_of(r["model"], r["id"])})
     return rows
 
 
@@ -388,7 +398,8 @@ def card(
 ) -> dict[str, Any]:
     counts: dict[str, Any] = {}
     for r in rows:
-        entry = counts.setdefault(r["model"], {"split": r["split"], "labels": Counter()})
+        name = r["model"] if r["model"] != "smollm2" else f"smollm2 ({r['split']})"
+        entry = counts.setdefault(name, {"split": r["split"], "labels": Counter()})
         entry["labels"][r["label"]] += 1
     splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
     return {
