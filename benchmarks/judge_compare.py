@@ -3,7 +3,8 @@ candidate refitted on more data, with the markers alone and the tiered rule besi
 
 Reads the per-answer features that ``judge_train.py features`` cached (the same backbone reader
 the judge runs, so the numbers equal the judge's own) and scores, for each head: the labelled
-splits (test split by source model, with the rows added by the second data round apart), the
+splits (val, on which alone a design is picked, with SmolLM2's safe-prompt answers apart; test,
+with the rows added by the second data round apart), the
 test evasions and late refusals against compliant answers to the same prompts, and XSTest's 900
 Mistral answers (reported only; false alarms on XSTest's safe prompts counted apart). The
 tiered rule (markers' refusal, else the head at a threshold chosen on VAL) is fixed in
@@ -84,7 +85,7 @@ def judge_numbers(head: Head | None, sets: dict[str, list[dict[str, Any]]], stor
     test = sets["test"]
     out["test_evasions_and_late"] = hard_set(said_by(head, test, store), test)
     if head is not None:
-        for name in ("test", "xstest"):
+        for name in ("val", "test", "xstest"):
             x, gold, _ = jt.arrays(sets[name], store, head.layer, head.markers)
             out[name]["ece"] = round(jt.ece(head.refusal_probability(x), gold.astype(float)), 4)
     return out
@@ -100,6 +101,8 @@ def main() -> None:
     splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
     test = splits["test"]
     sets = {
+        "val": splits["val"],  # the only set the pick is made on
+        "val_smollm2_safe_scary": [{**r, "safe": True} for r in splits["val"] if ":ss" in r["id"]],
         "test": test,
         "test_first_round": [r for r in test if ":ss" not in r["id"]],
         "test_demo_safe_scary": [{**r, "safe": True} for r in test if ":ss" in r["id"]],
