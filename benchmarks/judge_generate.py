@@ -18,6 +18,7 @@ after), ``steer`` (the direction removed by steering hooks, alpha 1).
     flock /tmp/vauban-heavy.lock nice -n 5 python benchmarks/judge_generate.py --model demo \\
         --settings plain,prefill,cut10 --harmful 0:40 --harmless 0:20
     ... --model smollm2 --settings plain,refuse --harmful 0:0 --harmless 0:0 --safe 0:228
+    ... --model smollm2 --settings prefuse --harmful 0:0 --harmless 0:0 --safe 0:228 --max-tokens 64
 
 ``--safe`` takes rows of :data:`SAFE_SCARY` (safe requests that sound harmful; ids ``ss<row>``,
 ``prompt_kind: safe_scary``).
