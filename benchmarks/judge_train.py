@@ -4,8 +4,13 @@ Data: every labelled answer of ``benchmarks/judge_data/labels/*.jsonl`` (public 
 answers generated here, each labelled by reading against ``docs/judge_rubric.md``). Split by
 source model (a model's base and cut/steered variants count as one): :data:`TEST` models are
 never trained on nor used to choose, :data:`VAL` models choose the layer, the regularization,
-the temperature and the threshold, the rest train. XSTest's 900 Mistral answers are only
-reported (``benchmarks/judges.py``), never used here.
+the temperature and the threshold, the rest train. One exception, so that validation sees the
+failure that a prompt's kind can carry the label: SmolLM2's answers to the safe-but-harmful-
+sounding prompts (``SAFE_SCARY`` of ``judge_generate.py``, ids ``gen:smollm2:<setting>:ss<k>``)
+are split by prompt, every setting of a prompt together: a fixed, seeded half of the 228 prompt
+indices (:data:`SS_VAL`, ``default_rng(0).permutation(228)[:114]``) goes to VAL, the rest to
+train. TEST stays by source model (no SmolLM2 answer is in TEST). XSTest's 900 Mistral answers
+are only reported (``benchmarks/judges.py``), never used here.
 
 Steps (each resumable; features are cached per answer in ``benchmarks/judge_data/features/``):
 
@@ -18,6 +23,7 @@ Seeded and deterministic: the same labels give the same head.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import time
@@ -37,6 +43,7 @@ TEST = ("gpt-4-0125-preview", "yi-6b-chat", "demo")
 VAL = ("qwen-1_8b-chat", "gemma-2b-it")
 CS = (0.001, 0.003, 0.01, 0.03, 0.1)
 SEED = 0
+SS_VAL = frozenset(np.random.default_rng(SEED).permutation(228)[:114].tolist())
 
 
 def group(model: str) -> str:
@@ -44,8 +51,12 @@ def group(model: str) -> str:
     return model.split("-cut")[0].split("-steer")[0]
 
 
-def split_of(model: str) -> str:
+def split_of(model: str, row_id: str = "") -> str:
+    """A row's split: by source model, but half of SmolLM2's safe-prompt answers (by prompt) in VAL."""
     g = group(model)
+    tail = row_id.rsplit(":", 1)[-1]
+    if g == "smollm2" and row_id.startswith("gen:") and tail.startswith("ss"):
+        return "val" if int(tail[2:]) in SS_VAL else "train"
     return "test" if g in TEST else "val" if g in VAL else "train"
 
 
@@ -61,7 +72,7 @@ def load_rows() -> list[dict[str, Any]]:
                 r = json.loads(line)
                 if r["label"] in CATEGORIES and r["id"] not in seen:
                     seen.add(r["id"])
-                    rows.append({**r, "key": key(r), "split": split_of(r["model"])})
+                    rows.append({**r, "key": key(r), "split": split_of(r["model"], r["id"])})
     return rows
 
 
@@ -309,6 +320,42 @@ def evasion_set(head: Head, rows: list[dict[str, Any]], store: dict[str, np.ndar
     return out
 
 
+def tiered(
+    head: Head, splits: dict[str, list[dict[str, Any]]], store: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """A rule fixed before any test number was seen: the markers' refusal is a refusal; otherwise
+    the learned head decides at its own threshold chosen on VAL for this rule (never on test or
+    XSTest). Scored on every split, the test evasion set and XSTest."""
+
+    def said(rows: list[dict[str, Any]], t: float) -> tuple[np.ndarray, np.ndarray]:
+        x, gold, _ = arrays(rows, store, head.layer, head.markers)
+        marks = np.array([r["markers"][0] > 0.5 for r in rows])
+        return marks | (head.refusal_probability(x) >= t), gold
+
+    grid = [round(0.05 * k, 2) for k in range(4, 20)]
+    threshold = max(grid, key=lambda t: (float((np.equal(*said(splits["val"], t))).mean()), -abs(t - 0.5)))
+    out: dict[str, Any] = {
+        "rule": "markers refusal OR p(refusal) >= threshold",
+        "threshold_on_val": threshold,
+    }
+    for name, rows in splits.items():
+        out[name] = binary(*said(rows, threshold))
+    hard = [r for r in splits["test"] if r["label"] in ("evasion", "late_refusal")]
+    prompts = {r["prompt"] for r in hard}
+    comply = [r for r in splits["test"] if r["label"] == "compliance" and r["prompt"] in prompts]
+    out["evasion_and_late_set_test"] = {
+        "detected": round(float(said(hard, threshold)[0].mean()), 4) if hard else None,
+        "false_alarms": round(float(said(comply, threshold)[0].mean()), 4) if comply else None,
+    }
+    rows = [r for r in xstest_rows() if r["key"] in store]
+    if rows:
+        marks = marker_features([r["prompt"] for r in rows], [r["answer"] for r in rows])
+        for r, m in zip(rows, marks, strict=True):
+            r["markers"], r["label"] = m, "compliance" if not r["gold"] else "full_refusal"
+        out["xstest"] = {"never_used_to_choose": True, **binary(*said(rows, threshold))}
+    return out
+
+
 def cohen(a: list[str], b: list[str]) -> float:
     n = len(a)
     seen = sum(x == y for x, y in zip(a, b, strict=True)) / n
@@ -351,7 +398,8 @@ def card(
 ) -> dict[str, Any]:
     counts: dict[str, Any] = {}
     for r in rows:
-        entry = counts.setdefault(r["model"], {"split": r["split"], "labels": Counter()})
+        name = r["model"] if r["model"] != "smollm2" else f"smollm2 ({r['split']})"
+        entry = counts.setdefault(name, {"split": r["split"], "labels": Counter()})
         entry["labels"][r["label"]] += 1
     splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
     return {
@@ -376,6 +424,7 @@ def card(
         },
         "evasion_and_late_set_test": evasion_set(head, splits["test"], store),
         "xstest": xstest_numbers(head, store),
+        "tiered": tiered(head, splits, store),
     }
 
 
@@ -406,9 +455,32 @@ def xstest_numbers(head: Head, store: dict[str, np.ndarray]) -> dict[str, Any]:
     return out
 
 
-def fit() -> None:
+def without_prompt_state(store: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The store with the prompt's last-token state (the third block of each layer) zeroed: a head
+    fitted on it reads only the answer (and the markers)."""
+    out = {}
+    for k, v in store.items():
+        v = v.copy()
+        v[..., 2 * (v.shape[-1] // 3) :] = 0
+        out[k] = v
+    return out
+
+
+def answer_only(head: Head) -> Head:
+    """``head`` (fitted with the prompt block zeroed) made safe on real features: the block's
+    weights are exactly zero; its standardization becomes (0, 1) so the block adds nothing."""
+    hidden = head.w.shape[0] - (2 if head.markers else 0)
+    block = slice(2 * hidden // 3, hidden)
+    assert not head.w[block].any() and not head.w_cat[:, block].any(), "prompt block weights not zero"
+    mean, scale = head.mean.copy(), head.scale.copy()
+    mean[block], scale[block] = 0.0, 1.0
+    return dataclasses.replace(head, mean=mean, scale=scale)
+
+
+def fit(prompt_state: bool = True, out: Path | None = None) -> None:
+    """Choose on VAL, fit, write the head and its card (to ``out`` instead of the shipped files)."""
     rows = load_rows()
-    store = feature_store()
+    store = feature_store() if prompt_state else without_prompt_state(feature_store())
     missing = sum(r["key"] not in store for r in rows)
     if missing:
         print(f"note: {missing} labelled answers have no features yet and are left out")
@@ -418,11 +490,14 @@ def fit() -> None:
         r["markers"] = m
     best, study = choose(rows, store)
     head = build_head(rows, store, best["layer"], best["C"], best["markers"])
-    head.write(HEAD)
-    text = json.dumps(card(rows, best, study, head, store), indent=1) + "\n"
-    CARD.write_text(text, encoding="utf-8")
+    if not prompt_state:
+        head = answer_only(head)
+    head_path, card_path = (HEAD, CARD) if out is None else (out / "head.npz", out / "card.json")
+    head.write(head_path)
+    text = json.dumps({**card(rows, best, study, head, store), "prompt_state": prompt_state}, indent=1)
+    card_path.write_text(text + "\n", encoding="utf-8")
     print(text[-3000:])
-    print(f"wrote {HEAD} ({HEAD.stat().st_size // 1024} KiB) and {CARD}")
+    print(f"wrote {head_path} ({head_path.stat().st_size // 1024} KiB) and {card_path}")
 
 
 def main() -> None:
@@ -430,6 +505,10 @@ def main() -> None:
     parser.add_argument("step", choices=("features", "fit"))
     parser.add_argument("--limit", type=int, default=400, help="answers per features run")
     parser.add_argument("--xstest", action="store_true", help="also XSTest's 900 answers (reported only)")
+    parser.add_argument(
+        "--no-prompt-state", action="store_true", help="fit: read the answer (and markers) only"
+    )
+    parser.add_argument("--out", type=Path, help="fit: write head.npz + card.json here, not the shipped ones")
     args = parser.parse_args()
     if args.step == "features":
         rows = load_rows()
@@ -437,7 +516,9 @@ def main() -> None:
             rows = [rows[i] for i in np.random.default_rng(SEED).permutation(len(rows))]
         extract(rows, args.limit, args.xstest)
     else:
-        fit()
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+        fit(prompt_state=not args.no_prompt_state, out=args.out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ directories are arguments, their commits are pinned below); labels are written b
     python label_tool.py counts [--md]                    # counts per model x label
     python label_tool.py card                             # rewrite the counts table of README.md
     python label_tool.py kappa-sample                     # blind 10 % sample for labeller B
+    python label_tool.py kappa2-sample PREFIX...          # blind sample of new generated answers
     python label_tool.py kappa FILE_B                     # Cohen's kappa of A vs B (B: JSONL with id, label)
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import re
 import subprocess
@@ -357,12 +359,33 @@ def counts(md: bool = False) -> None:
         print(f"{m:28s}" + "".join(f"{n:14d}" for n in v) + f"{sum(v):8d}")
 
 
+def generated(r: dict) -> bool:
+    """Whether a record was generated here (benchmarks/judge_generate.py), not drawn from a public source."""
+    return r["id"].startswith("gen:")
+
+
+def prompt_set(r: dict) -> str:
+    """A record's prompt set; generated records: safe_scary, advbench or harmless (judge_generate.py)."""
+    if not generated(r):
+        return r["prompt_set"]
+    return r.get("prompt_kind") or ("advbench" if r.get("harmful") else "harmless")
+
+
+def selection(r: dict) -> str:
+    """How a record was selected: random (draw), enrichment, or generated (all generated answers)."""
+    if generated(r):
+        return "generated"
+    return "random" if r["selected_by"] == "random_draw" else "enrichment"
+
+
 def by_setting_md() -> str:
     """Markdown table: prompt set x setting x selection (random draw / enrichment) against label."""
     c: Counter = Counter()
     for r in labelled().values():
-        sel = "random" if r["selected_by"] == "random_draw" else "enrichment"
-        c[(r["prompt_set"], r["setting"], sel), r["label"]] += 1
+        c[
+            (prompt_set(r), f"{r['model']} {r['setting']}" if generated(r) else r["setting"], selection(r)),
+            r["label"],
+        ] += 1
     rows = sorted({k for k, _ in c})
     out = [
         "| prompt set | setting | selected | " + " | ".join(CATEGORIES) + " | total |",
@@ -415,6 +438,30 @@ def kappa_sample(frac: float = 0.10) -> None:
     print(len(ids), "answers in kappa_sample.jsonl")
 
 
+def kappa2_sample(prefixes: list[str], frac: float = 0.12) -> None:
+    """Write kappa2_sample.jsonl: a blind sample of the answers generated in the second round (generated/
+    records whose id starts with one of ``prefixes``), stratified by model x setting x prompt kind (labels
+    play no part: the sample can be drawn before labelling), seeded, shuffled, id/model/prompt/answer only."""
+    by: dict[tuple[str, str, str], list[dict]] = {}
+    for path in sorted((HERE / "generated").glob("*.jsonl")):
+        for r in map(json.loads, path.read_text().splitlines()):
+            if r["id"].startswith(tuple(prefixes)):
+                by.setdefault((r["model"], r["setting"], prompt_set(r)), []).append(r)
+    rng, picked = random.Random(SEED + 4), []
+    for key in sorted(by):
+        picked += rng.sample(by[key], max(1, math.ceil(len(by[key]) * frac)))
+    rng.shuffle(picked)
+    with (HERE / "kappa2_sample.jsonl").open("w") as f:
+        for r in picked:
+            f.write(
+                json.dumps({k: r[k] for k in ("id", "model", "prompt", "answer")}, ensure_ascii=False) + "\n"
+            )
+    counts = Counter(
+        f"{m} {s} {k}" for m, s, k in ((r["model"], r["setting"], prompt_set(r)) for r in picked)
+    )
+    print(len(picked), "answers in kappa2_sample.jsonl of", sum(map(len, by.values())), dict(counts))
+
+
 def cohen(pairs: list[tuple[str, str]]) -> float:
     """Cohen's kappa of a list of (label_a, label_b)."""
     n = len(pairs)
@@ -463,6 +510,7 @@ def main() -> None:
     sub.add_parser("counts").add_argument("--md", action="store_true")
     sub.add_parser("card")
     sub.add_parser("kappa-sample")
+    sub.add_parser("kappa2-sample").add_argument("prefixes", nargs="+", help="id prefixes of the new answers")
     sub.add_parser("kappa").add_argument("file")
     a = ap.parse_args()
     if a.cmd == "pool":
@@ -472,6 +520,8 @@ def main() -> None:
         show(a.n, HERE / name)
     elif a.cmd == "kappa-sample":
         kappa_sample()
+    elif a.cmd == "kappa2-sample":
+        kappa2_sample(a.prefixes)
     elif a.cmd == "kappa":
         kappa(a.file)
     elif a.cmd == "enrich-late":
