@@ -13,6 +13,7 @@ import torch
 from conftest import HARMFUL, HARMLESS, build_model
 from vauban import cut, measure
 from vauban.direction import measuring, selecting
+from vauban.edit.editing import checksum
 
 PROMPTS = (HARMFUL * 2, HARMLESS * 2)  # 12 each: 9 measured, 3 held back for the selection
 
@@ -149,15 +150,15 @@ def test_a_model_without_version_counters_always_measures(tokenizer, runs):
     ("dtype", "n"),
     [(torch.float32, 6), (torch.float16, 7), (torch.bfloat16, 6), (torch.float64, 3), (torch.bool, 5)],
 )
-def test_bit_sum_sees_any_one_element_change(dtype, n):
+def test_checksum_sees_any_one_element_change(dtype, n):
     values = torch.rand(n, 2).to(dtype)
-    before = measuring.bit_sum(values)
-    assert torch.equal(measuring.bit_sum(values.clone()), before)
+    before = checksum(values)
+    assert torch.equal(checksum(values.clone()), before)
     for i in range(n):  # the smallest change: one element to its neighbour (or flipped)
         changed = values.clone()
         if dtype == torch.bool:
             changed[i, 1] = ~changed[i, 1]
         else:
             changed[i, 1] = torch.nextafter(changed[i, 1], torch.tensor(2.0, dtype=dtype))
-        assert not torch.equal(measuring.bit_sum(changed), before)
-    assert torch.equal(measuring.bit_sum(values.t()), measuring.bit_sum(values.t().contiguous()))
+        assert not torch.equal(checksum(changed), before)
+    assert torch.equal(checksum(values.t()), checksum(values.t().contiguous()))

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from ..core.errors import VaubanError, check_int, check_layer
+from ..edit.editing import checksum
 from ..edit.vectors import unit_rows
 from ..model import arch
 from ..model.loading import model_label
@@ -129,7 +130,7 @@ def model_state(model: nn.Module) -> tuple[tuple[Any, ...], torch.Tensor] | None
     ``layout``: the mode, the forward hooks (:func:`vauban.runtime.generating.hook_ids`) and
     every parameter's and buffer's name, dtype, shape, device, address and in-place version
     counter (torch bumps it on every in-place write, and vauban's cut and undo bump it too);
-    ``sums``: every tensor's bytes summed as integers (:func:`bit_sum`), which also sees writes
+    ``sums``: every tensor's :func:`vauban.edit.editing.checksum`, which also sees writes
     through ``.data``, which the counters do not. None when a tensor cannot be read (on the
     meta device) or keeps no version counter (made under ``torch.inference_mode``)."""
     tensors = [*model.named_parameters(), *model.named_buffers()]
@@ -140,20 +141,8 @@ def model_state(model: nn.Module) -> tuple[tuple[Any, ...], torch.Tensor] | None
         hook_ids(model),
         tuple((n, t.dtype, tuple(t.shape), t.device, t.data_ptr(), t._version) for n, t in tensors),
     )
-    sums = [bit_sum(t).cpu() for _, t in tensors]
+    sums = [checksum(t).cpu() for _, t in tensors]
     return layout, torch.stack(sums) if sums else torch.zeros(0, dtype=torch.int32)
-
-
-@torch.no_grad()
-def bit_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor``'s bytes read as 32-bit integers (16- or 8-bit when its size is odd) and summed
-    modulo 2**32: a 0-d tensor that any change to one element changes. Integer addition
-    wraps, so the order of the sum does not matter; 32-bit accumulation runs at memory speed
-    (the 64-bit sum of :func:`vauban.edit.editing.checksum` takes 20 times as long on a CPU:
-    seconds for a 0.5B model)."""
-    flat = tensor.detach().reshape(-1).view(torch.uint8)
-    kind = torch.int32 if flat.numel() % 4 == 0 else torch.int16 if flat.numel() % 2 == 0 else torch.int8
-    return flat.view(kind).sum(dtype=kind)
 
 
 def _copy(result: DirectionResult) -> DirectionResult:
