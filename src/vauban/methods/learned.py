@@ -24,6 +24,7 @@ from ..edit.cutting import Cut, cut, layer_bases
 from ..model import arch
 from ..runtime.activations import model_device
 from ..runtime.scoring import (
+    BACKWARD_BATCH,
     first_token_logprobs,
     forced,
     kl_batches,
@@ -36,7 +37,6 @@ from .protocol import Inputs
 
 STEPS = 8
 LR = 0.02  # in units of the direction's norm (1)
-MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch
 
 
 @contextlib.contextmanager
@@ -94,11 +94,11 @@ def learn(
     try:
         with directed(model, lambda: d0 + delta):
             for step in range(steps + 1):
-                kl, kl_grad = mean_and_grad(delta, kl_batches(model, tokenizer, rows, base, MAX_BATCH))
+                kl, kl_grad = mean_and_grad(delta, kl_batches(model, tokenizer, rows, base, BACKWARD_BATCH))
                 lik, lik_grad = mean_and_grad(
                     delta,
                     likelihood_batches(
-                        model, tokenizer, refusals, batch_size=MAX_BATCH, formatting=formatting
+                        model, tokenizer, refusals, batch_size=BACKWARD_BATCH, formatting=formatting
                     ),
                 )
                 history.append((kl, lik))

@@ -448,6 +448,7 @@ def refusal_likelihood(
 
 SHARPNESS = 20.0  # τ of the smooth maximum: at 20 it is within 3.5 % of the larger ratio
 FLOOR = 1e-12  # objectives at or below this count as 0 (a likelihood of 1e-20 is no refusal)
+BACKWARD_BATCH = 16  # rows per backward pass: it keeps every layer's activations, so fewer than inference
 
 
 def ratios(point: tuple[float, float], reference: tuple[float, float]) -> torch.Tensor:

@@ -44,6 +44,7 @@ from ..model import arch
 from ..runtime.activations import model_device
 from ..runtime.batching import duration
 from ..runtime.scoring import (
+    BACKWARD_BATCH,
     Forced,
     forced,
     kl_batches,
@@ -55,7 +56,6 @@ from ..runtime.scoring import (
 from ..text.formatting import Formatting
 
 MAX_WEIGHT = 1.5
-MAX_BATCH = 16  # a backward pass keeps every layer's activations of its batch: smaller than inference
 REFINE_SHARE = 1 / 3  # of an optimize timeout, kept for refinement (see budget)
 
 
@@ -167,7 +167,7 @@ def refine(
     if not lr > 0:
         raise VaubanError(f"lr must be positive, got {lr!r}")
     n = arch.num_layers(model)
-    batch_size = batch_size or MAX_BATCH
+    batch_size = batch_size or BACKWARD_BATCH
     weights = torch.ones(2, n, requires_grad=True)
     optimizer = torch.optim.Adam([weights], lr=lr)
     frozen = [p for p in model.parameters() if p.requires_grad]
