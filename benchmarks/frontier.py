@@ -59,12 +59,30 @@ def say(text: str) -> None:
 
 
 def save(name: str, row: dict) -> None:
-    (WORK / f"{name}.json").write_text(json.dumps(row, indent=1) + "\n")
+    from vauban.core.atomic import write_file
+
+    text = json.dumps(row, indent=1) + "\n"
+    write_file(WORK / f"{name}.json", lambda tmp: tmp.write_text(text))
 
 
 def read(name: str) -> dict | None:
     path = WORK / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+class Scored(dict):
+    """Candidates scored so far (name → ``Candidate``), written to ``WORK/<name>.json`` after each:
+    a stopped ``select`` resumes at the next candidate."""
+
+    def __init__(self, name: str) -> None:
+        from vauban.methods.default import Candidate
+
+        super().__init__({k: Candidate(**v) for k, v in (read(name) or {}).items()})
+        self.name = name
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        save(self.name, {k: v.__dict__ for k, v in self.items()})
 
 
 def report_prompts() -> tuple[list[str], list[str]]:
@@ -145,6 +163,7 @@ def select(model: Any, tokenizer: Any) -> dict:
         held_harmful,
         held_harmless,
         log=say,
+        known=Scored("select_partial"),
     )
     methods = sorted({c.settings["method"] for c in scored})
     picks = {m: choose_by_damage([c for c in scored if c.settings["method"] == m]).__dict__ for m in methods}

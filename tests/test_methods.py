@@ -204,6 +204,35 @@ def test_default_cut_scores_every_candidate_and_undoes(measured, tokenizer, monk
     assert same_bits(model, before)
 
 
+def test_score_all_resumes_from_known_candidates(measured, tokenizer, monkeypatch):
+    import dataclasses
+
+    import vauban.direction.selecting as selecting
+    import vauban.methods.choosing as choosing
+    from vauban.direction.results import LayerEffect
+    from vauban.methods.default import Candidate
+
+    model, direction = measured["qwen2"]
+    effects = tuple(LayerEffect(layer, 0.001 * layer, 0.1 / (layer + 1)) for layer in range(4))
+    direction = dataclasses.replace(direction, effects=effects, layer_index=1)
+    monkeypatch.setattr(
+        selecting, "original_refusals", lambda m, t, p, **k: [(x, "I'm sorry, no.") for x in p]
+    )
+    monkeypatch.setattr(choosing, "KEEPS", (1.0,))
+    monkeypatch.setattr(choosing, "SUBSPACE_KS", ())
+    monkeypatch.setattr(choosing, "LEARN_STEPS", 1)
+    inputs = Inputs(HARMFUL, HARMLESS)
+    known = {"projected@1": Candidate("projected@1", 0.5, 0.25, {"method": "projected", "layer": 1})}
+    built = []
+    real_build = choosing.build
+    monkeypatch.setattr(choosing, "build", lambda m, t, d, s, *a: built.append(s) or real_build(m, t, d, s, *a))
+    scored = choosing.score_all(model, tokenizer, direction, inputs, HARMFUL, HARMLESS, known=known)
+    names = [c.name for c in scored]
+    assert known["projected@1"] in scored and {"method": "projected", "layer": 1} not in built
+    assert set(known) == set(names) - {f"plain@{layer}" for layer in range(4)}
+    assert {"method": "norm_preserving", "layer": 1} in built
+
+
 def test_abliterate_auto_on_a_model_with_no_refusals_is_the_plain_cut(measured, tokenizer, tmp_path):
     from vauban.quick import abliterate
 

@@ -13,7 +13,7 @@ harmful prompts the original refuses, first-token KL on the held-back harmless o
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -74,8 +74,11 @@ def score_all(
     held_harmful: Sequence[str],
     held_harmless: Sequence[str],
     log: Callable[[str], None] | None = None,
+    known: MutableMapping[str, Candidate] | None = None,
 ) -> list[Candidate]:
-    """Every candidate with its held-back refusal score and first-token KL; the model ends unchanged."""
+    """Every candidate with its held-back refusal score and first-token KL; the model ends unchanged.
+    ``known`` (name → candidate) is read before scoring one and written after, so a long search
+    can persist it and resume where it was stopped."""
     from ..direction.selecting import original_refusals
     from ..runtime.scoring import first_token_logprobs, kl_divergence, refusal_likelihood
     from .preserving import capture
@@ -89,12 +92,17 @@ def score_all(
         for e in direction.effects
     ]
     for settings in candidate_settings(direction):
+        name = "@".join(str(v) for v in settings.values())
+        if known is not None and name in known:
+            scored.append(known[name])
+            continue
         start = time.perf_counter()
         with build(model, tokenizer, direction, settings, inputs, captured):
             kl = kl_divergence(base, first_token_logprobs(model, tokenizer, list(held_harmless), None, fmt))
             score = refusal_likelihood(model, tokenizer, refusals, 8, None, fmt)
-        name = "@".join(str(v) for v in settings.values())
         scored.append(Candidate(name, score, kl, settings))
+        if known is not None:
+            known[name] = scored[-1]
         if log is not None:
             log(f"{name}: refusal score {score:.4f}, KL {kl:.4f} ({time.perf_counter() - start:.0f} s)")
     return scored
