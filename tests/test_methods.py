@@ -223,9 +223,13 @@ def test_score_all_resumes_from_known_candidates(measured, tokenizer, monkeypatc
     monkeypatch.setattr(choosing, "LEARN_STEPS", 1)
     inputs = Inputs(HARMFUL, HARMLESS)
     known = {"projected@1": Candidate("projected@1", 0.5, 0.25, {"method": "projected", "layer": 1})}
-    built = []
-    real_build = choosing.build
-    monkeypatch.setattr(choosing, "build", lambda m, t, d, s, *a: built.append(s) or real_build(m, t, d, s, *a))
+    built, real_build = [], choosing.build
+
+    def build(m, t, d, settings, *rest):
+        built.append(settings)
+        return real_build(m, t, d, settings, *rest)
+
+    monkeypatch.setattr(choosing, "build", build)
     scored = choosing.score_all(model, tokenizer, direction, inputs, HARMFUL, HARMLESS, known=known)
     names = [c.name for c in scored]
     assert known["projected@1"] in scored and {"method": "projected", "layer": 1} not in built
