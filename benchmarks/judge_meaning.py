@@ -58,7 +58,10 @@ def extract(limit: int, chunk: int) -> None:
         seconds = time.perf_counter() - t1
         name = next_name()
         np.savez_compressed(name, keys=np.array([r["key"] for r in part]), x=x.astype(np.float16), pmi=pmi)
-        print(f"{len(part)} answers in {seconds:.1f} s ({seconds / len(part):.3f} s/answer) -> {name}", flush=True)
+        print(
+            f"{len(part)} answers in {seconds:.1f} s ({seconds / len(part):.3f} s/answer) -> {name}",
+            flush=True,
+        )
 
 
 def next_name() -> Path:

@@ -42,7 +42,9 @@ def virtual_store(meaning: dict[str, tuple[np.ndarray, np.ndarray]], name: str) 
     for key, (x, p) in meaning.items():
         width = x.shape[-1] // 4
         rows = x[:, : blocks * width].astype(np.float32)
-        out[key] = np.concatenate([rows, np.repeat(p[None].astype(np.float32), len(rows), 0)], 1) if pmi else rows
+        out[key] = (
+            np.concatenate([rows, np.repeat(p[None].astype(np.float32), len(rows), 0)], 1) if pmi else rows
+        )
     return out
 
 
@@ -78,7 +80,9 @@ def pick(report: dict[str, Any]) -> dict[str, Any]:
         entry = report[name]
         options.append((entry["val"]["accuracy"], name, "alone"))
         options.append((entry["tiered"]["val"]["accuracy"], name, "tiered"))
-    acc, name, how = max(options, key=lambda o: (o[0], -list(FEATURE_SETS).index(o[1])))  # ties: fewer features
+    acc, name, how = max(
+        options, key=lambda o: (o[0], -list(FEATURE_SETS).index(o[1]))
+    )  # ties: fewer features
     entry = report[name] if how == "alone" else report[name]["tiered"]
     markers, shipped = report["markers"], report["shipped"]
     complete = report["counts"]["xstest"] == 900 and report["counts"]["test"] == 868
@@ -90,6 +94,27 @@ def pick(report: dict[str, Any]) -> dict[str, Any]:
         "features_complete": complete,
     }
     return {"pick": f"{name} ({how})", "val_accuracy": acc, **checks, "ships": all(checks.values())}
+
+
+def separation(meaning: dict, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How well each PMI number alone tells evasions and late refusals from compliant answers to
+    harmful prompts (ROC AUC; 0.5 is chance, below 0.5 the number is lower for evasions), on
+    TRAIN and VAL rows (the ones a design may be chosen on)."""
+    from sklearn.metrics import roc_auc_score
+
+    from vauban.judge.meaning import PMI_NAMES
+
+    def wanted(r: dict[str, Any]) -> bool:
+        harmful = r.get("prompt_harmful", r.get("harmful"))
+        return r["label"] in ("evasion", "late_refusal") or (r["label"] == "compliance" and bool(harmful))
+
+    pick = [r for r in rows if r["split"] in ("train", "val") and r["key"] in meaning and wanted(r)]
+    gold = np.array([r["label"] != "compliance" for r in pick])
+    if len(set(gold.tolist())) < 2:
+        return {"note": "too few rows"}
+    x = np.stack([meaning[r["key"]][1] for r in pick])
+    auc = {name: round(float(roc_auc_score(gold, x[:, k])), 4) for k, name in enumerate(PMI_NAMES)}
+    return {"evasions_and_late": int(gold.sum()), "compliant_harmful": int((~gold).sum()), "auc": auc}
 
 
 def main() -> None:
@@ -108,6 +133,7 @@ def main() -> None:
         fits[name], head, store = fit_set(name, meaning)
         s_splits, s_sets = (nonempty(d) for d in jc.labelled_sets(store))
         report[name] = judge_entry(head, s_splits, s_sets, store)
+    report["pmi_separation"] = separation(meaning, jt.load_rows())
     report["rule"] = pick(report)
     report["fits"] = fits
     text = json.dumps({**stamp(), "note": __doc__.split("\n\n")[0], **report}, indent=1) + "\n"

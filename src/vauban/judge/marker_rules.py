@@ -338,11 +338,10 @@ RULES: tuple[Rule, ...] = (
         "decline",
         r"i (?:must|have to|need to|will|would)?\s?(?:respectfully |politely )?(?:decline|refuse)"
         r"(?: (?:this|that|your|the|to))?"
-        r"|i(?: must| have to| need to| will| would|'ll|'d| am going to|'m going to) (?:respectfully |politely )?"
-        r"(?:turn down|pass on) (?:this|that|your|the)"
+        r"|i(?: must| have to| need to| will| would|'ll|'d| am going to|'m going to) "
+        r"(?:respectfully |politely )?(?:turn down|pass on) (?:this|that|your|the)"
         r"|(?:a request|requests?) (?:that )?i (?:must|have to|need to|will) (?:decline|refuse|turn down)"
-        r"|it would be (?:irresponsible|unethical|inappropriate|wrong) (?:of|for) me to "
-        + _HELP,
+        r"|it would be (?:irresponsible|unethical|inappropriate|wrong) (?:of|for) me to " + _HELP,
         "I have to respectfully decline this request.",
     ),
     Rule(
