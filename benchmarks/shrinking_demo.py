@@ -33,7 +33,9 @@ RESULTS = Path(__file__).parent / "results"
 
 def with_generate(model, tokenizer, inputs, mask, tokens):
     """What ``generate_tokens`` did on the CPU before: transformers' ``generate``, padded out."""
-    out = model.generate(input_ids=inputs, attention_mask=mask, generation_config=greedy_config(model, tokenizer, tokens))
+    out = model.generate(
+        input_ids=inputs, attention_mask=mask, generation_config=greedy_config(model, tokenizer, tokens)
+    )
     new = out[:, inputs.shape[1] :]
     return torch.nn.functional.pad(new, (0, tokens - new.shape[1]), value=pad_id(tokenizer))
 

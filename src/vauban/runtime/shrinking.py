@@ -66,8 +66,8 @@ _ANY = object()  # equal to no value
 
 def supported(model: nn.Module) -> bool:
     """Whether :func:`greedy` gives ``generate``'s tokens for ``model``: its generation config
-    sets only :data:`NEUTRAL_FIELDS` (or :data:`NEUTRAL_VALUES`) and every cache layer is a plain (or sliding-window) key and
-    value layer, whose rows ``batch_select_indices`` selects."""
+    sets only :data:`NEUTRAL_FIELDS` (or :data:`NEUTRAL_VALUES`), and every cache layer is a
+    plain (or sliding-window) key and value layer, whose rows ``batch_select_indices`` selects."""
     config = getattr(model, "generation_config", None)
     fields = config.to_diff_dict() if config is not None else {}
     if any(k not in NEUTRAL_FIELDS and NEUTRAL_VALUES.get(k, _ANY) != v for k, v in fields.items()):
