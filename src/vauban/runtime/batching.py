@@ -232,7 +232,7 @@ def last_logits(model: nn.Module, seqs: Sequence[Sequence[int]], keep: int, pad_
         return model(
             input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep, use_cache=False
         ).logits[:, -keep:]
-    name = _cache_argument(model)
+    name = cache_argument(model)
     opening = torch.tensor([list(seqs[0][:shared])], device=device)
     model(
         input_ids=opening,
@@ -254,7 +254,7 @@ def last_logits(model: nn.Module, seqs: Sequence[Sequence[int]], keep: int, pad_
     ).logits[:, -keep:]
 
 
-def _cache_argument(model: nn.Module) -> str:
+def cache_argument(model: nn.Module) -> str:
     """``cache`` (transformers 5.2x), or ``past_key_values`` where the model's forward takes that."""
     import inspect
 

@@ -4,7 +4,10 @@ Greedy decoding makes every comparison (before/after a cut, steered/unsteered) d
 Batches are length-sorted and left-padded, and each row stops at any of the model's end-of-turn
 tokens. Two loops produce the same tokens:
 
-- on CPU/MPS, and for models the fast loop does not cover, transformers' ``generate``;
+- on CPU/MPS, :func:`vauban.runtime.shrinking.greedy`: ``generate``'s step on the rows still
+  answering (a row that stopped leaves the batch and its KV cache), where it gives ``generate``'s
+  tokens (:func:`vauban.runtime.shrinking.supported`, no thinking budget, no host-side hooks);
+  otherwise, and for models the fast loop does not cover, transformers' ``generate``;
 - on one CUDA device, :func:`static_greedy` (:mod:`vauban.runtime.fast_decode`): static KV buffers, a
   fixed-shape decode step (one token per row, an explicit 4-D mask over the cache columns)
   through compiled decoder layers, replayed as one CUDA graph. ``generate`` spends most of each
@@ -32,7 +35,7 @@ from ..model.arch import generator, hf
 from ..text.formatting import Formatting
 from ..text.prompts import check_tokenizer, encode_chat, pad_id
 from ..text.reasoning import Decoder, budget, stop_markers
-from . import fast_decode
+from . import fast_decode, shrinking
 from .activations import model_device
 from .batching import batch_size_for, left_pad, progress, sorted_batches
 from .engines import engine_for
@@ -153,6 +156,7 @@ def generate_tokens(
     config = greedy_config(model, tokenizer, new_tokens)
     answers: list[list[int]] = [[] for _ in ids]
     fast = device.type == "cuda" and fast_loop_ok(model)
+    shrink = not fast and new_tokens == max_tokens and shrinking_ok(model)
     if batch_size is None:
         longest = max((len(x) for x in ids), default=0) + new_tokens
         # a decoding step feeds one token per row: batches are bounded by memory (and the static
@@ -163,6 +167,8 @@ def generate_tokens(
         input_ids, mask, _ = left_pad([ids[i] for i in batch], pad, device)
         if fast:
             new = static_greedy(model, input_ids, mask, new_tokens, stops, pad, compile=compile).tolist()
+        elif shrink:
+            new = shrinking.greedy(model, input_ids, mask, new_tokens, stops, pad).tolist()
         else:
             budget_ = decoder.stopping(input_ids.shape[1]) if new_tokens > max_tokens else None
             out = generator(model).generate(
@@ -188,6 +194,13 @@ def fast_loop_ok(model: nn.Module) -> bool:
     except (ValueError, TypeError, KeyError, AttributeError):
         return False
     return all(type(layer) is StaticLayer for layer in cache.layers)
+
+
+def shrinking_ok(model: nn.Module) -> bool:
+    """Whether the CPU/MPS loop that drops finished rows (:mod:`vauban.runtime.shrinking`) gives
+    ``generate``'s tokens: a supported model, and no hook that reads the batch on the host (pure
+    tensor hooks, such as steering's, see each row alike however many rows a step has)."""
+    return model_device(model).type != "cuda" and shrinking.supported(model) and not _has_hooks(model)
 
 
 def _has_hooks(model: nn.Module) -> bool:
