@@ -91,16 +91,27 @@ def test_demo_gguf_patched_answers_like_the_float_model(demo, tmp_path):
     assert sum(c.refused for c in original) > sum(c.refused for c in floats[:10])
 
 
-@pytest.mark.parametrize(("quant", "tolerance"), [("f16", 0.08), ("q8_0", 0.25)])
-def test_converter_gguf_logits_agree_with_transformers(demo, tmp_path, quant, tolerance):
-    """Through llama.cpp's converter: first-token logits within ``tolerance`` × the logit scale
-    and the same top token."""
+@pytest.fixture(scope="module")
+def converter_inputs(demo):
+    """The 8 prompts' ids and the cut model's first-token logits in transformers, computed once
+    for every quantization (the same model and prompts in each)."""
     model, tokenizer, direction = demo
     since = [time.perf_counter()]
     ids = encode_chat(tokenizer, default_eval_prompts(8))
     with cut(model, direction):
         reference = _first_logits(model, ids)
-        lap("transformers' logits", since)
+    lap("transformers' logits", since)
+    return ids, reference
+
+
+@pytest.mark.parametrize(("quant", "tolerance"), [("f16", 0.08), ("q8_0", 0.25)])
+def test_converter_gguf_logits_agree_with_transformers(demo, converter_inputs, tmp_path, quant, tolerance):
+    """Through llama.cpp's converter: first-token logits within ``tolerance`` × the logit scale
+    and the same top token."""
+    model, tokenizer, direction = demo
+    ids, reference = converter_inputs
+    since = [time.perf_counter()]
+    with cut(model, direction):
         info = gguf_format.convert(ExportJob(model, tokenizer, None, quant, None, "demo"), tmp_path)
         lap(f"conversion to {quant}", since)
     got = llamacpp.first_logits(tmp_path / info["gguf_file"], ids, n_ctx=512)
