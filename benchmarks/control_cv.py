@@ -26,8 +26,11 @@ Refusal: the markers judge on greedy answers of ``MAX_TOKENS`` (32) tokens.
 **Selection rule** (written before any held-out score of these settings was seen): per route, the
 candidate with the lowest :func:`control_demo.keep_score` of its cross-validated rates (the
 others' mean refusal + the kept category's shortfall below 80 % of the original's refusal on the
-same prompts); ties go to the earlier candidate in the order listed (``RUNTIME_CANDIDATES``, ``WEIGHT_CANDIDATES``). The goal is met on these prompts
-when the kept category keeps ≥ 80 % of the original's refusal and every other is ≤ 5 %.
+same prompts); ties go to the earlier candidate in the order listed (``RUNTIME_CANDIDATES``,
+``WEIGHT_CANDIDATES`` of ``control_demo.py``). The probe's own pooling, layers, penalty and
+threshold are chosen inside it by its own cross-validation (:mod:`vauban.methods.gating`). The goal
+is met on these prompts when the kept category keeps ≥ 80 % of the original's refusal and every
+other is ≤ 5 %.
 """
 
 from __future__ import annotations
@@ -40,7 +43,16 @@ from pathlib import Path
 
 import torch
 
-from control_demo import MAX_TOKENS, default_direction, keep_score, preserving_edit, say
+from control_demo import (
+    MAX_TOKENS,
+    RUNTIME_CANDIDATES,
+    WEIGHT_CANDIDATES,
+    default_direction,
+    keep_score,
+    preserving_edit,
+    say,
+    weight_label,
+)
 from provenance import stamp
 from vauban import cut, load
 from vauban.direction.categories import category_prompts, from_residuals, keep_vector
@@ -48,18 +60,11 @@ from vauban.judge.answers import completions
 from vauban.methods.conditional import balanced_accuracy, cosine_from_residuals
 from vauban.methods.gating import fold_of, probe_from_residuals
 from vauban.methods.steering import Steering
-from vauban.runtime.activations import last_token_residuals
+from vauban.runtime.activations import POOLINGS, last_token_residuals
 from vauban.text.prompts import load_prompts
 
 RESULTS = Path(__file__).resolve().parent / "results" / "control_cv.json"
 FOLDS = 5
-RUNTIME_CANDIDATES = ("probe", "cosine")
-WEIGHT_CANDIDATES = (  # (method, setting): orthogonal alpha, preserving λ
-    ("orthogonal", 1.75),
-    ("orthogonal", 2.0),
-    ("orthogonal", 2.5),
-    ("preserving", 100.0),
-)
 RULE = (
     "per route, the lowest keep_score (others' mean refusal + kept category's shortfall below 80 % "
     "of the original's) of the cross-validated rates over all measuring prompts; ties: the earlier "
@@ -114,15 +119,21 @@ def runtime_rows(data: dict, labels: list[str], kept_rows: list[bool]) -> list[b
     ]
 
 
-def nested_conditions(acts: torch.Tensor, y: torch.Tensor, fold: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each prompt's match (bool) by each runtime candidate fitted on the other folds."""
+def nested_conditions(
+    features: dict[str, torch.Tensor], y: torch.Tensor, fold: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Each prompt's match (bool) by each runtime candidate fitted on the other folds, and each
+    fold's probe record."""
     out = {name: torch.zeros(len(y), dtype=torch.bool) for name in RUNTIME_CANDIDATES}
+    acts, records = features["last"], []
     layers = list(range(acts.shape[1]))
     for k in range(FOLDS):
         train, test = torch.nonzero(fold != k).flatten(), fold == k
         say(f"fold {k}: probe and cosine condition on {len(train)} prompts")
-        probe = probe_from_residuals("keep", acts[train], y[train])
-        out["probe"][test] = probe.scores(acts[test][:, list(probe.layers)]) > probe.threshold
+        probe = probe_from_residuals("keep", {p: x[train] for p, x in features.items()}, y[train])
+        records.append(probe.record())
+        chosen = features[probe.pooling][test][:, list(probe.layers)]
+        out["probe"][test] = probe.scores(chosen) > probe.threshold
         inner = fold_of(y[train], 4)
         m_rows, t_rows = train[inner != 3], train[inner == 3]
         cosine = cosine_from_residuals(
@@ -133,17 +144,24 @@ def nested_conditions(acts: torch.Tensor, y: torch.Tensor, fold: torch.Tensor) -
             len(layers),
         )
         out["cosine"][test] = cosine.scores(acts[test][:, cosine.layer_index]) > cosine.threshold
-    return out
+    return out, records
 
 
-def stage_runtime(model, tokenizer, prompts, labels, keep: str, data: dict) -> None:
+def residuals(model, tokenizer, prompts: list[str], known: dict) -> dict[str, torch.Tensor]:
+    """Every layer's residuals of ``prompts`` per pooling (captured once per run)."""
+    for pooling in POOLINGS:
+        if pooling not in known:
+            known[pooling] = last_token_residuals(model, tokenizer, prompts, desc=pooling, pooling=pooling)
+    return known
+
+
+def stage_runtime(model, tokenizer, prompts, labels, keep: str, data: dict, features: dict) -> None:
     """``--when not:KEEP`` by each condition, cross-validated (module docstring)."""
-    acts = last_token_residuals(model, tokenizer, prompts, desc="residuals")
     y = torch.tensor([lab == keep for lab in labels])
     fold = fold_of_categories(labels)
-    matches = nested_conditions(acts, y, fold)
+    matches, records = nested_conditions(features, y, fold)
     original = rates_of(labels, [bool(r) for _, r in data["answers"]["original"]])
-    part = {"original": original, "candidates": {}}
+    part = {"original": original, "candidates": {}, "probe_per_fold": records}
     for name, hit in matches.items():
         verdicts = runtime_rows(data, labels, hit.tolist())
         rates = rates_of(labels, verdicts)
@@ -169,21 +187,18 @@ def fold_of_categories(labels: list[str]) -> torch.Tensor:
     return torch.tensor(out)
 
 
-def weight_label(method: str, setting: float) -> str:
-    return f"orthogonal (α {setting:g})" if method == "orthogonal" else f"preserving (λ {setting:g}, μ 1)"
-
-
-def stage_weights(model, tokenizer, direction, prompts, labels, keep: str, data: dict) -> None:
+def stage_weights(model, tokenizer, direction, prompts, labels, keep: str, data: dict, acts) -> None:
     """Each weight candidate fitted on the other folds, answering each fold (saved per fold)."""
     groups = category_prompts("measure")
-    acts = last_token_residuals(model, tokenizer, prompts, desc="residuals")
     base = last_token_residuals(model, tokenizer, load_prompts("harmless"), prompt_set="harmless")
     fold = fold_of_categories(labels).tolist()
     part = data.setdefault("weights", {"answers": {}})
     for k in range(FOLDS):
         rows = [i for i in range(len(prompts)) if fold[i] == k]
         train = {c: [p for i, p in enumerate(prompts) if labels[i] == c and fold[i] != k] for c in groups}
-        cat_acts = {c: acts[[i for i in range(len(prompts)) if labels[i] == c and fold[i] != k]] for c in groups}
+        cat_acts = {
+            c: acts[[i for i in range(len(prompts)) if labels[i] == c and fold[i] != k]] for c in groups
+        }
         cats = from_residuals(cat_acts, base, direction.layer_index)
         make = None
         for method, setting in WEIGHT_CANDIDATES:
@@ -248,14 +263,17 @@ def main() -> None:
             "rule": RULE,
         }
     )
+    features: dict[str, torch.Tensor] = {}
     for stage in args.only.split(","):
         start = time.perf_counter()
         if stage == "answers":
             stage_answers(model, tokenizer, direction, prompts, data)
         elif stage == "runtime":
-            stage_runtime(model, tokenizer, prompts, labels, args.keep, data)
+            features = residuals(model, tokenizer, prompts, features)
+            stage_runtime(model, tokenizer, prompts, labels, args.keep, data, features)
         elif stage == "weights":
-            stage_weights(model, tokenizer, direction, prompts, labels, args.keep, data)
+            features = residuals(model, tokenizer, prompts, features)
+            stage_weights(model, tokenizer, direction, prompts, labels, args.keep, data, features["last"])
         else:
             raise SystemExit(f"unknown stage {stage!r}")
         data.setdefault("seconds", {})[stage] = round(time.perf_counter() - start)
