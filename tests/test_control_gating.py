@@ -118,7 +118,8 @@ def test_fit_probe_condition_gates_generation(tiny, tokenizer, tmp_path):
     model = tiny("qwen2")
     sets = condition_sets(str(_condition_file(tmp_path / "c.jsonl", n=5)))
     probe = fit_probe_condition(model, tokenizer, sets)
-    assert isinstance(probe, ProbeCondition) and probe.weight.shape == (len(probe.layers), arch.d_model(model))
+    assert isinstance(probe, ProbeCondition)
+    assert probe.weight.shape == (len(probe.layers), arch.d_model(model))
     prompts = HARMFUL[:3] + HARMLESS[:3]
     scores = condition_scores(model, tokenizer, probe, prompts)
     turned = condition_scores(model, tokenizer, probe.negated(), prompts)

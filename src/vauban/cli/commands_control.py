@@ -192,7 +192,9 @@ def evaluate_by_group(
         report.put(f"by_{kind}", result.record(answers=False))
 
 
-def condition_for(s: Settings, report: Report, model: Any, tokenizer: Any, when: str, kind: str = "probe") -> Any:
+def condition_for(
+    s: Settings, report: Report, model: Any, tokenizer: Any, when: str, kind: str = "probe"
+) -> Any:
     """The condition of ``--when`` (a bundled condition, a category or a file; ``not:`` before
     it: the prompts that do not match), fitted now: the probe, or the cosine condition."""
     from ..methods.conditional import condition_sets, measure_condition
@@ -207,7 +209,9 @@ def condition_for(s: Settings, report: Report, model: Any, tokenizer: Any, when:
         condition = condition.negated()
     record = condition.record()
     if kind == "probe":
-        where = f"layers {record['layers'][0]}-{record['layers'][-1]} ({len(record['layers'])}), C {record['penalty']:g}"
+        layers = record["layers"]
+        span = f"layers {layers[0]}-{layers[-1]} ({len(layers)})"
+        where = f"{record['pooling']} pooling, {span}, C {record['penalty']:g}"
         accuracy, how = record["cv_balanced_accuracy"], "cross-validated on its example prompts"
     else:
         where, accuracy = f"layer {record['layer']}", record["tune_balanced_accuracy"]

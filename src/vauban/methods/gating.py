@@ -123,10 +123,10 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, penalty: float) -> tuple[torc
         optimizer.zero_grad()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, target, weight=weights)
         loss = loss + (w @ w) / (2 * penalty * n)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         return loss
 
-    optimizer.step(closure)  # type: ignore[no-untyped-call]
+    optimizer.step(closure)
     return w.detach(), float(b.detach())
 
 

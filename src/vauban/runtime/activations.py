@@ -23,7 +23,6 @@ from ..text.prompts import check_tokenizer, encode_chat, pad_id
 from .batching import forward_tokens, free_memory, left_pad, progress, sorted_batches, token_batches
 from .fast_decode import can_compile, compiled_layers
 
-
 POOLINGS = ("last", "mean")
 MASK = -1  # where the batch's attention mask waits for the hooks that pool over tokens
 
