@@ -17,11 +17,10 @@ length ``optimize`` searches at, whose counts on this model equal those at 256 t
   60 measuring prompts of each category, its selection rule written there before this stage ran on
   the current prompts) and *reported* here on the held-out ``eval_categories`` prompts (145, never
   used to measure, fit or choose), fitted on every measuring prompt: refusal per category of the
-  original, the default cut, the best cross-validated setting of each weight method (orthogonal at
-  its alpha, preserving at its λ; one of them chosen) and the run-time keep (``--when not:KEEP``:
-  refusal steered away from the prompts the condition ``KEEP`` does not match) with the probe and
-  with the cosine condition (:func:`runtime_keep`), each with its agreement with the ideal (the
-  original's answers on the kept category, the default cut's elsewhere: :func:`ideal_agreement`).
+  original, the default cut, the chosen weight edit and the chosen run-time keep (``--when
+  not:KEEP``: refusal steered away from the prompts the condition ``KEEP`` does not match,
+  :func:`runtime_keep`), with its agreement with the ideal (the original's answers on the kept
+  category, the default cut's elsewhere: :func:`ideal_agreement`).
 - **conditions**: condition ``medical`` (add refusal when matched) and condition ``cybercrime``
   (remove refusal when matched; one category against the others), each measured on its
   ``measure`` prompts, layer and threshold chosen on ``tune``, accuracy and refusal before/after
@@ -196,23 +195,16 @@ def ideal_agreement(held: dict[str, list[str]], keep: str, answers: dict, name: 
     }
 
 
-def chosen_edits(model, tokenizer, direction, cats, measuring, keep: str, cv: dict) -> dict:
-    """The weight edits to report on held-out prompts, fitted on every measuring prompt: the best
-    cross-validated setting of each method (one of them chosen by the rule of ``control_cv.py``)."""
-    scores, edits = cv["weights"]["scores"], {}
-    for method in dict.fromkeys(m for m, _ in WEIGHT_CANDIDATES):
-        tried = [(m, x) for m, x in WEIGHT_CANDIDATES if m == method and weight_label(m, x) in scores]
-        if not tried:
-            continue
-        _, setting = min(tried, key=lambda mx: scores[weight_label(*mx)])
-        label = f"keep {keep} ({weight_label(method, setting)})"
-        if method == "orthogonal":
-            vector = keep_vector(direction, cats, [keep], "orthogonal")
-            edits[label] = lambda v=vector, a=setting: cut(model, v, alpha=a)
-        else:
-            make, _ = preserving_edit(model, tokenizer, direction, measuring, keep)
-            edits[label] = make({"keep": setting, "prior": 1.0})
-    return edits
+def chosen_edit(model, tokenizer, direction, cats, measuring, keep: str, cv: dict) -> dict:
+    """The weight edit ``control_cv.py``'s rule chose, fitted on every measuring prompt, by name."""
+    label = cv["weights"]["chosen"]
+    (method, setting), *_ = [(m, x) for m, x in WEIGHT_CANDIDATES if weight_label(m, x) == label]
+    name = f"keep {keep} ({label})"
+    if method == "orthogonal":
+        vector = keep_vector(direction, cats, [keep], "orthogonal")
+        return {name: lambda: cut(model, vector, alpha=setting)}
+    make, _ = preserving_edit(model, tokenizer, direction, measuring, keep)
+    return {name: make({"keep": setting, "prior": 1.0})}
 
 
 def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, earlier: dict) -> dict:
@@ -228,7 +220,7 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, ea
     cats = from_residuals(acts, base, layer)
     known = reusable(earlier, keep, held, list(cats.counts))
     edits = {"original": None, "default cut": direction}
-    edits |= chosen_edits(model, tokenizer, direction, cats, measuring, keep, cv)
+    edits |= chosen_edit(model, tokenizer, direction, cats, measuring, keep, cv)
     rows, answers, reused = {}, {}, []
     for name, edit in edits.items():
         say(f"held-out: {name}")
@@ -238,7 +230,7 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, ea
         else:
             rows[name], answers[name] = refusals(model, tokenizer, held, edit)
     runtime = {}
-    for kind in RUNTIME_CANDIDATES:
+    for kind in [cv["runtime"]["chosen"]]:  # the chosen ones only: the held-out set is read once
         name = f"keep {keep} (run time, {kind}: --when not:{keep})"
         say(f"held-out: {name}")
         rows[name], answers[name], runtime[kind] = runtime_keep(model, tokenizer, direction, keep, held, kind)

@@ -75,6 +75,16 @@ def check_keep(args: argparse.Namespace, spec: Any = None) -> list[str]:
     return keep
 
 
+def say_runtime_route(report: Report, keep: list[str]) -> None:
+    """Point ``abliterate --keep`` at the run-time route, which keeps categories more exactly."""
+    when = "not:" + keep[0] if len(keep) == 1 else "not:FILE.jsonl (the kept categories as matched)"
+    report.say(
+        f"note: a weight edit keeps {', '.join(keep)} only in part (the category directions share "
+        f"refusal); at run time `vauban chat --when {when}` keeps it per prompt "
+        "(benchmarks/results/control_demo.json)"
+    )
+
+
 def keep_cut(
     s: Settings,
     args: argparse.Namespace,
@@ -103,6 +113,7 @@ def keep_cut(
             formatting=s.formatting(),
         )
     check_categories(keep, cats.categories)
+    say_runtime_route(report, keep)
     alpha = spec.alpha if args.alpha is not None or spec.alpha != 1.0 else KEEP_ALPHA[args.keep_method]
     record = {"categories": keep, "method": args.keep_method, "alpha": alpha, "measured": cats.record()}
     report.put("keep", record)
@@ -125,6 +136,7 @@ def keep_preserving_cut(
     categories' prompts and kept on the kept ones' (:mod:`vauban.methods.keeping`)."""
     from ..methods.keeping import keep_cut as fit_keep_cut
 
+    say_runtime_route(report, keep)
     with report.step(f"fit the edit that keeps refusing {', '.join(keep)}", "keep_preserving"):
         applied = fit_keep_cut(
             model,
