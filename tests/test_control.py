@@ -292,13 +292,15 @@ def test_cli_abliterate_keep_records_the_kept_categories(cli_ws, monkeypatch, ca
         "abliterate",
         "--keep",
         "a",
+        "--keep-method",
+        "orthogonal",
         "--categories",
         "cats.jsonl",
         "-o",
         "kept",
         "--json",
     )
-    assert doc["keep"]["categories"] == ["a"] and doc["keep"]["method"] == "orthogonal"  # default
+    assert doc["keep"]["categories"] == ["a"] and doc["keep"]["method"] == "orthogonal"
     assert doc["keep"]["alpha"] == 2.0  # KEEP_ALPHA unless --alpha
     assert json.loads((cli_ws / "kept" / "vauban.json").read_text())["cut"]["alpha"] == 2.0
     assert json.loads((cli_ws / "kept" / "vauban.json").read_text())["keep"]["categories"] == ["a"]
@@ -309,8 +311,6 @@ def test_cli_abliterate_keep_records_the_kept_categories(cli_ws, monkeypatch, ca
         "abliterate",
         "--keep",
         "a",
-        "--keep-method",
-        "preserving",
         "--categories",
         "cats.jsonl",
         "-o",
