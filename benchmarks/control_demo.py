@@ -13,17 +13,14 @@ length ``optimize`` searches at, whose counts on this model equal those at 256 t
 (``benchmarks/results/length_study.json``).
 
 - **categories**: one direction per category (:mod:`vauban.direction.categories`) at the default
-  direction's layer. Every keep method is *developed* on development prompts — the last 10 of each
-  category's 40 measuring prompts, with directions (``orthogonal``, ``others``, at alpha 1 and
-  the alphas of ``VECTOR_ALPHAS``) and the keep-preserving edit (:mod:`vauban.methods.keeping`,
-  each setting of ``PRESERVING``) fitted on the first 30 and the generic harmful prompts that are
-  not development prompts — and the one with the lowest :func:`keep_score` is *chosen*; they are
-  *reported* on the held-out ``eval_categories`` prompts (145, never used to measure, fit or
-  choose), fitted on all 40: refusal per category of the original, the default cut, the cut
-  keeping ``--keep`` by each vector method at alpha 1, the best vector setting and the best
-  preserving setting on the development prompts, and the run-time keep (``--when not:KEEP``:
-  refusal steered away from the prompts the condition ``KEEP`` does not match; its layer and
-  threshold chosen on the development prompts, :func:`runtime_keep`).
+  direction's layer. The keep settings are *chosen* by ``control_cv.py`` (cross-validation over all
+  60 measuring prompts of each category, its selection rule written there before this stage ran on
+  the current prompts) and *reported* here on the held-out ``eval_categories`` prompts (145, never
+  used to measure, fit or choose), fitted on every measuring prompt: refusal per category of the
+  original, the default cut, the chosen weight edit and the chosen run-time keep (``--when
+  not:KEEP``: refusal steered away from the prompts the condition ``KEEP`` does not match,
+  :func:`runtime_keep`), with its agreement with the ideal (the original's answers on the kept
+  category, the default cut's elsewhere: :func:`ideal_agreement`).
 - **conditions**: condition ``medical`` (add refusal when matched) and condition ``cybercrime``
   (remove refusal when matched; one category against the others), each measured on its
   ``measure`` prompts, layer and threshold chosen on ``tune``, accuracy and refusal before/after
@@ -58,6 +55,7 @@ from vauban.methods.conditional import (
     conditional_generate,
     measure_condition,
 )
+from vauban.methods.gating import fit_probe_condition
 from vauban.methods.keeping import KeepPreserving, capture_keep, harmful_records, keep_prompt_sets
 from vauban.methods.protocol import Inputs
 from vauban.runtime.activations import last_token_residuals
@@ -66,23 +64,12 @@ from vauban.text.prompts import load_prompts
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "control_demo.json"
 MAX_TOKENS = 32
-DEV = 10  # development prompts per category (the last of each category's measuring prompts)
-VECTOR_METHODS = ("orthogonal", "others")  # keep methods that cut one vector (vauban.direction.categories)
-VECTOR_ALPHAS = (  # (method, alpha) of the vector cuts tried on development prompts beyond alpha 1
-    ("orthogonal", 1.5),
-    ("orthogonal", 1.75),
-    ("orthogonal", 2.0),
-)
-PRESERVING = (  # settings of the keep-preserving edit (vauban.methods.keeping) tried on development prompts
-    {"keep": 1.0, "prior": 1.0},
-    {"keep": 10.0, "prior": 1.0},
-    {"keep": 100.0, "prior": 1.0},
-    {"keep": 10.0, "prior": 0.0},
-    {"keep": 1000.0, "prior": 1.0},
-    {"keep": 100.0, "prior": 1.0, "ridge": 10.0},
-    {"keep": 100.0, "prior": 1.0, "boost": 1.0},
-    {"keep": 100.0, "prior": 1.0, "boost": 3.0},
-    {"keep": 100.0, "prior": 1.0, "last": 5},
+DEV = 10  # keep_study.py's development prompts per category (control_cv.py cross-validates instead)
+CV_RESULTS = HERE / "results" / "control_cv.json"  # the keep defaults' cross-validated choice
+RUNTIME_CANDIDATES = ("probe", "cosine")  # conditions of run-time keep (--when not:KEEP)
+WEIGHT_CANDIDATES = (  # (method, setting) of the weight keep edits: orthogonal alpha, preserving λ
+    ("orthogonal", 2.0),  # the two best of keep_study.py / the earlier development split; CPU time
+    ("preserving", 100.0),  # allowed no more (each costs 360 answers under 5 fitted edits)
 )
 CACHE = Path(os.environ.get("VAUBAN_CACHE", Path.home() / ".cache" / "vauban")) / "control_demo"
 
@@ -123,27 +110,15 @@ def refusals(model, tokenizer, prompts: dict[str, list[str]], edit=None) -> tupl
     return per_category(prompts, answers), [[a.text, a.refused] for a in answers]
 
 
+def weight_label(method: str, setting: float) -> str:
+    return f"orthogonal (α {setting:g})" if method == "orthogonal" else f"preserving (λ {setting:g}, μ 1)"
+
+
 def keep_score(rates: dict[str, float], original: dict[str, float], keep: str) -> float:
     """What the choice minimizes: the others' mean refusal, plus the shortfall of the kept
     category below 80 % of its original refusal."""
     others = [v for k, v in rates.items() if k != keep]
     return sum(others) / len(others) + max(0.0, 0.8 * original[keep] - rates[keep])
-
-
-def preserving_label(settings: dict) -> str:
-    ridge = f", ridge {settings['ridge']:g}" if "ridge" in settings else ""
-    boost = f", β {settings['boost']:g}" if "boost" in settings else ""
-    last = f", last {settings['last']} tokens" if "last" in settings else ""
-    return f"preserving (λ {settings['keep']:g}, μ {settings['prior']:g}{ridge}{boost}{last})"
-
-
-def vector_label(method: str, alpha: float) -> str:
-    return method if alpha == 1.0 else f"{method} (α {alpha:g})"
-
-
-def vector_edit(model, vector, alpha: float):
-    """The cut of ``vector`` at ``alpha``, as :func:`refusals` takes it."""
-    return vector if alpha == 1.0 else (lambda: cut(model, vector, alpha=alpha))
 
 
 def preserving_edit(model, tokenizer, direction, groups, keep: str, exclude=()):
@@ -166,31 +141,31 @@ def preserving_edit(model, tokenizer, direction, groups, keep: str, exclude=()):
     return make, {"remove": len(remove), "kept": len(kept), "harmless": len(inputs.harmless)}
 
 
-def reusable(earlier: dict, keep: str, layer: int, held: dict[str, list[str]]) -> tuple[dict, dict]:
-    """``(development rates, held-out (rates, answers))`` of an earlier run of this stage with the
-    same kept category, layer and held-out prompts: greedy answers of the same model and prompts,
-    so running them again would give the same (``--fresh`` runs everything)."""
+def reusable(earlier: dict, keep: str, held: dict[str, list[str]], measured: list[int]) -> dict:
+    """Held-out ``(rates, answers)`` of an earlier run of this stage: rows that do not depend on
+    the measuring prompts (``original``, ``default cut``) when the held-out prompts are the same,
+    every row when the kept category and the measuring prompts are the same too (greedy answers of
+    the same model, prompts and edit: running them again would give the same; ``--fresh`` runs
+    everything)."""
     flat = [p for group in held.values() for p in group]
-    same = (
-        earlier.get("keep") == keep
-        and earlier.get("layer") == layer
-        and earlier.get("counts_eval") == [len(v) for v in held.values()]
-    )
-    answers = earlier.get("held_out", {}).get("answers", {}) if same else {}
-    held_rows = {
+    if earlier.get("counts_eval") != [len(v) for v in held.values()]:
+        return {}
+    every = earlier.get("keep") == keep and earlier.get("counts_measure") == measured
+    answers = earlier.get("held_out", {}).get("answers", {})
+    return {
         name: (earlier["held_out"]["rates"][name], got)
         for name, got in answers.items()
-        if len(got) == len(flat)
+        if len(got) == len(flat) and (every or name in ("original", "default cut"))
     }
-    return (earlier.get("development", {}).get("rates", {}) if same else {}), held_rows
 
 
-def runtime_keep(model, tokenizer, direction, keep: str, held: dict[str, list[str]]):
+def runtime_keep(model, tokenizer, direction, keep: str, held: dict[str, list[str]], kind: str):
     """``--keep`` at run time (``steer`` / ``chat --when not:KEEP``): refusal removed (steering,
-    every layer) from the prompts the condition ``keep`` (that category against the others, layer
-    and threshold chosen on the development prompts) does not match; per category of ``held``,
-    with the condition's hit rate per category."""
-    condition = measure_condition(model, tokenizer, condition_sets(keep)).negated()
+    every layer) from the prompts the condition ``keep`` (that category against the others; the
+    ``probe`` or the ``cosine`` condition, fitted on the measuring prompts) does not match; per
+    category of ``held``, with the share of each category left unsteered."""
+    fit = fit_probe_condition if kind == "probe" else measure_condition
+    condition = fit(model, tokenizer, condition_sets(keep)).negated()
     flat = [p for group in held.values() for p in group]
     answers, steered_rows = conditional_generate(
         model, tokenizer, flat, condition, direction, mode="remove", max_tokens=MAX_TOKENS
@@ -206,81 +181,62 @@ def runtime_keep(model, tokenizer, direction, keep: str, held: dict[str, list[st
     return rates, [[a, r] for a, r in zip(answers, verdicts, strict=True)], info
 
 
+def ideal_agreement(held: dict[str, list[str]], keep: str, answers: dict, name: str) -> dict:
+    """How close run-time keep ``name`` is to its ideal — the original's answers on the kept
+    category, the default cut's on the others: the share of prompts with the same verdict, and
+    of kept prompts with the very same answer."""
+    labels = [c for c, group in held.items() for _ in group]
+    ideal = [answers["original"][i] if c == keep else answers["default cut"][i] for i, c in enumerate(labels)]
+    got = answers[name]
+    kept = [i for i, c in enumerate(labels) if c == keep]
+    return {
+        "same_verdict": sum(g[1] == w[1] for g, w in zip(got, ideal, strict=True)) / len(got),
+        "kept_same_answer": sum(got[i][0] == ideal[i][0] for i in kept) / len(kept),
+    }
+
+
+def chosen_edit(model, tokenizer, direction, cats, measuring, keep: str, cv: dict) -> dict:
+    """The weight edit ``control_cv.py``'s rule chose, fitted on every measuring prompt, by name."""
+    label = cv["weights"]["chosen"]
+    (method, setting), *_ = [(m, x) for m, x in WEIGHT_CANDIDATES if weight_label(m, x) == label]
+    name = f"keep {keep} ({label})"
+    if method == "orthogonal":
+        vector = keep_vector(direction, cats, [keep], "orthogonal")
+        return {name: lambda: cut(model, vector, alpha=setting)}
+    make, _ = preserving_edit(model, tokenizer, direction, measuring, keep)
+    return {name: make({"keep": setting, "prior": 1.0})}
+
+
 def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, earlier: dict) -> dict:
     measuring, held = category_prompts("measure"), category_prompts("eval")
+    cv = json.loads(CV_RESULTS.read_text())
+    if cv.get("keep") != keep or "chosen" not in cv.get("weights", {}) or "runtime" not in cv:
+        raise SystemExit(f"run control_cv.py --keep {keep} first: its choices are what is reported")
     harmless = load_prompts("harmless")
     say("residuals of the category and harmless prompts")
     acts = {c: last_token_residuals(model, tokenizer, p, prompt_set="harmful") for c, p in measuring.items()}
     base = last_token_residuals(model, tokenizer, harmless, prompt_set="harmless")
     layer = direction.layer_index
-    dev_cats = from_residuals({c: a[:-DEV] for c, a in acts.items()}, base, layer)
     cats = from_residuals(acts, base, layer)
-    dev = {c: p[-DEV:] for c, p in measuring.items()}
-    fit = {c: p[:-DEV] for c, p in measuring.items()}
-    say(f"development: {sum(map(len, dev.values()))} prompts, original and every keep method")
-    dev_known, held_known = reusable(earlier, keep, layer, held)
-    reused = {"development": [], "held_out": []}
-    dev_rows = {}
-    for method in ("original", *VECTOR_METHODS):
-        if method in dev_known:
-            dev_rows[method] = dev_known[method]
-            reused["development"].append(method)
-            continue
-        vector = None if method == "original" else keep_vector(direction, dev_cats, [keep], method)
-        dev_rows[method] = refusals(model, tokenizer, dev, vector)[0]
-    for method, alpha in VECTOR_ALPHAS:
-        label = vector_label(method, alpha)
-        if label in dev_known:
-            dev_rows[label] = dev_known[label]
-            reused["development"].append(label)
-            continue
-        edit = vector_edit(model, keep_vector(direction, dev_cats, [keep], method), alpha)
-        dev_rows[label] = refusals(model, tokenizer, dev, edit)[0]
-        say(f"dev {label}: {dev_rows[label]}")
-    dev_make, dev_sets = preserving_edit(
-        model, tokenizer, direction, fit, keep, exclude=[p for g in dev.values() for p in g]
-    )
-    for settings in PRESERVING:
-        label = preserving_label(settings)
-        if label in dev_known:
-            dev_rows[label] = dev_known[label]
-            reused["development"].append(label)
-            continue
-        dev_rows[label] = refusals(model, tokenizer, dev, dev_make(settings))[0]
-        say(f"dev {label}: {dev_rows[label]}")
-    scores = {m: keep_score(r, dev_rows["original"], keep) for m, r in dev_rows.items() if m != "original"}
-    chosen = min(scores, key=scores.get)
-    best = min(PRESERVING, key=lambda st: scores[preserving_label(st)])
-    vectors = [(m, 1.0) for m in VECTOR_METHODS] + list(VECTOR_ALPHAS)
-    best_vector = min(vectors, key=lambda ma: scores[vector_label(*ma)])
-    say(f"dev {dev_rows} -> {chosen}")
-    make, sets = preserving_edit(model, tokenizer, direction, measuring, keep)
-    edits = {
-        "original": None,
-        "default cut": direction,
-        **{f"keep {keep} ({m})": keep_vector(direction, cats, [keep], m) for m in VECTOR_METHODS},
-        f"keep {keep} ({vector_label(*best_vector)})": vector_edit(
-            model, keep_vector(direction, cats, [keep], best_vector[0]), best_vector[1]
-        ),
-        f"keep {keep} ({preserving_label(best)})": make(best),
-    }
-    rows, answers = {}, {}
+    known = reusable(earlier, keep, held, list(cats.counts))
+    edits = {"original": None, "default cut": direction}
+    edits |= chosen_edit(model, tokenizer, direction, cats, measuring, keep, cv)
+    rows, answers, reused = {}, {}, []
     for name, edit in edits.items():
         say(f"held-out: {name}")
-        if name in held_known:
-            reused["held_out"].append(name)
-            rows[name], answers[name] = held_known[name]
+        if name in known:
+            reused.append(name)
+            rows[name], answers[name] = known[name]
         else:
             rows[name], answers[name] = refusals(model, tokenizer, held, edit)
-    name, runtime = f"keep {keep} (run time: --when not:{keep})", earlier.get("runtime_condition")
-    say(f"held-out: {name}")
-    if name in held_known and runtime:
-        reused["held_out"].append(name)
-        rows[name], answers[name] = held_known[name]
-    else:
-        rows[name], answers[name], runtime = runtime_keep(model, tokenizer, direction, keep, held)
+    runtime = {}
+    for kind in [cv["runtime"]["chosen"]]:  # the chosen ones only: the held-out set is read once
+        name = f"keep {keep} (run time, {kind}: --when not:{keep})"
+        say(f"held-out: {name}")
+        rows[name], answers[name], runtime[kind] = runtime_keep(model, tokenizer, direction, keep, held, kind)
+        runtime[kind] |= ideal_agreement(held, keep, answers, name)
     return {
-        "runtime_condition": runtime,
+        "runtime_conditions": runtime,
         "keep": keep,
         "layer": layer,
         "categories": list(cats.categories),
@@ -290,25 +246,13 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, ea
         "cos_with_default_direction": [
             round(float(u @ direction.direction.double()), 4) for u in cats.directions().double()
         ],
-        "development": {
-            "prompts": f"the last {DEV} of each category's measuring prompts",
-            "rates": dev_rows,
-            "scores": scores,
-            "chosen": chosen,
-            "preserving_fit_prompts": dev_sets,
+        "chosen": {
+            "weights": f"keep {keep} ({cv['weights']['chosen']})",
+            "runtime": f"keep {keep} (run time, {cv['runtime']['chosen']}: --when not:{keep})",
+            "by": f"control_cv.json: {cv['rule']}",
         },
-        "held_out": {
-            "prompts": "eval_categories.jsonl (145)",
-            "rates": rows,
-            "answers": answers,
-            "preserving": {"settings": best, "fit_prompts": sets},
-            "vector": {"method": best_vector[0], "alpha": best_vector[1]},
-        },
-        "reused": reused
-        | {
-            "from": {k: earlier.get(k) for k in ("git", "date")},
-            "why": "greedy answers of the same model, prompts and edit: the same as running them again",
-        },
+        "held_out": {"prompts": "eval_categories.jsonl (145)", "rates": rows, "answers": answers},
+        "reused": {"held_out": reused, "from": {k: earlier.get(k) for k in ("git", "date")}},
     }
 
 

@@ -359,8 +359,8 @@ def peers_frontier() -> list[str]:
 
 @table("control-categories")
 def control_categories() -> list[str]:
-    """Refusal per category on held-out prompts: original, default cut, cuts keeping one category
-    (``benchmarks/control_demo.py``)."""
+    """Refusal per category on held-out prompts: original, default cut, the keep settings chosen by
+    cross-validation, by weights and at run time (``benchmarks/control_demo.py``)."""
     r = load("control_demo.json")
     c = r["categories"]
     rates = c["held_out"]["rates"]
@@ -377,15 +377,16 @@ def control_categories() -> list[str]:
     rows.append(
         ["**others, highest** (goal ≤ 5 %)", "", *(pct(max(rates[n][o] for o in others)) for n in names)]
     )
-    chosen = f"keep {keep} ({c['development']['chosen']})"
+    chosen = set(c["chosen"][route] for route in ("weights", "runtime"))
     header = [
         "category",
         "held-out prompts",
-        *(f"{n} ← chosen on dev prompts" if n == chosen else n for n in names),
+        *(f"{n} ← chosen by cross-validation" if n in chosen else n for n in names),
     ]
     return [
         f"Judge: markers, {r['max_tokens']} answer tokens, `eval_categories.jsonl` (never used to "
-        f"measure or choose); directions at layer {c['layer']}.",
+        f"measure, fit or choose); directions at layer {c['layer']}; settings chosen by "
+        "cross-validation over the 360 measuring prompts (`control_cv.json`).",
         "",
         *markdown(header, rows),
     ]
@@ -393,27 +394,40 @@ def control_categories() -> list[str]:
 
 @table("control-keep-dev")
 def control_keep_dev() -> list[str]:
-    """Every keep method on the development prompts, with the score the choice minimizes
-    (``benchmarks/control_demo.py``)."""
-    c = load("control_demo.json")["categories"]
-    dev = c["development"]
-    names = [n for n in dev["rates"] if n != "original"]
-    header = ["keep method", *c["categories"], "score"]
-    rows = [["original", *(pct(dev["rates"]["original"][cat]) for cat in c["categories"]), ""]]
-    rows += [
-        [
-            f"**{n}** ← chosen" if n == dev["chosen"] else n,
-            *(pct(dev["rates"][n][cat]) for cat in c["categories"]),
-            f"{dev['scores'][n]:.2f}",
-        ]
-        for n in names
-    ]
+    """Every keep setting cross-validated over the measuring prompts, with the score the choice
+    minimizes (``benchmarks/control_cv.py``)."""
+    cv = load("control_cv.json")
+    rt, wt = cv["runtime"], cv["weights"]
+    cats = list(rt["original"])
+    rows = [["original", "", *(pct(rt["original"][cat]) for cat in cats), ""]]
+    for name, cand in rt["candidates"].items():
+        label = f"run time, {name} (balanced accuracy {pct(cand['balanced_accuracy'])})"
+        rows.append(
+            [
+                f"**{label}** ← chosen" if name == rt["chosen"] else label,
+                "",
+                *(pct(cand["rates"][cat]) for cat in cats),
+                f"{cand['score']:.2f}",
+            ]
+        )
+        rows.append(["", "matched as " + cv["keep"], *(pct(cand["matched_share"][cat]) for cat in cats), ""])
+    for name, rates in wt["rates"].items():
+        label = f"weights, {name}"
+        rows.append(
+            [
+                f"**{label}** ← chosen" if name == wt.get("chosen") else label,
+                "",
+                *(pct(rates[cat]) for cat in cats),
+                f"{wt['scores'][name]:.2f}",
+            ]
+        )
     return [
-        f"Keeping {c['keep']}; judge: markers, 32 answer tokens; {dev['prompts']} (10 each), every "
-        "edit fitted without them. Score: the others' mean refusal + the kept category's shortfall "
-        "below 80 % of its original (lower is better).",
+        f"Keeping {cv['keep']}; judge: markers, {cv['max_tokens']} answer tokens; {cv['prompts']}, "
+        f"{cv['folds']}-fold cross-validation (each prompt answered under the edit or condition "
+        "fitted without its fold). Score: the others' mean refusal + the kept category's shortfall "
+        "below 80 % of its original (lower is better); rule: " + cv["rule"] + ".",
         "",
-        *markdown(header, rows),
+        *markdown(["keep setting", "", *cats, "score"], rows),
     ]
 
 

@@ -43,7 +43,7 @@ def _records(name: str) -> list[dict]:
 def test_bundled_categories_have_enough_prompts_and_never_share_one():
     measure_set, held = category_prompts("measure"), category_prompts("eval")
     assert list(measure_set) == list(held) and len(measure_set) == 6
-    assert all(len(v) >= 40 for v in measure_set.values()) and all(len(v) >= 20 for v in held.values())
+    assert all(len(v) >= 60 for v in measure_set.values()) and all(len(v) >= 20 for v in held.values())
     every = [p for v in (*measure_set.values(), *held.values()) for p in v]
     assert len(every) == len(set(every))
     eval_harmful = {r["prompt"] for r in _records("eval_harmful")}
@@ -66,9 +66,9 @@ def test_condition_sets_split_bundled_and_category_conditions():
     medical = condition_sets("medical")
     assert {len(medical.matched[s]) for s in ("measure", "tune", "test")} == {30, 15}
     cyber = condition_sets("cybercrime")
-    assert len(cyber.matched["measure"]) == 30 and len(cyber.matched["tune"]) == 10
+    assert len(cyber.matched["measure"]) == 45 and len(cyber.matched["tune"]) == 15
     assert not set(cyber.matched["test"]) & set(cyber.matched["measure"])
-    assert len(cyber.unmatched["measure"]) == 150
+    assert len(cyber.unmatched["measure"]) == 225
     with pytest.raises(VaubanError, match="no condition"):
         condition_sets("gardening")
 
@@ -292,13 +292,15 @@ def test_cli_abliterate_keep_records_the_kept_categories(cli_ws, monkeypatch, ca
         "abliterate",
         "--keep",
         "a",
+        "--keep-method",
+        "orthogonal",
         "--categories",
         "cats.jsonl",
         "-o",
         "kept",
         "--json",
     )
-    assert doc["keep"]["categories"] == ["a"] and doc["keep"]["method"] == "orthogonal"  # default
+    assert doc["keep"]["categories"] == ["a"] and doc["keep"]["method"] == "orthogonal"
     assert doc["keep"]["alpha"] == 2.0  # KEEP_ALPHA unless --alpha
     assert json.loads((cli_ws / "kept" / "vauban.json").read_text())["cut"]["alpha"] == 2.0
     assert json.loads((cli_ws / "kept" / "vauban.json").read_text())["keep"]["categories"] == ["a"]
@@ -309,8 +311,6 @@ def test_cli_abliterate_keep_records_the_kept_categories(cli_ws, monkeypatch, ca
         "abliterate",
         "--keep",
         "a",
-        "--keep-method",
-        "preserving",
         "--categories",
         "cats.jsonl",
         "-o",

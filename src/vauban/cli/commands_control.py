@@ -75,6 +75,16 @@ def check_keep(args: argparse.Namespace, spec: Any = None) -> list[str]:
     return keep
 
 
+def say_runtime_route(report: Report, keep: list[str]) -> None:
+    """Point ``abliterate --keep`` at the run-time route, which keeps categories more exactly."""
+    when = "not:" + keep[0] if len(keep) == 1 else "not:FILE.jsonl (the kept categories as matched)"
+    report.say(
+        f"note: a weight edit keeps {', '.join(keep)} only in part (the category directions share "
+        f"refusal); at run time `vauban chat --when {when}` keeps it per prompt "
+        "(benchmarks/results/control_demo.json)"
+    )
+
+
 def keep_cut(
     s: Settings,
     args: argparse.Namespace,
@@ -103,6 +113,7 @@ def keep_cut(
             formatting=s.formatting(),
         )
     check_categories(keep, cats.categories)
+    say_runtime_route(report, keep)
     alpha = spec.alpha if args.alpha is not None or spec.alpha != 1.0 else KEEP_ALPHA[args.keep_method]
     record = {"categories": keep, "method": args.keep_method, "alpha": alpha, "measured": cats.record()}
     report.put("keep", record)
@@ -125,6 +136,7 @@ def keep_preserving_cut(
     categories' prompts and kept on the kept ones' (:mod:`vauban.methods.keeping`)."""
     from ..methods.keeping import keep_cut as fit_keep_cut
 
+    say_runtime_route(report, keep)
     with report.step(f"fit the edit that keeps refusing {', '.join(keep)}", "keep_preserving"):
         applied = fit_keep_cut(
             model,
@@ -192,25 +204,35 @@ def evaluate_by_group(
         report.put(f"by_{kind}", result.record(answers=False))
 
 
-def condition_for(s: Settings, report: Report, model: Any, tokenizer: Any, when: str) -> Any:
+def condition_for(
+    s: Settings, report: Report, model: Any, tokenizer: Any, when: str, kind: str = "probe"
+) -> Any:
     """The condition of ``--when`` (a bundled condition, a category or a file; ``not:`` before
-    it: the prompts that do not match), measured now."""
+    it: the prompts that do not match), fitted now: the probe, or the cosine condition."""
     from ..methods.conditional import condition_sets, measure_condition
+    from ..methods.gating import fit_probe_condition
 
     negate = when.startswith("not:")
     sets = condition_sets(when.removeprefix("not:") if negate else when)
-    with report.step(f"measure the condition {sets.name!r}", "condition"):
-        condition = measure_condition(
-            model, tokenizer, sets, batch_size=s.batch_size, formatting=s.formatting()
-        )
+    fit = fit_probe_condition if kind == "probe" else measure_condition
+    with report.step(f"fit the condition {sets.name!r} ({kind})", "condition"):
+        condition = fit(model, tokenizer, sets, batch_size=s.batch_size, formatting=s.formatting())
     if negate:
         condition = condition.negated()
-    accuracy = condition.tune_accuracy[condition.layer_index]
+    record = condition.record()
+    if kind == "probe":
+        layers = record["layers"]
+        span = f"layers {layers[0]}-{layers[-1]} ({len(layers)})"
+        where = f"{record['pooling']} pooling, {span}, C {record['penalty']:g}"
+        accuracy, how = record["cv_balanced_accuracy"], "cross-validated on its example prompts"
+    else:
+        where, accuracy = f"layer {record['layer']}", record["tune_balanced_accuracy"]
+        how = "on held-back prompts"
     report.say(
-        f"condition {condition.name!r}: layer {condition.layer_index}, "
-        f"threshold {condition.threshold:+.3f}, balanced accuracy on held-back prompts {accuracy:.0%}"
+        f"condition {condition.name!r} ({kind}): {where}, threshold {condition.threshold:+.3f}, "
+        f"balanced accuracy {how} {accuracy:.0%}"
     )
-    report.put("condition", condition.record())
+    report.put("condition", record)
     return condition
 
 
@@ -228,7 +250,7 @@ def cmd_steer_when(
     from ..methods.conditional import condition_scores, conditional_generate
     from ..text.reasoning import split_reasoning
 
-    condition = condition_for(s, report, model, tokenizer, args.when)
+    condition = condition_for(s, report, model, tokenizer, args.when, args.condition_kind)
     mode = "add" if args.add else "remove"
     alpha = args.alpha if args.alpha is not None else 1.0
     score = float(condition_scores(model, tokenizer, condition, [args.prompt])[0])

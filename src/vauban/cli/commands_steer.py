@@ -61,7 +61,9 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
     direction = None
     if args.direction or args.alpha or args.when:
         direction = direction_for(s, report, model, tokenizer, args)
-    condition = condition_for(s, report, model, tokenizer, args.when) if args.when else None
+    condition = None
+    if args.when:
+        condition = condition_for(s, report, model, tokenizer, args.when, args.condition_kind)
     alpha = args.alpha if args.alpha is not None else 1.0 if args.when else 0.0
     session = ChatSession(
         model,

@@ -246,6 +246,13 @@ def when_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --when: add refusal to matched prompts instead of removing it",
     )
+    g.add_argument(
+        "--condition-kind",
+        choices=("probe", "cosine"),
+        default="probe",
+        help="with --when: a logistic probe over several layers, chosen by cross-validation "
+        "(default), or the one-layer cosine condition",
+    )
 
 
 def variant_flags(p: argparse.ArgumentParser) -> None:

@@ -141,12 +141,12 @@ def add_abliterate(command: Command) -> None:
     g.add_argument(
         "--keep-method",
         choices=["orthogonal", "preserving", "others"],
-        default="orthogonal",
-        help="with --keep: cut the refusal direction minus the kept categories' span at alpha 2 "
-        "unless --alpha (orthogonal: the default, chosen on development prompts, "
-        "benchmarks/results/control_demo.json), or fit a rank-1 edit per writer that removes the "
-        "whole refusal direction on the other categories' and the harmful prompts while keeping "
-        "the kept categories' and the harmless prompts' outputs (preserving), or cut the other "
+        default="preserving",
+        help="with --keep: fit a rank-1 edit per writer that removes the whole refusal direction on "
+        "the other categories' and the harmful prompts while keeping the kept categories' and the "
+        "harmless prompts' outputs (preserving: the default, chosen by cross-validation, "
+        "benchmarks/results/control_cv.json), or cut the refusal direction minus the kept "
+        "categories' span at alpha 2 unless --alpha (orthogonal), or cut the other "
         "categories' own direction minus the kept span (others)",
     )
     categories_flag(g)

@@ -17,11 +17,12 @@ instead of the refusal direction ``r`` one of:
 
 Both cut one vector from every output, and the category directions share refusal itself, so
 orthogonalizing against the kept ones removes refusal from the cut too: at ``alpha`` 1 the cut
-keeps (or adds) refusal everywhere. ``abliterate --keep`` cuts ``orthogonal`` at ``alpha`` 2 unless
-``--alpha`` (:data:`KEEP_ALPHA`, chosen on development prompts): the written component along
+keeps (or adds) refusal everywhere. ``abliterate --keep --keep-method orthogonal`` cuts at ``alpha`` 2
+unless ``--alpha`` (:data:`KEEP_ALPHA`): the written component along
 ``r'`` is turned round instead of removed, which removes the other categories' refusals and keeps
 part of the kept ones'; at 1.75 refusal stays everywhere, so the choice sits on a steep edge.
-The third keep method, ``preserving`` (:mod:`vauban.methods.keeping`), is an edit, not a vector:
+The default keep method, ``preserving`` (:mod:`vauban.methods.keeping`; chosen by cross-validation,
+``benchmarks/results/control_cv.json``), is an edit, not a vector:
 the whole refusal direction, removed on the other categories' prompts and kept on the kept ones'.
 ``benchmarks/control_demo.py`` measures which keeps more of the kept categories' refusals while
 removing the others' (``benchmarks/results/control_demo.json``).

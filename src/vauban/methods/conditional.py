@@ -1,14 +1,22 @@
 """Conditional steering (CAST, Lee et al., ICLR 2025): change refusal only on prompts that match a
 condition.
 
-A **condition** is a direction that separates example prompts that match it from prompts that do
-not: at layer ``l``, ``c(l) = normalize(mean(M, l) - mean(U, l))`` over last-token residuals of
-the chat-formatted prompts. A prompt's score is the cosine between its residual, centred at the
-midpoint of the two means, and ``c(l)``; it matches when the score is above a threshold. The
-layer and the threshold are chosen on *held-back* prompts (``tune``) for the best balanced
-accuracy, so the accuracy reported on a third set (``test``) is not the one they were chosen
-on. (CAST reads the mean over the prompt's tokens; the last token carries the chat template's
-summary of the prompt, the residual :mod:`vauban.measuring` reads too.)
+A **condition** (:class:`Condition`) scores each prompt and matches above a threshold. Two kinds:
+
+- the **probe** (:mod:`vauban.methods.gating`, what ``--when`` fits): a logistic regression over
+  several layers' last-token residuals, its layers, penalty and threshold chosen by
+  cross-validation over the ``measure`` and ``tune`` prompts;
+- the **cosine** condition (:class:`CosineCondition`, :func:`measure_condition`): at layer ``l``,
+  ``c(l) = normalize(mean(M, l) - mean(U, l))`` over last-token residuals of the chat-formatted
+  prompts that match (``M``) and do not (``U``); a prompt's score is the cosine between its
+  residual, centred at the midpoint of the two means, and ``c(l)``. The layer and the threshold
+  are chosen on *held-back* prompts (``tune``) for the best balanced accuracy. (CAST reads the
+  mean over the prompt's tokens; the last token carries the chat template's summary of the
+  prompt, the residual :mod:`vauban.measuring` reads too.) A harm category is not that separable
+  at one layer (``benchmarks/results/control_demo.json``), hence the probe.
+
+Neither reads the ``test`` split, so the accuracy reported there is not the one they were chosen
+on.
 
 Steering then applies to matched prompts only: ``remove`` ablates the refusal direction at
 every layer (:class:`vauban.steering.Steering`), ``add`` adds ``alpha`` × the refusal
@@ -34,7 +42,7 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -108,9 +116,28 @@ def _from_records(name: str, records: Sequence[Any]) -> ConditionSets:
     return ConditionSets(name, sets[True], sets[False])
 
 
+@runtime_checkable
+class Condition(Protocol):
+    """What ``--when`` needs of a condition: a score per prompt, matched above ``threshold``; its
+    negation (``not:NAME``); a JSON-ready record (:class:`CosineCondition`,
+    :class:`vauban.methods.gating.ProbeCondition`)."""
+
+    name: str
+    threshold: float
+    formatting: Formatting | None
+
+    def prompt_scores(
+        self, model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, batch_size: int | None = None
+    ) -> torch.Tensor: ...
+
+    def negated(self) -> Condition: ...
+
+    def record(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
-class Condition:
-    """A measured condition: direction, centre and threshold at one layer, with the balanced
+class CosineCondition:
+    """A cosine condition: direction, centre and threshold at one layer, with the balanced
     accuracy on the tune prompts it was chosen on (per layer in ``tune_accuracy``)."""
 
     name: str
@@ -126,7 +153,22 @@ class Condition:
         x = residuals.double() - self.centre.double()
         return (x @ self.vector.double()) / x.norm(dim=-1).clamp_min(1e-12)
 
-    def negated(self) -> Condition:
+    def prompt_scores(
+        self, model: nn.Module, tokenizer: Any, prompts: Sequence[str], *, batch_size: int | None = None
+    ) -> torch.Tensor:
+        """Each prompt's score (one prefill up to the condition's layer)."""
+        acts = last_token_residuals(
+            model,
+            tokenizer,
+            list(prompts),
+            layers=[self.layer_index],
+            batch_size=batch_size,
+            formatting=self.formatting,
+            desc="condition",
+        )
+        return self.scores(acts[:, 0])
+
+    def negated(self) -> CosineCondition:
         """The condition that matches exactly the prompts this one does not (``not:NAME``): the
         same layer and centre, direction and threshold turned round (ties excepted)."""
         name, vector = f"not:{self.name}", -self.vector
@@ -135,6 +177,7 @@ class Condition:
     def record(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "kind": "cosine",
             "layer": self.layer_index,
             "threshold": round(self.threshold, 6),
             "tune_balanced_accuracy": round(self.tune_accuracy[self.layer_index], 4)
@@ -173,8 +216,8 @@ def measure_condition(
     batch_size: int | None = None,
     formatting: Formatting | None = None,
     show_progress: bool | None = None,
-) -> Condition:
-    """The condition of ``sets``: a direction per layer from the ``measure`` prompts; the layer
+) -> CosineCondition:
+    """The cosine condition of ``sets``: a direction per layer from the ``measure`` prompts; the layer
     (among ``layers``, default all) and threshold with the best balanced accuracy on ``tune``."""
     fmt = resolved(formatting, tokenizer)
     n = arch.num_layers(model)
@@ -190,29 +233,43 @@ def measure_condition(
             formatting=fmt,
             show_progress=show_progress,
             desc=desc,
-        ).double()
+        )
 
     m, u = acts(sets.matched["measure"], "matched"), acts(sets.unmatched["measure"], "unmatched")
     tm, tu = acts(sets.matched["tune"], "tune matched"), acts(sets.unmatched["tune"], "tune unmatched")
+    return cosine_from_residuals(sets.name, (m, u), (tm, tu), wanted, n, fmt)
+
+
+def cosine_from_residuals(
+    name: str,
+    measure: tuple[torch.Tensor, torch.Tensor],
+    tune: tuple[torch.Tensor, torch.Tensor],
+    layers: Sequence[int],
+    num_layers: int,
+    formatting: Formatting | None = None,
+) -> CosineCondition:
+    """The cosine condition of matched / unmatched ``(n, len(layers), d)`` residuals: directions
+    from ``measure``, the layer and threshold with the best balanced accuracy on ``tune``."""
+    (m, u), (tm, tu) = (x.double() for x in measure), (x.double() for x in tune)
     vectors, centres = unit_rows(m.mean(0) - u.mean(0)), (m.mean(0) + u.mean(0)) / 2
     accuracy, thresholds = [], []
-    for j in range(len(wanted)):
-        probe = Condition(sets.name, vectors[j], centres[j], wanted[j], 0.0)
+    for j in range(len(layers)):
+        probe = CosineCondition(name, vectors[j], centres[j], layers[j], 0.0)
         threshold, acc = best_threshold(probe.scores(tm[:, j]), probe.scores(tu[:, j]))
         accuracy.append(acc)
         thresholds.append(threshold)
-    best = max(range(len(wanted)), key=lambda j: (accuracy[j], -j))
-    per_layer = [float("nan")] * n
-    for j, layer in enumerate(wanted):
+    best = max(range(len(layers)), key=lambda j: (accuracy[j], -j))
+    per_layer = [float("nan")] * num_layers
+    for j, layer in enumerate(layers):
         per_layer[layer] = accuracy[j]
-    return Condition(
-        sets.name,
+    return CosineCondition(
+        name,
         vectors[best].float(),
         centres[best].float(),
-        wanted[best],
+        layers[best],
         thresholds[best],
         tuple(per_layer),
-        fmt,
+        formatting,
     )
 
 
@@ -225,16 +282,7 @@ def condition_scores(
     batch_size: int | None = None,
 ) -> torch.Tensor:
     """Each prompt's score on the condition (one prefill; compare with ``condition.threshold``)."""
-    acts = last_token_residuals(
-        model,
-        tokenizer,
-        list(prompts),
-        layers=[condition.layer_index],
-        batch_size=batch_size,
-        formatting=condition.formatting,
-        desc="condition",
-    )
-    return condition.scores(acts[:, 0])
+    return condition.prompt_scores(model, tokenizer, prompts, batch_size=batch_size)
 
 
 class Adding:

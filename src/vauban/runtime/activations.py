@@ -1,4 +1,5 @@
-"""Read the residual stream at the last prompt token after every decoder layer.
+"""Read the residual stream at the last prompt token (or its mean over the prompt's tokens) after
+every decoder layer.
 
 Forward hooks on the decoder layers (not ``output_hidden_states``, whose last entry already has
 the final norm applied), run on the decoder alone so no vocabulary-sized logits are computed,
@@ -15,11 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.errors import VaubanError
 from ..model import arch
 from ..text.formatting import Formatting
 from ..text.prompts import check_tokenizer, encode_chat, pad_id
 from .batching import forward_tokens, free_memory, left_pad, progress, sorted_batches, token_batches
 from .fast_decode import can_compile, compiled_layers
+
+POOLINGS = ("last", "mean")
+MASK = -1  # where the batch's attention mask waits for the hooks that pool over tokens
 
 
 class _Enough(Exception):
@@ -43,6 +48,7 @@ def last_token_residuals(
     formatting: Formatting | None = None,
     prompt_set: str | None = None,
     compile: bool = False,
+    pooling: str = "last",
 ) -> torch.Tensor:
     """Float32 tensor ``(len(prompts), len(layers), d_model)`` on the CPU.
 
@@ -52,8 +58,11 @@ def last_token_residuals(
     Prompts go in length-sorted batches of about :func:`vauban.runtime.batching.forward_tokens` padded
     tokens, or of ``batch_size`` prompts when given. ``compile=True`` runs the decoder layers
     through ``torch.compile`` (CUDA with Triton; fused elementwise work, last-bit differences
-    in the residuals; worth its compilation only for thousands of prompts).
+    in the residuals; worth its compilation only for thousands of prompts). ``pooling="mean"``
+    reads the mean over the formatted prompt's tokens (padding excepted) instead of the last.
     """
+    if pooling not in POOLINGS:
+        raise VaubanError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     check_tokenizer(model, tokenizer)
     blocks = arch.decoder_layers(model)
     wanted = list(range(len(blocks))) if layers is None else list(layers)
@@ -65,7 +74,12 @@ def last_token_residuals(
     def hook_for(layer: int) -> Any:
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
             # layers of a model split over devices (device_map) answer on their own device
-            captured[layer] = arch.layer_hidden(output)[:, -1, :].to(device)
+            hidden = arch.layer_hidden(output)
+            if pooling == "mean":
+                mask = captured[MASK].to(hidden.device, hidden.dtype)[..., None]
+                captured[layer] = ((hidden * mask).sum(1) / mask.sum(1)).to(device)
+            else:
+                captured[layer] = hidden[:, -1, :].to(device)
             if layer == last:
                 raise _Enough
 
@@ -107,6 +121,7 @@ def _capture(
     out = torch.empty(0)
     for batch in progress(batches, desc, show_progress):
         input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
+        captured[MASK] = mask
         with contextlib.suppress(_Enough):
             arch.decoder(model)(
                 input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False

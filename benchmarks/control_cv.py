@@ -1,0 +1,285 @@
+"""Cross-validated choice of the ``--keep`` defaults (issue 28), on the measuring prompts only.
+
+Every prompt of ``harmful_categories.jsonl`` (60 a category) is in one of ``FOLDS`` folds
+(stratified by category: the ``i``-th prompt of a category in fold ``i mod FOLDS``); each is
+answered under the edit or condition fitted *without its fold*, so every rate below is a
+cross-validated rate over all the measuring prompts. ``eval_categories.jsonl`` (the held-out 145) is
+never read here; ``control_demo.py`` reports the chosen settings on it.
+
+    flock /tmp/vauban-heavy.lock nice -n 10 python benchmarks/control_cv.py --only answers,runtime
+    flock /tmp/vauban-heavy.lock nice -n 10 python benchmarks/control_cv.py --only weights
+
+Refusal: the markers judge on greedy answers of ``MAX_TOKENS`` (32) tokens.
+
+- **answers**: the original model's answers to every measuring prompt, and the answers under
+  run-time removal (:class:`vauban.methods.steering.Steering`, alpha 1, every layer) of the
+  prompts the original refuses (the others are not refused under removal either: counted so).
+- **runtime**: ``--when not:KEEP`` at run time: a prompt is answered as the original does when
+  the condition ``KEEP`` (fitted on the other folds) matches it, else as under removal. Conditions:
+  the probe (:mod:`vauban.methods.gating`: its layers, penalty and threshold chosen by an inner
+  cross-validation on the other folds) and the cosine condition (:func:`cosine_from_residuals`,
+  its direction from 3/4 of the other folds, its layer and threshold on the last 1/4). Reported:
+  balanced accuracy, the share matched per category, refusal per category.
+- **weights**: the weight edits of ``WEIGHT_CANDIDATES`` (orthogonal at each alpha; the
+  keep-preserving edit at each λ), fitted on the other folds, answering the fold's prompts.
+
+**Selection rule** (written before any held-out score of these settings was seen): per route, the
+candidate with the lowest :func:`control_demo.keep_score` of its cross-validated rates (the
+others' mean refusal + the kept category's shortfall below 80 % of the original's refusal on the
+same prompts); ties go to the earlier candidate in the order listed (``RUNTIME_CANDIDATES``,
+``WEIGHT_CANDIDATES`` of ``control_demo.py``). The probe's own pooling, layers, penalty and
+threshold are chosen inside it by its own cross-validation (:mod:`vauban.methods.gating`). The goal
+is met on these prompts when the kept category keeps ≥ 80 % of the original's refusal and every
+other is ≤ 5 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from control_demo import (
+    MAX_TOKENS,
+    RUNTIME_CANDIDATES,
+    WEIGHT_CANDIDATES,
+    default_direction,
+    keep_score,
+    preserving_edit,
+    say,
+    weight_label,
+)
+from provenance import stamp
+from vauban import cut, load
+from vauban.direction.categories import category_prompts, from_residuals, keep_vector
+from vauban.judge.answers import completions
+from vauban.methods.conditional import balanced_accuracy, cosine_from_residuals
+from vauban.methods.gating import fold_of, probe_from_residuals
+from vauban.methods.steering import Steering
+from vauban.runtime.activations import POOLINGS, last_token_residuals
+from vauban.text.prompts import load_prompts
+
+RESULTS = Path(__file__).resolve().parent / "results" / "control_cv.json"
+FOLDS = 5
+RULE = (
+    "per route, the lowest keep_score (others' mean refusal + kept category's shortfall below 80 % "
+    "of the original's) of the cross-validated rates over all measuring prompts; ties: the earlier "
+    "candidate"
+)
+
+
+def write(data: dict) -> None:
+    RESULTS.write_text(json.dumps(data | stamp(), indent=1, ensure_ascii=False) + "\n")
+
+
+def rates_of(labels: list[str], refused: list[bool]) -> dict[str, float]:
+    """Refusal per category of per-prompt verdicts."""
+    out = {}
+    for cat in dict.fromkeys(labels):
+        rows = [r for lab, r in zip(labels, refused, strict=True) if lab == cat]
+        out[cat] = sum(rows) / len(rows)
+    return out
+
+
+def answer(model, tokenizer, prompts: list[str], edit=None) -> list[list]:
+    """``[text, refused]`` per prompt (markers, ``MAX_TOKENS``), under ``edit`` (a context) if any."""
+    if edit is None:
+        got = completions(model, tokenizer, prompts, max_tokens=MAX_TOKENS, batch_size=None)
+    else:
+        with edit:
+            got = completions(model, tokenizer, prompts, max_tokens=MAX_TOKENS, batch_size=None)
+    return [[a.text, a.refused] for a in got]
+
+
+def stage_answers(model, tokenizer, direction, prompts: list[str], data: dict) -> None:
+    """The original's answers to every prompt, then removal's to those the original refuses."""
+    part = data.setdefault("answers", {})
+    if len(part.get("original", [])) != len(prompts):
+        say(f"original answers to {len(prompts)} measuring prompts")
+        part["original"] = answer(model, tokenizer, prompts)
+        write(data)
+    refused = [i for i, (_, r) in enumerate(part["original"]) if r]
+    if len(part.get("removed", {})) != len(refused):
+        say(f"answers under removal to the {len(refused)} the original refuses")
+        got = answer(model, tokenizer, [prompts[i] for i in refused], Steering(model, direction))
+        part["removed"] = {str(i): a for i, a in zip(refused, got, strict=True)}
+        write(data)
+
+
+def runtime_rows(data: dict, labels: list[str], kept_rows: list[bool]) -> list[bool]:
+    """Each prompt's verdict at run time: the original's where kept, removal's elsewhere."""
+    original, removed = data["answers"]["original"], data["answers"]["removed"]
+    return [
+        bool(original[i][1]) if keep else bool(removed.get(str(i), ["", False])[1])
+        for i, keep in enumerate(kept_rows)
+    ]
+
+
+def nested_conditions(
+    features: dict[str, torch.Tensor], y: torch.Tensor, fold: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Each prompt's match (bool) by each runtime candidate fitted on the other folds, and each
+    fold's probe record."""
+    out = {name: torch.zeros(len(y), dtype=torch.bool) for name in RUNTIME_CANDIDATES}
+    acts, records = features["last"], []
+    layers = list(range(acts.shape[1]))
+    for k in range(FOLDS):
+        train, test = torch.nonzero(fold != k).flatten(), fold == k
+        say(f"fold {k}: probe and cosine condition on {len(train)} prompts")
+        probe = probe_from_residuals("keep", {p: x[train] for p, x in features.items()}, y[train])
+        records.append(probe.record())
+        chosen = features[probe.pooling][test][:, list(probe.layers)]
+        out["probe"][test] = probe.scores(chosen) > probe.threshold
+        inner = fold_of(y[train], 4)
+        m_rows, t_rows = train[inner != 3], train[inner == 3]
+        cosine = cosine_from_residuals(
+            "keep",
+            (acts[m_rows][y[m_rows]], acts[m_rows][~y[m_rows]]),
+            (acts[t_rows][y[t_rows]], acts[t_rows][~y[t_rows]]),
+            layers,
+            len(layers),
+        )
+        out["cosine"][test] = cosine.scores(acts[test][:, cosine.layer_index]) > cosine.threshold
+    return out, records
+
+
+def residuals(model, tokenizer, prompts: list[str], known: dict) -> dict[str, torch.Tensor]:
+    """Every layer's residuals of ``prompts`` per pooling (captured once per run)."""
+    for pooling in POOLINGS:
+        if pooling not in known:
+            known[pooling] = last_token_residuals(model, tokenizer, prompts, desc=pooling, pooling=pooling)
+    return known
+
+
+def stage_runtime(model, tokenizer, prompts, labels, keep: str, data: dict, features: dict) -> None:
+    """``--when not:KEEP`` by each condition, cross-validated (module docstring)."""
+    y = torch.tensor([lab == keep for lab in labels])
+    fold = fold_of_categories(labels)
+    matches, records = nested_conditions(features, y, fold)
+    original = rates_of(labels, [bool(r) for _, r in data["answers"]["original"]])
+    part = {"original": original, "candidates": {}, "probe_per_fold": records}
+    for name, hit in matches.items():
+        verdicts = runtime_rows(data, labels, hit.tolist())
+        rates = rates_of(labels, verdicts)
+        part["candidates"][name] = {
+            "balanced_accuracy": balanced_accuracy(hit[y].double(), hit[~y].double(), 0.5),
+            "matched_share": rates_of(labels, hit.tolist()),
+            "rates": rates,
+            "score": keep_score(rates, original, keep),
+        }
+    part["chosen"] = min(RUNTIME_CANDIDATES, key=lambda n: part["candidates"][n]["score"])
+    data["runtime"] = part
+    write(data)
+
+
+def fold_of_categories(labels: list[str]) -> torch.Tensor:
+    """Each prompt's fold, stratified by category (the ``i``-th prompt of a category in fold
+    ``i mod FOLDS``)."""
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        out.append(seen.get(lab, 0) % FOLDS)
+        seen[lab] = seen.get(lab, 0) + 1
+    return torch.tensor(out)
+
+
+def stage_weights(model, tokenizer, direction, prompts, labels, keep: str, data: dict, acts) -> None:
+    """Each weight candidate fitted on the other folds, answering each fold (saved per fold)."""
+    groups = category_prompts("measure")
+    base = last_token_residuals(model, tokenizer, load_prompts("harmless"), prompt_set="harmless")
+    fold = fold_of_categories(labels).tolist()
+    part = data.setdefault("weights", {"answers": {}})
+    for k in range(FOLDS):
+        rows = [i for i in range(len(prompts)) if fold[i] == k]
+        train = {c: [p for i, p in enumerate(prompts) if labels[i] == c and fold[i] != k] for c in groups}
+        cat_acts = {
+            c: acts[[i for i in range(len(prompts)) if labels[i] == c and fold[i] != k]] for c in groups
+        }
+        cats = from_residuals(cat_acts, base, direction.layer_index)
+        make = None
+        for method, setting in WEIGHT_CANDIDATES:
+            label = weight_label(method, setting)
+            got = part["answers"].setdefault(label, {})
+            if all(str(i) in got for i in rows):
+                continue
+            say(f"fold {k}: {label}")
+            if method == "orthogonal":
+                edit = cut(model, keep_vector(direction, cats, [keep], "orthogonal"), alpha=setting)
+            else:
+                if make is None:
+                    make, _ = preserving_edit(
+                        model, tokenizer, direction, train, keep, exclude=[prompts[i] for i in rows]
+                    )
+                edit = make({"keep": setting, "prior": 1.0})()
+            with edit:
+                found = completions(
+                    model, tokenizer, [prompts[i] for i in rows], max_tokens=MAX_TOKENS, batch_size=None
+                )
+            got.update({str(i): [a.text, a.refused] for i, a in zip(rows, found, strict=True)})
+            write(data)
+    summarize_weights(labels, keep, data)
+
+
+def summarize_weights(labels: list[str], keep: str, data: dict) -> None:
+    """Rates and scores of the weight candidates answered on every prompt; the chosen one."""
+    part, n = data["weights"], len(labels)
+    original = rates_of(labels, [bool(r) for _, r in data["answers"]["original"]])
+    part["rates"], part["scores"] = {}, {}
+    for method, setting in WEIGHT_CANDIDATES:
+        got = part["answers"].get(weight_label(method, setting), {})
+        if len(got) == n:
+            rates = rates_of(labels, [bool(got[str(i)][1]) for i in range(n)])
+            part["rates"][weight_label(method, setting)] = rates
+            part["scores"][weight_label(method, setting)] = keep_score(rates, original, keep)
+    if part["scores"]:
+        part["chosen"] = min(part["scores"], key=part["scores"].get)  # dict order: the listed order
+    write(data)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="answers,runtime,weights")
+    parser.add_argument("--keep", default="weapons")
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    model, tokenizer = load()
+    direction = default_direction(model, tokenizer)
+    groups = category_prompts("measure")
+    prompts = [p for g in groups.values() for p in g]
+    labels = [c for c, g in groups.items() for _ in g]
+    data.update(
+        {
+            "model": "demo (Qwen2.5-Coder-0.5B-Instruct, float32, CPU)",
+            "judge": "markers",
+            "max_tokens": MAX_TOKENS,
+            "keep": args.keep,
+            "folds": FOLDS,
+            "prompts": f"harmful_categories.jsonl ({len(prompts)}: {len(groups)} categories)",
+            "rule": RULE,
+        }
+    )
+    features: dict[str, torch.Tensor] = {}
+    for stage in args.only.split(","):
+        start = time.perf_counter()
+        if stage == "answers":
+            stage_answers(model, tokenizer, direction, prompts, data)
+        elif stage == "runtime":
+            features = residuals(model, tokenizer, prompts, features)
+            stage_runtime(model, tokenizer, prompts, labels, args.keep, data, features)
+        elif stage == "weights":
+            features = residuals(model, tokenizer, prompts, features)
+            stage_weights(model, tokenizer, direction, prompts, labels, args.keep, data, features["last"])
+        else:
+            raise SystemExit(f"unknown stage {stage!r}")
+        data.setdefault("seconds", {})[stage] = round(time.perf_counter() - start)
+        write(data)
+        say(f"{stage} done in {data['seconds'][stage]} s; wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
