@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=DEFAULT_MAX_TOKENS)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "shrinking_demo_cpu.json")
+    parser.add_argument("--conditions", default="2 CPU cores, no other job running", help="recorded as is")
     args = parser.parse_args()
     model, tokenizer = quick.load()
     prompts = [*default_eval_prompts(), *default_safe_prompts()]
@@ -79,7 +80,7 @@ def main() -> None:
         "tokens_equal": bool(torch.equal(tokens["generate"], tokens["shrinking"])),
         "answer_lengths": lengths,
         "row_steps_computed": {"generate": len(prompts) * max(lengths), "shrinking": sum(lengths)},
-        "conditions": "2 shared CPU cores (other jobs running at nice 10-19), flock'd against heavy jobs",
+        "conditions": args.conditions,
     }
     print(json.dumps(out, indent=1))
     write_file(args.out, lambda tmp: tmp.write_text(json.dumps(out, indent=1) + "\n"))
