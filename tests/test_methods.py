@@ -181,7 +181,9 @@ def test_default_rule_takes_the_lowest_kl_within_the_tolerance_of_the_best_refus
         choose_by_damage([])
 
 
-def test_default_cut_scores_every_candidate_and_undoes(measured, tokenizer, monkeypatch):
+def small_search(measured, monkeypatch, subspaces):
+    """The tiny qwen2 with effects at 4 layers, every held-back prompt refused, one λ, one
+    learning step and ``subspaces``: a default-cut search small enough for a unit test."""
     import dataclasses
 
     import vauban.direction.selecting as selecting
@@ -195,8 +197,15 @@ def test_default_cut_scores_every_candidate_and_undoes(measured, tokenizer, monk
         selecting, "original_refusals", lambda m, t, p, **k: [(x, "I'm sorry, no.") for x in p]
     )
     monkeypatch.setattr(choosing, "KEEPS", (1.0,))
-    monkeypatch.setattr(choosing, "SUBSPACE_KS", (2,))
+    monkeypatch.setattr(choosing, "SUBSPACE_KS", subspaces)
     monkeypatch.setattr(choosing, "LEARN_STEPS", 1)
+    return model, direction
+
+
+def test_default_cut_scores_every_candidate_and_undoes(measured, tokenizer, monkeypatch):
+    import vauban.methods.choosing as choosing
+
+    model, direction = small_search(measured, monkeypatch, (2,))
     before = snapshot(model)
     applied, chosen = choosing.default_cut(model, tokenizer, direction, HARMFUL * 2, HARMLESS * 2)
     assert active_cuts(model) == [applied] and chosen.settings["method"] in METHODS
@@ -205,22 +214,10 @@ def test_default_cut_scores_every_candidate_and_undoes(measured, tokenizer, monk
 
 
 def test_score_all_resumes_from_known_candidates(measured, tokenizer, monkeypatch):
-    import dataclasses
-
-    import vauban.direction.selecting as selecting
     import vauban.methods.choosing as choosing
-    from vauban.direction.results import LayerEffect
     from vauban.methods.default import Candidate
 
-    model, direction = measured["qwen2"]
-    effects = tuple(LayerEffect(layer, 0.001 * layer, 0.1 / (layer + 1)) for layer in range(4))
-    direction = dataclasses.replace(direction, effects=effects, layer_index=1)
-    monkeypatch.setattr(
-        selecting, "original_refusals", lambda m, t, p, **k: [(x, "I'm sorry, no.") for x in p]
-    )
-    monkeypatch.setattr(choosing, "KEEPS", (1.0,))
-    monkeypatch.setattr(choosing, "SUBSPACE_KS", ())
-    monkeypatch.setattr(choosing, "LEARN_STEPS", 1)
+    model, direction = small_search(measured, monkeypatch, ())
     inputs = Inputs(HARMFUL, HARMLESS)
     known = {"projected@1": Candidate("projected@1", 0.5, 0.25, {"method": "projected", "layer": 1})}
     built, real_build = [], choosing.build
