@@ -1,7 +1,7 @@
 """How long the learned judge takes per answer, on this CPU and on a GPU (issue 24).
 
 The cost is the backbone's forward pass up to the head's layer over prompt (<= 128 tokens) + answer
-(<= 256 tokens), batched as the judge batches; the head itself is a dot product. Answers: the first
+(<= the head's answer tokens), batched as the judge batches; the head itself is a dot product. Answers: the first
 ``--answers`` labelled answers of ``judge_data/labels/`` (sorted by id; real lengths, many at the
 256-token cap), judged in one call as ``evaluate`` would.
 
@@ -9,7 +9,7 @@ The cost is the backbone's forward pass up to the head's layer over prompt (<= 1
     python benchmarks/judge_speed.py --save-skeleton build/judge_skeleton   # config + tokenizer only
     python benchmarks/judge_speed.py --skeleton build/judge_skeleton --device cuda   # on a GPU
 
-The backbone's weights (98 MB) cannot travel to the GPU machine, so there the same architecture is
+The backbone's weights cannot travel to the GPU machine, so there the same architecture is
 built from the shipped backbone's config with random weights (``--skeleton``): the time of a forward
 pass does not depend on the weights' values. Writes ``results/judge_speed_<device>.json``.
 """
@@ -27,25 +27,25 @@ import torch
 from judge_train import load_rows
 from provenance import stamp
 from vauban.core.atomic import write_file
-from vauban.judge.learned import ANSWER_TOKENS, BATCH, PROMPT_TOKENS, Head, Reader, backbone_file
+from vauban.judge.learned import BATCH, PROMPT_TOKENS, Head, Reader, backbone_source
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def skeleton_reader(folder: Path, layer: int, device: str, dtype: torch.dtype) -> Reader:
+def skeleton_reader(folder: Path, head: Head, device: str, dtype: torch.dtype) -> Reader:
     """The backbone's architecture from its saved config, random weights, its own tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(folder)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
-    return Reader(model, AutoTokenizer.from_pretrained(folder), [layer])
+    return Reader(model, AutoTokenizer.from_pretrained(folder), [head.layer], head.answer_tokens)
 
 
 def save_skeleton(folder: Path, backbone: str) -> None:
     from vauban.model.loading import load_model
 
-    model, tokenizer = load_model(str(backbone_file(backbone)), device="cpu", dtype=torch.float32)
+    model, tokenizer = load_model(backbone_source(backbone), device="cpu", dtype=torch.float32)
     model.config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     print(f"config and tokenizer of {backbone} -> {folder}")
@@ -68,9 +68,9 @@ def main() -> None:
     rows = sorted(load_rows(), key=lambda r: r["id"])[: args.answers]
     t0 = time.perf_counter()
     if args.skeleton:
-        reader = skeleton_reader(args.skeleton, head.layer, args.device, dtype)
+        reader = skeleton_reader(args.skeleton, head, args.device, dtype)
     else:
-        reader = Reader.load(head.backbone, [head.layer])
+        reader = Reader.load(head.backbone, [head.layer], answer_tokens=head.answer_tokens)
         reader.model.to(args.device, dtype)
     load_s = time.perf_counter() - t0
     reader.features([r["prompt"] for r in rows[:BATCH]], [r["answer"] for r in rows[:BATCH]])  # warm-up
@@ -96,7 +96,7 @@ def main() -> None:
         "batch": BATCH,
         "answers": len(rows),
         "prompt_tokens_max": PROMPT_TOKENS,
-        "answer_tokens_max": ANSWER_TOKENS,
+        "answer_tokens_max": head.answer_tokens,
         "mean_tokens": round(sum(tokens) / len(tokens), 1),
         "load_s": round(load_s, 2),
         "seconds": round(seconds, 2),

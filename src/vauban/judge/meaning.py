@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .learned import BATCH, Reader, backbone_file, encode
+from .learned import BATCH, Reader, backbone_source, encode
 
 PMI_TOKENS, PMI_PROMPT_TOKENS, WINDOW = 32, 64, 8
 NEUTRAL = ""  # the neutral user turn: empty, in the same chat template
@@ -60,7 +60,7 @@ class MeaningReader:
         """Both in float32 on ``device`` (the whole backbone is a second copy: the reader's stops early)."""
         from ..model.loading import load_model
 
-        model, tokenizer = load_model(str(backbone_file(backbone)), device=device, dtype=torch.float32)
+        model, tokenizer = load_model(backbone_source(backbone), device=device, dtype=torch.float32)
         return cls(Reader.load(backbone, layers, device), model, tokenizer)
 
     def encode(self, prompt: str, answer: str) -> tuple[list[int], int]:
