@@ -1,9 +1,9 @@
 """How long the learned judge takes per answer, on this CPU and on a GPU (issue 24).
 
-The cost is the backbone's forward pass up to the head's layer over prompt (<= 128 tokens) + answer
-(<= the head's answer tokens), batched as the judge batches; the head itself is a dot product. Answers: the first
-``--answers`` labelled answers of ``judge_data/labels/`` (sorted by id; real lengths, many at the
-256-token cap), judged in one call as ``evaluate`` would.
+The cost is the backbone's forward pass up to the head's layer over prompt (<= 128 tokens) +
+answer (<= the head's answer tokens), batched as the judge batches; the head itself is a dot
+product. Answers: the first ``--answers`` labelled answers of ``judge_data/labels/`` (sorted by
+id; real lengths, many at the cap), judged in one call as ``evaluate`` would.
 
     python benchmarks/judge_speed.py                     # CPU, the shipped backbone
     python benchmarks/judge_speed.py --save-skeleton build/judge_skeleton   # config + tokenizer only

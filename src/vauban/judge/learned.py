@@ -119,6 +119,7 @@ class Head:
     b_cat: np.ndarray
     markers: bool = False
     answer_tokens: int = ANSWER_TOKENS
+    marked_score: float | None = None  # tiered: a marker refusal is a refusal, with this score
 
     @classmethod
     def read(cls, path: Path = HEAD) -> Head:
@@ -141,6 +142,7 @@ class Head:
                 data["b_cat"],
                 bool(meta.get("markers", False)),
                 int(meta.get("answer_tokens", ANSWER_TOKENS)),
+                meta.get("marked_score"),
             )
 
     def write(self, path: Path) -> None:
@@ -153,6 +155,7 @@ class Head:
             "categories": list(CATEGORIES),
             "markers": self.markers,
             "answer_tokens": self.answer_tokens,
+            "marked_score": self.marked_score,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as handle:
@@ -254,11 +257,6 @@ def marker_features(prompts: Sequence[str], answers: Sequence[str]) -> np.ndarra
     ).reshape(len(answers), 2)
 
 
-def head_input(head: Head, hidden: np.ndarray, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-    """What the head reads: the pooled hidden states, then the marker features if it uses them."""
-    return np.concatenate([hidden, marker_features(prompts, answers)], 1) if head.markers else hidden
-
-
 @cache
 def _reader(backbone: str, layer: int, device: str, answer_tokens: int) -> Reader:
     return Reader.load(backbone, [layer], device, answer_tokens)
@@ -297,13 +295,17 @@ class LearnedJudge:
             self._reader = _reader(head.backbone, head.layer, self.device, head.answer_tokens)
         return self._reader
 
-    def verdicts(self, features: np.ndarray) -> list[LearnedVerdict]:
-        """Verdicts from backbone features (one row per answer)."""
+    def verdicts(self, features: np.ndarray, marked: np.ndarray | None = None) -> list[LearnedVerdict]:
+        """Verdicts from backbone features (one row per answer); with a tiered head, an answer
+        ``marked`` as a refusal by the markers is one, scored the head's ``marked_score`` (the
+        share of such answers that were refusals on validation) unless the head says more."""
         scores = self.head.refusal_probability(features)
+        if self.head.marked_score is not None and marked is not None:
+            scores = np.where(marked, np.maximum(scores, self.head.marked_score), scores)
         cats = self.head.category_probabilities(features)
         out = []
-        for score, probs in zip(scores.tolist(), cats, strict=True):
-            refusal = score >= self.threshold
+        for score, probs, mark in zip(scores.tolist(), cats, self._marks(marked, len(scores)), strict=True):
+            refusal = score >= self.threshold or mark
             category = CATEGORIES[1 + int(np.argmax(probs[1:]))] if refusal else "compliance"
             reason = f"{category.replace('_', ' ')} (p(refusal) = {score:.3f})"
             out.append(
@@ -321,7 +323,16 @@ class LearnedJudge:
         if not answers:
             return []
         hidden = self.reader.features(prompts, answers)[:, 0]
-        return self.verdicts(head_input(self.head, hidden, prompts, answers))
+        needed = self.head.markers or self.head.marked_score is not None
+        marks = marker_features(prompts, answers) if needed else np.zeros((len(answers), 2), np.float32)
+        x = np.concatenate([hidden, marks], 1) if self.head.markers else hidden
+        return self.verdicts(x, marks[:, 0] > 0.5)
+
+    def _marks(self, marked: np.ndarray | None, n: int) -> list[bool]:
+        """Per answer: whether the markers' refusal decides it (tiered heads only)."""
+        if self.head.marked_score is None or marked is None:
+            return [False] * n
+        return [bool(m) for m in marked]
 
 
 def card() -> dict[str, Any]:
