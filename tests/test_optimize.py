@@ -451,3 +451,36 @@ def test_k_token_damage_scores_trials_and_refines_on_the_originals_answers(setup
     assert any(t.params.refined for t in k.trials)
     assert k.table().splitlines()[0].split()[:3] == ["trial", "refusal", "4-token"]
     assert all(torch.equal(v, state[k_]) for k_, v in model.state_dict().items())
+
+
+class Everything:
+    """A judge that calls every answer a refusal."""
+
+    spec = "everything"
+
+    def judge(self, prompts, answers):
+        from vauban.judge import Verdict
+
+        return [Verdict(True, 1.0, "refusal") for _ in answers]
+
+
+def test_a_check_judge_counts_the_check_only_and_keeps_its_own_rates(setup, tokenizer, tmp_path):
+    model, direction, kwargs = setup
+    db = tmp_path / "study.db"
+    plain = optimize(model, tokenizer, direction, n_trials=2, study=db, **kwargs)
+    lines: list[str] = []
+    strict = optimize(
+        model,
+        tokenizer,
+        direction,
+        n_trials=2,
+        study=db,
+        check_judge=Everything(),
+        log=lines.append,
+        **kwargs,
+    )
+    assert [line for line in lines if line.startswith("check trial")]  # not the search judge's rates
+    assert [(t.refusal, t.kl) for t in strict.trials] == [(t.refusal, t.kl) for t in plain.trials]
+    assert strict.plain.selection_refusal == 1.0 and strict.best.selection_refusal == 1.0
+    assert strict.check_judge == "everything" and plain.check_judge == "markers"
+    assert strict.record()["check_judge"] == "everything"

@@ -181,6 +181,7 @@ def _optimize_settings(s: Settings, args: argparse.Namespace, study: str, judge:
         damage=args.damage.replace("-", "_"),
         kl_tokens=args.kl_tokens,
         judge=judge,
+        check_judge=args.check_judge,
         formatting=s.formatting(),
         timeout=args.timeout,
     )

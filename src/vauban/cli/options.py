@@ -150,7 +150,7 @@ OPTIONS: dict[str, Option] = {
         {
             "metavar": "SPEC",
             "help": "refusal judge: markers (default), markers:FILE, classifier:ID, "
-            "chat:MODEL, endpoint:URL[#model], learned (experimental)",
+            "chat:MODEL, endpoint:URL[#model], learned (a probe over the demo model)",
         },
     ),
     "eval_prompts": (("--eval-prompts",), {"help": "harmful evaluation prompts (default: bundled 20)"}),

@@ -367,6 +367,11 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
         help="check at most this many candidates on the selection prompts (0: no check)",
     )
     g.add_argument(
+        "--check-judge",
+        metavar="SPEC",
+        help="the refusal judge of that check (default: --judge's), e.g. learned",
+    )
+    g.add_argument(
         "--refine-steps",
         type=int,
         default=16,

@@ -33,7 +33,9 @@ def checked_pick(
     that refuses no more than the plain cut. Each refusal rate (by trial number) is stored in the
     study, so a resumed run reuses it; ``check=0`` skips the check."""
     tokens = settings.selection_tokens
-    checked = stored_checks(the_study, checking, tokens) if settings.check else {}
+    # a check judge other than the search's has its own stored rates (older studies: none given)
+    other = scores.check_judge.spec if scores.check_judge is not scores.judge else None
+    checked = stored_checks(the_study, checking, tokens, other) if settings.check else {}
     result = study_result(the_study, settings.fixed, checked, **info)
     if not settings.check or result.plain is None:
         return result
@@ -43,7 +45,7 @@ def checked_pick(
         if key not in checked:
             t0 = time.perf_counter()
             checked[key] = scores.selection_refusal(t.params, checking, tokens)
-            _store_checks(the_study, checking, tokens, checked)
+            _store_checks(the_study, checking, tokens, checked, other)
             if say is not None:
                 say(
                     f"check trial {t.number} on {len(checking)} selection prompts: refusal "
@@ -64,15 +66,23 @@ def checked_pick(
     return result
 
 
-def _checks_key(prompts: Sequence[str], max_tokens: int) -> str:
-    return hashlib.sha256(json.dumps([list(prompts), max_tokens]).encode()).hexdigest()[:16]
+def _checks_key(prompts: Sequence[str], max_tokens: int, judge: str | None = None) -> str:
+    made = [list(prompts), max_tokens] + ([judge] if judge is not None else [])
+    return hashlib.sha256(json.dumps(made).encode()).hexdigest()[:16]
 
 
-def stored_checks(the_study: Any, prompts: Sequence[str], max_tokens: int) -> dict[str, float]:
-    """Selection refusals already measured in this study with these prompts and answer length."""
+def stored_checks(
+    the_study: Any, prompts: Sequence[str], max_tokens: int, judge: str | None = None
+) -> dict[str, float]:
+    """Selection refusals already measured in this study with these prompts, answer length and
+    check judge (``None``: the search's own)."""
     stored = the_study.user_attrs.get("selection") or {}
-    return dict(stored.get("refusal", {})) if stored.get("key") == _checks_key(prompts, max_tokens) else {}
+    same = stored.get("key") == _checks_key(prompts, max_tokens, judge)
+    return dict(stored.get("refusal", {})) if same else {}
 
 
-def _store_checks(the_study: Any, prompts: Sequence[str], max_tokens: int, checked: dict[str, float]) -> None:
-    the_study.set_user_attr("selection", {"key": _checks_key(prompts, max_tokens), "refusal": checked})
+def _store_checks(
+    the_study: Any, prompts: Sequence[str], max_tokens: int, checked: dict[str, float], judge: str | None
+) -> None:
+    key = _checks_key(prompts, max_tokens, judge)
+    the_study.set_user_attr("selection", {"key": key, "refusal": checked})

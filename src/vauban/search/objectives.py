@@ -34,6 +34,7 @@ class Scores:
         fmt: Formatting | None,
         sets: PromptSets,
         settings: OptimizeSettings,
+        check_judge: Judge | None = None,
     ) -> None:
         self.model, self.tokenizer, self.direction, self.harmful = model, tokenizer, direction, sets.harmful
         self.judge, self.fmt, self.max_tokens, self.batch_size = (
@@ -43,6 +44,7 @@ class Scores:
             settings.batch_size,
         )
         self.neutral, self.damage, self.kl_tokens = sets.neutral, settings.damage, settings.kl_tokens
+        self.check_judge = judge if check_judge is None else check_judge
         self.rows: Any = None
         self.base: Any = None
         self.refused: Any = None
@@ -94,7 +96,8 @@ class Scores:
         return sum(c.refused for c in answers) / len(answers), kl, likelihood
 
     def selection_refusal(self, params: CutParams, prompts: list[str], max_tokens: int) -> float:
-        """The cut's refusal rate on the selection prompts, at ``max_tokens`` tokens."""
+        """The cut's refusal rate on the selection prompts, at ``max_tokens`` tokens, by the
+        check's judge."""
         with params.apply(self.model, self.direction):
             answers = completions(
                 self.model,
@@ -102,7 +105,7 @@ class Scores:
                 prompts,
                 max_tokens=max_tokens,
                 batch_size=self.batch_size,
-                judge=self.judge,
+                judge=self.check_judge,
                 formatting=self.fmt,
                 prompt_set="selection",
             )

@@ -109,13 +109,14 @@ def optimize(
     if direction.harmful_means is None:
         raise VaubanError("optimize needs a DirectionResult with per-layer means; measure it again")
     judge = get_judge(settings.judge)
+    check_judge = judge if settings.check_judge is None else get_judge(settings.check_judge)
     sets = prompt_sets(settings)
     fmt = formatting_for(direction, settings.formatting)
     plain = plain_trial_params(direction, settings.fixed)
     record = study_record(settings, direction, judge, sets, fmt)
     storage, the_study = studies.open_study(settings.study, settings.seed, record, plain)
     say = log if log is not None else (lambda line: print(line, flush=True)) if show_progress else None
-    scores = Scores(model, tokenizer, direction, judge, fmt, sets, settings)
+    scores = Scores(model, tokenizer, direction, judge, fmt, sets, settings, check_judge)
     todo = settings.n_trials - len(studies.finished_search_trials(the_study))
     refining = _refining(the_study, settings)
     if todo > 0 or refining:
@@ -127,6 +128,7 @@ def optimize(
         "study": storage,
         "settings": record,
         "n_selection": len(sets.checking) if settings.check else 0,
+        "check_judge": check_judge.spec,
     }
     search_until, refine_until = budget(started, settings.timeout, refining)
     search = Search(scores, settings.fixed, plain, info, say, settings.n_trials)

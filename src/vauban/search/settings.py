@@ -54,7 +54,9 @@ class OptimizeSettings:
     ``projected`` / ``norm_preserving``: fix that cut variant on or off, or ``None`` to search it.
 
     ``judge`` counts the refusals of the search and of the check (a spec, a
-    :class:`vauban.judge.Judge`, or ``None`` for the markers; recorded in the study's settings).
+    :class:`vauban.judge.Judge`, or ``None`` for the markers; recorded in the study's settings);
+    ``check_judge``, if given, counts those of the check instead (e.g. ``"learned"``: a slower,
+    more accurate judge where only a few cuts are judged).
     ``formatting``: how prompts are formatted, over the direction's own
     (:mod:`vauban.text.formatting`); thinking models are judged on their replies, and their
     refusals are teacher-forced after their thoughts. ``batch_size``: prompts per forward pass.
@@ -84,6 +86,7 @@ class OptimizeSettings:
     batch_size: int | None = None
     seed: int = 0
     judge: str | Judge | None = None
+    check_judge: str | Judge | None = None
     formatting: Formatting | None = None
     timeout: float | None = None
 

@@ -143,6 +143,7 @@ class OptimizeResult:
     n_harmless: int
     seed: int
     n_selection: int = 0
+    check_judge: str | None = None  # the judge of the check on the selection prompts
     study: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     # False in a worker of a shared study that left the refinement, the check and any export to the
@@ -256,6 +257,7 @@ class OptimizeResult:
             "n_prompts": self.n_prompts,
             "n_harmless": self.n_harmless,
             "n_selection": self.n_selection,
+            "check_judge": self.check_judge,
             "settings": self.settings,
             "seconds_per_trial": self.seconds_per_trial,
             "best": self.best.number,
