@@ -11,7 +11,7 @@ from transformers import GenerationConfig
 
 from conftest import HARMFUL, HARMLESS
 from vauban.methods.steering import Steering
-from vauban.runtime import fast_decode
+from vauban.runtime import fast_decode, shrinking
 from vauban.runtime.batching import Shape, left_pad
 from vauban.runtime.generating import _has_hooks, fast_loop_ok, static_greedy, stop_token_ids
 from vauban.text.prompts import encode_chat, pad_id
@@ -129,6 +129,26 @@ def test_unsupported_attention_falls_back_to_generate(tiny, tokenizer, monkeypat
     monkeypatch.setattr(fast_decode, "ATTENTION", "sdpa")  # the loop's buffers are never filled
     got = static_greedy(model, inputs, mask, TOKENS, [258], pad, graph=False)
     assert torch.equal(got[:, : expected.shape[1]], expected)
+
+
+def test_logits_processors_send_both_loops_to_generate(tiny, tokenizer):
+    """A generation config that adds a logits processor (Qwen2.5-Instruct ships
+    ``repetition_penalty`` 1.05) is not the plain argmax: neither hand-written loop takes the
+    model, and :func:`static_greedy` gives ``generate``'s tokens, penalty included."""
+    model = tiny("qwen2")
+    inputs, mask = batch(tokenizer)
+    pad = pad_id(tokenizer)
+    plain = static_greedy(model, inputs, mask, TOKENS, [258], pad, graph=False)
+    model.generation_config.repetition_penalty = 1.05
+    assert not shrinking.plain_argmax(model)
+    assert not fast_loop_ok(model) and not shrinking.supported(model)
+    model.generation_config.repetition_penalty = 3.0  # strong enough to change a random model's answers
+    expected = reference(model, inputs, mask, [258], pad)
+    got = static_greedy(model, inputs, mask, TOKENS, [258], pad, graph=False)
+    assert torch.equal(got[:, : expected.shape[1]], expected)
+    assert not torch.equal(got, plain)  # the penalty really changed the answers
+    model.generation_config.repetition_penalty = 1.0  # spelled out, but neutral
+    assert shrinking.plain_argmax(model) and fast_loop_ok(model)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and Inductor need a GPU")

@@ -9,8 +9,9 @@ from transformers import GenerationConfig
 from conftest import HARMFUL, HARMLESS
 from vauban.methods.steering import Steering
 from vauban.runtime import shrinking
-from vauban.runtime.batching import left_pad
+from vauban.runtime.batching import common_prefix, left_pad
 from vauban.runtime.generating import generate_tokens, shrinking_ok, stop_token_ids
+from vauban.text.formatting import Formatting
 from vauban.text.prompts import encode_chat, pad_id
 
 TOKENS = 12
@@ -51,6 +52,28 @@ def test_shrinking_greedy_matches_generate(tiny, tokenizer, model_type):
     got = shrinking.greedy(model, inputs, mask, TOKENS, stops, pad)
     ended = (expected[:, :-1] == pad).any(-1)  # rows that stopped before the last step
     assert ended.sum() >= 3 and not ended.all()  # rows really left the batch, at different steps
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gpt2"])
+def test_shared_opening_is_prefilled_once_with_generates_tokens(tiny, tokenizer, model_type):
+    """Prompts with a system prompt share a long opening: it is prefilled once, as one row, and
+    the answers are still ``generate``'s (rows stopping at different steps included)."""
+    model = tiny(model_type)
+    ids = encode_chat(tokenizer, HARMFUL + HARMLESS, Formatting(system_prompt="Answer briefly and kindly."))
+    inputs, mask = left_pad(ids, pad_id(tokenizer), torch.device("cpu"))[:2]
+    pad = pad_id(tokenizer)
+    stops = early_stops(model, inputs, mask, pad)
+    expected = reference(model, inputs, mask, stops, pad)
+    shapes = []
+    embed = model.get_input_embeddings()
+    handle = embed.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
+    got = shrinking.greedy(model, inputs, mask, TOKENS, stops, pad)
+    handle.remove()
+    shared = common_prefix(ids)
+    assert shared >= 30  # the system block and the user header
+    assert shapes[:2] == [(1, shared), (len(ids), max(map(len, ids)) - shared)]
+    assert ((expected[:, :-1] == pad).any(-1)).sum() >= 3
     assert torch.equal(got, expected)
 
 

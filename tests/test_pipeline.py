@@ -26,6 +26,35 @@ def test_batched_residuals_match_one_by_one(model_type, tokenizer, prompt_sets):
     assert torch.allclose(batched, single, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gpt2", "gemma3_text", "qwen3_moe"])
+def test_shared_opening_residuals_match_one_by_one(model_type, tokenizer, prompt_sets):
+    """Prompts with a system prompt share a long opening: each batch runs it once, as one row
+    (a single prompt runs unshared), and the residuals agree to float rounding, every layer. A
+    sliding window shorter than the prompts (gemma3's 64 tokens) runs unshared."""
+    from vauban.runtime.batching import common_prefix
+    from vauban.text.formatting import Formatting
+    from vauban.text.prompts import encode_chat
+
+    model = build_model(model_type)
+    fmt = Formatting(system_prompt="Answer briefly and kindly.")
+    prompts = prompt_sets[0] + ["Hi", "A much longer prompt than the others, to force padding."]
+    shapes = []
+    embed = model.get_input_embeddings()
+    handle = embed.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
+    batched = last_token_residuals(model, tokenizer, prompts, batch_size=8, formatting=fmt)
+    handle.remove()
+    single = torch.cat([last_token_residuals(model, tokenizer, [p], formatting=fmt) for p in prompts])
+    ids = encode_chat(tokenizer, prompts, fmt)
+    opening = common_prefix(ids)
+    assert opening >= 30  # the system block and the user header
+    longest = max(map(len, ids))
+    if model_type == "gemma3_text":
+        assert longest > 64 and shapes == [(8, longest)]
+    else:  # one batch of 8: the opening once, as one row, then the 8 remainders
+        assert shapes == [(1, opening), (8, longest - opening)]
+    assert torch.allclose(batched, single, atol=1e-5, rtol=1e-4)
+
+
 def test_residuals_are_read_before_the_final_norm(tokenizer):
     model = build_model("llama")
     ids = tokenizer(

@@ -20,7 +20,16 @@ from ..core.errors import VaubanError
 from ..model import arch
 from ..text.formatting import Formatting
 from ..text.prompts import check_tokenizer, encode_chat, pad_id
-from .batching import forward_tokens, free_memory, left_pad, progress, sorted_batches, token_batches
+from .batching import (
+    after_opening,
+    cache_argument,
+    forward_tokens,
+    free_memory,
+    progress,
+    shared_opening,
+    sorted_batches,
+    token_batches,
+)
 from .fast_decode import can_compile, compiled_layers
 
 POOLINGS = ("last", "mean")
@@ -97,7 +106,9 @@ def last_token_residuals(
         compile = can_compile(device)
     try:
         with compiled_layers(model, compile):
-            out = _capture(model, tokenizer, ids, batches, captured, wanted, desc, show_progress)
+            out = _capture(
+                model, tokenizer, ids, batches, captured, wanted, desc, show_progress, pooling == "last"
+            )
     finally:
         for handle in handles:
             handle.remove()
@@ -113,19 +124,34 @@ def _capture(
     wanted: list[int],
     desc: str,
     show_progress: bool | None,
+    share: bool,
 ) -> torch.Tensor:
     """The residuals, kept on the device until the end in the residual stream's own dtype (nothing
     is rounded; a 16-bit model's are half the bytes to copy): a copy to the host per batch would
-    wait for that batch, leaving the GPU idle while the host launches the next one."""
+    wait for that batch, leaving the GPU idle while the host launches the next one. With
+    ``share`` (last-token pooling), each batch's shared chat opening runs once
+    (:func:`vauban.runtime.batching.shared_opening`; the residuals agree to float rounding)."""
     device = model_device(model)
     out = torch.empty(0)
-    for batch in progress(batches, desc, show_progress):
-        input_ids, mask, positions = left_pad([ids[i] for i in batch], pad_id(tokenizer), device)
-        captured[MASK] = mask
+
+    def run(**inputs: Any) -> None:
         with contextlib.suppress(_Enough):
-            arch.decoder(model)(
-                input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False
-            )
+            arch.decoder(model)(**inputs)
+
+    for batch in progress(batches, desc, show_progress):
+        seqs = [ids[i] for i in batch]
+        most, span = min(map(len, seqs)) - 1, max(map(len, seqs))
+        cache, shared = shared_opening(model, seqs, most, span, run) if share else (None, 0)
+        input_ids, mask, positions = after_opening(seqs, shared, pad_id(tokenizer), device)
+        captured[MASK] = mask
+        caching = {} if cache is None else {cache_argument(model): cache}
+        run(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=cache is not None,
+            **caching,
+        )
         rows = torch.stack([captured[layer] for layer in wanted], dim=1)
         if out.numel() == 0:
             shape = (len(ids), *rows.shape[1:])

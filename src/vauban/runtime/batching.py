@@ -14,9 +14,10 @@ a length-sorted batch adds padding.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psutil
 import torch
@@ -196,62 +197,84 @@ def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     return shortest
 
 
+MIN_OPENING = 8  # tokens a shared opening needs before running it once pays for the extra call
+
+
 def last_logits(model: nn.Module, seqs: Sequence[Sequence[int]], keep: int, pad_id: int) -> torch.Tensor:
     """``(rows, keep, vocab)`` logits at the last ``keep`` positions of each sequence, as one
     left-padded forward pass gives them, with their shared opening run once.
 
     Chat-formatted prompts open alike (the template's system block and the user header: 24 of
     the demo model's ~45 tokens per bundled prompt). That opening ``p`` is run once, as one row,
-    its keys and values repeated for every row, and only the rest is run per row: the rows'
-    remainders are left-padded after it (masked, positions continuing at ``p``), so every row's
-    last token stays at position -1. Each token still attends to exactly what it would in the
-    unshared pass; the logits agree to float rounding (1.5e-5 in log-probability on the demo
-    model, float32). Used where the opening is at least 8 tokens and every layer keeps plain
-    keys and values: full attention, or a sliding window no shorter than the longest row (the
-    pads between opening and remainder would otherwise push the opening out of the window);
-    other models (layers with a recurrent state, which a pad would enter) run unshared.
-    Differentiable: under autograd the opening is part of the graph, run once per call.
+    its keys and values repeated for every row, and only the rest is run per row
+    (:func:`shared_opening`, :func:`after_opening`). Each token still attends to exactly what it
+    would in the unshared pass; the logits agree to float rounding (1.5e-5 in log-probability
+    on the demo model, float32). Differentiable: under autograd the opening is part of the
+    graph, run once per call.
     """
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
     device = next(model.parameters()).device
-    shared = min(common_prefix(seqs), min(len(s) for s in seqs) - keep)
-    cache = None
-    if shared >= 8:
-        cache = DynamicCache(config=hf(model).config)
-        longest = max(len(s) for s in seqs)
-        if not all(
-            type(layer) is DynamicLayer
-            or (type(layer) is DynamicSlidingWindowLayer and longest <= layer.sliding_window)
-            for layer in cache.layers
-        ):
-            cache = None
-    if cache is None:
-        ids, mask, positions = left_pad(seqs, pad_id, device)
-        return model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep, use_cache=False
-        ).logits[:, -keep:]
-    name = cache_argument(model)
-    opening = torch.tensor([list(seqs[0][:shared])], device=device)
-    model(
-        input_ids=opening,
-        position_ids=torch.arange(shared, device=device)[None],
-        use_cache=True,
-        logits_to_keep=1,
-        **{name: cache},
-    )
-    cache.batch_repeat_interleave(len(seqs))
-    ids, mask, positions = left_pad([s[shared:] for s in seqs], pad_id, device)
-    mask = torch.cat([mask.new_ones(len(seqs), shared), mask], dim=1)
+    most = min(len(s) for s in seqs) - keep
+    cache, shared = shared_opening(model, seqs, most, max(len(s) for s in seqs))
+    ids, mask, positions = after_opening(seqs, shared, pad_id, device)
+    caching = {} if cache is None else {cache_argument(model): cache}
     return model(
         input_ids=ids,
         attention_mask=mask,
-        position_ids=positions + shared,
+        position_ids=positions,
         logits_to_keep=keep,
-        use_cache=True,
-        **{name: cache},
+        use_cache=cache is not None,
+        **caching,
     ).logits[:, -keep:]
+
+
+def shared_opening(
+    model: nn.Module,
+    seqs: Sequence[Sequence[int]],
+    most: int,
+    span: int,
+    run: Callable[..., Any] | None = None,
+) -> tuple[Any, int]:
+    """``(cache, p)``: a ``DynamicCache`` holding ``model``'s keys and values of the first ``p``
+    tokens, which every sequence of ``seqs`` shares (at most ``most``), run once as one row by
+    ``run`` (default: ``model``, one position of logits) and repeated for every row; or
+    ``(None, 0)`` where sharing does not apply: one row, an opening under :data:`MIN_OPENING`
+    tokens, or a layer that is not plain keys and values (a layer with a recurrent state, which
+    a pad would enter, or a sliding window shorter than ``span`` columns: the pads between
+    opening and remainder would push the opening out of the window)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    shared = min(common_prefix(seqs), most) if len(seqs) > 1 else 0
+    if shared < MIN_OPENING:
+        return None, 0
+    cache = DynamicCache(config=hf(model).config)
+    if not all(
+        type(layer) is DynamicLayer
+        or (type(layer) is DynamicSlidingWindowLayer and span <= layer.sliding_window)
+        for layer in cache.layers
+    ):
+        return None, 0
+    device = next(model.parameters()).device
+    run = functools.partial(model, logits_to_keep=1) if run is None else run
+    run(
+        input_ids=torch.tensor([list(seqs[0][:shared])], device=device),
+        position_ids=torch.arange(shared, device=device)[None],
+        use_cache=True,
+        **{cache_argument(model): cache},
+    )
+    cache.batch_repeat_interleave(len(seqs))
+    return cache, shared
+
+
+def after_opening(
+    seqs: Sequence[Sequence[int]], shared: int, pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask, position_ids)`` of the rest of each sequence after its
+    first ``shared`` tokens, left-padded, the mask covering the opening's columns too and the
+    positions continuing at ``shared`` (:func:`left_pad`'s for ``shared`` 0)."""
+    ids, mask, positions = left_pad([s[shared:] for s in seqs], pad_id, device)
+    mask = torch.cat([mask.new_ones(len(seqs), shared), mask], dim=1)
+    return ids, mask, positions + shared
 
 
 def cache_argument(model: nn.Module) -> str:

@@ -65,7 +65,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..model import arch
-from . import kernels
+from . import kernels, shrinking
 from .batching import token_batches
 
 ATTENTION = "vauban_static"
@@ -300,7 +300,10 @@ def greedy(
     chunk_tokens: int = PREFILL_TOKENS,
 ) -> torch.Tensor:
     """``(rows, max_tokens)`` greedy continuations (see :func:`vauban.runtime.generating.static_greedy`);
-    raises :class:`Unsupported` before producing anything for a model it cannot run."""
+    raises :class:`Unsupported` before producing anything for a model it cannot run, or whose
+    generation config adds a logits processor (the loop takes the plain argmax)."""
+    if not shrinking.plain_argmax(model):
+        raise Unsupported("the generation config adds a logits processor (repetition penalty, ...)")
     rows, width = input_ids.shape
     device = input_ids.device
     dtype = next(model.parameters()).dtype
