@@ -36,6 +36,8 @@ other is ≤ 5 %.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -44,6 +46,8 @@ from pathlib import Path
 import torch
 
 from control_demo import (
+    CACHE,
+    GATE_RULES,
     MAX_TOKENS,
     RUNTIME_CANDIDATES,
     WEIGHT_CANDIDATES,
@@ -58,13 +62,18 @@ from vauban import cut, load
 from vauban.direction.categories import category_prompts, from_residuals, keep_vector
 from vauban.judge.answers import completions
 from vauban.methods.conditional import balanced_accuracy, cosine_from_residuals
-from vauban.methods.gating import fold_of, probe_from_residuals
+from vauban.methods.gating import fitted_probe, fold_of, pick_setting, probe_from_residuals, setting_logits
 from vauban.methods.steering import Steering
 from vauban.runtime.activations import POOLINGS, last_token_residuals
 from vauban.text.prompts import load_prompts
 
 RESULTS = Path(__file__).resolve().parent / "results" / "control_cv.json"
 FOLDS = 5
+GATE_RULE = (
+    "the threshold rule with the largest cross-validated gate_score: min(kept category's refusal / "
+    "the original's - 0.8, 0.05 - the largest other category's refusal), over all measuring "
+    "prompts; ties: the earlier (less strict) rule"
+)
 RULE = (
     "per route, the lowest keep_score (others' mean refusal + kept category's shortfall below 80 % "
     "of the original's) of the cross-validated rates over all measuring prompts; ties: the earlier "
@@ -147,11 +156,75 @@ def nested_conditions(
     return out, records
 
 
+def saved_features(path: Path, prompts: list[str]) -> tuple[dict, str]:
+    """A saved capture's residuals per pooling (float32) and the dtype it was stored in, checked
+    to be of ``prompts`` in order."""
+    saved = torch.load(path)
+    if saved.get("prompts") != prompts:
+        raise SystemExit(f"{path} holds other prompts than the measuring ones; capture them again")
+    return {p: saved[p].float() for p in POOLINGS}, str(saved["last"].dtype)
+
+
+def gate_score(rates: dict[str, float], original: dict[str, float], keep: str) -> float:
+    """What the gate rule maximizes: the smaller margin to the goal, ``kept / original - 0.8``
+    and ``0.05 - the largest other category's refusal`` (positive: the goal is met)."""
+    others = max(v for k, v in rates.items() if k != keep)
+    return min(rates[keep] / original[keep] - 0.8, 0.05 - others)
+
+
+def stage_gate(labels: list[str], keep: str, data: dict, features: dict) -> None:
+    """``--when not:KEEP`` by the probe at each threshold rule of ``GATE_RULES``, cross-validated:
+    the probe's setting and threshold chosen by its own inner cross-validation on the other folds
+    (one set of inner out-of-fold logits per fold, shared by the rules)."""
+    y = torch.tensor([lab == keep for lab in labels])
+    fold = fold_of_categories(labels)
+    original = rates_of(labels, [bool(r) for _, r in data["answers"]["original"]])
+    hits = {rule: torch.zeros(len(y), dtype=torch.bool) for rule in GATE_RULES}
+    chosen: dict[str, list] = {rule: [] for rule in GATE_RULES}
+    for k in range(FOLDS):
+        train, test = torch.nonzero(fold != k).flatten(), fold == k
+        say(f"fold {k}: inner cross-validation of every probe setting on {len(train)} prompts")
+        inner = {p: x[train] for p, x in features.items()}
+        logits = setting_logits(inner, y[train])
+        fitted: dict = {}
+        for rule in GATE_RULES:
+            choice = pick_setting(logits, y[train], GATE_RULES[rule])
+            key = (choice.pooling, choice.layers, choice.penalty)
+            if key not in fitted:
+                fitted[key] = fitted_probe("keep", inner, y[train], choice)
+            probe = dataclasses.replace(fitted[key], threshold=choice.threshold)
+            scores = probe.scores(features[probe.pooling][test][:, list(probe.layers)])
+            hits[rule][test] = scores > probe.threshold
+            chosen[rule].append(probe.record() | {"cv_table": None})
+    part: dict = {"original": original, "rules": {}, "per_fold": chosen}
+    for rule, hit in hits.items():
+        rates = rates_of(labels, runtime_rows(data, labels, hit.tolist()))
+        part["rules"][rule] = {
+            "false_match": GATE_RULES[rule],
+            "balanced_accuracy": balanced_accuracy(hit[y].double(), hit[~y].double(), 0.5),
+            "matched_share": rates_of(labels, hit.tolist()),
+            "rates": rates,
+            "kept_share_of_original": rates[keep] / original[keep],
+            "score": gate_score(rates, original, keep),
+        }
+    part["rule"] = GATE_RULE
+    part["chosen"] = max(GATE_RULES, key=lambda r: part["rules"][r]["score"])  # ties: the earlier
+    data["gate"] = part
+    write(data)
+
+
 def residuals(model, tokenizer, prompts: list[str], known: dict) -> dict[str, torch.Tensor]:
-    """Every layer's residuals of ``prompts`` per pooling (captured once per run)."""
+    """Every layer's residuals of ``prompts`` per pooling (captured once, kept in ``CACHE`` keyed
+    by the prompts: the same model and prompts give the same residuals)."""
+    key = hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
+    path = CACHE / f"cv_residuals_{key}.pt"
+    if not known and path.exists():
+        known.update(torch.load(path))
     for pooling in POOLINGS:
         if pooling not in known:
             known[pooling] = last_token_residuals(model, tokenizer, prompts, desc=pooling, pooling=pooling)
+            CACHE.mkdir(parents=True, exist_ok=True)
+            torch.save(known, path)
     return known
 
 
@@ -244,11 +317,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="answers,runtime,weights")
     parser.add_argument("--keep", default="weapons")
+    parser.add_argument(
+        "--features",
+        type=Path,
+        help="gate: a saved capture of the measuring prompts' residuals ({last, mean, prompts}, "
+        "every layer) instead of capturing them (no model load)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    model, tokenizer = load()
-    direction = default_direction(model, tokenizer)
+    if args.only != "gate" or args.features is None:
+        model, tokenizer = load()
+        direction = default_direction(model, tokenizer)
     groups = category_prompts("measure")
     prompts = [p for g in groups.values() for p in g]
     labels = [c for c, g in groups.items() for _ in g]
@@ -271,6 +351,16 @@ def main() -> None:
         elif stage == "runtime":
             features = residuals(model, tokenizer, prompts, features)
             stage_runtime(model, tokenizer, prompts, labels, args.keep, data, features)
+        elif stage == "gate":
+            stored = "captured now (float32)"
+            if args.features is not None:
+                features, dtype = saved_features(args.features, prompts)
+                stored = f"saved capture {args.features.name} (stored as {dtype})"
+            else:
+                features = residuals(model, tokenizer, prompts, features)
+            stage_gate(labels, args.keep, data, features)
+            data["gate"]["features"] = stored
+            write(data)
         elif stage == "weights":
             features = residuals(model, tokenizer, prompts, features)
             stage_weights(model, tokenizer, direction, prompts, labels, args.keep, data, features["last"])

@@ -14,6 +14,7 @@ from .common import new_path
 from .report import Report
 
 _KEEP_EXCLUDES = ("params", "subspace", "per_layer", "direction_index", "projected")
+KEEP_FALSE_MATCH = 0.02  # the run-time keep's --false-match, chosen by benchmarks/control_cv.py (gate)
 
 
 def categories_source(args: argparse.Namespace) -> str:
@@ -57,6 +58,11 @@ def check_keep(args: argparse.Namespace, spec: Any = None) -> list[str]:
     """The categories of ``--keep`` (empty when not given), with the flags it excludes refused
     (``--keep-method preserving`` fits its own edit: only ``--layers`` of ``spec`` applies)."""
     keep = [k.strip() for k in (getattr(args, "keep", None) or "").split(",") if k.strip()]
+    if keep and getattr(args, "keep_method", None) == "runtime":
+        raise VaubanError(
+            f"an exported model cannot carry the run-time keep (a probe decides per prompt); "
+            f"run `vauban chat --when {runtime_when(keep)}` (or steer) on the original model instead"
+        )
     clash = [f"--{name.replace('_', '-')}" for name in _KEEP_EXCLUDES if keep and getattr(args, name, None)]
     if keep and spec is not None and getattr(args, "keep_method", None) == "preserving":
         clash += [
@@ -75,9 +81,16 @@ def check_keep(args: argparse.Namespace, spec: Any = None) -> list[str]:
     return keep
 
 
+def runtime_when(keep: list[str]) -> str:
+    """The ``--when`` (and ``--false-match``) arguments of the run-time keep of ``keep``."""
+    if len(keep) > 1:
+        return "not:FILE.jsonl (the kept categories as matched)"
+    return f"not:{keep[0]} --false-match {KEEP_FALSE_MATCH:g}"
+
+
 def say_runtime_route(report: Report, keep: list[str]) -> None:
     """Point ``abliterate --keep`` at the run-time route, which keeps categories more exactly."""
-    when = "not:" + keep[0] if len(keep) == 1 else "not:FILE.jsonl (the kept categories as matched)"
+    when = runtime_when(keep)
     report.say(
         f"note: a weight edit keeps {', '.join(keep)} only in part (the category directions share "
         f"refusal); at run time `vauban chat --when {when}` keeps it per prompt "
@@ -205,18 +218,30 @@ def evaluate_by_group(
 
 
 def condition_for(
-    s: Settings, report: Report, model: Any, tokenizer: Any, when: str, kind: str = "probe"
+    s: Settings,
+    report: Report,
+    model: Any,
+    tokenizer: Any,
+    when: str,
+    kind: str = "probe",
+    false_match: float | None = None,
 ) -> Any:
     """The condition of ``--when`` (a bundled condition, a category or a file; ``not:`` before
-    it: the prompts that do not match), fitted now: the probe, or the cosine condition."""
+    it: the prompts that do not match), fitted now: the probe (its threshold by ``false_match``
+    when given), or the cosine condition."""
     from ..methods.conditional import condition_sets, measure_condition
     from ..methods.gating import fit_probe_condition
 
+    if false_match is not None and kind != "probe":
+        raise VaubanError("--false-match sets the probe's threshold; drop it or use --condition-kind probe")
     negate = when.startswith("not:")
     sets = condition_sets(when.removeprefix("not:") if negate else when)
-    fit = fit_probe_condition if kind == "probe" else measure_condition
+    options: dict[str, Any] = {"batch_size": s.batch_size, "formatting": s.formatting()}
     with report.step(f"fit the condition {sets.name!r} ({kind})", "condition"):
-        condition = fit(model, tokenizer, sets, batch_size=s.batch_size, formatting=s.formatting())
+        if kind == "probe":
+            condition = fit_probe_condition(model, tokenizer, sets, false_match=false_match, **options)
+        else:
+            condition = measure_condition(model, tokenizer, sets, **options)
     if negate:
         condition = condition.negated()
     record = condition.record()
@@ -250,7 +275,7 @@ def cmd_steer_when(
     from ..methods.conditional import condition_scores, conditional_generate
     from ..text.reasoning import split_reasoning
 
-    condition = condition_for(s, report, model, tokenizer, args.when, args.condition_kind)
+    condition = condition_for(s, report, model, tokenizer, args.when, args.condition_kind, args.false_match)
     mode = "add" if args.add else "remove"
     alpha = args.alpha if args.alpha is not None else 1.0
     score = float(condition_scores(model, tokenizer, condition, [args.prompt])[0])

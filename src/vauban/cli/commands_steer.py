@@ -63,7 +63,9 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
         direction = direction_for(s, report, model, tokenizer, args)
     condition = None
     if args.when:
-        condition = condition_for(s, report, model, tokenizer, args.when, args.condition_kind)
+        condition = condition_for(
+            s, report, model, tokenizer, args.when, args.condition_kind, args.false_match
+        )
     alpha = args.alpha if args.alpha is not None else 1.0 if args.when else 0.0
     session = ChatSession(
         model,

@@ -253,6 +253,15 @@ def when_flags(p: argparse.ArgumentParser) -> None:
         help="with --when: a logistic probe over several layers, chosen by cross-validation "
         "(default), or the one-layer cosine condition",
     )
+    g.add_argument(
+        "--false-match",
+        type=float,
+        metavar="SHARE",
+        help="with --when (probe): put the threshold where at most SHARE of the condition's "
+        "unmatched example prompts match, cross-validated, instead of at the best balanced "
+        "accuracy; for not:CATEGORY it bounds the other categories' prompts left unsteered "
+        "(the run-time --keep: see docs/control.md)",
+    )
 
 
 def variant_flags(p: argparse.ArgumentParser) -> None:
