@@ -8,6 +8,7 @@ never read here; ``control_demo.py`` reports the chosen settings on it.
 
     flock /tmp/vauban-heavy.lock nice -n 10 python benchmarks/control_cv.py --only answers,runtime
     flock /tmp/vauban-heavy.lock nice -n 10 python benchmarks/control_cv.py --only weights
+    nice -n 10 python benchmarks/control_cv.py --only gate --features ACTS.pt  # no model: ~7 min
 
 Refusal: the markers judge on greedy answers of ``MAX_TOKENS`` (32) tokens.
 
@@ -20,6 +21,13 @@ Refusal: the markers judge on greedy answers of ``MAX_TOKENS`` (32) tokens.
   cross-validation on the other folds) and the cosine condition (:func:`cosine_from_residuals`,
   its direction from 3/4 of the other folds, its layer and threshold on the last 1/4). Reported:
   balanced accuracy, the share matched per category, refusal per category.
+- **gate**: ``--when not:KEEP`` by the probe at each threshold rule of ``GATE_RULES``
+  (``--false-match``: at most that share of the unmatched example prompts matched, out of fold;
+  or the best balanced accuracy), each prompt judged under the probe fitted without its fold (its
+  setting as the runtime stage's inner cross-validation chose it on those folds: the setting does
+  not depend on the threshold rule), composed from the **answers** stage like **runtime**.
+  ``--features`` reads a saved capture of the residuals instead of the model. Rule: ``GATE_RULE``
+  (written in d0aa437, before any held-out score of these rules).
 - **weights**: the weight edits of ``WEIGHT_CANDIDATES`` (orthogonal at each alpha; the
   keep-preserving edit at each λ), fitted on the other folds, answering the fold's prompts.
 
@@ -62,7 +70,14 @@ from vauban import cut, load
 from vauban.direction.categories import category_prompts, from_residuals, keep_vector
 from vauban.judge.answers import completions
 from vauban.methods.conditional import balanced_accuracy, cosine_from_residuals
-from vauban.methods.gating import fitted_probe, fold_of, pick_setting, probe_from_residuals, setting_logits
+from vauban.methods.gating import (
+    fitted_probe,
+    fold_of,
+    out_of_fold,
+    pick_setting,
+    probe_from_residuals,
+    setting_logits,
+)
 from vauban.methods.steering import Steering
 from vauban.runtime.activations import POOLINGS, last_token_residuals
 from vauban.text.prompts import load_prompts
@@ -172,31 +187,50 @@ def gate_score(rates: dict[str, float], original: dict[str, float], keep: str) -
     return min(rates[keep] / original[keep] - 0.8, 0.05 - others)
 
 
+def fold_logits(features: dict, y: torch.Tensor, train: torch.Tensor, known: dict | None) -> dict:
+    """Inner out-of-fold logits of the probe settings on the ``train`` rows: every setting, or
+    only the one the runtime stage's inner cross-validation chose on these rows (``known``, its
+    record: the setting does not depend on the threshold rule, so the rules need no other)."""
+    inner = {p: x[train] for p, x in features.items()}
+    if known is None:
+        return setting_logits(inner, y[train])
+    layers = tuple(known["layers"])
+    acts = inner[known["pooling"]][:, list(layers)]
+    return {
+        (known["pooling"], "chosen", known["penalty"]): (
+            layers,
+            out_of_fold(acts, y[train], known["penalty"]),
+        )
+    }
+
+
 def stage_gate(labels: list[str], keep: str, data: dict, features: dict) -> None:
     """``--when not:KEEP`` by the probe at each threshold rule of ``GATE_RULES``, cross-validated:
-    the probe's setting and threshold chosen by its own inner cross-validation on the other folds
-    (one set of inner out-of-fold logits per fold, shared by the rules)."""
+    the probe's setting chosen by its own inner cross-validation on the other folds (the runtime
+    stage's choice when recorded), its threshold by each rule on those inner out-of-fold logits."""
     y = torch.tensor([lab == keep for lab in labels])
     fold = fold_of_categories(labels)
     original = rates_of(labels, [bool(r) for _, r in data["answers"]["original"]])
+    recorded = data.get("runtime", {}).get("probe_per_fold")
     hits = {rule: torch.zeros(len(y), dtype=torch.bool) for rule in GATE_RULES}
     chosen: dict[str, list] = {rule: [] for rule in GATE_RULES}
     for k in range(FOLDS):
         train, test = torch.nonzero(fold != k).flatten(), fold == k
-        say(f"fold {k}: inner cross-validation of every probe setting on {len(train)} prompts")
+        say(f"fold {k}: inner cross-validation of the probe on {len(train)} prompts")
+        logits = fold_logits(features, y, train, recorded[k] if recorded else None)
         inner = {p: x[train] for p, x in features.items()}
-        logits = setting_logits(inner, y[train])
         fitted: dict = {}
         for rule in GATE_RULES:
             choice = pick_setting(logits, y[train], GATE_RULES[rule])
             key = (choice.pooling, choice.layers, choice.penalty)
             if key not in fitted:
                 fitted[key] = fitted_probe("keep", inner, y[train], choice)
-            probe = dataclasses.replace(fitted[key], threshold=choice.threshold)
+            probe = dataclasses.replace(fitted[key], threshold=choice.threshold, false_match=GATE_RULES[rule])
             scores = probe.scores(features[probe.pooling][test][:, list(probe.layers)])
             hits[rule][test] = scores > probe.threshold
             chosen[rule].append(probe.record() | {"cv_table": None})
     part: dict = {"original": original, "rules": {}, "per_fold": chosen}
+    part["settings"] = "the runtime stage's per-fold choices" if recorded else "chosen here"
     for rule, hit in hits.items():
         rates = rates_of(labels, runtime_rows(data, labels, hit.tolist()))
         part["rules"][rule] = {

@@ -56,11 +56,18 @@ from vauban.methods.conditional import (
     conditional_generate,
     measure_condition,
 )
-from vauban.methods.gating import fit_probe_condition
+from vauban.methods.gating import (
+    ProbeCondition,
+    fit_probe_condition,
+    fitted_probe,
+    out_of_fold,
+    pick_setting,
+)
 from vauban.methods.keeping import KeepPreserving, capture_keep, harmful_records, keep_prompt_sets
 from vauban.methods.protocol import Inputs
-from vauban.runtime.activations import last_token_residuals
+from vauban.runtime.activations import POOLINGS, last_token_residuals
 from vauban.text.prompts import load_prompts
+from vauban.text.reasoning import resolved
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "control_demo.json"
@@ -168,14 +175,44 @@ def reusable(earlier: dict, keep: str, held: dict[str, list[str]], measured: lis
     }
 
 
+def probe_from_saved(keep: str, saved: dict, false_match, tokenizer) -> ProbeCondition:
+    """What :func:`fit_probe_condition` fits on ``condition_sets(keep)``, from a saved capture of
+    the measuring prompts' residuals (``saved``: per pooling, with ``prompts`` and the ``setting``
+    the earlier fit's cross-validation chose — it does not depend on the threshold rule), in the
+    row order that fit reads (its folds)."""
+    sets = condition_sets(keep)
+    matched = sets.matched["measure"] + sets.matched["tune"]
+    unmatched = sets.unmatched["measure"] + sets.unmatched["tune"]
+    at = {p: i for i, p in enumerate(saved["prompts"])}
+    index = [at[p] for p in matched + unmatched]
+    y = torch.tensor([True] * len(matched) + [False] * len(unmatched))
+    setting = saved["setting"]
+    layers = tuple(setting["layers"])
+    features = {p: saved[p][index].float() for p in POOLINGS}
+    logits = out_of_fold(features[setting["pooling"]][:, list(layers)], y, setting["penalty"])
+    choice = pick_setting(
+        {(setting["pooling"], "chosen", setting["penalty"]): (layers, logits)}, y, false_match
+    )
+    return fitted_probe(keep, features, y, choice, resolved(None, tokenizer), false_match)
+
+
 def runtime_keep(
-    model, tokenizer, direction, keep: str, held: dict[str, list[str]], kind: str, false_match=None
+    model,
+    tokenizer,
+    direction,
+    keep: str,
+    held: dict[str, list[str]],
+    kind: str,
+    false_match=None,
+    saved: dict | None = None,
 ):
     """``--keep`` at run time (``steer`` / ``chat --when not:KEEP [--false-match F]``): refusal
     removed (steering, every layer) from the prompts the condition ``keep`` (that category against
     the others; the ``probe`` or the ``cosine`` condition, fitted on the measuring prompts) does not
     match; per category of ``held``, with the share of each category left unsteered."""
-    if kind == "probe":
+    if kind == "probe" and saved is not None:
+        condition = probe_from_saved(keep, saved, false_match, tokenizer)
+    elif kind == "probe":
         condition = fit_probe_condition(model, tokenizer, condition_sets(keep), false_match=false_match)
     else:
         condition = measure_condition(model, tokenizer, condition_sets(keep))
@@ -228,21 +265,33 @@ def chosen_edit(model, tokenizer, direction, cats, measuring, keep: str, cv: dic
     return {name: make({"keep": setting, "prior": 1.0})}
 
 
-def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, earlier: dict) -> dict:
+def stage_categories(
+    model, tokenizer, direction: DirectionResult, keep: str, earlier: dict, features: Path | None = None
+) -> dict:
     measuring, held = category_prompts("measure"), category_prompts("eval")
     cv = json.loads(CV_RESULTS.read_text())
     if cv.get("keep") != keep or "chosen" not in cv.get("weights", {}) or "chosen" not in cv.get("gate", {}):
         raise SystemExit(f"run control_cv.py --keep {keep} first: its choices are what is reported")
-    harmless = load_prompts("harmless")
-    say("residuals of the category and harmless prompts")
-    acts = {c: last_token_residuals(model, tokenizer, p, prompt_set="harmful") for c, p in measuring.items()}
-    base = last_token_residuals(model, tokenizer, harmless, prompt_set="harmless")
-    layer = direction.layer_index
-    cats = from_residuals(acts, base, layer)
-    known = reusable(earlier, keep, held, list(cats.counts))
+    layer, counts = direction.layer_index, [len(p) for p in measuring.values()]
+    known = reusable(earlier, keep, held, counts)
     edits = {"original": None, "default cut": direction}
-    if f"keep {keep} ({cv['weights']['chosen']})" not in known:  # fitting it costs a capture
+    if f"keep {keep} ({cv['weights']['chosen']})" in known and "similarity" in earlier:
+        described = {k: earlier[k] for k in ("categories", "similarity", "cos_with_default_direction")}
+    else:  # the category directions: their record, and the weight edit when it must be fitted
+        say("residuals of the category and harmless prompts")
+        acts = {
+            c: last_token_residuals(model, tokenizer, p, prompt_set="harmful") for c, p in measuring.items()
+        }
+        base = last_token_residuals(model, tokenizer, load_prompts("harmless"), prompt_set="harmless")
+        cats = from_residuals(acts, base, layer)
         edits |= chosen_edit(model, tokenizer, direction, cats, measuring, keep, cv)
+        described = {
+            "categories": list(cats.categories),
+            "similarity": cats.record()["similarity"],
+            "cos_with_default_direction": [
+                round(float(u @ direction.direction.double()), 4) for u in cats.directions().double()
+            ],
+        }
     rows, answers, reused = {}, {}, []
     for name, edit in edits.items():
         say(f"held-out: {name}")
@@ -258,24 +307,31 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, ea
         reused.append(name)
         rows[name], answers[name] = known[name]
     false_match = GATE_RULES[cv["gate"]["chosen"]]  # the chosen rule only: held-out read once a rule
+    saved = None
+    if features is not None:  # the earlier (balanced) fit's setting, from its record
+        earlier_probe = runtime[runtime_name(keep, None)]
+        setting = {k: earlier_probe[k] for k in ("pooling", "layers", "penalty")}
+        saved = torch.load(features) | {"setting": setting, "path": features.name}
     name = runtime_name(keep, false_match)
     if name not in rows:
         say(f"held-out: {name}")
         rows[name], answers[name], runtime[name] = runtime_keep(
-            model, tokenizer, direction, keep, held, "probe", false_match
+            model, tokenizer, direction, keep, held, "probe", false_match, saved
         )
+        if saved is not None:
+            runtime[name]["fitted_from"] = (
+                f"saved capture {saved['path']} of the measuring prompts' residuals; the setting "
+                "(pooling, layers, penalty) the balanced rule's fit chose on them (the choice does "
+                "not depend on the threshold rule)"
+            )
         runtime[name] |= ideal_agreement(held, keep, answers, name)
     return {
         "runtime_conditions": runtime,
         "keep": keep,
         "layer": layer,
-        "categories": list(cats.categories),
-        "counts_measure": list(cats.counts),
+        "counts_measure": counts,
         "counts_eval": [len(v) for v in held.values()],
-        "similarity": cats.record()["similarity"],
-        "cos_with_default_direction": [
-            round(float(u @ direction.direction.double()), 4) for u in cats.directions().double()
-        ],
+        **described,
         "chosen": {
             "weights": f"keep {keep} ({cv['weights']['chosen']})",
             "runtime": name,
@@ -352,7 +408,9 @@ def stage_conditions(model, tokenizer, direction: DirectionResult, earlier: dict
     known = dict(zip(held, (refused for _, refused in seen), strict=True)) if seen else None
     sets = condition_sets("cybercrime")
     original = [known[p] for p in sets.matched["test"] + sets.unmatched["test"]] if known else None
-    out["cybercrime (probe)"] = condition_run(model, tokenizer, direction, "cybercrime", "remove", 1.0, original)
+    out["cybercrime (probe)"] = condition_run(
+        model, tokenizer, direction, "cybercrime", "remove", 1.0, original
+    )
     return out
 
 
@@ -399,6 +457,12 @@ def main() -> None:
     parser.add_argument("--only", default="categories,conditions,languages")
     parser.add_argument("--keep", default="weapons")
     parser.add_argument("--fresh", action="store_true", help="categories: rerun rows an earlier run has")
+    parser.add_argument(
+        "--features",
+        type=Path,
+        help="categories: fit the run-time probe from a saved capture of the measuring prompts' "
+        "residuals ({last, mean, prompts}) instead of capturing them",
+    )
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -416,7 +480,7 @@ def main() -> None:
         start, load_before = time.perf_counter(), os.getloadavg()[0]
         if stage == "categories":
             earlier = {} if args.fresh else data.get("categories", {})
-            part = stage_categories(model, tokenizer, direction, args.keep, earlier)
+            part = stage_categories(model, tokenizer, direction, args.keep, earlier, args.features)
         elif stage == "conditions":
             part = stage_conditions(
                 model, tokenizer, direction, data.get("categories", {}), data.get("conditions", {})

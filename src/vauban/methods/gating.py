@@ -11,7 +11,11 @@ float64 by L-BFGS: a few hundred prompts, tens of thousands of features). Its po
 penalty are chosen by ``folds``-fold cross-validation over the ``measure`` and ``tune`` prompts
 together (:func:`fit_probe_condition`): each prompt is scored by the probe fitted without its fold,
 the best balanced accuracy over those out-of-fold scores chooses, and the threshold is the one
-that gives it there; the probe is then fitted on every prompt. A ``test`` split is never read.
+that gives it there — or, with ``false_match`` (``--false-match``), the lowest threshold at which at
+most that share of the unmatched prompts' out-of-fold scores lie above it (a stricter condition:
+fewer unmatched prompts pass, at the cost of matched ones); the probe is then fitted on every
+prompt. A ``test`` split is never read. A probe needs :data:`MIN_EXAMPLES` matched and unmatched
+example prompts at least.
 """
 
 from __future__ import annotations
@@ -234,17 +238,20 @@ def pick_setting(
     y: torch.Tensor,
     false_match: float | None = None,
 ) -> Choice:
-    """The setting of :func:`setting_logits` with the best balanced accuracy at the threshold of
-    :func:`threshold_of` (ties: last-token pooling, fewer layers, the stronger penalty)."""
+    """The setting of :func:`setting_logits` with the best balanced accuracy (ties: last-token
+    pooling, fewer layers, the stronger penalty), its threshold by :func:`threshold_of` on its
+    out-of-fold logits."""
     table, best = {}, None
     for (pooling, name, c), (chosen, scores) in logits.items():
-        threshold, accuracy = threshold_of(scores[y], scores[~y], false_match)
+        threshold, accuracy = best_threshold(scores[y], scores[~y])
         table[f"{pooling}, {name}, C {c:g}"] = accuracy
         key = (accuracy, pooling == "last", -len(chosen), -c)
         if best is None or key > best[0]:
-            best = (key, Choice(pooling, tuple(chosen), c, threshold, accuracy, table))
+            best = (key, (pooling, tuple(chosen), c, scores))
     assert best is not None
-    return dataclasses.replace(best[1], table=table)
+    pooling, chosen, c, scores = best[1]
+    threshold, accuracy = threshold_of(scores[y], scores[~y], false_match)
+    return Choice(pooling, chosen, c, threshold, accuracy, table)
 
 
 def choose_probe(
@@ -256,7 +263,7 @@ def choose_probe(
     false_match: float | None = None,
 ) -> Choice:
     """The pooling, layer set and penalty with the best cross-validated balanced accuracy on
-    ``features`` (per pooling, ``(n, layers, d)`` residuals at every layer) at the threshold of
+    ``features`` (per pooling, ``(n, layers, d)`` residuals at every layer), and its threshold by
     :func:`threshold_of` (ties: last-token pooling, fewer layers, the stronger penalty)."""
     return pick_setting(setting_logits(features, y, penalties=penalties, folds=folds), y, false_match)
 
