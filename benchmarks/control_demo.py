@@ -392,16 +392,21 @@ def condition_run(
     }
 
 
-def stage_conditions(model, tokenizer, direction: DirectionResult, earlier: dict, before: dict) -> dict:
+def stage_conditions(
+    model, tokenizer, direction: DirectionResult, earlier: dict, before: dict, which=("medical", "cybercrime")
+) -> dict:
     """Conditions ``medical`` (add refusal) and ``cybercrime`` (remove it) by the probe; an earlier
     run's cosine rows (``before``) are kept beside them."""
     out = {
         f"{k} (cosine)" if k in ("medical", "cybercrime") else k: v
         for k, v in before.items()
-        if isinstance(v, dict) and "layer" in v.get("condition", {})  # cosine records name a layer
+        if isinstance(v, dict) and "mode" in v  # an earlier run's rows (cosine: they name a layer)
     }
-    say("condition medical (add refusal), probe")
-    out["medical (probe)"] = condition_run(model, tokenizer, direction, "medical", "add", 1.0)
+    if "medical" in which:
+        say("condition medical (add refusal), probe")
+        out["medical (probe)"] = condition_run(model, tokenizer, direction, "medical", "add", 1.0)
+    if "cybercrime" not in which:
+        return out
     say("condition cybercrime (remove refusal), probe")
     held = [p for group in category_prompts("eval").values() for p in group]
     seen = earlier.get("held_out", {}).get("answers", {}).get("original")
@@ -457,6 +462,7 @@ def main() -> None:
     parser.add_argument("--only", default="categories,conditions,languages")
     parser.add_argument("--keep", default="weapons")
     parser.add_argument("--fresh", action="store_true", help="categories: rerun rows an earlier run has")
+    parser.add_argument("--conditions", default="medical,cybercrime", help="conditions: which to fit")
     parser.add_argument(
         "--features",
         type=Path,
@@ -483,7 +489,12 @@ def main() -> None:
             part = stage_categories(model, tokenizer, direction, args.keep, earlier, args.features)
         elif stage == "conditions":
             part = stage_conditions(
-                model, tokenizer, direction, data.get("categories", {}), data.get("conditions", {})
+                model,
+                tokenizer,
+                direction,
+                data.get("categories", {}),
+                data.get("conditions", {}),
+                args.conditions.split(","),
             )
         elif stage == "languages":
             part = stage_languages(model, tokenizer, direction)

@@ -377,8 +377,8 @@ def control_categories() -> list[str]:
         ["**others, highest** (goal ≤ 5 %)", "", *(pct(max(rates[n][o] for o in others)) for n in names)]
     )
     labels = {
-        c["chosen"]["weights"]: "abliterate --keep (default: weights)",
-        c["chosen"]["runtime"]: "chat/steer --when (run time) ← the keep that holds per prompt",
+        c["chosen"]["weights"]: f"`abliterate --keep {keep}` (weights; the export)",
+        c["chosen"]["runtime"]: f"`chat`/`steer --keep {keep}` (run time, = --when not:{keep})",
     }
     header = [
         "category",

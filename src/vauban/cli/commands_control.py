@@ -14,7 +14,6 @@ from .common import new_path
 from .report import Report
 
 _KEEP_EXCLUDES = ("params", "subspace", "per_layer", "direction_index", "projected")
-KEEP_FALSE_MATCH = 0.02  # the run-time keep's --false-match, chosen by benchmarks/control_cv.py (gate)
 
 
 def categories_source(args: argparse.Namespace) -> str:
@@ -82,10 +81,21 @@ def check_keep(args: argparse.Namespace, spec: Any = None) -> list[str]:
 
 
 def runtime_when(keep: list[str]) -> str:
-    """The ``--when`` (and ``--false-match``) arguments of the run-time keep of ``keep``."""
+    """The ``--when`` argument of the run-time keep of ``keep`` (``--keep CATEGORY`` for one; its
+    threshold: the best balanced accuracy, the rule ``benchmarks/control_cv.py`` (gate) chose)."""
     if len(keep) > 1:
         return "not:FILE.jsonl (the kept categories as matched)"
-    return f"not:{keep[0]} --false-match {KEEP_FALSE_MATCH:g}"
+    return f"not:{keep[0]}"
+
+
+def when_of(args: argparse.Namespace) -> str | None:
+    """``steer`` / ``chat``'s condition: ``--when``, or ``not:CATEGORY`` for ``--keep CATEGORY``."""
+    keep = getattr(args, "keep", None)
+    if keep and args.when:
+        raise VaubanError("--keep CATEGORY is --when not:CATEGORY; give one of them")
+    if keep and "," in keep:
+        raise VaubanError("steer/chat --keep takes one category; for several, --when not:FILE.jsonl")
+    return f"not:{keep}" if keep else args.when
 
 
 def say_runtime_route(report: Report, keep: list[str]) -> None:
