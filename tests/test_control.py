@@ -366,7 +366,7 @@ def test_cli_abliterate_keep_records_the_kept_categories(cli_ws, monkeypatch, ca
         "r",
         code=2,
     )
-    assert "cannot carry the run-time keep" in err.err and "--when not:a`" in err.err
+    assert "cannot carry the run-time keep" in err.err and "vauban chat --keep a`" in err.err
     assert len(err.err.strip().splitlines()) == 1
 
 

@@ -27,6 +27,7 @@ from vauban.methods.gating import (
     fit_logistic,
     fit_probe_condition,
     fold_of,
+    layer_sets,
     out_of_fold,
     pick_setting,
     probe_from_residuals,
@@ -118,6 +119,11 @@ def test_false_match_threshold_lets_at_most_that_share_of_unmatched_through():
     assert probe_from_residuals("c", {"last": x}, y, penalties=(1.0,)).record()["threshold_rule"] == (
         "best balanced accuracy"
     )
+
+
+def test_layer_sets_are_never_empty():
+    assert layer_sets(2) == {"last": (1,), "late half": (1,), "all": (0, 1)}  # no "every third"
+    assert layer_sets(24)["every third"] == (2, 5, 8, 11, 14, 17, 20, 23)
 
 
 def test_probe_on_too_few_prompts_says_so_in_one_line():

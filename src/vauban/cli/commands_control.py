@@ -60,7 +60,7 @@ def check_keep(args: argparse.Namespace, spec: Any = None) -> list[str]:
     if keep and getattr(args, "keep_method", None) == "runtime":
         raise VaubanError(
             f"an exported model cannot carry the run-time keep (a probe decides per prompt); "
-            f"run `vauban chat --when {runtime_when(keep)}` (or steer) on the original model instead"
+            f"run `vauban chat {runtime_when(keep)}` (or steer) on the original model instead"
         )
     clash = [f"--{name.replace('_', '-')}" for name in _KEEP_EXCLUDES if keep and getattr(args, name, None)]
     if keep and spec is not None and getattr(args, "keep_method", None) == "preserving":
@@ -81,11 +81,12 @@ def check_keep(args: argparse.Namespace, spec: Any = None) -> list[str]:
 
 
 def runtime_when(keep: list[str]) -> str:
-    """The ``--when`` argument of the run-time keep of ``keep`` (``--keep CATEGORY`` for one; its
-    threshold: the best balanced accuracy, the rule ``benchmarks/control_cv.py`` (gate) chose)."""
+    """The ``chat`` / ``steer`` option of the run-time keep of ``keep`` (``--keep CATEGORY`` =
+    ``--when not:CATEGORY``; its threshold: the best balanced accuracy, the rule
+    ``benchmarks/control_cv.py`` (gate) chose)."""
     if len(keep) > 1:
-        return "not:FILE.jsonl (the kept categories as matched)"
-    return f"not:{keep[0]}"
+        return "--when not:FILE.jsonl (the kept categories as matched)"
+    return f"--keep {keep[0]}"
 
 
 def when_of(args: argparse.Namespace) -> str | None:
@@ -103,7 +104,7 @@ def say_runtime_route(report: Report, keep: list[str]) -> None:
     when = runtime_when(keep)
     report.say(
         f"note: a weight edit keeps {', '.join(keep)} only in part (the category directions share "
-        f"refusal); at run time `vauban chat --when {when}` keeps it per prompt "
+        f"refusal); at run time `vauban chat {when}` keeps it per prompt "
         "(benchmarks/results/control_demo.json)"
     )
 

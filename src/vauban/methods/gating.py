@@ -41,13 +41,15 @@ MIN_EXAMPLES = 4  # per class: every fold's fit then has at least 2 matched and 
 
 
 def layer_sets(n: int) -> dict[str, tuple[int, ...]]:
-    """The layer sets a probe may read, for a model of ``n`` layers, by name."""
-    return {
+    """The layer sets a probe may read, for a model of ``n`` layers, by name (none empty: a model
+    of fewer than 5 layers has no "every third")."""
+    sets = {
         "last": (n - 1,),
         "late half": tuple(range(n // 2, n)),
         "every third": tuple(range(n % 3 + 2, n, 3)),
         "all": tuple(range(n)),
     }
+    return {name: layers for name, layers in sets.items() if layers}
 
 
 @dataclass(frozen=True)
