@@ -248,6 +248,7 @@ def condition_for(
     negate = when.startswith("not:")
     sets = condition_sets(when.removeprefix("not:") if negate else when)
     options: dict[str, Any] = {"batch_size": s.batch_size, "formatting": s.formatting()}
+    condition: Any  # a ProbeCondition or a CosineCondition (frozen: not the settable Protocol)
     with report.step(f"fit the condition {sets.name!r} ({kind})", "condition"):
         if kind == "probe":
             condition = fit_probe_condition(model, tokenizer, sets, false_match=false_match, **options)
