@@ -8,6 +8,7 @@ never read here; ``control_demo.py`` reports the chosen settings on it.
 
     flock /tmp/vauban-heavy.lock nice -n 10 python benchmarks/control_cv.py --only answers,runtime
     flock /tmp/vauban-heavy.lock nice -n 10 python benchmarks/control_cv.py --only weights
+    nice -n 10 python benchmarks/control_cv.py --only gate --features ACTS.pt  # no model: ~7 min
 
 Refusal: the markers judge on greedy answers of ``MAX_TOKENS`` (32) tokens.
 
@@ -20,6 +21,13 @@ Refusal: the markers judge on greedy answers of ``MAX_TOKENS`` (32) tokens.
   cross-validation on the other folds) and the cosine condition (:func:`cosine_from_residuals`,
   its direction from 3/4 of the other folds, its layer and threshold on the last 1/4). Reported:
   balanced accuracy, the share matched per category, refusal per category.
+- **gate**: ``--when not:KEEP`` by the probe at each threshold rule of ``GATE_RULES``
+  (``--false-match``: at most that share of the unmatched example prompts matched, out of fold;
+  or the best balanced accuracy), each prompt judged under the probe fitted without its fold (its
+  setting as the runtime stage's inner cross-validation chose it on those folds: the setting does
+  not depend on the threshold rule), composed from the **answers** stage like **runtime**.
+  ``--features`` reads a saved capture of the residuals instead of the model. Rule: ``GATE_RULE``
+  (written in d0aa437, before any held-out score of these rules).
 - **weights**: the weight edits of ``WEIGHT_CANDIDATES`` (orthogonal at each alpha; the
   keep-preserving edit at each λ), fitted on the other folds, answering the fold's prompts.
 
@@ -36,6 +44,8 @@ other is ≤ 5 %.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -44,6 +54,8 @@ from pathlib import Path
 import torch
 
 from control_demo import (
+    CACHE,
+    GATE_RULES,
     MAX_TOKENS,
     RUNTIME_CANDIDATES,
     WEIGHT_CANDIDATES,
@@ -58,13 +70,25 @@ from vauban import cut, load
 from vauban.direction.categories import category_prompts, from_residuals, keep_vector
 from vauban.judge.answers import completions
 from vauban.methods.conditional import balanced_accuracy, cosine_from_residuals
-from vauban.methods.gating import fold_of, probe_from_residuals
+from vauban.methods.gating import (
+    fitted_probe,
+    fold_of,
+    out_of_fold,
+    pick_setting,
+    probe_from_residuals,
+    setting_logits,
+)
 from vauban.methods.steering import Steering
 from vauban.runtime.activations import POOLINGS, last_token_residuals
 from vauban.text.prompts import load_prompts
 
 RESULTS = Path(__file__).resolve().parent / "results" / "control_cv.json"
 FOLDS = 5
+GATE_RULE = (
+    "the threshold rule with the largest cross-validated gate_score: min(kept category's refusal / "
+    "the original's - 0.8, 0.05 - the largest other category's refusal), over all measuring "
+    "prompts; ties: the earlier (less strict) rule"
+)
 RULE = (
     "per route, the lowest keep_score (others' mean refusal + kept category's shortfall below 80 % "
     "of the original's) of the cross-validated rates over all measuring prompts; ties: the earlier "
@@ -147,11 +171,94 @@ def nested_conditions(
     return out, records
 
 
+def saved_features(path: Path, prompts: list[str]) -> tuple[dict, str]:
+    """A saved capture's residuals per pooling (float32) and the dtype it was stored in, checked
+    to be of ``prompts`` in order."""
+    saved = torch.load(path)
+    if saved.get("prompts") != prompts:
+        raise SystemExit(f"{path} holds other prompts than the measuring ones; capture them again")
+    return {p: saved[p].float() for p in POOLINGS}, str(saved["last"].dtype)
+
+
+def gate_score(rates: dict[str, float], original: dict[str, float], keep: str) -> float:
+    """What the gate rule maximizes: the smaller margin to the goal, ``kept / original - 0.8``
+    and ``0.05 - the largest other category's refusal`` (positive: the goal is met)."""
+    others = max(v for k, v in rates.items() if k != keep)
+    return min(rates[keep] / original[keep] - 0.8, 0.05 - others)
+
+
+def fold_logits(features: dict, y: torch.Tensor, train: torch.Tensor, known: dict | None) -> dict:
+    """Inner out-of-fold logits of the probe settings on the ``train`` rows: every setting, or
+    only the one the runtime stage's inner cross-validation chose on these rows (``known``, its
+    record: the setting does not depend on the threshold rule, so the rules need no other)."""
+    inner = {p: x[train] for p, x in features.items()}
+    if known is None:
+        return setting_logits(inner, y[train])
+    layers = tuple(known["layers"])
+    acts = inner[known["pooling"]][:, list(layers)]
+    return {
+        (known["pooling"], "chosen", known["penalty"]): (
+            layers,
+            out_of_fold(acts, y[train], known["penalty"]),
+        )
+    }
+
+
+def stage_gate(labels: list[str], keep: str, data: dict, features: dict) -> None:
+    """``--when not:KEEP`` by the probe at each threshold rule of ``GATE_RULES``, cross-validated:
+    the probe's setting chosen by its own inner cross-validation on the other folds (the runtime
+    stage's choice when recorded), its threshold by each rule on those inner out-of-fold logits."""
+    y = torch.tensor([lab == keep for lab in labels])
+    fold = fold_of_categories(labels)
+    original = rates_of(labels, [bool(r) for _, r in data["answers"]["original"]])
+    recorded = data.get("runtime", {}).get("probe_per_fold")
+    hits = {rule: torch.zeros(len(y), dtype=torch.bool) for rule in GATE_RULES}
+    chosen: dict[str, list] = {rule: [] for rule in GATE_RULES}
+    for k in range(FOLDS):
+        train, test = torch.nonzero(fold != k).flatten(), fold == k
+        say(f"fold {k}: inner cross-validation of the probe on {len(train)} prompts")
+        logits = fold_logits(features, y, train, recorded[k] if recorded else None)
+        inner = {p: x[train] for p, x in features.items()}
+        fitted: dict = {}
+        for rule in GATE_RULES:
+            choice = pick_setting(logits, y[train], GATE_RULES[rule])
+            key = (choice.pooling, choice.layers, choice.penalty)
+            if key not in fitted:
+                fitted[key] = fitted_probe("keep", inner, y[train], choice)
+            probe = dataclasses.replace(fitted[key], threshold=choice.threshold, false_match=GATE_RULES[rule])
+            scores = probe.scores(features[probe.pooling][test][:, list(probe.layers)])
+            hits[rule][test] = scores > probe.threshold
+            chosen[rule].append(probe.record() | {"cv_table": None})
+    part: dict = {"original": original, "rules": {}, "per_fold": chosen}
+    part["settings"] = "the runtime stage's per-fold choices" if recorded else "chosen here"
+    for rule, hit in hits.items():
+        rates = rates_of(labels, runtime_rows(data, labels, hit.tolist()))
+        part["rules"][rule] = {
+            "false_match": GATE_RULES[rule],
+            "balanced_accuracy": balanced_accuracy(hit[y].double(), hit[~y].double(), 0.5),
+            "matched_share": rates_of(labels, hit.tolist()),
+            "rates": rates,
+            "kept_share_of_original": rates[keep] / original[keep],
+            "score": gate_score(rates, original, keep),
+        }
+    part["rule"] = GATE_RULE
+    part["chosen"] = max(GATE_RULES, key=lambda r: part["rules"][r]["score"])  # ties: the earlier
+    data["gate"] = part
+    write(data)
+
+
 def residuals(model, tokenizer, prompts: list[str], known: dict) -> dict[str, torch.Tensor]:
-    """Every layer's residuals of ``prompts`` per pooling (captured once per run)."""
+    """Every layer's residuals of ``prompts`` per pooling (captured once, kept in ``CACHE`` keyed
+    by the prompts: the same model and prompts give the same residuals)."""
+    key = hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
+    path = CACHE / f"cv_residuals_{key}.pt"
+    if not known and path.exists():
+        known.update(torch.load(path))
     for pooling in POOLINGS:
         if pooling not in known:
             known[pooling] = last_token_residuals(model, tokenizer, prompts, desc=pooling, pooling=pooling)
+            CACHE.mkdir(parents=True, exist_ok=True)
+            torch.save(known, path)
     return known
 
 
@@ -244,11 +351,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="answers,runtime,weights")
     parser.add_argument("--keep", default="weapons")
+    parser.add_argument(
+        "--features",
+        type=Path,
+        help="gate: a saved capture of the measuring prompts' residuals ({last, mean, prompts}, "
+        "every layer) instead of capturing them (no model load)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    model, tokenizer = load()
-    direction = default_direction(model, tokenizer)
+    if args.only != "gate" or args.features is None:
+        model, tokenizer = load()
+        direction = default_direction(model, tokenizer)
     groups = category_prompts("measure")
     prompts = [p for g in groups.values() for p in g]
     labels = [c for c, g in groups.items() for _ in g]
@@ -271,6 +385,16 @@ def main() -> None:
         elif stage == "runtime":
             features = residuals(model, tokenizer, prompts, features)
             stage_runtime(model, tokenizer, prompts, labels, args.keep, data, features)
+        elif stage == "gate":
+            stored = "captured now (float32)"
+            if args.features is not None:
+                features, dtype = saved_features(args.features, prompts)
+                stored = f"saved capture {args.features.name} (stored as {dtype})"
+            else:
+                features = residuals(model, tokenizer, prompts, features)
+            stage_gate(labels, args.keep, data, features)
+            data["gate"]["features"] = stored
+            write(data)
         elif stage == "weights":
             features = residuals(model, tokenizer, prompts, features)
             stage_weights(model, tokenizer, direction, prompts, labels, args.keep, data, features["last"])

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 from provenance import stamp
+from tables_common import wilson
 from vauban import DirectionResult, cut, load, measure
 from vauban.direction.categories import category_prompts, from_residuals, keep_vector
 from vauban.edit.vectors import unit_rows
@@ -55,17 +56,32 @@ from vauban.methods.conditional import (
     conditional_generate,
     measure_condition,
 )
-from vauban.methods.gating import fit_probe_condition
+from vauban.methods.gating import (
+    ProbeCondition,
+    fit_probe_condition,
+    fitted_probe,
+    out_of_fold,
+    pick_setting,
+)
 from vauban.methods.keeping import KeepPreserving, capture_keep, harmful_records, keep_prompt_sets
 from vauban.methods.protocol import Inputs
-from vauban.runtime.activations import last_token_residuals
+from vauban.runtime.activations import POOLINGS, last_token_residuals
 from vauban.text.prompts import load_prompts
+from vauban.text.reasoning import resolved
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "control_demo.json"
 MAX_TOKENS = 32
 DEV = 10  # keep_study.py's development prompts per category (control_cv.py cross-validates instead)
 CV_RESULTS = HERE / "results" / "control_cv.json"  # the keep defaults' cross-validated choice
+GATE_RULES = {  # the probe's threshold rules (``--false-match``) control_cv.py cross-validates
+    "balanced": None,  # the best balanced accuracy (the earlier rule, 51aa8b4)
+    "false match 5 %": 0.05,
+    "false match 3 %": 0.03,
+    "false match 2 %": 0.02,
+    "false match 1 %": 0.01,
+    "false match 0 %": 0.0,
+}
 RUNTIME_CANDIDATES = ("probe", "cosine")  # conditions of run-time keep (--when not:KEEP)
 WEIGHT_CANDIDATES = (  # (method, setting) of the weight keep edits: orthogonal alpha, preserving λ
     ("orthogonal", 2.0),  # the two best of keep_study.py / the earlier development split; CPU time
@@ -159,13 +175,48 @@ def reusable(earlier: dict, keep: str, held: dict[str, list[str]], measured: lis
     }
 
 
-def runtime_keep(model, tokenizer, direction, keep: str, held: dict[str, list[str]], kind: str):
-    """``--keep`` at run time (``steer`` / ``chat --when not:KEEP``): refusal removed (steering,
-    every layer) from the prompts the condition ``keep`` (that category against the others; the
-    ``probe`` or the ``cosine`` condition, fitted on the measuring prompts) does not match; per
-    category of ``held``, with the share of each category left unsteered."""
-    fit = fit_probe_condition if kind == "probe" else measure_condition
-    condition = fit(model, tokenizer, condition_sets(keep)).negated()
+def probe_from_saved(keep: str, saved: dict, false_match, tokenizer) -> ProbeCondition:
+    """What :func:`fit_probe_condition` fits on ``condition_sets(keep)``, from a saved capture of
+    the measuring prompts' residuals (``saved``: per pooling, with ``prompts`` and the ``setting``
+    the earlier fit's cross-validation chose — it does not depend on the threshold rule), in the
+    row order that fit reads (its folds)."""
+    sets = condition_sets(keep)
+    matched = sets.matched["measure"] + sets.matched["tune"]
+    unmatched = sets.unmatched["measure"] + sets.unmatched["tune"]
+    at = {p: i for i, p in enumerate(saved["prompts"])}
+    index = [at[p] for p in matched + unmatched]
+    y = torch.tensor([True] * len(matched) + [False] * len(unmatched))
+    setting = saved["setting"]
+    layers = tuple(setting["layers"])
+    features = {p: saved[p][index].float() for p in POOLINGS}
+    logits = out_of_fold(features[setting["pooling"]][:, list(layers)], y, setting["penalty"])
+    choice = pick_setting(
+        {(setting["pooling"], "chosen", setting["penalty"]): (layers, logits)}, y, false_match
+    )
+    return fitted_probe(keep, features, y, choice, resolved(None, tokenizer), false_match)
+
+
+def runtime_keep(
+    model,
+    tokenizer,
+    direction,
+    keep: str,
+    held: dict[str, list[str]],
+    kind: str,
+    false_match=None,
+    saved: dict | None = None,
+):
+    """``--keep`` at run time (``steer`` / ``chat --when not:KEEP [--false-match F]``): refusal
+    removed (steering, every layer) from the prompts the condition ``keep`` (that category against
+    the others; the ``probe`` or the ``cosine`` condition, fitted on the measuring prompts) does not
+    match; per category of ``held``, with the share of each category left unsteered."""
+    if kind == "probe" and saved is not None:
+        condition = probe_from_saved(keep, saved, false_match, tokenizer)
+    elif kind == "probe":
+        condition = fit_probe_condition(model, tokenizer, condition_sets(keep), false_match=false_match)
+    else:
+        condition = measure_condition(model, tokenizer, condition_sets(keep))
+    condition = condition.negated()
     flat = [p for group in held.values() for p in group]
     answers, steered_rows = conditional_generate(
         model, tokenizer, flat, condition, direction, mode="remove", max_tokens=MAX_TOKENS
@@ -179,6 +230,13 @@ def runtime_keep(model, tokenizer, direction, keep: str, held: dict[str, list[st
         start += len(group)
     info = condition.record() | {"unsteered_share": kept_share}
     return rates, [[a, r] for a, r in zip(answers, verdicts, strict=True)], info
+
+
+def runtime_name(keep: str, false_match: float | None) -> str:
+    """The held-out row of the run-time keep by the probe at threshold rule ``false_match``."""
+    if false_match is None:
+        return f"keep {keep} (run time, probe: --when not:{keep})"
+    return f"keep {keep} (run time, probe: --when not:{keep} --false-match {false_match:g})"
 
 
 def ideal_agreement(held: dict[str, list[str]], keep: str, answers: dict, name: str) -> dict:
@@ -207,20 +265,33 @@ def chosen_edit(model, tokenizer, direction, cats, measuring, keep: str, cv: dic
     return {name: make({"keep": setting, "prior": 1.0})}
 
 
-def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, earlier: dict) -> dict:
+def stage_categories(
+    model, tokenizer, direction: DirectionResult, keep: str, earlier: dict, features: Path | None = None
+) -> dict:
     measuring, held = category_prompts("measure"), category_prompts("eval")
     cv = json.loads(CV_RESULTS.read_text())
-    if cv.get("keep") != keep or "chosen" not in cv.get("weights", {}) or "runtime" not in cv:
+    if cv.get("keep") != keep or "chosen" not in cv.get("weights", {}) or "chosen" not in cv.get("gate", {}):
         raise SystemExit(f"run control_cv.py --keep {keep} first: its choices are what is reported")
-    harmless = load_prompts("harmless")
-    say("residuals of the category and harmless prompts")
-    acts = {c: last_token_residuals(model, tokenizer, p, prompt_set="harmful") for c, p in measuring.items()}
-    base = last_token_residuals(model, tokenizer, harmless, prompt_set="harmless")
-    layer = direction.layer_index
-    cats = from_residuals(acts, base, layer)
-    known = reusable(earlier, keep, held, list(cats.counts))
+    layer, counts = direction.layer_index, [len(p) for p in measuring.values()]
+    known = reusable(earlier, keep, held, counts)
     edits = {"original": None, "default cut": direction}
-    edits |= chosen_edit(model, tokenizer, direction, cats, measuring, keep, cv)
+    if f"keep {keep} ({cv['weights']['chosen']})" in known and "similarity" in earlier:
+        described = {k: earlier[k] for k in ("categories", "similarity", "cos_with_default_direction")}
+    else:  # the category directions: their record, and the weight edit when it must be fitted
+        say("residuals of the category and harmless prompts")
+        acts = {
+            c: last_token_residuals(model, tokenizer, p, prompt_set="harmful") for c, p in measuring.items()
+        }
+        base = last_token_residuals(model, tokenizer, load_prompts("harmless"), prompt_set="harmless")
+        cats = from_residuals(acts, base, layer)
+        edits |= chosen_edit(model, tokenizer, direction, cats, measuring, keep, cv)
+        described = {
+            "categories": list(cats.categories),
+            "similarity": cats.record()["similarity"],
+            "cos_with_default_direction": [
+                round(float(u @ direction.direction.double()), 4) for u in cats.directions().double()
+            ],
+        }
     rows, answers, reused = {}, {}, []
     for name, edit in edits.items():
         say(f"held-out: {name}")
@@ -229,36 +300,65 @@ def stage_categories(model, tokenizer, direction: DirectionResult, keep: str, ea
             rows[name], answers[name] = known[name]
         else:
             rows[name], answers[name] = refusals(model, tokenizer, held, edit)
-    runtime = {}
-    for kind in [cv["runtime"]["chosen"]]:  # the chosen ones only: the held-out set is read once
-        name = f"keep {keep} (run time, {kind}: --when not:{keep})"
+    runtime = dict(earlier.get("runtime_conditions", {}))
+    if "probe" in runtime:  # recorded by kind before the threshold rules: the balanced rule's row
+        runtime[runtime_name(keep, None)] = runtime.pop("probe")
+    for name in [n for n in known if n not in rows]:  # earlier rules' run-time rows: scored once
+        reused.append(name)
+        rows[name], answers[name] = known[name]
+    false_match = GATE_RULES[cv["gate"]["chosen"]]  # the chosen rule only: held-out read once a rule
+    saved = None
+    if features is not None:  # the earlier (balanced) fit's setting, from its record
+        earlier_probe = runtime[runtime_name(keep, None)]
+        setting = {k: earlier_probe[k] for k in ("pooling", "layers", "penalty")}
+        saved = torch.load(features) | {"setting": setting, "path": features.name}
+    name = runtime_name(keep, false_match)
+    if name not in rows:
         say(f"held-out: {name}")
-        rows[name], answers[name], runtime[kind] = runtime_keep(model, tokenizer, direction, keep, held, kind)
-        runtime[kind] |= ideal_agreement(held, keep, answers, name)
+        rows[name], answers[name], runtime[name] = runtime_keep(
+            model, tokenizer, direction, keep, held, "probe", false_match, saved
+        )
+        if saved is not None:
+            runtime[name]["fitted_from"] = (
+                f"saved capture {saved['path']} of the measuring prompts' residuals; the setting "
+                "(pooling, layers, penalty) the balanced rule's fit chose on them (the choice does "
+                "not depend on the threshold rule)"
+            )
+        runtime[name] |= ideal_agreement(held, keep, answers, name)
     return {
         "runtime_conditions": runtime,
         "keep": keep,
         "layer": layer,
-        "categories": list(cats.categories),
-        "counts_measure": list(cats.counts),
+        "counts_measure": counts,
         "counts_eval": [len(v) for v in held.values()],
-        "similarity": cats.record()["similarity"],
-        "cos_with_default_direction": [
-            round(float(u @ direction.direction.double()), 4) for u in cats.directions().double()
-        ],
+        **described,
         "chosen": {
             "weights": f"keep {keep} ({cv['weights']['chosen']})",
-            "runtime": f"keep {keep} (run time, {cv['runtime']['chosen']}: --when not:{keep})",
-            "by": f"control_cv.json: {cv['rule']}",
+            "runtime": name,
+            "by": f"control_cv.json: weights: {cv['rule']}; run time: {cv['gate']['rule']}",
         },
-        "held_out": {"prompts": "eval_categories.jsonl (145)", "rates": rows, "answers": answers},
+        "held_out": {
+            "prompts": "eval_categories.jsonl (145)",
+            "rates": rows,
+            "wilson95": {
+                row: {c: wilson(round(r * len(held[c])), len(held[c])) for c, r in rates.items()}
+                for row, rates in rows.items()
+            },
+            "answers": answers,
+        },
         "reused": {"held_out": reused, "from": {k: earlier.get(k) for k in ("git", "date")}},
     }
 
 
-def condition_run(model, tokenizer, direction, name: str, mode: str, alpha: float, original=None) -> dict:
+def condition_run(
+    model, tokenizer, direction, name: str, mode: str, alpha: float, original=None, kind: str = "probe"
+) -> dict:
+    """Condition ``name`` (the ``probe``, ``--when``'s default, or the ``cosine`` one) fitted on
+    its measure and tune prompts: its accuracy on its test prompts, and refusal before and after
+    steering (``mode``) on the matched and unmatched ones."""
     sets = condition_sets(name)
-    condition = measure_condition(model, tokenizer, sets)
+    fit = fit_probe_condition if kind == "probe" else measure_condition
+    condition = fit(model, tokenizer, sets)
     test = sets.matched["test"] + sets.unmatched["test"]
     truth = [True] * len(sets.matched["test"]) + [False] * len(sets.unmatched["test"])
     scores = condition_scores(model, tokenizer, condition, test)
@@ -292,17 +392,31 @@ def condition_run(model, tokenizer, direction, name: str, mode: str, alpha: floa
     }
 
 
-def stage_conditions(model, tokenizer, direction: DirectionResult, earlier: dict) -> dict:
-    say("condition medical (add refusal)")
-    medical = condition_run(model, tokenizer, direction, "medical", "add", 1.0)
-    say("condition cybercrime (remove refusal)")
+def stage_conditions(
+    model, tokenizer, direction: DirectionResult, earlier: dict, before: dict, which=("medical", "cybercrime")
+) -> dict:
+    """Conditions ``medical`` (add refusal) and ``cybercrime`` (remove it) by the probe; an earlier
+    run's cosine rows (``before``) are kept beside them."""
+    out = {
+        f"{k} (cosine)" if k in ("medical", "cybercrime") else k: v
+        for k, v in before.items()
+        if isinstance(v, dict) and "mode" in v  # an earlier run's rows (cosine: they name a layer)
+    }
+    if "medical" in which:
+        say("condition medical (add refusal), probe")
+        out["medical (probe)"] = condition_run(model, tokenizer, direction, "medical", "add", 1.0)
+    if "cybercrime" not in which:
+        return out
+    say("condition cybercrime (remove refusal), probe")
     held = [p for group in category_prompts("eval").values() for p in group]
     seen = earlier.get("held_out", {}).get("answers", {}).get("original")
     known = dict(zip(held, (refused for _, refused in seen), strict=True)) if seen else None
     sets = condition_sets("cybercrime")
     original = [known[p] for p in sets.matched["test"] + sets.unmatched["test"]] if known else None
-    cyber = condition_run(model, tokenizer, direction, "cybercrime", "remove", 1.0, original)
-    return {"medical": medical, "cybercrime": cyber}
+    out["cybercrime (probe)"] = condition_run(
+        model, tokenizer, direction, "cybercrime", "remove", 1.0, original
+    )
+    return out
 
 
 def stage_languages(model, tokenizer, direction: DirectionResult) -> dict:
@@ -348,6 +462,13 @@ def main() -> None:
     parser.add_argument("--only", default="categories,conditions,languages")
     parser.add_argument("--keep", default="weapons")
     parser.add_argument("--fresh", action="store_true", help="categories: rerun rows an earlier run has")
+    parser.add_argument("--conditions", default="medical,cybercrime", help="conditions: which to fit")
+    parser.add_argument(
+        "--features",
+        type=Path,
+        help="categories: fit the run-time probe from a saved capture of the measuring prompts' "
+        "residuals ({last, mean, prompts}) instead of capturing them",
+    )
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -365,9 +486,16 @@ def main() -> None:
         start, load_before = time.perf_counter(), os.getloadavg()[0]
         if stage == "categories":
             earlier = {} if args.fresh else data.get("categories", {})
-            part = stage_categories(model, tokenizer, direction, args.keep, earlier)
+            part = stage_categories(model, tokenizer, direction, args.keep, earlier, args.features)
         elif stage == "conditions":
-            part = stage_conditions(model, tokenizer, direction, data.get("categories", {}))
+            part = stage_conditions(
+                model,
+                tokenizer,
+                direction,
+                data.get("categories", {}),
+                data.get("conditions", {}),
+                args.conditions.split(","),
+            )
         elif stage == "languages":
             part = stage_languages(model, tokenizer, direction)
         else:

@@ -78,6 +78,21 @@ def pct(x: float, digits: int = 0) -> str:
     return f"{x * 100:.{digits}f} %"
 
 
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """The Wilson score 95 % interval of ``k`` successes in ``n`` trials (scipy's)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def pct_ci(rate: float, n: int) -> str:
+    """``rate`` of ``n`` as a percentage with its Wilson 95 % interval: ``8 % (2–27)``."""
+    k = round(rate * n)
+    low, high = wilson(k, n)
+    return f"{pct(rate)} ({100 * low:.0f}–{100 * high:.0f})"
+
+
 def seconds(x: float) -> str:
     return f"{x:.1f} s" if x < 10 else f"{x:,.0f} s"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tables_common import load, markdown, pct, seconds, table
+from tables_common import load, markdown, pct, pct_ci, seconds, table
 
 
 @table("tutorial-output")
@@ -359,16 +359,15 @@ def peers_frontier() -> list[str]:
 
 @table("control-categories")
 def control_categories() -> list[str]:
-    """Refusal per category on held-out prompts: original, default cut, the keep settings chosen by
-    cross-validation, by weights and at run time (``benchmarks/control_demo.py``)."""
+    """Refusal per category on held-out prompts, with Wilson 95 % intervals: original, default cut,
+    the keep settings chosen by cross-validation, by weights and at run time
+    (``benchmarks/control_demo.py``)."""
     r = load("control_demo.json")
     c = r["categories"]
     rates = c["held_out"]["rates"]
     names = list(rates)
-    rows = [
-        [cat, str(n), *(pct(rates[name][cat]) for name in names)]
-        for cat, n in zip(c["categories"], c["counts_eval"], strict=True)
-    ]
+    counts = dict(zip(c["categories"], c["counts_eval"], strict=True))
+    rows = [[cat, str(n), *(pct_ci(rates[name][cat], n) for name in names)] for cat, n in counts.items()]
     keep, original = c["keep"], rates["original"]
     others = [cat for cat in c["categories"] if cat != keep]
     rows.append(
@@ -377,16 +376,27 @@ def control_categories() -> list[str]:
     rows.append(
         ["**others, highest** (goal ≤ 5 %)", "", *(pct(max(rates[n][o] for o in others)) for n in names)]
     )
-    chosen = set(c["chosen"][route] for route in ("weights", "runtime"))
+    labels = {
+        c["chosen"]["weights"]: f"`abliterate --keep {keep}` (weights; the export)",
+        c["chosen"]["runtime"]: f"`chat`/`steer --keep {keep}` (run time, = --when not:{keep})",
+    }
     header = [
         "category",
         "held-out prompts",
-        *(f"{n} ← chosen by cross-validation" if n in chosen else n for n in names),
+        *(
+            f"{n}: {labels[n]}"
+            if n in labels
+            else n
+            if n in ("original", "default cut")
+            else f"{n}: earlier rule"
+            for n in names
+        ),
     ]
     return [
         f"Judge: markers, {r['max_tokens']} answer tokens, `eval_categories.jsonl` (never used to "
         f"measure, fit or choose); directions at layer {c['layer']}; settings chosen by "
-        "cross-validation over the 360 measuring prompts (`control_cv.json`).",
+        "cross-validation over the 360 measuring prompts (`control_cv.json`), each rule committed "
+        "before its one held-out run. Refusal with its Wilson 95 % interval.",
         "",
         *markdown(header, rows),
     ]
@@ -421,11 +431,25 @@ def control_keep_dev() -> list[str]:
                 f"{wt['scores'][name]:.2f}",
             ]
         )
+    gate = cv.get("gate", {})
+    for name, rule in gate.get("rules", {}).items():
+        label = f"run time, probe, threshold: {name} (margin to the goal {rule['score']:+.2f})"
+        rows.append(
+            [
+                f"**{label}** ← chosen" if name == gate["chosen"] else label,
+                "",
+                *(pct(rule["rates"][cat]) for cat in cats),
+                "",
+            ]
+        )
     return [
         f"Keeping {cv['keep']}; judge: markers, {cv['max_tokens']} answer tokens; {cv['prompts']}, "
         f"{cv['folds']}-fold cross-validation (each prompt answered under the edit or condition "
         "fitted without its fold). Score: the others' mean refusal + the kept category's shortfall "
-        "below 80 % of its original (lower is better); rule: " + cv["rule"] + ".",
+        "below 80 % of its original (lower is better); rule: "
+        + cv["rule"]
+        + "."
+        + (f" The probe's threshold rules (--false-match): {gate['rule']}." if gate else ""),
         "",
         *markdown(["keep setting", "", *cats, "score"], rows),
     ]
@@ -450,19 +474,16 @@ def control_conditions() -> list[str]:
                     pct(s["refusal_after"]),
                 ]
             )
-        rows.append(
-            [
-                f"{name}: condition",
-                "layer " + str(run["condition"]["layer"]),
-                "",
-                "test accuracy " + pct(run["test_accuracy"]),
-                "",
-                "",
-            ]
-        )
+        cond = run["condition"]
+        if "layer" in cond:
+            where = f"cosine, layer {cond['layer']}"
+        else:
+            where = f"probe, {cond['pooling']} pooling, {len(cond['layers'])} layers, C {cond['penalty']:g}"
+        rows.append([f"{name}: condition", where, "", "test accuracy " + pct(run["test_accuracy"]), "", ""])
     return [
         f"Judge: markers, {data['max_tokens']} answer tokens; test prompts never used to measure the "
-        "condition or choose its layer and threshold.",
+        "condition or choose its layer and threshold. probe: what `--when` fits (default); cosine: "
+        "`--condition-kind cosine`.",
         "",
         *markdown(
             ["condition", "test prompts", "n", "judged matched", "refusal before", "refusal after"], rows

@@ -353,6 +353,21 @@ def test_cli_abliterate_keep_records_the_kept_categories(cli_ws, monkeypatch, ca
         code=2,
     )
     assert "unknown categories" in err.err
+    err = _run(
+        cli_ws,
+        monkeypatch,
+        capsys,
+        "abliterate",
+        "--keep",
+        "a",
+        "--keep-method",
+        "runtime",
+        "-o",
+        "r",
+        code=2,
+    )
+    assert "cannot carry the run-time keep" in err.err and "vauban chat --keep a`" in err.err
+    assert len(err.err.strip().splitlines()) == 1
 
 
 def test_cli_evaluate_per_category_and_language(cli_ws, monkeypatch, capsys):
@@ -406,8 +421,15 @@ def test_negated_condition_matches_the_others(tiny, tokenizer, tmp_path):
 
 
 def test_cli_steer_when_not_turns_the_condition_round(cli_ws, monkeypatch, capsys):
-    doc = _run(cli_ws, monkeypatch, capsys, "steer", HARMFUL[0], "--when", "not:cond.jsonl", "--json")
-    assert doc["condition"]["name"] == "not:cond"
+    argv = ("steer", HARMFUL[0], "--when", "not:cond.jsonl", "--false-match", "0", "--json")
+    doc = _run(cli_ws, monkeypatch, capsys, *argv)
+    assert doc["condition"]["name"] == "not:cond" and "at most 0 " in doc["condition"]["threshold_rule"]
+    err = _run(cli_ws, monkeypatch, capsys, *argv[:-1], "--condition-kind", "cosine", code=2)
+    assert "--false-match sets the probe's threshold" in err.err
+    same = _run(cli_ws, monkeypatch, capsys, "steer", HARMFUL[0], "--keep", "cond.jsonl", "--json")
+    assert same["condition"]["name"] == "not:cond"  # --keep X is --when not:X
+    err = _run(cli_ws, monkeypatch, capsys, "steer", HARMFUL[0], "--keep", "a", "--when", "b", code=2)
+    assert "give one of them" in err.err
 
 
 def test_chat_steers_only_turns_that_match(tiny, tokenizer, tmp_path):

@@ -27,8 +27,13 @@ from vauban.methods.gating import (
     fit_logistic,
     fit_probe_condition,
     fold_of,
+    layer_sets,
     out_of_fold,
+    pick_setting,
     probe_from_residuals,
+    setting_logits,
+    standardized,
+    strict_threshold,
 )
 from vauban.model import arch
 from vauban.runtime.activations import last_token_residuals
@@ -92,6 +97,42 @@ def test_probe_condition_scores_negation_and_record():
     assert record["kind"] == "probe" and record["layers"] == list(probe.layers)
     assert record["pooling"] == "last"
     json.dumps(record)
+
+
+def test_false_match_threshold_lets_at_most_that_share_of_unmatched_through():
+    unmatched = torch.arange(100, dtype=torch.float64)  # scores 0..99
+    for share in (0.0, 0.02, 0.05):
+        threshold = strict_threshold(unmatched, share)
+        assert (unmatched > threshold).double().mean() <= share
+        assert (unmatched >= threshold).double().mean() > share  # the lowest such threshold
+    with pytest.raises(VaubanError, match="share in"):
+        strict_threshold(unmatched, 1.0)
+    x, y = _blobs(n=60, layers=3, signal_layer=2)
+    x[:, 2, 0] += torch.randn(60, generator=torch.Generator().manual_seed(3)) * 4  # overlap the classes
+    logits = setting_logits({"last": x}, y, penalties=(1.0,))
+    loose, strict = pick_setting(logits, y), pick_setting(logits, y, 0.0)
+    assert strict.threshold >= loose.threshold
+    (layers, oof), *_ = [v for k, v in logits.items() if k[1] == "last"]
+    assert not (oof[~y] > pick_setting({("last", "last", 1.0): (layers, oof)}, y, 0.0).threshold).any()
+    probe = probe_from_residuals("c", {"last": x}, y, penalties=(1.0,), false_match=0.05)
+    assert probe.false_match == 0.05 and "at most 0.05" in probe.record()["threshold_rule"]
+    assert probe_from_residuals("c", {"last": x}, y, penalties=(1.0,)).record()["threshold_rule"] == (
+        "best balanced accuracy"
+    )
+
+
+def test_layer_sets_are_never_empty():
+    assert layer_sets(2) == {"last": (1,), "late half": (1,), "all": (0, 1)}  # no "every third"
+    assert layer_sets(24)["every third"] == (2, 5, 8, 11, 14, 17, 20, 23)
+
+
+def test_probe_on_too_few_prompts_says_so_in_one_line():
+    x, y = _blobs(n=6)  # 3 matched, 3 unmatched
+    with pytest.raises(VaubanError, match=r"3 matched and 3 unmatched .* at least 4 of each") as err:
+        probe_from_residuals("c", {"last": x}, y)
+    assert "\n" not in str(err.value) and "--condition-kind cosine" in str(err.value)
+    with pytest.raises(VaubanError, match="from 1 prompt"):
+        standardized(x.reshape(6, -1), torch.tensor([True] + [False] * 5))
 
 
 def test_cosine_from_residuals_matches_measure_condition(tiny, tokenizer, tmp_path):

@@ -57,6 +57,11 @@ def check_keep(args: argparse.Namespace, spec: Any = None) -> list[str]:
     """The categories of ``--keep`` (empty when not given), with the flags it excludes refused
     (``--keep-method preserving`` fits its own edit: only ``--layers`` of ``spec`` applies)."""
     keep = [k.strip() for k in (getattr(args, "keep", None) or "").split(",") if k.strip()]
+    if keep and getattr(args, "keep_method", None) == "runtime":
+        raise VaubanError(
+            f"an exported model cannot carry the run-time keep (a probe decides per prompt); "
+            f"run `vauban chat {runtime_when(keep)}` (or steer) on the original model instead"
+        )
     clash = [f"--{name.replace('_', '-')}" for name in _KEEP_EXCLUDES if keep and getattr(args, name, None)]
     if keep and spec is not None and getattr(args, "keep_method", None) == "preserving":
         clash += [
@@ -75,12 +80,31 @@ def check_keep(args: argparse.Namespace, spec: Any = None) -> list[str]:
     return keep
 
 
+def runtime_when(keep: list[str]) -> str:
+    """The ``chat`` / ``steer`` option of the run-time keep of ``keep`` (``--keep CATEGORY`` =
+    ``--when not:CATEGORY``; its threshold: the best balanced accuracy, the rule
+    ``benchmarks/control_cv.py`` (gate) chose)."""
+    if len(keep) > 1:
+        return "--when not:FILE.jsonl (the kept categories as matched)"
+    return f"--keep {keep[0]}"
+
+
+def when_of(args: argparse.Namespace) -> str | None:
+    """``steer`` / ``chat``'s condition: ``--when``, or ``not:CATEGORY`` for ``--keep CATEGORY``."""
+    keep = getattr(args, "keep", None)
+    if keep and args.when:
+        raise VaubanError("--keep CATEGORY is --when not:CATEGORY; give one of them")
+    if keep and "," in keep:
+        raise VaubanError("steer/chat --keep takes one category; for several, --when not:FILE.jsonl")
+    return f"not:{keep}" if keep else args.when
+
+
 def say_runtime_route(report: Report, keep: list[str]) -> None:
     """Point ``abliterate --keep`` at the run-time route, which keeps categories more exactly."""
-    when = "not:" + keep[0] if len(keep) == 1 else "not:FILE.jsonl (the kept categories as matched)"
+    when = runtime_when(keep)
     report.say(
         f"note: a weight edit keeps {', '.join(keep)} only in part (the category directions share "
-        f"refusal); at run time `vauban chat --when {when}` keeps it per prompt "
+        f"refusal); at run time `vauban chat {when}` keeps it per prompt "
         "(benchmarks/results/control_demo.json)"
     )
 
@@ -205,18 +229,31 @@ def evaluate_by_group(
 
 
 def condition_for(
-    s: Settings, report: Report, model: Any, tokenizer: Any, when: str, kind: str = "probe"
+    s: Settings,
+    report: Report,
+    model: Any,
+    tokenizer: Any,
+    when: str,
+    kind: str = "probe",
+    false_match: float | None = None,
 ) -> Any:
     """The condition of ``--when`` (a bundled condition, a category or a file; ``not:`` before
-    it: the prompts that do not match), fitted now: the probe, or the cosine condition."""
+    it: the prompts that do not match), fitted now: the probe (its threshold by ``false_match``
+    when given), or the cosine condition."""
     from ..methods.conditional import condition_sets, measure_condition
     from ..methods.gating import fit_probe_condition
 
+    if false_match is not None and kind != "probe":
+        raise VaubanError("--false-match sets the probe's threshold; drop it or use --condition-kind probe")
     negate = when.startswith("not:")
     sets = condition_sets(when.removeprefix("not:") if negate else when)
-    fit = fit_probe_condition if kind == "probe" else measure_condition
+    options: dict[str, Any] = {"batch_size": s.batch_size, "formatting": s.formatting()}
+    condition: Any  # a ProbeCondition or a CosineCondition (frozen: not the settable Protocol)
     with report.step(f"fit the condition {sets.name!r} ({kind})", "condition"):
-        condition = fit(model, tokenizer, sets, batch_size=s.batch_size, formatting=s.formatting())
+        if kind == "probe":
+            condition = fit_probe_condition(model, tokenizer, sets, false_match=false_match, **options)
+        else:
+            condition = measure_condition(model, tokenizer, sets, **options)
     if negate:
         condition = condition.negated()
     record = condition.record()
@@ -250,7 +287,7 @@ def cmd_steer_when(
     from ..methods.conditional import condition_scores, conditional_generate
     from ..text.reasoning import split_reasoning
 
-    condition = condition_for(s, report, model, tokenizer, args.when, args.condition_kind)
+    condition = condition_for(s, report, model, tokenizer, args.when, args.condition_kind, args.false_match)
     mode = "add" if args.add else "remove"
     alpha = args.alpha if args.alpha is not None else 1.0
     score = float(condition_scores(model, tokenizer, condition, [args.prompt])[0])

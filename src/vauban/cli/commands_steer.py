@@ -7,7 +7,7 @@ import sys
 
 from ..config import Settings
 from ..core.errors import VaubanError
-from .commands_control import cmd_steer_when, condition_for
+from .commands_control import cmd_steer_when, condition_for, when_of
 from .common import direction_for, judge_for, load, run_formatting
 from .report import Report
 
@@ -15,6 +15,7 @@ from .report import Report
 def cmd_steer(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from ..methods.steering import steer
 
+    args.when = when_of(args)
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
     judge = judge_for(s, report)
     direction = direction_for(s, report, model, tokenizer, args)
@@ -56,6 +57,7 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
     from ..chat import ChatSession
     from ..judge import Judge
 
+    args.when = when_of(args)
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
     judge = judge_for(s, report) if s.judge is not None else None  # judge replies only when asked
     direction = None
@@ -63,7 +65,9 @@ def cmd_chat(s: Settings, args: argparse.Namespace, report: Report) -> None:
         direction = direction_for(s, report, model, tokenizer, args)
     condition = None
     if args.when:
-        condition = condition_for(s, report, model, tokenizer, args.when, args.condition_kind)
+        condition = condition_for(
+            s, report, model, tokenizer, args.when, args.condition_kind, args.false_match
+        )
     alpha = args.alpha if args.alpha is not None else 1.0 if args.when else 0.0
     session = ChatSession(
         model,

@@ -242,6 +242,13 @@ def when_flags(p: argparse.ArgumentParser) -> None:
         "(--when not:weapons removes refusal except on weapons prompts: --keep at run time)",
     )
     g.add_argument(
+        "--keep",
+        metavar="CATEGORY",
+        help="keep refusing CATEGORY's prompts and remove refusal from every other prompt: "
+        "--when not:CATEGORY, the run-time keep (closer to the original on each category than "
+        "abliterate --keep's weight edit: README, categories)",
+    )
+    g.add_argument(
         "--add",
         action="store_true",
         help="with --when: add refusal to matched prompts instead of removing it",
@@ -252,6 +259,15 @@ def when_flags(p: argparse.ArgumentParser) -> None:
         default="probe",
         help="with --when: a logistic probe over several layers, chosen by cross-validation "
         "(default), or the one-layer cosine condition",
+    )
+    g.add_argument(
+        "--false-match",
+        type=float,
+        metavar="SHARE",
+        help="with --when (probe): put the threshold where at most SHARE of the condition's "
+        "unmatched example prompts match, cross-validated, instead of at the best balanced "
+        "accuracy; for not:CATEGORY it bounds the other categories' prompts left unsteered "
+        "(the run-time --keep: README, categories)",
     )
 
 

@@ -140,14 +140,15 @@ def add_abliterate(command: Command) -> None:
     )
     g.add_argument(
         "--keep-method",
-        choices=["orthogonal", "preserving", "others"],
+        choices=["orthogonal", "preserving", "others", "runtime"],
         default="preserving",
         help="with --keep: fit a rank-1 edit per writer that removes the whole refusal direction on "
         "the other categories' and the harmful prompts while keeping the kept categories' and the "
         "harmless prompts' outputs (preserving: the default, chosen by cross-validation, "
         "benchmarks/results/control_cv.json), or cut the refusal direction minus the kept "
         "categories' span at alpha 2 unless --alpha (orthogonal), or cut the other "
-        "categories' own direction minus the kept span (others)",
+        "categories' own direction minus the kept span (others); runtime: an error naming "
+        "the chat/steer --when command, since weights cannot carry a run-time condition",
     )
     categories_flag(g)
     options(p, "output", "output_dir", *EXPORT)

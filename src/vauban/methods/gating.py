@@ -11,7 +11,11 @@ float64 by L-BFGS: a few hundred prompts, tens of thousands of features). Its po
 penalty are chosen by ``folds``-fold cross-validation over the ``measure`` and ``tune`` prompts
 together (:func:`fit_probe_condition`): each prompt is scored by the probe fitted without its fold,
 the best balanced accuracy over those out-of-fold scores chooses, and the threshold is the one
-that gives it there; the probe is then fitted on every prompt. A ``test`` split is never read.
+that gives it there — or, with ``false_match`` (``--false-match``), the lowest threshold at which at
+most that share of the unmatched prompts' out-of-fold scores lie above it (a stricter condition:
+fewer unmatched prompts pass, at the cost of matched ones); the probe is then fitted on every
+prompt. A ``test`` split is never read. A probe needs :data:`MIN_EXAMPLES` matched and unmatched
+example prompts at least.
 """
 
 from __future__ import annotations
@@ -29,20 +33,23 @@ from ..model import arch
 from ..runtime.activations import POOLINGS, last_token_residuals
 from ..text.formatting import Formatting
 from ..text.reasoning import resolved
-from .conditional import ConditionSets, best_threshold
+from .conditional import ConditionSets, balanced_accuracy, best_threshold
 
 PENALTIES = (0.01, 0.1, 1.0)  # inverse L2 strengths C tried (sklearn's convention: loss + |w|²/2C)
 FOLDS = 5
+MIN_EXAMPLES = 4  # per class: every fold's fit then has at least 2 matched and 2 unmatched rows
 
 
 def layer_sets(n: int) -> dict[str, tuple[int, ...]]:
-    """The layer sets a probe may read, for a model of ``n`` layers, by name."""
-    return {
+    """The layer sets a probe may read, for a model of ``n`` layers, by name (none empty: a model
+    of fewer than 5 layers has no "every third")."""
+    sets = {
         "last": (n - 1,),
         "late half": tuple(range(n // 2, n)),
         "every third": tuple(range(n % 3 + 2, n, 3)),
         "all": tuple(range(n)),
     }
+    return {name: layers for name, layers in sets.items() if layers}
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class ProbeCondition:
     cv_accuracy: float = float("nan")
     cv_table: dict[str, float] = field(default_factory=dict)
     formatting: Formatting | None = None
+    false_match: float | None = None  # the threshold's rule: None = best balanced accuracy
 
     def scores(self, residuals: torch.Tensor) -> torch.Tensor:
         """Logits of ``(n, len(layers), d)`` residuals read at :attr:`layers`."""
@@ -100,6 +108,9 @@ class ProbeCondition:
             "layers": list(self.layers),
             "penalty": self.penalty,
             "threshold": round(self.threshold, 6),
+            "threshold_rule": "best balanced accuracy"
+            if self.false_match is None
+            else f"at most {self.false_match:g} of unmatched prompts matched (out of fold)",
             "cv_balanced_accuracy": round(self.cv_accuracy, 4),
             "cv_table": {k: round(v, 4) for k, v in self.cv_table.items()},
         }
@@ -142,7 +153,22 @@ def fold_of(y: torch.Tensor, folds: int) -> torch.Tensor:
 def standardized(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-feature centre and scale of ``x[rows]`` (scale floored so constant features stay 0)."""
     fit = x[rows]
+    if len(fit) < 2:
+        raise VaubanError(
+            f"a probe cannot scale its features from {len(fit)} prompt(s); give it at least "
+            f"{MIN_EXAMPLES} matched and {MIN_EXAMPLES} unmatched example prompts"
+        )
     return fit.mean(0), fit.std(0).clamp_min(1e-6)
+
+
+def check_examples(name: str, y: torch.Tensor) -> None:
+    """Refuse to fit a probe on fewer than :data:`MIN_EXAMPLES` matched or unmatched prompts."""
+    matched, unmatched = int(y.sum()), int((~y).sum())
+    if min(matched, unmatched) < MIN_EXAMPLES:
+        raise VaubanError(
+            f"condition {name!r} has {matched} matched and {unmatched} unmatched example prompts; "
+            f"a probe needs at least {MIN_EXAMPLES} of each: add examples, or use --condition-kind cosine"
+        )
 
 
 def out_of_fold(x: torch.Tensor, y: torch.Tensor, penalty: float, folds: int = FOLDS) -> torch.Tensor:
@@ -170,31 +196,78 @@ class Choice:
     table: dict[str, float]
 
 
+def strict_threshold(unmatched: torch.Tensor, false_match: float) -> float:
+    """The lowest threshold above which at most ``false_match`` of the ``unmatched`` scores lie."""
+    if not 0 <= false_match < 1:
+        raise VaubanError(f"a false-match rate is a share in [0, 1), got {false_match}; pass e.g. 0.02")
+    ranked = unmatched.double().sort(descending=True).values
+    return float(ranked[int(false_match * len(ranked))])
+
+
+def threshold_of(
+    matched: torch.Tensor, unmatched: torch.Tensor, false_match: float | None
+) -> tuple[float, float]:
+    """``(threshold, balanced accuracy there)``: the best balanced accuracy's threshold, or with
+    ``false_match`` the :func:`strict_threshold` that lets at most that share of unmatched through."""
+    if false_match is None:
+        return best_threshold(matched, unmatched)
+    threshold = strict_threshold(unmatched, false_match)
+    return threshold, balanced_accuracy(matched, unmatched, threshold)
+
+
+def setting_logits(
+    features: dict[str, torch.Tensor],
+    y: torch.Tensor,
+    *,
+    penalties: Sequence[float] = PENALTIES,
+    folds: int = FOLDS,
+) -> dict[tuple[str, str, float], tuple[tuple[int, ...], torch.Tensor]]:
+    """Per setting ``(pooling, layer set name, penalty)``: its layers and each row's out-of-fold
+    logit (``features``: per pooling, ``(n, layers, d)`` residuals at every layer)."""
+    folds = min(folds, int(y.sum()), int((~y).sum()))
+    if folds < 2:
+        raise VaubanError("a probe condition needs at least 2 matched and 2 unmatched example prompts")
+    out = {}
+    for pooling, acts in features.items():
+        for name, chosen in layer_sets(acts.shape[1]).items():
+            for c in penalties:
+                out[(pooling, name, c)] = (chosen, out_of_fold(acts[:, list(chosen)], y, c, folds))
+    return out
+
+
+def pick_setting(
+    logits: dict[tuple[str, str, float], tuple[tuple[int, ...], torch.Tensor]],
+    y: torch.Tensor,
+    false_match: float | None = None,
+) -> Choice:
+    """The setting of :func:`setting_logits` with the best balanced accuracy (ties: last-token
+    pooling, fewer layers, the stronger penalty), its threshold by :func:`threshold_of` on its
+    out-of-fold logits."""
+    table, best = {}, None
+    for (pooling, name, c), (chosen, scores) in logits.items():
+        threshold, accuracy = best_threshold(scores[y], scores[~y])
+        table[f"{pooling}, {name}, C {c:g}"] = accuracy
+        key = (accuracy, pooling == "last", -len(chosen), -c)
+        if best is None or key > best[0]:
+            best = (key, (pooling, tuple(chosen), c, scores))
+    assert best is not None
+    pooling, chosen, c, scores = best[1]
+    threshold, accuracy = threshold_of(scores[y], scores[~y], false_match)
+    return Choice(pooling, chosen, c, threshold, accuracy, table)
+
+
 def choose_probe(
     features: dict[str, torch.Tensor],
     y: torch.Tensor,
     *,
     penalties: Sequence[float] = PENALTIES,
     folds: int = FOLDS,
+    false_match: float | None = None,
 ) -> Choice:
     """The pooling, layer set and penalty with the best cross-validated balanced accuracy on
-    ``features`` (per pooling, ``(n, layers, d)`` residuals at every layer), and the threshold that
-    gives it (ties: last-token pooling, fewer layers, the stronger penalty)."""
-    folds = min(folds, int(y.sum()), int((~y).sum()))
-    if folds < 2:
-        raise VaubanError("a probe condition needs at least 2 matched and 2 unmatched example prompts")
-    table, best = {}, None
-    for pooling, acts in features.items():
-        for name, chosen in layer_sets(acts.shape[1]).items():
-            for c in penalties:
-                logits = out_of_fold(acts[:, list(chosen)], y, c, folds)
-                threshold, accuracy = best_threshold(logits[y], logits[~y])
-                table[f"{pooling}, {name}, C {c:g}"] = accuracy
-                key = (accuracy, pooling == "last", -len(chosen), -c)
-                if best is None or key > best[0]:
-                    best = (key, Choice(pooling, tuple(chosen), c, threshold, accuracy, table))
-    assert best is not None
-    return dataclasses.replace(best[1], table=table)
+    ``features`` (per pooling, ``(n, layers, d)`` residuals at every layer), and its threshold by
+    :func:`threshold_of` (ties: last-token pooling, fewer layers, the stronger penalty)."""
+    return pick_setting(setting_logits(features, y, penalties=penalties, folds=folds), y, false_match)
 
 
 def fit_probe_condition(
@@ -205,12 +278,14 @@ def fit_probe_condition(
     batch_size: int | None = None,
     formatting: Formatting | None = None,
     show_progress: bool | None = None,
+    false_match: float | None = None,
 ) -> ProbeCondition:
     """The probe condition of ``sets``, fitted and chosen on its ``measure`` + ``tune`` prompts
-    (module docstring)."""
+    (module docstring; ``false_match``: :func:`threshold_of`)."""
     fmt = resolved(formatting, tokenizer)
     matched = sets.matched["measure"] + sets.matched["tune"]
     unmatched = sets.unmatched["measure"] + sets.unmatched["tune"]
+    check_examples(sets.name, torch.tensor([True] * len(matched) + [False] * len(unmatched)))
     features = {
         pooling: last_token_residuals(
             model,
@@ -225,7 +300,7 @@ def fit_probe_condition(
         for pooling in POOLINGS
     }
     y = torch.tensor([True] * len(matched) + [False] * len(unmatched))
-    return probe_from_residuals(sets.name, features, y, fmt)
+    return probe_from_residuals(sets.name, features, y, fmt, false_match=false_match)
 
 
 def probe_from_residuals(
@@ -236,10 +311,24 @@ def probe_from_residuals(
     *,
     penalties: Sequence[float] = PENALTIES,
     folds: int = FOLDS,
+    false_match: float | None = None,
 ) -> ProbeCondition:
     """The probe chosen by cross-validation on ``features`` (per pooling, ``(n, layers, d)``
     residuals at every layer) and their labels, then fitted on every row."""
-    choice = choose_probe(features, y, penalties=penalties, folds=folds)
+    check_examples(name, y)
+    choice = choose_probe(features, y, penalties=penalties, folds=folds, false_match=false_match)
+    return fitted_probe(name, features, y, choice, formatting, false_match)
+
+
+def fitted_probe(
+    name: str,
+    features: dict[str, torch.Tensor],
+    y: torch.Tensor,
+    choice: Choice,
+    formatting: Formatting | None = None,
+    false_match: float | None = None,
+) -> ProbeCondition:
+    """The probe of ``choice``'s setting and threshold, fitted on every row of ``features``."""
     x = features[choice.pooling][:, list(choice.layers)].double()
     centre, scale = standardized(x, torch.ones(len(y), dtype=torch.bool))
     w, b = fit_logistic(((x - centre) / scale).reshape(len(y), -1), y, choice.penalty)
@@ -256,6 +345,7 @@ def probe_from_residuals(
         choice.accuracy,
         choice.table,
         formatting,
+        false_match,
     )
 
 
