@@ -2,7 +2,8 @@
 heretic comparison (``benchmarks/peers.py``: 100 AdvBench goals ``random.Random(0).sample``, 100
 harmless instructions ``peers_harmless.harmless_prompts(0)[500:600]``).
 
-Stages (each keeps its results in ``WORK`` = ``benchmarks/.frontier/`` and resumes):
+Stages (each keeps its results in ``WORK`` = ``benchmarks/frontier_work/`` and resumes; the folder is
+committed, so that a run cut off with its session goes on in the next):
 
 - ``select``: the direction of ``vauban.measure``'s defaults (bundled prompts 0-103 measured,
   104-127 held back); every candidate cut (method × layer × settings) scored on the held-back
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-WORK = HERE / ".frontier"
+WORK = HERE / "frontier_work"
 RESULTS = HERE / "results" / "frontier_demo.json"
 MAX_TOKENS = 128
 SAFE = 48
