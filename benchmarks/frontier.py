@@ -368,6 +368,8 @@ def paired(a: dict, b: dict) -> dict:
 
 
 def gather(select_row: dict) -> dict:
+    import math
+
     from provenance import stamp
 
     rows = {p.stem.removeprefix("eval_"): json.loads(p.read_text()) for p in sorted(WORK.glob("eval_*.json"))}
@@ -394,6 +396,13 @@ def gather(select_row: dict) -> dict:
         "rows": {name: summary(row) for name, row in rows.items()},
         "capability": caps,
     }
+    damaged = [row["damage"] for row in rows.values() if "damage" in row]
+    if "original" in rows and damaged:
+        d = damaged[0]
+        out["rows"]["original"]["perplexity"] = interval(
+            [d["reference_nll_original_rows"], d["reference_positions"]],
+            lambda k, n: math.exp(sum(k) / sum(n)),
+        )
     if "default_new" in rows and "default_old" in rows:
         out["new_minus_old_default"] = paired(rows["default_new"], rows["default_old"])
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")

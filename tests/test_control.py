@@ -321,53 +321,16 @@ def test_cli_abliterate_keep_records_the_kept_categories(cli_ws, monkeypatch, ca
     assert doc["keep"]["edit"]["kept_prompts"] == 3 and doc["keep"]["edit"]["rank"] == 1
     written = json.loads((cli_ws / "kept-preserving" / "vauban.json").read_text())
     assert written["keep"]["method"] == "preserving" and written["cut"]["method"] == "keep_preserving"
-    err = _run(
-        cli_ws,
-        monkeypatch,
-        capsys,
-        "abliterate",
-        "--keep",
-        "a",
-        "--keep-method",
-        "preserving",
-        "--alpha",
-        "0.5",
-        "-o",
-        "z",
-        code=2,
-    )
-    assert "drop --alpha" in err.err
-    err = _run(cli_ws, monkeypatch, capsys, "abliterate", "--keep", "a", "--per-layer", "-o", "x", code=2)
-    assert "--keep makes its own direction" in err.err
-    err = _run(
-        cli_ws,
-        monkeypatch,
-        capsys,
-        "abliterate",
-        "--keep",
-        "zzz",
-        "--categories",
-        "cats.jsonl",
-        "-o",
-        "y",
-        code=2,
-    )
-    assert "unknown categories" in err.err
-    err = _run(
-        cli_ws,
-        monkeypatch,
-        capsys,
-        "abliterate",
-        "--keep",
-        "a",
-        "--keep-method",
-        "runtime",
-        "-o",
-        "r",
-        code=2,
-    )
-    assert "cannot carry the run-time keep" in err.err and "vauban chat --keep a`" in err.err
-    assert len(err.err.strip().splitlines()) == 1
+    refused = {  # arguments after `abliterate --keep` -> what the one-line error says
+        "a --keep-method preserving --alpha 0.5 -o z": "drop --alpha",
+        "a --per-layer -o x": "--keep makes its own direction",
+        "zzz --categories cats.jsonl -o y": "unknown categories",
+        "a --keep-method runtime -o r": "vauban chat --keep a`",
+    }
+    for args, says in refused.items():
+        err = _run(cli_ws, monkeypatch, capsys, "abliterate", "--keep", *args.split(), code=2)
+        assert says in err.err and len(err.err.strip().splitlines()) == 1, (args, err.err)
+    assert "cannot carry the run-time keep" in err.err
 
 
 def test_cli_evaluate_per_category_and_language(cli_ws, monkeypatch, capsys):
