@@ -258,6 +258,34 @@ def k_token_kl(
     ).mean_kl
 
 
+class Laps:
+    """Seconds per named part of a run: ``lap(name)`` records the time since the last lap (or since
+    the object was made) under ``name`` in ``seconds``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._clock, 1)
+        self._clock = now
+
+
+def _answer_sets(
+    pair: Pair, tokenizer: Any, harmful: list[str], safe: list[str], **answers: Any
+) -> tuple[dict[bool, tuple[Completion, ...]], dict[bool, tuple[Completion, ...]]]:
+    """Each side's judged answers to the harmful and to the safe prompts (side ``True``: the
+    original), generated as one set per side: each decoding step reads the weights once, so one
+    batch of both pays that once (runtime.batching.batch_size_for; the gain on its own is not
+    measured: on 2 CPU cores 36 rows x 128 tokens took ~130 s a side, compute mattering too)."""
+    answered = both_sides(pair, tokenizer, [*harmful, *safe], **answers)
+    return (
+        {side: done[: len(harmful)] for side, done in answered.items()},
+        {side: done[len(harmful) :] for side, done in answered.items()},
+    )
+
+
 def evaluate(
     original: nn.Module,
     modified: nn.Module,
@@ -298,46 +326,28 @@ def evaluate(
         [] if safe is False else default_safe_prompts() if safe in (None, True) else load_safe_prompts(safe)  # type: ignore[arg-type]
     )
     ref_pairs = load_pairs(reference)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        seconds[name] = round(time.perf_counter() - clock, 1)
-        clock = time.perf_counter()
-
-    answers: dict[str, Any] = {
+    lap = Laps()
+    generation = {
         "max_tokens": max_tokens,
         "batch_size": batch_size,
         "judge": judge,
         "formatting": formatting,
     }
-    # one generation per side for both sets: each decoding step reads the weights once, so one
-    # batch of both pays that once (runtime.batching.batch_size_for; the gain on its own is not
-    # measured: on 2 CPU cores 36 rows x 128 tokens took ~130 s a side, compute mattering too)
-    answered = both_sides(pair, tokenizer, [*harmful, *safe_prompts], **answers)
-    sides = {side: done[: len(harmful)] for side, done in answered.items()}
-    safe_sides = {side: done[len(harmful) :] for side, done in answered.items()}
+    sides, safe_sides = _answer_sets(pair, tokenizer, harmful, safe_prompts, **generation)
     lap("answers")
-    scores = answer_scores(
-        pair, tokenizer, ref_pairs, batch_size=batch_size, show_progress=show_progress, formatting=formatting
-    )
+    scoring: dict[str, Any] = {
+        "batch_size": batch_size,
+        "show_progress": show_progress,
+        "formatting": formatting,
+    }
+    scores = answer_scores(pair, tokenizer, ref_pairs, **scoring)
     lap("kl_perplexity")
     k_kl = (
-        k_token_kl(
-            pair,
-            tokenizer,
-            [p for p, *_ in ref_pairs],
-            kl_tokens,
-            batch_size=batch_size,
-            show_progress=show_progress,
-            formatting=formatting,
-        )
-        if kl_tokens
-        else None
+        k_token_kl(pair, tokenizer, [p for p, *_ in ref_pairs], kl_tokens, **scoring) if kl_tokens else None
     )
     lap("k_token_kl")
     checks = capability_scores(pair, tokenizer, capability, batch_size)
+    seconds = lap.seconds
     for score in (*checks[True], *checks[False]):
         seconds[f"capability/{score.name}"] = seconds.get(f"capability/{score.name}", 0.0) + score.seconds
     return EvalResult(
