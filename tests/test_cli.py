@@ -150,6 +150,23 @@ def exported(ws) -> Path:
     return out
 
 
+def test_abliterate_method_auto_records_its_choice_and_refuses_other_cut_flags(ws):
+    """``--method auto`` (the choice by damage, tested in test_methods.py) records the candidate it
+    chose in the report and in ``vauban.json``; a direction with no measured effects (this tiny
+    model refuses nothing) gets the plain cut, said so; a cut flag beside it is a one-line error."""
+    out = ws["root"] / "auto"
+    doc = vauban(
+        ws, "abliterate", "-o", str(out), "--direction", ws["direction"], "--method", "auto", "--json"
+    )
+    written = json.loads((out / "vauban.json").read_text())
+    assert doc["chosen"] == written["method"]["auto"] and doc["edited_tensors"] > 0
+    assert doc["chosen"]["settings"] == {"method": "plain"} and doc["chosen"]["refusal"] is None
+    assert "choose" in doc["seconds"]
+    for extra in (["--alpha", "0.5"], ["--keep", "weapons"]):
+        err = vauban(ws, "abliterate", "-o", "x", "--method", "auto", *extra, code=2)["stderr"]
+        assert "--method auto chooses the whole cut" in err and len(err.strip().splitlines()) == 1
+
+
 def test_abliterate_positional_model_loads_in_transformers(exported):
     from transformers import AutoModelForCausalLM
 

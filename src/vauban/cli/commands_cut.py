@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..core.errors import VaubanError
@@ -26,6 +27,7 @@ from .report import Report
 
 if TYPE_CHECKING:
     from ..judge import Judge
+    from ..methods.cutspec import CutSpec
     from ..search.settings import OptimizeSettings
 
 
@@ -36,12 +38,16 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
     out = check_output_dir(s.output_dir, s.overwrite)
     spec = cut_spec(args, alpha=s.alpha, embeddings=s.embeddings)  # flag mistakes before the load
     keep = check_keep(args, spec)
+    check_auto(args, spec, keep)
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
     if args.explain:
         explain_writers(report, model)
     direction = direction_for(s, report, model, tokenizer, args)
+    chosen = None
     if keep:
         applied = keep_cut(s, args, report, model, tokenizer, direction, keep, spec)
+    elif getattr(args, "method", "plain") == "auto":
+        applied, chosen = auto_cut(s, report, model, tokenizer, direction)
     else:
         vector = spec.vector(
             model,
@@ -58,6 +64,8 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
         record |= {"cut": applied.record(), "cut_spec": spec.record()}
         if keep:
             record["keep"] = {"categories": keep, "method": args.keep_method}
+        if chosen is not None:
+            record["method"] = {"auto": chosen}
         with report.step(f"export to {out}/", "export"):
             export(
                 model,
@@ -75,6 +83,45 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
     report.put("output_dir", str(out))
     report.put("alpha", s.alpha)
     report.put("edited_tensors", len(applied.edited))
+
+
+def check_auto(args: argparse.Namespace, spec: CutSpec, keep: list[str] | None) -> None:
+    """``--method auto`` chooses the whole cut: no cut flag and no ``--keep`` beside it."""
+    from ..methods.cutspec import CutSpec
+
+    if getattr(args, "method", "plain") != "auto":
+        return
+    if keep or spec != CutSpec(alpha=1.0):
+        raise VaubanError(
+            "--method auto chooses the whole cut (layer, edit method, settings); drop the other "
+            "cut flags (--alpha, --layers, --keep, --params, ...) or leave out --method auto"
+        )
+
+
+def auto_cut(
+    s: Settings, report: Report, model: Any, tokenizer: Any, direction: Any
+) -> tuple[Any, dict[str, Any]]:
+    """The cut ``--method auto`` chooses (:func:`vauban.methods.choosing.default_cut`), applied, and
+    its candidate as a record (``None`` for the scores of a direction with no effects to score)."""
+    from ..methods.choosing import default_cut
+    from ..text.prompts import load_prompts
+
+    harmful, harmless = load_prompts(s.harmful or "harmful"), load_prompts(s.harmless or "harmless")
+    with report.step("choose the cut by damage at a refusal level (held-back prompts)", "choose"):
+        applied, candidate = default_cut(model, tokenizer, direction, harmful, harmless)
+    chosen = {
+        k: None if isinstance(v, float) and math.isnan(v) else v
+        for k, v in dataclasses.asdict(candidate).items()
+    }
+    if chosen["refusal"] is None:
+        report.say("Chose the plain cut: the direction has no measured effects to score candidates on")
+    else:
+        report.say(
+            f"Chose {candidate.name}: refusal score {candidate.refusal:.4f}, first-token KL "
+            f"{candidate.kl:.4f} on the held-back prompts"
+        )
+    report.put("chosen", chosen)
+    return applied, chosen
 
 
 def cmd_stream(s: Settings, args: argparse.Namespace, report: Report) -> None:

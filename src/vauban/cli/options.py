@@ -300,6 +300,14 @@ def variant_flags(p: argparse.ArgumentParser) -> None:
         "record, or an export's vauban.json",
     )
     g.add_argument("--trial", type=int, metavar="N", help="with --params pareto.json: this trial")
+    g.add_argument(
+        "--method",
+        choices=["plain", "auto"],
+        default="plain",
+        help="auto: the cut chosen by damage at a refusal level among layers, edit methods and "
+        "settings, each scored on the held-back quarter of the prompts (docs/methods.md); it "
+        "chooses the whole cut, so the other flags of this group stay unset (default: plain)",
+    )
 
 
 # a command's parser, made by build_parser: (name, func, help, examples) -> its parser
