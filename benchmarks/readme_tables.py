@@ -7,21 +7,22 @@ Every measured table in those documents sits between two marker lines::
     ...generated, never edited by hand...
     <!-- /table -->
 
-and is written by the function registered under ``NAME`` (in ``tables_quality.py`` or
-``tables_speed.py``, with the machinery of ``tables_common.py``). A function reads its results
-files with :func:`load` (which remembers them) and returns markdown lines; the block ends with a
-``Source:`` line naming each file read, with the commit and date recorded inside it. So a
-number in a table can only come from a committed results file, and ``--check`` (run by
-``.ci/run``) fails when a document and the files disagree, or when a table is placed in no
-document or in two.
+and is written by the function registered under ``NAME`` (in ``tables_quality.py``,
+``tables_frontier.py`` or ``tables_speed.py``, with the machinery of ``tables_common.py``). A
+function reads its results files with :func:`load` (which remembers them) and returns markdown
+lines; the block ends with a ``Source:`` line naming each file read, with the commit and date
+recorded inside it. So a number in a table can only come from a committed results file, and
+``--check`` (run by ``.ci/run``) fails when a document and the files disagree, or when a table is
+placed in no document or in two.
 
     python benchmarks/readme_tables.py           # rewrite the blocks of both documents
     python benchmarks/readme_tables.py --check   # exit 1, with a diff, if any block is stale
 
 To add a table: write a results file in ``benchmarks/results/`` from your benchmark (record
 ``date`` and ``git`` at top level), add a function decorated ``@table("name")`` that builds the
-lines from it to ``tables_quality.py`` or ``tables_speed.py``, and put the two marker lines where
-it belongs (docs/benchmarks.md, or README.md for the few a new user needs); then run this script.
+lines from it to ``tables_quality.py`` or ``tables_speed.py`` (or a module of its own, imported
+below), and put the two marker lines where it belongs (docs/benchmarks.md, or README.md for the
+few a new user needs); then run this script.
 Prose around the blocks stays hand-written: keep numbers out of it, or name their file next to
 them.
 """
@@ -37,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the table modules, beside this file
 
 import tables_common as common
+import tables_frontier  # noqa: F401 (registers its tables)
 import tables_quality  # noqa: F401 (registers its tables)
 import tables_speed  # noqa: F401 (registers its tables)
 from tables_common import ROOT, build

@@ -3,8 +3,8 @@ results files (each remembered as a source of the table being built), and markdo
 
 A table builder is a function decorated ``@table("name")`` that reads its results files with
 :func:`load` and returns markdown lines; :func:`build` runs one and appends its ``Source:`` line.
-The builders are in ``tables_quality.py`` (what a cut does to the model) and ``tables_speed.py``
-(how fast and how large).
+The builders are in ``tables_quality.py`` (what a cut does to the model), ``tables_frontier.py``
+(the frontier of ``frontier.py``) and ``tables_speed.py`` (how fast and how large).
 """
 
 from __future__ import annotations
