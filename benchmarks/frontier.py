@@ -15,6 +15,12 @@ committed, so that a run cut off with its session goes on in the next):
   over-refusal on 48 bundled safe prompts, the norm-preserving leak, wall time.
 - ``capability``: GSM8K and HumanEval (``--problems``, default 50) for the original and the
   new default.
+- ``heretic``: heretic's own yardstick for the cuts in ``--cuts`` (default: the new and the old
+  default): each exported (float32 safetensors, ``vauban.export``) to ``EXPORTS/<name>``, then
+  ``heretic --model ORIGINAL --evaluate-model EXPORT`` with the report prompts as its evaluation
+  files, heretic run as a separate program in its own venv (``peers.py``'s install and data
+  stages, ``peers_evaluate``'s parsing); the original's row is the base model's "Initial
+  refusals" that each run prints. Does not gather (run ``gather`` after it).
 - ``gather``: ``benchmarks/results/frontier_demo.json`` with bootstrap 95 % intervals over prompts.
 
 Run under the heavy-job lock: ``flock /tmp/vauban-heavy.lock nice -n 5 python benchmarks/frontier.py``.
@@ -32,6 +38,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "frontier_work"
 RESULTS = HERE / "results" / "frontier_demo.json"
+HERETIC_WORK = HERE / ".peers"  # peers.py's work folder (ignored by git): heretic's venv, prompt files
+EXPORTS = Path("/tmp/vauban-frontier-exports")  # the cuts heretic evaluates, outside the repository
+HERETIC_CUTS = ("default_new", "default_old")
 MAX_TOKENS = 128
 SAFE = 48
 BOOT = 2000
@@ -319,6 +328,77 @@ def capability(model: Any, tokenizer: Any, select_row: dict, problems: int, whic
         say(f"capability {name}: " + ", ".join(f"{k} {v['value']:.2f}" for k, v in rows.items()))
 
 
+def heretic(model: Any, tokenizer: Any, select_row: dict, names: list[str]) -> None:
+    """Stage ``heretic``: one ``WORK/heretic_<name>.json`` per cut in ``names`` (the module docstring)."""
+    from peers import install, write_data
+    from peers_common import demo_dir, heretic_common, run_logged
+    from peers_evaluate import ANSI, initial_refusals, lines, parse_heretic
+    from vauban import export
+
+    program = install(HERETIC_WORK)
+    files = write_data(HERETIC_WORK)
+    if (lines(files["harmful_report"]), lines(files["harmless_report"])) != report_prompts():
+        raise SystemExit("peers.py's report files are not frontier's report prompts")
+    logs = HERETIC_WORK / "frontier"
+    logs.mkdir(parents=True, exist_ok=True)
+    found = direction(model, tokenizer)
+    cuts = evaluated(select_row)
+    for name in names:
+        if read(f"heretic_{name}") or cuts.get(name) is None:
+            continue
+        start = time.perf_counter()
+        with build(model, tokenizer, found, cuts[name]):
+            folder = export(
+                model,
+                tokenizer,
+                EXPORTS / name,
+                direction=found,
+                record={"frontier": name, "settings": cuts[name]},
+                overwrite=True,
+                dtype="float32",
+            )
+        exported = round(time.perf_counter() - start, 1)
+        cmd = [str(program), "--model", str(demo_dir()), "--evaluate-model", str(folder)]
+        # heretic opens an (empty) study journal even to evaluate: keep it out of the working directory
+        cmd += [*heretic_common(files, "report"), "--study-checkpoint-dir", str(logs / "checkpoints")]
+        log = logs / f"heretic_eval_{name}.log"
+        rc, seconds = run_logged(cmd, log)
+        text = log.read_text(errors="replace")
+        row = {
+            "settings": cuts[name],
+            **parse_heretic(text),
+            "initial_refusals": initial_refusals(log),
+            "seconds": round(seconds, 1),
+            "export": {"path": str(folder), "dtype": "float32", "format": "safetensors", "seconds": exported},
+            "command": cmd,
+            "rc": rc,
+            "output_tail": ANSI.sub("", text)[-1500:],
+        }
+        if rc != 0 or "refusals" not in row or "kl" not in row:
+            raise SystemExit(f"heretic --evaluate-model failed for {name} (rc {rc}); see {log}")
+        save(f"heretic_{name}", row)
+        say(f"heretic yardstick, {name}: {row['refusals']}/100 refused, KL {row['kl']:.4f} ({seconds:.0f} s)")
+
+
+def heretic_rows(rows: dict) -> dict:
+    """heretic's yardstick per cut (``rows``' names), and the original's from the "Initial refusals"
+    of every run (when all agree; its KL against itself is 0)."""
+    found = {
+        p.stem.removeprefix("heretic_"): json.loads(p.read_text())
+        for p in sorted(WORK.glob("heretic_*.json"))
+    }
+    out = {
+        name: {k: h.get(k) for k in ("refusals", "prompts", "kl", "initial_refusals", "seconds")}
+        for name, h in found.items()
+        if name in rows
+    }
+    initial = {h["initial_refusals"] for h in found.values() if h.get("initial_refusals")}
+    if len(initial) == 1 and "original" in rows:
+        refusals, prompts = map(int, initial.pop().split("/"))
+        out["original"] = {"refusals": refusals, "prompts": prompts, "kl": 0.0, "from": sorted(found)}
+    return out
+
+
 def interval(rows: list[list[float]], stat: Any, seed: int = 0) -> list[float]:
     """``[value, low, high]``: ``stat`` of the rows and its bootstrap 95 % interval (the same
     resampled prompt indices for every column of ``rows``, so paired statistics stay paired)."""
@@ -403,6 +483,15 @@ def gather(select_row: dict) -> dict:
             [d["reference_nll_original_rows"], d["reference_positions"]],
             lambda k, n: math.exp(sum(k) / sum(n)),
         )
+    for name, row in heretic_rows(rows).items():
+        out["rows"][name]["heretic"] = row
+    if any("heretic" in row for row in out["rows"].values()):
+        out["heretic_yardstick"] = {
+            "command": "heretic --model ORIGINAL --evaluate-model EXPORT",
+            "what": "heretic-llm 1.4.0 as a separate program in its own venv, float32 on CPU, the"
+            " report prompts as its evaluation files; its own refusal count and KL",
+            "exports": "vauban.export, safetensors, float32",
+        }
     if "default_new" in rows and "default_old" in rows:
         out["new_minus_old_default"] = paired(rows["default_new"], rows["default_old"])
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
@@ -447,10 +536,13 @@ def main() -> None:
 
     sys.path.insert(0, str(HERE))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("select", "report", "capability", "gather", "all"))
+    parser.add_argument("stage", choices=("select", "report", "capability", "heretic", "gather", "all"))
     parser.add_argument("--only", nargs="*", help="report: only these rows (names of evaluated())")
     parser.add_argument("--problems", type=int, default=50)
     parser.add_argument("--which", nargs="*", help="capability: only these models (original, default_new)")
+    parser.add_argument(
+        "--cuts", nargs="*", default=list(HERETIC_CUTS), help="heretic: these cuts (names of evaluated())"
+    )
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     if args.stage == "gather":
@@ -465,6 +557,9 @@ def main() -> None:
         report(model, tokenizer, row, args.only)
     if args.stage in ("capability", "all"):
         capability(model, tokenizer, row, args.problems, args.which)
+    if args.stage == "heretic":
+        heretic(model, tokenizer, row, args.cuts)
+        return
     gather(row)
 
 
