@@ -489,7 +489,8 @@ def gather(select_row: dict) -> dict:
         out["heretic_yardstick"] = {
             "command": "heretic --model ORIGINAL --evaluate-model EXPORT",
             "what": "heretic-llm 1.4.0 as a separate program in its own venv, float32 on CPU, the"
-            " report prompts as its evaluation files; its own refusal count and KL",
+            " report prompts as its evaluation files; refusals by its own system prompt, markers and"
+            " answer length, KL of the first-token distributions on the 100 harmless prompts",
             "exports": "vauban.export, safetensors, float32",
         }
     if "default_new" in rows and "default_old" in rows:
