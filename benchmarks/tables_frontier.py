@@ -24,10 +24,8 @@ def frontier() -> list[str]:
     def cell(row: dict, key: str, digits: int) -> str:
         if not row.get(key):
             return "–"
-        value, low, high = row[key]
-        if digits == 0:
-            return f"{value:.0f} ({low:.0f}–{high:.0f})"
-        return f"{value:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
+        value, low, high = (f"{x:.{digits}f}".replace("-", "−") for x in row[key])
+        return f"{value} ({low}–{high})" if not low.startswith("−") else f"{value} ({low} to {high})"
 
     def solved(name: str, check: str) -> str:
         score = (caps.get(name) or {}).get(check)
@@ -41,7 +39,12 @@ def frontier() -> list[str]:
 
     def leaked(row: dict) -> str:
         norm_preserving = str((row.get("settings") or {}).get("method", "")).startswith("norm_preserving")
-        return f"{row['leak']['leak']:.1%}" if norm_preserving and row.get("leak") else "–"
+        return f"{row['leak']['leak']:.2%}" if norm_preserving and row.get("leak") else "–"
+
+    def rank(row: dict) -> str:
+        if "rank" not in row:
+            return "–"
+        return "full (rescale)" if row["rank"] is None else str(row["rank"])
 
     def heretic(row: dict) -> str:
         h = row.get("heretic") or {}
@@ -60,7 +63,7 @@ def frontier() -> list[str]:
             solved(name, "humaneval"),
             heretic(rows[name]),
             leaked(rows[name]),
-            str(rows[name].get("rank", "–")),
+            rank(rows[name]),
             f"{rows[name]['seconds']:.0f}",
         ]
         for name in order
@@ -83,7 +86,7 @@ def frontier() -> list[str]:
         f"Demo model (float32, CPU); {r['prompts']['harmful_report']} and {r['prompts']['harmless_report']};"
         f" refusals by {r['judge']} at {r['answer_tokens']} answer tokens; 64-token KL and perplexity on"
         f" the {r['prompts']['reference']}; over-refusal on {r['prompts']['over_refusal']}; every pick"
-        " chosen on the held-back bundled prompts (no report prompt read to choose). In brackets: the"
+        " chosen on the held-back bundled prompts (no report prompt read to choose). In parentheses: the"
         f" {r['intervals']}. Leak: the share of the direction a norm-preserving edit puts back in its"
         " writers beyond what its strength leaves (`vauban.methods.leak`)." + note,
         "",
