@@ -94,7 +94,13 @@ def test_bitsandbytes_4bit_loads_as_float(tmp_path) -> None:  # pragma: no cover
     tokenizer.save_pretrained(tmp_path / "nf4")
     model, _ = load_model(tmp_path / "nf4", device="cpu")
     assert all(p.dtype.is_floating_point for p in model.parameters())
-    assert relative_error(model, reference, ".layers.") < 0.2  # measured: 12 % (NF4, bitsandbytes 0.50.2)
+    own = AutoModelForCausalLM.from_pretrained(tmp_path / "nf4", device_map="cpu")
+    own.dequantize()  # bitsandbytes' own dequantization: what vauban edits, bit for bit
+    theirs = dict(own.named_parameters())
+    assert all(torch.equal(p, theirs[n]) for n, p in model.named_parameters() if n in theirs)
+    # NF4's own error against the float weights (the worst tensor): 27 % on this random tiny model
+    # (torch 2.13, bitsandbytes 0.50.2; the other tensors ~12 %)
+    assert relative_error(model, reference, ".layers.") < 0.35
 
 
 def test_fp8_checkpoint_streams_back_to_fp8(tmp_path) -> None:
