@@ -46,7 +46,7 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
     chosen = None
     if keep:
         applied = keep_cut(s, args, report, model, tokenizer, direction, keep, spec)
-    elif getattr(args, "method", "plain") == "auto":
+    elif args.method == "auto":
         applied, chosen = auto_cut(s, report, model, tokenizer, direction)
     else:
         vector = spec.vector(
@@ -89,7 +89,7 @@ def check_auto(args: argparse.Namespace, spec: CutSpec, keep: list[str] | None) 
     """``--method auto`` chooses the whole cut: no cut flag and no ``--keep`` beside it."""
     from ..methods.cutspec import CutSpec
 
-    if getattr(args, "method", "plain") != "auto":
+    if args.method != "auto":
         return
     if keep or spec != CutSpec(alpha=1.0):
         raise VaubanError(
