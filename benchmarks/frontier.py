@@ -6,8 +6,9 @@ Stages (each keeps its results in ``WORK`` = ``benchmarks/frontier_work/`` and r
 committed, so that a run cut off with its session goes on in the next):
 
 - ``select``: the direction of ``vauban.measure``'s defaults (bundled prompts 0-103 measured,
-  104-127 held back); every candidate cut (method × layer × settings) scored on the held-back
-  prompts only (refusal likelihood, first-token KL); each method's best and the default picked by
+  104-127 held back); every candidate cut (method × layer × settings: ``method="auto"``'s and
+  :func:`extra_settings`) scored on the held-back prompts only (refusal likelihood, first-token
+  KL); each method's best and the default (among auto's candidates) picked by
   :func:`vauban.methods.default.choose_by_damage`. No report prompt is read here.
 - ``report``: the original, today's default (plain cut at the layer of the old rule) and each
   pick on the report prompts: refusals (default judge, 128 tokens), first-token KL, KL at every
@@ -42,6 +43,11 @@ HERETIC_WORK = HERE / ".peers"  # peers.py's work folder (ignored by git): heret
 EXPORTS = Path("/tmp/vauban-frontier-exports")  # the cuts heretic evaluates, outside the repository
 HERETIC_CUTS = ("default_new", "default_old")
 MAX_TOKENS = 128
+LEARNED: dict = {}  # learned directions by (layer, steps), fitted once a process
+# beyond auto's candidates, for the table only: the learned direction's plain cut and the
+# preserving edit along it (λ × strength), at measure's layer, 4 learning steps; auto does not
+# score them (docs/methods.md)
+EXTRA_KEEPS, EXTRA_STRENGTHS = (0.3, 1.0, 3.0), (1.0, 1.15, 1.3, 1.5)
 SAFE = 48
 BOOT = 2000
 # optimize's front trial 5 of the heretic comparison (peers_demo.json "frontier"): a kernel cut at
@@ -137,7 +143,7 @@ def build(model: Any, tokenizer: Any, found: Any, settings: dict, captured: Any 
     harmful, harmless, _, _ = fit_sets()
     inputs = Inputs(harmful, harmless, formatting=found.formatting)
     if "trial" not in settings:
-        return build_candidate(model, tokenizer, found, settings, inputs, captured)
+        return build_candidate(model, tokenizer, found, settings, inputs, captured, LEARNED)
     t, name = settings["trial"], settings["method"]
     spec = CutSpec(
         direction_index=t["direction_index"],
@@ -153,9 +159,22 @@ def build(model: Any, tokenizer: Any, found: Any, settings: dict, captured: Any 
     )
 
 
+def extra_settings(found: Any) -> list[dict]:
+    """The table's candidates that ``method="auto"`` does not score: the learned direction's cut and
+    the preserving edit along it (:data:`EXTRA_KEEPS` × :data:`EXTRA_STRENGTHS`)."""
+    from vauban.methods.choosing import LEARN_STEPS
+
+    layer = found.layer_index
+    return [{"method": "learned", "layer": layer, "steps": LEARN_STEPS}] + [
+        {"method": "learned_preserving", "layer": layer, "keep": k, "strength": s, "steps": LEARN_STEPS}
+        for k in EXTRA_KEEPS
+        for s in EXTRA_STRENGTHS
+    ]
+
+
 def select(model: Any, tokenizer: Any) -> dict:
     """Stage ``select`` (see the module docstring); ``WORK/select.json``."""
-    from vauban.methods.choosing import score_all
+    from vauban.methods.choosing import candidate_settings, score_all
     from vauban.methods.default import choose_by_damage
     from vauban.methods.protocol import Inputs
 
@@ -174,13 +193,16 @@ def select(model: Any, tokenizer: Any) -> dict:
         held_harmless,
         log=say,
         known=Scored("select_partial"),
+        settings=candidate_settings(found) + extra_settings(found),
     )
     methods = sorted({c.settings["method"] for c in scored})
     picks = {m: choose_by_damage([c for c in scored if c.settings["method"] == m]).__dict__ for m in methods}
+    auto = [c for c in scored if c.settings not in extra_settings(found)]
     row = {
         "candidates": [c.__dict__ for c in scored],
         "picks": picks,
-        "default": choose_by_damage(scored).__dict__,
+        "default": choose_by_damage(auto).__dict__,
+        "not_auto_candidates": [c.name for c in scored if c not in auto],
         "old_default": {"method": "plain", "layer": found.layer_index},
         "held_back": {"harmful": len(held_harmful), "harmless": len(held_harmless)},
         "seconds": round(time.perf_counter() - start, 1),
@@ -252,7 +274,12 @@ def evaluated(select_row: dict) -> dict[str, dict]:
         "default_old": select_row["old_default"],
         "original": None,
     }
-    out |= {f"best_{m}": p["settings"] for m, p in picks.items()}
+    out |= {f"best_{m}": p["settings"] for m, p in picks.items() if p["settings"] != out["default_new"]}
+    if "learned_preserving" in picks:  # the frontier along its strength, at the pick's other settings
+        pick = picks["learned_preserving"]["settings"]
+        for strength in EXTRA_STRENGTHS:
+            if strength != pick["strength"]:
+                out[f"learned_preserving_x{strength}"] = {**pick, "strength": strength}
     out |= {
         "trial5_norm_preserving": {"method": "norm_preserving", "trial": TRIAL5},
         "trial5_leak_free": {"method": "norm_preserving_leak_free", "trial": TRIAL5},

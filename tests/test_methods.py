@@ -209,7 +209,62 @@ def test_default_cut_scores_every_candidate_and_undoes(measured, tokenizer, monk
     before = snapshot(model)
     applied, chosen = choosing.default_cut(model, tokenizer, direction, HARMFUL * 2, HARMLESS * 2)
     assert active_cuts(model) == [applied] and chosen.settings["method"] in METHODS
+    assert chosen.settings["method"] not in ("learned", "learned_preserving")  # they game the score
     applied.undo()
+    assert same_bits(model, before)
+
+
+def test_score_all_fits_one_learned_direction_for_every_candidate_along_it(measured, tokenizer, monkeypatch):
+    import vauban.methods.choosing as choosing
+    import vauban.methods.learned as learned
+
+    model, direction = small_search(measured, monkeypatch, ())
+    fits, real_fit = [], learned.fit_direction
+    monkeypatch.setattr(learned, "fit_direction", lambda *a, **k: fits.append(k) or real_fit(*a, **k))
+    along = [{"method": "learned", "layer": 1, "steps": 1}] + [
+        {"method": "learned_preserving", "layer": 1, "keep": 1.0, "strength": s, "steps": 1}
+        for s in (1.0, 1.5)
+    ]
+    shared: dict = {}
+    before = snapshot(model)
+    scored = choosing.score_all(
+        model,
+        tokenizer,
+        direction,
+        Inputs(HARMFUL, HARMLESS),
+        HARMFUL,
+        HARMLESS,
+        shared=shared,
+        settings=along,
+    )
+    assert [c.name for c in scored][-3:] == [
+        "learned@1@1",
+        "learned_preserving@1@1.0@1.0@1",
+        "learned_preserving@1@1.0@1.5@1",
+    ]
+    assert fits == [{"steps": 1}] and list(shared["learned"]) == [(1, 1)]
+    assert same_bits(model, before)
+
+
+def test_learned_preserving_is_the_preserving_edit_along_the_learned_direction_at_its_strength(
+    measured, tokenizer
+):
+    model, direction = measured["qwen2"]
+    inputs = Inputs(HARMFUL, HARMLESS)
+    u = torch.nn.functional.normalize(
+        torch.randn(arch.d_model(model), generator=torch.Generator().manual_seed(0)), dim=0
+    )
+    before = snapshot(model)
+    with get_method("harmless_preserving").make(model, tokenizer, u, inputs, keep=1.0):
+        once = snapshot(model)
+    with get_method("learned_preserving").make(
+        model, tokenizer, direction, inputs, learned=u, keep=1.0, strength=1.5
+    ) as applied:
+        assert applied.method == "learned_preserving" and applied.settings["strength"] == 1.5
+        assert rank(applied) == 1
+        for name, p in model.named_parameters():
+            change, unit = p.detach() - before[name], once[name] - before[name]
+            assert torch.allclose(change, 1.5 * unit, atol=1e-5)
     assert same_bits(model, before)
 
 

@@ -5,9 +5,11 @@ Candidates (:func:`candidate_settings`): the plain cut at each layer ``measure``
 (their scores are reused, not measured again); at the layers whose plain score is within the
 tolerance of the best, and at the layer ``measure`` chose, the harmless-preserving edit for each
 λ of :data:`KEEPS`; at ``measure``'s layer the projected and the norm-preserving cut; the subspaces of
-:data:`SUBSPACE_KS` directions at ``measure``'s layer (``k`` chosen by effect, like the rest); the
-learned direction at that layer. Each is applied, scored (refusal likelihood on the held-back
-harmful prompts the original refuses, first-token KL on the held-back harmless ones) and undone.
+:data:`SUBSPACE_KS` directions at ``measure``'s layer (``k`` chosen by effect, like the rest).
+Each is applied, scored (refusal likelihood on the held-back harmful prompts the original refuses,
+first-token KL on the held-back harmless ones) and undone. Not candidates: ``learned`` and
+``learned_preserving``, whose direction is fitted by gradient on the very two quantities this score
+reads, and games it (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .protocol import Inputs
 
 KEEPS = (0.3, 1.0, 3.0)  # λ of the harmless-preserving edit tried at each candidate layer
 SUBSPACE_KS = (2, 3)
-LEARN_PROMPTS, LEARN_STEPS = 32, 4  # the learned direction's fit (each step: backward passes)
+LEARN_STEPS = 4  # the learned direction's Adam steps (each: a backward pass per fit prompt)
 
 
 def candidate_settings(direction: Any) -> list[dict[str, Any]]:
@@ -38,7 +40,6 @@ def candidate_settings(direction: Any) -> list[dict[str, Any]]:
     ]
     out += [{"method": m, "layer": direction.layer_index} for m in ("projected", "norm_preserving")]
     out += [{"method": "subspace", "k": k} for k in SUBSPACE_KS]
-    out += [{"method": "learned", "layer": direction.layer_index, "steps": LEARN_STEPS}]
     return out
 
 
@@ -49,20 +50,27 @@ def build(
     settings: dict[str, Any],
     inputs: Inputs,
     captured: Any = None,
+    learned: MutableMapping[tuple[int, int], Any] | None = None,
 ) -> Cut:
-    """The applied cut of one candidate's ``settings`` (``method``, ``layer`` and the method's own)."""
+    """The applied cut of one candidate's ``settings`` (``method``, ``layer`` and the method's own);
+    ``captured`` (the preserving edits' writer inputs) and ``learned`` (learned directions by
+    ``(layer, steps)``, filled as they are fitted) are shared across candidates."""
+    from .learned import fit_direction
     from .registry import get_method
 
     s = dict(settings)
     name = s.pop("method")
-    at = direction.at_layer(s.pop("layer")) if "layer" in s else direction
+    layer = s.pop("layer", None)
+    at = direction if layer is None else direction.at_layer(layer)
     if name == "subspace":
         return get_method(name).make(model, tokenizer, at, inputs, subspace=s.pop("k"))
-    if name == "learned":  # a backward pass per prompt and step: fitted on a few of each set
-        few = Inputs(inputs.harmful[:LEARN_PROMPTS], inputs.harmless[:LEARN_PROMPTS], inputs.formatting)
-        return get_method(name).make(model, tokenizer, at, few, **s)
-    if name == "harmless_preserving":
-        return get_method(name).make(model, tokenizer, at, inputs, captured=captured, **s)
+    if name in ("harmless_preserving", "learned_preserving"):
+        s["captured"] = captured
+    if name in ("learned", "learned_preserving") and learned is not None:
+        key = (layer, s.get("steps", LEARN_STEPS))
+        if key not in learned:
+            learned[key] = fit_direction(model, tokenizer, at, inputs, steps=key[1])
+        s["learned"] = learned[key]
     return get_method(name).make(model, tokenizer, at, inputs, **s)
 
 
@@ -75,10 +83,14 @@ def score_all(
     held_harmless: Sequence[str],
     log: Callable[[str], None] | None = None,
     known: MutableMapping[str, Candidate] | None = None,
+    shared: dict[str, Any] | None = None,
+    settings: Sequence[dict[str, Any]] | None = None,
 ) -> list[Candidate]:
     """Every candidate with its held-back refusal score and first-token KL; the model ends unchanged.
     ``known`` (name → candidate) is read before scoring one and written after, so a long search
-    can persist it and resume where it was stopped."""
+    can persist it and resume where it was stopped; ``shared`` receives the writer inputs
+    (``captured``) and learned directions (``learned``) the candidates were built from;
+    ``settings``: the candidates beyond the plain cuts (default :func:`candidate_settings`)."""
     from ..direction.selecting import original_refusals
     from ..runtime.scoring import first_token_logprobs, kl_divergence, refusal_likelihood
     from .preserving import capture
@@ -87,20 +99,23 @@ def score_all(
     refusals = original_refusals(model, tokenizer, list(held_harmful), formatting=fmt)
     base = first_token_logprobs(model, tokenizer, list(held_harmless), None, fmt)
     captured = capture(model, tokenizer, inputs)
+    learned = shared.setdefault("learned", {}) if shared is not None else {}
+    if shared is not None:
+        shared["captured"] = captured
     scored = [
         Candidate(f"plain@{e.layer}", e.refusal, e.kl, {"method": "plain", "layer": e.layer})
         for e in direction.effects
     ]
-    for settings in candidate_settings(direction):
-        name = "@".join(str(v) for v in settings.values())
+    for one in candidate_settings(direction) if settings is None else settings:
+        name = "@".join(str(v) for v in one.values())
         if known is not None and name in known:
             scored.append(known[name])
             continue
         start = time.perf_counter()
-        with build(model, tokenizer, direction, settings, inputs, captured):
+        with build(model, tokenizer, direction, one, inputs, captured, learned):
             kl = kl_divergence(base, first_token_logprobs(model, tokenizer, list(held_harmless), None, fmt))
             score = refusal_likelihood(model, tokenizer, refusals, 8, None, fmt)
-        scored.append(Candidate(name, score, kl, settings))
+        scored.append(Candidate(name, score, kl, one))
         if known is not None:
             known[name] = scored[-1]
         if log is not None:
@@ -127,6 +142,8 @@ def default_cut(
     fit_harmful, held_harmful = split(harmful)
     fit_harmless, held_harmless = split(harmless)
     inputs = Inputs(fit_harmful, fit_harmless, formatting=direction.formatting)
-    scored = score_all(model, tokenizer, direction, inputs, held_harmful, held_harmless, log)
+    shared: dict[str, Any] = {}
+    scored = score_all(model, tokenizer, direction, inputs, held_harmful, held_harmless, log, shared=shared)
     chosen = choose_by_damage(scored)
-    return build(model, tokenizer, direction, chosen.settings, inputs), chosen
+    built = build(model, tokenizer, direction, chosen.settings, inputs, shared["captured"], shared["learned"])
+    return built, chosen

@@ -6,9 +6,16 @@ The cut of a unit direction ``u`` turns each writer's output ``y`` into ``y - (u
 function of ``u = (d₀ + δ)/‖d₀ + δ‖`` with no copy of any weight. ``δ`` starts at 0 (the measured
 direction) and takes Adam steps on refine's loss (the smooth maximum of KL and refusal
 likelihood as ratios to the measured direction's values, :func:`vauban.runtime.scoring.loss`);
-the step with the lowest loss wins, and the result is a plain cut (``W - u uᵀ W``, rank 1) of
-the learned direction. Fitted on the method's own prompt sets: the original's refusals of its
-harmful prompts (short greedy answers) and first-token KL on its harmless prompts.
+the step with the lowest loss wins. Fitted on the first :data:`PROMPTS` of the method's own
+prompt sets (each step is a backward pass per prompt): the original's refusals of those harmful
+prompts (short greedy answers) and first-token KL on those harmless prompts.
+
+Two methods use it: ``learned``, the plain cut (``W - u uᵀ W``, rank 1) of the learned direction,
+and ``learned_preserving``, the harmless-preserving edit (:mod:`.preserving`) along it, fitted on
+all of the method's prompts: the learned direction moves the refusal toward what harmless prompts
+do not write, and the least-squares edit leaves their outputs alone on top of that; on the demo
+model the two together hold the plain cut's refusal score at a fifth of its first-token KL
+(docs/methods.md).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from .protocol import Inputs
 
 STEPS = 8
 LR = 0.02  # in units of the direction's norm (1)
+PROMPTS = 32  # of each set, for the direction's fit
 
 
 @contextlib.contextmanager
@@ -116,30 +124,75 @@ def learn(
     return best[1] / best[1].norm(), history
 
 
+def fit_direction(
+    model: nn.Module,
+    tokenizer: Any,
+    direction: Any,
+    inputs: Inputs,
+    *,
+    steps: int = STEPS,
+    lr: float = LR,
+    prompts: int = PROMPTS,
+    refusals: Sequence[tuple[str, str]] | None = None,
+) -> torch.Tensor:
+    """The learned unit direction (:func:`learn`) from the measured one (a ``DirectionResult``'s
+    direction, or a ``(d,)`` tensor), fitted on the first ``prompts`` of each of ``inputs``' sets."""
+    from ..direction.selecting import original_refusals
+
+    harmful, harmless = list(inputs.harmful[:prompts]), list(inputs.harmless[:prompts])
+    start = layer_bases(direction, arch.d_model(model), arch.num_layers(model))[0, 0]
+    refusals = refusals or original_refusals(model, tokenizer, harmful, formatting=inputs.formatting)
+    base = first_token_logprobs(model, tokenizer, harmless, None, inputs.formatting)
+    found, _ = learn(
+        model,
+        tokenizer,
+        start,
+        harmless,
+        list(base),
+        refusals,
+        steps=steps,
+        lr=lr,
+        formatting=inputs.formatting,
+    )
+    return found
+
+
+FIT_PARAMS = ("steps", "lr", "prompts", "refusals")  # fit_direction's own, among a method's params
+
+
+def _fit_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: params[k] for k in FIT_PARAMS if params.get(k) is not None}
+
+
 class Learned:
-    """Edit method ``learned``: a plain cut (rank 1) of the direction :func:`learn` finds from the
-    measured one (a ``DirectionResult``'s direction, or a ``(d,)`` tensor)."""
+    """Edit method ``learned``: a plain cut (rank 1) of the direction :func:`fit_direction` finds,
+    or of ``learned`` (a unit ``(d,)`` tensor already fitted)."""
 
     name = "learned"
     low_rank = True
 
     def make(self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, **params: Any) -> Cut:
-        from ..direction.selecting import original_refusals
+        learned = params.get("learned")
+        if learned is None:
+            learned = fit_direction(model, tokenizer, direction, inputs, **_fit_params(params))
+        return cut(model, learned)
 
-        start = layer_bases(direction, arch.d_model(model), arch.num_layers(model))[0, 0]
-        refusals = params.get("refusals") or original_refusals(
-            model, tokenizer, list(inputs.harmful), formatting=inputs.formatting
-        )
-        base = first_token_logprobs(model, tokenizer, list(inputs.harmless), None, inputs.formatting)
-        found, _ = learn(
-            model,
-            tokenizer,
-            start,
-            list(inputs.harmless),
-            list(base),
-            refusals,
-            steps=params.get("steps", STEPS),
-            lr=params.get("lr", LR),
-            formatting=inputs.formatting,
-        )
-        return cut(model, found)
+
+class LearnedPreserving:
+    """Edit method ``learned_preserving``: the harmless-preserving edit (rank 1 per writer; its
+    ``keep``, ``strength``, ``ridge``, ``prior`` and ``captured``) along the learned direction, given
+    as ``learned`` (a unit ``(d,)`` tensor, so several settings share one fit) or fitted here."""
+
+    name = "learned_preserving"
+    low_rank = True
+
+    def make(self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, **params: Any) -> Cut:
+        from .preserving import edit
+
+        fit = _fit_params(params)
+        rest = {k: v for k, v in params.items() if k not in (*FIT_PARAMS, "learned")}
+        learned = params.get("learned")
+        if learned is None:
+            learned = fit_direction(model, tokenizer, direction, inputs, **fit)
+        record = {k: v for k, v in fit.items() if k != "refusals"}
+        return edit(model, tokenizer, learned, inputs, self.name, record, **rest)

@@ -121,9 +121,12 @@ def plans(
     layers: Sequence[int] | None = None,
     boosted: dict[str, torch.Tensor] | None = None,
     boost: float = 0.0,
+    strength: float = 1.0,
 ) -> list[TensorPlan]:
     """One rank-1 :class:`TensorPlan` per writer of ``layers`` (default all), bias plans included,
-    from captured inputs (:func:`capture`; ``boosted`` and ``boost`` as :func:`solve`'s)."""
+    from captured inputs (:func:`capture`; ``boosted`` and ``boost`` as :func:`solve`'s), each
+    applied at ``strength`` (above 1: past removal, the harmful outputs' component reversed while
+    the harmless ones, which the fit leaves unchanged, stay so)."""
     n = arch.num_layers(model)
     bases = layer_bases(direction, arch.d_model(model), n)
     writers = arch.residual_writers(model, list(range(n)) if layers is None else list(layers))
@@ -136,10 +139,37 @@ def plans(
         extra = None if boosted is None else boosted[w.name]
         fit = {"keep": keep, "ridge": ridge, "prior": prior, "boost": boost}
         v = solve(harmful[w.name], harmless[w.name], v0, x_boosted=extra, **fit)
-        out.append(TensorPlan(f"{w.name}.weight", w.weight, w.axis, q, v[:, None]))
+        out.append(TensorPlan(f"{w.name}.weight", w.weight, w.axis, q, v[:, None], strength))
         if w.bias is not None:
-            out.append(TensorPlan(f"{w.name}.bias", w.bias, -1, q, w.bias.detach().float().cpu() @ q.T))
+            bias = w.bias.detach().float().cpu() @ q.T
+            out.append(TensorPlan(f"{w.name}.bias", w.bias, -1, q, bias, strength))
     return out
+
+
+def edit(
+    model: nn.Module,
+    tokenizer: Any,
+    direction: Any,
+    inputs: Inputs,
+    method: str,
+    record: dict[str, Any] | None = None,
+    **params: Any,
+) -> Cut:
+    """The applied edit of the module docstring along ``direction``, recorded as ``method`` with its
+    settings (and ``record``); ``params``: ``keep``, ``ridge``, ``prior``, ``strength``, ``layers``
+    (default all) and ``captured`` (:func:`capture`'s pair, reused across settings)."""
+    settings = {
+        "keep": params.get("keep", LAMBDA),
+        "ridge": params.get("ridge", RIDGE),
+        "prior": params.get("prior", PRIOR),
+    }
+    strength = params.get("strength", 1.0)
+    layers = params.get("layers")
+    chosen = list(range(arch.num_layers(model))) if layers is None else list(layers)
+    harmful, harmless = params.get("captured") or capture(model, tokenizer, inputs)
+    found = plans(model, direction, harmful, harmless, layers=chosen, strength=strength, **settings)
+    recorded = {**settings, "strength": strength, **(record or {})}
+    return GivenCut(model, found, method, recorded, chosen).apply()
 
 
 class HarmlessPreserving:
@@ -149,13 +179,4 @@ class HarmlessPreserving:
     low_rank = True
 
     def make(self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, **params: Any) -> Cut:
-        settings = {
-            "keep": params.get("keep", LAMBDA),
-            "ridge": params.get("ridge", RIDGE),
-            "prior": params.get("prior", PRIOR),
-        }
-        layers = params.get("layers")
-        chosen = list(range(arch.num_layers(model))) if layers is None else list(layers)
-        harmful, harmless = params.get("captured") or capture(model, tokenizer, inputs)
-        found = plans(model, direction, harmful, harmless, layers=chosen, **settings)
-        return GivenCut(model, found, self.name, settings, chosen).apply()
+        return edit(model, tokenizer, direction, inputs, self.name, **params)

@@ -6,7 +6,8 @@
 - ``keep_preserving``: the same edit keeping the outputs on chosen categories' prompts too, so
   their refusals stay (:mod:`.keeping`, ``abliterate --keep CATEGORY --keep-method preserving``);
 - ``norm_preserving_leak_free``: the norm-preserving cut without its leak (:mod:`.leak`);
-- ``learned``: the direction moved by gradient for refusal likelihood and KL (:mod:`.learned`).
+- ``learned``: the direction moved by gradient for refusal likelihood and KL (:mod:`.learned`);
+- ``learned_preserving``: the harmless-preserving edit along that learned direction (:mod:`.learned`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from ..core.errors import VaubanError
 from .classic import VARIANTS
 from .keeping import KeepPreserving
 from .leak import LeakFree
-from .learned import Learned
+from .learned import Learned, LearnedPreserving
 from .preserving import HarmlessPreserving
 from .protocol import EditMethod
 
 METHODS: dict[str, EditMethod] = {
-    m.name: m for m in (*VARIANTS, HarmlessPreserving(), KeepPreserving(), LeakFree(), Learned())
+    m.name: m
+    for m in (*VARIANTS, HarmlessPreserving(), KeepPreserving(), LeakFree(), Learned(), LearnedPreserving())
 }
 
 
