@@ -29,7 +29,9 @@ Refusal: the markers judge on greedy answers of ``MAX_TOKENS`` (32) tokens.
   ``--features`` reads a saved capture of the residuals instead of the model. Rule: ``GATE_RULE``
   (written in d0aa437, before any held-out score of these rules).
 - **weights**: the weight edits of ``WEIGHT_CANDIDATES`` (orthogonal at each alpha; the
-  keep-preserving edit at each λ), fitted on the other folds, answering the fold's prompts.
+  keep-preserving edit at each λ and strength), fitted on the other folds, answering the fold's
+  prompts. Round 2 (written before its run, after round 1's held-out scores): the keep-preserving
+  edit at strength 1.5, the same rule over all three.
 
 **Selection rule** (written before any held-out score of these settings was seen): per route, the
 candidate with the lowest :func:`control_demo.keep_score` of its cross-validated rates (the
@@ -308,8 +310,8 @@ def stage_weights(model, tokenizer, direction, prompts, labels, keep: str, data:
         }
         cats = from_residuals(cat_acts, base, direction.layer_index)
         make = None
-        for method, setting in WEIGHT_CANDIDATES:
-            label = weight_label(method, setting)
+        for method, setting, strength in WEIGHT_CANDIDATES:
+            label = weight_label(method, setting, strength)
             got = part["answers"].setdefault(label, {})
             if all(str(i) in got for i in rows):
                 continue
@@ -321,7 +323,7 @@ def stage_weights(model, tokenizer, direction, prompts, labels, keep: str, data:
                     make, _ = preserving_edit(
                         model, tokenizer, direction, train, keep, exclude=[prompts[i] for i in rows]
                     )
-                edit = make({"keep": setting, "prior": 1.0})()
+                edit = make({"keep": setting, "prior": 1.0, "strength": strength})()
             with edit:
                 found = completions(
                     model, tokenizer, [prompts[i] for i in rows], max_tokens=MAX_TOKENS, batch_size=None
@@ -336,12 +338,13 @@ def summarize_weights(labels: list[str], keep: str, data: dict) -> None:
     part, n = data["weights"], len(labels)
     original = rates_of(labels, [bool(r) for _, r in data["answers"]["original"]])
     part["rates"], part["scores"] = {}, {}
-    for method, setting in WEIGHT_CANDIDATES:
-        got = part["answers"].get(weight_label(method, setting), {})
+    for candidate in WEIGHT_CANDIDATES:
+        label = weight_label(*candidate)
+        got = part["answers"].get(label, {})
         if len(got) == n:
             rates = rates_of(labels, [bool(got[str(i)][1]) for i in range(n)])
-            part["rates"][weight_label(method, setting)] = rates
-            part["scores"][weight_label(method, setting)] = keep_score(rates, original, keep)
+            part["rates"][label] = rates
+            part["scores"][label] = keep_score(rates, original, keep)
     if part["scores"]:
         part["chosen"] = min(part["scores"], key=part["scores"].get)  # dict order: the listed order
     write(data)

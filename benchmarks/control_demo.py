@@ -83,9 +83,10 @@ GATE_RULES = {  # the probe's threshold rules (``--false-match``) control_cv.py 
     "false match 0 %": 0.0,
 }
 RUNTIME_CANDIDATES = ("probe", "cosine")  # conditions of run-time keep (--when not:KEEP)
-WEIGHT_CANDIDATES = (  # (method, setting) of the weight keep edits: orthogonal alpha, preserving λ
-    ("orthogonal", 2.0),  # the two best of keep_study.py / the earlier development split; CPU time
-    ("preserving", 100.0),  # allowed no more (each costs 360 answers under 5 fitted edits)
+WEIGHT_CANDIDATES = (  # (method, setting, strength): orthogonal alpha; preserving λ at a strength
+    ("orthogonal", 2.0, 1.0),  # the two best of keep_study.py / the earlier development split; CPU time
+    ("preserving", 100.0, 1.0),  # allowed no more (each costs 360 answers under 5 fitted edits)
+    ("preserving", 100.0, 1.5),  # past full strength (issue 25's preserving probe), added in round 2
 )
 CACHE = Path(os.environ.get("VAUBAN_CACHE", Path.home() / ".cache" / "vauban")) / "control_demo"
 
@@ -126,8 +127,10 @@ def refusals(model, tokenizer, prompts: dict[str, list[str]], edit=None) -> tupl
     return per_category(prompts, answers), [[a.text, a.refused] for a in answers]
 
 
-def weight_label(method: str, setting: float) -> str:
-    return f"orthogonal (α {setting:g})" if method == "orthogonal" else f"preserving (λ {setting:g}, μ 1)"
+def weight_label(method: str, setting: float, strength: float = 1.0) -> str:
+    if method == "orthogonal":
+        return f"orthogonal (α {setting:g})"
+    return f"preserving (λ {setting:g}, μ 1" + (f", strength {strength:g})" if strength != 1.0 else ")")
 
 
 def keep_score(rates: dict[str, float], original: dict[str, float], keep: str) -> float:
@@ -256,13 +259,13 @@ def ideal_agreement(held: dict[str, list[str]], keep: str, answers: dict, name: 
 def chosen_edit(model, tokenizer, direction, cats, measuring, keep: str, cv: dict) -> dict:
     """The weight edit ``control_cv.py``'s rule chose, fitted on every measuring prompt, by name."""
     label = cv["weights"]["chosen"]
-    (method, setting), *_ = [(m, x) for m, x in WEIGHT_CANDIDATES if weight_label(m, x) == label]
+    (method, setting, strength), *_ = [c for c in WEIGHT_CANDIDATES if weight_label(*c) == label]
     name = f"keep {keep} ({label})"
     if method == "orthogonal":
         vector = keep_vector(direction, cats, [keep], "orthogonal")
         return {name: lambda: cut(model, vector, alpha=setting)}
     make, _ = preserving_edit(model, tokenizer, direction, measuring, keep)
-    return {name: make({"keep": setting, "prior": 1.0})}
+    return {name: make({"keep": setting, "prior": 1.0, "strength": strength})}
 
 
 def stage_categories(

@@ -111,14 +111,16 @@ class KeepPreserving:
 
     def make(self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, **params: Any) -> Cut:
         """``params``: ``kept`` (prompts), ``keep`` (λ), ``kept_weight`` (w), ``ridge``, ``prior``
-        (μ), ``boost`` (β), ``layers``, ``last`` (fit at each prompt's last tokens only),
-        ``captured`` (:func:`capture_keep`'s, to fit several settings at once)."""
+        (μ), ``boost`` (β), ``strength`` (the preserving edit's, default 1), ``layers``, ``last``
+        (fit at each prompt's last tokens only), ``captured`` (:func:`capture_keep`'s, to fit several
+        settings at once)."""
         settings = {
             "keep": float(params.get("keep", KEEP)),
             "kept_weight": float(params.get("kept_weight", KEPT_WEIGHT)),
             "ridge": float(params.get("ridge", RIDGE)),
             "prior": float(params.get("prior", PRIOR)),
             "boost": float(params.get("boost", BOOST)),
+            "strength": float(params.get("strength", 1.0)),
         }
         layers = params.get("layers")
         chosen = list(range(arch.num_layers(model))) if layers is None else list(layers)
@@ -142,6 +144,7 @@ class KeepPreserving:
             layers=chosen,
             boosted=boosted,
             boost=boost,
+            strength=settings["strength"],
         )
         record = settings | {"kept_prompts": len(params.get("kept", ())), "last": last}
         return GivenCut(model, tensor_plans, self.name, record, chosen).apply()
