@@ -43,6 +43,7 @@ from .protocol import GivenCut, Inputs
 KEEP = 100.0  # λ: weight of keeping the kept and harmless outputs against removing the others' (dev-chosen)
 KEPT_WEIGHT = 1.0  # w: the kept categories' rows against the harmless rows, within λ
 BOOST = 0.0  # β: the kept rows' output along the direction becomes (1 + β) × what it was
+STRENGTH = 1.5  # the edit past full strength (cross-validated, benchmarks/results/control_cv.json)
 
 Captured = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, torch.Tensor]]
 
@@ -111,7 +112,7 @@ class KeepPreserving:
 
     def make(self, model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, **params: Any) -> Cut:
         """``params``: ``kept`` (prompts), ``keep`` (λ), ``kept_weight`` (w), ``ridge``, ``prior``
-        (μ), ``boost`` (β), ``strength`` (the preserving edit's, default 1), ``layers``, ``last``
+        (μ), ``boost`` (β), ``strength`` (the preserving edit's), ``layers``, ``last``
         (fit at each prompt's last tokens only), ``captured`` (:func:`capture_keep`'s, to fit several
         settings at once)."""
         settings = {
@@ -120,7 +121,7 @@ class KeepPreserving:
             "ridge": float(params.get("ridge", RIDGE)),
             "prior": float(params.get("prior", PRIOR)),
             "boost": float(params.get("boost", BOOST)),
-            "strength": float(params.get("strength", 1.0)),
+            "strength": float(params.get("strength", STRENGTH)),
         }
         layers = params.get("layers")
         chosen = list(range(arch.num_layers(model))) if layers is None else list(layers)
