@@ -147,16 +147,26 @@ def test_keep_preserving_boost_scales_the_kept_outputs_along_the_direction(tiny,
     writers = arch.residual_writers(model, [1, 3])
     captured = capture_keep(model, tokenizer, inputs, kept, max_rows=16)
     originals = {w.name: w.weight.detach().clone() for w in writers}
-    applied = KeepPreserving().make(
-        model, tokenizer, direction, inputs, kept=kept, keep=1e6, ridge=1e-9, boost=2.0, captured=captured
-    )
-    assert applied.record()["boost"] == 2.0
-    for w in writers:
-        q = applied._edits[[e.name for e in applied._edits].index(f"{w.name}.weight")].basis.float()
-        xk = captured[1][w.name]
-        old, new = xk @ originals[w.name].T @ q.T, xk @ w.weight.detach().T @ q.T
-        assert torch.allclose(new, 3.0 * old, atol=1e-2 * float(old.abs().max()))  # (1 + β) × along d
-    applied.undo()
+    for strength in (1.0, 1.5):  # at strength s the kept outputs along d become (1 + s·β) × theirs
+        applied = KeepPreserving().make(
+            model,
+            tokenizer,
+            direction,
+            inputs,
+            kept=kept,
+            keep=1e6,
+            ridge=1e-9,
+            boost=2.0,
+            captured=captured,
+            strength=strength,
+        )
+        assert applied.record()["boost"] == 2.0 and applied.record()["strength"] == strength
+        for w in writers:
+            q = applied._edits[[e.name for e in applied._edits].index(f"{w.name}.weight")].basis.float()
+            xk = captured[1][w.name]
+            old, new = xk @ originals[w.name].T @ q.T, xk @ w.weight.detach().T @ q.T
+            assert torch.allclose(new, (1 + 2.0 * strength) * old, atol=1e-2 * float(old.abs().max()))
+        applied.undo()
 
 
 def test_writer_inputs_at_the_last_tokens_are_rows_of_every_token(tiny, tokenizer):
