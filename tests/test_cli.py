@@ -164,7 +164,41 @@ def test_abliterate_method_auto_records_its_choice_and_refuses_other_cut_flags(w
     assert "choose" in doc["seconds"]
     for extra in (["--alpha", "0.5"], ["--keep", "weapons"]):
         err = vauban(ws, "abliterate", "-o", "x", "--method", "auto", *extra, code=2)["stderr"]
-        assert "--method auto chooses the whole cut" in err and len(err.strip().splitlines()) == 1
+        assert "--method auto makes the whole cut" in err and len(err.strip().splitlines()) == 1
+
+
+def test_abliterate_fitted_method_exports_its_rank_one_edit_with_its_settings(ws):
+    """``--method harmless_preserving --method-option ...`` fits that edit method on the run's
+    prompts: every edited matrix changes by rank 1, and the export records the method and its
+    settings; a bad option is a one-line error naming the keys."""
+    import torch
+    from safetensors.torch import load_file
+
+    out = ws["root"] / "preserving"
+    argv = [
+        "--method",
+        "harmless_preserving",
+        "--method-option",
+        "keep=0.3",
+        "--method-option",
+        "strength=1.2",
+    ]
+    doc = vauban(ws, "abliterate", "-o", str(out), "--direction", ws["direction"], *argv, "--json")
+    written = json.loads((out / "vauban.json").read_text())
+    assert written["method"] == {"harmless_preserving": {"keep": 0.3, "strength": 1.2}}
+    assert doc["edited_tensors"] > 0 and "fit" in doc["seconds"]
+    before = load_file(str(Path(ws["model"]) / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
+    changed = [n for n in before if n.endswith("proj.weight") and not torch.equal(before[n], after[n])]
+    assert changed and all(torch.linalg.matrix_rank(after[n] - before[n], rtol=1e-4) == 1 for n in changed)
+    for bad, says in (
+        (["--method-option", "keep=x"], "give KEY=NUMBER"),
+        (["--method-option", "steps=3"], "takes no steps"),
+        (["--method", "plain", "--method-option", "keep=1"], "add --method NAME"),
+    ):
+        args = ["--method", "harmless_preserving", *bad] if bad[0] != "--method" else bad
+        err = vauban(ws, "abliterate", "-o", "x", *args, code=2)["stderr"]
+        assert says in err and len(err.strip().splitlines()) == 1
 
 
 def test_abliterate_positional_model_loads_in_transformers(exported):

@@ -337,3 +337,10 @@ def test_a_method_edit_redone_on_a_copy_of_the_weights_is_the_edit(measured, tok
             now = dict(model.named_parameters())
             for edit in applied.tensor_edits():
                 assert torch.allclose(redo(before[edit.name], edit), now[edit.name], atol=1e-5)
+
+
+def test_the_cli_fitted_methods_are_registered_methods_with_their_options():
+    from vauban.cli.commands_cut import METHOD_OPTIONS
+    from vauban.cli.options import FITTED_METHODS
+
+    assert set(FITTED_METHODS) <= set(METHODS) and set(METHOD_OPTIONS) == set(FITTED_METHODS)

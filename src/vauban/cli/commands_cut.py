@@ -48,6 +48,8 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
         applied = keep_cut(s, args, report, model, tokenizer, direction, keep, spec)
     elif args.method == "auto":
         applied, chosen = auto_cut(s, report, model, tokenizer, direction)
+    elif args.method != "plain":
+        applied = fitted_cut(s, args, report, model, tokenizer, direction)
     else:
         vector = spec.vector(
             model,
@@ -66,6 +68,8 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
             record["keep"] = {"categories": keep, "method": args.keep_method}
         if chosen is not None:
             record["method"] = {"auto": chosen}
+        elif args.method != "plain":
+            record["method"] = {args.method: method_options(args)}
         with report.step(f"export to {out}/", "export"):
             export(
                 model,
@@ -86,16 +90,65 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
 
 
 def check_auto(args: argparse.Namespace, spec: CutSpec, keep: list[str] | None) -> None:
-    """``--method auto`` chooses the whole cut: no cut flag and no ``--keep`` beside it."""
+    """``--method`` other than plain makes the whole cut: no cut flag and no ``--keep`` beside it;
+    ``--method-option`` only with a fitted method, each ``KEY=NUMBER``."""
     from ..methods.cutspec import CutSpec
 
-    if args.method != "auto":
+    options = method_options(args)  # its one-line errors first
+    if args.method == "plain":
+        if options:
+            raise VaubanError("--method-option sets a fitted --method's settings; add --method NAME")
         return
+    if args.method == "auto" and options:
+        raise VaubanError("--method auto chooses its settings; drop --method-option")
+    foreign = sorted(set(options) - set(METHOD_OPTIONS.get(args.method, ())))
+    if foreign:
+        takes = ", ".join(METHOD_OPTIONS[args.method])
+        raise VaubanError(f"--method {args.method} takes no {', '.join(foreign)}; its options: {takes}")
     if keep or spec != CutSpec(alpha=1.0):
         raise VaubanError(
-            "--method auto chooses the whole cut (layer, edit method, settings); drop the other "
-            "cut flags (--alpha, --layers, --keep, --params, ...) or leave out --method auto"
+            f"--method {args.method} makes the whole cut (layer, edit method, settings); drop the other "
+            "cut flags (--alpha, --layers, --keep, --params, ...) or leave out --method"
         )
+
+
+def method_options(args: argparse.Namespace) -> dict[str, float]:
+    """``--method-option KEY=VALUE`` as numbers (``steps`` and ``prompts`` as integers)."""
+    out: dict[str, float] = {}
+    for item in getattr(args, "method_option", None) or []:
+        key, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not sep or not key or math.isnan(number) or key not in METHOD_OPTIONS["learned_preserving"]:
+            keys = ", ".join(METHOD_OPTIONS["learned_preserving"])
+            raise VaubanError(f"--method-option {item!r}: give KEY=NUMBER with KEY one of {keys}")
+        out[key] = int(number) if key in ("steps", "prompts") else number
+    return out
+
+
+_PRESERVING, _LEARNING = ("keep", "strength", "ridge", "prior"), ("steps", "lr", "prompts")
+METHOD_OPTIONS = {  # the settings each fitted --method takes
+    "harmless_preserving": _PRESERVING,
+    "learned": _LEARNING,
+    "learned_preserving": _PRESERVING + _LEARNING,
+}
+
+
+def fitted_cut(
+    s: Settings, args: argparse.Namespace, report: Report, model: Any, tokenizer: Any, direction: Any
+) -> Any:
+    """``--method NAME``: the edit method ``NAME`` fitted on the run's harmful and harmless prompts
+    (:mod:`vauban.methods`) with ``--method-option`` settings, applied."""
+    from ..methods.protocol import Inputs
+    from ..methods.registry import get_method
+    from ..text.prompts import load_prompts
+
+    harmful, harmless = load_prompts(s.harmful or "harmful"), load_prompts(s.harmless or "harmless")
+    inputs = Inputs(harmful, harmless, run_formatting(s, direction), s.batch_size)
+    with report.step(f"fit the {args.method} edit", "fit"):
+        return get_method(args.method).make(model, tokenizer, direction, inputs, **method_options(args))
 
 
 def auto_cut(
