@@ -296,8 +296,32 @@ def test_abliterate_auto_on_a_model_with_no_refusals_is_the_plain_cut(measured, 
     before = snapshot(model)
     abliterate(model, tokenizer, output_dir=tmp_path / "out", direction=direction, method="auto")
     assert same_bits(model, before) and (tmp_path / "out" / "config.json").is_file()
-    with pytest.raises(VaubanError, match="method must be plain or auto"):
+    with pytest.raises(VaubanError, match="method must be one of plain, auto, harmless_preserving"):
         abliterate(model, tokenizer, output_dir=tmp_path / "x", direction=direction, method="nope")
+
+
+def test_abliterate_fits_a_named_method_with_its_options_and_leaves_the_model_as_it_was(
+    measured, tokenizer, tmp_path
+):
+    from vauban.quick import abliterate
+
+    model, direction = measured["qwen2"]
+    before = snapshot(model)
+    options = {"keep": 0.3, "strength": 1.2}
+    sets = {"harmful": HARMFUL, "harmless": HARMLESS, "direction": direction}
+    abliterate(
+        model,
+        tokenizer,
+        output_dir=tmp_path / "hp",
+        method="harmless_preserving",
+        method_options=options,
+        **sets,
+    )
+    assert same_bits(model, before)
+    record = json.loads((tmp_path / "hp" / "vauban.json").read_text())
+    assert "harmless_preserving" in json.dumps(record) and '"strength": 1.2' in json.dumps(record)
+    with pytest.raises(VaubanError, match="method_options sets a fitted method"):
+        abliterate(model, tokenizer, output_dir=tmp_path / "y", direction=direction, method_options=options)
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "gemma2"])
@@ -341,6 +365,6 @@ def test_a_method_edit_redone_on_a_copy_of_the_weights_is_the_edit(measured, tok
 
 def test_the_cli_fitted_methods_are_registered_methods_with_their_options():
     from vauban.cli.commands_cut import METHOD_OPTIONS
-    from vauban.cli.options import FITTED_METHODS
+    from vauban.methods import FITTED
 
-    assert set(FITTED_METHODS) <= set(METHODS) and set(METHOD_OPTIONS) == set(FITTED_METHODS)
+    assert set(FITTED) <= set(METHODS) and set(METHOD_OPTIONS) == set(FITTED)

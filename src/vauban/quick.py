@@ -23,6 +23,7 @@ from .evaluation.results import EvalResult
 from .exports.exporting import check_output_dir, cut_record, export
 from .exports.formats import check_options
 from .judge import Judge
+from .methods import FITTED
 from .methods.steering import SteerResult, steer
 from .model.loading import default_device, load_model, model_label, resolve_dtype
 from .model.mlx_format import is_mlx_model, mlx_model_to_torch
@@ -120,6 +121,7 @@ def abliterate(
     dtype: str | torch.dtype | None = None,
     formatting: Formatting | None = None,
     method: str = "plain",
+    method_options: dict[str, Any] | None = None,
 ) -> DirectionResult:
     """Measure the direction (unless given), cut it from every layer, export to ``output_dir``
     in ``format`` (``safetensors``, ``gguf``, ``lora``, ``mlx``; ``quant`` and ``dtype``: see
@@ -131,11 +133,16 @@ def abliterate(
     ``formatting`` (:mod:`vauban.text.formatting`) formats the measurement's prompts; the export's
     ``vauban.json`` records it. ``method="auto"``: the cut chosen by damage at a refusal level
     among layers, edit methods and settings (:mod:`vauban.methods.choosing`, ``docs/methods.md``;
-    ``alpha``, ``layers`` and ``embeddings`` are then the chosen candidate's).
+    ``alpha``, ``layers`` and ``embeddings`` are then the chosen candidate's). ``method`` one of
+    :data:`FITTED`: that edit method (:mod:`vauban.methods`) fitted on ``harmful`` and
+    ``harmless`` with ``method_options`` (e.g. ``{"keep": 0.3, "strength": 1.2}``), as
+    ``vauban abliterate --method NAME --method-option KEY=VALUE``.
     """
     torch_model, tokenizer = as_torch(model), as_hf_tokenizer(tokenizer)
-    if method not in ("plain", "auto"):
-        raise VaubanError(f"method must be plain or auto, got {method!r}")
+    if method not in ("plain", "auto", *FITTED):
+        raise VaubanError(f"method must be one of plain, auto, {', '.join(FITTED)}; got {method!r}")
+    if method_options and method not in FITTED:
+        raise VaubanError(f"method_options sets a fitted method's settings; method={method!r} takes none")
     out = check_output_dir(output_dir, overwrite)
     check_options(format, quant)
     if direction is None:
@@ -151,6 +158,12 @@ def abliterate(
             load_prompts(harmful or "harmful"),
             load_prompts(harmless or "harmless"),
         )
+    elif method in FITTED:
+        from .methods.protocol import Inputs
+        from .methods.registry import get_method
+
+        sets = Inputs(load_prompts(harmful or "harmful"), load_prompts(harmless or "harmless"), formatting)
+        applied = get_method(method).make(torch_model, tokenizer, direction, sets, **(method_options or {}))
     else:
         applied = cut(torch_model, direction, alpha=alpha, layers=layers, embeddings=embeddings)
     with applied:

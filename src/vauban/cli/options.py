@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ..exports.formats import FORMATS
+from ..methods import FITTED
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
@@ -181,9 +182,6 @@ MEASURED = ("harmful", "harmless", "layer", "select")  # what measuring a direct
 DIRECTION = ("direction", *MEASURED)
 FORMATTING = ("system_prompt", "system_prompts", "template_options", "thinking_tokens")
 EXPORT = ("format", "quant", "overwrite")
-# edit methods `abliterate --method` fits by name (vauban.methods.registry; kept here so that
-# parsing imports no torch): those that fit an edit on prompt sets
-FITTED_METHODS = ("harmless_preserving", "learned", "learned_preserving")
 
 
 def options(p: argparse.ArgumentParser, title: str, *names: str, **helps: str) -> argparse._ArgumentGroup:
@@ -305,11 +303,11 @@ def variant_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trial", type=int, metavar="N", help="with --params pareto.json: this trial")
     g.add_argument(
         "--method",
-        choices=["plain", "auto", *FITTED_METHODS],
+        choices=["plain", "auto", *FITTED],
         default="plain",
         help="auto: the cut chosen by damage at a refusal level among layers, edit methods and "
         "settings, each scored on the held-back quarter of the prompts (docs/methods.md); "
-        f"{', '.join(FITTED_METHODS)}: that edit method, fitted on --harmful/--harmless with its "
+        f"{', '.join(FITTED)}: that edit method, fitted on --harmful/--harmless with its "
         "--method-option settings; these make the whole cut, so the other flags of this group "
         "stay unset (default: plain)",
     )
