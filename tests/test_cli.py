@@ -191,14 +191,31 @@ def test_abliterate_fitted_method_exports_its_rank_one_edit_with_its_settings(ws
     after = load_file(str(out / "model.safetensors"))
     changed = [n for n in before if n.endswith("proj.weight") and not torch.equal(before[n], after[n])]
     assert changed and all(torch.linalg.matrix_rank(after[n] - before[n], rtol=1e-4) == 1 for n in changed)
-    for bad, says in (
-        (["--method-option", "keep=x"], "give KEY=NUMBER"),
-        (["--method-option", "steps=3"], "takes no steps"),
-        (["--method", "plain", "--method-option", "keep=1"], "add --method NAME"),
-    ):
-        args = ["--method", "harmless_preserving", *bad] if bad[0] != "--method" else bad
-        err = vauban(ws, "abliterate", "-o", "x", *args, code=2)["stderr"]
-        assert says in err and len(err.strip().splitlines()) == 1
+    err = vauban(ws, "abliterate", "-o", "x", "--method", "learned", "--method-option", "keep=1", code=2)[
+        "stderr"
+    ]
+    assert "--method learned takes no keep; its options: steps, lr, prompts" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "says"),
+    [
+        ("harmless_preserving", ["keep=x"], "give KEY=NUMBER"),
+        ("harmless_preserving", ["steps=3"], "takes no steps"),
+        ("plain", ["keep=1"], "add --method NAME"),
+        ("auto", ["keep=1"], "--method auto chooses its settings"),
+    ],
+)
+def test_method_options_are_checked_before_the_model_loads(method, options, says):
+    import argparse
+
+    from vauban.cli.commands_cut import check_auto
+    from vauban.core.errors import VaubanError
+    from vauban.methods.cutspec import CutSpec
+
+    with pytest.raises(VaubanError, match=says):
+        check_auto(argparse.Namespace(method=method, method_option=options), CutSpec(alpha=1.0), None)
 
 
 def test_abliterate_positional_model_loads_in_transformers(exported):
