@@ -210,12 +210,12 @@ def test_abliterate_fitted_method_exports_its_rank_one_edit_with_its_settings(ws
 def test_method_options_are_checked_before_the_model_loads(method, options, says):
     import argparse
 
-    from vauban.cli.commands_cut import check_auto
+    from vauban.cli.commands_cut import check_method
     from vauban.core.errors import VaubanError
     from vauban.methods.cutspec import CutSpec
 
     with pytest.raises(VaubanError, match=says):
-        check_auto(argparse.Namespace(method=method, method_option=options), CutSpec(alpha=1.0), None)
+        check_method(argparse.Namespace(method=method, method_option=options), CutSpec(alpha=1.0), None)
 
 
 def test_abliterate_positional_model_loads_in_transformers(exported):

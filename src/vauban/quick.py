@@ -148,22 +148,18 @@ def abliterate(
     if direction is None:
         direction = measure_direction(torch_model, tokenizer, harmful, harmless, formatting=formatting)
     source = str(model_path) if model_path is not None else model_label(torch_model)
-    if method == "auto":
+    if method != "plain":  # auto and the fitted methods fit on the prompt sets
         from .methods.choosing import default_cut
-
-        applied, _ = default_cut(
-            torch_model,
-            tokenizer,
-            direction,
-            load_prompts(harmful or "harmful"),
-            load_prompts(harmless or "harmless"),
-        )
-    elif method in FITTED:
         from .methods.protocol import Inputs
         from .methods.registry import get_method
 
         sets = Inputs(load_prompts(harmful or "harmful"), load_prompts(harmless or "harmless"), formatting)
-        applied = get_method(method).make(torch_model, tokenizer, direction, sets, **(method_options or {}))
+        if method == "auto":
+            applied, _ = default_cut(torch_model, tokenizer, direction, sets.harmful, sets.harmless)
+        else:
+            applied = get_method(method).make(
+                torch_model, tokenizer, direction, sets, **(method_options or {})
+            )
     else:
         applied = cut(torch_model, direction, alpha=alpha, layers=layers, embeddings=embeddings)
     with applied:

@@ -38,7 +38,7 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
     out = check_output_dir(s.output_dir, s.overwrite)
     spec = cut_spec(args, alpha=s.alpha, embeddings=s.embeddings)  # flag mistakes before the load
     keep = check_keep(args, spec)
-    check_auto(args, spec, keep)
+    check_method(args, spec, keep)
     model, tokenizer = load(s, report, trust=args.trust_remote_code)
     if args.explain:
         explain_writers(report, model)
@@ -89,7 +89,7 @@ def cmd_abliterate(s: Settings, args: argparse.Namespace, report: Report) -> Non
     report.put("edited_tensors", len(applied.edited))
 
 
-def check_auto(args: argparse.Namespace, spec: CutSpec, keep: list[str] | None) -> None:
+def check_method(args: argparse.Namespace, spec: CutSpec, keep: list[str] | None) -> None:
     """``--method`` other than plain makes the whole cut: no cut flag and no ``--keep`` beside it;
     ``--method-option`` only with a fitted method, each ``KEY=NUMBER``."""
     from ..methods.cutspec import CutSpec

@@ -13,9 +13,10 @@ prompts (short greedy answers) and first-token KL on those harmless prompts.
 Two methods use it: ``learned``, the plain cut (``W - u uᵀ W``, rank 1) of the learned direction,
 and ``learned_preserving``, the harmless-preserving edit (:mod:`.preserving`) along it, fitted on
 all of the method's prompts: the learned direction moves the refusal toward what harmless prompts
-do not write, and the least-squares edit leaves their outputs alone on top of that; on the demo
-model the two together hold the plain cut's refusal score at a fifth of its first-token KL
-(docs/methods.md).
+do not write, and the least-squares edit leaves their outputs alone on top of that. Both fit the
+direction on the very quantities the held-back selection score reads, so that score overrates
+them (on the demo model a fifth of the plain cut's first-token KL there, more refusals on the
+report prompts): ``method="auto"`` does not score them (docs/methods.md).
 """
 
 from __future__ import annotations
