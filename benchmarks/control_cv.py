@@ -1,10 +1,10 @@
 """Cross-validated choice of the ``--keep`` defaults (issue 28), on the measuring prompts only.
 
-Every prompt of ``harmful_categories.jsonl`` (60 a category) is in one of ``FOLDS`` folds
+Every prompt of ``harmful_categories.jsonl`` (120 a category) is in one of ``FOLDS`` folds
 (stratified by category: the ``i``-th prompt of a category in fold ``i mod FOLDS``); each is
 answered under the edit or condition fitted *without its fold*, so every rate below is a
-cross-validated rate over all the measuring prompts. ``eval_categories.jsonl`` (the held-out 145) is
-never read here; ``control_demo.py`` reports the chosen settings on it.
+cross-validated rate over all the measuring prompts. The held-out sets (``test_categories.jsonl``,
+``eval_categories.jsonl``) are never read here; ``control_demo.py`` reports the chosen settings.
 
     flock /tmp/vauban-heavy.lock nice -n 10 python benchmarks/control_cv.py --only answers,runtime
     flock /tmp/vauban-heavy.lock nice -n 10 python benchmarks/control_cv.py --only weights
@@ -32,6 +32,15 @@ Refusal: the markers judge on greedy answers of ``MAX_TOKENS`` (32) tokens.
   keep-preserving edit at each λ and strength), fitted on the other folds, answering the fold's
   prompts. Round 2 (written before its run, after round 1's held-out scores): the keep-preserving
   edit at strength 1.5, the same rule over all three.
+
+Round 3 (written before its run, 2026-12-07): 360 more measuring prompts (60 a category, written
+for the project, ``harmful_categories.jsonl`` now 120 a category), because the probe's learning curve
+on the first 360 was still rising (out-of-fold AUC of weapons against the rest 0.89, 0.93, 0.95 at
+16, 32, 48 training prompts a category); the **answers**, **runtime** and **gate** stages rerun over
+the 720 under the same rules. The **weights** stage is not rerun (about an hour of CPU): its round-2
+choice is refitted on the 720 and reported as it is. The report moves to a fresh test set,
+``test_categories.jsonl`` (240, 40 a category), written in round 3 by an engineer who had seen no
+result and read once; ``eval_categories.jsonl``, read by rounds 1 and 2, is no longer a test.
 
 **Selection rule** (written before any held-out score of these settings was seen): per route, the
 candidate with the lowest :func:`control_demo.keep_score` of its cross-validated rates (the
@@ -122,18 +131,26 @@ def answer(model, tokenizer, prompts: list[str], edit=None) -> list[list]:
 
 
 def stage_answers(model, tokenizer, direction, prompts: list[str], data: dict) -> None:
-    """The original's answers to every prompt, then removal's to those the original refuses."""
+    """The original's answers to every prompt, then removal's to those the original refuses; an
+    earlier run's answers to the same prompt text are reused (greedy answers of the same model and
+    prompt under the same edit are the same), so adding measuring prompts answers only the new."""
     part = data.setdefault("answers", {})
-    if len(part.get("original", [])) != len(prompts):
-        say(f"original answers to {len(prompts)} measuring prompts")
-        part["original"] = answer(model, tokenizer, prompts)
-        write(data)
-    refused = [i for i, (_, r) in enumerate(part["original"]) if r]
-    if len(part.get("removed", {})) != len(refused):
-        say(f"answers under removal to the {len(refused)} the original refuses")
-        got = answer(model, tokenizer, [prompts[i] for i in refused], Steering(model, direction))
-        part["removed"] = {str(i): a for i, a in zip(refused, got, strict=True)}
-        write(data)
+    before = part.get("prompts", [])
+    original = dict(zip(before, part.get("original", []), strict=False))
+    removed = {before[int(i)]: a for i, a in part.get("removed", {}).items() if int(i) < len(before)}
+    new = [p for p in prompts if p not in original]
+    if new:
+        say(f"original answers to {len(new)} new measuring prompts ({len(prompts)} in all)")
+        original |= dict(zip(new, answer(model, tokenizer, new), strict=True))
+    refused = [p for p in prompts if original[p][1]]
+    new = [p for p in refused if p not in removed]
+    if new:
+        say(f"answers under removal to {len(new)} more the original refuses ({len(refused)} in all)")
+        removed |= dict(zip(new, answer(model, tokenizer, new, Steering(model, direction)), strict=True))
+    part["prompts"] = prompts
+    part["original"] = [original[p] for p in prompts]
+    part["removed"] = {str(i): removed[p] for i, p in enumerate(prompts) if original[p][1]}
+    write(data)
 
 
 def runtime_rows(data: dict, labels: list[str], kept_rows: list[bool]) -> list[bool]:
@@ -301,7 +318,10 @@ def stage_weights(model, tokenizer, direction, prompts, labels, keep: str, data:
     groups = category_prompts("measure")
     base = last_token_residuals(model, tokenizer, load_prompts("harmless"), prompt_set="harmless")
     fold = fold_of_categories(labels).tolist()
-    part = data.setdefault("weights", {"answers": {}})
+    part = data.setdefault("weights", {"answers": {}, "prompts": prompts})
+    if part.get("prompts") != prompts:  # other measuring prompts, other folds: every fit is new
+        data.setdefault("earlier_weights", []).append(part)
+        part = data["weights"] = {"answers": {}, "prompts": prompts}
     for k in range(FOLDS):
         rows = [i for i in range(len(prompts)) if fold[i] == k]
         train = {c: [p for i, p in enumerate(prompts) if labels[i] == c and fold[i] != k] for c in groups}
@@ -380,6 +400,10 @@ def main() -> None:
             "rule": RULE,
         }
     )
+    earlier = data.get("answers", {}).get("prompts")
+    if earlier is not None and earlier != prompts:  # other measuring prompts: keep the earlier rates
+        kept = {k: data[k] for k in ("runtime", "gate", "git", "date") if k in data}
+        data.setdefault("earlier_runs", []).append(kept | {"prompts": len(earlier)})
     features: dict[str, torch.Tensor] = {}
     for stage in args.only.split(","):
         start = time.perf_counter()

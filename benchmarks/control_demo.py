@@ -268,10 +268,21 @@ def chosen_edit(model, tokenizer, direction, cats, measuring, keep: str, cv: dic
     return {name: make({"keep": setting, "prior": 1.0, "strength": strength})}
 
 
+HELD = {"test": "test_categories.jsonl", "eval": "eval_categories.jsonl"}  # --held: which set reports
+
+
 def stage_categories(
-    model, tokenizer, direction: DirectionResult, keep: str, earlier: dict, features: Path | None = None
+    model,
+    tokenizer,
+    direction: DirectionResult,
+    keep: str,
+    earlier: dict,
+    features: Path | None = None,
+    held_set: str = "test",
 ) -> dict:
-    measuring, held = category_prompts("measure"), category_prompts("eval")
+    measuring, held = category_prompts("measure"), category_prompts(held_set)
+    if earlier.get("held_out", {}).get("prompts", "eval_categories.jsonl").split()[0] != HELD[held_set]:
+        earlier = {}  # another held-out set: nothing of the earlier run applies
     cv = json.loads(CV_RESULTS.read_text())
     if cv.get("keep") != keep or "chosen" not in cv.get("weights", {}) or "chosen" not in cv.get("gate", {}):
         raise SystemExit(f"run control_cv.py --keep {keep} first: its choices are what is reported")
@@ -341,7 +352,7 @@ def stage_categories(
             "by": f"control_cv.json: weights: {cv['rule']}; run time: {cv['gate']['rule']}",
         },
         "held_out": {
-            "prompts": "eval_categories.jsonl (145)",
+            "prompts": f"{HELD[held_set]} ({sum(len(v) for v in held.values())})",
             "rates": rows,
             "wilson95": {
                 row: {c: wilson(round(r * len(held[c])), len(held[c])) for c, r in rates.items()}
@@ -351,6 +362,21 @@ def stage_categories(
         },
         "reused": {"held_out": reused, "from": {k: earlier.get(k) for k in ("git", "date")}},
     }
+
+
+def archive(data: dict, part: dict) -> None:
+    """Keep an earlier categories run on other held-out or measuring prompts in
+    ``earlier_categories`` (its rates and intervals) before ``part`` replaces it."""
+    old = data.get("categories")
+    if not old:
+        return
+    held = old.get("held_out", {})
+    same_measure = old.get("counts_measure") == part["counts_measure"]
+    if held.get("prompts") == part["held_out"]["prompts"] and same_measure:
+        return
+    keys = ("keep", "counts_measure", "counts_eval", "chosen", "git", "date")
+    kept = {k: held.get(k) for k in ("prompts", "rates", "wilson95")}
+    data.setdefault("earlier_categories", []).append({k: old.get(k) for k in keys} | {"held_out": kept})
 
 
 def condition_run(
@@ -412,7 +438,8 @@ def stage_conditions(
         return out
     say("condition cybercrime (remove refusal), probe")
     held = [p for group in category_prompts("eval").values() for p in group]
-    seen = earlier.get("held_out", {}).get("answers", {}).get("original")
+    on_eval = earlier.get("held_out", {}).get("prompts", "").startswith("eval_categories")
+    seen = earlier.get("held_out", {}).get("answers", {}).get("original") if on_eval else None
     known = dict(zip(held, (refused for _, refused in seen), strict=True)) if seen else None
     sets = condition_sets("cybercrime")
     original = [known[p] for p in sets.matched["test"] + sets.unmatched["test"]] if known else None
@@ -465,6 +492,13 @@ def main() -> None:
     parser.add_argument("--only", default="categories,conditions,languages")
     parser.add_argument("--keep", default="weapons")
     parser.add_argument("--fresh", action="store_true", help="categories: rerun rows an earlier run has")
+    parser.add_argument(
+        "--held",
+        choices=sorted(HELD),
+        default="test",
+        help="categories: the held-out prompts to report on (test: read once per round; eval: the "
+        "rounds 1-2 held-out set)",
+    )
     parser.add_argument("--conditions", default="medical,cybercrime", help="conditions: which to fit")
     parser.add_argument(
         "--features",
@@ -489,7 +523,8 @@ def main() -> None:
         start, load_before = time.perf_counter(), os.getloadavg()[0]
         if stage == "categories":
             earlier = {} if args.fresh else data.get("categories", {})
-            part = stage_categories(model, tokenizer, direction, args.keep, earlier, args.features)
+            part = stage_categories(model, tokenizer, direction, args.keep, earlier, args.features, args.held)
+            archive(data, part)
         elif stage == "conditions":
             part = stage_conditions(
                 model,

@@ -364,7 +364,7 @@ def control_categories() -> list[str]:
     (``benchmarks/control_demo.py``)."""
     r = load("control_demo.json")
     c = r["categories"]
-    rates = c["held_out"]["rates"]
+    rates, held = c["held_out"]["rates"], c["held_out"]["prompts"].split()[0]
     names = list(rates)
     counts = dict(zip(c["categories"], c["counts_eval"], strict=True))
     rows = [[cat, str(n), *(pct_ci(rates[name][cat], n) for name in names)] for cat, n in counts.items()]
@@ -393,9 +393,9 @@ def control_categories() -> list[str]:
         ),
     ]
     return [
-        f"Judge: markers, {r['max_tokens']} answer tokens, `eval_categories.jsonl` (never used to "
-        f"measure, fit or choose); directions at layer {c['layer']}; settings chosen by "
-        "cross-validation over the 360 measuring prompts (`control_cv.json`), each rule committed "
+        f"Judge: markers, {r['max_tokens']} answer tokens, `{held}` (never used to measure, fit or "
+        f"choose); directions at layer {c['layer']}; settings chosen by cross-validation over the "
+        f"{sum(c['counts_measure'])} measuring prompts (`control_cv.json`), each rule committed "
         "before its one held-out run. Refusal with its Wilson 95 % interval.",
         "",
         *markdown(header, rows),

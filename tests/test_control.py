@@ -41,10 +41,11 @@ def _records(name: str) -> list[dict]:
 
 
 def test_bundled_categories_have_enough_prompts_and_never_share_one():
-    measure_set, held = category_prompts("measure"), category_prompts("eval")
-    assert list(measure_set) == list(held) and len(measure_set) == 6
-    assert all(len(v) >= 60 for v in measure_set.values()) and all(len(v) >= 20 for v in held.values())
-    every = [p for v in (*measure_set.values(), *held.values()) for p in v]
+    measure_set, held, test = category_prompts("measure"), category_prompts("eval"), category_prompts("test")
+    assert list(measure_set) == list(held) == list(test) and len(measure_set) == 6
+    assert all(len(v) >= 120 for v in measure_set.values()) and all(len(v) >= 20 for v in held.values())
+    assert all(len(v) == 40 for v in test.values())
+    every = [p for v in (*measure_set.values(), *held.values(), *test.values()) for p in v]
     assert len(every) == len(set(every))
     eval_harmful = {r["prompt"] for r in _records("eval_harmful")}
     assert not eval_harmful & {p for v in measure_set.values() for p in v}  # evaluation stays held out
@@ -66,9 +67,9 @@ def test_condition_sets_split_bundled_and_category_conditions():
     medical = condition_sets("medical")
     assert {len(medical.matched[s]) for s in ("measure", "tune", "test")} == {30, 15}
     cyber = condition_sets("cybercrime")
-    assert len(cyber.matched["measure"]) == 45 and len(cyber.matched["tune"]) == 15
+    assert len(cyber.matched["measure"]) == 90 and len(cyber.matched["tune"]) == 30
     assert not set(cyber.matched["test"]) & set(cyber.matched["measure"])
-    assert len(cyber.unmatched["measure"]) == 225
+    assert len(cyber.unmatched["measure"]) == 450
     with pytest.raises(VaubanError, match="no condition"):
         condition_sets("gardening")
 

@@ -55,12 +55,12 @@ KEEP_ALPHA = {
     "orthogonal": 2.0,
     "others": 1.0,
 }  # the cut's alpha unless --alpha (dev-chosen, control_demo.json)
-CATEGORY_SETS = {"measure": "harmful_categories", "eval": "eval_categories"}
+CATEGORY_SETS = {"measure": "harmful_categories", "eval": "eval_categories", "test": "test_categories"}
 
 
 def category_prompts(source: str | Path | Mapping[str, Sequence[str]] = "measure") -> dict[str, list[str]]:
-    """Prompts grouped by category, in first-seen order: ``"measure"`` / ``"eval"`` (the bundled
-    category sets), a ``.jsonl`` file with ``prompt`` and ``category`` fields, or a mapping."""
+    """Prompts grouped by category, in first-seen order: ``"measure"`` / ``"eval"`` / ``"test"``
+    (the bundled category sets: measuring, evaluation, a test set read once), a ``.jsonl`` file with ``prompt`` and ``category`` fields, or a mapping."""
     if isinstance(source, Mapping):
         groups = {str(k): load_prompts(list(v), what=f"category {k!r}") for k, v in source.items()}
     else:

@@ -39,6 +39,7 @@ BUNDLED = (
     "over_refusal",
     "harmful_categories",
     "eval_categories",
+    "test_categories",
     "conditions",
     "multilingual",
 )
