@@ -5,12 +5,15 @@
 STORAGE: a URL, journal:PATH, or "memory" (no storage: the single-worker reference). Writes the
 study's trials as this worker returned them to OUT.json. HANG_AT: this worker's trial number
 (1-based, counted in this process) at which it writes OUT.json.hanging and sleeps inside the
-trial, heartbeat still beating, until the test kills it.
+trial, heartbeat still beating, until the test kills it. With ``OPTIMIZE_WORKER_BARRIER=DIR:N`` in the
+environment the worker waits, model built, until N workers have reached that point (a loaded
+machine can start one worker so late that the other has run every trial).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +37,18 @@ OPTIONS = dict(
 )
 
 
+def wait_for_peers() -> None:
+    """Block (at most 300 s) until the ``OPTIMIZE_WORKER_BARRIER`` count of workers got here."""
+    spec = os.environ.get("OPTIMIZE_WORKER_BARRIER")
+    if not spec:
+        return
+    folder, count = spec.rsplit(":", 1)
+    Path(folder, str(os.getpid())).touch()
+    deadline = time.monotonic() + 300
+    while len(list(Path(folder).iterdir())) < int(count) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def main(direction_path: str, storage: str, out: str, n_trials: str, hang_at: str | None = None) -> None:
     torch.set_num_threads(1)  # the same float sums in every process
     if hang_at is not None:
@@ -50,9 +65,9 @@ def main(direction_path: str, storage: str, out: str, n_trials: str, hang_at: st
         objectives.Scores.__call__ = hanging
     study = None if storage == "memory" else studies.open_storage(storage, heartbeat=1, grace=3)
     direction = DirectionResult.load(direction_path)
-    result = optimizing.optimize(
-        build_model("llama"), build_tokenizer(), direction, n_trials=int(n_trials), study=study, **OPTIONS
-    )
+    model, tokenizer = build_model("llama"), build_tokenizer()
+    wait_for_peers()
+    result = optimizing.optimize(model, tokenizer, direction, n_trials=int(n_trials), study=study, **OPTIONS)
     record = {
         "worker": studies.WORKER,
         "finished_here": result.finished_here,

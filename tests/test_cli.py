@@ -176,6 +176,8 @@ def test_abliterate_fitted_method_exports_its_rank_one_edit_with_its_settings(ws
 
     out = ws["root"] / "preserving"
     argv = [
+        "--dtype",  # float32 even where a GPU is seen (bfloat16 there would round every matrix)
+        "float32",
         "--method",
         "harmless_preserving",
         "--method-option",

@@ -105,9 +105,13 @@ def storage(request, tmp_path):
     return _new_database(request.getfixturevalue("postgres"), f"db_{os.getpid()}_{time.monotonic_ns()}")
 
 
-def _start(direction: Path, storage: str, out: Path, n_trials: int, hang_at: int | None = None):
+def _start(
+    direction: Path, storage: str, out: Path, n_trials: int, hang_at: int | None = None, barrier: str = ""
+):
     args = [sys.executable, str(WORKER), str(direction), storage, str(out), str(n_trials)]
     env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    if barrier:  # DIR:N: start trials only once N workers are ready (tests/optimize_worker.py)
+        env["OPTIMIZE_WORKER_BARRIER"] = barrier
     return subprocess.Popen(
         [*args, *([str(hang_at)] if hang_at else [])],
         env=env,
@@ -134,7 +138,11 @@ def test_two_workers_run_one_study_like_one_worker(storage, direction_file, tmp_
     """Two workers started at once: exactly N_TRIALS search trials finished, none run twice, one
     worker checks the pick; the trials drawn before TPE's model takes over (the plain cut and the 9
     random start-up draws) are the single worker's trials, parameters and scores alike."""
-    procs = [_start(direction_file, storage, tmp_path / f"w{i}.json", N_TRIALS) for i in range(2)]
+    (tmp_path / "ready").mkdir()
+    barrier = f"{tmp_path / 'ready'}:2"  # neither starts its trials before the other is ready
+    procs = [
+        _start(direction_file, storage, tmp_path / f"w{i}.json", N_TRIALS, barrier=barrier) for i in range(2)
+    ]
     single = _start(direction_file, "memory", tmp_path / "single.json", N_TRIALS)
     for proc in [*procs, single]:
         _wait(proc)

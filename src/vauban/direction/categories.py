@@ -60,7 +60,8 @@ CATEGORY_SETS = {"measure": "harmful_categories", "eval": "eval_categories", "te
 
 def category_prompts(source: str | Path | Mapping[str, Sequence[str]] = "measure") -> dict[str, list[str]]:
     """Prompts grouped by category, in first-seen order: ``"measure"`` / ``"eval"`` / ``"test"``
-    (the bundled category sets: measuring, evaluation, a test set read once), a ``.jsonl`` file with ``prompt`` and ``category`` fields, or a mapping."""
+    (the bundled category sets: measuring, evaluation, a test set read once), a ``.jsonl`` file
+    with ``prompt`` and ``category`` fields, or a mapping."""
     if isinstance(source, Mapping):
         groups = {str(k): load_prompts(list(v), what=f"category {k!r}") for k, v in source.items()}
     else:

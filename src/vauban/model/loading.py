@@ -225,6 +225,8 @@ def _from_hf(
         ) from None
     quant = getattr(config, "quantization_config", None)
     kwargs: dict[str, Any] = {"dtype": dtype, "weights_only": True, **common}
+    if _quant_method(quant) in DEQUANTIZED_ON_LOAD:
+        kwargs["quantization_config"] = _dequantizing(quant)
     if device == "auto":  # split over the GPUs (balanced), the rest offloaded to CPU memory
         kwargs["device_map"] = "auto"
     elif isinstance(device, torch.device) and device.type != "cpu":
@@ -279,6 +281,20 @@ def _quant_method(quant: Any) -> str | None:
 
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+# Methods whose transformers quantizer dequantizes while loading when told to: vauban edits float
+# weights, and where a GPU is present (even with the model asked for on the CPU) these quantizers
+# otherwise keep the quantized layers, whose ``dequantize`` transformers does not implement.
+DEQUANTIZED_ON_LOAD = ("fp8", "mxfp4")
+
+
+def _dequantizing(quant: Any) -> Any:
+    """The checkpoint's quantization config, told to dequantize while loading."""
+    from transformers.quantizers.auto import AutoQuantizationConfig
+
+    record = quant if isinstance(quant, dict) else quant.to_dict()
+    config = AutoQuantizationConfig.from_dict(dict(record))
+    config.dequantize = True
+    return config
 
 
 def _dequantize_in_place(model: nn.Module, method: str) -> None:

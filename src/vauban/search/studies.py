@@ -169,9 +169,14 @@ def optuna_module() -> Any:
     return require("optuna", "optimize", "optimize")
 
 
+STARTUP = 10  # TPE's random start-up trials
+
+
 class TrialSeeded:
     """Optuna's multivariate TPE, seeded ``seed + k`` for trial ``k`` (``constant_liar``: a worker
-    does not draw next to the trials others are running). A sampler, by delegation."""
+    does not draw next to the trials others are running), its first :data:`STARTUP` trials random
+    by their number, so that every worker draws trial ``k`` as a lone run does. A sampler, by
+    delegation."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
@@ -180,9 +185,16 @@ class TrialSeeded:
 
     def _for(self, trial: Any) -> Any:
         if trial.number != self._number:
-            self._number = trial.number
-            self._tpe = optuna_module().samplers.TPESampler(
-                seed=self.seed + trial.number, multivariate=True, n_startup_trials=10, constant_liar=True
+            self._number, seed = trial.number, self.seed + trial.number
+            samplers = optuna_module().samplers
+            # the start-up trials by number (TPE's own rule counts the trials finished when it
+            # draws, which another worker's trials change): the draws TPE's start-up would make
+            self._tpe = (
+                samplers.RandomSampler(seed=seed)
+                if trial.number < STARTUP
+                else samplers.TPESampler(
+                    seed=seed, multivariate=True, n_startup_trials=STARTUP, constant_liar=True
+                )
             )
         return self._tpe
 
