@@ -401,7 +401,8 @@ def test_cli_steer_when_not_turns_the_condition_round(cli_ws, monkeypatch, capsy
     err = _run(cli_ws, monkeypatch, capsys, *argv[:-1], "--condition-kind", "cosine", code=2)
     assert "--false-match sets the probe's threshold" in err.err
     same = _run(cli_ws, monkeypatch, capsys, "steer", HARMFUL[0], "--keep", "cond.jsonl", "--json")
-    assert same["condition"]["name"] == "not:cond"  # --keep X is --when not:X
+    assert same["condition"]["name"] == "not:cond"  # --keep X is --when not:X --false-match 0.05
+    assert "at most 0.05 " in same["condition"]["threshold_rule"]
     err = _run(cli_ws, monkeypatch, capsys, "steer", HARMFUL[0], "--keep", "a", "--when", "b", code=2)
     assert "give one of them" in err.err
 

@@ -80,32 +80,40 @@ def check_keep(args: argparse.Namespace, spec: Any = None) -> list[str]:
     return keep
 
 
+# --keep's probe threshold: at most this share of the other categories' example prompts matched,
+# out of fold (the rule benchmarks/control_cv.py's gate stage chose in round 3; round 2 chose the
+# best balanced accuracy, which plain --when not:CATEGORY keeps)
+KEEP_FALSE_MATCH = 0.05
+
+
 def runtime_when(keep: list[str]) -> str:
     """The ``chat`` / ``steer`` option of the run-time keep of ``keep`` (``--keep CATEGORY`` =
-    ``--when not:CATEGORY``; its threshold: the best balanced accuracy, the rule
-    ``benchmarks/control_cv.py`` (gate) chose)."""
+    ``--when not:CATEGORY --false-match`` :data:`KEEP_FALSE_MATCH`)."""
     if len(keep) > 1:
         return "--when not:FILE.jsonl (the kept categories as matched)"
     return f"--keep {keep[0]}"
 
 
 def when_of(args: argparse.Namespace) -> str | None:
-    """``steer`` / ``chat``'s condition: ``--when``, or ``not:CATEGORY`` for ``--keep CATEGORY``."""
+    """``steer`` / ``chat``'s condition: ``--when``, or ``not:CATEGORY`` for ``--keep CATEGORY``
+    (whose probe threshold, unless ``--false-match``, is :data:`KEEP_FALSE_MATCH`: set on ``args``)."""
     keep = getattr(args, "keep", None)
     if keep and args.when:
         raise VaubanError("--keep CATEGORY is --when not:CATEGORY; give one of them")
     if keep and "," in keep:
         raise VaubanError("steer/chat --keep takes one category; for several, --when not:FILE.jsonl")
+    if keep and args.false_match is None and args.condition_kind == "probe":
+        args.false_match = KEEP_FALSE_MATCH
     return f"not:{keep}" if keep else args.when
 
 
 def say_runtime_route(report: Report, keep: list[str]) -> None:
-    """Point ``abliterate --keep`` at the run-time route, which keeps categories more exactly."""
+    """Say what each ``--keep`` route leaves, and the run-time route's command."""
     when = runtime_when(keep)
     report.say(
-        f"note: a weight edit keeps {', '.join(keep)} only in part (the category directions share "
-        f"refusal); at run time `vauban chat {when}` keeps it per prompt "
-        "(benchmarks/results/control_demo.json)"
+        f"note: a weight edit keeps {', '.join(keep)} only in part and leaves some refusals of the "
+        f"other categories (their directions share refusal); at run time `vauban chat {when}` "
+        "removes the others' more fully, per prompt (benchmarks/results/control_demo.json)"
     )
 
 
