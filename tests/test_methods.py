@@ -375,3 +375,17 @@ def test_the_cli_fitted_methods_are_registered_methods_with_their_options():
     from vauban.methods import FITTED
 
     assert set(FITTED) <= set(METHODS) and set(METHOD_OPTIONS) == set(FITTED)
+
+
+def test_harmless_preserving_rows_bounds_the_captured_rows(measured, tokenizer):
+    """``rows``: token rows captured per writer and prompt set (recorded when not the default); the
+    edit stays rank 1; fewer than one row is a one-line error."""
+    model, direction = measured["qwen2"]
+    before = snapshot(model)
+    with get_method("harmless_preserving").make(
+        model, tokenizer, direction, Inputs(HARMFUL, HARMLESS), rows=6
+    ) as applied:
+        assert rank(applied) == 1 and applied.record()["rows"] == 6
+    assert same_bits(model, before)
+    with pytest.raises(VaubanError, match="rows ≥ 1"):
+        get_method("harmless_preserving").make(model, tokenizer, direction, Inputs(HARMFUL, HARMLESS), rows=0)

@@ -124,11 +124,11 @@ def method_options(args: argparse.Namespace) -> dict[str, float]:
         if not sep or not key or math.isnan(number) or key not in METHOD_OPTIONS["learned_preserving"]:
             keys = ", ".join(METHOD_OPTIONS["learned_preserving"])
             raise VaubanError(f"--method-option {item!r}: give KEY=NUMBER with KEY one of {keys}")
-        out[key] = int(number) if key in ("steps", "prompts") else number
+        out[key] = int(number) if key in ("steps", "prompts", "rows") else number
     return out
 
 
-_PRESERVING, _LEARNING = ("keep", "strength", "ridge", "prior"), ("steps", "lr", "prompts")
+_PRESERVING, _LEARNING = ("keep", "strength", "ridge", "prior", "rows"), ("steps", "lr", "prompts")
 METHOD_OPTIONS = {  # the settings each fitted --method takes
     "harmless_preserving": _PRESERVING,
     "learned": _LEARNING,

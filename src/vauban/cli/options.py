@@ -315,7 +315,7 @@ def variant_flags(p: argparse.ArgumentParser) -> None:
         "--method-option",
         action="append",
         metavar="KEY=VALUE",
-        help="a setting of a fitted --method, repeatable: keep (λ), strength, ridge, prior "
+        help="a setting of a fitted --method, repeatable: keep (λ), strength, ridge, prior, rows "
         "(preserving edits), steps, lr, prompts (learned direction); e.g. --method-option strength=1.3",
     )
 

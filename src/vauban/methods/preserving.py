@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.errors import VaubanError
 from ..edit.cutting import Cut, layer_bases, writer_basis
 from ..model import arch
 from ..runtime.activations import model_device
@@ -157,7 +158,9 @@ def edit(
 ) -> Cut:
     """The applied edit of the module docstring along ``direction``, recorded as ``method`` with its
     settings (and ``record``); ``params``: ``keep``, ``ridge``, ``prior``, ``strength``, ``layers``
-    (default all) and ``captured`` (:func:`capture`'s pair, reused across settings)."""
+    (default all), ``rows`` (token rows captured per writer and set, default :data:`MAX_ROWS`:
+    more rows fit the harmless outputs on more of their variety, at the memory of
+    rows × writers' inputs) and ``captured`` (:func:`capture`'s pair, reused across settings)."""
     settings = {
         "keep": params.get("keep", LAMBDA),
         "ridge": params.get("ridge", RIDGE),
@@ -166,9 +169,13 @@ def edit(
     strength = params.get("strength", 1.0)
     layers = params.get("layers")
     chosen = list(range(arch.num_layers(model))) if layers is None else list(layers)
-    harmful, harmless = params.get("captured") or capture(model, tokenizer, inputs)
+    rows = int(params.get("rows", MAX_ROWS))
+    if rows < 1:
+        raise VaubanError(f"the preserving edit needs rows ≥ 1 captured per writer, got {rows}")
+    harmful, harmless = params.get("captured") or capture(model, tokenizer, inputs, rows)
     found = plans(model, direction, harmful, harmless, layers=chosen, strength=strength, **settings)
-    recorded = {**settings, "strength": strength, **(record or {})}
+    sized = {"rows": rows} if rows != MAX_ROWS else {}
+    recorded = {**settings, "strength": strength, **sized, **(record or {})}
     return GivenCut(model, found, method, recorded, chosen).apply()
 
 
