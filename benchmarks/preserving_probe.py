@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "preserving_probe.json"
@@ -28,32 +29,51 @@ LEARNED = [(16, 4, (0.3, 1.0, 3.0)), (15, 4, (0.3, 1.0)), (16, 8, (0.3, 1.0)), (
 STRENGTHS = (1.0, 1.15, 1.3, 1.5)
 
 
+class HeldBack:
+    """The held-back scoring of a candidate edit, as :func:`vauban.methods.choosing.score_all`
+    scores one: refusal likelihood on the held-back harmful prompts the original refuses,
+    first-token KL on the held-back harmless ones (set up on the original model)."""
+
+    def __init__(self, model: Any, tokenizer: Any, found: Any) -> None:
+        import frontier
+        from vauban.direction.selecting import original_refusals
+        from vauban.runtime.scoring import first_token_logprobs
+
+        _, _, held_harmful, self.harmless = frontier.fit_sets()
+        self.model, self.tokenizer, self.fmt = model, tokenizer, found.formatting
+        self.refusals = original_refusals(model, tokenizer, list(held_harmful), formatting=self.fmt)
+        self.base = first_token_logprobs(model, tokenizer, list(self.harmless), None, self.fmt)
+
+    def score(self) -> tuple[float, float]:
+        """``(refusal, kl)`` of the model as it is (call it under the edit)."""
+        from vauban.runtime.scoring import first_token_logprobs, kl_divergence, refusal_likelihood
+
+        now = first_token_logprobs(self.model, self.tokenizer, list(self.harmless), None, self.fmt)
+        refusal = refusal_likelihood(self.model, self.tokenizer, self.refusals, 8, None, self.fmt)
+        return refusal, kl_divergence(self.base, now)
+
+
 def main() -> None:
     sys.path.insert(0, str(HERE))
     import frontier
     from provenance import stamp
     from vauban import quick
-    from vauban.direction.selecting import original_refusals
     from vauban.methods.learned import fit_direction
     from vauban.methods.preserving import capture, edit
     from vauban.methods.protocol import Inputs
-    from vauban.runtime.scoring import first_token_logprobs, kl_divergence, refusal_likelihood
 
     model, tok = quick.load()
     found = frontier.direction(model, tok)
-    harmful, harmless, held_harmful, held_harmless = frontier.fit_sets()
-    fmt = found.formatting
-    inputs = Inputs(harmful, harmless, formatting=fmt)
-    refusals = original_refusals(model, tok, list(held_harmful), formatting=fmt)
-    base = first_token_logprobs(model, tok, list(held_harmless), None, fmt)
+    harmful, harmless, _, _ = frontier.fit_sets()
+    inputs = Inputs(harmful, harmless, formatting=found.formatting)
+    held = HeldBack(model, tok, found)
     captured = capture(model, tok, inputs)
     rows, fits = [], {}
 
     def score(name: str, direction: object, keep: float, strength: float) -> None:
         start = time.perf_counter()
         with edit(model, tok, direction, inputs, "probe", captured=captured, keep=keep, strength=strength):
-            kl = kl_divergence(base, first_token_logprobs(model, tok, list(held_harmless), None, fmt))
-            refusal = refusal_likelihood(model, tok, refusals, 8, None, fmt)
+            refusal, kl = held.score()
         seconds = round(time.perf_counter() - start)
         rows.append({"name": name, "refusal": refusal, "kl": kl, "seconds": seconds})
         print(json.dumps(rows[-1]), flush=True)
@@ -67,7 +87,8 @@ def main() -> None:
         for keep in keeps:
             for s in STRENGTHS:
                 score(f"hpL{steps}@{layer}@{keep}x{s}", learned, keep, s)
-    out = {**stamp(), "held_back": {"harmful": len(refusals), "harmless": len(held_harmless)}, "fits": fits}
+    sizes = {"harmful": len(held.refusals), "harmless": len(held.harmless)}
+    out = {**stamp(), "held_back": sizes, "fits": fits}
     RESULTS.write_text(json.dumps({**out, "rows": rows}, indent=1) + "\n")
 
 

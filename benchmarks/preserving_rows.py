@@ -28,31 +28,21 @@ KEEPS, STRENGTHS = (0.3, 1.0, 3.0), (1.0, 1.25)
 def main() -> None:
     sys.path.insert(0, str(HERE))
     import frontier
+    from preserving_probe import HeldBack
     from provenance import stamp
     from vauban import quick
-    from vauban.direction.selecting import original_refusals
     from vauban.methods.preserving import capture_set, edit
     from vauban.methods.protocol import Inputs
-    from vauban.runtime.scoring import first_token_logprobs, kl_divergence, refusal_likelihood
     from vauban.text.prompts import bundled_records, load_prompts
 
     model, tok = quick.load()
     found = frontier.direction(model, tok)
-    harmful, harmless, held_harmful, held_harmless = frontier.fit_sets()
-    fmt = found.formatting
+    harmful, harmless, _, _ = frontier.fit_sets()
     extra = [r["prompt"] for r in bundled_records("multilingual") if r["set"] == "harmless"]
     extra += load_prompts("reference")
-    refusals = original_refusals(model, tok, list(held_harmful), formatting=fmt)
-    base = first_token_logprobs(model, tok, list(held_harmless), None, fmt)
-    rows = []
-
-    def score(inputs: Inputs, captured: tuple, keep: float, strength: float) -> tuple[float, float]:
-        with edit(model, tok, found, inputs, "probe", captured=captured, keep=keep, strength=strength):
-            kl = kl_divergence(base, first_token_logprobs(model, tok, list(held_harmless), None, fmt))
-            return refusal_likelihood(model, tok, refusals, 8, None, fmt), kl
-
+    held, rows = HeldBack(model, tok, found), []
     for prompts in (harmless, harmless + extra):
-        inputs = Inputs(harmful, prompts, formatting=fmt)
+        inputs = Inputs(harmful, prompts, formatting=found.formatting)
         for count in ROWS:
             start = time.perf_counter()
             captured = (
@@ -62,11 +52,13 @@ def main() -> None:
             seconds = round(time.perf_counter() - start)
             for keep in KEEPS:
                 for strength in STRENGTHS:
-                    refusal, kl = score(inputs, captured, keep, strength)
+                    settings = {"captured": captured, "keep": keep, "strength": strength}
+                    with edit(model, tok, found, inputs, "probe", **settings):
+                        refusal, kl = held.score()
                     row = {"fit": f"{len(prompts)} prompts, {count} rows", "keep": keep, "strength": strength}
                     rows.append(row | {"refusal": refusal, "kl": kl, "capture_s": seconds})
                     print(json.dumps(rows[-1]), flush=True)
-    out = {**stamp(), "held_back": {"harmful": len(refusals), "harmless": len(held_harmless)}}
+    out = {**stamp(), "held_back": {"harmful": len(held.refusals), "harmless": len(held.harmless)}}
     RESULTS.write_text(json.dumps({**out, "rows": rows}, indent=1) + "\n")
 
 
