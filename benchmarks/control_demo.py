@@ -44,7 +44,7 @@ import torch
 from provenance import stamp
 from tables_common import wilson
 from vauban import DirectionResult, cut, load, measure
-from vauban.direction.categories import category_prompts, from_residuals, keep_vector
+from vauban.direction.categories import CATEGORY_SETS, category_prompts, from_residuals, keep_vector
 from vauban.edit.vectors import unit_rows
 from vauban.evaluation.evaluating import rate
 from vauban.evaluation.groups import LANGUAGES, evaluate_groups, language_judge, language_prompts
@@ -268,7 +268,7 @@ def chosen_edit(model, tokenizer, direction, cats, measuring, keep: str, cv: dic
     return {name: make({"keep": setting, "prior": 1.0, "strength": strength})}
 
 
-HELD = {"test": "test_categories.jsonl", "eval": "eval_categories.jsonl"}  # --held: which set reports
+HELD = {k: f"{v}.jsonl" for k, v in CATEGORY_SETS.items() if k != "measure"}  # --held: the reporting set
 
 
 def stage_categories(

@@ -421,7 +421,7 @@ def control_keep_dev() -> list[str]:
             ]
         )
         rows.append(["", "matched as " + cv["keep"], *(pct(cand["matched_share"][cat]) for cat in cats), ""])
-    earlier = len(wt.get("prompts", [])) != len(cv["answers"]["prompts"])  # not rerun on these prompts
+    earlier = wt.get("prompts") != cv["answers"]["prompts"]  # weights not rerun on these prompts
     for name, rates in wt["rates"].items():
         label = f"weights, {name}" + (f" (round 2: {len(wt['prompts'])} prompts)" if earlier else "")
         rows.append(

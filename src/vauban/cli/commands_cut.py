@@ -113,7 +113,7 @@ def check_method(args: argparse.Namespace, spec: CutSpec, keep: list[str] | None
 
 
 def method_options(args: argparse.Namespace) -> dict[str, float]:
-    """``--method-option KEY=VALUE`` as numbers (``steps`` and ``prompts`` as integers)."""
+    """``--method-option KEY=VALUE`` as numbers (those of :data:`INTEGER_OPTIONS` as integers)."""
     out: dict[str, float] = {}
     for item in getattr(args, "method_option", None) or []:
         key, sep, value = item.partition("=")
@@ -124,11 +124,12 @@ def method_options(args: argparse.Namespace) -> dict[str, float]:
         if not sep or not key or math.isnan(number) or key not in METHOD_OPTIONS["learned_preserving"]:
             keys = ", ".join(METHOD_OPTIONS["learned_preserving"])
             raise VaubanError(f"--method-option {item!r}: give KEY=NUMBER with KEY one of {keys}")
-        out[key] = int(number) if key in ("steps", "prompts", "rows") else number
+        out[key] = int(number) if key in INTEGER_OPTIONS else number
     return out
 
 
 _PRESERVING, _LEARNING = ("keep", "strength", "ridge", "prior", "rows"), ("steps", "lr", "prompts")
+INTEGER_OPTIONS = ("rows", "steps", "prompts")  # counts: given as integers to the method
 METHOD_OPTIONS = {  # the settings each fitted --method takes
     "harmless_preserving": _PRESERVING,
     "learned": _LEARNING,
