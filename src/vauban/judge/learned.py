@@ -213,14 +213,13 @@ class Reader:
         return encode(self.tokenizer, prompt, answer, self.answer_tokens)
 
     @torch.inference_mode()
-    def features(self, prompts: Sequence[str], answers: Sequence[str], tail: bool = False) -> np.ndarray:
-        """Shape ``(pairs, layers, 3 * hidden)``: per pair and layer, the mean of the answer's
-        hidden states, the answer's last token's, and the prompt's last token's (with ``tail``, a
-        fourth block: the mean over the answer's last :data:`TAIL_TOKENS` tokens)."""
+    def states(self, prompts: Sequence[str], answers: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per pair: the answer's hidden states, shape ``(layers, tokens, hidden)`` (an empty
+        answer reads as the prompt's last token), and the prompt's last token's, ``(layers,
+        hidden)``; float32, in input order. What every head pools from."""
         encoded = [self.encode(p, a) for p, a in zip(prompts, answers, strict=True)]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-        width = self.model.config.hidden_size
-        out = np.zeros((len(encoded), len(self.layers), (4 if tail else 3) * width), dtype=np.float32)
+        out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0), np.zeros(0))] * len(encoded)
         for start in range(0, len(order), BATCH):
             rows = order[start : start + BATCH]
             longest = max(len(encoded[i][0]) for i in rows)
@@ -236,17 +235,27 @@ class Reader:
                 output_hidden_states=True,
                 use_cache=False,
             ).hidden_states
+            picked = torch.stack([hidden[layer] for layer in self.layers], 1).float().cpu().numpy()
             for r, i in enumerate(rows):
                 seq, begin = encoded[i]
                 end = len(seq)
-                for k, layer in enumerate(self.layers):
-                    states = hidden[layer][r].float()
-                    first = min(begin, end - 1)
-                    pooled = [states[first:end].mean(0), states[end - 1], states[begin - 1]]
-                    if tail:
-                        pooled.append(states[max(first, end - TAIL_TOKENS) : end].mean(0))
-                    out[i, k] = torch.cat(pooled).cpu().numpy()
+                out[i] = (picked[r, :, min(begin, end - 1) : end], picked[r, :, begin - 1])
         return out
+
+    def features(self, prompts: Sequence[str], answers: Sequence[str], tail: bool = False) -> np.ndarray:
+        """Shape ``(pairs, layers, 3 * hidden)``: per pair and layer, the mean of the answer's
+        hidden states, the answer's last token's, and the prompt's last token's (with ``tail``, a
+        fourth block: the mean over the answer's last :data:`TAIL_TOKENS` tokens)."""
+        return np.stack([pool(a, p, tail) for a, p in self.states(prompts, answers)]).astype(np.float32)
+
+
+def pool(answer: np.ndarray, prompt: np.ndarray, tail: bool = False) -> np.ndarray:
+    """The pooled features of one pair from its :meth:`Reader.states`: per layer, the answer's
+    mean, its last token, the prompt's last token (and with ``tail`` the last tokens' mean)."""
+    blocks = [answer.mean(1), answer[:, -1], prompt]
+    if tail:
+        blocks.append(answer[:, -TAIL_TOKENS:].mean(1))
+    return np.concatenate(blocks, 1)
 
 
 def marker_features(prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
