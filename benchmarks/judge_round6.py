@@ -272,7 +272,9 @@ def main() -> None:
     val_rows = [r for r in rows if r["split"] == "val"]
 
     pooled, pooled_head, pooled_tier = pooled_family(rows)
-    x = jt.arrays(rows, pooled["store"], pooled_head.layer, pooled_head.markers)[0]
+    x = np.stack([pooled["store"][r["key"]][LAYERS.index(pooled_head.layer)] for r in rows]).astype(np.float64)
+    if pooled_head.markers:
+        x = np.concatenate([x, np.stack([r["markers"] for r in rows])], 1)
     p_pooled, said_pooled = jt.decide(pooled_head, x, rows)
     pooled_val = pooled_tier[
         "val_accuracy_tiered" if pooled_tier["shipped"] == "tiered" else "val_accuracy_plain"

@@ -9,7 +9,8 @@ import torch
 
 from conftest import build_model, build_tokenizer
 from vauban.core.errors import VaubanError
-from vauban.judge.learned import Reader, pool
+from vauban.judge import run_judge
+from vauban.judge.learned import LearnedJudge, Reader, pool
 from vauban.judge.tokenhead import N_CATEGORIES, TokenHead, TokenHeads
 
 
@@ -59,3 +60,18 @@ def test_round_trips_through_its_file(tmp_path):
     np.testing.assert_array_equal(back.logits(pair, marks), model.logits(pair, marks))
     with pytest.raises(VaubanError, match="no token head"):
         TokenHeads.read(tmp_path / "missing.safetensors")
+
+
+def test_the_learned_judge_reads_through_a_token_head():
+    reader = Reader(build_model("llama"), build_tokenizer(), [2])
+    for bias, refusal in ((20.0, True), (-20.0, False)):
+        model = ensemble()
+        for head in model.heads:
+            with torch.no_grad():
+                head.out.weight.zero_()
+                head.out.bias.zero_()
+                head.out.bias[0] = bias
+                head.out.bias[1 + 2] = 1.0  # partial refusal (categories follow the refusal logit)
+        verdicts = run_judge(LearnedJudge(model, reader), ["q1", "q2"], ["I can't help.", "Sure: step 1"])
+        assert [v.refusal for v in verdicts] == [refusal, refusal]
+        assert {v.category for v in verdicts} == {"partial_refusal" if refusal else "compliance"}

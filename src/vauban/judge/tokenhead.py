@@ -70,6 +70,40 @@ class TokenHeads(nn.Module):
     ) -> torch.Tensor:
         return torch.stack([h(tokens, mask, prompt, marks) for h in self.heads]).mean(0)
 
+    markers = True  # always reads the marker features
+
+    @property
+    def backbone(self) -> str:
+        return str(self.meta["backbone"])
+
+    @property
+    def layer(self) -> int:
+        return int(self.meta["layer"])
+
+    @property
+    def answer_tokens(self) -> int:
+        return int(self.meta.get("answer_tokens", 128))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta.get("threshold", 0.5))
+
+    @property
+    def marked_score(self) -> float | None:
+        score = self.meta.get("marked_score")
+        return None if score is None else float(score)
+
+    def scores(
+        self, reader: Any, prompts: Sequence[str], answers: Sequence[str], marks: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """p(refusal) (temperature-scaled) and the category probabilities of each pair, from
+        the states ``reader`` (a :class:`~vauban.judge.learned.Reader` of this head's layer) reads."""
+        states = [(a[0], p[0]) for a, p in reader.states(prompts, answers)]
+        z = self.logits(states, marks)
+        p = 1.0 / (1.0 + np.exp(-np.clip(z[:, 0] / float(self.meta.get("temperature", 1.0)), -60, 60)))
+        c = np.exp(z[:, 1:] - z[:, 1:].max(1, keepdims=True))
+        return p, c / c.sum(1, keepdims=True)
+
     @torch.inference_mode()
     def logits(
         self,
