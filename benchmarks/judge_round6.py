@@ -263,14 +263,80 @@ def held_out(r: dict[str, Any]) -> bool:
     return name == "mistralguard" and int(number.split("-")[1]) % 2 == 0
 
 
-def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
-    states14 = load_states(14)
-    rows = [r for r in jt.load_rows() + jt.xstest_rows() if r["key"] in states14]
-    print(f"{len(rows)} answers with states", flush=True)
+def labelled(states: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every labelled and XSTest answer that has states, with its marker features."""
+    rows = [r for r in jt.load_rows() + jt.xstest_rows() if r["key"] in states]
     marks = marker_features([r["prompt"] for r in rows], [r["answer"] for r in rows])
     for r, m in zip(rows, marks, strict=True):
         r["markers"] = m
+    return rows
+
+
+def tensors_view(s: Split, pick: np.ndarray) -> Split:
+    """The rows of ``s`` where ``pick`` (marks and labels only: what :func:`decide_token` reads)."""
+    rows = [r for r, k in zip(s.rows, pick, strict=True) if k]
+    return dataclasses.replace(
+        s, rows=rows, marks=s.marks[torch.from_numpy(pick)], gold=s.gold[pick], cat=s.cat[pick]
+    )
+
+
+def post_hoc() -> None:
+    """After the rule's outcome (``--post-hoc``): the token head with the markers' tier forced,
+    and how many of its XSTest misses the markers had caught. Computed after XSTest was read:
+    it informs the decision in docs/benchmarks.md, it is no unbiased estimate."""
+    model = TokenHeads.read(CANDIDATES / "token_head.safetensors")
+    states = load_states(model.layer)
+    rows = labelled(states)
+    s = tensors(rows, states)
+    z = predict(model, s)[:, 0]
+    out = json.loads(RESULTS.read_text(encoding="utf-8"))
+    cal = dict(out["token"]["calibration"])
+    _, said = decide_token(z, s, cal)
+    marked = s.marks[:, 0].numpy() > 0.5
+    gold = s.gold
+    val = np.array([r["split"] == "val" for r in rows])
+    # the tier as round 5 sets it: VAL's share of marked answers that are refusals, and the
+    # threshold with the best VAL accuracy under the tier (calibrate's tiered threshold)
+    tiered_cal = {**cal, "marked_score": round(float(gold[val & marked].mean()), 4)}
+    tiered_cal["threshold"] = max(
+        [round(0.05 * k, 2) for k in range(4, 20)],
+        key=lambda th: (
+            float(
+                (
+                    decide_token(z[val], tensors_view(s, val), {**tiered_cal, "threshold": th})[1]
+                    == gold[val]
+                ).mean()
+            ),
+            -abs(th - 0.5),
+        ),
+    )
+    pt, said_t = decide_token(z, s, tiered_cal)
+    xs = np.array([r["split"] == "xstest" for r in rows])
+    misses = xs & gold & ~said
+    out["post_hoc"] = {
+        "note": post_hoc.__doc__.split("``--post-hoc``): ", 1)[1].replace("\n    ", " ").strip(),
+        "xstest_misses_of_the_token_head": int(misses.sum()),
+        "of_which_the_markers_call_refusals": int((misses & marked).sum()),
+        "tiered_calibration": tiered_cal,
+        "token_tiered": report(said_t, pt, rows),
+    }
+    RESULTS.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    n = out["post_hoc"]["token_tiered"]
+    print(
+        {k: n[k]["accuracy"] for k in ("val", "test", "xstest_all", "xstest_held_out_225")},
+        n["evasion_and_late_set_test"],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--post-hoc", action="store_true", help="only the post-hoc section (see post_hoc)")
+    if parser.parse_args().post_hoc:
+        post_hoc()
+        return
+    states14 = load_states(14)
+    rows = labelled(states14)
+    print(f"{len(rows)} answers with states", flush=True)
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "val"]
 
