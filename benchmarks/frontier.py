@@ -49,11 +49,6 @@ LEARNED: dict = {}  # learned directions by (layer, steps), fitted once a proces
 # score them (docs/methods.md)
 EXTRA_KEEPS, EXTRA_STRENGTHS = (0.3, 1.0, 3.0), (1.0, 1.15, 1.3, 1.5)
 SAFE = 48
-ROWS_NOTE = (
-    "harmless-preserving edits fitted on every token row of the 104 fitting prompts"
-    " (`row_limit`'s default); the learned-preserving rows on 1,024, evaluated before that default"
-    " (2026-12-07) and not re-run"
-)
 BOOT = 2000
 # optimize's front trial 5 of the heretic comparison (peers_demo.json "frontier"): a kernel cut at
 # partial strengths, where the norm-preserving rescale leaks
@@ -504,7 +499,6 @@ def gather(select_row: dict) -> dict:
         "answer_tokens": MAX_TOKENS,
         "intervals": f"bootstrap over prompts, {BOOT} resamples, 95 % ([value, low, high])",
         "direction_seconds": (read("direction_time") or {}).get("seconds"),
-        "rows_note": ROWS_NOTE,
         "select": select_row,
         "rows": {name: summary(row) for name, row in rows.items()},
         "capability": caps,

@@ -75,7 +75,6 @@ def frontier() -> list[str]:
         if diff
         else ""
     )
-    note += f" Rows: {r['rows_note']}." if r.get("rows_note") else ""
     yardstick = r.get("heretic_yardstick")
     note += (
         f" heretic's yardstick: `{yardstick['command']}` ({yardstick['what']}; the original's row is"

@@ -12,7 +12,7 @@ import torch
 from conftest import HARMFUL, HARMLESS, build_model
 from vauban import VaubanError, measure
 from vauban.edit.cutting import active_cuts, cut, original_weights
-from vauban.methods.capture import MAX_ROWS, row_limit, writer_inputs
+from vauban.methods.capture import writer_inputs
 from vauban.methods.leak import leak, leak_free_plan
 from vauban.methods.preserving import solve
 from vauban.methods.protocol import Inputs, low_rank_factors, rank
@@ -389,19 +389,3 @@ def test_harmless_preserving_rows_bounds_the_captured_rows(measured, tokenizer):
     assert same_bits(model, before)
     with pytest.raises(VaubanError, match="rows ≥ 1"):
         get_method("harmless_preserving").make(model, tokenizer, direction, Inputs(HARMFUL, HARMLESS), rows=0)
-
-
-def test_the_preserving_edit_keeps_every_row_its_memory_budget_allows(measured, tokenizer):
-    """The default ``rows`` is :func:`row_limit`: both prompt sets' float32 writer inputs within the
-    budget, never fewer than ``MAX_ROWS``; the tiny prompts are under it, so the default edit is
-    the one fitted on every captured row, and the default is not recorded."""
-    model, direction = measured["qwen2"]
-    width = sum(w.weight.numel() // w.weight.shape[w.axis] for w in arch.residual_writers(model))
-    assert row_limit(model, budget=0) == MAX_ROWS
-    assert row_limit(model, budget=2 * 4 * width * 5000) == 5000
-    method, inputs = get_method("harmless_preserving"), Inputs(HARMFUL, HARMLESS)
-    with method.make(model, tokenizer, direction, inputs) as applied:
-        default = snapshot(model)
-        assert "rows" not in applied.record()
-    with method.make(model, tokenizer, direction, inputs, rows=10**9):
-        assert same_bits(model, default)

@@ -15,18 +15,6 @@ from ..text.formatting import Formatting
 from ..text.prompts import encode_chat, pad_id
 
 MAX_ROWS = 1024  # token rows kept per writer and prompt set (a random subsample beyond)
-ROW_BUDGET = 6 * 2**30  # bytes the preserving edit's two captured prompt sets may take (float32)
-
-
-def row_limit(model: nn.Module, budget: int = ROW_BUDGET) -> int:
-    """Token rows per writer and prompt set whose float32 inputs, for every writer and both prompt
-    sets, fit in ``budget`` bytes; never fewer than :data:`MAX_ROWS`. The preserving edit's
-    default: more rows fit the harmless outputs on more of their variety, so it keeps every row
-    the memory allows (``benchmarks/results/preserving_rows.json``: 19–30 % less first-token KL
-    at the same refusal score on the demo's held-back prompts, all ~2,200 rows of each set
-    against 1,024)."""
-    width = sum(w.weight.numel() // w.weight.shape[w.axis] for w in arch.residual_writers(model))
-    return max(MAX_ROWS, budget // (2 * 4 * max(width, 1)))
 
 
 def writer_module(model: nn.Module, writer: arch.ResidualWriter) -> nn.Module:

@@ -31,7 +31,7 @@ from ..core.errors import VaubanError
 from ..edit.cutting import Cut, layer_bases, writer_basis
 from ..model import arch
 from ..runtime.activations import model_device
-from .capture import MAX_ROWS, row_limit, writer_inputs
+from .capture import MAX_ROWS, writer_inputs
 from .protocol import GivenCut, Inputs, TensorPlan
 
 LAMBDA = 1.0  # weight of keeping harmless outputs against removing harmful ones
@@ -99,15 +99,13 @@ def capture_set(
 
 
 def capture(
-    model: nn.Module, tokenizer: Any, inputs: Inputs, max_rows: int | None = None
+    model: nn.Module, tokenizer: Any, inputs: Inputs, max_rows: int = MAX_ROWS
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``(harmful, harmless)`` inputs of every writer, from the model as it is (call it on the
-    original); at most ``max_rows`` token rows per writer and set (default
-    :func:`~.capture.row_limit`: every row the memory budget allows)."""
-    limit = row_limit(model) if max_rows is None else max_rows
+    original)."""
 
     def capture(prompts: Sequence[str], prompt_set: str) -> dict[str, torch.Tensor]:
-        return capture_set(model, tokenizer, inputs, prompts, prompt_set, limit)
+        return capture_set(model, tokenizer, inputs, prompts, prompt_set, max_rows)
 
     return capture(inputs.harmful, "harmful"), capture(inputs.harmless, "harmless")
 
@@ -160,9 +158,9 @@ def edit(
 ) -> Cut:
     """The applied edit of the module docstring along ``direction``, recorded as ``method`` with its
     settings (and ``record``); ``params``: ``keep``, ``ridge``, ``prior``, ``strength``, ``layers``
-    (default all), ``rows`` (token rows captured per writer and set, at least 1; default
-    :func:`~.capture.row_limit`, every row within a memory budget; recorded when given) and
-    ``captured`` (:func:`capture`'s pair, reused across settings)."""
+    (default all), ``rows`` (token rows captured per writer and set, default :data:`MAX_ROWS`:
+    more rows fit the harmless outputs on more of their variety, at the memory of
+    rows × writers' inputs) and ``captured`` (:func:`capture`'s pair, reused across settings)."""
     settings = {
         "keep": params.get("keep", LAMBDA),
         "ridge": params.get("ridge", RIDGE),
@@ -171,13 +169,12 @@ def edit(
     strength = params.get("strength", 1.0)
     layers = params.get("layers")
     chosen = list(range(arch.num_layers(model))) if layers is None else list(layers)
-    rows = params.get("rows")
-    if rows is not None and int(rows) < 1:
+    rows = int(params.get("rows", MAX_ROWS))
+    if rows < 1:
         raise VaubanError(f"the preserving edit needs rows ≥ 1 captured per writer, got {rows}")
-    given = None if rows is None else int(rows)
-    harmful, harmless = params.get("captured") or capture(model, tokenizer, inputs, given)
+    harmful, harmless = params.get("captured") or capture(model, tokenizer, inputs, rows)
     found = plans(model, direction, harmful, harmless, layers=chosen, strength=strength, **settings)
-    sized = {"rows": given} if given is not None else {}
+    sized = {"rows": rows} if rows != MAX_ROWS else {}
     recorded = {**settings, "strength": strength, **sized, **(record or {})}
     return GivenCut(model, found, method, recorded, chosen).apply()
 
