@@ -19,6 +19,7 @@ def test_benchmark_imports(script, monkeypatch):
     name = f"_bench_{script[:-3]}"
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import registers it (dataclasses look their module up there)
     try:
         spec.loader.exec_module(module)
     except ImportError as error:  # an optional runtime a benchmark needs (mlx, llama.cpp) is fine
