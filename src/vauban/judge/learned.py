@@ -18,7 +18,9 @@ non-compliance category (``late`` when it is ``late_refusal``).
 
 The heads are ``learned/head.npz`` beside this module with their data card ``learned/card.json``
 (training sources and counts, label agreement, validation and test numbers), written by
-``benchmarks/judge_train.py``. Nothing is downloaded: the backbone is a file inside an installed
+``benchmarks/judge_train.py``; a ``learned/token_head.safetensors``, when the package has one, is
+read instead (:mod:`.tokenhead`: a head over every answer token; none ships, see
+``docs/benchmarks.md``, round 6). Nothing is downloaded: the backbone is a file inside an installed
 package, dequantized once into vauban's cache. CPU float32 inference is deterministic.
 """
 
