@@ -40,7 +40,7 @@ def main() -> None:
     held = {p["cut"]: p for p in pairs() if "every row" not in p["cut"]}
     rows = []
     for path in sorted(frontier.WORK.glob("eval_*.json")):
-        settings = json.loads(path.read_text())["settings"]
+        settings = json.loads(path.read_text()).get("settings")
         if not settings or name_of(settings) not in held:
             continue
         start = time.perf_counter()
