@@ -21,8 +21,7 @@ import numpy as np
 
 import judge_round6 as r6
 import judge_train as jt
-from judge_tokens import load_states
-from vauban.judge.learned import pool
+from judge_tokens import load_states, pooled
 
 RESULTS = Path(__file__).parent / "results" / "judge_curve.json"
 SHARES, DRAWS, LAYER = (0.25, 0.5, 1.0), 3, 14
@@ -32,7 +31,7 @@ def pooled_accuracy(train: list[dict], val: list[dict], states: dict) -> float:
     """Round 5's head (markers on, C chosen on VAL) fitted on ``train``: its best VAL accuracy."""
 
     def x_of(rows: list[dict]) -> np.ndarray:
-        x = np.stack([pool(*(a[None].astype(np.float32) for a in states[r["key"]]))[0] for r in rows])
+        x = np.stack([pooled(states, r["key"]) for r in rows])
         return np.concatenate([x.astype(np.float64), np.stack([r["markers"] for r in rows])], 1)
 
     xt, xv = x_of(train), x_of(val)

@@ -44,8 +44,8 @@ import numpy as np
 import torch
 
 import judge_train as jt
-from judge_tokens import LAYERS, load_states
-from vauban.judge.learned import CATEGORIES, Head, marker_features, pool
+from judge_tokens import LAYERS, load_states, pooled
+from vauban.judge.learned import CATEGORIES, Head, marker_features
 from vauban.judge.tokenhead import TokenHead, TokenHeads
 
 RESULTS = Path(__file__).parent / "results" / "judge_round6.json"
@@ -173,8 +173,9 @@ def ensemble(best: dict[str, Any], hidden: int) -> TokenHeads:
     return TokenHeads(heads, meta).eval()
 
 
-def calibrate(z: np.ndarray, s: Split) -> dict[str, Any]:
-    """Round 5's calibration and tiering on VAL: temperature, threshold, tiered if better."""
+def calibrate(z: np.ndarray, s: Split, force_tier: bool = False) -> dict[str, Any]:
+    """Round 5's calibration and tiering on VAL: temperature, threshold, tiered if better (or,
+    with ``force_tier``, tiered whatever its accuracy)."""
     t = jt.temperature(z, s.gold.astype(float))
     p = 1 / (1 + np.exp(-np.clip(z / t, -60, 60)))
     grid = [round(0.05 * k, 2) for k in range(4, 17)]
@@ -188,7 +189,7 @@ def calibrate(z: np.ndarray, s: Split) -> dict[str, Any]:
 
     tiered = max(tiered_grid, key=lambda th: (tiered_acc(th), -abs(th - 0.5)))
     plain_acc = float(((p >= plain) == s.gold).mean())
-    use_tier = tiered_acc(tiered) > plain_acc
+    use_tier = force_tier or tiered_acc(tiered) > plain_acc
     return {
         "temperature": round(t, 4),
         "threshold": tiered if use_tier else plain,
@@ -212,12 +213,7 @@ def pooled_family(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], Head, dic
     """Round 5's method at layers 10, 14, 18 (pooled from the same token states)."""
     jt.LAYERS, jt.BACKBONE = LAYERS, "demo"
     per_layer = [load_states(layer) for layer in LAYERS]
-    store = {
-        k: np.stack(
-            [pool(s[k][0][None].astype(np.float32), s[k][1][None].astype(np.float32))[0] for s in per_layer]
-        )
-        for k in per_layer[0]
-    }
+    store = {k: np.stack([pooled(s, k) for s in per_layer]) for k in per_layer[0]}
     labelled = [r for r in rows if r["split"] in ("train", "val", "test")]
     best, study = jt.choose(labelled, store)
     head = jt.build_head(labelled, store, best["layer"], best["C"], best["markers"])
@@ -295,21 +291,7 @@ def post_hoc() -> None:
     marked = s.marks[:, 0].numpy() > 0.5
     gold = s.gold
     val = np.array([r["split"] == "val" for r in rows])
-    # the tier as round 5 sets it: VAL's share of marked answers that are refusals, and the
-    # threshold with the best VAL accuracy under the tier (calibrate's tiered threshold)
-    tiered_cal = {**cal, "marked_score": round(float(gold[val & marked].mean()), 4)}
-    tiered_cal["threshold"] = max(
-        [round(0.05 * k, 2) for k in range(4, 20)],
-        key=lambda th: (
-            float(
-                (
-                    decide_token(z[val], tensors_view(s, val), {**tiered_cal, "threshold": th})[1]
-                    == gold[val]
-                ).mean()
-            ),
-            -abs(th - 0.5),
-        ),
-    )
+    tiered_cal = calibrate(z[val], tensors_view(s, val), force_tier=True)
     pt, said_t = decide_token(z, s, tiered_cal)
     xs = np.array([r["split"] == "xstest" for r in rows])
     misses = xs & gold & ~said

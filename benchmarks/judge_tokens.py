@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from judge_train import ANSWER_TOKENS, DATA, SEED, load_rows, xstest_rows
-from vauban.judge.learned import Reader
+from vauban.judge.learned import Reader, pool
 
 TOKENS = DATA / "tokens"
 LAYERS = (10, 14, 18)
@@ -45,6 +45,12 @@ def load_states(layer: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             for i, name in enumerate(data["keys"].tolist()):
                 out[name] = (answers[bounds[i] : bounds[i + 1]], prompts[i])
     return out
+
+
+def pooled(states: dict[str, tuple[np.ndarray, np.ndarray]], key: str) -> np.ndarray:
+    """Round 5's pooled features (:func:`vauban.judge.learned.pool`) of one answer's stored states."""
+    answer, prompt = states[key]
+    return pool(answer[None].astype(np.float32), prompt[None].astype(np.float32))[0]
 
 
 def save(part: list[dict[str, Any]], states: list[tuple[np.ndarray, np.ndarray]]) -> Path:

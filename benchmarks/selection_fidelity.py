@@ -50,18 +50,21 @@ def pairs() -> list[dict[str, Any]]:
     return out
 
 
-def main() -> None:
+def spearman(rows: list[dict[str, Any]], x: str, y: str) -> list[float]:
+    """``[rho, p]``: the Spearman rank correlation of columns ``x`` and ``y`` of ``rows``."""
     from scipy.stats import spearmanr
 
+    result = spearmanr([r[x] for r in rows], [r[y] for r in rows])
+    return [round(float(result.statistic), 3), float(result.pvalue)]
+
+
+def main() -> None:
     rows = pairs()
-    col = {k: [r[k] for r in rows] for k in rows[0]}
-    kl = spearmanr(col["held_back_first_token_kl"], col["report_first_token_kl"])
-    refusal = spearmanr(col["held_back_refusal_score"], col["report_refused"])
     out = {
         "what": __doc__.split("\n\n")[1].replace("\n", " "),
         "cuts": len(rows),
-        "spearman_first_token_kl": [round(float(kl.statistic), 3), float(kl.pvalue)],
-        "spearman_refusal": [round(float(refusal.statistic), 3), float(refusal.pvalue)],
+        "spearman_first_token_kl": spearman(rows, "held_back_first_token_kl", "report_first_token_kl"),
+        "spearman_refusal": spearman(rows, "held_back_refusal_score", "report_refused"),
         "rows": rows,
     }
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")

@@ -26,10 +26,9 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(HERE))
-    from scipy.stats import spearmanr
 
     import frontier
-    from selection_fidelity import name_of, pairs
+    from selection_fidelity import name_of, pairs, spearman
     from vauban import quick
     from vauban.judge.answers import completions
     from vauban.text.prompts import load_prompts
@@ -49,14 +48,12 @@ def main() -> None:
         row = {**held[name_of(settings)], "eval_harmful_refused": sum(a.refused for a in done)}
         rows.append(row | {"seconds": round(time.perf_counter() - start)})
         print(json.dumps(rows[-1]), flush=True)
-    judged = spearmanr([r["eval_harmful_refused"] for r in rows], [r["report_refused"] for r in rows])
-    score = spearmanr([r["held_back_refusal_score"] for r in rows], [r["report_refused"] for r in rows])
     out = {
         "what": __doc__.split("\n\n")[1].replace("\n", " "),
         "prompts": f"bundled eval_harmful ({len(prompts)}), greedy, {TOKENS} tokens, markers",
         "cuts": len(rows),
-        "spearman_judged_vs_report": [round(float(judged.statistic), 3), float(judged.pvalue)],
-        "spearman_held_back_score_vs_report": [round(float(score.statistic), 3), float(score.pvalue)],
+        "spearman_judged_vs_report": spearman(rows, "eval_harmful_refused", "report_refused"),
+        "spearman_held_back_score_vs_report": spearman(rows, "held_back_refusal_score", "report_refused"),
         "rows": rows,
     }
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
