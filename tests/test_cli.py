@@ -205,6 +205,7 @@ def test_abliterate_fitted_method_exports_its_rank_one_edit_with_its_settings(ws
     [
         ("harmless_preserving", ["keep=x"], "give KEY=NUMBER"),
         ("harmless_preserving", ["steps=3"], "takes no steps"),
+        ("learned_preserving", ["subspace=2"], "takes no subspace"),
         ("plain", ["keep=1"], "add --method NAME"),
         ("auto", ["keep=1"], "--method auto chooses its settings"),
     ],

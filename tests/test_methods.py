@@ -116,6 +116,47 @@ def test_harmless_preserving_edit_on_captured_inputs(measured, tokenizer, kind):
             assert b.shape[1] == a.shape[0] == 1 and torch.allclose(old + b @ a, new, atol=1e-6)
 
 
+def test_solve_takes_several_directions_at_once_column_by_column():
+    g = torch.Generator().manual_seed(1)
+    xh, xb, v0 = (
+        torch.randn(30, 48, generator=g),
+        torch.randn(12, 48, generator=g),
+        torch.randn(48, 3, generator=g),
+    )
+    both = solve(xh, xb, v0, keep=0.5, ridge=1e-3, prior=1.0)
+    assert both.shape == (48, 3)
+    for j in range(3):
+        assert torch.allclose(both[:, j], solve(xh, xb, v0[:, j], keep=0.5, ridge=1e-3, prior=1.0), atol=1e-5)
+
+
+def test_harmless_preserving_over_a_subspace_removes_every_row_and_keeps_harmless_outputs(
+    measured, tokenizer
+):
+    model, direction = measured["qwen2"]
+    writers = arch.residual_writers(model)
+    xh = writer_inputs(model, tokenizer, HARMFUL, writers, prompt_set="harmful", max_rows=20)
+    xb = writer_inputs(model, tokenizer, HARMLESS, writers, prompt_set="harmless", max_rows=20)
+    xh = {name: _distinct(rows, xb[name]) for name, rows in xh.items()}
+    originals = {w.name: w.weight.detach().clone() for w in writers}
+    with get_method("harmless_preserving").make(
+        model, tokenizer, direction, Inputs(HARMFUL, HARMLESS), ridge=1e-8, captured=(xh, xb), subspace=2
+    ) as applied:
+        assert rank(applied) == 2
+        assert applied.record()["subspace"] == 2
+        for w in writers:
+            q = applied._edits[[e.name for e in applied._edits].index(f"{w.name}.weight")].basis.float()
+            assert q.shape[0] == 2
+            new, old = w.weight.detach(), originals[w.name]
+            h, b = xh[w.name], _distinct(xb[w.name], xh[w.name])
+            scale = (h @ old.T @ q.T).abs().max()
+            assert (h @ new.T @ q.T).abs().max() < 2e-2 * scale  # both rows gone from harmful outputs
+            assert (b @ new.T - b @ old.T).abs().max() < 2e-2 * scale  # harmless outputs kept
+    with pytest.raises(VaubanError, match="subspace must be a number of directions"):
+        get_method("harmless_preserving").make(
+            model, tokenizer, direction, Inputs(HARMFUL, HARMLESS), captured=(xh, xb), subspace=0
+        )
+
+
 def test_plain_cut_is_rank_one_and_its_lora_factors_give_the_edit(measured):
     model, direction = measured["qwen2"]
     before = snapshot(model)

@@ -121,17 +121,18 @@ def method_options(args: argparse.Namespace) -> dict[str, float]:
             number = float(value)
         except ValueError:
             number = math.nan
-        if not sep or not key or math.isnan(number) or key not in METHOD_OPTIONS["learned_preserving"]:
-            keys = ", ".join(METHOD_OPTIONS["learned_preserving"])
+        known = dict.fromkeys(k for keys in METHOD_OPTIONS.values() for k in keys)
+        if not sep or not key or math.isnan(number) or key not in known:
+            keys = ", ".join(known)
             raise VaubanError(f"--method-option {item!r}: give KEY=NUMBER with KEY one of {keys}")
         out[key] = int(number) if key in INTEGER_OPTIONS else number
     return out
 
 
 _PRESERVING, _LEARNING = ("keep", "strength", "ridge", "prior", "rows"), ("steps", "lr", "prompts")
-INTEGER_OPTIONS = ("rows", "steps", "prompts")  # counts: given as integers to the method
+INTEGER_OPTIONS = ("rows", "steps", "prompts", "subspace")  # counts: given as integers to the method
 METHOD_OPTIONS = {  # the settings each fitted --method takes
-    "harmless_preserving": _PRESERVING,
+    "harmless_preserving": (*_PRESERVING, "subspace"),
     "learned": _LEARNING,
     "learned_preserving": _PRESERVING + _LEARNING,
 }

@@ -316,7 +316,8 @@ def variant_flags(p: argparse.ArgumentParser) -> None:
         action="append",
         metavar="KEY=VALUE",
         help="a setting of a fitted --method, repeatable: keep (λ), strength, ridge, prior, rows "
-        "(preserving edits), steps, lr, prompts (learned direction); e.g. --method-option strength=1.3",
+        "(preserving edits), subspace (harmless_preserving over a k-direction subspace), steps, lr, "
+        "prompts (learned direction); e.g. --method-option strength=1.3",
     )
 
 

@@ -16,10 +16,12 @@ Specs:
 - ``chat:MODEL[?OPTIONS]``: any chat model vauban can load (``chat:demo`` for the demo model),
   asked a documented rubric; the score is the probability of its verdict token in one forward
   pass (:mod:`.chat`, :mod:`.rubric`); options ``threshold=X``, ``answer_tokens=N``.
-- ``learned[?threshold=X]``: a probe shipped with vauban over SmolLM2-135M's hidden states, offline
-  on a CPU (:mod:`.learned`; ``pip install 'vauban[judge-learned]'``); its verdicts also carry a
-  ``category`` (compliance, full/partial/late refusal, evasion). Experimental: its head's
-  accuracy is in ``learned/card.json`` and below the markers' on XSTest, so it is not the default.
+- ``learned[?threshold=X]``: a probe shipped with vauban over the demo model's hidden states
+  (Qwen2.5-Coder-0.5B-Instruct), tiered over the markers, offline on a CPU (:mod:`.learned`;
+  ``pip install 'vauban[judge-learned]'``); its verdicts also carry a ``category`` (compliance,
+  full/partial/late refusal, evasion). Not the default: its accuracy (``learned/card.json``,
+  ``docs/benchmarks.md``) ties the markers' on XSTest and its false alarms on compliant answers to
+  harmful prompts are three times theirs, which would inflate every cut's refusal count.
 - ``endpoint:URL[#MODEL]``: the same rubric sent to an OpenAI-compatible server through the
   ``openai`` client (:mod:`.endpoint`; ``pip install 'vauban[judge]'``); ``OPENAI_API_KEY`` is
   sent when set.

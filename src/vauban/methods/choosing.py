@@ -5,7 +5,8 @@ Candidates (:func:`candidate_settings`): the plain cut at each layer ``measure``
 (their scores are reused, not measured again); at the layers whose plain score is within the
 tolerance of the best, and at the layer ``measure`` chose, the harmless-preserving edit for each
 λ of :data:`KEEPS`; at ``measure``'s layer the projected and the norm-preserving cut; the subspaces of
-:data:`SUBSPACE_KS` directions at ``measure``'s layer (``k`` chosen by effect, like the rest).
+:data:`SUBSPACE_KS` directions at ``measure``'s layer (``k`` chosen by effect, like the rest), each
+cut plainly and by the harmless-preserving edit over it at each λ of :data:`KEEPS`.
 Each is applied, scored (refusal likelihood on the held-back harmful prompts the original refuses,
 first-token KL on the held-back harmless ones) and undone. Not candidates: ``learned`` and
 ``learned_preserving``, whose direction is fitted by gradient on the very two quantities this score
@@ -40,6 +41,11 @@ def candidate_settings(direction: Any) -> list[dict[str, Any]]:
     ]
     out += [{"method": m, "layer": direction.layer_index} for m in ("projected", "norm_preserving")]
     out += [{"method": "subspace", "k": k} for k in SUBSPACE_KS]
+    out += [
+        {"method": "harmless_preserving", "layer": direction.layer_index, "keep": keep, "subspace": k}
+        for k in SUBSPACE_KS
+        for keep in KEEPS
+    ]
     return out
 
 
@@ -50,12 +56,14 @@ def build(
     settings: dict[str, Any],
     inputs: Inputs,
     captured: Any = None,
-    learned: MutableMapping[tuple[int, int], Any] | None = None,
+    learned: MutableMapping[tuple[Any, ...], Any] | None = None,
 ) -> Cut:
     """The applied cut of one candidate's ``settings`` (``method``, ``layer`` and the method's own);
     ``captured`` (the preserving edits' writer inputs) and ``learned`` (learned directions by
-    ``(layer, steps)``, filled as they are fitted) are shared across candidates."""
+    ``(layer, steps)`` and measured subspaces by ``("subspace", layer, k)``, filled as they are
+    fitted) are shared across candidates."""
     from .learned import fit_direction
+    from .preserving import subspace_of
     from .registry import get_method
 
     s = dict(settings)
@@ -66,6 +74,11 @@ def build(
         return get_method(name).make(model, tokenizer, at, inputs, subspace=s.pop("k"))
     if name in ("harmless_preserving", "learned_preserving"):
         s["captured"] = captured
+    if name == "harmless_preserving" and s.get("subspace", 1) != 1 and learned is not None:
+        key = ("subspace", layer, s["subspace"])
+        if key not in learned:
+            learned[key] = subspace_of(model, tokenizer, at, inputs, s["subspace"])[0]
+        s["subspace"] = learned[key]
     if name in ("learned", "learned_preserving") and learned is not None:
         key = (layer, s.get("steps", LEARN_STEPS))
         if key not in learned:

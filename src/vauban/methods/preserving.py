@@ -17,6 +17,14 @@ With ``A = [X_h; √λ X_b]`` and ``y = [X_h v₀; 0]`` the solution is
 ``v = μ v₀ + Aᵀ (A Aᵀ + ρ I)⁻¹ (y - μ A v₀)``, or its primal twin ``(AᵀA + ρI)⁻¹(Aᵀy + ρμv₀)`` when
 the rows outnumber the inputs (float32 products, float64 solves). A writer's bias keeps the
 plain cut (its component along ``d`` removed).
+
+Over a subspace (``subspace=k``: the ``k`` orthonormal rows ``Q`` of
+:func:`vauban.direction.measuring.measure_subspace` at the direction's layer, row 0 the
+difference in means): ``W' = W - Q Vᵀ``, rank ``k``. The outputs' components along orthonormal
+rows are separate coordinates, so each column of ``V`` is the fit above for its own row of ``Q``
+(one Gram matrix, ``k`` right-hand sides). The plain cut of a subspace removes what harmless
+prompts also write along its later rows (on the demo model, first-token KL 0.36 at ``k = 2``
+against 0.09 for one direction); the fit keeps the harmless outputs there as it does along ``d``.
 """
 
 from __future__ import annotations
@@ -50,17 +58,17 @@ def solve(
     x_boosted: torch.Tensor | None = None,
     boost: float = 0.0,
 ) -> torch.Tensor:
-    """``v`` of the module docstring (float32, shaped like ``v0``, ``(in,)``): through the rows'
-    Gram matrix ``A Aᵀ`` when there are fewer rows than inputs, else through ``AᵀA``.
-    ``x_boosted``: rows weighted as the harmless ones whose output along the direction is
-    multiplied by ``1 + boost`` instead of kept (``X v = -boost X v₀``)."""
+    """``v`` of the module docstring (float32, shaped like ``v0``: ``(in,)``, or ``(in, k)`` for
+    ``k`` directions at once): through the rows' Gram matrix ``A Aᵀ`` when there are fewer rows
+    than inputs, else through ``AᵀA``. ``x_boosted``: rows weighted as the harmless ones whose
+    output along the direction is multiplied by ``1 + boost`` instead of kept (``X v = -boost X v₀``)."""
     boosted = x_harmless[:0] if x_boosted is None else x_boosted
     a = torch.cat([x_harmful, keep**0.5 * x_harmless, keep**0.5 * boosted]).float()
     v0d = v0.double()
     y = torch.cat(
         [
             x_harmful.double() @ v0d,
-            torch.zeros(x_harmless.shape[0], dtype=torch.float64),
+            torch.zeros((x_harmless.shape[0], *v0.shape[1:]), dtype=torch.float64),
             -boost * keep**0.5 * (boosted.double() @ v0d),
         ]
     )
@@ -124,23 +132,24 @@ def plans(
     boost: float = 0.0,
     strength: float = 1.0,
 ) -> list[TensorPlan]:
-    """One rank-1 :class:`TensorPlan` per writer of ``layers`` (default all), bias plans included,
-    from captured inputs (:func:`capture`; ``boosted`` and ``boost`` as :func:`solve`'s), each
-    applied at ``strength`` (above 1: past removal, the harmful outputs' component reversed while
-    the harmless ones, which the fit leaves unchanged, stay so)."""
+    """One :class:`TensorPlan` per writer of ``layers`` (default all), bias plans included, from
+    captured inputs (:func:`capture`; ``boosted`` and ``boost`` as :func:`solve`'s), each applied
+    at ``strength`` (above 1: past removal, the harmful outputs' component reversed while the
+    harmless ones, which the fit leaves unchanged, stay so); rank 1, or ``k`` for a direction of
+    ``k`` rows (a subspace)."""
     n = arch.num_layers(model)
     bases = layer_bases(direction, arch.d_model(model), n)
     writers = arch.residual_writers(model, list(range(n)) if layers is None else list(layers))
     device = model_device(model)
     out = []
     for w in writers:
-        q = writer_basis(bases[w.layer], w.post_norm, device).float().cpu()  # (1, d)
+        q = writer_basis(bases[w.layer], w.post_norm, device).float().cpu()  # (k, d)
         view = w.weight.detach().movedim(w.axis, -1).float().cpu()  # (in, d)
-        v0 = (view @ q.T)[:, 0]
+        v0 = view @ q.T  # (in, k)
         extra = None if boosted is None else boosted[w.name]
         fit = {"keep": keep, "ridge": ridge, "prior": prior, "boost": boost}
         v = solve(harmful[w.name], harmless[w.name], v0, x_boosted=extra, **fit)
-        out.append(TensorPlan(f"{w.name}.weight", w.weight, w.axis, q, v[:, None], strength))
+        out.append(TensorPlan(f"{w.name}.weight", w.weight, w.axis, q, v, strength))
         if w.bias is not None:
             bias = w.bias.detach().float().cpu() @ q.T
             out.append(TensorPlan(f"{w.name}.bias", w.bias, -1, q, bias, strength))
@@ -160,7 +169,9 @@ def edit(
     settings (and ``record``); ``params``: ``keep``, ``ridge``, ``prior``, ``strength``, ``layers``
     (default all), ``rows`` (token rows captured per writer and set, default :data:`MAX_ROWS`:
     more rows fit the harmless outputs on more of their variety, at the memory of
-    rows × writers' inputs) and ``captured`` (:func:`capture`'s pair, reused across settings)."""
+    rows × writers' inputs), ``subspace`` (``k`` ≥ 2: the edit over the ``k``-row subspace measured
+    on ``inputs`` at the direction's layer, or a :class:`~vauban.direction.results.SubspaceResult`
+    already measured) and ``captured`` (:func:`capture`'s pair, reused across settings)."""
     settings = {
         "keep": params.get("keep", LAMBDA),
         "ridge": params.get("ridge", RIDGE),
@@ -173,14 +184,43 @@ def edit(
     if rows < 1:
         raise VaubanError(f"the preserving edit needs rows ≥ 1 captured per writer, got {rows}")
     harmful, harmless = params.get("captured") or capture(model, tokenizer, inputs, rows)
-    found = plans(model, direction, harmful, harmless, layers=chosen, strength=strength, **settings)
+    basis, spanned = subspace_of(model, tokenizer, direction, inputs, params.get("subspace"))
+    found = plans(model, basis, harmful, harmless, layers=chosen, strength=strength, **settings)
     sized = {"rows": rows} if rows != MAX_ROWS else {}
-    recorded = {**settings, "strength": strength, **sized, **(record or {})}
+    recorded = {**settings, "strength": strength, **sized, **spanned, **(record or {})}
     return GivenCut(model, found, method, recorded, chosen).apply()
 
 
+def subspace_of(
+    model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, subspace: Any
+) -> tuple[Any, dict[str, Any]]:
+    """What the edit removes: ``direction`` itself (``subspace`` None or 1), or the subspace of
+    ``subspace`` rows measured on ``inputs`` at its layer (or the one given), with its record."""
+    from ..direction.measuring import measure_subspace
+    from ..direction.results import SubspaceResult
+
+    if subspace is None or (isinstance(subspace, int) and subspace == 1):
+        return direction, {}
+    if not isinstance(subspace, SubspaceResult):
+        if not isinstance(subspace, int) or isinstance(subspace, bool) or subspace < 1:
+            raise VaubanError(f"subspace must be a number of directions ≥ 1, got {subspace!r}")
+        subspace = measure_subspace(
+            model,
+            tokenizer,
+            list(inputs.harmful),
+            list(inputs.harmless),
+            k=subspace,
+            layer=direction.layer_index,
+            batch_size=inputs.batch_size,
+            show_progress=False,
+            formatting=inputs.formatting,
+        )
+    return subspace, {"subspace": int(subspace.basis.shape[0]), "subspace_layer": subspace.layer_index}
+
+
 class HarmlessPreserving:
-    """Edit method ``harmless_preserving`` (see the module docstring); rank 1 per writer."""
+    """Edit method ``harmless_preserving`` (see the module docstring); rank 1 per writer, ``k``
+    over a subspace of ``k`` rows."""
 
     name = "harmless_preserving"
     low_rank = True
