@@ -75,10 +75,10 @@ def build(
     if name in ("harmless_preserving", "learned_preserving"):
         s["captured"] = captured
     if name == "harmless_preserving" and s.get("subspace", 1) != 1 and learned is not None:
-        key = ("subspace", layer, s["subspace"])
-        if key not in learned:
-            learned[key] = subspace_of(model, tokenizer, at, inputs, s["subspace"])[0]
-        s["subspace"] = learned[key]
+        measured: tuple[Any, ...] = ("subspace", layer, s["subspace"])
+        if measured not in learned:
+            learned[measured] = subspace_of(model, tokenizer, at, inputs, s["subspace"])[0]
+        s["subspace"] = learned[measured]
     if name in ("learned", "learned_preserving") and learned is not None:
         key = (layer, s.get("steps", LEARN_STEPS))
         if key not in learned:
