@@ -8,12 +8,12 @@ Every measured table in those documents sits between two marker lines::
     <!-- /table -->
 
 and is written by the function registered under ``NAME`` (in ``tables_quality.py``,
-``tables_frontier.py`` or ``tables_speed.py``, with the machinery of ``tables_common.py``). A
-function reads its results files with :func:`load` (which remembers them) and returns markdown
-lines; the block ends with a ``Source:`` line naming each file read, with the commit and date
-recorded inside it. So a number in a table can only come from a committed results file, and
-``--check`` (run by ``.ci/run``) fails when a document and the files disagree, or when a table is
-placed in no document or in two.
+``tables_control.py``, ``tables_frontier.py`` or ``tables_speed.py``, with the machinery of
+``tables_common.py``). A function reads its results files with :func:`load` (which remembers them)
+and returns markdown lines; the block ends with a ``Source:`` line naming each file read, with the
+commit and date recorded inside it. So a number in a table can only come from a committed results
+file, and ``--check`` (run by ``.ci/run``) fails when a document and the files disagree, or when a
+table is placed in no document or in two.
 
     python benchmarks/readme_tables.py           # rewrite the blocks of both documents
     python benchmarks/readme_tables.py --check   # exit 1, with a diff, if any block is stale
@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the table modules, beside this file
 
 import tables_common as common
+import tables_control  # noqa: F401 (registers its tables)
 import tables_frontier  # noqa: F401 (registers its tables)
 import tables_quality  # noqa: F401 (registers its tables)
 import tables_speed  # noqa: F401 (registers its tables)
