@@ -200,6 +200,21 @@ def test_abliterate_fitted_method_exports_its_rank_one_edit_with_its_settings(ws
     assert len(err.strip().splitlines()) == 1
 
 
+def test_abliterate_preserving_over_a_subspace_changes_each_matrix_by_its_rank(ws):
+    """``--method-option subspace=2``: the preserving edit over a 2-direction subspace, rank 2."""
+    import torch
+    from safetensors.torch import load_file
+
+    out = ws["root"] / "preserving2"
+    argv = ["--dtype", "float32", "--method", "harmless_preserving", "--method-option", "subspace=2"]
+    vauban(ws, "abliterate", "-o", str(out), "--direction", ws["direction"], *argv, "--json")
+    assert json.loads((out / "vauban.json").read_text())["method"] == {"harmless_preserving": {"subspace": 2}}
+    before = load_file(str(Path(ws["model"]) / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
+    changed = [n for n in before if n.endswith("proj.weight") and not torch.equal(before[n], after[n])]
+    assert changed and all(torch.linalg.matrix_rank(after[n] - before[n], rtol=1e-4) == 2 for n in changed)
+
+
 @pytest.mark.parametrize(
     ("method", "options", "says"),
     [
