@@ -25,7 +25,8 @@ routes, whether or not any meets the goal; ``weapons`` stays the README example.
 
     flock /tmp/vauban-heavy.lock nice -n 5 python benchmarks/control_every.py [--only run-time|weights]
 
-Resumable: each (route, category) is written to the results file when done and skipped when there.
+Writes ``every_keep`` of ``benchmarks/results/control_demo.json`` (issue 28's one results file);
+resumable: each (route, category) is written when done and skipped when there.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from vauban.core.atomic import write_file
 from vauban.direction.categories import category_prompts
 from vauban.methods.keeping import KEEP, STRENGTH
 
-OUT = RESULTS.parent / "control_every.json"
+PART = "every_keep"  # this round's key in control_demo.json
 FALSE_MATCH = 0.05  # vauban.cli.commands_control.KEEP_FALSE_MATCH: --keep's run-time default
 GOAL_KEPT, GOAL_OTHERS = 0.8, 0.05
 ROUTES = {
@@ -95,10 +96,11 @@ def main() -> None:
     if unknown := [r for r in routes if r not in ROUTES]:
         raise SystemExit(f"unknown route(s) {unknown}; use {', '.join(ROUTES)}")
     held, measuring = category_prompts("test"), category_prompts("measure")
-    round3 = json.loads(RESULTS.read_text())["categories"]
+    whole = json.loads(RESULTS.read_text())
+    round3 = whole["categories"]
     if round3["held_out"]["prompts"].split()[0] != HELD["test"]:
         raise SystemExit("control_demo.json's categories are on other prompts: run its categories stage")
-    data = json.loads(OUT.read_text()) if OUT.exists() else {}
+    data = whole.get(PART, {})
     data |= {
         "what": __doc__.split("\n\n**Rule")[0],
         "rule": __doc__.split("**Rule, written before this script ran** ")[1].split("\n\n")[0],
@@ -128,8 +130,17 @@ def main() -> None:
             }
             rows[name] = row
             say(f"{name}: {row['goal']} ({row['seconds']} s)")
-            text = json.dumps(data | stamp(), indent=1, ensure_ascii=False) + "\n"
-            write_file(OUT, lambda tmp, text=text: tmp.write_text(text))
+            save(data)
+
+
+def save(part: dict) -> None:
+    """``part`` as ``every_keep`` of the results file (read again first: another stage of
+    ``control_demo.py`` may have written it meanwhile), stamped, the file's stamp its latest part's."""
+    whole = json.loads(RESULTS.read_text())
+    whole[PART] = part | stamp()
+    whole |= stamp()
+    text = json.dumps(whole, indent=1, ensure_ascii=False) + "\n"
+    write_file(RESULTS, lambda tmp: tmp.write_text(text))
 
 
 if __name__ == "__main__":

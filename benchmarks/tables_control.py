@@ -183,7 +183,7 @@ def control_every() -> list[str]:
     """Each category kept in turn with the shipped ``--keep`` defaults, both routes, on the test
     prompts: the kept category's refusal against its original, the highest other, the goal
     (``benchmarks/control_every.py``)."""
-    r = load("control_every.json")
+    r = load("control_demo.json")["every_keep"]
     original, rows = r["original"], r["rows"]
     routes = [route for route in r["routes"] if any(row["route"] == route for row in rows.values())]
     out = []
