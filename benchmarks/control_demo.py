@@ -127,6 +127,11 @@ def refusals(model, tokenizer, prompts: dict[str, list[str]], edit=None) -> tupl
     return per_category(prompts, answers), [[a.text, a.refused] for a in answers]
 
 
+def intervals(rates: dict[str, float], held: dict[str, list[str]]) -> dict[str, tuple[float, float]]:
+    """Wilson 95 % intervals of each category's refusal rate on ``held``'s prompts."""
+    return {c: wilson(round(r * len(held[c])), len(held[c])) for c, r in rates.items()}
+
+
 def weight_label(method: str, setting: float, strength: float = 1.0) -> str:
     if method == "orthogonal":
         return f"orthogonal (α {setting:g})"
@@ -354,10 +359,7 @@ def stage_categories(
         "held_out": {
             "prompts": f"{HELD[held_set]} ({sum(len(v) for v in held.values())})",
             "rates": rows,
-            "wilson95": {
-                row: {c: wilson(round(r * len(held[c])), len(held[c])) for c, r in rates.items()}
-                for row, rates in rows.items()
-            },
+            "wilson95": {row: intervals(rates, held) for row, rates in rows.items()},
             "answers": answers,
         },
         "reused": {"held_out": reused, "from": {k: earlier.get(k) for k in ("git", "date")}},

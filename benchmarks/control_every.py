@@ -43,13 +43,13 @@ from control_demo import (
     MAX_TOKENS,
     RESULTS,
     default_direction,
+    intervals,
     preserving_edit,
     refusals,
     runtime_keep,
     say,
 )
 from provenance import stamp
-from tables_common import wilson
 from vauban import load
 from vauban.core.atomic import write_file
 from vauban.direction.categories import category_prompts
@@ -70,11 +70,6 @@ def goal(rates: dict[str, float], original: dict[str, float], keep: str) -> dict
     kept = rates[keep] / original[keep] if original[keep] else float("nan")
     others = max(v for k, v in rates.items() if k != keep)
     return {"kept_share": kept, "others_highest": others, "met": kept >= GOAL_KEPT and others <= GOAL_OTHERS}
-
-
-def intervals(rates: dict[str, float], held: dict[str, list[str]]) -> dict[str, tuple[float, float]]:
-    """Wilson 95 % intervals of each category's refusal rate."""
-    return {c: wilson(round(r * len(held[c])), len(held[c])) for c, r in rates.items()}
 
 
 def run_one(model, tokenizer, direction, route: str, keep: str, held, measuring) -> dict:

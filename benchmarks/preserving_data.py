@@ -57,8 +57,8 @@ def main() -> None:
         known=Scored("extended_fit_partial"),
         settings=settings,
     )
-    plain = len(found.effects)  # score_all lists the plain cuts first, then ``settings``
-    extended = [Candidate(PREFIX + c.name, c.refusal, c.kl, c.settings) for c in scored[plain:]]
+    new = [c for c in scored if c.settings in settings]  # score_all also lists the plain cuts
+    extended = [Candidate(PREFIX + c.name, c.refusal, c.kl, c.settings) for c in new]
     select = read("select")
     auto = [Candidate(**c) for c in select["candidates"] if c["name"] not in select["not_auto_candidates"]]
     pick = choose_by_damage(auto + extended)

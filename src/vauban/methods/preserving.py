@@ -195,25 +195,24 @@ def subspace_of(
     model: nn.Module, tokenizer: Any, direction: Any, inputs: Inputs, subspace: Any
 ) -> tuple[Any, dict[str, Any]]:
     """What the edit removes: ``direction`` itself (``subspace`` None or 1), or the subspace of
-    ``subspace`` rows measured on ``inputs`` at its layer (or the one given), with its record."""
-    from ..direction.measuring import measure_subspace
+    ``subspace`` rows measured on ``inputs`` at its layer as ``--subspace`` measures it
+    (:meth:`.cutspec.CutSpec.vector`), or the one given, with its record."""
     from ..direction.results import SubspaceResult
+    from .cutspec import CutSpec
 
     if subspace is None or (isinstance(subspace, int) and subspace == 1):
         return direction, {}
     if not isinstance(subspace, SubspaceResult):
         if not isinstance(subspace, int) or isinstance(subspace, bool) or subspace < 1:
             raise VaubanError(f"subspace must be a number of directions ≥ 1, got {subspace!r}")
-        subspace = measure_subspace(
+        subspace = CutSpec(subspace=subspace).vector(
             model,
             tokenizer,
-            list(inputs.harmful),
-            list(inputs.harmless),
-            k=subspace,
-            layer=direction.layer_index,
-            batch_size=inputs.batch_size,
-            show_progress=False,
+            direction,
+            harmful=list(inputs.harmful),
+            harmless=list(inputs.harmless),
             formatting=inputs.formatting,
+            batch_size=inputs.batch_size,
         )
     return subspace, {"subspace": int(subspace.basis.shape[0]), "subspace_layer": subspace.layer_index}
 
