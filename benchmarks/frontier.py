@@ -44,6 +44,7 @@ EXPORTS = Path("/tmp/vauban-frontier-exports")  # the cuts heretic evaluates, ou
 HERETIC_CUTS = ("default_new", "default_old")
 MAX_TOKENS = 128
 LEARNED: dict = {}  # learned directions by (layer, steps), fitted once a process
+CAPTURED: dict = {}  # the preserving edits' writer inputs (as auto captures them), once a process
 # beyond auto's candidates, for the table only: the learned direction's plain cut and the
 # preserving edit along it (λ × strength), at measure's layer, 4 learning steps; auto does not
 # score them (docs/methods.md)
@@ -133,16 +134,24 @@ def fit_sets() -> tuple[list[str], list[str], list[str], list[str]]:
 
 
 def build(model: Any, tokenizer: Any, found: Any, settings: dict, captured: Any = None) -> Any:
-    """The applied cut of a candidate's ``settings`` (:func:`vauban.methods.choosing.build`), or of
-    optimize's front trial 5 (``trial`` in ``settings``) with one of the norm-preserving edits."""
+    """The applied cut of a candidate's ``settings`` (:func:`vauban.methods.choosing.build`, the
+    preserving edits fitted on :func:`~vauban.methods.choosing.preserving_inputs` as ``auto`` fits
+    them), or of optimize's front trial 5 (``trial`` in ``settings``) with one of the
+    norm-preserving edits."""
     from vauban.methods.choosing import build as build_candidate
+    from vauban.methods.choosing import preserving_inputs
     from vauban.methods.cutspec import CutSpec, _weights
+    from vauban.methods.preserving import capture
     from vauban.methods.protocol import Inputs
     from vauban.methods.registry import get_method
 
-    harmful, harmless, _, _ = fit_sets()
+    harmful, harmless, held_harmful, _ = fit_sets()
     inputs = Inputs(harmful, harmless, formatting=found.formatting)
     if "trial" not in settings:
+        if captured is None and settings["method"] in ("harmless_preserving", "learned_preserving"):
+            if "pair" not in CAPTURED:  # on the original weights: build is never called inside a cut
+                CAPTURED["pair"] = capture(model, tokenizer, preserving_inputs(inputs, held_harmful))
+            captured = CAPTURED["pair"]
         return build_candidate(model, tokenizer, found, settings, inputs, captured, LEARNED)
     t, name = settings["trial"], settings["method"]
     spec = CutSpec(

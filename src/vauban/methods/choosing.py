@@ -8,7 +8,8 @@ tolerance of the best, and at the layer ``measure`` chose, the harmless-preservi
 :data:`SUBSPACE_KS` directions at ``measure``'s layer (``k`` chosen by effect, like the rest), each
 cut plainly and by the harmless-preserving edit over it at each λ of :data:`KEEPS`.
 Each is applied, scored (refusal likelihood on the held-back harmful prompts the original refuses,
-first-token KL on the held-back harmless ones) and undone. Not candidates: ``learned`` and
+first-token KL on the held-back harmless ones) and undone. The preserving edits fit on the writer
+inputs of :func:`preserving_inputs` (the run's harmful prompts and the bundled category prompts). Not candidates: ``learned`` and
 ``learned_preserving``, whose direction is fitted by gradient on the very two quantities this score
 reads, and games it (docs/methods.md).
 """
@@ -28,6 +29,20 @@ from .protocol import Inputs
 KEEPS = (0.3, 1.0, 3.0)  # λ of the harmless-preserving edit tried at each candidate layer
 SUBSPACE_KS = (2, 3)
 LEARN_STEPS = 4  # the learned direction's Adam steps (each: a backward pass per fit prompt)
+
+
+def preserving_inputs(inputs: Inputs, held_out: Sequence[str] = ()) -> Inputs:
+    """The prompt sets ``auto``'s preserving edits capture their writer inputs on: the run's harmful
+    prompts plus the bundled category measuring prompts that are neither among them nor ``held_out``
+    (the prompts candidates are scored on; the category set shares some with the bundled harmful
+    prompts), the same 1,024 rows a writer drawn from more kinds of request; the harmless ones as
+    given. Fitted so, every harmless-preserving candidate of the demo removed more of the refusal
+    on held-back prompts (a rule fixed before the run; docs/methods.md)."""
+    from ..direction.categories import category_prompts
+
+    skip = {*inputs.harmful, *held_out}
+    extra = [p for group in category_prompts("measure").values() for p in group if p not in skip]
+    return Inputs([*inputs.harmful, *extra], inputs.harmless, inputs.formatting, inputs.batch_size)
 
 
 def candidate_settings(direction: Any) -> list[dict[str, Any]]:
@@ -102,7 +117,8 @@ def score_all(
     """Every candidate with its held-back refusal score and first-token KL; the model ends unchanged.
     ``known`` (name → candidate) is read before scoring one and written after, so a long search
     can persist it and resume where it was stopped; ``shared`` receives the writer inputs
-    (``captured``) and learned directions (``learned``) the candidates were built from;
+    (``captured``, on :func:`preserving_inputs`) and learned directions (``learned``) the candidates
+    were built from;
     ``settings``: the candidates beyond the plain cuts (default :func:`candidate_settings`)."""
     from ..direction.selecting import original_refusals
     from ..runtime.scoring import first_token_logprobs, kl_divergence, refusal_likelihood
@@ -111,7 +127,7 @@ def score_all(
     fmt = inputs.formatting
     refusals = original_refusals(model, tokenizer, list(held_harmful), formatting=fmt)
     base = first_token_logprobs(model, tokenizer, list(held_harmless), None, fmt)
-    captured = capture(model, tokenizer, inputs)
+    captured = capture(model, tokenizer, preserving_inputs(inputs, held_harmful))
     learned = shared.setdefault("learned", {}) if shared is not None else {}
     if shared is not None:
         shared["captured"] = captured
@@ -146,7 +162,8 @@ def default_cut(
 ) -> tuple[Cut, Candidate]:
     """The default cut, applied, and its candidate: ``direction`` measured by effect (``measure``'s
     default, so its held-back prompts are the last quarter of ``harmful`` and ``harmless``, at most
-    24); the edits fitted on the rest."""
+    24); the edits fitted on the rest (the preserving ones with the bundled category prompts,
+    :func:`preserving_inputs`)."""
     from ..direction.selecting import split
     from ..edit.cutting import cut
 
