@@ -262,6 +262,17 @@ def test_default_cut_scores_every_candidate_and_undoes(measured, tokenizer, monk
     assert same_bits(model, before)
 
 
+def test_auto_fits_its_preserving_edits_on_the_category_prompts_minus_the_held_back_ones():
+    from vauban.direction.categories import category_prompts
+    from vauban.methods.choosing import preserving_inputs
+
+    bundled = [p for group in category_prompts("measure").values() for p in group]
+    run, held = ["my own request", bundled[0]], [bundled[1]]
+    widened = preserving_inputs(Inputs(run, ["a harmless one"]), held)
+    assert widened.harmful[:2] == run and widened.harmless == ["a harmless one"]
+    assert widened.harmful[2:] == bundled[2:]  # the run's own and the held-back prompts not twice, nor scored on
+
+
 def test_score_all_fits_one_learned_direction_for_every_candidate_along_it(measured, tokenizer, monkeypatch):
     import vauban.methods.choosing as choosing
     import vauban.methods.learned as learned
