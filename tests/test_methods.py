@@ -270,7 +270,7 @@ def test_auto_fits_its_preserving_edits_on_the_category_prompts_minus_the_held_b
     run, held = ["my own request", bundled[0]], [bundled[1]]
     widened = preserving_inputs(Inputs(run, ["a harmless one"]), held)
     assert widened.harmful[:2] == run and widened.harmless == ["a harmless one"]
-    assert widened.harmful[2:] == bundled[2:]  # the run's own and the held-back prompts not twice, nor scored on
+    assert widened.harmful[2:] == bundled[2:]  # the run's prompts not twice, the held-back ones not at all
 
 
 def test_score_all_fits_one_learned_direction_for_every_candidate_along_it(measured, tokenizer, monkeypatch):

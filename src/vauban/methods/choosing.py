@@ -9,9 +9,9 @@ tolerance of the best, and at the layer ``measure`` chose, the harmless-preservi
 cut plainly and by the harmless-preserving edit over it at each λ of :data:`KEEPS`.
 Each is applied, scored (refusal likelihood on the held-back harmful prompts the original refuses,
 first-token KL on the held-back harmless ones) and undone. The preserving edits fit on the writer
-inputs of :func:`preserving_inputs` (the run's harmful prompts and the bundled category prompts). Not candidates: ``learned`` and
-``learned_preserving``, whose direction is fitted by gradient on the very two quantities this score
-reads, and games it (docs/methods.md).
+inputs of :func:`preserving_inputs` (the run's harmful prompts and the bundled category prompts).
+Not candidates: ``learned`` and ``learned_preserving``, whose direction is fitted by gradient on the
+very two quantities this score reads, and games it (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def preserving_inputs(inputs: Inputs, held_out: Sequence[str] = ()) -> Inputs:
     (the prompts candidates are scored on; the category set shares some with the bundled harmful
     prompts), the same 1,024 rows a writer drawn from more kinds of request; the harmless ones as
     given. Fitted so, every harmless-preserving candidate of the demo removed more of the refusal
-    on held-back prompts (a rule fixed before the run; docs/methods.md)."""
+    on held-back prompts at a somewhat higher KL, and the rule, fixed before the run, chose one
+    (docs/methods.md)."""
     from ..direction.categories import category_prompts
 
     skip = {*inputs.harmful, *held_out}
