@@ -26,12 +26,24 @@ pick (layer 16, λ 3) by at least 10 % with ``r`` no more than 0.001 higher, the
 session) is to make answer rows an option of the preserving edits and to commit, before any report
 prompt is read for it, a rule for whether ``auto`` uses them; otherwise answer rows are not pursued.
 
-    flock /tmp/vauban-heavy.lock nice -n 5 python benchmarks/preserving_answers.py
+**Stage ``strengths`` (after the first rule's outcome: no fit met it; the answer rows lowered the
+answer KL and raised ``r``).** The preserving edit can be applied past removal (``strength`` above
+1), which lowers ``r`` at some KL. This stage scores the ``prompts`` and ``added`` fits at λ 3,
+layers 16 and 17, strengths 1.1, 1.2, 1.3, on the same held-back prompts.
+
+**Second rule, written before that stage ran** (2026-12-08, ninth session): if an ``added`` row has
+``r`` at most ``auto``'s pick's (0.0121), first-token KL at most its 0.0295 and answer KL at most
+90 % of its 0.0073, the next session adds answer rows with past-removal strengths to ``auto``'s
+candidates by a rule committed before any report prompt is read for them; otherwise answer rows
+are dropped. Nothing changes in ``auto`` this session either way.
+
+    flock /tmp/vauban-heavy.lock nice -n 5 python benchmarks/preserving_answers.py [fits|strengths]
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
@@ -63,6 +75,7 @@ RESULTS = HERE / "results" / "preserving_answers.json"
 TOKENS = 32
 LAYERS = (15, 16, 17, 18)
 PICK = (16, 3.0)  # auto's pick (frontier_work/select.json)
+STRENGTHS = (1.1, 1.2, 1.3)
 
 
 def answer_rows(model: Any, tokenizer: Any, prompts: list[str], fmt: Any) -> Any:
@@ -115,41 +128,50 @@ def answer_kl(model: Any, tokenizer: Any, rows: Any, base: list[torch.Tensor]) -
     return total / count
 
 
-def main() -> None:
-    model, tokenizer = load()
-    found = direction(model, tokenizer)
-    fmt = found.formatting
-    harmful, harmless, held_harmful, held_harmless = fit_sets()
-    inputs = Inputs(harmful, harmless, formatting=fmt)
-    start = time.perf_counter()
-    refusals = original_refusals(model, tokenizer, held_harmful, formatting=fmt)
-    base_first = first_token_logprobs(model, tokenizer, held_harmless, None, fmt)
-    held_rows = answer_rows(model, tokenizer, held_harmless, fmt)
-    base_answers = reference_logprobs(model, tokenizer, held_rows)
-    harmful_x, prompt_x = capture(model, tokenizer, preserving_inputs(inputs, held_harmful))
-    answer_x = answer_inputs(model, answer_rows(model, tokenizer, harmless, fmt), MAX_ROWS)
-    half = MAX_ROWS // 2
-    variants = {
-        "prompts": prompt_x,
-        "mixed": {k: torch.cat([v[:half], answer_x[k][:half]]) for k, v in prompt_x.items()},
-        "added": {k: torch.cat([v, answer_x[k]]) for k, v in prompt_x.items()},
-    }
-    rows = []
-    for name, harmless_x in variants.items():
-        for layer in LAYERS:
-            for keep in KEEPS:
-                at = found.at_layer(layer)
-                made = get_method("harmless_preserving").make
-                with made(model, tokenizer, at, inputs, keep=keep, captured=(harmful_x, harmless_x)):
-                    first = kl_divergence(
-                        base_first, first_token_logprobs(model, tokenizer, held_harmless, None, fmt)
-                    )
-                    r = refusal_likelihood(model, tokenizer, refusals, 8, None, fmt)
-                    kl = answer_kl(model, tokenizer, held_rows, base_answers)
-                rows.append(
-                    {"fit": name, "layer": layer, "keep": keep, "refusal": r, "kl": first, "answer_kl": kl}
-                )
-                say(f"{name} @{layer} λ{keep}: r {r:.4f}, first-token KL {first:.4f}, answer KL {kl:.4f}")
+class Probe:
+    """The demo model, its direction, the held-back yardsticks and the captured rows, made once."""
+
+    def __init__(self) -> None:
+        self.model, self.tokenizer = model, tokenizer = load()
+        self.found = direction(model, tokenizer)
+        fmt = self.fmt = self.found.formatting
+        harmful, harmless, self.held_harmful, self.held_harmless = fit_sets()
+        self.inputs = Inputs(harmful, harmless, formatting=fmt)
+        self.refusals = original_refusals(model, tokenizer, self.held_harmful, formatting=fmt)
+        self.base_first = first_token_logprobs(model, tokenizer, self.held_harmless, None, fmt)
+        self.held_rows = answer_rows(model, tokenizer, self.held_harmless, fmt)
+        self.base_answers = reference_logprobs(model, tokenizer, self.held_rows)
+        self.harmful_x, prompt_x = capture(
+            model, tokenizer, preserving_inputs(self.inputs, self.held_harmful)
+        )
+        answer_x = answer_inputs(model, answer_rows(model, tokenizer, harmless, fmt), MAX_ROWS)
+        half = MAX_ROWS // 2
+        self.variants = {
+            "prompts": prompt_x,
+            "mixed": {k: torch.cat([v[:half], answer_x[k][:half]]) for k, v in prompt_x.items()},
+            "added": {k: torch.cat([v, answer_x[k]]) for k, v in prompt_x.items()},
+        }
+
+    def score(self, fit: str, layer: int, keep: float, strength: float = 1.0) -> dict[str, Any]:
+        """One candidate's held-back row: ``r``, first-token KL, answer KL."""
+        model, tokenizer, fmt = self.model, self.tokenizer, self.fmt
+        captured = (self.harmful_x, self.variants[fit])
+        made = get_method("harmless_preserving").make
+        at = self.found.at_layer(layer)
+        with made(model, tokenizer, at, self.inputs, keep=keep, strength=strength, captured=captured):
+            first = kl_divergence(
+                self.base_first, first_token_logprobs(model, tokenizer, self.held_harmless, None, fmt)
+            )
+            r = refusal_likelihood(model, tokenizer, self.refusals, 8, None, fmt)
+            kl = answer_kl(model, tokenizer, self.held_rows, self.base_answers)
+        row = {"fit": fit, "layer": layer, "keep": keep, "strength": strength, "refusal": r, "kl": first}
+        say(f"{fit} @{layer} λ{keep} ×{strength}: r {r:.4f}, first-token KL {first:.4f}, answer KL {kl:.4f}")
+        return row | {"answer_kl": kl}
+
+
+def fits(probe: Probe, start: float) -> dict[str, Any]:
+    """Stage ``fits``: the three fits at every candidate setting, and the first rule."""
+    rows = [probe.score(fit, layer, keep) for fit in probe.variants for layer in LAYERS for keep in KEEPS]
     pick = {row["fit"]: row for row in rows if (row["layer"], row["keep"]) == PICK}
     base = pick["prompts"]
     passed = [
@@ -159,18 +181,58 @@ def main() -> None:
         and row["answer_kl"] <= 0.9 * base["answer_kl"]
         and row["refusal"] <= base["refusal"] + 0.001
     ]
-    result = {
+    return {
         "what": __doc__.split("\n\n**Rule")[0],
         "rule": __doc__.split("**Rule, written before this script ran** ")[1].split("\n\n")[0],
-        "held_back": {"harmful": len(held_harmful), "harmless": len(held_harmless), "answer_tokens": TOKENS},
+        "held_back": {
+            "harmful": len(probe.held_harmful),
+            "harmless": len(probe.held_harmless),
+            "answer_tokens": TOKENS,
+        },
         "rows": rows,
         "at_auto_pick": pick,
         "variants_meeting_the_rule": passed,
         "seconds": round(time.perf_counter() - start),
     }
-    text = json.dumps(result | stamp(), indent=1) + "\n"
+
+
+def strengths(probe: Probe, start: float) -> dict[str, Any]:
+    """Stage ``strengths``: past-removal strengths (the second rule of the module docstring)."""
+    rows = [
+        probe.score(fit, layer, 3.0, s)
+        for fit in ("prompts", "added")
+        for layer in (16, 17)
+        for s in STRENGTHS
+    ]
+    pick = {"refusal": 0.012134, "kl": 0.029473, "answer_kl": 0.0073}  # auto's pick, stage fits
+    passed = [
+        row
+        for row in rows
+        if row["fit"] == "added"
+        and row["refusal"] <= pick["refusal"]
+        and row["kl"] <= pick["kl"]
+        and row["answer_kl"] <= 0.9 * pick["answer_kl"]
+    ]
+    return {
+        "rule": __doc__.split("**Second rule, written before that stage ran** ")[1].split("\n\n")[0],
+        "rows": rows,
+        "meeting_the_rule": passed,
+        "seconds": round(time.perf_counter() - start),
+    }
+
+
+def main() -> None:
+    stage = sys.argv[1] if len(sys.argv) > 1 else "fits"
+    start = time.perf_counter()
+    probe = Probe()
+    done = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if stage == "fits":
+        done |= fits(probe, start) | stamp()
+    else:
+        done["strengths"] = strengths(probe, start) | stamp()
+    text = json.dumps(done, indent=1) + "\n"
     write_file(RESULTS, lambda tmp: tmp.write_text(text))
-    say(f"meeting the rule: {passed or 'none'}; wrote {RESULTS}")
+    say(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":
