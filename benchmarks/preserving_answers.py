@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from frontier import HERE, direction, fit_sets, say
+from frontier import HERE, direction, fit_sets, per_row_kl, say
 from provenance import stamp
 from vauban import load
 from vauban.core.atomic import write_file
@@ -65,8 +65,6 @@ from vauban.runtime.scoring import (
     first_token_logprobs,
     forced,
     kl_divergence,
-    kl_rows,
-    logprob_batches,
     reference_logprobs,
     refusal_likelihood,
 )
@@ -117,15 +115,10 @@ def answer_inputs(model: Any, rows: Any, rows_kept: int) -> dict[str, torch.Tens
 
 
 def answer_kl(model: Any, tokenizer: Any, rows: Any, base: list[torch.Tensor]) -> float:
-    """Mean KL(original ‖ model) per answer token of ``rows`` (``base``: the original's)."""
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for batch, logp in logprob_batches(model, tokenizer, rows, None):
-            for r, i in enumerate(batch.rows):
-                length = int(batch.lengths[r])
-                total += float(kl_rows(base[i], logp[r, batch.keep - length :].cpu()).sum())
-                count += length
-    return total / count
+    """Mean KL(original ‖ model) per answer token of ``rows`` (``base``: the original's), from
+    :func:`frontier.per_row_kl`'s per-row sums."""
+    kl, n, _ = per_row_kl(model, tokenizer, rows, base)
+    return sum(kl) / sum(n)
 
 
 class Probe:
@@ -196,15 +189,15 @@ def fits(probe: Probe, start: float) -> dict[str, Any]:
     }
 
 
-def strengths(probe: Probe, start: float) -> dict[str, Any]:
-    """Stage ``strengths``: past-removal strengths (the second rule of the module docstring)."""
+def strengths(probe: Probe, start: float, pick: dict[str, Any]) -> dict[str, Any]:
+    """Stage ``strengths``: past-removal strengths (the second rule of the module docstring),
+    against ``pick``, ``auto``'s pick as stage ``fits`` scored it."""
     rows = [
         probe.score(fit, layer, 3.0, s)
         for fit in ("prompts", "added")
         for layer in (16, 17)
         for s in STRENGTHS
     ]
-    pick = {"refusal": 0.012134, "kl": 0.029473, "answer_kl": 0.0073}  # auto's pick, stage fits
     passed = [
         row
         for row in rows
@@ -229,7 +222,7 @@ def main() -> None:
     if stage == "fits":
         done |= fits(probe, start) | stamp()
     else:
-        done["strengths"] = strengths(probe, start) | stamp()
+        done["strengths"] = strengths(probe, start, done["at_auto_pick"]["prompts"]) | stamp()
     text = json.dumps(done, indent=1) + "\n"
     write_file(RESULTS, lambda tmp: tmp.write_text(text))
     say(f"wrote {RESULTS}")
