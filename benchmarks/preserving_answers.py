@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from frontier import HERE, direction, fit_sets, per_row_kl, say
+from frontier import HERE, direction, fit_sets, say
 from provenance import stamp
 from vauban import load
 from vauban.core.atomic import write_file
@@ -65,6 +65,7 @@ from vauban.runtime.scoring import (
     first_token_logprobs,
     forced,
     kl_divergence,
+    mean_kl,
     reference_logprobs,
     refusal_likelihood,
 )
@@ -114,13 +115,6 @@ def answer_inputs(model: Any, rows: Any, rows_kept: int) -> dict[str, torch.Tens
     return out
 
 
-def answer_kl(model: Any, tokenizer: Any, rows: Any, base: list[torch.Tensor]) -> float:
-    """Mean KL(original ‖ model) per answer token of ``rows`` (``base``: the original's), from
-    :func:`frontier.per_row_kl`'s per-row sums."""
-    kl, n, _ = per_row_kl(model, tokenizer, rows, base)
-    return sum(kl) / sum(n)
-
-
 class Probe:
     """The demo model, its direction, the held-back yardsticks and the captured rows, made once."""
 
@@ -156,7 +150,7 @@ class Probe:
                 self.base_first, first_token_logprobs(model, tokenizer, self.held_harmless, None, fmt)
             )
             r = refusal_likelihood(model, tokenizer, self.refusals, 8, None, fmt)
-            kl = answer_kl(model, tokenizer, self.held_rows, self.base_answers)
+            kl = mean_kl(model, tokenizer, self.held_rows, self.base_answers)
         row = {"fit": fit, "layer": layer, "keep": keep, "strength": strength, "refusal": r, "kl": first}
         say(f"{fit} @{layer} λ{keep} ×{strength}: r {r:.4f}, first-token KL {first:.4f}, answer KL {kl:.4f}")
         return row | {"answer_kl": kl}
